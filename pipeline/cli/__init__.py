@@ -1,0 +1,65 @@
+"""The `pipeline` command. Each command group lives in its own module and registers on `app`.
+
+Errors a user can meet are `PipelineError`s; `main()` prints their message (no traceback)
+and exits 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+from rich.console import Console
+
+from pipeline.errors import PipelineError
+
+app = typer.Typer(
+    name="pipeline",
+    help="Cost-aware batch pipeline for slow, paid LLM calls.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err_console = Console(stderr=True)
+
+# Modules that add commands to `app`; a missing one (not written yet) is skipped.
+_COMMAND_MODULES = (
+    "pipeline.cli.queue_cmds",
+    "pipeline.cli.emulator_cmd",
+    "pipeline.cli.ledger_cmds",
+    "pipeline.cli.docs_cmds",
+    "pipeline.cli.serve_cmd",
+)
+
+
+def _load_commands() -> None:
+    for name in _COMMAND_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+
+
+def main() -> None:
+    _load_commands()
+    try:
+        app(standalone_mode=False)
+    except PipelineError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click's own usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise

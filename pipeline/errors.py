@@ -1,0 +1,135 @@
+"""Every error a user can meet, in one tree, each message saying what to do next.
+
+    PipelineError
+    ├── SettingsError            a setting is malformed or unknown (names the variable)
+    ├── RedisUnavailable         Redis cannot be reached or started
+    ├── DatabaseUnavailable      the SQL ledger cannot be reached
+    ├── QueueError
+    │   ├── UnknownTask          a job names a task no worker module registers
+    │   ├── JobNotFound          no such job id (or its record expired)
+    │   ├── JobTimeout           waiting for a result ran past its deadline
+    │   ├── JobFailed            the awaited job ended failed, dead or cancelled
+    │   ├── StaleLease           a worker's fencing token no longer owns the job
+    │   └── NotSerializable      task arguments or results that are not JSON
+    ├── JobError                 raised *by* task code to steer the queue
+    │   ├── Retry                retry now-ish, optionally after a given delay
+    │   ├── Permanent            fail without retrying (bad input, 4xx from a provider)
+    │   └── OverBudget           end the job as over_budget, nothing charged
+    ├── LLMError
+    │   ├── UnknownModel         a model not in config/pricing.toml
+    │   ├── ProviderError        the provider refused the request (4xx), not retried
+    │   ├── RateLimited          429 after our retries were used up
+    │   └── DailyQuotaExhausted  a per-day quota; dispatch stops until it resets
+    ├── BudgetError
+    │   └── BudgetExceeded       a reservation did not fit a budget
+    └── InputError
+        └── BadDocument          a PDF that is corrupt, encrypted, empty or too large
+
+The CLI catches `PipelineError` and prints its message without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of every error the project raises on purpose."""
+
+
+class SettingsError(PipelineError):
+    pass
+
+
+class RedisUnavailable(PipelineError):
+    pass
+
+
+class DatabaseUnavailable(PipelineError):
+    pass
+
+
+class QueueError(PipelineError):
+    pass
+
+
+class UnknownTask(QueueError):
+    pass
+
+
+class JobNotFound(QueueError):
+    pass
+
+
+class JobTimeout(QueueError):
+    pass
+
+
+class JobFailed(QueueError):
+    def __init__(self, job_id: str, state: str, error: str | None) -> None:
+        super().__init__(f"job {job_id} ended {state}: {error or 'no error recorded'}")
+        self.job_id = job_id
+        self.state = state
+        self.error = error
+
+
+class StaleLease(QueueError):
+    pass
+
+
+class NotSerializable(QueueError):
+    pass
+
+
+class JobError(PipelineError):
+    """Raised by task code to tell the worker how the attempt ended."""
+
+
+class Retry(JobError):
+    def __init__(self, message: str = "retry requested", delay_s: float | None = None) -> None:
+        super().__init__(message)
+        self.delay_s = delay_s
+
+
+class Permanent(JobError):
+    pass
+
+
+class OverBudget(JobError):
+    pass
+
+
+class LLMError(PipelineError):
+    pass
+
+
+class UnknownModel(LLMError):
+    pass
+
+
+class ProviderError(LLMError):
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RateLimited(LLMError):
+    pass
+
+
+class DailyQuotaExhausted(LLMError):
+    pass
+
+
+class BudgetError(PipelineError):
+    pass
+
+
+class BudgetExceeded(BudgetError):
+    pass
+
+
+class InputError(PipelineError):
+    pass
+
+
+class BadDocument(InputError):
+    pass

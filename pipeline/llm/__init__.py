@@ -1,0 +1,1 @@
+"""LLM calls: providers (Gemini, offline, emulator), the shared limiter, pricing and retries."""

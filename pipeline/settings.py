@@ -1,0 +1,163 @@
+"""Typed settings: environment (PIPELINE_*), then ./pipeline.toml, then config/defaults.toml.
+
+Unknown keys are rejected rather than silently dropped (a typo in `PIPELINE_RMP` would
+otherwise leave the real limit in force), and a bad value is a one-line error naming
+the variable to fix.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from pipeline.errors import SettingsError
+from pipeline.resources import config_path
+
+ENV_PREFIX = "PIPELINE_"
+# Variables that share the prefix but belong to the test suite, not to the settings.
+_NOT_SETTINGS = ("PIPELINE_TEST_",)
+
+
+class ModelLimits(BaseModel):
+    """Per-model ceilings for the shared token bucket; missing fields fall back to the globals."""
+
+    model_config = ConfigDict(extra="forbid")
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    rpd: int | None = Field(default=None, gt=0)
+    max_concurrent_calls: int | None = Field(default=None, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        toml_file="pipeline.toml",
+        env_parse_none_str="",
+    )
+
+    home: Path = Path(".pipeline")
+    redis_url: str | None = None
+    database_url: str | None = None
+    key_prefix: str = Field(default="pipeline", pattern=r"^[A-Za-z0-9_.:-]+$")
+    provider: Literal["auto", "gemini", "offline", "emulator"] = "auto"
+    model: str = "gemini-3.5-flash-lite"
+
+    idempotency_ttl_s: int = Field(default=86400, gt=0)
+    result_ttl_s: int = Field(default=604800, gt=0)
+    min_lease_s: float = Field(default=2.0, gt=0)
+    worker_concurrency: int = Field(default=32, gt=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    sweep_interval_s: float = Field(default=0.5, gt=0)
+    cpu_workers: int = Field(default=2, gt=0)
+    cpu_max_tasks_per_child: int = Field(default=50, gt=0)
+
+    rpm: int = Field(default=1000, gt=0)
+    tpm: int = Field(default=1_000_000, gt=0)
+    rpd: int = Field(default=10_000, gt=0)
+    max_concurrent_calls: int = Field(default=64, gt=0)
+    limits: dict[str, ModelLimits] = Field(default_factory=dict)
+
+    budget_day_usd: Decimal | None = Field(default=None, ge=0)
+    budget_month_usd: Decimal | None = Field(default=None, ge=0)
+
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    api_keys: str | None = None  # comma-separated bearer keys
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            _FilteredEnv(env_settings),
+            TomlConfigSettingsSource(settings_cls, toml_file=Path("pipeline.toml")),
+            TomlConfigSettingsSource(settings_cls, toml_file=config_path("defaults.toml")),
+        )
+
+    def limits_for(self, model: str) -> ModelLimits:
+        """The bucket ceilings for one model: its own table in pipeline.toml, else the globals."""
+        own = self.limits.get(model, ModelLimits())
+        return ModelLimits(
+            rpm=own.rpm or self.rpm,
+            tpm=own.tpm or self.tpm,
+            rpd=own.rpd or self.rpd,
+            max_concurrent_calls=own.max_concurrent_calls or self.max_concurrent_calls,
+        )
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.home / "redis"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.home / "pipeline.db"
+
+
+class _FilteredEnv(PydanticBaseSettingsSource):
+    """The environment source, minus the test suite's own PIPELINE_TEST_* variables."""
+
+    def __init__(self, inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(inner.settings_cls)
+        self._inner = inner
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        values = self._inner()
+        unknown = sorted(
+            name
+            for name in os.environ
+            if name.upper().startswith(ENV_PREFIX)
+            and not name.upper().startswith(_NOT_SETTINGS)
+            and name.upper()[len(ENV_PREFIX) :].lower() not in Settings.model_fields
+        )
+        if unknown:
+            known = ", ".join(ENV_PREFIX + f.upper() for f in Settings.model_fields)
+            raise SettingsError(f"{unknown[0]}: unknown setting (known: {known})")
+        return values
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    name = ENV_PREFIX + loc[0].upper() if loc else "setting"
+    where = f" ({'.'.join(loc[1:])})" if len(loc) > 1 else ""
+    value = first.get("input")
+    shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+    return f"{name}{where}: {first['msg']}{shown}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning a validation error into one line that names the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

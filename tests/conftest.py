@@ -1,0 +1,111 @@
+"""Shared fixtures: a real Redis and a real database for every test.
+
+Redis: PIPELINE_TEST_REDIS_URL, else a server on 127.0.0.1:6379 if one answers, else the
+project's own embedded redis-server. Each test gets its own key prefix, so tests never
+see each other's keys and nothing is ever flushed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from pipeline.queue.keys import Keys
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("PIPELINE_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    if _port_open("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    from pipeline.redis_server import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis-home"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def key_prefix() -> Iterator[str]:
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+
+
+@pytest.fixture
+def keys(key_prefix: str) -> Keys:
+    return Keys(key_prefix)
+
+
+@pytest.fixture
+async def aredis(redis_url: str, keys: Keys) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await _drop_prefix(client, keys.prefix)
+    await client.aclose()
+
+
+@pytest.fixture
+def sredis(redis_url: str, keys: Keys) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    for key in client.scan_iter(match="{" + keys.prefix + "}*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+async def _drop_prefix(client: aioredis.Redis, prefix: str) -> None:
+    async for key in client.scan_iter(match="{" + prefix + "}*", count=1000):
+        await client.delete(key)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str | None:
+    """A PostgreSQL URL, or None where none can be found (tests marked postgres skip then)."""
+    url = os.environ.get("PIPELINE_TEST_DATABASE_URL")
+    if url:
+        return url
+    if _port_open("127.0.0.1", 5432):
+        return "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    return None
+
+
+@pytest.fixture
+def pipeline_env(
+    tmp_path: Path, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """Environment for a `pipeline` subprocess or in-process settings pointing at the test services."""
+    env = {
+        "PIPELINE_HOME": str(tmp_path / "home"),
+        "PIPELINE_REDIS_URL": redis_url,
+        "PIPELINE_KEY_PREFIX": key_prefix,
+        "PIPELINE_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+        "PIPELINE_PROVIDER": "offline",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    from pipeline.settings import get_settings
+
+    get_settings.cache_clear()
+    return env
