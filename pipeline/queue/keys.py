@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+EVENTS_MAXLEN = 100_000  # approximate length the progress stream is trimmed to
+
 
 @dataclass(frozen=True)
 class Keys:

@@ -1,0 +1,357 @@
+"""The producer side: enqueue jobs and chords, follow them, cancel or requeue them.
+
+Every state change goes through one Lua script (scripts.py); this module only prepares keys
+and JSON, and reads records back.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from redis.asyncio import Redis
+
+from pipeline.errors import JobFailed, JobNotFound, JobTimeout
+from pipeline.queue.job import Job, JobOptions, State, parse_priority
+from pipeline.queue.keys import EVENTS_MAXLEN, Keys
+from pipeline.queue.scripts import Scripts, group_keys
+from pipeline.queue.task import REGISTRY, Call, Task, dumps
+from pipeline.settings import Settings, get_settings
+
+
+@dataclass(frozen=True)
+class Event:
+    stream_id: str
+    job: str
+    state: str
+    task: str
+    queue: str
+    batch: str
+    attempt: int
+    fields: dict[str, str]
+
+
+class QueueClient:
+    def __init__(self, redis: Redis, keys: Keys | None = None, settings: Settings | None = None):
+        self.redis = redis
+        self.settings = settings or get_settings()
+        self.keys = keys or Keys(self.settings.key_prefix)
+        self.scripts = Scripts(redis)
+
+    @classmethod
+    async def connect(cls, settings: Settings | None = None) -> QueueClient:
+        """Connect to PIPELINE_REDIS_URL, or to (starting if needed) the embedded Redis."""
+        from pipeline.redis_server import ensure_redis_url
+
+        settings = settings or get_settings()
+        url = ensure_redis_url(settings)
+        redis = Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        return cls(redis, Keys(settings.key_prefix), settings)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    # -- enqueue -------------------------------------------------------------------------
+    def _call(
+        self,
+        target: Task | str | Call,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        options: JobOptions | None,
+    ) -> Call:
+        if isinstance(target, Call):
+            call = target
+        else:
+            name = target.name if isinstance(target, Task) else target
+            task = target if isinstance(target, Task) else REGISTRY.get(name)
+            call = Call(name, list(args), dict(kwargs), JobOptions(), task=task)
+        if options is not None:
+            call = replace(call, options=options)
+        return call
+
+    def _fields(
+        self, call: Call, extra: dict[str, str] | None = None
+    ) -> tuple[str, int, dict[str, str]]:
+        t, o = call.task, call.options
+        queue = o.queue or (t.queue if t else "default")
+        priority = parse_priority(
+            o.priority if o.priority is not None else (t.priority if t else 5)
+        )
+        fields = {
+            "task": call.task_name,
+            "queue": queue,
+            "args": dumps(call.args, f"arguments of {call.task_name}"),
+            "kwargs": dumps(call.kwargs, f"keyword arguments of {call.task_name}"),
+            "priority": str(priority),
+            "max_attempts": str(o.max_attempts or (t.max_attempts if t else 3)),
+            "expected_s": str(o.expected_duration_s or (t.expected_duration_s if t else 10.0)),
+            "timeout_s": str(o.timeout_s or (t.timeout_s if t else 600.0)),
+            "retry_delays_s": dumps(list(t.retry_delays_s) if t else [10, 60, 300], "retry delays"),
+            "batch": o.batch or "",
+            "hints": dumps(o.hints, "job hints"),
+            "idempotency_key": o.idempotency_key or "",
+        }
+        fields.update(extra or {})
+        return queue, priority, fields
+
+    def _run_at_ms(self, o: JobOptions) -> int:
+        if o.at is not None:
+            return int(o.at.timestamp() * 1000)
+        if o.delay_s:
+            return int((time.time() + o.delay_s) * 1000)
+        return 0
+
+    def _enqueue_args(
+        self, call: Call, job_id: str, state: str, extra: dict[str, str] | None = None
+    ) -> tuple[list[str], list[Any]]:
+        queue, priority, fields = self._fields(call, extra)
+        o, k = call.options, self.keys
+        idem_key = k.idempotency(o.idempotency_key) if o.idempotency_key else k.custom("noidem")
+        ttl = self.settings.idempotency_ttl_s if o.idempotency_key else 0
+        keys = [
+            k.job(job_id),
+            k.queue(queue),
+            k.delayed,
+            idem_key,
+            k.seq,
+            k.events,
+            k.wake(queue),
+            k.queues,
+        ]
+        args = [
+            job_id,
+            ttl,
+            self._run_at_ms(o),
+            priority,
+            state,
+            EVENTS_MAXLEN,
+            queue,
+            dumps(fields, "job fields"),
+        ]
+        return keys, args
+
+    async def enqueue(
+        self,
+        target: Task | str | Call,
+        *args: Any,
+        _options: JobOptions | None = None,
+        **kwargs: Any,
+    ) -> JobHandle:
+        """Enqueue `target(*args, **kwargs)`; an idempotency key seen before returns that job."""
+        call = self._call(target, args, kwargs, _options)
+        job_id = call.options.job_id or uuid.uuid4().hex
+        keys, argv = self._enqueue_args(call, job_id, "queued")
+        created, real_id = await self.scripts.enqueue(keys=keys, args=argv)
+        return JobHandle(self, real_id, created=bool(created))
+
+    async def group(
+        self, calls: Sequence[Call], then: Call, *, batch: str | None = None
+    ) -> GroupHandle:
+        """A chord: run `calls` in parallel, then `then(results, *its args)` exactly once.
+
+        The callback receives one outcome per member, in order: {"id", "state", "result",
+        "error"}; members that end failed, dead or cancelled count as finished too.
+        """
+        if any(c.options.idempotency_key for c in calls):
+            raise ValueError(
+                "chord members cannot carry idempotency keys; key the group's callback"
+            )
+        group_id = uuid.uuid4().hex
+        cb_id = then.options.job_id or uuid.uuid4().hex
+        then = then.with_options(batch=then.options.batch or batch)
+        cb_queue = self._fields(then)[0]
+        member_ids = [uuid.uuid4().hex for _ in calls]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                self.keys.group(group_id),
+                mapping={
+                    "total": len(calls),
+                    "done": 0,
+                    "callback": cb_id,
+                    "created_ms": int(time.time() * 1000),
+                },
+            )
+            keys, argv = self._enqueue_args(
+                then, cb_id, "waiting" if calls else "queued", {"chord": group_id}
+            )
+            await self.scripts.enqueue(keys=keys, args=argv, client=pipe)
+            for index, (call, member_id) in enumerate(zip(calls, member_ids, strict=True)):
+                call = call.with_options(batch=call.options.batch or batch)
+                keys, argv = self._enqueue_args(
+                    call,
+                    member_id,
+                    "queued",
+                    {
+                        "group": group_id,
+                        "group_index": str(index),
+                        "callback_id": cb_id,
+                        "callback_queue": cb_queue,
+                    },
+                )
+                await self.scripts.enqueue(keys=keys, args=argv, client=pipe)
+            await pipe.execute()
+        return GroupHandle(
+            group_id, [JobHandle(self, m) for m in member_ids], JobHandle(self, cb_id)
+        )
+
+    # -- read ----------------------------------------------------------------------------
+    async def get(self, job_id: str) -> Job:
+        h = await self.redis.hgetall(self.keys.job(job_id))
+        if not h:
+            raise JobNotFound(f"no job {job_id!r} (unknown id, or its record expired)")
+        return Job.from_hash(h)
+
+    def job(self, job_id: str) -> JobHandle:
+        return JobHandle(self, job_id)
+
+    async def group_results(self, group_id: str) -> list[Any]:
+        import json
+
+        raw = await self.redis.hgetall(self.keys.group_results(group_id))
+        return [json.loads(raw[i]) for i in sorted(raw, key=int)]
+
+    async def depths(self) -> dict[str, Any]:
+        """Queue depths by priority, plus delayed, active and dead-letter counts."""
+        names = sorted(await self.redis.smembers(self.keys.queues))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zrange(self.keys.queue(name), 0, -1, withscores=True)
+            pipe.zcard(self.keys.delayed)
+            pipe.zcard(self.keys.active)
+            pipe.zcard(self.keys.dead)
+            out = await pipe.execute()
+        queues: dict[str, Any] = {}
+        for name, members in zip(names, out[: len(names)], strict=True):
+            by_priority: dict[int, int] = {}
+            for _, score in members:
+                p = 9 - int(score // 1e12)
+                by_priority[p] = by_priority.get(p, 0) + 1
+            queues[name] = {"ready": len(members), "by_priority": by_priority}
+        delayed, active, dead = out[len(names) :]
+        return {"queues": queues, "delayed": delayed, "active": active, "dead": dead}
+
+    async def dead_jobs(self, limit: int = 100) -> list[Job]:
+        ids = await self.redis.zrevrange(self.keys.dead, 0, limit - 1)
+        jobs = []
+        for job_id in ids:
+            try:
+                jobs.append(await self.get(job_id))
+            except JobNotFound:
+                await self.redis.zrem(self.keys.dead, job_id)
+        return jobs
+
+    async def workers(self) -> list[dict[str, Any]]:
+        from pipeline.queue.heartbeat import list_workers
+
+        return await list_workers(self.redis, self.keys, self.settings.heartbeat_interval_s)
+
+    # -- change --------------------------------------------------------------------------
+    async def cancel(self, job_id: str) -> str:
+        """Cancel a job: `cancelled` at once when not running, `cancelling` when it is."""
+        job = await self.get(job_id)
+        k = self.keys
+        keys = [k.job(job_id), k.queue(job.queue), k.delayed, k.events, *group_keys(k, job)]
+        state = await self.scripts.cancel(
+            keys=keys, args=[job_id, self.settings.result_ttl_s, EVENTS_MAXLEN]
+        )
+        if not state:
+            raise JobNotFound(f"no job {job_id!r}")
+        return str(state)
+
+    async def requeue(self, job_id: str) -> bool:
+        """Put a dead (or failed) job back in its queue with fresh attempts."""
+        job = await self.get(job_id)
+        k = self.keys
+        keys = [k.job(job_id), k.dead, k.queue(job.queue), k.wake(job.queue), k.events]
+        return bool(await self.scripts.requeue(keys=keys, args=[job_id, EVENTS_MAXLEN]))
+
+    # -- follow --------------------------------------------------------------------------
+    async def last_event_id(self) -> str:
+        last = await self.redis.xrevrange(self.keys.events, count=1)
+        return last[0][0] if last else "0-0"
+
+    async def events(
+        self,
+        *,
+        since: str | None = None,
+        batch: str | None = None,
+        block_ms: int = 1000,
+        until: float | None = None,
+    ) -> AsyncIterator[Event]:
+        """Follow state changes live (optionally of one batch) without polling every job."""
+        cursor = since or await self.last_event_id()
+        while until is None or time.monotonic() < until:
+            block = (
+                block_ms
+                if until is None
+                else max(1, min(block_ms, int((until - time.monotonic()) * 1000)))
+            )
+            reply = await self.redis.xread({self.keys.events: cursor}, block=block, count=500)
+            for _, entries in reply or []:
+                for stream_id, f in entries:
+                    cursor = stream_id
+                    if batch is not None and f.get("batch") != batch:
+                        continue
+                    yield Event(
+                        stream_id,
+                        f.get("job", ""),
+                        f.get("state", ""),
+                        f.get("task", ""),
+                        f.get("queue", ""),
+                        f.get("batch", ""),
+                        int(f.get("attempt") or 0),
+                        f,
+                    )
+
+    async def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
+        """Wait until the job is terminal, following the event stream (no polling)."""
+        until = None if timeout_s is None else time.monotonic() + timeout_s
+        cursor = await self.last_event_id()
+        job = await self.get(job_id)
+        if job.done:
+            return job
+        async for event in self.events(since=cursor, until=until):
+            if event.job == job_id and event.state in {s.value for s in State}:
+                job = await self.get(job_id)
+                if job.done:
+                    return job
+        job = await self.get(job_id)
+        if job.done:
+            return job
+        raise JobTimeout(f"job {job_id} still {job.state} after {timeout_s}s")
+
+
+class JobHandle:
+    def __init__(self, client: QueueClient, job_id: str, created: bool = True) -> None:
+        self.client = client
+        self.id = job_id
+        self.created = created  # False when an idempotency key returned an existing job
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.id!r})"
+
+    async def info(self) -> Job:
+        return await self.client.get(self.id)
+
+    async def status(self) -> State:
+        return (await self.info()).state
+
+    async def result(self, timeout_s: float | None = None) -> Any:
+        """The job's result; `JobFailed` if it ended any other way, `JobTimeout` past the deadline."""
+        job = await self.client.wait(self.id, timeout_s)
+        if job.state != State.COMPLETE:
+            raise JobFailed(job.id, job.state.value, job.error)
+        return job.result
+
+    async def cancel(self) -> str:
+        return await self.client.cancel(self.id)
+
+
+@dataclass(frozen=True)
+class GroupHandle:
+    id: str
+    members: list[JobHandle]
+    callback: JobHandle

@@ -1,0 +1,46 @@
+-- uses: _lib
+-- Create a job, or return the existing one for an idempotency key seen within its TTL.
+-- KEYS[1] job hash          KEYS[2] queue zset       KEYS[3] delayed zset
+-- KEYS[4] idempotency key   KEYS[5] sequence counter KEYS[6] events stream
+-- KEYS[7] wake list         KEYS[8] set of queue names
+-- ARGV[1] job id            ARGV[2] idempotency TTL s (0: no key)
+-- ARGV[3] run-at ms (0: now) ARGV[4] priority 0-9 (9 runs first)
+-- ARGV[5] initial state: queued | waiting (a chord callback held until its group is done)
+-- ARGV[6] events maxlen     ARGV[7] queue name       ARGV[8] JSON object of job fields
+-- Returns {1, id} when created, {0, existing id} for a known idempotency key.
+local id = ARGV[1]
+if ARGV[2] ~= '0' then
+  local existing = redis.call('GET', KEYS[4])
+  if existing then return {0, existing} end
+  redis.call('SET', KEYS[4], id, 'EX', ARGV[2])
+end
+local now = now_ms()
+local seq = redis.call('INCR', KEYS[5])
+local score = (9 - tonumber(ARGV[4])) * 1e12 + seq
+local fields = cjson.decode(ARGV[8])
+local args = {'HSET', KEYS[1]}
+for k, v in pairs(fields) do
+  table.insert(args, k)
+  table.insert(args, tostring(v))
+end
+redis.call(unpack(args))
+redis.call('HSET', KEYS[1], 'id', id, 'score', string.format('%.0f', score), 'attempt', 0,
+  'created_ms', now, 'cancel', 0)
+redis.call('SADD', KEYS[8], ARGV[7])
+local run_at = tonumber(ARGV[3])
+local state
+if ARGV[5] == 'waiting' then
+  state = 'waiting'
+elseif run_at > now then
+  state = 'scheduled'
+  redis.call('ZADD', KEYS[3], run_at, id)
+  redis.call('HSET', KEYS[1], 'run_at_ms', run_at)
+else
+  state = 'queued'
+  redis.call('ZADD', KEYS[2], score, id)
+  redis.call('LPUSH', KEYS[7], '1')
+  redis.call('LTRIM', KEYS[7], 0, 999)
+end
+redis.call('HSET', KEYS[1], 'state', state, 'enqueued_ms', now)
+emit(KEYS[6], ARGV[6], KEYS[1], id, state, nil)
+return {1, id}

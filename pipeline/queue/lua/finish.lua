@@ -1,0 +1,52 @@
+-- uses: _lib
+-- End an attempt, fenced by the claim's token: a stale worker's word is refused.
+-- KEYS[1] job hash   KEYS[2] active zset   KEYS[3] events stream   KEYS[4] queue zset
+-- KEYS[5] delayed zset   KEYS[6] dead zset   KEYS[7] wake list
+-- KEYS[8] group hash   KEYS[9] group results   KEYS[10] callback job   KEYS[11] callback queue
+-- KEYS[12] callback wake list   (8-12 are placeholders for jobs outside a group)
+-- ARGV[1] job id   ARGV[2] token   ARGV[3] outcome: complete | failed | dead | cancelled |
+--   over_budget (terminal), retry (back after ARGV[8] ms), release (back now, attempt not counted)
+-- ARGV[4] result JSON   ARGV[5] error   ARGV[6] traceback   ARGV[7] record TTL s
+-- ARGV[8] retry delay ms   ARGV[9] events maxlen
+-- Returns 1 when applied, 0 when the token is stale.
+local id, outcome = ARGV[1], ARGV[3]
+local f = redis.call('HMGET', KEYS[1], 'state', 'token')
+if f[1] ~= 'active' or f[2] ~= ARGV[2] then return 0 end
+local now = now_ms()
+redis.call('ZREM', KEYS[2], id)
+redis.call('HDEL', KEYS[1], 'token', 'lease_deadline_ms')
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[1], 'error', ARGV[5], 'traceback', ARGV[6])
+end
+if outcome == 'retry' then
+  redis.call('HSET', KEYS[1], 'state', 'scheduled', 'run_at_ms', now + tonumber(ARGV[8]))
+  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[8]), id)
+  emit(KEYS[3], ARGV[9], KEYS[1], id, 'scheduled', {error = ARGV[5]})
+  return 1
+end
+if outcome == 'release' then
+  redis.call('HINCRBY', KEYS[1], 'attempt', -1)
+  redis.call('HSET', KEYS[1], 'state', 'queued')
+  redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[1], 'score'), id)
+  redis.call('LPUSH', KEYS[7], '1')
+  redis.call('LTRIM', KEYS[7], 0, 999)
+  emit(KEYS[3], ARGV[9], KEYS[1], id, 'queued', {released = '1'})
+  return 1
+end
+redis.call('HSET', KEYS[1], 'state', outcome, 'finished_ms', now)
+if outcome == 'complete' then
+  redis.call('HSET', KEYS[1], 'result', ARGV[4])
+end
+if outcome == 'dead' then
+  redis.call('ZADD', KEYS[6], now, id)
+else
+  redis.call('EXPIRE', KEYS[1], ARGV[7])
+end
+emit(KEYS[3], ARGV[9], KEYS[1], id, outcome, {error = ARGV[5]})
+local result = nil
+if outcome == 'complete' then result = ARGV[4] end
+local err = nil
+if ARGV[5] ~= '' then err = ARGV[5] end
+member_done(KEYS[1], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[3], ARGV[9],
+  id, outcome, result, err)
+return 1

@@ -1,0 +1,107 @@
+"""A process pool for CPU-heavy helpers (PDF parsing), off the event loop.
+
+Child processes are recycled after `max_tasks_per_child` calls, so memory that a parser
+fragments is handed back to the OS. Only JSON crosses the process boundary: a call is a
+`module:function` path plus JSON arguments (bytes travel base64-encoded), and the answer is
+JSON text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+_BYTES = "__bytes_b64__"
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return {_BYTES: base64.b64encode(value).decode()}
+    if isinstance(value, list | tuple):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {_BYTES}:
+            return base64.b64decode(value[_BYTES])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def _trampoline(payload: str) -> str:
+    """Runs in the child: resolve `module:function`, call it, answer JSON."""
+    request = json.loads(payload)
+    module, _, name = request["func"].partition(":")
+    fn = getattr(importlib.import_module(module), name)
+    try:
+        result = fn(*_decode(request["args"]))
+        return json.dumps({"ok": _encode(_to_jsonable(result))})
+    except Exception as exc:
+        return json.dumps(
+            {"error": type(exc).__name__, "module": type(exc).__module__, "message": str(exc)}
+        )
+
+
+def _to_jsonable(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if hasattr(value, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(value)
+    return value
+
+
+class CpuPoolError(Exception):
+    def __init__(self, kind: str, module: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.module = module
+
+
+class CpuPool:
+    def __init__(self, workers: int = 2, max_tasks_per_child: int = 50) -> None:
+        self.workers = workers
+        self.max_tasks_per_child = max_tasks_per_child
+        self._executor: ProcessPoolExecutor | None = None
+
+    def _ensure(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                max_tasks_per_child=self.max_tasks_per_child,
+            )
+        return self._executor
+
+    async def run(self, func_path: str, *args: Any) -> Any:
+        """Call `module:function(*args)` in a child; its own error types are re-raised by name
+        when they come from pipeline.errors, else as CpuPoolError."""
+        payload = json.dumps({"func": func_path, "args": _encode(list(args))})
+        loop = asyncio.get_running_loop()
+        answer = json.loads(await loop.run_in_executor(self._ensure(), _trampoline, payload))
+        if "error" in answer:
+            if answer["module"] == "pipeline.errors":
+                from pipeline import errors
+
+                cls = getattr(errors, answer["error"], None)
+                if isinstance(cls, type) and issubclass(cls, errors.PipelineError):
+                    raise cls(answer["message"])
+            raise CpuPoolError(answer["error"], answer["module"], answer["message"])
+        return _decode(answer["ok"])
+
+    def shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None

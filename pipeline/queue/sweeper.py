@@ -1,0 +1,85 @@
+"""Upkeep every worker runs: promote due delayed jobs, reclaim jobs whose lease expired.
+
+Any number of workers may sweep at once; each script re-checks its condition atomically, so
+a job is promoted or reclaimed once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from redis.asyncio import Redis
+
+from pipeline.queue.job import Job
+from pipeline.queue.keys import EVENTS_MAXLEN, Keys
+from pipeline.queue.scripts import Scripts, settle_keys
+
+log = logging.getLogger("pipeline.sweeper")
+
+EXPIRED_OUTCOMES = {1: "requeued", 2: "dead", 3: "cancelled"}
+LeaseExpiredHook = Callable[[Job, str], Awaitable[None]]
+
+
+class Sweeper:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        scripts: Scripts,
+        result_ttl_s: int,
+        on_lease_expired: list[LeaseExpiredHook] | None = None,
+    ) -> None:
+        self.redis, self.keys, self.scripts = redis, keys, scripts
+        self.result_ttl_s = result_ttl_s
+        self.on_lease_expired = on_lease_expired or []
+
+    async def _server_ms(self) -> int:
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    async def promote_due(self, limit: int = 500) -> int:
+        now = await self._server_ms()
+        ids = await self.redis.zrangebyscore(self.keys.delayed, "-inf", now, start=0, num=limit)
+        promoted = 0
+        for job_id in ids:
+            queue = await self.redis.hget(self.keys.job(job_id), "queue")
+            if queue is None:  # record expired: drop the orphan
+                await self.redis.zrem(self.keys.delayed, job_id)
+                continue
+            k = self.keys
+            promoted += await self.scripts.promote(
+                keys=[k.delayed, k.job(job_id), k.queue(queue), k.wake(queue), k.events],
+                args=[job_id, EVENTS_MAXLEN],
+            )
+        return promoted
+
+    async def reclaim_expired(self, limit: int = 500) -> list[tuple[str, str]]:
+        now = await self._server_ms()
+        ids = await self.redis.zrangebyscore(self.keys.active, "-inf", now, start=0, num=limit)
+        out = []
+        for job_id in ids:
+            h = await self.redis.hgetall(self.keys.job(job_id))
+            if not h:
+                await self.redis.zrem(self.keys.active, job_id)
+                continue
+            job = Job.from_hash(h)
+            code = await self.scripts.expire(
+                keys=settle_keys(self.keys, job), args=[job_id, self.result_ttl_s, EVENTS_MAXLEN]
+            )
+            if code:
+                outcome = EXPIRED_OUTCOMES[int(code)]
+                log.warning(
+                    "job %s: lease expired on worker %s (attempt %d) -> %s",
+                    job_id,
+                    job.worker,
+                    job.attempt,
+                    outcome,
+                )
+                out.append((job_id, outcome))
+                for hook in self.on_lease_expired:
+                    try:
+                        await hook(job, outcome)
+                    except Exception:
+                        log.exception("lease-expired hook failed for job %s", job_id)
+        return out

@@ -1,0 +1,415 @@
+"""The worker loop: claim a job only when a slot is free and the gate admits it, run it under
+a renewed lease, and settle it with the claim's fencing token.
+
+A worker never holds a job it cannot start now (prefetch of one per free slot), so waiting
+happens in Redis where every worker sees it. Upkeep (lease renewal, sweeping, heartbeats)
+runs as small independent loops that log errors and carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from pipeline.errors import NotSerializable, OverBudget, Permanent, Retry, UnknownTask
+from pipeline.queue import heartbeat
+from pipeline.queue.client import QueueClient
+from pipeline.queue.context import JobContext
+from pipeline.queue.gate import Admission, Candidate, Gate, OpenGate
+from pipeline.queue.job import Job
+from pipeline.queue.keys import EVENTS_MAXLEN
+from pipeline.queue.lease import LeaseKeeper
+from pipeline.queue.pool import CpuPool
+from pipeline.queue.retry import retry_delay_s
+from pipeline.queue.scripts import settle_keys
+from pipeline.queue.sweeper import LeaseExpiredHook, Sweeper
+from pipeline.queue.task import dumps, lookup
+
+log = logging.getLogger("pipeline.worker")
+
+JobHook = Callable[[JobContext, str, str | None], Awaitable[None]]
+
+
+@dataclass
+class Running:
+    job: Job
+    task: asyncio.Task[None]
+    admission: Admission | None
+    stop_reason: str | None = None  # cancel | shutdown | lost
+
+
+@dataclass
+class Counters:
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    fenced: int = 0  # settlements refused because the token was stale
+    released: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Worker:
+    def __init__(
+        self,
+        client: QueueClient,
+        *,
+        queues: Sequence[str] = ("default",),
+        concurrency: int | None = None,
+        gate: Gate | None = None,
+        deps: dict[str, Any] | None = None,
+        burst: bool = False,
+        pool: CpuPool | None = None,
+        worker_id: str | None = None,
+        on_lease_expired: Sequence[LeaseExpiredHook] = (),
+        on_job_end: Sequence[JobHook] = (),
+    ) -> None:
+        s = client.settings
+        self.client, self.redis, self.keys, self.scripts = (
+            client,
+            client.redis,
+            client.keys,
+            client.scripts,
+        )
+        self.queues = list(queues)
+        self.concurrency = concurrency or s.worker_concurrency
+        self.gate = gate or OpenGate()
+        self.deps = deps if deps is not None else {}
+        self.burst = burst
+        self.pool = pool
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.on_job_end = list(on_job_end)
+        self.leases = LeaseKeeper(self.redis, self.keys, self.scripts)
+        self.sweeper = Sweeper(
+            self.redis, self.keys, self.scripts, s.result_ttl_s, list(on_lease_expired)
+        )
+        self.running: dict[str, Running] = {}
+        self.counters = Counters()
+        self._stop = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._signals = 0
+        self._started_ms = int(time.time() * 1000)
+        self._min_lease_ms = int(s.min_lease_s * 1000)
+        self._tick_s = max(0.05, min(1.0, s.min_lease_s / 6))
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def run(self, install_signals: bool = True) -> None:
+        if install_signals:
+            self._install_signals()
+        log.info("worker %s: queues %s, %d slots", self.id, ",".join(self.queues), self.concurrency)
+        upkeep = [
+            asyncio.create_task(self._loop(name, fn, every))
+            for name, fn, every in (
+                ("lease", self._renew, self._tick_s),
+                ("sweep", self._sweep, self.client.settings.sweep_interval_s),
+                ("heartbeat", self._beat, self.client.settings.heartbeat_interval_s),
+            )
+        ]
+        claimer = asyncio.create_task(self._claim_loop())
+        try:
+            await self._stop.wait()
+        finally:
+            claimer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await claimer
+            await self._drain()
+            for t in upkeep:
+                t.cancel()
+            await asyncio.gather(*upkeep, return_exceptions=True)
+            with contextlib.suppress(RedisError):
+                await heartbeat.leave(self.redis, self.keys, self.id)
+            if self.pool is not None:
+                await asyncio.to_thread(self.pool.shutdown)
+            log.info("worker %s stopped: %s", self.id, self.counters)
+
+    def stop(self) -> None:
+        """Stop claiming now; running jobs get the grace period, then are released."""
+        self._stop.set()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._on_signal)
+
+    def _on_signal(self) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.warning(
+                "stopping: no new jobs; %d running get %.0fs to finish (signal again to "
+                "release them now)",
+                len(self.running),
+                self.client.settings.shutdown_grace_s,
+            )
+            self.stop()
+        elif self._signals == 2:
+            log.warning("releasing %d running jobs back to their queues now", len(self.running))
+            for job_id in list(self.running):
+                self._halt(job_id, "shutdown")
+        else:
+            os._exit(130)
+
+    async def _drain(self) -> None:
+        """Grace period for running jobs, then release the rest to their queues at once."""
+        tasks = [r.task for r in self.running.values()]
+        if tasks and self._signals < 2:
+            await asyncio.wait(tasks, timeout=self.client.settings.shutdown_grace_s)
+        for job_id in list(self.running):
+            self._halt(job_id, "shutdown")
+        tasks = [r.task for r in self.running.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=30)
+
+    def _halt(self, job_id: str, reason: str) -> None:
+        running = self.running.get(job_id)
+        if running is not None and running.stop_reason is None:
+            running.stop_reason = reason
+            running.task.cancel()
+
+    # -- claiming --------------------------------------------------------------------------
+    async def _claim_loop(self) -> None:
+        while not self._stop.is_set():
+            if len(self.running) >= self.concurrency:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                claimed, wait_s = await self._claim_one()
+            except RedisError as exc:
+                log.warning("claim failed (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            if claimed:
+                continue
+            if self.burst and not self.running and await self._queues_empty():
+                log.info("burst worker %s: queues empty, exiting", self.id)
+                self.stop()
+                return
+            await self._idle(wait_s)
+
+    async def _queues_empty(self) -> bool:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for q in self.queues:
+                pipe.zcard(self.keys.queue(q))
+            return not any(await pipe.execute())
+
+    async def _idle(self, gate_wait_s: float | None) -> None:
+        """Wait for a wake token (a new job) or, when a gate said 'not yet', for that long."""
+        if gate_wait_s is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=min(max(gate_wait_s, 0.005), 1.0))
+            return
+        wake = [self.keys.wake(q) for q in self.queues]
+        await self.redis.blpop(wake, timeout=1)
+
+    async def _claim_one(self) -> tuple[bool, float | None]:
+        """Claim the head of the first queue whose head the gate admits.
+
+        Returns (claimed, wait): wait is None when the queues are empty, else how long the
+        gate asked to wait before any head can start.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for q in self.queues:
+                pipe.zrange(self.keys.queue(q), 0, 0)
+            heads = await pipe.execute()
+        wait_s: float | None = None
+        gated = not isinstance(self.gate, OpenGate)
+        for queue, ids in zip(self.queues, heads, strict=True):
+            if not ids:
+                continue
+            job_id = ids[0]
+            admission = None
+            if gated:
+                task, hints = await self.redis.hmget(self.keys.job(job_id), ["task", "hints"])
+                import json
+
+                admission = await self.gate.admit(
+                    Candidate(job_id, task or "", queue, json.loads(hints or "{}"))
+                )
+                if not admission.ok:
+                    wait_s = min(wait_s if wait_s is not None else 1e9, admission.retry_after_s)
+                    continue
+            k = self.keys
+            raw = await self.scripts.claim(
+                keys=[k.queue(queue), k.job(job_id), k.active, k.fence, k.events],
+                args=[job_id, self.id, self._min_lease_ms, EVENTS_MAXLEN],
+            )
+            if not raw:
+                if admission is not None:
+                    await self.gate.release(admission)
+                return True, None  # lost a race: look again at once
+            job = Job.from_hash(dict(zip(raw[::2], raw[1::2], strict=True)))
+            self._start(job, admission)
+            return True, None
+        return False, wait_s
+
+    def _start(self, job: Job, admission: Admission | None) -> None:
+        self.counters.claimed += 1
+        self.leases.hold(job.id, job.token or "", job.lease_ms)
+        task = asyncio.create_task(self._run(job, admission), name=f"job-{job.id}")
+        self.running[job.id] = Running(job, task, admission)
+
+    # -- running ---------------------------------------------------------------------------
+    async def _run(self, job: Job, admission: Admission | None) -> None:
+        ctx = JobContext(
+            job,
+            self.client,
+            self.id,
+            self.pool,
+            self.deps,
+            permit=admission.permit if admission else None,
+        )
+        outcome, result, error, tb, delay_s = "complete", "null", "", "", 0.0
+        try:
+            task = lookup(job.task)
+            args = list(job.args)
+            if job.chord:
+                ctx.group_results = await self.client.group_results(job.chord)
+                args = [ctx.group_results, *args]
+            value = await asyncio.wait_for(task.fn(ctx, *args, **job.kwargs), timeout=job.timeout_s)
+            result = dumps(value, f"result of {job.task}")
+        except asyncio.CancelledError:
+            reason = self.running[job.id].stop_reason if job.id in self.running else None
+            outcome = {"cancel": "cancelled", "lost": "lost"}.get(reason or "", "release")
+            error = "cancelled on request" if outcome == "cancelled" else ""
+        except (UnknownTask, NotSerializable, Permanent) as exc:
+            outcome, error = "failed", str(exc)
+        except OverBudget as exc:
+            outcome, error = "over_budget", str(exc)
+        except TimeoutError:
+            outcome, error = "error", f"timed out after {job.timeout_s:g}s (the task's timeout_s)"
+        except Retry as exc:
+            outcome, error, delay_s = "error", str(exc), exc.delay_s or 0.0
+        except Exception as exc:
+            outcome, error, tb = "error", f"{type(exc).__name__}: {exc}", traceback.format_exc()
+        if outcome == "error":
+            if job.attempt < job.max_attempts:
+                outcome = "retry"
+                delay_s = delay_s or retry_delay_s(job.retry_delays_s, job.attempt)
+            else:
+                outcome = "dead"
+                error = f"{error} (attempt {job.attempt} of {job.max_attempts})"
+        try:
+            await asyncio.shield(self._settle(ctx, outcome, result, error, tb, delay_s))
+        finally:
+            self.leases.drop(job.id)
+            self.running.pop(job.id, None)
+            self._slot_freed.set()
+
+    async def _settle(
+        self, ctx: JobContext, outcome: str, result: str, error: str, tb: str, delay_s: float
+    ) -> None:
+        job = ctx.job
+        if ctx.permit is not None:  # admitted but never used: give the tokens back
+            await self.gate.release(Admission(ok=True, permit=ctx.take_permit()))
+        if outcome != "lost":
+            applied = await self._finish(job, outcome, result, error, tb, delay_s)
+            if not applied:
+                self.counters.fenced += 1
+                log.warning(
+                    "job %s: %s refused, token %s is stale (another worker owns it); "
+                    "result discarded",
+                    job.id,
+                    outcome,
+                    job.token,
+                )
+                outcome = "fenced"
+            else:
+                self._count(outcome)
+                if outcome == "complete" and job.chord:
+                    for key in (self.keys.group(job.chord), self.keys.group_results(job.chord)):
+                        await self.redis.expire(key, self.client.settings.result_ttl_s)
+        for hook in self.on_job_end:
+            try:
+                await hook(ctx, outcome, error or None)
+            except Exception:
+                log.exception("job-end hook failed for job %s", job.id)
+
+    def _count(self, outcome: str) -> None:
+        c = self.counters
+        if outcome == "complete":
+            c.completed += 1
+        elif outcome == "retry":
+            c.retried += 1
+        elif outcome == "release":
+            c.released += 1
+        else:
+            c.failed += 1
+
+    async def _finish(
+        self, job: Job, outcome: str, result: str, error: str, tb: str, delay_s: float
+    ) -> bool:
+        """Settle with the fencing token; keep trying through a Redis outage for one lease."""
+        deadline = time.monotonic() + max(job.lease_ms / 1000, 5)
+        while True:
+            try:
+                code = await self.scripts.finish(
+                    keys=settle_keys(self.keys, job),
+                    args=[
+                        job.id,
+                        job.token or "",
+                        outcome,
+                        result,
+                        error[:2000],
+                        tb[-8000:],
+                        self.client.settings.result_ttl_s,
+                        int(delay_s * 1000),
+                        EVENTS_MAXLEN,
+                    ],
+                )
+                return bool(code)
+            except RedisError as exc:
+                if time.monotonic() > deadline:
+                    log.error(
+                        "job %s: could not settle (%s); its lease will bring it back", job.id, exc
+                    )
+                    return False
+                await asyncio.sleep(0.5)
+
+    # -- upkeep ----------------------------------------------------------------------------
+    async def _loop(self, name: str, fn: Callable[[], Awaitable[None]], every_s: float) -> None:
+        while True:
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("%s loop: %s", name, exc)
+            await asyncio.sleep(every_s * random.uniform(0.8, 1.2))
+
+    async def _renew(self) -> None:
+        stale, cancel = await self.leases.renew_due()
+        for job_id in stale:
+            self._halt(job_id, "lost")
+        for job_id in cancel:
+            self._halt(job_id, "cancel")
+
+    async def _sweep(self) -> None:
+        await self.sweeper.promote_due()
+        await self.sweeper.reclaim_expired()
+
+    async def _beat(self) -> None:
+        await heartbeat.beat(
+            self.redis,
+            self.keys,
+            self.id,
+            queues=self.queues,
+            concurrency=self.concurrency,
+            jobs=list(self.running),
+            interval_s=self.client.settings.heartbeat_interval_s,
+            started_ms=self._started_ms,
+            state="stopping" if self._stop.is_set() else "running",
+        )
