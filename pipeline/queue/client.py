@@ -15,6 +15,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from pipeline.errors import JobFailed, JobNotFound, JobTimeout
+from pipeline.queue.connection import connect_redis
 from pipeline.queue.job import Job, JobOptions, State, parse_priority
 from pipeline.queue.keys import EVENTS_MAXLEN, Keys
 from pipeline.queue.scripts import Scripts, group_keys
@@ -48,8 +49,7 @@ class QueueClient:
 
         settings = settings or get_settings()
         url = ensure_redis_url(settings)
-        redis = Redis.from_url(url, decode_responses=True, health_check_interval=30)
-        return cls(redis, Keys(settings.key_prefix), settings)
+        return cls(connect_redis(url), Keys(settings.key_prefix), settings)
 
     async def aclose(self) -> None:
         await self.redis.aclose()

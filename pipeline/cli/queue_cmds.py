@@ -1,0 +1,157 @@
+"""`pipeline worker`, `pipeline status` (queue side) and the dead-letter commands."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.cli import app
+from pipeline.errors import PipelineError
+from pipeline.queue.client import QueueClient
+from pipeline.settings import get_settings
+
+console = Console()
+dead_app = typer.Typer(help="Inspect and requeue dead-lettered jobs.", no_args_is_help=True)
+app.add_typer(dead_app, name="dead")
+
+# Modules whose tasks a worker registers unless told otherwise.
+DEFAULT_TASK_MODULES = ("tasks.analyze",)
+
+
+def import_task_modules(names: list[str] | None) -> list[str]:
+    loaded = []
+    for name in names or DEFAULT_TASK_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if names and exc.name == name:
+                raise PipelineError(f"cannot import task module {name!r}: {exc}") from None
+            if names:
+                raise
+            continue
+        loaded.append(name)
+    return loaded
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", "-c", min=1, help="In-flight job slots (default 32)."),
+    ] = None,
+    queue: Annotated[
+        list[str] | None, typer.Option("--queue", "-q", help="Queues to serve, in order.")
+    ] = None,
+    burst: Annotated[bool, typer.Option(help="Exit when the queues are empty.")] = False,
+    import_: Annotated[
+        list[str] | None, typer.Option("--import", "-i", help="Module(s) defining tasks.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
+) -> None:
+    """Run a worker: claim jobs when a slot is free, run them under renewed leases."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    modules = import_task_modules(import_)
+    from pipeline.runtime import build_worker
+
+    async def main() -> None:
+        client = await QueueClient.connect()
+        try:
+            w = await build_worker(
+                client, queues=queue or ["default"], concurrency=concurrency, burst=burst
+            )
+            logging.getLogger("pipeline.worker").info("tasks from: %s", ", ".join(modules) or "-")
+            await w.run()
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+async def _queue_status() -> dict[str, object]:
+    client = await QueueClient.connect()
+    try:
+        return {"depths": await client.depths(), "workers": await client.workers()}
+    finally:
+        await client.aclose()
+
+
+def print_queue_status(data: dict[str, object]) -> None:
+    depths = data["depths"]
+    assert isinstance(depths, dict)
+    table = Table(title="queues")
+    for col in ("queue", "ready", "by priority"):
+        table.add_column(col)
+    for name, q in depths["queues"].items():
+        prio = " ".join(f"p{p}:{n}" for p, n in sorted(q["by_priority"].items(), reverse=True))
+        table.add_row(name, str(q["ready"]), prio or "-")
+    console.print(table)
+    console.print(
+        f"delayed {depths['delayed']} · active {depths['active']} · dead-letter {depths['dead']}"
+    )
+    workers = data["workers"]
+    assert isinstance(workers, list)
+    wt = Table(title=f"workers ({len(workers)} alive)")
+    for col in ("worker", "queues", "slots", "state"):
+        wt.add_column(col)
+    for w in workers:
+        wt.add_row(
+            w["id"],
+            ",".join(w["queues"]),
+            f"{w['slots_used']}/{w['concurrency']}",
+            w.get("state", ""),
+        )
+    console.print(wt)
+
+
+@dead_app.command("list")
+def dead_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Dead-lettered jobs with their last error."""
+
+    async def main() -> list[dict[str, object]]:
+        client = await QueueClient.connect()
+        try:
+            return [j.to_dict() for j in await client.dead_jobs()]
+        finally:
+            await client.aclose()
+
+    jobs = asyncio.run(main())
+    if as_json:
+        print(json.dumps(jobs, default=str))
+        return
+    table = Table(title=f"dead-letter ({len(jobs)})")
+    for col in ("job", "task", "attempts", "error"):
+        table.add_column(col)
+    for j in jobs:
+        table.add_row(str(j["id"]), str(j["task"]), str(j["attempt"]), str(j["error"])[:80])
+    console.print(table)
+
+
+@dead_app.command("requeue")
+def dead_requeue(job_ids: list[str]) -> None:
+    """Put dead jobs back in their queues with fresh attempts."""
+
+    async def main() -> list[tuple[str, bool]]:
+        client = await QueueClient.connect()
+        try:
+            return [(j, await client.requeue(j)) for j in job_ids]
+        finally:
+            await client.aclose()
+
+    for job_id, ok in asyncio.run(main()):
+        console.print(f"{job_id}: {'requeued' if ok else 'not dead or failed; left as is'}")
+
+
+def queue_status() -> dict[str, object]:
+    return asyncio.run(_queue_status())
+
+
+_ = get_settings  # settings are read by QueueClient.connect

@@ -1,0 +1,113 @@
+"""Helpers for queue tests: settings, in-process and subprocess workers, waiting on conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.queue import QueueClient, Worker
+from pipeline.queue.connection import connect_redis
+from pipeline.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FAST = {
+    "min_lease_s": 0.5,
+    "sweep_interval_s": 0.1,
+    "heartbeat_interval_s": 0.5,
+    "shutdown_grace_s": 1.0,
+}
+
+
+def fast_settings(prefix: str, **extra: Any) -> Settings:
+    return load_settings(key_prefix=prefix, **{**FAST, **extra})
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], timeout_s: float = 20.0, what: str = "condition"
+) -> Any:
+    """Poll `check` until it returns something truthy, or fail after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class InProcessWorker:
+    """A Worker running as a task in the test's event loop, on its own Redis connection."""
+
+    def __init__(self, redis_url: str, settings: Settings, **kwargs: Any) -> None:
+        self.client = QueueClient(connect_redis(redis_url), settings=settings)
+        self.worker = Worker(self.client, **kwargs)
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Worker:
+        self.task = asyncio.create_task(self.worker.run(install_signals=False))
+        return self.worker
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.worker.stop()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 30)
+        await self.client.aclose()
+
+
+def worker_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    env.update(
+        {
+            "PIPELINE_REDIS_URL": redis_url,
+            "PIPELINE_KEY_PREFIX": prefix,
+            "PIPELINE_MIN_LEASE_S": str(FAST["min_lease_s"]),
+            "PIPELINE_SWEEP_INTERVAL_S": str(FAST["sweep_interval_s"]),
+            "PIPELINE_HEARTBEAT_INTERVAL_S": str(FAST["heartbeat_interval_s"]),
+            "PIPELINE_SHUTDOWN_GRACE_S": str(FAST["shutdown_grace_s"]),
+            "PIPELINE_CPU_WORKERS": "1",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """`pipeline worker` as a real subprocess, ended by pid."""
+
+    def __init__(self, redis_url: str, prefix: str, *args: str, **env: str) -> None:
+        cmd = [sys.executable, "-m", "pipeline", "worker", "--import", "tests.queue_tasks", *args]
+        self.log = open(f"/tmp/pipeline-worker-{prefix}-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=worker_env(redis_url, prefix, **env),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def close(self) -> None:
+        self.kill()
+        self.log.close()

@@ -1,0 +1,106 @@
+"""Tasks for the queue tests. Imported by in-process workers and by `pipeline worker
+--import tests.queue_tasks` subprocesses, so state they share with the test lives in Redis
+(under the test's key prefix), never in module globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from pipeline.errors import Permanent
+from pipeline.queue import JobContext, task
+
+
+def _k(ctx: JobContext, *parts: str) -> str:
+    return ctx.client.keys.custom("t", *parts)
+
+
+async def _mark(ctx: JobContext, what: str) -> None:
+    r = ctx.client.redis
+    await r.incr(_k(ctx, what, ctx.job_id))
+    await r.rpush(_k(ctx, "log"), f"{what}:{ctx.job_id}:{ctx.worker_id}:{ctx.job.attempt}")
+
+
+async def _wait_flag(ctx: JobContext, flag: str, limit_s: float = 120.0) -> None:
+    """Block until the test sets the flag (a Redis key); bounded so nothing hangs forever."""
+    r = ctx.client.redis
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while not await r.exists(_k(ctx, "flag", flag)):
+        if loop.time() > deadline:
+            raise TimeoutError(f"flag {flag} never set")
+        await asyncio.sleep(0.02)
+
+
+@task(name="t.echo", expected_duration_s=0.5)
+async def echo(ctx: JobContext, value: Any) -> Any:
+    await _mark(ctx, "ran")
+    return value
+
+
+@task(name="t.noop", expected_duration_s=0.01)
+async def noop(ctx: JobContext) -> None:
+    return None
+
+
+@task(name="t.record", expected_duration_s=0.5)
+async def record(ctx: JobContext, label: str) -> str:
+    await ctx.client.redis.rpush(_k(ctx, "order"), label)
+    return label
+
+
+@task(name="t.block", expected_duration_s=1.0)
+async def block(ctx: JobContext, flag: str, value: Any = None) -> Any:
+    """Runs until the test sets `flag`; marks start and completion."""
+    await _mark(ctx, "started")
+    await _wait_flag(ctx, flag)
+    await _mark(ctx, "completed")
+    return value if value is not None else ctx.worker_id
+
+
+@task(name="t.sleep", expected_duration_s=1.0)
+async def sleep(ctx: JobContext, seconds: float) -> str:
+    await _mark(ctx, "started")
+    await asyncio.sleep(seconds)
+    await _mark(ctx, "completed")
+    return ctx.worker_id
+
+
+@task(name="t.flaky", expected_duration_s=0.5, max_attempts=3, retry_delays_s=(0.05,))
+async def flaky(ctx: JobContext, fail_times: int, value: Any = "ok") -> Any:
+    await _mark(ctx, "ran")
+    if ctx.attempt <= fail_times:
+        raise RuntimeError(f"planned failure {ctx.attempt}")
+    return value
+
+
+@task(name="t.permanent", expected_duration_s=0.5)
+async def permanent(ctx: JobContext) -> None:
+    await _mark(ctx, "ran")
+    raise Permanent("this input can never work")
+
+
+@task(name="t.slow_timeout", expected_duration_s=0.1, timeout_s=0.2, max_attempts=1)
+async def slow_timeout(ctx: JobContext) -> None:
+    await asyncio.sleep(30)
+
+
+@task(name="t.collect", expected_duration_s=0.5)
+async def collect(ctx: JobContext, results: list[dict[str, Any]], tag: str) -> dict[str, Any]:
+    await _mark(ctx, "callback")
+    return {
+        "tag": tag,
+        "states": [r["state"] for r in results],
+        "results": [r["result"] for r in results],
+    }
+
+
+@task(name="t.cpu", expected_duration_s=0.5)
+async def cpu(ctx: JobContext, n: int) -> list[Any]:
+    return [await ctx.run_cpu("tests.queue_tasks:child_info", n) for _ in range(3)]
+
+
+def child_info(n: int) -> dict[str, int]:
+    return {"pid": os.getpid(), "square": n * n}
