@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -39,6 +40,8 @@ from pipeline.queue.sweeper import LeaseExpiredHook, Sweeper
 from pipeline.queue.task import dumps, lookup
 
 log = logging.getLogger("pipeline.worker")
+
+CLAIM_BATCH = 16  # most jobs one claim takes, never more than the free slots
 
 JobHook = Callable[[JobContext, str, str | None], Awaitable[None]]
 
@@ -216,45 +219,48 @@ class Worker:
         await self.redis.blpop(wake, timeout=1)
 
     async def _claim_one(self) -> tuple[bool, float | None]:
-        """Claim the head of the first queue whose head the gate admits.
+        """Claim from the first queue with work: its head jobs, one per free slot.
 
-        Returns (claimed, wait): wait is None when the queues are empty, else how long the
-        gate asked to wait before any head can start.
+        With an admission gate each job is shown to the gate first, so only the head is taken.
+        Returns (claimed anything, wait): wait is None when the queues are empty, else how long
+        the gate asked to wait before any head can start.
         """
+        gated = not isinstance(self.gate, OpenGate)
+        want = 1 if gated else min(self.concurrency - len(self.running), CLAIM_BATCH)
         async with self.redis.pipeline(transaction=False) as pipe:
             for q in self.queues:
-                pipe.zrange(self.keys.queue(q), 0, 0)
+                pipe.zrange(self.keys.queue(q), 0, want - 1)
             heads = await pipe.execute()
         wait_s: float | None = None
-        gated = not isinstance(self.gate, OpenGate)
         for queue, ids in zip(self.queues, heads, strict=True):
             if not ids:
                 continue
-            job_id = ids[0]
             admission = None
             if gated:
-                task, hints = await self.redis.hmget(self.keys.job(job_id), ["task", "hints"])
-                import json
-
-                admission = await self.gate.admit(
-                    Candidate(job_id, task or "", queue, json.loads(hints or "{}"))
-                )
+                admission = await self._admit(queue, ids[0])
                 if not admission.ok:
                     wait_s = min(wait_s if wait_s is not None else 1e9, admission.retry_after_s)
                     continue
             k = self.keys
-            raw = await self.scripts.claim(
-                keys=[k.queue(queue), k.job(job_id), k.active, k.fence, k.events],
-                args=[job_id, self.id, self._min_lease_ms, EVENTS_MAXLEN],
+            claimed = await self.scripts.claim(
+                keys=[k.queue(queue), k.active, k.fence, k.events, *(k.job(i) for i in ids)],
+                args=[self.id, self._min_lease_ms, EVENTS_MAXLEN, *ids],
             )
-            if not raw:
-                if admission is not None:
-                    await self.gate.release(admission)
-                return True, None  # lost a race: look again at once
-            job = Job.from_hash(dict(zip(raw[::2], raw[1::2], strict=True)))
-            self._start(job, admission)
-            return True, None
+            for raw in claimed:
+                if raw:
+                    self._start(
+                        Job.from_hash(dict(zip(raw[::2], raw[1::2], strict=True))), admission
+                    )
+            if admission is not None and not claimed[0]:
+                await self.gate.release(admission)
+            return True, None  # claimed, or lost a race: look again at once
         return False, wait_s
+
+    async def _admit(self, queue: str, job_id: str) -> Admission:
+        task, hints = await self.redis.hmget(self.keys.job(job_id), ["task", "hints"])
+        return await self.gate.admit(
+            Candidate(job_id, task or "", queue, json.loads(hints or "{}"))
+        )
 
     def _start(self, job: Job, admission: Admission | None) -> None:
         self.counters.claimed += 1

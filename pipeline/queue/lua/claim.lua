@@ -1,19 +1,28 @@
 -- uses: _lib
--- Claim one queued job for a worker: the only way a job becomes active.
--- KEYS[1] queue zset   KEYS[2] job hash   KEYS[3] active zset (score: lease deadline ms)
--- KEYS[4] fence counter   KEYS[5] events stream
--- ARGV[1] job id   ARGV[2] worker id   ARGV[3] minimum lease ms   ARGV[4] events maxlen
--- Returns the job hash as a flat list (with the new token and attempt), or false when another
--- worker took it first.
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return false end
-if redis.call('HGET', KEYS[2], 'state') ~= 'queued' then return false end
+-- Claim queued jobs for a worker's free slots: the only way a job becomes active.
+-- The worker names the jobs it saw at the head of the queue (one per free slot, and only
+-- one when an admission gate has to see each job first).
+-- KEYS[1] queue zset   KEYS[2] active zset (score: lease deadline ms)   KEYS[3] fence counter
+-- KEYS[4] events stream   KEYS[5..] job hashes, in the order of ARGV[4..]
+-- ARGV[1] worker id   ARGV[2] minimum lease ms   ARGV[3] events maxlen   ARGV[4..] job ids
+-- Returns one entry per job: its hash as a flat list (with the new token and attempt), or
+-- false when another worker took it first.
 local now = now_ms()
-local expected_ms = math.floor(tonumber(redis.call('HGET', KEYS[2], 'expected_s') or '0') * 1000)
-local lease_ms = math.max(2 * expected_ms, tonumber(ARGV[3]))
-local token = redis.call('INCR', KEYS[4])
-redis.call('HINCRBY', KEYS[2], 'attempt', 1)
-redis.call('HSET', KEYS[2], 'state', 'active', 'token', token, 'worker', ARGV[2],
-  'started_ms', now, 'lease_ms', lease_ms, 'lease_deadline_ms', now + lease_ms)
-redis.call('ZADD', KEYS[3], now + lease_ms, ARGV[1])
-emit(KEYS[5], ARGV[4], KEYS[2], ARGV[1], 'active', {worker = ARGV[2]})
-return redis.call('HGETALL', KEYS[2])
+local out = {}
+for i = 5, #KEYS do
+  local id, job = ARGV[i - 1], KEYS[i]
+  if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('HGET', job, 'state') == 'queued' then
+    local expected_ms = math.floor(tonumber(redis.call('HGET', job, 'expected_s') or '0') * 1000)
+    local lease_ms = math.max(2 * expected_ms, tonumber(ARGV[2]))
+    local token = redis.call('INCR', KEYS[3])
+    redis.call('HINCRBY', job, 'attempt', 1)
+    redis.call('HSET', job, 'state', 'active', 'token', token, 'worker', ARGV[1],
+      'started_ms', now, 'lease_ms', lease_ms, 'lease_deadline_ms', now + lease_ms)
+    redis.call('ZADD', KEYS[2], now + lease_ms, id)
+    emit(KEYS[4], ARGV[3], job, id, 'active', {worker = ARGV[1]})
+    out[#out + 1] = redis.call('HGETALL', job)
+  else
+    out[#out + 1] = false
+  end
+end
+return out

@@ -1,0 +1,121 @@
+"""`pipeline costs` and `pipeline db upgrade`: the ledger's commands."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.cli import app
+from pipeline.errors import InputError
+from pipeline.settings import get_settings
+
+db_app = typer.Typer(help="Ledger database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+class By(StrEnum):
+    day = "day"
+    model = "model"
+    batch = "batch"
+    document = "document"
+    status = "status"
+
+
+class Format(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations (workers also do this on first use)."""
+    from pipeline.ledger import db
+    settings = get_settings()
+    engine = db.get_engine(settings, upgrade=False)
+    try:
+        revision = db.upgrade(engine)
+    finally:
+        engine.dispose()
+    where = engine.url.render_as_string(hide_password=True)
+    typer.echo(f"ledger database {where} is at revision {revision}")
+
+
+def _date(value: str | None, *, end: bool, hint: str) -> Any:
+    from pipeline.ledger.report import parse_when
+    if value is None:
+        return None
+    try:
+        return parse_when(value, end=end)
+    except InputError as exc:
+        raise typer.BadParameter(str(exc), param_hint=hint) from None
+
+
+@app.command("costs")
+def costs(
+    since: str | None = typer.Option(None, "--since", help="first day (YYYY-MM-DD or ISO)"),
+    until: str | None = typer.Option(None, "--until", help="last day, inclusive"),
+    by: By = typer.Option(By.day, "--by", help="group rows by"),
+    fmt: Format = typer.Option(Format.table, "--format", help="output format"),
+    chart: Path | None = typer.Option(None, "--chart", help="also write spend per day (.png/.svg)"),
+) -> None:
+    """Calls, tokens, cost and wasted cost from the ledger."""
+    from pipeline.ledger import db
+    from pipeline.ledger.report import cost_report, daily_spend_by_model
+    start = _date(since, end=False, hint="--since")
+    end = _date(until, end=True, hint="--until")
+    if chart is not None and chart.suffix.lower() not in (".png", ".svg"):
+        raise typer.BadParameter("the chart file must end in .png or .svg", param_hint="--chart")
+    engine = db.get_engine(get_settings())
+    try:
+        with db.session_factory(engine)() as session:
+            report = cost_report(session, start, end, by.value)
+            spend = daily_spend_by_model(session, start, end) if chart else None
+    finally:
+        engine.dispose()
+    if fmt is Format.json:
+        typer.echo(json.dumps(report, indent=2))
+    elif fmt is Format.csv:
+        typer.echo(_csv(report), nl=False)
+    else:
+        _table(report)
+    if chart is not None and spend is not None:
+        from pipeline.ledger.chart import write_spend_chart
+
+        write_spend_chart(spend, chart)
+        typer.echo(f"chart written to {chart}", err=True)
+
+
+def _csv(report: dict[str, Any]) -> str:
+    from pipeline.ledger.report import FIELDS
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["key", *FIELDS])
+    for row in [*report["rows"], {"key": "TOTAL", **report["total"]}]:
+        writer.writerow([row["key"], *("" if row[f] is None else row[f] for f in FIELDS)])
+    return out.getvalue()
+
+
+def _table(report: dict[str, Any]) -> None:
+    table = Table(title=f"LLM spend by {report['by']}")
+    columns = [
+        ("key", report["by"]), ("calls", "calls"), ("input_tokens", "in tok"),
+        ("output_tokens", "out tok"), ("thinking_tokens", "think tok"),
+        ("cached_tokens", "cached tok"), ("cost_usd", "cost $"), ("wasted_usd", "wasted $"),
+        ("cost_per_document_usd", "$/doc"), ("cost_per_page_usd", "$/page"),
+        ("latency_p50_s", "p50 s"), ("latency_p95_s", "p95 s"),
+    ]  # fmt: skip
+    for name, title in columns:
+        table.add_column(title, justify="left" if name == "key" else "right")
+    for row in [*report["rows"], {"key": "TOTAL", **report["total"]}]:
+        table.add_row(*("-" if row[name] is None else str(row[name]) for name, _ in columns),
+                      style="bold" if row["key"] == "TOTAL" else None)  # fmt: skip
+    Console(width=200).print(table)
