@@ -4,6 +4,7 @@
     ├── SettingsError            a setting is malformed or unknown (names the variable)
     ├── RedisUnavailable         Redis cannot be reached or started
     ├── DatabaseUnavailable      the SQL ledger cannot be reached
+    ├── MissingExtra             an optional extra (e.g. pipeline[chart]) is not installed
     ├── QueueError
     │   ├── UnknownTask          a job names a task no worker module registers
     │   ├── JobNotFound          no such job id (or its record expired)
@@ -18,10 +19,11 @@
     ├── LLMError
     │   ├── UnknownModel         a model not in config/pricing.toml
     │   ├── ProviderError        the provider refused the request (4xx), not retried
-    │   ├── RateLimited          429 after our retries were used up
-    │   └── DailyQuotaExhausted  a per-day quota; dispatch stops until it resets
+    │   ├── RateLimited          429 after our retries were used up (or no permit in time)
+    │   ├── DailyQuotaExhausted  a per-day quota; dispatch stops until it resets
+    │   └── OverLimit            one call bigger than the model's per-minute token limit
     ├── BudgetError
-    │   └── BudgetExceeded       a reservation did not fit a budget
+    │   └── BudgetExceeded       a reservation did not fit a budget (.scope: batch|day|month)
     └── InputError
         └── BadDocument          a PDF that is corrupt, encrypted, empty or too large
 
@@ -44,6 +46,10 @@ class RedisUnavailable(PipelineError):
 
 
 class DatabaseUnavailable(PipelineError):
+    pass
+
+
+class MissingExtra(PipelineError):
     pass
 
 
@@ -119,12 +125,20 @@ class DailyQuotaExhausted(LLMError):
     pass
 
 
+class OverLimit(LLMError):
+    pass
+
+
 class BudgetError(PipelineError):
     pass
 
 
 class BudgetExceeded(BudgetError):
-    pass
+    """`.scope` names the budget that did not fit: "batch", "day" or "month"."""
+
+    def __init__(self, message: str, scope: str = "") -> None:
+        super().__init__(message)
+        self.scope = scope
 
 
 class InputError(PipelineError):

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     tpm: int = Field(default=1_000_000, gt=0)
     rpd: int = Field(default=10_000, gt=0)
     max_concurrent_calls: int = Field(default=64, gt=0)
+    # The window rpm/tpm are counted over: 60 for real quotas; tests shrink it.
+    limit_period_s: float = Field(default=60.0, gt=0)
+    call_ttl_s: int = Field(default=30 * 86400, gt=0)  # a paid answer is reused this long
     limits: dict[str, ModelLimits] = Field(default_factory=dict)
 
     budget_day_usd: Decimal | None = Field(default=None, ge=0)

@@ -30,6 +30,7 @@ _COMMAND_MODULES = (
     "pipeline.cli.ledger_cmds",
     "pipeline.cli.docs_cmds",
     "pipeline.cli.serve_cmd",
+    "pipeline.cli.redis_cmd",
 )
 
 
@@ -55,11 +56,21 @@ def main() -> None:
     except Exception as exc:  # click's own usage errors
         import click
 
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        # typer >= 0.20 raises from its vendored copy of click, not from `click`.
+        exits: tuple[type[BaseException], ...] = (click.exceptions.Exit, typer.Exit)
+        usage: tuple[type[BaseException], ...] = (click.ClickException,)
+        aborts: tuple[type[BaseException], ...] = (click.exceptions.Abort, typer.Abort)
+        try:
+            from typer._click import exceptions as vendored
+        except ImportError:
+            pass
+        else:
+            usage += (vendored.ClickException,)
+        if isinstance(exc, exits):
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if isinstance(exc, usage):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if isinstance(exc, aborts):
             sys.exit(130)
         raise

@@ -1,0 +1,189 @@
+"""Budgets reserved in Redis before a call, so concurrent workers cannot overspend together.
+
+Checking spend after the fact lets N workers each see "room for one more" and all go:
+instead each call reserves its worst-case cost against every budget that applies (its
+batch, the UTC day, the UTC month) in one Lua script, all or nothing, and settles to the
+real cost afterwards. Money in Redis is integer nano-dollars; holds lapse after `hold_s`
+so a killed worker's reservation comes back without anyone cleaning up.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from pipeline.errors import BudgetExceeded
+from pipeline.queue.keys import Keys
+from pipeline.settings import Settings
+
+NANOS = Decimal(10) ** 9
+_LUA = Path(__file__).with_name("lua")
+_STATE_TTL_S = 3 * 86400
+_TTL_S = {"batch": 90 * 86400, "day": 3 * 86400, "month": 62 * 86400}
+
+_ADVICE = {
+    "batch": "raise the batch budget (`pipeline submit --budget USD`) or let running calls "
+    "settle; the job ends over_budget and nothing more is charged",
+    "day": "raise PIPELINE_BUDGET_DAY_USD or wait for the UTC day to turn (00:00 UTC)",
+    "month": "raise PIPELINE_BUDGET_MONTH_USD or wait for the next UTC month",
+}
+
+
+def to_nanos(usd: Decimal, *, round_up: bool = False) -> int:
+    if usd < 0:
+        raise ValueError(f"a cost cannot be negative (got {usd})")
+    rounding = ROUND_CEILING if round_up else ROUND_HALF_UP
+    return int((Decimal(usd) * NANOS).to_integral_value(rounding=rounding))
+
+
+def from_nanos(nanos: int | str | bytes) -> Decimal:
+    raw = nanos.decode() if isinstance(nanos, bytes) else str(nanos)
+    return Decimal(int(raw)) / NANOS
+
+
+@dataclass(frozen=True)
+class Scope:
+    kind: str  # batch | day | month
+    name: str  # e.g. batch:<id>, day:2026-11-21, month:2026-11
+    limit_usd: Decimal | None
+
+    def keys(self, keys: Keys) -> tuple[str, str]:
+        return keys.budget(self.name), keys.budget(self.name + ":holds")
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The token `reserve` hands back; `settle`/`cancel` need it to find the same scopes."""
+
+    token: str
+    amount_usd: Decimal
+    scopes: tuple[Scope, ...]
+
+
+@dataclass(frozen=True)
+class ScopeStatus:
+    spent_usd: Decimal
+    reserved_usd: Decimal
+    limit_usd: Decimal | None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "spent_usd": str(self.spent_usd),
+            "reserved_usd": str(self.reserved_usd),
+            "limit_usd": None if self.limit_usd is None else str(self.limit_usd),
+        }
+
+
+class Budget:
+    def __init__(
+        self, redis: aioredis.Redis, keys: Keys, settings: Settings, hold_s: float = 900.0
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.settings = settings
+        self.hold_ms = int(hold_s * 1000)
+        self._reserve = redis.register_script((_LUA / "budget_reserve.lua").read_text())
+        self._settle = redis.register_script((_LUA / "budget_settle.lua").read_text())
+        self._status = redis.register_script((_LUA / "budget_status.lua").read_text())
+
+    def scopes(
+        self, batch_id: str | None, batch_limit_usd: Decimal | None, at: datetime | None = None
+    ) -> tuple[Scope, ...]:
+        """Every budget a call made now counts against; day and month windows are UTC."""
+        at = (at or datetime.now(UTC)).astimezone(UTC)
+        found = []
+        if batch_id is not None:
+            found.append(Scope("batch", f"batch:{batch_id}", batch_limit_usd))
+        found.append(Scope("day", f"day:{at:%Y-%m-%d}", self.settings.budget_day_usd))
+        found.append(Scope("month", f"month:{at:%Y-%m}", self.settings.budget_month_usd))
+        return tuple(found)
+
+    async def for_call(
+        self, batch_id: str | None, batch_limit_usd: Decimal | None = None
+    ) -> CallBudget:
+        return CallBudget(self, batch_id, batch_limit_usd)
+
+    async def reserve(
+        self, scopes: tuple[Scope, ...], worst_case_usd: Decimal
+    ) -> Reservation:
+        token = uuid.uuid4().hex
+        amount = to_nanos(worst_case_usd, round_up=True)
+        args: list[Any] = [token, amount, self.hold_ms, _STATE_TTL_S]
+        for scope in scopes:
+            limit_nanos = -1 if scope.limit_usd is None else to_nanos(scope.limit_usd)
+            args += [limit_nanos, _TTL_S[scope.kind]]
+        reply = await self._reserve(keys=self._keys(token, scopes), args=args)
+        if int(reply[0]) != 1:
+            scope = scopes[int(reply[1]) - 1]
+            spent, reserved, limit = (from_nanos(v) for v in reply[2:5])
+            raise BudgetExceeded(
+                f"{scope.kind} budget {scope.name} would be exceeded: ${spent} spent + "
+                f"${reserved} reserved + ${worst_case_usd} for this call > limit ${limit}; "
+                f"{_ADVICE[scope.kind]}",
+                scope=scope.kind,
+            )
+        return Reservation(token, Decimal(worst_case_usd), scopes)
+
+    async def settle(self, reservation: Reservation, actual_usd: Decimal) -> bool:
+        """Book the real cost and free the hold; False if this token was already closed."""
+        return await self._close(reservation, "settle", to_nanos(actual_usd))
+
+    async def cancel(self, reservation: Reservation) -> bool:
+        """Free the hold of a call that never went out; nothing is booked."""
+        return await self._close(reservation, "cancel", 0)
+
+    async def _close(self, reservation: Reservation, action: str, nanos: int) -> bool:
+        args: list[Any] = [reservation.token, action, nanos, _STATE_TTL_S]
+        args += [_TTL_S[s.kind] for s in reservation.scopes]
+        reply = await self._settle(keys=self._keys(reservation.token, reservation.scopes),
+                                   args=args)  # fmt: skip
+        return int(reply) == 1
+
+    async def status(
+        self, batch_id: str | None = None, batch_limit_usd: Decimal | None = None
+    ) -> dict[str, ScopeStatus]:
+        """Spent, reserved and limit per scope ("batch" only when a batch id is given).
+
+        Without `batch_limit_usd` the batch limit is the one its last reservation used."""
+        scopes = self.scopes(batch_id, batch_limit_usd)
+        keys = [k for scope in scopes for k in scope.keys(self.keys)]
+        reply = await self._status(keys=keys, args=[])
+        out = {}
+        for i, scope in enumerate(scopes):
+            spent, reserved, stored = reply[3 * i : 3 * i + 3]
+            limit = scope.limit_usd
+            if scope.kind == "batch" and limit is None and int(stored) >= 0:
+                limit = from_nanos(stored)
+            out[scope.kind] = ScopeStatus(from_nanos(spent), from_nanos(reserved), limit)
+        return out
+
+    def _keys(self, token: str, scopes: tuple[Scope, ...]) -> list[str]:
+        return [self.keys.budget("hold:" + token)] + [
+            k for scope in scopes for k in scope.keys(self.keys)
+        ]
+
+
+class CallBudget:
+    """The budgets of one call site (a batch), in the shape the LLM caller uses."""
+
+    def __init__(self, budget: Budget, batch_id: str | None, batch_limit_usd: Decimal | None):
+        self.budget = budget
+        self.batch_id = batch_id
+        self.batch_limit_usd = batch_limit_usd
+
+    async def reserve(self, worst_case_usd: Decimal) -> Reservation:
+        """Hold `worst_case_usd` in every scope or raise BudgetExceeded (nothing held)."""
+        scopes = self.budget.scopes(self.batch_id, self.batch_limit_usd)
+        return await self.budget.reserve(scopes, worst_case_usd)
+
+    async def settle(self, token: Reservation, actual_usd: Decimal) -> bool:
+        return await self.budget.settle(token, actual_usd)
+
+    async def cancel(self, token: Reservation) -> bool:
+        return await self.budget.cancel(token)

@@ -1,0 +1,60 @@
+-- Reserve a call's worst-case cost against every budget that applies, all or nothing.
+-- Money is integer nano-dollars. Each budget scope (batch, day, month) is two keys:
+-- a totals hash {spent, reserved, limit (-1 = none), h:<token> = held amount} and a zset of holds scored by
+-- expiry (ms, server time), so a dead worker's hold lapses and its amount comes back.
+--
+-- KEYS[1]          the token's state key (held | settled | cancelled), guards double settle
+-- KEYS[2n], [2n+1] totals hash and holds zset of scope n (n = 1..N)
+-- ARGV[1]          token
+-- ARGV[2]          amount to hold, nano-dollars (integer)
+-- ARGV[3]          hold_ms: how long the hold lasts without a settle or cancel
+-- ARGV[4]          state_ttl_s: how long the token state key is kept
+-- ARGV[3+2n], ARGV[4+2n]  limit of scope n in nano-dollars (-1 = no limit), key ttl_s of scope n
+-- Returns {1} on success, or {0, n, spent, reserved, limit} for the first scope that does not fit.
+if redis.replicate_commands then redis.replicate_commands() end
+
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function sweep(totals, holds)
+  local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now_ms)
+  for _, member in ipairs(expired) do
+    local held = redis.call('HGET', totals, 'h:' .. member)
+    if held then
+      redis.call('HINCRBY', totals, 'reserved', -tonumber(held))
+      redis.call('HDEL', totals, 'h:' .. member)
+    end
+    redis.call('ZREM', holds, member)
+  end
+end
+
+local token = ARGV[1]
+local amount = tonumber(ARGV[2])
+local hold_ms = tonumber(ARGV[3])
+local scopes = (#KEYS - 1) / 2
+
+for n = 1, scopes do
+  local totals, holds = KEYS[2 * n], KEYS[2 * n + 1]
+  sweep(totals, holds)
+  local limit = tonumber(ARGV[3 + 2 * n])
+  if limit >= 0 then
+    local spent = tonumber(redis.call('HGET', totals, 'spent') or '0')
+    local reserved = tonumber(redis.call('HGET', totals, 'reserved') or '0')
+    if spent + reserved + amount > limit then
+      return {0, n, tostring(spent), tostring(reserved), tostring(limit)}
+    end
+  end
+end
+
+for n = 1, scopes do
+  local totals, holds = KEYS[2 * n], KEYS[2 * n + 1]
+  local ttl_s = tonumber(ARGV[4 + 2 * n])
+  redis.call('HINCRBY', totals, 'reserved', amount)
+  redis.call('HSET', totals, 'limit', ARGV[3 + 2 * n])
+  redis.call('HSET', totals, 'h:' .. token, amount)
+  redis.call('ZADD', holds, now_ms + hold_ms, token)
+  redis.call('EXPIRE', totals, ttl_s)
+  redis.call('EXPIRE', holds, ttl_s)
+end
+redis.call('SET', KEYS[1], 'held', 'EX', tonumber(ARGV[4]))
+return {1}

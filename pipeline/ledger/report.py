@@ -1,0 +1,169 @@
+"""`cost_report`: what was spent, on what, and how much of it was wasted.
+
+Sums and percentiles are computed in Python over the selected rows rather than in SQL:
+percentiles are not portable between SQLite and PostgreSQL, and SQLite keeps NUMERIC as
+floating point, so each row is rounded back to nano-dollars before Decimal sums.
+The dict returned here is exactly what `GET /costs` serves and `--format json` prints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pipeline.errors import InputError
+from pipeline.ledger.models import Document, LLMCall
+from pipeline.llm.recorder import Outcome
+
+GroupBy = Literal["day", "model", "batch", "document", "status"]
+GROUPS: tuple[str, ...] = ("day", "model", "batch", "document", "status")
+NANO = Decimal("0.000000001")
+WASTED = frozenset({Outcome.ERROR.value, Outcome.ABANDONED.value})
+TOKEN_FIELDS = ("input_tokens", "output_tokens", "thinking_tokens", "cached_tokens")
+FIELDS = (
+    "calls", *TOKEN_FIELDS, "cost_usd", "wasted_usd", "documents", "pages",
+    "cost_per_document_usd", "cost_per_page_usd", "latency_p50_s", "latency_p95_s",
+)  # fmt: skip
+
+
+def parse_when(value: str, *, end: bool = False) -> datetime:
+    """YYYY-MM-DD or an ISO datetime, as aware UTC. A bare date used as an end bound means
+    the end of that day, so `--until 2026-11-21` includes the 21st."""
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            start = datetime.combine(day, time(0), tzinfo=UTC)
+            return start + timedelta(days=1) if end else start
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError(
+            f"{value!r} is not a date: use YYYY-MM-DD (e.g. 2026-11-21) or an ISO datetime "
+            "(e.g. 2026-11-21T13:00:00Z)"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _money(value: Decimal | float | None) -> Decimal:
+    return Decimal(str(value or 0)).quantize(NANO)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default), None for no data."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+@dataclass
+class _Group:
+    calls: int = 0
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_FIELDS, 0))
+    cost: Decimal = Decimal(0)
+    wasted: Decimal = Decimal(0)
+    pages: dict[str, int] = field(default_factory=dict)  # document id -> pages
+    latencies: list[float] = field(default_factory=list)
+
+    def add(self, row: Any) -> None:
+        call: LLMCall = row[0]
+        self.calls += 1
+        for name in TOKEN_FIELDS:
+            self.tokens[name] += int(getattr(call, name) or 0)
+        cost = _money(call.cost_usd)
+        self.cost += cost
+        if call.outcome in WASTED:
+            self.wasted += cost
+        if call.document_id:
+            self.pages[call.document_id] = int(row[1] or 0)
+        if call.latency_s is not None:
+            self.latencies.append(float(call.latency_s))
+
+    def as_dict(self) -> dict[str, Any]:
+        docs, pages = len(self.pages), sum(self.pages.values())
+        p50, p95 = percentile(self.latencies, 0.5), percentile(self.latencies, 0.95)
+        return {
+            "calls": self.calls,
+            **self.tokens,
+            "cost_usd": str(self.cost),
+            "wasted_usd": str(self.wasted),
+            "documents": docs,
+            "pages": pages,
+            "cost_per_document_usd": str((self.cost / docs).quantize(NANO)) if docs else None,
+            "cost_per_page_usd": str((self.cost / pages).quantize(NANO)) if pages else None,
+            "latency_p50_s": None if p50 is None else round(p50, 3),
+            "latency_p95_s": None if p95 is None else round(p95, 3),
+        }
+
+
+def _key(call: LLMCall, by: str) -> str:
+    if by == "day":
+        return _utc(call.started_at).date().isoformat()
+    if by == "model":
+        return call.model_version or call.model
+    if by == "batch":
+        return call.batch_id or "(none)"
+    if by == "document":
+        return call.document_id or "(none)"
+    return call.outcome
+
+
+def _rows(session: Session, since: datetime | None, until: datetime | None) -> Iterable[Any]:
+    stmt = select(LLMCall, Document.pages).outerjoin(Document, Document.id == LLMCall.document_id)
+    if since is not None:
+        stmt = stmt.where(LLMCall.started_at >= _utc(since))
+    if until is not None:
+        stmt = stmt.where(LLMCall.started_at < _utc(until))
+    return session.execute(stmt.order_by(LLMCall.started_at)).all()
+
+
+def cost_report(
+    session: Session,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    by: str = "day",
+) -> dict[str, Any]:
+    """`{"total": {...}, "rows": [{"key": ..., ...}]}` for calls started in [since, until).
+
+    Money fields are decimal strings; wasted_usd is the cost of error and abandoned attempts
+    (abandoned rows carry their reserved worst case: possibly billed, never seen back).
+    """
+    if by not in GROUPS:
+        raise InputError(f"cannot group costs by {by!r}: use one of {', '.join(GROUPS)}")
+    total = _Group()
+    groups: dict[str, _Group] = defaultdict(_Group)
+    for row in _rows(session, since, until):
+        total.add(row)
+        groups[_key(row[0], by)].add(row)
+    return {
+        "by": by,
+        "since": since.isoformat() if since else None,
+        "until": until.isoformat() if until else None,
+        "total": total.as_dict(),
+        "rows": [{"key": key, **groups[key].as_dict()} for key in sorted(groups)],
+    }
+
+
+def daily_spend_by_model(
+    session: Session, since: datetime | None = None, until: datetime | None = None
+) -> dict[str, dict[str, Decimal]]:
+    """{day: {model: cost}} for the chart."""
+    out: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for row in _rows(session, since, until):
+        call: LLMCall = row[0]
+        out[_key(call, "day")][_key(call, "model")] += _money(call.cost_usd)
+    return {day: dict(models) for day, models in sorted(out.items())}

@@ -1,0 +1,171 @@
+"""Every ledger write as a named, idempotent operation on a JSON-able payload.
+
+Naming the writes is what lets the recorder park them in Redis while the database is down
+and replay them later: a payload is plain JSON, and applying one twice leaves the same rows
+(upserts keyed by attempt id, job id, sha256, or the result triple), so a replay after a
+crash mid-flush cannot double-count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Table, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from pipeline.ledger.models import Batch, Document, Job, LLMCall, Result
+from pipeline.llm.recorder import CallAttempt, Outcome
+
+Payload = dict[str, Any]
+
+ABANDONED_NOTE = (
+    "the worker lost its lease mid-call; possibly billed (cost is the reserved worst case)"
+)
+
+_CALL_FIELDS = (
+    "job_id", "batch_id", "document_id", "model", "model_version", "call_key", "attempt",
+    "started_at", "finished_at", "latency_s", "outcome", "input_tokens", "output_tokens",
+    "thinking_tokens", "cached_tokens", "cost_usd", "estimated_cost_usd", "price_version", "error",
+)  # fmt: skip
+_DATES = ("started_at", "finished_at", "created_at")
+_MONEY = ("cost_usd", "estimated_cost_usd", "budget_usd")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Outcome):
+        return value.value
+    return value
+
+
+def call_payload(call: CallAttempt) -> Payload:
+    """A CallAttempt as the JSON the buffer stores (Decimal as string, datetimes as ISO)."""
+    values = {name: _jsonable(getattr(call, name)) for name in _CALL_FIELDS}
+    values["id"] = call.attempt_id
+    return values
+
+
+def _revive(payload: Payload) -> Payload:
+    """JSON back to column values: ISO strings to aware datetimes, decimal strings to Decimal."""
+    out = dict(payload)
+    for name in _DATES:
+        if isinstance(out.get(name), str):
+            parsed = datetime.fromisoformat(out[name])
+            out[name] = parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    for name in _MONEY:
+        if out.get(name) is not None:
+            out[name] = Decimal(str(out[name]))
+    return out
+
+
+def _insert(session: Session, table: Table) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"ledger upserts support sqlite and postgresql, not {dialect}")
+
+
+def _upsert(session: Session, table: Table, values: Payload, conflict: list[str],
+            update_fields: list[str] | None) -> None:  # fmt: skip
+    stmt = _insert(session, table).values(**values)
+    if update_fields is None:
+        stmt = stmt.on_conflict_do_nothing(index_elements=conflict)
+    elif update_fields:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=conflict, set_={f: stmt.excluded[f] for f in update_fields}
+        )
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=conflict)
+    session.execute(stmt)
+
+
+def call_started(session: Session, payload: Payload) -> None:
+    """Insert-if-absent: a late replay of `started` must never undo a settled row."""
+    _upsert(session, LLMCall.__table__, _revive(payload), ["id"], None)  # type: ignore[arg-type]
+
+
+def call_settled(session: Session, payload: Payload) -> None:
+    """The full row wins; it carries everything `started` did, so order of replays is moot."""
+    values = _revive(payload)
+    fields = [f for f in _CALL_FIELDS if f in values]
+    _upsert(session, LLMCall.__table__, values, ["id"], fields)  # type: ignore[arg-type]
+
+
+def call_abandoned(session: Session, payload: Payload) -> None:
+    """STARTED rows of a job become ABANDONED, costed at `estimates[id]` or their reservation."""
+    values = _revive({"finished_at": payload["finished_at"]})
+    estimates = {k: Decimal(v) for k, v in (payload.get("estimates") or {}).items()}
+    base = (
+        update(LLMCall)
+        .where(LLMCall.job_id == payload["job_id"], LLMCall.outcome == Outcome.STARTED.value)
+        .values(outcome=Outcome.ABANDONED.value, finished_at=values["finished_at"],
+                error=ABANDONED_NOTE)
+    )  # fmt: skip
+    for attempt_id, estimate in estimates.items():
+        session.execute(
+            base.where(LLMCall.id == attempt_id).values(
+                cost_usd=estimate, estimated_cost_usd=estimate
+            )
+        )
+    session.execute(base.values(cost_usd=LLMCall.estimated_cost_usd))
+
+
+def batch_upsert(session: Session, payload: Payload) -> None:
+    values = {k: v for k, v in _revive(payload).items() if v is not None}
+    fields = [f for f in ("label", "budget_usd", "status") if f in values]
+    values.setdefault("created_at", datetime.now(UTC))
+    values.setdefault("status", "open")
+    _upsert(session, Batch.__table__, values, ["id"], fields)  # type: ignore[arg-type]
+
+
+def document_upsert(session: Session, payload: Payload) -> None:
+    values = {k: v for k, v in _revive(payload).items() if v is not None}
+    fields = [f for f in ("file_name", "bytes", "pages") if f in values]
+    _upsert(session, Document.__table__, values, ["sha256"], fields)  # type: ignore[arg-type]
+
+
+def job_upsert(session: Session, payload: Payload) -> None:
+    """Insert the job or change only the fields given (None means leave as is)."""
+    values = {k: v for k, v in _revive(payload).items() if v is not None}
+    fields = [f for f in values if f not in ("id", "created_at")]
+    values.setdefault("created_at", datetime.now(UTC))
+    values.setdefault("status", "queued")
+    values.setdefault("attempts", 0)
+    _upsert(session, Job.__table__, values, ["id"], fields)  # type: ignore[arg-type]
+
+
+def result_save(session: Session, payload: Payload) -> None:
+    values = _revive(payload)
+    values.setdefault("created_at", datetime.now(UTC))
+    _upsert(
+        session, Result.__table__, values,  # type: ignore[arg-type]
+        ["document_id", "model", "prompt_version"], ["data", "created_at"],
+    )  # fmt: skip
+
+
+OPS: dict[str, Callable[[Session, Payload], None]] = {
+    "call_started": call_started,
+    "call_settled": call_settled,
+    "call_abandoned": call_abandoned,
+    "batch_upsert": batch_upsert,
+    "document_upsert": document_upsert,
+    "job_upsert": job_upsert,
+    "result_save": result_save,
+}
+
+
+def apply(session: Session, op: str, payload: Payload) -> None:
+    try:
+        handler = OPS[op]
+    except KeyError:
+        raise ValueError(f"unknown ledger operation {op!r} in the buffer") from None
+    handler(session, payload)

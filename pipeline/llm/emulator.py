@@ -1,0 +1,378 @@
+"""A local Gemini API: same URLs, same JSON, same 429s, so tests use the real google-genai client.
+
+A mock inside the SDK would let the request encoding, the error parsing and the retry timing
+go untested; this server answers `generateContent` and `countTokens` over HTTP the way
+generativelanguage.googleapis.com does (see /work/shared/GEMINI.md §3.3-3.5), enforces
+quotas with Google's error bodies, injects faults on demand, and keeps statistics that let a
+test check what the pipeline really did: how often it called, how fast, whether it paid
+twice for the same content, and whether it waited out every retryDelay it was given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from pipeline.llm import emulator_content as content
+from pipeline.llm.emulator_quota import Denial, QuotaTracker, format_duration
+
+DEFAULT_API_KEY = "emulator-key"
+RATE_LIMIT_DOC = "https://ai.google.dev/gemini-api/docs/rate-limits"
+_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
+
+
+@dataclass
+class EmulatorConfig:
+    """How the emulator behaves. `None` for a quota means unlimited."""
+
+    api_keys: tuple[str, ...] = (DEFAULT_API_KEY,)
+    rpm: int | None = None
+    tpm: int | None = None  # input tokens per minute
+    rpd: int | None = None
+    window_s: float = 60.0  # the RPM/TPM window; tests may shorten it
+    day_window_s: float | None = None  # None: RPD resets at midnight Pacific, like Google
+    retry_info: bool = True  # False: 429s without RetryInfo, as some real ones come
+    latency_s: tuple[float, float] = (0.0, 0.0)
+    fail_rate: float = 0.0  # share of admitted requests answered 500/503
+    fail_codes: tuple[int, ...] = (500, 503)
+    bad_json_rate: float = 0.0  # share of JSON answers cut mid-value
+    thinking_tokens: int = 24  # thoughts billed per answer on 3.x or when asked
+    model_aliases: dict[str, str] | None = None  # None: retired models -> successors (pricing)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        low, high = self.latency_s
+        if not 0 <= low <= high:
+            raise ValueError("latency_s must be (min, max) with 0 <= min <= max")
+        for name in ("fail_rate", "bad_json_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if not self.api_keys:
+            raise ValueError("api_keys must name at least one key")
+
+
+@dataclass
+class _Throttle:
+    at: float
+    retry_delay_s: float
+    quota_id: str
+
+
+@dataclass
+class EmulatorStats:
+    """Everything `GET /_emulator/stats` reports; reset by `POST /_emulator/reset`."""
+
+    requests_total: int = 0
+    by_status: Counter[int] = field(default_factory=Counter)
+    generate_requests: int = 0
+    repeats: int = 0  # generate requests whose content was seen before (any outcome)
+    billed_repeats: int = 0  # 200 answers to content already answered 200: paid twice
+    billed: dict[str, dict[str, int]] = field(default_factory=dict)
+    timestamps: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    arrivals: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    throttled: dict[str, list[_Throttle]] = field(default_factory=lambda: defaultdict(list))
+    seen: set[str] = field(default_factory=set)
+    answered: set[str] = field(default_factory=set)
+
+    def bill(self, model_version: str, usage: dict[str, Any]) -> None:
+        row = self.billed.setdefault(
+            model_version,
+            {"requests": 0, "input_tokens": 0, "output_tokens": 0, "thinking_tokens": 0},
+        )
+        row["requests"] += 1
+        row["input_tokens"] += usage["promptTokenCount"]
+        row["output_tokens"] += usage["candidatesTokenCount"]
+        row["thinking_tokens"] += usage["thoughtsTokenCount"]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "requests_total": self.requests_total,
+            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
+            "rate_limited": self.by_status.get(429, 0),
+            "generate_requests": self.generate_requests,
+            "repeats": self.repeats,
+            "billed_repeats": self.billed_repeats,
+            "billed": self.billed,
+            "timestamps": dict(self.timestamps),
+            "arrivals": dict(self.arrivals),
+            "throttled": {k: [vars(t) for t in v] for k, v in self.throttled.items()},
+        }
+
+
+def _error(code: int, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {
+        "code": code,
+        "message": message,
+        "status": _STATUS.get(code, "UNKNOWN"),
+    }
+    if details:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=code)
+
+
+def _quota_error(denial: Denial, model: str, retry_info: bool) -> JSONResponse:
+    details: list[dict[str, Any]] = [
+        {
+            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [
+                {
+                    "quotaMetric": denial.quota_metric,
+                    "quotaId": denial.quota_id,
+                    "quotaDimensions": {"location": "global", "model": model},
+                    "quotaValue": str(denial.limit),
+                }
+            ],
+        },
+        {
+            "@type": "type.googleapis.com/google.rpc.Help",
+            "links": [{"description": "Learn more about Gemini API quotas", "url": RATE_LIMIT_DOC}],
+        },
+    ]
+    if retry_info:
+        details.append(
+            {
+                "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                "retryDelay": format_duration(denial.retry_delay_s),
+            }
+        )
+    message = (
+        "You exceeded your current quota, please check your plan and billing details. "
+        f"For more information on this error, head to: {RATE_LIMIT_DOC}."
+    )
+    return _error(429, message, details)
+
+
+def _api_key(request: Request) -> str | None:
+    return request.headers.get("x-goog-api-key") or request.query_params.get("key")
+
+
+class _Emulator:
+    """The state behind one app: config, quotas, statistics, and a seeded RNG for faults."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.quotas = QuotaTracker(
+            config.rpm, config.tpm, config.rpd, config.window_s, config.day_window_s
+        )
+        self.rng = random.Random(config.seed)
+        self.stats = EmulatorStats()
+        self.lock = threading.Lock()  # stats are read from other threads by in-process tests
+        aliases = config.model_aliases
+        if aliases is None:
+            from pipeline.llm.pricing import PriceTable
+
+            aliases = PriceTable.load().retired_aliases(datetime.now(UTC))
+        self.aliases = aliases
+
+    def reset(self) -> None:
+        with self.lock:
+            self.stats = EmulatorStats()
+            self.quotas.reset()
+            self.rng = random.Random(self.config.seed)
+
+    def record_status(self, code: int) -> None:
+        with self.lock:
+            self.stats.requests_total += 1
+            self.stats.by_status[code] += 1
+
+    async def latency(self) -> None:
+        low, high = self.config.latency_s
+        if high > 0:
+            await asyncio.sleep(self.rng.uniform(low, high))
+
+    def check_key(self, request: Request) -> JSONResponse | None:
+        key = _api_key(request)
+        if not key:
+            return _error(
+                403,
+                "Method doesn't allow unregistered callers (callers without established "
+                "identity). Please use API Key or other form of API consumer identity to call "
+                "this API.",
+            )
+        if key not in self.config.api_keys:
+            return _error(
+                401,
+                "API key not valid. Please pass a valid API key.",
+                [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "API_KEY_INVALID",
+                        "domain": "googleapis.com",
+                    }
+                ],
+            )
+        return None
+
+    async def generate(self, request: Request, model: str) -> JSONResponse:
+        key = _api_key(request) or ""
+        body = await _json_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        now = time.time()
+        digest = content.fingerprint(model, body)
+        with self.lock:
+            self.stats.generate_requests += 1
+            self.stats.timestamps[model].append(now)
+            self.stats.arrivals[f"{key}/{model}"].append(now)
+            if digest in self.stats.seen:
+                self.stats.repeats += 1
+            self.stats.seen.add(digest)
+        try:
+            prompt = await asyncio.to_thread(content.parse_prompt, body)
+        except content.BadRequest as exc:
+            return _error(400, str(exc))
+        version = self.aliases.get(model, model)
+        text_tokens, doc_tokens = prompt.tokens(version)
+        prompt_tokens = text_tokens + doc_tokens
+        with self.lock:
+            denial = self.quotas.admit(key, model, prompt_tokens)
+            if denial is not None:
+                self.stats.throttled[f"{key}/{model}"].append(
+                    _Throttle(now, denial.retry_delay_s, denial.quota_id)
+                )
+            fault = self.config.fail_rate > 0 and self.rng.random() < self.config.fail_rate
+            fault_code = self.rng.choice(self.config.fail_codes)
+        if denial is not None:
+            return _quota_error(denial, model, self.config.retry_info)
+        await self.latency()
+        if fault:
+            message = (
+                "The model is overloaded. Please try again later."
+                if fault_code == 503
+                else "An internal error has occurred. Please retry or report in "
+                "https://developers.generativeai.google/guide/troubleshooting"
+            )
+            return _error(fault_code, message)
+        config = content.pick(body, "generationConfig", "generation_config") or {}
+        try:
+            reply = await asyncio.to_thread(
+                content.answer,
+                prompt,
+                version,
+                config,
+                self.config.thinking_tokens,
+                self.config.bad_json_rate,
+                self.rng,
+            )
+        except content.BadRequest as exc:
+            return _error(400, str(exc))
+        usage: dict[str, Any] = {
+            "promptTokenCount": prompt_tokens,
+            "candidatesTokenCount": reply.candidates_tokens,
+            "thoughtsTokenCount": reply.thoughts_tokens,
+            "cachedContentTokenCount": 0,
+            "totalTokenCount": prompt_tokens + reply.candidates_tokens + reply.thoughts_tokens,
+            "promptTokensDetails": [
+                d
+                for d in (
+                    {"modality": "TEXT", "tokenCount": text_tokens},
+                    {"modality": "DOCUMENT", "tokenCount": doc_tokens},
+                )
+                if d["tokenCount"]
+            ],
+        }
+        with self.lock:
+            self.stats.bill(version, usage)
+            if digest in self.stats.answered:
+                self.stats.billed_repeats += 1
+            self.stats.answered.add(digest)
+        return JSONResponse(
+            {
+                "candidates": [
+                    {
+                        "content": {"parts": [{"text": reply.text}], "role": "model"},
+                        "finishReason": reply.finish_reason,
+                        "index": 0,
+                    }
+                ],
+                "usageMetadata": usage,
+                "modelVersion": version,
+                "responseId": digest[:22],
+            }
+        )
+
+    async def count_tokens(self, request: Request, model: str) -> JSONResponse:
+        body = await _json_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        inner = content.pick(body, "generateContentRequest", "generate_content_request")
+        if isinstance(inner, dict):
+            body = inner
+        try:
+            prompt = await asyncio.to_thread(content.parse_prompt, body)
+        except content.BadRequest as exc:
+            return _error(400, str(exc))
+        text_tokens, doc_tokens = prompt.tokens(self.aliases.get(model, model))
+        return JSONResponse({"totalTokens": text_tokens + doc_tokens})
+
+
+async def _json_body(request: Request) -> dict[str, Any] | JSONResponse:
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "Invalid JSON payload received.")
+    if not isinstance(body, dict):
+        return _error(400, "Invalid JSON payload received. Expected an object.")
+    return body
+
+
+def create_emulator_app(config: EmulatorConfig | None = None) -> FastAPI:
+    """The emulator as an ASGI app; serve it with `run_emulator` or any ASGI server."""
+    emulator = _Emulator(config or EmulatorConfig())
+    app = FastAPI(title="pipeline Gemini emulator", docs_url=None, redoc_url=None)
+    app.state.emulator = emulator
+
+    @app.post("/{version}/models/{target}")
+    async def model_call(version: str, target: str, request: Request) -> JSONResponse:
+        if version not in ("v1", "v1beta"):
+            response = _error(404, f"API version {version!r} is not served by the emulator.")
+        elif (denied := emulator.check_key(request)) is not None:
+            response = denied
+        else:
+            model, _, method = target.rpartition(":")
+            if method == "generateContent" and model:
+                response = await emulator.generate(request, model)
+            elif method == "countTokens" and model:
+                response = await emulator.count_tokens(request, model)
+            else:
+                response = _error(404, f"Method {target!r} is not served by the emulator.")
+        emulator.record_status(response.status_code)
+        return response
+
+    @app.get("/_emulator/stats")
+    async def stats() -> dict[str, Any]:
+        with emulator.lock:
+            return emulator.stats.as_json()
+
+    @app.post("/_emulator/reset")
+    async def reset() -> dict[str, bool]:
+        emulator.reset()
+        return {"reset": True}
+
+    return app
+
+
+def run_emulator(
+    host: str = "127.0.0.1", port: int = 8089, config: EmulatorConfig | None = None
+) -> None:
+    """Serve the emulator until interrupted (the `pipeline emulator` command)."""
+    import uvicorn
+
+    uvicorn.run(create_emulator_app(config), host=host, port=port, log_level="warning")

@@ -1,0 +1,43 @@
+"""What a provider tells the call layer when an attempt fails.
+
+Providers translate their own exceptions (google-genai's `APIError`, timeouts, the
+emulator's bodies) into one `ProviderFailure` so that retry.py and the limiter decide on
+plain fields — code, retryDelay, per-day quota — and never on SDK types. A provider raises
+`ProviderCallError` carrying it. (pipeline/llm/gemini.py builds these with
+`parse_api_error(exc)`; this module only defines the shape so the call layer does not
+depend on one provider.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# HTTP codes worth another attempt: rate limit, server trouble, and timeouts.
+RETRYABLE_CODES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class ProviderFailure:
+    code: int  # HTTP status (429, 503 …); 0 when no response came back at all
+    status: str  # e.g. "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"
+    message: str  # the provider's own words, shown to the user on a 4xx
+    retry_delay_s: float | None = None  # RetryInfo.retryDelay: never retry sooner than this
+    per_day: bool = False  # a per-day QuotaFailure: nothing helps until the quota resets
+    retryable: bool = False
+
+    @classmethod
+    def timeout(cls, message: str = "the request timed out") -> ProviderFailure:
+        """A call that got no answer in time: retryable, and it may or may not have been billed."""
+        return cls(code=504, status="DEADLINE_EXCEEDED", message=message, retryable=True)
+
+    @property
+    def rate_limited(self) -> bool:
+        return self.code == 429
+
+
+class ProviderCallError(Exception):
+    """Raised by `Provider.generate` for one failed attempt; `.failure` says what happened."""
+
+    def __init__(self, failure: ProviderFailure) -> None:
+        super().__init__(f"{failure.code} {failure.status}: {failure.message}")
+        self.failure = failure

@@ -1,0 +1,232 @@
+"""Gemini through google-genai: one HTTP attempt per `generate`, errors made plain.
+
+The SDK's own retries stay off (no `retry_options`): it retries 429s after ~1 s no matter
+what RetryInfo says, which is how a 429 storm starts. Our retry layer owns retries and reads
+the `ProviderFailure` that `parse_api_error` builds from the SDK's error. The API version is
+pinned because google-genai 3.x changed its default to v1, where some fields differ.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import time
+from typing import Any
+
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from pipeline.errors import SettingsError
+from pipeline.llm.failure import RETRYABLE_CODES, ProviderCallError, ProviderFailure
+from pipeline.llm.provider import LLMRequest, LLMResponse, Part, Usage
+
+__all__ = ["GeminiProvider", "ProviderCallError", "ProviderFailure", "parse_api_error"]
+
+DEFAULT_TIMEOUT_S = 300.0
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+
+
+def api_key_from_env() -> str | None:
+    """The key the SDK itself would use: GOOGLE_API_KEY wins over GEMINI_API_KEY."""
+    return os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY") or None
+
+
+def parse_duration_s(value: Any) -> float | None:
+    """A protobuf Duration ("59s", "0.5s") in seconds, or None if it is not one."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION.match(str(value)) if value is not None else None
+    return float(match.group(1)) if match else None
+
+
+def _error_body(details: Any) -> dict[str, Any]:
+    if isinstance(details, list) and details:
+        details = details[0]
+    if isinstance(details, dict):
+        inner = details.get("error", details)
+        return inner if isinstance(inner, dict) else {}
+    return {}
+
+
+def _transport_error(exc: BaseException) -> ProviderFailure | None:
+    """Timeouts and connection failures of httpx or httpx2 (the SDK may use either)."""
+    for module_name in ("httpx", "httpx2"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        if isinstance(exc, module.TimeoutException):
+            return ProviderFailure.timeout(f"no answer from Gemini in time ({exc!r})")
+        if isinstance(exc, module.TransportError):
+            return ProviderFailure(
+                code=0,
+                status="UNAVAILABLE",
+                message=f"could not reach Gemini ({exc!r}); check the network or base URL",
+                retryable=True,
+            )
+    return None
+
+
+def parse_api_error(exc: BaseException) -> ProviderFailure:
+    """What went wrong, in fields the retry layer and the limiter can act on.
+
+    Reads google.rpc.RetryInfo.retryDelay (the SDK ignores it) and whether any
+    QuotaFailure violation names a per-day quota, which no retry within the day can fix.
+    """
+    if isinstance(exc, ProviderCallError):
+        return exc.failure
+    if isinstance(exc, genai_errors.APIError):
+        body = _error_body(exc.details)
+        code = int(exc.code or body.get("code") or 0)
+        status = str(exc.status or body.get("status") or "UNKNOWN")
+        message = str(exc.message or body.get("message") or exc)
+        retry_delay_s: float | None = None
+        per_day = False
+        for detail in body.get("details") or []:
+            if not isinstance(detail, dict):
+                continue
+            kind = str(detail.get("@type", ""))
+            if kind.endswith("google.rpc.RetryInfo"):
+                retry_delay_s = parse_duration_s(detail.get("retryDelay"))
+            elif kind.endswith("google.rpc.QuotaFailure"):
+                for violation in detail.get("violations") or []:
+                    quota_id = (
+                        str(violation.get("quotaId", "")) if isinstance(violation, dict) else ""
+                    )
+                    per_day = per_day or "PerDay" in quota_id
+        return ProviderFailure(
+            code=code,
+            status=status,
+            message=message,
+            retry_delay_s=retry_delay_s,
+            per_day=per_day,
+            retryable=code in RETRYABLE_CODES and not per_day,
+        )
+    if isinstance(exc, TimeoutError):
+        return ProviderFailure.timeout()
+    transport = _transport_error(exc)
+    if transport is not None:
+        return transport
+    return ProviderFailure(code=0, status="UNKNOWN", message=repr(exc), retryable=False)
+
+
+def _sdk_part(part: Part) -> types.Part:
+    if part.text is not None:
+        return types.Part.from_text(text=part.text)
+    if part.data is not None:
+        return types.Part.from_bytes(data=part.data, mime_type=part.mime_type or "application/pdf")
+    raise ValueError("a Part needs text or data")
+
+
+class GeminiProvider:
+    """The Provider protocol over google-genai's async client."""
+
+    name = "gemini"
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        api_version: str = "v1beta",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        key = api_key or api_key_from_env()
+        if not key:
+            raise SettingsError(
+                "no Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY), "
+                "or use PIPELINE_PROVIDER=offline to run without one"
+            )
+        self.base_url = base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
+        options = types.HttpOptions(
+            base_url=self.base_url,
+            api_version=api_version,
+            timeout=int(timeout_s * 1000),
+            headers=headers,
+        )
+        self._client = genai.Client(api_key=key, http_options=options)
+
+    def _config(self, request: LLMRequest) -> types.GenerateContentConfig:
+        config: dict[str, Any] = {"max_output_tokens": request.max_output_tokens}
+        if request.system:
+            config["system_instruction"] = request.system
+        if request.temperature is not None:
+            config["temperature"] = request.temperature
+        if request.thinking_budget is not None:
+            config["thinking_config"] = types.ThinkingConfig(
+                thinking_budget=request.thinking_budget
+            )
+        if request.response_schema is not None:
+            config["response_mime_type"] = "application/json"
+            config["response_json_schema"] = request.response_schema
+        return types.GenerateContentConfig(**config)
+
+    def _contents(self, request: LLMRequest) -> list[types.Content]:
+        return [types.Content(role="user", parts=[_sdk_part(p) for p in request.parts])]
+
+    async def generate(self, request: LLMRequest) -> LLMResponse:
+        """One attempt. Raises ProviderCallError (with `.failure`) on any failure."""
+        started = time.perf_counter()
+        try:
+            response = await self._client.aio.models.generate_content(
+                model=request.model, contents=self._contents(request), config=self._config(request)
+            )
+        except Exception as exc:
+            failure = parse_api_error(exc)
+            raise ProviderCallError(failure) from exc
+        latency_s = time.perf_counter() - started
+        meta = response.usage_metadata
+        usage = Usage(
+            input_tokens=(meta.prompt_token_count or 0) if meta else 0,
+            output_tokens=(meta.candidates_token_count or 0) if meta else 0,
+            thinking_tokens=(meta.thoughts_token_count or 0) if meta else 0,
+            cached_tokens=(meta.cached_content_token_count or 0) if meta else 0,
+        )
+        text, finish_reason = _answer_text(response)
+        data: Any = None
+        if request.response_schema is not None:
+            try:
+                data = json.loads(text)
+            except ValueError:
+                data = None  # billed anyway: the caller decides whether to repair or retry
+        return LLMResponse(
+            text=text,
+            usage=usage,
+            model_version=response.model_version or request.model,
+            latency_s=latency_s,
+            data=data,
+            raw={
+                "finish_reason": finish_reason,
+                "response_id": response.response_id,
+                "usage_metadata": meta.model_dump(mode="json", exclude_none=True) if meta else {},
+            },
+        )
+
+    async def count_tokens(self, request: LLMRequest) -> int:
+        """countTokens for the parts; the system prompt is estimated locally (4 chars/token)
+        because the Gemini API refuses system_instruction in countTokens."""
+        try:
+            result = await self._client.aio.models.count_tokens(
+                model=request.model, contents=self._contents(request)
+            )
+        except Exception as exc:
+            raise ProviderCallError(parse_api_error(exc)) from exc
+        system = -(-len(request.system) // 4) if request.system else 0
+        return int(result.total_tokens or 0) + system
+
+    async def aclose(self) -> None:
+        await self._client.aio.aclose()
+
+
+def _answer_text(response: types.GenerateContentResponse) -> tuple[str, str | None]:
+    """Text of the first candidate without thought parts, and why it stopped."""
+    if not response.candidates:
+        return "", None
+    candidate = response.candidates[0]
+    parts = candidate.content.parts if candidate.content and candidate.content.parts else []
+    text = "".join(p.text for p in parts if p.text and not p.thought)
+    reason = candidate.finish_reason.value if candidate.finish_reason is not None else None
+    return text, reason

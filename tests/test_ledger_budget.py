@@ -1,0 +1,114 @@
+"""Budgets reserved in a real Redis: concurrency, scopes, settle/cancel, lapsed holds."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+import redis.asyncio as aioredis
+
+from pipeline.errors import BudgetExceeded
+from pipeline.ledger.budget import Budget, from_nanos, to_nanos
+from pipeline.queue.keys import Keys
+from pipeline.settings import load_settings
+
+
+def _budget(aredis: aioredis.Redis, keys: Keys, hold_s: float = 900.0, **limits: str) -> Budget:
+    settings = load_settings(**{k: Decimal(v) for k, v in limits.items()})
+    return Budget(aredis, keys, settings, hold_s=hold_s)
+
+
+async def test_concurrent_reservations_never_pass_the_budget(
+    aredis: aioredis.Redis, keys: Keys
+) -> None:
+    budget = _budget(aredis, keys)
+    call = await budget.for_call("batch-race", Decimal("3.00"))
+    worst = Decimal("0.1")  # 30 fit in 3.00
+
+    async def one() -> object:
+        try:
+            return await call.reserve(worst)
+        except BudgetExceeded as exc:
+            return exc
+
+    outcomes = await asyncio.gather(*(one() for _ in range(100)))
+    granted = [o for o in outcomes if not isinstance(o, BudgetExceeded)]
+    refused = [o for o in outcomes if isinstance(o, BudgetExceeded)]
+    assert len(granted) == 30 and len(refused) == 70
+    assert {e.scope for e in refused} == {"batch"}
+    status = await budget.status("batch-race", Decimal("3.00"))
+    assert status["batch"].reserved_usd == Decimal("3.00")
+
+    actual = Decimal("0.073000001")
+    settled = await asyncio.gather(*(call.settle(t, actual) for t in granted))  # type: ignore[arg-type]
+    assert all(settled)
+    status = await budget.status("batch-race", Decimal("3.00"))
+    assert status["batch"].reserved_usd == 0
+    assert status["batch"].spent_usd == actual * 30
+    assert status["batch"].spent_usd <= Decimal("3.00")
+    assert status["day"].spent_usd == actual * 30  # day and month count every batch
+    assert status["month"].spent_usd == actual * 30
+
+
+async def test_day_budget_refuses_with_scope_and_advice(aredis: aioredis.Redis, keys: Keys) -> None:
+    budget = _budget(aredis, keys, budget_day_usd="1.00", budget_month_usd="100")
+    call = await budget.for_call("b", None)
+    token = await call.reserve(Decimal("0.60"))
+    with pytest.raises(BudgetExceeded) as info:
+        await call.reserve(Decimal("0.50"))
+    assert info.value.scope == "day"
+    assert "PIPELINE_BUDGET_DAY_USD" in str(info.value)
+    # all or nothing: the refused reservation held nothing in the batch or month either
+    status = await budget.status("b")
+    assert status["batch"].reserved_usd == Decimal("0.60")
+    assert status["month"].reserved_usd == Decimal("0.60")
+
+    assert await call.cancel(token) is True
+    assert await call.settle(token, Decimal("0.60")) is False  # closed tokens stay closed
+    status = await budget.status("b")
+    assert (status["day"].spent_usd, status["day"].reserved_usd) == (0, 0)
+    await call.reserve(Decimal("1.00"))  # the cancelled hold came back
+
+
+async def test_month_budget_applies_across_batches(aredis: aioredis.Redis, keys: Keys) -> None:
+    budget = _budget(aredis, keys, budget_month_usd="0.5")
+    first = await (await budget.for_call("b1")).reserve(Decimal("0.4"))
+    await budget.settle(first, Decimal("0.45"))
+    with pytest.raises(BudgetExceeded) as info:
+        await (await budget.for_call("b2")).reserve(Decimal("0.1"))
+    assert info.value.scope == "month"
+
+
+async def test_settle_is_counted_once(aredis: aioredis.Redis, keys: Keys) -> None:
+    budget = _budget(aredis, keys)
+    call = await budget.for_call("b", Decimal("1"))
+    token = await call.reserve(Decimal("0.5"))
+    assert await call.settle(token, Decimal("0.2")) is True
+    assert await call.settle(token, Decimal("0.2")) is False
+    status = await budget.status("b")  # the limit is remembered from the reservation
+    assert status["batch"].spent_usd == Decimal("0.2")
+    assert status["batch"].limit_usd == Decimal("1")
+    assert status["day"].limit_usd is None
+
+
+async def test_a_dead_workers_hold_lapses(aredis: aioredis.Redis, keys: Keys) -> None:
+    budget = _budget(aredis, keys, hold_s=0.2)
+    call = await budget.for_call("b", Decimal("1"))
+    await call.reserve(Decimal("1"))  # never settled: the worker "died"
+    with pytest.raises(BudgetExceeded):
+        await call.reserve(Decimal("0.5"))
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await budget.status("b", Decimal("1")))["batch"].reserved_usd != 0:
+        assert asyncio.get_running_loop().time() < deadline, "hold never lapsed"
+        await asyncio.sleep(0.05)
+    late = await call.reserve(Decimal("0.5"))
+    assert late.amount_usd == Decimal("0.5")
+
+
+def test_nano_dollar_conversion() -> None:
+    assert to_nanos(Decimal("0.000000001")) == 1
+    assert to_nanos(Decimal("0.0000000001"), round_up=True) == 1  # reservations round up
+    assert from_nanos("1234567890") == Decimal("1.23456789")
+    with pytest.raises(ValueError):
+        to_nanos(Decimal("-1"))
