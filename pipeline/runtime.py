@@ -1,24 +1,168 @@
-"""Assembling a worker process: the queue worker plus what tasks need (process pool, LLM
-provider, limiter gate, ledger hooks) from settings.
+"""Assembling a process from settings: the queue plus what tasks need (process pool, LLM
+provider behind the shared limiter and call store, ledger recorder, budgets) and the hooks
+that tie queue events to the ledger.
 
-Kept apart from the queue core so the queue knows nothing of LLMs or SQL; the pieces are
-added here as each layer exists.
+Kept apart from the queue core so the queue knows nothing of LLMs or SQL. Workers, the CLI
+(`run`, `submit --wait`) and the HTTP API all build their services here, the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from pipeline.queue.client import QueueClient
+from pipeline.queue.context import JobContext
+from pipeline.queue.job import Job
 from pipeline.queue.pool import CpuPool
 from pipeline.queue.worker import Worker
 
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from pipeline.ledger.budget import Budget
+    from pipeline.ledger.recorder import SqlRecorder
+    from pipeline.llm.caller import LLMCaller
+    from pipeline.llm.limiter import Limiter
+    from pipeline.llm.pricing import PriceTable
+    from pipeline.llm.provider import LLMRequest, LLMResponse, Provider
+
+
+def _until_window_reset_s(scope: str) -> float:
+    """Seconds until the UTC day (or month) budget window turns over, capped at an hour so a
+    raised budget is noticed without waiting for midnight."""
+    now = datetime.now(UTC)
+    if scope == "month":
+        nxt = (now.replace(day=1) + timedelta(days=32)).replace(day=1)
+    else:
+        nxt = now + timedelta(days=1)
+    reset = nxt.replace(hour=0, minute=0, second=0, microsecond=0)
+    return min(3600.0, max(1.0, (reset - now).total_seconds()))
+
+
+@dataclass
+class Services:
+    client: QueueClient
+    engine: Engine
+    recorder: SqlRecorder
+    budget: Budget
+    prices: PriceTable
+    limiter: Limiter
+    provider: Provider
+    caller: LLMCaller
+
+    async def aclose(self) -> None:
+        await self.provider.aclose()
+        await asyncio.to_thread(self.engine.dispose)
+
+    async def call(
+        self,
+        ctx: JobContext,
+        request: LLMRequest,
+        *,
+        batch_limit_usd: Decimal | None = None,
+        document_id: str | None = None,
+    ) -> LLMResponse:
+        """One LLM call on behalf of a running job: its admission permit, the budgets that
+        apply, the ledger. A batch budget that cannot fit ends the job `over_budget` with
+        nothing charged; a day or month budget sends the job back to wait in Redis."""
+        from pipeline.errors import BudgetExceeded, OverBudget, Retry
+
+        budget = await self.budget.for_call(ctx.batch, batch_limit_usd)
+        try:
+            return await self.caller.call(
+                request,
+                job_id=ctx.job_id,
+                batch_id=ctx.batch,
+                document_id=document_id,
+                permit=ctx.take_permit(),
+                budget=budget,
+            )
+        except BudgetExceeded as exc:
+            if exc.scope == "batch":
+                raise OverBudget(str(exc)) from exc
+            raise Retry(
+                f"waiting for the {exc.scope} budget: {exc}",
+                delay_s=_until_window_reset_s(exc.scope),
+            ) from exc
+
+
+async def open_services(client: QueueClient, provider: Provider | None = None) -> Services:
+    from pipeline.ledger.budget import Budget
+    from pipeline.ledger.db import get_engine
+    from pipeline.ledger.recorder import SqlRecorder
+    from pipeline.llm.caller import LLMCaller
+    from pipeline.llm.callstore import CallStore
+    from pipeline.llm.factory import make_provider
+    from pipeline.llm.limiter import Limiter
+    from pipeline.llm.pricing import PriceTable
+
+    s = client.settings
+    engine = await asyncio.to_thread(get_engine, s)
+    recorder = SqlRecorder(engine, client.redis, client.keys)
+    prices = PriceTable.load()
+    limiter = Limiter(client.redis, client.keys, s)
+    provider = provider or make_provider(s)
+    store = CallStore(client.redis, client.keys, s.call_ttl_s)
+    caller = LLMCaller(provider, limiter, store, recorder, prices)
+    budget = Budget(client.redis, client.keys, s)
+    return Services(client, engine, recorder, budget, prices, limiter, provider, caller)
+
+
+def ledger_hooks(services: Services) -> dict[str, Any]:
+    """Queue events the ledger must see: job outcomes, and leases that expired mid-call."""
+
+    async def lease_expired(job: Job, outcome: str) -> None:
+        # The worker died, perhaps mid-call: its started call rows become `abandoned`
+        # (possibly billed) rather than staying `started` forever.
+        await services.recorder.mark_abandoned(job.id, services.prices)
+        await services.recorder.update_job_status(
+            job.id,
+            "queued" if outcome == "requeued" else outcome,
+            attempts=job.attempt,
+            last_error="lease expired (worker lost)",
+        )
+
+    async def job_end(ctx: JobContext, outcome: str, error: str | None) -> None:
+        if outcome in ("release", "fenced", "lost"):
+            return
+        status = "queued" if outcome == "retry" else outcome
+        await services.recorder.update_job_status(
+            ctx.job.id, status, attempts=ctx.job.attempt, last_error=error
+        )
+
+    return {
+        "on_lease_expired": [lease_expired],
+        "on_job_end": [job_end],
+        "upkeep": [("ledger-flush", services.recorder.flush, 2.0)],
+    }
+
 
 async def build_worker(
-    client: QueueClient, *, queues: Sequence[str], concurrency: int | None, burst: bool = False
+    client: QueueClient,
+    *,
+    queues: Sequence[str],
+    concurrency: int | None,
+    burst: bool = False,
+    services: Services | None = None,
 ) -> Worker:
+    """A worker for the registered tasks; with services only when a task declares it uses them."""
     s = client.settings
     pool = CpuPool(s.cpu_workers, s.cpu_max_tasks_per_child)
-    deps: dict[str, Any] = {}
-    return Worker(client, queues=queues, concurrency=concurrency, burst=burst, pool=pool, deps=deps)
+    if services is None and not any(t.uses_services for t in REGISTRY.values()):
+        return Worker(client, queues=queues, concurrency=concurrency, burst=burst, pool=pool)
+    from pipeline.llm.limiter import LimiterGate
+
+    services = services or await open_services(client)
+    return Worker(
+        client,
+        queues=queues,
+        concurrency=concurrency,
+        burst=burst,
+        pool=pool,
+        deps={"services": services},
+        gate=LimiterGate(services.limiter),
+        **ledger_hooks(services),
+    )

@@ -33,6 +33,7 @@ class Task:
     max_attempts: int = 3
     retry_delays_s: tuple[float, ...] = (10.0, 60.0, 300.0)
     priority: int = 5
+    uses_services: bool = False  # needs the LLM caller and ledger (pipeline/runtime.py)
 
     def call(self, *args: Any, **kwargs: Any) -> Call:
         """One invocation, for `client.enqueue(call)` or as a chord member."""
@@ -63,11 +64,14 @@ def task(
     max_attempts: int = 3,
     retry_delays_s: Sequence[float] = (10.0, 60.0, 300.0),
     priority: int | str = 5,
+    uses_services: bool = False,
 ) -> Callable[[TaskFn], Task]:
     """Declare an async task `fn(ctx, *args, **kwargs)`.
 
     `expected_duration_s` sizes the lease (2x, renewed while running); `timeout_s` is the hard
     stop; `retry_delays_s[n]` is the back-off before attempt n+2 (the last entry repeats).
+    `uses_services` asks the worker for the LLM caller, limiter gate and ledger in
+    `ctx.deps["services"]`; plain tasks get a lean worker without them.
     """
     if expected_duration_s <= 0 or timeout_s <= 0:
         raise ValueError("expected_duration_s and timeout_s must be positive")
@@ -84,6 +88,7 @@ def task(
             max_attempts=max_attempts,
             retry_delays_s=tuple(retry_delays_s),
             priority=parse_priority(priority),
+            uses_services=uses_services,
         )
         REGISTRY[t.name] = t
         return t

@@ -79,6 +79,7 @@ class Worker:
         worker_id: str | None = None,
         on_lease_expired: Sequence[LeaseExpiredHook] = (),
         on_job_end: Sequence[JobHook] = (),
+        upkeep: Sequence[tuple[str, Callable[[], Awaitable[None]], float]] = (),
     ) -> None:
         s = client.settings
         self.client, self.redis, self.keys, self.scripts = (
@@ -95,6 +96,7 @@ class Worker:
         self.pool = pool
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.on_job_end = list(on_job_end)
+        self.upkeep = list(upkeep)  # (name, coroutine, interval s): e.g. the ledger flusher
         self.leases = LeaseKeeper(self.redis, self.keys, self.scripts)
         self.sweeper = Sweeper(
             self.redis, self.keys, self.scripts, s.result_ttl_s, list(on_lease_expired)
@@ -113,14 +115,13 @@ class Worker:
         if install_signals:
             self._install_signals()
         log.info("worker %s: queues %s, %d slots", self.id, ",".join(self.queues), self.concurrency)
-        upkeep = [
-            asyncio.create_task(self._loop(name, fn, every))
-            for name, fn, every in (
-                ("lease", self._renew, self._tick_s),
-                ("sweep", self._sweep, self.client.settings.sweep_interval_s),
-                ("heartbeat", self._beat, self.client.settings.heartbeat_interval_s),
-            )
+        loops = [
+            ("lease", self._renew, self._tick_s),
+            ("sweep", self._sweep, self.client.settings.sweep_interval_s),
+            ("heartbeat", self._beat, self.client.settings.heartbeat_interval_s),
+            *self.upkeep,
         ]
+        upkeep = [asyncio.create_task(self._loop(name, fn, every)) for name, fn, every in loops]
         claimer = asyncio.create_task(self._claim_loop())
         try:
             await self._stop.wait()

@@ -1,0 +1,71 @@
+"""Call-level idempotency: an answer that was paid for once is never paid for again.
+
+A job retried after a crash, a lease lost mid-call, or the same document submitted twice
+all end up asking the same question. The call key hashes everything that changes the
+answer (model, prompt version, parts, generation settings); a successful response is kept
+in Redis as JSON under that key, and a later call with the same key is answered from here
+without touching the provider. Only successes are stored: a failure must stay retryable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from typing import Any
+
+from redis.asyncio import Redis
+
+from pipeline.llm.provider import LLMRequest, LLMResponse, Usage
+from pipeline.queue.keys import Keys
+
+# Bump when the stored shape changes, so old entries are simply not found.
+STORE_FORMAT = "v1"
+
+
+def call_key(request: LLMRequest) -> str:
+    """sha256 over (model, prompt version, content hash with settings): same key, same answer."""
+    material = [STORE_FORMAT, request.model, request.prompt_version, request.content_hash()]
+    return hashlib.sha256(json.dumps(material).encode()).hexdigest()
+
+
+def encode_response(response: LLMResponse) -> str:
+    """JSON of what a caller needs back; `raw` is left out (large, and provider-specific)."""
+    return json.dumps(
+        {
+            "text": response.text,
+            "data": response.data,
+            "usage": asdict(response.usage),
+            "model_version": response.model_version,
+            "latency_s": response.latency_s,
+        }
+    )
+
+
+def decode_response(raw: str | bytes) -> LLMResponse:
+    body: dict[str, Any] = json.loads(raw)
+    return LLMResponse(
+        text=body["text"],
+        usage=Usage(**body["usage"]),
+        model_version=body["model_version"],
+        latency_s=float(body["latency_s"]),
+        data=body.get("data"),
+    )
+
+
+class CallStore:
+    def __init__(self, redis: Redis, keys: Keys, ttl_s: int = 30 * 86400) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.ttl_s = ttl_s
+
+    async def get(self, key: str) -> LLMResponse | None:
+        raw = await self.redis.get(self.keys.call(key))
+        return None if raw is None else decode_response(raw)
+
+    async def put(self, key: str, response: LLMResponse) -> None:
+        await self.redis.set(self.keys.call(key), encode_response(response), ex=self.ttl_s)
+
+    async def forget(self, key: str) -> bool:
+        """Drop a stored answer (e.g. it proved wrong and must be asked again)."""
+        return bool(await self.redis.delete(self.keys.call(key)))

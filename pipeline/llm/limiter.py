@@ -1,0 +1,391 @@
+"""One token bucket per model, shared by every worker through Redis.
+
+Why a bucket in Redis and not per process: Gemini counts requests/minute, input
+tokens/minute and requests/day per *project*, so four workers with a local limiter each
+would send four times the quota (celery#5732). Every decision is one Lua script reading
+Redis TIME, so no client clock and no read-modify-write race is involved.
+
+Algorithm (named, and built as named): a continuous-refill token bucket for requests and
+one for input tokens. Google may count any 60 s window, so the bucket must never let more
+than the limit through in *any* window: with capacity C and refill rate r, a window of
+length P admits at most C + r·P. We target C + r·P = (1 - safety_margin)·limit, with a
+small burst C (5 % of it), so the long-run rate is about 92 % of the limit and the 3 %
+margin absorbs clock and network jitter between us and Google (about 1.8 s of a minute).
+A request larger than the token burst waits for a full bucket and leaves it in debt, so
+it may overshoot one window by its own excess over the burst.
+
+Around the bucket: a daily counter reset at midnight America/Los_Angeles, a shared pause
+set by 429s (RetryInfo, else exponential back-off), a "daily quota exhausted" mark, an
+AIMD factor (×0.5 per 429 event, +2 % per success, the setting is the ceiling) and a cap
+on concurrent calls held as leases that expire, so a crashed worker's slot comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aiolimiter import AsyncLimiter
+from redis.asyncio import Redis
+
+from pipeline.errors import DailyQuotaExhausted, OverLimit, RateLimited
+from pipeline.queue.gate import Admission, Candidate
+from pipeline.queue.keys import Keys
+from pipeline.settings import Settings
+
+PACIFIC = ZoneInfo("America/Los_Angeles")
+_LUA_DIR = Path(__file__).with_name("lua")
+DAILY_KINDS = frozenset({"daily", "daily_count"})
+
+
+@dataclass(frozen=True)
+class LimiterTuning:
+    """Knobs that are engineering choices, not quotas (those come from Settings)."""
+
+    safety_margin: float = 0.03  # share of each limit never used: jitter between us and Google
+    burst_fraction: float = 0.05  # bucket capacity as a share of the (reduced) limit
+    lease_s: float = 120.0  # a concurrency slot comes back this long after a worker dies
+    concurrency_poll_s: float = 0.25  # how soon to look again when only the cap blocks
+    aimd_decrease: float = 0.5
+    aimd_floor: float = 0.1
+    aimd_increase: float = 0.02  # per successful call
+    aimd_cooldown_s: float = 1.0  # 429s within this are one overload event, one decrease
+    backoff_initial_s: float = 1.0  # pause after a 429 without RetryInfo, doubling …
+    backoff_max_s: float = 60.0  # … up to this
+    max_polls_per_s: float = 50.0  # Redis round trips per model per process while waiting
+    key_ttl_s: int = 2 * 86400
+
+
+@dataclass(frozen=True)
+class Permit:
+    """The right to send one call now; give it back with `Limiter.release`."""
+
+    model: str
+    permit_id: str
+    tokens: int  # input tokens debited (an estimate; corrected on release)
+    granted_at_ms: float  # Redis TIME
+    lease_until_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Permit:
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Not now: try again after `retry_after_s`. `kind` is for code, `reason` for people."""
+
+    retry_after_s: float
+    reason: str
+    kind: str
+    until_ms: float
+
+    @property
+    def daily(self) -> bool:
+        return self.kind in DAILY_KINDS
+
+
+@dataclass(frozen=True)
+class BucketShape:
+    """Capacities and refill rates (per ms) at full speed, derived from a model's limits."""
+
+    req_cap: float
+    req_rate_ms: float
+    tok_cap: float
+    tok_rate_ms: float
+    rpd: int
+    max_concurrent: int
+    tpm: int
+
+    @classmethod
+    def from_limits(
+        cls, rpm: int, tpm: int, rpd: int, max_concurrent: int, period_s: float, t: LimiterTuning
+    ) -> BucketShape:
+        def shape(limit: int) -> tuple[float, float]:
+            usable = limit * (1 - t.safety_margin)
+            cap = max(1.0, float(int(usable * t.burst_fraction)))
+            rate = max(usable - cap, usable * 0.01) / (period_s * 1000)
+            return cap, rate
+
+        req_cap, req_rate = shape(rpm)
+        tok_cap, tok_rate = shape(tpm)
+        return cls(req_cap, req_rate, tok_cap, tok_rate, rpd, max_concurrent, tpm)
+
+
+def pacific_midnights(now: datetime | None = None) -> list[int]:
+    """Today's, tomorrow's and the next Pacific midnight in epoch ms (DST-aware).
+
+    The script picks the first one after *Redis* time, so a client clock that is off by
+    less than a day still resets the daily count at the right moment.
+    """
+    local = (now or datetime.now(UTC)).astimezone(PACIFIC)
+    return [
+        int(datetime.combine(local.date() + timedelta(days=i), time(), PACIFIC).timestamp() * 1000)
+        for i in range(3)
+    ]
+
+
+def _pacific_str(ms: float) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).astimezone(PACIFIC).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Limiter:
+    """The shared bucket. Safe to use from many coroutines, processes and machines at once."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        settings: Settings,
+        *,
+        period_s: float | None = None,
+        tuning: LimiterTuning | None = None,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.settings = settings
+        self.period_s = period_s if period_s is not None else settings.limit_period_s
+        self.tuning = tuning or LimiterTuning()
+        self._pacers: dict[str, AsyncLimiter] = {}
+        load = redis.register_script
+        self._acquire = load((_LUA_DIR / "bucket.lua").read_text())
+        self._release = load((_LUA_DIR / "bucket_release.lua").read_text())
+        self._renew = load((_LUA_DIR / "bucket_renew.lua").read_text())
+        self._429 = load((_LUA_DIR / "bucket_429.lua").read_text())
+        self._ok = load((_LUA_DIR / "bucket_ok.lua").read_text())
+
+    # keys
+    def _keys(self, model: str) -> list[str]:
+        return [self.keys.bucket(model), self.keys.custom("bucket", model, "leases")]
+
+    def shape(self, model: str) -> BucketShape:
+        lim = self.settings.limits_for(model)
+        assert lim.rpm and lim.tpm and lim.rpd and lim.max_concurrent_calls  # filled by limits_for
+        return BucketShape.from_limits(
+            lim.rpm, lim.tpm, lim.rpd, lim.max_concurrent_calls, self.period_s, self.tuning
+        )
+
+    async def try_acquire(self, model: str, tokens: int) -> Permit | Wait:
+        """One atomic attempt: a Permit now, or how long to wait and why."""
+        shape = self.shape(model)
+        tokens = max(0, int(tokens))
+        if tokens > shape.tpm:
+            raise OverLimit(
+                f"a call of {tokens} input tokens can never fit {model}'s limit of {shape.tpm} "
+                f"tokens per {self.period_s:g} s; raise PIPELINE_TPM (or tpm under "
+                f'[limits."{model}"] in pipeline.toml) or split the document'
+            )
+        permit_id = uuid.uuid4().hex
+        t = self.tuning
+        res = await self._acquire(
+            keys=self._keys(model),
+            args=[
+                repr(shape.req_cap), repr(shape.req_rate_ms), repr(shape.tok_cap),
+                repr(shape.tok_rate_ms), shape.rpd, shape.max_concurrent, tokens, permit_id,
+                int(t.lease_s * 1000), *pacific_midnights(),
+                int(t.concurrency_poll_s * 1000), t.key_ttl_s * 1000,
+            ],
+        )
+        if int(res[0]) == 1:
+            return Permit(model, permit_id, tokens, float(_s(res[1])), float(_s(res[2])))
+        wait_s = int(res[1]) / 1000
+        kind = _s(res[2])
+        until_ms = float(_s(res[3]))
+        return Wait(wait_s, self._describe(model, kind, until_ms, shape), kind, until_ms)
+
+    def _describe(self, model: str, kind: str, until_ms: float, shape: BucketShape) -> str:
+        if kind in DAILY_KINDS:
+            used = f"all {shape.rpd} requests for today used; " if kind == "daily_count" else ""
+            return f"{model}: {used}daily quota exhausted until {_pacific_str(until_ms)}"
+        return {
+            "paused": f"{model}: paused after a 429 from the provider",
+            "concurrency": f"{model}: {shape.max_concurrent} calls already in flight",
+            "requests": f"{model}: requests-per-minute bucket empty",
+            "tokens": f"{model}: input-tokens-per-minute bucket empty",
+        }.get(kind, f"{model}: {kind}")
+
+    def _pacer(self, model: str) -> AsyncLimiter:
+        pacer = self._pacers.get(model)
+        if pacer is None:
+            pacer = self._pacers[model] = AsyncLimiter(self.tuning.max_polls_per_s, 1.0)
+        return pacer
+
+    async def acquire(self, model: str, tokens: int, deadline_s: float | None = None) -> Permit:
+        """Wait for a permit. Daily exhaustion raises at once: nothing helps until midnight PT."""
+        loop = asyncio.get_running_loop()
+        give_up = None if deadline_s is None else loop.time() + deadline_s
+        while True:
+            # In-process pacing: many waiting coroutines must not hammer Redis in lockstep.
+            await self._pacer(model).acquire()
+            got = await self.try_acquire(model, tokens)
+            if isinstance(got, Permit):
+                return got
+            if got.daily:
+                raise DailyQuotaExhausted(
+                    f"{got.reason}; dispatch for {model} resumes then "
+                    f"(or raise PIPELINE_RPD, or choose another model with --model)"
+                )
+            sleep_s = got.retry_after_s * (1 + random.uniform(0, 0.1)) + random.uniform(0, 0.005)
+            if give_up is not None and loop.time() + sleep_s > give_up:
+                raise RateLimited(
+                    f"no permit for {model} within {deadline_s:g} s ({got.reason}); "
+                    "retry later or lower the load on this model"
+                )
+            await asyncio.sleep(sleep_s)
+
+    async def release(
+        self, permit: Permit, actual_input_tokens: int | None = None, *, sent: bool = True
+    ) -> bool:
+        """Free the concurrency slot and settle the token debit.
+
+        `actual_input_tokens` (usageMetadata.promptTokenCount) replaces the estimate. With
+        `sent=False` the call never left this machine, so Google never counted it: the
+        request, its tokens and its place in today's count are all given back.
+        """
+        shape = self.shape(permit.model)
+        if sent:
+            correction = 0 if actual_input_tokens is None else actual_input_tokens - permit.tokens
+        else:
+            correction = -permit.tokens
+        held = await self._release(
+            keys=self._keys(permit.model),
+            args=[permit.permit_id, correction, "0" if sent else "1",
+                  repr(shape.req_cap), repr(shape.tok_cap)],
+        )
+        return bool(int(held))
+
+    async def renew(self, permit: Permit) -> bool:
+        """Extend the lease of a call still running; False if it had already lapsed."""
+        res = await self._renew(
+            keys=self._keys(permit.model)[1:],
+            args=[permit.permit_id, int(self.tuning.lease_s * 1000)],
+        )
+        return bool(int(res))
+
+    @contextlib.asynccontextmanager
+    async def hold(self, permit: Permit) -> AsyncIterator[Permit]:
+        """Keep a permit's lease alive while a (possibly minutes-long) call runs."""
+
+        async def renew_forever() -> None:
+            while True:
+                await asyncio.sleep(self.tuning.lease_s / 3)
+                with contextlib.suppress(Exception):  # a missed renewal is retried next tick
+                    await self.renew(permit)
+
+        task = asyncio.create_task(renew_forever())
+        try:
+            yield permit
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def on_rate_limited(
+        self, model: str, retry_delay_s: float | None = None, per_day: bool = False
+    ) -> dict[str, Any]:
+        """A 429 came back: pause the model for everyone and cut its rate (or stop for the day)."""
+        t = self.tuning
+        res = await self._429(
+            keys=self._keys(model)[:1],
+            args=[
+                -1 if retry_delay_s is None else int(retry_delay_s * 1000),
+                "1" if per_day else "0", *pacific_midnights(), repr(t.aimd_decrease),
+                repr(t.aimd_floor), int(t.aimd_cooldown_s * 1000), repr(t.backoff_initial_s),
+                repr(t.backoff_max_s), t.key_ttl_s * 1000,
+            ],
+        )
+        return {
+            "paused_until_ms": float(_s(res[0])),
+            "factor": float(_s(res[1])),
+            "daily_exhausted_until_ms": float(_s(res[2])),
+        }
+
+    async def on_success(self, model: str) -> float:
+        """A call went through: creep back toward the configured rate. Returns the factor."""
+        res = await self._ok(keys=self._keys(model)[:1], args=[repr(self.tuning.aimd_increase)])
+        return float(_s(res))
+
+    async def state(self, model: str) -> dict[str, Any]:
+        """A snapshot for `pipeline status` and the dashboard (levels refilled to Redis now)."""
+        shape = self.shape(model)
+        bucket, leases = self._keys(model)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.time()
+            pipe.hgetall(bucket)
+            pipe.zcard(leases)
+            now_raw, raw, in_flight = await pipe.execute()
+        now = now_raw[0] * 1000 + now_raw[1] / 1000
+        h = {_s(k): float(_s(v)) for k, v in raw.items()}
+        f = h.get("f", 1.0)
+        dt = max(0.0, now - h["ts"]) if "ts" in h else 0.0
+        rq = min(shape.req_cap * f, h.get("rq", shape.req_cap) + dt * shape.req_rate_ms * f)
+        tk = min(shape.tok_cap * f, h.get("tk", shape.tok_cap) + dt * shape.tok_rate_ms * f)
+        per_period = self.period_s * 1000
+        lim = self.settings.limits_for(model)
+
+        def when(field: str) -> str | None:
+            ms = h.get(field, 0.0)
+            return datetime.fromtimestamp(ms / 1000, UTC).isoformat() if ms > now else None
+
+        day_count = int(h.get("dayn", 0)) if h.get("dayend", 0) > now else 0
+        return {
+            "model": model,
+            "period_s": self.period_s,
+            "limits": {"rpm": lim.rpm, "tpm": lim.tpm, "rpd": lim.rpd,
+                       "max_concurrent_calls": lim.max_concurrent_calls},
+            "factor": f,
+            "effective_rpm": shape.req_rate_ms * f * per_period,
+            "effective_tpm": shape.tok_rate_ms * f * per_period,
+            "requests_left": rq,
+            "tokens_left": tk,
+            "requests_today": day_count,
+            "in_flight": int(in_flight),
+            "paused_until": when("pause"),
+            "daily_exhausted_until": when("dayx"),
+        }
+
+
+class LimiterGate:
+    """The limiter as the worker's admission gate: no claim while the bucket says wait.
+
+    A job without a "model" hint makes no LLM call the limiter knows of and is admitted.
+    A permit handed back through `release` belongs to a claim that lost a race, so no
+    request was sent: it is refunded in full (slot, request, tokens, today's count), or the
+    lost race would silently eat quota that Google never saw used.
+    """
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+
+    async def admit(self, candidate: Candidate) -> Admission:
+        model = candidate.hints.get("model")
+        if not model:
+            return Admission(ok=True)
+        tokens = int(candidate.hints.get("tokens") or 0)
+        try:
+            got = await self.limiter.try_acquire(str(model), tokens)
+        except OverLimit:
+            # Let the job run and fail with the clear error rather than wait forever here.
+            return Admission(ok=True)
+        if isinstance(got, Permit):
+            return Admission(ok=True, permit=got)
+        return Admission(ok=False, retry_after_s=got.retry_after_s, reason=got.reason)
+
+    async def release(self, admission: Admission) -> None:
+        if isinstance(admission.permit, Permit):
+            await self.limiter.release(admission.permit, sent=False)
