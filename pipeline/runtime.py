@@ -9,6 +9,8 @@ Kept apart from the queue core so the queue knows nothing of LLMs or SQL. Worker
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,6 +19,7 @@ from pipeline.queue.client import QueueClient
 from pipeline.queue.context import JobContext
 from pipeline.queue.job import Job
 from pipeline.queue.pool import CpuPool
+from pipeline.queue.task import REGISTRY
 from pipeline.queue.worker import Worker
 
 if TYPE_CHECKING:
