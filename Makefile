@@ -1,0 +1,49 @@
+# Everything CI and a new user need, starting from nothing but python3 and the package
+# registries: each target creates .venv if missing and (re)installs the project only when
+# pyproject.toml is newer than the stamp .venv/.installed.
+
+PYTHON ?= python3
+VENV ?= .venv
+EXTRAS ?= dev,chart
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+# Benchmark entry points: the scripts in bench/ that run as programs.
+BENCH_SCRIPTS ?= $(shell grep -l '__name__ == "__main__"' bench/*.py 2>/dev/null)
+
+.PHONY: install test demo lint samples bench clean-venv
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+# pytest exits 5 when it collects no tests; an empty selection is not a failure here.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); \
+	status=$$?; if [ $$status -eq 5 ]; then exit 0; fi; exit $$status
+
+demo: $(STAMP)
+	$(BIN)/pipeline run examples/docs/*.pdf
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline tasks tests examples bench
+	$(BIN)/mypy pipeline tasks
+
+samples: $(STAMP)
+	$(BIN)/python examples/make_samples.py
+	$(BIN)/python tests/fixtures/make_fixtures.py
+
+bench: $(STAMP)
+	@test -n "$(BENCH_SCRIPTS)" || { echo "no benchmark scripts in bench/" >&2; exit 1; }
+	@for script in $(BENCH_SCRIPTS); do \
+		echo "== $$script"; $(BIN)/python $$script || exit $$?; \
+	done
+
+clean-venv:
+	rm -rf $(VENV)
