@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     budget_month_usd: Decimal | None = Field(default=None, ge=0)
 
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    # Document analysis (tasks/analyze.py, pipeline/submission.py).
+    doc_ttl_s: int = Field(default=7 * 86400, gt=0)  # uploaded PDF bytes kept in Redis
+    max_document_pages: int = Field(default=3000, gt=0)  # longer PDFs are refused at submit
+    # Input tokens one analysis call may carry; a longer document is split into a chord.
+    context_budget_tokens: int = Field(default=200_000, gt=0)
     api_keys: str | None = None  # comma-separated bearer keys
 
     @classmethod
@@ -144,10 +149,15 @@ class _FilteredEnv(PydanticBaseSettingsSource):
 
 
 def _describe(error: ValidationError) -> str:
+    """One line naming where the bad value came from: the variable, or the pipeline.toml key."""
     first = error.errors()[0]
     loc = [str(p) for p in first["loc"]]
-    name = ENV_PREFIX + loc[0].upper() if loc else "setting"
+    key = loc[0] if loc else "setting"
+    env_name = ENV_PREFIX + key.upper()
+    name = env_name if env_name in os.environ else f"{key} in pipeline.toml"
     where = f" ({'.'.join(loc[1:])})" if len(loc) > 1 else ""
+    if first["type"] == "extra_forbidden":
+        return f"{name}{where}: unknown setting (known: {', '.join(Settings.model_fields)})"
     value = first.get("input")
     shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
     return f"{name}{where}: {first['msg']}{shown}"
