@@ -25,7 +25,8 @@
     ├── BudgetError
     │   └── BudgetExceeded       a reservation did not fit a budget (.scope: batch|day|month)
     └── InputError
-        └── BadDocument          a PDF that is corrupt, encrypted, empty or too large
+        ├── BadDocument          a PDF that is corrupt, encrypted, empty or too large
+        └── UploadRejected       an HTTP upload refused as a whole (.status_code: 400/413/415/422)
 
 The CLI catches `PipelineError` and prints its message without a traceback.
 """
@@ -147,3 +148,11 @@ class InputError(PipelineError):
 
 class BadDocument(InputError):
     pass
+
+
+class UploadRejected(InputError):
+    """`.status_code` is the HTTP status the API answers with (413 too large, 415 not a PDF...)."""
+
+    def __init__(self, message: str, status_code: int = 422) -> None:
+        super().__init__(message)
+        self.status_code = status_code

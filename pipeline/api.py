@@ -1,0 +1,358 @@
+"""The HTTP API: upload PDFs for analysis, follow jobs and batches, read costs and metrics.
+
+It is a thin door onto the same parts the CLI uses — `submit_uploads` enqueues, Redis and
+the ledger answer the reads — so the two surfaces cannot drift apart. Every error is JSON
+`{"detail": "..."}` telling the caller what to do; bad input is a 4xx, never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import text
+
+from pipeline.api_errors import HttpError, install_error_handlers
+from pipeline.api_upload import FILE_FIELD, UploadForm, read_upload
+from pipeline.errors import JobNotFound, UploadRejected
+from pipeline.queue.client import QueueClient
+from pipeline.queue.job import parse_priority
+from pipeline.settings import Settings, get_settings
+
+# A request that holds an Idempotency-Key while it is being processed; long enough for a
+# large upload, short enough that a crashed request does not block its retry for a day.
+_IDEM_PENDING_TTL_S = 300
+_HEALTH_TIMEOUT_S = 3.0
+_MAX_BUDGET_USD = Decimal("1000000")
+
+
+@dataclass
+class ApiState:
+    client: QueueClient
+    services: Any  # pipeline.runtime.Services
+
+
+def _state(request: Request) -> ApiState:
+    state: ApiState = request.app.state.api
+    return state
+
+
+_bearer = HTTPBearer(auto_error=False, description="One of PIPELINE_API_KEYS")
+
+
+async def require_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Every route but /healthz: a bearer key from PIPELINE_API_KEYS, when any are set."""
+    keys = request.app.state.settings.api_key_list
+    if not keys:
+        return
+    given = credentials.credentials if credentials else ""
+    if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
+        raise HttpError(
+            401,
+            "missing or wrong API key: send `Authorization: Bearer <key>` with one of the "
+            "keys in the server's PIPELINE_API_KEYS",
+            {"WWW-Authenticate": "Bearer"},
+        )
+
+
+router = APIRouter(dependencies=[Depends(require_key)])
+
+_ANALYZE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FILE_FIELD],
+                    "properties": {
+                        FILE_FIELD: {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "One or more PDF files.",
+                        },
+                        "model": {"type": "string", "description": "A model in pricing.toml."},
+                        "priority": {"type": "string", "description": "0-9, low, normal, high."},
+                        "budget": {"type": "string", "description": "Batch budget, USD."},
+                        "label": {"type": "string", "maxLength": 200},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _form_options(form: UploadForm, default_model: str) -> dict[str, Any]:
+    """The optional form fields, validated: each error names its field."""
+    f = form.fields
+    out: dict[str, Any] = {"model": f.get("model") or default_model}
+    out["label"] = f.get("label") or None
+    if out["label"] is not None and len(out["label"]) > 200:
+        raise UploadRejected("label: at most 200 characters")
+    if f.get("priority"):
+        try:
+            out["priority"] = parse_priority(f["priority"])
+        except ValueError as exc:
+            raise UploadRejected(f"priority: {exc}") from None
+    if f.get("budget"):
+        try:
+            budget = Decimal(f["budget"])
+        except InvalidOperation:
+            budget = Decimal("NaN")
+        if not budget.is_finite() or budget <= 0 or budget > _MAX_BUDGET_USD:
+            raise UploadRejected(
+                f"budget: {f['budget']!r} is not a positive amount in USD (e.g. 5.00)"
+            )
+        out["budget_usd"] = budget
+    return out
+
+
+def _response_for(submission: Any) -> dict[str, Any]:
+    return {
+        "batch_id": submission.batch_id,
+        "model": submission.model,
+        "documents": [
+            {
+                "name": d.name,
+                "status": d.status,
+                "job_id": d.job_id,
+                "status_url": f"/jobs/{d.job_id}" if d.job_id else None,
+                "reason": d.reason,
+                "pages": d.pages,
+            }
+            for d in submission.documents
+        ],
+        "warnings": list(submission.warnings),
+    }
+
+
+@router.post("/analyze", status_code=202, openapi_extra=_ANALYZE_BODY)
+async def analyze(
+    request: Request,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+) -> JSONResponse:
+    """Upload PDFs for analysis: 202 with one job per document, queued for the workers."""
+    from pipeline.submission import Upload, submit_uploads
+
+    st = _state(request)
+    settings: Settings = request.app.state.settings
+    form = await read_upload(dict(request.headers), request.stream(), settings.max_upload_bytes)
+    options = _form_options(form, settings.model)
+    idem = None
+    if idempotency_key:
+        idem = st.client.keys.custom("api-idem", idempotency_key)
+        replay = await _claim_idempotency(st, idem, form.fingerprint())
+        if replay is not None:
+            return JSONResponse(replay, status_code=202, headers={"Idempotent-Replayed": "true"})
+    try:
+        submission = await submit_uploads(
+            st.client,
+            [Upload(f.name, f.data) for f in form.files],
+            services=st.services,
+            # A retried request after a crash lands in the same batch, not a new one.
+            batch_id=hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+            if idempotency_key
+            else None,
+            **options,
+        )
+    except BaseException:
+        if idem is not None:
+            await st.client.redis.delete(idem)  # let the client retry with the same key
+        raise
+    body = _response_for(submission)
+    if idem is not None:
+        stored = {"state": "done", "fingerprint": form.fingerprint(), "response": body}
+        await st.client.redis.set(idem, json.dumps(stored), ex=settings.idempotency_ttl_s)
+    return JSONResponse(body, status_code=202)
+
+
+async def _claim_idempotency(st: ApiState, key: str, fingerprint: str) -> dict[str, Any] | None:
+    """None when this request owns the key now; the stored answer when it was seen before."""
+    pending = json.dumps({"state": "pending", "fingerprint": fingerprint})
+    if await st.client.redis.set(key, pending, nx=True, ex=_IDEM_PENDING_TTL_S):
+        return None
+    raw = await st.client.redis.get(key)
+    if raw is None:  # expired between the two calls: a fresh start
+        return await _claim_idempotency(st, key, fingerprint)
+    seen = json.loads(raw)
+    if seen.get("fingerprint") != fingerprint:
+        raise HttpError(
+            422,
+            "this Idempotency-Key was already used for a different upload (other files or "
+            "fields): use a new key for a new request",
+        )
+    if seen.get("state") != "done":
+        raise HttpError(
+            409,
+            "a request with this Idempotency-Key is still being processed: retry in a few "
+            "seconds to get its answer",
+            {"Retry-After": "2"},
+        )
+    response: dict[str, Any] = seen["response"]
+    return response
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(request: Request, job_id: str) -> dict[str, Any]:
+    """A job's state, result, attempts, error and what its LLM calls cost."""
+    from pipeline.api_views import job_view, ledger_job
+    from pipeline.ledger.db import session_factory
+
+    st = _state(request)
+    try:
+        job = await st.client.get(job_id)
+    except JobNotFound:
+        job = None
+
+    def read() -> Any:
+        with session_factory(st.services.engine)() as session:
+            return ledger_job(session, job_id)
+
+    row, cost = await asyncio.to_thread(read)
+    if job is None and row is None:
+        raise HttpError(404, f"no job {job_id!r}: check the id (job records expire after "
+                             "PIPELINE_RESULT_TTL_S)")  # fmt: skip
+    return job_view(job, row, cost)
+
+
+@router.get("/batches/{batch_id}")
+async def get_batch(request: Request, batch_id: str) -> dict[str, Any]:
+    """Counts by state, each document's job, and the batch's spend against its budget."""
+    from pipeline.api_views import batch_view, ledger_batch
+    from pipeline.ledger.db import session_factory
+
+    st = _state(request)
+
+    def read() -> Any:
+        with session_factory(st.services.engine)() as session:
+            return ledger_batch(session, batch_id)
+
+    batch, jobs, cost = await asyncio.to_thread(read)
+    if batch is None and not jobs:
+        raise HttpError(404, f"no batch {batch_id!r}: use the batch_id POST /analyze returned")
+    async with st.client.redis.pipeline(transaction=False) as pipe:
+        for row, _ in jobs:
+            pipe.hget(st.client.keys.job(row.id), "state")
+        states = await pipe.execute()
+    live = {row.id: s for (row, _), s in zip(jobs, states, strict=True) if s}
+    limit = batch.budget_usd if batch is not None else None
+    status = await st.services.budget.status(batch_id, limit)
+    budget = status["batch"].as_dict() if "batch" in status else None
+    return batch_view(batch_id, batch, jobs, live, cost, budget)
+
+
+@router.get("/costs")
+async def get_costs(
+    request: Request,
+    since: Annotated[str | None, Query(description="YYYY-MM-DD or ISO datetime")] = None,
+    until: Annotated[str | None, Query(description="last day, inclusive")] = None,
+    by: Annotated[str, Query(description="day, model, batch, document or status")] = "day",
+) -> dict[str, Any]:
+    """Exactly `pipeline costs --format json`."""
+    from pipeline.ledger.db import session_factory
+    from pipeline.ledger.report import cost_report, parse_when
+
+    st = _state(request)
+    start = parse_when(since) if since else None
+    end = parse_when(until, end=True) if until else None
+
+    def read() -> dict[str, Any]:
+        with session_factory(st.services.engine)() as session:
+            return cost_report(session, start, end, by)
+
+    return await asyncio.to_thread(read)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus text: queue, workers and LLM spend, read fresh on every scrape."""
+    from pipeline.metrics import CONTENT_TYPE, scrape
+
+    st = _state(request)
+    return Response(await scrape(st.client, st.services.engine), media_type=CONTENT_TYPE)
+
+
+async def healthz(request: Request) -> JSONResponse:
+    """Redis and the ledger database reachable: 200, else 503 naming what is down."""
+    st = _state(request)
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(st.client.redis.ping(), _HEALTH_TIMEOUT_S)
+        checks["redis"] = "ok"
+    except Exception as exc:  # any failure is "down", reported rather than raised
+        checks["redis"] = f"down: {exc.__class__.__name__}: {exc}"
+
+    def db_ping() -> None:
+        with st.services.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    try:
+        await asyncio.wait_for(asyncio.to_thread(db_ping), _HEALTH_TIMEOUT_S)
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"down: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+    ok = all(v == "ok" for v in checks.values())
+    body = {"status": "ok" if ok else "down", **checks}
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
+
+
+@router.get("/docs", include_in_schema=False)
+async def docs() -> HTMLResponse:
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="pipeline API")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API for `settings` (default: the environment). Its lifespan opens the queue
+    client and services once; each request borrows them."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from pipeline.runtime import open_services
+
+        s = app.state.settings
+        client = await QueueClient.connect(s)
+        try:
+            services = await open_services(client)
+        except BaseException:
+            await client.aclose()
+            raise
+        app.state.api = ApiState(client, services)
+        try:
+            yield
+        finally:
+            await services.aclose()
+            await client.aclose()
+
+    app = FastAPI(
+        title="pipeline",
+        summary="Cost-aware batch analysis of PDFs with Gemini.",
+        lifespan=lifespan,
+        openapi_url=None,  # served by `router` instead, behind the API key
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings or get_settings()
+    app.add_api_route("/healthz", healthz, methods=["GET"], summary="Health check (no auth)")
+    app.include_router(router)
+    install_error_handlers(app)
+    return app

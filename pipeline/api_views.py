@@ -1,0 +1,151 @@
+"""The JSON the read endpoints serve: a job or a batch seen from Redis and the ledger together.
+
+Redis holds the live state (a job moves from queued to active to complete there first);
+the ledger holds what outlives Redis's TTLs and what was paid. Each view prefers the live
+state and falls back to the ledger, so a job whose Redis record expired still answers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pipeline.ledger.models import Batch, Document, LLMCall
+from pipeline.ledger.models import Job as JobRow
+from pipeline.ledger.report import WASTED, _money
+from pipeline.queue.job import Job
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _ms_iso(ms: int | None) -> str | None:
+    from datetime import UTC, datetime
+
+    return None if not ms else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+def call_totals(calls: list[LLMCall]) -> dict[str, Any]:
+    """Calls, tokens and dollars of some ledger rows; money as decimal strings."""
+    cost, wasted = Decimal(0), Decimal(0)
+    tokens = dict.fromkeys(("input_tokens", "output_tokens", "thinking_tokens"), 0)
+    for call in calls:
+        amount = _money(call.cost_usd)
+        cost += amount
+        if call.outcome in WASTED:
+            wasted += amount
+        for name in tokens:
+            tokens[name] += int(getattr(call, name) or 0)
+    return {"calls": len(calls), **tokens, "cost_usd": str(cost), "wasted_usd": str(wasted)}
+
+
+def ledger_job(session: Session, job_id: str) -> tuple[JobRow | None, dict[str, Any]]:
+    row = session.get(JobRow, job_id)
+    calls = list(session.scalars(select(LLMCall).where(LLMCall.job_id == job_id)))
+    return row, call_totals(calls)
+
+
+def job_view(job: Job | None, row: JobRow | None, cost: dict[str, Any]) -> dict[str, Any]:
+    """`GET /jobs/{id}`: at least one of `job` (Redis) and `row` (ledger) is present."""
+    if job is not None:
+        return {
+            "id": job.id,
+            "status": job.state.value,
+            "task": job.task,
+            "queue": job.queue,
+            "batch_id": job.batch,
+            "document_id": row.document_id if row else None,
+            "attempts": job.attempt,
+            "max_attempts": job.max_attempts,
+            "created_at": _ms_iso(job.created_ms),
+            "started_at": _ms_iso(job.started_ms),
+            "finished_at": _ms_iso(job.finished_ms),
+            "progress": job.progress,
+            "result": job.result,
+            "error": job.error,
+            "cost": cost,
+        }
+    assert row is not None
+    return {
+        "id": row.id,
+        "status": row.status,
+        "task": None,
+        "queue": None,
+        "batch_id": row.batch_id,
+        "document_id": row.document_id,
+        "attempts": row.attempts,
+        "max_attempts": None,
+        "created_at": _iso(row.created_at),
+        "started_at": _iso(row.started_at),
+        "finished_at": _iso(row.finished_at),
+        "progress": None,
+        "result": None,  # the queue's copy expired; `pipeline results BATCH` reads the ledger
+        "error": row.last_error,
+        "cost": cost,
+    }
+
+
+def ledger_batch(
+    session: Session, batch_id: str
+) -> tuple[Batch | None, list[tuple[JobRow, Document | None]], dict[str, Any]]:
+    batch = session.get(Batch, batch_id)
+    jobs: list[tuple[JobRow, Document | None]] = list(
+        session.execute(
+            select(JobRow, Document)
+            .outerjoin(Document, Document.id == JobRow.document_id)
+            .where(JobRow.batch_id == batch_id)
+            .order_by(JobRow.created_at, JobRow.id)
+        ).tuples()
+    )
+    calls = list(session.scalars(select(LLMCall).where(LLMCall.batch_id == batch_id)))
+    return batch, jobs, call_totals(calls)
+
+
+def batch_view(
+    batch_id: str,
+    batch: Batch | None,
+    jobs: list[tuple[JobRow, Document | None]],
+    live_states: dict[str, str],
+    cost: dict[str, Any],
+    budget: dict[str, str | None] | None,
+) -> dict[str, Any]:
+    """`GET /batches/{id}`: `live_states` maps job id to its Redis state where it still has one."""
+    documents = []
+    for row, doc in jobs:
+        status = live_states.get(row.id) or row.status
+        documents.append({
+            "name": doc.file_name if doc else None,
+            "document_id": row.document_id,
+            "pages": doc.pages if doc else None,
+            "job_id": row.id,
+            "status": status,
+            "status_url": f"/jobs/{row.id}",
+            "error": row.last_error,
+        })  # fmt: skip
+    counts = Counter(d["status"] for d in documents)
+    limit = batch.budget_usd if batch is not None else None
+    spent = Decimal(cost["cost_usd"])
+    spend: dict[str, Any] = {
+        **cost,
+        "budget_usd": None if limit is None else str(_money(limit)),
+        "remaining_usd": None if limit is None else str(_money(limit) - spent),
+        "reserved_usd": budget["reserved_usd"] if budget else None,
+    }
+    return {
+        "batch_id": batch_id,
+        "label": batch.label if batch else None,
+        "created_at": _iso(batch.created_at) if batch else None,
+        "total": len(documents),
+        "counts": dict(sorted(counts.items())),
+        "done": all(s in _TERMINAL for s in counts),
+        "documents": documents,
+        "spend": spend,
+    }
+
+
+_TERMINAL = {"complete", "failed", "dead", "cancelled", "over_budget"}

@@ -1,0 +1,74 @@
+"""`pipeline serve`: the HTTP API under uvicorn.
+
+Without PIPELINE_API_KEYS anyone who can reach the port could spend the Gemini budget, so
+the server then refuses any address beyond loopback rather than trusting a firewall.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Annotated
+
+import typer
+
+from pipeline.cli import app
+from pipeline.errors import PipelineError
+from pipeline.settings import get_settings
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise PipelineError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port "
+            "(or --port 0 for any free one)"
+        ) from None
+    return sock
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="0 picks a free port.")] = 8000,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Serve the HTTP API (POST /analyze, GET /jobs/{id}, /batches/{id}, /costs, /metrics)."""
+    settings = get_settings()
+    if not settings.api_key_list and not is_loopback(host):
+        # One unwrapped line (rich would wrap it at the terminal width), then exit 1.
+        typer.echo(
+            f"error: refusing to listen on {host} without API keys: set PIPELINE_API_KEYS "
+            "(comma-separated) or use --host 127.0.0.1",
+            err=True,
+        )
+        raise typer.Exit(1)
+    import uvicorn
+
+    from pipeline.api import create_app
+
+    sock = _bind(host, port)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"pipeline API listening on http://{shown}:{bound}", err=True)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), log_level=log_level.lower(), lifespan="on")
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

@@ -1,0 +1,188 @@
+"""Prometheus metrics computed at scrape time from Redis and the ledger.
+
+The API process runs no jobs, so in-process counters would only ever read zero: every
+figure is read fresh from the shared state on each scrape instead — the queue from Redis,
+the money from the ledger — and so agrees with `pipeline status` and `pipeline costs`
+whichever process serves it. Counting jobs by state walks the job hashes with SCAN
+(bounded by `max_jobs_scanned`), which is cheap at the tens of thousands of jobs a
+document pipeline keeps within its result TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select
+
+from pipeline.ledger.db import session_factory
+from pipeline.ledger.models import LLMCall
+from pipeline.queue.client import QueueClient
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_SCAN_BATCH = 500
+
+
+@dataclass
+class Snapshot:
+    jobs: Counter[tuple[str, str]] = field(default_factory=Counter)  # (queue, state) -> n
+    jobs_scan_truncated: bool = False
+    depths: dict[str, int] = field(default_factory=dict)  # queue -> ready jobs
+    delayed: int = 0
+    active: int = 0
+    dead: int = 0
+    workers: int = 0
+    worker_slots: int = 0
+    worker_slots_used: int = 0
+    # (model, outcome) -> {"calls", "input_tokens", ..., "cost_usd"}
+    llm: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+
+
+async def _count_jobs(client: QueueClient, snap: Snapshot, max_jobs_scanned: int) -> None:
+    match = client.keys.job("*")
+    seen = 0
+    batch: list[str] = []
+
+    async def flush() -> None:
+        async with client.redis.pipeline(transaction=False) as pipe:
+            for key in batch:
+                pipe.hmget(key, "queue", "state")
+            for queue, state in await pipe.execute():
+                if state:
+                    snap.jobs[(queue or "default", state)] += 1
+        batch.clear()
+
+    async for key in client.redis.scan_iter(match=match, count=_SCAN_BATCH, _type="HASH"):
+        if seen >= max_jobs_scanned:
+            snap.jobs_scan_truncated = True
+            break
+        seen += 1
+        batch.append(key)
+        if len(batch) >= _SCAN_BATCH:
+            await flush()
+    if batch:
+        await flush()
+
+
+def _ledger_totals(engine: Engine) -> dict[tuple[str, str], dict[str, float]]:
+    stmt = select(
+        func.coalesce(LLMCall.model_version, LLMCall.model),
+        LLMCall.outcome,
+        func.count(),
+        func.coalesce(func.sum(LLMCall.input_tokens), 0),
+        func.coalesce(func.sum(LLMCall.output_tokens), 0),
+        func.coalesce(func.sum(LLMCall.thinking_tokens), 0),
+        func.coalesce(func.sum(LLMCall.cached_tokens), 0),
+        func.coalesce(func.sum(LLMCall.cost_usd), 0),
+    ).group_by(func.coalesce(LLMCall.model_version, LLMCall.model), LLMCall.outcome)
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    with session_factory(engine)() as session:
+        for model, outcome, calls, inp, outp, think, cached, cost in session.execute(stmt):
+            out[(str(model), str(outcome))] = {
+                "calls": int(calls),
+                "input": int(inp),
+                "output": int(outp),
+                "thinking": int(think),
+                "cached": int(cached),
+                # Prometheus samples are floats; the ledger keeps the exact Decimal.
+                "cost_usd": float(cost),
+            }
+    return out
+
+
+async def snapshot(
+    client: QueueClient, engine: Engine, *, max_jobs_scanned: int = 200_000
+) -> Snapshot:
+    snap = Snapshot()
+    depths = await client.depths()
+    snap.depths = {name: int(q["ready"]) for name, q in depths["queues"].items()}
+    snap.delayed, snap.active, snap.dead = depths["delayed"], depths["active"], depths["dead"]
+    workers = await client.workers()
+    snap.workers = len(workers)
+    snap.worker_slots = sum(int(w.get("concurrency", 0)) for w in workers)
+    snap.worker_slots_used = sum(int(w.get("slots_used", 0)) for w in workers)
+    await _count_jobs(client, snap, max_jobs_scanned)
+    snap.llm = await asyncio.to_thread(_ledger_totals, engine)
+    return snap
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.snap
+        jobs = GaugeMetricFamily(
+            "pipeline_jobs", "Jobs in Redis by queue and state (records live until their TTL).",
+            labels=["queue", "state"],
+        )  # fmt: skip
+        for (queue, state), n in sorted(s.jobs.items()):
+            jobs.add_metric([queue, state], n)
+        yield jobs
+        yield GaugeMetricFamily(
+            "pipeline_jobs_scan_truncated",
+            "1 when pipeline_jobs stopped counting at its scan limit.",
+            value=int(s.jobs_scan_truncated),
+        )
+        depth = GaugeMetricFamily(
+            "pipeline_queue_depth", "Jobs ready to run, per queue.", labels=["queue"]
+        )
+        for queue, n in sorted(s.depths.items()):
+            depth.add_metric([queue], n)
+        yield depth
+        yield GaugeMetricFamily(
+            "pipeline_delayed_jobs", "Jobs waiting for a delay or retry back-off.", value=s.delayed
+        )
+        yield GaugeMetricFamily("pipeline_active_jobs", "Jobs leased to a worker.", value=s.active)
+        yield GaugeMetricFamily(
+            "pipeline_dead_letter_jobs", "Jobs in the dead-letter set.", value=s.dead
+        )
+        yield GaugeMetricFamily(
+            "pipeline_workers_alive", "Workers with a recent heartbeat.", value=s.workers
+        )
+        yield GaugeMetricFamily(
+            "pipeline_worker_slots", "Job slots of the live workers.", value=s.worker_slots
+        )
+        yield GaugeMetricFamily(
+            "pipeline_worker_slots_used", "Busy job slots.", value=s.worker_slots_used
+        )
+        yield from self._llm()
+
+    def _llm(self) -> Iterator[Metric]:
+        labels = ["model", "outcome"]
+        calls = CounterMetricFamily(
+            "pipeline_llm_calls", "LLM call attempts in the ledger.", labels=labels
+        )
+        tokens = CounterMetricFamily(
+            "pipeline_llm_tokens", "Tokens of LLM calls in the ledger.", labels=[*labels, "kind"]
+        )
+        cost = CounterMetricFamily(
+            "pipeline_llm_cost_usd", "Dollars charged for LLM calls, from the ledger.",
+            labels=labels,
+        )  # fmt: skip
+        for (model, outcome), row in sorted(self.snap.llm.items()):
+            calls.add_metric([model, outcome], row["calls"])
+            for kind in ("input", "output", "thinking", "cached"):
+                tokens.add_metric([model, outcome, kind], row[kind])
+            cost.add_metric([model, outcome], row["cost_usd"])
+        yield calls
+        yield tokens
+        yield cost
+
+
+def render(snap: Snapshot) -> bytes:
+    """The Prometheus text exposition of one snapshot."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(snap))
+    data: bytes = generate_latest(registry)
+    return data
+
+
+async def scrape(client: QueueClient, engine: Engine, **kwargs: Any) -> bytes:
+    return render(await snapshot(client, engine, **kwargs))

@@ -1,0 +1,91 @@
+"""Helpers for the HTTP API tests: the real app on a real Redis and database, reached either
+in-process (httpx ASGITransport, lifespan run by hand) or through a real uvicorn socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from pipeline.api import create_app
+from pipeline.settings import Settings, load_settings
+from tests.queue_helpers import FAST
+
+
+def api_settings(
+    tmp_path: Path, redis_url: str, prefix: str, database_url: str | None = None, **extra: Any
+) -> Settings:
+    return load_settings(
+        home=tmp_path / "home",
+        redis_url=redis_url,
+        key_prefix=prefix,
+        database_url=database_url or f"sqlite:///{tmp_path / 'ledger.db'}",
+        provider="offline",
+        cpu_workers=1,
+        **{**FAST, **extra},
+    )
+
+
+@contextlib.asynccontextmanager
+async def api_client(
+    settings: Settings, api_key: str | None = None
+) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
+    """The app with its lifespan running, and an httpx client talking ASGI to it."""
+    app = create_app(settings)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://api.test", headers=headers, timeout=30
+        ) as client:
+            yield client, app
+
+
+def pdf_files(*docs: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (name, data, "application/pdf")) for name, data in docs]
+
+
+@contextlib.contextmanager
+def live_server(settings: Settings) -> Iterator[str]:
+    """The app under a real uvicorn in a thread, on a free 127.0.0.1 port; yields its URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the API server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+async def wait_job_done(client: httpx.AsyncClient, job_id: str, timeout_s: float = 20) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = (await client.get(f"/jobs/{job_id}")).json()
+        if body["status"] in ("complete", "failed", "dead", "cancelled", "over_budget"):
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} not done after {timeout_s}s: {body}")
+        await asyncio.sleep(0.05)
