@@ -46,7 +46,10 @@ def _load_commands() -> None:
 def main() -> None:
     _load_commands()
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of `typer.Exit(n)`.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except PipelineError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(1)

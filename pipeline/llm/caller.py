@@ -36,6 +36,8 @@ from pipeline.llm.provider import LLMRequest, LLMResponse, Provider, Usage
 from pipeline.llm.recorder import CallAttempt, Outcome, Recorder
 from pipeline.llm.retry import RetryBudget, RetryPolicy, exhausted_error
 
+OFFLINE_MODEL_VERSION = "offline"  # what pipeline/llm/offline.py answers as; never billed
+
 _PDF_PAGE = re.compile(rb"/Type\s*/Page(?![a-z])")
 PDF_TOKENS_PER_PAGE = 560  # Gemini 3 MEDIUM media resolution (GEMINI.md §3.5)
 
@@ -167,8 +169,8 @@ class LLMCaller:
         return self.prices.cost(request.model, usage, at)
 
     def _cost(self, request: LLMRequest, response: LLMResponse, at: datetime) -> Decimal:
-        if self.prices is None:
-            return Decimal("0")
+        if self.prices is None or response.model_version == OFFLINE_MODEL_VERSION:
+            return Decimal("0")  # the offline analyzer never bills
         return self.prices.cost(response.model_version or request.model, response.usage, at)
 
     async def _take_permit(self, state: _Call) -> Permit:

@@ -1,0 +1,204 @@
+"""`pipeline submit`, `run`, `status` and `results`: the document-analysis side of the CLI.
+
+All four go through pipeline/submission.py and the ledger, exactly as the HTTP API does, so
+a file submitted here and there is the same job and is paid for once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import json
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.cli import app
+from pipeline.errors import InputError
+from pipeline.queue.client import QueueClient
+from pipeline.submission import DocOutcome, Submission, Upload, estimate, submit_uploads
+
+console = Console()
+
+PathsArg = Annotated[list[str], typer.Argument(help="PDF files, directories or glob patterns.")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Gemini model (priced).")]
+BudgetOpt = Annotated[str | None, typer.Option("--budget", help="Batch budget in USD.")]
+PriorityOpt = Annotated[str | None, typer.Option("--priority", help="0-9 or low|normal|high.")]
+LabelOpt = Annotated[str | None, typer.Option("--label", help="A name for the batch.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def collect_uploads(paths: list[str]) -> tuple[list[Upload], list[DocOutcome]]:
+    """Expand globs and directories; a missing or non-PDF path becomes a skip with its reason."""
+    uploads: list[Upload] = []
+    skipped: list[DocOutcome] = []
+    seen: set[Path] = set()
+
+    def add(path: Path) -> None:
+        if path.resolve() in seen:
+            return
+        seen.add(path.resolve())
+        try:
+            uploads.append(Upload(str(path), path.read_bytes()))
+        except OSError as exc:
+            skipped.append(DocOutcome(str(path), "skipped", reason=f"cannot read: {exc.strerror}"))
+
+    for raw in paths:
+        matches = sorted(glob.glob(raw, recursive=True)) if glob.has_magic(raw) else [raw]
+        if not matches:
+            skipped.append(DocOutcome(raw, "skipped", reason="no file matches this pattern"))
+        for match in matches:
+            path = Path(match)
+            if path.is_dir():
+                pdfs = sorted(p for p in path.rglob("*") if p.suffix.lower() == ".pdf")
+                if not pdfs:
+                    skipped.append(
+                        DocOutcome(match, "skipped", reason="directory has no .pdf files")
+                    )
+                for pdf in pdfs:
+                    add(pdf)
+            elif not path.exists():
+                skipped.append(DocOutcome(match, "skipped", reason="no such file"))
+            elif path.suffix.lower() != ".pdf":
+                skipped.append(DocOutcome(match, "skipped", reason="not a .pdf file"))
+            else:
+                add(path)
+    return uploads, skipped
+
+
+def parse_budget(value: str | None) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        budget = Decimal(value.strip().lstrip("$"))
+    except InvalidOperation:
+        raise InputError(
+            f"--budget {value!r} is not an amount; give USD, e.g. --budget 2.50"
+        ) from None
+    if budget < 0 or not budget.is_finite():
+        raise InputError(f"--budget {value!r} must be a positive amount in USD")
+    return budget
+
+
+def print_submission(sub: Submission) -> None:
+    for w in sub.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    table = Table(title=f"batch {sub.batch_id} · {sub.model} · {sub.prompt_version}")
+    for col in ("document", "status", "pages", "job / reason"):
+        table.add_column(col)
+    for d in sub.documents:
+        detail = d.job_id or ""
+        if d.reason:
+            detail = f"{detail} {d.reason}".strip()
+        table.add_row(d.name, d.status, str(d.pages or ""), detail)
+    console.print(table)
+    console.print(f"batch id: {sub.batch_id}", highlight=False, soft_wrap=True)
+
+
+def print_estimate(est: dict[str, Any], budget: Decimal | None) -> None:
+    for w in est["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    table = Table(title=f"dry run · {est['model']} · nothing enqueued")
+    for col in ("document", "pages", "calls", "input tokens", "worst case USD"):
+        table.add_column(col)
+    for d in est["documents"]:
+        if d["status"] != "ok":
+            table.add_row(d["name"], "-", "-", "-", f"skipped: {d['reason']}")
+            continue
+        table.add_row(d["name"], str(d["pages"]), str(d["calls"]), str(d["input_tokens"]),
+                      f"{d['worst_case_usd']:.6f}")  # fmt: skip
+    console.print(table)
+    total = est["total_worst_case_usd"]
+    console.print(f"total: {est['total_input_tokens']} input tokens, worst case ${total:.6f}",
+                  highlight=False, soft_wrap=True)  # fmt: skip
+    if budget is not None and total > budget:
+        console.print(f"[yellow]warning:[/yellow] the worst-case estimate ${total:.6f} is over "
+                      f"the budget ${budget}; calls past the budget will be refused",
+                      highlight=False)  # fmt: skip
+
+
+async def _submit(
+    uploads: list[Upload], skipped: list[DocOutcome], *, model: str | None, budget: Decimal | None,
+    priority: str | None, label: str | None, wait: bool, as_json: bool,
+) -> Submission:  # fmt: skip
+    from pipeline.cli.docs_view import follow
+
+    client = await QueueClient.connect()
+    try:
+        since = await client.last_event_id()
+        sub = await submit_uploads(client, uploads, model=model, budget_usd=budget,
+                                   priority=priority, label=label)  # fmt: skip
+        sub.documents[:0] = skipped
+        if as_json:
+            print(json.dumps(sub.to_dict()), flush=True)
+        else:
+            print_submission(sub)
+        if wait and sub.job_ids:
+            engine = _engine()
+            try:
+                out = Console(stderr=True) if as_json else console
+                await follow(client, sub, since, out, engine=engine, budget=budget)
+            finally:
+                engine.dispose()
+        return sub
+    finally:
+        await client.aclose()
+
+
+def _engine() -> Any:
+    from pipeline.ledger.db import get_engine
+    from pipeline.settings import get_settings
+
+    return get_engine(get_settings())
+
+
+@app.command()
+def submit(
+    paths: PathsArg,
+    model: ModelOpt = None,
+    budget: BudgetOpt = None,
+    priority: PriorityOpt = None,
+    label: LabelOpt = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the batch until done.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Estimate; enqueue nothing.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Queue PDFs for analysis as one batch; prints the batch id."""
+    from pipeline.settings import get_settings
+
+    limit = parse_budget(budget)
+    uploads, skipped = collect_uploads(paths)
+    if dry_run:
+        est = estimate(uploads, model or get_settings().model)
+        est["documents"][:0] = [{"name": s.name, "status": "skipped", "reason": s.reason}
+                                for s in skipped]  # fmt: skip
+        if as_json:
+            print(json.dumps(est, default=str))
+        else:
+            print_estimate(est, limit)
+        if not any(d["status"] == "ok" for d in est["documents"]):
+            raise typer.Exit(1)
+        return
+    if not uploads:
+        _report_nothing(skipped, as_json)
+    sub = asyncio.run(_submit(uploads, skipped, model=model, budget=limit, priority=priority,
+                              label=label, wait=wait, as_json=as_json))  # fmt: skip
+    if not sub.job_ids:
+        raise typer.Exit(1)
+
+
+def _report_nothing(skipped: list[DocOutcome], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"batch_id": None, "documents": [s.__dict__ for s in skipped]}))
+    else:
+        for s in skipped:
+            console.print(f"skipped {s.name}: {s.reason}", highlight=False, soft_wrap=True)
+        console.print("[red]nothing to submit[/red]: no readable PDF among the paths given")
+    raise typer.Exit(1)
+
+
+from pipeline.cli import docs_run as _docs_run  # noqa: E402,F401  (registers run/status/results)

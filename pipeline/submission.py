@@ -1,0 +1,235 @@
+"""Turning uploaded PDFs into analysis jobs: the one front door for the CLI and the HTTP API.
+
+Everything that must hold for every submission lives here so both surfaces get it: the model
+is checked before anything is enqueued; each PDF is inspected before it costs anything; the
+bytes go to Redis (so a worker on any machine can read them) and only the sha256 travels in
+the job; and the idempotency key is the content hash, so the same file sent twice — even
+renamed — is the same job and is never paid for twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import BadDocument, InputError
+from pipeline.llm.pricing import PriceTable
+from pipeline.queue.client import QueueClient
+from pipeline.queue.job import JobOptions, parse_priority
+
+if TYPE_CHECKING:
+    from pipeline.runtime import Services
+
+ANALYZE_TASK = "analyze_document"
+
+
+@dataclass
+class Upload:
+    """One file as received; `name` is for people, the content hash identifies it."""
+
+    name: str
+    data: bytes
+
+
+@dataclass
+class DocOutcome:
+    name: str
+    status: str  # "queued" | "duplicate" | "skipped"
+    job_id: str | None = None
+    document_id: str | None = None
+    reason: str | None = None
+    pages: int | None = None
+    sha256: str | None = None
+
+
+@dataclass
+class Submission:
+    batch_id: str
+    documents: list[DocOutcome]
+    warnings: list[str] = field(default_factory=list)
+    model: str = ""
+    prompt_version: str = ""
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [d.job_id for d in self.documents if d.job_id]
+
+    @property
+    def queued(self) -> int:
+        return sum(d.status == "queued" for d in self.documents)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.batch_id,
+            "model": self.model,
+            "prompt_version": self.prompt_version,
+            "documents": [asdict(d) for d in self.documents],
+            "warnings": list(self.warnings),
+        }
+
+
+def _priority(value: int | str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_priority(value)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _inspect(upload: Upload, max_bytes: int, max_pages: int) -> tuple[int, str]:
+    from tasks.pdf import inspect_pdf
+
+    info = inspect_pdf(upload.data, max_bytes, max_pages, name=upload.name)
+    return info.page_count, info.sha256
+
+
+async def submit_uploads(
+    client: QueueClient,
+    uploads: list[Upload],
+    *,
+    model: str | None = None,
+    budget_usd: Decimal | None = None,
+    priority: int | str | None = None,
+    label: str | None = None,
+    batch_id: str | None = None,
+    services: Services | None = None,
+) -> Submission:
+    """Validate, store and enqueue one analysis job per usable PDF.
+
+    Raises UnknownModel (nothing enqueued) for a model without a price; bad PDFs come
+    back as "skipped" outcomes with the reason, so one bad file never sinks a batch.
+    """
+    from tasks.analysis_plan import (
+        admission_tokens,
+        analyze_prompt,
+        doc_key,
+        encode_pdf,
+        idempotency_key,
+    )
+
+    s = client.settings
+    model = model or s.model
+    prices = services.prices if services is not None else PriceTable.load()
+    warnings = prices.check_model(model)  # UnknownModel before anything else happens
+    if budget_usd is not None and budget_usd < 0:
+        raise InputError(f"budget {budget_usd} is negative; give a budget in USD, e.g. 5.00")
+    prio = _priority(priority)
+    prompt = analyze_prompt()
+    batch_id = batch_id or uuid.uuid4().hex
+    submission = Submission(batch_id, [], warnings, model, prompt.version)
+
+    # Outcomes come back in upload order, so callers can zip them with what they sent.
+    outcomes: dict[int, DocOutcome] = {}
+    checked: list[tuple[int, Upload, int, str]] = []
+    for index, upload in enumerate(uploads):
+        try:
+            pages, sha = await asyncio.to_thread(
+                _inspect, upload, s.max_upload_bytes, s.max_document_pages
+            )
+        except BadDocument as exc:
+            outcomes[index] = DocOutcome(upload.name, "skipped", reason=str(exc))
+            continue
+        checked.append((index, upload, pages, sha))
+    if not checked:
+        submission.documents = [outcomes[i] for i in sorted(outcomes)]
+        return submission
+
+    engine = None
+    if services is not None:
+        recorder = services.recorder
+    else:
+        from pipeline.ledger.db import get_engine
+        from pipeline.ledger.recorder import SqlRecorder
+
+        engine = await asyncio.to_thread(get_engine, s)
+        recorder = SqlRecorder(engine, client.redis, client.keys)
+    try:
+        await recorder.upsert_batch(batch_id, label=label, budget_usd=budget_usd, status="open")
+        for index, upload, pages, sha in checked:
+            await client.redis.set(doc_key(client.keys, sha), encode_pdf(upload.data),
+                                   ex=s.doc_ttl_s)  # fmt: skip
+            doc_id = await recorder.upsert_document(
+                sha, file_name=upload.name, size_bytes=len(upload.data), pages=pages
+            )
+            options = JobOptions(
+                idempotency_key=idempotency_key(sha, model, prompt.version),
+                priority=prio,
+                batch=batch_id,
+                job_id=uuid.uuid4().hex,
+                hints={
+                    "model": model,
+                    "tokens": admission_tokens(
+                        pages, len(upload.data), model, prompt, s.context_budget_tokens
+                    ),
+                },
+            )
+            args = {
+                "sha256": sha,
+                "name": upload.name,
+                "model": model,
+                "prompt_version": prompt.version,
+                "budget_usd": None if budget_usd is None else str(budget_usd),
+            }
+            handle = await client.enqueue(ANALYZE_TASK, args, _options=options)
+            if handle.created:
+                # No status here: a fast worker may already have finished the job, and
+                # job_upsert leaves fields it is not given untouched.
+                await recorder.upsert_job(handle.id, batch_id=batch_id, document_id=doc_id)
+                status, reason = "queued", None
+            else:
+                status = "duplicate"
+                reason = f"already submitted (same content as job {handle.id}); not paid again"
+            outcomes[index] = DocOutcome(upload.name, status, handle.id, doc_id, reason, pages, sha)
+    finally:
+        if engine is not None:
+            await asyncio.to_thread(engine.dispose)
+    submission.documents = [outcomes[i] for i in sorted(outcomes)]
+    return submission
+
+
+def estimate(
+    uploads: list[Upload],
+    model: str,
+    *,
+    context_budget_tokens: int | None = None,
+    prices: PriceTable | None = None,
+) -> dict[str, Any]:
+    """Per-document and total input tokens and worst-case cost, enqueuing nothing (--dry-run).
+
+    Returns {"model", "documents": [{name, status, pages, input_tokens, worst_case_usd,
+    calls, reason}], "total_input_tokens", "total_worst_case_usd", "warnings"}; money as
+    Decimal. Raises UnknownModel for a model without a price.
+    """
+    from pipeline.settings import get_settings
+    from tasks.analysis_plan import analyze_prompt, estimate_document
+
+    s = get_settings()
+    prices = prices or PriceTable.load()
+    warnings = prices.check_model(model)
+    budget_tokens = context_budget_tokens or s.context_budget_tokens
+    prompt = analyze_prompt()
+    now = datetime.now(UTC)
+    docs: list[dict[str, Any]] = []
+    total_tokens, total_cost = 0, Decimal(0)
+    for upload in uploads:
+        try:
+            pages, _ = _inspect(upload, s.max_upload_bytes, s.max_document_pages)
+        except BadDocument as exc:
+            docs.append({"name": upload.name, "status": "skipped", "reason": str(exc)})
+            continue
+        est = estimate_document(prices, model, prompt, pages, len(upload.data), budget_tokens, now)
+        docs.append({"name": upload.name, "status": "ok", "pages": pages, **est})
+        total_tokens += est["input_tokens"]
+        total_cost += est["worst_case_usd"]
+    return {
+        "model": model,
+        "documents": docs,
+        "total_input_tokens": total_tokens,
+        "total_worst_case_usd": total_cost,
+        "warnings": warnings,
+    }

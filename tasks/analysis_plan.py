@@ -1,0 +1,123 @@
+"""What one document's analysis will send, decided in one place for both sides of the queue.
+
+`submit` needs the same numbers the worker will use — input tokens for the limiter's
+admission hint, worst-case cost for `--dry-run`, the idempotency key — and if the two sides
+computed them separately, a changed prompt or page charge would make estimates lie and
+duplicate checks miss. So both import these functions.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from pipeline.llm.pricing import PriceTable
+from pipeline.llm.provider import LLMRequest, Part
+from pipeline.queue.keys import Keys
+from tasks.pdf import MAX_INLINE_BYTES, plan_chunks, tokens_per_page
+from tasks.prompts import Prompt, load_prompt
+from tasks.schema import Analysis
+
+# Room for the summary, ten key points and the entities, plus 3.x thinking tokens.
+MAX_OUTPUT_TOKENS = 4096
+
+
+def analyze_prompt() -> Prompt:
+    return load_prompt("analyze")
+
+
+def idempotency_key(sha256: str, model: str, prompt_version: str) -> str:
+    """Same bytes, model and prompt → same job, whatever the file is called."""
+    return f"analyze:{sha256}:{model}:{prompt_version}"
+
+
+def doc_key(keys: Keys, sha256: str) -> str:
+    """Where a PDF's bytes wait for a worker on any machine (base64 text: the shared
+    client decodes replies to str, and one encoding keeps readers simple)."""
+    return keys.custom("doc", sha256)
+
+
+def encode_pdf(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def decode_pdf(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def analyze_request(
+    model: str, prompt: Prompt, pdf: bytes, *, filename: str, page_count: int,
+    first_page: int, last_page: int,
+) -> LLMRequest:  # fmt: skip
+    """The map call: the PDF as a native part, the analyze prompt, the Analysis schema."""
+    text = prompt.render(
+        filename=filename, page_count=page_count, first_page=first_page, last_page=last_page
+    )
+    return LLMRequest(
+        model=model,
+        parts=(Part.pdf(pdf), Part(text=text)),
+        system=prompt.system,
+        response_schema=Analysis.json_schema_for_gemini(),
+        max_output_tokens=MAX_OUTPUT_TOKENS,
+        prompt_version=prompt.version,
+    )
+
+
+def prompt_tokens(prompt: Prompt) -> int:
+    """Tokens of everything but the PDF, at the usual ~4 characters per token."""
+    text = prompt.system + prompt.user_template + json.dumps(Analysis.json_schema_for_gemini())
+    return len(text) // 4 + 1
+
+
+def estimate_input_tokens(pages: int, model: str, prompt: Prompt) -> int:
+    return pages * tokens_per_page(model) + prompt_tokens(prompt)
+
+
+def chunk_ranges(
+    page_count: int, size_bytes: int, model: str, context_budget_tokens: int
+) -> list[tuple[int, int]]:
+    """Page ranges for the map calls; one range when the whole PDF fits a single call."""
+    return plan_chunks(
+        page_count,
+        size_bytes,
+        tokens_per_page=tokens_per_page(model),
+        max_inline_bytes=MAX_INLINE_BYTES,
+        max_tokens=max(tokens_per_page(model), context_budget_tokens - 4096),
+    )
+
+
+def estimate_document(
+    prices: PriceTable, model: str, prompt: Prompt, pages: int, size_bytes: int,
+    context_budget_tokens: int, at: datetime | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Input tokens and worst-case USD for one document, chunk calls and reduce included."""
+    at = at or datetime.now(UTC)
+    ranges = chunk_ranges(pages, size_bytes, model, context_budget_tokens)
+    tokens = 0
+    cost = Decimal(0)
+    for first, last in ranges:
+        t = estimate_input_tokens(last - first + 1, model, prompt)
+        tokens += t
+        cost += prices.worst_case_cost(model, t, MAX_OUTPUT_TOKENS, at)
+    if len(ranges) > 1:  # the reduce call reads every chunk's answer
+        t = len(ranges) * MAX_OUTPUT_TOKENS + prompt_tokens(prompt)
+        tokens += t
+        cost += prices.worst_case_cost(model, t, MAX_OUTPUT_TOKENS, at)
+    return {
+        "input_tokens": tokens,
+        "worst_case_usd": cost,
+        "calls": len(ranges) + (len(ranges) > 1),
+    }
+
+
+def admission_tokens(pages: int, size_bytes: int, model: str, prompt: Prompt,
+                     context_budget_tokens: int) -> int:  # fmt: skip
+    """The hint for the limiter's admission gate: the job's *first* call only, which for
+    a split document is a chunk call made by another job — so at most one chunk."""
+    ranges = chunk_ranges(pages, size_bytes, model, context_budget_tokens)
+    if len(ranges) > 1:
+        return 0  # the parent job only splits; its chunk jobs carry their own hints
+    return estimate_input_tokens(pages, model, prompt)
