@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +84,16 @@ def worker_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
 class WorkerProcess:
     """`pipeline worker` as a real subprocess, ended by pid."""
 
-    def __init__(self, redis_url: str, prefix: str, *args: str, **env: str) -> None:
-        cmd = [sys.executable, "-m", "pipeline", "worker", "--import", "tests.queue_tasks", *args]
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str,
+        *args: str,
+        imports: Sequence[str] = ("tests.queue_tasks",),
+        **env: str,
+    ) -> None:
+        modules = [flag for name in imports for flag in ("--import", name)]
+        cmd = [sys.executable, "-m", "pipeline", "worker", *modules, *args]
         self.log = open(f"/tmp/pipeline-worker-{prefix}-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
             cmd,
