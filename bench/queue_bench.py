@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 import uuid
@@ -23,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     bench_redis_url,
     percentile,
     rss_mb,
@@ -31,10 +30,10 @@ from bench.common import (  # noqa: E402
     wait_until,
     write_result,
 )
-from pipeline.queue import QueueClient  # noqa: E402
-from pipeline.queue.connection import connect_redis  # noqa: E402
-from pipeline.queue.keys import Keys  # noqa: E402
-from pipeline.settings import load_settings  # noqa: E402
+from pipeline.queue import QueueClient
+from pipeline.queue.connection import connect_redis
+from pipeline.queue.keys import Keys
+from pipeline.settings import load_settings
 
 
 async def _client(url: str, prefix: str) -> QueueClient:
@@ -161,7 +160,7 @@ async def main() -> None:
     width = max(len(k) for k in figures)
     for key, value in figures.items():
         print(f"{key:<{width}}  {value}")
-    print(f"written to {os.path.relpath(path)}")
+    print(f"written to {path}")
     if args.json:
         print(json.dumps(figures))
 

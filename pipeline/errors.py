@@ -91,9 +91,18 @@ class JobError(PipelineError):
 
 
 class Retry(JobError):
-    def __init__(self, message: str = "retry requested", delay_s: float | None = None) -> None:
+    """Try again after `delay_s`. With `count_attempt=False` the job is only postponed (it
+    waits for a quota or budget window) and keeps the attempts it has left."""
+
+    def __init__(
+        self,
+        message: str = "retry requested",
+        delay_s: float | None = None,
+        count_attempt: bool = True,
+    ) -> None:
         super().__init__(message)
         self.delay_s = delay_s
+        self.count_attempt = count_attempt
 
 
 class Permanent(JobError):

@@ -9,10 +9,10 @@ Kept apart from the queue core so the queue knows nothing of LLMs or SQL. Worker
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from pipeline.queue.client import QueueClient
@@ -71,7 +71,7 @@ class Services:
         """One LLM call on behalf of a running job: its admission permit, the budgets that
         apply, the ledger. A batch budget that cannot fit ends the job `over_budget` with
         nothing charged; a day or month budget sends the job back to wait in Redis."""
-        from pipeline.errors import BudgetExceeded, OverBudget, Retry
+        from pipeline.errors import BudgetExceeded, DailyQuotaExhausted, OverBudget, Retry
 
         budget = await self.budget.for_call(ctx.batch, batch_limit_usd)
         try:
@@ -89,7 +89,12 @@ class Services:
             raise Retry(
                 f"waiting for the {exc.scope} budget: {exc}",
                 delay_s=_until_window_reset_s(exc.scope),
+                count_attempt=False,
             ) from exc
+        except DailyQuotaExhausted as exc:
+            # Back to its queue without spending an attempt; the limiter gate keeps every
+            # worker from claiming this model's jobs until the quota resets.
+            raise Retry(str(exc), delay_s=1.0, count_attempt=False) from exc
 
 
 async def open_services(client: QueueClient, provider: Provider | None = None) -> Services:
@@ -120,7 +125,12 @@ def ledger_hooks(services: Services) -> dict[str, Any]:
     async def lease_expired(job: Job, outcome: str) -> None:
         # The worker died, perhaps mid-call: its started call rows become `abandoned`
         # (possibly billed) rather than staying `started` forever.
-        await services.recorder.mark_abandoned(job.id, services.prices)
+        deadline = (
+            datetime.fromtimestamp(job.lease_deadline_ms / 1000, UTC)
+            if job.lease_deadline_ms
+            else None
+        )
+        await services.recorder.mark_abandoned(job.id, services.prices, before=deadline)
         await services.recorder.update_job_status(
             job.id,
             "queued" if outcome == "requeued" else outcome,
@@ -131,7 +141,7 @@ def ledger_hooks(services: Services) -> dict[str, Any]:
     async def job_end(ctx: JobContext, outcome: str, error: str | None) -> None:
         if outcome in ("release", "fenced", "lost"):
             return
-        status = "queued" if outcome == "retry" else outcome
+        status = "queued" if outcome in ("retry", "postpone") else outcome
         await services.recorder.update_job_status(
             ctx.job.id, status, attempts=ctx.job.attempt, last_error=error
         )

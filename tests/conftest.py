@@ -95,7 +95,7 @@ def postgres_url() -> str | None:
 def pipeline_env(
     tmp_path: Path, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, str]:
-    """Environment for a `pipeline` subprocess or in-process settings pointing at the test services."""
+    """Environment for a `pipeline` subprocess or in-process settings using the test services."""
     env = {
         "PIPELINE_HOME": str(tmp_path / "home"),
         "PIPELINE_REDIS_URL": redis_url,

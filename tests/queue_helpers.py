@@ -94,7 +94,7 @@ class WorkerProcess:
     ) -> None:
         modules = [flag for name in imports for flag in ("--import", name)]
         cmd = [sys.executable, "-m", "pipeline", "worker", *modules, *args]
-        self.log = open(f"/tmp/pipeline-worker-{prefix}-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115
+        self.log = open(f"/tmp/pipeline-worker-{prefix}-{time.monotonic_ns()}.log", "w+")
         self.proc = subprocess.Popen(
             cmd,
             cwd=ROOT,

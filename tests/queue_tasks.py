@@ -104,3 +104,14 @@ async def cpu(ctx: JobContext, n: int) -> list[Any]:
 
 def child_info(n: int) -> dict[str, int]:
     return {"pid": os.getpid(), "square": n * n}
+
+
+@task(name="t.postponed", expected_duration_s=0.5, max_attempts=1)
+async def postponed(ctx: JobContext, times: int) -> int:
+    """Waits for a 'window' `times` times without spending its single attempt."""
+    from pipeline.errors import Retry
+
+    runs = await ctx.client.redis.incr(_k(ctx, "runs", ctx.job_id))
+    if runs <= times:
+        raise Retry("quota window closed", delay_s=0.05, count_attempt=False)
+    return runs

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -100,6 +100,21 @@ async def test_mark_abandoned(recorder: SqlRecorder, engine: Engine) -> None:
     assert got[done.attempt_id] == ("ok", Decimal("0.001"))
     assert got[other_job.attempt_id][0] == "started"
     assert await recorder.mark_abandoned("job-a") == 0
+
+
+async def test_mark_abandoned_spares_calls_started_after_the_lost_lease(
+    recorder: SqlRecorder, engine: Engine
+) -> None:
+    """The job may already run again on another worker: its new call is live, not abandoned."""
+    deadline = datetime.now(UTC)
+    lost = attempt(job_id="job-c", started_at=deadline - timedelta(seconds=5))
+    live = attempt(job_id="job-c", started_at=deadline + timedelta(seconds=1))
+    for call in (lost, live):
+        await recorder.started(call)
+    assert await recorder.mark_abandoned("job-c", before=deadline) == 1
+    lost_row, live_row = _row(engine, lost.attempt_id), _row(engine, live.attempt_id)
+    assert lost_row is not None and lost_row.outcome == "abandoned"
+    assert live_row is not None and live_row.outcome == "started"
 
 
 async def test_abandoned_priced_by_the_real_price_table(

@@ -178,6 +178,15 @@ async def count_at_least(client: QueueClient, what: str, job_id: str, n: int) ->
     return await count(client, what, job_id) >= n
 
 
+async def test_postponed_job_keeps_its_attempts(client: QueueClient, redis_url: str) -> None:
+    """Waiting for a quota or budget window is not a failure: max_attempts=1 still completes."""
+    async with worker(redis_url, client, concurrency=1):
+        handle = await client.enqueue(qt.postponed, 3)
+        assert await handle.result(timeout_s=10) == 4
+    info = await handle.info()
+    assert info.attempt == 1 and info.state == State.COMPLETE
+
+
 async def test_permanent_error_and_unknown_task_fail_without_retry(
     client: QueueClient, redis_url: str
 ) -> None:
@@ -252,6 +261,7 @@ async def test_stale_token_is_refused(client: QueueClient, redis_url: str) -> No
         await set_flag(client, "stale-release")
         result = await handle.result(timeout_s=20)
     assert result == "from-first"  # the second claim completed: same worker, new token
+    assert first.counters.claimed == 2 and first.counters.completed == 1
     info = await handle.info()
     assert info.attempt == 2 and info.lease_expiries == 1
     assert info.token is None and old.token is not None

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from pipeline.queue.connection import connect_redis
 from pipeline.queue import JobOptions, QueueClient, State
+from pipeline.queue.connection import connect_redis
 from pipeline.queue.keys import Keys
 from tests import queue_tasks as qt
 from tests.queue_helpers import WorkerProcess, eventually, fast_settings

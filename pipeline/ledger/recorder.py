@@ -26,7 +26,7 @@ from pipeline.ledger import writes
 from pipeline.ledger.buffer import LedgerBuffer
 from pipeline.ledger.db import session_factory
 from pipeline.ledger.models import Document, LLMCall, Result
-from pipeline.llm.recorder import CallAttempt, Outcome
+from pipeline.llm.recorder import CallAttempt
 from pipeline.queue.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -76,15 +76,20 @@ class SqlRecorder:
 
     # -- lease expiry ---------------------------------------------------------------------
     async def mark_abandoned(
-        self, job_id: str, prices: WorstCasePricer | None = None
+        self, job_id: str, prices: WorstCasePricer | None = None, before: datetime | None = None
     ) -> int | None:
         """Every STARTED attempt of `job_id` becomes ABANDONED, costed at its worst case.
+
+        `before` (the lost lease's deadline) spares calls started after it: by then the job
+        may be running again on another worker, and that live call is not abandoned.
 
         Returns how many rows changed, or None when the database is down and the change
         was buffered (it then uses each row's own `estimated_cost_usd`).
         """
         now = datetime.now(UTC)
         payload: dict[str, Any] = {"job_id": job_id, "finished_at": now.isoformat()}
+        if before is not None:
+            payload["before"] = before.isoformat()
         if await self.buffer.length() == 0 and not self._db_marked_down():
             try:
                 return await asyncio.to_thread(self._abandon_now, payload, prices, now)
@@ -100,11 +105,7 @@ class SqlRecorder:
         self, payload: dict[str, Any], prices: WorstCasePricer | None, now: datetime
     ) -> int:
         with self.sessions.begin() as session:
-            rows = session.scalars(
-                select(LLMCall).where(
-                    LLMCall.job_id == payload["job_id"], LLMCall.outcome == Outcome.STARTED.value
-                )
-            ).all()
+            rows = session.scalars(select(LLMCall).where(*writes.abandon_filter(payload))).all()
             estimates: dict[str, str] = {}
             for row in rows:
                 if prices is not None and not row.estimated_cost_usd:

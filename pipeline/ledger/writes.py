@@ -100,15 +100,28 @@ def call_settled(session: Session, payload: Payload) -> None:
     _upsert(session, LLMCall.__table__, values, ["id"], fields)  # type: ignore[arg-type]
 
 
+def abandon_filter(payload: Payload) -> list[Any]:
+    """The STARTED rows of the job, started before the lost lease's deadline when given."""
+    conditions: list[Any] = [
+        LLMCall.job_id == payload["job_id"],
+        LLMCall.outcome == Outcome.STARTED.value,
+    ]
+    if payload.get("before"):
+        conditions.append(LLMCall.started_at <= datetime.fromisoformat(payload["before"]))
+    return conditions
+
+
 def call_abandoned(session: Session, payload: Payload) -> None:
     """STARTED rows of a job become ABANDONED, costed at `estimates[id]` or their reservation."""
     values = _revive({"finished_at": payload["finished_at"]})
     estimates = {k: Decimal(v) for k, v in (payload.get("estimates") or {}).items()}
     base = (
         update(LLMCall)
-        .where(LLMCall.job_id == payload["job_id"], LLMCall.outcome == Outcome.STARTED.value)
+        .where(*abandon_filter(payload))
         .values(outcome=Outcome.ABANDONED.value, finished_at=values["finished_at"],
                 error=ABANDONED_NOTE)
+        # SQLite returns naive datetimes; no in-Python evaluation against the aware cutoff
+        .execution_options(synchronize_session=False)
     )  # fmt: skip
     for attempt_id, estimate in estimates.items():
         session.execute(

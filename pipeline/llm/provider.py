@@ -53,7 +53,8 @@ class LLMRequest:
             if part.text is not None:
                 h.update(b"T" + part.text.encode())
             if part.data is not None:
-                h.update(b"D" + (part.mime_type or "").encode() + hashlib.sha256(part.data).digest())
+                digest = hashlib.sha256(part.data).digest()
+                h.update(b"D" + (part.mime_type or "").encode() + digest)
         return h.hexdigest()
 
 

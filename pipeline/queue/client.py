@@ -340,7 +340,7 @@ class JobHandle:
         return (await self.info()).state
 
     async def result(self, timeout_s: float | None = None) -> Any:
-        """The job's result; `JobFailed` if it ended any other way, `JobTimeout` past the deadline."""
+        """The job's result; `JobFailed` if it ended otherwise, `JobTimeout` past the deadline."""
         job = await self.client.wait(self.id, timeout_s)
         if job.state != State.COMPLETE:
             raise JobFailed(job.id, job.state.value, job.error)

@@ -87,6 +87,7 @@ class Job:
     token: str | None = None
     worker: str | None = None
     lease_ms: int = 0
+    lease_deadline_ms: int | None = None
     created_ms: int = 0
     started_ms: int | None = None
     finished_ms: int | None = None
@@ -123,6 +124,7 @@ class Job:
             token=h.get("token") or None,
             worker=h.get("worker") or None,
             lease_ms=_int(h.get("lease_ms")),
+            lease_deadline_ms=_int(h.get("lease_deadline_ms")) or None,
             created_ms=_int(h.get("created_ms")),
             started_ms=_int(h.get("started_ms")) or None,
             finished_ms=_int(h.get("finished_ms")) or None,

@@ -299,7 +299,8 @@ class Worker:
         except TimeoutError:
             outcome, error = "error", f"timed out after {job.timeout_s:g}s (the task's timeout_s)"
         except Retry as exc:
-            outcome, error, delay_s = "error", str(exc), exc.delay_s or 0.0
+            outcome = "error" if exc.count_attempt else "postpone"
+            error, delay_s = str(exc), exc.delay_s or 0.0
         except Exception as exc:
             outcome, error, tb = "error", f"{type(exc).__name__}: {exc}", traceback.format_exc()
         if outcome == "error":
@@ -349,7 +350,7 @@ class Worker:
         c = self.counters
         if outcome == "complete":
             c.completed += 1
-        elif outcome == "retry":
+        elif outcome in ("retry", "postpone"):
             c.retried += 1
         elif outcome == "release":
             c.released += 1

@@ -5,7 +5,9 @@
 -- KEYS[8] group hash   KEYS[9] group results   KEYS[10] callback job   KEYS[11] callback queue
 -- KEYS[12] callback wake list   (8-12 are placeholders for jobs outside a group)
 -- ARGV[1] job id   ARGV[2] token   ARGV[3] outcome: complete | failed | dead | cancelled |
---   over_budget (terminal), retry (back after ARGV[8] ms), release (back now, attempt not counted)
+--   over_budget (terminal), retry (back after ARGV[8] ms), postpone (back after ARGV[8] ms,
+--   attempt not counted: waiting for a quota or budget window), release (back now, attempt
+--   not counted)
 -- ARGV[4] result JSON   ARGV[5] error   ARGV[6] traceback   ARGV[7] record TTL s
 -- ARGV[8] retry delay ms   ARGV[9] events maxlen
 -- Returns 1 when applied, 0 when the token is stale.
@@ -18,7 +20,8 @@ redis.call('HDEL', KEYS[1], 'token', 'lease_deadline_ms')
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'error', ARGV[5], 'traceback', ARGV[6])
 end
-if outcome == 'retry' then
+if outcome == 'retry' or outcome == 'postpone' then
+  if outcome == 'postpone' then redis.call('HINCRBY', KEYS[1], 'attempt', -1) end
   redis.call('HSET', KEYS[1], 'state', 'scheduled', 'run_at_ms', now + tonumber(ARGV[8]))
   redis.call('ZADD', KEYS[5], now + tonumber(ARGV[8]), id)
   emit(KEYS[3], ARGV[9], KEYS[1], id, 'scheduled', {error = ARGV[5]})
