@@ -17,15 +17,13 @@ import random
 import signal
 import socket
 import time
-import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
 
-from pipeline.errors import NotSerializable, OverBudget, Permanent, Retry, UnknownTask
 from pipeline.queue import heartbeat
 from pipeline.queue.client import QueueClient
 from pipeline.queue.context import JobContext
@@ -33,9 +31,8 @@ from pipeline.queue.gate import Admission, Candidate, Gate, OpenGate
 from pipeline.queue.job import Job
 from pipeline.queue.keys import EVENTS_MAXLEN
 from pipeline.queue.lease import LeaseKeeper
+from pipeline.queue.outcome import Counters, Settlement, finish, from_error, from_stop
 from pipeline.queue.pool import CpuPool
-from pipeline.queue.retry import retry_delay_s
-from pipeline.queue.scripts import settle_keys
 from pipeline.queue.sweeper import LeaseExpiredHook, Sweeper
 from pipeline.queue.task import dumps, lookup
 
@@ -52,17 +49,7 @@ class Running:
     task: asyncio.Task[None]
     admission: Admission | None
     stop_reason: str | None = None  # cancel | shutdown | lost
-
-
-@dataclass
-class Counters:
-    claimed: int = 0
-    completed: int = 0
-    failed: int = 0
-    retried: int = 0
-    fenced: int = 0  # settlements refused because the token was stale
-    released: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
+    settling: bool = False  # the task body is over; only its settlement is left
 
 
 class Worker:
@@ -104,6 +91,10 @@ class Worker:
         self.running: dict[str, Running] = {}
         self.counters = Counters()
         self._stop = asyncio.Event()
+        self._upkeep_done = asyncio.Event()
+        self._own_wake = self.keys.custom("wake", "worker", self.id)
+        self._waker: asyncio.Task[None] | None = None
+        self._insisting: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._signals = 0
         self._started_ms = int(time.time() * 1000)
@@ -126,22 +117,34 @@ class Worker:
         try:
             await self._stop.wait()
         finally:
-            claimer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await claimer
-            await self._drain()
-            for t in upkeep:
+            # The claim loop sees the stop flag within one blocking wait (1 s); it is not
+            # cancelled mid-command, which redis-py does not always survive cleanly.
+            _, late = await asyncio.wait([claimer], timeout=5)
+            for t in late:
                 t.cancel()
-            await asyncio.gather(*upkeep, return_exceptions=True)
+            await self._drain()
+            self._upkeep_done.set()
+            _, late = await asyncio.wait(upkeep, timeout=10)
+            for t in late:
+                t.cancel()
             with contextlib.suppress(RedisError):
                 await heartbeat.leave(self.redis, self.keys, self.id)
+                await self.redis.delete(self._own_wake)
             if self.pool is not None:
                 await asyncio.to_thread(self.pool.shutdown)
             log.info("worker %s stopped: %s", self.id, self.counters)
 
     def stop(self) -> None:
         """Stop claiming now; running jobs get the grace period, then are released."""
-        self._stop.set()
+        if not self._stop.is_set():
+            self._stop.set()
+            # Wake our own idle wait now rather than after its timeout.
+            self._waker = asyncio.get_running_loop().create_task(self._wake_self())
+
+    async def _wake_self(self) -> None:
+        with contextlib.suppress(RedisError):
+            await self.redis.lpush(self._own_wake, "stop")
+            await self.redis.expire(self._own_wake, 60)
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -182,6 +185,18 @@ class Worker:
         if running is not None and running.stop_reason is None:
             running.stop_reason = reason
             running.task.cancel()
+            self._insisting.add(asyncio.get_running_loop().create_task(self._insist(running)))
+
+    async def _insist(self, running: Running) -> None:
+        """Re-deliver the cancellation until the job's body has stopped: a library call that
+        swallows CancelledError (redis-py retrying through a cancelled read does, rarely) must
+        not leave a cancelled job running."""
+        for _ in range(300):
+            await asyncio.sleep(0.1)
+            if running.task.done() or running.settling:
+                break
+            running.task.cancel()
+        self._insisting.discard(asyncio.current_task())  # type: ignore[arg-type]
 
     # -- claiming --------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
@@ -216,7 +231,7 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=min(max(gate_wait_s, 0.005), 1.0))
             return
-        wake = [self.keys.wake(q) for q in self.queues]
+        wake = [self._own_wake, *(self.keys.wake(q) for q in self.queues)]
         await self.redis.blpop(wake, timeout=1)
 
     async def _claim_one(self) -> tuple[bool, float | None]:
@@ -279,7 +294,6 @@ class Worker:
             self.deps,
             permit=admission.permit if admission else None,
         )
-        outcome, result, error, tb, delay_s = "complete", "null", "", "", 0.0
         try:
             task = lookup(job.task)
             args = list(job.args)
@@ -287,45 +301,32 @@ class Worker:
                 ctx.group_results = await self.client.group_results(job.chord)
                 args = [ctx.group_results, *args]
             value = await asyncio.wait_for(task.fn(ctx, *args, **job.kwargs), timeout=job.timeout_s)
-            result = dumps(value, f"result of {job.task}")
+            settlement = Settlement("complete", result=dumps(value, f"result of {job.task}"))
         except asyncio.CancelledError:
-            reason = self.running[job.id].stop_reason if job.id in self.running else None
-            outcome = {"cancel": "cancelled", "lost": "lost"}.get(reason or "", "release")
-            error = "cancelled on request" if outcome == "cancelled" else ""
-        except (UnknownTask, NotSerializable, Permanent) as exc:
-            outcome, error = "failed", str(exc)
-        except OverBudget as exc:
-            outcome, error = "over_budget", str(exc)
-        except TimeoutError:
-            outcome, error = "error", f"timed out after {job.timeout_s:g}s (the task's timeout_s)"
-        except Retry as exc:
-            outcome = "error" if exc.count_attempt else "postpone"
-            error, delay_s = str(exc), exc.delay_s or 0.0
+            running = self.running.get(job.id)
+            settlement = from_stop(running.stop_reason if running else None)
         except Exception as exc:
-            outcome, error, tb = "error", f"{type(exc).__name__}: {exc}", traceback.format_exc()
-        if outcome == "error":
-            if job.attempt < job.max_attempts:
-                outcome = "retry"
-                delay_s = delay_s or retry_delay_s(job.retry_delays_s, job.attempt)
-            else:
-                outcome = "dead"
-                error = f"{error} (attempt {job.attempt} of {job.max_attempts})"
+            settlement = from_error(job, exc)
+        if job.id in self.running:
+            self.running[job.id].settling = True
         try:
-            await asyncio.shield(self._settle(ctx, outcome, result, error, tb, delay_s))
+            await asyncio.shield(self._settle(ctx, settlement))
         finally:
             self.leases.drop(job.id)
             self.running.pop(job.id, None)
             self._slot_freed.set()
 
-    async def _settle(
-        self, ctx: JobContext, outcome: str, result: str, error: str, tb: str, delay_s: float
-    ) -> None:
-        job = ctx.job
+    async def _settle(self, ctx: JobContext, s: Settlement) -> None:
+        job, outcome = ctx.job, s.outcome
         if ctx.permit is not None:  # admitted but never used: give the tokens back
             await self.gate.release(Admission(ok=True, permit=ctx.take_permit()))
         if outcome != "lost":
-            applied = await self._finish(job, outcome, result, error, tb, delay_s)
-            if not applied:
+            if await finish(self.scripts, self.keys, job, s, self.client.settings.result_ttl_s):
+                self.counters.count(outcome)
+                if outcome == "complete" and job.chord:
+                    for key in (self.keys.group(job.chord), self.keys.group_results(job.chord)):
+                        await self.redis.expire(key, self.client.settings.result_ttl_s)
+            else:
                 self.counters.fenced += 1
                 log.warning(
                     "job %s: %s refused, token %s is stale (another worker owns it); "
@@ -335,68 +336,26 @@ class Worker:
                     job.token,
                 )
                 outcome = "fenced"
-            else:
-                self._count(outcome)
-                if outcome == "complete" and job.chord:
-                    for key in (self.keys.group(job.chord), self.keys.group_results(job.chord)):
-                        await self.redis.expire(key, self.client.settings.result_ttl_s)
         for hook in self.on_job_end:
             try:
-                await hook(ctx, outcome, error or None)
+                await hook(ctx, outcome, s.error or None)
             except Exception:
                 log.exception("job-end hook failed for job %s", job.id)
 
-    def _count(self, outcome: str) -> None:
-        c = self.counters
-        if outcome == "complete":
-            c.completed += 1
-        elif outcome in ("retry", "postpone"):
-            c.retried += 1
-        elif outcome == "release":
-            c.released += 1
-        else:
-            c.failed += 1
-
-    async def _finish(
-        self, job: Job, outcome: str, result: str, error: str, tb: str, delay_s: float
-    ) -> bool:
-        """Settle with the fencing token; keep trying through a Redis outage for one lease."""
-        deadline = time.monotonic() + max(job.lease_ms / 1000, 5)
-        while True:
-            try:
-                code = await self.scripts.finish(
-                    keys=settle_keys(self.keys, job),
-                    args=[
-                        job.id,
-                        job.token or "",
-                        outcome,
-                        result,
-                        error[:2000],
-                        tb[-8000:],
-                        self.client.settings.result_ttl_s,
-                        int(delay_s * 1000),
-                        EVENTS_MAXLEN,
-                    ],
-                )
-                return bool(code)
-            except RedisError as exc:
-                if time.monotonic() > deadline:
-                    log.error(
-                        "job %s: could not settle (%s); its lease will bring it back", job.id, exc
-                    )
-                    return False
-                await asyncio.sleep(0.5)
-
     # -- upkeep ----------------------------------------------------------------------------
     async def _loop(self, name: str, fn: Callable[[], Awaitable[None]], every_s: float) -> None:
-        while True:
+        """Run `fn` every `every_s` (jittered) until the worker has drained; an error is
+        logged and the loop carries on. Ends on an event, not on cancellation alone: a client
+        library that retries through a cancelled call must not leave the loop running."""
+        while not self._upkeep_done.is_set():
             try:
                 await fn()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("%s loop: %s", name, exc)
-            await asyncio.sleep(every_s * random.uniform(0.8, 1.2))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._upkeep_done.wait(), every_s * random.uniform(0.8, 1.2))
 
     async def _renew(self) -> None:
         stale, cancel = await self.leases.renew_due()

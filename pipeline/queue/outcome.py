@@ -1,0 +1,114 @@
+"""How an attempt ends: from what the task raised to the outcome finish.lua applies.
+
+Kept apart from the worker loop so the rules read in one place: which errors retry, which
+fail for good, which only postpone, and how a settlement survives a Redis outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
+
+from pipeline.errors import NotSerializable, OverBudget, Permanent, Retry, UnknownTask
+from pipeline.queue.job import Job
+from pipeline.queue.keys import EVENTS_MAXLEN, Keys
+from pipeline.queue.retry import retry_delay_s
+from pipeline.queue.scripts import Scripts, settle_keys
+
+log = logging.getLogger("pipeline.worker")
+
+
+@dataclass
+class Settlement:
+    outcome: str  # complete|failed|dead|cancelled|over_budget|retry|postpone|release|lost
+    result: str = "null"  # JSON
+    error: str = ""
+    traceback: str = ""
+    delay_s: float = 0.0
+
+
+@dataclass
+class Counters:
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    fenced: int = 0  # settlements refused because the token was stale
+    released: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def count(self, outcome: str) -> None:
+        if outcome == "complete":
+            self.completed += 1
+        elif outcome in ("retry", "postpone"):
+            self.retried += 1
+        elif outcome == "release":
+            self.released += 1
+        else:
+            self.failed += 1
+
+
+def from_stop(reason: str | None) -> Settlement:
+    """The job's task was cancelled by the worker: on request, lease lost, or shutdown."""
+    outcome = {"cancel": "cancelled", "lost": "lost"}.get(reason or "", "release")
+    return Settlement(outcome, error="cancelled on request" if outcome == "cancelled" else "")
+
+
+def from_error(job: Job, exc: BaseException) -> Settlement:
+    """What the task raised decides: fail now, end over budget, postpone, retry, or dead."""
+    if isinstance(exc, UnknownTask | NotSerializable | Permanent):
+        return Settlement("failed", error=str(exc))
+    if isinstance(exc, OverBudget):
+        return Settlement("over_budget", error=str(exc))
+    if isinstance(exc, Retry) and not exc.count_attempt:
+        return Settlement("postpone", error=str(exc), delay_s=exc.delay_s or 0.0)
+    delay_s, tb = 0.0, ""
+    if isinstance(exc, TimeoutError):
+        error = f"timed out after {job.timeout_s:g}s (the task's timeout_s)"
+    elif isinstance(exc, Retry):
+        error, delay_s = str(exc), exc.delay_s or 0.0
+    else:
+        error = f"{type(exc).__name__}: {exc}"
+        tb = "".join(traceback.format_exception(exc))
+    if job.attempt < job.max_attempts:
+        return Settlement(
+            "retry",
+            error=error,
+            traceback=tb,
+            delay_s=delay_s or retry_delay_s(job.retry_delays_s, job.attempt),
+        )
+    return Settlement(
+        "dead", error=f"{error} (attempt {job.attempt} of {job.max_attempts})", traceback=tb
+    )
+
+
+async def finish(scripts: Scripts, keys: Keys, job: Job, s: Settlement, result_ttl_s: int) -> bool:
+    """Apply with the fencing token; keep trying through a Redis outage for one lease.
+    False means refused (stale token) or given up: the lease will bring the job back."""
+    deadline = time.monotonic() + max(job.lease_ms / 1000, 5)
+    args = [
+        job.id,
+        job.token or "",
+        s.outcome,
+        s.result,
+        s.error[:2000],
+        s.traceback[-8000:],
+        result_ttl_s,
+        int(s.delay_s * 1000),
+        EVENTS_MAXLEN,
+    ]
+    while True:
+        try:
+            return bool(await scripts.finish(keys=settle_keys(keys, job), args=args))
+        except RedisError as exc:
+            if time.monotonic() > deadline:
+                log.error(
+                    "job %s: could not settle (%s); its lease will bring it back", job.id, exc
+                )
+                return False
+            await asyncio.sleep(0.5)
