@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ from fastapi import FastAPI
 from pipeline.api import create_app
 from pipeline.settings import Settings, load_settings
 from tests.queue_helpers import FAST
+from tests.servers import uvicorn_in_thread
 
 
 def api_settings(
@@ -56,28 +55,8 @@ def pdf_files(*docs: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str
 @contextlib.contextmanager
 def live_server(settings: Settings) -> Iterator[str]:
     """The app under a real uvicorn in a thread, on a free 127.0.0.1 port; yields its URL."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the API server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with uvicorn_in_thread(create_app(settings), what="API server") as url:
+        yield url
 
 
 async def wait_job_done(client: httpx.AsyncClient, job_id: str, timeout_s: float = 20) -> Any:

@@ -23,9 +23,9 @@ BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 @contextlib.contextmanager
-def fresh_pg_database(postgres_url: str) -> Iterator[str]:
-    """CREATE DATABASE ledger_<random> through the `test` database; DROP it (FORCE) after."""
-    name = f"ledger_{uuid.uuid4().hex[:12]}"
+def fresh_pg_database(postgres_url: str, prefix: str = "ledger") -> Iterator[str]:
+    """CREATE DATABASE <prefix>_<random> through the `test` database; DROP it (FORCE) after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 import subprocess as sp
 import sys
 import threading
@@ -30,6 +29,7 @@ from typing import Any
 import httpx
 
 from pipeline.llm.emulator import EmulatorConfig, create_emulator_app
+from tests.servers import uvicorn_in_thread
 
 
 @dataclass
@@ -69,30 +69,10 @@ def start_emulator(subprocess: bool = False, **config: Any) -> Iterator[RunningE
 
 @contextlib.contextmanager
 def _in_thread(config: EmulatorConfig) -> Iterator[RunningEmulator]:
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_emulator_app(config), log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the Gemini emulator did not start")
-        time.sleep(0.01)
-    base_url = f"http://127.0.0.1:{port}"
-    key = config.api_keys[0]
-    try:
+    app = create_emulator_app(config)
+    with uvicorn_in_thread(app, lifespan="off", what="Gemini emulator") as base_url:
+        key = config.api_keys[0]
         yield RunningEmulator(base_url, key, _env_for(base_url, key))
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
 
 
 @contextlib.contextmanager

@@ -6,33 +6,20 @@ result present, the ledger's token totals equal to what the emulator billed, not
 from __future__ import annotations
 
 import contextlib
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from tests.api_helpers import api_client, api_settings, pdf_files, wait_job_done
+from tests.ledger_helpers import fresh_pg_database
 from tests.llm_helpers import make_pdf, start_emulator
 from tests.queue_helpers import WorkerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 
-@contextlib.contextmanager
-def api_database(postgres_url: str) -> Iterator[str]:
-    name = f"api_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def api_database(postgres_url: str) -> contextlib.AbstractContextManager[str]:
+    return fresh_pg_database(postgres_url, prefix="api")
 
 
 async def test_upload_to_ledger_through_worker_emulator_and_postgres(

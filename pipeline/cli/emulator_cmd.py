@@ -7,6 +7,7 @@ import socket
 import typer
 
 from pipeline.cli import app
+from pipeline.cli.net import bind
 from pipeline.errors import SettingsError
 
 
@@ -58,15 +59,8 @@ def emulator(
         )
     except ValueError as exc:
         raise SettingsError(f"emulator: {exc}") from None
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        raise SettingsError(
-            f"cannot listen on {host}:{port} ({exc}); pick another --port"
-        ) from None
+    sock = bind(host, port)
+    family = sock.family
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     base_url = f"http://{shown}:{bound}"

@@ -7,13 +7,12 @@ the server then refuses any address beyond loopback rather than trusting a firew
 from __future__ import annotations
 
 import ipaddress
-import socket
 from typing import Annotated
 
 import typer
 
 from pipeline.cli import app
-from pipeline.errors import PipelineError
+from pipeline.cli.net import bind
 from pipeline.settings import get_settings
 
 
@@ -24,21 +23,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise PipelineError(
-            f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port "
-            "(or --port 0 for any free one)"
-        ) from None
-    return sock
 
 
 @app.command()
@@ -61,7 +45,7 @@ def serve(
 
     from pipeline.api import create_app
 
-    sock = _bind(host, port)
+    sock = bind(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     typer.echo(f"pipeline API listening on http://{shown}:{bound}", err=True)
