@@ -1,13 +1,23 @@
-"""Benchmark the shared bucket: Redis round trips per second, and achieved vs allowed rate.
+"""Benchmark the shared rate limiter end to end: worker processes against the Gemini emulator.
 
-    python bench/limiter.py [--processes 4] [--coroutines 50] [--rpm 600] [--period-s 5]
-                            [--duration-s 15] [--redis redis://127.0.0.1:6379/0]
+    python bench/limiter.py [--workers 4] [--slots 50] [--rpm 120] [--jobs 300]
+                            [--period-s 60] [--emulator-rpm N] [--direct]
 
-Several processes, each with many coroutines, take permits for one model as fast as the
-bucket allows. Printed: try_acquire calls per second from one client, the grants per
-second achieved as a share of the limit, and the most grants seen in any one period-long
-window (which must stay at or under the limit). Uses its own random key prefix and
-deletes its keys afterwards; never flushes anything.
+N `pipeline worker` processes (each with --slots concurrent jobs) run the `t.ask` task of
+tests/llm_tasks.py — one paid call per job through Services.call, the shared bucket as the
+admission gate — against the emulator (in this process, in a thread) over HTTP with the real
+google-genai client. The settings allow --rpm requests per --period-s (a scaled minute, so a
+run takes seconds, not minutes); the emulator enforces --emulator-rpm (default: the same) to
+rehearse a real quota lower than the settings. Printed, and written to
+bench/results/limiter.json: the achieved rate as the emulator counted it vs the limit, the
+most requests in any period-long window, the 429 count, and p50/p95 admission wait (job
+enqueued → job started, which is when the gate granted its call's permit).
+
+--direct instead measures the bucket alone: processes of coroutines taking permits as fast
+as it allows (no queue, no HTTP), plus Redis round trips per second from one client.
+
+Uses its own random key prefix and a temporary SQLite ledger, deletes its keys afterwards,
+never flushes anything.
 """
 
 from __future__ import annotations
@@ -16,31 +26,135 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 # Import from the checkout, and keep bench/ itself off the path so nothing in it shadows a module.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import redis.asyncio as aioredis  # noqa: E402
 
+from bench.common import ROOT, bench_redis_url, percentile, write_result  # noqa: E402
 from pipeline.errors import RateLimited  # noqa: E402
 from pipeline.llm.limiter import Limiter, Permit  # noqa: E402
+from pipeline.queue import JobOptions, QueueClient  # noqa: E402
+from pipeline.queue.connection import connect_redis  # noqa: E402
 from pipeline.queue.keys import Keys  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
 
-MODEL = "bench-model"
+MODEL = "gemini-3.5-flash-lite"
 
 
+def _max_in_window(stamps: list[float], window_s: float) -> int:
+    ordered, best, lo = sorted(stamps), 0, 0
+    for hi, t in enumerate(ordered):
+        while ordered[lo] <= t - window_s:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def _start_workers(args: argparse.Namespace, redis_url: str, env: dict[str, str],
+                   logs: Path) -> list[subprocess.Popen[bytes]]:  # fmt: skip
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    full.update({"PIPELINE_REDIS_URL": redis_url, "PIPELINE_KEY_PREFIX": args.prefix,
+                 "PYTHONPATH": str(ROOT), **env})  # fmt: skip
+    cmd = [sys.executable, "-m", "pipeline", "worker", "--import", "tests.llm_tasks",
+           "--concurrency", str(args.slots), "--log-level", "WARNING"]  # fmt: skip
+    procs = []
+    for i in range(args.workers):
+        log = (logs / f"w{i}.log").open("wb")
+        procs.append(
+            subprocess.Popen(cmd, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT)
+        )
+    return procs
+
+
+async def _enqueue_and_wait(args: argparse.Namespace, redis_url: str,
+                            procs: list[subprocess.Popen[bytes]]) -> list[Any]:  # fmt: skip
+    from tests.llm_tasks import ask
+
+    client = QueueClient(connect_redis(redis_url), settings=load_settings(key_prefix=args.prefix))
+    try:
+        ids = []
+        for i in range(args.jobs):
+            opts = JobOptions(batch="bench", hints={"model": MODEL, "tokens": 20})
+            prompt = f"bench {args.prefix} {i}: summarise document {i} in one line."
+            ids.append((await client.enqueue(ask, prompt, _options=opts)).id)
+        deadline = time.monotonic() + args.timeout_s
+        while True:
+            jobs = [await client.get(i) for i in ids]
+            if all(j.done for j in jobs):
+                return jobs
+            if any(p.poll() is not None for p in procs):
+                raise SystemExit("a worker exited; see its log under the temp dir")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"jobs not done after {args.timeout_s:g}s")
+            await asyncio.sleep(0.25)
+    finally:
+        await client.aclose()
+
+
+def run_workers(args: argparse.Namespace) -> dict[str, Any]:
+    from tests.llm_helpers import start_emulator
+
+    redis_url, server = bench_redis_url()
+    emulator_rpm = args.emulator_rpm or args.rpm
+    tmp = Path(tempfile.mkdtemp(prefix="bench-limiter-"))
+    try:
+        with start_emulator(rpm=emulator_rpm, window_s=args.period_s,
+                            latency_s=(args.latency_s, args.latency_s)) as emu:  # fmt: skip
+            env = {**emu.env, "GOOGLE_API_KEY": "", "PIPELINE_HOME": str(tmp / "home"),
+                   "PIPELINE_DATABASE_URL": f"sqlite:///{tmp / 'ledger.db'}",
+                   "PIPELINE_RPM": str(args.rpm), "PIPELINE_LIMIT_PERIOD_S": str(args.period_s),
+                   "PIPELINE_CPU_WORKERS": "1"}  # fmt: skip
+            procs = _start_workers(args, redis_url, env, tmp)
+            try:
+                jobs = asyncio.run(_enqueue_and_wait(args, redis_url, procs))
+            finally:
+                for p in procs:
+                    p.terminate()
+                for p in procs:
+                    p.wait(30)
+            stats = emu.stats()
+    finally:
+        asyncio.run(_cleanup(redis_url, args.prefix))
+        if server is not None:
+            server.stop()
+    stamps = [t for ts in stats["timestamps"].values() for t in ts]
+    span_s = max(stamps) - min(stamps) if len(stamps) > 1 else 0.0
+    per_period = (len(stamps) - 1) / span_s * args.period_s if span_s else 0.0
+    waits_s = [(j.started_ms - j.created_ms) / 1000 for j in jobs if j.started_ms]
+    states: dict[str, int] = {}
+    for j in jobs:
+        states[j.state.value] = states.get(j.state.value, 0) + 1
+    return {
+        "mode": "workers", "workers": args.workers, "slots": args.slots, "jobs": args.jobs,
+        "period_s": args.period_s, "limit_rpm": args.rpm, "emulator_rpm": emulator_rpm,
+        "job_states": states, "requests_seen": stats["generate_requests"],
+        "rate_limited_429": stats["rate_limited"],
+        "achieved_per_period": round(per_period, 2),
+        "achieved_share_of_limit": round(per_period / min(args.rpm, emulator_rpm), 4),
+        "max_in_any_period": _max_in_window(stamps, args.period_s),
+        "admission_wait_p50_s": round(percentile(waits_s, 50), 3),
+        "admission_wait_p95_s": round(percentile(waits_s, 95), 3),
+    }  # fmt: skip
+
+
+# -- --direct: the bucket alone ---------------------------------------------------------------
 def _limiter(client: aioredis.Redis, args: argparse.Namespace) -> Limiter:
     settings = load_settings(rpm=args.rpm, tpm=10**9, rpd=10**9, max_concurrent_calls=10**6)
     return Limiter(client, Keys(args.prefix), settings, period_s=args.period_s)
 
 
-async def _worker(args: argparse.Namespace, start_at: float) -> list[float]:
-    client = aioredis.Redis.from_url(args.redis)
+async def _grants(args: argparse.Namespace, start_at: float) -> list[float]:
+    client = aioredis.Redis.from_url(args.redis_url)
     limiter = _limiter(client, args)
     grants: list[float] = []
     await asyncio.sleep(max(0.0, start_at - time.time()))  # all processes start together
@@ -49,24 +163,25 @@ async def _worker(args: argparse.Namespace, start_at: float) -> list[float]:
     async def one() -> None:
         while time.time() < stop_at:
             try:
-                left_s = max(0.01, stop_at - time.time())
-                permit = await limiter.acquire(MODEL, 1, deadline_s=left_s)
+                permit = await limiter.acquire(
+                    MODEL, 1, deadline_s=max(0.01, stop_at - time.time())
+                )
             except RateLimited:
                 return
             grants.append(permit.granted_at_ms)
             await limiter.release(permit)
 
-    await asyncio.gather(*(one() for _ in range(args.coroutines)))
+    await asyncio.gather(*(one() for _ in range(args.slots)))
     await client.aclose()
     return grants
 
 
 def _process(args: argparse.Namespace, start_at: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
-    out.put(json.dumps(asyncio.run(_worker(args, start_at))))
+    out.put(json.dumps(asyncio.run(_grants(args, start_at))))
 
 
 async def _round_trips(args: argparse.Namespace) -> float:
-    client = aioredis.Redis.from_url(args.redis)
+    client = aioredis.Redis.from_url(args.redis_url)
     limiter = _limiter(client, args)
     n, t0 = 2000, time.perf_counter()
     for _ in range(n):
@@ -78,48 +193,78 @@ async def _round_trips(args: argparse.Namespace) -> float:
     return rate
 
 
-async def _cleanup(args: argparse.Namespace) -> None:
-    client = aioredis.Redis.from_url(args.redis)
-    async for key in client.scan_iter(match="{" + args.prefix + "}*"):
+def run_direct(args: argparse.Namespace) -> dict[str, Any]:
+    args.redis_url, server = bench_redis_url()
+    try:
+        round_trips = asyncio.run(_round_trips(args))
+        ctx = mp.get_context("spawn")
+        out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+        start_at = time.time() + 2.0
+        procs = [ctx.Process(target=_process, args=(args, start_at, out))
+                 for _ in range(args.workers)]  # fmt: skip
+        for p in procs:
+            p.start()
+        grants = sorted(g / 1000 for _ in procs for g in json.loads(out.get()))
+        for p in procs:
+            p.join()
+    finally:
+        asyncio.run(_cleanup(args.redis_url, args.prefix))
+        if server is not None:
+            server.stop()
+    span_s = grants[-1] - grants[0]
+    per_period = (len(grants) - 1) / span_s * args.period_s
+    return {
+        "mode": "direct", "processes": args.workers, "coroutines": args.slots,
+        "period_s": args.period_s, "limit_rpm": args.rpm, "duration_s": args.duration_s,
+        "try_acquire_pairs_per_s": round(round_trips), "grants": len(grants),
+        "achieved_per_period": round(per_period, 2),
+        "achieved_share_of_limit": round(per_period / args.rpm, 4),
+        "max_in_any_period": _max_in_window(grants, args.period_s),
+    }  # fmt: skip
+
+
+async def _cleanup(redis_url: str, prefix: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    async for key in client.scan_iter(match="{" + prefix + "}*"):
         await client.delete(key)
     await client.aclose()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--processes", type=int, default=4)
-    parser.add_argument("--coroutines", type=int, default=50)
-    parser.add_argument("--rpm", type=int, default=600, help="requests per period")
-    parser.add_argument("--period-s", type=float, default=5.0)
-    parser.add_argument("--duration-s", type=float, default=15.0)
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--workers", type=int, default=4, help="worker processes")
+    parser.add_argument("--slots", type=int, default=50, help="concurrent jobs per worker")
+    parser.add_argument("--rpm", type=int, default=120, help="settings: requests per period")
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--period-s", type=float, default=60.0, help="the scaled minute")
+    parser.add_argument("--emulator-rpm", type=int, default=None,
+                        help="the emulator's quota per period (default: --rpm)")  # fmt: skip
+    parser.add_argument("--latency-s", type=float, default=0.05, help="emulator latency")
+    parser.add_argument("--timeout-s", type=float, default=1800.0)
+    parser.add_argument("--direct", action="store_true",
+                        help="measure the bucket alone (no queue, no emulator)")  # fmt: skip
+    parser.add_argument("--duration-s", type=float, default=15.0, help="--direct run length")
     args = parser.parse_args()
     args.prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    try:
-        print(f"try_acquire+release pairs/s, one client: {asyncio.run(_round_trips(args)):,.0f}")
-        ctx = mp.get_context("spawn")
-        out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
-        start_at = time.time() + 2.0
-        procs = [ctx.Process(target=_process, args=(args, start_at, out))
-                 for _ in range(args.processes)]
-        for p in procs:
-            p.start()
-        grants = sorted(g for _ in procs for g in json.loads(out.get()))
-        for p in procs:
-            p.join()
-    finally:
-        asyncio.run(_cleanup(args))
-    span_s = (grants[-1] - grants[0]) / 1000
-    period_ms = args.period_s * 1000
-    worst = max(
-        sum(1 for g in grants[i:] if g < start + period_ms) for i, start in enumerate(grants)
-    )
-    allowed_per_s = args.rpm / args.period_s
-    print(f"{args.processes} processes x {args.coroutines} coroutines, "
-          f"limit {args.rpm} per {args.period_s:g} s, {args.duration_s:g} s run")
-    print(f"grants: {len(grants)}; achieved {(len(grants) - 1) / span_s:.2f}/s = "
-          f"{(len(grants) - 1) / span_s / allowed_per_s:.1%} of the limit")
-    print(f"most grants in any {args.period_s:g} s window: {worst} (limit {args.rpm})")
+    figures = run_direct(args) if args.direct else run_workers(args)
+    name = "limiter_direct" if args.direct else "limiter"
+    path = write_result(name, figures)
+    if args.direct:
+        print(f"try_acquire+release pairs/s, one client: {figures['try_acquire_pairs_per_s']:,}")
+    else:
+        print(f"{args.workers} workers x {args.slots} slots, {args.jobs} jobs: "
+              f"{figures['job_states']}")  # fmt: skip
+    limit = min(args.rpm, args.emulator_rpm or args.rpm)
+    quota = "" if args.direct else f" (emulator quota {args.emulator_rpm or args.rpm})"
+    print(f"limit {args.rpm} per {args.period_s:g} s{quota}; achieved "
+          f"{figures['achieved_per_period']:.1f} per period = "
+          f"{figures['achieved_share_of_limit']:.1%} of {limit}")  # fmt: skip
+    print(f"most requests in any {args.period_s:g} s window: {figures['max_in_any_period']}")
+    if not args.direct:
+        print(f"429s: {figures['rate_limited_429']}; admission wait p50 "
+              f"{figures['admission_wait_p50_s']:.2f} s, p95 "
+              f"{figures['admission_wait_p95_s']:.2f} s")  # fmt: skip
+    print(f"figures written to {path}")
 
 
 if __name__ == "__main__":

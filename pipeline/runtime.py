@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pipeline.llm.limiter import Limiter
     from pipeline.llm.pricing import PriceTable
     from pipeline.llm.provider import LLMRequest, LLMResponse, Provider
+    from pipeline.llm.retry import RetryBudget
 
 
 def _until_window_reset_s(scope: str) -> float:
@@ -55,6 +56,24 @@ class Services:
     limiter: Limiter
     provider: Provider
     caller: LLMCaller
+    # One RetryBudget per running job (by job id), shared by all that job's calls; dropped
+    # by the job-end hook. Kept here, not on JobContext, so the queue knows nothing of LLMs.
+    retry_budgets: dict[str, RetryBudget] = field(default_factory=dict)
+
+    def retry_budget(self, job_id: str) -> RetryBudget:
+        """The job's budget of provider attempts (PIPELINE_MAX_CALL_ATTEMPTS_PER_JOB)."""
+        from pipeline.llm.retry import RetryBudget
+
+        budget = self.retry_budgets.get(job_id)
+        if budget is None:
+            limit = self.client.settings.max_call_attempts_per_job
+            budget = self.retry_budgets[job_id] = RetryBudget(limit)
+        return budget
+
+    def job_ended(self, job_id: str) -> None:
+        """Forget a finished run's retry budget; a later run of the job starts afresh (the
+        queue's max_attempts bounds how many runs there are)."""
+        self.retry_budgets.pop(job_id, None)
 
     async def aclose(self) -> None:
         await self.provider.aclose()
@@ -71,7 +90,14 @@ class Services:
         """One LLM call on behalf of a running job: its admission permit, the budgets that
         apply, the ledger. A batch budget that cannot fit ends the job `over_budget` with
         nothing charged; a day or month budget sends the job back to wait in Redis."""
-        from pipeline.errors import BudgetExceeded, DailyQuotaExhausted, OverBudget, Retry
+        from pipeline.errors import (
+            BudgetExceeded,
+            DailyQuotaExhausted,
+            OverBudget,
+            Permanent,
+            ProviderError,
+            Retry,
+        )
 
         budget = await self.budget.for_call(ctx.batch, batch_limit_usd)
         try:
@@ -82,6 +108,7 @@ class Services:
                 document_id=document_id,
                 permit=ctx.take_permit(),
                 budget=budget,
+                retry_budget=self.retry_budget(ctx.job_id),
             )
         except BudgetExceeded as exc:
             if exc.scope == "batch":
@@ -91,6 +118,12 @@ class Services:
                 delay_s=_until_window_reset_s(exc.scope),
                 count_attempt=False,
             ) from exc
+        except ProviderError as exc:
+            if exc.code is not None and 400 <= exc.code < 500 and exc.code not in (408, 429):
+                # The provider refused this request (bad request, key, model): running the
+                # job again would send the same request and be refused the same way.
+                raise Permanent(str(exc)) from exc
+            raise
         except DailyQuotaExhausted as exc:
             # Back to its queue without spending an attempt; the limiter gate keeps every
             # worker from claiming this model's jobs until the quota resets.
@@ -139,6 +172,7 @@ def ledger_hooks(services: Services) -> dict[str, Any]:
         )
 
     async def job_end(ctx: JobContext, outcome: str, error: str | None) -> None:
+        services.job_ended(ctx.job.id)
         if outcome in ("release", "fenced", "lost"):
             return
         status = "queued" if outcome in ("retry", "postpone") else outcome

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     # The window rpm/tpm are counted over: 60 for real quotas; tests shrink it.
     limit_period_s: float = Field(default=60.0, gt=0)
     call_ttl_s: int = Field(default=30 * 86400, gt=0)  # a paid answer is reused this long
+    # Provider attempts one job may make across all its calls (retries included), per run.
+    max_call_attempts_per_job: int = Field(default=10, gt=0)
     limits: dict[str, ModelLimits] = Field(default_factory=dict)
 
     budget_day_usd: Decimal | None = Field(default=None, ge=0)

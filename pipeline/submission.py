@@ -22,7 +22,9 @@ from pipeline.queue.client import QueueClient
 from pipeline.queue.job import JobOptions, parse_priority
 
 if TYPE_CHECKING:
+    from pipeline.llm.provider import Provider
     from pipeline.runtime import Services
+    from pipeline.settings import Settings
 
 ANALYZE_TASK = "analyze_document"
 
@@ -98,11 +100,14 @@ async def submit_uploads(
     label: str | None = None,
     batch_id: str | None = None,
     services: Services | None = None,
+    expected_duration_s: float | None = None,
 ) -> Submission:
     """Validate, store and enqueue one analysis job per usable PDF.
 
     Raises UnknownModel (nothing enqueued) for a model without a price; bad PDFs come
     back as "skipped" outcomes with the reason, so one bad file never sinks a batch.
+    `expected_duration_s` overrides the task's own estimate, and so the lease (2x it) that
+    decides how soon a job held by a killed worker runs again.
     """
     from tasks.analysis_plan import (
         admission_tokens,
@@ -160,6 +165,7 @@ async def submit_uploads(
                 idempotency_key=idempotency_key(sha, model, prompt.version),
                 priority=prio,
                 batch=batch_id,
+                expected_duration_s=expected_duration_s,
                 job_id=uuid.uuid4().hex,
                 hints={
                     "model": model,
@@ -233,3 +239,85 @@ def estimate(
         "total_worst_case_usd": total_cost,
         "warnings": warnings,
     }
+
+
+def counts_with_provider(settings: Settings) -> bool:
+    """Whether `--dry-run` should ask the provider's countTokens: only when a Gemini key is in
+    play (gemini, the emulator, or auto with a key); the offline analyzer counts nothing."""
+    from pipeline.llm.factory import _has_key
+
+    if settings.provider in ("gemini", "emulator"):
+        return True
+    return settings.provider == "auto" and _has_key()
+
+
+async def estimate_counted(
+    uploads: list[Upload],
+    model: str,
+    provider: Provider,
+    *,
+    context_budget_tokens: int | None = None,
+    prices: PriceTable | None = None,
+) -> dict[str, Any]:
+    """`estimate`, with every map call's input tokens counted by the provider's countTokens.
+
+    The estimator's 560 tokens a page is Gemini's documented charge, but a scanned page or
+    a long prompt can differ; countTokens is free and answers with the real figure, so with
+    a key the dry run uses it. A reduce call's input (the map answers) cannot exist yet and
+    stays estimated; a document whose count fails keeps its estimate, with a warning.
+    Each document gets "token_source": "countTokens" or "estimate".
+    """
+    from pipeline.settings import get_settings
+    from tasks.analysis_plan import (
+        MAX_OUTPUT_TOKENS,
+        analyze_prompt,
+        analyze_request,
+        chunk_ranges,
+        prompt_tokens,
+    )
+    from tasks.pdf import split_pages
+
+    s = get_settings()
+    prices = prices or PriceTable.load()
+    budget_tokens = context_budget_tokens or s.context_budget_tokens
+    est = estimate(uploads, model, context_budget_tokens=budget_tokens, prices=prices)
+    prompt = analyze_prompt()
+    now = datetime.now(UTC)
+    total_tokens, total_cost = 0, Decimal(0)
+    for upload, doc in zip(uploads, est["documents"], strict=True):
+        if doc["status"] != "ok":
+            continue
+        doc["token_source"] = "estimate"
+        pages = int(doc["pages"])
+        ranges = chunk_ranges(pages, len(upload.data), model, budget_tokens)
+        try:
+            parts = (
+                [upload.data]
+                if len(ranges) == 1
+                else await asyncio.to_thread(split_pages, upload.data, ranges)
+            )
+            tokens, cost = 0, Decimal(0)
+            for (first, last), part in zip(ranges, parts, strict=True):
+                request = analyze_request(
+                    model, prompt, part, filename=upload.name, page_count=pages,
+                    first_page=first, last_page=last,
+                )  # fmt: skip
+                counted = int(await provider.count_tokens(request))
+                tokens += counted
+                cost += prices.worst_case_cost(model, counted, MAX_OUTPUT_TOKENS, now)
+        except Exception as exc:  # an estimate still answers the question; say why
+            est["warnings"].append(
+                f"countTokens failed for {upload.name} ({type(exc).__name__}: {exc}); "
+                "its figures are the local estimate"
+            )
+        else:
+            if len(ranges) > 1:  # the reduce call reads the map answers: estimated
+                t = len(ranges) * MAX_OUTPUT_TOKENS + prompt_tokens(prompt)
+                tokens += t
+                cost += prices.worst_case_cost(model, t, MAX_OUTPUT_TOKENS, now)
+            doc.update(input_tokens=tokens, worst_case_usd=cost, token_source="countTokens")
+        total_tokens += doc["input_tokens"]
+        total_cost += doc["worst_case_usd"]
+    est["total_input_tokens"] = total_tokens
+    est["total_worst_case_usd"] = total_cost
+    return est

@@ -20,7 +20,15 @@ from rich.table import Table
 from pipeline.cli import app
 from pipeline.errors import InputError
 from pipeline.queue.client import QueueClient
-from pipeline.submission import DocOutcome, Submission, Upload, estimate, submit_uploads
+from pipeline.submission import (
+    DocOutcome,
+    Submission,
+    Upload,
+    counts_with_provider,
+    estimate,
+    estimate_counted,
+    submit_uploads,
+)
 
 console = Console()
 
@@ -102,7 +110,9 @@ def print_submission(sub: Submission) -> None:
 def print_estimate(est: dict[str, Any], budget: Decimal | None) -> None:
     for w in est["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
-    table = Table(title=f"dry run · {est['model']} · nothing enqueued")
+    sources = {d.get("token_source", "estimate") for d in est["documents"] if d["status"] == "ok"}
+    how = "countTokens" if sources == {"countTokens"} else "estimated"
+    table = Table(title=f"dry run · {est['model']} · tokens {how} · nothing enqueued")
     for col in ("document", "pages", "calls", "input tokens", "worst case USD"):
         table.add_column(col)
     for d in est["documents"]:
@@ -173,7 +183,7 @@ def submit(
     limit = parse_budget(budget)
     uploads, skipped = collect_uploads(paths)
     if dry_run:
-        est = estimate(uploads, model or get_settings().model)
+        est = _dry_run_estimate(uploads, model or get_settings().model)
         est["documents"][:0] = [{"name": s.name, "status": "skipped", "reason": s.reason}
                                 for s in skipped]  # fmt: skip
         if as_json:
@@ -189,6 +199,25 @@ def submit(
                               label=label, wait=wait, as_json=as_json))  # fmt: skip
     if not sub.job_ids:
         raise typer.Exit(1)
+
+
+def _dry_run_estimate(uploads: list[Upload], model: str) -> dict[str, Any]:
+    """countTokens through the real provider when a key is set, else the local estimator."""
+    from pipeline.llm.factory import make_provider
+    from pipeline.settings import get_settings
+
+    settings = get_settings()
+    if not uploads or not counts_with_provider(settings):
+        return estimate(uploads, model)
+
+    async def counted() -> dict[str, Any]:
+        provider = make_provider(settings)
+        try:
+            return await estimate_counted(uploads, model, provider)
+        finally:
+            await provider.aclose()
+
+    return asyncio.run(counted())
 
 
 def _report_nothing(skipped: list[DocOutcome], as_json: bool) -> None:

@@ -1,4 +1,4 @@
-"""`pipeline run` (submit and work in this process), `status` and `results`.
+"""`pipeline run` (submit and work in this process) and `results`; `status` is in docs_status.
 
 `run` is the quick start: the same submission and the same worker as a deployment, in one
 process. Interrupting it is safe: the worker releases running jobs back to Redis, and
@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from pipeline.batches import batch_results, batch_summary, document_spend, recent_batches
+from pipeline.batches import batch_results, document_spend
 from pipeline.cli import app
 from pipeline.cli.docs_cmds import (
     BudgetOpt,
@@ -163,45 +163,6 @@ def run(
 
 
 @app.command()
-def status(batch: Annotated[str | None, typer.Argument()] = None, as_json: JsonOpt = False) -> None:
-    """A batch's jobs by state and spend vs budget; without BATCH, queues, workers, batches."""
-    engine = _engine()
-    try:
-        if batch is not None:
-            data = batch_summary(engine, batch)
-            if as_json:
-                print(json.dumps(data))
-                return
-            table = Table(title=f"batch {batch}" + (f" · {data['label']}" if data["label"] else ""))
-            table.add_column("state")
-            table.add_column("jobs")
-            for state, n in sorted(data["by_state"].items()):
-                table.add_row(state, str(n))
-            console.print(table)
-            budget = f" of ${data['budget_usd']}" if data["budget_usd"] else ""
-            console.print(f"{data['documents']} documents · spent ${data['spend_usd']}{budget}",
-                          highlight=False)  # fmt: skip
-            return
-        from pipeline.cli.queue_cmds import print_queue_status, queue_status
-
-        queues = queue_status()
-        batches = recent_batches(engine)
-    finally:
-        engine.dispose()
-    if as_json:
-        print(json.dumps({**queues, "batches": batches}, default=str))
-        return
-    print_queue_status(queues)
-    table = Table(title="recent batches")
-    for col in ("batch", "label", "created", "documents", "spent USD", "budget USD"):
-        table.add_column(col)
-    for b in batches:
-        table.add_row(b["batch_id"], b["label"] or "", (b["created_at"] or "")[:19],
-                      str(b["documents"]), b["spend_usd"], b["budget_usd"] or "-")  # fmt: skip
-    console.print(table)
-
-
-@app.command()
 def results(batch: str, out: OutOpt = None, as_json: JsonOpt = False) -> None:
     """A batch's analyses: printed, or one JSON file per document in --out."""
     engine = _engine()
@@ -229,3 +190,6 @@ def results(batch: str, out: OutOpt = None, as_json: JsonOpt = False) -> None:
         console.print(
             head + (f": {a['document_type']} — {a['summary']}" if a else ": no result yet")
         )
+
+
+from pipeline.cli import docs_status as _docs_status  # noqa: E402,F401  (registers status)

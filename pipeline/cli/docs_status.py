@@ -1,0 +1,179 @@
+"""`pipeline status [BATCH]`: where the work is and, above all, why it is waiting.
+
+A batch that does not move is the question users bring here. Three things can hold jobs
+back without any error: the shared rate limiter (bucket empty, paused after a 429, a daily
+quota spent until midnight Pacific), and the day/month budgets (a postponed job waits in
+Redis until the window turns over or the budget is raised). So the overview shows the
+limiter and budget state from Redis, and a batch's view names each job held by them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from pipeline.batches import batch_summary, recent_batches
+from pipeline.cli import app
+from pipeline.cli.docs_cmds import JsonOpt, _engine, console
+from pipeline.errors import JobNotFound
+from pipeline.queue.client import QueueClient
+from pipeline.queue.job import State
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+# Substrings of the errors runtime.Services.call postpones a job with.
+_BUDGET_WAIT = "waiting for the "
+_QUOTA_WAIT = "daily quota exhausted"
+_WAITING_STATES = (State.SCHEDULED, State.QUEUED)
+
+
+async def _models(client: QueueClient) -> list[str]:
+    """The default model, those with their own limits, and any with a bucket in Redis."""
+    s = client.settings
+    found = {s.model, *s.limits}
+    head = client.keys.bucket("")
+    async for key in client.redis.scan_iter(match=head + "*", count=1000):
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        model = name[len(head) :]
+        if model and not model.endswith(":leases"):
+            found.add(model)
+    return sorted(found)
+
+
+async def service_state(client: QueueClient) -> dict[str, Any]:
+    """Limiter state per model and the day/month budget state, as JSON-ready dicts."""
+    from pipeline.ledger.budget import Budget
+    from pipeline.llm.limiter import Limiter
+
+    limiter = Limiter(client.redis, client.keys, client.settings)
+    limits = [await limiter.state(m) for m in await _models(client)]
+    budget = await Budget(client.redis, client.keys, client.settings).status()
+    return {"limiter": limits, "budget": {k: v.as_dict() for k, v in budget.items()}}
+
+
+async def batch_waits(client: QueueClient, job_ids: list[str]) -> list[dict[str, str]]:
+    """The batch's jobs that wait for a budget window or a daily quota, and why."""
+    from pipeline.llm.limiter import Limiter
+
+    limiter = Limiter(client.redis, client.keys, client.settings)
+    exhausted: dict[str, str | None] = {}
+    waits = []
+    for job_id in job_ids:
+        try:
+            job = await client.get(job_id)
+        except JobNotFound:
+            continue
+        if job.state not in _WAITING_STATES:
+            continue
+        error = job.error or ""
+        if _BUDGET_WAIT in error or _QUOTA_WAIT in error:
+            waits.append({"job_id": job.id, "state": job.state.value, "reason": error})
+            continue
+        model = str(job.hints.get("model") or "")
+        if model and model not in exhausted:
+            exhausted[model] = (await limiter.state(model))["daily_exhausted_until"]
+        if model and exhausted.get(model):
+            reason = f"{model}: daily quota exhausted until {exhausted[model]}"
+            waits.append({"job_id": job.id, "state": job.state.value, "reason": reason})
+    return waits
+
+
+def _ledger_job_ids(engine: Engine, batch_id: str) -> list[str]:
+    from sqlalchemy import select
+
+    from pipeline.ledger.models import Job
+
+    with engine.connect() as conn:
+        return [str(i) for i in conn.scalars(select(Job.id).where(Job.batch_id == batch_id))]
+
+
+async def _redis_side(batch_job_ids: list[str] | None) -> dict[str, Any]:
+    client = await QueueClient.connect()
+    try:
+        if batch_job_ids is not None:
+            return {"waiting": await batch_waits(client, batch_job_ids)}
+        return await service_state(client)
+    finally:
+        await client.aclose()
+
+
+def _print_batch(batch: str, data: dict[str, Any]) -> None:
+    table = Table(title=f"batch {batch}" + (f" · {data['label']}" if data["label"] else ""))
+    table.add_column("state")
+    table.add_column("jobs")
+    for state, n in sorted(data["by_state"].items()):
+        table.add_row(state, str(n))
+    console.print(table)
+    budget = f" of ${data['budget_usd']}" if data["budget_usd"] else ""
+    console.print(f"{data['documents']} documents · spent ${data['spend_usd']}{budget}",
+                  highlight=False)  # fmt: skip
+    waiting = data["waiting"]
+    if waiting:
+        reasons: dict[str, int] = {}
+        for w in waiting:
+            reasons[w["reason"].split(": ")[0]] = reasons.get(w["reason"].split(": ")[0], 0) + 1
+        for reason, n in reasons.items():
+            console.print(f"[yellow]{n} job(s) {reason}[/yellow]", highlight=False, soft_wrap=True)
+        console.print(f"  e.g. {waiting[0]['reason']}", highlight=False, soft_wrap=True)
+
+
+def _print_services(state: dict[str, Any]) -> None:
+    table = Table(title="rate limits (shared by all workers)")
+    for col in ("model", "requests left (rpm)", "tokens left (tpm)", "today (rpd)", "in flight",
+                "paused until",
+                "daily quota exhausted until"):  # fmt: skip
+        table.add_column(col)
+    for m in state["limiter"]:
+        lim = m["limits"]
+        table.add_row(
+            m["model"], f"{m['requests_left']:.0f} ({lim['rpm']})",
+            f"{m['tokens_left']:.0f} ({lim['tpm']})", f"{m['requests_today']} ({lim['rpd']})",
+            str(m["in_flight"]), m["paused_until"] or "-", m["daily_exhausted_until"] or "-",
+        )  # fmt: skip
+    console.print(table)
+    budget = Table(title="budgets")
+    for col in ("window", "spent USD", "reserved USD", "limit USD"):
+        budget.add_column(col)
+    for window, b in state["budget"].items():
+        budget.add_row(window, b["spent_usd"], b["reserved_usd"], b["limit_usd"] or "none")
+    console.print(budget)
+
+
+@app.command()
+def status(batch: Annotated[str | None, typer.Argument()] = None, as_json: JsonOpt = False) -> None:
+    """A batch's jobs by state, spend vs budget and what they wait for; without BATCH,
+    queues, workers, rate limits, budgets and recent batches."""
+    engine = _engine()
+    try:
+        if batch is not None:
+            data = batch_summary(engine, batch)
+            data.update(asyncio.run(_redis_side(_ledger_job_ids(engine, batch))))
+            if as_json:
+                print(json.dumps(data))
+            else:
+                _print_batch(batch, data)
+            return
+        from pipeline.cli.queue_cmds import print_queue_status, queue_status
+
+        queues = queue_status()
+        services = asyncio.run(_redis_side(None))
+        batches = recent_batches(engine)
+    finally:
+        engine.dispose()
+    if as_json:
+        print(json.dumps({**queues, **services, "batches": batches}, default=str))
+        return
+    print_queue_status(queues)
+    _print_services(services)
+    table = Table(title="recent batches")
+    for col in ("batch", "label", "created", "documents", "spent USD", "budget USD"):
+        table.add_column(col)
+    for b in batches:
+        table.add_row(b["batch_id"], b["label"] or "", (b["created_at"] or "")[:19],
+                      str(b["documents"]), b["spend_usd"], b["budget_usd"] or "-")  # fmt: skip
+    console.print(table)
