@@ -354,5 +354,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or get_settings()
     app.add_api_route("/healthz", healthz, methods=["GET"], summary="Health check (no auth)")
     app.include_router(router)
+    from pipeline.dashboard import install_dashboard
+
+    install_dashboard(app)  # `/` and /dashboard/*, behind the same keys (cookie or bearer)
     install_error_handlers(app)
     return app

@@ -17,13 +17,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
 from pipeline.ledger.db import session_factory
 from pipeline.ledger.models import LLMCall
 from pipeline.queue.client import QueueClient
+from pipeline.queue.stats import Stats, StatsSnapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _SCAN_BATCH = 500
@@ -42,6 +48,10 @@ class Snapshot:
     worker_slots_used: int = 0
     # (model, outcome) -> {"calls", "input_tokens", ..., "cost_usd"}
     llm: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    stats: StatsSnapshot = field(default_factory=StatsSnapshot)
+    # scope (day, month) -> (spent, reserved, limit or None), USD
+    budgets: dict[str, tuple[float, float, float | None]] = field(default_factory=dict)
+    limiter: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> Limiter.state
 
 
 async def _count_jobs(client: QueueClient, snap: Snapshot, max_jobs_scanned: int) -> None:
@@ -109,7 +119,49 @@ async def snapshot(
     snap.worker_slots_used = sum(int(w.get("slots_used", 0)) for w in workers)
     await _count_jobs(client, snap, max_jobs_scanned)
     snap.llm = await asyncio.to_thread(_ledger_totals, engine)
+    snap.stats = await Stats(client.redis, client.keys).read()
+    snap.budgets = await _budgets(client)
+    snap.limiter = await limiter_states(client)
     return snap
+
+
+async def _budgets(client: QueueClient) -> dict[str, tuple[float, float, float | None]]:
+    from pipeline.ledger.budget import Budget
+
+    status = await Budget(client.redis, client.keys, client.settings).status()
+    return {
+        scope: (
+            float(st.spent_usd),
+            float(st.reserved_usd),
+            None if st.limit_usd is None else float(st.limit_usd),
+        )
+        for scope, st in status.items()
+    }
+
+
+async def limiter_models(client: QueueClient) -> list[str]:
+    """Models the shared bucket knows: the default, any configured, any with a bucket."""
+    models = {client.settings.model, *client.settings.limits}
+    leases = client.keys.bucket("*:leases")
+    async for key in client.redis.scan_iter(match=client.keys.bucket("*"), count=500):
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        if not _glob_match(name, leases):
+            models.add(name[len(client.keys.bucket("")) :])
+    return sorted(models)
+
+
+def _glob_match(name: str, pattern: str) -> bool:
+    from fnmatch import fnmatchcase
+
+    return fnmatchcase(name, pattern)
+
+
+async def limiter_states(client: QueueClient) -> dict[str, dict[str, Any]]:
+    """`Limiter.state` for every known model, for the dashboard and the gauges."""
+    from pipeline.llm.limiter import Limiter
+
+    limiter = Limiter(client.redis, client.keys, client.settings)
+    return {m: await limiter.state(m) for m in await limiter_models(client)}
 
 
 class _SnapshotCollector(Collector):
@@ -153,6 +205,97 @@ class _SnapshotCollector(Collector):
             "pipeline_worker_slots_used", "Busy job slots.", value=s.worker_slots_used
         )
         yield from self._llm()
+        yield from self._queue_events()
+        yield from self._limiter()
+        yield from self._budget()
+
+    def _queue_events(self) -> Iterator[Metric]:
+        st = self.snap.stats
+        expired = CounterMetricFamily(
+            "pipeline_lease_expiries", "Leases that ran out (worker died or lost Redis), by "
+            "what became of the job.", labels=["queue", "outcome"],
+        )  # fmt: skip
+        for (queue, outcome), n in sorted(st.lease_expired.items()):
+            expired.add_metric([queue, outcome], n)
+        yield expired
+        fenced = CounterMetricFamily(
+            "pipeline_fenced_completions", "Settlements refused because the worker's fencing "
+            "token was stale (another worker owned the job).", labels=["queue", "task"],
+        )  # fmt: skip
+        for (queue, task), n in sorted(st.fenced.items()):
+            fenced.add_metric([queue, task], n)
+        yield fenced
+        settled = CounterMetricFamily(
+            "pipeline_job_attempts", "Attempts settled by workers, by outcome.",
+            labels=["queue", "task", "outcome"],
+        )  # fmt: skip
+        for (queue, task, outcome), n in sorted(st.settled.items()):
+            settled.add_metric([queue, task, outcome], n)
+        yield settled
+        durations = HistogramMetricFamily(
+            "pipeline_job_duration_seconds", "How long settled attempts ran, by task.",
+            labels=["task"],
+        )  # fmt: skip
+        for task, h in sorted(st.durations.items()):
+            durations.add_metric([task], list(h.buckets.items()), h.sum_s)
+        yield durations
+
+    def _limiter(self) -> Iterator[Metric]:
+        st = self.snap.stats
+        r429 = CounterMetricFamily(
+            "pipeline_limiter_429", "429s from the provider, per model (kind: minute or day).",
+            labels=["model", "kind"],
+        )  # fmt: skip
+        for (model, kind), n in sorted(st.limiter_429.items()):
+            r429.add_metric([model, kind], n)
+        yield r429
+        refused = CounterMetricFamily(
+            "pipeline_limiter_refusals", "Times the shared bucket said 'not yet', by reason.",
+            labels=["model", "reason"],
+        )  # fmt: skip
+        for (model, reason), n in sorted(st.limiter_refusals.items()):
+            refused.add_metric([model, reason], n)
+        yield refused
+        wait = CounterMetricFamily(
+            "pipeline_limiter_wait_seconds", "Seconds callers and workers were held back by "
+            "the shared bucket (summed over workers).", labels=["model"],
+        )  # fmt: skip
+        for model, seconds in sorted(st.limiter_wait_s.items()):
+            wait.add_metric([model], seconds)
+        yield wait
+        tokens = GaugeMetricFamily(
+            "pipeline_limiter_tokens_left", "Input tokens in the bucket now.", labels=["model"]
+        )
+        requests = GaugeMetricFamily(
+            "pipeline_limiter_requests_left", "Requests in the bucket now.", labels=["model"]
+        )
+        paused = GaugeMetricFamily(
+            "pipeline_limiter_paused", "1 while a 429 pause or the daily quota holds the model.",
+            labels=["model"],
+        )  # fmt: skip
+        for model, state in sorted(self.snap.limiter.items()):
+            tokens.add_metric([model], state["tokens_left"])
+            requests.add_metric([model], state["requests_left"])
+            held = state["paused_until"] or state["daily_exhausted_until"]
+            paused.add_metric([model], 1 if held else 0)
+        yield tokens
+        yield requests
+        yield paused
+
+    def _budget(self) -> Iterator[Metric]:
+        spent = GaugeMetricFamily(
+            "pipeline_budget_spent_usd", "Spent in the current budget window.", labels=["scope"]
+        )
+        remaining = GaugeMetricFamily(
+            "pipeline_budget_remaining_usd", "Limit minus spent and reserved, for scopes with a "
+            "limit (PIPELINE_BUDGET_DAY_USD, PIPELINE_BUDGET_MONTH_USD).", labels=["scope"],
+        )  # fmt: skip
+        for scope, (spent_usd, reserved_usd, limit) in sorted(self.snap.budgets.items()):
+            spent.add_metric([scope], spent_usd)
+            if limit is not None:
+                remaining.add_metric([scope], limit - spent_usd - reserved_usd)
+        yield spent
+        yield remaining
 
     def _llm(self) -> Iterator[Metric]:
         labels = ["model", "outcome"]

@@ -39,6 +39,7 @@ from redis.asyncio import Redis
 from pipeline.errors import DailyQuotaExhausted, OverLimit, RateLimited
 from pipeline.queue.gate import Admission, Candidate
 from pipeline.queue.keys import Keys
+from pipeline.queue.stats import Stats
 from pipeline.settings import Settings
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
@@ -168,6 +169,7 @@ class Limiter:
         self._renew = load((_LUA_DIR / "bucket_renew.lua").read_text())
         self._429 = load((_LUA_DIR / "bucket_429.lua").read_text())
         self._ok = load((_LUA_DIR / "bucket_ok.lua").read_text())
+        self.stats = Stats(redis, keys)  # 429s and waits, for /metrics
 
     # keys
     def _keys(self, model: str) -> list[str]:
@@ -246,7 +248,9 @@ class Limiter:
                     f"no permit for {model} within {deadline_s:g} s ({got.reason}); "
                     "retry later or lower the load on this model"
                 )
+            await self.stats.limiter_refused(model, got.kind)
             await asyncio.sleep(sleep_s)
+            await self.stats.limiter_waited(model, sleep_s)
 
     async def release(
         self, permit: Permit, actual_input_tokens: int | None = None, *, sent: bool = True
@@ -300,6 +304,7 @@ class Limiter:
     ) -> dict[str, Any]:
         """A 429 came back: pause the model for everyone and cut its rate (or stop for the day)."""
         t = self.tuning
+        await self.stats.limiter_429(model, per_day)
         res = await self._429(
             keys=self._keys(model)[:1],
             args=[
@@ -371,6 +376,9 @@ class LimiterGate:
 
     def __init__(self, limiter: Limiter) -> None:
         self.limiter = limiter
+        # model -> when this worker was first held back for it (monotonic s): the wait it
+        # reports is per worker, so four waiting workers add up four times the wall time.
+        self._held_since: dict[str, float] = {}
 
     async def admit(self, candidate: Candidate) -> Admission:
         model = candidate.hints.get("model")
@@ -382,8 +390,14 @@ class LimiterGate:
         except OverLimit:
             # Let the job run and fail with the clear error rather than wait forever here.
             return Admission(ok=True)
+        now = asyncio.get_running_loop().time()
         if isinstance(got, Permit):
+            since = self._held_since.pop(str(model), None)
+            if since is not None:
+                await self.limiter.stats.limiter_waited(str(model), now - since)
             return Admission(ok=True, permit=got)
+        self._held_since.setdefault(str(model), now)
+        await self.limiter.stats.limiter_refused(str(model), got.kind)
         return Admission(ok=False, retry_after_s=got.retry_after_s, reason=got.reason)
 
     async def release(self, admission: Admission) -> None:

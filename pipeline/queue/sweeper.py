@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from pipeline.queue.job import Job
 from pipeline.queue.keys import EVENTS_MAXLEN, Keys
 from pipeline.queue.scripts import Scripts, settle_keys
+from pipeline.queue.stats import Stats
 
 log = logging.getLogger("pipeline.sweeper")
 
@@ -33,6 +34,7 @@ class Sweeper:
         self.redis, self.keys, self.scripts = redis, keys, scripts
         self.result_ttl_s = result_ttl_s
         self.on_lease_expired = on_lease_expired or []
+        self.stats = Stats(redis, keys)
 
     async def _server_ms(self) -> int:
         seconds, micros = await self.redis.time()
@@ -77,6 +79,7 @@ class Sweeper:
                     outcome,
                 )
                 out.append((job_id, outcome))
+                await self.stats.lease_expired(job.queue, outcome)
                 for hook in self.on_lease_expired:
                     try:
                         await hook(job, outcome)

@@ -33,6 +33,7 @@ from pipeline.queue.keys import EVENTS_MAXLEN
 from pipeline.queue.lease import LeaseKeeper
 from pipeline.queue.outcome import Counters, Settlement, finish, from_error, from_stop
 from pipeline.queue.pool import CpuPool
+from pipeline.queue.stats import Stats
 from pipeline.queue.sweeper import LeaseExpiredHook, Sweeper
 from pipeline.queue.task import dumps, lookup
 
@@ -90,6 +91,7 @@ class Worker:
         )
         self.running: dict[str, Running] = {}
         self.counters = Counters()
+        self.stats = Stats(self.redis, self.keys)  # counters that outlive this process
         self._stop = asyncio.Event()
         self._upkeep_done = asyncio.Event()
         self._own_wake = self.keys.custom("wake", "worker", self.id)
@@ -323,11 +325,14 @@ class Worker:
         if outcome != "lost":
             if await finish(self.scripts, self.keys, job, s, self.client.settings.result_ttl_s):
                 self.counters.count(outcome)
+                ran_s = time.time() - job.started_ms / 1000 if job.started_ms else 0.0
+                await self.stats.job_settled(job.queue, job.task, outcome, ran_s)
                 if outcome == "complete" and job.chord:
                     for key in (self.keys.group(job.chord), self.keys.group_results(job.chord)):
                         await self.redis.expire(key, self.client.settings.result_ttl_s)
             else:
                 self.counters.fenced += 1
+                await self.stats.fenced(job.queue, job.task)
                 log.warning(
                     "job %s: %s refused, token %s is stale (another worker owns it); "
                     "result discarded",

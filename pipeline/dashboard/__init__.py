@@ -1,0 +1,162 @@
+"""The live dashboard at `/`: what Flower is to Celery, served by `pipeline serve`.
+
+Server-rendered: the page and its panels are Jinja2 templates, and a few lines of
+JavaScript re-fetch the panels (`/dashboard/panels`, HTML) every couple of seconds and feed
+the spend chart (Chart.js, vendored from its npm package under static/vendor with its
+license). `/dashboard/state` serves the same picture as JSON for scripts.
+
+Auth is the API's: with PIPELINE_API_KEYS set, a browser signs in once through a form that
+stores the key in an HttpOnly, SameSite=Strict cookie (a bearer header works too). The one
+state-changing action, retrying a dead job, also demands a custom header, which a page on
+another site cannot send without a CORS preflight this server never grants.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from pipeline.dashboard.state import dashboard_state
+from pipeline.errors import JobNotFound
+
+COOKIE = "pipeline_key"
+ACTION_HEADER = "X-Pipeline-Action"
+REFRESH_S = 2.0
+_HERE = Path(__file__).resolve().parent.parent
+templates = Jinja2Templates(directory=str(_HERE / "templates"))
+router = APIRouter(include_in_schema=False)
+
+
+def _given_key(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.cookies.get(COOKIE, "")
+
+
+def _key_ok(request: Request, given: str) -> bool:
+    keys: list[str] = request.app.state.settings.api_key_list
+    if not keys:
+        return True  # no keys: `pipeline serve` then listens on loopback only
+    return any(hmac.compare_digest(given.encode(), k.encode()) for k in keys)
+
+
+def _authorised(request: Request) -> bool:
+    return _key_ok(request, _given_key(request))
+
+
+def _unauthorised() -> JSONResponse:
+    return JSONResponse(
+        {"detail": "sign in at /login with one of the keys in PIPELINE_API_KEYS, or send "
+                   "`Authorization: Bearer <key>`"},
+        status_code=401,
+    )  # fmt: skip
+
+
+async def _state(request: Request) -> dict[str, Any]:
+    api = request.app.state.api
+    return await dashboard_state(api.client, api.services.engine, api.services.budget)
+
+
+@router.get("/", response_class=HTMLResponse)
+async def index(request: Request) -> Response:
+    if not _authorised(request):
+        return RedirectResponse("/login", status_code=303)
+    state = await _state(request)
+    return templates.TemplateResponse(
+        request,
+        "dashboard.html",
+        {
+            "s": state,
+            "refresh_ms": int(REFRESH_S * 1000),
+            "auth": bool(request.app.state.settings.api_key_list),
+        },
+    )
+
+
+@router.get("/dashboard/panels", response_class=HTMLResponse)
+async def panels(request: Request) -> Response:
+    """The page's live part, re-rendered: the script swaps it in without a reload."""
+    if not _authorised(request):
+        return _unauthorised()
+    return templates.TemplateResponse(request, "_panels.html", {"s": await _state(request)})
+
+
+@router.get("/dashboard/state")
+async def state_json(request: Request) -> Response:
+    if not _authorised(request):
+        return _unauthorised()
+    return JSONResponse(await _state(request))
+
+
+@router.post("/dashboard/jobs/{job_id}/retry")
+async def retry(request: Request, job_id: str) -> Response:
+    """Requeue a dead job with fresh attempts (the failures panel's button)."""
+    if not _authorised(request):
+        return _unauthorised()
+    if request.headers.get(ACTION_HEADER) != "retry":
+        return JSONResponse(
+            {"detail": f"send the header `{ACTION_HEADER}: retry` (the dashboard's button does)"},
+            status_code=403,
+        )
+    client = request.app.state.api.client
+    try:
+        requeued = await client.requeue(job_id)
+    except JobNotFound:
+        return JSONResponse(
+            {"detail": f"no job {job_id!r}: its record expired or the id is wrong"},
+            status_code=404,
+        )
+    if not requeued:
+        return JSONResponse(
+            {"detail": f"job {job_id} is not dead or failed, so there is nothing to retry"},
+            status_code=409,
+        )
+    return JSONResponse({"job_id": job_id, "status": "queued"})
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_form(request: Request) -> Response:
+    return templates.TemplateResponse(request, "login.html", {"error": None})
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request) -> Response:
+    form = await request.form()
+    key = str(form.get("key") or "").strip()
+    if not key or not _key_ok(request, key):
+        return templates.TemplateResponse(
+            request,
+            "login.html",
+            {"error": "That key is not one of the server's PIPELINE_API_KEYS."},
+            status_code=401,
+        )
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(
+        COOKIE,
+        key,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        max_age=7 * 86400,
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout() -> Response:
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE)
+    return response
+
+
+def install_dashboard(app: FastAPI) -> None:
+    """Add the dashboard's routes and its static files (CSS, JS, the vendored chart library)."""
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static")
