@@ -1,0 +1,298 @@
+"""Runs one phase of the peers benchmark for one system and prints its figures as JSON.
+
+    python bench/peers_driver.py --system celery|rq|arq|pipeline --phase perf|prefetch|ghost
+        --redis-url redis://host:port/DB --venv-bin DIR [--quick] [--pidfile F] [--logdir D]
+
+Started by bench/peers.py with the interpreter that has the system installed (the peers
+venv for Celery, RQ and ARQ; the project's for pipeline), so it imports only redis-py and
+the standard library itself. Every system is measured the same way: its jobs push events
+through bench/peers_record.py and the figures come from those events and from /proc.
+Every worker it starts is ended by pid, with all its descendants, even on error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)  # import bench.* from the checkout, not bench/ as a top level
+
+import redis  # noqa: E402
+
+from bench.peers_record import EVENTS, READY  # noqa: E402
+
+QUICK = {"latency_samples": 50, "noop_jobs": 500, "slow_jobs": 10, "slow_job_s": 10,
+         "long_s": 12, "short_s": 0.2, "timeout_s": 5, "ghost_job_s": 12}
+FULL = {"latency_samples": 300, "noop_jobs": 3000, "slow_jobs": 40, "slow_job_s": 20,
+        "long_s": 60, "short_s": 1.0, "timeout_s": 10, "ghost_job_s": 20}
+SHORT_JOBS = 20
+GHOST_JOBS = 2
+DEFAULT_SLOTS = {"celery": 1, "rq": 1, "arq": 10, "pipeline": 32}
+
+
+# --- processes -------------------------------------------------------------------------
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def descendants(pid: int) -> list[int]:
+    tree, out, todo = _children(), [], [pid]
+    while todo:
+        kids = tree.get(todo.pop(), [])
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size: shared pages split between the processes sharing them, so
+    forked pool children are not counted once per child (RSS would count them N times)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class Run:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.url: str = args.redis_url
+        self.redis = redis.Redis.from_url(self.url, decode_responses=True)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logdir = Path(args.logdir)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+
+    def adapter(self, scenario: str) -> Any:
+        module = importlib.import_module(f"bench.peers_{self.args.system}")
+        return module.Adapter(self.url, f"peers-{scenario}-{uuid.uuid4().hex[:6]}")
+
+    def start_workers(self, adapter: Any, workers: int, slots: int,
+                      timeout_s: float | None = None) -> list[subprocess.Popen[bytes]]:
+        self.redis.delete(READY)
+        count = workers * adapter.workers_per_slots(slots)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+        env.update({"PEERS_REDIS_URL": self.url, "PEERS_QUEUE": adapter.queue_name,
+                    "PYTHONPATH": str(ROOT)})
+        env.update(adapter.worker_env(slots, timeout_s))
+        started = []
+        for i in range(count):
+            log = open(self.logdir / f"{self.args.system}-{self.args.phase}-{i}.log", "ab")
+            proc = subprocess.Popen(adapter.worker_cmd(self.args.venv_bin, slots, f"w{i}"),
+                                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            self.procs.append(proc)
+            started.append(proc)
+            if self.args.pidfile:
+                with open(self.args.pidfile, "a") as f:
+                    f.write(f"{proc.pid}\n")
+        expected = workers if self.args.system == "pipeline" else count
+        self.wait(lambda: adapter.ready_count(self.redis) >= expected, 180, "workers to be ready",
+                  started)
+        time.sleep(0.5)  # let each worker reach its blocking read before the clock starts
+        return started
+
+    def wait(self, check: Any, timeout_s: float, what: str,
+             procs: list[subprocess.Popen[bytes]] | None = None) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not check():
+            for proc in procs or []:
+                if proc.poll() is not None:
+                    raise SystemExit(f"{self.args.system} worker {proc.pid} exited "
+                                     f"({proc.returncode}) while waiting for {what}; see "
+                                     f"{self.logdir}")
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def tree_mb(self, procs: list[subprocess.Popen[bytes]]) -> float:
+        return sum(pss_mb(p) for proc in procs for p in [proc.pid, *descendants(proc.pid)])
+
+    def stop(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        """SIGKILL each worker and every process under it, by pid: the figures are already
+        in Redis, and a warm shutdown would wait for minute-long sleeps."""
+        for proc in procs:
+            if proc.poll() is None:
+                for pid in [*descendants(proc.pid), proc.pid]:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            proc.wait(30)
+            if proc in self.procs:
+                self.procs.remove(proc)
+
+    def events(self) -> list[tuple[str, str, float, int]]:
+        return [tuple(json.loads(e)) for e in self.redis.lrange(EVENTS, 0, -1)]  # type: ignore[misc]
+
+
+# --- phases ----------------------------------------------------------------------------
+
+def perf(run: Run, cfg: dict[str, Any]) -> dict[str, Any]:
+    r, slots = run.redis, DEFAULT_SLOTS[run.args.system]
+    adapter = run.adapter("perf")
+    procs = run.start_workers(adapter, 1, slots)
+    r.delete(EVENTS)
+    for i in range(5):  # warm-up: imports, connections, first fork
+        adapter.enqueue("stamp", f"warm-{i}")
+        if r.blpop([EVENTS], 30) is None:
+            raise SystemExit(f"{run.args.system}: warm-up job never started")
+    time.sleep(1.0)
+    idle = run.tree_mb(procs)
+    latencies = []
+    for i in range(cfg["latency_samples"]):
+        t0 = time.time()
+        adapter.enqueue("stamp", f"lat-{i}")
+        got = r.blpop([EVENTS], 30)
+        if got is None:
+            raise SystemExit(f"{run.args.system}: latency job {i} never started")
+        latencies.append((json.loads(got[1])[2] - t0) * 1000)
+    n = cfg["noop_jobs"]
+    r.delete(EVENTS)
+    adapter.enqueue_many("noop", [(f"noop-{i}",) for i in range(n)])
+    run.wait(lambda: r.llen(EVENTS) >= n, 240, "no-op jobs", procs)
+    done = sorted(e[2] for e in run.events())
+    seconds = done[-1] - done[0] if len(done) > 1 else 0.0
+    run.stop(procs)
+    adapter.close()
+
+    k = cfg["slow_jobs"]
+    adapter = run.adapter("memory")
+    procs = run.start_workers(adapter, 1, k)
+    r.delete(EVENTS)
+    adapter.enqueue_many("sleep", [(f"slow-{i}", cfg["slow_job_s"]) for i in range(k)])
+    all_started = run.wait(lambda: r.llen(EVENTS) >= k, cfg["slow_job_s"] - 2, "slow jobs", procs)
+    peak = 0.0
+    for _ in range(4):  # a few samples while every slow job sleeps
+        peak = max(peak, run.tree_mb(procs))
+        time.sleep(0.25)
+    run.stop(procs)
+    adapter.close()
+    per_job = (peak - idle) / k
+    return {
+        "worker_slots": slots,
+        "enqueue_to_start_p50_ms": round(percentile(latencies, 50), 2),
+        "enqueue_to_start_p99_ms": round(percentile(latencies, 99), 2),
+        "latency_samples": len(latencies),
+        "noop_jobs": n, "noop_completed": len(done),
+        "noop_jobs_per_s": round((len(done) - 1) / seconds, 1) if seconds else None,
+        "idle_worker_mb": round(idle, 1),
+        "slow_jobs": k, "slow_jobs_all_running": all_started,
+        "slow_jobs_peak_mb": round(peak, 1),
+        "mb_per_slow_job": round(per_job, 3),
+        "slow_jobs_in_8gb": int((8192 - idle) / per_job) if per_job > 0 else None,
+    }
+
+
+def prefetch(run: Run, cfg: dict[str, Any]) -> dict[str, Any]:
+    r, long_s, short_s = run.redis, cfg["long_s"], cfg["short_s"]
+    adapter = run.adapter("prefetch")
+    procs = run.start_workers(adapter, 2, 1)
+    r.delete(EVENTS)
+    t0 = time.time()
+    adapter.enqueue("sleep", "long", long_s)
+    for i in range(SHORT_JOBS):
+        adapter.enqueue("sleep", f"short-{i}", short_s)
+    ends = lambda: sum(1 for e in run.events() if e[0] == "end")  # noqa: E731
+    limit_s = long_s + SHORT_JOBS * short_s + 60
+    run.wait(lambda: ends() >= SHORT_JOBS + 1, limit_s, "trap jobs", procs)
+    events = run.events()
+    run.stop(procs)
+    adapter.close()
+    starts = {e[1]: e[2] for e in events if e[0] == "start"}
+    finished = [e[2] for e in events if e[0] == "end"]
+    long_end = next((e[2] for e in events if e[0] == "end" and e[1] == "long"), None)
+    stuck = sum(1 for tag, t in starts.items()
+                if tag != "long" and long_end is not None and t >= long_end - 0.05)
+    return {
+        "long_job_s": long_s, "short_jobs": SHORT_JOBS, "short_job_s": short_s,
+        "completed": len(finished),
+        "makespan_s": round(max(finished) - t0, 2) if len(finished) == SHORT_JOBS + 1 else None,
+        "ideal_s": max(long_s, SHORT_JOBS * short_s),
+        "short_jobs_stuck_behind_long": stuck,
+    }
+
+
+def ghost(run: Run, cfg: dict[str, Any]) -> dict[str, Any]:
+    r, timeout_s, job_s = run.redis, cfg["timeout_s"], cfg["ghost_job_s"]
+    adapter = run.adapter("ghost")
+    procs = run.start_workers(adapter, 2, 2, timeout_s=timeout_s)
+    r.delete(EVENTS)
+    for i in range(GHOST_JOBS):
+        adapter.enqueue("sleep", f"ghost-{i}", job_s, timeout_s=timeout_s)
+    window_s = 2 * job_s + timeout_s + 5
+    deadline = time.monotonic() + window_s
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise SystemExit(f"{run.args.system} worker {proc.pid} exited in the ghost trap")
+        time.sleep(0.25)
+    events = run.events()
+    run.stop(procs)
+    adapter.close()
+    starts = [e[1] for e in events if e[0] == "start"]
+    ends = [e[1] for e in events if e[0] == "end"]
+    return {
+        "broker_timeout_s": timeout_s, "job_s": job_s, "jobs": GHOST_JOBS,
+        "observed_s": window_s, "executions": len(starts),
+        "duplicate_executions": len(starts) - len(set(starts)),
+        "completed_jobs": len(set(ends)),
+        "executions_cut_short": len(starts) - len(ends),
+    }
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))]
+
+
+PHASES = {"perf": perf, "prefetch": prefetch, "ghost": ghost}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--system", required=True, choices=sorted(DEFAULT_SLOTS))
+    ap.add_argument("--phase", required=True, choices=sorted(PHASES))
+    ap.add_argument("--redis-url", required=True)
+    ap.add_argument("--venv-bin", required=True, help="bin/ of the venv holding the peer's CLI")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--pidfile", default="")
+    ap.add_argument("--logdir", default=str(ROOT / ".pipeline" / "bench-peers-logs"))
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    run = Run(args)
+    try:
+        figures = PHASES[args.phase](run, QUICK if args.quick else FULL)
+    finally:
+        run.stop(list(run.procs))
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
