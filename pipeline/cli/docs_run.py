@@ -16,7 +16,6 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from pipeline.batches import batch_results, document_spend
 from pipeline.cli import app
 from pipeline.cli.docs_cmds import (
     BudgetOpt,
@@ -99,6 +98,8 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
         await worker_task
         tracker = follow_task.result()
         await services.recorder.flush()
+        from pipeline.batches import batch_results, document_spend
+
         results = await asyncio.to_thread(batch_results, services.engine, sub.batch_id)
         costs = await asyncio.to_thread(document_spend, services.engine, sub.batch_id)
         where = out or client.settings.home / "results" / sub.batch_id
@@ -165,6 +166,7 @@ def run(
 @app.command()
 def results(batch: str, out: OutOpt = None, as_json: JsonOpt = False) -> None:
     """A batch's analyses: printed, or one JSON file per document in --out."""
+    from pipeline.batches import batch_results
     engine = _engine()
     try:
         data = batch_results(engine, batch)

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from pipeline.batches import batch_summary, recent_batches
 from pipeline.cli import app
 from pipeline.cli.docs_cmds import JsonOpt, _engine, console
 from pipeline.errors import JobNotFound
@@ -148,6 +147,7 @@ def _print_services(state: dict[str, Any]) -> None:
 def status(batch: Annotated[str | None, typer.Argument()] = None, as_json: JsonOpt = False) -> None:
     """A batch's jobs by state, spend vs budget and what they wait for; without BATCH,
     queues, workers, rate limits, budgets and recent batches."""
+    from pipeline.batches import batch_summary, recent_batches
     engine = _engine()
     try:
         if batch is not None:

@@ -19,6 +19,7 @@ from pipeline.queue.job import Job
 from pipeline.queue.keys import EVENTS_MAXLEN, Keys
 from pipeline.queue.retry import retry_delay_s
 from pipeline.queue.scripts import Scripts, settle_keys
+from pipeline.queue.stats import Stats
 
 log = logging.getLogger("pipeline.worker")
 
@@ -87,10 +88,15 @@ def from_error(job: Job, exc: BaseException) -> Settlement:
     )
 
 
-async def finish(scripts: Scripts, keys: Keys, job: Job, s: Settlement, result_ttl_s: int) -> bool:
-    """Apply with the fencing token; keep trying through a Redis outage for one lease.
-    False means refused (stale token) or given up: the lease will bring the job back."""
+async def finish(
+    scripts: Scripts, keys: Keys, job: Job, s: Settlement, result_ttl_s: int, stats: Stats
+) -> bool:
+    """Apply with the fencing token (and count it, in the same script); keep trying through a
+    Redis outage for one lease. False means refused (stale token) or given up: the lease
+    will bring the job back."""
     deadline = time.monotonic() + max(job.lease_ms / 1000, 5)
+    ran_s = time.time() - job.started_ms / 1000 if job.started_ms else 0.0
+    stat_keys, stat_args = stats.settle_counters(job.queue, job.task, s.outcome, ran_s)
     args = [
         job.id,
         job.token or "",
@@ -101,10 +107,11 @@ async def finish(scripts: Scripts, keys: Keys, job: Job, s: Settlement, result_t
         result_ttl_s,
         int(s.delay_s * 1000),
         EVENTS_MAXLEN,
+        *stat_args,
     ]
     while True:
         try:
-            return bool(await scripts.finish(keys=settle_keys(keys, job), args=args))
+            return bool(await scripts.finish(keys=[*settle_keys(keys, job), *stat_keys], args=args))
         except RedisError as exc:
             if time.monotonic() > deadline:
                 log.error(

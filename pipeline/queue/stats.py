@@ -89,15 +89,22 @@ class Stats:
     async def fenced(self, queue: str, task: str) -> None:
         await self._incr("fenced", {f"{queue}{SEP}{task}": 1})
 
-    async def job_settled(self, queue: str, task: str, outcome: str, duration_s: float) -> None:
-        """One attempt ended with `outcome` after `duration_s` of running."""
+    def settle_counters(
+        self, queue: str, task: str, outcome: str, duration_s: float
+    ) -> tuple[list[str], list[str | float]]:
+        """KEYS and ARGV for finish.lua to count a settled attempt in the same atomic step
+        (no extra round trip per job): outcome count, then the duration histogram."""
         duration_s = max(0.0, duration_s)
         bound = next(b for b in DURATION_BUCKETS_S if duration_s <= b)
-        await self._incr("settled", {f"{queue}{SEP}{task}{SEP}{outcome}": 1})
-        await self._incr(
-            "durations",
-            {f"{task}{SEP}{_le(bound)}": 1, f"{task}{SEP}count": 1, f"{task}{SEP}sum": duration_s},
-        )
+        keys = [self._key("settled"), self._key("durations")]
+        args: list[str | float] = [
+            f"{queue}{SEP}{task}{SEP}{outcome}",
+            f"{task}{SEP}{_le(bound)}",
+            f"{task}{SEP}count",
+            f"{task}{SEP}sum",
+            duration_s,
+        ]
+        return keys, args
 
     async def limiter_429(self, model: str, per_day: bool) -> None:
         await self._incr("limiter", {f"{model}{SEP}429{SEP}{'day' if per_day else 'minute'}": 1})

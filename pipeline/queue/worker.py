@@ -95,6 +95,11 @@ class Worker:
         self._stop = asyncio.Event()
         self._upkeep_done = asyncio.Event()
         self._own_wake = self.keys.custom("wake", "worker", self.id)
+        # wake list -> its queue (None: our own list, pushed to on stop); a queue's token is
+        # only used for a direct claim when no gate has to see the job first
+        self._wake_keys: dict[str, str | None] = {self._own_wake: None}
+        gated = not isinstance(self.gate, OpenGate)
+        self._wake_keys.update({self.keys.wake(q): (None if gated else q) for q in self.queues})
         self._waker: asyncio.Task[None] | None = None
         self._insisting: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
@@ -140,6 +145,7 @@ class Worker:
         """Stop claiming now; running jobs get the grace period, then are released."""
         if not self._stop.is_set():
             self._stop.set()
+            self._slot_freed.set()  # a full worker's claim loop notices the stop too
             # Wake our own idle wait now rather than after its timeout.
             self._waker = asyncio.get_running_loop().create_task(self._wake_self())
 
@@ -209,17 +215,16 @@ class Worker:
                 continue
             try:
                 claimed, wait_s = await self._claim_one()
-            except RedisError as exc:
-                log.warning("claim failed (%s); retrying", exc)
+                if claimed:
+                    continue
+                if self.burst and not self.running and await self._queues_empty():
+                    log.info("burst worker %s: queues empty, exiting", self.id)
+                    self.stop()
+                    return
+                await self._idle(wait_s)
+            except RedisError as exc:  # Redis away or restarting: keep the loop alive
+                log.warning("claim loop: %s; retrying", exc)
                 await asyncio.sleep(0.5)
-                continue
-            if claimed:
-                continue
-            if self.burst and not self.running and await self._queues_empty():
-                log.info("burst worker %s: queues empty, exiting", self.id)
-                self.stop()
-                return
-            await self._idle(wait_s)
 
     async def _queues_empty(self) -> bool:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -228,13 +233,15 @@ class Worker:
             return not any(await pipe.execute())
 
     async def _idle(self, gate_wait_s: float | None) -> None:
-        """Wait for a wake token (a new job) or, when a gate said 'not yet', for that long."""
+        """Wait for a wake token (a new job) or, when a gate said 'not yet', for that long.
+        A token names the job that woke us: claim it at once if it is still its queue's head."""
         if gate_wait_s is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=min(max(gate_wait_s, 0.005), 1.0))
             return
-        wake = [self._own_wake, *(self.keys.wake(q) for q in self.queues)]
-        await self.redis.blpop(wake, timeout=1)
+        popped = await self.redis.blpop(list(self._wake_keys), timeout=1)
+        if popped and popped[0] in self._wake_keys and self._wake_keys[popped[0]]:
+            await self._claim(self._wake_keys[popped[0]], [popped[1]], None, head_only=True)
 
     async def _claim_one(self) -> tuple[bool, float | None]:
         """Claim from the first queue with work: its head jobs, one per free slot.
@@ -259,20 +266,27 @@ class Worker:
                 if not admission.ok:
                     wait_s = min(wait_s if wait_s is not None else 1e9, admission.retry_after_s)
                     continue
-            k = self.keys
-            claimed = await self.scripts.claim(
-                keys=[k.queue(queue), k.active, k.fence, k.events, *(k.job(i) for i in ids)],
-                args=[self.id, self._min_lease_ms, EVENTS_MAXLEN, *ids],
-            )
-            for raw in claimed:
-                if raw:
-                    self._start(
-                        Job.from_hash(dict(zip(raw[::2], raw[1::2], strict=True))), admission
-                    )
-            if admission is not None and not claimed[0]:
+            claimed = await self._claim(queue, ids, admission)
+            if admission is not None and not claimed:
                 await self.gate.release(admission)
             return True, None  # claimed, or lost a race: look again at once
         return False, wait_s
+
+    async def _claim(
+        self, queue: str, ids: list[str], admission: Admission | None, head_only: bool = False
+    ) -> int:
+        """claim.lua for these ids of `queue`; start what was won; return how many."""
+        k = self.keys
+        claimed = await self.scripts.claim(
+            keys=[k.queue(queue), k.active, k.fence, k.events, *(k.job(i) for i in ids)],
+            args=[self.id, self._min_lease_ms, EVENTS_MAXLEN, "head" if head_only else "any", *ids],
+        )
+        won = 0
+        for raw in claimed:
+            if raw:
+                self._start(Job.from_hash(dict(zip(raw[::2], raw[1::2], strict=True))), admission)
+                won += 1
+        return won
 
     async def _admit(self, queue: str, job_id: str) -> Admission:
         task, hints = await self.redis.hmget(self.keys.job(job_id), ["task", "hints"])
@@ -323,10 +337,9 @@ class Worker:
         if ctx.permit is not None:  # admitted but never used: give the tokens back
             await self.gate.release(Admission(ok=True, permit=ctx.take_permit()))
         if outcome != "lost":
-            if await finish(self.scripts, self.keys, job, s, self.client.settings.result_ttl_s):
+            ttl_s = self.client.settings.result_ttl_s
+            if await finish(self.scripts, self.keys, job, s, ttl_s, self.stats):
                 self.counters.count(outcome)
-                ran_s = time.time() - job.started_ms / 1000 if job.started_ms else 0.0
-                await self.stats.job_settled(job.queue, job.task, outcome, ran_s)
                 if outcome == "complete" and job.chord:
                     for key in (self.keys.group(job.chord), self.keys.group_results(job.chord)):
                         await self.redis.expire(key, self.client.settings.result_ttl_s)

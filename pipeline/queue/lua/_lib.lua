@@ -38,7 +38,7 @@ local function member_done(job_key, group_key, results_key, cb_key, cb_queue_key
     local cb_id = redis.call('HGET', cb_key, 'id')
     redis.call('HSET', cb_key, 'state', 'queued', 'enqueued_ms', now_ms())
     redis.call('ZADD', cb_queue_key, redis.call('HGET', cb_key, 'score'), cb_id)
-    redis.call('LPUSH', wake_key, '1')
+    redis.call('LPUSH', wake_key, cb_id)
     redis.call('LTRIM', wake_key, 0, 999)
     emit(events_key, maxlen, cb_key, cb_id, 'queued', nil)
   end

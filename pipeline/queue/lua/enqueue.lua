@@ -38,7 +38,7 @@ elseif run_at > now then
 else
   state = 'queued'
   redis.call('ZADD', KEYS[2], score, id)
-  redis.call('LPUSH', KEYS[7], '1')
+  redis.call('LPUSH', KEYS[7], id)
   redis.call('LTRIM', KEYS[7], 0, 999)
 end
 redis.call('HSET', KEYS[1], 'state', state, 'enqueued_ms', now)

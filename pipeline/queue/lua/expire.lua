@@ -23,7 +23,7 @@ if f[4] == '1' then
 elseif tonumber(f[2]) < tonumber(f[3]) then
   redis.call('HSET', KEYS[1], 'state', 'queued')
   redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[1], 'score'), id)
-  redis.call('LPUSH', KEYS[7], '1')
+  redis.call('LPUSH', KEYS[7], id)
   redis.call('LTRIM', KEYS[7], 0, 999)
   emit(KEYS[3], ARGV[3], KEYS[1], id, 'queued', nil)
   return 1

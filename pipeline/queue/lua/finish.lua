@@ -4,17 +4,24 @@
 -- KEYS[5] delayed zset   KEYS[6] dead zset   KEYS[7] wake list
 -- KEYS[8] group hash   KEYS[9] group results   KEYS[10] callback job   KEYS[11] callback queue
 -- KEYS[12] callback wake list   (8-12 are placeholders for jobs outside a group)
+-- KEYS[13] stats: settled counts   KEYS[14] stats: duration histogram
 -- ARGV[1] job id   ARGV[2] token   ARGV[3] outcome: complete | failed | dead | cancelled |
 --   over_budget (terminal), retry (back after ARGV[8] ms), postpone (back after ARGV[8] ms,
 --   attempt not counted: waiting for a quota or budget window), release (back now, attempt
 --   not counted)
 -- ARGV[4] result JSON   ARGV[5] error   ARGV[6] traceback   ARGV[7] record TTL s
 -- ARGV[8] retry delay ms   ARGV[9] events maxlen
+-- ARGV[10] settled field   ARGV[11] duration bucket field   ARGV[12] duration count field
+-- ARGV[13] duration sum field   ARGV[14] duration s (counted only when applied)
 -- Returns 1 when applied, 0 when the token is stale.
 local id, outcome = ARGV[1], ARGV[3]
 local f = redis.call('HMGET', KEYS[1], 'state', 'token')
 if f[1] ~= 'active' or f[2] ~= ARGV[2] then return 0 end
 local now = now_ms()
+redis.call('HINCRBY', KEYS[13], ARGV[10], 1)
+redis.call('HINCRBY', KEYS[14], ARGV[11], 1)
+redis.call('HINCRBY', KEYS[14], ARGV[12], 1)
+redis.call('HINCRBYFLOAT', KEYS[14], ARGV[13], ARGV[14])
 redis.call('ZREM', KEYS[2], id)
 redis.call('HDEL', KEYS[1], 'token', 'lease_deadline_ms')
 if ARGV[5] ~= '' then
@@ -31,7 +38,7 @@ if outcome == 'release' then
   redis.call('HINCRBY', KEYS[1], 'attempt', -1)
   redis.call('HSET', KEYS[1], 'state', 'queued')
   redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[1], 'score'), id)
-  redis.call('LPUSH', KEYS[7], '1')
+  redis.call('LPUSH', KEYS[7], id)
   redis.call('LTRIM', KEYS[7], 0, 999)
   emit(KEYS[3], ARGV[9], KEYS[1], id, 'queued', {released = '1'})
   return 1

@@ -11,7 +11,7 @@ redis.call('PERSIST', KEYS[1])
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempt', 0, 'cancel', 0, 'requeued_ms', now_ms())
 redis.call('HDEL', KEYS[1], 'finished_ms', 'result')
 redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'score'), ARGV[1])
-redis.call('LPUSH', KEYS[4], '1')
+redis.call('LPUSH', KEYS[4], ARGV[1])
 redis.call('LTRIM', KEYS[4], 0, 999)
 emit(KEYS[5], ARGV[2], KEYS[1], ARGV[1], 'queued', {requeued = '1'})
 return 1
