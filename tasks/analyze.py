@@ -174,7 +174,11 @@ async def _fan_out(
     reduce_args = {**args, "page_count": pages, "chunk_count": len(ranges)}
     reduce_hints = {"model": model,
                     "tokens": len(ranges) * MAX_OUTPUT_TOKENS + prompt_tokens(prompt)}  # fmt: skip
-    then = reduce_analyses.call(reduce_args).with_options(hints=reduce_hints)
+    # A fixed callback id makes the split idempotent: if this parent runs again (its worker
+    # died after the split), it gets the same chord back instead of paying for a second one.
+    then = reduce_analyses.call(reduce_args).with_options(
+        hints=reduce_hints, job_id=f"{ctx.job_id}-reduce"
+    )
     group = await ctx.client.group(calls, then=then, batch=ctx.batch)
     for handle in [*group.members, group.callback]:
         await services.recorder.upsert_job(
@@ -209,7 +213,8 @@ async def reduce_analyses(
         raise Permanent(
             f"{len(failed)} of {len(outcomes)} page ranges failed "
             f"(first: {failed[0].get('error') or failed[0].get('state')}); "
-            "requeue them with `pipeline dead requeue`, or submit the document again"
+            f"retry them with `pipeline dead requeue {' '.join(o['id'] for o in failed)}`: this "
+            "merge runs again when they finish, and answers already paid for are reused"
         )
     reduce = load_prompt("reduce")
     pages = int(args["page_count"])

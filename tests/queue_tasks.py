@@ -115,3 +115,36 @@ async def postponed(ctx: JobContext, times: int) -> int:
     if runs <= times:
         raise Retry("quota window closed", delay_s=0.05, count_attempt=False)
     return runs
+
+
+def die_once(marker: str) -> str:
+    """Kills its own pool process the first time (as an OOM kill would), then answers."""
+    import pathlib
+    import signal
+
+    path = pathlib.Path(marker)
+    if not path.exists():
+        path.write_text("died")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+@task(name="t.cpu_crash", expected_duration_s=1.0, max_attempts=2, retry_delays_s=(0.05,))
+async def cpu_crash(ctx: JobContext, marker: str) -> str:
+    return str(await ctx.run_cpu("tests.queue_tasks:die_once", marker))
+
+
+@task(name="t.fail_until_flag", expected_duration_s=0.5, max_attempts=1)
+async def fail_until_flag(ctx: JobContext, flag: str) -> str:
+    """Fails for good until the test sets `flag`; then succeeds (a requeued chord member)."""
+    if not await ctx.client.redis.exists(_k(ctx, "flag", flag)):
+        raise Permanent("not yet")
+    return "fixed"
+
+
+@task(name="t.fail_slowly", expected_duration_s=1.0, max_attempts=5, retry_delays_s=(0.05,))
+async def fail_slowly(ctx: JobContext, flag: str) -> None:
+    """Starts, waits for the test's flag, then fails (and would be retried)."""
+    await _mark(ctx, "started")
+    await _wait_flag(ctx, flag)
+    raise RuntimeError("failing after the cancel request")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from pipeline.errors import JobFailed, NotSerializable
-from pipeline.queue import JobOptions, QueueClient, State
+from pipeline.queue import Admission, Candidate, JobOptions, QueueClient, State
 from pipeline.queue.keys import Keys
 from tests import queue_tasks as qt
 from tests.queue_helpers import InProcessWorker, eventually, fast_settings
@@ -232,6 +233,51 @@ async def test_chord_runs_callback_once_with_failures_and_retries(
     assert await count(client, "callback", group.callback.id) == 1
 
 
+async def test_chord_with_a_callback_id_is_created_once(client: QueueClient) -> None:
+    """A parent job that splits work and then runs again gets the same chord back."""
+    calls = [qt.echo.call(i) for i in range(3)]
+    then = qt.collect.call("once").with_options(job_id="parent-1-reduce")
+    first = await client.group(calls, then=then)
+    again = await client.group(calls, then=then)
+    assert again.callback.id == first.callback.id and again.id == first.id
+    assert [m.id for m in again.members] == [m.id for m in first.members]
+    assert not again.callback.created
+    assert (await client.depths())["queues"]["default"]["ready"] == 3
+
+
+async def test_requeued_chord_member_runs_the_callback_again(
+        client: QueueClient, redis_url: str) -> None:
+    group = await client.group([qt.echo.call("a"), qt.fail_until_flag.call("fix")],
+                               then=qt.collect.call("merge"))
+    async with worker(redis_url, client, concurrency=2):
+        first = await client.wait(group.callback.id, timeout_s=20)
+        assert first.state == State.COMPLETE
+        assert first.result["states"] == ["complete", "failed"]
+        await set_flag(client, "fix")
+        assert await client.requeue(group.members[1].id)
+        await eventually(lambda: callback_count(client, group.callback.id, 2), what="rerun")
+        job = await client.wait(group.callback.id, timeout_s=20)
+    assert job.result["results"] == ["a", "fixed"]
+
+
+async def callback_count(client: QueueClient, job_id: str, n: int) -> bool:
+    info = await client.get(job_id)
+    return await count(client, "callback", job_id) >= n and info.state == State.COMPLETE
+
+
+async def test_cancel_requested_during_a_failing_attempt_is_not_retried(
+        client: QueueClient, redis_url: str) -> None:
+    async with worker(redis_url, client, concurrency=1):
+        handle = await client.enqueue(qt.fail_slowly, "fail-now")
+        await eventually(lambda: count(client, "started", handle.id), what="start")
+        # the flag is set and the attempt fails before the worker's next renewal sees it
+        await client.redis.hset(client.keys.job(handle.id), "cancel", 1)
+        await set_flag(client, "fail-now")
+        job = await client.wait(handle.id, timeout_s=20)
+    assert job.state == State.CANCELLED
+    assert await count(client, "started", handle.id) == 1
+
+
 async def test_empty_chord_runs_callback_at_once(client: QueueClient, redis_url: str) -> None:
     async with worker(redis_url, client, concurrency=1):
         group = await client.group([], then=qt.collect.call("empty"))
@@ -301,6 +347,48 @@ async def test_worker_registry_and_process_pool(client: QueueClient, redis_url: 
     assert [o["square"] for o in out] == [49, 49, 49]
     assert len({o["pid"] for o in out}) == 3  # a fresh child per call: memory handed back
     assert await client.workers() == []  # left the registry on stop
+
+
+async def test_a_crashed_pool_process_is_replaced(
+    client: QueueClient, redis_url: str, tmp_path: Path
+) -> None:
+    """A PDF parser killed mid-call (OOM) costs one attempt, not the worker's pool for good."""
+    from pipeline.queue.pool import CpuPool
+
+    pool = CpuPool(workers=1, max_tasks_per_child=10)
+    async with worker(redis_url, client, concurrency=1, pool=pool):
+        handle = await client.enqueue(qt.cpu_crash, str(tmp_path / "died-once"))
+        assert await handle.result(timeout_s=60) == "survived"
+    info = await handle.info()
+    assert info.attempt == 2 and "process died" in (info.error or "")
+
+
+class _PausedModelGate:
+    """Refuses jobs of one model (as a paused or daily-exhausted bucket would)."""
+
+    def __init__(self, paused: str) -> None:
+        self.paused = paused
+
+    async def admit(self, candidate: Candidate) -> Admission:
+        if candidate.hints.get("model") == self.paused:
+            return Admission(ok=False, retry_after_s=0.2, reason="paused")
+        return Admission(ok=True)
+
+    async def release(self, admission: Admission) -> None:
+        return None
+
+
+async def test_a_refused_model_does_not_hold_up_the_queue(
+        client: QueueClient, redis_url: str) -> None:
+    stuck = await client.enqueue(qt.echo, "later",
+                                 _options=JobOptions(hints={"model": "paused-model"}))
+    others = [await client.enqueue(qt.echo, i, _options=JobOptions(hints={"model": m}))
+              for i, m in enumerate(["paused-model", "open-model", None, "open-model"])]
+    async with worker(redis_url, client, concurrency=1, gate=_PausedModelGate("paused-model")):
+        for h in (others[1], others[2], others[3]):
+            assert await h.result(timeout_s=20) is not None
+        assert (await stuck.info()).state == State.QUEUED
+        assert (await others[0].info()).state == State.QUEUED
 
 
 async def test_burst_worker_exits_when_queues_empty(client: QueueClient, redis_url: str) -> None:

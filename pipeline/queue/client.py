@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from pipeline.errors import JobFailed, JobNotFound, JobTimeout
 from pipeline.queue.connection import connect_redis
@@ -154,48 +155,56 @@ class QueueClient:
 
         The callback receives one outcome per member, in order: {"id", "state", "result",
         "error"}; members that end failed, dead or cancelled count as finished too.
+        Give the callback a `job_id` to make the chord idempotent: member ids derive from it,
+        and asking again (a retried parent job) returns the chord that exists, enqueuing nothing.
         """
         if any(c.options.idempotency_key for c in calls):
             raise ValueError(
-                "chord members cannot carry idempotency keys; key the group's callback"
+                "chord members cannot carry idempotency keys; give the callback a job_id"
             )
-        group_id = uuid.uuid4().hex
         cb_id = then.options.job_id or uuid.uuid4().hex
+        member_ids = [f"{cb_id}.{i}" for i in range(len(calls))]
+        existing = await self._existing_group(cb_id, member_ids)
+        if existing is not None:
+            return existing
+        group_id = uuid.uuid4().hex
         then = then.with_options(batch=then.options.batch or batch)
         cb_queue = self._fields(then)[0]
-        member_ids = [uuid.uuid4().hex for _ in calls]
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                self.keys.group(group_id),
-                mapping={
-                    "total": len(calls),
-                    "done": 0,
-                    "callback": cb_id,
-                    "created_ms": int(time.time() * 1000),
-                },
-            )
-            keys, argv = self._enqueue_args(
-                then, cb_id, "waiting" if calls else "queued", {"chord": group_id}
-            )
+            await pipe.watch(self.keys.job(cb_id))
+            if await pipe.exists(self.keys.job(cb_id)):
+                await pipe.unwatch()
+                existing = await self._existing_group(cb_id, member_ids)
+                assert existing is not None
+                return existing
+            pipe.multi()
+            pipe.hset(self.keys.group(group_id), mapping={
+                "total": len(calls), "done": 0, "callback": cb_id,
+                "created_ms": int(time.time() * 1000)})  # fmt: skip
+            keys, argv = self._enqueue_args(then, cb_id, "waiting" if calls else "queued",
+                                            {"chord": group_id})  # fmt: skip
             await self.scripts.enqueue(keys=keys, args=argv, client=pipe)
             for index, (call, member_id) in enumerate(zip(calls, member_ids, strict=True)):
                 call = call.with_options(batch=call.options.batch or batch)
-                keys, argv = self._enqueue_args(
-                    call,
-                    member_id,
-                    "queued",
-                    {
-                        "group": group_id,
-                        "group_index": str(index),
-                        "callback_id": cb_id,
-                        "callback_queue": cb_queue,
-                    },
-                )
+                keys, argv = self._enqueue_args(call, member_id, "queued", {
+                    "group": group_id, "group_index": str(index), "callback_id": cb_id,
+                    "callback_queue": cb_queue})  # fmt: skip
                 await self.scripts.enqueue(keys=keys, args=argv, client=pipe)
-            await pipe.execute()
-        return GroupHandle(
-            group_id, [JobHandle(self, m) for m in member_ids], JobHandle(self, cb_id)
-        )
+            try:
+                await pipe.execute()
+            except WatchError:  # another process created this chord first: use theirs
+                existing = await self._existing_group(cb_id, member_ids)
+                assert existing is not None
+                return existing
+        members = [JobHandle(self, m) for m in member_ids]
+        return GroupHandle(group_id, members, JobHandle(self, cb_id))
+
+    async def _existing_group(self, cb_id: str, member_ids: list[str]) -> GroupHandle | None:
+        chord = await self.redis.hget(self.keys.job(cb_id), "chord")
+        if chord is None:
+            return None
+        members = [JobHandle(self, m, created=False) for m in member_ids]
+        return GroupHandle(chord, members, JobHandle(self, cb_id, created=False))
 
     # -- read ----------------------------------------------------------------------------
     async def get(self, job_id: str) -> Job:
@@ -262,10 +271,13 @@ class QueueClient:
         return str(state)
 
     async def requeue(self, job_id: str) -> bool:
-        """Put a dead (or failed) job back in its queue with fresh attempts."""
+        """Put a job that ended dead, failed, over_budget or cancelled back in its queue with
+        fresh attempts; a chord member re-arms its group's callback."""
         job = await self.get(job_id)
         k = self.keys
-        keys = [k.job(job_id), k.dead, k.queue(job.queue), k.wake(job.queue), k.events]
+        group = group_keys(k, job)
+        keys = [k.job(job_id), k.dead, k.queue(job.queue), k.wake(job.queue), k.events,
+                group[0], group[1], group[2]]  # fmt: skip
         return bool(await self.scripts.requeue(keys=keys, args=[job_id, EVENTS_MAXLEN]))
 
     # -- follow --------------------------------------------------------------------------

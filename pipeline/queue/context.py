@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.queue.job import Job
+from pipeline.queue.keys import EVENTS_MAXLEN
 from pipeline.queue.task import dumps
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class JobContext:
                     "attempt": str(self.job.attempt),
                     "progress": text,
                 },
-                maxlen=100_000,
+                maxlen=EVENTS_MAXLEN,
                 approximate=True,
             )
             await pipe.execute()

@@ -81,6 +81,14 @@ class Keys:
     def worker(self, worker_id: str) -> str:
         return self._k("worker", worker_id)
 
+    def worker_wake(self, worker_id: str) -> str:
+        """A worker's own wake list, pushed to when it is told to stop."""
+        return self._k("worker-wake", worker_id)
+
+    def stats(self, kind: str) -> str:
+        """Counters that outlive worker processes (pipeline/queue/stats.py)."""
+        return self._k("stats", kind)
+
     # LLM limiter and call store (used by pipeline/llm)
     def bucket(self, model: str) -> str:
         return self._k("bucket", model)

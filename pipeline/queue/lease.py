@@ -41,10 +41,10 @@ class LeaseKeeper:
     def drop(self, job_id: str) -> None:
         self.leases.pop(job_id, None)
 
-    async def renew_due(self, force: bool = False) -> tuple[list[str], list[str]]:
+    async def renew_due(self) -> tuple[list[str], list[str]]:
         """Renew what is due; return (stale job ids, job ids whose cancellation was requested)."""
         now = time.monotonic()
-        due = [lease for lease in list(self.leases.values()) if force or lease.due(now)]
+        due = [lease for lease in list(self.leases.values()) if lease.due(now)]
         stale: list[str] = []
         cancel: list[str] = []
         for start in range(0, len(due), 500):

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
@@ -41,7 +41,6 @@ class Counters:
     retried: int = 0
     fenced: int = 0  # settlements refused because the token was stale
     released: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
     def count(self, outcome: str) -> None:
         if outcome == "complete":

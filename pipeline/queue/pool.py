@@ -13,8 +13,10 @@ import base64
 import importlib
 import json
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from typing import Any
+
+from pipeline.errors import Retry
 
 _BYTES = "__bytes_b64__"
 
@@ -90,7 +92,17 @@ class CpuPool:
         when they come from pipeline.errors, else as CpuPoolError."""
         payload = json.dumps({"func": func_path, "args": _encode(list(args))})
         loop = asyncio.get_running_loop()
-        answer = json.loads(await loop.run_in_executor(self._ensure(), _trampoline, payload))
+        try:
+            answer = json.loads(await loop.run_in_executor(self._ensure(), _trampoline, payload))
+        except BrokenExecutor as exc:
+            # A child died (OOM on a hostile PDF, a crash): the executor is unusable from now
+            # on. Start a fresh one for the next call and let this job try again.
+            broken, self._executor = self._executor, None
+            if broken is not None:
+                broken.shutdown(wait=False, cancel_futures=True)
+            raise Retry(
+                f"a {func_path} process died ({exc}); retrying in a fresh process"
+            ) from None
         if "error" in answer:
             if answer["module"] == "pipeline.errors":
                 from pipeline import errors

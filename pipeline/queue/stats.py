@@ -68,7 +68,7 @@ class Stats:
         self.keys = keys
 
     def _key(self, kind: str) -> str:
-        return self.keys.custom("stats", kind)
+        return self.keys.stats(kind)
 
     async def _incr(self, kind: str, fields: dict[str, float]) -> None:
         try:

@@ -40,6 +40,7 @@ from pipeline.queue.task import dumps, lookup
 log = logging.getLogger("pipeline.worker")
 
 CLAIM_BATCH = 16  # most jobs one claim takes, never more than the free slots
+GATED_LOOKAHEAD = 8  # jobs per queue shown to the gate before the worker idles
 
 JobHook = Callable[[JobContext, str, str | None], Awaitable[None]]
 
@@ -48,7 +49,6 @@ JobHook = Callable[[JobContext, str, str | None], Awaitable[None]]
 class Running:
     job: Job
     task: asyncio.Task[None]
-    admission: Admission | None
     stop_reason: str | None = None  # cancel | shutdown | lost
     settling: bool = False  # the task body is over; only its settlement is left
 
@@ -94,7 +94,7 @@ class Worker:
         self.stats = Stats(self.redis, self.keys)  # counters that outlive this process
         self._stop = asyncio.Event()
         self._upkeep_done = asyncio.Event()
-        self._own_wake = self.keys.custom("wake", "worker", self.id)
+        self._own_wake = self.keys.worker_wake(self.id)
         # wake list -> its queue (None: our own list, pushed to on stop); a queue's token is
         # only used for a direct claim when no gate has to see the job first
         self._wake_keys: dict[str, str | None] = {self._own_wake: None}
@@ -190,7 +190,7 @@ class Worker:
 
     def _halt(self, job_id: str, reason: str) -> None:
         running = self.running.get(job_id)
-        if running is not None and running.stop_reason is None:
+        if running is not None and running.stop_reason is None and not running.settling:
             running.stop_reason = reason
             running.task.cancel()
             self._insisting.add(asyncio.get_running_loop().create_task(self._insist(running)))
@@ -227,9 +227,11 @@ class Worker:
                 await asyncio.sleep(0.5)
 
     async def _queues_empty(self) -> bool:
+        """Nothing ready in our queues and nothing waiting out a delay or retry back-off."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for q in self.queues:
                 pipe.zcard(self.keys.queue(q))
+            pipe.zcard(self.keys.delayed)
             return not any(await pipe.execute())
 
     async def _idle(self, gate_wait_s: float | None) -> None:
@@ -246,30 +248,35 @@ class Worker:
     async def _claim_one(self) -> tuple[bool, float | None]:
         """Claim from the first queue with work: its head jobs, one per free slot.
 
-        With an admission gate each job is shown to the gate first, so only the head is taken.
+        With an admission gate each job is shown to the gate first, and the first of the
+        next few that it admits is taken, so one paused model does not hold up a queue.
         Returns (claimed anything, wait): wait is None when the queues are empty, else how long
-        the gate asked to wait before any head can start.
+        the gate asked to wait before any job can start.
         """
         gated = not isinstance(self.gate, OpenGate)
-        want = 1 if gated else min(self.concurrency - len(self.running), CLAIM_BATCH)
+        want = GATED_LOOKAHEAD if gated else min(self.concurrency - len(self.running), CLAIM_BATCH)
         async with self.redis.pipeline(transaction=False) as pipe:
             for q in self.queues:
                 pipe.zrange(self.keys.queue(q), 0, want - 1)
             heads = await pipe.execute()
         wait_s: float | None = None
+        refused: dict[str, float] = {}  # gate answers by model in this pass
         for queue, ids in zip(self.queues, heads, strict=True):
             if not ids:
                 continue
-            admission = None
-            if gated:
-                admission = await self._admit(queue, ids[0])
+            if not gated:
+                await self._claim(queue, ids, None)
+                return True, None  # claimed, or lost a race: look again at once
+            for job_id in ids:
+                admission = await self._admit(queue, job_id, refused)
+                if admission is None:
+                    continue
                 if not admission.ok:
                     wait_s = min(wait_s if wait_s is not None else 1e9, admission.retry_after_s)
                     continue
-            claimed = await self._claim(queue, ids, admission)
-            if admission is not None and not claimed:
-                await self.gate.release(admission)
-            return True, None  # claimed, or lost a race: look again at once
+                if not await self._claim(queue, [job_id], admission):
+                    await self.gate.release(admission)
+                return True, None
         return False, wait_s
 
     async def _claim(
@@ -288,17 +295,23 @@ class Worker:
                 won += 1
         return won
 
-    async def _admit(self, queue: str, job_id: str) -> Admission:
+    async def _admit(self, queue: str, job_id: str, refused: dict[str, float]) -> Admission | None:
+        """The gate's answer for one job; None (skip) when its model was refused in this pass."""
         task, hints = await self.redis.hmget(self.keys.job(job_id), ["task", "hints"])
-        return await self.gate.admit(
-            Candidate(job_id, task or "", queue, json.loads(hints or "{}"))
-        )
+        candidate = Candidate(job_id, task or "", queue, json.loads(hints or "{}"))
+        model = str(candidate.hints.get("model") or "")
+        if model and model in refused:
+            return None
+        admission = await self.gate.admit(candidate)
+        if not admission.ok and model:
+            refused[model] = admission.retry_after_s
+        return admission
 
     def _start(self, job: Job, admission: Admission | None) -> None:
         self.counters.claimed += 1
         self.leases.hold(job.id, job.token or "", job.lease_ms)
         task = asyncio.create_task(self._run(job, admission), name=f"job-{job.id}")
-        self.running[job.id] = Running(job, task, admission)
+        self.running[job.id] = Running(job, task)
 
     # -- running ---------------------------------------------------------------------------
     async def _run(self, job: Job, admission: Admission | None) -> None:
@@ -325,6 +338,7 @@ class Worker:
             settlement = from_error(job, exc)
         if job.id in self.running:
             self.running[job.id].settling = True
+        self.leases.drop(job.id)  # no renewal races the settlement; finish is fenced anyway
         try:
             await asyncio.shield(self._settle(ctx, settlement))
         finally:
@@ -333,27 +347,25 @@ class Worker:
             self._slot_freed.set()
 
     async def _settle(self, ctx: JobContext, s: Settlement) -> None:
+        """Settle first (its own retries ride out a Redis outage); everything after it is
+        best effort and must not undo a settlement that happened."""
         job, outcome = ctx.job, s.outcome
-        if ctx.permit is not None:  # admitted but never used: give the tokens back
-            await self.gate.release(Admission(ok=True, permit=ctx.take_permit()))
         if outcome != "lost":
             ttl_s = self.client.settings.result_ttl_s
             if await finish(self.scripts, self.keys, job, s, ttl_s, self.stats):
                 self.counters.count(outcome)
-                if outcome == "complete" and job.chord:
-                    for key in (self.keys.group(job.chord), self.keys.group_results(job.chord)):
-                        await self.redis.expire(key, self.client.settings.result_ttl_s)
             else:
                 self.counters.fenced += 1
-                await self.stats.fenced(job.queue, job.task)
-                log.warning(
-                    "job %s: %s refused, token %s is stale (another worker owns it); "
-                    "result discarded",
-                    job.id,
-                    outcome,
-                    job.token,
-                )
+                with contextlib.suppress(RedisError):
+                    await self.stats.fenced(job.queue, job.task)
+                log.warning("job %s: %s refused, token %s is stale (another worker owns it); "
+                            "result discarded", job.id, outcome, job.token)  # fmt: skip
                 outcome = "fenced"
+        if ctx.permit is not None:  # admitted but never used: give the tokens back
+            try:
+                await self.gate.release(Admission(ok=True, permit=ctx.take_permit()))
+            except Exception:
+                log.exception("job %s: could not give back its unused permit", job.id)
         for hook in self.on_job_end:
             try:
                 await hook(ctx, outcome, s.error or None)

@@ -21,10 +21,22 @@ local function emit(events_key, maxlen, job_key, id, state, extra)
   redis.call(unpack(args))
 end
 
+-- Put a job (back) in its queue, visible to every worker, and wake one idle worker with
+-- its id. The job keeps its original score: priority first, then enqueue order.
+local function make_ready(job_key, queue_key, wake_key, events_key, maxlen, id, extra)
+  redis.call('HSET', job_key, 'state', 'queued')
+  redis.call('ZADD', queue_key, redis.call('HGET', job_key, 'score'), id)
+  redis.call('LPUSH', wake_key, id)
+  redis.call('LTRIM', wake_key, 0, 999)
+  emit(events_key, maxlen, job_key, id, 'queued', extra)
+end
+
 -- A chord member reached a terminal state: record its outcome once, and release the
 -- callback when it is the last member. HSETNX makes the count exactly-once per member.
+-- The group's keys expire `ttl` seconds after its latest member finished, so a chord whose
+-- callback never completes does not leave them behind.
 local function member_done(job_key, group_key, results_key, cb_key, cb_queue_key, wake_key,
-                           events_key, maxlen, id, state, result_json, err)
+                           events_key, maxlen, ttl, id, state, result_json, err)
   local idx = redis.call('HGET', job_key, 'group_index')
   if not idx or idx == '' then return end
   -- result_json is spliced in as sent, so numbers keep the precision Python gave them
@@ -33,13 +45,12 @@ local function member_done(job_key, group_key, results_key, cb_key, cb_queue_key
     (err and cjson.encode(err) or 'null') .. '}'
   if redis.call('HSETNX', results_key, idx, outcome) == 0 then return end
   local done = redis.call('HINCRBY', group_key, 'done', 1)
+  redis.call('EXPIRE', group_key, ttl)
+  redis.call('EXPIRE', results_key, ttl)
   local total = tonumber(redis.call('HGET', group_key, 'total'))
   if done >= total and redis.call('HGET', cb_key, 'state') == 'waiting' then
     local cb_id = redis.call('HGET', cb_key, 'id')
-    redis.call('HSET', cb_key, 'state', 'queued', 'enqueued_ms', now_ms())
-    redis.call('ZADD', cb_queue_key, redis.call('HGET', cb_key, 'score'), cb_id)
-    redis.call('LPUSH', wake_key, cb_id)
-    redis.call('LTRIM', wake_key, 0, 999)
-    emit(events_key, maxlen, cb_key, cb_id, 'queued', nil)
+    redis.call('HSET', cb_key, 'enqueued_ms', now_ms())
+    make_ready(cb_key, cb_queue_key, wake_key, events_key, maxlen, cb_id, nil)
   end
 end

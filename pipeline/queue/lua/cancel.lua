@@ -22,5 +22,5 @@ redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_ms', now_ms(), 'canc
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 emit(KEYS[4], ARGV[3], KEYS[1], id, 'cancelled', nil)
 member_done(KEYS[1], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[4], ARGV[3],
-  id, 'cancelled', nil, 'cancelled')
+  ARGV[2], id, 'cancelled', nil, 'cancelled')
 return 'cancelled'

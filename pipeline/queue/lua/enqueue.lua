@@ -28,19 +28,15 @@ redis.call('HSET', KEYS[1], 'id', id, 'score', string.format('%.0f', score), 'at
   'created_ms', now, 'cancel', 0)
 redis.call('SADD', KEYS[8], ARGV[7])
 local run_at = tonumber(ARGV[3])
-local state
+redis.call('HSET', KEYS[1], 'enqueued_ms', now)
 if ARGV[5] == 'waiting' then
-  state = 'waiting'
+  redis.call('HSET', KEYS[1], 'state', 'waiting')
+  emit(KEYS[6], ARGV[6], KEYS[1], id, 'waiting', nil)
 elseif run_at > now then
-  state = 'scheduled'
   redis.call('ZADD', KEYS[3], run_at, id)
-  redis.call('HSET', KEYS[1], 'run_at_ms', run_at)
+  redis.call('HSET', KEYS[1], 'state', 'scheduled', 'run_at_ms', run_at)
+  emit(KEYS[6], ARGV[6], KEYS[1], id, 'scheduled', nil)
 else
-  state = 'queued'
-  redis.call('ZADD', KEYS[2], score, id)
-  redis.call('LPUSH', KEYS[7], id)
-  redis.call('LTRIM', KEYS[7], 0, 999)
+  make_ready(KEYS[1], KEYS[2], KEYS[7], KEYS[6], ARGV[6], id, nil)
 end
-redis.call('HSET', KEYS[1], 'state', state, 'enqueued_ms', now)
-emit(KEYS[6], ARGV[6], KEYS[1], id, state, nil)
 return {1, id}

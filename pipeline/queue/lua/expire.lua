@@ -21,11 +21,7 @@ local outcome
 if f[4] == '1' then
   outcome = 'cancelled'
 elseif tonumber(f[2]) < tonumber(f[3]) then
-  redis.call('HSET', KEYS[1], 'state', 'queued')
-  redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[1], 'score'), id)
-  redis.call('LPUSH', KEYS[7], id)
-  redis.call('LTRIM', KEYS[7], 0, 999)
-  emit(KEYS[3], ARGV[3], KEYS[1], id, 'queued', nil)
+  make_ready(KEYS[1], KEYS[4], KEYS[7], KEYS[3], ARGV[3], id, nil)
   return 1
 else
   outcome = 'dead'
@@ -38,6 +34,6 @@ else
 end
 emit(KEYS[3], ARGV[3], KEYS[1], id, outcome, {error = msg})
 member_done(KEYS[1], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[3], ARGV[3],
-  id, outcome, nil, msg)
+  ARGV[2], id, outcome, nil, msg)
 if outcome == 'dead' then return 2 end
 return 3

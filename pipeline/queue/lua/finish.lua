@@ -15,8 +15,11 @@
 -- ARGV[13] duration sum field   ARGV[14] duration s (counted only when applied)
 -- Returns 1 when applied, 0 when the token is stale.
 local id, outcome = ARGV[1], ARGV[3]
-local f = redis.call('HMGET', KEYS[1], 'state', 'token')
+local f = redis.call('HMGET', KEYS[1], 'state', 'token', 'cancel')
 if f[1] ~= 'active' or f[2] ~= ARGV[2] then return 0 end
+if f[3] == '1' and (outcome == 'retry' or outcome == 'postpone' or outcome == 'release') then
+  outcome = 'cancelled'  -- cancelled while running: do not come back for another attempt
+end
 local now = now_ms()
 redis.call('HINCRBY', KEYS[13], ARGV[10], 1)
 redis.call('HINCRBY', KEYS[14], ARGV[11], 1)
@@ -36,11 +39,7 @@ if outcome == 'retry' or outcome == 'postpone' then
 end
 if outcome == 'release' then
   redis.call('HINCRBY', KEYS[1], 'attempt', -1)
-  redis.call('HSET', KEYS[1], 'state', 'queued')
-  redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[1], 'score'), id)
-  redis.call('LPUSH', KEYS[7], id)
-  redis.call('LTRIM', KEYS[7], 0, 999)
-  emit(KEYS[3], ARGV[9], KEYS[1], id, 'queued', {released = '1'})
+  make_ready(KEYS[1], KEYS[4], KEYS[7], KEYS[3], ARGV[9], id, {released = '1'})
   return 1
 end
 redis.call('HSET', KEYS[1], 'state', outcome, 'finished_ms', now)
@@ -58,5 +57,5 @@ if outcome == 'complete' then result = ARGV[4] end
 local err = nil
 if ARGV[5] ~= '' then err = ARGV[5] end
 member_done(KEYS[1], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[3], ARGV[9],
-  id, outcome, result, err)
+  ARGV[7], id, outcome, result, err)
 return 1

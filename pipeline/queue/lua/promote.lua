@@ -8,10 +8,6 @@ local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not due or tonumber(due) > now_ms() then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 if redis.call('HGET', KEYS[2], 'state') ~= 'scheduled' then return 0 end
-redis.call('HSET', KEYS[2], 'state', 'queued')
 redis.call('HDEL', KEYS[2], 'run_at_ms')
-redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[2], 'score'), ARGV[1])
-redis.call('LPUSH', KEYS[4], ARGV[1])
-redis.call('LTRIM', KEYS[4], 0, 999)
-emit(KEYS[5], ARGV[2], KEYS[2], ARGV[1], 'queued', nil)
+make_ready(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2], ARGV[1], nil)
 return 1
