@@ -330,7 +330,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from pipeline.runtime import open_services
 
         s = app.state.settings
-        client = await QueueClient.connect(s)
+        client = await QueueClient.connect(s, long_lived=True)
         try:
             services = await open_services(client)
         except BaseException:

@@ -8,6 +8,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.errors import (
     DatabaseUnavailable,
@@ -68,6 +70,26 @@ def install_error_handlers(app: FastAPI) -> None:
             return _error(503, str(exc))
         log.exception("request failed", exc_info=exc)
         return _error(500, f"{exc.__class__.__name__}: {exc}")
+
+    @app.exception_handler(RedisError)
+    async def _redis(_: Request, exc: RedisError) -> JSONResponse:
+        # The queue is down or unreachable: a temporary condition the client can retry.
+        log.warning("redis error: %s: %s", exc.__class__.__name__, exc)
+        return _error(
+            503,
+            f"the job queue (Redis) is unavailable: {exc.__class__.__name__}; "
+            "try again shortly",
+            {"Retry-After": "5"},
+        )
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(_: Request, exc: SQLAlchemyError) -> JSONResponse:
+        log.warning("database error: %s: %s", exc.__class__.__name__, exc)
+        return _error(
+            503,
+            f"the ledger database is unavailable: {exc.__class__.__name__}; try again shortly",
+            {"Retry-After": "5"},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

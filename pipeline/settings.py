@@ -8,6 +8,8 @@ the variable to fix.
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +22,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as SourceError
 
 from pipeline.errors import SettingsError
 from pipeline.resources import config_path
@@ -165,12 +168,44 @@ def _describe(error: ValidationError) -> str:
     return f"{name}{where}: {first['msg']}{shown}"
 
 
+def _describe_source(error: SourceError) -> str:
+    """pydantic-settings fails before validation when a complex value (a dict such as
+    `limits`) is not JSON; its message names the field but not the variable to fix."""
+    found = re.search(r'field "([^"]+)"', str(error))
+    key = found.group(1) if found else "setting"
+    cause = error.__cause__ or error.__context__
+    why = f": {str(cause).splitlines()[0]}" if cause is not None else ""
+    return (
+        f"{ENV_PREFIX}{key.upper()}: not valid JSON{why}; "
+        'give a JSON object, e.g. {"gemini-3.5-flash": {"rpm": 100}}'
+    )
+
+
+def _describe_toml(error: tomllib.TOMLDecodeError) -> str:
+    """tomllib does not say which file it was reading; the first that fails to parse is it."""
+    culprit = Path("pipeline.toml")
+    for path in (Path("pipeline.toml"), config_path("defaults.toml")):
+        try:
+            with path.open("rb") as fh:
+                tomllib.load(fh)
+        except tomllib.TOMLDecodeError:
+            culprit = path
+            break
+        except OSError:
+            continue
+    return f"{culprit}: not valid TOML ({error}); fix or remove the file"
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build settings, turning a validation error into one line that names the variable."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+    except SourceError as exc:
+        raise SettingsError(_describe_source(exc)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(_describe_toml(exc)) from None
 
 
 @lru_cache(maxsize=1)

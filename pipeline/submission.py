@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import BadDocument, InputError
+from pipeline.errors import BadDocument, InputError, JobNotFound
 from pipeline.llm.pricing import PriceTable
 from pipeline.queue.client import QueueClient
-from pipeline.queue.job import JobOptions, parse_priority
+from pipeline.queue.job import TERMINAL, JobOptions, State, parse_priority
 
 if TYPE_CHECKING:
     from pipeline.llm.provider import Provider
@@ -40,7 +40,7 @@ class Upload:
 @dataclass
 class DocOutcome:
     name: str
-    status: str  # "queued" | "duplicate" | "skipped"
+    status: str  # "queued" | "duplicate" | "requeued" | "skipped"
     job_id: str | None = None
     document_id: str | None = None
     reason: str | None = None
@@ -83,6 +83,34 @@ def _priority(value: int | str | None) -> int | None:
         raise InputError(str(exc)) from None
 
 
+async def _resubmitted(client: QueueClient, job_id: str) -> tuple[str, str]:
+    """What a second submission of the same content means for the job it maps to.
+
+    The idempotency key returns the first job for a day. Complete or still on its way, that
+    job is the answer ("duplicate", nothing paid again); but one that ended failed, dead,
+    cancelled or over budget would leave the document unanalysed with no way to retry it
+    short of waiting out the key. So it is put back with fresh attempts ("requeued").
+
+    The job keeps its own arguments and batch: the queue changes job fields only inside its
+    Lua scripts, and requeue takes none. So it runs again in the batch it was first
+    submitted with, under that batch's budget (the reason says which batch); this
+    submission's --budget does not apply to it. A long document's own job completes once its
+    chunks are handed to a chord; when that chord's reduce failed, the document job is
+    complete and stays a duplicate.
+    """
+    try:
+        job = await client.get(job_id)
+    except JobNotFound:  # the record expired between the enqueue and now
+        return "duplicate", f"already submitted (same content as job {job_id}); not paid again"
+    if job.state not in TERMINAL or job.state == State.COMPLETE:
+        return "duplicate", f"already submitted (same content as job {job_id}); not paid again"
+    ended = f"its earlier run ended {job.state.value}" + (f" ({job.error})" if job.error else "")
+    if not await client.requeue(job_id):
+        return "duplicate", f"{ended}, and the queue would not requeue it; see job {job_id}"
+    batch = f" in its first batch {job.batch}" if job.batch else ""
+    return "requeued", f"{ended}; requeued with fresh attempts{batch}, under that batch's budget"
+
+
 def _inspect(upload: Upload, max_bytes: int, max_pages: int) -> tuple[int, str]:
     from tasks.pdf import inspect_pdf
 
@@ -121,8 +149,9 @@ async def submit_uploads(
     model = model or s.model
     prices = services.prices if services is not None else PriceTable.load()
     warnings = prices.check_model(model)  # UnknownModel before anything else happens
-    if budget_usd is not None and budget_usd < 0:
-        raise InputError(f"budget {budget_usd} is negative; give a budget in USD, e.g. 5.00")
+    if budget_usd is not None and (not budget_usd.is_finite() or budget_usd <= 0):
+        # The rule of the CLI's --budget and of POST /analyze, so every door agrees.
+        raise InputError(f"budget {budget_usd} is not a positive amount; give USD, e.g. 5.00")
     prio = _priority(priority)
     prompt = analyze_prompt()
     batch_id = batch_id or uuid.uuid4().hex
@@ -188,8 +217,7 @@ async def submit_uploads(
                 await recorder.upsert_job(handle.id, batch_id=batch_id, document_id=doc_id)
                 status, reason = "queued", None
             else:
-                status = "duplicate"
-                reason = f"already submitted (same content as job {handle.id}); not paid again"
+                status, reason = await _resubmitted(client, handle.id)
             outcomes[index] = DocOutcome(upload.name, status, handle.id, doc_id, reason, pages, sha)
     finally:
         if engine is not None:

@@ -43,6 +43,76 @@ def _load_commands() -> None:
                 raise
 
 
+def _redacted(url: str) -> str:
+    """A URL fit to print: any password replaced by ***."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _first(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """`exc` or the first exception of those kinds inside it (a TaskGroup wraps its errors)."""
+    if isinstance(exc, kinds):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first(inner, kinds)
+            if found is not None:
+                return found
+    return None
+
+
+def service_error(exc: BaseException) -> PipelineError | None:
+    """A Redis or SQL failure that escaped a command, as the one-line error a user can act on.
+
+    Commands talk to Redis and the ledger in many places; rather than wrap each call, the
+    outermost frame turns these into RedisUnavailable / DatabaseUnavailable.
+    """
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pipeline.errors import DatabaseUnavailable, RedisUnavailable
+
+    found = _first(exc, (RedisError, SQLAlchemyError))
+    if found is None:
+        return None
+    detail = str(found).splitlines()[0] if str(found) else found.__class__.__name__
+    if isinstance(found, RedisError):
+        url = _configured("redis_url") or "the embedded Redis"
+        if isinstance(found, RedisConnectionError | RedisTimeoutError):
+            return RedisUnavailable(
+                f"cannot reach Redis at {url}: {detail}; start it or fix PIPELINE_REDIS_URL"
+            )
+        return RedisUnavailable(
+            f"Redis at {url} refused the request: {detail}; check PIPELINE_REDIS_URL "
+            "(password, database number) and the server's configuration"
+        )
+    url = _configured("database_url") or "the SQLite ledger under PIPELINE_HOME"
+    return DatabaseUnavailable(
+        f"cannot use the ledger database {url}: {detail}; start it or fix "
+        "PIPELINE_DATABASE_URL"
+    )
+
+
+def _configured(name: str) -> str | None:
+    try:
+        from pipeline.settings import get_settings
+
+        value = getattr(get_settings(), name)
+    except Exception:  # a broken setting was reported already; the message can do without
+        return None
+    return _redacted(value) if value else None
+
+
 def main() -> None:
     _load_commands()
     try:
@@ -51,7 +121,7 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except PipelineError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -76,4 +146,8 @@ def main() -> None:
             sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         if isinstance(exc, aborts):
             sys.exit(130)
-        raise
+        mapped = service_error(exc)
+        if mapped is None:
+            raise
+        err_console.print(f"[red]error:[/red] {mapped}", highlight=False, soft_wrap=True)
+        sys.exit(1)

@@ -87,8 +87,10 @@ def parse_budget(value: str | None) -> Decimal | None:
         raise InputError(
             f"--budget {value!r} is not an amount; give USD, e.g. --budget 2.50"
         ) from None
-    if budget < 0 or not budget.is_finite():
-        raise InputError(f"--budget {value!r} must be a positive amount in USD")
+    # The same rule as POST /analyze: finite and above zero. is_finite() comes first because
+    # comparing a NaN Decimal raises InvalidOperation instead of answering False.
+    if not budget.is_finite() or budget <= 0:
+        raise InputError(f"--budget {value!r} must be a positive amount in USD, e.g. 2.50")
     return budget
 
 
@@ -148,7 +150,9 @@ async def _submit(
         else:
             print_submission(sub)
         if wait and sub.job_ids:
-            engine = _engine()
+            # The submission has migrated the ledger already; a lazy engine cannot fail here,
+            # so a database that goes away now only dims the spend figure, not the command.
+            engine = _engine(upgrade=False)
             try:
                 out = Console(stderr=True) if as_json else console
                 await follow(client, sub, since, out, engine=engine, budget=budget)
@@ -159,11 +163,11 @@ async def _submit(
         await client.aclose()
 
 
-def _engine() -> Any:
+def _engine(*, upgrade: bool = True) -> Any:
     from pipeline.ledger.db import get_engine
     from pipeline.settings import get_settings
 
-    return get_engine(get_settings())
+    return get_engine(get_settings(), upgrade=upgrade)
 
 
 @app.command()

@@ -69,7 +69,7 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
     if not uploads:
         _report_nothing(skipped, False)
     import_task_modules(None)
-    client = await QueueClient.connect()
+    client = await QueueClient.connect(long_lived=True)
     services = await open_services(client)
     try:
         since = await client.last_event_id()

@@ -7,6 +7,8 @@ reduce callback; a document counts as done only when that callback is done.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -98,13 +100,29 @@ class BatchFollow:
             on_change()
 
 
+SPEND_UNAVAILABLE = "spend unavailable"
+_SPEND_REFRESH_S = 1.0
+
+
 def spend_line(engine: Engine | None, batch_id: str, budget: Decimal | None) -> str:
+    """Blocking SQL: call it through `spend_text`, never on the event loop."""
     if engine is None:
         return ""
     from pipeline.batches import batch_spend
 
     spent = batch_spend(engine, batch_id)
     return f"spent ${spent:.6f}" + (f" of ${budget}" if budget is not None else "")
+
+
+async def spend_text(engine: Engine | None, batch_id: str, budget: Decimal | None) -> str:
+    """The spend line, read in a thread; a ledger outage shows as "spend unavailable" rather
+    than ending the command — the jobs run on regardless, and the ledger catches up later."""
+    if engine is None:
+        return ""
+    try:
+        return await asyncio.to_thread(spend_line, engine, batch_id, budget)
+    except Exception:  # any database failure: the progress view must survive it
+        return SPEND_UNAVAILABLE
 
 
 async def follow(
@@ -120,6 +138,16 @@ async def follow(
     a Rich Live view on a terminal, one plain line per change otherwise."""
     tracker = BatchFollow(client, submission, since)
     last_plain: list[str] = [""]
+    spend: list[str] = [""]
+
+    async def refresh_spend() -> None:
+        spend[0] = await spend_text(engine, submission.batch_id, budget)
+
+    async def keep_spend_fresh() -> None:
+        # The progress callbacks are synchronous; the spend is read beside them and cached.
+        while True:
+            await refresh_spend()
+            await asyncio.sleep(_SPEND_REFRESH_S)
 
     def line() -> str:
         c = tracker.counts()
@@ -128,22 +156,32 @@ async def follow(
         eta = ""
         if 0 < finished < c["total"]:
             eta = f" · ETA {elapsed / finished * (c['total'] - finished):.0f}s"
-        spend = ""
-        if engine is not None:
-            spend = " · " + spend_line(engine, submission.batch_id, budget)
+        shown = f" · {spend[0]}" if spend[0] else ""
         return (f"batch {submission.batch_id}: {c['done']} done, {c['failed']} failed, "
-                f"{c['running']} running of {c['total']}{spend}{eta}")  # fmt: skip
+                f"{c['running']} running of {c['total']}{shown}{eta}")  # fmt: skip
 
-    if console.is_terminal:
-        with Live(Text(line()), console=console, refresh_per_second=4, transient=False) as live:
-            await tracker.run(lambda: live.update(Text(line())))
-    else:
+    def plain() -> None:
+        text = line().split(" · ETA")[0]
+        if text != last_plain[0]:
+            console.print(text, highlight=False, soft_wrap=True)
+            last_plain[0] = text
 
-        def plain() -> None:
-            text = line().split(" · ETA")[0]
-            if text != last_plain[0]:
-                console.print(text, highlight=False, soft_wrap=True)
-                last_plain[0] = text
-
-        await tracker.run(plain)
+    await refresh_spend()
+    refresher = asyncio.create_task(keep_spend_fresh()) if engine is not None else None
+    try:
+        if console.is_terminal:
+            with Live(Text(line()), console=console, refresh_per_second=4,
+                      transient=False) as live:  # fmt: skip
+                await tracker.run(lambda: live.update(Text(line())))
+                await refresh_spend()  # the last calls' cost, in the final line
+                live.update(Text(line()))
+        else:
+            await tracker.run(plain)
+            await refresh_spend()
+            plain()
+    finally:
+        if refresher is not None:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
     return tracker

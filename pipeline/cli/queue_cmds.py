@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import json
 import logging
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -20,6 +21,17 @@ from pipeline.settings import get_settings
 console = Console()
 dead_app = typer.Typer(help="Inspect and requeue dead-lettered jobs.", no_args_is_help=True)
 app.add_typer(dead_app, name="dead")
+
+
+
+class LogLevel(StrEnum):
+    """A choice rather than free text, so a typo is a usage error, not a ValueError traceback."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
 
 # Modules whose tasks a worker registers unless told otherwise.
 DEFAULT_TASK_MODULES = ("tasks.analyze",)
@@ -53,17 +65,19 @@ def worker(
     import_: Annotated[
         list[str] | None, typer.Option("--import", "-i", help="Module(s) defining tasks.")
     ] = None,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
+    log_level: Annotated[
+        LogLevel, typer.Option(case_sensitive=False, help="How much the worker logs.")
+    ] = LogLevel.info,
 ) -> None:
     """Run a worker: claim jobs when a slot is free, run them under renewed leases."""
     logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=log_level.value.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     modules = import_task_modules(import_)
     from pipeline.runtime import build_worker
 
     async def main() -> None:
-        client = await QueueClient.connect()
+        client = await QueueClient.connect(long_lived=True)
         try:
             w = await build_worker(
                 client, queues=queue or ["default"], concurrency=concurrency, burst=burst

@@ -13,6 +13,7 @@ import typer
 
 from pipeline.cli import app
 from pipeline.cli.net import bind
+from pipeline.cli.queue_cmds import LogLevel
 from pipeline.settings import get_settings
 
 
@@ -29,7 +30,9 @@ def is_loopback(host: str) -> bool:
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="0 picks a free port.")] = 8000,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    log_level: Annotated[
+        LogLevel, typer.Option(case_sensitive=False, help="How much uvicorn logs.")
+    ] = LogLevel.info,
 ) -> None:
     """Serve the HTTP API (POST /analyze, GET /jobs/{id}, /batches/{id}, /costs, /metrics)."""
     settings = get_settings()
@@ -50,7 +53,7 @@ def serve(
     shown = f"[{host}]" if ":" in host else host
     typer.echo(f"pipeline API listening on http://{shown}:{bound}", err=True)
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), log_level=log_level.lower(), lifespan="on")
+        uvicorn.Config(create_app(settings), log_level=log_level.value, lifespan="on")
     )
     try:
         server.run(sockets=[sock])

@@ -20,10 +20,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.errors import DatabaseUnavailable
+from pipeline.errors import DatabaseUnavailable, SettingsError
 from pipeline.resources import migrations_path
 from pipeline.settings import Settings
 
@@ -72,7 +72,13 @@ def create_ledger_engine(url: str, *, upgrade: bool = True) -> Engine:
     noticed before use (and the recorder can fall back to its Redis buffer instead of hanging).
     """
     url = normalize_url(url)
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise SettingsError(
+            f"PIPELINE_DATABASE_URL: {exc}; give a URL such as "
+            "postgresql://user@host/dbname or sqlite:///path/to/pipeline.db"
+        ) from None
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -81,7 +87,19 @@ def create_ledger_engine(url: str, *, upgrade: bool = True) -> Engine:
     elif parsed.get_backend_name() == "postgresql":
         kwargs["pool_pre_ping"] = True
         kwargs["connect_args"] = {"connect_timeout": 5}
-    engine = create_engine(url, **kwargs)
+    try:
+        engine = create_engine(url, **kwargs)
+    except NoSuchModuleError as exc:  # an unknown scheme (postgress://) or a missing driver
+        raise SettingsError(
+            f"PIPELINE_DATABASE_URL: no database driver for "
+            f"{parsed.render_as_string(hide_password=True)} ({exc}); use postgresql:// or "
+            "sqlite:///, or install the driver the URL names"
+        ) from None
+    except (ArgumentError, ImportError) as exc:
+        raise DatabaseUnavailable(
+            f"cannot open the ledger database {parsed.render_as_string(hide_password=True)}: "
+            f"{exc.__class__.__name__}: {exc} — check PIPELINE_DATABASE_URL"
+        ) from None
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     if upgrade:

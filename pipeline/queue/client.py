@@ -44,13 +44,20 @@ class QueueClient:
         self.scripts = Scripts(redis)
 
     @classmethod
-    async def connect(cls, settings: Settings | None = None) -> QueueClient:
-        """Connect to PIPELINE_REDIS_URL, or to (starting if needed) the embedded Redis."""
+    async def connect(
+        cls, settings: Settings | None = None, *, long_lived: bool = False
+    ) -> QueueClient:
+        """Connect to PIPELINE_REDIS_URL, or to (starting if needed) the embedded Redis.
+
+        Long-lived processes (workers, the API, `run`) ride out a Redis restart with ~30 s of
+        retries; a one-shot command gives up after a few and says so.
+        """
         from pipeline.redis_server import ensure_redis_url
 
         settings = settings or get_settings()
         url = ensure_redis_url(settings)
-        return cls(connect_redis(url), Keys(settings.key_prefix), settings)
+        redis = connect_redis(url, retries=20 if long_lived else 3)
+        return cls(redis, Keys(settings.key_prefix), settings)
 
     async def aclose(self) -> None:
         await self.redis.aclose()
