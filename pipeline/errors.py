@@ -18,12 +18,14 @@
     │   └── OverBudget           end the job as over_budget, nothing charged
     ├── LLMError
     │   ├── UnknownModel         a model not in config/pricing.toml
-    │   ├── ProviderError        the provider refused the request (4xx), not retried
+    │   ├── ProviderError        the provider refused the request (4xx, .code), or kept
+    │   │                        failing (5xx, timeouts) after our retries
     │   ├── RateLimited          429 after our retries were used up (or no permit in time)
     │   ├── DailyQuotaExhausted  a per-day quota; dispatch stops until it resets
     │   └── OverLimit            one call bigger than the model's per-minute token limit
     ├── BudgetError
-    │   └── BudgetExceeded       a reservation did not fit a budget (.scope: batch|day|month)
+    │   └── BudgetExceeded       a reservation did not fit a budget (.scope: batch|day|month,
+    │                            .held_only: only running calls' holds were in the way)
     └── InputError
         ├── BadDocument          a PDF that is corrupt, encrypted, empty or too large
         └── UploadRejected       an HTTP upload refused as a whole (.status_code: 400/413/415/422)
@@ -144,11 +146,15 @@ class BudgetError(PipelineError):
 
 
 class BudgetExceeded(BudgetError):
-    """`.scope` names the budget that did not fit: "batch", "day" or "month"."""
+    """`.scope` names the budget that did not fit: "batch", "day" or "month".
 
-    def __init__(self, message: str, scope: str = "") -> None:
+    `.held_only` is True when settled spend alone leaves room and only other running calls'
+    worst-case holds are in the way: waiting for them to settle may well make room."""
+
+    def __init__(self, message: str, scope: str = "", held_only: bool = False) -> None:
         super().__init__(message)
         self.scope = scope
+        self.held_only = held_only
 
 
 class InputError(PipelineError):

@@ -9,6 +9,7 @@ Kept apart from the queue core so the queue knows nothing of LLMs or SQL. Worker
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,12 @@ if TYPE_CHECKING:
     from pipeline.llm.pricing import PriceTable
     from pipeline.llm.provider import LLMRequest, LLMResponse, Provider
     from pipeline.llm.retry import RetryBudget
+
+
+# A job whose budget is full only of other calls' holds waits this long (plus jitter, so
+# waiting jobs do not all come back at once) for them to settle.
+HELD_BUDGET_RETRY_S = 2.0
+HELD_BUDGET_JITTER_S = 3.0
 
 
 def _until_window_reset_s(scope: str) -> float:
@@ -88,15 +95,24 @@ class Services:
         document_id: str | None = None,
     ) -> LLMResponse:
         """One LLM call on behalf of a running job: its admission permit, the budgets that
-        apply, the ledger. A batch budget that cannot fit ends the job `over_budget` with
-        nothing charged; a day or month budget sends the job back to wait in Redis."""
+        apply, the ledger.
+
+        How failures steer the job: a budget that settled spend alone cannot fit ends it
+        `over_budget` (batch) or sends it back to wait for the window (day, month), nothing
+        charged; a budget full only of other calls' worst-case holds postpones it a few
+        seconds, since those usually settle lower. Errors that the same request would meet
+        again (a provider refusal, a model without a price, a call over the per-minute
+        token limit) fail it at once with their message instead of retrying for minutes.
+        """
         from pipeline.errors import (
             BudgetExceeded,
             DailyQuotaExhausted,
             OverBudget,
+            OverLimit,
             Permanent,
             ProviderError,
             Retry,
+            UnknownModel,
         )
 
         budget = await self.budget.for_call(ctx.batch, batch_limit_usd)
@@ -111,6 +127,12 @@ class Services:
                 retry_budget=self.retry_budget(ctx.job_id),
             )
         except BudgetExceeded as exc:
+            if exc.held_only:
+                raise Retry(
+                    f"waiting for running calls to settle: {exc}",
+                    delay_s=HELD_BUDGET_RETRY_S + random.uniform(0, HELD_BUDGET_JITTER_S),
+                    count_attempt=False,
+                ) from exc
             if exc.scope == "batch":
                 raise OverBudget(str(exc)) from exc
             raise Retry(
@@ -119,15 +141,27 @@ class Services:
                 count_attempt=False,
             ) from exc
         except ProviderError as exc:
-            if exc.code is not None and 400 <= exc.code < 500 and exc.code not in (408, 429):
+            if _refused(exc):
                 # The provider refused this request (bad request, key, model): running the
                 # job again would send the same request and be refused the same way.
                 raise Permanent(str(exc)) from exc
             raise
+        except (OverLimit, UnknownModel) as exc:
+            raise Permanent(str(exc)) from exc
         except DailyQuotaExhausted as exc:
             # Back to its queue without spending an attempt; the limiter gate keeps every
             # worker from claiming this model's jobs until the quota resets.
             raise Retry(str(exc), delay_s=1.0, count_attempt=False) from exc
+
+
+def _refused(exc: BaseException) -> bool:
+    """A ProviderError the same request would meet again: a 4xx other than 408/429, or a
+    failure the provider marked not retryable (the caller raises it `from` that failure)."""
+    code = getattr(exc, "code", None)
+    if code is not None and 400 <= code < 500 and code not in (408, 429):
+        return True
+    failure = getattr(exc.__cause__, "failure", None)
+    return failure is not None and not failure.retryable
 
 
 async def open_services(client: QueueClient, provider: Provider | None = None) -> Services:

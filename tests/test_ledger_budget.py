@@ -58,7 +58,7 @@ async def test_day_budget_refuses_with_scope_and_advice(aredis: aioredis.Redis, 
     with pytest.raises(BudgetExceeded) as info:
         await call.reserve(Decimal("0.50"))
     assert info.value.scope == "day"
-    assert "PIPELINE_BUDGET_DAY_USD" in str(info.value)
+    assert info.value.held_only  # only the 0.60 hold is in the way: worth waiting for
     # all or nothing: the refused reservation held nothing in the batch or month either
     status = await budget.status("b")
     assert status["batch"].reserved_usd == Decimal("0.60")
@@ -68,7 +68,12 @@ async def test_day_budget_refuses_with_scope_and_advice(aredis: aioredis.Redis, 
     assert await call.settle(token, Decimal("0.60")) is False  # closed tokens stay closed
     status = await budget.status("b")
     assert (status["day"].spent_usd, status["day"].reserved_usd) == (0, 0)
-    await call.reserve(Decimal("1.00"))  # the cancelled hold came back
+    full = await call.reserve(Decimal("1.00"))  # the cancelled hold came back
+    await call.settle(full, Decimal("0.70"))
+    with pytest.raises(BudgetExceeded) as info:  # settled spend alone leaves no room
+        await call.reserve(Decimal("0.50"))
+    assert (info.value.scope, info.value.held_only) == ("day", False)
+    assert "PIPELINE_BUDGET_DAY_USD" in str(info.value)
 
 
 async def test_month_budget_applies_across_batches(aredis: aioredis.Redis, keys: Keys) -> None:

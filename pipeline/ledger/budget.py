@@ -4,7 +4,12 @@ Checking spend after the fact lets N workers each see "room for one more" and al
 instead each call reserves its worst-case cost against every budget that applies (its
 batch, the UTC day, the UTC month) in one Lua script, all or nothing, and settles to the
 real cost afterwards. Money in Redis is integer nano-dollars; holds lapse after `hold_s`
-so a killed worker's reservation comes back without anyone cleaning up.
+so a killed worker's reservation comes back without anyone cleaning up, and the caller
+`extend`s a live call's hold while it runs so a slow call never loses it.
+
+A reservation refused only because of other calls' *holds* (settled spend alone leaves
+room) is `BudgetExceeded(held_only=True)`: those calls usually settle far below their worst
+case, so the call should wait and try again rather than end the job over budget.
 """
 
 from __future__ import annotations
@@ -91,6 +96,11 @@ class Budget:
         self._reserve = redis.register_script((_LUA / "budget_reserve.lua").read_text())
         self._settle = redis.register_script((_LUA / "budget_settle.lua").read_text())
         self._status = redis.register_script((_LUA / "budget_status.lua").read_text())
+        self._extend = redis.register_script((_LUA / "budget_extend.lua").read_text())
+
+    @property
+    def hold_s(self) -> float:
+        return self.hold_ms / 1000
 
     def scopes(
         self, batch_id: str | None, batch_limit_usd: Decimal | None, at: datetime | None = None
@@ -122,9 +132,19 @@ class Budget:
         if int(reply[0]) != 1:
             scope = scopes[int(reply[1]) - 1]
             spent, reserved, limit = (from_nanos(v) for v in reply[2:5])
+            held_only = int(reply[5]) == 0
+            if held_only:
+                raise BudgetExceeded(
+                    f"{scope.kind} budget {scope.name} is held by running calls: ${spent} "
+                    f"spent + ${reserved} reserved + ${worst_case_usd} for this call > limit "
+                    f"${limit}; the call waits for them to settle (they usually cost less "
+                    "than their worst case)",
+                    scope=scope.kind,
+                    held_only=True,
+                )
             raise BudgetExceeded(
                 f"{scope.kind} budget {scope.name} would be exceeded: ${spent} spent + "
-                f"${reserved} reserved + ${worst_case_usd} for this call > limit ${limit}; "
+                f"${worst_case_usd} worst case for this call > limit ${limit}; "
                 f"{_ADVICE[scope.kind]}",
                 scope=scope.kind,
             )
@@ -137,6 +157,15 @@ class Budget:
     async def cancel(self, reservation: Reservation) -> bool:
         """Free the hold of a call that never went out; nothing is booked."""
         return await self._close(reservation, "cancel", 0)
+
+    async def extend(self, reservation: Reservation) -> bool:
+        """Keep the hold of a call still running for another `hold_s`; False if it lapsed
+        or was closed already (it is not brought back: the room may be taken by now)."""
+        args: list[Any] = [reservation.token, self.hold_ms, _STATE_TTL_S]
+        reply = await self._extend(
+            keys=self._keys(reservation.token, reservation.scopes), args=args
+        )
+        return int(reply) > 0
 
     async def _close(self, reservation: Reservation, action: str, nanos: int) -> bool:
         args: list[Any] = [reservation.token, action, nanos, _STATE_TTL_S]
@@ -187,3 +216,11 @@ class CallBudget:
 
     async def cancel(self, token: Reservation) -> bool:
         return await self.budget.cancel(token)
+
+    async def extend(self, token: Reservation) -> bool:
+        return await self.budget.extend(token)
+
+    @property
+    def hold_s(self) -> float:
+        """How long a hold lasts unrenewed; the caller renews well within it."""
+        return self.budget.hold_s

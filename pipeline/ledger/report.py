@@ -44,6 +44,11 @@ def parse_when(value: str, *, end: bool = False) -> datetime:
             start = datetime.combine(day, time(0), tzinfo=UTC)
             return start + timedelta(days=1) if end else start
         parsed = datetime.fromisoformat(text)
+    except OverflowError:  # the day after 9999-12-31 does not exist
+        raise InputError(
+            f"{value!r} is too late for an end date (the last one is 9999-12-30); "
+            "give an earlier date, or leave the bound out"
+        ) from None
     except ValueError:
         raise InputError(
             f"{value!r} is not a date: use YYYY-MM-DD (e.g. 2026-11-21) or an ISO datetime "
@@ -139,8 +144,10 @@ def cost_report(
 ) -> dict[str, Any]:
     """`{"total": {...}, "rows": [{"key": ..., ...}]}` for calls started in [since, until).
 
-    Money fields are decimal strings; wasted_usd is the cost of error and abandoned attempts
-    (abandoned rows carry their reserved worst case: possibly billed, never seen back).
+    Money fields are decimal strings; wasted_usd is the cost of error and abandoned attempts.
+    Attempts whose outcome is unknown carry their reserved worst case (possibly billed,
+    never seen back): abandoned rows (cancelled in flight, or the worker died) and error
+    rows that timed out; other errors (refusals, 5xx answers) are $0.
     """
     if by not in GROUPS:
         raise InputError(f"cannot group costs by {by!r}: use one of {', '.join(GROUPS)}")

@@ -4,14 +4,21 @@ The order is the point of this module. For each attempt:
 
 1. the call store is asked first — an answer already paid for is returned and recorded
    as FROM_STORE, with nothing sent and no quota or budget touched;
-2. the budget is reserved for the worst case (BudgetExceeded propagates, nothing sent);
-3. a limiter permit is taken (or the one the gate granted at claim time is used);
+2. a limiter permit is taken (or the one the gate granted at claim time is used);
+3. only then is the budget reserved for the worst case (BudgetExceeded propagates, the
+   permit is refunded, nothing sent): a hold taken before an unbounded limiter wait could
+   lapse before the call even starts;
 4. a STARTED attempt is written *before* the request goes out, so a worker killed
    mid-call leaves a row the ledger can mark abandoned;
-5. the provider is called while the permit's lease is renewed;
-6. the attempt is settled (OK with usage and cost, RATE_LIMITED or ERROR), the limiter
-   learns from it, the permit is released with the actual input tokens, the budget is
-   settled, and a success is stored.
+5. the provider is called while the permit's lease and the budget hold are renewed;
+6. a success is stored *first* (nothing after that can make us pay for it again), then
+   recorded OK with usage and cost; a failure is recorded RATE_LIMITED or ERROR. Whatever
+   the ledger write does, the budget is settled and the permit released.
+
+What a failed attempt costs: a refusal or server error is $0, but an attempt whose
+outcome we cannot know (cancelled in flight, timed out) may have been billed, so it is
+booked at its reserved worst case — ABANDONED when cancelled, as `mark_abandoned` does
+for a worker that died mid-call.
 
 Retries follow retry.py's policy; a 429 also pauses the model for every worker.
 """
@@ -20,10 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -35,6 +43,8 @@ from pipeline.llm.limiter import Limiter, Permit
 from pipeline.llm.provider import LLMRequest, LLMResponse, Provider, Usage
 from pipeline.llm.recorder import CallAttempt, Outcome, Recorder
 from pipeline.llm.retry import RetryBudget, RetryPolicy, exhausted_error
+
+log = logging.getLogger(__name__)
 
 OFFLINE_MODEL_VERSION = "offline"  # what pipeline/llm/offline.py answers as; never billed
 
@@ -49,9 +59,11 @@ class Prices(Protocol):
 class Budget(Protocol):
     async def reserve(self, worst_case_usd: Decimal) -> Any: ...
 
-    async def settle(self, token: Any, actual_usd: Decimal) -> None: ...
+    async def settle(self, token: Any, actual_usd: Decimal) -> object: ...
 
-    async def cancel(self, token: Any) -> None: ...
+    async def cancel(self, token: Any) -> object: ...
+
+    # Optional: `extend(token)` and `hold_s` let a long call keep its hold alive.
 
 
 def rough_input_tokens(request: LLMRequest) -> int:
@@ -169,9 +181,24 @@ class LLMCaller:
         return self.prices.cost(request.model, usage, at)
 
     def _cost(self, request: LLMRequest, response: LLMResponse, at: datetime) -> Decimal:
+        """The price of an answer already paid for; never raises, so it cannot lose one.
+
+        The answering model version is priced if the table knows it, else the model asked
+        for (a new version string is usually the same price); failing both, $0 and a warning
+        rather than an exception after the money is spent."""
         if self.prices is None or response.model_version == OFFLINE_MODEL_VERSION:
             return Decimal("0")  # the offline analyzer never bills
-        return self.prices.cost(response.model_version or request.model, response.usage, at)
+        for model in dict.fromkeys(m for m in (response.model_version, request.model) if m):
+            try:
+                return self.prices.cost(model, response.usage, at)
+            except Exception:  # UnknownModel, or no price on that date
+                continue
+        log.warning(
+            "no price for %r (asked for %r): call booked at $0; add the model to "
+            "config/pricing.toml and the ledger's figures will be short by this call",
+            response.model_version, request.model,
+        )
+        return Decimal("0")
 
     async def _take_permit(self, state: _Call) -> Permit:
         if state.permit is not None:
@@ -186,13 +213,15 @@ class LLMCaller:
         if state.retry_budget is not None:
             state.retry_budget.take()
         state.attempt += 1
+        # Priced before the wait for a permit: an unknown model fails before taking quota.
         estimate = self._worst_case(request, state.tokens, self.clock())
-        reservation = await state.budget.reserve(estimate) if state.budget is not None else None
+        permit = await self._take_permit(state)
+        reservation = None
         try:
-            permit = await self._take_permit(state)
-        except BaseException:
             if state.budget is not None:
-                await state.budget.cancel(reservation)
+                reservation = await state.budget.reserve(estimate)
+        except BaseException:
+            await self.limiter.release(permit, sent=False)
             raise
         record = CallAttempt(
             attempt_id=uuid.uuid4().hex,
@@ -220,10 +249,9 @@ class LLMCaller:
     ) -> LLMResponse:
         request = state.request
         t0 = time.monotonic()
-        actual_tokens: int | None = None
         try:
             try:
-                async with self.limiter.hold(permit):
+                async with self.limiter.hold(permit), _keep_hold(state.budget, reservation):
                     coro = self.provider.generate(request)
                     if self.attempt_timeout_s is not None:
                         response = await asyncio.wait_for(coro, self.attempt_timeout_s)
@@ -232,38 +260,57 @@ class LLMCaller:
             except TimeoutError as exc:
                 raise ProviderCallError(ProviderFailure.timeout(str(exc) or "timed out")) from exc
         except ProviderCallError as exc:
-            await self._settle_failure(state, record, exc.failure, time.monotonic() - t0)
-            if state.budget is not None:
-                await state.budget.settle(reservation, Decimal("0"))
-            await self.limiter.release(permit)
+            if _outcome_unknown(exc.failure):  # it may have been billed: book the worst case
+                record.cost_usd = record.estimated_cost_usd
+            try:
+                await self._settle_failure(state, record, exc.failure, time.monotonic() - t0)
+            finally:
+                await asyncio.shield(self._close(state, permit, reservation, record.cost_usd))
             raise
         except BaseException as exc:  # cancelled, or a provider bug: the outcome is unknown
             record.outcome = Outcome.ABANDONED if _cancelled(exc) else Outcome.ERROR
             record.error = f"{type(exc).__name__}: {exc}"
             record.finished_at = self.clock()
+            record.cost_usd = record.estimated_cost_usd  # possibly billed, as mark_abandoned
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._settle_unknown(state, record, permit, reservation))
             raise
         now = self.clock()
         usage = response.usage
-        actual_tokens = usage.input_tokens
         cost = self._cost(request, response, now)
-        await self.store.put(state.key, response)  # first: a crash after this never re-pays
-        record.outcome = Outcome.OK
-        record.model_version = response.model_version
-        record.finished_at = now
-        record.latency_s = response.latency_s or (time.monotonic() - t0)
-        record.input_tokens = usage.input_tokens
-        record.output_tokens = usage.output_tokens
-        record.thinking_tokens = usage.thinking_tokens
-        record.cached_tokens = usage.cached_tokens
-        record.cost_usd = cost
-        await self.recorder.settled(_snap(record))
-        if state.budget is not None:
-            await state.budget.settle(reservation, cost)
-        await self.limiter.release(permit, actual_tokens)
+        try:
+            await self.store.put(state.key, response)  # first: a crash after this never re-pays
+            record.outcome = Outcome.OK
+            record.model_version = response.model_version
+            record.finished_at = now
+            record.latency_s = response.latency_s or (time.monotonic() - t0)
+            record.input_tokens = usage.input_tokens
+            record.output_tokens = usage.output_tokens
+            record.thinking_tokens = usage.thinking_tokens
+            record.cached_tokens = usage.cached_tokens
+            record.cost_usd = cost
+            await self.recorder.settled(_snap(record))
+        finally:
+            # Paid for whatever the store or the ledger did: settle and free the slot.
+            await asyncio.shield(self._close(state, permit, reservation, cost, usage.input_tokens))
         await self.limiter.on_success(request.model)
         return response
+
+    async def _close(
+        self,
+        state: _Call,
+        permit: Permit,
+        reservation: Any,
+        cost_usd: Decimal,
+        input_tokens: int | None = None,
+    ) -> None:
+        """Settle the budget at `cost_usd` and release the (sent) permit, each regardless of
+        the other failing."""
+        try:
+            if state.budget is not None:
+                await state.budget.settle(reservation, cost_usd)
+        finally:
+            await self.limiter.release(permit, input_tokens)
 
     async def _settle_failure(
         self, state: _Call, record: CallAttempt, failure: ProviderFailure, elapsed_s: float
@@ -285,10 +332,10 @@ class LLMCaller:
     async def _settle_unknown(
         self, state: _Call, record: CallAttempt, permit: Permit, reservation: Any
     ) -> None:
-        await self.recorder.settled(_snap(record))
-        if state.budget is not None:
-            await state.budget.settle(reservation, Decimal("0"))
-        await self.limiter.release(permit)
+        try:
+            await self.recorder.settled(_snap(record))
+        finally:
+            await self._close(state, permit, reservation, record.cost_usd)
 
     async def _record_from_store(
         self, request: LLMRequest, key: str, stored: LLMResponse, ids: _Ids
@@ -314,6 +361,39 @@ class LLMCaller:
 def _snap(record: CallAttempt) -> CallAttempt:
     """A copy for the recorder, so a recorder that keeps objects never sees later changes."""
     return replace(record, extra=dict(record.extra))
+
+
+def _outcome_unknown(failure: ProviderFailure) -> bool:
+    """No answer in time (our timeout, the HTTP client's, or the server's deadline): the
+    provider may have processed, and billed, the request all the same."""
+    return failure.status == "DEADLINE_EXCEEDED"
+
+
+@contextlib.asynccontextmanager
+async def _keep_hold(budget: Budget | None, reservation: Any) -> AsyncIterator[None]:
+    """Extend the budget hold every third of its life while the call runs, so a call that
+    outlasts `hold_s` keeps its reservation (like `Limiter.hold` for the permit)."""
+    extend = getattr(budget, "extend", None)
+    hold_s = getattr(budget, "hold_s", None)
+    if extend is None or not hold_s:
+        yield
+        return
+
+    async def renew_forever() -> None:
+        while True:
+            await asyncio.sleep(float(hold_s) / 3)
+            try:
+                await extend(reservation)
+            except Exception:  # a missed renewal is retried next tick
+                log.warning("could not extend a budget hold; retrying", exc_info=True)
+
+    task = asyncio.create_task(renew_forever())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _cancelled(exc: BaseException) -> bool:

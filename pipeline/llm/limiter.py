@@ -388,7 +388,8 @@ class LimiterGate:
         try:
             got = await self.limiter.try_acquire(str(model), tokens)
         except OverLimit:
-            # Let the job run and fail with the clear error rather than wait forever here.
+            # Never admissible: let the job run so its call raises OverLimit, which
+            # Services.call turns into Permanent (the job fails at once with the message).
             return Admission(ok=True)
         now = asyncio.get_running_loop().time()
         if isinstance(got, Permit):

@@ -65,7 +65,7 @@ class NullRecorder:
 
 
 class MemoryRecorder:
-    """Keeps attempts in a list; useful in tests and for `pipeline run --dry-run` style previews."""
+    """Keeps attempts in a dict by attempt id, for tests of the LLM layer without a database."""
 
     def __init__(self) -> None:
         self.calls: dict[str, CallAttempt] = {}

@@ -10,7 +10,10 @@
 -- ARGV[3]          hold_ms: how long the hold lasts without a settle or cancel
 -- ARGV[4]          state_ttl_s: how long the token state key is kept
 -- ARGV[3+2n], ARGV[4+2n]  limit of scope n in nano-dollars (-1 = no limit), key ttl_s of scope n
--- Returns {1} on success, or {0, n, spent, reserved, limit} for the first scope that does not fit.
+-- Returns {1} on success, or {0, n, spent, reserved, limit, settled_too} for a scope that does
+-- not fit: settled_too = 1 when settled spend alone leaves no room (spent + amount > limit),
+-- 0 when only other calls' holds are in the way (they may settle lower: worth waiting for).
+-- A scope with settled_too = 1 is reported before one blocked by holds alone.
 if redis.replicate_commands then redis.replicate_commands() end
 
 local t = redis.call('TIME')
@@ -33,6 +36,7 @@ local amount = tonumber(ARGV[2])
 local hold_ms = tonumber(ARGV[3])
 local scopes = (#KEYS - 1) / 2
 
+local held_only = nil
 for n = 1, scopes do
   local totals, holds = KEYS[2 * n], KEYS[2 * n + 1]
   sweep(totals, holds)
@@ -40,10 +44,16 @@ for n = 1, scopes do
   if limit >= 0 then
     local spent = tonumber(redis.call('HGET', totals, 'spent') or '0')
     local reserved = tonumber(redis.call('HGET', totals, 'reserved') or '0')
-    if spent + reserved + amount > limit then
-      return {0, n, tostring(spent), tostring(reserved), tostring(limit)}
+    if spent + amount > limit then
+      return {0, n, tostring(spent), tostring(reserved), tostring(limit), 1}
+    end
+    if spent + reserved + amount > limit and not held_only then
+      held_only = {0, n, tostring(spent), tostring(reserved), tostring(limit), 0}
     end
   end
+end
+if held_only then
+  return held_only
 end
 
 for n = 1, scopes do
