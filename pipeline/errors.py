@@ -10,7 +10,6 @@
     │   ├── JobNotFound          no such job id (or its record expired)
     │   ├── JobTimeout           waiting for a result ran past its deadline
     │   ├── JobFailed            the awaited job ended failed, dead or cancelled
-    │   ├── StaleLease           a worker's fencing token no longer owns the job
     │   └── NotSerializable      task arguments or results that are not JSON
     ├── JobError                 raised *by* task code to steer the queue
     │   ├── Retry                retry now-ish, optionally after a given delay
@@ -79,9 +78,6 @@ class JobFailed(QueueError):
         self.state = state
         self.error = error
 
-
-class StaleLease(QueueError):
-    pass
 
 
 class NotSerializable(QueueError):

@@ -96,7 +96,7 @@ def parse_budget(value: str | None) -> Decimal | None:
 
 def print_submission(sub: Submission) -> None:
     for w in sub.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
     table = Table(title=f"batch {sub.batch_id} · {sub.model} · {sub.prompt_version}")
     for col in ("document", "status", "pages", "job / reason"):
         table.add_column(col)
@@ -111,7 +111,7 @@ def print_submission(sub: Submission) -> None:
 
 def print_estimate(est: dict[str, Any], budget: Decimal | None) -> None:
     for w in est["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
     sources = {d.get("token_source", "estimate") for d in est["documents"] if d["status"] == "ok"}
     how = "countTokens" if sources == {"countTokens"} else "estimated"
     table = Table(title=f"dry run · {est['model']} · tokens {how} · nothing enqueued")
@@ -130,7 +130,7 @@ def print_estimate(est: dict[str, Any], budget: Decimal | None) -> None:
     if budget is not None and total > budget:
         console.print(f"[yellow]warning:[/yellow] the worst-case estimate ${total:.6f} is over "
                       f"the budget ${budget}; calls past the budget will be refused",
-                      highlight=False)  # fmt: skip
+                      highlight=False, soft_wrap=True)  # fmt: skip
 
 
 async def _submit(

@@ -66,6 +66,3 @@ class CallStore:
     async def put(self, key: str, response: LLMResponse) -> None:
         await self.redis.set(self.keys.call(key), encode_response(response), ex=self.ttl_s)
 
-    async def forget(self, key: str) -> bool:
-        """Drop a stored answer (e.g. it proved wrong and must be asked again)."""
-        return bool(await self.redis.delete(self.keys.call(key)))

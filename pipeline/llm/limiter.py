@@ -27,7 +27,7 @@ import contextlib
 import random
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -74,13 +74,6 @@ class Permit:
     tokens: int  # input tokens debited (an estimate; corrected on release)
     granted_at_ms: float  # Redis TIME
     lease_until_ms: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Permit:
-        return cls(**raw)
 
 
 @dataclass(frozen=True)
