@@ -55,7 +55,7 @@ async def _load_pdf(ctx: JobContext, sha256: str) -> bytes:
             f"the PDF {sha256[:12]}… is no longer in Redis (kept PIPELINE_DOC_TTL_S seconds); "
             "submit the file again"
         )
-    return decode_pdf(text)
+    return decode_pdf(str(text))
 
 
 async def _inspect(ctx: JobContext, data: bytes, name: str) -> dict[str, Any]:

@@ -10,13 +10,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from pipeline.errors import JobFailed, JobNotFound, JobTimeout
-from pipeline.queue.connection import connect_redis
+from pipeline.queue.connection import connect_redis, hash_reply, text, texts
 from pipeline.queue.job import Job, JobOptions, State, parse_priority
 from pipeline.queue.keys import EVENTS_MAXLEN, Keys
 from pipeline.queue.scripts import Scripts, group_keys
@@ -106,11 +106,8 @@ class QueueClient:
         return queue, priority, fields
 
     def _run_at_ms(self, o: JobOptions) -> int:
-        if o.at is not None:
-            return int(o.at.timestamp() * 1000)
-        if o.delay_s:
-            return int((time.time() + o.delay_s) * 1000)
-        return 0
+        """An absolute start (`at`); a relative `delay_s` is added on the Redis clock."""
+        return int(o.at.timestamp() * 1000) if o.at is not None else 0
 
     def _enqueue_args(
         self, call: Call, job_id: str, state: str, extra: dict[str, str] | None = None
@@ -138,6 +135,7 @@ class QueueClient:
             EVENTS_MAXLEN,
             queue,
             dumps(fields, "job fields"),
+            int((o.delay_s or 0) * 1000),
         ]
         return keys, args
 
@@ -180,11 +178,11 @@ class QueueClient:
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(self.keys.job(cb_id))
             if await pipe.exists(self.keys.job(cb_id)):
-                await pipe.unwatch()
+                await pipe.unwatch()  # type: ignore[no-untyped-call]
                 existing = await self._existing_group(cb_id, member_ids)
                 assert existing is not None
                 return existing
-            pipe.multi()
+            pipe.multi()  # type: ignore[no-untyped-call]
             pipe.hset(self.keys.group(group_id), mapping={
                 "total": len(calls), "done": 0, "callback": cb_id,
                 "created_ms": int(time.time() * 1000)})  # fmt: skip
@@ -211,11 +209,11 @@ class QueueClient:
         if chord is None:
             return None
         members = [JobHandle(self, m, created=False) for m in member_ids]
-        return GroupHandle(chord, members, JobHandle(self, cb_id, created=False))
+        return GroupHandle(text(chord), members, JobHandle(self, cb_id, created=False))
 
     # -- read ----------------------------------------------------------------------------
     async def get(self, job_id: str) -> Job:
-        h = await self.redis.hgetall(self.keys.job(job_id))
+        h = hash_reply(await self.redis.hgetall(self.keys.job(job_id)))
         if not h:
             raise JobNotFound(f"no job {job_id!r} (unknown id, or its record expired)")
         return Job.from_hash(h)
@@ -226,12 +224,12 @@ class QueueClient:
     async def group_results(self, group_id: str) -> list[Any]:
         import json
 
-        raw = await self.redis.hgetall(self.keys.group_results(group_id))
+        raw = hash_reply(await self.redis.hgetall(self.keys.group_results(group_id)))
         return [json.loads(raw[i]) for i in sorted(raw, key=int)]
 
     async def depths(self) -> dict[str, Any]:
         """Queue depths by priority, plus delayed, active and dead-letter counts."""
-        names = sorted(await self.redis.smembers(self.keys.queues))
+        names = sorted(texts(list(await self.redis.smembers(self.keys.queues))))
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.zrange(self.keys.queue(name), 0, -1, withscores=True)
@@ -250,7 +248,7 @@ class QueueClient:
         return {"queues": queues, "delayed": delayed, "active": active, "dead": dead}
 
     async def dead_jobs(self, limit: int = 100) -> list[Job]:
-        ids = await self.redis.zrevrange(self.keys.dead, 0, limit - 1)
+        ids = texts(await self.redis.zrevrange(self.keys.dead, 0, limit - 1))
         jobs = []
         for job_id in ids:
             try:
@@ -289,8 +287,8 @@ class QueueClient:
 
     # -- follow --------------------------------------------------------------------------
     async def last_event_id(self) -> str:
-        last = await self.redis.xrevrange(self.keys.events, count=1)
-        return last[0][0] if last else "0-0"
+        last = cast(list[Any], await self.redis.xrevrange(self.keys.events, count=1))
+        return text(last[0][0]) if last else "0-0"
 
     async def events(
         self,
@@ -309,8 +307,9 @@ class QueueClient:
                 else max(1, min(block_ms, int((until - time.monotonic()) * 1000)))
             )
             reply = await self.redis.xread({self.keys.events: cursor}, block=block, count=500)
-            for _, entries in reply or []:
-                for stream_id, f in entries:
+            for _, entries in cast(list[Any], reply or []):
+                for stream_id, raw_fields in entries:
+                    f = hash_reply(raw_fields)
                     cursor = stream_id
                     if batch is not None and f.get("batch") != batch:
                         continue

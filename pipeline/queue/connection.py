@@ -9,14 +9,17 @@ append-only file) then costs workers and clients a pause, not a crash.
 
 from __future__ import annotations
 
+from typing import cast
+
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
 
-def connect_redis(url: str, *, max_connections: int = 64, retries: int = 20,
-                  wait_for_connection_s: float = 60.0) -> Redis:
+def connect_redis(
+    url: str, *, max_connections: int = 64, retries: int = 20, wait_for_connection_s: float = 60.0
+) -> Redis:
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -27,3 +30,17 @@ def connect_redis(url: str, *, max_connections: int = 64, retries: int = 20,
         retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError, ConnectionResetError],
     )
     return Redis(connection_pool=pool)
+
+
+# Replies come back decoded (decode_responses=True), but redis-py types them loosely; these
+# say so once, for the type checker.
+def text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def texts(values: object) -> list[str]:
+    return [text(v) for v in cast(list[object], values)]
+
+
+def hash_reply(value: object) -> dict[str, str]:
+    return {text(k): text(v) for k, v in cast(dict[object, object], value).items()}

@@ -14,6 +14,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from pipeline.queue.connection import hash_reply, texts
 from pipeline.queue.keys import Keys
 
 
@@ -62,10 +63,10 @@ async def list_workers(redis: Redis, keys: Keys, interval_s: float) -> list[dict
     """Live workers; entries silent for three intervals are dropped from the registry."""
     cutoff = int((time.time() - 3 * interval_s) * 1000)
     await redis.zremrangebyscore(keys.workers, "-inf", cutoff)
-    ids = await redis.zrange(keys.workers, 0, -1)
-    out = []
+    ids = texts(await redis.zrange(keys.workers, 0, -1))
+    out: list[dict[str, Any]] = []
     for worker_id in ids:
-        h = await redis.hgetall(keys.worker(worker_id))
+        h: dict[str, Any] = hash_reply(await redis.hgetall(keys.worker(worker_id)))
         if h:
             h["queues"] = json.loads(h.get("queues", "[]"))
             h["jobs"] = json.loads(h.get("jobs", "[]"))

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
+from pipeline.queue.connection import hash_reply, text, texts
 from pipeline.queue.job import Job
 from pipeline.queue.keys import EVENTS_MAXLEN, Keys
 from pipeline.queue.scripts import Scripts, settle_keys
@@ -42,14 +43,16 @@ class Sweeper:
 
     async def promote_due(self, limit: int = 500) -> int:
         now = await self._server_ms()
-        ids = await self.redis.zrangebyscore(self.keys.delayed, "-inf", now, start=0, num=limit)
+        ids = texts(
+            await self.redis.zrangebyscore(self.keys.delayed, "-inf", now, start=0, num=limit)
+        )
         promoted = 0
         for job_id in ids:
-            queue = await self.redis.hget(self.keys.job(job_id), "queue")
-            if queue is None:  # record expired: drop the orphan
+            raw_queue = await self.redis.hget(self.keys.job(job_id), "queue")
+            if raw_queue is None:  # record expired: drop the orphan
                 await self.redis.zrem(self.keys.delayed, job_id)
                 continue
-            k = self.keys
+            queue, k = text(raw_queue), self.keys
             promoted += await self.scripts.promote(
                 keys=[k.delayed, k.job(job_id), k.queue(queue), k.wake(queue), k.events],
                 args=[job_id, EVENTS_MAXLEN],
@@ -58,10 +61,12 @@ class Sweeper:
 
     async def reclaim_expired(self, limit: int = 500) -> list[tuple[str, str]]:
         now = await self._server_ms()
-        ids = await self.redis.zrangebyscore(self.keys.active, "-inf", now, start=0, num=limit)
+        ids = texts(
+            await self.redis.zrangebyscore(self.keys.active, "-inf", now, start=0, num=limit)
+        )
         out = []
         for job_id in ids:
-            h = await self.redis.hgetall(self.keys.job(job_id))
+            h = hash_reply(await self.redis.hgetall(self.keys.job(job_id)))
             if not h:
                 await self.redis.zrem(self.keys.active, job_id)
                 continue

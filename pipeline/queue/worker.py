@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from pipeline.queue import heartbeat
 from pipeline.queue.client import QueueClient
+from pipeline.queue.connection import text
 from pipeline.queue.context import JobContext
 from pipeline.queue.gate import Admission, Candidate, Gate, OpenGate
 from pipeline.queue.job import Job
@@ -204,7 +205,7 @@ class Worker:
             if running.task.done() or running.settling:
                 break
             running.task.cancel()
-        self._insisting.discard(asyncio.current_task())  # type: ignore[arg-type]
+        self._insisting.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
 
     # -- claiming --------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
@@ -242,8 +243,11 @@ class Worker:
                 await asyncio.wait_for(self._stop.wait(), timeout=min(max(gate_wait_s, 0.005), 1.0))
             return
         popped = await self.redis.blpop(list(self._wake_keys), timeout=1)
-        if popped and popped[0] in self._wake_keys and self._wake_keys[popped[0]]:
-            await self._claim(self._wake_keys[popped[0]], [popped[1]], None, head_only=True)
+        if popped:
+            wake_key, job_id = text(popped[0]), text(popped[1])
+            queue = self._wake_keys.get(wake_key)
+            if queue:
+                await self._claim(queue, [job_id], None, head_only=True)
 
     async def _claim_one(self) -> tuple[bool, float | None]:
         """Claim from the first queue with work: its head jobs, one per free slot.
@@ -298,7 +302,7 @@ class Worker:
     async def _admit(self, queue: str, job_id: str, refused: dict[str, float]) -> Admission | None:
         """The gate's answer for one job; None (skip) when its model was refused in this pass."""
         task, hints = await self.redis.hmget(self.keys.job(job_id), ["task", "hints"])
-        candidate = Candidate(job_id, task or "", queue, json.loads(hints or "{}"))
+        candidate = Candidate(job_id, text(task or ""), queue, json.loads(hints or "{}"))
         model = str(candidate.hints.get("model") or "")
         if model and model in refused:
             return None

@@ -7,6 +7,7 @@
 -- ARGV[3] run-at ms (0: now) ARGV[4] priority 0-9 (9 runs first)
 -- ARGV[5] initial state: queued | waiting (a chord callback held until its group is done)
 -- ARGV[6] events maxlen     ARGV[7] queue name       ARGV[8] JSON object of job fields
+-- ARGV[9] delay ms from now (0: none), measured on the Redis clock like every other time
 -- Returns {1, id} when created, {0, existing id} for a known idempotency key.
 local id = ARGV[1]
 if ARGV[2] ~= '0' then
@@ -28,6 +29,7 @@ redis.call('HSET', KEYS[1], 'id', id, 'score', string.format('%.0f', score), 'at
   'created_ms', now, 'cancel', 0)
 redis.call('SADD', KEYS[8], ARGV[7])
 local run_at = tonumber(ARGV[3])
+if tonumber(ARGV[9]) > 0 then run_at = math.max(run_at, now + tonumber(ARGV[9])) end
 redis.call('HSET', KEYS[1], 'enqueued_ms', now)
 if ARGV[5] == 'waiting' then
   redis.call('HSET', KEYS[1], 'state', 'waiting')
