@@ -43,12 +43,12 @@ from sqlalchemy.engine import make_url
 
 from bench.chaos_checks import Evidence, check, read_ledger, read_queue
 from bench.chaos_env import (
-    TcpProxy,
     Workers,
     emulator_in_thread,
     fresh_database,
     make_documents,
 )
+from tests.ledger_helpers import TcpProxy
 
 PREFIX = "chaos"
 API_KEY = "chaos-key"

@@ -10,18 +10,15 @@ can be matched to the answer it paid for.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -94,100 +91,20 @@ class BillLog:
 def emulator_in_thread(**config: Any) -> Iterator[tuple[str, BillLog]]:
     """The Gemini emulator (EmulatorConfig fields) on a free 127.0.0.1 port, in a thread;
     yields its base URL and its bill log."""
-    import uvicorn
-
     from pipeline.llm.emulator import EmulatorConfig, create_emulator_app
+    from tests.servers import uvicorn_in_thread
 
     log = BillLog(create_emulator_app(EmulatorConfig(**config)))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(log, log_level="error", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the Gemini emulator did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}", log
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+    with uvicorn_in_thread(log, lifespan="off", what="Gemini emulator") as url:
+        yield url, log
 
 
 # -- PostgreSQL: a fresh database behind a proxy we can cut ---------------------------------
-@contextlib.contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
+def fresh_database(admin_url: str) -> contextlib.AbstractContextManager[str]:
     """CREATE DATABASE chaos_<random> through `admin_url`'s database; DROP (FORCE) after."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+    from tests.ledger_helpers import fresh_pg_database
 
-    name = f"chaos_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-class TcpProxy:
-    """127.0.0.1:<port> → target. `stop()` closes the listener and aborts every live
-    connection (the database is gone, as in a network cut); `start()` reopens the port."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers.update((writer, up_writer))
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-        except (OSError, asyncio.CancelledError):
-            pass
-        finally:
-            dst.transport.abort()
-            self._writers.discard(dst)
+    return fresh_pg_database(admin_url, prefix="chaos")
 
 
 # -- documents -------------------------------------------------------------------------------

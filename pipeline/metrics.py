@@ -14,6 +14,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -80,6 +81,11 @@ async def _count_jobs(client: QueueClient, snap: Snapshot, max_jobs_scanned: int
         await flush()
 
 
+
+def sample(amount: Decimal) -> float:
+    """Prometheus samples are floats: money stays Decimal up to this exposition boundary."""
+    return float(amount)
+
 def _ledger_totals(engine: Engine) -> dict[tuple[str, str], dict[str, float]]:
     stmt = select(
         func.coalesce(LLMCall.model_version, LLMCall.model),
@@ -101,7 +107,7 @@ def _ledger_totals(engine: Engine) -> dict[tuple[str, str], dict[str, float]]:
                 "thinking": int(think),
                 "cached": int(cached),
                 # Prometheus samples are floats; the ledger keeps the exact Decimal.
-                "cost_usd": float(cost),
+                "cost_usd": sample(cost),
             }
     return out
 
@@ -131,9 +137,9 @@ async def _budgets(client: QueueClient) -> dict[str, tuple[float, float, float |
     status = await Budget(client.redis, client.keys, client.settings).status()
     return {
         scope: (
-            float(st.spent_usd),
-            float(st.reserved_usd),
-            None if st.limit_usd is None else float(st.limit_usd),
+            sample(st.spent_usd),
+            sample(st.reserved_usd),
+            None if st.limit_usd is None else sample(st.limit_usd),
         )
         for scope, st in status.items()
     }

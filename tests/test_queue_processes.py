@@ -181,3 +181,29 @@ async def completed_at_least(client: QueueClient, handles: list, n: int) -> bool
     for h in handles:
         done += (await h.info()).state == State.COMPLETE
     return done >= n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_pool_processes_die_with_their_worker(
+        client: QueueClient, redis_url: str, key_prefix: str) -> None:
+    """A SIGKILLed (or OOM-killed) worker leaves no PDF-parsing process behind."""
+    w = WorkerProcess(redis_url, key_prefix, "--concurrency", "1")
+    try:
+        out = await (await client.enqueue(qt.cpu, 2)).result(timeout_s=60)
+        children = {o["pid"] for o in out}
+        assert children and all(_alive(pid) for pid in children)
+        w.kill()
+
+        async def gone() -> bool:
+            return not any(_alive(pid) for pid in children)
+
+        await eventually(gone, timeout_s=20, what="pool processes to exit")
+    finally:
+        w.close()

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 def _wait_until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
         time.sleep(0.02)
 
 

@@ -13,6 +13,7 @@ import base64
 import importlib
 import json
 import multiprocessing
+import os
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from typing import Any
 
@@ -65,6 +66,21 @@ def _to_jsonable(value: Any) -> Any:
     return value
 
 
+def _die_with_parent() -> None:
+    """Runs first in each pool process: on Linux, ask to be killed when the worker process
+    dies (SIGKILL, OOM), so no parser process outlives it holding memory."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the worker already died while this process started
+        os._exit(0)
+
+
 class CpuPoolError(Exception):
     def __init__(self, kind: str, module: str, message: str) -> None:
         super().__init__(message)
@@ -84,6 +100,7 @@ class CpuPool:
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 max_tasks_per_child=self.max_tasks_per_child,
+                initializer=_die_with_parent,
             )
         return self._executor
 
