@@ -138,3 +138,12 @@ def settle(call: CallAttempt, outcome: Outcome, cost: str, **usage: Any) -> Call
     for name, value in usage.items():
         setattr(call, name, value)
     return call
+
+
+def make_budget(aredis: Any, keys: Any, hold_s: float = 900.0, **limits: str) -> Any:
+    """A Budget with day/month limits given as decimal strings (budget_day_usd="1.00")."""
+    from pipeline.ledger.budget import Budget
+    from pipeline.settings import load_settings
+
+    settings = load_settings(**{k: Decimal(v) for k, v in limits.items()})
+    return Budget(aredis, keys, settings, hold_s=hold_s)

@@ -11,12 +11,11 @@ import redis.asyncio as aioredis
 from pipeline.errors import BudgetExceeded
 from pipeline.ledger.budget import Budget, from_nanos, to_nanos
 from pipeline.queue.keys import Keys
-from pipeline.settings import load_settings
+from tests.ledger_helpers import make_budget
 
 
 def _budget(aredis: aioredis.Redis, keys: Keys, hold_s: float = 900.0, **limits: str) -> Budget:
-    settings = load_settings(**{k: Decimal(v) for k, v in limits.items()})
-    return Budget(aredis, keys, settings, hold_s=hold_s)
+    return make_budget(aredis, keys, hold_s, **limits)  # type: ignore[no-any-return]
 
 
 async def test_concurrent_reservations_never_pass_the_budget(

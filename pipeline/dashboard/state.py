@@ -78,7 +78,8 @@ def _ledger(engine: Engine, today: datetime) -> dict[str, Any]:
             "progress": done / total if total else 0.0,
             "spent_usd": _money(cost),
             "budget_usd": None if b.budget_usd is None else _money(b.budget_usd),
-            "budget_used": float(cost / b.budget_usd) if b.budget_usd else None,
+            "budget_used": str((cost / b.budget_usd).quantize(Decimal("0.0001")))
+            if b.budget_usd else None,  # a share for the <meter>, kept exact
         })  # fmt: skip
     days = [(since + timedelta(days=i)).date().isoformat() for i in range(CHART_DAYS)]
     models = sorted({m for per in daily.values() for m in per})

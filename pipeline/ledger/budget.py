@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 
 from pipeline.errors import BudgetExceeded
 from pipeline.queue.keys import Keys
+from pipeline.queue.scripts import lua_source
 from pipeline.settings import Settings
 
 NANOS = Decimal(10) ** 9
@@ -93,9 +94,9 @@ class Budget:
         self.keys = keys
         self.settings = settings
         self.hold_ms = int(hold_s * 1000)
-        self._reserve = redis.register_script((_LUA / "budget_reserve.lua").read_text())
+        self._reserve = redis.register_script(lua_source("budget_reserve", _LUA))
         self._settle = redis.register_script((_LUA / "budget_settle.lua").read_text())
-        self._status = redis.register_script((_LUA / "budget_status.lua").read_text())
+        self._status = redis.register_script(lua_source("budget_status", _LUA))
         self._extend = redis.register_script((_LUA / "budget_extend.lua").read_text())
 
     @property

@@ -1,3 +1,4 @@
+-- uses: _lib
 -- Reserve a call's worst-case cost against every budget that applies, all or nothing.
 -- Money is integer nano-dollars. Each budget scope (batch, day, month) is two keys:
 -- a totals hash {spent, reserved, limit (-1 = none), h:<token> = held amount} and a zset of holds scored by
@@ -14,23 +15,6 @@
 -- not fit: settled_too = 1 when settled spend alone leaves no room (spent + amount > limit),
 -- 0 when only other calls' holds are in the way (they may settle lower: worth waiting for).
 -- A scope with settled_too = 1 is reported before one blocked by holds alone.
-if redis.replicate_commands then redis.replicate_commands() end
-
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
-local function sweep(totals, holds)
-  local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now_ms)
-  for _, member in ipairs(expired) do
-    local held = redis.call('HGET', totals, 'h:' .. member)
-    if held then
-      redis.call('HINCRBY', totals, 'reserved', -tonumber(held))
-      redis.call('HDEL', totals, 'h:' .. member)
-    end
-    redis.call('ZREM', holds, member)
-  end
-end
-
 local token = ARGV[1]
 local amount = tonumber(ARGV[2])
 local hold_ms = tonumber(ARGV[3])

@@ -1,23 +1,12 @@
+-- uses: _lib
 -- Read spent and reserved of budget scopes, first letting lapsed holds go.
 -- KEYS[2n-1], KEYS[2n]  totals hash and holds zset of scope n (n = 1..N)
 -- Returns {spent_1, reserved_1, limit_1, spent_2, ...} as integer nano-dollar strings;
 -- limit is the one given at the last reservation, '-1' for none or never reserved.
-if redis.replicate_commands then redis.replicate_commands() end
-
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 for n = 1, #KEYS / 2 do
   local totals, holds = KEYS[2 * n - 1], KEYS[2 * n]
-  local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now_ms)
-  for _, member in ipairs(expired) do
-    local held = redis.call('HGET', totals, 'h:' .. member)
-    if held then
-      redis.call('HINCRBY', totals, 'reserved', -tonumber(held))
-      redis.call('HDEL', totals, 'h:' .. member)
-    end
-    redis.call('ZREM', holds, member)
-  end
+  sweep(totals, holds)
   table.insert(out, redis.call('HGET', totals, 'spent') or '0')
   table.insert(out, redis.call('HGET', totals, 'reserved') or '0')
   table.insert(out, redis.call('HGET', totals, 'limit') or '-1')

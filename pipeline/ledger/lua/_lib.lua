@@ -1,0 +1,18 @@
+-- Shared by the budget scripts whose header says `-- uses: _lib` (the loader prepends it).
+-- Lets lapsed holds go: a dead worker's reservation comes back after its hold time.
+if redis.replicate_commands then redis.replicate_commands() end
+
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function sweep(totals, holds)
+  local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now_ms)
+  for _, member in ipairs(expired) do
+    local held = redis.call('HGET', totals, 'h:' .. member)
+    if held then
+      redis.call('HINCRBY', totals, 'reserved', -tonumber(held))
+      redis.call('HDEL', totals, 'h:' .. member)
+    end
+    redis.call('ZREM', holds, member)
+  end
+end
