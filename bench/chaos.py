@@ -189,11 +189,11 @@ async def _settled(client: Any, database_url: str, batch_id: str, timeout_s: flo
 async def run_chaos(cfg: ChaosConfig, log_dir: Path | None = None) -> dict[str, Any]:
     """The whole run; returns the report (its "failures" list is empty when all checks hold)."""
     from pipeline.queue.client import QueueClient
-    from pipeline.queue.connection import connect_redis
-    from pipeline.queue.keys import Keys
-    from pipeline.redis_server import EmbeddedRedis
+    from pipeline.redis.connection import connect_redis
+    from pipeline.redis.keys import Keys
+    from pipeline.redis.server import EmbeddedRedis
     from pipeline.settings import load_settings
-    from pipeline.submission import Upload, submit_uploads
+    from tasks.submission import Upload, submit_uploads
 
     tmp = Path(tempfile.mkdtemp(prefix="pipeline-chaos-"))
     log_dir = log_dir or tmp / "logs"

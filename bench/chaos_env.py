@@ -91,7 +91,7 @@ class BillLog:
 def emulator_in_thread(**config: Any) -> Iterator[tuple[str, BillLog]]:
     """The Gemini emulator (EmulatorConfig fields) on a free 127.0.0.1 port, in a thread;
     yields its base URL and its bill log."""
-    from pipeline.llm.emulator import EmulatorConfig, create_emulator_app
+    from pipeline.llm.emulator.app import EmulatorConfig, create_emulator_app
     from tests.servers import uvicorn_in_thread
 
     log = BillLog(create_emulator_app(EmulatorConfig(**config)))

@@ -27,7 +27,7 @@ def bench_redis_url() -> tuple[str, Any]:
             return "redis://127.0.0.1:6379/0", None
     except OSError:
         pass
-    from pipeline.redis_server import EmbeddedRedis
+    from pipeline.redis.server import EmbeddedRedis
 
     server = EmbeddedRedis(ROOT / ".pipeline" / "bench")
     server.start()

@@ -44,8 +44,8 @@ from bench.common import ROOT, bench_redis_url, percentile, write_result  # noqa
 from pipeline.errors import RateLimited  # noqa: E402
 from pipeline.llm.limiter import Limiter, Permit  # noqa: E402
 from pipeline.queue import JobOptions, QueueClient  # noqa: E402
-from pipeline.queue.connection import connect_redis  # noqa: E402
-from pipeline.queue.keys import Keys  # noqa: E402
+from pipeline.redis.connection import connect_redis  # noqa: E402
+from pipeline.redis.keys import Keys  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
 
 MODEL = "gemini-3.5-flash-lite"

@@ -43,8 +43,8 @@ class Adapter:
 
     def __init__(self, url: str, queue: str) -> None:
         from pipeline.queue import QueueClient
-        from pipeline.queue.connection import connect_redis
-        from pipeline.queue.keys import Keys
+        from pipeline.redis.connection import connect_redis
+        from pipeline.redis.keys import Keys
         from pipeline.settings import load_settings
 
         self.prefix = queue

@@ -31,8 +31,8 @@ from bench.common import (
     write_result,
 )
 from pipeline.queue import QueueClient
-from pipeline.queue.connection import connect_redis
-from pipeline.queue.keys import Keys
+from pipeline.redis.connection import connect_redis
+from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
 
 

@@ -11,7 +11,8 @@
     │   ├── JobTimeout           waiting for a result ran past its deadline
     │   ├── JobFailed            the awaited job ended failed, dead or cancelled
     │   └── NotSerializable      task arguments or results that are not JSON
-    ├── JobError                 raised *by* task code to steer the queue
+    ├── JobError                 raised *by* task code to steer the queue; `.reason` is a
+    │   │                        `Reason` stored on the job, read by status, API, dashboard
     │   ├── Retry                retry now-ish, optionally after a given delay
     │   ├── Permanent            fail without retrying (bad input, 4xx from a provider)
     │   └── OverBudget           end the job as over_budget, nothing charged
@@ -33,6 +34,8 @@ The CLI catches `PipelineError` and prints its message without a traceback.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 
 class PipelineError(Exception):
@@ -84,8 +87,37 @@ class NotSerializable(QueueError):
     pass
 
 
+class Reason(StrEnum):
+    """Why a job ended or waits, as a typed field on the job (`reason`), so what `status`, the
+    API and the dashboard report never depends on the wording of a message."""
+
+    ERROR = "error"  # the task raised something unexpected
+    TIMEOUT = "timeout"  # the task ran past its timeout_s
+    LEASE_EXPIRED = "lease_expired"  # its worker died or lost Redis on the last attempt
+    CANCELLED = "cancelled"  # a person (or the client) cancelled it
+    BUDGET_WINDOW = "budget_window"  # the day or month budget is spent until the window turns
+    BUDGET_HOLDS = "budget_holds"  # only running calls' worst-case holds fill the budget
+    OVER_BUDGET = "over_budget"  # the batch budget cannot fit the call
+    DAILY_QUOTA = "daily_quota"  # the provider's per-day quota is exhausted until its reset
+    RATE_LIMIT = "rate_limit"  # still rate limited after the call's retries
+    PROVIDER_ERROR = "provider_error"  # the provider kept failing (5xx, timeouts)
+    PROVIDER_REFUSED = "provider_refused"  # a 4xx the same request would meet again
+    BAD_INPUT = "bad_input"  # the document or the arguments cannot be processed
+
+
+# Reasons a job only waits for, attempt kept: status shows them as "waiting".
+WAITING_REASONS = frozenset({Reason.BUDGET_WINDOW, Reason.BUDGET_HOLDS, Reason.DAILY_QUOTA})
+
+
 class JobError(PipelineError):
-    """Raised by task code to tell the worker how the attempt ended."""
+    """Raised by task code to tell the worker how the attempt ended; `reason` is kept on the
+    job as a typed field."""
+
+    default_reason = Reason.ERROR
+
+    def __init__(self, message: str = "", reason: Reason | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or self.default_reason
 
 
 class Retry(JobError):
@@ -97,18 +129,23 @@ class Retry(JobError):
         message: str = "retry requested",
         delay_s: float | None = None,
         count_attempt: bool = True,
+        reason: Reason | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, reason)
         self.delay_s = delay_s
         self.count_attempt = count_attempt
 
 
 class Permanent(JobError):
-    pass
+    """Fail the job now, without retrying: the same input would fail the same way."""
+
+    default_reason = Reason.BAD_INPUT
 
 
 class OverBudget(JobError):
-    pass
+    """End the job `over_budget`: the batch budget cannot fit its next call."""
+
+    default_reason = Reason.OVER_BUDGET
 
 
 class LLMError(PipelineError):
@@ -120,9 +157,13 @@ class UnknownModel(LLMError):
 
 
 class ProviderError(LLMError):
-    def __init__(self, message: str, code: int | None = None) -> None:
+    """`.code` is the provider's HTTP status (0 when no answer came back); `.retryable` says
+    whether the same request may succeed later (5xx, timeouts) or would be refused again."""
+
+    def __init__(self, message: str, code: int | None = None, retryable: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.retryable = retryable
 
 
 class RateLimited(LLMError):

@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     budget_month_usd: Decimal | None = Field(default=None, ge=0)
 
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
-    # Document analysis (tasks/analyze.py, pipeline/submission.py).
+    # Document analysis (tasks/analyze.py, tasks/submission.py).
     doc_ttl_s: int = Field(default=7 * 86400, gt=0)  # uploaded PDF bytes kept in Redis
     max_document_pages: int = Field(default=3000, gt=0)  # longer PDFs are refused at submit
     # Input tokens one analysis call may carry; a longer document is split into a chord.

@@ -7,7 +7,7 @@ call goes through `services.call`, so each is admitted by the shared limiter, re
 against the budgets, recorded in the ledger, and never paid for twice.
 
 Job arguments are one JSON dict (sha256, names, model, prompt version, batch budget); the
-PDF bytes wait in Redis under `keys.custom("doc", sha256)`, written by pipeline/submission.py.
+PDF bytes wait in Redis under `keys.document(sha256)`, written by tasks/submission.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pipeline.errors import BadDocument, DatabaseUnavailable, Permanent
 from pipeline.llm.provider import LLMRequest, LLMResponse, Part
 from pipeline.queue.context import JobContext
 from pipeline.queue.task import task
-from tasks.analysis_plan import (
+from tasks.plan import (
     MAX_OUTPUT_TOKENS,
     analyze_prompt,
     analyze_request,

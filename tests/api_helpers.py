@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from pipeline.api import create_app
+from pipeline.api.app import create_app
 from pipeline.settings import Settings, load_settings
 from tests.queue_helpers import FAST
 from tests.servers import uvicorn_in_thread

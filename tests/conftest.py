@@ -17,7 +17,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from pipeline.queue.keys import Keys
+from pipeline.redis.keys import Keys
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -37,7 +37,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if _port_open("127.0.0.1", 6379):
         yield "redis://127.0.0.1:6379/0"
         return
-    from pipeline.redis_server import EmbeddedRedis
+    from pipeline.redis.server import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis-home"))
     server.start()

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from pipeline.llm.emulator import EmulatorConfig, create_emulator_app
+from pipeline.llm.emulator.app import EmulatorConfig, create_emulator_app
 from tests.servers import uvicorn_in_thread
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.queue import QueueClient, Worker
-from pipeline.queue.connection import connect_redis
+from pipeline.redis.connection import connect_redis
 from pipeline.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,9 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.ledger.db import get_engine, session_factory
 from pipeline.ledger.report import cost_report
 from pipeline.queue.client import QueueClient
-from pipeline.queue.connection import connect_redis
-from pipeline.queue.keys import Keys
-from pipeline.runtime import build_worker
+from pipeline.redis.connection import connect_redis
+from pipeline.redis.keys import Keys
+from pipeline.services import build_worker
 from tests.api_helpers import api_client, api_settings, pdf_files, wait_job_done
 from tests.llm_helpers import make_pdf
 

@@ -15,14 +15,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from pipeline.errors import BudgetExceeded, DailyQuotaExhausted, ProviderError, RateLimited
+from pipeline.llm.attempts import CallAttempt, MemoryRecorder, Outcome
 from pipeline.llm.caller import LLMCaller, rough_input_tokens
 from pipeline.llm.callstore import CallStore, call_key
 from pipeline.llm.failure import ProviderCallError, ProviderFailure
 from pipeline.llm.limiter import Limiter, Permit
 from pipeline.llm.provider import LLMRequest, LLMResponse, Part, Usage
-from pipeline.llm.recorder import CallAttempt, MemoryRecorder, Outcome
 from pipeline.llm.retry import RetryBudget, RetryPolicy
-from pipeline.queue.keys import Keys
+from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
 
 MODEL = "gemini-test"

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.queue import QueueClient
-from pipeline.queue.connection import connect_redis
-from pipeline.runtime import build_worker
+from pipeline.redis.connection import connect_redis
+from pipeline.services import build_worker
 from tests import llm_tasks, metrics_tasks
 from tests.api_helpers import api_client, api_settings
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.queue import QueueClient
-from pipeline.queue.connection import connect_redis
+from pipeline.redis.connection import connect_redis
 from pipeline.settings import load_settings
 from tests import metrics_tasks
 from tests.llm_helpers import start_emulator
@@ -201,7 +201,7 @@ def _dead_again(redis_url: str, prefix: str, job_id: str) -> bool:
     """Requeued by the button, then dead again after its two attempts."""
     import redis
 
-    from pipeline.queue.keys import Keys
+    from pipeline.redis.keys import Keys
 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:

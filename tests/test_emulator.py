@@ -15,7 +15,7 @@ import pytest
 from google import genai
 from google.genai import types
 
-from pipeline.llm.emulator_quota import RPD_QUOTA, RPM_QUOTA, TPM_QUOTA
+from pipeline.llm.emulator.quota import RPD_QUOTA, RPM_QUOTA, TPM_QUOTA
 from tests.llm_helpers import make_pdf, start_emulator
 
 MODEL = "gemini-2.5-flash-lite"

@@ -16,14 +16,14 @@ import redis.asyncio as aioredis
 
 from pipeline.errors import PipelineError, ProviderError, UnknownModel
 from pipeline.ledger.budget import Budget, CallBudget, Reservation
+from pipeline.llm.attempts import CallAttempt, MemoryRecorder, Outcome
 from pipeline.llm.caller import LLMCaller
 from pipeline.llm.callstore import CallStore, call_key
 from pipeline.llm.limiter import Limiter
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.provider import LLMRequest, LLMResponse, Part, Usage
-from pipeline.llm.recorder import CallAttempt, MemoryRecorder, Outcome
 from pipeline.llm.retry import RetryPolicy
-from pipeline.queue.keys import Keys
+from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
 from tests.test_caller import ScriptedProvider
 

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from pipeline.errors import BudgetExceeded
 from pipeline.ledger.budget import Budget
-from pipeline.queue.keys import Keys
+from pipeline.redis.keys import Keys
 from tests.ledger_helpers import make_budget
 
 

@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from pipeline.errors import OverBudget, Permanent, ProviderError, Retry
+from pipeline.errors import OverBudget, Permanent, Reason, Retry
+from pipeline.llm.attempts import MemoryRecorder
 from pipeline.llm.failure import ProviderFailure
 from pipeline.llm.provider import LLMRequest, LLMResponse, Part, Usage
-from pipeline.llm.recorder import MemoryRecorder
 from pipeline.llm.retry import RetryPolicy
 from pipeline.queue import QueueClient
 from pipeline.queue.context import JobContext
 from pipeline.queue.job import Job, State
-from pipeline.queue.keys import Keys
-from pipeline.runtime import HELD_BUDGET_JITTER_S, HELD_BUDGET_RETRY_S, Services, open_services
+from pipeline.redis.keys import Keys
+from pipeline.services import HELD_BUDGET_JITTER_S, HELD_BUDGET_RETRY_S, Services, open_services
 from pipeline.settings import load_settings
 from tests.test_caller import ScriptedProvider
 
@@ -120,6 +120,7 @@ async def test_non_retryable_failure_fails_at_once_but_5xx_stays_retryable(
     async for svc, provider in _services(aredis, keys, broken, busy, busy):
         with pytest.raises(Permanent, match="the SDK choked"):
             await svc.call(_ctx(svc.client, "b5"), _request(text="one"))
-        with pytest.raises(ProviderError, match="still failing after 2 attempts"):
+        with pytest.raises(Retry, match="still failing after 2 attempts") as info:
             await svc.call(_ctx(svc.client, "b5"), _request(text="two"))  # the queue retries
+        assert info.value.count_attempt and info.value.reason == Reason.PROVIDER_ERROR
         assert len(provider.sent) == 3

@@ -21,9 +21,9 @@ from pipeline.errors import DatabaseUnavailable, InputError, SettingsError
 from pipeline.ledger.db import create_ledger_engine
 from pipeline.ledger.report import parse_when
 from pipeline.queue.client import QueueClient
-from pipeline.queue.connection import connect_redis
+from pipeline.redis.connection import connect_redis
 from pipeline.settings import get_settings, load_settings
-from pipeline.submission import DocOutcome, Submission
+from tasks.submission import DocOutcome, Submission
 from tests.api_helpers import api_client, api_settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,11 +11,11 @@ import redis
 
 from pipeline.llm.gemini import GeminiProvider
 from pipeline.queue.client import QueueClient
-from pipeline.queue.connection import connect_redis
 from pipeline.queue.job import State
+from pipeline.redis.connection import connect_redis
 from pipeline.settings import get_settings
-from pipeline.submission import Upload, submit_uploads
 from tasks.schema import Analysis
+from tasks.submission import Upload, submit_uploads
 from tests.llm_helpers import make_pdf, start_emulator
 from tests.queue_helpers import eventually
 
@@ -23,7 +23,7 @@ from tests.queue_helpers import eventually
 async def _run_until_done(client: QueueClient, provider: Any, job_id: str) -> State:
     """Run an in-process worker with `provider` until `job_id` is terminal; its end state."""
     import tasks.analyze  # noqa: F401  (registers the tasks)
-    from pipeline.runtime import build_worker, open_services
+    from pipeline.services import build_worker, open_services
 
     services = await open_services(client, provider=provider)
     worker = await build_worker(client, queues=["default"], concurrency=2, services=services)

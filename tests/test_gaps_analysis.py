@@ -21,11 +21,11 @@ from pipeline.llm.failure import ProviderCallError, ProviderFailure
 from pipeline.llm.gemini import GeminiProvider
 from pipeline.llm.provider import LLMRequest, LLMResponse
 from pipeline.queue import QueueClient
-from pipeline.queue.connection import connect_redis
 from pipeline.queue.job import State
+from pipeline.redis.connection import connect_redis
 from pipeline.settings import load_settings
-from pipeline.submission import Upload, submit_uploads
 from tasks.schema import Analysis
+from tasks.submission import Upload, submit_uploads
 from tests.llm_helpers import RunningEmulator, make_pdf, start_emulator
 from tests.llm_workers import ledger_calls
 from tests.queue_helpers import eventually
@@ -69,7 +69,7 @@ async def _analyse(
     """Submit one PDF and run an in-process worker until the document's last job ends;
     returns the client and that job's id (the chord callback for a split document)."""
     import tasks.analyze  # noqa: F401  (registers the tasks)
-    from pipeline.runtime import build_worker, open_services
+    from pipeline.services import build_worker, open_services
 
     client = QueueClient(
         connect_redis(redis_url), settings=load_settings(key_prefix=prefix, **settings)

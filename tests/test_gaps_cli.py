@@ -56,8 +56,8 @@ async def test_status_shows_limiter_budgets_and_jobs_waiting_for_the_day_budget(
 ) -> None:
     from pipeline.llm.limiter import Limiter
     from pipeline.queue import QueueClient
-    from pipeline.queue.connection import connect_redis
     from pipeline.queue.job import State
+    from pipeline.redis.connection import connect_redis
     from pipeline.settings import load_settings
     from tests.queue_helpers import WorkerProcess, eventually
 
@@ -91,9 +91,10 @@ async def test_status_shows_limiter_budgets_and_jobs_waiting_for_the_day_budget(
     assert one.returncode == 0, one.stderr
     waiting = json.loads(one.stdout)["waiting"]
     assert [w["job_id"] for w in waiting] == [job_id]
+    assert waiting[0]["kind"] == "budget_window"
     assert waiting[0]["reason"].startswith("waiting for the day budget")
     text = cli(env, "status", sub["batch_id"])
-    assert "1 job(s) waiting for the day budget" in text.stdout
+    assert "1 job(s) waiting: for the day or month budget window" in text.stdout
 
     overview = cli(env, "status", "--json")
     assert overview.returncode == 0, overview.stderr

@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from pipeline.queue import QueueClient
-from pipeline.queue.connection import connect_redis
 from pipeline.queue.job import State
+from pipeline.redis.connection import connect_redis
 from pipeline.settings import load_settings
 from tests.llm_helpers import start_emulator
 from tests.llm_workers import enqueue_asks, ledger_calls, llm_env, wait_done, workers

@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from pipeline.llm import factory
-from pipeline.llm.emulator_quota import RPD_QUOTA
+from pipeline.llm.emulator.quota import RPD_QUOTA
 from pipeline.llm.gemini import GeminiProvider, ProviderCallError, parse_api_error
 from pipeline.llm.offline import OfflineProvider
 from pipeline.llm.provider import LLMRequest, Part

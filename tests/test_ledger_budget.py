@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from pipeline.errors import BudgetExceeded
 from pipeline.ledger.budget import Budget, from_nanos, to_nanos
-from pipeline.queue.keys import Keys
+from pipeline.redis.keys import Keys
 from tests.ledger_helpers import make_budget
 
 

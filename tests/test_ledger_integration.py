@@ -18,7 +18,7 @@ from pipeline.ledger.report import cost_report
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.provider import Usage
 from pipeline.queue import QueueClient, State
-from pipeline.queue.keys import Keys
+from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
 from tests.llm_helpers import RunningEmulator, start_emulator
 from tests.llm_tasks import MODEL

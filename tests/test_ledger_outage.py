@@ -18,8 +18,8 @@ from sqlalchemy.engine import make_url
 from pipeline.ledger import db
 from pipeline.ledger.models import Job, LLMCall
 from pipeline.ledger.recorder import SqlRecorder
-from pipeline.llm.recorder import Outcome
-from pipeline.queue.keys import Keys
+from pipeline.llm.attempts import Outcome
+from pipeline.redis.keys import Keys
 from tests.ledger_helpers import TcpProxy, attempt, fresh_pg_database, settle
 
 pytestmark = pytest.mark.postgres

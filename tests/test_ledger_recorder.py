@@ -14,8 +14,8 @@ from sqlalchemy import Engine, func, select
 from pipeline.ledger import db
 from pipeline.ledger.models import Batch, Document, Job, LLMCall
 from pipeline.ledger.recorder import SqlRecorder
-from pipeline.llm.recorder import Outcome
-from pipeline.queue.keys import Keys
+from pipeline.llm.attempts import Outcome
+from pipeline.redis.keys import Keys
 from tests.ledger_helpers import BACKENDS, attempt, database_url_for, settle
 
 

@@ -24,8 +24,8 @@ from pipeline.cli import app
 from pipeline.ledger import db
 from pipeline.ledger.recorder import SqlRecorder
 from pipeline.ledger.report import cost_report, parse_when, percentile
-from pipeline.llm.recorder import Outcome
-from pipeline.queue.keys import Keys
+from pipeline.llm.attempts import Outcome
+from pipeline.redis.keys import Keys
 from tests.ledger_helpers import BACKENDS, attempt, database_url_for, free_port, settle
 
 

@@ -22,7 +22,7 @@ from pipeline.llm.limiter import (
     pacific_midnights,
 )
 from pipeline.queue.gate import Candidate
-from pipeline.queue.keys import Keys
+from pipeline.redis.keys import Keys
 from pipeline.settings import Settings, load_settings
 
 MODEL = "gemini-test"

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from pipeline.llm.limiter import Limiter
 from pipeline.queue import QueueClient, State
-from pipeline.queue.keys import Keys
+from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
 from tests.llm_helpers import start_emulator
 from tests.llm_tasks import MODEL

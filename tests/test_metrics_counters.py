@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.llm.limiter import Limiter
 from pipeline.queue import QueueClient
-from pipeline.queue.connection import connect_redis
 from pipeline.queue.stats import Stats
-from pipeline.runtime import build_worker
+from pipeline.redis.connection import connect_redis
+from pipeline.services import build_worker
 from tests import llm_tasks, metrics_tasks
 from tests.api_helpers import api_client, api_settings
 from tests.queue_helpers import WorkerProcess, eventually

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from pipeline.errors import JobFailed, NotSerializable
 from pipeline.queue import Admission, Candidate, JobOptions, QueueClient, State
-from pipeline.queue.keys import Keys
+from pipeline.redis.keys import Keys
 from tests import queue_tasks as qt
 from tests.queue_helpers import InProcessWorker, eventually, fast_settings
 

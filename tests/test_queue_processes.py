@@ -11,8 +11,8 @@ import pytest
 from redis.asyncio import Redis
 
 from pipeline.queue import JobOptions, QueueClient, State
-from pipeline.queue.connection import connect_redis
-from pipeline.queue.keys import Keys
+from pipeline.redis.connection import connect_redis
+from pipeline.redis.keys import Keys
 from tests import queue_tasks as qt
 from tests.queue_helpers import WorkerProcess, eventually, fast_settings
 
@@ -152,7 +152,7 @@ async def test_chord_callback_once_when_a_member_worker_dies(
 
 
 async def test_redis_restart_mid_run_loses_no_job(tmp_path: Path, key_prefix: str) -> None:
-    from pipeline.redis_server import EmbeddedRedis
+    from pipeline.redis.server import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path / "home")
     server.start()

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from pipeline.errors import RedisUnavailable
-from pipeline.redis_server import EmbeddedRedis, _is_redis_process, ensure_redis_url
+from pipeline.redis.server import EmbeddedRedis, _is_redis_process, ensure_redis_url
 from pipeline.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,7 +118,7 @@ def test_sigkill_then_start_recovers_acknowledged_writes(tmp_path: Path, servers
 
 _STARTER = """
 import json, pathlib, sys, time
-from pipeline.redis_server import EmbeddedRedis
+from pipeline.redis.server import EmbeddedRedis
 home, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 deadline = time.monotonic() + 30
 while not go.exists() and time.monotonic() < deadline:
@@ -158,7 +158,7 @@ def test_two_concurrent_starts_make_one_server(tmp_path: Path, servers) -> None:
 _FALLBACK = """
 import json, pathlib, shutil, sys
 import redis
-from pipeline.redis_server import EmbeddedRedis, find_redis_server
+from pipeline.redis.server import EmbeddedRedis, find_redis_server
 server = EmbeddedRedis(pathlib.Path(sys.argv[1]))
 server.start()
 client = redis.Redis.from_url(server.url, decode_responses=True)

@@ -10,10 +10,10 @@ import redis
 
 from pipeline.errors import UnknownModel
 from pipeline.queue.client import QueueClient
-from pipeline.queue.connection import connect_redis
+from pipeline.redis.connection import connect_redis
 from pipeline.settings import get_settings
-from pipeline.submission import Upload, estimate, submit_uploads
-from tasks.analysis_plan import decode_pdf, doc_key
+from tasks.plan import decode_pdf, doc_key
+from tasks.submission import Upload, estimate, submit_uploads
 from tests.llm_helpers import make_pdf
 
 

@@ -1,6 +1,6 @@
 """`pipeline submit`, `run`, `status` and `results`: the document-analysis side of the CLI.
 
-All four go through pipeline/submission.py and the ledger, exactly as the HTTP API does, so
+All four go through tasks/submission.py and the ledger, exactly as the HTTP API does, so
 a file submitted here and there is the same job and is paid for once.
 """
 
@@ -20,7 +20,7 @@ from rich.table import Table
 from pipeline.cli import app
 from pipeline.errors import InputError
 from pipeline.queue.client import QueueClient
-from pipeline.submission import (
+from tasks.submission import (
     DocOutcome,
     Submission,
     Upload,

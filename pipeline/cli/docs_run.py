@@ -32,7 +32,7 @@ from pipeline.cli.docs_cmds import (
     print_submission,
 )
 from pipeline.queue.client import QueueClient
-from pipeline.submission import submit_uploads
+from tasks.submission import submit_uploads
 
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Directory for one JSON per document.")]
 
@@ -63,7 +63,7 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
                label: str | None, out: Path | None, concurrency: int | None) -> int:  # fmt: skip
     from pipeline.cli.docs_view import follow
     from pipeline.cli.queue_cmds import import_task_modules
-    from pipeline.runtime import build_worker, open_services
+    from pipeline.services import build_worker, open_services
 
     uploads, skipped = collect_uploads(paths)
     if not uploads:
@@ -98,7 +98,7 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
         await worker_task
         tracker = follow_task.result()
         await services.recorder.flush()
-        from pipeline.batches import batch_results, document_spend
+        from tasks.batches import batch_results, document_spend
 
         results = await asyncio.to_thread(batch_results, services.engine, sub.batch_id)
         costs = await asyncio.to_thread(document_spend, services.engine, sub.batch_id)
@@ -166,7 +166,7 @@ def run(
 @app.command()
 def results(batch: str, out: OutOpt = None, as_json: JsonOpt = False) -> None:
     """A batch's analyses: printed, or one JSON file per document in --out."""
-    from pipeline.batches import batch_results
+    from tasks.batches import batch_results
     engine = _engine()
     try:
         data = batch_results(engine, batch)

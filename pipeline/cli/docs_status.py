@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -18,30 +19,27 @@ from rich.table import Table
 
 from pipeline.cli import app
 from pipeline.cli.docs_cmds import JsonOpt, _engine, console
-from pipeline.errors import JobNotFound
+from pipeline.errors import WAITING_REASONS, JobNotFound, Reason
 from pipeline.queue.client import QueueClient
 from pipeline.queue.job import State
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-# Substrings of the errors runtime.Services.call postpones a job with.
-_BUDGET_WAIT = "waiting for the "
-_QUOTA_WAIT = "daily quota exhausted"
+_WAIT_WORDS = {
+    Reason.BUDGET_WINDOW: "for the day or month budget window",
+    Reason.BUDGET_HOLDS: "for running calls' budget holds to settle",
+    Reason.DAILY_QUOTA: "for the provider's daily quota to reset",
+}
 _WAITING_STATES = (State.SCHEDULED, State.QUEUED)
 
 
 async def _models(client: QueueClient) -> list[str]:
     """The default model, those with their own limits, and any with a bucket in Redis."""
+    from pipeline.llm.limiter import bucket_models
+
     s = client.settings
-    found = {s.model, *s.limits}
-    head = client.keys.bucket("")
-    async for key in client.redis.scan_iter(match=head + "*", count=1000):
-        name = key.decode() if isinstance(key, bytes) else str(key)
-        model = name[len(head) :]
-        if model and not model.endswith(":leases"):
-            found.add(model)
-    return sorted(found)
+    return sorted({s.model, *s.limits, *await bucket_models(client.redis, client.keys)})
 
 
 async def service_state(client: QueueClient) -> dict[str, Any]:
@@ -69,16 +67,17 @@ async def batch_waits(client: QueueClient, job_ids: list[str]) -> list[dict[str,
             continue
         if job.state not in _WAITING_STATES:
             continue
-        error = job.error or ""
-        if _BUDGET_WAIT in error or _QUOTA_WAIT in error:
-            waits.append({"job_id": job.id, "state": job.state.value, "reason": error})
+        if job.reason in WAITING_REASONS:
+            waits.append({"job_id": job.id, "state": job.state.value, "kind": str(job.reason),
+                          "reason": job.error or ""})  # fmt: skip
             continue
         model = str(job.hints.get("model") or "")
         if model and model not in exhausted:
             exhausted[model] = (await limiter.state(model))["daily_exhausted_until"]
         if model and exhausted.get(model):
             reason = f"{model}: daily quota exhausted until {exhausted[model]}"
-            waits.append({"job_id": job.id, "state": job.state.value, "reason": reason})
+            waits.append({"job_id": job.id, "state": job.state.value,
+                          "kind": str(Reason.DAILY_QUOTA), "reason": reason})  # fmt: skip
     return waits
 
 
@@ -113,11 +112,10 @@ def _print_batch(batch: str, data: dict[str, Any]) -> None:
                   highlight=False)  # fmt: skip
     waiting = data["waiting"]
     if waiting:
-        reasons: dict[str, int] = {}
-        for w in waiting:
-            reasons[w["reason"].split(": ")[0]] = reasons.get(w["reason"].split(": ")[0], 0) + 1
-        for reason, n in reasons.items():
-            console.print(f"[yellow]{n} job(s) {reason}[/yellow]", highlight=False, soft_wrap=True)
+        kinds = Counter(w["kind"] for w in waiting)
+        for kind, n in kinds.items():
+            console.print(f"[yellow]{n} job(s) waiting: {_WAIT_WORDS.get(kind, kind)}[/yellow]",
+                          highlight=False, soft_wrap=True)  # fmt: skip
         console.print(f"  e.g. {waiting[0]['reason']}", highlight=False, soft_wrap=True)
 
 
@@ -147,7 +145,7 @@ def _print_services(state: dict[str, Any]) -> None:
 def status(batch: Annotated[str | None, typer.Argument()] = None, as_json: JsonOpt = False) -> None:
     """A batch's jobs by state, spend vs budget and what they wait for; without BATCH,
     queues, workers, rate limits, budgets and recent batches."""
-    from pipeline.batches import batch_summary, recent_batches
+    from tasks.batches import batch_summary, recent_batches
     engine = _engine()
     try:
         if batch is not None:

@@ -21,7 +21,7 @@ from rich.text import Text
 from pipeline.errors import JobNotFound
 from pipeline.queue.client import QueueClient
 from pipeline.queue.job import TERMINAL, State
-from pipeline.submission import Submission
+from tasks.submission import Submission
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -108,7 +108,7 @@ def spend_line(engine: Engine | None, batch_id: str, budget: Decimal | None) -> 
     """Blocking SQL: call it through `spend_text`, never on the event loop."""
     if engine is None:
         return ""
-    from pipeline.batches import batch_spend
+    from tasks.batches import batch_spend
 
     spent = batch_spend(engine, batch_id)
     return f"spent ${spent:.6f}" + (f" of ${budget}" if budget is not None else "")

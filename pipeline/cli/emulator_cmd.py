@@ -41,7 +41,7 @@ def emulator(
     """Serve a Gemini-compatible API (generateContent, countTokens) with quotas and faults."""
     import uvicorn
 
-    from pipeline.llm.emulator import EmulatorConfig, create_emulator_app
+    from pipeline.llm.emulator.app import EmulatorConfig, create_emulator_app
 
     try:
         config = EmulatorConfig(

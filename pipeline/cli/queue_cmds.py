@@ -74,7 +74,7 @@ def worker(
         level=log_level.value.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     modules = import_task_modules(import_)
-    from pipeline.runtime import build_worker
+    from pipeline.services import build_worker
 
     async def main() -> None:
         client = await QueueClient.connect(long_lived=True)

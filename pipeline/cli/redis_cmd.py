@@ -1,6 +1,6 @@
 """`pipeline redis start|stop|status`: manage the private redis-server under PIPELINE_HOME.
 
-The server outlives the process that started it (see pipeline/redis_server.py for why),
+The server outlives the process that started it (see pipeline/redis/server.py for why),
 so stopping it is an explicit act; SHUTDOWN makes Redis fsync its append-only file first.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from pipeline.cli import app
-from pipeline.redis_server import EmbeddedRedis
+from pipeline.redis.server import EmbeddedRedis
 from pipeline.settings import get_settings
 
 redis_app = typer.Typer(

@@ -46,7 +46,7 @@ def serve(
         raise typer.Exit(1)
     import uvicorn
 
-    from pipeline.api import create_app
+    from pipeline.api.app import create_app
 
     sock = bind(host, port)
     bound = sock.getsockname()[1]

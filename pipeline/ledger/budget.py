@@ -24,8 +24,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from pipeline.errors import BudgetExceeded
-from pipeline.queue.keys import Keys
-from pipeline.queue.scripts import lua_source
+from pipeline.redis.connection import text
+from pipeline.redis.keys import Keys
+from pipeline.redis.scripts import register
 from pipeline.settings import Settings
 
 NANOS = Decimal(10) ** 9
@@ -49,7 +50,7 @@ def to_nanos(usd: Decimal, *, round_up: bool = False) -> int:
 
 
 def from_nanos(nanos: int | str | bytes) -> Decimal:
-    raw = nanos.decode() if isinstance(nanos, bytes) else str(nanos)
+    raw = text(nanos)
     return Decimal(int(raw)) / NANOS
 
 
@@ -94,10 +95,13 @@ class Budget:
         self.keys = keys
         self.settings = settings
         self.hold_ms = int(hold_s * 1000)
-        self._reserve = redis.register_script(lua_source("budget_reserve", _LUA))
-        self._settle = redis.register_script((_LUA / "budget_settle.lua").read_text())
-        self._status = redis.register_script(lua_source("budget_status", _LUA))
-        self._extend = redis.register_script((_LUA / "budget_extend.lua").read_text())
+        scripts = register(
+            redis, _LUA, "budget_reserve", "budget_settle", "budget_status", "budget_extend"
+        )
+        self._reserve = scripts["budget_reserve"]
+        self._settle = scripts["budget_settle"]
+        self._status = scripts["budget_status"]
+        self._extend = scripts["budget_extend"]
 
     @property
     def hold_s(self) -> float:

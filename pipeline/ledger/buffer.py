@@ -15,23 +15,22 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from pipeline.queue.keys import Keys
+from pipeline.redis.connection import text
+from pipeline.redis.keys import Keys
+from pipeline.redis.scripts import register
 
 _LUA = Path(__file__).with_name("lua")
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class LedgerBuffer:
     def __init__(self, redis: aioredis.Redis, keys: Keys, lock_ttl_ms: int = 60_000) -> None:
         self.redis = redis
         self.key = keys.ledger_buffer
-        self.dead_key = keys.custom("ledger", "buffer-dead")
-        self.lock_key = keys.custom("ledger", "flush-lock")
+        self.dead_key = keys.ledger_buffer_dead
+        self.lock_key = keys.ledger_flush_lock
         self.lock_ttl_ms = lock_ttl_ms
-        self._release = redis.register_script((_LUA / "release_lock.lua").read_text())
+        self._release = register(redis, _LUA, "release_lock")["release_lock"]
 
     async def push(self, op: str, payload: dict[str, Any]) -> None:
         await self.redis.rpush(self.key, json.dumps({"op": op, "payload": payload}))
@@ -43,7 +42,7 @@ class LedgerBuffer:
         raw = await self.redis.lrange(self.key, 0, count - 1)
         entries = []
         for item in raw:
-            doc = json.loads(_text(item))
+            doc = json.loads(text(item))
             entries.append((str(doc["op"]), dict(doc["payload"])))
         return entries
 
@@ -61,7 +60,7 @@ class LedgerBuffer:
         return token if ok else None
 
     async def refresh(self, token: str) -> None:
-        if _text(await self.redis.get(self.lock_key) or "") == token:
+        if text(await self.redis.get(self.lock_key) or "") == token:
             await self.redis.pexpire(self.lock_key, self.lock_ttl_ms)
 
     async def release(self, token: str) -> None:

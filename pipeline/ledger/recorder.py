@@ -1,4 +1,4 @@
-"""`SqlRecorder`: the ledger side of `pipeline.llm.recorder.Recorder`, plus the task layer's writes.
+"""`SqlRecorder`: the ledger side of `pipeline.llm.attempts.Recorder`, plus the task layer's writes.
 
 A paid call must never go unrecorded because the database blinked. Every write is a named
 operation (pipeline/ledger/writes.py); when the database refuses the connection the write
@@ -26,8 +26,8 @@ from pipeline.ledger import writes
 from pipeline.ledger.buffer import LedgerBuffer
 from pipeline.ledger.db import session_factory
 from pipeline.ledger.models import Document, LLMCall, Result
-from pipeline.llm.recorder import CallAttempt
-from pipeline.queue.keys import Keys
+from pipeline.llm.attempts import CallAttempt
+from pipeline.redis.keys import Keys
 
 log = logging.getLogger(__name__)
 

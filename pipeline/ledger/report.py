@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.errors import InputError
 from pipeline.ledger.models import Document, LLMCall
-from pipeline.llm.recorder import Outcome
+from pipeline.llm.attempts import Outcome
 
 GroupBy = Literal["day", "model", "batch", "document", "status"]
 GROUPS: tuple[str, ...] = ("day", "model", "batch", "document", "status")

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from pipeline.ledger.models import Batch, Document, Job, LLMCall, Result
-from pipeline.llm.recorder import CallAttempt, Outcome
+from pipeline.llm.attempts import CallAttempt, Outcome
 
 Payload = dict[str, Any]
 

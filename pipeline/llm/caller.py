@@ -37,11 +37,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
+from pipeline.llm.attempts import CallAttempt, Outcome, Recorder
 from pipeline.llm.callstore import CallStore, call_key
 from pipeline.llm.failure import ProviderCallError, ProviderFailure
 from pipeline.llm.limiter import Limiter, Permit
 from pipeline.llm.provider import LLMRequest, LLMResponse, Provider, Usage
-from pipeline.llm.recorder import CallAttempt, Outcome, Recorder
+from pipeline.llm.renewal import renewing
 from pipeline.llm.retry import RetryBudget, RetryPolicy, exhausted_error
 
 log = logging.getLogger(__name__)
@@ -378,22 +379,8 @@ async def _keep_hold(budget: Budget | None, reservation: Any) -> AsyncIterator[N
     if extend is None or not hold_s:
         yield
         return
-
-    async def renew_forever() -> None:
-        while True:
-            await asyncio.sleep(float(hold_s) / 3)
-            try:
-                await extend(reservation)
-            except Exception:  # a missed renewal is retried next tick
-                log.warning("could not extend a budget hold; retrying", exc_info=True)
-
-    task = asyncio.create_task(renew_forever())
-    try:
+    async with renewing(float(hold_s) / 3, lambda: extend(reservation), "a budget hold"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def _cancelled(exc: BaseException) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from pipeline.llm.provider import LLMRequest, LLMResponse, Usage
-from pipeline.queue.keys import Keys
+from pipeline.redis.keys import Keys
 
 # Bump when the stored shape changes, so old entries are simply not found.
 STORE_FORMAT = "v1"

@@ -37,9 +37,11 @@ from aiolimiter import AsyncLimiter
 from redis.asyncio import Redis
 
 from pipeline.errors import DailyQuotaExhausted, OverLimit, RateLimited
+from pipeline.llm.counters import LimiterCounters
+from pipeline.llm.renewal import renewing
 from pipeline.queue.gate import Admission, Candidate
-from pipeline.queue.keys import Keys
-from pipeline.queue.stats import Stats
+from pipeline.redis.connection import text
+from pipeline.redis.keys import Keys
 from pipeline.settings import Settings
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
@@ -134,9 +136,6 @@ def _pacific_str(ms: float) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).astimezone(PACIFIC).strftime("%Y-%m-%d %H:%M %Z")
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 class Limiter:
     """The shared bucket. Safe to use from many coroutines, processes and machines at once."""
@@ -162,11 +161,11 @@ class Limiter:
         self._renew = load((_LUA_DIR / "bucket_renew.lua").read_text())
         self._429 = load((_LUA_DIR / "bucket_429.lua").read_text())
         self._ok = load((_LUA_DIR / "bucket_ok.lua").read_text())
-        self.stats = Stats(redis, keys)  # 429s and waits, for /metrics
+        self.stats = LimiterCounters(redis, keys)  # 429s and waits, for /metrics
 
     # keys
     def _keys(self, model: str) -> list[str]:
-        return [self.keys.bucket(model), self.keys.custom("bucket", model, "leases")]
+        return [self.keys.bucket(model), self.keys.bucket_leases(model)]
 
     def shape(self, model: str) -> BucketShape:
         lim = self.settings.limits_for(model)
@@ -197,10 +196,10 @@ class Limiter:
             ],
         )
         if int(res[0]) == 1:
-            return Permit(model, permit_id, tokens, float(_s(res[1])), float(_s(res[2])))
+            return Permit(model, permit_id, tokens, float(text(res[1])), float(text(res[2])))
         wait_s = int(res[1]) / 1000
-        kind = _s(res[2])
-        until_ms = float(_s(res[3]))
+        kind = text(res[2])
+        until_ms = float(text(res[3]))
         return Wait(wait_s, self._describe(model, kind, until_ms, shape), kind, until_ms)
 
     def _describe(self, model: str, kind: str, until_ms: float, shape: BucketShape) -> str:
@@ -277,20 +276,8 @@ class Limiter:
     @contextlib.asynccontextmanager
     async def hold(self, permit: Permit) -> AsyncIterator[Permit]:
         """Keep a permit's lease alive while a (possibly minutes-long) call runs."""
-
-        async def renew_forever() -> None:
-            while True:
-                await asyncio.sleep(self.tuning.lease_s / 3)
-                with contextlib.suppress(Exception):  # a missed renewal is retried next tick
-                    await self.renew(permit)
-
-        task = asyncio.create_task(renew_forever())
-        try:
+        async with renewing(self.tuning.lease_s / 3, lambda: self.renew(permit), "a call permit"):
             yield permit
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def on_rate_limited(
         self, model: str, retry_delay_s: float | None = None, per_day: bool = False
@@ -308,15 +295,15 @@ class Limiter:
             ],
         )
         return {
-            "paused_until_ms": float(_s(res[0])),
-            "factor": float(_s(res[1])),
-            "daily_exhausted_until_ms": float(_s(res[2])),
+            "paused_until_ms": float(text(res[0])),
+            "factor": float(text(res[1])),
+            "daily_exhausted_until_ms": float(text(res[2])),
         }
 
     async def on_success(self, model: str) -> float:
         """A call went through: creep back toward the configured rate. Returns the factor."""
         res = await self._ok(keys=self._keys(model)[:1], args=[repr(self.tuning.aimd_increase)])
-        return float(_s(res))
+        return float(text(res))
 
     async def state(self, model: str) -> dict[str, Any]:
         """A snapshot for `pipeline status` and the dashboard (levels refilled to Redis now)."""
@@ -328,7 +315,7 @@ class Limiter:
             pipe.zcard(leases)
             now_raw, raw, in_flight = await pipe.execute()
         now = now_raw[0] * 1000 + now_raw[1] / 1000
-        h = {_s(k): float(_s(v)) for k, v in raw.items()}
+        h = {text(k): float(text(v)) for k, v in raw.items()}
         f = h.get("f", 1.0)
         dt = max(0.0, now - h["ts"]) if "ts" in h else 0.0
         rq = min(shape.req_cap * f, h.get("rq", shape.req_cap) + dt * shape.req_rate_ms * f)
@@ -397,3 +384,13 @@ class LimiterGate:
     async def release(self, admission: Admission) -> None:
         if isinstance(admission.permit, Permit):
             await self.limiter.release(admission.permit, sent=False)
+
+
+async def bucket_models(redis: Redis, keys: Keys) -> set[str]:
+    """Models that have a bucket in Redis (any worker or caller used them), found by a SCAN."""
+    found: set[str] = set()
+    async for key in redis.scan_iter(match=keys.bucket("*"), count=1000):
+        model = keys.bucket_model(text(key))
+        if model:
+            found.add(model)
+    return found

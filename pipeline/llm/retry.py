@@ -110,6 +110,7 @@ def exhausted_error(failure: ProviderFailure | None, attempts: int, what: str) -
             f"provider still failing after {attempts} attempts ({what}): "
             f"{failure.code} {failure.status}: {failure.message}; retry later",
             code=failure.code,
+            retryable=True,
         )
     return ProviderError(
         f"the provider refused the request: {failure.code} {failure.status}: {failure.message}",

@@ -16,11 +16,11 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from pipeline.errors import JobFailed, JobNotFound, JobTimeout
-from pipeline.queue.connection import connect_redis, hash_reply, text, texts
 from pipeline.queue.job import Job, JobOptions, State, parse_priority
-from pipeline.queue.keys import EVENTS_MAXLEN, Keys
 from pipeline.queue.scripts import Scripts, group_keys
 from pipeline.queue.task import REGISTRY, Call, Task, dumps
+from pipeline.redis.connection import connect_redis, hash_reply, text, texts
+from pipeline.redis.keys import EVENTS_MAXLEN, Keys
 from pipeline.settings import Settings, get_settings
 
 
@@ -52,7 +52,7 @@ class QueueClient:
         Long-lived processes (workers, the API, `run`) ride out a Redis restart with ~30 s of
         retries; a one-shot command gives up after a few and says so.
         """
-        from pipeline.redis_server import ensure_redis_url
+        from pipeline.redis.server import ensure_redis_url
 
         settings = settings or get_settings()
         url = ensure_redis_url(settings)
@@ -114,7 +114,7 @@ class QueueClient:
     ) -> tuple[list[str], list[Any]]:
         queue, priority, fields = self._fields(call, extra)
         o, k = call.options, self.keys
-        idem_key = k.idempotency(o.idempotency_key) if o.idempotency_key else k.custom("noidem")
+        idem_key = k.idempotency(o.idempotency_key) if o.idempotency_key else k.unused
         ttl = self.settings.idempotency_ttl_s if o.idempotency_key else 0
         keys = [
             k.job(job_id),

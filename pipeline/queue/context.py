@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.queue.job import Job
-from pipeline.queue.keys import EVENTS_MAXLEN
 from pipeline.queue.task import dumps
+from pipeline.redis.keys import EVENTS_MAXLEN
 
 if TYPE_CHECKING:
     from pipeline.queue.client import QueueClient

@@ -14,8 +14,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from pipeline.queue.connection import hash_reply, texts
-from pipeline.queue.keys import Keys
+from pipeline.redis.connection import hash_reply, texts
+from pipeline.redis.keys import Keys
 
 
 async def beat(

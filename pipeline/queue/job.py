@@ -94,6 +94,7 @@ class Job:
     result: Any = None
     error: str | None = None
     traceback: str | None = None
+    reason: str | None = None  # a pipeline.errors.Reason: why it ended or waits
     cancel_requested: bool = False
     group: str | None = None
     group_index: int | None = None
@@ -131,6 +132,7 @@ class Job:
             result=json.loads(h["result"]) if h.get("result") else None,
             error=h.get("error") or None,
             traceback=h.get("traceback") or None,
+            reason=h.get("reason") or None,
             cancel_requested=h.get("cancel") == "1",
             group=h.get("group") or None,
             group_index=_int(h.get("group_index"), -1) if h.get("group_index") else None,

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from pipeline.queue.keys import Keys
 from pipeline.queue.scripts import Scripts
+from pipeline.redis.keys import Keys
 
 log = logging.getLogger("pipeline.lease")
 

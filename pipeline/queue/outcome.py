@@ -14,12 +14,20 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from pipeline.errors import NotSerializable, OverBudget, Permanent, Retry, UnknownTask
+from pipeline.errors import (
+    JobError,
+    NotSerializable,
+    OverBudget,
+    Permanent,
+    Reason,
+    Retry,
+    UnknownTask,
+)
+from pipeline.queue.backoff import retry_delay_s
 from pipeline.queue.job import Job
-from pipeline.queue.keys import EVENTS_MAXLEN, Keys
-from pipeline.queue.retry import retry_delay_s
 from pipeline.queue.scripts import Scripts, settle_keys
 from pipeline.queue.stats import Stats
+from pipeline.redis.keys import EVENTS_MAXLEN, Keys
 
 log = logging.getLogger("pipeline.worker")
 
@@ -31,6 +39,7 @@ class Settlement:
     error: str = ""
     traceback: str = ""
     delay_s: float = 0.0
+    reason: str = ""  # a pipeline.errors.Reason for every outcome but complete and release
 
 
 @dataclass
@@ -56,22 +65,29 @@ class Counters:
 def from_stop(reason: str | None) -> Settlement:
     """The job's task was cancelled by the worker: on request, lease lost, or shutdown."""
     outcome = {"cancel": "cancelled", "lost": "lost"}.get(reason or "", "release")
-    return Settlement(outcome, error="cancelled on request" if outcome == "cancelled" else "")
+    if outcome == "cancelled":
+        return Settlement(outcome, error="cancelled on request", reason=Reason.CANCELLED)
+    return Settlement(outcome)
 
 
 def from_error(job: Job, exc: BaseException) -> Settlement:
     """What the task raised decides: fail now, end over budget, postpone, retry, or dead."""
-    if isinstance(exc, UnknownTask | NotSerializable | Permanent):
-        return Settlement("failed", error=str(exc))
+    if isinstance(exc, UnknownTask | NotSerializable):
+        return Settlement("failed", error=str(exc), reason=Reason.BAD_INPUT)
+    if isinstance(exc, Permanent):
+        return Settlement("failed", error=str(exc), reason=exc.reason)
     if isinstance(exc, OverBudget):
-        return Settlement("over_budget", error=str(exc))
+        return Settlement("over_budget", error=str(exc), reason=exc.reason)
     if isinstance(exc, Retry) and not exc.count_attempt:
-        return Settlement("postpone", error=str(exc), delay_s=exc.delay_s or 0.0)
-    delay_s, tb = 0.0, ""
+        return Settlement(
+            "postpone", error=str(exc), delay_s=exc.delay_s or 0.0, reason=exc.reason
+        )
+    delay_s, tb, reason = 0.0, "", Reason.ERROR
     if isinstance(exc, TimeoutError):
-        error = f"timed out after {job.timeout_s:g}s (the task's timeout_s)"
-    elif isinstance(exc, Retry):
-        error, delay_s = str(exc), exc.delay_s or 0.0
+        error, reason = f"timed out after {job.timeout_s:g}s (the task's timeout_s)", Reason.TIMEOUT
+    elif isinstance(exc, JobError):
+        error, reason = str(exc), exc.reason
+        delay_s = (exc.delay_s or 0.0) if isinstance(exc, Retry) else 0.0
     else:
         error = f"{type(exc).__name__}: {exc}"
         tb = "".join(traceback.format_exception(exc))
@@ -81,9 +97,13 @@ def from_error(job: Job, exc: BaseException) -> Settlement:
             error=error,
             traceback=tb,
             delay_s=delay_s or retry_delay_s(job.retry_delays_s, job.attempt),
+            reason=reason,
         )
     return Settlement(
-        "dead", error=f"{error} (attempt {job.attempt} of {job.max_attempts})", traceback=tb
+        "dead",
+        error=f"{error} (attempt {job.attempt} of {job.max_attempts})",
+        traceback=tb,
+        reason=reason,
     )
 
 
@@ -107,6 +127,7 @@ async def finish(
         int(s.delay_s * 1000),
         EVENTS_MAXLEN,
         *stat_args,
+        s.reason,
     ]
     while True:
         try:

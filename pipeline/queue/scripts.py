@@ -1,30 +1,19 @@
-"""Loads the queue's Lua scripts from lua/*.lua, one atomic script per state change.
-
-A script whose header says `-- uses: _lib` gets lua/_lib.lua prepended (Redis Lua has no
-`require`). redis-py's `Script` sends EVALSHA and falls back to EVAL on NOSCRIPT, so a
-restarted Redis with an empty script cache needs nothing from us.
+"""The queue's Lua scripts (lua/*.lua, one atomic script per state change), registered through
+the shared loader (pipeline/redis/scripts.py), and the KEYS lists several of them share.
 """
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from pipeline.queue.job import Job
-from pipeline.queue.keys import Keys
+from pipeline.redis.keys import Keys
+from pipeline.redis.scripts import register
 
-_LUA_DIR = Path(__file__).parent / "lua"
-
-
-@cache
-def lua_source(name: str, lua_dir: Path = _LUA_DIR) -> str:
-    text = (lua_dir / f"{name}.lua").read_text()
-    if "-- uses: _lib" in text:
-        text = (lua_dir / "_lib.lua").read_text() + "\n" + text
-    return text
+LUA_DIR = Path(__file__).parent / "lua"
 
 
 class Scripts:
@@ -33,8 +22,8 @@ class Scripts:
     NAMES = ("enqueue", "claim", "renew", "finish", "expire", "promote", "cancel", "requeue")
 
     def __init__(self, redis: Redis) -> None:
-        for name in self.NAMES:
-            setattr(self, name, redis.register_script(lua_source(name)))
+        for name, script in register(redis, LUA_DIR, *self.NAMES).items():
+            setattr(self, name, script)
 
     enqueue: AsyncScript
     claim: AsyncScript
@@ -49,7 +38,7 @@ class Scripts:
 def group_keys(keys: Keys, job: Job) -> list[str]:
     """Chord keys for scripts that may finish a group member (placeholders outside a group)."""
     if not job.group or not job.callback_id:
-        return [keys.custom("nogroup")] * 5
+        return [keys.unused] * 5
     cbq = job.callback_queue or "default"
     return [
         keys.group(job.group),

@@ -1,5 +1,6 @@
-"""Operational counters kept in Redis: lease expiries, fenced completions, job durations by
-task, jobs settled by outcome, and the rate limiter's 429s and waits.
+"""The queue's operational counters kept in Redis: lease expiries, fenced completions, job
+durations by task, and jobs settled by outcome. (The rate limiter keeps its own 429 and wait
+counters the same way, in pipeline/llm/counters.py.)
 
 Why Redis and not process memory: workers are killed and restarted (that is the point of
 leases), and the process that serves `/metrics` runs no jobs. Counters that lived in a
@@ -24,7 +25,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from pipeline.queue.keys import Keys
+from pipeline.redis.connection import text
+from pipeline.redis.keys import Keys
 
 log = logging.getLogger("pipeline.stats")
 
@@ -54,9 +56,6 @@ class StatsSnapshot:
     fenced: dict[tuple[str, str], int] = field(default_factory=dict)  # (queue, task)
     settled: dict[tuple[str, str, str], int] = field(default_factory=dict)  # queue, task, outcome
     durations: dict[str, Histogram] = field(default_factory=dict)  # task -> histogram
-    limiter_429: dict[tuple[str, str], int] = field(default_factory=dict)  # (model, kind)
-    limiter_refusals: dict[tuple[str, str], int] = field(default_factory=dict)  # (model, reason)
-    limiter_wait_s: dict[str, float] = field(default_factory=dict)  # model -> seconds
 
 
 class Stats:
@@ -71,16 +70,7 @@ class Stats:
         return self.keys.stats(kind)
 
     async def _incr(self, kind: str, fields: dict[str, float]) -> None:
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for name, amount in fields.items():
-                    if isinstance(amount, int):
-                        pipe.hincrby(self._key(kind), name, amount)
-                    else:
-                        pipe.hincrbyfloat(self._key(kind), name, amount)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            log.debug("could not count %s: %s", kind, exc)
+        await count(self.redis, self._key(kind), fields)
 
     # -- write -----------------------------------------------------------------------------
     async def lease_expired(self, queue: str, outcome: str) -> None:
@@ -106,56 +96,49 @@ class Stats:
         ]
         return keys, args
 
-    async def limiter_429(self, model: str, per_day: bool) -> None:
-        await self._incr("limiter", {f"{model}{SEP}429{SEP}{'day' if per_day else 'minute'}": 1})
-
-    async def limiter_refused(self, model: str, reason: str) -> None:
-        await self._incr("limiter", {f"{model}{SEP}refused{SEP}{reason}": 1})
-
-    async def limiter_waited(self, model: str, seconds: float) -> None:
-        if seconds > 0:
-            await self._incr("limiter", {f"{model}{SEP}wait_s{SEP}": float(seconds)})
-
     # -- read ------------------------------------------------------------------------------
     async def read(self) -> StatsSnapshot:
         async with self.redis.pipeline(transaction=False) as pipe:
-            for kind in ("lease_expired", "fenced", "settled", "durations", "limiter"):
+            for kind in ("lease_expired", "fenced", "settled", "durations"):
                 pipe.hgetall(self._key(kind))
-            expired, fenced, settled, durations, limiter = await pipe.execute()
+            expired, fenced, settled, durations = await pipe.execute()
         snap = StatsSnapshot()
         snap.lease_expired = _split(expired, 2)
         snap.fenced = _split(fenced, 2)
         snap.settled = _split(settled, 3)
         snap.durations = _histograms(durations)
-        for name, value in limiter.items():
-            model, what, detail = _s(name).rsplit(SEP, 2)
-            if what == "429":
-                snap.limiter_429[(model, detail)] = int(float(_s(value)))
-            elif what == "refused":
-                snap.limiter_refusals[(model, detail)] = int(float(_s(value)))
-            elif what == "wait_s":
-                snap.limiter_wait_s[model] = float(_s(value))
         return snap
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+async def count(redis: Redis, key: str, fields: dict[str, float]) -> None:
+    """Add to counter fields of one hash in one round trip; a failure is logged and forgotten
+    (a lost count must never become a lost job)."""
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for name, amount in fields.items():
+                if isinstance(amount, int):
+                    pipe.hincrby(key, name, amount)
+                else:
+                    pipe.hincrbyfloat(key, name, amount)
+            await pipe.execute()
+    except (RedisError, OSError) as exc:
+        log.debug("could not count %s: %s", key, exc)
 
 
 def _split(raw: dict[Any, Any], parts: int) -> dict[Any, int]:
     out: dict[Any, int] = {}
     for name, value in raw.items():
-        labels = _s(name).rsplit(SEP, parts - 1)
+        labels = text(name).rsplit(SEP, parts - 1)
         if len(labels) == parts:
-            out[tuple(labels)] = int(_s(value))
+            out[tuple(labels)] = int(text(value))
     return out
 
 
 def _histograms(raw: dict[Any, Any]) -> dict[str, Histogram]:
     per_task: dict[str, dict[str, str]] = defaultdict(dict)
     for name, value in raw.items():
-        task, part = _s(name).rsplit(SEP, 1)
-        per_task[task][part] = _s(value)
+        task, part = text(name).rsplit(SEP, 1)
+        per_task[task][part] = text(value)
     out: dict[str, Histogram] = {}
     for task, parts in per_task.items():
         h = Histogram(sum_s=float(parts.get("sum", 0)), count=int(parts.get("count", 0)))

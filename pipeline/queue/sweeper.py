@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
-from pipeline.queue.connection import hash_reply, text, texts
 from pipeline.queue.job import Job
-from pipeline.queue.keys import EVENTS_MAXLEN, Keys
 from pipeline.queue.scripts import Scripts, settle_keys
 from pipeline.queue.stats import Stats
+from pipeline.redis.connection import hash_reply, text, texts
+from pipeline.redis.keys import EVENTS_MAXLEN, Keys
 
 log = logging.getLogger("pipeline.sweeper")
 

@@ -33,7 +33,7 @@ class Task:
     max_attempts: int = 3
     retry_delays_s: tuple[float, ...] = (10.0, 60.0, 300.0)
     priority: int = 5
-    uses_services: bool = False  # needs the LLM caller and ledger (pipeline/runtime.py)
+    uses_services: bool = False  # needs the LLM caller and ledger (pipeline/services.py)
 
     def call(self, *args: Any, **kwargs: Any) -> Call:
         """One invocation, for `client.enqueue(call)` or as a chord member."""

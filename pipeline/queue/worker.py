@@ -26,17 +26,17 @@ from redis.exceptions import RedisError
 
 from pipeline.queue import heartbeat
 from pipeline.queue.client import QueueClient
-from pipeline.queue.connection import text
 from pipeline.queue.context import JobContext
 from pipeline.queue.gate import Admission, Candidate, Gate, OpenGate
 from pipeline.queue.job import Job
-from pipeline.queue.keys import EVENTS_MAXLEN
 from pipeline.queue.lease import LeaseKeeper
 from pipeline.queue.outcome import Counters, Settlement, finish, from_error, from_stop
 from pipeline.queue.pool import CpuPool
 from pipeline.queue.stats import Stats
 from pipeline.queue.sweeper import LeaseExpiredHook, Sweeper
 from pipeline.queue.task import dumps, lookup
+from pipeline.redis.connection import text
+from pipeline.redis.keys import EVENTS_MAXLEN
 
 log = logging.getLogger("pipeline.worker")
 

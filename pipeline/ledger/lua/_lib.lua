@@ -1,12 +1,10 @@
+-- uses: clock
 -- Shared by the budget scripts whose header says `-- uses: _lib` (the loader prepends it).
 -- Lets lapsed holds go: a dead worker's reservation comes back after its hold time.
-if redis.replicate_commands then redis.replicate_commands() end
-
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 
 local function sweep(totals, holds)
-  local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now_ms)
+  local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
   for _, member in ipairs(expired) do
     local held = redis.call('HGET', totals, 'h:' .. member)
     if held then

@@ -1,3 +1,4 @@
+-- uses: clock
 -- Push back the expiry of a hold whose call is still running, so a slow call (or a long
 -- wait before it) never lets its reservation lapse while it may still be billed.
 -- Only a hold that is still there is extended: a lapsed or closed one is not brought back
@@ -9,19 +10,16 @@
 -- ARGV[2]          hold_ms: the hold now lasts this long from Redis TIME
 -- ARGV[3]          state_ttl_s for the token state key
 -- Returns the number of scopes whose hold was extended (0: lapsed or already closed).
-if redis.replicate_commands then redis.replicate_commands() end
-
 if redis.call('GET', KEYS[1]) ~= 'held' then
   return 0
 end
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local until_ms = now_ms + tonumber(ARGV[2])
+local now = now_ms()
+local until_ms = now + tonumber(ARGV[2])
 local extended = 0
 for n = 1, (#KEYS - 1) / 2 do
   local holds = KEYS[2 * n + 1]
   local expiry = redis.call('ZSCORE', holds, ARGV[1])
-  if expiry and tonumber(expiry) > now_ms then
+  if expiry and tonumber(expiry) > now then
     redis.call('ZADD', holds, 'XX', until_ms, ARGV[1])
     extended = extended + 1
   end

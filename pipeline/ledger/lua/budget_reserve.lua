@@ -46,7 +46,7 @@ for n = 1, scopes do
   redis.call('HINCRBY', totals, 'reserved', amount)
   redis.call('HSET', totals, 'limit', ARGV[3 + 2 * n])
   redis.call('HSET', totals, 'h:' .. token, amount)
-  redis.call('ZADD', holds, now_ms + hold_ms, token)
+  redis.call('ZADD', holds, now + hold_ms, token)
   redis.call('EXPIRE', totals, ttl_s)
   redis.call('EXPIRE', holds, ttl_s)
 end

@@ -1,10 +1,6 @@
--- Shared helpers, prepended by scripts.py to scripts that say `-- uses: _lib`.
--- Never called on its own.
-
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+-- uses: clock
+-- The queue scripts' shared helpers, prepended by pipeline/redis/scripts.py to scripts that
+-- say `-- uses: _lib`. Never called on its own.
 
 -- Append a progress event (job, state, task, queue, batch, attempt, extra) to the stream.
 local function emit(events_key, maxlen, job_key, id, state, extra)

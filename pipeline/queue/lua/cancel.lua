@@ -18,7 +18,8 @@ end
 if state ~= 'queued' and state ~= 'scheduled' and state ~= 'waiting' then return state end
 redis.call('ZREM', KEYS[2], id)
 redis.call('ZREM', KEYS[3], id)
-redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_ms', now_ms(), 'cancel', 1)
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_ms', now_ms(), 'cancel', 1,
+  'reason', 'cancelled')
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 emit(KEYS[4], ARGV[3], KEYS[1], id, 'cancelled', nil)
 member_done(KEYS[1], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[4], ARGV[3],

@@ -26,7 +26,9 @@ elseif tonumber(f[2]) < tonumber(f[3]) then
 else
   outcome = 'dead'
 end
-redis.call('HSET', KEYS[1], 'state', outcome, 'finished_ms', now)
+local reason = 'lease_expired'
+if outcome == 'cancelled' then reason = 'cancelled' end
+redis.call('HSET', KEYS[1], 'state', outcome, 'finished_ms', now, 'reason', reason)
 if outcome == 'dead' then
   redis.call('ZADD', KEYS[6], now, id)
 else

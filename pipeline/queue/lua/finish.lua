@@ -13,6 +13,7 @@
 -- ARGV[8] retry delay ms   ARGV[9] events maxlen
 -- ARGV[10] settled field   ARGV[11] duration bucket field   ARGV[12] duration count field
 -- ARGV[13] duration sum field   ARGV[14] duration s (counted only when applied)
+-- ARGV[15] reason: a typed pipeline.errors.Reason ('' for complete and release: cleared)
 -- Returns 1 when applied, 0 when the token is stale.
 local id, outcome = ARGV[1], ARGV[3]
 local f = redis.call('HMGET', KEYS[1], 'state', 'token', 'cancel')
@@ -29,6 +30,11 @@ redis.call('ZREM', KEYS[2], id)
 redis.call('HDEL', KEYS[1], 'token', 'lease_deadline_ms')
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'error', ARGV[5], 'traceback', ARGV[6])
+end
+if ARGV[15] ~= '' then
+  redis.call('HSET', KEYS[1], 'reason', ARGV[15])
+else
+  redis.call('HDEL', KEYS[1], 'reason')
 end
 if outcome == 'retry' or outcome == 'postpone' then
   if outcome == 'postpone' then redis.call('HINCRBY', KEYS[1], 'attempt', -1) end

@@ -21,7 +21,7 @@ from pipeline.errors import (
     UploadRejected,
 )
 
-log = logging.getLogger("pipeline.api")
+log = logging.getLogger("pipeline.api.app")
 
 
 class HttpError(Exception):

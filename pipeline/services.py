@@ -1,6 +1,9 @@
-"""Assembling a process from settings: the queue plus what tasks need (process pool, LLM
-provider behind the shared limiter and call store, ledger recorder, budgets) and the hooks
-that tie queue events to the ledger.
+"""The services a job's paid call goes through, assembled from settings, and the one policy
+that decides what a failed call means for its job (`failed_call`).
+
+What a process gets here: the queue plus what tasks need (process pool, LLM provider behind
+the shared limiter and call store, ledger recorder, budgets) and the hooks that tie queue
+events to the ledger.
 
 Kept apart from the queue core so the queue knows nothing of LLMs or SQL. Workers, the CLI
 (`run`, `submit --wait`) and the HTTP API all build their services here, the same way.
@@ -16,6 +19,20 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from pipeline.errors import (
+    BudgetExceeded,
+    DailyQuotaExhausted,
+    JobError,
+    OverBudget,
+    OverLimit,
+    Permanent,
+    PipelineError,
+    ProviderError,
+    RateLimited,
+    Reason,
+    Retry,
+    UnknownModel,
+)
 from pipeline.queue.client import QueueClient
 from pipeline.queue.context import JobContext
 from pipeline.queue.job import Job
@@ -95,26 +112,9 @@ class Services:
         document_id: str | None = None,
     ) -> LLMResponse:
         """One LLM call on behalf of a running job: its admission permit, the budgets that
-        apply, the ledger.
-
-        How failures steer the job: a budget that settled spend alone cannot fit ends it
-        `over_budget` (batch) or sends it back to wait for the window (day, month), nothing
-        charged; a budget full only of other calls' worst-case holds postpones it a few
-        seconds, since those usually settle lower. Errors that the same request would meet
-        again (a provider refusal, a model without a price, a call over the per-minute
-        token limit) fail it at once with their message instead of retrying for minutes.
+        apply, the ledger. A failure is turned into what it means for the job by
+        `failed_call` (raised from the original error).
         """
-        from pipeline.errors import (
-            BudgetExceeded,
-            DailyQuotaExhausted,
-            OverBudget,
-            OverLimit,
-            Permanent,
-            ProviderError,
-            Retry,
-            UnknownModel,
-        )
-
         budget = await self.budget.for_call(ctx.batch, batch_limit_usd)
         try:
             return await self.caller.call(
@@ -126,42 +126,60 @@ class Services:
                 budget=budget,
                 retry_budget=self.retry_budget(ctx.job_id),
             )
-        except BudgetExceeded as exc:
-            if exc.held_only:
-                raise Retry(
-                    f"waiting for running calls to settle: {exc}",
-                    delay_s=HELD_BUDGET_RETRY_S + random.uniform(0, HELD_BUDGET_JITTER_S),
-                    count_attempt=False,
-                ) from exc
-            if exc.scope == "batch":
-                raise OverBudget(str(exc)) from exc
-            raise Retry(
-                f"waiting for the {exc.scope} budget: {exc}",
-                delay_s=_until_window_reset_s(exc.scope),
+        except PipelineError as exc:
+            steer = failed_call(exc)
+            if steer is None:
+                raise
+            raise steer from exc
+
+
+def failed_call(exc: PipelineError) -> JobError | None:
+    """The paid-call failure policy: what a failed call means for the job that made it.
+
+    The one place this is decided; the job keeps the typed `Reason`, which status, the API and
+    the dashboard read (never the message text).
+    - A budget full only of other calls' worst-case holds: postponed a few seconds, attempt
+      kept, since those holds usually settle lower (`budget_holds`).
+    - The batch budget cannot fit the call: the job ends `over_budget`, nothing charged.
+    - The day or month budget cannot fit: postponed until the window turns (`budget_window`).
+    - The provider's per-day quota: postponed, attempt kept; the limiter gate keeps every
+      worker from claiming that model's jobs until the reset (`daily_quota`).
+    - A provider refusal the same request would meet again (a 4xx other than 408/429, or a
+      failure marked not retryable), a model without a price, a call over the per-minute
+      token limit: failed at once instead of retrying for minutes.
+    - Still rate limited, or the provider still failing after the call's own retries: retried
+      on the job's schedule (`rate_limit`, `provider_error`).
+    Returns None for errors that are not about the call (they propagate unchanged).
+    """
+    if isinstance(exc, BudgetExceeded):
+        if exc.held_only:
+            return Retry(
+                f"waiting for running calls to settle: {exc}",
+                delay_s=HELD_BUDGET_RETRY_S + random.uniform(0, HELD_BUDGET_JITTER_S),
                 count_attempt=False,
-            ) from exc
-        except ProviderError as exc:
-            if _refused(exc):
-                # The provider refused this request (bad request, key, model): running the
-                # job again would send the same request and be refused the same way.
-                raise Permanent(str(exc)) from exc
-            raise
-        except (OverLimit, UnknownModel) as exc:
-            raise Permanent(str(exc)) from exc
-        except DailyQuotaExhausted as exc:
-            # Back to its queue without spending an attempt; the limiter gate keeps every
-            # worker from claiming this model's jobs until the quota resets.
-            raise Retry(str(exc), delay_s=1.0, count_attempt=False) from exc
-
-
-def _refused(exc: BaseException) -> bool:
-    """A ProviderError the same request would meet again: a 4xx other than 408/429, or a
-    failure the provider marked not retryable (the caller raises it `from` that failure)."""
-    code = getattr(exc, "code", None)
-    if code is not None and 400 <= code < 500 and code not in (408, 429):
-        return True
-    failure = getattr(exc.__cause__, "failure", None)
-    return failure is not None and not failure.retryable
+                reason=Reason.BUDGET_HOLDS,
+            )
+        if exc.scope == "batch":
+            return OverBudget(str(exc))
+        return Retry(
+            f"waiting for the {exc.scope} budget: {exc}",
+            delay_s=_until_window_reset_s(exc.scope),
+            count_attempt=False,
+            reason=Reason.BUDGET_WINDOW,
+        )
+    if isinstance(exc, DailyQuotaExhausted):
+        return Retry(str(exc), delay_s=1.0, count_attempt=False, reason=Reason.DAILY_QUOTA)
+    if isinstance(exc, ProviderError):
+        refused = not exc.retryable or (exc.code is not None and 400 <= exc.code < 500
+                                        and exc.code not in (408, 429))  # fmt: skip
+        if refused:
+            return Permanent(str(exc), reason=Reason.PROVIDER_REFUSED)
+        return Retry(f"ProviderError: {exc}", reason=Reason.PROVIDER_ERROR)
+    if isinstance(exc, RateLimited):
+        return Retry(f"RateLimited: {exc}", reason=Reason.RATE_LIMIT)
+    if isinstance(exc, OverLimit | UnknownModel):
+        return Permanent(str(exc), reason=Reason.BAD_INPUT)
+    return None
 
 
 async def open_services(client: QueueClient, provider: Provider | None = None) -> Services:

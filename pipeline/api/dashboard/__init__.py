@@ -22,13 +22,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from pipeline.dashboard.state import dashboard_state
+from pipeline.api.dashboard.state import dashboard_state
 from pipeline.errors import JobNotFound
 
 COOKIE = "pipeline_key"
 ACTION_HEADER = "X-Pipeline-Action"
 REFRESH_S = 2.0
-_HERE = Path(__file__).resolve().parent.parent
+_HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=str(_HERE / "templates"))
 router = APIRouter(include_in_schema=False)
 

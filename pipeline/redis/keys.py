@@ -91,7 +91,19 @@ class Keys:
 
     # LLM limiter and call store (used by pipeline/llm)
     def bucket(self, model: str) -> str:
+        """One model's token bucket (a hash: requests, tokens, day count, pause, rate)."""
         return self._k("bucket", model)
+
+    def bucket_leases(self, model: str) -> str:
+        """One model's calls in flight, a zset scored by lease deadline (the concurrency cap)."""
+        return self._k("bucket", model, "leases")
+
+    def bucket_model(self, key: str) -> str | None:
+        """The model whose bucket `key` is, or None for any other key (a leases zset...)."""
+        head = self.bucket("")
+        if not key.startswith(head) or key.endswith(":leases"):
+            return None
+        return key[len(head) :] or None
 
     def call(self, call_key: str) -> str:
         return self._k("call", call_key)
@@ -102,8 +114,34 @@ class Keys:
 
     @property
     def ledger_buffer(self) -> str:
+        """Ledger writes waiting while the database is down (a list of JSON operations)."""
         return self._k("ledger", "buffer")
 
+    @property
+    def ledger_buffer_dead(self) -> str:
+        """Buffered ledger writes the database refused for good, kept for a person to read."""
+        return self._k("ledger", "buffer-dead")
+
+    @property
+    def ledger_flush_lock(self) -> str:
+        """Held by the one process replaying the ledger buffer."""
+        return self._k("ledger", "flush-lock")
+
+    # documents and the HTTP API (used by tasks/ and pipeline/api)
+    def document(self, sha256: str) -> str:
+        """A document's PDF bytes (base64) by content hash, read by its analysis jobs."""
+        return self._k("doc", sha256)
+
+    def api_idempotency(self, key: str) -> str:
+        """An `Idempotency-Key` header's answer, so a retried upload returns the same jobs."""
+        return self._k("api-idem", key)
+
+    @property
+    def unused(self) -> str:
+        """A key no script writes, passed in KEYS slots that do not apply to a call (no group,
+        no idempotency key): every key a script may touch must still be in KEYS."""
+        return self._k("unused")
+
     def custom(self, *parts: str) -> str:
-        """For modules outside the queue core that need a key of their own."""
+        """Only for tests that need a key of their own under the prefix."""
         return self._k(*parts)

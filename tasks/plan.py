@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.provider import LLMRequest, Part
-from pipeline.queue.keys import Keys
+from pipeline.redis.keys import Keys
 from tasks.pdf import MAX_INLINE_BYTES, plan_chunks, tokens_per_page
 from tasks.prompts import Prompt, load_prompt
 from tasks.schema import Analysis
@@ -37,7 +37,7 @@ def idempotency_key(sha256: str, model: str, prompt_version: str) -> str:
 def doc_key(keys: Keys, sha256: str) -> str:
     """Where a PDF's bytes wait for a worker on any machine (base64 text: the shared
     client decodes replies to str, and one encoding keeps readers simple)."""
-    return keys.custom("doc", sha256)
+    return keys.document(sha256)
 
 
 def encode_pdf(data: bytes) -> str:

@@ -22,8 +22,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from pipeline.llm import emulator_content as content
-from pipeline.llm.emulator_quota import Denial, QuotaTracker, format_duration
+from pipeline.llm.emulator import content
+from pipeline.llm.emulator.quota import Denial, QuotaTracker, format_duration
 
 DEFAULT_API_KEY = "emulator-key"
 RATE_LIMIT_DOC = "https://ai.google.dev/gemini-api/docs/rate-limits"

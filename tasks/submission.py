@@ -23,7 +23,7 @@ from pipeline.queue.job import TERMINAL, JobOptions, State, parse_priority
 
 if TYPE_CHECKING:
     from pipeline.llm.provider import Provider
-    from pipeline.runtime import Services
+    from pipeline.services import Services
     from pipeline.settings import Settings
 
 ANALYZE_TASK = "analyze_document"
@@ -137,7 +137,7 @@ async def submit_uploads(
     `expected_duration_s` overrides the task's own estimate, and so the lease (2x it) that
     decides how soon a job held by a killed worker runs again.
     """
-    from tasks.analysis_plan import (
+    from tasks.plan import (
         admission_tokens,
         analyze_prompt,
         doc_key,
@@ -240,7 +240,7 @@ def estimate(
     Decimal. Raises UnknownModel for a model without a price.
     """
     from pipeline.settings import get_settings
-    from tasks.analysis_plan import analyze_prompt, estimate_document
+    from tasks.plan import analyze_prompt, estimate_document
 
     s = get_settings()
     prices = prices or PriceTable.load()
@@ -296,14 +296,14 @@ async def estimate_counted(
     Each document gets "token_source": "countTokens" or "estimate".
     """
     from pipeline.settings import get_settings
-    from tasks.analysis_plan import (
+    from tasks.pdf import split_pages
+    from tasks.plan import (
         MAX_OUTPUT_TOKENS,
         analyze_prompt,
         analyze_request,
         chunk_ranges,
         prompt_tokens,
     )
-    from tasks.pdf import split_pages
 
     s = get_settings()
     prices = prices or PriceTable.load()

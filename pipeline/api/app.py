@@ -23,8 +23,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import text
 
-from pipeline.api_errors import HttpError, install_error_handlers
-from pipeline.api_upload import FILE_FIELD, UploadForm, read_upload
+from pipeline.api.errors import HttpError, install_error_handlers
+from pipeline.api.upload import FILE_FIELD, UploadForm, read_upload
 from pipeline.errors import JobNotFound, UploadRejected
 from pipeline.queue.client import QueueClient
 from pipeline.queue.job import parse_priority
@@ -40,7 +40,7 @@ _MAX_BUDGET_USD = Decimal("1000000")
 @dataclass
 class ApiState:
     client: QueueClient
-    services: Any  # pipeline.runtime.Services
+    services: Any  # pipeline.services.Services
 
 
 def _state(request: Request) -> ApiState:
@@ -147,7 +147,7 @@ async def analyze(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> JSONResponse:
     """Upload PDFs for analysis: 202 with one job per document, queued for the workers."""
-    from pipeline.submission import Upload, submit_uploads
+    from tasks.submission import Upload, submit_uploads
 
     st = _state(request)
     settings: Settings = request.app.state.settings
@@ -155,7 +155,7 @@ async def analyze(
     options = _form_options(form, settings.model)
     idem = None
     if idempotency_key:
-        idem = st.client.keys.custom("api-idem", idempotency_key)
+        idem = st.client.keys.api_idempotency(idempotency_key)
         replay = await _claim_idempotency(st, idem, form.fingerprint())
         if replay is not None:
             return JSONResponse(replay, status_code=202, headers={"Idempotent-Replayed": "true"})
@@ -210,7 +210,7 @@ async def _claim_idempotency(st: ApiState, key: str, fingerprint: str) -> dict[s
 @router.get("/jobs/{job_id}")
 async def get_job(request: Request, job_id: str) -> dict[str, Any]:
     """A job's state, result, attempts, error and what its LLM calls cost."""
-    from pipeline.api_views import job_view, ledger_job
+    from pipeline.api.views import job_view, ledger_job
     from pipeline.ledger.db import session_factory
 
     st = _state(request)
@@ -233,7 +233,7 @@ async def get_job(request: Request, job_id: str) -> dict[str, Any]:
 @router.get("/batches/{batch_id}")
 async def get_batch(request: Request, batch_id: str) -> dict[str, Any]:
     """Counts by state, each document's job, and the batch's spend against its budget."""
-    from pipeline.api_views import batch_view, ledger_batch
+    from pipeline.api.views import batch_view, ledger_batch
     from pipeline.ledger.db import session_factory
 
     st = _state(request)
@@ -281,7 +281,7 @@ async def get_costs(
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus text: queue, workers and LLM spend, read fresh on every scrape."""
-    from pipeline.metrics import CONTENT_TYPE, scrape
+    from pipeline.api.metrics import CONTENT_TYPE, scrape
 
     st = _state(request)
     return Response(await scrape(st.client, st.services.engine), media_type=CONTENT_TYPE)
@@ -327,7 +327,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from pipeline.runtime import open_services
+        from pipeline.services import open_services
 
         s = app.state.settings
         client = await QueueClient.connect(s, long_lived=True)
@@ -354,7 +354,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or get_settings()
     app.add_api_route("/healthz", healthz, methods=["GET"], summary="Health check (no auth)")
     app.include_router(router)
-    from pipeline.dashboard import install_dashboard
+    from pipeline.api.dashboard import install_dashboard
 
     install_dashboard(app)  # `/` and /dashboard/*, behind the same keys (cookie or bearer)
     install_error_handlers(app)

@@ -18,11 +18,11 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
+from pipeline.api.metrics import limiter_states
 from pipeline.ledger.db import session_factory
 from pipeline.ledger.models import Batch, LLMCall
 from pipeline.ledger.models import Job as JobRow
 from pipeline.ledger.report import daily_spend_by_model
-from pipeline.metrics import limiter_states
 from pipeline.queue.client import QueueClient
 from pipeline.queue.stats import Stats
 

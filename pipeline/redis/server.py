@@ -223,7 +223,7 @@ class EmbeddedRedis:
             "save": '""',
             "databases": "16",
         }
-        header = "# Written by pipeline.redis_server on every start; edits are overwritten.\n"
+        header = "# Written by pipeline.redis.server on every start; edits are overwritten.\n"
         return header + "".join(f"{k} {v}\n" for k, v in lines.items())
 
     def _wait_for_ping(self) -> bool:

@@ -29,6 +29,7 @@ from sqlalchemy import Engine, func, select
 
 from pipeline.ledger.db import session_factory
 from pipeline.ledger.models import LLMCall
+from pipeline.llm.counters import LimiterCounters, LimiterSnapshot
 from pipeline.queue.client import QueueClient
 from pipeline.queue.stats import Stats, StatsSnapshot
 
@@ -50,6 +51,7 @@ class Snapshot:
     # (model, outcome) -> {"calls", "input_tokens", ..., "cost_usd"}
     llm: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     stats: StatsSnapshot = field(default_factory=StatsSnapshot)
+    limiter_counts: LimiterSnapshot = field(default_factory=LimiterSnapshot)
     # scope (day, month) -> (spent, reserved, limit or None), USD
     budgets: dict[str, tuple[float, float, float | None]] = field(default_factory=dict)
     limiter: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> Limiter.state
@@ -126,6 +128,7 @@ async def snapshot(
     await _count_jobs(client, snap, max_jobs_scanned)
     snap.llm = await asyncio.to_thread(_ledger_totals, engine)
     snap.stats = await Stats(client.redis, client.keys).read()
+    snap.limiter_counts = await LimiterCounters(client.redis, client.keys).read()
     snap.budgets = await _budgets(client)
     snap.limiter = await limiter_states(client)
     return snap
@@ -147,19 +150,10 @@ async def _budgets(client: QueueClient) -> dict[str, tuple[float, float, float |
 
 async def limiter_models(client: QueueClient) -> list[str]:
     """Models the shared bucket knows: the default, any configured, any with a bucket."""
-    models = {client.settings.model, *client.settings.limits}
-    leases = client.keys.bucket("*:leases")
-    async for key in client.redis.scan_iter(match=client.keys.bucket("*"), count=500):
-        name = key.decode() if isinstance(key, bytes) else str(key)
-        if not _glob_match(name, leases):
-            models.add(name[len(client.keys.bucket("")) :])
-    return sorted(models)
+    from pipeline.llm.limiter import bucket_models
 
-
-def _glob_match(name: str, pattern: str) -> bool:
-    from fnmatch import fnmatchcase
-
-    return fnmatchcase(name, pattern)
+    s = client.settings
+    return sorted({s.model, *s.limits, *await bucket_models(client.redis, client.keys)})
 
 
 async def limiter_states(client: QueueClient) -> dict[str, dict[str, Any]]:
@@ -247,7 +241,7 @@ class _SnapshotCollector(Collector):
         yield durations
 
     def _limiter(self) -> Iterator[Metric]:
-        st = self.snap.stats
+        st = self.snap.limiter_counts
         r429 = CounterMetricFamily(
             "pipeline_limiter_429", "429s from the provider, per model (kind: minute or day).",
             labels=["model", "kind"],

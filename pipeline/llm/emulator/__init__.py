@@ -1,0 +1,5 @@
+"""A Gemini emulator that speaks the REST API google-genai uses (`pipeline emulator`).
+
+app.py serves the routes, content.py writes the answers, quota.py enforces per-minute and
+per-day quotas with the real 429 bodies.
+"""
