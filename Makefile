@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # Benchmark entry points: the scripts in bench/ that run as programs.
 BENCH_SCRIPTS ?= $(shell grep -l '__name__ == "__main__"' bench/*.py 2>/dev/null)
 
-.PHONY: install test demo lint samples bench clean-venv
+.PHONY: install test demo lint samples bench clean-venv browser
 
 install: $(STAMP)
 
@@ -24,9 +24,23 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 # pytest exits 5 when it collects no tests; an empty selection is not a failure here.
-test: $(STAMP)
+# The import layers (pyproject.toml, [tool.importlinter]) are checked first.
+test: $(STAMP) browser
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); \
 	status=$$?; if [ $$status -eq 5 ]; then exit 0; fi; exit $$status
+
+# The dashboard's browser test drives Debian's chromium. Installed here, announced, as root
+# with apt-get; anywhere else the test skips and names this target.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "make: installing Debian's chromium for the dashboard's browser test (apt-get)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || \
+			echo "make: could not install chromium; the browser test will skip"; \
+		else echo "make: no /usr/bin/chromium and no root apt-get; the browser test will skip"; fi; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/pipeline run examples/docs/*.pdf
@@ -34,6 +48,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tasks tests examples bench
 	$(BIN)/mypy pipeline tasks
+	$(BIN)/lint-imports
 
 samples: $(STAMP)
 	$(BIN)/python examples/make_samples.py

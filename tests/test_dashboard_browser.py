@@ -4,8 +4,9 @@ Gemini emulator. It signs in, watches the counts change by themselves, presses R
 dead job, and saves a screenshot in the test's tmp dir (and as docs/dashboard.png when
 PIPELINE_TEST_UPDATE_DOCS=1).
 
-Chromium comes from apt (never `playwright install`, which downloads a browser build); the
-test skips, saying why, where it is missing and cannot be installed.
+Chromium comes from Debian's package, installed by `make test`'s setup (`make browser`), never
+by the test and never by `playwright install` (which downloads a browser build); the test
+skips, naming the command, where it is missing.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -41,26 +41,11 @@ pytestmark = pytest.mark.slow
 
 
 def _ensure_chromium() -> str:
-    if os.path.exists(CHROMIUM):
-        return CHROMIUM
-    if shutil.which("apt-get") is None:
-        pytest.skip("no /usr/bin/chromium and no apt-get to install Debian's chromium")
-    if os.geteuid() != 0:
-        pytest.skip("no /usr/bin/chromium, and installing it with apt-get needs root")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd, limit_s in (
-        (["apt-get", "update"], 300),
-        (["apt-get", "install", "-y", "chromium"], 900),
-    ):
-        try:
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit_s)
-        except subprocess.TimeoutExpired:
-            pytest.skip(f"`{' '.join(cmd)}` did not finish in {limit_s} s (no network?)")
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
-            pytest.skip(f"`{' '.join(cmd)}` failed (no network?): {' '.join(tail)}")
     if not os.path.exists(CHROMIUM):
-        pytest.skip("apt-get installed chromium but /usr/bin/chromium is missing")
+        pytest.skip(
+            "no /usr/bin/chromium: `make test` installs it as root (`make browser`, which runs "
+            "`apt-get install chromium`); or install Debian's chromium yourself"
+        )
     return CHROMIUM
 
 
