@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import BadDocument, InputError, JobNotFound
+from pipeline.ledger.budget import check_budget_usd
 from pipeline.llm.pricing import PriceTable
 from pipeline.queue.client import QueueClient
 from pipeline.queue.job import TERMINAL, JobOptions, State, parse_priority
@@ -149,9 +150,8 @@ async def submit_uploads(
     model = model or s.model
     prices = services.prices if services is not None else PriceTable.load()
     warnings = prices.check_model(model)  # UnknownModel before anything else happens
-    if budget_usd is not None and (not budget_usd.is_finite() or budget_usd <= 0):
-        # The rule of the CLI's --budget and of POST /analyze, so every door agrees.
-        raise InputError(f"budget {budget_usd} is not a positive amount; give USD, e.g. 5.00")
+    if budget_usd is not None:
+        check_budget_usd(budget_usd)
     prio = _priority(priority)
     prompt = analyze_prompt()
     batch_id = batch_id or uuid.uuid4().hex

@@ -14,7 +14,6 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
@@ -25,7 +24,8 @@ from sqlalchemy import text
 
 from pipeline.api.errors import HttpError, install_error_handlers
 from pipeline.api.upload import FILE_FIELD, UploadForm, read_upload
-from pipeline.errors import JobNotFound, UploadRejected
+from pipeline.errors import InputError, JobNotFound, UploadRejected
+from pipeline.ledger.budget import check_budget_usd
 from pipeline.queue.client import QueueClient
 from pipeline.queue.job import parse_priority
 from pipeline.settings import Settings, get_settings
@@ -34,7 +34,6 @@ from pipeline.settings import Settings, get_settings
 # large upload, short enough that a crashed request does not block its retry for a day.
 _IDEM_PENDING_TTL_S = 300
 _HEALTH_TIMEOUT_S = 3.0
-_MAX_BUDGET_USD = Decimal("1000000")
 
 
 @dataclass
@@ -111,14 +110,9 @@ def _form_options(form: UploadForm, default_model: str) -> dict[str, Any]:
             raise UploadRejected(f"priority: {exc}") from None
     if f.get("budget"):
         try:
-            budget = Decimal(f["budget"])
-        except InvalidOperation:
-            budget = Decimal("NaN")
-        if not budget.is_finite() or budget <= 0 or budget > _MAX_BUDGET_USD:
-            raise UploadRejected(
-                f"budget: {f['budget']!r} is not a positive amount in USD (e.g. 5.00)"
-            )
-        out["budget_usd"] = budget
+            out["budget_usd"] = check_budget_usd(f["budget"])
+        except InputError as exc:
+            raise UploadRejected(f"budget: {exc}") from None
     return out
 
 

@@ -17,19 +17,22 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from pipeline.errors import BudgetExceeded
+from pipeline.errors import BudgetExceeded, InputError
 from pipeline.redis.connection import text
 from pipeline.redis.keys import Keys
 from pipeline.redis.scripts import register
 from pipeline.settings import Settings
 
 NANOS = Decimal(10) ** 9
+# The largest budget any door (CLI, API, Python) accepts: far above any real batch, and small
+# enough that nano-dollar integers in Redis stay well inside 64 bits.
+MAX_BUDGET_USD = Decimal("1000000")
 _LUA = Path(__file__).with_name("lua")
 _STATE_TTL_S = 3 * 86400
 _TTL_S = {"batch": 90 * 86400, "day": 3 * 86400, "month": 62 * 86400}
@@ -52,6 +55,26 @@ def to_nanos(usd: Decimal, *, round_up: bool = False) -> int:
 def from_nanos(nanos: int | str | bytes) -> Decimal:
     raw = text(nanos)
     return Decimal(int(raw)) / NANOS
+
+
+def check_budget_usd(value: Decimal | str, name: str = "budget") -> Decimal:
+    """The one budget rule every door uses: a finite amount of USD above 0 and at most
+    MAX_BUDGET_USD. `value` is a Decimal or its text (e.g. "2.50"); `name` is how the
+    caller's user calls it (`--budget`, the form field `budget`), for the message.
+
+    Raises InputError saying what to give instead.
+    """
+    try:
+        amount = value if isinstance(value, Decimal) else Decimal(value.strip())
+    except InvalidOperation:
+        raise InputError(f"{name} {value!r} is not an amount; give USD, e.g. 2.50") from None
+    # is_finite() first: comparing a NaN Decimal raises InvalidOperation instead of answering.
+    if not amount.is_finite() or amount <= 0 or amount > MAX_BUDGET_USD:
+        raise InputError(
+            f"{name} {str(value)!r} must be a positive amount in USD up to "
+            f"{MAX_BUDGET_USD:,}, e.g. 2.50"
+        )
+    return amount
 
 
 @dataclass(frozen=True)

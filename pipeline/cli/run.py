@@ -1,4 +1,4 @@
-"""`pipeline run` (submit and work in this process) and `results`; `status` is in docs_status.
+"""`pipeline run` (submit and work in this process) and `pipeline results`.
 
 `run` is the quick start: the same submission and the same worker as a deployment, in one
 process. Interrupting it is safe: the worker releases running jobs back to Redis, and
@@ -16,20 +16,21 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from pipeline.cli import app
-from pipeline.cli.docs_cmds import (
+from pipeline.cli.common import (
     BudgetOpt,
     JsonOpt,
     LabelOpt,
     ModelOpt,
     PathsArg,
     PriorityOpt,
-    _engine,
-    _report_nothing,
-    collect_uploads,
     console,
+    ledger_engine,
+)
+from pipeline.cli.submit import (
+    collect_uploads,
     parse_budget,
     print_submission,
+    report_nothing,
 )
 from pipeline.queue.client import QueueClient
 from tasks.submission import submit_uploads
@@ -61,13 +62,13 @@ def write_results(results: list[dict[str, Any]], out: Path) -> list[Path]:
 
 async def _run(paths: list[str], model: str | None, budget: Any, priority: str | None,
                label: str | None, out: Path | None, concurrency: int | None) -> int:  # fmt: skip
-    from pipeline.cli.docs_view import follow
-    from pipeline.cli.queue_cmds import import_task_modules
+    from pipeline.cli.follow import follow
+    from pipeline.cli.worker import import_task_modules
     from pipeline.services import build_worker, open_services
 
     uploads, skipped = collect_uploads(paths)
     if not uploads:
-        _report_nothing(skipped, False)
+        report_nothing(skipped, False)
     import_task_modules(None)
     client = await QueueClient.connect(long_lived=True)
     services = await open_services(client)
@@ -147,7 +148,6 @@ def _summary(sub: Any, tracker: Any, results: list[dict[str, Any]], costs: dict[
                   f"{sub.batch_id}`", highlight=False, soft_wrap=True)  # fmt: skip
 
 
-@app.command()
 def run(
     paths: PathsArg,
     model: ModelOpt = None,
@@ -163,11 +163,10 @@ def run(
         raise typer.Exit(code)
 
 
-@app.command()
 def results(batch: str, out: OutOpt = None, as_json: JsonOpt = False) -> None:
     """A batch's analyses: printed, or one JSON file per document in --out."""
     from tasks.batches import batch_results
-    engine = _engine()
+    engine = ledger_engine()
     try:
         data = batch_results(engine, batch)
     finally:
@@ -193,5 +192,3 @@ def results(batch: str, out: OutOpt = None, as_json: JsonOpt = False) -> None:
             head + (f": {a['document_type']} — {a['summary']}" if a else ": no result yet")
         )
 
-
-from pipeline.cli import docs_status as _docs_status  # noqa: E402,F401  (registers status)

@@ -1,4 +1,4 @@
-"""`pipeline worker`, `pipeline status` (queue side) and the dead-letter commands."""
+"""`pipeline worker` and the dead-letter commands (`pipeline dead list|requeue`)."""
 
 from __future__ import annotations
 
@@ -6,31 +6,16 @@ import asyncio
 import importlib
 import json
 import logging
-from enum import StrEnum
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli import app
+from pipeline.cli.common import LogLevel, console
 from pipeline.errors import PipelineError
 from pipeline.queue.client import QueueClient
-from pipeline.settings import get_settings
 
-console = Console()
 dead_app = typer.Typer(help="Inspect and requeue dead-lettered jobs.", no_args_is_help=True)
-app.add_typer(dead_app, name="dead")
-
-
-
-class LogLevel(StrEnum):
-    """A choice rather than free text, so a typo is a usage error, not a ValueError traceback."""
-
-    debug = "debug"
-    info = "info"
-    warning = "warning"
-    error = "error"
 
 
 # Modules whose tasks a worker registers unless told otherwise.
@@ -52,7 +37,6 @@ def import_task_modules(names: list[str] | None) -> list[str]:
     return loaded
 
 
-@app.command()
 def worker(
     concurrency: Annotated[
         int | None,
@@ -88,42 +72,6 @@ def worker(
             await client.aclose()
 
     asyncio.run(main())
-
-
-async def _queue_status() -> dict[str, object]:
-    client = await QueueClient.connect()
-    try:
-        return {"depths": await client.depths(), "workers": await client.workers()}
-    finally:
-        await client.aclose()
-
-
-def print_queue_status(data: dict[str, object]) -> None:
-    depths = data["depths"]
-    assert isinstance(depths, dict)
-    table = Table(title="queues")
-    for col in ("queue", "ready", "by priority"):
-        table.add_column(col)
-    for name, q in depths["queues"].items():
-        prio = " ".join(f"p{p}:{n}" for p, n in sorted(q["by_priority"].items(), reverse=True))
-        table.add_row(name, str(q["ready"]), prio or "-")
-    console.print(table)
-    console.print(
-        f"delayed {depths['delayed']} · active {depths['active']} · dead-letter {depths['dead']}"
-    )
-    workers = data["workers"]
-    assert isinstance(workers, list)
-    wt = Table(title=f"workers ({len(workers)} alive)")
-    for col in ("worker", "queues", "slots", "state"):
-        wt.add_column(col)
-    for w in workers:
-        wt.add_row(
-            w["id"],
-            ",".join(w["queues"]),
-            f"{w['slots_used']}/{w['concurrency']}",
-            w.get("state", ""),
-        )
-    console.print(wt)
 
 
 @dead_app.command("list")
@@ -163,9 +111,3 @@ def dead_requeue(job_ids: list[str]) -> None:
     for job_id, ok in asyncio.run(main()):
         console.print(f"{job_id}: {'requeued' if ok else 'not dead or failed; left as is'}")
 
-
-def queue_status() -> dict[str, object]:
-    return asyncio.run(_queue_status())
-
-
-_ = get_settings  # settings are read by QueueClient.connect

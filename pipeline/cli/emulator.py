@@ -6,7 +6,6 @@ import socket
 
 import typer
 
-from pipeline.cli import app
 from pipeline.cli.net import bind
 from pipeline.errors import SettingsError
 
@@ -22,7 +21,6 @@ def _latency(value: str) -> tuple[float, float]:
     return pair
 
 
-@app.command("emulator")
 def emulator(
     host: str = typer.Option("127.0.0.1", help="Interface to bind; keep it on loopback."),
     port: int = typer.Option(8089, help="TCP port; 0 picks a free one."),

@@ -11,9 +11,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import app
+from pipeline.cli.common import LogLevel
 from pipeline.cli.net import bind
-from pipeline.cli.queue_cmds import LogLevel
 from pipeline.settings import get_settings
 
 
@@ -26,7 +25,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="0 picks a free port.")] = 8000,

@@ -13,12 +13,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli import app
 from pipeline.errors import InputError
 from pipeline.settings import get_settings
 
 db_app = typer.Typer(help="Ledger database maintenance.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
 
 
 class By(StrEnum):
@@ -59,7 +57,6 @@ def _date(value: str | None, *, end: bool, hint: str) -> Any:
         raise typer.BadParameter(str(exc), param_hint=hint) from None
 
 
-@app.command("costs")
 def costs(
     since: str | None = typer.Option(None, "--since", help="first day (YYYY-MM-DD or ISO)"),
     until: str | None = typer.Option(None, "--until", help="last day, inclusive"),

@@ -1,7 +1,7 @@
-"""`pipeline submit`, `run`, `status` and `results`: the document-analysis side of the CLI.
+"""`pipeline submit`: queue PDFs as one batch (or, with --dry-run, price them).
 
-All four go through tasks/submission.py and the ledger, exactly as the HTTP API does, so
-a file submitted here and there is the same job and is paid for once.
+It goes through tasks/submission.py and the ledger exactly as the HTTP API does, so a file
+submitted here and there is the same job and is paid for once.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import glob
 import json
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,8 +17,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli import app
-from pipeline.errors import InputError
+from pipeline.cli.common import (
+    BudgetOpt,
+    JsonOpt,
+    LabelOpt,
+    ModelOpt,
+    PathsArg,
+    PriorityOpt,
+    console,
+    ledger_engine,
+)
+from pipeline.ledger.budget import check_budget_usd
 from pipeline.queue.client import QueueClient
 from tasks.submission import (
     DocOutcome,
@@ -29,15 +38,6 @@ from tasks.submission import (
     estimate_counted,
     submit_uploads,
 )
-
-console = Console()
-
-PathsArg = Annotated[list[str], typer.Argument(help="PDF files, directories or glob patterns.")]
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Gemini model (priced).")]
-BudgetOpt = Annotated[str | None, typer.Option("--budget", help="Batch budget in USD.")]
-PriorityOpt = Annotated[str | None, typer.Option("--priority", help="0-9 or low|normal|high.")]
-LabelOpt = Annotated[str | None, typer.Option("--label", help="A name for the batch.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def collect_uploads(paths: list[str]) -> tuple[list[Upload], list[DocOutcome]]:
@@ -79,19 +79,8 @@ def collect_uploads(paths: list[str]) -> tuple[list[Upload], list[DocOutcome]]:
 
 
 def parse_budget(value: str | None) -> Decimal | None:
-    if value is None:
-        return None
-    try:
-        budget = Decimal(value.strip().lstrip("$"))
-    except InvalidOperation:
-        raise InputError(
-            f"--budget {value!r} is not an amount; give USD, e.g. --budget 2.50"
-        ) from None
-    # The same rule as POST /analyze: finite and above zero. is_finite() comes first because
-    # comparing a NaN Decimal raises InvalidOperation instead of answering False.
-    if not budget.is_finite() or budget <= 0:
-        raise InputError(f"--budget {value!r} must be a positive amount in USD, e.g. 2.50")
-    return budget
+    """--budget as USD (a leading $ allowed), by the one rule every door uses."""
+    return None if value is None else check_budget_usd(value.strip().lstrip("$"), "--budget")
 
 
 def print_submission(sub: Submission) -> None:
@@ -137,7 +126,7 @@ async def _submit(
     uploads: list[Upload], skipped: list[DocOutcome], *, model: str | None, budget: Decimal | None,
     priority: str | None, label: str | None, wait: bool, as_json: bool,
 ) -> Submission:  # fmt: skip
-    from pipeline.cli.docs_view import follow
+    from pipeline.cli.follow import follow
 
     client = await QueueClient.connect()
     try:
@@ -152,7 +141,7 @@ async def _submit(
         if wait and sub.job_ids:
             # The submission has migrated the ledger already; a lazy engine cannot fail here,
             # so a database that goes away now only dims the spend figure, not the command.
-            engine = _engine(upgrade=False)
+            engine = ledger_engine(upgrade=False)
             try:
                 out = Console(stderr=True) if as_json else console
                 await follow(client, sub, since, out, engine=engine, budget=budget)
@@ -163,14 +152,6 @@ async def _submit(
         await client.aclose()
 
 
-def _engine(*, upgrade: bool = True) -> Any:
-    from pipeline.ledger.db import get_engine
-    from pipeline.settings import get_settings
-
-    return get_engine(get_settings(), upgrade=upgrade)
-
-
-@app.command()
 def submit(
     paths: PathsArg,
     model: ModelOpt = None,
@@ -198,7 +179,7 @@ def submit(
             raise typer.Exit(1)
         return
     if not uploads:
-        _report_nothing(skipped, as_json)
+        report_nothing(skipped, as_json)
     sub = asyncio.run(_submit(uploads, skipped, model=model, budget=limit, priority=priority,
                               label=label, wait=wait, as_json=as_json))  # fmt: skip
     if not sub.job_ids:
@@ -224,7 +205,7 @@ def _dry_run_estimate(uploads: list[Upload], model: str) -> dict[str, Any]:
     return asyncio.run(counted())
 
 
-def _report_nothing(skipped: list[DocOutcome], as_json: bool) -> None:
+def report_nothing(skipped: list[DocOutcome], as_json: bool) -> None:
     if as_json:
         print(json.dumps({"batch_id": None, "documents": [s.__dict__ for s in skipped]}))
     else:
@@ -233,5 +214,3 @@ def _report_nothing(skipped: list[DocOutcome], as_json: bool) -> None:
         console.print("[red]nothing to submit[/red]: no readable PDF among the paths given")
     raise typer.Exit(1)
 
-
-from pipeline.cli import docs_run as _docs_run  # noqa: E402,F401  (registers run/status/results)

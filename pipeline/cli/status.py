@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from pipeline.cli import app
-from pipeline.cli.docs_cmds import JsonOpt, _engine, console
+from pipeline.cli.common import JsonOpt, console, ledger_engine
 from pipeline.errors import WAITING_REASONS, JobNotFound, Reason
 from pipeline.queue.client import QueueClient
 from pipeline.queue.job import State
@@ -100,6 +99,42 @@ async def _redis_side(batch_job_ids: list[str] | None) -> dict[str, Any]:
         await client.aclose()
 
 
+async def _queue_status() -> dict[str, object]:
+    client = await QueueClient.connect()
+    try:
+        return {"depths": await client.depths(), "workers": await client.workers()}
+    finally:
+        await client.aclose()
+
+
+def print_queue_status(data: dict[str, object]) -> None:
+    depths = data["depths"]
+    assert isinstance(depths, dict)
+    table = Table(title="queues")
+    for col in ("queue", "ready", "by priority"):
+        table.add_column(col)
+    for name, q in depths["queues"].items():
+        prio = " ".join(f"p{p}:{n}" for p, n in sorted(q["by_priority"].items(), reverse=True))
+        table.add_row(name, str(q["ready"]), prio or "-")
+    console.print(table)
+    console.print(
+        f"delayed {depths['delayed']} · active {depths['active']} · dead-letter {depths['dead']}"
+    )
+    workers = data["workers"]
+    assert isinstance(workers, list)
+    wt = Table(title=f"workers ({len(workers)} alive)")
+    for col in ("worker", "queues", "slots", "state"):
+        wt.add_column(col)
+    for w in workers:
+        wt.add_row(
+            w["id"],
+            ",".join(w["queues"]),
+            f"{w['slots_used']}/{w['concurrency']}",
+            w.get("state", ""),
+        )
+    console.print(wt)
+
+
 def _print_batch(batch: str, data: dict[str, Any]) -> None:
     table = Table(title=f"batch {batch}" + (f" · {data['label']}" if data["label"] else ""))
     table.add_column("state")
@@ -141,12 +176,11 @@ def _print_services(state: dict[str, Any]) -> None:
     console.print(budget)
 
 
-@app.command()
 def status(batch: Annotated[str | None, typer.Argument()] = None, as_json: JsonOpt = False) -> None:
     """A batch's jobs by state, spend vs budget and what they wait for; without BATCH,
     queues, workers, rate limits, budgets and recent batches."""
     from tasks.batches import batch_summary, recent_batches
-    engine = _engine()
+    engine = ledger_engine()
     try:
         if batch is not None:
             data = batch_summary(engine, batch)
@@ -156,9 +190,7 @@ def status(batch: Annotated[str | None, typer.Argument()] = None, as_json: JsonO
             else:
                 _print_batch(batch, data)
             return
-        from pipeline.cli.queue_cmds import print_queue_status, queue_status
-
-        queues = queue_status()
+        queues = asyncio.run(_queue_status())
         services = asyncio.run(_redis_side(None))
         batches = recent_batches(engine)
     finally:

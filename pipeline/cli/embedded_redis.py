@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli import app
 from pipeline.redis.server import EmbeddedRedis
 from pipeline.settings import get_settings
 
@@ -16,7 +15,6 @@ redis_app = typer.Typer(
     help="The private redis-server used when PIPELINE_REDIS_URL is unset.",
     no_args_is_help=True,
 )
-app.add_typer(redis_app, name="redis")
 
 
 def _server() -> EmbeddedRedis:

@@ -1,0 +1,42 @@
+"""What the CLI's command modules share: the consoles, option types and the ledger engine."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+console = Console()
+err_console = Console(stderr=True)
+
+PathsArg = Annotated[list[str], typer.Argument(help="PDF files, directories or glob patterns.")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Gemini model (priced).")]
+BudgetOpt = Annotated[str | None, typer.Option("--budget", help="Batch budget in USD.")]
+PriorityOpt = Annotated[str | None, typer.Option("--priority", help="0-9 or low|normal|high.")]
+LabelOpt = Annotated[str | None, typer.Option("--label", help="A name for the batch.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+class LogLevel(StrEnum):
+    """A choice rather than free text, so a typo is a usage error, not a ValueError traceback."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+def ledger_engine(*, upgrade: bool = True) -> Engine:
+    """The ledger's engine from settings, migrated on first use unless `upgrade=False`.
+
+    Raises SettingsError for a malformed database URL, DatabaseUnavailable when unreachable.
+    """
+    from pipeline.ledger.db import get_engine
+    from pipeline.settings import get_settings
+
+    return get_engine(get_settings(), upgrade=upgrade)
