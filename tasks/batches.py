@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from pipeline.errors import InputError
-from pipeline.ledger.models import Batch, Document, Job, LLMCall, Result
+from pipeline.ledger.models import Batch, Document, JobRow, LLMCall, Result
 
 NANO = Decimal("0.000000001")
 
@@ -50,7 +50,7 @@ def batch_summary(engine: Engine, batch_id: str) -> dict[str, Any]:
                 f"no batch {batch_id!r} in the ledger; `pipeline status` lists recent batches"
             )
         jobs = conn.execute(
-            select(Job.status, Job.document_id).where(Job.batch_id == batch_id)
+            select(JobRow.status, JobRow.document_id).where(JobRow.batch_id == batch_id)
         ).all()
     spend = batch_spend(engine, batch_id)
     return {
@@ -74,9 +74,9 @@ def recent_batches(engine: Engine, limit: int = 10) -> list[dict[str, Any]]:
         ).all()
         counts = dict(
             conn.execute(
-                select(Job.batch_id, func.count(func.distinct(Job.document_id)))
-                .where(Job.batch_id.in_([r[0] for r in rows]))
-                .group_by(Job.batch_id)
+                select(JobRow.batch_id, func.count(func.distinct(JobRow.document_id)))
+                .where(JobRow.batch_id.in_([r[0] for r in rows]))
+                .group_by(JobRow.batch_id)
             ).all()
         )
     return [
@@ -102,7 +102,7 @@ def batch_results(engine: Engine, batch_id: str) -> list[dict[str, Any]]:
             )
         docs = conn.execute(
             select(Document.id, Document.file_name, Document.pages, Document.sha256)
-            .where(Document.id.in_(select(Job.document_id).where(Job.batch_id == batch_id)))
+            .where(Document.id.in_(select(JobRow.document_id).where(JobRow.batch_id == batch_id)))
             .order_by(Document.file_name)
         ).all()
         results = conn.execute(

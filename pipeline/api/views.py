@@ -14,8 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pipeline.ledger.models import Batch, Document, LLMCall
-from pipeline.ledger.models import Job as JobRow
+from pipeline.ledger.models import Batch, Document, JobRow, LLMCall
 from pipeline.ledger.report import WASTED, _money
 from pipeline.queue.job import Job
 

@@ -83,10 +83,10 @@ async def batch_waits(client: QueueClient, job_ids: list[str]) -> list[dict[str,
 def _ledger_job_ids(engine: Engine, batch_id: str) -> list[str]:
     from sqlalchemy import select
 
-    from pipeline.ledger.models import Job
+    from pipeline.ledger.models import JobRow
 
     with engine.connect() as conn:
-        return [str(i) for i in conn.scalars(select(Job.id).where(Job.batch_id == batch_id))]
+        return [str(i) for i in conn.scalars(select(JobRow.id).where(JobRow.batch_id == batch_id))]
 
 
 async def _redis_side(batch_job_ids: list[str] | None) -> dict[str, Any]:

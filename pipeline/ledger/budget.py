@@ -111,6 +111,14 @@ class ScopeStatus:
 
 
 class Budget:
+    """Spend limits per batch, UTC day and UTC month, kept in Redis as integer nano-dollars.
+
+    A call reserves its worst case in every scope that applies before it is sent (one Lua
+    script: all or nothing, BudgetExceeded naming the scope otherwise), and settles the hold
+    at its real cost after. Holds lapse after `hold_s` unless renewed, so a dead worker's
+    hold comes back.
+    """
+
     def __init__(
         self, redis: aioredis.Redis, keys: Keys, settings: Settings, hold_s: float = 900.0
     ) -> None:

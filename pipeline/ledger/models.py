@@ -65,7 +65,9 @@ class Document(Base):
     pages: Mapped[int | None] = mapped_column(Integer)
 
 
-class Job(Base):
+class JobRow(Base):
+    """A queue job as the ledger records it (the live job is the Redis hash of queue.job.Job)."""
+
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

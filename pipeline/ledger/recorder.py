@@ -54,6 +54,12 @@ def is_connection_error(exc: BaseException) -> bool:
 
 
 class SqlRecorder:
+    """The ledger's side of the LLM layer's Recorder: each call attempt becomes an
+    `llm_calls` row, written `started` before the request and settled after; jobs, batches,
+    documents and results get their rows too. While the database is down, writes wait in a
+    Redis list and are replayed in order, once, when it is back (nothing raised to callers).
+    """
+
     def __init__(
         self,
         engine_or_sessionmaker: Engine | sessionmaker[Session],

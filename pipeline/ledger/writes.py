@@ -17,7 +17,7 @@ from sqlalchemy import Table, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from pipeline.ledger.models import Batch, Document, Job, LLMCall, Result
+from pipeline.ledger.models import Batch, Document, JobRow, LLMCall, Result
 from pipeline.llm.attempts import CallAttempt, Outcome
 
 Payload = dict[str, Any]
@@ -153,7 +153,7 @@ def job_upsert(session: Session, payload: Payload) -> None:
     values.setdefault("created_at", datetime.now(UTC))
     values.setdefault("status", "queued")
     values.setdefault("attempts", 0)
-    _upsert(session, Job.__table__, values, ["id"], fields)  # type: ignore[arg-type]
+    _upsert(session, JobRow.__table__, values, ["id"], fields)  # type: ignore[arg-type]
 
 
 def result_save(session: Session, payload: Payload) -> None:

@@ -54,10 +54,16 @@ PDF_TOKENS_PER_PAGE = 560  # Gemini 3 MEDIUM media resolution (GEMINI.md §3.5)
 
 
 class Prices(Protocol):
+    """What the caller needs of a price table (pipeline/llm/pricing.py's PriceTable)."""
+
     def cost(self, model_version: str, usage: Usage, at: datetime) -> Decimal: ...
 
 
-class Budget(Protocol):
+class SpendLimit(Protocol):
+    """What the caller needs of the budgets that apply to one call (ledger.budget.CallBudget):
+    hold a worst case before the call (raising BudgetExceeded when it does not fit), then
+    settle the hold at the real cost, or cancel it when nothing can have been billed."""
+
     async def reserve(self, worst_case_usd: Decimal) -> Any: ...
 
     async def settle(self, token: Any, actual_usd: Decimal) -> object: ...
@@ -94,13 +100,22 @@ class _Call:
     key: str
     tokens: int
     permit: Permit | None  # the gate's permit, used by the first attempt only
-    budget: Budget | None
+    budget: SpendLimit | None
     retry_budget: RetryBudget | None
     ids: _Ids
     attempt: int = 0
 
 
 class LLMCaller:
+    """One paid call, done right: a limiter permit, a budget hold of the call's worst case, a
+    ledger row written `started` before the request and settled after, retries that honour
+    RetryInfo, and a call store so an answer that was paid for is never paid again.
+
+    `call()` returns the provider's LLMResponse or raises: BudgetExceeded (nothing sent),
+    RateLimited / DailyQuotaExhausted / ProviderError once its retries are spent, OverLimit
+    for a request bigger than the per-minute token limit, UnknownModel for an unpriced model.
+    """
+
     def __init__(
         self,
         provider: Provider,
@@ -132,7 +147,7 @@ class LLMCaller:
         batch_id: str | None = None,
         document_id: str | None = None,
         permit: Permit | None = None,
-        budget: Budget | None = None,
+        budget: SpendLimit | None = None,
         retry_budget: RetryBudget | None = None,
         input_tokens: int | None = None,
     ) -> LLMResponse:
@@ -371,7 +386,7 @@ def _outcome_unknown(failure: ProviderFailure) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def _keep_hold(budget: Budget | None, reservation: Any) -> AsyncIterator[None]:
+async def _keep_hold(budget: SpendLimit | None, reservation: Any) -> AsyncIterator[None]:
     """Extend the budget hold every third of its life while the call runs, so a call that
     outlasts `hold_s` keeps its reservation (like `Limiter.hold` for the permit)."""
     extend = getattr(budget, "extend", None)

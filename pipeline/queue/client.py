@@ -37,6 +37,14 @@ class Event:
 
 
 class QueueClient:
+    """The producer's side of the queue: enqueue jobs (one, many, or a chord), look them up,
+    follow their events, cancel and requeue them. One per process; cheap to share.
+
+    `connect()` reads PIPELINE_REDIS_URL (or starts the embedded Redis). Raises
+    RedisUnavailable when Redis cannot be reached, UnknownTask for a task name no worker
+    registers, NotSerializable for arguments that are not JSON, JobNotFound for an unknown id.
+    """
+
     def __init__(self, redis: Redis, keys: Keys | None = None, settings: Settings | None = None):
         self.redis = redis
         self.settings = settings or get_settings()
@@ -343,6 +351,10 @@ class QueueClient:
 
 
 class JobHandle:
+    """One enqueued job, by id: its record, state, result (`JobFailed` if it did not
+    complete, `JobTimeout` past `timeout_s`) and cancellation. `created` is False when an
+    idempotency key returned an existing job."""
+
     def __init__(self, client: QueueClient, job_id: str, created: bool = True) -> None:
         self.client = client
         self.id = job_id
@@ -370,6 +382,8 @@ class JobHandle:
 
 @dataclass(frozen=True)
 class GroupHandle:
+    """A chord: the member jobs and the callback that runs once, after every member ended."""
+
     id: str
     members: list[JobHandle]
     callback: JobHandle

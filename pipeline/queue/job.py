@@ -70,6 +70,10 @@ def _float(value: str | None, default: float = 0.0) -> float:
 
 @dataclass
 class Job:
+    """A job as stored in its Redis hash: what to run (task, args), how (queue, priority,
+    attempts, expected and timeout seconds, retry delays), and where it stands (state,
+    attempt, lease, result, error and its typed `reason`). Times are Redis-clock ms."""
+
     id: str
     task: str
     queue: str

@@ -25,6 +25,11 @@ REGISTRY: dict[str, Task] = {}
 
 @dataclass(frozen=True)
 class Task:
+    """A function registered with `@task(...)`, with the options its jobs run under: queue,
+    expected duration and timeout (seconds), attempts, retry delays (seconds) and priority
+    (0-9, higher first). Calling it runs the function; `.call(...)` makes an enqueueable Call.
+    """
+
     name: str
     fn: TaskFn
     queue: str = "default"

@@ -55,6 +55,14 @@ class Running:
 
 
 class Worker:
+    """Runs jobs from `queues`, in order: claims one job per free slot (at most
+    `concurrency`) when the admission `gate` says its first call can go now, runs it under a
+    lease of 2 × its expected duration renewed every third of that, and settles it with the
+    claim's fencing token. `run()` returns on `stop()`, SIGTERM/SIGINT (running jobs get
+    `shutdown_grace_s`, then go back to their queue) or, with `burst`, when the queues are
+    empty. Errors raised by tasks never escape: they become the job's outcome.
+    """
+
     def __init__(
         self,
         client: QueueClient,

@@ -20,8 +20,7 @@ from sqlalchemy import Engine, func, select
 
 from pipeline.api.metrics import limiter_states
 from pipeline.ledger.db import session_factory
-from pipeline.ledger.models import Batch, LLMCall
-from pipeline.ledger.models import Job as JobRow
+from pipeline.ledger.models import Batch, JobRow, LLMCall
 from pipeline.ledger.report import daily_spend_by_model
 from pipeline.queue.client import QueueClient
 from pipeline.queue.stats import Stats
