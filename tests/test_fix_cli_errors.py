@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from pipeline.cli.docs_cmds import parse_budget
-from pipeline.cli.docs_view import SPEND_UNAVAILABLE, follow, spend_text
+from pipeline.cli.follow import SPEND_UNAVAILABLE, follow, spend_text
+from pipeline.cli.submit import parse_budget
 from pipeline.errors import DatabaseUnavailable, InputError, SettingsError
 from pipeline.ledger.db import create_ledger_engine
 from pipeline.ledger.report import parse_when

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import make_url
 
 from pipeline.ledger import db
-from pipeline.ledger.models import Job, LLMCall
+from pipeline.ledger.models import JobRow, LLMCall
 from pipeline.ledger.recorder import SqlRecorder
 from pipeline.llm.attempts import Outcome
 from pipeline.redis.keys import Keys
@@ -105,7 +105,7 @@ async def test_outage_buffers_then_flushes_once_in_order(
             assert {r.id: (r.outcome, r.cost_usd) for r in rows} == expected
             total = session.scalar(select(func.sum(LLMCall.cost_usd)))
             assert total == sum(cost for _, cost in expected.values())
-            job = session.get(Job, "k0")
+            job = session.get(JobRow, "k0")
             assert job is not None and job.status == "done" and job.attempts == 1
     finally:
         verify.dispose()

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from sqlalchemy import Engine, func, select
 
 from pipeline.ledger import db
-from pipeline.ledger.models import Batch, Document, Job, LLMCall
+from pipeline.ledger.models import Batch, Document, JobRow, LLMCall
 from pipeline.ledger.recorder import SqlRecorder
 from pipeline.llm.attempts import Outcome
 from pipeline.redis.keys import Keys
@@ -154,7 +154,7 @@ async def test_task_layer_helpers(recorder: SqlRecorder, engine: Engine) -> None
         assert batch.budget_usd == Decimal("12.5")
         doc = session.get(Document, doc_id)
         assert doc is not None and (doc.file_name, doc.bytes, doc.pages) == ("x.pdf", 1234, 4)
-        job = session.get(Job, "j1")
+        job = session.get(JobRow, "j1")
         assert job is not None
         assert (job.batch_id, job.status, job.attempts) == ("b1", "failed", 2)
         assert job.last_error == "boom"
