@@ -25,7 +25,7 @@ from pipeline.llm.retry import RetryBudget, RetryPolicy
 from pipeline.queue.keys import Keys
 from pipeline.settings import load_settings
 
-MODEL = "gemini-test"
+MODEL = "gemini-3.5-flash-lite"  # a model in config/pricing.toml: the limiter refuses others
 FAST = RetryPolicy(max_attempts=4, initial_delay_s=0.01, max_delay_s=0.05, jitter_s=0.01)
 
 
