@@ -16,6 +16,12 @@ enqueued → job started, which is when the gate granted its call's permit).
 --direct instead measures the bucket alone: processes of coroutines taking permits as fast
 as it allows (no queue, no HTTP), plus Redis round trips per second from one client.
 
+These figures — the share of the quota achieved, admission waits — are what to watch for the
+limiter's throughput (about 92 % of the limit by design, see pipeline/llm/limiter.py); the tests
+assert only invariants (nothing lost or paid twice, no 429 the scenario does not force, never
+more than the limit in a window). A quota far below the setting (`--rpm 10 --emulator-rpm 3`)
+shows the progress guarantee: every job completes after the 429s it forces.
+
 Uses its own random key prefix and a temporary SQLite ledger, deletes its keys afterwards,
 never flushes anything.
 """

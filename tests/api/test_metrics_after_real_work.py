@@ -75,8 +75,8 @@ async def test_metrics_count_real_work(
             worker.stop()
             await asyncio.wait_for(run, 30)
     limiter = Limiter(qc.redis, k, settings)
-    await limiter.on_rate_limited("gemini-test", retry_delay_s=0.3)
-    permit = await limiter.acquire("gemini-test", 10, deadline_s=10)  # waits out the pause
+    await limiter.on_rate_limited("gemini-2.0-flash", retry_delay_s=0.3)
+    permit = await limiter.acquire("gemini-2.0-flash", 10, deadline_s=10)  # waits out the pause
     await limiter.release(permit)
     await qc.aclose()
 
@@ -99,10 +99,10 @@ async def test_metrics_count_real_work(
     tokens = [v for key, v in m.items() if key[0] == "pipeline_llm_tokens_total"
               and ("kind", "input") in key[1]]  # fmt: skip
     assert sum(tokens) > 0
-    assert v(m, "pipeline_limiter_429_total", kind="minute", model="gemini-test") == 1
-    assert v(m, "pipeline_limiter_refusals_total", model="gemini-test", reason="paused") >= 1
-    assert v(m, "pipeline_limiter_wait_seconds_total", model="gemini-test") > 0
-    assert v(m, "pipeline_limiter_tokens_left", model="gemini-test") >= 0
+    assert v(m, "pipeline_limiter_429_total", kind="minute", model="gemini-2.0-flash") == 1
+    assert v(m, "pipeline_limiter_refusals_total", model="gemini-2.0-flash", reason="paused") >= 1
+    assert v(m, "pipeline_limiter_wait_seconds_total", model="gemini-2.0-flash") > 0
+    assert v(m, "pipeline_limiter_tokens_left", model="gemini-2.0-flash") >= 0
     assert v(m, "pipeline_budget_remaining_usd", scope="day") == 5.0  # offline calls cost $0
     assert ("pipeline_budget_remaining_usd", (("scope", "month"),)) not in m  # no month limit
 

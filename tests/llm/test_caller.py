@@ -26,7 +26,7 @@ from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
 from tests.support.scripted import ScriptedProvider
 
-MODEL = "gemini-test"
+MODEL = "gemini-3.5-flash-lite"  # a model in config/pricing.toml: the limiter refuses others
 FAST = RetryPolicy(max_attempts=4, initial_delay_s=0.01, max_delay_s=0.05, jitter_s=0.01)
 
 

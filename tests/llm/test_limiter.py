@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from pipeline.errors import DailyQuotaExhausted, OverLimit, RateLimited
+from pipeline.errors import DailyQuotaExhausted, OverLimit
 from pipeline.llm.limiter import (
     Limiter,
     LimiterGate,
@@ -25,7 +25,7 @@ from pipeline.queue.gate import Candidate
 from pipeline.redis.keys import Keys
 from pipeline.settings import Settings, load_settings
 
-MODEL = "gemini-test"
+MODEL = "gemini-3.5-flash-lite"  # a model in config/pricing.toml: the limiter refuses others
 
 
 def _settings(**limits: int) -> Settings:
@@ -96,34 +96,32 @@ async def test_release_corrects_tokens_to_actual_usage(aredis: aioredis.Redis, k
 async def test_many_clients_never_exceed_the_limit_in_any_window(
     aredis: aioredis.Redis, redis_url: str, keys: Keys
 ):
+    """3 clients x 8 coroutines take 96 permits at 30 per 1 s: every one is granted (no
+    coroutine starves, however slowly a busy machine runs them) and no 1 s window of Redis
+    TIME holds more than 30. The rate achieved is a figure: bench/limiter.py --direct."""
     settings = _settings(rpm=30)
     clients = [aioredis.Redis.from_url(redis_url) for _ in range(3)]
     limiters = [Limiter(c, keys, settings, period_s=1.0) for c in clients]
     grants: list[float] = []
-    loop = asyncio.get_running_loop()
-    stop_at = loop.time() + 2.5
 
     async def worker(limiter: Limiter) -> None:
-        while loop.time() < stop_at:
-            try:
-                permit = await limiter.acquire(MODEL, 10, deadline_s=stop_at - loop.time())
-            except RateLimited:
-                return
+        for _ in range(4):
+            permit = await limiter.acquire(MODEL, 10)
             grants.append(permit.granted_at_ms)
             await limiter.release(permit)
 
     try:
-        await asyncio.gather(*(worker(lim) for lim in limiters for _ in range(8)))
+        await asyncio.wait_for(
+            asyncio.gather(*(worker(lim) for lim in limiters for _ in range(8))), timeout=120
+        )
     finally:
         for c in clients:
             await c.aclose()
     grants.sort()
-    assert len(grants) > 30
+    assert len(grants) == 96
     for i, start in enumerate(grants):
         in_window = sum(1 for g in grants[i:] if g < start + 1000)
         assert in_window <= 30, f"{in_window} grants in the 1 s window from {start}"
-    achieved_per_s = (len(grants) - 1) / ((grants[-1] - grants[0]) / 1000)
-    assert achieved_per_s >= 0.8 * 30
 
 
 async def test_concurrency_cap_and_crashed_lease_comes_back(aredis: aioredis.Redis, keys: Keys):

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from pipeline.errors import UnknownModel
-from pipeline.llm.pricing import PriceTable
+from pipeline.llm.pricing import PriceTable, canonical_model
 from pipeline.llm.provider import Usage
 
 M = 1_000_000
@@ -84,14 +84,40 @@ def test_worst_case_cost_uses_all_output_tokens(table: PriceTable) -> None:
 @pytest.mark.parametrize(
     ("name", "entry"),
     [
-        ("gemini-3.5-flash-lite-001", "gemini-3.5-flash-lite"),
+        ("gemini-3.5-flash-lite", "gemini-3.5-flash-lite"),
         ("models/gemini-3.5-flash", "gemini-3.5-flash"),
-        ("gemini-2.5-flash-preview-09-2025", "gemini-2.5-flash"),
-        ("gemini-flash-latest", "gemini-3.8-flash"),
+        (" gemini-3.5-flash ", "gemini-3.5-flash"),
+        ("gemini-flash-latest", "gemini-3.8-flash"),  # an alias of the table
+        ("models/gemini-flash-lite-latest", "gemini-3.5-flash-lite"),
     ],
 )
-def test_resolve_model_versions(table: PriceTable, name: str, entry: str) -> None:
-    assert table.resolve(name) == entry
+def test_canonical_model_ids(table: PriceTable, name: str, entry: str) -> None:
+    assert table.canonical(name) == entry
+    assert canonical_model(name) == entry  # the shipped table, as every caller uses it
+    assert table.price(name, date(2026, 11, 21)).model == entry
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gemini-3.5-flash-lite-001",  # a version suffix: another id, not this price
+        "gemini-3.5-flash-lite:streamGenerateContent",  # a REST method, not a model
+        "gemini-2.5-flash-preview-09-2025",
+        "Gemini-3.5-Flash-Lite",
+        "models/",
+        "",
+    ],
+)
+def test_near_misses_are_refused_with_the_known_models(table: PriceTable, name: str) -> None:
+    with pytest.raises(UnknownModel) as info:
+        table.canonical(name)
+    message = str(info.value)
+    assert repr(name) in message and "gemini-3.5-flash-lite" in message
+    assert "gemini-flash-latest" in message  # aliases are listed too
+    with pytest.raises(UnknownModel):
+        table.cost(name, Usage(1, 1), date(2026, 11, 21))
+    if name.startswith("gemini-3.5-flash-lite"):
+        assert "Did you mean 'gemini-3.5-flash-lite'?" in message
 
 
 def test_unknown_model_lists_known_ones(table: PriceTable) -> None:
