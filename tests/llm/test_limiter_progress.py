@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pipeline.queue.keys import Keys
 
 from pipeline.llm.limiter import Limiter, LimiterTuning, Permit
+from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
 
 MODEL = "gemini-3.5-flash-lite"

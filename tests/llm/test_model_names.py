@@ -15,13 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aioredis
-from pipeline.llm.recorder import MemoryRecorder, Outcome
-from pipeline.queue.connection import connect_redis
-from pipeline.queue.keys import Keys
-from pipeline.submission import Upload, estimate, submit_uploads
-from tasks.analysis_plan import idempotency_key
 
 from pipeline.errors import SettingsError, UnknownModel
+from pipeline.llm.attempts import MemoryRecorder, Outcome
 from pipeline.llm.caller import LLMCaller
 from pipeline.llm.callstore import CallStore
 from pipeline.llm.gemini import GeminiProvider
@@ -30,7 +26,11 @@ from pipeline.llm.pricing import PriceTable
 from pipeline.llm.provider import LLMRequest, Part
 from pipeline.queue.client import QueueClient
 from pipeline.queue.gate import Candidate
+from pipeline.redis.connection import connect_redis
+from pipeline.redis.keys import Keys
 from pipeline.settings import get_settings, load_settings
+from tasks.plan import idempotency_key
+from tasks.submission import Upload, estimate, submit_uploads
 from tests.support.api import api_client, api_settings, pdf_files
 from tests.support.cli import EXAMPLES, run_cli
 from tests.support.emulator import start_emulator
