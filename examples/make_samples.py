@@ -387,10 +387,10 @@ def letter_de() -> bytes:
     return bytes(pdf.output())
 
 
-def long_manual(pages: int, seed: int = 2415) -> bytes:
-    """A long maintenance manual (`pages` pages, about 55 lines each): distinct text on
-    every page, written line by line because fpdf2's multi_cell is too slow for thousands
-    of pages. The maker is named on every page, a distributor only on the last."""
+def long_manual(pages: int, seed: int = 2415, lines: int = 54) -> bytes:
+    """A long maintenance manual (`pages` pages of `lines` lines): distinct text on every
+    page, written line by line because fpdf2's multi_cell is too slow for thousands of
+    pages. The maker is named on every page, a distributor only on the last."""
     rng = random.Random(seed)
     parts = ["pump", "valve", "pressure sensor", "drive belt", "seal", "filter", "bearing"]
     verbs = ["Check", "Replace", "Tighten", "Clean", "Inspect", "Lubricate"]
@@ -401,7 +401,7 @@ def long_manual(pages: int, seed: int = 2415) -> bytes:
     for page in range(1, pages + 1):
         pdf.add_page()
         pdf.text(15, 15, f"Norrland Pumps AB - maintenance manual - page {page}")
-        for line in range(1, 55):
+        for line in range(1, lines + 1):
             part = rng.choice(parts)
             pdf.text(15, 15 + line * 4.9, f"{rng.choice(verbs)} the {part} of unit "
                      f"{rng.randint(1, 400)} every {rng.randint(2, 48)} weeks and record the "

@@ -39,6 +39,7 @@ _SIGNS = {"€": "EUR", "£": "GBP", "$": "USD", "US$": "USD", "¥": "JPY", "₹
 _NUMBER = r"[-−]?\d{1,3}(?:[,.\u00a0\u202f' ]\d{3})+(?:[.,]\d{1,2})?|[-−]?\d+(?:[.,]\d{1,2})?"
 _SCALE = r"(?: ?(?:million|billion|thousand|bn|mn|Mio\.|Mrd\.|millions|milliards?))?"
 _CURRENCY = r"US\$|[€£$¥₹]|Fr\.|[A-Z]{3}"
+_CURRENCY_HINT = re.compile(r"[€£$¥₹]|\b[A-Z]{3}\b|euro|dollar|pound|Fr\.")
 _AMOUNT = re.compile(
     rf"(?<![\w.,])(?:(?P<c1>{_CURRENCY}) ?(?P<n1>{_NUMBER})(?P<s1>{_SCALE})"
     rf"|(?P<n2>{_NUMBER})(?P<s2>{_SCALE}) ?(?P<c2>{_CURRENCY}|euros?|dollars|pounds))(?![\w])"
@@ -54,8 +55,10 @@ _FORM_BLOCKLIST = frozenset(
     "vat company private et da pt ee ae oe ij aj ay ks ky kt kd sd og pp mb kb hb qk xk xt "
     "nl dat fie teo ans esv cpt tmi".split()
 )
+_MIXED_CASE_FORMS = frozenset({"Oy", "Co", "Co."})  # short forms written in mixed case
 _CONNECTORS = frozenset({"&", "and", "und", "et", "of", "de"})
-_NAME_WORD = r"(?:[A-Z0-9][\w'’.-]*|&|and|und|et|of|de)"
+# A capitalised word or a connector; a word ending in "." ends a sentence, not a name.
+_NAME_WORD = r"(?:[A-Z0-9][\w'’-]*(?:\.[\w'’-]+)*|&|and|und|et|of|de)"
 _MONTHS_AND_DAYS = frozenset(
     "january february march april may june july august september october november december "
     "monday tuesday wednesday thursday friday saturday sunday januar februar märz juni juli "
@@ -98,7 +101,8 @@ def find_amounts(text: str) -> list[str]:
     from price_parser import Price
 
     found: dict[str, None] = {}
-    for match in _AMOUNT.finditer(text):
+    hinted = "\n".join(b for b in text.split("\n") if _CURRENCY_HINT.search(b))
+    for match in _AMOUNT.finditer(hinted):
         currency = match.group("c1") or match.group("c2")
         number = match.group("n1") or match.group("n2")
         scale = (match.group("s1") or match.group("s2") or "").strip()
@@ -137,7 +141,27 @@ def _legal_forms() -> re.Pattern[str]:
 def find_organizations(text: str, stop_words: frozenset[str]) -> list[str]:
     """Names ending in a legal form, as written ("Brightwater Analytics GmbH")."""
     found: dict[str, None] = {}
-    for match in _legal_forms().finditer(text):
+    tails = _form_tails()
+    for block in text.split("\n"):
+        # The full pattern is slow on long text; most blocks name no company at all.
+        words = (t.strip(",;:()").lower() for t in block.split() if not t.islower())
+        if any(w in tails or w.rstrip(".") in tails for w in words):
+            _organizations_in(block, stop_words, found)
+        if len(found) >= MAX_PER_KIND:
+            break
+    return list(found)[:MAX_PER_KIND]
+
+
+@functools.cache
+def _form_tails() -> frozenset[str]:
+    """The last word of every legal form, lower case: "ltd", "kg", "o.o." …"""
+    from cleanco import typesources
+
+    return frozenset(term.split()[-1] for _kind, term in typesources() if term.strip())
+
+
+def _organizations_in(block: str, stop_words: frozenset[str], found: dict[str, None]) -> None:
+    for match in _legal_forms().finditer(block):
         form = match.group("form")
         if not any(c.isupper() for c in form):
             continue
@@ -148,10 +172,10 @@ def find_organizations(text: str, stop_words: frozenset[str]) -> list[str]:
         if not name_words or name_words[-1] in _CONNECTORS:
             continue
         shouted = all(w.isupper() for w in name_words)
-        if len(form.strip(".")) <= 2 and (not form.isupper() or shouted):
+        mixed = form not in _MIXED_CASE_FORMS and not form.isupper()
+        if len(form.strip(".")) <= 2 and (mixed or shouted):
             continue  # "AG" after "Siemens" is a form; "AS" in a capitalised heading is a word
         found.setdefault(" ".join([*name_words, form]), None)
-    return list(found)[:MAX_PER_KIND]
 
 
 @functools.cache

@@ -10,6 +10,7 @@ would refuse a request it cannot serve, rather than answered from the prompt's w
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import time
@@ -31,11 +32,16 @@ def pdf_text(data: bytes) -> tuple[str, int]:
     return "\n".join(pages), len(pages)
 
 
-def pdf_pages(data: bytes) -> list[str]:
-    """Each page's text layer (PDFium, via tasks/pdf.py); "" for a page without one."""
+@functools.lru_cache(maxsize=4)
+def pdf_pages(data: bytes) -> tuple[str, ...]:
+    """Each page's text layer (PDFium, via tasks/pdf.py); "" for a page without one.
+
+    Remembered for the last few documents: the caller counts a request's tokens and then
+    sends it, and reading a long part twice would double the work for the same answer.
+    """
     from tasks.pdf import extract_text
 
-    return extract_text(data)
+    return tuple(extract_text(data))
 
 
 def document_pages(request: LLMRequest) -> tuple[list[str], int]:

@@ -21,6 +21,8 @@ SHORT_LINE_RATIO = 0.8
 _WORD = re.compile(r"\w{2,}")
 _SPACE = re.compile(r"\s+")
 _CLOSERS = (".", "!", "?", ":", ";")
+_DIGIT = re.compile(r"\d")
+_FIGURE = re.compile(r"\S*\d\S*")
 _HYPHENATED = re.compile(r"[A-Za-zÀ-ÖØ-öø-ÿ]-$")
 
 
@@ -29,55 +31,62 @@ def has_text(page: str) -> bool:
     return _WORD.search(page) is not None
 
 
-def page_units(page: str) -> list[str]:
-    """Sentences and standalone lines of one page, in reading order, whitespace collapsed."""
+def page_blocks(page: str) -> list[str]:
+    """The page's paragraphs, headings and rows, in reading order, whitespace collapsed."""
     lines = [line.strip() for line in page.splitlines()]
     lines = [line for line in lines if line]
     if not lines:
         return []
     widths = sorted(len(line) for line in lines)
     full = widths[(len(widths) - 1) * 9 // 10]
-    units: list[str] = []
+    blocks: list[str] = []
     block = ""
     for line in lines:
         short = len(line) < SHORT_LINE_RATIO * full or is_table_row(line)
         if short and block[-1:] in _CLOSERS:
-            units.extend(_sentences(block))  # a heading after a paragraph's full last line
+            blocks.append(block)  # a heading after a paragraph's full last line
             block = ""
-        if block and _HYPHENATED.search(block) and line[:1].islower():
+        if block.endswith("-") and _HYPHENATED.search(block[-2:]) and line[:1].islower():
             block = block[:-1] + line  # a word hyphenated across the line break
         else:
             block = f"{block} {line}" if block else line
         if short:
-            units.extend(_sentences(block))
+            blocks.append(block)
             block = ""
     if block:
-        units.extend(_sentences(block))
-    return units
+        blocks.append(block)
+    return [flat for b in blocks if _WORD.search(flat := _SPACE.sub(" ", b).strip())]
+
+
+def page_units(page: str) -> list[str]:
+    """Sentences and standalone lines of one page, in reading order, whitespace collapsed."""
+    return [unit for block in page_blocks(page) for unit in _sentences(block)]
 
 
 def is_table_row(line: str) -> bool:
     """A line of figures rather than prose (a table row runs to full width like prose
     does): it ends in a figure, and at least two of its tokens, a third of them, are."""
+    if line.endswith(".") or not _DIGIT.search(line[-12:]):
+        return False
     tokens = line.split()
-    numeric = sum(1 for t in tokens if any(c.isdigit() for c in t))
-    ends_in_figure = any(c.isdigit() for c in tokens[-1]) and not line.endswith(".")
-    return ends_in_figure and numeric >= 2 and numeric * 3 >= len(tokens)
+    numeric = len(_FIGURE.findall(line))
+    return _DIGIT.search(tokens[-1]) is not None and numeric >= 2 and numeric * 3 >= len(tokens)
 
 
-def _sentences(block: str) -> list[str]:
-    flat = _SPACE.sub(" ", block).strip()
+def _sentences(flat: str) -> list[str]:
     # join_on_lowercase: "Globex Corporation Inc. signed" is one sentence, not two.
     return [s.strip() for s in split_multi(flat, join_on_lowercase=True) if _WORD.search(s)]
 
 
 def document_units(pages: list[str]) -> list[str]:
     """Every page's units, each distinct unit once (running headers and footers repeat)."""
-    seen: dict[str, None] = {}
-    for page in pages:
-        for unit in page_units(page):
-            seen.setdefault(unit, None)
-    return list(seen)
+    return list(dict.fromkeys(unit for page in pages for unit in page_units(page)))
+
+
+def document_blocks(pages: list[str]) -> list[str]:
+    """Every page's blocks, each distinct one once: the cheap reading (no sentence
+    splitting) that entity search runs over on a document of any length."""
+    return list(dict.fromkeys(block for page in pages for block in page_blocks(page)))
 
 
 def words(unit: str) -> list[str]:
