@@ -57,7 +57,7 @@ from tasks.result import (
     provider_of,
     reusable,
 )
-from tasks.schema import Analysis, MergedAnalysis
+from tasks.schema import Analysis, MergedAnalysis, gemini_schema
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ async def _analysis_call(
         return result, response.model_version, cost
     await ctx.progress({"stage": "repairing", "error": error[:300]})
     repair = load_prompt("repair")
-    schema = shape.json_schema_for_gemini()  # type: ignore[attr-defined]
+    schema = gemini_schema(shape)
     repair_text = repair.render(error=error, invalid_json=response.text, schema=json.dumps(schema))
     fix = LLMRequest(
         model=request.model,
@@ -190,7 +190,8 @@ async def analyze_document(ctx: JobContext, args: dict[str, Any]) -> dict[str, A
     if len(ranges) == 1:
         await ctx.progress({"stage": "analyzing", "pages": pages})
         part = await _analyse_part(ctx, args, data, part=1, first=1, last=pages, page_count=pages)
-        result = build_result(part["analysis"], [part], model=model, prompt_version=version,
+        analysis = {**part["analysis"], "page_count": pages}  # counted here, not by the model
+        result = build_result(analysis, [part], model=model, prompt_version=version,
                               max_bytes=s.max_result_bytes)  # fmt: skip
         await services.recorder.save_result(sha, model, version, result)
         await ctx.progress({"stage": "done", "pages": pages})
@@ -318,7 +319,7 @@ async def _merge_call(
         model=args["model"],
         parts=(Part(text=text),),
         system=reduce.system,
-        response_schema=MergedAnalysis.json_schema_for_gemini(),
+        response_schema=gemini_schema(MergedAnalysis),
         max_output_tokens=MAX_OUTPUT_TOKENS,
         prompt_version=reduce.version,
     )

@@ -93,10 +93,6 @@ class MergedAnalysis(BaseModel):
     )
     document_type: str = Field(description=Analysis.model_fields["document_type"].description)
 
-    @classmethod
-    def json_schema_for_gemini(cls) -> dict[str, Any]:
-        return gemini_schema(cls)
-
 
 class Producer(BaseModel):
     """What produced a result."""

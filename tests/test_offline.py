@@ -8,7 +8,6 @@ import pytest
 from pydantic import BaseModel
 
 from pipeline.errors import BadDocument
-from pipeline.llm.failure import ProviderCallError
 from pipeline.llm.offline import OfflineProvider, analyze_text, fill_schema, page_units
 from pipeline.llm.provider import LLMRequest, Part
 from tests.llm_helpers import make_pdf
@@ -116,10 +115,17 @@ async def test_provider_rejects_corrupt_pdf() -> None:
         await OfflineProvider().generate(request)
 
 
-async def test_provider_refuses_a_request_without_a_document() -> None:
-    """Instructions alone are nothing the offline analyzer can read: refused, not echoed."""
-    request = LLMRequest(model="m", parts=(Part(text=INVOICE),), system="Summarise.")
-    with pytest.raises(ProviderCallError) as info:
-        await OfflineProvider().generate(request)
-    assert info.value.failure.code == 400
-    assert "reads documents" in info.value.failure.message
+async def test_provider_reads_the_document_never_the_instructions() -> None:
+    """With a document part, the prompt's words are nobody's content; without one, the text
+    parts are all there is to read; the system instruction is never read."""
+    prompt = Part(text="Analyse the attached file. Return a summary of Globex Corporation Inc.")
+    document = Part(data=GERMAN.encode(), mime_type="text/plain")
+    request = LLMRequest(model="m", parts=(document, prompt), system="Acme Widgets GmbH rules.")
+    answer = (await OfflineProvider().generate(request)).raw["analysis"]
+    assert answer["language"] == "de"
+    assert "Globex" not in str(answer) and "Analyse" not in str(answer)
+    assert "Acme" not in str(answer)
+    question = LLMRequest(model="m", parts=(Part(text=INVOICE),), system="Acme Widgets GmbH rules.")
+    answer = (await OfflineProvider().generate(question)).raw["analysis"]
+    assert "Globex Corporation Inc." in answer["entities"]["organizations"]
+    assert "rules" not in answer["summary"]

@@ -271,3 +271,28 @@ async def test_gemini_merge_reads_the_parts_fields_not_a_json_dump(
     assert record.cost_usd is not None and record.cost_usd > 0
     assert sum(p.cost_usd or 0 for p in record.parts) < record.cost_usd  # the merge call too
     assert re.fullmatch(r"\d+\.\d+", result["cost_usd"])  # fixed-point text, never a float
+
+
+def test_pages_without_text_in_a_mixed_document_are_named(redis_url: str, tmp_path: Path) -> None:
+    """A contract with a scanned page between its two pages: the scan is reported by page
+    number, and the analysis comes from the pages that have text."""
+    import io
+
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter()
+    contract = PdfReader(DOCS / "services_contract.pdf")
+    writer.add_page(contract.pages[0])
+    writer.add_page(PdfReader(DOCS / "scanned_delivery_note.pdf").pages[0])
+    writer.add_page(contract.pages[1])
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    found = run_offline(redis_url, tmp_path, [Upload("mixed.pdf", buffer.getvalue())])
+    result = found["mixed.pdf"]
+    assert result["pages_without_text"] == [[2, 2]]
+    assert result["notes"] == [
+        "No text layer on page 2; OCR is not available offline, so it was not read."
+    ]
+    assert result["document_type"] == "contract" and result["page_count"] == 3
+    assert "No text layer" not in result["summary"]
+    assert FACTS["services_contract.pdf"]["parties"] == result["entities"]["organizations"][:2]

@@ -96,7 +96,8 @@ class _Filler:
         low = int(schema.get("minItems", 0))
         high = int(schema.get("maxItems", 5))
         if isinstance(known, list) and _type(items) in ("string", None):
-            values = [str(v) for v in known][:high]
+            # Findings are already capped by the analyzer; only the schema cuts them further.
+            values = [str(v) for v in known][: schema.get("maxItems")]
         else:
             count = max(low, min(high, 2 if depth < 4 else 0))
             values = [self.value(items, name.rstrip("s"), depth + 1) for _ in range(count)]

@@ -3,8 +3,9 @@
 It reads the request's document parts — a PDF (`application/pdf`) or plain text
 (`text/plain`) sent as data — and nothing else: text parts and the system instruction are
 instructions for a model, and an analyzer that cannot follow instructions must not mistake
-them for the document. A request without a document part is refused (400), as a model
-would refuse a request it cannot serve, rather than answered from the prompt's words.
+them for the document. Only a request that carries no document at all (a plain question,
+as tests/llm_tasks.py's `ask` sends) has its text parts read, since they are then all the
+material there is; the system instruction never is.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import math
 import time
 from typing import Any
 
-from pipeline.llm.failure import ProviderCallError, ProviderFailure
 from pipeline.llm.offline.analysis import Analysis, analyze_pages
 from pipeline.llm.offline.fill import fill_schema
 from pipeline.llm.provider import LLMRequest, LLMResponse, Usage
@@ -47,13 +47,16 @@ def pdf_pages(data: bytes) -> tuple[str, ...]:
 def document_pages(request: LLMRequest) -> tuple[list[str], int]:
     """(the pages of every document part in order, characters of the whole request).
 
-    The character count covers instructions too: it is what a model would have read, and
-    so what the usage reports.
+    Without a document part, the text parts stand as the one page. The character count
+    covers instructions too: it is what a model would have read, and so what the usage
+    reports.
     """
     pages: list[str] = []
+    texts: list[str] = []
     chars = len(request.system or "")
     for part in request.parts:
         if part.text is not None:
+            texts.append(part.text)
             chars += len(part.text)
         elif part.data is not None and part.mime_type == "application/pdf":
             found = pdf_pages(part.data)
@@ -63,6 +66,8 @@ def document_pages(request: LLMRequest) -> tuple[list[str], int]:
             text = part.data.decode("utf-8", errors="replace")
             pages.append(text)
             chars += len(text)
+    if not any(p.data is not None and p.mime_type in DOCUMENT_TYPES for p in request.parts):
+        pages = ["\n".join(texts)]
     return pages, chars
 
 
@@ -73,13 +78,6 @@ class OfflineProvider:
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
         started = time.perf_counter()
-        if not any(p.data is not None and p.mime_type in DOCUMENT_TYPES for p in request.parts):
-            raise ProviderCallError(ProviderFailure(
-                400, "INVALID_ARGUMENT",
-                "the offline analyzer reads documents (a PDF or text/plain part) and this "
-                "request has none; it cannot follow instructions, so send the document itself "
-                "or set GEMINI_API_KEY for a model",
-            ))  # fmt: skip
         # PDF parsing and ranking are CPU work: keep them off the event loop.
         pages, chars = await asyncio.to_thread(document_pages, request)
         analysis: Analysis = await asyncio.to_thread(analyze_pages, pages)
