@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     max_document_pages: int = Field(default=3000, gt=0)  # longer PDFs are refused at submit
     # Input tokens one analysis call may carry; a longer document is split into a chord.
     context_budget_tokens: int = Field(default=200_000, gt=0)
+    # JSON size of one stored result, whatever the page count (tasks/merge.py trims to it).
+    max_result_bytes: int = Field(default=16_384, ge=4096)
     api_keys: str | None = None  # comma-separated bearer keys
 
     @classmethod

@@ -2,9 +2,12 @@
 
 A PDF that fits one call is analysed in one call. A longer one becomes a chord: the parent
 splits it (in the process pool) into page ranges, one `analyze_chunk` job per range runs in
-parallel on any worker, and `reduce_analyses` merges their answers once all are done. Every
-call goes through `services.call`, so each is admitted by the shared limiter, reserved
-against the budgets, recorded in the ledger, and never paid for twice.
+parallel on any worker, and `reduce_analyses` merges their answers once all are done, as
+data (tasks/merge.py): in code for the offline analyzer, and for Gemini with one merge call
+that reads the parts' fields. Every call goes through `services.call`, so each is admitted
+by the shared limiter, reserved against the budgets, recorded in the ledger, and never paid
+for twice. The stored result (tasks/result.py) says what produced it, what it cost, which
+pages went into which part and which pages had no text layer.
 
 Job arguments are one JSON dict (sha256, names, model, prompt version, batch budget); the
 PDF bytes wait in Redis under `keys.document(sha256)`, written by tasks/submission.py.
@@ -15,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import BadDocument, DatabaseUnavailable, Permanent
 from pipeline.llm.provider import LLMRequest, LLMResponse, Part
@@ -35,8 +39,25 @@ from tasks.plan import (
     estimate_input_tokens,
     prompt_tokens,
 )
+from tasks.merge import (
+    merge_document_type,
+    merge_entities,
+    merge_key_points,
+    merge_language,
+    merge_prompt_fields,
+    summary_of_summaries,
+)
 from tasks.prompts import load_prompt
-from tasks.schema import Analysis
+from tasks.result import (
+    add_costs,
+    build_result,
+    call_cost,
+    now_iso,
+    part_outcome,
+    provider_of,
+    reusable,
+)
+from tasks.schema import Analysis, MergedAnalysis, gemini_schema
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +90,9 @@ async def _inspect(ctx: JobContext, data: bytes, name: str) -> dict[str, Any]:
     return info
 
 
-def _validate(data: Any, text: str) -> tuple[dict[str, Any] | None, str]:
+def _validate(
+    data: Any, text: str, shape: type[BaseModel] = Analysis
+) -> tuple[dict[str, Any] | None, str]:
     """The answer as a validated dict, or None and why it is not one."""
     if data is None:
         try:
@@ -77,7 +100,7 @@ def _validate(data: Any, text: str) -> tuple[dict[str, Any] | None, str]:
         except ValueError as exc:
             return None, f"not JSON: {exc}"
     try:
-        return Analysis.model_validate(data).model_dump(mode="json"), ""
+        return shape.model_validate(data).model_dump(mode="json"), ""
     except ValidationError as exc:
         return None, str(exc).splitlines()[0] + " " + "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5]
@@ -85,20 +108,24 @@ def _validate(data: Any, text: str) -> tuple[dict[str, Any] | None, str]:
 
 
 async def _analysis_call(
-    ctx: JobContext, request: LLMRequest, budget: Decimal | None, document_id: str
-) -> dict[str, Any]:
-    """One call for an Analysis; an invalid answer gets one repair call, then fails for good
-    (retrying would pay again for the same bad answer)."""
+    ctx: JobContext, request: LLMRequest, budget: Decimal | None, document_id: str,
+    shape: type[BaseModel] = Analysis,
+) -> tuple[dict[str, Any], str, Decimal | None]:  # fmt: skip
+    """(validated answer, answering model version, cost of the calls) for one request.
+
+    An invalid answer gets one repair call, then fails for good (retrying would pay again
+    for the same bad answer)."""
     services = ctx.deps["services"]
     response: LLMResponse = await services.call(
         ctx, request, batch_limit_usd=budget, document_id=document_id
     )
-    result, error = _validate(response.data, response.text)
+    cost = call_cost(services.prices, request, response, datetime.now(UTC))
+    result, error = _validate(response.data, response.text, shape)
     if result is not None:
-        return result
+        return result, response.model_version, cost
     await ctx.progress({"stage": "repairing", "error": error[:300]})
     repair = load_prompt("repair")
-    schema = Analysis.json_schema_for_gemini()
+    schema = gemini_schema(shape)
     repair_text = repair.render(error=error, invalid_json=response.text, schema=json.dumps(schema))
     fix = LLMRequest(
         model=request.model,
@@ -109,10 +136,28 @@ async def _analysis_call(
         prompt_version=repair.version,
     )
     fixed = await services.call(ctx, fix, batch_limit_usd=budget, document_id=document_id)
-    result, error2 = _validate(fixed.data, fixed.text)
+    cost = add_costs(cost, call_cost(services.prices, fix, fixed, datetime.now(UTC)))
+    result, error2 = _validate(fixed.data, fixed.text, shape)
     if result is None:
         raise Permanent(f"model returned invalid JSON twice: {error2[:500]}")
-    return result
+    return result, fixed.model_version, cost
+
+
+async def _analyse_part(
+    ctx: JobContext, args: dict[str, Any], data: bytes, *, part: int, first: int, last: int,
+    page_count: int,
+) -> dict[str, Any]:  # fmt: skip
+    """One page range (the whole document when it fits one call) as a `part_outcome`."""
+    started = now_iso()
+    request = analyze_request(args["model"], analyze_prompt(), data, filename=args["name"],
+                              page_count=page_count, first_page=first,
+                              last_page=last)  # fmt: skip
+    answer, version, cost = await _analysis_call(ctx, request, _budget(args), args["sha256"])
+    blank: list[int] = await ctx.run_cpu("tasks.pdf:pages_without_text", data)
+    return part_outcome(
+        answer, part=part, first_page=first, last_page=last, model_version=version, cost=cost,
+        blank_pages=[first - 1 + n for n in blank], started_at=started,
+    )  # fmt: skip
 
 
 @task(name="analyze_document", **_RETRY)  # type: ignore[arg-type]
@@ -135,7 +180,7 @@ async def analyze_document(ctx: JobContext, args: dict[str, Any]) -> dict[str, A
         # and a long back-off (found by bench/chaos.py's database cut): carry on without it.
         log.warning("job %s: %s; analysing without the stored-result check", ctx.job_id, exc)
         stored = None
-    if stored is not None:
+    if stored is not None and reusable(stored, getattr(services.provider, "name", None)):
         await ctx.progress({"stage": "done", "from": "ledger"})
         return dict(stored)
     data = await _load_pdf(ctx, sha)
@@ -144,9 +189,10 @@ async def analyze_document(ctx: JobContext, args: dict[str, Any]) -> dict[str, A
     ranges = chunk_ranges(pages, len(data), model, s.context_budget_tokens)
     if len(ranges) == 1:
         await ctx.progress({"stage": "analyzing", "pages": pages})
-        request = analyze_request(model, prompt, data, filename=name, page_count=pages,
-                                  first_page=1, last_page=pages)  # fmt: skip
-        result = await _analysis_call(ctx, request, _budget(args), sha)
+        part = await _analyse_part(ctx, args, data, part=1, first=1, last=pages, page_count=pages)
+        analysis = {**part["analysis"], "page_count": pages}  # counted here, not by the model
+        result = build_result(analysis, [part], model=model, prompt_version=version,
+                              max_bytes=s.max_result_bytes)  # fmt: skip
         await services.recorder.save_result(sha, model, version, result)
         await ctx.progress({"stage": "done", "pages": pages})
         return result
@@ -163,10 +209,10 @@ async def _fan_out(
     parts: list[bytes] = await ctx.run_cpu("tasks.pdf:split_pages", data, [list(r) for r in ranges])
     prompt = analyze_prompt()
     calls = []
-    for (first, last), part in zip(ranges, parts, strict=True):
+    for index, ((first, last), part) in enumerate(zip(ranges, parts, strict=True), start=1):
         chunk_sha = hashlib.sha256(part).hexdigest()
         await ctx.client.redis.set(doc_key(k, chunk_sha), encode_pdf(part), ex=s.doc_ttl_s)
-        chunk_args = {**args, "chunk_sha256": chunk_sha, "first_page": first,
+        chunk_args = {**args, "chunk_sha256": chunk_sha, "part": index, "first_page": first,
                       "last_page": last, "page_count": pages}  # fmt: skip
         hints = {"model": model,
                  "tokens": estimate_input_tokens(last - first + 1, model, prompt)}  # fmt: skip
@@ -196,10 +242,8 @@ async def analyze_chunk(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]
     data = await _load_pdf(ctx, args["chunk_sha256"])
     first, last = int(args["first_page"]), int(args["last_page"])
     await ctx.progress({"stage": "analyzing", "first_page": first, "last_page": last})
-    request = analyze_request(args["model"], analyze_prompt(), data, filename=args["name"],
-                              page_count=int(args["page_count"]), first_page=first,
-                              last_page=last)  # fmt: skip
-    return await _analysis_call(ctx, request, _budget(args), args["sha256"])
+    return await _analyse_part(ctx, args, data, part=int(args["part"]), first=first, last=last,
+                               page_count=int(args["page_count"]))  # fmt: skip
 
 
 @task(name="reduce_analyses", **_RETRY)  # type: ignore[arg-type]
@@ -216,24 +260,71 @@ async def reduce_analyses(
             f"retry them with `pipeline dead requeue {' '.join(o['id'] for o in failed)}`: this "
             "merge runs again when they finish, and answers already paid for are reused"
         )
-    reduce = load_prompt("reduce")
+    parts = sorted((o["result"] for o in outcomes), key=lambda r: int(r["source"]["part"]))
+    analyses = [p["analysis"] for p in parts]
     pages = int(args["page_count"])
-    analyses = json.dumps([o["result"] for o in outcomes], indent=1)
-    text = reduce.render(
-        filename=args["name"], page_count=pages, chunk_count=len(outcomes), analyses=analyses
-    )
-    request = LLMRequest(
-        model=args["model"],
-        parts=(Part(text=text),),
-        system=reduce.system,
-        response_schema=Analysis.json_schema_for_gemini(),
-        max_output_tokens=MAX_OUTPUT_TOKENS,
-        prompt_version=reduce.version,
-    )
+    language = merge_language(analyses)
+    merged: dict[str, Any] = {"entities": merge_entities(analyses), "language": language,
+                              "page_count": pages}  # fmt: skip
     await ctx.progress({"stage": "reducing", "chunks": len(outcomes)})
-    result = await _analysis_call(ctx, request, _budget(args), args["sha256"])
-    result["page_count"] = pages
+    merge_cost: Decimal | None = Decimal(0)
+    if all(provider_of(p["source"]["model_version"]) == "offline" for p in parts):
+        merged.update(_merge_offline(parts, analyses, language))
+    else:
+        answer, merge_cost = await _merge_call(ctx, args, parts)
+        merged.update(answer)
+    result = build_result(merged, parts, model=args["model"],
+                          prompt_version=args["prompt_version"], extra_cost=merge_cost,
+                          max_bytes=ctx.client.settings.max_result_bytes)  # fmt: skip
     await services.recorder.save_result(
         args["sha256"], args["model"], args["prompt_version"], result
     )
     return result
+
+
+def _merge_offline(
+    parts: list[dict[str, Any]], analyses: list[dict[str, Any]], language: str
+) -> dict[str, Any]:
+    """The offline analyzer's merge, in code: a summary of the summaries of the parts that
+    had text; a document without any text keeps the note that says so."""
+    from pipeline.llm.offline import no_text_note
+
+    read = [a for p, a in zip(parts, analyses, strict=True) if _has_text(p)]
+    if not read:
+        blank = [n for p in parts for n in p["pages_without_text"]]
+        summary = no_text_note(blank)
+    else:
+        summary = summary_of_summaries([a["summary"] for a in read], language)
+    return {"summary": summary, "key_points": merge_key_points(read),
+            "document_type": merge_document_type(analyses)}  # fmt: skip
+
+
+def _has_text(part: dict[str, Any]) -> bool:
+    source = part["source"]
+    return len(part["pages_without_text"]) <= int(source["last_page"]) - int(source["first_page"])
+
+
+async def _merge_call(
+    ctx: JobContext, args: dict[str, Any], parts: list[dict[str, Any]]
+) -> tuple[dict[str, Any], Decimal | None]:
+    """Gemini's merge: one call that reads the parts' summaries, types and key points as
+    labelled fields and writes the whole document's summary, key points and type."""
+    reduce = load_prompt("reduce")
+    ranges = [(int(p["source"]["first_page"]), int(p["source"]["last_page"])) for p in parts]
+    text = reduce.render(
+        filename=args["name"], page_count=int(args["page_count"]), chunk_count=len(parts),
+        parts=merge_prompt_fields([p["analysis"] for p in parts], ranges),
+    )  # fmt: skip
+    request = LLMRequest(
+        model=args["model"],
+        parts=(Part(text=text),),
+        system=reduce.system,
+        response_schema=gemini_schema(MergedAnalysis),
+        max_output_tokens=MAX_OUTPUT_TOKENS,
+        prompt_version=reduce.version,
+    )
+    answer, _version, cost = await _analysis_call(
+        ctx, request, _budget(args), args["sha256"], MergedAnalysis
+    )
+    answer["key_points"] = merge_key_points([answer])
+    return answer, cost

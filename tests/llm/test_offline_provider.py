@@ -1,4 +1,4 @@
-"""The offline analyzer: real extraction from text and PDFs, schema-shaped JSON, $0 usage."""
+"""The offline analyzer: extraction from a document's own text, schema-shaped JSON, $0 usage."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from pipeline.errors import BadDocument
-from pipeline.llm.offline import OfflineProvider, analyze_text, fill_schema, split_sentences
+from pipeline.llm.offline import OfflineProvider, analyze_text, fill_schema, page_units
 from pipeline.llm.provider import LLMRequest, Part
 from tests.support.pdfs import make_pdf
 
@@ -57,13 +57,13 @@ def test_text_analysis_finds_entities_and_type() -> None:
     assert "Acme Widgets GmbH" in a.entities["organizations"]
     assert "Dr. Jane Smith" in a.entities["people"]
     assert "Mr. John Doe" in a.entities["people"]
-    assert "2026-03-14" in a.entities["dates"]
-    assert "$12,500.00" in a.entities["amounts"]
+    assert a.entities["dates"] == ["2026-03-14", "2026-03-31"]  # ISO, "March 31, 2026" too
+    assert "USD 12,500.00" in a.entities["amounts"]
     assert a.entities["emails"] == ["jane.smith@acme.example"]
-    assert "invoice" in a.keywords
-    assert a.summary and all(s in INVOICE for s in split_sentences(a.summary))
+    assert "invoice" in [k.lower() for k in a.keywords]
+    assert a.summary and all(s in INVOICE for s in page_units(a.summary))
     assert all(p in INVOICE for p in a.key_points)
-    assert 1 <= len(a.key_points) <= 5
+    assert 1 <= len(a.key_points) <= 10
     assert 40 < a.word_count <= len(INVOICE.split())
 
 
@@ -83,7 +83,8 @@ def test_fill_schema_validates_pydantic_schema() -> None:
 
 async def test_provider_text_is_deterministic_and_free() -> None:
     provider = OfflineProvider()
-    request = LLMRequest(model="gemini-3.8-flash", parts=(Part(text=INVOICE),), system="Summarise.")
+    document = Part(data=INVOICE.encode(), mime_type="text/plain")
+    request = LLMRequest(model="gemini-3.8-flash", parts=(document,), system="Summarise.")
     first = await provider.generate(request)
     second = await provider.generate(request)
     assert first.text == second.text and first.text
@@ -112,3 +113,19 @@ async def test_provider_rejects_corrupt_pdf() -> None:
     request = LLMRequest(model="m", parts=(Part.pdf(b"%PDF-1.4 not really"),))
     with pytest.raises(BadDocument, match="corrupt"):
         await OfflineProvider().generate(request)
+
+
+async def test_provider_reads_the_document_never_the_instructions() -> None:
+    """With a document part, the prompt's words are nobody's content; without one, the text
+    parts are all there is to read; the system instruction is never read."""
+    prompt = Part(text="Analyse the attached file. Return a summary of Globex Corporation Inc.")
+    document = Part(data=GERMAN.encode(), mime_type="text/plain")
+    request = LLMRequest(model="m", parts=(document, prompt), system="Acme Widgets GmbH rules.")
+    answer = (await OfflineProvider().generate(request)).raw["analysis"]
+    assert answer["language"] == "de"
+    assert "Globex" not in str(answer) and "Analyse" not in str(answer)
+    assert "Acme" not in str(answer)
+    question = LLMRequest(model="m", parts=(Part(text=INVOICE),), system="Acme Widgets GmbH rules.")
+    answer = (await OfflineProvider().generate(question)).raw["analysis"]
+    assert "Globex Corporation Inc." in answer["entities"]["organizations"]
+    assert "rules" not in answer["summary"]
