@@ -28,6 +28,14 @@ from pipeline.errors import BadDocument, DatabaseUnavailable, Permanent
 from pipeline.llm.provider import LLMRequest, LLMResponse, Part
 from pipeline.queue.context import JobContext
 from pipeline.queue.task import task
+from tasks.merge import (
+    merge_document_type,
+    merge_entities,
+    merge_key_points,
+    merge_language,
+    merge_prompt_fields,
+    summary_of_summaries,
+)
 from tasks.plan import (
     MAX_OUTPUT_TOKENS,
     analyze_prompt,
@@ -38,14 +46,6 @@ from tasks.plan import (
     encode_pdf,
     estimate_input_tokens,
     prompt_tokens,
-)
-from tasks.merge import (
-    merge_document_type,
-    merge_entities,
-    merge_key_points,
-    merge_language,
-    merge_prompt_fields,
-    summary_of_summaries,
 )
 from tasks.prompts import load_prompt
 from tasks.result import (

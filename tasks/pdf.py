@@ -19,16 +19,19 @@ import io
 import logging
 import math
 import re
-import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import pypdfium2 as pdfium
-import pypdfium2.raw as pdfium_c
 from pypdf import PasswordType, PdfReader, PdfWriter
 
 from pipeline.errors import BadDocument
+from pipeline.llm.offline.pdftext import (
+    check_page_range,
+    corrupt_error,
+    extract_text,
+    pages_without_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +53,6 @@ _HEADER_WINDOW = 1024  # the PDF spec lets %PDF- start anywhere in the first 1 K
 _TAIL_WINDOW = 4096  # where %%EOF must be; generous, writers append junk after it
 _OBJECT = re.compile(rb"\d+\s+\d+\s+obj\b")
 _METADATA_MAX_CHARS = 500
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffe\uffff]")
-# PDFium is not thread-safe, not even across documents (pypdfium2's documentation): calls
-# from threads of one process (the offline analyzer reads PDFs in a thread) go one at a time.
-_PDFIUM_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ def inspect_pdf(data: bytes, max_bytes: int, max_pages: int, name: str = "the fi
     try:
         page_count = len(reader.pages)
     except Exception as exc:  # pypdf raises many types for a broken page tree
-        raise _corrupt(name, exc) from None
+        raise corrupt_error(name, exc) from None
     if page_count == 0:
         raise BadDocument(f"{name} has no pages; check that it is the right file")
     if page_count > max_pages:
@@ -122,34 +121,6 @@ def inspect_pdf(data: bytes, max_bytes: int, max_pages: int, name: str = "the fi
     )
 
 
-def extract_text(data: bytes, first_page: int = 1, last_page: int | None = None) -> list[str]:
-    """The text layer of pages first_page..last_page (1-based, inclusive), one string each.
-
-    Read with PDFium; lines end in "\n". A page without a text layer (a scan) gives "". A
-    page PDFium cannot decode also gives "" rather than failing the document: the analysis
-    can still use the other pages. Raises BadDocument for an unreadable or password-locked
-    file and ValueError for a page range outside the document.
-    """
-    with _PDFIUM_LOCK:
-        document = _open_pdfium(data)
-        try:
-            count = len(document)
-            if count == 0 and (first_page, last_page) == (1, None):
-                return []
-            last = count if last_page is None else last_page
-            _check_range(first_page, last, count)
-            return [_page_text(document, index) for index in range(first_page - 1, last)]
-        finally:
-            document.close()
-
-
-def pages_without_text(data: bytes) -> list[int]:
-    """1-based numbers of the pages whose text layer holds no word (scans, photos)."""
-    from pipeline.llm.offline.text import has_text
-
-    return [n for n, text in enumerate(extract_text(data), start=1) if not has_text(text)]
-
-
 def split_pages(data: bytes, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     """Each (first, last) range (1-based, inclusive) written as a standalone PDF.
 
@@ -158,7 +129,7 @@ def split_pages(data: bytes, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     """
     count = _page_count(data)
     for first, last in ranges:
-        _check_range(first, last, count)
+        check_page_range(first, last, count)
     parts: list[bytes] = []
     for first, last in ranges:
         # One reader per part: the writer holds clones of the part's pages anyway, so a
@@ -224,40 +195,11 @@ def plan_chunks(
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _open_pdfium(data: bytes, name: str = "the file") -> pdfium.PdfDocument:
-    try:
-        return pdfium.PdfDocument(data)
-    except pdfium.PdfiumError as exc:
-        if getattr(exc, "err_code", None) == pdfium_c.FPDF_ERR_PASSWORD:
-            message = f"{name} is encrypted; remove the password and submit again"
-            raise BadDocument(message) from None
-        raise _corrupt(name, exc) from None
-
-
-def _page_text(document: pdfium.PdfDocument, index: int) -> str:
-    try:
-        page = document[index]
-        try:
-            textpage = page.get_textpage()
-            try:
-                text = textpage.get_text_bounded()
-            finally:
-                textpage.close()
-        finally:
-            page.close()
-    except pdfium.PdfiumError as exc:  # one bad page must not lose the other pages
-        log.warning("page %d: no text extracted (%s); treating it as blank", index + 1, exc)
-        return ""
-    # PDFium ends lines with CRLF and marks soft hyphens and unmapped glyphs with control
-    # characters; neither is text a reader would see.
-    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-
-
 def _open(data: bytes, name: str = "the file") -> PdfReader:
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
     except Exception as exc:
-        raise _corrupt(name, exc) from None
+        raise corrupt_error(name, exc) from None
     if reader.is_encrypted:
         try:
             opened = reader.decrypt("")
@@ -277,20 +219,7 @@ def _page_count(data: bytes) -> int:
     except BadDocument:
         raise
     except Exception as exc:
-        raise _corrupt("the file", exc) from None
-
-
-def _check_range(first: int, last: int, count: int) -> None:
-    if not 1 <= first <= last <= count:
-        raise ValueError(f"page range {first}-{last} is outside 1-{count}")
-
-
-def _corrupt(name: str, exc: Exception) -> BadDocument:
-    detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-    return BadDocument(
-        f"{name} is corrupt and could not be read ({detail}); "
-        "export it again from the program that made it, or repair it (e.g. qpdf) and resubmit"
-    )
+        raise corrupt_error("the file", exc) from None
 
 
 def _sniff(data: bytes) -> str:
@@ -349,3 +278,6 @@ def _clean(value: object) -> str | None:
         return None
     text = str(value).replace("\x00", "").strip()
     return text[:_METADATA_MAX_CHARS] or None
+
+
+__all__ = ["extract_text", "pages_without_text"]  # read here by tasks and the pool

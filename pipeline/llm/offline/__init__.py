@@ -5,7 +5,7 @@ document's own text (PDFium), and each finding comes from a library made for it:
 (sumy) for the summary and key points, YAKE for key phrases, dateparser for dates,
 price-parser for amounts, py3langid for the language, cleanco's legal forms for
 organisations, gender-guesser's first names for people. Everything is deterministic: the
-same document always gives the same answer. The emulator (pipeline/llm/emulator_content.py)
+same document always gives the same answer. The emulator (pipeline/llm/emulator/content.py)
 answers with the same analysis.
 """
 

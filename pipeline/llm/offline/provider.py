@@ -4,7 +4,7 @@ It reads the request's document parts — a PDF (`application/pdf`) or plain tex
 (`text/plain`) sent as data — and nothing else: text parts and the system instruction are
 instructions for a model, and an analyzer that cannot follow instructions must not mistake
 them for the document. Only a request that carries no document at all (a plain question,
-as tests/llm_tasks.py's `ask` sends) has its text parts read, since they are then all the
+as tests/support/llm_tasks.py's `ask` sends) has its text parts read, since they are then all the
 material there is; the system instruction never is.
 """
 
@@ -39,7 +39,7 @@ def pdf_pages(data: bytes) -> tuple[str, ...]:
     Remembered for the last few documents: the caller counts a request's tokens and then
     sends it, and reading a long part twice would double the work for the same answer.
     """
-    from tasks.pdf import extract_text
+    from pipeline.llm.offline.pdftext import extract_text
 
     return tuple(extract_text(data))
 

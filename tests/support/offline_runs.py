@@ -16,11 +16,11 @@ import redis
 
 from pipeline.llm.provider import LLMRequest, LLMResponse, Provider
 from pipeline.queue import QueueClient
-from pipeline.queue.connection import connect_redis
 from pipeline.queue.job import State
+from pipeline.redis.connection import connect_redis
 from pipeline.settings import load_settings
-from pipeline.submission import Upload, submit_uploads
-from tests.queue_helpers import eventually
+from tasks.submission import Upload, submit_uploads
+from tests.support.waiting import eventually
 
 
 class Recording:
@@ -48,8 +48,9 @@ async def analyse(
 ) -> dict[str, Any]:  # fmt: skip
     """Submit `uploads`, run a worker until every document's last job ends, and return
     {name: that job's result (the stored record)}; fails on any job that did not complete."""
-    import tasks.analyze  # noqa: F401  (registers the tasks)
     from pipeline.runtime import build_worker, open_services
+
+    import tasks.analyze  # noqa: F401  (registers the tasks)
 
     config = load_settings(
         key_prefix=prefix, home=home, database_url=f"sqlite:///{home / 'ledger.db'}",

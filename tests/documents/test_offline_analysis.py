@@ -16,7 +16,6 @@ import pytest
 import redis
 
 from pipeline.llm.gemini import GeminiProvider
-from pipeline.submission import Upload
 from tasks.merge import (
     MAX_POINT_CHARS,
     MAX_SUMMARY_CHARS,
@@ -27,10 +26,12 @@ from tasks.merge import (
 from tasks.prompts import load_prompt
 from tasks.result import reusable
 from tasks.schema import AnalysisResult
-from tests.llm_helpers import make_pdf, start_emulator
-from tests.offline_runs import Recording, analyse, run_offline
+from tasks.submission import Upload
+from tests.support.emulator import start_emulator
+from tests.support.offline_runs import Recording, analyse, run_offline
+from tests.support.pdfs import make_pdf
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "examples" / "docs"
 
 
