@@ -48,7 +48,7 @@ async def analyse(
 ) -> dict[str, Any]:  # fmt: skip
     """Submit `uploads`, run a worker until every document's last job ends, and return
     {name: that job's result (the stored record)}; fails on any job that did not complete."""
-    from pipeline.runtime import build_worker, open_services
+    from pipeline.services import build_worker, open_services
 
     import tasks.analyze  # noqa: F401  (registers the tasks)
 
