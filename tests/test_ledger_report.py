@@ -19,7 +19,6 @@ import redis.asyncio as aioredis
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-import pipeline.cli.ledger_cmds  # noqa: F401  (registers the commands on `app`)
 from pipeline.cli import app
 from pipeline.ledger import db
 from pipeline.ledger.recorder import SqlRecorder

@@ -12,7 +12,6 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 from typer.testing import CliRunner
 
-import pipeline.cli.ledger_cmds  # noqa: F401  (registers the commands on `app`)
 from pipeline.cli import app
 from pipeline.ledger import db
 from pipeline.ledger.models import Base
