@@ -99,8 +99,8 @@ async def test_status_shows_limiter_budgets_and_jobs_waiting_for_the_day_budget(
     overview = cli(env, "status", "--json")
     assert overview.returncode == 0, overview.stderr
     data = json.loads(overview.stdout)
-    assert data["budget"]["day"]["limit_usd"] == "0.000001"
-    assert data["budget"]["day"]["spent_usd"] == "0"
+    assert data["budget"]["day"]["limit_usd"] == "0.000001000"  # fixed-point, ledger precision
+    assert data["budget"]["day"]["spent_usd"] == "0.000000000"
     by_model = {m["model"]: m for m in data["limiter"]}
     assert by_model["gemini-3.5-flash"]["daily_exhausted_until"] is not None
     assert by_model["gemini-3.5-flash-lite"]["daily_exhausted_until"] is None

@@ -24,6 +24,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from pipeline.errors import BudgetExceeded, InputError
+from pipeline.ledger.money import format_usd
 from pipeline.redis.connection import text
 from pipeline.redis.keys import Keys
 from pipeline.redis.scripts import register
@@ -104,9 +105,9 @@ class ScopeStatus:
 
     def as_dict(self) -> dict[str, str | None]:
         return {
-            "spent_usd": str(self.spent_usd),
-            "reserved_usd": str(self.reserved_usd),
-            "limit_usd": None if self.limit_usd is None else str(self.limit_usd),
+            "spent_usd": format_usd(self.spent_usd),
+            "reserved_usd": format_usd(self.reserved_usd),
+            "limit_usd": None if self.limit_usd is None else format_usd(self.limit_usd),
         }
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.errors import InputError
 from pipeline.ledger.models import Document, LLMCall
+from pipeline.ledger.money import format_usd
 from pipeline.llm.attempts import Outcome
 
 GroupBy = Literal["day", "model", "batch", "document", "status"]
@@ -104,12 +105,12 @@ class _Group:
         return {
             "calls": self.calls,
             **self.tokens,
-            "cost_usd": str(self.cost),
-            "wasted_usd": str(self.wasted),
+            "cost_usd": format_usd(self.cost),
+            "wasted_usd": format_usd(self.wasted),
             "documents": docs,
             "pages": pages,
-            "cost_per_document_usd": str((self.cost / docs).quantize(NANO)) if docs else None,
-            "cost_per_page_usd": str((self.cost / pages).quantize(NANO)) if pages else None,
+            "cost_per_document_usd": format_usd(self.cost / docs) if docs else None,
+            "cost_per_page_usd": format_usd(self.cost / pages) if pages else None,
             "latency_p50_s": None if p50 is None else round(p50, 3),
             "latency_p95_s": None if p95 is None else round(p95, 3),
         }
