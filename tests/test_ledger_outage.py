@@ -16,7 +16,8 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import make_url
 
 from pipeline.ledger import db
-from pipeline.ledger.models import Job, LLMCall
+from pipeline.ledger.models import JobRow as Job
+from pipeline.ledger.models import LLMCall
 from pipeline.ledger.recorder import SqlRecorder
 from pipeline.llm.attempts import Outcome
 from pipeline.redis.keys import Keys

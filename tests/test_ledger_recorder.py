@@ -12,7 +12,8 @@ import redis.asyncio as aioredis
 from sqlalchemy import Engine, func, select
 
 from pipeline.ledger import db
-from pipeline.ledger.models import Batch, Document, Job, LLMCall
+from pipeline.ledger.models import Batch, Document, LLMCall
+from pipeline.ledger.models import JobRow as Job
 from pipeline.ledger.recorder import SqlRecorder
 from pipeline.llm.attempts import Outcome
 from pipeline.redis.keys import Keys
