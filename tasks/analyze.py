@@ -18,14 +18,15 @@ import logging
 from decimal import Decimal
 from typing import Any
 
-from pydantic import ValidationError
-
-from pipeline.errors import BadDocument, DatabaseUnavailable, Permanent
-from pipeline.llm.provider import LLMRequest, LLMResponse, Part
+from pipeline.errors import BadDocument, DatabaseUnavailable, Permanent, Reason, RequestTooLarge
+from pipeline.llm.provider import LLMRequest, Part
 from pipeline.queue.context import JobContext
 from pipeline.queue.task import task
+from tasks.analysis_call import analysis_call
+from tasks.fit import Fitted, fit_parts
 from tasks.plan import (
     MAX_OUTPUT_TOKENS,
+    THINKING_BUDGET_TOKENS,
     analyze_prompt,
     analyze_request,
     chunk_ranges,
@@ -59,6 +60,7 @@ async def _load_pdf(ctx: JobContext, sha256: str) -> bytes:
 
 
 async def _inspect(ctx: JobContext, data: bytes, name: str) -> dict[str, Any]:
+    """tasks/pdf.py's validity rule, the same one submit applied; a refusal fails at once."""
     s = ctx.client.settings
     try:
         info: dict[str, Any] = await ctx.run_cpu(
@@ -69,50 +71,15 @@ async def _inspect(ctx: JobContext, data: bytes, name: str) -> dict[str, Any]:
     return info
 
 
-def _validate(data: Any, text: str) -> tuple[dict[str, Any] | None, str]:
-    """The answer as a validated dict, or None and why it is not one."""
-    if data is None:
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            return None, f"not JSON: {exc}"
-    try:
-        return Analysis.model_validate(data).model_dump(mode="json"), ""
-    except ValidationError as exc:
-        return None, str(exc).splitlines()[0] + " " + "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5]
-        )
-
-
-async def _analysis_call(
-    ctx: JobContext, request: LLMRequest, budget: Decimal | None, document_id: str
-) -> dict[str, Any]:
-    """One call for an Analysis; an invalid answer gets one repair call, then fails for good
-    (retrying would pay again for the same bad answer)."""
-    services = ctx.deps["services"]
-    response: LLMResponse = await services.call(
-        ctx, request, batch_limit_usd=budget, document_id=document_id
-    )
-    result, error = _validate(response.data, response.text)
-    if result is not None:
-        return result
-    await ctx.progress({"stage": "repairing", "error": error[:300]})
-    repair = load_prompt("repair")
-    schema = Analysis.json_schema_for_gemini()
-    repair_text = repair.render(error=error, invalid_json=response.text, schema=json.dumps(schema))
-    fix = LLMRequest(
-        model=request.model,
-        parts=(Part(text=repair_text),),
-        system=repair.system,
-        response_schema=schema,
-        max_output_tokens=MAX_OUTPUT_TOKENS,
-        prompt_version=repair.version,
-    )
-    fixed = await services.call(ctx, fix, batch_limit_usd=budget, document_id=document_id)
-    result, error2 = _validate(fixed.data, fixed.text)
-    if result is None:
-        raise Permanent(f"model returned invalid JSON twice: {error2[:500]}")
-    return result
+async def _readable_copy(ctx: JobContext, data: bytes, info: dict[str, Any]) -> bytes:
+    """The PDF as every provider can read it: an empty-password encrypted file (accepted by
+    the validity rule) is sent as its decrypted copy, so the offline analyzer and Gemini see
+    the same pages submit accepted (field case 14)."""
+    if not info.get("encrypted"):
+        return data
+    pages = int(info["page_count"])
+    parts: list[bytes] = await ctx.run_cpu("tasks.pdf:split_pages", data, [[1, pages]])
+    return parts[0]
 
 
 @task(name="analyze_document", **_RETRY)  # type: ignore[arg-type]
@@ -138,32 +105,42 @@ async def analyze_document(ctx: JobContext, args: dict[str, Any]) -> dict[str, A
     if stored is not None:
         await ctx.progress({"stage": "done", "from": "ledger"})
         return dict(stored)
-    data = await _load_pdf(ctx, sha)
-    info = await _inspect(ctx, data, name)
+    original = await _load_pdf(ctx, sha)
+    info = await _inspect(ctx, original, name)
+    data = await _readable_copy(ctx, original, info)
     pages = int(info["page_count"])
-    ranges = chunk_ranges(pages, len(data), model, s.context_budget_tokens)
-    if len(ranges) == 1:
+    ranges = chunk_ranges(pages, len(data), model, s.context_budget_tokens,
+                          s.max_inline_request_bytes)  # fmt: skip
+
+    def build(part: bytes, first: int, last: int) -> LLMRequest:
+        return analyze_request(model, prompt, part, filename=name, page_count=pages,
+                               first_page=first, last_page=last)  # fmt: skip
+
+    try:  # each part's real request, not the average, is checked against the inline limit
+        fitted = await fit_parts(ctx, data, pages, ranges, build, s.max_inline_request_bytes)
+    except RequestTooLarge as exc:
+        raise Permanent(str(exc), reason=Reason.REQUEST_TOO_LARGE) from None
+    if len(fitted) == 1:
         await ctx.progress({"stage": "analyzing", "pages": pages})
-        request = analyze_request(model, prompt, data, filename=name, page_count=pages,
-                                  first_page=1, last_page=pages)  # fmt: skip
-        result = await _analysis_call(ctx, request, _budget(args), sha)
+        result = await analysis_call(ctx, fitted[0].request, _budget(args), sha)
         await services.recorder.save_result(sha, model, version, result)
         await ctx.progress({"stage": "done", "pages": pages})
         return result
-    return await _fan_out(ctx, args, data, pages, ranges)
+    return await _fan_out(ctx, args, pages, fitted)
 
 
 async def _fan_out(
-    ctx: JobContext, args: dict[str, Any], data: bytes, pages: int, ranges: list[tuple[int, int]]
+    ctx: JobContext, args: dict[str, Any], pages: int, fitted: list[Fitted]
 ) -> dict[str, Any]:
     services = ctx.deps["services"]
     s, k = ctx.client.settings, ctx.client.keys
     model = args["model"]
-    await ctx.progress({"stage": "splitting", "pages": pages, "chunks": len(ranges)})
-    parts: list[bytes] = await ctx.run_cpu("tasks.pdf:split_pages", data, [list(r) for r in ranges])
+    await ctx.progress({"stage": "splitting", "pages": pages, "chunks": len(fitted)})
     prompt = analyze_prompt()
     calls = []
-    for (first, last), part in zip(ranges, parts, strict=True):
+    ranges = [(f.first, f.last) for f in fitted]
+    for fit in fitted:
+        first, last, part = fit.first, fit.last, fit.part
         chunk_sha = hashlib.sha256(part).hexdigest()
         await ctx.client.redis.set(doc_key(k, chunk_sha), encode_pdf(part), ex=s.doc_ttl_s)
         chunk_args = {**args, "chunk_sha256": chunk_sha, "first_page": first,
@@ -199,7 +176,7 @@ async def analyze_chunk(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]
     request = analyze_request(args["model"], analyze_prompt(), data, filename=args["name"],
                               page_count=int(args["page_count"]), first_page=first,
                               last_page=last)  # fmt: skip
-    return await _analysis_call(ctx, request, _budget(args), args["sha256"])
+    return await analysis_call(ctx, request, _budget(args), args["sha256"])
 
 
 @task(name="reduce_analyses", **_RETRY)  # type: ignore[arg-type]
@@ -210,12 +187,7 @@ async def reduce_analyses(
     services = ctx.deps["services"]
     failed = [o for o in outcomes if o.get("state") != "complete"]
     if failed:
-        raise Permanent(
-            f"{len(failed)} of {len(outcomes)} page ranges failed "
-            f"(first: {failed[0].get('error') or failed[0].get('state')}); "
-            f"retry them with `pipeline dead requeue {' '.join(o['id'] for o in failed)}`: this "
-            "merge runs again when they finish, and answers already paid for are reused"
-        )
+        await _fail_partial(ctx, outcomes, failed)
     reduce = load_prompt("reduce")
     pages = int(args["page_count"])
     analyses = json.dumps([o["result"] for o in outcomes], indent=1)
@@ -228,12 +200,44 @@ async def reduce_analyses(
         system=reduce.system,
         response_schema=Analysis.json_schema_for_gemini(),
         max_output_tokens=MAX_OUTPUT_TOKENS,
+        thinking_budget=THINKING_BUDGET_TOKENS,
         prompt_version=reduce.version,
     )
     await ctx.progress({"stage": "reducing", "chunks": len(outcomes)})
-    result = await _analysis_call(ctx, request, _budget(args), args["sha256"])
+    result = await analysis_call(ctx, request, _budget(args), args["sha256"])
     result["page_count"] = pages
     await services.recorder.save_result(
         args["sha256"], args["model"], args["prompt_version"], result
     )
     return result
+
+
+# Reasons a page range fails for that the same request would meet again: a requeue cannot
+# help, so none is advised (field case 16).
+_DETERMINISTIC = frozenset({
+    Reason.ANSWER_BLOCKED, Reason.ANSWER_TRUNCATED, Reason.ANSWER_INVALID, Reason.BAD_INPUT,
+    Reason.PROVIDER_REFUSED, Reason.REQUEST_TOO_LARGE,
+})  # fmt: skip
+
+
+async def _fail_partial(
+    ctx: JobContext, outcomes: list[dict[str, Any]], failed: list[dict[str, Any]]
+) -> None:
+    """End the merge of a document some page ranges failed for, saying whether a requeue
+    can help: never for a failure the same request would meet again."""
+    first = failed[0].get("error") or failed[0].get("state")
+    head = f"{len(failed)} of {len(outcomes)} page ranges failed (first: {first})"
+    reasons: list[Reason] = []
+    for outcome in failed:
+        job = await ctx.client.get(str(outcome["id"]))
+        reasons.append(Reason(job.reason) if job.reason in set(Reason) else Reason.ERROR)
+    if all(r in _DETERMINISTIC for r in reasons):
+        raise Permanent(
+            f"{head}; the same request would fail the same way, so requeueing cannot help: "
+            "fix the cause named above (or the document) and submit it again",
+            reason=reasons[0],
+        )
+    raise Permanent(
+        f"{head}; retry them with `pipeline dead requeue {' '.join(o['id'] for o in failed)}`: "
+        "this merge runs again when they finish, and answers already paid for are reused"
+    )

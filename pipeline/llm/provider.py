@@ -6,6 +6,7 @@ types, so Gemini, the offline analyzer and tests all look the same to the rest o
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -48,6 +49,30 @@ class LLMRequest:
         to maxOutputTokens, no answer), but the bound does not rely on it: it adds the
         thinking budget, so it holds under either reading."""
         return self.max_output_tokens + max(0, self.thinking_budget or 0)
+
+    def payload_bytes(self) -> int:
+        """Bytes of the JSON body generateContent receives for this request: inline data as
+        base64, text JSON-escaped, system instruction, generation config and schema. This
+        is what Google's inline request limit (20 MB, GEMINI.md §3.5) is checked against;
+        the SDK's own spelling of keys differs by a few bytes per part."""
+        parts: list[dict[str, Any]] = []
+        for part in self.parts:
+            if part.data is not None:
+                data = base64.b64encode(part.data).decode("ascii")
+                parts.append({"inlineData": {"mimeType": part.mime_type or "", "data": data}})
+            else:
+                parts.append({"text": part.text or ""})
+        body: dict[str, Any] = {"contents": [{"role": "user", "parts": parts}]}
+        if self.system:
+            body["systemInstruction"] = {"parts": [{"text": self.system}]}
+        config: dict[str, Any] = {"maxOutputTokens": self.max_output_tokens}
+        if self.thinking_budget is not None:
+            config["thinkingConfig"] = {"thinkingBudget": self.thinking_budget}
+        if self.response_schema is not None:
+            config["responseMimeType"] = "application/json"
+            config["responseJsonSchema"] = self.response_schema
+        body["generationConfig"] = config
+        return len(json.dumps(body, separators=(",", ":")).encode())
 
     def prompt_hash(self) -> str:
         """sha256 of what countTokens counts (model, system, parts): the count cache's key."""
