@@ -232,7 +232,16 @@ class LLMCaller:
         state.attempt += 1
         estimate = Decimal(0)
         if state.billed:
-            if state.counted is None:  # a failed count is retried like any provider failure
+            if state.counted is None:
+                state.counted = await self.counter.cached(request)
+            if state.counted is None:
+                # The count is a round trip: a permit held across it would be debited long
+                # before its request arrives, and arrivals bunch up past the provider's
+                # window. So a gate permit goes back and a fresh one is taken after.
+                if state.permit is not None:
+                    await self.limiter.release(state.permit, sent=False)
+                    state.permit = None
+                # A failed count is retried like any provider failure: no bound, no call.
                 state.counted = await self.counter.count(request)
             # Priced before the wait for a permit: an unknown model fails before taking quota.
             estimate = self._worst_case(request, state.counted, self.clock())
@@ -348,7 +357,7 @@ class LLMCaller:
         """Settle the budget at `cost_usd` and release the (sent) permit, each regardless of
         the other failing."""
         try:
-            if state.budget is not None:
+            if state.budget is not None and reservation is not None:  # offline holds nothing
                 await state.budget.settle(reservation, cost_usd)
         finally:
             await self.limiter.release(permit, input_tokens)

@@ -48,11 +48,17 @@ class TokenCounter:
         self.keys = keys
         self.ttl_s = ttl_s
 
+    async def cached(self, request: LLMRequest) -> int | None:
+        """The figure if it was counted before, without asking the provider."""
+        value = await self.redis.get(self.keys.token_count(request.prompt_hash()))
+        return None if value is None else int(value)
+
     async def count(self, request: LLMRequest) -> int:
-        key = self.keys.token_count(request.prompt_hash())
-        cached = await self.redis.get(key)
+        cached = await self.cached(request)
         if cached is not None:
-            return int(cached)
+            return cached
         tokens = int(await self.provider.count_tokens(request))
-        await self.redis.set(key, str(tokens), ex=self.ttl_s)
+        await self.redis.set(
+            self.keys.token_count(request.prompt_hash()), str(tokens), ex=self.ttl_s
+        )
         return tokens
