@@ -51,28 +51,32 @@ class LLMRequest:
         return self.max_output_tokens + max(0, self.thinking_budget or 0)
 
     def payload_bytes(self) -> int:
-        """Bytes of the JSON body generateContent receives for this request: inline data as
-        base64, text JSON-escaped, system instruction, generation config and schema. This
-        is what Google's inline request limit (20 MB, GEMINI.md §3.5) is checked against;
-        the SDK's own spelling of keys differs by a few bytes per part."""
+        """Bytes of the JSON body google-genai sends to generateContent for this request:
+        inline data as base64, text JSON-escaped, system instruction, generation config
+        and schema, serialised the way the SDK does (json.dumps with its default
+        separators; tests/llm/test_payload_size.py checks it against what the emulator
+        receives). This is what Google's inline request limit (20 MB, GEMINI.md §3.5) is
+        checked against."""
         parts: list[dict[str, Any]] = []
         for part in self.parts:
             if part.data is not None:
                 data = base64.b64encode(part.data).decode("ascii")
-                parts.append({"inlineData": {"mimeType": part.mime_type or "", "data": data}})
+                parts.append({"inlineData": {"data": data, "mime_type": part.mime_type or ""}})
             else:
                 parts.append({"text": part.text or ""})
-        body: dict[str, Any] = {"contents": [{"role": "user", "parts": parts}]}
+        body: dict[str, Any] = {"contents": [{"parts": parts, "role": "user"}]}
         if self.system:
-            body["systemInstruction"] = {"parts": [{"text": self.system}]}
+            body["systemInstruction"] = {"parts": [{"text": self.system}], "role": "user"}
         config: dict[str, Any] = {"maxOutputTokens": self.max_output_tokens}
-        if self.thinking_budget is not None:
-            config["thinkingConfig"] = {"thinkingBudget": self.thinking_budget}
+        if self.temperature is not None:
+            config["temperature"] = self.temperature
         if self.response_schema is not None:
             config["responseMimeType"] = "application/json"
             config["responseJsonSchema"] = self.response_schema
+        if self.thinking_budget is not None:
+            config["thinkingConfig"] = {"thinking_budget": self.thinking_budget}
         body["generationConfig"] = config
-        return len(json.dumps(body, separators=(",", ":")).encode())
+        return len(json.dumps(body).encode())
 
     def prompt_hash(self) -> str:
         """sha256 of what countTokens counts (model, system, parts): the count cache's key."""
