@@ -62,7 +62,10 @@ async def test_status_shows_limiter_budgets_and_jobs_waiting_for_the_day_budget(
     from tests.queue_helpers import WorkerProcess, eventually
 
     prefix = pipeline_env["PIPELINE_KEY_PREFIX"]
-    env = {**pipeline_env, "PIPELINE_BUDGET_DAY_USD": "0.000001"}
+    # A billed provider: the offline analyzer reserves nothing, so no budget holds it back.
+    emu_ctx = start_emulator()
+    emu = emu_ctx.__enter__()
+    env = {**pipeline_env, **emu.env, "GOOGLE_API_KEY": "", "PIPELINE_BUDGET_DAY_USD": "0.000001"}
     r = cli(env, "submit", EXAMPLES[0], "--json")
     assert r.returncode == 0, r.stderr
     sub = json.loads(r.stdout)
@@ -83,9 +86,11 @@ async def test_status_shows_limiter_budgets_and_jobs_waiting_for_the_day_budget(
         await Limiter(client.redis, client.keys, settings).on_rate_limited(
             "gemini-3.5-flash", per_day=True
         )
+        assert emu.stats()["generate_requests"] == 0  # refused before anything was sent
     finally:
         worker.close()
         await client.aclose()
+        emu_ctx.__exit__(None, None, None)
 
     one = cli(env, "status", sub["batch_id"], "--json")
     assert one.returncode == 0, one.stderr
