@@ -117,7 +117,9 @@ class Reason(StrEnum):
 
 
 # Reasons a job only waits for, attempt kept: status shows them as "waiting".
-WAITING_REASONS = frozenset({Reason.BUDGET_WINDOW, Reason.BUDGET_HOLDS, Reason.DAILY_QUOTA})
+WAITING_REASONS = frozenset(
+    {Reason.BUDGET_WINDOW, Reason.BUDGET_HOLDS, Reason.DAILY_QUOTA, Reason.BUDGET_OVERRUN}
+)
 
 
 class JobError(PipelineError):

@@ -110,12 +110,17 @@ class Reservation:
 
 @dataclass(frozen=True)
 class ScopeStatus:
-    """A scope's spent, reserved and limit in USD; `stopped` when an overrun stopped it."""
+    """A scope's spent, reserved and limit in USD; `stopped_at_usd` is the limit in force
+    when an overrun stopped it (None while it runs): only a higher limit admits calls."""
 
     spent_usd: Decimal
     reserved_usd: Decimal
     limit_usd: Decimal | None
-    stopped: bool = False
+    stopped_at_usd: Decimal | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_at_usd is not None
 
     def as_dict(self) -> dict[str, str | bool | None]:
         return {
@@ -143,12 +148,14 @@ class Budget:
         self.settings = settings
         self.hold_ms = int(hold_s * 1000)
         scripts = register(
-            redis, _LUA, "budget_reserve", "budget_settle", "budget_status", "budget_extend"
+            redis, _LUA, "budget_reserve", "budget_settle", "budget_status", "budget_extend",
+            "budget_raise",
         )
         self._reserve = scripts["budget_reserve"]
         self._settle = scripts["budget_settle"]
         self._status = scripts["budget_status"]
         self._extend = scripts["budget_extend"]
+        self._raise = scripts["budget_raise"]
 
     @property
     def hold_s(self) -> float:
@@ -215,16 +222,15 @@ class Budget:
         A cost above the reservation is booked too, and stops the scopes (see module)."""
         return await self._close(reservation, "settle", to_nanos(actual_usd))
 
-    async def raise_limit(self, scope: Scope, limit_usd: Decimal) -> None:
+    async def raise_limit(self, scope: Scope, limit_usd: Decimal) -> Decimal | None:
         """A person's new limit for `scope`, used instead of any lower limit calls carry
         (a batch's limit travels in its jobs' arguments); lifts an overrun stop when it is
-        above the limit in force then. Raises InputError for a limit that is not a budget."""
+        above the limit in force then. Returns the limit the scope was stopped at, or None.
+        Raises InputError for a limit that is not a budget."""
         nanos = to_nanos(check_budget_usd(limit_usd, "limit"))
         totals, _ = scope.keys(self.keys)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(totals, "raised", str(nanos))
-            pipe.expire(totals, _TTL_S[scope.kind])
-            await pipe.execute()
+        reply = await self._raise(keys=[totals], args=[nanos, _TTL_S[scope.kind]])
+        return None if int(reply) < 0 else from_nanos(reply)
 
     async def cancel(self, reservation: Reservation) -> bool:
         """Free the hold of a call that never went out; nothing is booked."""
@@ -262,8 +268,9 @@ class Budget:
             limit = scope.limit_usd
             if scope.kind == "batch" and limit is None and int(stored) >= 0:
                 limit = from_nanos(stored)
+            stopped_at = from_nanos(stopped) if int(stopped) >= 0 else None
             out[scope.kind] = ScopeStatus(
-                from_nanos(spent), from_nanos(reserved), limit, stopped=int(stopped) >= 0
+                from_nanos(spent), from_nanos(reserved), limit, stopped_at
             )
         return out
 
