@@ -166,6 +166,9 @@ async def test_a_failed_page_range_fails_the_document_once_without_a_reduce_call
     assert callback.error is not None
     assert "1 of 3 page ranges failed" in callback.error
     assert "page range refused" in callback.error  # the provider's own words
+    assert callback.reason == "provider_refused"
+    assert "requeueing cannot help" in callback.error  # a 400 would be refused again
+    assert "pipeline dead requeue" not in callback.error
     assert emu.stats()["generate_requests"] == 2  # the two good ranges; no reduce call
     rows = ledger_calls(pipeline_env["PIPELINE_DATABASE_URL"])
     assert sorted(r.outcome for r in rows) == ["error", "ok", "ok"]
