@@ -53,9 +53,17 @@ from pipeline.llm.callstore import CallStore, call_key
 from pipeline.llm.counting import PDF_TOKENS_PER_PAGE, TokenCounter, rough_input_tokens
 from pipeline.llm.failure import ProviderCallError, ProviderFailure
 from pipeline.llm.limiter import Limiter, Permit
-from pipeline.llm.provider import LLMRequest, LLMResponse, Provider, Usage
+from pipeline.llm.provider import LLMRequest, LLMResponse, Provider
 from pipeline.llm.retry import RetryBudget, RetryPolicy, exhausted_error
-from pipeline.llm.spend import Prices, SpendLimit, keep_hold, report_overrun, warn_usage_missing
+from pipeline.llm.spend import (
+    Prices,
+    SpendLimit,
+    answer_usd,
+    bound_usd,
+    keep_hold,
+    report_overrun,
+    warn_usage_missing,
+)
 from pipeline.llm.stop import Accept, accepted, judge
 from pipeline.llm.usage import book_usage
 
@@ -65,7 +73,6 @@ __all__ = [
     "PDF_TOKENS_PER_PAGE", "Accept", "LLMCaller", "Prices", "SpendLimit", "rough_input_tokens",
 ]  # fmt: skip
 
-OFFLINE_MODEL_VERSION = "offline"  # what pipeline/llm/offline.py answers as; never billed
 
 
 @dataclass(frozen=True)
@@ -184,38 +191,6 @@ class LLMCaller:
                 await self.limiter.release(state.permit, sent=False)
         return response
 
-    def _worst_case(self, request: LLMRequest, tokens: int, at: datetime) -> Decimal:
-        """The bound: `tokens` input at the input rate (long-context tier when over the
-        threshold) and the request's output bound (maxOutputTokens + thinking budget) at the
-        output rate, nothing cached."""
-        if self.prices is None:
-            return Decimal("0")
-        worst = getattr(self.prices, "worst_case_cost", None)
-        if worst is not None:
-            return Decimal(worst(request.model, tokens, request.output_bound_tokens, at))
-        usage = Usage(input_tokens=tokens, output_tokens=request.output_bound_tokens)
-        return self.prices.cost(request.model, usage, at)
-
-    def _cost(self, request: LLMRequest, model_version: str, usage: Usage, at: datetime) -> Decimal:
-        """The price of an answer already paid for; never raises, so it cannot lose one.
-
-        The answering model version is priced if the table knows it, else the model asked
-        for (a new version string is usually the same price); failing both, $0 and a warning
-        rather than an exception after the money is spent."""
-        if self.prices is None or model_version == OFFLINE_MODEL_VERSION:
-            return Decimal("0")  # the offline analyzer never bills
-        for model in dict.fromkeys(m for m in (model_version, request.model) if m):
-            try:
-                return self.prices.cost(model, usage, at)
-            except Exception:  # UnknownModel, or no price on that date
-                continue
-        log.warning(
-            "no price for %r (asked for %r): call booked at $0; add the model to "
-            "config/pricing.toml and the ledger's figures will be short by this call",
-            model_version, request.model,
-        )
-        return Decimal("0")
-
     async def _take_permit(self, state: _Call) -> Permit:
         if state.permit is not None:
             permit, state.permit = state.permit, None
@@ -244,7 +219,7 @@ class LLMCaller:
                 # A failed count is retried like any provider failure: no bound, no call.
                 state.counted = await self.counter.count(request)
             # Priced before the wait for a permit: an unknown model fails before taking quota.
-            estimate = self._worst_case(request, state.counted, self.clock())
+            estimate = bound_usd(self.prices, request, state.counted, self.clock())
         permit = await self._take_permit(state)
         reservation = None
         try:
@@ -315,7 +290,7 @@ class LLMCaller:
         usage = booked.usage
         cost = Decimal(0)
         if state.billed:
-            cost = self._cost(request, response.model_version, usage, now)
+            cost = answer_usd(self.prices, request, response.model_version, usage, now)
         verdict = judge(request, response, usage, state.accept)
         unusable = verdict.error
         try:

@@ -26,6 +26,7 @@ from pipeline.redis.keys import Keys
 log = logging.getLogger("pipeline.llm.caller")
 
 NOTICE_TTL_S = 90 * 86400  # how long "warned once for this batch" is remembered
+OFFLINE_MODEL_VERSION = "offline"  # what pipeline/llm/offline.py answers as; never billed
 
 
 class Prices(Protocol):
@@ -47,6 +48,45 @@ class SpendLimit(Protocol):
     async def cancel(self, token: Any) -> object: ...
 
     # Optional: `extend(token)` and `hold_s` let a long call keep its hold alive.
+
+
+def bound_usd(
+    prices: Prices | None, request: LLMRequest, input_tokens: int, at: datetime
+) -> Decimal:
+    """The most `request` can be billed: `input_tokens` (its countTokens figure) at the input
+    rate — the long-context rate when over the model's threshold — and its output bound
+    (maxOutputTokens + thinking budget) at the output rate, nothing cached. $0 without a
+    price table."""
+    if prices is None:
+        return Decimal("0")
+    worst = getattr(prices, "worst_case_cost", None)
+    if worst is not None:
+        return Decimal(worst(request.model, input_tokens, request.output_bound_tokens, at))
+    usage = Usage(input_tokens=input_tokens, output_tokens=request.output_bound_tokens)
+    return prices.cost(request.model, usage, at)
+
+
+def answer_usd(
+    prices: Prices | None, request: LLMRequest, model_version: str, usage: Usage, at: datetime
+) -> Decimal:
+    """The price of an answer already paid for; never raises, so it cannot lose one.
+
+    The answering model version is priced if the table knows it, else the model asked for
+    (a new version string is usually the same price); failing both, $0 and a warning rather
+    than an exception after the money is spent."""
+    if prices is None or model_version == OFFLINE_MODEL_VERSION:
+        return Decimal("0")  # the offline analyzer never bills
+    for model in dict.fromkeys(m for m in (model_version, request.model) if m):
+        try:
+            return prices.cost(model, usage, at)
+        except Exception:  # UnknownModel, or no price on that date
+            continue
+    log.warning(
+        "no price for %r (asked for %r): call booked at $0; add the model to "
+        "config/pricing.toml and the ledger's figures will be short by this call",
+        model_version, request.model,
+    )  # fmt: skip
+    return Decimal("0")
 
 
 @contextlib.asynccontextmanager
