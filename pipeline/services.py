@@ -20,8 +20,12 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import (
+    AnswerBlocked,
+    AnswerInvalid,
+    AnswerTruncated,
     BudgetExceeded,
     DailyQuotaExhausted,
+    InputError,
     JobError,
     OverBudget,
     OverLimit,
@@ -50,6 +54,7 @@ if TYPE_CHECKING:
     from pipeline.llm.pricing import PriceTable
     from pipeline.llm.provider import LLMRequest, LLMResponse, Provider
     from pipeline.llm.retry import RetryBudget
+    from pipeline.llm.stop import Accept
 
 
 # A job whose budget is full only of other calls' holds waits this long (plus jitter, so
@@ -110,10 +115,14 @@ class Services:
         *,
         batch_limit_usd: Decimal | None = None,
         document_id: str | None = None,
+        accept: Accept | None = None,
+        handles: tuple[type[PipelineError], ...] = (),
     ) -> LLMResponse:
         """One LLM call on behalf of a running job: its admission permit, the budgets that
-        apply, the ledger. A failure is turned into what it means for the job by
-        `failed_call` (raised from the original error).
+        apply, the ledger. `accept` checks a finished answer (see LLMCaller.call). A failure
+        is turned into what it means for the job by `failed_call` (raised from the original
+        error), except errors of the types in `handles`, which the task remedies itself
+        (e.g. AnswerTruncated: a larger output budget) and which propagate unchanged.
         """
         budget = await self.budget.for_call(ctx.batch, batch_limit_usd)
         try:
@@ -125,8 +134,11 @@ class Services:
                 permit=ctx.take_permit(),
                 budget=budget,
                 retry_budget=self.retry_budget(ctx.job_id),
+                accept=accept,
             )
         except PipelineError as exc:
+            if isinstance(exc, handles):
+                raise
             steer = failed_call(exc)
             if steer is None:
                 raise
@@ -138,6 +150,9 @@ def failed_call(exc: PipelineError) -> JobError | None:
 
     The one place this is decided; the job keeps the typed `Reason`, which status, the API and
     the dashboard read (never the message text).
+    - A scope stopped after an overrun (a bill above its reservation): the job ends
+      `over_budget` for a batch, or waits out the window for the day or month, with reason
+      `budget_overrun`, until a person raises the limit.
     - A budget full only of other calls' worst-case holds: postponed a few seconds, attempt
       kept, since those holds usually settle lower (`budget_holds`).
     - The batch budget cannot fit the call: the job ends `over_budget`, nothing charged.
@@ -149,9 +164,20 @@ def failed_call(exc: PipelineError) -> JobError | None:
       token limit: failed at once instead of retrying for minutes.
     - Still rate limited, or the provider still failing after the call's own retries: retried
       on the job's schedule (`rate_limit`, `provider_error`).
+    - A paid answer that cannot be used: blocked or stopped for SAFETY etc. fails at once
+      (`answer_blocked`): the same request meets the same refusal. Truncated or invalid
+      answers reach here only when the task's own remedy (a larger output budget, one repair
+      call) failed too: failed at once (`answer_truncated`, `answer_invalid`).
+    - A document the provider cannot read (an InputError such as BadDocument, raised by the
+      offline analyzer): failed at once, never retried (`bad_input`).
     Returns None for errors that are not about the call (they propagate unchanged).
     """
     if isinstance(exc, BudgetExceeded):
+        if exc.stopped:
+            if exc.scope == "batch":
+                return OverBudget(str(exc), reason=Reason.BUDGET_OVERRUN)
+            return Retry(str(exc), delay_s=_until_window_reset_s(exc.scope),
+                         count_attempt=False, reason=Reason.BUDGET_OVERRUN)  # fmt: skip
         if exc.held_only:
             return Retry(
                 f"waiting for running calls to settle: {exc}",
@@ -177,8 +203,14 @@ def failed_call(exc: PipelineError) -> JobError | None:
         return Retry(f"ProviderError: {exc}", reason=Reason.PROVIDER_ERROR)
     if isinstance(exc, RateLimited):
         return Retry(f"RateLimited: {exc}", reason=Reason.RATE_LIMIT)
-    if isinstance(exc, OverLimit | UnknownModel):
+    if isinstance(exc, OverLimit | UnknownModel | InputError):
         return Permanent(str(exc), reason=Reason.BAD_INPUT)
+    if isinstance(exc, AnswerBlocked):
+        return Permanent(str(exc), reason=Reason.ANSWER_BLOCKED)
+    if isinstance(exc, AnswerTruncated):
+        return Permanent(str(exc), reason=Reason.ANSWER_TRUNCATED)
+    if isinstance(exc, AnswerInvalid):
+        return Permanent(str(exc), reason=Reason.ANSWER_INVALID)
     return None
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, func, select
 
 from pipeline.errors import InputError
 from pipeline.ledger.models import Batch, Document, JobRow, LLMCall, Result
+from pipeline.ledger.money import format_usd
 
 NANO = Decimal("0.000000001")
 
@@ -60,8 +61,8 @@ def batch_summary(engine: Engine, batch_id: str) -> dict[str, Any]:
         "jobs": len(jobs),
         "documents": len({d for _, d in jobs if d}),
         "by_state": dict(Counter(s for s, _ in jobs)),
-        "spend_usd": str(spend),
-        "budget_usd": None if batch.budget_usd is None else str(_money(batch.budget_usd)),
+        "spend_usd": format_usd(spend),
+        "budget_usd": None if batch.budget_usd is None else format_usd(batch.budget_usd),
     }
 
 
@@ -85,8 +86,8 @@ def recent_batches(engine: Engine, limit: int = 10) -> list[dict[str, Any]]:
             "label": r[1],
             "created_at": r[2].isoformat() if r[2] else None,
             "documents": counts.get(r[0], 0),
-            "budget_usd": None if r[3] is None else str(_money(r[3])),
-            "spend_usd": str(batch_spend(engine, r[0])),
+            "budget_usd": None if r[3] is None else format_usd(r[3]),
+            "spend_usd": format_usd(batch_spend(engine, r[0])),
         }
         for r in rows
     ]

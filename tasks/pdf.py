@@ -19,13 +19,13 @@ import io
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from pypdf import PasswordType, PdfReader, PdfWriter
 
-from pipeline.errors import BadDocument
+from pipeline.errors import BadDocument, RequestTooLarge
 from pipeline.llm.offline.pdftext import (
     check_page_range,
     corrupt_error,
@@ -36,6 +36,8 @@ from pipeline.llm.offline.pdftext import (
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
+# Pages read through one pypdf reader before a fresh one drops its cache of parsed objects.
+_PAGES_PER_READER = 100
 # Gemini's limit on a whole inline request ("total request < 20 MB"), base64 included.
 MAX_INLINE_BYTES = 20 * MB
 # Room in a request for the prompt text, schema and JSON framing around the PDF.
@@ -75,8 +77,19 @@ class PdfInfo:
         return asdict(self)
 
 
-def inspect_pdf(data: bytes, max_bytes: int, max_pages: int, name: str = "the file") -> PdfInfo:
-    """Check that `data` is a PDF we can analyse and describe it; BadDocument otherwise."""
+def inspect_pdf(
+    data: bytes, max_bytes: int, max_pages: int, name: str = "the file",
+    max_part_bytes: int | None = None,
+) -> PdfInfo:  # fmt: skip
+    """Check that `data` is a PDF we can analyse and describe it; BadDocument otherwise.
+
+    This is the one validity rule: submit, the HTTP API and the worker all call it, so a
+    file accepted at the door is one the worker can send. A PDF encrypted with an empty
+    user password is accepted (pypdf opens it; the worker sends a decrypted copy); one that
+    needs a password is refused. With `max_part_bytes` (the base64 bytes a request has room
+    for beside its prompt), a page that alone needs more is refused as RequestTooLarge:
+    no split can make it fit an inline request.
+    """
     size = len(data)
     if size == 0:
         raise BadDocument(f"{name} is empty (0 bytes); upload the PDF again")
@@ -110,6 +123,8 @@ def inspect_pdf(data: bytes, max_bytes: int, max_pages: int, name: str = "the fi
             f"{name} has {page_count} pages, over the limit of {max_pages}; "
             "split it into smaller PDFs and submit those"
         )
+    if max_part_bytes is not None and base64_len(size) > max_part_bytes:
+        _refuse_oversized_pages(data, page_count, max_part_bytes, name)
     meta = _metadata(reader)
     return PdfInfo(
         page_count=page_count,
@@ -144,6 +159,38 @@ def split_pages(data: bytes, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     return parts
 
 
+def base64_len(size: int) -> int:
+    """Bytes of `size` bytes once base64-encoded, as inline data travels."""
+    return 4 * math.ceil(size / 3)
+
+
+def page_sizes(data: bytes) -> list[int]:
+    """The size in bytes of each page written as a standalone PDF (what a one-page part
+    weighs), one reader per `_PAGES_PER_READER` pages."""
+    sizes: list[int] = []
+    for reader, index in _walk(data, 0, _page_count(data)):
+        writer = PdfWriter()
+        writer.add_page(reader.pages[index])
+        buffer = io.BytesIO()
+        writer.write(buffer)
+        sizes.append(len(buffer.getvalue()))
+    return sizes
+
+
+def _refuse_oversized_pages(data: bytes, page_count: int, max_part_bytes: int, name: str) -> None:
+    too_big = [(n, size) for n, size in enumerate(page_sizes(data), 1)
+               if base64_len(size) > max_part_bytes]  # fmt: skip
+    if not too_big:
+        return
+    shown = ", ".join(f"page {n} ({base64_len(size) / MB:.1f} MB)" for n, size in too_big[:5])
+    raise RequestTooLarge(
+        f"{name}: {shown} alone {'is' if len(too_big) == 1 else 'are'} over the "
+        f"{max_part_bytes / MB:.1f} MB a request has room for (inline request limit, base64 "
+        "included); no split can make it fit. Reduce the page's image resolution (e.g. print "
+        "to PDF at a lower quality) or remove it, and submit again"
+    )
+
+
 def tokens_per_page(model: str) -> int:
     """Gemini's per-page token charge for a model family (2.x: 258; 3.x and later: 560)."""
     match = re.match(r"gemini-(\d+)", model)
@@ -173,7 +220,8 @@ def plan_chunks(
         raise ValueError("page_count must be at least 1")
     if pdf_bytes_len < 0 or tokens_per_page <= 0 or max_tokens <= 0 or max_pages <= 0:
         raise ValueError("sizes and limits must be positive")
-    raw_budget = max(1, (max_inline_bytes - _REQUEST_OVERHEAD_BYTES) * 3 // 4)  # base64 is 4/3
+    overhead = min(_REQUEST_OVERHEAD_BYTES, max_inline_bytes // 4)
+    raw_budget = max(1, (max_inline_bytes - overhead) * 3 // 4)  # base64 is 4/3
     bytes_per_page = max(1.0, pdf_bytes_len / page_count)
     per_chunk = min(
         math.floor(raw_budget / bytes_per_page),
@@ -193,6 +241,19 @@ def plan_chunks(
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def _walk(data: bytes, start: int, stop: int) -> Iterator[tuple[PdfReader, int]]:
+    """(reader, page index) for indexes start..stop-1, with a fresh reader every so often.
+
+    Dropping the reader drops pypdf's cache of parsed objects, so memory follows the
+    window of pages in hand rather than the whole document.
+    """
+    reader: PdfReader | None = None
+    for index in range(start, stop):
+        if reader is None or (index - start) % _PAGES_PER_READER == 0:
+            reader = _open(data)
+        yield reader, index
 
 
 def _open(data: bytes, name: str = "the file") -> PdfReader:

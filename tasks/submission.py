@@ -112,10 +112,14 @@ async def _resubmitted(client: QueueClient, job_id: str) -> tuple[str, str]:
     return "requeued", f"{ended}; requeued with fresh attempts{batch}, under that batch's budget"
 
 
-def _inspect(upload: Upload, max_bytes: int, max_pages: int) -> tuple[int, str]:
+def _inspect(upload: Upload, s: Settings, model: str) -> tuple[int, str]:
+    """tasks/pdf.py's validity rule (the worker applies the same): BadDocument, or
+    RequestTooLarge for a page no inline request can carry."""
     from tasks.pdf import inspect_pdf
+    from tasks.plan import analyze_prompt, part_room_bytes
 
-    info = inspect_pdf(upload.data, max_bytes, max_pages, name=upload.name)
+    room = part_room_bytes(model, analyze_prompt(), upload.name, s.max_inline_request_bytes)
+    info = inspect_pdf(upload.data, s.max_upload_bytes, s.max_document_pages, upload.name, room)
     return info.page_count, info.sha256
 
 
@@ -164,9 +168,7 @@ async def submit_uploads(
     checked: list[tuple[int, Upload, int, str]] = []
     for index, upload in enumerate(uploads):
         try:
-            pages, sha = await asyncio.to_thread(
-                _inspect, upload, s.max_upload_bytes, s.max_document_pages
-            )
+            pages, sha = await asyncio.to_thread(_inspect, upload, s, model)
         except BadDocument as exc:
             outcomes[index] = DocOutcome(upload.name, "skipped", reason=str(exc))
             continue
@@ -255,7 +257,7 @@ def estimate(
     total_tokens, total_cost = 0, Decimal(0)
     for upload in uploads:
         try:
-            pages, _ = _inspect(upload, s.max_upload_bytes, s.max_document_pages)
+            pages, _ = _inspect(upload, s, model)
         except BadDocument as exc:
             docs.append({"name": upload.name, "status": "skipped", "reason": str(exc)})
             continue
@@ -302,6 +304,7 @@ async def estimate_counted(
     from tasks.pdf import split_pages
     from tasks.plan import (
         MAX_OUTPUT_TOKENS,
+        OUTPUT_BOUND_TOKENS,
         analyze_prompt,
         analyze_request,
         chunk_ranges,
@@ -336,7 +339,7 @@ async def estimate_counted(
                 )  # fmt: skip
                 counted = int(await provider.count_tokens(request))
                 tokens += counted
-                cost += prices.worst_case_cost(model, counted, MAX_OUTPUT_TOKENS, now)
+                cost += prices.worst_case_cost(model, counted, OUTPUT_BOUND_TOKENS, now)
         except Exception as exc:  # an estimate still answers the question; say why
             est["warnings"].append(
                 f"countTokens failed for {upload.name} ({type(exc).__name__}: {exc}); "
@@ -346,7 +349,7 @@ async def estimate_counted(
             if len(ranges) > 1:  # the reduce call reads the map answers: estimated
                 t = len(ranges) * MAX_OUTPUT_TOKENS + prompt_tokens(prompt)
                 tokens += t
-                cost += prices.worst_case_cost(model, t, MAX_OUTPUT_TOKENS, now)
+                cost += prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, now)
             doc.update(input_tokens=tokens, worst_case_usd=cost, token_source="countTokens")
         total_tokens += doc["input_tokens"]
         total_cost += doc["worst_case_usd"]

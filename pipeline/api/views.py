@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.ledger.models import Batch, Document, JobRow, LLMCall
+from pipeline.ledger.money import format_usd
 from pipeline.ledger.report import WASTED, _money
 from pipeline.queue.job import Job
 
@@ -40,7 +41,8 @@ def call_totals(calls: list[LLMCall]) -> dict[str, Any]:
             wasted += amount
         for name in tokens:
             tokens[name] += int(getattr(call, name) or 0)
-    return {"calls": len(calls), **tokens, "cost_usd": str(cost), "wasted_usd": str(wasted)}
+    return {"calls": len(calls), **tokens, "cost_usd": format_usd(cost),
+            "wasted_usd": format_usd(wasted)}
 
 
 def ledger_job(session: Session, job_id: str) -> tuple[JobRow | None, dict[str, Any]]:
@@ -131,8 +133,8 @@ def batch_view(
     spent = Decimal(cost["cost_usd"])
     spend: dict[str, Any] = {
         **cost,
-        "budget_usd": None if limit is None else str(_money(limit)),
-        "remaining_usd": None if limit is None else str(_money(limit) - spent),
+        "budget_usd": None if limit is None else format_usd(limit),
+        "remaining_usd": None if limit is None else format_usd(_money(limit) - spent),
         "reserved_usd": budget["reserved_usd"] if budget else None,
     }
     return {

@@ -13,7 +13,17 @@ from typing import Any
 
 import typer
 
-from pipeline.cli import costs, embedded_redis, emulator, run, serve, status, submit, worker
+from pipeline.cli import (
+    budget,
+    costs,
+    embedded_redis,
+    emulator,
+    run,
+    serve,
+    status,
+    submit,
+    worker,
+)
 from pipeline.cli.common import err_console
 from pipeline.errors import PipelineError
 
@@ -33,6 +43,7 @@ GROUPS: tuple[tuple[str, typer.Typer], ...] = (
     ("dead", worker.dead_app),
     ("db", costs.db_app),
     ("redis", embedded_redis.redis_app),
+    ("budget", budget.budget_app),
 )
 
 

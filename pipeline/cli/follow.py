@@ -19,6 +19,7 @@ from rich.live import Live
 from rich.text import Text
 
 from pipeline.errors import JobNotFound
+from pipeline.ledger.money import DISPLAY_PLACES, format_usd
 from pipeline.queue.client import QueueClient
 from pipeline.queue.job import TERMINAL, State
 from tasks.submission import Submission
@@ -111,7 +112,8 @@ def spend_line(engine: Engine | None, batch_id: str, budget: Decimal | None) -> 
     from tasks.batches import batch_spend
 
     spent = batch_spend(engine, batch_id)
-    return f"spent ${spent:.6f}" + (f" of ${budget}" if budget is not None else "")
+    shown = f" of ${format_usd(budget, DISPLAY_PLACES)}" if budget is not None else ""
+    return f"spent ${format_usd(spent, DISPLAY_PLACES)}{shown}"
 
 
 async def spend_text(engine: Engine | None, batch_id: str, budget: Decimal | None) -> str:

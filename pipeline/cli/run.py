@@ -32,6 +32,7 @@ from pipeline.cli.submit import (
     print_submission,
     report_nothing,
 )
+from pipeline.ledger.money import DISPLAY_PLACES, format_usd
 from pipeline.queue.client import QueueClient
 from tasks.submission import submit_uploads
 
@@ -140,11 +141,11 @@ def _summary(sub: Any, tracker: Any, results: list[dict[str, Any]], costs: dict[
         status = track.state + (f" ({track.chunks} parts)" if track.chunks else "")
         if track.error and track.state != "complete":
             path = track.error[:80]
-        table.add_row(
-            d.name, status, str(d.pages or ""), f"{costs.get(d.document_id, 0):.6f}", path
-        )
+        cost = format_usd(costs.get(d.document_id, 0), DISPLAY_PLACES)
+        table.add_row(d.name, status, str(d.pages or ""), cost, path)
     console.print(table)
-    console.print(f"total spend: ${sum(costs.values()):.6f} · results: `pipeline results "
+    total = format_usd(sum(costs.values()), DISPLAY_PLACES)
+    console.print(f"total spend: ${total} · results: `pipeline results "
                   f"{sub.batch_id}`", highlight=False, soft_wrap=True)  # fmt: skip
 
 

@@ -29,6 +29,7 @@ _WAIT_WORDS = {
     Reason.BUDGET_WINDOW: "for the day or month budget window",
     Reason.BUDGET_HOLDS: "for running calls' budget holds to settle",
     Reason.DAILY_QUOTA: "for the provider's daily quota to reset",
+    Reason.BUDGET_OVERRUN: "for a person to raise a budget stopped by an overrun",
 }
 _WAITING_STATES = (State.SCHEDULED, State.QUEUED)
 
@@ -172,7 +173,10 @@ def _print_services(state: dict[str, Any]) -> None:
     for col in ("window", "spent USD", "reserved USD", "limit USD"):
         budget.add_column(col)
     for window, b in state["budget"].items():
-        budget.add_row(window, b["spent_usd"], b["reserved_usd"], b["limit_usd"] or "none")
+        limit = b["limit_usd"] or "none"
+        if b.get("stopped"):
+            limit += " (stopped: a bill passed its reservation; raise the limit)"
+        budget.add_row(window, b["spent_usd"], b["reserved_usd"], limit)
     console.print(budget)
 
 

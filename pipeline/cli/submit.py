@@ -28,6 +28,7 @@ from pipeline.cli.common import (
     ledger_engine,
 )
 from pipeline.ledger.budget import check_budget_usd
+from pipeline.ledger.money import DISPLAY_PLACES, format_usd
 from pipeline.queue.client import QueueClient
 from tasks.submission import (
     DocOutcome,
@@ -111,14 +112,16 @@ def print_estimate(est: dict[str, Any], budget: Decimal | None) -> None:
             table.add_row(d["name"], "-", "-", "-", f"skipped: {d['reason']}")
             continue
         table.add_row(d["name"], str(d["pages"]), str(d["calls"]), str(d["input_tokens"]),
-                      f"{d['worst_case_usd']:.6f}")  # fmt: skip
+                      format_usd(d['worst_case_usd'], DISPLAY_PLACES))  # fmt: skip
     console.print(table)
     total = est["total_worst_case_usd"]
-    console.print(f"total: {est['total_input_tokens']} input tokens, worst case ${total:.6f}",
+    shown = format_usd(total, DISPLAY_PLACES)
+    console.print(f"total: {est['total_input_tokens']} input tokens, worst case ${shown}",
                   highlight=False, soft_wrap=True)  # fmt: skip
     if budget is not None and total > budget:
-        console.print(f"[yellow]warning:[/yellow] the worst-case estimate ${total:.6f} is over "
-                      f"the budget ${budget}; calls past the budget will be refused",
+        console.print(f"[yellow]warning:[/yellow] the worst-case estimate ${shown} is over "
+                      f"the budget ${format_usd(budget, DISPLAY_PLACES)}; calls past the budget "
+                      "will be refused",
                       highlight=False, soft_wrap=True)  # fmt: skip
 
 

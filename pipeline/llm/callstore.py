@@ -2,9 +2,11 @@
 
 A job retried after a crash, a lease lost mid-call, or the same document submitted twice
 all end up asking the same question. The call key hashes everything that changes the
-answer (model, prompt version, parts, generation settings); a successful response is kept
-in Redis as JSON under that key, and a later call with the same key is answered from here
-without touching the provider. Only successes are stored: a failure must stay retryable.
+answer (model, prompt version, parts, generation settings); an answer that was *used* is
+kept in Redis as JSON under that key, and a later call with the same key is answered from
+here without touching the provider. Only used answers are stored: a failure, and a paid
+answer that could not be used (cut at MAX_TOKENS, blocked, invalid), must stay retryable,
+or every retry would replay it (field case 08c).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from redis.asyncio import Redis
 from pipeline.llm.provider import LLMRequest, LLMResponse, Usage
 from pipeline.redis.keys import Keys
 
-# Bump when the stored shape changes, so old entries are simply not found.
-STORE_FORMAT = "v1"
+# Bump when the stored shape or what may be stored changes, so old entries are simply not
+# found. v2: v1 stores could hold truncated or blocked answers kept as successes.
+STORE_FORMAT = "v2"
 
 
 def call_key(request: LLMRequest) -> str:
@@ -65,4 +68,8 @@ class CallStore:
 
     async def put(self, key: str, response: LLMResponse) -> None:
         await self.redis.set(self.keys.call(key), encode_response(response), ex=self.ttl_s)
+
+    async def delete(self, key: str) -> None:
+        """Forget an answer that can no longer be used, so the next call asks again."""
+        await self.redis.delete(self.keys.call(key))
 

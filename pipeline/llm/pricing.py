@@ -25,6 +25,10 @@ from pipeline.llm.provider import Usage
 from pipeline.resources import config_path
 
 PER_TOKENS = Decimal(1_000_000)
+# Token limits when neither the model nor the table's defaults name one (Gemini 2.5 and
+# later: a 1,048,576-token context window and 65,536 output tokens; see config/pricing.toml).
+DEFAULT_MAX_INPUT_TOKENS = 1_048_576
+DEFAULT_MAX_OUTPUT_TOKENS = 65_536
 QUANTUM = Decimal("0.000000001")  # 1e-9 USD: exact for any realistic token count
 
 
@@ -78,6 +82,8 @@ class ModelInfo:
     shutdown: date | None = None
     successor: str | None = None
     source: str = ""
+    max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS  # the context window
+    max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS  # maxOutputTokens, thinking included
 
 
 def canonical_model(name: str, prices: PriceTable | None = None) -> str:
@@ -126,8 +132,12 @@ class PriceTable:
             version = str(raw["version"])
             discount = Decimal(str(raw.get("batch_discount", "0.5")))
             default_source = str(raw.get("default_source", ""))
+            limits = (
+                int(raw.get("default_max_input_tokens", DEFAULT_MAX_INPUT_TOKENS)),
+                int(raw.get("default_max_output_tokens", DEFAULT_MAX_OUTPUT_TOKENS)),
+            )
             models = {
-                name: _parse_model(name, entry, discount, default_source)
+                name: _parse_model(name, entry, discount, default_source, limits)
                 for name, entry in raw.get("models", {}).items()
             }
         except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
@@ -196,6 +206,14 @@ class PriceTable:
         ) / PER_TOKENS
         return total.quantize(QUANTUM)
 
+    def max_output_tokens(self, model: str) -> int:
+        """The most output tokens (thinking included) one request to `model` may ask for."""
+        return self.info(model).max_output_tokens
+
+    def max_input_tokens(self, model: str) -> int:
+        """`model`'s context window: no request can be billed more input tokens than this."""
+        return self.info(model).max_input_tokens
+
     def worst_case_cost(
         self,
         model: str,
@@ -206,7 +224,9 @@ class PriceTable:
     ) -> Decimal:
         """The most a call can cost: nothing cached and every allowed output token used.
 
-        Thinking tokens count against maxOutputTokens, so they are inside this bound.
+        `max_output_tokens` is the request's output bound, thinking included (callers pass
+        `LLMRequest.output_bound_tokens`); the long-context tier is chosen from
+        `input_tokens`, as Google chooses it from the prompt's size.
         """
         usage = Usage(input_tokens=input_tokens, output_tokens=max_output_tokens)
         return self.cost(model, usage, at, batch)
@@ -255,8 +275,9 @@ class PriceTable:
 
 
 def _parse_model(
-    name: str, entry: dict[str, Any], discount: Decimal, default_source: str
-) -> ModelInfo:
+    name: str, entry: dict[str, Any], discount: Decimal, default_source: str,
+    limits: tuple[int, int] = (DEFAULT_MAX_INPUT_TOKENS, DEFAULT_MAX_OUTPUT_TOKENS),
+) -> ModelInfo:  # fmt: skip
     source = str(entry.get("source", default_source))
     threshold = entry.get("long_context_threshold_tokens")
     model_discount = Decimal(str(entry.get("batch_discount", discount)))
@@ -295,4 +316,6 @@ def _parse_model(
         shutdown=entry.get("shutdown"),
         successor=entry.get("successor"),
         source=source,
+        max_input_tokens=int(entry.get("max_input_tokens", limits[0])),
+        max_output_tokens=int(entry.get("max_output_tokens", limits[1])),
     )

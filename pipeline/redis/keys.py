@@ -108,6 +108,15 @@ class Keys:
     def call(self, call_key: str) -> str:
         return self._k("call", call_key)
 
+    def token_count(self, prompt_hash: str) -> str:
+        """A request's countTokens figure, by `LLMRequest.prompt_hash()` (model + content)."""
+        return self._k("tokens", prompt_hash)
+
+    def notice(self, kind: str, scope: str) -> str:
+        """Set once when a warning of `kind` was logged for `scope` (e.g. a batch), so it is
+        logged once per scope, not once per call or per worker."""
+        return self._k("notice", kind, scope)
+
     # spend (used by pipeline/ledger)
     def budget(self, scope: str) -> str:
         return self._k("budget", scope)

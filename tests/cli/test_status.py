@@ -13,6 +13,7 @@ from pipeline.queue.job import State
 from pipeline.redis.connection import connect_redis
 from pipeline.settings import load_settings
 from tests.support.cli import EXAMPLES, run_cli
+from tests.support.emulator import start_emulator
 from tests.support.waiting import eventually
 from tests.support.workers import WorkerProcess
 
@@ -21,7 +22,10 @@ async def test_status_shows_limiter_budgets_and_jobs_waiting_for_the_day_budget(
     pipeline_env: dict[str, str], redis_url: str, sredis: redis.Redis
 ) -> None:
     prefix = pipeline_env["PIPELINE_KEY_PREFIX"]
-    env = {**pipeline_env, "PIPELINE_BUDGET_DAY_USD": "0.000001"}
+    # A billed provider: the offline analyzer reserves nothing, so no budget holds it back.
+    emu_ctx = start_emulator()
+    emu = emu_ctx.__enter__()
+    env = {**pipeline_env, **emu.env, "GOOGLE_API_KEY": "", "PIPELINE_BUDGET_DAY_USD": "0.000001"}
     r = run_cli(env, "submit", EXAMPLES[0], "--json")
     assert r.returncode == 0, r.stderr
     sub = json.loads(r.stdout)
@@ -42,9 +46,11 @@ async def test_status_shows_limiter_budgets_and_jobs_waiting_for_the_day_budget(
         await Limiter(client.redis, client.keys, settings).on_rate_limited(
             "gemini-3.5-flash", per_day=True
         )
+        assert emu.stats()["generate_requests"] == 0  # refused before anything was sent
     finally:
         worker.close()
         await client.aclose()
+        emu_ctx.__exit__(None, None, None)
 
     one = run_cli(env, "status", sub["batch_id"], "--json")
     assert one.returncode == 0, one.stderr
@@ -58,8 +64,8 @@ async def test_status_shows_limiter_budgets_and_jobs_waiting_for_the_day_budget(
     overview = run_cli(env, "status", "--json")
     assert overview.returncode == 0, overview.stderr
     data = json.loads(overview.stdout)
-    assert data["budget"]["day"]["limit_usd"] == "0.000001"
-    assert data["budget"]["day"]["spent_usd"] == "0"
+    assert data["budget"]["day"]["limit_usd"] == "0.000001000"  # fixed-point, ledger precision
+    assert data["budget"]["day"]["spent_usd"] == "0.000000000"
     by_model = {m["model"]: m for m in data["limiter"]}
     assert by_model["gemini-3.5-flash"]["daily_exhausted_until"] is not None
     assert by_model["gemini-3.5-flash-lite"]["daily_exhausted_until"] is None

@@ -120,9 +120,11 @@ async def test_invalid_json_once_is_repaired_by_one_call(
         await client.aclose()
     assert job.state == State.COMPLETE, job.error
     Analysis.model_validate(job.result)
-    assert emu.stats()["generate_requests"] == 2  # the analysis, then one repair
+    stats = emu.stats()
+    assert stats["generate_requests"] == 2  # the analysis, then one repair
+    assert [r["pdf_pages"] for r in stats["requests"]] == [2, 2]  # the repair saw the PDF too
     rows = ledger_calls(pipeline_env["PIPELINE_DATABASE_URL"])
-    assert [r.outcome for r in rows] == ["ok", "ok"]
+    assert [r.outcome for r in rows] == ["invalid", "ok"]  # the bad answer: paid, not used
     assert len({r.call_key for r in rows}) == 2
 
 
@@ -138,10 +140,11 @@ async def test_invalid_json_twice_fails_the_job_clearly_and_both_calls_are_in_th
         stats = bad.stats()
     assert job.state == State.FAILED
     assert job.error is not None and "model returned invalid JSON twice" in job.error
+    assert job.reason == "answer_invalid"
     assert job.attempt == 1  # not retried: a retry would pay again for the same bad answer
     assert stats["generate_requests"] == 2
     rows = ledger_calls(pipeline_env["PIPELINE_DATABASE_URL"])
-    assert [r.outcome for r in rows] == ["ok", "ok"]  # both answered, both billed
+    assert [r.outcome for r in rows] == ["invalid", "invalid"]  # both billed, neither used
     assert all(r.cost_usd > 0 for r in rows)
 
 
@@ -165,6 +168,9 @@ async def test_a_failed_page_range_fails_the_document_once_without_a_reduce_call
     assert callback.error is not None
     assert "1 of 3 page ranges failed" in callback.error
     assert "page range refused" in callback.error  # the provider's own words
+    assert callback.reason == "provider_refused"
+    assert "requeueing cannot help" in callback.error  # a 400 would be refused again
+    assert "pipeline dead requeue" not in callback.error
     assert emu.stats()["generate_requests"] == 2  # the two good ranges; no reduce call
     rows = ledger_calls(pipeline_env["PIPELINE_DATABASE_URL"])
     assert sorted(r.outcome for r in rows) == ["error", "ok", "ok"]

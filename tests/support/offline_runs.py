@@ -48,9 +48,8 @@ async def analyse(
 ) -> dict[str, Any]:  # fmt: skip
     """Submit `uploads`, run a worker until every document's last job ends, and return
     {name: that job's result (the stored record)}; fails on any job that did not complete."""
-    from pipeline.services import build_worker, open_services
-
     import tasks.analyze  # noqa: F401  (registers the tasks)
+    from pipeline.services import build_worker, open_services
 
     config = load_settings(
         key_prefix=prefix, home=home, database_url=f"sqlite:///{home / 'ledger.db'}",

@@ -21,6 +21,7 @@ from sqlalchemy import Engine, func, select
 from pipeline.api.metrics import limiter_states
 from pipeline.ledger.db import session_factory
 from pipeline.ledger.models import Batch, JobRow, LLMCall
+from pipeline.ledger.money import DISPLAY_PLACES, format_usd
 from pipeline.ledger.report import daily_spend_by_model
 from pipeline.queue.client import QueueClient
 from pipeline.queue.stats import Stats
@@ -32,7 +33,7 @@ RECENT_FAILURES = 20
 
 
 def _money(value: Decimal | None) -> str:
-    return f"{(value or Decimal(0)):.6f}"
+    return format_usd(value, DISPLAY_PLACES)
 
 
 def _ledger(engine: Engine, today: datetime) -> dict[str, Any]:

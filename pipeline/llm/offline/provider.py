@@ -75,6 +75,7 @@ class OfflineProvider:
     """Implements the Provider protocol with local extractive analysis; never bills."""
 
     name = "offline"
+    billed = False  # never bills: nothing reserved, every attempt booked at $0
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
         started = time.perf_counter()
