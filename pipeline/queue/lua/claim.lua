@@ -16,18 +16,22 @@
 --   even if a failover loses the fence counter's last increments
 -- ARGV[7..] job ids
 -- Returns one entry per job: its hash as a flat list (with the new token and attempt), or
--- false when another worker took it first.
+-- false when another worker took it first. The same call sent again (a client retrying after
+-- a failover lost the reply) returns the jobs it had claimed rather than losing them.
 local now = now_ms()
 local out = {}
+local may_claim = true
 if ARGV[4] == 'head' then
   -- a woken worker names the job its wake token carried; priority order still rules
-  local head = redis.call('ZRANGE', KEYS[1], 0, 0)
-  if head[1] ~= ARGV[7] then return {false} end
+  may_claim = redis.call('ZRANGE', KEYS[1], 0, 0)[1] == ARGV[7]
 end
 local defs = cjson.decode(ARGV[5])
 for i = 5, #KEYS do
   local id, job = ARGV[i + 2], KEYS[i]
-  if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('HGET', job, 'state') == 'queued' then
+  local removed = may_claim and redis.call('ZREM', KEYS[1], id) == 1
+  local now_state = redis.call('HMGET', job, 'state', 'worker', 'token')
+  local suffix = '-' .. ARGV[6]
+  if removed and now_state[1] == 'queued' then
     local f = redis.call('HMGET', job, 'task', 'options')
     local own = cjson.decode(f[2] or '{}')
     local def = defs[f[1]] or {expected_s = 0, timeout_s = 600, max_attempts = 1,
@@ -45,6 +49,9 @@ for i = 5, #KEYS do
     redis.call('ZADD', KEYS[2], now + lease_ms, id)
     emit(KEYS[4], ARGV[3], job, id, 'active', {worker = ARGV[1]})
     out[#out + 1] = redis.call('HGETALL', job)
+  elseif now_state[1] == 'active' and now_state[2] == ARGV[1] and now_state[3]
+      and string.sub(now_state[3], -#suffix) == suffix then
+    out[#out + 1] = redis.call('HGETALL', job)  -- this very claim, retried after a lost reply
   else
     out[#out + 1] = false
   end
