@@ -313,7 +313,8 @@ class Worker:
         args = [self.id, self._min_lease_ms, EVENTS_MAXLEN, "head" if head_only else "any",
                 self._defs, uuid.uuid4().hex[:8], *ids]  # fmt: skip
         # with replicas, a claim waits for one: a claim lost in a failover would run twice
-        claimed = await self.client.replicas.script(self.scripts.claim, keys, args)
+        claimed = await self.client.replicas.script(self.scripts.claim, keys, args,
+                                                    last_reply=True)  # fmt: skip
         won = 0
         for raw in claimed:
             if raw:

@@ -28,7 +28,12 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, ReadOnlyError, TimeoutError
 from redis.retry import Retry as SyncRetry
@@ -55,6 +60,36 @@ class HaTarget:
     password: str | None = None
     ssl: bool = False
     options: dict[str, str] = field(default_factory=dict)
+
+
+class FollowMaster(SentinelManagedConnection):
+    """A Sentinel-managed connection that asks the sentinels for the master on every
+    reconnect. redis-py's (8.1) asks only when the pool opens a new connection: a command's
+    retry reconnects the connection it was sent on to its last address (send_packed_command
+    -> connect_check_health), so after a failover it kept knocking on the dead master for its
+    whole retry budget (seen in tests/scenarios/test_redis_sentinel.py)."""
+
+    async def _connect(self) -> None:
+        if self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super()._connect()  # type: ignore[no-untyped-call]
+
+
+class FollowMasterSSL(FollowMaster, SentinelManagedSSLConnection):
+    pass
+
+
+class FollowMasterSync(syncredis.sentinel.SentinelManagedConnection):
+    """FollowMaster for the synchronous client (the liveness thread's)."""
+
+    def _connect(self) -> Any:
+        if self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        return super()._connect()  # type: ignore[no-untyped-call]
+
+
+class FollowMasterSyncSSL(FollowMasterSync, syncredis.sentinel.SentinelManagedSSLConnection):
+    pass
 
 
 def parse_ha_url(url: str) -> HaTarget | None:
@@ -126,8 +161,10 @@ def connect_redis(
         sentinel_kwargs={"password": ha.options.get("sentinel_password"), "socket_timeout": 2.0},
     )
     # Sentinel's pool does not block when full; give it room for a burst instead.
-    master = sentinel.master_for(ha.service, db=ha.db, max_connections=4 * max_connections,
-                                 **auth, **common)  # fmt: skip
+    master = sentinel.master_for(
+        ha.service, db=ha.db, max_connections=4 * max_connections,
+        connection_class=FollowMasterSSL if ha.ssl else FollowMaster, **auth, **common,
+    )  # fmt: skip
     return cast(Redis, master)
 
 
@@ -163,7 +200,11 @@ def sync_twin(client: Redis, *, retries: int = 20) -> syncredis.Redis:
         manager = syncredis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             sentinels, sentinel_kwargs=pool.sentinel_manager.sentinel_kwargs
         )
-        master = manager.master_for(pool.service_name, **auth, **common)  # type: ignore[no-untyped-call]
+        ssl = issubclass(pool.connection_class, SSLConnection)
+        master = manager.master_for(  # type: ignore[no-untyped-call]
+            pool.service_name, connection_class=FollowMasterSyncSSL if ssl else FollowMasterSync,
+            **auth, **common,
+        )  # fmt: skip
         return cast(syncredis.Redis, master)
     if issubclass(pool.connection_class, UnixDomainSocketConnection):
         return syncredis.Redis(unix_socket_path=kw["path"], **auth, **common)

@@ -8,8 +8,11 @@ how many did (https://redis.io/docs/latest/commands/wait/). So the write and its
 one pipeline, on one connection; on a Cluster, to the node owning the keys' slot. Without
 replicas there is nothing to wait for, and nothing is sent.
 
-What WAIT does not give: a write whose WAIT timed out (the replica lagged more than the
-timeout) is acknowledged anyway and logged, and can still be lost if the master dies next.
+A write no replica acknowledged in time is sent again (the queue's scripts are safe to
+replay) with a longer WAIT, until one does: if the master died meanwhile, the replay lands on
+the promoted replica. What is still not covered: a write whose replicas stayed silent for
+CONFIRM_S is kept on the master only (logged), and `sync()` (a chord's transaction) waits but
+cannot replay.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ log = logging.getLogger("pipeline.redis")
 
 WAIT_TIMEOUT_MS = 100  # per acknowledged write; a replica on the same network answers in <1 ms
 PROBE_EVERY_S = 5.0  # how long a replica count is trusted before INFO is asked again
+CONFIRM_S = 5.0  # how long an unacknowledged write is sent again before it is let go
+_UNSET = object()
 
 
 class ReplicaWait:
@@ -75,31 +80,58 @@ class ReplicaWait:
         """Ask INFO again on the next write (after a connection error: a failover changes it)."""
         self._probed_at = -1e9
 
-    async def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            if not await self.replicas(keys[0]):
-                return await script(keys=keys, args=args)
-        except RedisError:
-            self.forget()
-            raise
+    async def script(
+        self,
+        script: AsyncScript,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        *,
+        last_reply: bool = False,
+    ) -> Any:
+        """Run `script` (with replicas: then WAIT); return its first reply, or with
+        `last_reply` the reply of its last sending (a claim: what the current master holds).
+
+        The script must be safe to send again (the queue's enqueue, claim and finish are: a
+        replay returns what the first call did): when no replica acknowledged in time, it is
+        sent again with a longer WAIT until one does or CONFIRM_S passed, so after a failover
+        the write lands on the new master too. RedisError propagates."""
+        first: Any = _UNSET
+        wait_ms = self.timeout_ms
+        give_up = time.monotonic() + CONFIRM_S
+        while True:
+            try:
+                if not await self.replicas(keys[0]):
+                    reply = await script(keys=keys, args=args)
+                    return reply if first is _UNSET or last_reply else first
+                reply, acked = await self._with_wait(script, keys, args, wait_ms)
+            except RedisError:
+                self.forget()
+                raise
+            first = reply if first is _UNSET else first
+            if acked >= 1:
+                return reply if last_reply else first
+            self.forget()  # the replica may be gone, or the master: look again
+            if time.monotonic() > give_up:
+                self._unacked()
+                return reply if last_reply else first
+            wait_ms = min(2 * wait_ms, 1000)
+
+    async def _with_wait(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], wait_ms: int
+    ) -> tuple[Any, int]:
         for attempt in (1, 2):
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     await script(keys=keys, args=args, client=pipe)
-                    pipe.execute_command("WAIT", 1, self.timeout_ms, **self._node(keys[0]))
+                    pipe.execute_command("WAIT", 1, wait_ms, **self._node(keys[0]))
                     reply, acked = await pipe.execute()
+                    return reply, int(acked)
             except NoScriptError:
                 # A Cluster pipeline does not load scripts first (a plain one does); the
                 # script did not run, so load it and send the pair again.
                 if attempt == 2:
                     raise
                 await self.redis.script_load(script.script)
-                continue
-            except RedisError:
-                self.forget()
-                raise
-            self._acked(int(acked))
-            return reply
         raise AssertionError("unreachable")
 
     async def sync(self, key: str) -> None:
@@ -115,18 +147,16 @@ class ReplicaWait:
         except RedisError:
             self.forget()
             raise
-        self._acked(int(acked))
+        if int(acked) < 1:
+            self._unacked()
 
-    def _acked(self, acked: int) -> None:
-        if acked >= 1:
-            return
+    def _unacked(self) -> None:
         self.unacked += 1
         self.forget()  # the replica may be gone: look again before the next write
         if time.monotonic() - self._warned_at > 10:
             self._warned_at = time.monotonic()
             log.warning(
-                "no replica acknowledged a write within %d ms (%d so far); it is kept, but a "
-                "failover right now could lose it",
-                self.timeout_ms,
+                "no replica acknowledged a write in time (%d so far); it is kept on the master "
+                "only, where a failover now would lose it",
                 self.unacked,
             )
