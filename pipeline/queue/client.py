@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
 
 from pipeline.errors import JobFailed, JobNotFound
 from pipeline.queue import follow
@@ -24,7 +23,7 @@ from pipeline.queue.scripts import Scripts, group_keys
 from pipeline.queue.task import REGISTRY, Call, Task, dumps
 from pipeline.redis.connection import connect_redis, hash_reply, text, texts
 from pipeline.redis.keys import EVENTS_MAXLEN, Keys
-from pipeline.redis.replication import ReplicaWait
+from pipeline.redis.replication import ReplicaWait, pipelined
 from pipeline.settings import Settings, get_settings
 
 
@@ -177,7 +176,11 @@ class QueueClient:
         existing = await self._existing_group(cb_id, member_ids)
         if existing is not None:
             return existing
-        group_id = uuid.uuid4().hex
+        # The group id derives from the callback's, and every write below is a no-op when
+        # its record exists (HSETNX; enqueue.lua returns an existing job): two processes
+        # creating one chord at once make one chord, with no WATCH (which a Cluster pipeline
+        # cannot do with reads in between).
+        group_id = f"chord-{cb_id}"
         then = then.with_options(batch=then.options.batch or batch)
         cb_queue = (await self.placer.place(then)).queue
         prepared = [  # placed and serialised before the transaction: it must not wait
@@ -191,26 +194,19 @@ class QueueClient:
                 "callback_queue": cb_queue}))  # fmt: skip
         # a Cluster pipeline does not load scripts before a transaction; a plain one does
         await self.redis.script_load(self.scripts.enqueue.script)
+        group: dict[str, str | int] = {"total": len(calls), "done": 0, "callback": cb_id,
+                 "created_ms": int(time.time() * 1000)}  # fmt: skip
         async with self.redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(self.keys.job(cb_id))
-            if await pipe.exists(self.keys.job(cb_id)):
-                await pipe.unwatch()  # type: ignore[no-untyped-call]
-                existing = await self._existing_group(cb_id, member_ids)
-                assert existing is not None
-                return existing
-            pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.hset(self.keys.group(group_id), mapping={
-                "total": len(calls), "done": 0, "callback": cb_id,
-                "created_ms": int(time.time() * 1000)})  # fmt: skip
+            for name, value in group.items():
+                pipe.hsetnx(self.keys.group(group_id), name, value)
             for keys, argv in prepared:
-                await self.scripts.enqueue(keys=keys, args=argv, client=pipe)
-            try:
-                await pipe.execute()
-            except WatchError:  # another process created this chord first: use theirs
-                existing = await self._existing_group(cb_id, member_ids)
-                assert existing is not None
-                return existing
+                pipelined(pipe, self.scripts.enqueue, keys, argv)
+            replies = await pipe.execute()
         await self.replicas.sync(self.keys.replication_probe)
+        if not replies[len(group)][0]:  # the callback existed: another process made it
+            found = await self._existing_group(cb_id, member_ids)
+            assert found is not None
+            return found
         members = [JobHandle(self, m) for m in member_ids]
         return GroupHandle(group_id, members, JobHandle(self, cb_id))
 

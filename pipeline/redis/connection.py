@@ -181,12 +181,12 @@ def sync_twin(client: Redis, *, retries: int = 20) -> syncredis.Redis:
         "socket_timeout": 10.0,
     }
     if isinstance(client, RedisCluster):
-        first = client.get_nodes()[0]
-        nodes = [syncredis.cluster.ClusterNode(n.host, n.port) for n in client.get_nodes()]
+        known = client.get_nodes() or list(client.startup_nodes)  # before its first command
+        nodes = [syncredis.cluster.ClusterNode(n.host, n.port) for n in known]
+        kw = client.connection_kwargs
         return cast(syncredis.Redis, syncredis.RedisCluster(
-            startup_nodes=nodes, username=first.connection_kwargs.get("username"),
-            password=first.connection_kwargs.get("password"),
-            ssl=issubclass(first.connection_class, SSLConnection), **common))  # fmt: skip
+            startup_nodes=nodes, username=kw.get("username"), password=kw.get("password"),
+            ssl=issubclass(known[0].connection_class, SSLConnection), **common))  # fmt: skip
     pool = client.connection_pool
     kw = pool.connection_kwargs
     auth: dict[str, Any] = {

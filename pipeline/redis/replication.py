@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
@@ -33,6 +34,16 @@ WAIT_TIMEOUT_MS = 100  # per acknowledged write; a replica on the same network a
 PROBE_EVERY_S = 5.0  # how long a replica count is trusted before INFO is asked again
 CONFIRM_S = 5.0  # how long an unacknowledged write is sent again before it is let go
 _UNSET = object()
+
+
+def pipelined(pipe: Any, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> None:
+    """Queue `script` in a pipeline or transaction of a plain or a Cluster client. A Cluster
+    pipeline refuses redis-py's `evalsha` method but routes a raw EVALSHA by its keys; it does
+    not load scripts first either, so with a Cluster the caller loads the script before
+    (`script_load` goes to every primary). A plain pipeline loads it itself."""
+    if isinstance(pipe, Pipeline):
+        pipe.scripts.add(script)  # type: ignore[arg-type]  # an asyncio pipeline's are AsyncScripts
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 class ReplicaWait:
@@ -122,7 +133,7 @@ class ReplicaWait:
         for attempt in (1, 2):
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    await script(keys=keys, args=args, client=pipe)
+                    pipelined(pipe, script, keys, args)
                     pipe.execute_command("WAIT", 1, wait_ms, **self._node(keys[0]))
                     reply, acked = await pipe.execute()
                     return reply, int(acked)

@@ -175,25 +175,30 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def cluster(tmp: Path, masters: int = 3) -> Iterator[Cluster]:
-    """`masters` redis-server nodes joined by `redis-cli --cluster create`, all slots served."""
+def cluster(tmp: Path, masters: int = 3, replicas: int = 0) -> Iterator[Cluster]:
+    """`masters` redis-server nodes (each with `replicas` replicas) joined by `redis-cli
+    --cluster create`, every slot served and every replica in sync."""
     found = binaries("redis-server", "redis-cli")
     started: list[Server] = []
     try:
         conf = "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 2000\n"
-        for i in range(masters):
+        for i in range(masters * (1 + replicas)):
             node = start(f"node{i}", [found["redis-server"]], conf, tmp / f"node{i}",
                          free_port(bus=True))  # fmt: skip
             started.append(node)
         create = subprocess.run(
             [found["redis-cli"], "--cluster", "create",
-             *(f"127.0.0.1:{n.port}" for n in started), "--cluster-yes"],
+             *(f"127.0.0.1:{n.port}" for n in started), "--cluster-replicas", str(replicas),
+             "--cluster-yes"],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert create.returncode == 0, create.stdout + create.stderr
         for n in started:
             wait_for(lambda n=n: n.client().cluster("info")["cluster_state"] == "ok",
                      f"{n.name}: cluster_state ok")  # fmt: skip
+            wait_for(lambda n=n: n.client().info("replication")["role"] == "master"
+                     or n.client().info("replication")["master_link_status"] == "up",
+                     f"{n.name}: in sync with its master")  # fmt: skip
         yield Cluster(started)
     finally:
         for n in reversed(started):
