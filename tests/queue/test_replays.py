@@ -5,6 +5,7 @@ on a real Redis."""
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
@@ -59,8 +60,10 @@ async def test_finish_replayed_is_applied_once(client: QueueClient) -> None:
     await client.enqueue(qt.echo, 1, _options=JobOptions(job_id="j1"))
     raw = (await claim(client, "j1", "n1"))[0]
     job = Job.from_hash(dict(zip(raw[::2], raw[1::2], strict=True)))  # type: ignore[index]
-    args = [job.id, job.token, "complete", '"done"', "", "", 60, 0, EVENTS_MAXLEN,
-            "complete", "le_1", "count", "sum", 0.1, ""]  # fmt: skip
+    args: list[str | int | float] = [
+        job.id, job.token or "", "complete", '"done"', "", "", 60, 0, EVENTS_MAXLEN,
+        "complete", "le_1", "count", "sum", 0.1, "",
+    ]  # fmt: skip
     stat_keys = [client.keys.custom("s1"), client.keys.custom("s2")]
     keys = [*settle_keys(client.keys, job), *stat_keys]
     assert await client.scripts.finish(keys=keys, args=args) == 1
@@ -68,5 +71,5 @@ async def test_finish_replayed_is_applied_once(client: QueueClient) -> None:
     forged = [job.id, "7-forged", *args[2:]]
     assert await client.scripts.finish(keys=keys, args=forged) == 0  # a stale token is not
     assert await client.redis.hget(stat_keys[0], "complete") == "1"  # counted once
-    events = await client.redis.xrange(client.keys.events)
+    events = cast(list[Any], await client.redis.xrange(client.keys.events))
     assert [e[1]["state"] for e in events].count("complete") == 1

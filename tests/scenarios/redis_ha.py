@@ -125,6 +125,7 @@ class SentinelSet:
 
     def master_port(self) -> int:
         addr = self.sentinels[0].client().sentinel_get_master_addr_by_name(self.service)
+        assert isinstance(addr, tuple), addr
         return int(addr[1])
 
 

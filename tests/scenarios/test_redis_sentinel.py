@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -49,8 +50,8 @@ async def test_master_killed_mid_batch_every_job_completes_once(
             alive = [w.proc.poll() is None for w in workers]
             attempts = [(await h.info()).attempt for h in handles]
             twice = [j for j, n in Counter(lines(done_log)[0::3]).items() if n > 1]
-            history = {j: [e[1]["state"] for e in await client.redis.xrange(client.keys.events)
-                           if e[1].get("job") == j] for j in twice}  # fmt: skip
+            events = cast(list[Any], await client.redis.xrange(client.keys.events))
+            history = {j: [e[1]["state"] for e in events if e[1].get("job") == j] for j in twice}
         finally:
             for w in workers:
                 w.kill()
