@@ -118,7 +118,7 @@ class Worker:
         self._signals = 0
         self._started_ms = int(time.time() * 1000)
         self._min_lease_ms = int(s.min_lease_s * 1000)
-        self._defs = registry.claim_definitions(REGISTRY.values())
+        self._defs = (len(REGISTRY), registry.claim_definitions(REGISTRY.values()))
         self._threads: ThreadPoolExecutor | None = None  # for plain `def` tasks, made on use
         self.presence = Presence(self.id, self.queues, self.concurrency,
                                  s.heartbeat_interval_s, self._started_ms)  # fmt: skip
@@ -310,8 +310,10 @@ class Worker:
         """claim.lua for these ids of `queue`; start what was won; return how many."""
         k = self.keys
         keys = [k.queue(queue), k.active, k.fence, k.events, *(k.job(i) for i in ids)]
+        if self._defs[0] != len(REGISTRY):  # a task module imported since: include it
+            self._defs = (len(REGISTRY), registry.claim_definitions(REGISTRY.values()))
         args = [self.id, self._min_lease_ms, EVENTS_MAXLEN, "head" if head_only else "any",
-                self._defs, uuid.uuid4().hex[:8], *ids]  # fmt: skip
+                self._defs[1], uuid.uuid4().hex[:8], *ids]  # fmt: skip
         # with replicas, a claim waits for one: a claim lost in a failover would run twice
         claimed = await self.client.replicas.script(self.scripts.claim, keys, args,
                                                     last_reply=True)  # fmt: skip
