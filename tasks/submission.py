@@ -134,6 +134,7 @@ async def submit_uploads(
     batch_id: str | None = None,
     services: Services | None = None,
     expected_duration_s: float | None = None,
+    queue: str | None = None,
 ) -> Submission:
     """Validate, store and enqueue one analysis job per usable PDF.
 
@@ -142,8 +143,10 @@ async def submit_uploads(
     model is used under its canonical id ("models/x" is x), so every spelling of it makes
     the same job, the same call and the same bucket.
     `expected_duration_s` overrides the task's own estimate, and so the lease (2x it) that
-    decides how soon a job held by a killed worker runs again.
+    decides how soon a job held by a killed worker runs again. `queue` routes the jobs to a
+    queue other than the task's own (served by `pipeline worker --queue NAME`).
     """
+    from tasks.analyze import analyze_document  # placed by its own definition, not defaults
     from tasks.plan import (
         admission_tokens,
         analyze_prompt,
@@ -197,6 +200,7 @@ async def submit_uploads(
             options = JobOptions(
                 idempotency_key=idempotency_key(sha, model, prompt.version),
                 priority=prio,
+                queue=queue,
                 batch=batch_id,
                 expected_duration_s=expected_duration_s,
                 job_id=uuid.uuid4().hex,
@@ -214,7 +218,7 @@ async def submit_uploads(
                 "prompt_version": prompt.version,
                 "budget_usd": None if budget_usd is None else str(budget_usd),
             }
-            handle = await client.enqueue(ANALYZE_TASK, args, _options=options)
+            handle = await client.enqueue(analyze_document, args, _options=options)
             if handle.created:
                 # No status here: a fast worker may already have finished the job, and
                 # job_upsert leaves fields it is not given untouched.

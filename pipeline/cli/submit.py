@@ -127,16 +127,20 @@ def print_estimate(est: dict[str, Any], budget: Decimal | None) -> None:
 
 async def _submit(
     uploads: list[Upload], skipped: list[DocOutcome], *, model: str | None, budget: Decimal | None,
-    priority: str | None, label: str | None, wait: bool, as_json: bool,
+    priority: str | None, label: str | None, wait: bool, as_json: bool, queue: str | None = None,
 ) -> Submission:  # fmt: skip
     from pipeline.cli.follow import follow
+    from pipeline.queue.follow import unserved_reason
 
     client = await QueueClient.connect()
     try:
         since = await client.last_event_id()
         sub = await submit_uploads(client, uploads, model=model, budget_usd=budget,
-                                   priority=priority, label=label)  # fmt: skip
+                                   priority=priority, label=label, queue=queue)  # fmt: skip
         sub.documents[:0] = skipped
+        unserved = await unserved_reason(client, queue) if queue and sub.job_ids else ""
+        if unserved:  # routing to a queue nobody serves is allowed (workers may come later)
+            sub.warnings.append(f"queue {queue!r}: {unserved}")
         if as_json:
             print(json.dumps(sub.to_dict()), flush=True)
         else:
@@ -161,6 +165,14 @@ def submit(
     budget: BudgetOpt = None,
     priority: PriorityOpt = None,
     label: LabelOpt = None,
+    queue: Annotated[
+        str | None,
+        typer.Option(
+            "--queue",
+            help="Queue to route the jobs to (default: the task's own, `default`); "
+            "served by `pipeline worker --queue NAME`.",
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the batch until done.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Estimate; enqueue nothing.")] = False,
     as_json: JsonOpt = False,
@@ -184,7 +196,7 @@ def submit(
     if not uploads:
         report_nothing(skipped, as_json)
     sub = asyncio.run(_submit(uploads, skipped, model=model, budget=limit, priority=priority,
-                              label=label, wait=wait, as_json=as_json))  # fmt: skip
+                              label=label, wait=wait, as_json=as_json, queue=queue))  # fmt: skip
     if not sub.job_ids:
         raise typer.Exit(1)
 

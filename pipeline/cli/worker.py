@@ -6,6 +6,8 @@ import asyncio
 import importlib
 import json
 import logging
+import os
+import sys
 from typing import Annotated
 
 import typer
@@ -23,16 +25,36 @@ DEFAULT_TASK_MODULES = ("tasks.analyze",)
 
 
 def import_task_modules(names: list[str] | None) -> list[str]:
+    """Import the modules that define tasks (default: the product's own), from the current
+    directory first, as Celery, RQ and ARQ workers do (a `pipeline` console script, unlike
+    `python -m`, does not put it on sys.path). Raises PipelineError naming the module, the
+    folders searched and the fix when one given by name cannot be imported."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     loaded = []
     for name in names or DEFAULT_TASK_MODULES:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if names and exc.name == name:
-                raise PipelineError(f"cannot import task module {name!r}: {exc}") from None
-            if names:
-                raise
-            continue
+            if not names:  # the product's tasks are optional for a bare worker
+                continue
+            searched = "\n  ".join(p or "(current directory)" for p in sys.path)
+            what = (
+                f"no module named {name!r}"
+                if exc.name == name
+                else f"it imports {exc.name!r}, which is not installed or not on the path"
+            )
+            raise PipelineError(
+                f"cannot import task module {name!r}: {what}.\nSearched (sys.path):\n  "
+                f"{searched}\nFix: run the worker from the folder that holds {name}.py (or "
+                f"its package), add that folder to PYTHONPATH, or install the package that "
+                f"provides it"
+            ) from None
+        except Exception as exc:  # the module itself is broken: say which and how
+            raise PipelineError(
+                f"cannot import task module {name!r}: {type(exc).__name__}: {exc}"
+            ) from exc
         loaded.append(name)
     return loaded
 

@@ -85,6 +85,18 @@ class Keys:
         """A worker's own wake list, pushed to when it is told to stop."""
         return self._k("worker-wake", worker_id)
 
+    @property
+    def task_registry(self) -> str:
+        """Options of every task a worker imported (hash: task name -> JSON), published when
+        a worker starts, read by processes that enqueue a task by name (queue/registry.py)."""
+        return self._k("tasks")
+
+    @property
+    def replication_probe(self) -> str:
+        """A counter written just before WAIT, so the wait covers every earlier write
+        (pipeline/redis/replication.py)."""
+        return self._k("repl-probe")
+
     def stats(self, kind: str) -> str:
         """Counters that outlive worker processes (pipeline/queue/stats.py)."""
         return self._k("stats", kind)

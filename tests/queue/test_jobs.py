@@ -193,7 +193,8 @@ async def test_permanent_error_and_unknown_task_fail_without_retry(
         job = await client.wait(perm.id, timeout_s=10)
         assert job.state == State.FAILED and job.attempt == 1
         assert "can never work" in (job.error or "")
-        unknown = await client.enqueue("no.such.task", 1)
+        # routed explicitly: a name no worker published is refused at enqueue otherwise
+        unknown = await client.enqueue("no.such.task", 1, _options=JobOptions(queue="default"))
         job = await client.wait(unknown.id, timeout_s=10)
         assert job.state == State.FAILED
         assert "no task named 'no.such.task'" in (job.error or "")
