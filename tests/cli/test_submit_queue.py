@@ -11,7 +11,7 @@ import sys
 import redis
 
 from pipeline.redis.keys import Keys
-from tests.queue_helpers import ROOT
+from tests.support.workers import ROOT
 
 INVOICE = str(ROOT / "examples" / "docs" / "invoice.pdf")
 

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from pipeline.queue import JobOptions, QueueClient
 from pipeline.redis.keys import Keys
-from tests.queue_helpers import fast_settings, worker_env
+from tests.support.workers import fast_settings, worker_env
 
 MODULE = '''
 from pipeline.queue import task

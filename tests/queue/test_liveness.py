@@ -11,9 +11,11 @@ from redis.asyncio import Redis
 
 from pipeline.queue import QueueClient, State
 from pipeline.redis.keys import Keys
-from tests import queue_tasks as qt
 from tests.queue import more_tasks
-from tests.queue_helpers import InProcessWorker, WorkerProcess, eventually, fast_settings
+from tests.queue.conftest import InProcessWorker
+from tests.support import queue_tasks as qt
+from tests.support.waiting import eventually
+from tests.support.workers import WorkerProcess, fast_settings
 
 IMPORTS = ("tests.queue.more_tasks",)
 

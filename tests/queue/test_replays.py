@@ -15,8 +15,8 @@ from pipeline.queue.job import Job
 from pipeline.queue.registry import claim_definitions
 from pipeline.queue.scripts import settle_keys
 from pipeline.redis.keys import EVENTS_MAXLEN, Keys
-from tests import queue_tasks as qt
-from tests.queue_helpers import fast_settings
+from tests.support import queue_tasks as qt
+from tests.support.workers import fast_settings
 
 
 @pytest.fixture

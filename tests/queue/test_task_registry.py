@@ -20,14 +20,10 @@ from pipeline.queue import JobOptions, QueueClient, State, registry
 from pipeline.queue.task import Task
 from pipeline.redis.keys import Keys
 from tests.queue import more_tasks
-from tests.queue_helpers import (
-    ROOT,
-    InProcessWorker,
-    WorkerProcess,
-    eventually,
-    fast_settings,
-    worker_env,
-)
+from tests.queue.conftest import InProcessWorker
+from tests.support import ROOT
+from tests.support.waiting import eventually
+from tests.support.workers import WorkerProcess, fast_settings, worker_env
 
 PRODUCER = """
 import asyncio, json, sys

@@ -18,9 +18,10 @@ from pipeline.llm.limiter import Limiter, Permit
 from pipeline.queue import QueueClient
 from pipeline.redis.connection import connect_redis
 from pipeline.redis.keys import Keys
-from tests.queue_helpers import WorkerProcess, eventually, fast_settings
 from tests.scenarios import ha_tasks
 from tests.scenarios.redis_ha import cluster
+from tests.support.waiting import eventually
+from tests.support.workers import WorkerProcess, fast_settings
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,10 @@ from typing import Any, cast
 import pytest
 
 from pipeline.queue import QueueClient
-from tests.queue_helpers import WorkerProcess, eventually, fast_settings
 from tests.scenarios import ha_tasks
 from tests.scenarios.redis_ha import SentinelSet, sentinel_set
+from tests.support.waiting import eventually
+from tests.support.workers import WorkerProcess, fast_settings
 
 pytestmark = pytest.mark.slow
 
