@@ -42,18 +42,18 @@ browser:
 		else echo "make: no /usr/bin/chromium and no root apt-get; the browser test will skip"; fi; \
 	fi
 
-# The Sentinel and Cluster scenarios (tests/scenarios/) start real redis-server, sentinel and
-# redis-cli processes. Installed here when missing, as root with apt-get (Debian: redis-server,
-# redis-sentinel, redis-tools); anywhere else those tests skip and name this target.
+# The Sentinel and Cluster scenarios (tests/scenarios/) start real redis-server processes (a
+# sentinel is `redis-server --sentinel`) and redis-cli. Installed here when missing, as root
+# with apt-get (Debian: redis-server, redis-tools); anywhere else those tests skip and name
+# this target.
 redis-ha:
-	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null || \
-		! command -v redis-sentinel >/dev/null; then \
+	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			echo "make: installing redis-server, redis-sentinel, redis-tools for the HA scenarios (apt-get)"; \
+			echo "make: installing redis-server and redis-tools for the HA scenarios (apt-get)"; \
 			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-sentinel redis-tools >/dev/null || \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null || \
 			echo "make: could not install them; the Sentinel/Cluster scenarios use what exists or skip"; \
-		else echo "make: redis-server/redis-sentinel/redis-cli missing and no root apt-get; the HA scenarios may skip"; fi; \
+		else echo "make: redis-server/redis-cli missing and no root apt-get; the HA scenarios may skip"; fi; \
 	fi
 
 demo: $(STAMP)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import redis
 
-SETUP_HINT = "run `make redis-ha` (installs redis-server, redis-sentinel and redis-tools)"
+SETUP_HINT = "run `make redis-ha` (installs redis-server and redis-tools)"
 
 
 def binaries(*names: str) -> dict[str, str]:
