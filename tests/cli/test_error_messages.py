@@ -18,6 +18,7 @@ from pipeline.errors import DatabaseUnavailable, InputError, SettingsError
 from pipeline.ledger.db import create_ledger_engine
 from pipeline.ledger.report import parse_when
 from pipeline.queue.client import QueueClient
+from pipeline.queue.job import JobOptions
 from pipeline.redis.connection import connect_redis
 from pipeline.settings import get_settings, load_settings
 from tasks.submission import DocOutcome, Submission
@@ -141,7 +142,7 @@ async def test_follow_survives_a_ledger_outage(
     client = QueueClient(connect_redis(redis_url), settings=get_settings())
     try:
         since = await client.last_event_id()
-        handle = await client.enqueue("never_runs", _options=None)
+        handle = await client.enqueue("never_runs", _options=JobOptions(queue="default"))
         await client.cancel(handle.id)  # terminal at once: nothing is running it
         sub = Submission("b1", [DocOutcome("a.pdf", "queued", handle.id)])
         out = io.StringIO()
