@@ -115,7 +115,11 @@ class Services:
         apply, the ledger. A failure is turned into what it means for the job by
         `failed_call` (raised from the original error).
         """
-        budget = await self.budget.for_call(ctx.batch, batch_limit_usd)
+        from pipeline.ledger.batch_limit import current_limit
+
+        # The batch's budget as last set (`pipeline budget --set`) wins over the job's copy.
+        limit = await current_limit(self.client.redis, self.client.keys, ctx.batch)
+        budget = await self.budget.for_call(ctx.batch, limit or batch_limit_usd)
         try:
             return await self.caller.call(
                 request,
@@ -228,8 +232,10 @@ def ledger_hooks(services: Services) -> dict[str, Any]:
         if outcome in ("release", "fenced", "lost"):
             return
         status = "queued" if outcome in ("retry", "postpone") else outcome
+        # "" clears an earlier attempt's error (a lost lease...) once the job completes.
+        last_error = "" if outcome == "complete" else error
         await services.recorder.update_job_status(
-            ctx.job.id, status, attempts=ctx.job.attempt, last_error=error
+            ctx.job.id, status, attempts=ctx.job.attempt, last_error=last_error
         )
 
     return {
