@@ -161,6 +161,42 @@ class QueueClient:
         created, real_id = await self.scripts.enqueue(keys=keys, args=argv)
         return JobHandle(self, real_id, created=bool(created))
 
+    async def enqueue_replacing(
+        self,
+        replaced: str | None,
+        target: Task | str | Call,
+        *args: Any,
+        _options: JobOptions,
+        **kwargs: Any,
+    ) -> JobHandle:
+        """Enqueue a new job that takes over `_options.idempotency_key` from the job
+        `replaced` (which ended without a result), atomically: later enqueues with that key
+        get the new job. If the key names another job by now (a concurrent caller got there
+        first), or `replaced` is None and the key exists, that job is returned, created=False.
+        """
+        key = _options.idempotency_key
+        if not key:
+            raise ValueError("enqueue_replacing needs an idempotency key to take over")
+        call = self._call(target, args, kwargs, _options)
+        job_id = call.options.job_id or uuid.uuid4().hex
+        keys, argv = self._enqueue_args(call, job_id, "queued")
+        idem = self.keys.idempotency(key)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(idem)
+                current = await pipe.get(idem)
+                if current is not None and text(current) != replaced:
+                    await pipe.unwatch()  # type: ignore[no-untyped-call]
+                    return JobHandle(self, text(current), created=False)
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.delete(idem)
+                await self.scripts.enqueue(keys=keys, args=argv, client=pipe)
+                await pipe.execute()
+            except WatchError:  # the key changed under us: whoever changed it has the job
+                now = await self.redis.get(idem)
+                return JobHandle(self, text(now) if now else job_id, created=False)
+        return JobHandle(self, job_id, created=True)
+
     async def group(
         self, calls: Sequence[Call], then: Call, *, batch: str | None = None
     ) -> GroupHandle:
