@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipeline.errors import BadDocument, DatabaseUnavailable, Permanent
+from pipeline.errors import BadDocument, DatabaseUnavailable, Permanent, Reason
 from pipeline.llm.provider import LLMRequest, LLMResponse, Part
 from pipeline.queue.context import JobContext
 from pipeline.queue.task import task
@@ -179,6 +179,9 @@ async def _fan_out(
     then = reduce_analyses.call(reduce_args).with_options(
         hints=reduce_hints, job_id=f"{ctx.job_id}-reduce"
     )
+    if await ctx.client.redis.hget(k.job(ctx.job_id), "cancel") == "1":
+        # Cancelled while splitting: queue no parts (the worker stops us at its next renewal).
+        raise Permanent("cancelled before its parts were queued", reason=Reason.CANCELLED)
     group = await ctx.client.group(calls, then=then, batch=ctx.batch)
     for handle in [*group.members, group.callback]:
         await services.recorder.upsert_job(
@@ -213,8 +216,8 @@ async def reduce_analyses(
         raise Permanent(
             f"{len(failed)} of {len(outcomes)} page ranges failed "
             f"(first: {failed[0].get('error') or failed[0].get('state')}); "
-            f"retry them with `pipeline dead requeue {' '.join(o['id'] for o in failed)}`: this "
-            "merge runs again when they finish, and answers already paid for are reused"
+            f"`pipeline retry {ctx.batch or 'BATCH'} --failed` analyses the document again "
+            "(answers already paid for and used are reused)"
         )
     reduce = load_prompt("reduce")
     pages = int(args["page_count"])

@@ -1,0 +1,58 @@
+"""A batch's results as JSON, JSON Lines or CSV: `pipeline results --format` and
+`GET /batches/{id}/results?format=` write the same bytes.
+
+CSV is for a spreadsheet: one row per document, the analysis flattened (key points and each
+kind of entity joined with " | "); documents without a result keep their row, with their
+status and reason, so a reader sees which file failed and why.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+FORMATS = ("json", "jsonl", "csv")
+MEDIA_TYPES = {
+    "json": "application/json",
+    "jsonl": "application/x-ndjson",
+    "csv": "text/csv; charset=utf-8",
+}
+CSV_COLUMNS = (
+    "name", "document_id", "status", "reason", "pages", "cost_usd", "model", "document_type",
+    "language", "summary", "key_points", "people", "organizations", "dates", "amounts",
+)  # fmt: skip
+_JOIN = " | "
+
+
+def _row(entry: dict[str, Any]) -> list[Any]:
+    a = entry.get("analysis") or {}
+    entities = a.get("entities") or {}
+    flat = {k: entry.get(k) for k in CSV_COLUMNS[:7]}
+    flat.update(
+        document_type=a.get("document_type"),
+        language=a.get("language"),
+        summary=a.get("summary"),
+        key_points=_JOIN.join(a.get("key_points") or []),
+    )
+    for kind in ("people", "organizations", "dates", "amounts"):
+        flat[kind] = _JOIN.join(entities.get(kind) or [])
+    return ["" if flat[c] is None else flat[c] for c in CSV_COLUMNS]
+
+
+def export(results: list[dict[str, Any]], fmt: str) -> str:
+    """`results` (tasks.batches.results_of) in `fmt`: json (one array), jsonl (one object a
+    line) or csv (CSV_COLUMNS). Raises ValueError for another format."""
+    if fmt == "json":
+        return json.dumps(results, ensure_ascii=False, default=str) + "\n"
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in results)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for entry in results:
+            writer.writerow(_row(entry))
+        return out.getvalue()
+    raise ValueError(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
