@@ -84,7 +84,7 @@ def job_view(job: Job | None, row: JobRow | None, cost: dict[str, Any]) -> dict[
         "finished_at": _iso(row.finished_at),
         "progress": None,
         "result": None,  # the queue's copy expired; `pipeline results BATCH` reads the ledger
-        "error": row.last_error,
+        "error": row.last_error or None,
         "cost": cost,
     }
 
