@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -11,8 +12,25 @@ from rich.console import Console
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-console = Console()
-err_console = Console(stderr=True)
+# Output that is not a terminal (a log file, CI, a pipe) is read later, in full: Rich would
+# lay it out at 80 columns and cut file names and reasons to fit ("examples/docs/scanne…").
+# There, tables take the width their contents need.
+UNLIMITED_WIDTH = 100_000
+
+
+def make_console(stream: IO[str] | None = None, *, stderr: bool = False) -> Console:
+    """A Rich console on `stream` (default stdout, or stderr): terminal width on a terminal,
+    never cutting anything otherwise."""
+    target = stream or (sys.stderr if stderr else sys.stdout)
+    try:
+        tty = target.isatty()
+    except (AttributeError, ValueError):  # a closed or odd stream: write it out in full
+        tty = False
+    return Console(stderr=stderr, width=None if tty else UNLIMITED_WIDTH)
+
+
+console = make_console()
+err_console = make_console(stderr=True)
 
 PathsArg = Annotated[list[str], typer.Argument(help="PDF files, directories or glob patterns.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Gemini model (priced).")]

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli.common import (
@@ -26,6 +25,7 @@ from pipeline.cli.common import (
     PriorityOpt,
     console,
     ledger_engine,
+    make_console,
 )
 from pipeline.ledger.budget import check_budget_usd
 from pipeline.queue.client import QueueClient
@@ -143,8 +143,12 @@ async def _submit(
             # so a database that goes away now only dims the spend figure, not the command.
             engine = ledger_engine(upgrade=False)
             try:
-                out = Console(stderr=True) if as_json else console
-                await follow(client, sub, since, out, engine=engine, budget=budget)
+                out = make_console(stderr=True) if as_json else console
+                tracker = await follow(client, sub.batch_id, since, out, engine=engine)
+                if tracker.view is not None and not as_json:
+                    from pipeline.cli.status import print_batch
+
+                    print_batch(tracker.view)
             finally:
                 engine.dispose()
         return sub
