@@ -45,7 +45,7 @@ def worker(
     queue: Annotated[
         list[str] | None, typer.Option("--queue", "-q", help="Queues to serve, in order.")
     ] = None,
-    burst: Annotated[bool, typer.Option(help="Exit when the queues are empty.")] = False,
+    burst: Annotated[bool, typer.Option("--burst", help="Exit when the queues are empty.")] = False,
     import_: Annotated[
         list[str] | None, typer.Option("--import", "-i", help="Module(s) defining tasks.")
     ] = None,
