@@ -32,6 +32,7 @@ def write_spend_chart(spend: dict[str, dict[str, Decimal]], path: Path) -> Path:
         ax.bar(days, heights, bottom=bottoms, label=model)
         bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
     ax.set_ylabel("USD")
+    ax.set_ylim(bottom=0)  # spend is never negative: a $0 period must not show a -0.05 axis
     ax.set_title("LLM spend per day by model (UTC)")
     if models:
         ax.legend(fontsize="small")

@@ -30,7 +30,8 @@
           maintainAspectRatio: false,
           scales: {
             x: { stacked: true },
-            y: { stacked: true, beginAtZero: true, ticks: { callback: (v) => "$" + v } },
+            // min 0: with no spend yet Chart.js would centre the axis on $0 (-1 to 1)
+            y: { stacked: true, beginAtZero: true, min: 0, ticks: { callback: (v) => "$" + v } },
           },
           plugins: { legend: { position: "bottom" } },
         },
