@@ -28,6 +28,7 @@
     │                            .held_only: only running calls' holds were in the way)
     └── InputError
         ├── BadDocument          a PDF that is corrupt, encrypted, empty or too large
+        ├── BatchNotFound        no batch by that id, id prefix or label
         └── UploadRejected       an HTTP upload refused as a whole (.status_code: 400/413/415/422)
 
 The CLI catches `PipelineError` and prints its message without a traceback.
@@ -199,6 +200,10 @@ class InputError(PipelineError):
 
 
 class BadDocument(InputError):
+    pass
+
+
+class BatchNotFound(InputError):
     pass
 
 

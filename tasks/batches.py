@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, func, or_, select
 
-from pipeline.errors import InputError
+from pipeline.errors import BatchNotFound, InputError
 from pipeline.ledger.models import Batch, BatchDocument, Document, JobRow, LLMCall, Result
 from pipeline.ledger.report import WASTED
 from tasks.status import (
@@ -52,7 +52,8 @@ def usd(value: Decimal) -> str:
 
 def resolve_batch(engine: Engine, ref: str) -> str:
     """The batch id `ref` names: a full id, a unique id prefix (≥ 4 characters, e.g. the 12 the
-    dashboard shows) or a label (the newest batch with it). Raises InputError otherwise."""
+    dashboard shows) or a label (the newest batch with it). Raises BatchNotFound, or
+    InputError for a prefix several batches share."""
     ref = ref.strip()
     with engine.connect() as conn:
         if conn.execute(select(Batch.id).where(Batch.id == ref)).first() is not None:
@@ -73,7 +74,7 @@ def resolve_batch(engine: Engine, ref: str) -> str:
         )
     if labelled is not None:
         return str(labelled)
-    raise InputError(
+    raise BatchNotFound(
         f"no batch {ref!r} (by id, id prefix or label); `pipeline status` lists recent batches"
     )
 
@@ -121,7 +122,7 @@ def read_ledger(engine: Engine, batch_id: str) -> LedgerFacts:
     with engine.connect() as conn:
         batch = conn.execute(select(Batch).where(Batch.id == batch_id)).first()
         if batch is None:
-            raise InputError(
+            raise BatchNotFound(
                 f"no batch {batch_id!r} in the ledger; `pipeline status` lists recent batches"
             )
         rows = conn.execute(
