@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from pipeline.llm.pricing import PriceTable
     from pipeline.llm.provider import LLMRequest, LLMResponse, Provider
     from pipeline.llm.retry import RetryBudget
+    from pipeline.llm.tally import TallyingRecorder
 
 
 # A job whose budget is full only of other calls' holds waits this long (plus jitter, so
@@ -83,6 +84,7 @@ class Services:
     # One RetryBudget per running job (by job id), shared by all that job's calls; dropped
     # by the job-end hook. Kept here, not on JobContext, so the queue knows nothing of LLMs.
     retry_budgets: dict[str, RetryBudget] = field(default_factory=dict)
+    tally: TallyingRecorder | None = None  # each running job's cost, for its log line
 
     def retry_budget(self, job_id: str) -> RetryBudget:
         """The job's budget of provider attempts (PIPELINE_MAX_CALL_ATTEMPTS_PER_JOB)."""
@@ -98,6 +100,15 @@ class Services:
         """Forget a finished run's retry budget; a later run of the job starts afresh (the
         queue's max_attempts bounds how many runs there are)."""
         self.retry_budgets.pop(job_id, None)
+        if self.tally is not None:
+            self.tally.forget(job_id)
+
+    def job_fields(self, job: Job) -> dict[str, Any]:
+        """A job's document and cost so far, for the worker's log lines."""
+        args = job.args[-1] if job.args and isinstance(job.args[-1], dict) else {}
+        cost = self.tally.job_cost(job.id) if self.tally is not None else None
+        return {"document": args.get("name"),
+                "cost_usd": None if cost is None else f"{cost:.6f}"}  # fmt: skip
 
     async def aclose(self) -> None:
         await self.provider.aclose()
@@ -195,6 +206,7 @@ async def open_services(client: QueueClient, provider: Provider | None = None) -
     from pipeline.llm.factory import make_provider
     from pipeline.llm.limiter import Limiter
     from pipeline.llm.pricing import PriceTable
+    from pipeline.llm.tally import TallyingRecorder
 
     s = client.settings
     engine = await asyncio.to_thread(get_engine, s)
@@ -203,9 +215,11 @@ async def open_services(client: QueueClient, provider: Provider | None = None) -
     limiter = Limiter(client.redis, client.keys, s)
     provider = provider or make_provider(s)
     store = CallStore(client.redis, client.keys, s.call_ttl_s)
-    caller = LLMCaller(provider, limiter, store, recorder, prices)
+    tally = TallyingRecorder(recorder)
+    caller = LLMCaller(provider, limiter, store, tally, prices)
     budget = Budget(client.redis, client.keys, s)
-    return Services(client, engine, recorder, budget, prices, limiter, provider, caller)
+    return Services(client, engine, recorder, budget, prices, limiter, provider, caller,
+                    tally=tally)  # fmt: skip
 
 
 def ledger_hooks(services: Services) -> dict[str, Any]:
@@ -269,5 +283,6 @@ async def build_worker(
         pool=pool,
         deps={"services": services},
         gate=LimiterGate(services.limiter),
+        job_fields=services.job_fields,
         **ledger_hooks(services),
     )

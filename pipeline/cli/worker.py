@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from pipeline.cli.common import LogLevel, console
+from pipeline.cli.logs import LogFormat, configure_logging
 from pipeline.errors import PipelineError
 from pipeline.queue.client import QueueClient
 
@@ -50,13 +51,15 @@ def worker(
         list[str] | None, typer.Option("--import", "-i", help="Module(s) defining tasks.")
     ] = None,
     log_level: Annotated[
-        LogLevel, typer.Option(case_sensitive=False, help="How much the worker logs.")
+        LogLevel, typer.Option(case_sensitive=False, help="How much the worker logs "
+                               "(debug: libraries' own lines too).")
     ] = LogLevel.info,
+    log_format: Annotated[
+        LogFormat, typer.Option(case_sensitive=False, help="text, or json: one object a line.")
+    ] = LogFormat.text,
 ) -> None:
     """Run a worker: claim jobs when a slot is free, run them under renewed leases."""
-    logging.basicConfig(
-        level=log_level.value.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(log_level.value, log_format)
     modules = import_task_modules(import_)
     from pipeline.services import build_worker
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from pipeline.queue import heartbeat
+from pipeline.queue import heartbeat, joblog
 from pipeline.queue.client import QueueClient
 from pipeline.queue.context import JobContext
 from pipeline.queue.gate import Admission, Candidate, Gate, OpenGate
@@ -77,6 +77,7 @@ class Worker:
         on_lease_expired: Sequence[LeaseExpiredHook] = (),
         on_job_end: Sequence[JobHook] = (),
         upkeep: Sequence[tuple[str, Callable[[], Awaitable[None]], float]] = (),
+        job_fields: joblog.JobFields | None = None,
     ) -> None:
         s = client.settings
         self.client, self.redis, self.keys, self.scripts = (
@@ -94,6 +95,7 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.on_job_end = list(on_job_end)
         self.upkeep = list(upkeep)  # (name, coroutine, interval s): e.g. the ledger flusher
+        self.job_fields = job_fields  # more fields for a job's log lines (document, cost)
         self.leases = LeaseKeeper(self.redis, self.keys, self.scripts)
         self.sweeper = Sweeper(
             self.redis, self.keys, self.scripts, s.result_ttl_s, list(on_lease_expired)
@@ -335,6 +337,7 @@ class Worker:
             self.deps,
             permit=admission.permit if admission else None,
         )
+        joblog.started(job, self._job_fields(job))
         try:
             task = lookup(job.task)
             args = list(job.args)
@@ -373,6 +376,9 @@ class Worker:
                 log.warning("job %s: %s refused, token %s is stale (another worker owns it); "
                             "result discarded", job.id, outcome, job.token)  # fmt: skip
                 outcome = "fenced"
+        ran_s = time.time() - job.started_ms / 1000 if job.started_ms else 0.0
+        joblog.ended(job, outcome, ran_s, self._job_fields(job), error=s.error,
+                     traceback=s.traceback, delay_s=s.delay_s)  # fmt: skip
         if ctx.permit is not None:  # admitted but never used: give the tokens back
             try:
                 await self.gate.release(Admission(ok=True, permit=ctx.take_permit()))
@@ -383,6 +389,15 @@ class Worker:
                 await hook(ctx, outcome, s.error or None)
             except Exception:
                 log.exception("job-end hook failed for job %s", job.id)
+
+    def _job_fields(self, job: Job) -> dict[str, Any]:
+        if self.job_fields is None:
+            return {}
+        try:
+            return dict(self.job_fields(job))
+        except Exception:  # a log line must never cost the job
+            log.exception("job %s: could not describe it for the log", job.id)
+            return {}
 
     # -- upkeep ----------------------------------------------------------------------------
     async def _loop(self, name: str, fn: Callable[[], Awaitable[None]], every_s: float) -> None:
