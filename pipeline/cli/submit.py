@@ -125,7 +125,8 @@ def print_estimate(est: dict[str, Any], budget: Decimal | None) -> None:
 async def _submit(
     uploads: list[Upload], skipped: list[DocOutcome], *, model: str | None, budget: Decimal | None,
     priority: str | None, label: str | None, wait: bool, as_json: bool,
-) -> Submission:  # fmt: skip
+) -> tuple[Submission, bool]:  # fmt: skip
+    """The submission, and whether every document completed (True when not waiting)."""
     from pipeline.cli.follow import follow
 
     client = await QueueClient.connect()
@@ -138,6 +139,7 @@ async def _submit(
             print(json.dumps(sub.to_dict()), flush=True)
         else:
             print_submission(sub)
+        completed = True
         if wait and sub.job_ids:
             # The submission has migrated the ledger already; a lazy engine cannot fail here,
             # so a database that goes away now only dims the spend figure, not the command.
@@ -149,9 +151,12 @@ async def _submit(
                     from pipeline.cli.status import print_batch
 
                     print_batch(tracker.view)
+                view = tracker.view
+                completed = view is not None and all(d.status == "complete"
+                                                     for d in view.documents)  # fmt: skip
             finally:
                 engine.dispose()
-        return sub
+        return sub, completed
     finally:
         await client.aclose()
 
@@ -184,10 +189,11 @@ def submit(
         return
     if not uploads:
         report_nothing(skipped, as_json)
-    sub = asyncio.run(_submit(uploads, skipped, model=model, budget=limit, priority=priority,
-                              label=label, wait=wait, as_json=as_json))  # fmt: skip
-    if not sub.job_ids:
-        raise typer.Exit(1)
+    sub, completed = asyncio.run(_submit(uploads, skipped, model=model, budget=limit,
+                                         priority=priority, label=label, wait=wait,
+                                         as_json=as_json))  # fmt: skip
+    if not sub.job_ids or not completed:
+        raise typer.Exit(1)  # with --wait: 0 only when every document completed
 
 
 def _dry_run_estimate(uploads: list[Upload], model: str) -> dict[str, Any]:

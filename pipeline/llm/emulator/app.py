@@ -11,6 +11,7 @@ twice for the same content, and whether it waited out every retryDelay it was gi
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import threading
 import time
@@ -56,6 +57,10 @@ class EmulatorConfig:
     thinking_tokens: int = 24  # thoughts billed per answer on 3.x or when asked
     model_aliases: dict[str, str] | None = None  # None: retired models -> successors (pricing)
     seed: int = 0
+    # A request whose text (prompt or system instruction) contains `refuse_text` is refused
+    # with `refuse_code`, every time: a deterministic failure of one kind of call (a merge).
+    refuse_text: str | None = None
+    refuse_code: int = 400
 
     def __post_init__(self) -> None:
         low, high = self.latency_s
@@ -234,6 +239,12 @@ class _Emulator:
             if digest in self.stats.seen:
                 self.stats.repeats += 1
             self.stats.seen.add(digest)
+        if self.config.refuse_text and self.config.refuse_text in json.dumps(body):
+            return _error(
+                self.config.refuse_code,
+                f"Request refused by the emulator: it contains {self.config.refuse_text!r} "
+                "(EmulatorConfig.refuse_text).",
+            )
         try:
             prompt = await asyncio.to_thread(content.parse_prompt, body)
         except content.BadRequest as exc:
