@@ -31,3 +31,60 @@ def status_json(env: dict[str, str], batch: str) -> dict[str, Any]:
 def batch_id_of(stdout: str) -> str:
     """The id `submit` / `run` print as `batch id: …`."""
     return stdout.split("batch id: ")[1].split()[0]
+
+
+class CliProcess:
+    """`python -m pipeline ARGS` running in the background, its output gathered line by line
+    (stdout and stderr together) so a test can wait for a line and then signal it."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        import os
+        import subprocess
+        import sys
+        import threading
+
+        from tests.test_docs_cli import ROOT
+
+        full = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+        full.update(env)
+        full.update({"PYTHONPATH": str(ROOT), "PIPELINE_CPU_WORKERS": "1", "COLUMNS": "200"})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=full, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, predicate: Any, timeout_s: float, what: str) -> str:
+        """The first output line for which `predicate(line)` holds, within the deadline."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if predicate(line):
+                    return line
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no line {what} within {timeout_s}s:\n{self.output}")
+
+    def finish(self, timeout_s: float = 120) -> int:
+        code = self.proc.wait(timeout_s)
+        self._reader.join(10)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
