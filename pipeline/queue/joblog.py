@@ -59,7 +59,7 @@ def ended(
         level = logging.ERROR
     elif outcome in ("retry", "fenced", "lost"):
         level = logging.WARNING
-    again = f", again in {delay_s:.0f}s" if outcome in ("retry", "postpone") else ""
+    again = f", again in {delay_s:.3g}s" if outcome in ("retry", "postpone") else ""
     why = f": {error}" if error else ""
     message = (f"job {job.id} {job.task} {outcome} in {duration_s:.2f}s (attempt "
                f"{job.attempt}/{job.max_attempts}{again}){tail}{why}")  # fmt: skip
