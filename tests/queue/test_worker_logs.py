@@ -97,7 +97,7 @@ def test_library_noise_is_off_by_default_and_back_at_debug(
                 worker.close()
     info, debug = outputs["info"], outputs["debug"]
     name = EXAMPLES[0]
-    assert f"analyze_document complete in" in info and f"document={name}" in info
+    assert "analyze_document complete in" in info and f"document={name}" in info
     assert "cost_usd=0.0" in info
     for noise in ("HTTP Request:", "AFC is enabled", "alembic"):
         assert noise not in info, noise
