@@ -1,6 +1,6 @@
 """Resubmitting a document whose job ended badly starts a new run in the new batch instead of
-answering with the dead job for a day: real Redis, SQLite ledger, the real google-genai client against the
-emulator, an in-process worker."""
+answering with the dead job for a day: real Redis, SQLite ledger, the real google-genai client
+against the emulator, an in-process worker."""
 
 from __future__ import annotations
 

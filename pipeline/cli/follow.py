@@ -48,6 +48,9 @@ class BatchFollow:
     client: QueueClient
     engine: Engine
     batch_id: str
+    # (name, document id, root job id) of what was submitted: followed from Redis alone
+    # while the ledger is away (nothing counts as complete without its stored result then)
+    documents: list[tuple[str, str, str]] = field(default_factory=list)
     view: BatchView | None = None
     notes: list[str] = field(default_factory=list)
     ledger_error: str | None = None
@@ -67,8 +70,29 @@ class BatchFollow:
         except (SQLAlchemyError, PipelineError) as exc:  # the ledger is away: say so, carry on
             self.ledger_error = f"{SPEND_UNAVAILABLE}: {type(exc).__name__}: " + (
                 str(exc).splitlines()[0] if str(exc) else "")  # fmt: skip
+            if self.documents:
+                self.view = await self._from_redis()
         if self.view is not None and self._first_spend is None:
             self._first_spend = (time.monotonic(), self.view.facts.spend)
+
+    async def _from_redis(self) -> BatchView:
+        """The submitted documents' states from their jobs alone (no results, no costs)."""
+        from tasks.batches import (
+            BatchView,
+            LedgerFacts,
+            Member,
+            document_rows,
+            read_runs,
+            surroundings,
+        )
+
+        members = [Member(doc_id, name, None, None, job_id, None, None)
+                   for name, doc_id, job_id in self.documents]  # fmt: skip
+        facts = LedgerFacts(self.batch_id, None, None, None, "open", Decimal(0), members, {},
+                            [], {})  # fmt: skip
+        runs = await read_runs(self.client, [m.job_id for m in members if m.job_id], {})
+        around = await surroundings(self.client, list(runs.values()))
+        return BatchView(facts, document_rows(facts, runs, around))
 
     def counts(self) -> dict[str, int]:
         docs = self.view.documents if self.view else []
@@ -90,7 +114,7 @@ class BatchFollow:
         line = ", ".join(parts) + f" of {c['total']} · {_duration(elapsed)} elapsed"
         if 0 < ended < c["total"]:
             line += f" · ETA {_duration(elapsed / ended * (c['total'] - ended))}"
-        if self.view is not None:
+        if self.view is not None and not self.ledger_error:
             f = self.view.facts
             spent = f"spent ${f.spend:.6f}"
             if f.budget_usd is not None:
@@ -154,14 +178,16 @@ async def follow(
     console: Console,
     *,
     engine: Engine,
+    documents: list[tuple[str, str, str]] | None = None,
     probe: bool = True,
     tick_s: float = 1.0,
 ) -> BatchFollow:
-    """Follow `batch_id` until every document has ended; returns the last picture. `probe`
-    checks first that the provider answers (skip it when no call will be made)."""
+    """Follow `batch_id` until every document has ended; returns the last picture.
+    `documents` ((name, document id, root job id) as submitted) lets it carry on from Redis
+    while the ledger is down; `probe` checks first that the provider answers."""
     from pipeline.llm.reach import unreachable
 
-    tracker = BatchFollow(client, engine, batch_id)
+    tracker = BatchFollow(client, engine, batch_id, documents=list(documents or []))
     problem = await unreachable(client.settings) if probe else None
     printed: dict[str, tuple[str, str | None]] = {}
     last: dict[str, Any] = {"head": "", "notes": []}

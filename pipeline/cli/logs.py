@@ -21,7 +21,9 @@ from enum import StrEnum
 from typing import Any
 
 # Libraries that log routine detail at INFO; quiet unless --log-level debug.
-NOISY = ("alembic", "httpx", "httpx2", "httpcore", "google_genai", "google.genai", "urllib3", "asyncio")
+NOISY = (
+    "alembic", "httpx", "httpx2", "httpcore", "google_genai", "google.genai", "urllib3", "asyncio",
+)  # fmt: skip
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message", "asctime", "taskName",
 }  # fmt: skip

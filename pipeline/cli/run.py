@@ -34,6 +34,7 @@ from pipeline.cli.submit import (
     parse_budget,
     print_submission,
     report_nothing,
+    submitted,
 )
 from pipeline.queue.client import QueueClient
 from tasks.submission import submit_uploads
@@ -94,7 +95,8 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
         worker_task = asyncio.create_task(worker.run())
         await services.recorder.flush()  # the batch's rows, if the database blinked
         follow_task = asyncio.create_task(
-            follow(client, sub.batch_id, since, console, engine=services.engine)
+            follow(client, sub.batch_id, since, console, engine=services.engine,
+                   documents=submitted(sub))
         )
         done, _ = await asyncio.wait(
             {worker_task, follow_task}, return_when=asyncio.FIRST_COMPLETED

@@ -83,6 +83,12 @@ def parse_budget(value: str | None) -> Decimal | None:
     return None if value is None else check_budget_usd(value.strip().lstrip("$"), "--budget")
 
 
+def submitted(sub: Submission) -> list[tuple[str, str, str]]:
+    """(name, document id, job id) of each document the submission has a job for."""
+    return [(d.name, d.document_id, d.job_id) for d in sub.documents
+            if d.job_id and d.document_id]  # fmt: skip
+
+
 def print_submission(sub: Submission) -> None:
     for w in sub.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
@@ -146,7 +152,8 @@ async def _submit(
             engine = ledger_engine(upgrade=False)
             try:
                 out = make_console(stderr=True) if as_json else console
-                tracker = await follow(client, sub.batch_id, since, out, engine=engine)
+                tracker = await follow(client, sub.batch_id, since, out, engine=engine,
+                                       documents=submitted(sub))  # fmt: skip
                 if tracker.view is not None and not as_json:
                     from pipeline.cli.status import print_batch
 
