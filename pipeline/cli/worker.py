@@ -9,6 +9,7 @@ import logging
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cli.common import LogLevel, console
@@ -94,9 +95,9 @@ def dead_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         return
     table = Table(title=f"dead-letter ({len(jobs)})")
     for col in ("job", "task", "attempts", "error"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # the whole error, wrapped, never cut
     for j in jobs:
-        table.add_row(str(j["id"]), str(j["task"]), str(j["attempt"]), str(j["error"])[:80])
+        table.add_row(str(j["id"]), str(j["task"]), str(j["attempt"]), escape(str(j["error"])))
     console.print(table)
 
 
