@@ -8,6 +8,7 @@ from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -31,6 +32,18 @@ def make_console(stream: IO[str] | None = None, *, stderr: bool = False) -> Cons
 
 console = make_console()
 err_console = make_console(stderr=True)
+
+
+def print_table(table: Table, out: Console | None = None) -> None:
+    """A table on a terminal as Rich draws it; elsewhere at the width its cells need, each
+    line without the padding that would trail after its last cell."""
+    out = out or console
+    if out.is_terminal:
+        out.print(table)
+        return
+    with out.capture() as captured:
+        out.print(table)
+    out.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 PathsArg = Annotated[list[str], typer.Argument(help="PDF files, directories or glob patterns.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Gemini model (priced).")]

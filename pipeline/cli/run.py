@@ -28,6 +28,7 @@ from pipeline.cli.common import (
     PriorityOpt,
     console,
     ledger_engine,
+    print_table,
 )
 from pipeline.cli.submit import (
     collect_uploads,
@@ -135,8 +136,9 @@ def print_summary(view: BatchView, written: dict[str, Path]) -> None:
         detail = str(written[d.document_id]) if d.document_id in written else d.reason or ""
         if d.document_id in written and d.paid_in:
             detail += f" (paid in batch {', '.join(b[:12] for b in d.paid_in)})"
-        table.add_row(d.name, status, str(d.pages or ""), usd(d.cost), detail)
-    console.print(table)
+        table.add_row(escape(d.name), status, str(d.pages or ""), f"{d.cost:.6f}",
+                      escape(detail))  # fmt: skip
+    print_table(table)
     console.print(f"total spend: ${usd(f.spend)} · results: `pipeline results {f.batch_id}`",
                   highlight=False, soft_wrap=True)  # fmt: skip
 

@@ -20,7 +20,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.cli.common import JsonOpt, console, ledger_engine
+from pipeline.cli.common import JsonOpt, console, ledger_engine, print_table
 from pipeline.errors import Reason
 from pipeline.queue.client import QueueClient
 
@@ -123,13 +123,14 @@ def print_batch(view: BatchView) -> None:
     console.print(f"batch {f.batch_id}{label} · {len(view.documents)} documents · spent "
                   f"${f.spend:.6f}{budget}", highlight=False, soft_wrap=True,
                   markup=False)  # fmt: skip
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("document", "status", "stage / reason", "pages", "cost USD", "wasted USD"):
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col in ("document", "status", "pages", "cost USD", "wasted USD", "stage / reason"):
         table.add_column(col, overflow="fold", justify="right" if "USD" in col else "left")
     for d in view.documents:
-        table.add_row(escape(d.name), d.status, escape(d.reason or ""), str(d.pages or ""),
-                      f"{d.cost:.6f}", f"{d.wasted:.6f}", style=_STYLE.get(d.status))  # fmt: skip
-    console.print(table)
+        table.add_row(escape(d.name), d.status, str(d.pages or ""), f"{d.cost:.6f}",
+                      f"{d.wasted:.6f}", escape(d.reason or ""),
+                      style=_STYLE.get(d.status))  # fmt: skip
+    print_table(table)
     console.print(" · ".join(f"{state} {n}" for state, n in view.by_state.items()) or
                   "no documents", highlight=False)  # fmt: skip
     waiting = view.waiting()

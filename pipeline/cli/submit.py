@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cli.common import (
@@ -26,6 +27,7 @@ from pipeline.cli.common import (
     console,
     ledger_engine,
     make_console,
+    print_table,
 )
 from pipeline.ledger.budget import check_budget_usd
 from pipeline.queue.client import QueueClient
@@ -92,15 +94,16 @@ def submitted(sub: Submission) -> list[tuple[str, str, str]]:
 def print_submission(sub: Submission) -> None:
     for w in sub.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
-    table = Table(title=f"batch {sub.batch_id} · {sub.model} · {sub.prompt_version}")
+    table = Table(title=f"batch {sub.batch_id} · {sub.model} · {sub.prompt_version}",
+                  title_justify="left")
     for col in ("document", "status", "pages", "job / reason"):
         table.add_column(col)
     for d in sub.documents:
         detail = d.job_id or ""
         if d.reason:
             detail = f"{detail} {d.reason}".strip()
-        table.add_row(d.name, d.status, str(d.pages or ""), detail)
-    console.print(table)
+        table.add_row(escape(d.name), d.status, str(d.pages or ""), escape(detail))
+    print_table(table)
     console.print(f"batch id: {sub.batch_id}", highlight=False, soft_wrap=True)
 
 
