@@ -386,31 +386,6 @@ def recent_batches(engine: Engine, limit: int = 10, offset: int = 0,
     ]
 
 
-def batch_spend(engine: Engine, batch_id: str) -> Decimal:
-    """What the batch's own calls cost (Decimal USD)."""
-    with engine.connect() as conn:
-        total = conn.scalar(
-            select(func.coalesce(func.sum(LLMCall.cost_usd), 0)).where(LLMCall.batch_id == batch_id)
-        )
-    return _money(total)
-
-
-def results_of(view: BatchView) -> list[dict[str, Any]]:
-    """One entry per document for `pipeline results` and `GET /batches/{id}/results`: name,
-    pages, status, reason, cost and the stored analysis (None unless complete)."""
-    members = {m.document_id: m for m in view.facts.members}
-    out = []
-    for d in view.documents:
-        m = members[d.document_id]
-        out.append({
-            "document_id": d.document_id, "name": d.name, "pages": d.pages,
-            "sha256": d.document_id, "status": d.status, "reason": d.reason,
-            "model": m.model, "prompt_version": m.prompt_version,
-            "cost_usd": usd(d.cost), "analysis": d.result,
-        })  # fmt: skip
-    return out
-
-
 def last_call_error(engine: Engine, batch_id: str, within_s: float = 120.0) -> str | None:
     """The error of the batch's last finished call when that call failed (recently): what the
     provider says right now, while jobs back off and retry. None when the newest call

@@ -11,7 +11,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tasks.batches import BatchView
 
 FORMATS = ("json", "jsonl", "csv")
 MEDIA_TYPES = {
@@ -24,6 +27,24 @@ CSV_COLUMNS = (
     "language", "summary", "key_points", "people", "organizations", "dates", "amounts",
 )  # fmt: skip
 _JOIN = " | "
+
+
+def results_of(view: BatchView) -> list[dict[str, Any]]:
+    """One entry per document for `pipeline results` and `GET /batches/{id}/results`: name,
+    pages, status, reason, cost and the stored analysis (None unless complete)."""
+    from tasks.batches import usd
+
+    members = {m.document_id: m for m in view.facts.members}
+    out = []
+    for d in view.documents:
+        m = members[d.document_id]
+        out.append({
+            "document_id": d.document_id, "name": d.name, "pages": d.pages,
+            "sha256": d.document_id, "status": d.status, "reason": d.reason,
+            "model": m.model, "prompt_version": m.prompt_version,
+            "cost_usd": usd(d.cost), "analysis": d.result,
+        })  # fmt: skip
+    return out
 
 
 def _row(entry: dict[str, Any]) -> list[Any]:
@@ -42,7 +63,7 @@ def _row(entry: dict[str, Any]) -> list[Any]:
 
 
 def export(results: list[dict[str, Any]], fmt: str) -> str:
-    """`results` (tasks.batches.results_of) in `fmt`: json (one array), jsonl (one object a
+    """`results` (`results_of`) in `fmt`: json (one array), jsonl (one object a
     line) or csv (CSV_COLUMNS). Raises ValueError for another format."""
     if fmt == "json":
         return json.dumps(results, ensure_ascii=False, default=str) + "\n"

@@ -111,8 +111,8 @@ async def get_results(
 ) -> Response:
     """Each document's analysis (summary, key points, entities) with its status: exactly
     `pipeline results BATCH --format FORMAT`."""
-    from tasks.batches import batch_view, results_of
-    from tasks.export import FORMATS, MEDIA_TYPES, export
+    from tasks.batches import batch_view
+    from tasks.export import FORMATS, MEDIA_TYPES, export, results_of
 
     if format not in FORMATS:
         raise HttpError(422, f"format {format!r}: use one of {', '.join(FORMATS)}")

@@ -75,7 +75,8 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
     from pipeline.cli.follow import follow
     from pipeline.cli.worker import import_task_modules
     from pipeline.services import build_worker, open_services
-    from tasks.batches import batch_view, results_of
+    from tasks.batches import batch_view
+    from tasks.export import results_of
 
     uploads, skipped = collect_uploads(paths)
     if not uploads:
@@ -173,8 +174,7 @@ def results(
 ) -> None:
     """A batch's analyses: printed, exported (--format), or one JSON file per document (--out)."""
     from pipeline.cli.status import read_batch
-    from tasks.batches import results_of
-    from tasks.export import export
+    from tasks.export import export, results_of
 
     engine = ledger_engine()
     try:
