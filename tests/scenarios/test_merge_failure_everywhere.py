@@ -99,6 +99,20 @@ async def test_a_failed_merge_is_failed_with_its_reason_in_every_view(
             panels = (await client.get("/dashboard/panels")).text
             assert f'data-retry-document="{doc["document_id"]}"' in panels
             metrics = (await client.get("/metrics")).text
+
+            # The panel's Retry: a new run of the document (fresh calls, the current budget).
+            url = f"/dashboard/batches/{batch}/retry"
+            retry_body = {"document_ids": [doc["document_id"]]}
+            assert (await client.post(url, json=retry_body)).status_code == 403  # no header
+            retried = await client.post(url, json=retry_body,
+                                        headers={"X-Pipeline-Action": "retry"})  # fmt: skip
+            assert retried.status_code == 200, retried.text
+            [run] = retried.json()["documents"]
+            assert run["status"] == "queued" and run["job_id"] != failure["id"]
+            after = (await client.get(f"/batches/{batch}")).json()
+            assert after["by_state"] == {"waiting": 1}  # no worker runs now: it says so
+            again = await client.post(url, json=retry_body, headers={"X-Pipeline-Action": "retry"})
+            assert again.status_code == 409
         samples = {
             (s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(metrics) for s in family.samples
