@@ -170,6 +170,7 @@ async def retry_batch(client: QueueClient, recorder: SqlRecorder, engine: Engine
 
 async def _retry_one(client: QueueClient, recorder: SqlRecorder, view: BatchView,
                      doc: Any) -> Retried:  # fmt: skip
+    from pipeline.llm.pricing import canonical_model
     from tasks.plan import analyze_prompt, doc_key
     from tasks.runs import RunSpec, enqueue_run
 
@@ -184,7 +185,8 @@ async def _retry_one(client: QueueClient, recorder: SqlRecorder, view: BatchView
     limit = await current_limit(client.redis, client.keys, facts.batch_id) or facts.budget_usd
     spec = RunSpec(
         doc.document_id, doc.name, int(member.pages or 1), int(member.size_bytes or 0),
-        member.model or client.settings.model, analyze_prompt().version, facts.batch_id, limit,
+        member.model or canonical_model(client.settings.model), analyze_prompt().version,
+        facts.batch_id, limit,
     )  # fmt: skip
     handle = await enqueue_run(client, spec, replacing=doc.job_id)
     if not handle.created:  # a newer run started elsewhere answers for it: show that one

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from pipeline.llm.pricing import PriceTable
+from pipeline.llm.pricing import PriceTable, canonical_model
 from pipeline.llm.provider import LLMRequest, Part
 from pipeline.redis.keys import Keys
 from tasks.pdf import MAX_INLINE_BYTES, plan_chunks, tokens_per_page
@@ -30,8 +30,10 @@ def analyze_prompt() -> Prompt:
 
 
 def idempotency_key(sha256: str, model: str, prompt_version: str) -> str:
-    """Same bytes, model and prompt → same job, whatever the file is called."""
-    return f"analyze:{sha256}:{model}:{prompt_version}"
+    """Same bytes, model and prompt → same job, whatever the file is called and however
+    the model is spelled ("models/x", an alias): the key holds its canonical id.
+    Raises UnknownModel for a model config/pricing.toml does not know."""
+    return f"analyze:{sha256}:{canonical_model(model)}:{prompt_version}"
 
 
 def doc_key(keys: Keys, sha256: str) -> str:

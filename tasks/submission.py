@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import BadDocument, DatabaseUnavailable, InputError
 from pipeline.ledger.budget import check_budget_usd
-from pipeline.llm.pricing import PriceTable
+from pipeline.llm.pricing import PriceTable, canonical_model
 from pipeline.queue.client import QueueClient
 from pipeline.queue.job import parse_priority
 from tasks.runs import ANALYZE_TASK
@@ -143,7 +143,9 @@ async def submit_uploads(
     """Validate, store and enqueue one analysis job per usable PDF.
 
     Raises UnknownModel (nothing enqueued) for a model without a price; bad PDFs come
-    back as "skipped" outcomes with the reason, so one bad file never sinks a batch.
+    back as "skipped" outcomes with the reason, so one bad file never sinks a batch. The
+    model is used under its canonical id ("models/x" is x), so every spelling of it makes
+    the same job, the same call and the same bucket.
     `expected_duration_s` overrides the task's own estimate, and so the lease (2x it) that
     decides how soon a job held by a killed worker runs again.
     """
@@ -152,9 +154,9 @@ async def submit_uploads(
     from tasks.runs import RunSpec, enqueue_run
 
     s = client.settings
-    model = model or s.model
     prices = services.prices if services is not None else PriceTable.load()
-    warnings = prices.check_model(model)  # UnknownModel before anything else happens
+    model = canonical_model(model or s.model, prices)  # UnknownModel before anything else
+    warnings = prices.check_model(model)
     if budget_usd is not None:
         check_budget_usd(budget_usd)
     prio = _priority(priority)
@@ -237,6 +239,7 @@ def estimate(
 
     s = get_settings()
     prices = prices or PriceTable.load()
+    model = canonical_model(model, prices)
     warnings = prices.check_model(model)
     budget_tokens = context_budget_tokens or s.context_budget_tokens
     prompt = analyze_prompt()
@@ -300,6 +303,7 @@ async def estimate_counted(
 
     s = get_settings()
     prices = prices or PriceTable.load()
+    model = canonical_model(model, prices)
     budget_tokens = context_budget_tokens or s.context_budget_tokens
     est = estimate(uploads, model, context_budget_tokens=budget_tokens, prices=prices)
     prompt = analyze_prompt()

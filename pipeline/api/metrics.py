@@ -168,7 +168,7 @@ async def _budgets(client: QueueClient) -> dict[str, tuple[float, float, float |
 
 async def limiter_models(client: QueueClient) -> list[str]:
     """Models the shared bucket knows: the default, any configured, any with a bucket."""
-    from pipeline.llm.limiter import bucket_models
+    from pipeline.llm.bucket import bucket_models
 
     s = client.settings
     return sorted({s.model, *s.limits, *await bucket_models(client.redis, client.keys)})

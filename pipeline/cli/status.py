@@ -42,7 +42,7 @@ _STYLE = {"failed": "red", "over_budget": "yellow", "cancelled": "dim", "complet
 
 async def _models(client: QueueClient) -> list[str]:
     """The default model, those with their own limits, and any with a bucket in Redis."""
-    from pipeline.llm.limiter import bucket_models
+    from pipeline.llm.bucket import bucket_models
 
     s = client.settings
     return sorted({s.model, *s.limits, *await bucket_models(client.redis, client.keys)})

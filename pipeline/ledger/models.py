@@ -1,4 +1,5 @@
-"""The ledger schema. Migration 0001 must match these models (tests/test_ledger_schema.py checks).
+"""The ledger schema. Migration 0001 must match these models
+(tests/ledger/test_schema_migrations.py checks).
 
 Money is `Numeric(18, 9)`: nano-dollar precision, because a cheap call costs fractions of a
 cent and float sums drift. (SQLite keeps NUMERIC as a double, exact to the nano-dollar below

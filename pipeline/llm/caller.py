@@ -155,7 +155,15 @@ class LLMCaller:
 
         `input_tokens` is the estimate debited from the bucket and used for the worst-case
         budget; without it the gate's permit's estimate, else provider.count_tokens, is used.
+        The model is sent, keyed, limited and priced under its canonical id (the limiter's
+        `canonical`), so "models/x" and x are one call; UnknownModel for an unknown model.
         """
+        try:
+            request = replace(request, model=self.limiter.canonical(request.model))
+        except Exception:
+            if permit is not None:
+                await self.limiter.release(permit, sent=False)
+            raise
         key = call_key(request)
         ids = _Ids(job_id, batch_id, document_id)
         stored = await self.store.get(key)

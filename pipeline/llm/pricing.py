@@ -4,14 +4,19 @@ Prices change on known dates (3.8 Flash doubles on 2027-01-01) and models retire
 price is always looked up for the day of the call and the table carries a `version` that
 every ledger row records. Numbers are parsed as Decimal straight from TOML and stay Decimal
 to the end: a float would drift on the sums the budget is checked against.
+
+The table is also the list of models: `canonical_model` turns any accepted spelling into the
+one id that limiter buckets, prices, call-store and idempotency keys all use.
 """
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +80,20 @@ class ModelInfo:
     source: str = ""
 
 
+def canonical_model(name: str, prices: PriceTable | None = None) -> str:
+    """`name`'s canonical model id in `prices` (default: the shipped table, read once).
+
+    See `PriceTable.canonical`; raises UnknownModel for a model the table does not know.
+    """
+    return (prices or shipped_prices()).canonical(name)
+
+
+@cache
+def shipped_prices() -> PriceTable:
+    """config/pricing.toml as shipped, loaded once per process (it changes with a release)."""
+    return PriceTable.load()
+
+
 def _as_date(at: datetime | date) -> date:
     if isinstance(at, datetime):
         return (at.astimezone(UTC) if at.tzinfo else at).date()
@@ -124,30 +143,32 @@ class PriceTable:
     def known_models(self) -> list[str]:
         return sorted(self._models)
 
-    def resolve(self, model_version: str) -> str:
-        """The table entry for a model name as the API spells it.
+    def canonical(self, name: str) -> str:
+        """The one id a model is known by, for limiter buckets, prices, call-store and
+        idempotency keys alike ("gemini-3.5-flash-lite").
 
-        Strips "models/", follows aliases, then takes the longest known name that the
-        version starts with ("gemini-3.5-flash-lite-001" -> "gemini-3.5-flash-lite").
+        Accepts the REST resource name ("models/gemini-3.5-flash-lite") and the aliases of
+        the table's [aliases] section ("gemini-flash-lite-latest"); anything else must
+        match a model exactly. A name with a version or method suffix
+        ("gemini-3.5-flash-lite-001", "gemini-3.5-flash-lite:streamGenerateContent") is
+        refused rather than priced and rate-limited as the model it starts with: it is a
+        different model id, or not one at all. Raises UnknownModel naming the known models.
         """
-        name = model_version.strip()
-        name = name.removeprefix("models/")
-        if name in self._aliases:
-            name = self._aliases[name]
-        if name in self._models:
-            return name
-        matches = [m for m in self._models if name.startswith(m + "-")]
-        if not matches:
-            raise UnknownModel(
-                f"unknown model {model_version!r}: no price in config/pricing.toml. "
-                f"Known models: {', '.join(self.known_models())}"
-                f" (aliases: {', '.join(sorted(self._aliases))}). "
-                "Pick one of these or add the model to the pricing table."
-            )
-        return max(matches, key=len)
+        bare = name.strip().removeprefix("models/")
+        bare = self._aliases.get(bare, bare)
+        if bare in self._models:
+            return bare
+        near = difflib.get_close_matches(bare, [*self._models, *self._aliases], n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise UnknownModel(
+            f"unknown model {name!r}: not in config/pricing.toml.{hint} "
+            f"Known models: {', '.join(self.known_models())}"
+            f" (aliases: {', '.join(sorted(self._aliases))}). "
+            "Pick one of these (a models/ prefix is fine) or add the model to the pricing table."
+        )
 
     def info(self, model_version: str) -> ModelInfo:
-        return self._models[self.resolve(model_version)]
+        return self._models[self.canonical(model_version)]
 
     def price(self, model_version: str, at: datetime | date) -> ModelPrice:
         """The price row in force for this model on the day of `at` (UTC)."""

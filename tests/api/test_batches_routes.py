@@ -13,8 +13,8 @@ from pathlib import Path
 from pipeline.queue.client import QueueClient
 from pipeline.redis.connection import connect_redis
 from pipeline.services import build_worker
-from tests.api_helpers import api_client, api_settings, pdf_files
-from tests.llm_helpers import make_pdf
+from tests.support.api import api_client, api_settings, pdf_files
+from tests.support.pdfs import make_pdf
 
 DOCS = [(f"doc-{i}.pdf", make_pdf(1, f"Invoice {i}, page {{n}}. Amount due 10{i} EUR."))
         for i in range(3)]  # fmt: skip

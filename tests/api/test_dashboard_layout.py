@@ -12,9 +12,9 @@ import pytest
 from pipeline.queue import QueueClient
 from pipeline.redis.connection import connect_redis
 from pipeline.services import build_worker
-from tests import llm_tasks
-from tests.api_helpers import api_settings, live_server
-from tests.test_dashboard_browser import CHROMIUM_ARGS, _ensure_chromium
+from tests.scenarios.test_dashboard_in_browser import CHROMIUM_ARGS, _ensure_chromium
+from tests.support import llm_tasks
+from tests.support.api import api_settings, live_server
 
 pytestmark = pytest.mark.slow
 

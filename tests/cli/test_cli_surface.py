@@ -10,7 +10,8 @@ from pathlib import Path
 
 import redis
 
-from tests.test_docs_cli import EXAMPLES, cli
+from tests.support.cli import EXAMPLES
+from tests.support.cli import run_cli as cli
 
 
 def test_version_and_flags_without_a_value_column(pipeline_env: dict[str, str]) -> None:

@@ -17,7 +17,8 @@ from pipeline.redis.connection import connect_redis
 from pipeline.services import build_worker, open_services
 from pipeline.settings import get_settings
 from tasks.submission import Upload, submit_uploads
-from tests.llm_helpers import make_pdf, start_emulator
+from tests.support.emulator import start_emulator
+from tests.support.pdfs import make_pdf
 
 
 async def test_live_view_shows_elapsed_eta_spend_rate_and_stages(

@@ -12,9 +12,9 @@ from pipeline.llm.limiter import Limiter
 from pipeline.queue import QueueClient
 from pipeline.redis.connection import connect_redis
 from pipeline.settings import get_settings
-from tests.ledger_helpers import free_port
 from tests.scenarios.helpers import CliProcess, analysis_worker
-from tests.test_docs_cli import EXAMPLES
+from tests.support.backends import free_port
+from tests.support.cli import EXAMPLES
 
 
 def test_submit_wait_says_no_worker_then_finishes_when_one_starts(

@@ -8,8 +8,10 @@ from redis.asyncio import Redis
 
 from pipeline.queue import QueueClient, State
 from pipeline.redis.keys import Keys
-from tests import queue_tasks as qt
-from tests.queue_helpers import InProcessWorker, eventually, fast_settings
+from tests.queue.conftest import InProcessWorker
+from tests.support import queue_tasks as qt
+from tests.support.waiting import eventually
+from tests.support.workers import fast_settings
 
 
 async def test_a_recovered_job_that_completes_shows_no_error(

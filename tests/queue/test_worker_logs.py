@@ -13,10 +13,11 @@ import redis
 
 from pipeline.queue import QueueClient
 from pipeline.redis.connection import connect_redis
-from tests import metrics_tasks
-from tests.queue_helpers import WorkerProcess, fast_settings
 from tests.scenarios.helpers import analysis_worker
-from tests.test_docs_cli import EXAMPLES, cli
+from tests.support import metrics_tasks
+from tests.support.cli import EXAMPLES
+from tests.support.cli import run_cli as cli
+from tests.support.workers import WorkerProcess, fast_settings
 
 
 def _until(check: Any, timeout_s: float, what: str) -> None:
@@ -43,7 +44,7 @@ async def test_a_line_per_job_and_the_traceback_of_a_failing_task(
     redis_url: str, key_prefix: str, sredis: redis.Redis
 ) -> None:
     worker = WorkerProcess(redis_url, key_prefix, "--concurrency", "3",
-                           imports=("tests.metrics_tasks",))  # fmt: skip
+                           imports=("tests.support.metrics_tasks",))  # fmt: skip
     try:
         ok, bad = await _work_and_break(redis_url, key_prefix)
         _until(lambda: f"job {bad} m.broken dead in" in worker.output(), 30, "the dead line")
@@ -64,7 +65,7 @@ async def test_json_lines_carry_the_job_fields_and_the_traceback(
     redis_url: str, key_prefix: str, sredis: redis.Redis
 ) -> None:
     worker = WorkerProcess(redis_url, key_prefix, "--log-format", "json",
-                           imports=("tests.metrics_tasks",))  # fmt: skip
+                           imports=("tests.support.metrics_tasks",))  # fmt: skip
     try:
         _, bad = await _work_and_break(redis_url, key_prefix)
         _until(lambda: '"outcome": "dead"' in worker.output(), 30, "the dead record")
@@ -82,7 +83,7 @@ async def test_json_lines_carry_the_job_fields_and_the_traceback(
 def test_library_noise_is_off_by_default_and_back_at_debug(
     pipeline_env: dict[str, str], redis_url: str, sredis: redis.Redis
 ) -> None:
-    from tests.llm_helpers import start_emulator
+    from tests.support.emulator import start_emulator
 
     with start_emulator() as emu:
         env = {**pipeline_env, **emu.env, "GOOGLE_API_KEY": ""}

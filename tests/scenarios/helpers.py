@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.queue_helpers import WorkerProcess
-from tests.test_docs_cli import cli
+from tests.support.cli import run_cli as cli
+from tests.support.workers import WorkerProcess
 
 # Two pages per call (560 tokens a page plus the prompt allowance): a 6-page PDF is 3 parts.
 TWO_PAGES_PER_PART = str(2 * 560 + 4096 + 10)
@@ -43,7 +43,7 @@ class CliProcess:
         import sys
         import threading
 
-        from tests.test_docs_cli import ROOT
+        from tests.support import ROOT
 
         full = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
         full.update(env)

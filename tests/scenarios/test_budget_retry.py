@@ -13,9 +13,10 @@ import redis
 from sqlalchemy import create_engine, select
 
 from pipeline.ledger.models import LLMCall
-from tests.llm_helpers import start_emulator
 from tests.scenarios.helpers import analysis_worker, status_json
-from tests.test_docs_cli import EXAMPLES, cli
+from tests.support.cli import EXAMPLES
+from tests.support.cli import run_cli as cli
+from tests.support.emulator import start_emulator
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,12 @@ import redis
 from sqlalchemy import create_engine, select
 
 from pipeline.ledger.models import LLMCall
-from tests.api_helpers import api_client, api_settings, pdf_files
-from tests.llm_helpers import make_pdf, start_emulator
 from tests.scenarios.helpers import analysis_worker, status_json
-from tests.test_docs_cli import EXAMPLES, cli
+from tests.support.api import api_client, api_settings, pdf_files
+from tests.support.cli import EXAMPLES
+from tests.support.cli import run_cli as cli
+from tests.support.emulator import start_emulator
+from tests.support.pdfs import make_pdf
 
 pytestmark = pytest.mark.slow
 

@@ -14,16 +14,17 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tasks.prompts import load_prompt
-from tests.api_helpers import api_client, api_settings
-from tests.ledger_helpers import fresh_pg_database
-from tests.llm_helpers import make_pdf, start_emulator
 from tests.scenarios.helpers import (
     TWO_PAGES_PER_PART,
     analysis_worker,
     batch_id_of,
     status_json,
 )
-from tests.test_docs_cli import cli
+from tests.support.api import api_client, api_settings
+from tests.support.backends import fresh_pg_database
+from tests.support.cli import run_cli as cli
+from tests.support.emulator import start_emulator
+from tests.support.pdfs import make_pdf
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

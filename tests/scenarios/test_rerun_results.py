@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.llm_helpers import start_emulator
 from tests.scenarios.helpers import CliProcess, batch_id_of, status_json
-from tests.test_docs_cli import EXAMPLES, cli
+from tests.support.cli import EXAMPLES
+from tests.support.cli import run_cli as cli
+from tests.support.emulator import start_emulator
 
 pytestmark = pytest.mark.slow
 
