@@ -96,6 +96,7 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
                                     services=services)  # fmt: skip
         worker_task = asyncio.create_task(worker.run())
         await services.recorder.flush()  # the batch's rows, if the database blinked
+        await _registered(client, worker.id)  # else the first refresh says "no live worker"
         follow_task = asyncio.create_task(
             follow(client, sub.batch_id, since, console, engine=services.engine,
                    documents=submitted(sub))
@@ -120,6 +121,15 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
     finally:
         await services.aclose()
         await client.aclose()
+
+
+async def _registered(client: QueueClient, worker_id: str, timeout_s: float = 5.0) -> None:
+    """Wait (a few seconds at most) for this process's worker to be in the registry."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        if any(w["id"] == worker_id for w in await client.workers()):
+            return
+        await asyncio.sleep(0.05)
 
 
 def print_summary(view: BatchView, written: dict[str, Path]) -> None:

@@ -45,6 +45,7 @@ def test_ctrl_c_then_run_again_writes_every_result_and_a_second_demo_shows_them(
         assert second.returncode == 0, second.stdout + second.stderr
         batch2 = batch_id_of(second.stdout)
         assert batch2 != batch1
+        assert "no live worker" not in second.stdout  # its own worker is registered first
         files = _result_files(env, batch2)
         assert len(files) == len(EXAMPLES), second.stdout
         data = status_json(env, batch2)
