@@ -34,6 +34,7 @@
     └── InputError
         ├── BadDocument          a PDF that is corrupt, encrypted, empty or too large
         │   └── RequestTooLarge  a page that no inline request can carry
+        ├── BatchNotFound        no batch by that id, id prefix or label
         └── UploadRejected       an HTTP upload refused as a whole (.status_code: 400/413/415/422)
 
 The CLI catches `PipelineError` and prints its message without a traceback.
@@ -259,6 +260,8 @@ class BadDocument(InputError):
 class RequestTooLarge(BadDocument):
     """A page whose request alone is over the provider's inline request limit: splitting
     cannot make it fit, so it is refused at submit (and at the worker, the same rule)."""
+class BatchNotFound(InputError):
+    pass
 
 
 class UploadRejected(InputError):

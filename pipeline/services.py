@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from pipeline.llm.provider import LLMRequest, LLMResponse, Provider
     from pipeline.llm.retry import RetryBudget
     from pipeline.llm.stop import Accept
+    from pipeline.llm.tally import TallyingRecorder
 
 
 # A job whose budget is full only of other calls' holds waits this long (plus jitter, so
@@ -88,6 +89,7 @@ class Services:
     # One RetryBudget per running job (by job id), shared by all that job's calls; dropped
     # by the job-end hook. Kept here, not on JobContext, so the queue knows nothing of LLMs.
     retry_budgets: dict[str, RetryBudget] = field(default_factory=dict)
+    tally: TallyingRecorder | None = None  # each running job's cost, for its log line
 
     def retry_budget(self, job_id: str) -> RetryBudget:
         """The job's budget of provider attempts (PIPELINE_MAX_CALL_ATTEMPTS_PER_JOB)."""
@@ -103,6 +105,15 @@ class Services:
         """Forget a finished run's retry budget; a later run of the job starts afresh (the
         queue's max_attempts bounds how many runs there are)."""
         self.retry_budgets.pop(job_id, None)
+        if self.tally is not None:
+            self.tally.forget(job_id)
+
+    def job_fields(self, job: Job) -> dict[str, Any]:
+        """A job's document and cost so far, for the worker's log lines."""
+        args = job.args[-1] if job.args and isinstance(job.args[-1], dict) else {}
+        cost = self.tally.job_cost(job.id) if self.tally is not None else None
+        return {"document": args.get("name"),
+                "cost_usd": None if cost is None else f"{cost:.6f}"}  # fmt: skip
 
     async def aclose(self) -> None:
         await self.provider.aclose()
@@ -124,7 +135,11 @@ class Services:
         error), except errors of the types in `handles`, which the task remedies itself
         (e.g. AnswerTruncated: a larger output budget) and which propagate unchanged.
         """
-        budget = await self.budget.for_call(ctx.batch, batch_limit_usd)
+        from pipeline.ledger.batch_limit import current_limit
+
+        # The batch's budget as last set (`pipeline budget --set`) wins over the job's copy.
+        limit = await current_limit(self.client.redis, self.client.keys, ctx.batch)
+        budget = await self.budget.for_call(ctx.batch, limit or batch_limit_usd)
         try:
             return await self.caller.call(
                 request,
@@ -223,6 +238,7 @@ async def open_services(client: QueueClient, provider: Provider | None = None) -
     from pipeline.llm.factory import make_provider
     from pipeline.llm.limiter import Limiter
     from pipeline.llm.pricing import PriceTable
+    from pipeline.llm.tally import TallyingRecorder
 
     s = client.settings
     engine = await asyncio.to_thread(get_engine, s)
@@ -231,9 +247,11 @@ async def open_services(client: QueueClient, provider: Provider | None = None) -
     limiter = Limiter(client.redis, client.keys, s)
     provider = provider or make_provider(s)
     store = CallStore(client.redis, client.keys, s.call_ttl_s)
-    caller = LLMCaller(provider, limiter, store, recorder, prices)
+    tally = TallyingRecorder(recorder)
+    caller = LLMCaller(provider, limiter, store, tally, prices)
     budget = Budget(client.redis, client.keys, s)
-    return Services(client, engine, recorder, budget, prices, limiter, provider, caller)
+    return Services(client, engine, recorder, budget, prices, limiter, provider, caller,
+                    tally=tally)  # fmt: skip
 
 
 def ledger_hooks(services: Services) -> dict[str, Any]:
@@ -260,8 +278,10 @@ def ledger_hooks(services: Services) -> dict[str, Any]:
         if outcome in ("release", "fenced", "lost"):
             return
         status = "queued" if outcome in ("retry", "postpone") else outcome
+        # "" clears an earlier attempt's error (a lost lease...) once the job completes.
+        last_error = "" if outcome == "complete" else error
         await services.recorder.update_job_status(
-            ctx.job.id, status, attempts=ctx.job.attempt, last_error=error
+            ctx.job.id, status, attempts=ctx.job.attempt, last_error=last_error
         )
 
     return {
@@ -295,5 +315,6 @@ async def build_worker(
         pool=pool,
         deps={"services": services},
         gate=LimiterGate(services.limiter),
+        job_fields=services.job_fields,
         **ledger_hooks(services),
     )

@@ -197,6 +197,9 @@ async def _fan_out(
     then = reduce_analyses.call(reduce_args).with_options(
         hints=reduce_hints, job_id=f"{ctx.job_id}-reduce"
     )
+    if await ctx.client.redis.hget(k.job(ctx.job_id), "cancel") == "1":
+        # Cancelled while splitting: queue no parts (the worker stops us at its next renewal).
+        raise Permanent("cancelled before its parts were queued", reason=Reason.CANCELLED)
     group = await ctx.client.group(calls, then=then, batch=ctx.batch)
     for handle in [*group.members, group.callback]:
         await services.recorder.upsert_job(
@@ -323,6 +326,6 @@ async def _fail_partial(
             reason=reasons[0],
         )
     raise Permanent(
-        f"{head}; retry them with `pipeline dead requeue {' '.join(o['id'] for o in failed)}`: "
-        "this merge runs again when they finish, and answers already paid for are reused"
+        f"{head}; `pipeline retry {ctx.batch or 'BATCH'} --failed` analyses the document again "
+        "(answers already paid for and used are reused)"
     )

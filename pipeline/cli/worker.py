@@ -11,9 +11,11 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cli.common import LogLevel, console
+from pipeline.cli.logs import LogFormat, configure_logging
 from pipeline.errors import PipelineError
 from pipeline.queue.client import QueueClient
 
@@ -67,18 +69,20 @@ def worker(
     queue: Annotated[
         list[str] | None, typer.Option("--queue", "-q", help="Queues to serve, in order.")
     ] = None,
-    burst: Annotated[bool, typer.Option(help="Exit when the queues are empty.")] = False,
+    burst: Annotated[bool, typer.Option("--burst", help="Exit when the queues are empty.")] = False,
     import_: Annotated[
         list[str] | None, typer.Option("--import", "-i", help="Module(s) defining tasks.")
     ] = None,
     log_level: Annotated[
-        LogLevel, typer.Option(case_sensitive=False, help="How much the worker logs.")
+        LogLevel, typer.Option(case_sensitive=False, help="How much the worker logs "
+                               "(debug: libraries' own lines too).")
     ] = LogLevel.info,
+    log_format: Annotated[
+        LogFormat, typer.Option(case_sensitive=False, help="text, or json: one object a line.")
+    ] = LogFormat.text,
 ) -> None:
     """Run a worker: claim jobs when a slot is free, run them under renewed leases."""
-    logging.basicConfig(
-        level=log_level.value.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(log_level.value, log_format)
     modules = import_task_modules(import_)
     from pipeline.services import build_worker
 
@@ -113,9 +117,9 @@ def dead_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         return
     table = Table(title=f"dead-letter ({len(jobs)})")
     for col in ("job", "task", "attempts", "error"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # the whole error, wrapped, never cut
     for j in jobs:
-        table.add_row(str(j["id"]), str(j["task"]), str(j["attempt"]), str(j["error"])[:80])
+        table.add_row(str(j["id"]), str(j["task"]), str(j["attempt"]), escape(str(j["error"])))
     console.print(table)
 
 

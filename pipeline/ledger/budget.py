@@ -45,8 +45,8 @@ _STATE_TTL_S = 3 * 86400
 _TTL_S = {"batch": 90 * 86400, "day": 3 * 86400, "month": 62 * 86400}
 
 _ADVICE = {
-    "batch": "raise the batch budget (`pipeline submit --budget USD`) or let running calls "
-    "settle; the job ends over_budget and nothing more is charged",
+    "batch": "the job ends over_budget and nothing more is charged; raise the budget with "
+    "`pipeline budget BATCH --set USD`, then `pipeline retry BATCH --over-budget`",
     "day": "raise PIPELINE_BUDGET_DAY_USD or wait for the UTC day to turn (00:00 UTC)",
     "month": "raise PIPELINE_BUDGET_MONTH_USD or wait for the next UTC month",
 }

@@ -68,6 +68,23 @@ class Document(Base):
     pages: Mapped[int | None] = mapped_column(Integer)
 
 
+class BatchDocument(Base):
+    """A document as a member of one batch: the name it was submitted under there and the
+    job of its current run (the root analysis job; a long document's parts and merge hang off
+    it). A document sent again in a later batch gets a row there too, pointing at the run that
+    answers it, so every batch shows all of its documents, whichever run paid for them."""
+
+    __tablename__ = "batch_documents"
+
+    batch_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    document_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    name: Mapped[str | None] = mapped_column(String(500))
+    model: Mapped[str | None] = mapped_column(String(100))
+    prompt_version: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class JobRow(Base):
     """A queue job as the ledger records it (the live job is the Redis hash of queue.job.Job)."""
 

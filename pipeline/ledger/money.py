@@ -37,3 +37,8 @@ def format_usd(value: Decimal | float | int | str | None, places: int = LEDGER_P
     if rounded == 0:
         rounded = abs(rounded)  # never "-0.000000"
     return f"{rounded:.{places}f}"
+
+
+def display_usd(value: Decimal | float | int | str | None) -> str:
+    """`value` as people read it in tables and progress lines: DISPLAY_PLACES decimals."""
+    return format_usd(value, DISPLAY_PLACES)

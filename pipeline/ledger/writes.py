@@ -17,7 +17,7 @@ from sqlalchemy import Table, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from pipeline.ledger.models import Batch, Document, JobRow, LLMCall, Result
+from pipeline.ledger.models import Batch, BatchDocument, Document, JobRow, LLMCall, Result
 from pipeline.llm.attempts import CallAttempt, Outcome
 
 Payload = dict[str, Any]
@@ -147,6 +147,15 @@ def document_upsert(session: Session, payload: Payload) -> None:
     _upsert(session, Document.__table__, values, ["sha256"], fields)  # type: ignore[arg-type]
 
 
+def batch_document_upsert(session: Session, payload: Payload) -> None:
+    """A document joins a batch, or its row there points at a new run (the fields given)."""
+    values = {k: v for k, v in _revive(payload).items() if v is not None}
+    fields: list[str] = [f for f in ("job_id", "name", "model", "prompt_version") if f in values]
+    values.setdefault("created_at", datetime.now(UTC))
+    _upsert(session, BatchDocument.__table__, values,  # type: ignore[arg-type]
+            ["batch_id", "document_id"], fields)  # fmt: skip
+
+
 def job_upsert(session: Session, payload: Payload) -> None:
     """Insert the job or change only the fields given (None means leave as is)."""
     values = {k: v for k, v in _revive(payload).items() if v is not None}
@@ -173,6 +182,7 @@ OPS: dict[str, Callable[[Session, Payload], None]] = {
     "batch_upsert": batch_upsert,
     "document_upsert": document_upsert,
     "job_upsert": job_upsert,
+    "batch_document_upsert": batch_document_upsert,
     "result_save": result_save,
 }
 

@@ -109,8 +109,9 @@ class QueueClient:
         return int(o.at.timestamp() * 1000) if o.at is not None else 0
 
     async def _enqueue_args(
-        self, call: Call, job_id: str, state: str, extra: dict[str, str] | None = None
-    ) -> tuple[list[str], list[Any]]:
+        self, call: Call, job_id: str, state: str, extra: dict[str, str] | None = None,
+        replaced: str | None = None,
+    ) -> tuple[list[str], list[Any]]:  # fmt: skip
         queue, priority, fields = await self._fields(call, extra)
         o, k = call.options, self.keys
         idem_key = k.idempotency(o.idempotency_key) if o.idempotency_key else k.unused
@@ -135,6 +136,7 @@ class QueueClient:
             queue,
             dumps(fields, "job fields"),
             int((o.delay_s or 0) * 1000),
+            replaced or "",
         ]
         return keys, args
 
@@ -154,6 +156,27 @@ class QueueClient:
         call = self._call(target, args, kwargs, _options)
         job_id = call.options.job_id or uuid.uuid4().hex
         keys, argv = await self._enqueue_args(call, job_id, "queued")
+        created, real_id = await self.replicas.script(self.scripts.enqueue, keys, argv)
+        return JobHandle(self, real_id, created=bool(created))
+
+    async def enqueue_replacing(
+        self,
+        replaced: str | None,
+        target: Task | str | Call,
+        *args: Any,
+        _options: JobOptions,
+        **kwargs: Any,
+    ) -> JobHandle:
+        """Enqueue a new job that takes over `_options.idempotency_key` from the job
+        `replaced` (which ended without a result), atomically: later enqueues with that key
+        get the new job. If the key names another job by now (a concurrent caller got there
+        first), or `replaced` is None and the key exists, that job is returned, created=False.
+        """
+        if not _options.idempotency_key:
+            raise ValueError("enqueue_replacing needs an idempotency key to take over")
+        call = self._call(target, args, kwargs, _options)
+        job_id = call.options.job_id or uuid.uuid4().hex
+        keys, argv = await self._enqueue_args(call, job_id, "queued", replaced=replaced)
         created, real_id = await self.replicas.script(self.scripts.enqueue, keys, argv)
         return JobHandle(self, real_id, created=bool(created))
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from pipeline.queue import heartbeat, registry
+from pipeline.queue import heartbeat, joblog, registry
 from pipeline.queue.client import QueueClient
 from pipeline.queue.context import JobContext
 from pipeline.queue.gate import Admission, Candidate, Gate, OpenGate
@@ -81,6 +81,7 @@ class Worker:
         on_lease_expired: Sequence[LeaseExpiredHook] = (),
         on_job_end: Sequence[JobHook] = (),
         upkeep: Sequence[tuple[str, Callable[[], Awaitable[None]], float]] = (),
+        job_fields: joblog.JobFields | None = None,
     ) -> None:
         s = client.settings
         self.client, self.redis, self.keys, self.scripts = (
@@ -98,6 +99,7 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.on_job_end = list(on_job_end)
         self.upkeep = list(upkeep)  # (name, coroutine, interval s): e.g. the ledger flusher
+        self.job_fields = job_fields  # more fields for a job's log lines (document, cost)
         self.sweeper = Sweeper(
             self.redis, self.keys, self.scripts, s.result_ttl_s, list(on_lease_expired)
         )
@@ -347,6 +349,7 @@ class Worker:
     async def _run(self, job: Job, admission: Admission | None) -> None:
         ctx = JobContext(job, self.client, self.id, self.pool, self.deps,
                          permit=admission.permit if admission else None)  # fmt: skip
+        joblog.started(job, self._job_fields(job))
         try:
             task = lookup(job.task)
             args = list(job.args)
@@ -385,6 +388,9 @@ class Worker:
             else:  # refused as stale (finish logged and counted it)
                 self.counters.fenced += 1
                 outcome = "fenced"
+        ran_s = time.time() - job.started_ms / 1000 if job.started_ms else 0.0
+        joblog.ended(job, outcome, ran_s, self._job_fields(job), error=s.error,
+                     traceback=s.traceback, delay_s=s.delay_s)  # fmt: skip
         if ctx.permit is not None:  # admitted but never used: give the tokens back
             try:
                 await self.gate.release(Admission(ok=True, permit=ctx.take_permit()))
@@ -395,3 +401,12 @@ class Worker:
                 await hook(ctx, outcome, s.error or None)
             except Exception:
                 log.exception("job-end hook failed for job %s", job.id)
+
+    def _job_fields(self, job: Job) -> dict[str, Any]:
+        if self.job_fields is None:
+            return {}
+        try:
+            return dict(self.job_fields(job))
+        except Exception:  # a log line must never cost the job
+            log.exception("job %s: could not describe it for the log", job.id)
+            return {}

@@ -133,6 +133,11 @@ class Keys:
     def budget(self, scope: str) -> str:
         return self._k("budget", scope)
 
+    def batch_budget(self, batch_id: str) -> str:
+        """A batch's current budget (USD as text), read at each call so a budget raised with
+        `pipeline budget BATCH --set` applies to work already queued or retried."""
+        return self._k("batch-budget", batch_id)
+
     @property
     def ledger_buffer(self) -> str:
         """Ledger writes waiting while the database is down (a list of JSON operations)."""

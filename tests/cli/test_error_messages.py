@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from pipeline.cli.follow import SPEND_UNAVAILABLE, follow, spend_text
+from pipeline.cli.follow import SPEND_UNAVAILABLE, follow
 from pipeline.cli.submit import parse_budget
 from pipeline.errors import DatabaseUnavailable, InputError, SettingsError
 from pipeline.ledger.db import create_ledger_engine
@@ -138,16 +138,16 @@ async def test_follow_survives_a_ledger_outage(
     dead_db = create_ledger_engine(
         f"postgresql://postgres@127.0.0.1:{free_port()}/test", upgrade=False
     )
-    assert await spend_text(dead_db, "b", None) == SPEND_UNAVAILABLE
     client = QueueClient(connect_redis(redis_url), settings=get_settings())
     try:
         since = await client.last_event_id()
         handle = await client.enqueue("never_runs", _options=JobOptions(queue="default"))
         await client.cancel(handle.id)  # terminal at once: nothing is running it
-        sub = Submission("b1", [DocOutcome("a.pdf", "queued", handle.id)])
+        sub = Submission("b1", [DocOutcome("a.pdf", "queued", handle.id, "doc-a")])
         out = io.StringIO()
-        tracker = await follow(client, sub, since, Console(file=out, width=200), engine=dead_db,
-                               budget=Decimal("1"))  # fmt: skip
+        tracker = await follow(client, sub.batch_id, since, Console(file=out, width=200),
+                               engine=dead_db, documents=[("a.pdf", "doc-a", handle.id)],
+                               probe=False)  # fmt: skip
     finally:
         await client.aclose()
         dead_db.dispose()

@@ -1,6 +1,6 @@
-"""Resubmitting a document whose job ended badly puts that job back instead of answering with
-the dead job for a day: real Redis, SQLite ledger, the real google-genai client against the
-emulator, an in-process worker."""
+"""Resubmitting a document whose job ended badly starts a new run in the new batch instead of
+answering with the dead job for a day: real Redis, SQLite ledger, the real google-genai client
+against the emulator, an in-process worker."""
 
 from __future__ import annotations
 
@@ -61,22 +61,23 @@ async def test_failed_document_resubmitted_runs_again_and_completes(
 
             again = await submit_uploads(client, [Upload("a-again.pdf", pdf)])
             (redo,) = again.documents
-            assert redo.status == "requeued", redo
-            assert redo.job_id == doc.job_id  # the same job, not a second one
-            assert "failed" in (redo.reason or "") and first.batch_id in (redo.reason or "")
-            assert (await client.get(doc.job_id)).state == State.QUEUED
+            # A new run in the new batch, under its budget; the failed job stays as it ended.
+            assert redo.status == "queued", redo
+            assert redo.job_id != doc.job_id
+            assert "failed" in (redo.reason or "") and doc.job_id in (redo.reason or "")
+            assert (await client.get(doc.job_id)).state == State.FAILED
 
             right = GeminiProvider(api_key=emu.api_key, base_url=emu.base_url)
-            assert await _run_until_done(client, right, doc.job_id) == State.COMPLETE
-            job = await client.get(doc.job_id)
+            assert await _run_until_done(client, right, redo.job_id) == State.COMPLETE
+            job = await client.get(redo.job_id)
             Analysis.model_validate(job.result)
-            assert job.batch == first.batch_id  # it kept its first batch, as the reason says
+            assert job.batch == again.batch_id  # booked to, and bounded by, the new batch
             assert emu.stats()["generate_requests"] > calls_after_failure
 
             # Complete now: a third submission is a plain duplicate and runs nothing.
             third = await submit_uploads(client, [Upload("a.pdf", pdf)])
             assert [d.status for d in third.documents] == ["duplicate"]
-            assert (await client.get(doc.job_id)).state == State.COMPLETE
+            assert third.documents[0].job_id == redo.job_id
     finally:
         await client.aclose()
 

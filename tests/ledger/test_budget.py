@@ -134,7 +134,7 @@ async def test_holds_alone_are_held_only_and_settled_spend_is_not(
     with pytest.raises(BudgetExceeded) as info:
         await call.reserve(Decimal("0.50"))  # 0.60 spent + 0.50 > 1.00 whatever settles
     assert (info.value.scope, info.value.held_only) == ("batch", False)
-    assert "pipeline submit --budget" in str(info.value)
+    assert "pipeline budget BATCH --set" in str(info.value)
     assert (await call.reserve(Decimal("0.40"))).amount_usd == Decimal("0.40")
 
 

@@ -79,9 +79,9 @@ async def test_upload_to_ledger_through_worker_emulator_and_postgres(
         assert job["status"] == "complete", job
         assert job["result"], job
         assert job["cost"]["calls"] >= 1 and float(job["cost"]["cost_usd"]) > 0
-    assert batch["counts"] == {"complete": 3}
-    assert batch["spend"]["budget_usd"].startswith("5")
-    assert float(batch["spend"]["cost_usd"]) > 0
+    assert batch["by_state"] == {"complete": 3}
+    assert batch["budget_usd"].startswith("5")
+    assert float(batch["spend_usd"]) > 0
 
     billed = stats["billed"]
     assert billed, stats

@@ -61,6 +61,10 @@ class EmulatorConfig:
     faults: tuple[Fault, ...] = ()  # answers the real API gives on a bad day (faults.py)
     # Google's inline request limit: a larger body is refused 400 before anything is billed.
     max_request_bytes: int = 20 * 1024 * 1024
+    # A request whose text (prompt or system instruction) contains `refuse_text` is refused
+    # with `refuse_code`, every time: a deterministic failure of one kind of call (a merge).
+    refuse_text: str | None = None
+    refuse_code: int = 400
 
     def __post_init__(self) -> None:
         low, high = self.latency_s
@@ -200,6 +204,12 @@ class _Emulator:
             if digest in self.stats.seen:
                 self.stats.repeats += 1
             self.stats.seen.add(digest)
+        if self.config.refuse_text and self.config.refuse_text in json.dumps(body):
+            return _error(
+                self.config.refuse_code,
+                f"Request refused by the emulator: it contains {self.config.refuse_text!r} "
+                "(EmulatorConfig.refuse_text).",
+            )
         try:
             prompt = await asyncio.to_thread(content.parse_prompt, body)
         except content.BadRequest as exc:

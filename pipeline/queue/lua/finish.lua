@@ -55,7 +55,10 @@ if outcome == 'release' then
 end
 redis.call('HSET', KEYS[1], 'state', outcome, 'finished_ms', now)
 if outcome == 'complete' then
+  -- A complete job has no error: what earlier attempts met (a lost lease...) is history,
+  -- kept in the ledger's attempts, not shown as the final state.
   redis.call('HSET', KEYS[1], 'result', ARGV[4])
+  redis.call('HDEL', KEYS[1], 'error', 'traceback')
 end
 if outcome == 'dead' then
   redis.call('ZADD', KEYS[6], now, id)
