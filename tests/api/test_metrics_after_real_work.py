@@ -6,6 +6,7 @@ ones a killed worker wrote are still there when a fresh API process scrapes."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -54,6 +55,9 @@ async def test_metrics_count_real_work(
         await eventually(
             lambda: qc.redis.exists(k.custom("m", "started", "1")), 60, "the stalled attempt"
         )
+        # Leases are renewed from a thread a blocked loop cannot stop (issue 14), so a worker
+        # really loses its job only when the whole process stops: a VM pause, a SIGSTOP.
+        stalled.signal(signal.SIGSTOP)
         # The second worker: in this process, with the ledger hooks and the limiter gate.
         worker = await build_worker(qc, queues=["default"], concurrency=3)
         run = asyncio.create_task(worker.run(install_signals=False))
@@ -66,10 +70,12 @@ async def test_metrics_count_real_work(
         assert (await qc.wait(broken.id, 30)).state.value == "dead"
         # Wake the stalled process: its completion must be refused, and counted.
         await qc.redis.set(k.custom("m", "flag", "wake"), 1)
+        stalled.signal(signal.SIGCONT)
         stats = Stats(qc.redis, k)
         await eventually(lambda: _fenced(stats), 30, "the fenced completion")
         await eventually(lambda: _ledger_has(settings, 2), 30, "the LLM calls reaching the ledger")
     finally:
+        stalled.signal(signal.SIGCONT)
         stalled.close()  # killed: whatever it counted must survive it
         if run is not None:
             worker.stop()

@@ -50,9 +50,13 @@ def test_run_says_at_once_when_the_emulator_cannot_be_reached(
             "ConnectError: All connection attempts failed; its jobs wait and retry with back-off "
             "until it answers (start it, or fix GOOGLE_GEMINI_BASE_URL / PIPELINE_PROVIDER)"
         )
-        # The calls' own error follows, whole, while the job backs off and retries.
-        failed = run.wait_for(lambda ln: "the last call to" in ln, 60, "with the call's error")
-        assert "could not reach Gemini" in failed and failed.endswith("backs off and retries)")
+        # The calls' own error follows, whole, while the job backs off and retries (from the
+        # ledger's last failed call, or, when no call could start - the token count before it
+        # failed too - from the job's own attempt).
+        failed = run.wait_for(lambda ln: "could not reach Gemini" in ln, 90, "with the error")
+        assert "ConnectError('All connection attempts failed')" in failed, failed
+        whole = failed.endswith(("backs off and retries)", "retry later"))
+        assert whole or "next attempt" in failed, failed
         run.proc.send_signal(signal.SIGINT)
         assert run.finish(60) == 130, run.output
     finally:

@@ -1,8 +1,8 @@
 """Tasks for the metrics and dashboard tests, imported by in-process and subprocess workers.
 
-`m.stall` makes a fenced completion happen for real: its first attempt blocks its worker's
-whole event loop (a synchronous wait, as a CPU-bound or badly written task would), so that
-worker can neither renew its lease nor notice losing it. Another worker reclaims and
+`m.stall` makes a fenced completion happen for real: its first attempt blocks (a synchronous
+wait) while the test stops its whole worker process (SIGSTOP), so that worker can neither
+renew its lease nor notice losing it. Another worker reclaims and
 finishes the job; when the stalled worker wakes, its completion carries a stale token and
 is refused. State shared with the test lives in Redis under the test's prefix.
 """
