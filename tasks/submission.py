@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ from pipeline.ledger.budget import check_budget_usd
 from pipeline.llm.pricing import PriceTable, canonical_model
 from pipeline.queue.client import QueueClient
 from pipeline.queue.job import TERMINAL, JobOptions, State, parse_priority
+from pipeline.queue.task import Call
 
 if TYPE_CHECKING:
     from pipeline.llm.provider import Provider
@@ -191,12 +192,14 @@ async def submit_uploads(
         recorder = SqlRecorder(engine, client.redis, client.keys)
     try:
         await recorder.upsert_batch(batch_id, label=label, budget_usd=budget_usd, status="open")
-        for index, upload, pages, sha in checked:
+        calls: list[Call] = []
+        doc_ids: list[str] = []
+        for _, upload, pages, sha in checked:
             await client.redis.set(doc_key(client.keys, sha), encode_pdf(upload.data),
                                    ex=s.doc_ttl_s)  # fmt: skip
-            doc_id = await recorder.upsert_document(
+            doc_ids.append(await recorder.upsert_document(
                 sha, file_name=upload.name, size_bytes=len(upload.data), pages=pages
-            )
+            ))  # fmt: skip
             options = JobOptions(
                 idempotency_key=idempotency_key(sha, model, prompt.version),
                 priority=prio,
@@ -218,7 +221,12 @@ async def submit_uploads(
                 "prompt_version": prompt.version,
                 "budget_usd": None if budget_usd is None else str(budget_usd),
             }
-            handle = await client.enqueue(analyze_document, args, _options=options)
+            calls.append(replace(analyze_document.call(args), options=options))
+        # one round trip for every document's job; idempotency keys work as one by one
+        handles = await client.enqueue_many(calls)
+        for (index, upload, pages, sha), doc_id, handle in zip(
+            checked, doc_ids, handles, strict=True
+        ):
             if handle.created:
                 # No status here: a fast worker may already have finished the job, and
                 # job_upsert leaves fields it is not given untouched.
