@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 import uuid
@@ -106,6 +107,30 @@ async def throughput(url: str, jobs: int) -> dict[str, float]:
         await _cleanup(client)
 
 
+async def enqueue_rate(url: str, jobs: int) -> dict[str, float]:
+    """Jobs/s enqueued one by one (`enqueue`, a round trip each) and, where the client has
+    it, in bulk (`enqueue_many`, one round trip per 1,000)."""
+    out: dict[str, float] = {}
+    for how in ("one_by_one", "many"):
+        prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        client = await _client(url, prefix)
+        calls = [client._call("bench.noop", [], {}, JobOptions(queue="default"))
+                 for _ in range(jobs)]  # fmt: skip
+        try:
+            t0 = time.perf_counter()
+            if how == "many":
+                if not hasattr(client, "enqueue_many"):
+                    continue
+                await client.enqueue_many(calls)
+            else:
+                for call in calls:
+                    await client.enqueue(call)
+            out[f"enqueue_{how}_jobs_per_s"] = round(jobs / (time.perf_counter() - t0), 1)
+        finally:
+            await _cleanup(client)
+    return out
+
+
 async def memory(url: str, sleepers: int) -> dict[str, float]:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     client = await _client(url, prefix)
@@ -146,13 +171,24 @@ async def main() -> None:
     ap.add_argument("--latency-samples", type=int, default=1000)
     ap.add_argument("--noop-jobs", type=int, default=20000)
     ap.add_argument("--sleepers", type=int, default=10000)
+    ap.add_argument("--only", default="latency,throughput,memory,enqueue",
+                    help="comma-separated figures to measure")
+    ap.add_argument("--redis-url", help="a private Redis (PIPELINE_BENCH_REDIS_URL is refused "
+                    "by the settings' unknown-variable check)")
     args = ap.parse_args()
-    url, server = bench_redis_url()
+    only = set(args.only.split(","))
+    url, server = (args.redis_url, None) if args.redis_url else bench_redis_url()
     try:
         figures: dict[str, Any] = {"redis": url.split("@")[-1]}
-        figures |= await latency(url, args.latency_samples)
-        figures |= await throughput(url, args.noop_jobs)
-        figures |= await memory(url, args.sleepers)
+        if "latency" in only:
+            figures |= await latency(url, args.latency_samples)
+        if "throughput" in only:
+            figures |= await throughput(url, args.noop_jobs)
+        if "memory" in only:
+            figures |= await memory(url, args.sleepers)
+        if "enqueue" in only:
+            figures |= await enqueue_rate(url, args.noop_jobs)
+        figures["loadavg_1m"] = round(os.getloadavg()[0], 2)
     finally:
         if server is not None:
             server.stop()

@@ -7,63 +7,42 @@ Every command is a plain function in the module of its group, listed in `COMMAND
 
 from __future__ import annotations
 
+import importlib
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import typer
 
-from pipeline.cli import (
-    control,
-    costs,
-    embedded_redis,
-    emulator,
-    run,
-    serve,
-    status,
-    submit,
-    worker,
-)
 from pipeline.cli.common import err_console
 from pipeline.errors import PipelineError
 
-# name -> function; the function's docstring is its --help.
-COMMANDS: tuple[tuple[str, Callable[..., Any]], ...] = (
-    ("submit", submit.submit),
-    ("run", run.run),
-    ("status", status.status),
-    ("results", run.results),
-    ("cancel", control.cancel),
-    ("budget", control.budget),
-    ("retry", control.retry),
-    ("worker", worker.worker),
-    ("costs", costs.costs),
-    ("serve", serve.serve),
-    ("emulator", emulator.emulator),
+# name -> "module:function" in pipeline/cli/; the function's docstring is its --help. Modules
+# are imported when their command runs: a worker does not load the API, the ledger's SQL or
+# the submit path just to start (and `pipeline --help` imports them all).
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("submit", "submit:submit"),
+    ("run", "run:run"),
+    ("status", "status:status"),
+    ("results", "run:results"),
+    ("worker", "worker:worker"),
+    ("costs", "costs:costs"),
+    ("serve", "serve:serve"),
+    ("emulator", "emulator:emulator"),
+    ("cancel", "control:cancel"),
+    ("budget", "control:budget"),
+    ("retry", "control:retry"),
 )
-# name -> a group of subcommands
-GROUPS: tuple[tuple[str, typer.Typer], ...] = (
-    ("dead", worker.dead_app),
-    ("db", costs.db_app),
-    ("redis", embedded_redis.redis_app),
+# name -> a group of subcommands (a typer.Typer)
+GROUPS: tuple[tuple[str, str], ...] = (
+    ("dead", "worker:dead_app"),
+    ("db", "costs:db_app"),
+    ("redis", "embedded_redis:redis_app"),
 )
 
 
-def build_app() -> typer.Typer:
-    """The Typer application for the table above."""
-    app = typer.Typer(
-        name="pipeline",
-        help="Cost-aware batch pipeline for slow, paid LLM calls.",
-        no_args_is_help=True,
-        pretty_exceptions_enable=False,
-        add_completion=False,
-    )
-    app.callback()(_root)
-    for name, function in COMMANDS:
-        app.command(name)(function)
-    for name, group in GROUPS:
-        app.add_typer(group, name=name)
-    return app
+def _load(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(f"pipeline.cli.{module}"), name)
 
 
 def _version(value: bool) -> None:
@@ -85,7 +64,34 @@ def _root(
     """Cost-aware batch pipeline for slow, paid LLM calls."""
 
 
-app = build_app()
+def build_app(only: str | None = None) -> typer.Typer:
+    """The Typer application for the table above; with `only` (a command or group name in
+    it), that one alone, so only its module is imported."""
+    known = {name for name, _ in (*COMMANDS, *GROUPS)}
+    only = only if only in known else None
+    app = typer.Typer(
+        name="pipeline",
+        help="Cost-aware batch pipeline for slow, paid LLM calls.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    app.callback()(_root)  # --version; and one command alone stays a subcommand
+    for name, path in COMMANDS:
+        if only in (None, name):
+            app.command(name)(_load(path))
+    for name, path in GROUPS:
+        if only in (None, name):
+            app.add_typer(_load(path), name=name)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    """`app`, the whole command table, built on first use (tests, `pipeline.cli.app`)."""
+    if name == "app":
+        globals()["app"] = built = build_app()
+        return built
+    raise AttributeError(name)
 
 
 def _flags_as_flags(command: Any) -> Any:
@@ -108,9 +114,10 @@ def _flags_as_flags(command: Any) -> Any:
     return command
 
 
-def command() -> Any:
-    """The click command `main()` runs: the Typer app, its flags shown as flags."""
-    return _flags_as_flags(typer.main.get_command(app))
+def command(only: str | None = None) -> Any:
+    """The click command `main()` runs: the Typer app (`only` as in build_app), its flags
+    shown as flags."""
+    return _flags_as_flags(typer.main.get_command(build_app(only)))
 
 
 def _redacted(url: str) -> str:
@@ -187,7 +194,9 @@ def main() -> None:
     """The console script: run the command line, print user errors as one line."""
     try:
         # Without standalone mode click returns (not raises) the code of `typer.Exit(n)`.
-        code = command()(standalone_mode=False, prog_name="pipeline")
+        # only the named command's module: `pipeline worker` starts without the others
+        only = sys.argv[1] if len(sys.argv) > 1 else None
+        code = command(only)(standalone_mode=False, prog_name="pipeline")
         if isinstance(code, int) and code:
             sys.exit(code)
     except PipelineError as exc:

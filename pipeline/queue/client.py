@@ -180,6 +180,30 @@ class QueueClient:
         created, real_id = await self.replicas.script(self.scripts.enqueue, keys, argv)
         return JobHandle(self, real_id, created=bool(created))
 
+    async def enqueue_many(
+        self, calls: Sequence[Call], *, chunk: int = 1000
+    ) -> list[JobHandle]:
+        """Enqueue many calls in one round trip per `chunk` of them; one handle per call, in
+        order. Each job is its own enqueue.lua, exactly as `enqueue` would send it: an
+        idempotency key seen before (in Redis, or earlier in `calls`) returns that job with
+        `created` False. Raises what `enqueue` raises (UnknownTask, NotSerializable: before
+        anything is sent); a RedisError may leave a chunk partly enqueued, and sending the
+        same calls again is safe when they carry job ids or idempotency keys. With replicas,
+        returns once one acknowledged each chunk."""
+        prepared: list[tuple[list[str], list[Any]]] = []
+        for call in calls:
+            call = self._call(call, (), {}, None)
+            prepared.append(await self._enqueue_args(call, call.options.job_id
+                                                     or uuid.uuid4().hex, "queued"))  # fmt: skip
+        handles: list[JobHandle] = []
+        for start in range(0, len(prepared), max(1, chunk)):
+            replies = await self.replicas.script_many(
+                self.scripts.enqueue, prepared[start : start + chunk]
+            )
+            handles += [JobHandle(self, text(real_id), created=bool(created))
+                        for created, real_id in replies]  # fmt: skip
+        return handles
+
     async def group(
         self, calls: Sequence[Call], then: Call, *, batch: str | None = None
     ) -> GroupHandle:

@@ -25,6 +25,7 @@ from pipeline.errors import (
     UnknownTask,
 )
 from pipeline.queue.backoff import retry_delay_s
+from pipeline.queue.batcher import ScriptBatcher
 from pipeline.queue.job import Job
 from pipeline.queue.scripts import Scripts, settle_keys
 from pipeline.queue.stats import Stats
@@ -117,11 +118,14 @@ async def finish(
     result_ttl_s: int,
     stats: Stats,
     replicas: ReplicaWait | None = None,
+    batcher: ScriptBatcher | None = None,
 ) -> bool:
     """Apply with the fencing token (and count it, in the same script); keep trying through a
     Redis outage for one lease; with `replicas`, wait for one to acknowledge (WAIT) so the
-    settlement survives a failover. False means refused (stale token: logged and counted
-    here) or given up: the lease will bring the job back."""
+    settlement survives a failover. With `batcher` and no replica to wait for (the cached
+    count), the call shares one round trip with the other settlements of this loop turn.
+    False means refused (stale token: logged and counted here) or given up: the lease will
+    bring the job back."""
     deadline = time.monotonic() + max(job.lease_ms / 1000, 5)
     ran_s = time.time() - job.started_ms / 1000 if job.started_ms else 0.0
     stat_keys, stat_args = stats.settle_counters(job.queue, job.task, s.outcome, ran_s)
@@ -141,7 +145,15 @@ async def finish(
     all_keys = [*settle_keys(keys, job), *stat_keys]
     while True:
         try:
-            if replicas is not None:
+            lone = replicas is None or not await replicas.replicas(all_keys[0])
+            if batcher is not None and lone:
+                try:
+                    applied = bool(await batcher.call(scripts.finish, all_keys, args))
+                except RedisError:
+                    if replicas is not None:
+                        replicas.forget()  # a failover may have brought replicas
+                    raise
+            elif replicas is not None:
                 applied = bool(await replicas.script(scripts.finish, all_keys, args))
             else:
                 applied = bool(await scripts.finish(keys=all_keys, args=args))

@@ -24,9 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from pipeline.queue import heartbeat, joblog, registry
+from pipeline.queue.batcher import ScriptBatcher
 from pipeline.queue.client import QueueClient
 from pipeline.queue.context import JobContext
 from pipeline.queue.gate import Admission, Candidate, Gate, OpenGate
@@ -104,6 +106,9 @@ class Worker:
             self.redis, self.keys, self.scripts, s.result_ttl_s, list(on_lease_expired)
         )
         self.running: dict[str, Running] = {}
+        # settlements of one loop turn share a round trip (a Cluster pipeline cannot load
+        # scripts, so a Cluster client settles one by one)
+        self.batcher = None if isinstance(self.redis, RedisCluster) else ScriptBatcher(self.redis)
         self.counters = Counters()
         self.stats = Stats(self.redis, self.keys)  # counters that outlive this process
         self._stop = asyncio.Event()
@@ -359,7 +364,8 @@ class Worker:
             if not task.is_async:  # plain functions run in threads of their own
                 self._threads = self._threads or ThreadPoolExecutor(self.concurrency, "task")
             body = task.start(ctx, args, job.kwargs, self._threads)
-            value = await asyncio.wait_for(body, timeout=job.timeout_s)
+            async with asyncio.timeout(job.timeout_s):  # no extra task per job, as wait_for has
+                value = await body
             settlement = Settlement("complete", result=dumps(value, f"result of {job.task}"))
         except asyncio.CancelledError:
             running = self.running.get(job.id)
@@ -383,7 +389,7 @@ class Worker:
         if outcome != "lost":
             ttl_s = self.client.settings.result_ttl_s
             if await finish(self.scripts, self.keys, job, s, ttl_s, self.stats,
-                            self.client.replicas):  # fmt: skip
+                            self.client.replicas, self.batcher):  # fmt: skip
                 self.counters.count(outcome)
             else:  # refused as stale (finish logged and counted it)
                 self.counters.fenced += 1

@@ -127,6 +127,71 @@ class ReplicaWait:
                 return reply if last_reply else first
             wait_ms = min(2 * wait_ms, 1000)
 
+    async def script_many(
+        self, script: AsyncScript, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """Run `script` once per (keys, args) in `calls`, all in one pipeline (one round trip;
+        a second only for scripts a restarted server lacks), then with replicas WAIT as
+        `script()` does, sending the whole batch again while none acknowledged: the script
+        must be safe to send again. Returns the first sending's replies, in order. The keys
+        of all calls must live on one node (a Cluster: one hash tag). Raises the first error
+        a script raised (the calls before and after it ran) or RedisError from the pipeline."""
+        if not calls:
+            return []
+        first: list[Any] | None = None
+        wait_ms = self.timeout_ms
+        give_up = time.monotonic() + CONFIRM_S
+        key = calls[0][0][0]
+        while True:
+            try:
+                waiting = bool(await self.replicas(key))
+                replies, acked = await self._many(script, calls, wait_ms if waiting else None, key)
+            except RedisError:
+                self.forget()
+                raise
+            first = replies if first is None else first
+            if not waiting or acked >= 1:
+                return first
+            self.forget()
+            if time.monotonic() > give_up:
+                self._unacked()
+                return first
+            wait_ms = min(2 * wait_ms, 1000)
+
+    async def _many(
+        self,
+        script: AsyncScript,
+        calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+        wait_ms: int | None,
+        key: str,
+    ) -> tuple[list[Any], int]:
+        """Bare EVALSHAs (a pipeline told its scripts asks SCRIPT EXISTS first, one more round
+        trip); the calls answered NOSCRIPT did not run, and go again once it is loaded."""
+        replies: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        acked = 0
+        for attempt in (1, 2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in pending:
+                    keys, args = calls[i]
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                if wait_ms is not None:
+                    pipe.execute_command("WAIT", 1, wait_ms, **self._node(key))
+                out = await pipe.execute(raise_on_error=False)
+            if wait_ms is not None:
+                acked = out.pop() if isinstance(out[-1], int) else 0
+            for i, reply in zip(pending, out, strict=True):
+                replies[i] = reply
+            pending = [i for i in pending if isinstance(replies[i], NoScriptError)]
+            if not pending:
+                break
+            if attempt == 1:
+                await self.redis.script_load(script.script)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies, int(acked)
+
     async def _with_wait(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], wait_ms: int
     ) -> tuple[Any, int]:
