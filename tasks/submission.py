@@ -2,9 +2,10 @@
 
 Everything that must hold for every submission lives here so both surfaces get it: the model
 is checked before anything is enqueued; each PDF is inspected before it costs anything; the
-bytes go to Redis (so a worker on any machine can read them) and only the sha256 travels in
-the job; and the idempotency key is the content hash, so the same file sent twice — even
-renamed — is the same job and is never paid for twice.
+bytes go to the document store (pipeline/storage/: a folder, shared between machines, or S3),
+Redis keeps only which jobs hold them, and only the sha256 travels in the job; and the
+idempotency key is the content hash, so the same file sent twice — even renamed — is the
+same job and is never paid for twice.
 """
 
 from __future__ import annotations
@@ -146,14 +147,10 @@ async def submit_uploads(
     decides how soon a job held by a killed worker runs again. `queue` routes the jobs to a
     queue other than the task's own (served by `pipeline worker --queue NAME`).
     """
+    from pipeline.storage import open_store
+    from pipeline.storage.holds import hold, release
     from tasks.analyze import analyze_document  # placed by its own definition, not defaults
-    from tasks.plan import (
-        admission_tokens,
-        analyze_prompt,
-        doc_key,
-        encode_pdf,
-        idempotency_key,
-    )
+    from tasks.plan import admission_tokens, analyze_prompt, idempotency_key
 
     s = client.settings
     prices = services.prices if services is not None else PriceTable.load()
@@ -191,9 +188,13 @@ async def submit_uploads(
         recorder = SqlRecorder(engine, client.redis, client.keys)
     try:
         await recorder.upsert_batch(batch_id, label=label, budget_usd=budget_usd, status="open")
+        store = open_store(s)
         for index, upload, pages, sha in checked:
-            await client.redis.set(doc_key(client.keys, sha), encode_pdf(upload.data),
-                                   ex=s.doc_ttl_s)  # fmt: skip
+            job_id = uuid.uuid4().hex
+            # Held before the put, so a job of the same document ending meanwhile cannot
+            # see no holder and delete the bytes just put; a resubmission puts them again.
+            await hold(client.redis, client.keys, [job_id], sha, s.document_retention_s)
+            await asyncio.to_thread(store.put, sha, upload.data)
             doc_id = await recorder.upsert_document(
                 sha, file_name=upload.name, size_bytes=len(upload.data), pages=pages
             )
@@ -203,7 +204,7 @@ async def submit_uploads(
                 queue=queue,
                 batch=batch_id,
                 expected_duration_s=expected_duration_s,
-                job_id=uuid.uuid4().hex,
+                job_id=job_id,
                 hints={
                     "model": model,
                     "tokens": admission_tokens(
@@ -217,6 +218,7 @@ async def submit_uploads(
                 "model": model,
                 "prompt_version": prompt.version,
                 "budget_usd": None if budget_usd is None else str(budget_usd),
+                "documents": [sha],  # let go of when the job ends (pipeline/storage/holds.py)
             }
             handle = await client.enqueue(analyze_document, args, _options=options)
             if handle.created:
@@ -226,6 +228,12 @@ async def submit_uploads(
                 status, reason = "queued", None
             else:
                 status, reason = await _resubmitted(client, handle.id)
+                if status == "requeued":  # the earlier job runs again and reads the bytes
+                    await hold(client.redis, client.keys, [handle.id], sha,
+                               s.document_retention_s)  # fmt: skip
+                # The job id held above never existed: a duplicate of a finished job leaves
+                # no holder, and the bytes just put go again.
+                await release(client.redis, client.keys, store, job_id, [sha])
             outcomes[index] = DocOutcome(upload.name, status, handle.id, doc_id, reason, pages, sha)
     finally:
         if engine is not None:
