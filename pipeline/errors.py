@@ -31,11 +31,13 @@
     │   └── BudgetExceeded       a reservation did not fit a budget (.scope: batch|day|month,
     │                            .held_only: only running calls' holds were in the way,
     │                            .stopped: the scope stopped after a bill over its hold)
-    └── InputError
-        ├── BadDocument          a PDF that is corrupt, encrypted, empty or too large
-        │   └── RequestTooLarge  a page that no inline request can carry
-        ├── BatchNotFound        no batch by that id, id prefix or label
-        └── UploadRejected       an HTTP upload refused as a whole (.status_code: 400/413/415/422)
+    ├── InputError
+    │   ├── BadDocument          a PDF that is corrupt, encrypted, empty or too large
+    │   │   └── RequestTooLarge  a page that no inline request can carry
+    │   ├── BatchNotFound        no batch by that id, id prefix or label
+    │   └── UploadRejected       an HTTP upload refused as a whole (.status_code: 400/413/415/422)
+    └── DocumentStoreError       PIPELINE_DOCUMENT_STORE unusable (bad spec, S3 error)
+        └── DocumentMissing      a document's bytes are not in the store (says where it looked)
 
 The CLI catches `PipelineError` and prints its message without a traceback.
 """
@@ -270,3 +272,12 @@ class UploadRejected(InputError):
     def __init__(self, message: str, status_code: int = 422) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class DocumentStoreError(PipelineError):
+    """The document store (pipeline/storage/) cannot be used as configured."""
+
+
+class DocumentMissing(DocumentStoreError):
+    """A document's bytes are not in the store: removed after its last job ended or after
+    PIPELINE_DOCUMENT_RETENTION_S, or written on another machine's local folder."""

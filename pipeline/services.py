@@ -305,6 +305,8 @@ async def build_worker(
     if services is None and not any(t.uses_services for t in REGISTRY.values()):
         return Worker(client, queues=queues, concurrency=concurrency, burst=burst, pool=pool)
     from pipeline.llm.limiter import LimiterGate
+    from pipeline.storage import open_store
+    from pipeline.storage.holds import document_hooks
 
     services = services or await open_services(client)
     return Worker(
@@ -316,5 +318,14 @@ async def build_worker(
         deps={"services": services},
         gate=LimiterGate(services.limiter),
         job_fields=services.job_fields,
-        **ledger_hooks(services),
+        **_hooks(ledger_hooks(services), document_hooks(client, open_store(s))),
     )
+
+
+def _hooks(*sets: dict[str, Any]) -> dict[str, Any]:
+    """Worker hook lists from several owners, each list in the order given."""
+    merged: dict[str, Any] = {}
+    for hooks in sets:
+        for name, entries in hooks.items():
+            merged.setdefault(name, []).extend(entries)
+    return merged

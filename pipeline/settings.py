@@ -83,7 +83,12 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     # Document analysis (tasks/analyze.py, tasks/submission.py).
-    doc_ttl_s: int = Field(default=7 * 86400, gt=0)  # uploaded PDF bytes kept in Redis
+    # Where PDF bytes wait for workers (pipeline/storage/): `file` (<home>/documents),
+    # `file:///abs/folder` (shared by every machine) or `s3://bucket/prefix`.
+    document_store: str = "file"
+    document_store_endpoint: str | None = None  # an S3-compatible server's URL (MinIO…)
+    # Backstop: bytes last put longer ago are swept even if a job never let go of them.
+    document_retention_s: int = Field(default=7 * 86400, gt=0)
     max_document_pages: int = Field(default=3000, gt=0)  # longer PDFs are refused at submit
     # Input tokens one analysis call may carry; a longer document is split into a chord.
     context_budget_tokens: int = Field(default=200_000, gt=0)

@@ -9,21 +9,33 @@ by the shared limiter, reserved against the budgets, recorded in the ledger, and
 for twice. The stored result (tasks/result.py) says what produced it, what it cost, which
 pages went into which part and which pages had no text layer.
 
-Job arguments are one JSON dict (sha256, names, model, prompt version, batch budget); the
-PDF bytes wait in Redis under `keys.document(sha256)`, written by tasks/submission.py.
+Job arguments are one JSON dict (sha256, names, model, prompt version, batch budget, and
+`documents`: the digests the job lets go of when it ends); the PDF bytes wait in the
+document store (pipeline/storage/), put by tasks/submission.py, with only the ids of the
+jobs holding them in Redis (pipeline/storage/holds.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from decimal import Decimal
 from typing import Any
 
-from pipeline.errors import BadDocument, DatabaseUnavailable, Permanent, Reason, RequestTooLarge
+from pipeline.errors import (
+    BadDocument,
+    DatabaseUnavailable,
+    DocumentMissing,
+    Permanent,
+    Reason,
+    RequestTooLarge,
+)
 from pipeline.llm.provider import LLMRequest, Part
 from pipeline.queue.context import JobContext
 from pipeline.queue.task import task
+from pipeline.storage import open_store
+from pipeline.storage.holds import hold
 from tasks.analysis_call import analysis_call
 from tasks.fit import Fitted, fit_parts
 from tasks.merge import (
@@ -40,9 +52,6 @@ from tasks.plan import (
     analyze_prompt,
     analyze_request,
     chunk_ranges,
-    decode_pdf,
-    doc_key,
-    encode_pdf,
     estimate_input_tokens,
     prompt_tokens,
 )
@@ -67,13 +76,11 @@ def _budget(args: dict[str, Any]) -> Decimal | None:
 
 
 async def _load_pdf(ctx: JobContext, sha256: str) -> bytes:
-    text = await ctx.client.redis.get(doc_key(ctx.client.keys, sha256))
-    if text is None:
-        raise Permanent(
-            f"the PDF {sha256[:12]}… is no longer in Redis (kept PIPELINE_DOC_TTL_S seconds); "
-            "submit the file again"
-        )
-    return decode_pdf(str(text))
+    store = open_store(ctx.client.settings)
+    try:
+        return await asyncio.to_thread(store.get, sha256)
+    except DocumentMissing as exc:
+        raise Permanent(str(exc), reason=Reason.BAD_INPUT) from None
 
 
 async def _inspect(ctx: JobContext, data: bytes, name: str) -> dict[str, Any]:
@@ -180,23 +187,33 @@ async def _fan_out(
     prompt = analyze_prompt()
     calls = []
     ranges = [(f.first, f.last) for f in fitted]
+    store = open_store(s)
+    reduce_id = f"{ctx.job_id}-reduce"
+    chunk_shas: list[str] = []
     for index, fit in enumerate(fitted, start=1):
         first, last, part = fit.first, fit.last, fit.part
         chunk_sha = hashlib.sha256(part).hexdigest()
-        await ctx.client.redis.set(doc_key(k, chunk_sha), encode_pdf(part), ex=s.doc_ttl_s)
+        # The reduce holds every part's PDF, so a part's retries find it; it lets go of
+        # them when it ends (see _fail_partial for parts that failed).
+        await hold(ctx.client.redis, k, [reduce_id], chunk_sha, s.document_retention_s)
+        await asyncio.to_thread(store.put, chunk_sha, part)
+        chunk_shas.append(chunk_sha)
         chunk_args = {**args, "chunk_sha256": chunk_sha, "part": index, "first_page": first,
-                      "last_page": last, "page_count": pages}  # fmt: skip
+                      "last_page": last, "page_count": pages,
+                      "documents": [chunk_sha]}  # fmt: skip
         hints = {"model": model,
                  "tokens": estimate_input_tokens(last - first + 1, model, prompt)}  # fmt: skip
         calls.append(analyze_chunk.call(chunk_args).with_options(hints=hints))
-    reduce_args = {**args, "page_count": pages, "chunk_count": len(ranges)}
+    # The reduce holds the whole document too: it is let go of only with the stored result,
+    # so a document whose merge fails can still be retried (`pipeline retry`).
+    await hold(ctx.client.redis, k, [reduce_id], args["sha256"], s.document_retention_s)
+    reduce_args = {**args, "page_count": pages, "chunk_count": len(ranges),
+                   "documents": [*chunk_shas, args["sha256"]]}  # fmt: skip
     reduce_hints = {"model": model,
                     "tokens": len(ranges) * MAX_OUTPUT_TOKENS + prompt_tokens(prompt)}  # fmt: skip
     # A fixed callback id makes the split idempotent: if this parent runs again (its worker
     # died after the split), it gets the same chord back instead of paying for a second one.
-    then = reduce_analyses.call(reduce_args).with_options(
-        hints=reduce_hints, job_id=f"{ctx.job_id}-reduce"
-    )
+    then = reduce_analyses.call(reduce_args).with_options(hints=reduce_hints, job_id=reduce_id)
     if await ctx.client.redis.hget(k.job(ctx.job_id), "cancel") == "1":
         # Cancelled while splitting: queue no parts (the worker stops us at its next renewal).
         raise Permanent("cancelled before its parts were queued", reason=Reason.CANCELLED)
@@ -316,15 +333,21 @@ async def _fail_partial(
     first = failed[0].get("error") or failed[0].get("state")
     head = f"{len(failed)} of {len(outcomes)} page ranges failed (first: {first})"
     reasons: list[Reason] = []
+    kept: list[tuple[str, str]] = []  # (part job, its PDF)
     for outcome in failed:
         job = await ctx.client.get(str(outcome["id"]))
         reasons.append(Reason(job.reason) if job.reason in set(Reason) else Reason.ERROR)
+        if job.args and isinstance(job.args[0], dict) and job.args[0].get("chunk_sha256"):
+            kept.append((job.id, str(job.args[0]["chunk_sha256"])))
     if all(r in _DETERMINISTIC for r in reasons):
         raise Permanent(
             f"{head}; the same request would fail the same way, so requeueing cannot help: "
             "fix the cause named above (or the document) and submit it again",
             reason=reasons[0],
         )
+    for job_id, chunk_sha in kept:  # a requeued part reads its PDF after this merge ends
+        await hold(ctx.client.redis, ctx.client.keys, [job_id], chunk_sha,
+                   ctx.client.settings.document_retention_s)  # fmt: skip
     raise Permanent(
         f"{head}; `pipeline retry {ctx.batch or 'BATCH'} --failed` analyses the document again "
         "(answers already paid for and used are reused)"

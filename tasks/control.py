@@ -15,6 +15,7 @@ result. The CLI (`pipeline cancel|budget|retry`) and the API (`POST /batches/{id
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
@@ -179,15 +180,19 @@ async def retry_batch(client: QueueClient, recorder: SqlRecorder, engine: Engine
 async def _retry_one(client: QueueClient, recorder: SqlRecorder, view: BatchView,
                      doc: Any) -> Retried:  # fmt: skip
     from pipeline.llm.pricing import canonical_model
-    from tasks.plan import analyze_prompt, doc_key
+    from pipeline.storage import open_store
+    from pipeline.storage.holds import hold
+    from tasks.plan import analyze_prompt
     from tasks.runs import RunSpec, enqueue_run
 
     facts = view.facts
     member = next(m for m in facts.members if m.document_id == doc.document_id)
-    if not await client.redis.exists(doc_key(client.keys, doc.document_id)):
+    s = client.settings
+    if not await asyncio.to_thread(open_store(s).exists, doc.document_id):
         return Retried(doc.name, doc.document_id, "skipped", doc.job_id,
-                       "its PDF is no longer kept in Redis (PIPELINE_DOC_TTL_S); submit the "
-                       "file again")  # fmt: skip
+                       "its PDF is no longer in the document store (kept "
+                       "PIPELINE_DOCUMENT_RETENTION_S after a run without a result); submit "
+                       "the file again")  # fmt: skip
     from pipeline.ledger.batch_limit import current_limit
 
     limit = await current_limit(client.redis, client.keys, facts.batch_id) or facts.budget_usd
@@ -196,6 +201,7 @@ async def _retry_one(client: QueueClient, recorder: SqlRecorder, view: BatchView
         member.model or canonical_model(client.settings.model), analyze_prompt().version,
         facts.batch_id, limit,
     )  # fmt: skip
+    await hold(client.redis, client.keys, [spec.job_id], spec.sha256, s.document_retention_s)
     handle = await enqueue_run(client, spec, replacing=doc.job_id)
     if not handle.created:  # a newer run started elsewhere answers for it: show that one
         await recorder.add_to_batch(facts.batch_id, doc.document_id, job_id=handle.id)

@@ -8,7 +8,6 @@ duplicate checks miss. So both import these functions.
 
 from __future__ import annotations
 
-import base64
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -16,7 +15,6 @@ from typing import Any
 
 from pipeline.llm.pricing import PriceTable, canonical_model
 from pipeline.llm.provider import LLMRequest, Part
-from pipeline.redis.keys import Keys
 from tasks.pdf import MAX_INLINE_BYTES, plan_chunks, tokens_per_page
 from tasks.prompts import Prompt, load_prompt
 from tasks.schema import Analysis
@@ -38,20 +36,6 @@ def idempotency_key(sha256: str, model: str, prompt_version: str) -> str:
     the model is spelled ("models/x", an alias): the key holds its canonical id.
     Raises UnknownModel for a model config/pricing.toml does not know."""
     return f"analyze:{sha256}:{canonical_model(model)}:{prompt_version}"
-
-
-def doc_key(keys: Keys, sha256: str) -> str:
-    """Where a PDF's bytes wait for a worker on any machine (base64 text: the shared
-    client decodes replies to str, and one encoding keeps readers simple)."""
-    return keys.document(sha256)
-
-
-def encode_pdf(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def decode_pdf(text: str) -> bytes:
-    return base64.b64decode(text)
 
 
 def analyze_request(

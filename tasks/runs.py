@@ -11,7 +11,7 @@ used (a part that completed) is reused from the call store and shows in the ledg
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -37,6 +37,9 @@ class RunSpec:
     priority: int | None = None
     expected_duration_s: float | None = None
     queue: str | None = None  # None: the task's own queue
+    # The root job's id, chosen before the enqueue so the document store can count it as a
+    # holder of the bytes before they are put (pipeline/storage/holds.py).
+    job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def args(self) -> dict[str, Any]:
         return {
@@ -45,6 +48,7 @@ class RunSpec:
             "model": self.model,
             "prompt_version": self.prompt_version,
             "budget_usd": None if self.budget_usd is None else str(self.budget_usd),
+            "documents": [self.sha256],  # let go of when the job ends (storage/holds.py)
         }
 
     def options(self, context_budget_tokens: int) -> JobOptions:
@@ -58,7 +62,7 @@ class RunSpec:
             queue=self.queue,
             batch=self.batch_id,
             expected_duration_s=self.expected_duration_s,
-            job_id=uuid.uuid4().hex,
+            job_id=self.job_id,
             hints={"model": self.model, "tokens": tokens},
         )
 

@@ -156,7 +156,9 @@ async def submit_uploads(
     queue other than the task's own (served by `pipeline worker --queue NAME`).
     """
     from pipeline.ledger.batch_limit import set_limit
-    from tasks.plan import analyze_prompt, doc_key, encode_pdf
+    from pipeline.storage import open_store
+    from pipeline.storage.holds import hold, release
+    from tasks.plan import analyze_prompt
     from tasks.runs import RunSpec, enqueue_run
 
     s = client.settings
@@ -197,20 +199,27 @@ async def submit_uploads(
         await recorder.upsert_batch(batch_id, label=label, budget_usd=budget_usd, status="open")
         if budget_usd is not None:
             await set_limit(client.redis, client.keys, batch_id, budget_usd)
+        store = open_store(s)
         for index, upload, pages, sha in checked:
-            await client.redis.set(doc_key(client.keys, sha), encode_pdf(upload.data),
-                                   ex=s.doc_ttl_s)  # fmt: skip
+            spec = RunSpec(sha, upload.name, pages, len(upload.data), model, prompt.version,
+                           batch_id, budget_usd, prio, expected_duration_s, queue)  # fmt: skip
+            # Held before the put, so a job of the same document ending meanwhile cannot
+            # see no holder and delete the bytes just put; a resubmission puts them again.
+            await hold(client.redis, client.keys, [spec.job_id], sha, s.document_retention_s)
+            await asyncio.to_thread(store.put, sha, upload.data)
             doc_id = await recorder.upsert_document(
                 sha, file_name=upload.name, size_bytes=len(upload.data), pages=pages
             )
-            spec = RunSpec(sha, upload.name, pages, len(upload.data), model, prompt.version,
-                           batch_id, budget_usd, prio, expected_duration_s, queue)  # fmt: skip
             handle = await enqueue_run(client, spec)
             job_id, reason = handle.id, None
             if handle.created:
                 status = "queued"
             else:
                 status, job_id, reason = await _resubmitted(client, recorder, handle.id, spec)
+            if job_id != spec.job_id:
+                # The id held above never became a job (an earlier run answers): a duplicate
+                # of a finished run leaves no holder, and the bytes just put go again.
+                await release(client.redis, client.keys, store, spec.job_id, [sha])
             if status == "queued":
                 # No status here: a fast worker may already have finished the job, and
                 # job_upsert leaves fields it is not given untouched.

@@ -155,7 +155,8 @@ class Keys:
 
     # documents and the HTTP API (used by tasks/ and pipeline/api)
     def document(self, sha256: str) -> str:
-        """A document's PDF bytes (base64) by content hash, read by its analysis jobs."""
+        """The ids of the jobs holding a document's bytes in the document store (a set, by
+        content hash; pipeline/storage/holds.py). The bytes themselves are never in Redis."""
         return self._k("doc", sha256)
 
     def api_idempotency(self, key: str) -> str:

@@ -12,7 +12,7 @@ from pipeline.errors import UnknownModel
 from pipeline.queue.client import QueueClient
 from pipeline.redis.connection import connect_redis
 from pipeline.settings import get_settings
-from tasks.plan import decode_pdf, doc_key
+from pipeline.storage import open_store
 from tasks.submission import Upload, estimate, submit_uploads
 from tests.support.pdfs import make_pdf
 
@@ -44,9 +44,11 @@ async def test_submit_stores_bytes_enqueues_once_and_skips_bad_files(
         (args,) = job.args
         assert args["sha256"] == first.sha256 and args["budget_usd"] == "1.50"
         assert job.idempotency_key == f"analyze:{first.sha256}:{args['model']}:{sub.prompt_version}"
-        stored = sredis.get(doc_key(client.keys, first.sha256 or ""))
-        assert stored is not None and decode_pdf(stored) == pdf
-        assert 0 < sredis.ttl(doc_key(client.keys, first.sha256 or "")) <= get_settings().doc_ttl_s
+        assert open_store(get_settings()).get(first.sha256 or "") == pdf
+        # Redis holds only the job holding the bytes (the duplicate's own id let go).
+        holders = client.keys.document(first.sha256 or "")
+        assert sredis.smembers(holders) == {first.job_id}
+        assert 0 < sredis.ttl(holders) <= get_settings().document_retention_s
         json.dumps(sub.to_dict())  # JSON-ready
     finally:
         await client.aclose()

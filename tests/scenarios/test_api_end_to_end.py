@@ -33,12 +33,16 @@ async def test_upload_to_ledger_through_worker_emulator_and_postgres(
         for i in range(3)
     ]
     with api_database(postgres_url) as db_url, start_emulator() as emu:
-        settings = api_settings(tmp_path, redis_url, key_prefix, database_url=db_url)
+        # Two "machines" (homes of their own) sharing one document folder, as the README says.
+        shared = f"file://{tmp_path / 'shared-documents'}"
+        settings = api_settings(tmp_path, redis_url, key_prefix, database_url=db_url,
+                                document_store=shared)  # fmt: skip
         env = {
             **emu.env,
             "GOOGLE_API_KEY": "",  # it would win over GEMINI_API_KEY in the SDK
             "PIPELINE_HOME": str(tmp_path / "worker-home"),
             "PIPELINE_DATABASE_URL": db_url,
+            "PIPELINE_DOCUMENT_STORE": shared,
         }
         worker = WorkerProcess(
             redis_url, key_prefix, "--concurrency", "4", "--log-level", "WARNING",
