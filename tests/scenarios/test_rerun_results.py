@@ -28,7 +28,7 @@ def test_ctrl_c_then_run_again_writes_every_result_and_a_second_demo_shows_them(
     pipeline_env: dict[str, str], sredis: redis.Redis
 ) -> None:
     with start_emulator(latency_s=(0.8, 1.2)) as emu:
-        env = {**pipeline_env, **emu.env, "GOOGLE_API_KEY": "", "PIPELINE_SHUTDOWN_GRACE_S": "1"}
+        env = {**pipeline_env, **emu.env, "GOOGLE_API_KEY": "", "PIPELINE_SHUTDOWN_GRACE_S": "5"}
         first = CliProcess(env, "run", *EXAMPLES, "--concurrency", "1")
         try:
             first.wait_for(lambda ln: ln.endswith(": complete"), 90, "with a complete document")
