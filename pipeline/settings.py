@@ -80,6 +80,9 @@ class Settings(BaseSettings):
 
     budget_day_usd: Decimal | None = Field(default=None, ge=0)
     budget_month_usd: Decimal | None = Field(default=None, ge=0)
+    # How often workers rebuild budgets and job records from the ledger (pipeline/ledger/
+    # reconcile.py); a ledger job Redis has not known for this long is marked lost.
+    reconcile_interval_s: float = Field(default=60.0, gt=0)
 
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     # Document analysis (tasks/analyze.py, tasks/submission.py).

@@ -5,6 +5,11 @@ operation (pipeline/ledger/writes.py); when the database refuses the connection 
 goes to a Redis list instead, and `flush()` replays the list in order once the database is
 back. While the list is non-empty new writes queue behind it, so `started` and `settled`
 of one attempt always apply in the order they happened.
+
+The reverse must hold too: a write to a healthy database never waits on Redis. Whether the
+list is empty is read at most every `_BUFFER_CHECK_S` (and known at once for this process's
+own pushes and flushes), with a short timeout, so a Redis outage does not hold up, or lose,
+the record of calls that are being paid for meanwhile.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 from sqlalchemy import Engine, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,6 +42,9 @@ _FLUSH_CHUNK = 100
 # waiting out its own connect timeout; flush() and the flusher loop keep probing.
 _DOWN_BACKOFF_S = 2.0
 _DEFAULT_MAX_OUTPUT_TOKENS = 2048
+# How stale the "is the Redis buffer empty?" answer may be, and how long asking may take.
+_BUFFER_CHECK_S = 1.0
+_BUFFER_CHECK_TIMEOUT_S = 1.0
 
 
 class WorstCasePricer(Protocol):
@@ -72,6 +81,8 @@ class SqlRecorder:
             self.sessions = engine_or_sessionmaker
         self.buffer = LedgerBuffer(redis, keys)
         self._down_until = 0.0
+        self._buffered = False
+        self._buffer_checked_at = float("-inf")
 
     # -- the Recorder protocol ------------------------------------------------------------
     async def started(self, call: CallAttempt) -> None:
@@ -82,9 +93,15 @@ class SqlRecorder:
 
     # -- lease expiry ---------------------------------------------------------------------
     async def mark_abandoned(
-        self, job_id: str, prices: WorstCasePricer | None = None, before: datetime | None = None
+        self,
+        job_id: str | None,
+        prices: WorstCasePricer | None = None,
+        before: datetime | None = None,
+        *,
+        ids: list[str] | None = None,
     ) -> int | None:
-        """Every STARTED attempt of `job_id` becomes ABANDONED, costed at its worst case.
+        """Every STARTED attempt of `job_id` (or, with `ids`, those attempts) becomes
+        ABANDONED, costed at its worst case.
 
         `before` (the lost lease's deadline) spares calls started after it: by then the job
         may be running again on another worker, and that live call is not abandoned.
@@ -94,9 +111,11 @@ class SqlRecorder:
         """
         now = datetime.now(UTC)
         payload: dict[str, Any] = {"job_id": job_id, "finished_at": now.isoformat()}
+        if ids is not None:
+            payload["ids"] = list(ids)
         if before is not None:
             payload["before"] = before.isoformat()
-        if await self.buffer.length() == 0 and not self._db_marked_down():
+        if not await self.queue_behind_buffer():
             try:
                 return await asyncio.to_thread(self._abandon_now, payload, prices, now)
             except sa_exc.SQLAlchemyError as exc:
@@ -104,7 +123,7 @@ class SqlRecorder:
                     raise
                 self._mark_down()
                 log.warning("ledger database unreachable; buffering abandon of job %s", job_id)
-        await self.buffer.push("call_abandoned", payload)
+        await self._push("call_abandoned", payload)
         return None
 
     def _abandon_now(
@@ -227,9 +246,34 @@ class SqlRecorder:
     def _mark_down(self) -> None:
         self._down_until = time.monotonic() + _DOWN_BACKOFF_S
 
+    async def queue_behind_buffer(self) -> bool:
+        """Whether a write must wait in the Redis buffer: the database is marked down, or
+        the buffer holds writes that must apply first. Redis being unreachable is not a
+        reason: the database is where the write belongs."""
+        if self._db_marked_down():
+            return True
+        now = time.monotonic()
+        if now - self._buffer_checked_at >= _BUFFER_CHECK_S:
+            try:
+                length = await asyncio.wait_for(self.buffer.length(), _BUFFER_CHECK_TIMEOUT_S)
+            except (RedisError, OSError, TimeoutError):
+                length = 0
+            self._buffered = length > 0
+            self._buffer_checked_at = now
+        return self._buffered
+
+    async def _push(self, op: str, payload: dict[str, Any]) -> None:
+        await self.buffer.push(op, payload)
+        self._buffered = True
+
+    async def write(self, op: str, payload: dict[str, Any]) -> None:
+        """Apply one named write (pipeline/ledger/writes.py), or buffer it while the
+        database is down."""
+        await self._write(op, payload)
+
     async def _write(self, op: str, payload: dict[str, Any]) -> None:
-        if await self.buffer.length() > 0 or self._db_marked_down():
-            await self.buffer.push(op, payload)
+        if await self.queue_behind_buffer():
+            await self._push(op, payload)
             if not self._db_marked_down():
                 await self._try_flush()
             return
@@ -240,7 +284,7 @@ class SqlRecorder:
                 raise
             self._mark_down()
             log.warning("ledger database unreachable (%s); buffering %s in Redis", exc, op)
-            await self.buffer.push(op, payload)
+            await self._push(op, payload)
 
     def _apply(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
         with self.sessions.begin() as session:
@@ -264,7 +308,12 @@ class SqlRecorder:
             return 0
         applied = 0
         try:
-            while entries := await self.buffer.peek(_FLUSH_CHUNK):
+            while True:
+                entries = await self.buffer.peek(_FLUSH_CHUNK)
+                if not entries:
+                    self._buffered = False
+                    self._buffer_checked_at = time.monotonic()
+                    break
                 try:
                     await asyncio.to_thread(self._apply, entries)
                 except sa_exc.SQLAlchemyError as exc:

@@ -17,7 +17,7 @@ from sqlalchemy import Table, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from pipeline.ledger.models import Batch, Document, JobRow, LLMCall, Result
+from pipeline.ledger.models import Batch, CallAnswer, Document, JobRow, LLMCall, Result
 from pipeline.llm.attempts import CallAttempt, Outcome
 
 Payload = dict[str, Any]
@@ -101,11 +101,13 @@ def call_settled(session: Session, payload: Payload) -> None:
 
 
 def abandon_filter(payload: Payload) -> list[Any]:
-    """The STARTED rows of the job, started before the lost lease's deadline when given."""
-    conditions: list[Any] = [
-        LLMCall.job_id == payload["job_id"],
-        LLMCall.outcome == Outcome.STARTED.value,
-    ]
+    """The STARTED rows of the job (or, with "ids", those attempts), started before the lost
+    lease's deadline when given."""
+    conditions: list[Any] = [LLMCall.outcome == Outcome.STARTED.value]
+    if payload.get("ids") is not None:
+        conditions.append(LLMCall.id.in_(list(payload["ids"])))
+    else:
+        conditions.append(LLMCall.job_id == payload["job_id"])
     if payload.get("before"):
         conditions.append(LLMCall.started_at <= datetime.fromisoformat(payload["before"]))
     return conditions
@@ -165,6 +167,13 @@ def result_save(session: Session, payload: Payload) -> None:
     )  # fmt: skip
 
 
+def answer_save(session: Session, payload: Payload) -> None:
+    """Insert-if-absent: one call key has one answer; a replay changes nothing."""
+    values = _revive(payload)
+    values.setdefault("created_at", datetime.now(UTC))
+    _upsert(session, CallAnswer.__table__, values, ["call_key"], None)  # type: ignore[arg-type]
+
+
 OPS: dict[str, Callable[[Session, Payload], None]] = {
     "call_started": call_started,
     "call_settled": call_settled,
@@ -173,6 +182,7 @@ OPS: dict[str, Callable[[Session, Payload], None]] = {
     "document_upsert": document_upsert,
     "job_upsert": job_upsert,
     "result_save": result_save,
+    "answer_save": answer_save,
 }
 
 

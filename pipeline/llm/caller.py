@@ -240,7 +240,9 @@ class LLMCaller:
             await self.limiter.release(permit, sent=False)
             raise
         record = CallAttempt(
-            attempt_id=uuid.uuid4().hex,
+            # The hold's token when there is one: the attempt's ledger row then tells what
+            # became of the held call if its worker dies (pipeline/ledger/reconcile.py).
+            attempt_id=_attempt_id(reservation),
             call_key=state.key,
             model=request.model,
             attempt=state.attempt,
@@ -396,6 +398,11 @@ async def _keep_hold(budget: SpendLimit | None, reservation: Any) -> AsyncIterat
         return
     async with renewing(float(hold_s) / 3, lambda: extend(reservation), "a budget hold"):
         yield
+
+
+def _attempt_id(reservation: Any) -> str:
+    token = getattr(reservation, "token", None)
+    return token if isinstance(token, str) and token else uuid.uuid4().hex
 
 
 def _cancelled(exc: BaseException) -> bool:

@@ -112,6 +112,16 @@ class Keys:
     def budget(self, scope: str) -> str:
         return self._k("budget", scope)
 
+    def budget_job_holds(self, job_id: str) -> str:
+        """The budget holds a job's calls took (token -> JSON {lease, amount, scopes}), so
+        the sweeper can settle a dead worker's holds the moment its lease is recovered."""
+        return self._k("budget", "job-holds", job_id)
+
+    @property
+    def ledger_reconcile_lock(self) -> str:
+        """Held by the one process rebuilding budgets and job records from the ledger."""
+        return self._k("ledger", "reconcile-lock")
+
     @property
     def ledger_buffer(self) -> str:
         """Ledger writes waiting while the database is down (a list of JSON operations)."""

@@ -4,13 +4,15 @@
 -- a totals hash {spent, reserved, limit (-1 = none), h:<token> = held amount} and a zset of holds scored by
 -- expiry (ms, server time), so a dead worker's hold lapses and its amount comes back.
 --
--- KEYS[1]          the token's state key (held | settled | cancelled), guards double settle
--- KEYS[2n], [2n+1] totals hash and holds zset of scope n (n = 1..N)
+-- KEYS[1]          the token's state key (held | settled | cancelled | abandoned:<n>)
+-- KEYS[2]          the job's holds index (hash token -> JSON entry), written when ARGV[5] ~= ''
+-- KEYS[2n+1], [2n+2]  totals hash and holds zset of scope n (n = 1..N)
 -- ARGV[1]          token
 -- ARGV[2]          amount to hold, nano-dollars (integer)
 -- ARGV[3]          hold_ms: how long the hold lasts without a settle or cancel
--- ARGV[4]          state_ttl_s: how long the token state key is kept
--- ARGV[3+2n], ARGV[4+2n]  limit of scope n in nano-dollars (-1 = no limit), key ttl_s of scope n
+-- ARGV[4]          state_ttl_s: how long the token state key (and the job's index) is kept
+-- ARGV[5]          the job's index entry for this token (JSON), or '' for a call of no job
+-- ARGV[4+2n], ARGV[5+2n]  limit of scope n in nano-dollars (-1 = no limit), key ttl_s of scope n
 -- Returns {1} on success, or {0, n, spent, reserved, limit, settled_too} for a scope that does
 -- not fit: settled_too = 1 when settled spend alone leaves no room (spent + amount > limit),
 -- 0 when only other calls' holds are in the way (they may settle lower: worth waiting for).
@@ -18,13 +20,13 @@
 local token = ARGV[1]
 local amount = tonumber(ARGV[2])
 local hold_ms = tonumber(ARGV[3])
-local scopes = (#KEYS - 1) / 2
+local scopes = (#KEYS - 2) / 2
 
 local held_only = nil
 for n = 1, scopes do
-  local totals, holds = KEYS[2 * n], KEYS[2 * n + 1]
+  local totals, holds = KEYS[2 * n + 1], KEYS[2 * n + 2]
   sweep(totals, holds)
-  local limit = tonumber(ARGV[3 + 2 * n])
+  local limit = tonumber(ARGV[4 + 2 * n])
   if limit >= 0 then
     local spent = tonumber(redis.call('HGET', totals, 'spent') or '0')
     local reserved = tonumber(redis.call('HGET', totals, 'reserved') or '0')
@@ -41,14 +43,18 @@ if held_only then
 end
 
 for n = 1, scopes do
-  local totals, holds = KEYS[2 * n], KEYS[2 * n + 1]
-  local ttl_s = tonumber(ARGV[4 + 2 * n])
+  local totals, holds = KEYS[2 * n + 1], KEYS[2 * n + 2]
+  local ttl_s = tonumber(ARGV[5 + 2 * n])
   redis.call('HINCRBY', totals, 'reserved', amount)
-  redis.call('HSET', totals, 'limit', ARGV[3 + 2 * n])
+  redis.call('HSET', totals, 'limit', ARGV[4 + 2 * n])
   redis.call('HSET', totals, 'h:' .. token, amount)
   redis.call('ZADD', holds, now + hold_ms, token)
   redis.call('EXPIRE', totals, ttl_s)
   redis.call('EXPIRE', holds, ttl_s)
 end
 redis.call('SET', KEYS[1], 'held', 'EX', tonumber(ARGV[4]))
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[2], token, ARGV[5])
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+end
 return {1}
