@@ -34,7 +34,7 @@ JOBS = 12
 
 def _in_flight(emu: RunningEmulator) -> int:
     stats = emu.stats()
-    answered = sum(row["requests"] for row in stats["billed"].values())
+    answered = sum(int(row["requests"]) for row in stats["billed"].values())
     return int(stats["generate_requests"]) - answered
 
 
