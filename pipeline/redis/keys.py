@@ -142,6 +142,14 @@ class Keys:
         """A document's PDF bytes (base64) by content hash, read by its analysis jobs."""
         return self._k("doc", sha256)
 
+    def dashboard_session(self, session_id: str) -> str:
+        """A signed-in dashboard browser: which API key it signed in with (a hash of it)."""
+        return self._k("session", session_id)
+
+    def login_failures(self, client: str) -> str:
+        """Failed /login attempts from one client address in the current window."""
+        return self._k("login-failures", client)
+
     def api_idempotency(self, key: str) -> str:
         """An `Idempotency-Key` header's answer, so a retried upload returns the same jobs."""
         return self._k("api-idem", key)
