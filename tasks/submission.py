@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -32,10 +33,18 @@ ANALYZE_TASK = "analyze_document"
 
 @dataclass
 class Upload:
-    """One file as received; `name` is for people, the content hash identifies it."""
+    """One file as received; `name` is for people, the content hash identifies it. `path`,
+    when set, is a file holding the same bytes (another process can read it from there)."""
 
     name: str
     data: bytes
+    path: str | None = None
+
+
+# How a submission inspects one upload: (upload, max bytes, max pages) -> (pages, sha256),
+# raising BadDocument. The default runs tasks.pdf.inspect_pdf in a thread; the HTTP API
+# passes its bounded, limited process pool (pipeline/api/inspection.py).
+Inspector = Callable[[Upload, int, int], Awaitable[tuple[int, str]]]
 
 
 @dataclass
@@ -119,6 +128,10 @@ def _inspect(upload: Upload, max_bytes: int, max_pages: int) -> tuple[int, str]:
     return info.page_count, info.sha256
 
 
+async def _inspect_in_thread(upload: Upload, max_bytes: int, max_pages: int) -> tuple[int, str]:
+    return await asyncio.to_thread(_inspect, upload, max_bytes, max_pages)
+
+
 async def submit_uploads(
     client: QueueClient,
     uploads: list[Upload],
@@ -130,13 +143,15 @@ async def submit_uploads(
     batch_id: str | None = None,
     services: Services | None = None,
     expected_duration_s: float | None = None,
+    inspector: Inspector | None = None,
 ) -> Submission:
     """Validate, store and enqueue one analysis job per usable PDF.
 
     Raises UnknownModel (nothing enqueued) for a model without a price; bad PDFs come
     back as "skipped" outcomes with the reason, so one bad file never sinks a batch.
     `expected_duration_s` overrides the task's own estimate, and so the lease (2x it) that
-    decides how soon a job held by a killed worker runs again.
+    decides how soon a job held by a killed worker runs again. `inspector` replaces how each
+    PDF is inspected (see `Inspector`).
     """
     from tasks.plan import (
         admission_tokens,
@@ -162,8 +177,8 @@ async def submit_uploads(
     checked: list[tuple[int, Upload, int, str]] = []
     for index, upload in enumerate(uploads):
         try:
-            pages, sha = await asyncio.to_thread(
-                _inspect, upload, s.max_upload_bytes, s.max_document_pages
+            pages, sha = await (inspector or _inspect_in_thread)(
+                upload, s.max_upload_bytes, s.max_document_pages
             )
         except BadDocument as exc:
             outcomes[index] = DocOutcome(upload.name, "skipped", reason=str(exc))
