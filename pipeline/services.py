@@ -189,6 +189,7 @@ async def open_services(client: QueueClient, provider: Provider | None = None) -
     from pipeline.ledger.budget import Budget
     from pipeline.ledger.db import get_engine
     from pipeline.ledger.recorder import SqlRecorder
+    from pipeline.ledger.spool import LocalSpool
     from pipeline.llm.caller import LLMCaller
     from pipeline.llm.callstore import CallStore
     from pipeline.llm.factory import make_provider
@@ -197,7 +198,7 @@ async def open_services(client: QueueClient, provider: Provider | None = None) -
 
     s = client.settings
     engine = await asyncio.to_thread(get_engine, s)
-    recorder = SqlRecorder(engine, client.redis, client.keys)
+    recorder = SqlRecorder(engine, client.redis, client.keys, LocalSpool(s.home / "spool"))
     prices = PriceTable.load()
     limiter = Limiter(client.redis, client.keys, s)
     provider = provider or make_provider(s)

@@ -32,6 +32,7 @@ from pipeline.ledger import writes
 from pipeline.ledger.buffer import LedgerBuffer
 from pipeline.ledger.db import session_factory
 from pipeline.ledger.models import Document, LLMCall, Result
+from pipeline.ledger.spool import LocalSpool
 from pipeline.llm.attempts import CallAttempt
 from pipeline.redis.keys import Keys
 
@@ -45,6 +46,8 @@ _DEFAULT_MAX_OUTPUT_TOKENS = 2048
 # How stale the "is the Redis buffer empty?" answer may be, and how long asking may take.
 _BUFFER_CHECK_S = 1.0
 _BUFFER_CHECK_TIMEOUT_S = 1.0
+# How long a push to the Redis buffer may take before the write goes to the local spool.
+_PARK_TIMEOUT_S = 5.0
 
 
 class WorstCasePricer(Protocol):
@@ -85,7 +88,9 @@ class SqlRecorder:
         engine_or_sessionmaker: Engine | sessionmaker[Session],
         redis: aioredis.Redis,
         keys: Keys,
+        spool: LocalSpool | None = None,
     ) -> None:
+        self.spool = spool
         if isinstance(engine_or_sessionmaker, Engine):
             self.sessions = session_factory(engine_or_sessionmaker)
         else:
@@ -135,7 +140,7 @@ class SqlRecorder:
                     raise
                 self._mark_down()
                 log.warning("ledger database unreachable; buffering abandon of job %s", job_id)
-        await self._push("call_abandoned", payload)
+        await self._park_or_spool("call_abandoned", payload)
         return None
 
     def _abandon_now(
@@ -299,11 +304,13 @@ class SqlRecorder:
         await self._write(op, payload)
 
     async def _write(self, op: str, payload: dict[str, Any]) -> None:
+        redis_refused = False
         if await self.queue_behind_buffer():
-            await self._push(op, payload)
-            if not self._db_marked_down():
-                await self._try_flush()
-            return
+            if await self._park(op, payload):
+                if not self._db_marked_down():
+                    await self._try_flush()
+                return
+            redis_refused = True  # the database may take it after all
         try:
             await asyncio.to_thread(self._apply, [(op, payload)])
         except sa_exc.SQLAlchemyError as exc:
@@ -312,7 +319,40 @@ class SqlRecorder:
             self._mark_down()
             if not self._report_full(exc):
                 log.warning("ledger database unreachable (%s); buffering %s in Redis", exc, op)
-            await self._push(op, payload)
+            if redis_refused or not await self._park(op, payload):
+                await self._spool(op, payload)
+
+    async def _park(self, op: str, payload: dict[str, Any]) -> bool:
+        """Push to the Redis buffer; False when Redis refused and a local spool can take it
+        (without one, the Redis error propagates)."""
+        try:
+            await asyncio.wait_for(self._push(op, payload), _PARK_TIMEOUT_S)
+            return True
+        except (RedisError, OSError, TimeoutError):
+            if self.spool is None:
+                raise
+            return False
+
+    async def _park_or_spool(self, op: str, payload: dict[str, Any]) -> None:
+        if not await self._park(op, payload):
+            await self._spool(op, payload)
+
+    async def _spool(self, op: str, payload: dict[str, Any]) -> None:
+        assert self.spool is not None
+        await asyncio.to_thread(self.spool.append, op, payload)
+
+    async def replay_spool(self) -> int:
+        """Apply the local spool's writes (see pipeline/ledger/spool.py); 0 while the
+        database still refuses them."""
+        if self.spool is None or not self.spool.pending():
+            return 0
+        try:
+            return await asyncio.to_thread(self.spool.replay, self._apply)
+        except sa_exc.SQLAlchemyError as exc:
+            if not is_connection_error(exc):
+                raise
+            self._mark_down()
+            return 0
 
     def _apply(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
         with self.sessions.begin() as session:
@@ -330,11 +370,12 @@ class SqlRecorder:
 
         Stops (entries kept) at the first connection error. An entry that fails for any
         other reason is moved to the dead list rather than blocking the ones behind it.
+        The local spool, if any, is replayed first.
         """
+        applied = await self.replay_spool()  # first: it needs only the database
         token = await self.buffer.acquire()
         if token is None:
-            return 0
-        applied = 0
+            return applied
         try:
             while True:
                 entries = await self.buffer.peek(_FLUSH_CHUNK)

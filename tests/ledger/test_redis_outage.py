@@ -16,18 +16,19 @@ from pathlib import Path
 import pytest
 
 from pipeline.ledger.budget import Budget
-from pipeline.queue import QueueClient, State
+from pipeline.queue import JobOptions, QueueClient, State
 from pipeline.redis.connection import connect_redis
 from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
 from tests.llm_helpers import RunningEmulator, start_emulator
-from tests.llm_workers import enqueue_asks, ledger_calls, llm_env, wait_done, workers
+from tests.llm_tasks import MODEL, ask
+from tests.llm_workers import ledger_calls, llm_env, wait_done, workers
 from tests.private_redis import PrivateRedis
 from tests.queue_helpers import FAST, eventually
 
 pytestmark = pytest.mark.slow
 NANO = Decimal("1e-9")
-# Longer than a worker's Redis retries (~30 s of back-off) and than a job's lease (4 s).
+# Longer than a worker's Redis retries (~30 s of back-off) and than a job's lease (20 s).
 OUTAGE_S = 40.0
 JOBS = 12
 
@@ -53,7 +54,15 @@ async def test_answers_arriving_during_a_redis_outage_are_not_paid_again(
         with start_emulator(latency_s=(2.0, 3.0)) as emu:
             env = llm_env(emu, db, home, rpm=6000, tpm=10**9, reconcile_interval_s=5)
             with workers(server.url, key_prefix, env, count=2, concurrency=4) as procs:
-                ids = await enqueue_asks(client, JOBS, batch="b-outage")
+                ids = [
+                    (await client.enqueue(ask, f"q {i}: one line on plan {i}", _options=JobOptions(
+                        batch="b-outage", hints={"model": MODEL, "tokens": 20},
+                        # a 20 s lease: long enough that no lease lapses once Redis is back
+                        # (a busy machine), short enough to lapse during the outage
+                        expected_duration_s=10.0,
+                    ))).id
+                    for i in range(JOBS)
+                ]  # fmt: skip
 
                 async def calls_on_the_wire() -> bool:
                     return _in_flight(emu) >= 3
