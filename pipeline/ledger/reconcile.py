@@ -291,7 +291,9 @@ class Reconciler:
             chunk = jobs[start : start + _CHUNK]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for job_id, _, _ in chunk:
-                    pipe.exists(self.keys.job(job_id))
+                    # `state`, not the key: a late progress write of a worker still running
+                    # the forgotten job recreates the hash with that field alone.
+                    pipe.hexists(self.keys.job(job_id), "state")
                 known = await pipe.execute()
             now = datetime.now(UTC)
             for (job_id, _, analysed), exists in zip(chunk, known, strict=True):
