@@ -182,7 +182,11 @@ async def _chaos(cfg: ChaosConfig, redis: Any, proxy: TcpProxy, workers: Workers
         now = time.monotonic() - t0
         if kill_at and now >= kill_at[0]:
             kill_at.pop(0)
-            pid = workers.kill_random(rng, await _busy_pids(client))
+            try:
+                busy = await asyncio.wait_for(_busy_pids(client), 3.0)
+            except TimeoutError:
+                busy = set()
+            pid = workers.kill_random(rng, busy)
             timeline.kills.append({"at_s": round(now, 2), "pid": pid or 0})
         if restart_due and now >= cfg.redis_restart_at_s:
             restart_due = False
@@ -212,7 +216,9 @@ async def _chaos(cfg: ChaosConfig, redis: Any, proxy: TcpProxy, workers: Workers
         if now >= next_check:
             next_check = now + 1.0
             try:
-                left = await _unfinished(client, job_ids, database_url)
+                # bounded: while Redis is down the client's own retries would hold up the
+                # schedule of the other faults for half a minute
+                left = await asyncio.wait_for(_unfinished(client, job_ids, database_url), 3.0)
             except Exception:  # Redis restarting: look again next tick
                 left = -1
             if left == 0 and timeline.all_terminal_s is None:

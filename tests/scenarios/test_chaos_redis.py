@@ -65,7 +65,9 @@ async def test_a_long_redis_outage_pays_nothing_twice(
 async def test_redis_data_loss_leaves_nothing_hanging(
     postgres_url: str | None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    report = await _run(postgres_url, capsys, redis_outage_s=1.0, redis_wipe=True)
+    report = await _run(postgres_url, capsys, redis_outage_s=1.0, redis_wipe=True,
+                        redis_restart_at_s=10.0, db_cut_at_s=12.0)  # fmt: skip
     states = report["job_states"]
     assert set(states) <= {"complete", "lost"} and sum(states.values()) == 16, states
     assert states.get("lost", 0) > 0, "the wipe forgot no job: it came too late to test"
+    assert report["emulator"]["generate_requests"] > 0, "nothing was spent before the wipe"
