@@ -276,9 +276,9 @@ class Reconciler:
         def read() -> list[tuple[str, str | None, bool]]:
             with self.recorder.sessions() as session:
                 jobs = session.execute(
-                    select(JobRow.id, JobRow.document_id).where(
-                        JobRow.status.not_in(FINAL_JOB_STATUSES), JobRow.created_at < cutoff
-                    ).limit(5 * _CHUNK)
+                    select(JobRow.id, JobRow.document_id)
+                    .where(JobRow.status.not_in(FINAL_JOB_STATUSES), JobRow.created_at < cutoff)
+                    .limit(5 * _CHUNK)
                 ).all()
                 docs = {d for _, d in jobs if d}
                 analysed = set(session.scalars(

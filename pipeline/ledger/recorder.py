@@ -31,6 +31,7 @@ from pipeline.errors import DatabaseUnavailable
 from pipeline.ledger import writes
 from pipeline.ledger.buffer import LedgerBuffer
 from pipeline.ledger.db import session_factory
+from pipeline.ledger.diskfull import FullDiskAlarm
 from pipeline.ledger.models import Document, LLMCall, Result
 from pipeline.ledger.spool import LocalSpool
 from pipeline.llm.attempts import CallAttempt
@@ -54,17 +55,6 @@ class WorstCasePricer(Protocol):
     def worst_case_cost(
         self, model: str, input_tokens: int, max_output_tokens: int, at: datetime
     ) -> Decimal: ...
-
-
-# Messages of a database that answers but cannot store: SQLite's SQLITE_FULL, PostgreSQL's
-# disk_full (SQLSTATE 53100) and "could not extend file", and the OS's ENOSPC.
-_FULL = ("database or disk is full", "disk full", "could not extend file", "no space left")
-_FULL_LOG_EVERY_S = 30.0
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return any(mark in text for mark in _FULL)
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -99,7 +89,7 @@ class SqlRecorder:
         self._down_until = 0.0
         self._buffered = False
         self._buffer_checked_at = float("-inf")
-        self._full_logged_at = float("-inf")
+        self._full_disk = FullDiskAlarm()
 
     # -- the Recorder protocol ------------------------------------------------------------
     async def started(self, call: CallAttempt) -> None:
@@ -283,21 +273,6 @@ class SqlRecorder:
         await self.buffer.push(op, payload)
         self._buffered = True
 
-    def _report_full(self, exc: BaseException) -> bool:
-        """Log a database that refuses writes for lack of space, at ERROR and at most every
-        `_FULL_LOG_EVERY_S` while it lasts (the writes wait in Redis meanwhile, and /healthz
-        says degraded). True if `exc` was that."""
-        if not is_disk_full(exc):
-            return False
-        now = time.monotonic()
-        if now - self._full_logged_at >= _FULL_LOG_EVERY_S:
-            self._full_logged_at = now
-            first = str(exc).splitlines()[0]
-            log.error("ledger database is out of space (%s): every ledger write now waits in "
-                      "Redis and is replayed once space is freed; free disk space where the "
-                      "database lives (PIPELINE_DATABASE_URL)", first)  # fmt: skip
-        return True
-
     async def write(self, op: str, payload: dict[str, Any]) -> None:
         """Apply one named write (pipeline/ledger/writes.py), or buffer it while the
         database is down."""
@@ -317,7 +292,7 @@ class SqlRecorder:
             if not is_connection_error(exc):
                 raise
             self._mark_down()
-            if not self._report_full(exc):
+            if not self._full_disk.report(exc):
                 log.warning("ledger database unreachable (%s); buffering %s in Redis", exc, op)
             if redis_refused or not await self._park(op, payload):
                 await self._spool(op, payload)
@@ -388,7 +363,7 @@ class SqlRecorder:
                 except sa_exc.SQLAlchemyError as exc:
                     if is_connection_error(exc):
                         self._mark_down()
-                        self._report_full(exc)
+                        self._full_disk.report(exc)
                         return applied
                     applied += await self._apply_one_by_one(entries)
                     continue

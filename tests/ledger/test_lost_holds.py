@@ -95,9 +95,7 @@ async def test_a_killed_workers_hold_becomes_spend_when_its_lease_is_recovered(
 
 
 @pytest.fixture
-async def recorder(
-    tmp_path: Path, aredis: aioredis.Redis, keys: Keys
-) -> SqlRecorder:
+async def recorder(tmp_path: Path, aredis: aioredis.Redis, keys: Keys) -> SqlRecorder:
     engine = create_ledger_engine(_db(tmp_path))
     return SqlRecorder(engine, aredis, keys)
 

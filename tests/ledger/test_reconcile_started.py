@@ -35,11 +35,15 @@ async def test_started_rows_of_runs_that_are_over_are_abandoned_at_their_worst_c
     # j-gone: Redis has no record of it; j-done: it completed; j-again: running again now,
     # claimed after the row started; j-live: the row belongs to the run that is active now.
     await aredis.hset(keys.job("j-done"), mapping={"id": "j-done", "state": "complete"})
-    await aredis.hset(keys.job("j-again"), mapping={"id": "j-again", "state": "active",
-                                                    "started_ms": now_ms, "token": "9"})
+    await aredis.hset(
+        keys.job("j-again"),
+        mapping={"id": "j-again", "state": "active", "started_ms": now_ms, "token": "9"},
+    )
     live_since = int((old - timedelta(seconds=30)).timestamp() * 1000)
-    await aredis.hset(keys.job("j-live"), mapping={"id": "j-live", "state": "active",
-                                                   "started_ms": live_since, "token": "4"})
+    await aredis.hset(
+        keys.job("j-live"),
+        mapping={"id": "j-live", "state": "active", "started_ms": live_since, "token": "4"},
+    )
     rows = {}
     for job in ("j-gone", "j-done", "j-again", "j-live"):
         call = await budget.for_call("b-rec", Decimal("5"), job_id=job, lease="1" if job !=
