@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # Benchmark entry points: the scripts in bench/ that run as programs.
 BENCH_SCRIPTS ?= $(shell grep -l '__name__ == "__main__"' bench/*.py 2>/dev/null)
 
-.PHONY: install test demo lint samples bench clean-venv browser
+.PHONY: install test demo lint samples bench clean-venv browser redis-ha
 
 install: $(STAMP)
 
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 # pytest exits 5 when it collects no tests; an empty selection is not a failure here.
 # The import layers (pyproject.toml, [tool.importlinter]) are checked first.
-test: $(STAMP) browser
+test: $(STAMP) browser redis-ha
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); \
 	status=$$?; if [ $$status -eq 5 ]; then exit 0; fi; exit $$status
@@ -40,6 +40,20 @@ browser:
 			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || \
 			echo "make: could not install chromium; the browser test will skip"; \
 		else echo "make: no /usr/bin/chromium and no root apt-get; the browser test will skip"; fi; \
+	fi
+
+# The Sentinel and Cluster scenarios (tests/scenarios/) start real redis-server processes (a
+# sentinel is `redis-server --sentinel`) and redis-cli. Installed here when missing, as root
+# with apt-get (Debian: redis-server, redis-tools); anywhere else those tests skip and name
+# this target.
+redis-ha:
+	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "make: installing redis-server and redis-tools for the HA scenarios (apt-get)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null || \
+			echo "make: could not install them; the Sentinel/Cluster scenarios use what exists or skip"; \
+		else echo "make: redis-server/redis-cli missing and no root apt-get; the HA scenarios may skip"; fi; \
 	fi
 
 demo: $(STAMP)

@@ -54,7 +54,7 @@ from bench.chaos_env import (
     fresh_database,
     make_documents,
 )
-from tests.ledger_helpers import TcpProxy
+from tests.support.backends import TcpProxy
 
 PREFIX = "chaos"
 API_KEY = "chaos-key"

@@ -92,7 +92,7 @@ def emulator_in_thread(**config: Any) -> Iterator[tuple[str, BillLog]]:
     """The Gemini emulator (EmulatorConfig fields) on a free 127.0.0.1 port, in a thread;
     yields its base URL and its bill log."""
     from pipeline.llm.emulator.app import EmulatorConfig, create_emulator_app
-    from tests.servers import uvicorn_in_thread
+    from tests.support.servers import uvicorn_in_thread
 
     log = BillLog(create_emulator_app(EmulatorConfig(**config)))
     with uvicorn_in_thread(log, lifespan="off", what="Gemini emulator") as url:
@@ -102,7 +102,7 @@ def emulator_in_thread(**config: Any) -> Iterator[tuple[str, BillLog]]:
 # -- PostgreSQL: a fresh database behind a proxy we can cut ---------------------------------
 def fresh_database(admin_url: str) -> contextlib.AbstractContextManager[str]:
     """CREATE DATABASE chaos_<random> through `admin_url`'s database; DROP (FORCE) after."""
-    from tests.ledger_helpers import fresh_pg_database
+    from tests.support.backends import fresh_pg_database
 
     return fresh_pg_database(admin_url, prefix="chaos")
 

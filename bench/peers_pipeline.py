@@ -78,7 +78,7 @@ class Adapter:
                 async with client.redis.pipeline(transaction=False) as pipe:
                     for args in calls[start:start + 1000]:
                         call = client._call(self.tasks[fn], list(args), {}, None)
-                        keys, argv = client._enqueue_args(call, uuid.uuid4().hex, "queued")
+                        keys, argv = await client._enqueue_args(call, uuid.uuid4().hex, "queued")
                         await client.scripts.enqueue(keys=keys, args=argv, client=pipe)
                     await pipe.execute()
 

@@ -30,7 +30,7 @@ from bench.common import (
     wait_until,
     write_result,
 )
-from pipeline.queue import QueueClient
+from pipeline.queue import JobOptions, QueueClient
 from pipeline.redis.connection import connect_redis
 from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
@@ -84,8 +84,8 @@ async def throughput(url: str, jobs: int) -> dict[str, float]:
         async with client.redis.pipeline(transaction=False) as pipe:
             for _ in range(min(1000, jobs - start)):
                 job_id = uuid.uuid4().hex
-                keys, argv = client._enqueue_args(client._call("bench.noop", [], {}, None), job_id,
-                                                  "queued")
+                call = client._call("bench.noop", [], {}, JobOptions(queue="default"))
+                keys, argv = await client._enqueue_args(call, job_id, "queued")
                 await client.scripts.enqueue(keys=keys, args=argv, client=pipe)
                 ids.append(job_id)
             await pipe.execute()
@@ -116,8 +116,8 @@ async def memory(url: str, sleepers: int) -> dict[str, float]:
         idle = rss_mb(proc.pid)
         async with client.redis.pipeline(transaction=False) as pipe:
             for _ in range(sleepers):
-                keys, argv = client._enqueue_args(
-                    client._call("bench.sleep", [20], {}, None), uuid.uuid4().hex, "queued")
+                call = client._call("bench.sleep", [20], {}, JobOptions(queue="default"))
+                keys, argv = await client._enqueue_args(call, uuid.uuid4().hex, "queued")
                 await client.scripts.enqueue(keys=keys, args=argv, client=pipe)
             await pipe.execute()
         peak = idle

@@ -22,12 +22,19 @@
     │   │                        failing (5xx, timeouts) after our retries
     │   ├── RateLimited          429 after our retries were used up (or no permit in time)
     │   ├── DailyQuotaExhausted  a per-day quota; dispatch stops until it resets
-    │   └── OverLimit            one call bigger than the model's per-minute token limit
+    │   ├── OverLimit            one call bigger than the model's per-minute token limit
+    │   └── UnusableAnswer       a paid answer that cannot be used (booked, never stored)
+    │       ├── AnswerBlocked    blockReason, no candidate, or SAFETY/RECITATION/... stop
+    │       ├── AnswerTruncated  finishReason MAX_TOKENS (.max_output_tokens)
+    │       └── AnswerInvalid    finished normally but failed validation (.text, .problem)
     ├── BudgetError
     │   └── BudgetExceeded       a reservation did not fit a budget (.scope: batch|day|month,
-    │                            .held_only: only running calls' holds were in the way)
+    │                            .held_only: only running calls' holds were in the way,
+    │                            .stopped: the scope stopped after a bill over its hold)
     └── InputError
         ├── BadDocument          a PDF that is corrupt, encrypted, empty or too large
+        │   └── RequestTooLarge  a page that no inline request can carry
+        ├── BatchNotFound        no batch by that id, id prefix or label
         └── UploadRejected       an HTTP upload refused as a whole (.status_code: 400/413/415/422)
 
 The CLI catches `PipelineError` and prints its message without a traceback.
@@ -103,10 +110,17 @@ class Reason(StrEnum):
     PROVIDER_ERROR = "provider_error"  # the provider kept failing (5xx, timeouts)
     PROVIDER_REFUSED = "provider_refused"  # a 4xx the same request would meet again
     BAD_INPUT = "bad_input"  # the document or the arguments cannot be processed
+    ANSWER_BLOCKED = "answer_blocked"  # the provider blocked the prompt or stopped the answer
+    ANSWER_TRUNCATED = "answer_truncated"  # cut at max_output_tokens even with the larger budget
+    ANSWER_INVALID = "answer_invalid"  # finished answers failed validation, repair included
+    BUDGET_OVERRUN = "budget_overrun"  # a bill passed its hold; the scope waits for a person
+    REQUEST_TOO_LARGE = "request_too_large"  # a page no inline request can carry
 
 
 # Reasons a job only waits for, attempt kept: status shows them as "waiting".
-WAITING_REASONS = frozenset({Reason.BUDGET_WINDOW, Reason.BUDGET_HOLDS, Reason.DAILY_QUOTA})
+WAITING_REASONS = frozenset(
+    {Reason.BUDGET_WINDOW, Reason.BUDGET_HOLDS, Reason.DAILY_QUOTA, Reason.BUDGET_OVERRUN}
+)
 
 
 class JobError(PipelineError):
@@ -178,6 +192,42 @@ class OverLimit(LLMError):
     pass
 
 
+class UnusableAnswer(LLMError):
+    """A paid answer that cannot be used: recorded in the ledger with its own outcome and
+    counted as wasted spend, never kept in the call store, so a retry makes a fresh call.
+    `.stop_reason` is the provider's finishReason or block reason."""
+
+    def __init__(self, message: str, stop_reason: str = "") -> None:
+        super().__init__(message)
+        self.stop_reason = stop_reason
+
+
+class AnswerBlocked(UnusableAnswer):
+    """The provider blocked the prompt (promptFeedback.blockReason), sent no candidate, or
+    stopped the answer for SAFETY, RECITATION, PROHIBITED_CONTENT, BLOCKLIST, SPII, OTHER...:
+    the same request meets the same refusal."""
+
+
+class AnswerTruncated(UnusableAnswer):
+    """finishReason MAX_TOKENS: the answer (or the thinking before it) filled
+    `.max_output_tokens`; `.thoughts_tokens` says how much of it was thinking."""
+
+    def __init__(self, message: str, max_output_tokens: int, thoughts_tokens: int = 0) -> None:
+        super().__init__(message, "MAX_TOKENS")
+        self.max_output_tokens = max_output_tokens
+        self.thoughts_tokens = thoughts_tokens
+
+
+class AnswerInvalid(UnusableAnswer):
+    """The answer finished normally (STOP) but failed validation: `.problem` says how,
+    `.text` is the answer, for a repair call."""
+
+    def __init__(self, message: str, text: str, problem: str) -> None:
+        super().__init__(message, "STOP")
+        self.text = text
+        self.problem = problem
+
+
 class BudgetError(PipelineError):
     pass
 
@@ -186,12 +236,17 @@ class BudgetExceeded(BudgetError):
     """`.scope` names the budget that did not fit: "batch", "day" or "month".
 
     `.held_only` is True when settled spend alone leaves room and only other running calls'
-    worst-case holds are in the way: waiting for them to settle may well make room."""
+    worst-case holds are in the way: waiting for them to settle may well make room.
+    `.stopped` is True when the scope stopped admitting calls after a bill passed its
+    reservation: nothing is admitted until a person raises the limit."""
 
-    def __init__(self, message: str, scope: str = "", held_only: bool = False) -> None:
+    def __init__(
+        self, message: str, scope: str = "", held_only: bool = False, stopped: bool = False
+    ) -> None:
         super().__init__(message)
         self.scope = scope
         self.held_only = held_only
+        self.stopped = stopped
 
 
 class InputError(PipelineError):
@@ -199,6 +254,13 @@ class InputError(PipelineError):
 
 
 class BadDocument(InputError):
+    pass
+
+
+class RequestTooLarge(BadDocument):
+    """A page whose request alone is over the provider's inline request limit: splitting
+    cannot make it fit, so it is refused at submit (and at the worker, the same rule)."""
+class BatchNotFound(InputError):
     pass
 
 

@@ -20,8 +20,12 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import (
+    AnswerBlocked,
+    AnswerInvalid,
+    AnswerTruncated,
     BudgetExceeded,
     DailyQuotaExhausted,
+    InputError,
     JobError,
     OverBudget,
     OverLimit,
@@ -50,6 +54,8 @@ if TYPE_CHECKING:
     from pipeline.llm.pricing import PriceTable
     from pipeline.llm.provider import LLMRequest, LLMResponse, Provider
     from pipeline.llm.retry import RetryBudget
+    from pipeline.llm.stop import Accept
+    from pipeline.llm.tally import TallyingRecorder
 
 
 # A job whose budget is full only of other calls' holds waits this long (plus jitter, so
@@ -83,6 +89,7 @@ class Services:
     # One RetryBudget per running job (by job id), shared by all that job's calls; dropped
     # by the job-end hook. Kept here, not on JobContext, so the queue knows nothing of LLMs.
     retry_budgets: dict[str, RetryBudget] = field(default_factory=dict)
+    tally: TallyingRecorder | None = None  # each running job's cost, for its log line
 
     def retry_budget(self, job_id: str) -> RetryBudget:
         """The job's budget of provider attempts (PIPELINE_MAX_CALL_ATTEMPTS_PER_JOB)."""
@@ -98,6 +105,15 @@ class Services:
         """Forget a finished run's retry budget; a later run of the job starts afresh (the
         queue's max_attempts bounds how many runs there are)."""
         self.retry_budgets.pop(job_id, None)
+        if self.tally is not None:
+            self.tally.forget(job_id)
+
+    def job_fields(self, job: Job) -> dict[str, Any]:
+        """A job's document and cost so far, for the worker's log lines."""
+        args = job.args[-1] if job.args and isinstance(job.args[-1], dict) else {}
+        cost = self.tally.job_cost(job.id) if self.tally is not None else None
+        return {"document": args.get("name"),
+                "cost_usd": None if cost is None else f"{cost:.6f}"}  # fmt: skip
 
     async def aclose(self) -> None:
         await self.provider.aclose()
@@ -110,13 +126,21 @@ class Services:
         *,
         batch_limit_usd: Decimal | None = None,
         document_id: str | None = None,
+        accept: Accept | None = None,
+        handles: tuple[type[PipelineError], ...] = (),
     ) -> LLMResponse:
         """One LLM call on behalf of a running job: its admission permit, the budgets that
-        apply, the ledger. A failure is turned into what it means for the job by
-        `failed_call` (raised from the original error).
+        apply, the ledger. `accept` checks a finished answer (see LLMCaller.call). A failure
+        is turned into what it means for the job by `failed_call` (raised from the original
+        error), except errors of the types in `handles`, which the task remedies itself
+        (e.g. AnswerTruncated: a larger output budget) and which propagate unchanged.
         """
+        from pipeline.ledger.batch_limit import current_limit
+
+        # The batch's budget as last set (`pipeline budget --set`) wins over the job's copy.
+        limit = await current_limit(self.client.redis, self.client.keys, ctx.batch)
         budget = await self.budget.for_call(
-            ctx.batch, batch_limit_usd, job_id=ctx.job_id, lease=ctx.job.token
+            ctx.batch, limit or batch_limit_usd, job_id=ctx.job_id, lease=ctx.job.token
         )
         try:
             return await self.caller.call(
@@ -127,8 +151,11 @@ class Services:
                 permit=ctx.take_permit(),
                 budget=budget,
                 retry_budget=self.retry_budget(ctx.job_id),
+                accept=accept,
             )
         except PipelineError as exc:
+            if isinstance(exc, handles):
+                raise
             steer = failed_call(exc)
             if steer is None:
                 raise
@@ -140,6 +167,9 @@ def failed_call(exc: PipelineError) -> JobError | None:
 
     The one place this is decided; the job keeps the typed `Reason`, which status, the API and
     the dashboard read (never the message text).
+    - A scope stopped after an overrun (a bill above its reservation): the job ends
+      `over_budget` for a batch, or waits out the window for the day or month, with reason
+      `budget_overrun`, until a person raises the limit.
     - A budget full only of other calls' worst-case holds: postponed a few seconds, attempt
       kept, since those holds usually settle lower (`budget_holds`).
     - The batch budget cannot fit the call: the job ends `over_budget`, nothing charged.
@@ -151,9 +181,20 @@ def failed_call(exc: PipelineError) -> JobError | None:
       token limit: failed at once instead of retrying for minutes.
     - Still rate limited, or the provider still failing after the call's own retries: retried
       on the job's schedule (`rate_limit`, `provider_error`).
+    - A paid answer that cannot be used: blocked or stopped for SAFETY etc. fails at once
+      (`answer_blocked`): the same request meets the same refusal. Truncated or invalid
+      answers reach here only when the task's own remedy (a larger output budget, one repair
+      call) failed too: failed at once (`answer_truncated`, `answer_invalid`).
+    - A document the provider cannot read (an InputError such as BadDocument, raised by the
+      offline analyzer): failed at once, never retried (`bad_input`).
     Returns None for errors that are not about the call (they propagate unchanged).
     """
     if isinstance(exc, BudgetExceeded):
+        if exc.stopped:
+            if exc.scope == "batch":
+                return OverBudget(str(exc), reason=Reason.BUDGET_OVERRUN)
+            return Retry(str(exc), delay_s=_until_window_reset_s(exc.scope),
+                         count_attempt=False, reason=Reason.BUDGET_OVERRUN)  # fmt: skip
         if exc.held_only:
             return Retry(
                 f"waiting for running calls to settle: {exc}",
@@ -179,8 +220,14 @@ def failed_call(exc: PipelineError) -> JobError | None:
         return Retry(f"ProviderError: {exc}", reason=Reason.PROVIDER_ERROR)
     if isinstance(exc, RateLimited):
         return Retry(f"RateLimited: {exc}", reason=Reason.RATE_LIMIT)
-    if isinstance(exc, OverLimit | UnknownModel):
+    if isinstance(exc, OverLimit | UnknownModel | InputError):
         return Permanent(str(exc), reason=Reason.BAD_INPUT)
+    if isinstance(exc, AnswerBlocked):
+        return Permanent(str(exc), reason=Reason.ANSWER_BLOCKED)
+    if isinstance(exc, AnswerTruncated):
+        return Permanent(str(exc), reason=Reason.ANSWER_TRUNCATED)
+    if isinstance(exc, AnswerInvalid):
+        return Permanent(str(exc), reason=Reason.ANSWER_INVALID)
     return None
 
 
@@ -195,6 +242,7 @@ async def open_services(client: QueueClient, provider: Provider | None = None) -
     from pipeline.llm.factory import make_provider
     from pipeline.llm.limiter import Limiter
     from pipeline.llm.pricing import PriceTable
+    from pipeline.llm.tally import TallyingRecorder
 
     s = client.settings
     engine = await asyncio.to_thread(get_engine, s)
@@ -203,9 +251,11 @@ async def open_services(client: QueueClient, provider: Provider | None = None) -
     limiter = Limiter(client.redis, client.keys, s)
     provider = provider or make_provider(s)
     store = CallStore(client.redis, client.keys, s.call_ttl_s, durable=LedgerAnswers(recorder))
-    caller = LLMCaller(provider, limiter, store, recorder, prices)
+    tally = TallyingRecorder(recorder)
+    caller = LLMCaller(provider, limiter, store, tally, prices)
     budget = Budget(client.redis, client.keys, s)
-    return Services(client, engine, recorder, budget, prices, limiter, provider, caller)
+    return Services(client, engine, recorder, budget, prices, limiter, provider, caller,
+                    tally=tally)  # fmt: skip
 
 
 def ledger_hooks(services: Services) -> dict[str, Any]:
@@ -246,8 +296,10 @@ def ledger_hooks(services: Services) -> dict[str, Any]:
         if outcome in ("release", "fenced", "lost"):
             return
         status = "queued" if outcome in ("retry", "postpone") else outcome
+        # "" clears an earlier attempt's error (a lost lease...) once the job completes.
+        last_error = "" if outcome == "complete" else error
         await services.recorder.update_job_status(
-            ctx.job.id, status, attempts=ctx.job.attempt, last_error=error
+            ctx.job.id, status, attempts=ctx.job.attempt, last_error=last_error
         )
 
     return {
@@ -284,5 +336,6 @@ async def build_worker(
         pool=pool,
         deps={"services": services},
         gate=LimiterGate(services.limiter),
+        job_fields=services.job_fields,
         **ledger_hooks(services),
     )

@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     max_document_pages: int = Field(default=3000, gt=0)  # longer PDFs are refused at submit
     # Input tokens one analysis call may carry; a longer document is split into a chord.
     context_budget_tokens: int = Field(default=200_000, gt=0)
+    # JSON size of one stored result, whatever the page count (tasks/merge.py trims to it).
+    max_result_bytes: int = Field(default=16_384, ge=4096)
+    # Gemini's limit on one inline request, base64 included (GEMINI.md §3.5); a part whose
+    # real request is larger is split again, a page that alone is larger refused at submit.
+    max_inline_request_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     api_keys: str | None = None  # comma-separated bearer keys
 
     @field_validator("api_keys")

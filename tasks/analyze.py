@@ -2,9 +2,12 @@
 
 A PDF that fits one call is analysed in one call. A longer one becomes a chord: the parent
 splits it (in the process pool) into page ranges, one `analyze_chunk` job per range runs in
-parallel on any worker, and `reduce_analyses` merges their answers once all are done. Every
-call goes through `services.call`, so each is admitted by the shared limiter, reserved
-against the budgets, recorded in the ledger, and never paid for twice.
+parallel on any worker, and `reduce_analyses` merges their answers once all are done, as
+data (tasks/merge.py): in code for the offline analyzer, and for Gemini with one merge call
+that reads the parts' fields. Every call goes through `services.call`, so each is admitted
+by the shared limiter, reserved against the budgets, recorded in the ledger, and never paid
+for twice. The stored result (tasks/result.py) says what produced it, what it cost, which
+pages went into which part and which pages had no text layer.
 
 Job arguments are one JSON dict (sha256, names, model, prompt version, batch budget); the
 PDF bytes wait in Redis under `keys.document(sha256)`, written by tasks/submission.py.
@@ -13,19 +16,27 @@ PDF bytes wait in Redis under `keys.document(sha256)`, written by tasks/submissi
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from decimal import Decimal
 from typing import Any
 
-from pydantic import ValidationError
-
-from pipeline.errors import BadDocument, DatabaseUnavailable, Permanent
-from pipeline.llm.provider import LLMRequest, LLMResponse, Part
+from pipeline.errors import BadDocument, DatabaseUnavailable, Permanent, Reason, RequestTooLarge
+from pipeline.llm.provider import LLMRequest, Part
 from pipeline.queue.context import JobContext
 from pipeline.queue.task import task
+from tasks.analysis_call import analysis_call
+from tasks.fit import Fitted, fit_parts
+from tasks.merge import (
+    merge_document_type,
+    merge_entities,
+    merge_key_points,
+    merge_language,
+    merge_prompt_fields,
+    summary_of_summaries,
+)
 from tasks.plan import (
     MAX_OUTPUT_TOKENS,
+    THINKING_BUDGET_TOKENS,
     analyze_prompt,
     analyze_request,
     chunk_ranges,
@@ -36,7 +47,14 @@ from tasks.plan import (
     prompt_tokens,
 )
 from tasks.prompts import load_prompt
-from tasks.schema import Analysis
+from tasks.result import (
+    build_result,
+    now_iso,
+    part_outcome,
+    provider_of,
+    reusable,
+)
+from tasks.schema import MergedAnalysis, gemini_schema
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +77,7 @@ async def _load_pdf(ctx: JobContext, sha256: str) -> bytes:
 
 
 async def _inspect(ctx: JobContext, data: bytes, name: str) -> dict[str, Any]:
+    """tasks/pdf.py's validity rule, the same one submit applied; a refusal fails at once."""
     s = ctx.client.settings
     try:
         info: dict[str, Any] = await ctx.run_cpu(
@@ -69,50 +88,35 @@ async def _inspect(ctx: JobContext, data: bytes, name: str) -> dict[str, Any]:
     return info
 
 
-def _validate(data: Any, text: str) -> tuple[dict[str, Any] | None, str]:
-    """The answer as a validated dict, or None and why it is not one."""
-    if data is None:
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            return None, f"not JSON: {exc}"
-    try:
-        return Analysis.model_validate(data).model_dump(mode="json"), ""
-    except ValidationError as exc:
-        return None, str(exc).splitlines()[0] + " " + "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5]
-        )
+async def _readable_copy(ctx: JobContext, data: bytes, info: dict[str, Any]) -> bytes:
+    """The PDF as every provider can read it: an empty-password encrypted file (accepted by
+    the validity rule) is sent as its decrypted copy, so the offline analyzer and Gemini see
+    the same pages submit accepted (field case 14)."""
+    if not info.get("encrypted"):
+        return data
+    pages = int(info["page_count"])
+    parts: list[bytes] = await ctx.run_cpu("tasks.pdf:split_pages", data, [[1, pages]])
+    return parts[0]
 
 
-async def _analysis_call(
-    ctx: JobContext, request: LLMRequest, budget: Decimal | None, document_id: str
-) -> dict[str, Any]:
-    """One call for an Analysis; an invalid answer gets one repair call, then fails for good
-    (retrying would pay again for the same bad answer)."""
-    services = ctx.deps["services"]
-    response: LLMResponse = await services.call(
-        ctx, request, batch_limit_usd=budget, document_id=document_id
-    )
-    result, error = _validate(response.data, response.text)
-    if result is not None:
-        return result
-    await ctx.progress({"stage": "repairing", "error": error[:300]})
-    repair = load_prompt("repair")
-    schema = Analysis.json_schema_for_gemini()
-    repair_text = repair.render(error=error, invalid_json=response.text, schema=json.dumps(schema))
-    fix = LLMRequest(
-        model=request.model,
-        parts=(Part(text=repair_text),),
-        system=repair.system,
-        response_schema=schema,
-        max_output_tokens=MAX_OUTPUT_TOKENS,
-        prompt_version=repair.version,
-    )
-    fixed = await services.call(ctx, fix, batch_limit_usd=budget, document_id=document_id)
-    result, error2 = _validate(fixed.data, fixed.text)
-    if result is None:
-        raise Permanent(f"model returned invalid JSON twice: {error2[:500]}")
-    return result
+async def _analyse_part(
+    ctx: JobContext, args: dict[str, Any], data: bytes, *, part: int, first: int, last: int,
+    page_count: int, request: LLMRequest | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """One page range (the whole document when it fits one call) as a `part_outcome`;
+    `request` when the caller already built (and size-checked) it."""
+    started = now_iso()
+    if request is None:
+        request = analyze_request(args["model"], analyze_prompt(), data, filename=args["name"],
+                                  page_count=page_count, first_page=first,
+                                  last_page=last)  # fmt: skip
+    answered = await analysis_call(ctx, request, _budget(args), args["sha256"])
+    blank: list[int] = await ctx.run_cpu("tasks.pdf:pages_without_text", data)
+    return part_outcome(
+        answered.result, part=part, first_page=first, last_page=last,
+        model_version=answered.model_version, cost=answered.cost,
+        blank_pages=[first - 1 + n for n in blank], started_at=started,
+    )  # fmt: skip
 
 
 @task(name="analyze_document", **_RETRY)  # type: ignore[arg-type]
@@ -135,38 +139,52 @@ async def analyze_document(ctx: JobContext, args: dict[str, Any]) -> dict[str, A
         # and a long back-off (found by bench/chaos.py's database cut): carry on without it.
         log.warning("job %s: %s; analysing without the stored-result check", ctx.job_id, exc)
         stored = None
-    if stored is not None:
+    if stored is not None and reusable(stored, getattr(services.provider, "name", None)):
         await ctx.progress({"stage": "done", "from": "ledger"})
         return dict(stored)
-    data = await _load_pdf(ctx, sha)
-    info = await _inspect(ctx, data, name)
+    original = await _load_pdf(ctx, sha)
+    info = await _inspect(ctx, original, name)
+    data = await _readable_copy(ctx, original, info)
     pages = int(info["page_count"])
-    ranges = chunk_ranges(pages, len(data), model, s.context_budget_tokens)
-    if len(ranges) == 1:
+    ranges = chunk_ranges(pages, len(data), model, s.context_budget_tokens,
+                          s.max_inline_request_bytes)  # fmt: skip
+
+    def build(part: bytes, first: int, last: int) -> LLMRequest:
+        return analyze_request(model, prompt, part, filename=name, page_count=pages,
+                               first_page=first, last_page=last)  # fmt: skip
+
+    try:  # each part's real request, not the average, is checked against the inline limit
+        fitted = await fit_parts(ctx, data, pages, ranges, build, s.max_inline_request_bytes)
+    except RequestTooLarge as exc:
+        raise Permanent(str(exc), reason=Reason.REQUEST_TOO_LARGE) from None
+    if len(fitted) == 1:
         await ctx.progress({"stage": "analyzing", "pages": pages})
-        request = analyze_request(model, prompt, data, filename=name, page_count=pages,
-                                  first_page=1, last_page=pages)  # fmt: skip
-        result = await _analysis_call(ctx, request, _budget(args), sha)
+        part = await _analyse_part(ctx, args, data, part=1, first=1, last=pages,
+                                   page_count=pages, request=fitted[0].request)  # fmt: skip
+        analysis = {**part["analysis"], "page_count": pages}  # counted here, not by the model
+        result = build_result(analysis, [part], model=model, prompt_version=version,
+                              max_bytes=s.max_result_bytes)  # fmt: skip
         await services.recorder.save_result(sha, model, version, result)
         await ctx.progress({"stage": "done", "pages": pages})
         return result
-    return await _fan_out(ctx, args, data, pages, ranges)
+    return await _fan_out(ctx, args, pages, fitted)
 
 
 async def _fan_out(
-    ctx: JobContext, args: dict[str, Any], data: bytes, pages: int, ranges: list[tuple[int, int]]
+    ctx: JobContext, args: dict[str, Any], pages: int, fitted: list[Fitted]
 ) -> dict[str, Any]:
     services = ctx.deps["services"]
     s, k = ctx.client.settings, ctx.client.keys
     model = args["model"]
-    await ctx.progress({"stage": "splitting", "pages": pages, "chunks": len(ranges)})
-    parts: list[bytes] = await ctx.run_cpu("tasks.pdf:split_pages", data, [list(r) for r in ranges])
+    await ctx.progress({"stage": "splitting", "pages": pages, "chunks": len(fitted)})
     prompt = analyze_prompt()
     calls = []
-    for (first, last), part in zip(ranges, parts, strict=True):
+    ranges = [(f.first, f.last) for f in fitted]
+    for index, fit in enumerate(fitted, start=1):
+        first, last, part = fit.first, fit.last, fit.part
         chunk_sha = hashlib.sha256(part).hexdigest()
         await ctx.client.redis.set(doc_key(k, chunk_sha), encode_pdf(part), ex=s.doc_ttl_s)
-        chunk_args = {**args, "chunk_sha256": chunk_sha, "first_page": first,
+        chunk_args = {**args, "chunk_sha256": chunk_sha, "part": index, "first_page": first,
                       "last_page": last, "page_count": pages}  # fmt: skip
         hints = {"model": model,
                  "tokens": estimate_input_tokens(last - first + 1, model, prompt)}  # fmt: skip
@@ -179,6 +197,9 @@ async def _fan_out(
     then = reduce_analyses.call(reduce_args).with_options(
         hints=reduce_hints, job_id=f"{ctx.job_id}-reduce"
     )
+    if await ctx.client.redis.hget(k.job(ctx.job_id), "cancel") == "1":
+        # Cancelled while splitting: queue no parts (the worker stops us at its next renewal).
+        raise Permanent("cancelled before its parts were queued", reason=Reason.CANCELLED)
     group = await ctx.client.group(calls, then=then, batch=ctx.batch)
     for handle in [*group.members, group.callback]:
         await services.recorder.upsert_job(
@@ -196,10 +217,8 @@ async def analyze_chunk(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]
     data = await _load_pdf(ctx, args["chunk_sha256"])
     first, last = int(args["first_page"]), int(args["last_page"])
     await ctx.progress({"stage": "analyzing", "first_page": first, "last_page": last})
-    request = analyze_request(args["model"], analyze_prompt(), data, filename=args["name"],
-                              page_count=int(args["page_count"]), first_page=first,
-                              last_page=last)  # fmt: skip
-    return await _analysis_call(ctx, request, _budget(args), args["sha256"])
+    return await _analyse_part(ctx, args, data, part=int(args["part"]), first=first, last=last,
+                               page_count=int(args["page_count"]))  # fmt: skip
 
 
 @task(name="reduce_analyses", **_RETRY)  # type: ignore[arg-type]
@@ -210,30 +229,103 @@ async def reduce_analyses(
     services = ctx.deps["services"]
     failed = [o for o in outcomes if o.get("state") != "complete"]
     if failed:
-        raise Permanent(
-            f"{len(failed)} of {len(outcomes)} page ranges failed "
-            f"(first: {failed[0].get('error') or failed[0].get('state')}); "
-            f"retry them with `pipeline dead requeue {' '.join(o['id'] for o in failed)}`: this "
-            "merge runs again when they finish, and answers already paid for are reused"
-        )
-    reduce = load_prompt("reduce")
+        await _fail_partial(ctx, outcomes, failed)
+    parts = sorted((o["result"] for o in outcomes), key=lambda r: int(r["source"]["part"]))
+    analyses = [p["analysis"] for p in parts]
     pages = int(args["page_count"])
-    analyses = json.dumps([o["result"] for o in outcomes], indent=1)
-    text = reduce.render(
-        filename=args["name"], page_count=pages, chunk_count=len(outcomes), analyses=analyses
-    )
-    request = LLMRequest(
-        model=args["model"],
-        parts=(Part(text=text),),
-        system=reduce.system,
-        response_schema=Analysis.json_schema_for_gemini(),
-        max_output_tokens=MAX_OUTPUT_TOKENS,
-        prompt_version=reduce.version,
-    )
+    language = merge_language(analyses)
+    merged: dict[str, Any] = {"entities": merge_entities(analyses), "language": language,
+                              "page_count": pages}  # fmt: skip
     await ctx.progress({"stage": "reducing", "chunks": len(outcomes)})
-    result = await _analysis_call(ctx, request, _budget(args), args["sha256"])
-    result["page_count"] = pages
+    merge_cost: Decimal | None = Decimal(0)
+    if all(provider_of(p["source"]["model_version"]) == "offline" for p in parts):
+        merged.update(_merge_offline(parts, analyses, language))
+    else:
+        answer, merge_cost = await _merge_call(ctx, args, parts)
+        merged.update(answer)
+    result = build_result(merged, parts, model=args["model"],
+                          prompt_version=args["prompt_version"], extra_cost=merge_cost,
+                          max_bytes=ctx.client.settings.max_result_bytes)  # fmt: skip
     await services.recorder.save_result(
         args["sha256"], args["model"], args["prompt_version"], result
     )
     return result
+
+
+def _merge_offline(
+    parts: list[dict[str, Any]], analyses: list[dict[str, Any]], language: str
+) -> dict[str, Any]:
+    """The offline analyzer's merge, in code: a summary of the summaries of the parts that
+    had text; a document without any text keeps the note that says so."""
+    from pipeline.llm.offline import no_text_note
+
+    read = [a for p, a in zip(parts, analyses, strict=True) if _has_text(p)]
+    if not read:
+        blank = [n for p in parts for n in p["pages_without_text"]]
+        summary = no_text_note(blank)
+    else:
+        summary = summary_of_summaries([a["summary"] for a in read], language)
+    return {"summary": summary, "key_points": merge_key_points(read),
+            "document_type": merge_document_type(analyses)}  # fmt: skip
+
+
+def _has_text(part: dict[str, Any]) -> bool:
+    source = part["source"]
+    return len(part["pages_without_text"]) <= int(source["last_page"]) - int(source["first_page"])
+
+
+async def _merge_call(
+    ctx: JobContext, args: dict[str, Any], parts: list[dict[str, Any]]
+) -> tuple[dict[str, Any], Decimal | None]:
+    """Gemini's merge: one call that reads the parts' summaries, types and key points as
+    labelled fields and writes the whole document's summary, key points and type."""
+    reduce = load_prompt("reduce")
+    ranges = [(int(p["source"]["first_page"]), int(p["source"]["last_page"])) for p in parts]
+    text = reduce.render(
+        filename=args["name"], page_count=int(args["page_count"]), chunk_count=len(parts),
+        parts=merge_prompt_fields([p["analysis"] for p in parts], ranges),
+    )  # fmt: skip
+    request = LLMRequest(
+        model=args["model"],
+        parts=(Part(text=text),),
+        system=reduce.system,
+        response_schema=gemini_schema(MergedAnalysis),
+        max_output_tokens=MAX_OUTPUT_TOKENS,
+        thinking_budget=THINKING_BUDGET_TOKENS,
+        prompt_version=reduce.version,
+    )
+    answered = await analysis_call(ctx, request, _budget(args), args["sha256"], MergedAnalysis)
+    answer = answered.result
+    answer["key_points"] = merge_key_points([answer])
+    return answer, answered.cost
+
+
+# Reasons a page range fails for that the same request would meet again: a requeue cannot
+# help, so none is advised (field case 16).
+_DETERMINISTIC = frozenset({
+    Reason.ANSWER_BLOCKED, Reason.ANSWER_TRUNCATED, Reason.ANSWER_INVALID, Reason.BAD_INPUT,
+    Reason.PROVIDER_REFUSED, Reason.REQUEST_TOO_LARGE,
+})  # fmt: skip
+
+
+async def _fail_partial(
+    ctx: JobContext, outcomes: list[dict[str, Any]], failed: list[dict[str, Any]]
+) -> None:
+    """End the merge of a document some page ranges failed for, saying whether a requeue
+    can help: never for a failure the same request would meet again."""
+    first = failed[0].get("error") or failed[0].get("state")
+    head = f"{len(failed)} of {len(outcomes)} page ranges failed (first: {first})"
+    reasons: list[Reason] = []
+    for outcome in failed:
+        job = await ctx.client.get(str(outcome["id"]))
+        reasons.append(Reason(job.reason) if job.reason in set(Reason) else Reason.ERROR)
+    if all(r in _DETERMINISTIC for r in reasons):
+        raise Permanent(
+            f"{head}; the same request would fail the same way, so requeueing cannot help: "
+            "fix the cause named above (or the document) and submit it again",
+            reason=reasons[0],
+        )
+    raise Permanent(
+        f"{head}; `pipeline retry {ctx.batch or 'BATCH'} --failed` analyses the document again "
+        "(answers already paid for and used are reused)"
+    )

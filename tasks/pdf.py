@@ -1,10 +1,12 @@
 """PDF work that runs in the worker's process pool: inspect, extract text, split, plan chunks.
 
 Everything here is a plain function of bytes and ints returning plain values, so it crosses
-a multiprocessing boundary as-is, and none of it touches the event loop. Parsing happens in
-recycled pool processes because pypdf's memory grows with the document: it caches every
-object it parses. For the same reason, long loops reopen the reader every
-`_PAGES_PER_READER` pages instead of walking a 3,000-page manual with one reader.
+a multiprocessing boundary as-is, and none of it touches the event loop. Two parsers, each
+where it is the better tool: PDFium (pypdfium2) reads the text layer, about three times
+faster than pypdf per page with less memory (bench/extraction.py has the figures); pypdf
+inspects metadata and writes the split parts, which PDFium's bindings do not do as simply.
+Parsing happens in recycled pool processes because pypdf's memory grows with the document:
+it caches every object it parses.
 
 Every way a file can be unusable ends in `BadDocument` with a message that says what is
 wrong and what to do, because these messages reach the person who uploaded the file.
@@ -23,11 +25,19 @@ from typing import Any
 
 from pypdf import PasswordType, PdfReader, PdfWriter
 
-from pipeline.errors import BadDocument
+from pipeline.errors import BadDocument, RequestTooLarge
+from pipeline.llm.offline.pdftext import (
+    check_page_range,
+    corrupt_error,
+    extract_text,
+    pages_without_text,
+)
 
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
+# Pages read through one pypdf reader before a fresh one drops its cache of parsed objects.
+_PAGES_PER_READER = 100
 # Gemini's limit on a whole inline request ("total request < 20 MB"), base64 included.
 MAX_INLINE_BYTES = 20 * MB
 # Room in a request for the prompt text, schema and JSON framing around the PDF.
@@ -41,7 +51,6 @@ DEFAULT_MAX_TOKENS = 200_000
 TOKENS_PER_PAGE_V2 = 258
 TOKENS_PER_PAGE_V3 = 560
 
-_PAGES_PER_READER = 100
 _HEADER_WINDOW = 1024  # the PDF spec lets %PDF- start anywhere in the first 1 KiB
 _TAIL_WINDOW = 4096  # where %%EOF must be; generous, writers append junk after it
 _OBJECT = re.compile(rb"\d+\s+\d+\s+obj\b")
@@ -68,8 +77,19 @@ class PdfInfo:
         return asdict(self)
 
 
-def inspect_pdf(data: bytes, max_bytes: int, max_pages: int, name: str = "the file") -> PdfInfo:
-    """Check that `data` is a PDF we can analyse and describe it; BadDocument otherwise."""
+def inspect_pdf(
+    data: bytes, max_bytes: int, max_pages: int, name: str = "the file",
+    max_part_bytes: int | None = None,
+) -> PdfInfo:  # fmt: skip
+    """Check that `data` is a PDF we can analyse and describe it; BadDocument otherwise.
+
+    This is the one validity rule: submit, the HTTP API and the worker all call it, so a
+    file accepted at the door is one the worker can send. A PDF encrypted with an empty
+    user password is accepted (pypdf opens it; the worker sends a decrypted copy); one that
+    needs a password is refused. With `max_part_bytes` (the base64 bytes a request has room
+    for beside its prompt), a page that alone needs more is refused as RequestTooLarge:
+    no split can make it fit an inline request.
+    """
     size = len(data)
     if size == 0:
         raise BadDocument(f"{name} is empty (0 bytes); upload the PDF again")
@@ -95,7 +115,7 @@ def inspect_pdf(data: bytes, max_bytes: int, max_pages: int, name: str = "the fi
     try:
         page_count = len(reader.pages)
     except Exception as exc:  # pypdf raises many types for a broken page tree
-        raise _corrupt(name, exc) from None
+        raise corrupt_error(name, exc) from None
     if page_count == 0:
         raise BadDocument(f"{name} has no pages; check that it is the right file")
     if page_count > max_pages:
@@ -103,6 +123,8 @@ def inspect_pdf(data: bytes, max_bytes: int, max_pages: int, name: str = "the fi
             f"{name} has {page_count} pages, over the limit of {max_pages}; "
             "split it into smaller PDFs and submit those"
         )
+    if max_part_bytes is not None and base64_len(size) > max_part_bytes:
+        _refuse_oversized_pages(data, page_count, max_part_bytes, name)
     meta = _metadata(reader)
     return PdfInfo(
         page_count=page_count,
@@ -114,25 +136,6 @@ def inspect_pdf(data: bytes, max_bytes: int, max_pages: int, name: str = "the fi
     )
 
 
-def extract_text(data: bytes, first_page: int = 1, last_page: int | None = None) -> list[str]:
-    """The text layer of pages first_page..last_page (1-based, inclusive), one string each.
-
-    A page without a text layer (a scan) gives "". A page pypdf cannot decode also gives ""
-    rather than failing the document: the analysis can still use the other pages.
-    """
-    count = _page_count(data)
-    last = count if last_page is None else last_page
-    _check_range(first_page, last, count)
-    texts: list[str] = []
-    for reader, index in _walk(data, first_page - 1, last):
-        try:
-            texts.append(reader.pages[index].extract_text() or "")
-        except Exception as exc:  # one bad content stream must not lose the other pages
-            log.warning("page %d: no text extracted (%s); treating it as blank", index + 1, exc)
-            texts.append("")
-    return texts
-
-
 def split_pages(data: bytes, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     """Each (first, last) range (1-based, inclusive) written as a standalone PDF.
 
@@ -141,7 +144,7 @@ def split_pages(data: bytes, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     """
     count = _page_count(data)
     for first, last in ranges:
-        _check_range(first, last, count)
+        check_page_range(first, last, count)
     parts: list[bytes] = []
     for first, last in ranges:
         # One reader per part: the writer holds clones of the part's pages anyway, so a
@@ -154,6 +157,38 @@ def split_pages(data: bytes, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         writer.write(buffer)
         parts.append(buffer.getvalue())
     return parts
+
+
+def base64_len(size: int) -> int:
+    """Bytes of `size` bytes once base64-encoded, as inline data travels."""
+    return 4 * math.ceil(size / 3)
+
+
+def page_sizes(data: bytes) -> list[int]:
+    """The size in bytes of each page written as a standalone PDF (what a one-page part
+    weighs), one reader per `_PAGES_PER_READER` pages."""
+    sizes: list[int] = []
+    for reader, index in _walk(data, 0, _page_count(data)):
+        writer = PdfWriter()
+        writer.add_page(reader.pages[index])
+        buffer = io.BytesIO()
+        writer.write(buffer)
+        sizes.append(len(buffer.getvalue()))
+    return sizes
+
+
+def _refuse_oversized_pages(data: bytes, page_count: int, max_part_bytes: int, name: str) -> None:
+    too_big = [(n, size) for n, size in enumerate(page_sizes(data), 1)
+               if base64_len(size) > max_part_bytes]  # fmt: skip
+    if not too_big:
+        return
+    shown = ", ".join(f"page {n} ({base64_len(size) / MB:.1f} MB)" for n, size in too_big[:5])
+    raise RequestTooLarge(
+        f"{name}: {shown} alone {'is' if len(too_big) == 1 else 'are'} over the "
+        f"{max_part_bytes / MB:.1f} MB a request has room for (inline request limit, base64 "
+        "included); no split can make it fit. Reduce the page's image resolution (e.g. print "
+        "to PDF at a lower quality) or remove it, and submit again"
+    )
 
 
 def tokens_per_page(model: str) -> int:
@@ -185,7 +220,8 @@ def plan_chunks(
         raise ValueError("page_count must be at least 1")
     if pdf_bytes_len < 0 or tokens_per_page <= 0 or max_tokens <= 0 or max_pages <= 0:
         raise ValueError("sizes and limits must be positive")
-    raw_budget = max(1, (max_inline_bytes - _REQUEST_OVERHEAD_BYTES) * 3 // 4)  # base64 is 4/3
+    overhead = min(_REQUEST_OVERHEAD_BYTES, max_inline_bytes // 4)
+    raw_budget = max(1, (max_inline_bytes - overhead) * 3 // 4)  # base64 is 4/3
     bytes_per_page = max(1.0, pdf_bytes_len / page_count)
     per_chunk = min(
         math.floor(raw_budget / bytes_per_page),
@@ -207,11 +243,24 @@ def plan_chunks(
 # -- helpers ---------------------------------------------------------------------------
 
 
+def _walk(data: bytes, start: int, stop: int) -> Iterator[tuple[PdfReader, int]]:
+    """(reader, page index) for indexes start..stop-1, with a fresh reader every so often.
+
+    Dropping the reader drops pypdf's cache of parsed objects, so memory follows the
+    window of pages in hand rather than the whole document.
+    """
+    reader: PdfReader | None = None
+    for index in range(start, stop):
+        if reader is None or (index - start) % _PAGES_PER_READER == 0:
+            reader = _open(data)
+        yield reader, index
+
+
 def _open(data: bytes, name: str = "the file") -> PdfReader:
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
     except Exception as exc:
-        raise _corrupt(name, exc) from None
+        raise corrupt_error(name, exc) from None
     if reader.is_encrypted:
         try:
             opened = reader.decrypt("")
@@ -231,33 +280,7 @@ def _page_count(data: bytes) -> int:
     except BadDocument:
         raise
     except Exception as exc:
-        raise _corrupt("the file", exc) from None
-
-
-def _walk(data: bytes, start: int, stop: int) -> Iterator[tuple[PdfReader, int]]:
-    """(reader, page index) for indexes start..stop-1, with a fresh reader every so often.
-
-    Dropping the reader drops pypdf's cache of parsed objects, so memory follows the
-    window of pages in hand rather than the whole document.
-    """
-    reader: PdfReader | None = None
-    for index in range(start, stop):
-        if reader is None or (index - start) % _PAGES_PER_READER == 0:
-            reader = _open(data)
-        yield reader, index
-
-
-def _check_range(first: int, last: int, count: int) -> None:
-    if not 1 <= first <= last <= count:
-        raise ValueError(f"page range {first}-{last} is outside 1-{count}")
-
-
-def _corrupt(name: str, exc: Exception) -> BadDocument:
-    detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-    return BadDocument(
-        f"{name} is corrupt and could not be read ({detail}); "
-        "export it again from the program that made it, or repair it (e.g. qpdf) and resubmit"
-    )
+        raise corrupt_error("the file", exc) from None
 
 
 def _sniff(data: bytes) -> str:
@@ -316,3 +339,6 @@ def _clean(value: object) -> str | None:
         return None
     text = str(value).replace("\x00", "").strip()
     return text[:_METADATA_MAX_CHARS] or None
+
+
+__all__ = ["extract_text", "pages_without_text"]  # read here by tasks and the pool

@@ -55,10 +55,11 @@ def inspect_limited(
     name: str,
     timeout_s: float,
     memory_mb: int,
+    max_part_bytes: int | None = None,
 ) -> dict[str, Any]:
     """`inspect_pdf(...).to_dict()` of `source` (a file path, or the bytes), or BadDocument
     when the document is unusable or needs more than `timeout_s` seconds or `memory_mb` MB
-    of address space to read."""
+    of address space to read. `max_part_bytes` is inspect_pdf's."""
     data = Path(source).read_bytes() if isinstance(source, str) else source
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     limit = _address_space_bytes() + memory_mb * 1024 * 1024
@@ -68,7 +69,7 @@ def inspect_limited(
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
-        return inspect_pdf(data, max_bytes, max_pages, name).to_dict()
+        return inspect_pdf(data, max_bytes, max_pages, name, max_part_bytes).to_dict()
     except _TimeUp:
         raise BadDocument(
             f"{name} takes longer than {timeout_s:g} s to read (its structure is far more "

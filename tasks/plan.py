@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from pipeline.llm.pricing import PriceTable
+from pipeline.llm.pricing import PriceTable, canonical_model
 from pipeline.llm.provider import LLMRequest, Part
 from pipeline.redis.keys import Keys
 from tasks.pdf import MAX_INLINE_BYTES, plan_chunks, tokens_per_page
@@ -23,6 +23,10 @@ from tasks.schema import Analysis
 
 # Room for the summary, ten key points and the entities, plus 3.x thinking tokens.
 MAX_OUTPUT_TOKENS = 4096
+# The thinking cap every analysis request sends with maxOutputTokens, so the two together
+# bound what an answer can be billed (LLMRequest.output_bound_tokens).
+THINKING_BUDGET_TOKENS = 1024
+OUTPUT_BOUND_TOKENS = MAX_OUTPUT_TOKENS + THINKING_BUDGET_TOKENS
 
 
 def analyze_prompt() -> Prompt:
@@ -30,8 +34,10 @@ def analyze_prompt() -> Prompt:
 
 
 def idempotency_key(sha256: str, model: str, prompt_version: str) -> str:
-    """Same bytes, model and prompt → same job, whatever the file is called."""
-    return f"analyze:{sha256}:{model}:{prompt_version}"
+    """Same bytes, model and prompt → same job, whatever the file is called and however
+    the model is spelled ("models/x", an alias): the key holds its canonical id.
+    Raises UnknownModel for a model config/pricing.toml does not know."""
+    return f"analyze:{sha256}:{canonical_model(model)}:{prompt_version}"
 
 
 def doc_key(keys: Keys, sha256: str) -> str:
@@ -62,8 +68,18 @@ def analyze_request(
         system=prompt.system,
         response_schema=Analysis.json_schema_for_gemini(),
         max_output_tokens=MAX_OUTPUT_TOKENS,
+        thinking_budget=THINKING_BUDGET_TOKENS,
         prompt_version=prompt.version,
     )
+
+
+def part_room_bytes(model: str, prompt: Prompt, filename: str, max_request_bytes: int) -> int:
+    """How many base64 bytes of PDF one analysis request has room for under the inline
+    limit: the limit minus the request without its PDF (prompt, schema, framing), measured
+    with six-digit page numbers so no real document needs more."""
+    empty = analyze_request(model, prompt, b"", filename=filename, page_count=999_999,
+                            first_page=999_999, last_page=999_999)  # fmt: skip
+    return max_request_bytes - empty.payload_bytes()
 
 
 def prompt_tokens(prompt: Prompt) -> int:
@@ -77,14 +93,16 @@ def estimate_input_tokens(pages: int, model: str, prompt: Prompt) -> int:
 
 
 def chunk_ranges(
-    page_count: int, size_bytes: int, model: str, context_budget_tokens: int
-) -> list[tuple[int, int]]:
-    """Page ranges for the map calls; one range when the whole PDF fits a single call."""
+    page_count: int, size_bytes: int, model: str, context_budget_tokens: int,
+    max_inline_bytes: int = MAX_INLINE_BYTES,
+) -> list[tuple[int, int]]:  # fmt: skip
+    """Page ranges for the map calls; one range when the whole PDF fits a single call.
+    Sizes here are averages: the worker checks each part's real request (tasks/fit.py)."""
     return plan_chunks(
         page_count,
         size_bytes,
         tokens_per_page=tokens_per_page(model),
-        max_inline_bytes=MAX_INLINE_BYTES,
+        max_inline_bytes=max_inline_bytes,
         max_tokens=max(tokens_per_page(model), context_budget_tokens - 4096),
     )
 
@@ -101,11 +119,11 @@ def estimate_document(
     for first, last in ranges:
         t = estimate_input_tokens(last - first + 1, model, prompt)
         tokens += t
-        cost += prices.worst_case_cost(model, t, MAX_OUTPUT_TOKENS, at)
+        cost += prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, at)
     if len(ranges) > 1:  # the reduce call reads every chunk's answer
         t = len(ranges) * MAX_OUTPUT_TOKENS + prompt_tokens(prompt)
         tokens += t
-        cost += prices.worst_case_cost(model, t, MAX_OUTPUT_TOKENS, at)
+        cost += prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, at)
     return {
         "input_tokens": tokens,
         "worst_case_usd": cost,

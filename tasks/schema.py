@@ -1,15 +1,25 @@
 """The shape of one document's analysis, as Gemini must return it and as we store it.
 
-One pydantic model serves three readers: Gemini (as a responseSchema), the validator that
-decides whether an answer needs the repair prompt, and the results table. The schema sent
-to Gemini is derived from the model rather than written by hand, so the two cannot drift.
+`Analysis` serves Gemini (as a responseSchema) and the validator that decides whether an
+answer needs the repair prompt; `MergedAnalysis` is what the merge call of a long document
+asks for. `AnalysisResult` is the stored record: the analysis plus what produced it (provider,
+model and version, prompt version), what it cost, which pages went into which part, which
+pages had no text layer, and when. Schemas sent to Gemini are derived from the models rather
+than written by hand, so the two cannot drift.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PlainSerializer
+
+# Money crosses JSON as a fixed-point string ("0.001250"), never a float or "1E-5".
+Money = Annotated[Decimal, PlainSerializer(lambda v: format(v, "f"), return_type=str)]
+# An inclusive run of 1-based page numbers, [first, last].
+PageRun = tuple[int, int]
 
 # Keys Gemini's responseSchema (an OpenAPI 3.0 Schema subset) understands. Anything else
 # (`$ref`, `$defs`, `additionalProperties`, `title`, `default`) is refused or ignored by
@@ -68,8 +78,65 @@ class Analysis(BaseModel):
     @classmethod
     def json_schema_for_gemini(cls) -> dict[str, Any]:
         """A self-contained schema in Gemini's responseSchema subset (no $ref, no $defs)."""
-        full = cls.model_json_schema()
-        return _gemini_subset(full, full.get("$defs", {}))
+        return gemini_schema(cls)
+
+
+class MergedAnalysis(BaseModel):
+    """What the merge call writes for a long document; entities, language and page count
+    are merged in code from the parts' own fields."""
+
+    summary: str = Field(
+        description="Three to five sentences on what the whole document is and says."
+    )
+    key_points: list[str] = Field(
+        description="The most important facts, obligations or findings of the whole document."
+    )
+    document_type: str = Field(description=Analysis.model_fields["document_type"].description)
+
+
+class Producer(BaseModel):
+    """What produced a result."""
+
+    provider: Literal["offline", "gemini"]
+    model: str = Field(description="The model asked for; 'offline' for the offline analyzer.")
+    model_version: str = Field(description="The model version that answered (and billed).")
+    prompt_version: str = Field(description="The analyze prompt's version: analyze-v1+3f2a9c1d.")
+
+
+class PartSource(BaseModel):
+    """Provenance of one part: which pages it covered and what answering it cost."""
+
+    part: int = Field(ge=1, description="1-based, in page order.")
+    last_part: int | None = Field(
+        default=None, description="Set when consecutive parts are listed as one run."
+    )
+    first_page: int = Field(ge=1)
+    last_page: int = Field(ge=1)
+    model_version: str
+    cost_usd: Money | None = Field(description="None when no price is known for the model.")
+
+
+class AnalysisResult(Analysis):
+    """One document's stored result; its JSON size is bounded by PIPELINE_MAX_RESULT_BYTES."""
+
+    produced_by: Producer
+    cost_usd: Money | None = Field(
+        description="All calls that produced this result (repairs and the merge included); "
+        "None when a call's model has no known price: the ledger has what was booked."
+    )
+    parts: list[PartSource]
+    pages_without_text: list[PageRun] = Field(
+        default_factory=list, description="Pages with no text layer (scans), as [first, last] runs."
+    )
+    notes: list[str] = Field(default_factory=list, description="What the reader should know.")
+    started_at: datetime
+    finished_at: datetime
+
+
+def gemini_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A pydantic model's schema in Gemini's responseSchema subset (no $ref, no $defs)."""
+    full = model.model_json_schema()
+    return _gemini_subset(full, full.get("$defs", {}))
 
 
 def _gemini_subset(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:

@@ -17,18 +17,19 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import BadDocument, InputError, JobNotFound
+from pipeline.errors import BadDocument, DatabaseUnavailable, InputError
 from pipeline.ledger.budget import check_budget_usd
-from pipeline.llm.pricing import PriceTable
+from pipeline.llm.pricing import PriceTable, canonical_model
 from pipeline.queue.client import QueueClient
-from pipeline.queue.job import TERMINAL, JobOptions, State, parse_priority
+from pipeline.queue.job import parse_priority
+from tasks.runs import ANALYZE_TASK
+
+__all__ = ["ANALYZE_TASK", "DocOutcome", "Submission", "Upload", "estimate", "submit_uploads"]
 
 if TYPE_CHECKING:
     from pipeline.llm.provider import Provider
     from pipeline.services import Services
     from pipeline.settings import Settings
-
-ANALYZE_TASK = "analyze_document"
 
 
 @dataclass
@@ -41,16 +42,16 @@ class Upload:
     path: str | None = None
 
 
-# How a submission inspects one upload: (upload, max bytes, max pages) -> (pages, sha256),
-# raising BadDocument. The default runs tasks.pdf.inspect_pdf in a thread; the HTTP API
-# passes its bounded, limited process pool (pipeline/api/inspection.py).
-Inspector = Callable[[Upload, int, int], Awaitable[tuple[int, str]]]
+# How a submission inspects one upload: (upload, settings, model) -> (pages, sha256),
+# raising BadDocument. The default runs `_inspect` in a thread; the HTTP API passes its
+# bounded, limited process pool (pipeline/api/inspection.py).
+Inspector = Callable[[Upload, "Settings", str], Awaitable[tuple[int, str]]]
 
 
 @dataclass
 class DocOutcome:
     name: str
-    status: str  # "queued" | "duplicate" | "requeued" | "skipped"
+    status: str  # "queued" (a new run in this batch) | "duplicate" | "skipped"
     job_id: str | None = None
     document_id: str | None = None
     reason: str | None = None
@@ -93,43 +94,55 @@ def _priority(value: int | str | None) -> int | None:
         raise InputError(str(exc)) from None
 
 
-async def _resubmitted(client: QueueClient, job_id: str) -> tuple[str, str]:
-    """What a second submission of the same content means for the job it maps to.
+async def _resubmitted(
+    client: QueueClient, recorder: Any, job_id: str, spec: Any
+) -> tuple[str, str, str | None]:
+    """What a second submission of the same content means: (status, job id, reason).
 
-    The idempotency key returns the first job for a day. Complete or still on its way, that
-    job is the answer ("duplicate", nothing paid again); but one that ended failed, dead,
-    cancelled or over budget would leave the document unanalysed with no way to retry it
-    short of waiting out the key. So it is put back with fresh attempts ("requeued").
-
-    The job keeps its own arguments and batch: the queue changes job fields only inside its
-    Lua scripts, and requeue takes none. So it runs again in the batch it was first
-    submitted with, under that batch's budget (the reason says which batch); this
-    submission's --budget does not apply to it. A long document's own job completes once its
-    chunks are handed to a chord; when that chord's reduce failed, the document job is
-    complete and stays a duplicate.
+    The idempotency key returns the first run's root job for a day. Complete or still on its
+    way, that run answers for this document here too ("duplicate": nothing paid again; the
+    batch shows its state, cost and result). One that ended without a result (failed, dead,
+    cancelled, over budget — also a long document whose merge failed) would leave the
+    document unanalysed: so a new run starts in *this* batch ("queued"), under this batch's
+    budget, taking the key over from the old run.
     """
+    from tasks.runs import ended_without_result, enqueue_run
+
+    has_result = await _has_result(recorder, spec)
+    why = await ended_without_result(client, job_id, has_result)
+    if why is None:
+        return "duplicate", job_id, (
+            f"already submitted (same content as job {job_id}); not paid again"
+        )
+    handle = await enqueue_run(client, spec, replacing=job_id)
+    if not handle.created:  # a concurrent submission started the new run first
+        return "duplicate", handle.id, f"already submitted again as job {handle.id}"
+    return "queued", handle.id, (
+        f"its earlier run (job {job_id}) ended {why}; analysed again in this batch, under "
+        "its budget"
+    )
+
+
+async def _has_result(recorder: Any, spec: Any) -> bool:
     try:
-        job = await client.get(job_id)
-    except JobNotFound:  # the record expired between the enqueue and now
-        return "duplicate", f"already submitted (same content as job {job_id}); not paid again"
-    if job.state not in TERMINAL or job.state == State.COMPLETE:
-        return "duplicate", f"already submitted (same content as job {job_id}); not paid again"
-    ended = f"its earlier run ended {job.state.value}" + (f" ({job.error})" if job.error else "")
-    if not await client.requeue(job_id):
-        return "duplicate", f"{ended}, and the queue would not requeue it; see job {job_id}"
-    batch = f" in its first batch {job.batch}" if job.batch else ""
-    return "requeued", f"{ended}; requeued with fresh attempts{batch}, under that batch's budget"
+        return await recorder.get_result(spec.sha256, spec.model, spec.prompt_version) is not None
+    except DatabaseUnavailable:  # unknown: the job states alone decide
+        return False
 
 
-def _inspect(upload: Upload, max_bytes: int, max_pages: int) -> tuple[int, str]:
+def _inspect(upload: Upload, s: Settings, model: str) -> tuple[int, str]:
+    """tasks/pdf.py's validity rule (the worker applies the same): BadDocument, or
+    RequestTooLarge for a page no inline request can carry."""
     from tasks.pdf import inspect_pdf
+    from tasks.plan import analyze_prompt, part_room_bytes
 
-    info = inspect_pdf(upload.data, max_bytes, max_pages, name=upload.name)
+    room = part_room_bytes(model, analyze_prompt(), upload.name, s.max_inline_request_bytes)
+    info = inspect_pdf(upload.data, s.max_upload_bytes, s.max_document_pages, upload.name, room)
     return info.page_count, info.sha256
 
 
-async def _inspect_in_thread(upload: Upload, max_bytes: int, max_pages: int) -> tuple[int, str]:
-    return await asyncio.to_thread(_inspect, upload, max_bytes, max_pages)
+async def _inspect_in_thread(upload: Upload, s: Settings, model: str) -> tuple[int, str]:
+    return await asyncio.to_thread(_inspect, upload, s, model)
 
 
 async def submit_uploads(
@@ -143,28 +156,28 @@ async def submit_uploads(
     batch_id: str | None = None,
     services: Services | None = None,
     expected_duration_s: float | None = None,
+    queue: str | None = None,
     inspector: Inspector | None = None,
 ) -> Submission:
     """Validate, store and enqueue one analysis job per usable PDF.
 
     Raises UnknownModel (nothing enqueued) for a model without a price; bad PDFs come
-    back as "skipped" outcomes with the reason, so one bad file never sinks a batch.
+    back as "skipped" outcomes with the reason, so one bad file never sinks a batch. The
+    model is used under its canonical id ("models/x" is x), so every spelling of it makes
+    the same job, the same call and the same bucket.
     `expected_duration_s` overrides the task's own estimate, and so the lease (2x it) that
-    decides how soon a job held by a killed worker runs again. `inspector` replaces how each
-    PDF is inspected (see `Inspector`).
+    decides how soon a job held by a killed worker runs again. `queue` routes the jobs to a
+    queue other than the task's own (served by `pipeline worker --queue NAME`). `inspector`
+    replaces how each PDF is inspected (see `Inspector`).
     """
-    from tasks.plan import (
-        admission_tokens,
-        analyze_prompt,
-        doc_key,
-        encode_pdf,
-        idempotency_key,
-    )
+    from pipeline.ledger.batch_limit import set_limit
+    from tasks.plan import analyze_prompt, doc_key, encode_pdf
+    from tasks.runs import RunSpec, enqueue_run
 
     s = client.settings
-    model = model or s.model
     prices = services.prices if services is not None else PriceTable.load()
-    warnings = prices.check_model(model)  # UnknownModel before anything else happens
+    model = canonical_model(model or s.model, prices)  # UnknownModel before anything else
+    warnings = prices.check_model(model)
     if budget_usd is not None:
         check_budget_usd(budget_usd)
     prio = _priority(priority)
@@ -177,9 +190,7 @@ async def submit_uploads(
     checked: list[tuple[int, Upload, int, str]] = []
     for index, upload in enumerate(uploads):
         try:
-            pages, sha = await (inspector or _inspect_in_thread)(
-                upload, s.max_upload_bytes, s.max_document_pages
-            )
+            pages, sha = await (inspector or _inspect_in_thread)(upload, s, model)
         except BadDocument as exc:
             outcomes[index] = DocOutcome(upload.name, "skipped", reason=str(exc))
             continue
@@ -199,41 +210,29 @@ async def submit_uploads(
         recorder = SqlRecorder(engine, client.redis, client.keys)
     try:
         await recorder.upsert_batch(batch_id, label=label, budget_usd=budget_usd, status="open")
+        if budget_usd is not None:
+            await set_limit(client.redis, client.keys, batch_id, budget_usd)
         for index, upload, pages, sha in checked:
             await client.redis.set(doc_key(client.keys, sha), encode_pdf(upload.data),
                                    ex=s.doc_ttl_s)  # fmt: skip
             doc_id = await recorder.upsert_document(
                 sha, file_name=upload.name, size_bytes=len(upload.data), pages=pages
             )
-            options = JobOptions(
-                idempotency_key=idempotency_key(sha, model, prompt.version),
-                priority=prio,
-                batch=batch_id,
-                expected_duration_s=expected_duration_s,
-                job_id=uuid.uuid4().hex,
-                hints={
-                    "model": model,
-                    "tokens": admission_tokens(
-                        pages, len(upload.data), model, prompt, s.context_budget_tokens
-                    ),
-                },
-            )
-            args = {
-                "sha256": sha,
-                "name": upload.name,
-                "model": model,
-                "prompt_version": prompt.version,
-                "budget_usd": None if budget_usd is None else str(budget_usd),
-            }
-            handle = await client.enqueue(ANALYZE_TASK, args, _options=options)
+            spec = RunSpec(sha, upload.name, pages, len(upload.data), model, prompt.version,
+                           batch_id, budget_usd, prio, expected_duration_s, queue)  # fmt: skip
+            handle = await enqueue_run(client, spec)
+            job_id, reason = handle.id, None
             if handle.created:
+                status = "queued"
+            else:
+                status, job_id, reason = await _resubmitted(client, recorder, handle.id, spec)
+            if status == "queued":
                 # No status here: a fast worker may already have finished the job, and
                 # job_upsert leaves fields it is not given untouched.
-                await recorder.upsert_job(handle.id, batch_id=batch_id, document_id=doc_id)
-                status, reason = "queued", None
-            else:
-                status, reason = await _resubmitted(client, handle.id)
-            outcomes[index] = DocOutcome(upload.name, status, handle.id, doc_id, reason, pages, sha)
+                await recorder.upsert_job(job_id, batch_id=batch_id, document_id=doc_id)
+            await recorder.add_to_batch(batch_id, doc_id, job_id=job_id, name=upload.name,
+                                        model=model, prompt_version=prompt.version)  # fmt: skip
+            outcomes[index] = DocOutcome(upload.name, status, job_id, doc_id, reason, pages, sha)
     finally:
         if engine is not None:
             await asyncio.to_thread(engine.dispose)
@@ -259,6 +258,7 @@ def estimate(
 
     s = get_settings()
     prices = prices or PriceTable.load()
+    model = canonical_model(model, prices)
     warnings = prices.check_model(model)
     budget_tokens = context_budget_tokens or s.context_budget_tokens
     prompt = analyze_prompt()
@@ -267,7 +267,7 @@ def estimate(
     total_tokens, total_cost = 0, Decimal(0)
     for upload in uploads:
         try:
-            pages, _ = _inspect(upload, s.max_upload_bytes, s.max_document_pages)
+            pages, _ = _inspect(upload, s, model)
         except BadDocument as exc:
             docs.append({"name": upload.name, "status": "skipped", "reason": str(exc)})
             continue
@@ -314,6 +314,7 @@ async def estimate_counted(
     from tasks.pdf import split_pages
     from tasks.plan import (
         MAX_OUTPUT_TOKENS,
+        OUTPUT_BOUND_TOKENS,
         analyze_prompt,
         analyze_request,
         chunk_ranges,
@@ -322,6 +323,7 @@ async def estimate_counted(
 
     s = get_settings()
     prices = prices or PriceTable.load()
+    model = canonical_model(model, prices)
     budget_tokens = context_budget_tokens or s.context_budget_tokens
     est = estimate(uploads, model, context_budget_tokens=budget_tokens, prices=prices)
     prompt = analyze_prompt()
@@ -347,7 +349,7 @@ async def estimate_counted(
                 )  # fmt: skip
                 counted = int(await provider.count_tokens(request))
                 tokens += counted
-                cost += prices.worst_case_cost(model, counted, MAX_OUTPUT_TOKENS, now)
+                cost += prices.worst_case_cost(model, counted, OUTPUT_BOUND_TOKENS, now)
         except Exception as exc:  # an estimate still answers the question; say why
             est["warnings"].append(
                 f"countTokens failed for {upload.name} ({type(exc).__name__}: {exc}); "
@@ -357,7 +359,7 @@ async def estimate_counted(
             if len(ranges) > 1:  # the reduce call reads the map answers: estimated
                 t = len(ranges) * MAX_OUTPUT_TOKENS + prompt_tokens(prompt)
                 tokens += t
-                cost += prices.worst_case_cost(model, t, MAX_OUTPUT_TOKENS, now)
+                cost += prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, now)
             doc.update(input_tokens=tokens, worst_case_usd=cost, token_source="countTokens")
         total_tokens += doc["input_tokens"]
         total_cost += doc["worst_case_usd"]

@@ -1,8 +1,11 @@
-"""Shared fixtures: a real Redis and a real database for every test.
+"""Shared fixtures: a real Redis and a real database for every test, and a queue client.
 
 Redis: PIPELINE_TEST_REDIS_URL, else a server on 127.0.0.1:6379 if one answers, else the
 project's own embedded redis-server. Each test gets its own key prefix, so tests never
 see each other's keys and nothing is ever flushed.
+
+Each folder's conftest.py holds what only its tests use; helpers several folders share are in
+tests/support/.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from pipeline.queue import QueueClient
 from pipeline.redis.keys import Keys
+from tests.support.workers import fast_settings
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -73,6 +78,12 @@ def sredis(redis_url: str, keys: Keys) -> Iterator[redis.Redis]:
     for key in client.scan_iter(match="{" + keys.prefix + "}*", count=1000):
         client.delete(key)
     client.close()
+
+
+@pytest.fixture
+async def client(aredis: aioredis.Redis, keys: Keys) -> QueueClient:
+    """A QueueClient on the test's prefix with the fast test timings (short leases, sweeps)."""
+    return QueueClient(aredis, keys, fast_settings(keys.prefix))
 
 
 async def _drop_prefix(client: aioredis.Redis, prefix: str) -> None:

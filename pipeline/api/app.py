@@ -254,52 +254,36 @@ async def get_job(request: Request, job_id: str) -> dict[str, Any]:
     return job_view(job, row, cost)
 
 
-@router.get("/batches/{batch_id}")
-async def get_batch(request: Request, batch_id: str) -> dict[str, Any]:
-    """Counts by state, each document's job, and the batch's spend against its budget."""
-    from pipeline.api.views import batch_view, ledger_batch
-    from pipeline.ledger.db import session_factory
-
-    st = _state(request)
-
-    def read() -> Any:
-        with session_factory(st.services.engine)() as session:
-            return ledger_batch(session, batch_id)
-
-    batch, jobs, cost = await asyncio.to_thread(read)
-    if batch is None and not jobs:
-        raise HttpError(404, f"no batch {batch_id!r}: use the batch_id POST /analyze returned")
-    async with st.client.redis.pipeline(transaction=False) as pipe:
-        for row, _ in jobs:
-            pipe.hget(st.client.keys.job(row.id), "state")
-        states = await pipe.execute()
-    live = {row.id: s for (row, _), s in zip(jobs, states, strict=True) if s}
-    limit = batch.budget_usd if batch is not None else None
-    status = await st.services.budget.status(batch_id, limit)
-    budget = status["batch"].as_dict() if "batch" in status else None
-    return batch_view(batch_id, batch, jobs, live, cost, budget)
-
-
-@router.get("/costs")
+@router.get("/costs", response_model=None)
 async def get_costs(
     request: Request,
     since: Annotated[str | None, Query(description="YYYY-MM-DD or ISO datetime")] = None,
     until: Annotated[str | None, Query(description="last day, inclusive")] = None,
     by: Annotated[str, Query(description="day, model, batch, document or status")] = "day",
-) -> dict[str, Any]:
-    """Exactly `pipeline costs --format json`."""
+    format: Annotated[str, Query(description="json or csv")] = "json",
+) -> dict[str, Any] | Response:
+    """Exactly `pipeline costs --format json` (or `--format csv`)."""
+    from pipeline.ledger.cost_exports import name_documents, report_csv
     from pipeline.ledger.db import session_factory
     from pipeline.ledger.report import cost_report, parse_when
 
+    if format not in ("json", "csv"):
+        raise HttpError(422, f"format {format!r}: use json or csv")
     st = _state(request)
     start = parse_when(since) if since else None
     end = parse_when(until, end=True) if until else None
+    if start is not None and end is not None and start >= end:
+        raise HttpError(422, f"since {since} is not before the end of until {until}: give a "
+                             "since on or before the until day")  # fmt: skip
 
     def read() -> dict[str, Any]:
         with session_factory(st.services.engine)() as session:
-            return cost_report(session, start, end, by)
+            return name_documents(session, cost_report(session, start, end, by))
 
-    return await asyncio.to_thread(read)
+    report = await asyncio.to_thread(read)
+    if format == "csv":
+        return Response(report_csv(report), media_type="text/csv; charset=utf-8")
+    return report
 
 
 @router.get("/metrics", response_class=Response)
@@ -358,6 +342,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or get_settings()
     app.add_api_route("/healthz", healthz, methods=["GET"], summary="Health check (no auth)")
     app.include_router(router)
+    from pipeline.api.batches import router as batches_router
+
+    app.include_router(batches_router, dependencies=[Depends(require_key)])
     from pipeline.api.dashboard import install_dashboard
 
     install_dashboard(app)  # `/` and /dashboard/*, behind the same keys (cookie or bearer)

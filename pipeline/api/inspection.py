@@ -24,7 +24,8 @@ _GRACE_S = 5.0
 
 
 class InspectionPool:
-    """`inspect(upload, max_bytes, max_pages)` -> (page count, sha256), or BadDocument.
+    """`inspect(upload, settings, model)` -> (page count, sha256), or BadDocument: the
+    submission's `Inspector` (tasks/submission.py), with its validity rule.
 
     One per API process (started lazily, `close()` at shutdown)."""
 
@@ -35,15 +36,18 @@ class InspectionPool:
         self.pool = CpuPool(self.workers, max_tasks_per_child)
         self._slots: asyncio.Semaphore | None = None
 
-    async def inspect(self, upload: Upload, max_bytes: int, max_pages: int) -> tuple[int, str]:
+    async def inspect(self, upload: Upload, s: Settings, model: str) -> tuple[int, str]:
+        from tasks.plan import analyze_prompt, part_room_bytes
+
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.workers)
+        room = part_room_bytes(model, analyze_prompt(), upload.name, s.max_inline_request_bytes)
         source: str | bytes = upload.path or upload.data
         async with self._slots:
             try:
                 info: dict[str, Any] = await asyncio.wait_for(
-                    self.pool.run(_GUARD, source, max_bytes, max_pages, upload.name,
-                                  self.timeout_s, self.memory_mb),
+                    self.pool.run(_GUARD, source, s.max_upload_bytes, s.max_document_pages,
+                                  upload.name, self.timeout_s, self.memory_mb, room),
                     self.timeout_s + _GRACE_S,
                 )  # fmt: skip
             except TimeoutError:

@@ -55,6 +55,8 @@ class Snapshot:
     # scope (day, month) -> (spent, reserved, limit or None), USD
     budgets: dict[str, tuple[float, float, float | None]] = field(default_factory=dict)
     limiter: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> Limiter.state
+    # (batch id, document state) -> documents, for the newest batches (tasks/status.py's states)
+    documents: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 async def _count_jobs(client: QueueClient, snap: Snapshot, max_jobs_scanned: int) -> None:
@@ -131,7 +133,23 @@ async def snapshot(
     snap.limiter_counts = await LimiterCounters(client.redis, client.keys).read()
     snap.budgets = await _budgets(client)
     snap.limiter = await limiter_states(client)
+    snap.documents = await _document_states(client, engine)
     return snap
+
+
+RECENT_BATCHES = 10
+
+
+async def _document_states(client: QueueClient, engine: Engine) -> Counter[tuple[str, str]]:
+    """Documents by state in the newest batches, derived as `pipeline status BATCH` does."""
+    from tasks.batches import batch_view, recent_batches
+
+    out: Counter[tuple[str, str]] = Counter()
+    for entry in await asyncio.to_thread(recent_batches, engine, RECENT_BATCHES):
+        view = await batch_view(client, engine, entry["batch_id"])
+        for state, n in view.by_state.items():
+            out[(view.facts.batch_id, state)] += n
+    return out
 
 
 async def _budgets(client: QueueClient) -> dict[str, tuple[float, float, float | None]]:
@@ -150,7 +168,7 @@ async def _budgets(client: QueueClient) -> dict[str, tuple[float, float, float |
 
 async def limiter_models(client: QueueClient) -> list[str]:
     """Models the shared bucket knows: the default, any configured, any with a bucket."""
-    from pipeline.llm.limiter import bucket_models
+    from pipeline.llm.bucket import bucket_models
 
     s = client.settings
     return sorted({s.model, *s.limits, *await bucket_models(client.redis, client.keys)})
@@ -204,6 +222,14 @@ class _SnapshotCollector(Collector):
         yield GaugeMetricFamily(
             "pipeline_worker_slots_used", "Busy job slots.", value=s.worker_slots_used
         )
+        documents = GaugeMetricFamily(
+            "pipeline_documents", "Documents of the newest batches by state (queued, running, "
+            "waiting, complete, failed, over_budget, cancelled), as `pipeline status` shows.",
+            labels=["batch", "state"],
+        )  # fmt: skip
+        for (batch, state), n in sorted(s.documents.items()):
+            documents.add_metric([batch, state], n)
+        yield documents
         yield from self._llm()
         yield from self._queue_events()
         yield from self._limiter()

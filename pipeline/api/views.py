@@ -1,4 +1,5 @@
-"""The JSON the read endpoints serve: a job or a batch seen from Redis and the ledger together.
+"""The JSON of `GET /jobs/{id}`: a job seen from Redis and the ledger together (a batch's view
+is tasks/batches.py's, served by api/batches.py).
 
 Redis holds the live state (a job moves from queued to active to complete there first);
 the ledger holds what outlives Redis's TTLs and what was paid. Each view prefers the live
@@ -7,14 +8,14 @@ state and falls back to the ledger, so a job whose Redis record expired still an
 
 from __future__ import annotations
 
-from collections import Counter
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pipeline.ledger.models import Batch, Document, JobRow, LLMCall
+from pipeline.ledger.models import JobRow, LLMCall
+from pipeline.ledger.money import format_usd
 from pipeline.ledger.report import WASTED, _money
 from pipeline.queue.job import Job
 
@@ -40,7 +41,8 @@ def call_totals(calls: list[LLMCall]) -> dict[str, Any]:
             wasted += amount
         for name in tokens:
             tokens[name] += int(getattr(call, name) or 0)
-    return {"calls": len(calls), **tokens, "cost_usd": str(cost), "wasted_usd": str(wasted)}
+    return {"calls": len(calls), **tokens, "cost_usd": format_usd(cost),
+            "wasted_usd": format_usd(wasted)}
 
 
 def ledger_job(session: Session, job_id: str) -> tuple[JobRow | None, dict[str, Any]]:
@@ -84,67 +86,6 @@ def job_view(job: Job | None, row: JobRow | None, cost: dict[str, Any]) -> dict[
         "finished_at": _iso(row.finished_at),
         "progress": None,
         "result": None,  # the queue's copy expired; `pipeline results BATCH` reads the ledger
-        "error": row.last_error,
+        "error": row.last_error or None,
         "cost": cost,
     }
-
-
-def ledger_batch(
-    session: Session, batch_id: str
-) -> tuple[Batch | None, list[tuple[JobRow, Document | None]], dict[str, Any]]:
-    batch = session.get(Batch, batch_id)
-    jobs: list[tuple[JobRow, Document | None]] = list(
-        session.execute(
-            select(JobRow, Document)
-            .outerjoin(Document, Document.id == JobRow.document_id)
-            .where(JobRow.batch_id == batch_id)
-            .order_by(JobRow.created_at, JobRow.id)
-        ).tuples()
-    )
-    calls = list(session.scalars(select(LLMCall).where(LLMCall.batch_id == batch_id)))
-    return batch, jobs, call_totals(calls)
-
-
-def batch_view(
-    batch_id: str,
-    batch: Batch | None,
-    jobs: list[tuple[JobRow, Document | None]],
-    live_states: dict[str, str],
-    cost: dict[str, Any],
-    budget: dict[str, str | None] | None,
-) -> dict[str, Any]:
-    """`GET /batches/{id}`: `live_states` maps job id to its Redis state where it still has one."""
-    documents = []
-    for row, doc in jobs:
-        status = live_states.get(row.id) or row.status
-        documents.append({
-            "name": doc.file_name if doc else None,
-            "document_id": row.document_id,
-            "pages": doc.pages if doc else None,
-            "job_id": row.id,
-            "status": status,
-            "status_url": f"/jobs/{row.id}",
-            "error": row.last_error,
-        })  # fmt: skip
-    counts = Counter(d["status"] for d in documents)
-    limit = batch.budget_usd if batch is not None else None
-    spent = Decimal(cost["cost_usd"])
-    spend: dict[str, Any] = {
-        **cost,
-        "budget_usd": None if limit is None else str(_money(limit)),
-        "remaining_usd": None if limit is None else str(_money(limit) - spent),
-        "reserved_usd": budget["reserved_usd"] if budget else None,
-    }
-    return {
-        "batch_id": batch_id,
-        "label": batch.label if batch else None,
-        "created_at": _iso(batch.created_at) if batch else None,
-        "total": len(documents),
-        "counts": dict(sorted(counts.items())),
-        "done": all(s in _TERMINAL for s in counts),
-        "documents": documents,
-        "spend": spend,
-    }
-
-
-_TERMINAL = {"complete", "failed", "dead", "cancelled", "over_budget"}

@@ -13,7 +13,17 @@ from typing import Any
 
 import typer
 
-from pipeline.cli import costs, embedded_redis, emulator, run, serve, status, submit, worker
+from pipeline.cli import (
+    control,
+    costs,
+    embedded_redis,
+    emulator,
+    run,
+    serve,
+    status,
+    submit,
+    worker,
+)
 from pipeline.cli.common import err_console
 from pipeline.errors import PipelineError
 
@@ -23,6 +33,9 @@ COMMANDS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("run", run.run),
     ("status", status.status),
     ("results", run.results),
+    ("cancel", control.cancel),
+    ("budget", control.budget),
+    ("retry", control.retry),
     ("worker", worker.worker),
     ("costs", costs.costs),
     ("serve", serve.serve),
@@ -45,6 +58,7 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
         add_completion=False,
     )
+    app.callback()(_root)
     for name, function in COMMANDS:
         app.command(name)(function)
     for name, group in GROUPS:
@@ -52,7 +66,51 @@ def build_app() -> typer.Typer:
     return app
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"pipeline {version('pipeline')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("pipeline (not installed: version unknown)")
+        raise typer.Exit()
+
+
+def _root(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Cost-aware batch pipeline for slow, paid LLM calls."""
+
+
 app = build_app()
+
+
+def _flags_as_flags(command: Any) -> Any:
+    """Typer's help prints `<bool>` beside an on/off flag as if it took a value; a flag takes
+    none, so its value column stays empty (the command, its subcommands, and --help)."""
+    for param in command.params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    help_option = command.get_help_option
+
+    def get_help_option(ctx: Any, _inner: Any = help_option) -> Any:
+        option = _inner(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = get_help_option
+    for sub in getattr(command, "commands", {}).values():
+        _flags_as_flags(sub)
+    return command
+
+
+def command() -> Any:
+    """The click command `main()` runs: the Typer app, its flags shown as flags."""
+    return _flags_as_flags(typer.main.get_command(app))
 
 
 def _redacted(url: str) -> str:
@@ -129,7 +187,7 @@ def main() -> None:
     """The console script: run the command line, print user errors as one line."""
     try:
         # Without standalone mode click returns (not raises) the code of `typer.Exit(n)`.
-        code = app(standalone_mode=False)
+        code = command()(standalone_mode=False, prog_name="pipeline")
         if isinstance(code, int) and code:
             sys.exit(code)
     except PipelineError as exc:

@@ -2,17 +2,48 @@
 
 from __future__ import annotations
 
+import sys
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-console = Console()
-err_console = Console(stderr=True)
+# Output that is not a terminal (a log file, CI, a pipe) is read later, in full: Rich would
+# lay it out at 80 columns and cut file names and reasons to fit ("examples/docs/scanne…").
+# There, tables take the width their contents need.
+UNLIMITED_WIDTH = 100_000
+
+
+def make_console(stream: IO[str] | None = None, *, stderr: bool = False) -> Console:
+    """A Rich console on `stream` (default stdout, or stderr): terminal width on a terminal,
+    never cutting anything otherwise."""
+    target = stream or (sys.stderr if stderr else sys.stdout)
+    try:
+        tty = target.isatty()
+    except (AttributeError, ValueError):  # a closed or odd stream: write it out in full
+        tty = False
+    return Console(stderr=stderr, width=None if tty else UNLIMITED_WIDTH)
+
+
+console = make_console()
+err_console = make_console(stderr=True)
+
+
+def print_table(table: Table, out: Console | None = None) -> None:
+    """A table on a terminal as Rich draws it; elsewhere at the width its cells need, each
+    line without the padding that would trail after its last cell."""
+    out = out or console
+    if out.is_terminal:
+        out.print(table)
+        return
+    with out.capture() as captured:
+        out.print(table)
+    out.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 PathsArg = Annotated[list[str], typer.Argument(help="PDF files, directories or glob patterns.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Gemini model (priced).")]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from enum import StrEnum
 from pathlib import Path
@@ -13,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.cli.common import make_console
 from pipeline.errors import InputError
 from pipeline.settings import get_settings
 
@@ -66,15 +65,21 @@ def costs(
 ) -> None:
     """Calls, tokens, cost and wasted cost from the ledger."""
     from pipeline.ledger import db
+    from pipeline.ledger.cost_exports import name_documents
     from pipeline.ledger.report import cost_report, daily_spend_by_model
     start = _date(since, end=False, hint="--since")
     end = _date(until, end=True, hint="--until")
+    if start is not None and end is not None and start >= end:
+        raise typer.BadParameter(
+            f"{since} is not before the end of --until {until}: give a --since on or before "
+            "the --until day", param_hint="--since",
+        )  # fmt: skip
     if chart is not None and chart.suffix.lower() not in (".png", ".svg"):
         raise typer.BadParameter("the chart file must end in .png or .svg", param_hint="--chart")
     engine = db.get_engine(get_settings())
     try:
         with db.session_factory(engine)() as session:
-            report = cost_report(session, start, end, by.value)
+            report = name_documents(session, cost_report(session, start, end, by.value))
             spend = daily_spend_by_model(session, start, end) if chart else None
     finally:
         engine.dispose()
@@ -92,13 +97,9 @@ def costs(
 
 
 def _csv(report: dict[str, Any]) -> str:
-    from pipeline.ledger.report import FIELDS
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["key", *FIELDS])
-    for row in [*report["rows"], {"key": "TOTAL", **report["total"]}]:
-        writer.writerow([row["key"], *("" if row[f] is None else row[f] for f in FIELDS)])
-    return out.getvalue()
+    from pipeline.ledger.cost_exports import report_csv
+
+    return report_csv(report)
 
 
 def _table(report: dict[str, Any]) -> None:
@@ -113,6 +114,9 @@ def _table(report: dict[str, Any]) -> None:
     for name, title in columns:
         table.add_column(title, justify="left" if name == "key" else "right")
     for row in [*report["rows"], {"key": "TOTAL", **report["total"]}]:
+        if row.get("name"):  # by document: the file name, the hash shortened beside it
+            row = {**row, "key": f"{row['name']} ({row['key'][:12]})"}
         table.add_row(*("-" if row[name] is None else str(row[name]) for name, _ in columns),
                       style="bold" if row["key"] == "TOTAL" else None)  # fmt: skip
-    Console(width=200).print(table)
+    out = make_console()  # never cut off a terminal; on one, wide enough for the columns
+    (Console(width=200) if out.is_terminal else out).print(table)

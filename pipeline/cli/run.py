@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cli.common import (
@@ -25,15 +28,21 @@ from pipeline.cli.common import (
     PriorityOpt,
     console,
     ledger_engine,
+    print_table,
 )
 from pipeline.cli.submit import (
     collect_uploads,
     parse_budget,
     print_submission,
     report_nothing,
+    submitted,
 )
+from pipeline.ledger.money import display_usd
 from pipeline.queue.client import QueueClient
 from tasks.submission import submit_uploads
+
+if TYPE_CHECKING:
+    from tasks.batches import BatchView
 
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Directory for one JSON per document.")]
 
@@ -43,10 +52,12 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:100]
 
 
-def write_results(results: list[dict[str, Any]], out: Path) -> list[Path]:
-    """One `<name>.json` per analysed document (suffixed with the hash when names clash)."""
+def write_results(results: list[dict[str, Any]], out: Path) -> dict[str, Path]:
+    """One `<name>.json` per analysed document (suffixed with the hash when names clash);
+    returns document id -> file written."""
     out.mkdir(parents=True, exist_ok=True)
-    written, used = [], set()
+    written: dict[str, Path] = {}
+    used: set[str] = set()
     for r in results:
         if r["analysis"] is None:
             continue
@@ -56,7 +67,7 @@ def write_results(results: list[dict[str, Any]], out: Path) -> list[Path]:
         used.add(stem)
         path = out / f"{stem}.json"
         path.write_text(json.dumps(r, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        written.append(path)
+        written[r["document_id"]] = path
     return written
 
 
@@ -65,6 +76,8 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
     from pipeline.cli.follow import follow
     from pipeline.cli.worker import import_task_modules
     from pipeline.services import build_worker, open_services
+    from tasks.batches import batch_view
+    from tasks.export import results_of
 
     uploads, skipped = collect_uploads(paths)
     if not uploads:
@@ -83,8 +96,11 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
         worker = await build_worker(client, queues=["default"], concurrency=concurrency,
                                     services=services)  # fmt: skip
         worker_task = asyncio.create_task(worker.run())
+        await services.recorder.flush()  # the batch's rows, if the database blinked
+        await _registered(client, worker.id)  # else the first refresh says "no live worker"
         follow_task = asyncio.create_task(
-            follow(client, sub, since, console, engine=services.engine, budget=budget)
+            follow(client, sub.batch_id, since, console, engine=services.engine,
+                   documents=submitted(sub))
         )
         done, _ = await asyncio.wait(
             {worker_task, follow_task}, return_when=asyncio.FIRST_COMPLETED
@@ -97,55 +113,46 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
             return 130
         worker.stop()
         await worker_task
-        tracker = follow_task.result()
         await services.recorder.flush()
-        from tasks.batches import batch_results, document_spend
-
-        results = await asyncio.to_thread(batch_results, services.engine, sub.batch_id)
-        costs = await asyncio.to_thread(document_spend, services.engine, sub.batch_id)
+        view = await batch_view(client, services.engine, sub.batch_id)
         where = out or client.settings.home / "results" / sub.batch_id
-        written = await asyncio.to_thread(write_results, results, where)
-        _summary(sub, tracker, results, costs, written)
-        return 0 if all(t.state == "complete" for t in tracker.docs.values()) else 1
+        written = await asyncio.to_thread(write_results, results_of(view), where)
+        print_summary(view, written)
+        return 0 if all(d.status == "complete" for d in view.documents) else 1
     finally:
         await services.aclose()
         await client.aclose()
 
 
-def _summary(sub: Any, tracker: Any, results: list[dict[str, Any]], costs: dict[str, Any],
-             written: list[Path]) -> None:  # fmt: skip
-    by_doc = {r["document_id"]: r for r in results}
-    files = {p.stem: p for p in written}
-    table = Table(title=f"batch {sub.batch_id}")
-    for col in ("document", "status", "pages", "cost USD", "result"):
-        table.add_column(col)
-    seen = set()
-    for d in sub.documents:
-        if d.job_id is None:
-            table.add_row(d.name, "skipped", "-", "-", d.reason or "")
-            continue
-        if d.job_id in seen:
-            continue
-        seen.add(d.job_id)
-        track = tracker.docs[d.job_id]
-        r = by_doc.get(d.document_id or "")
-        path = next(
-            (
-                str(p)
-                for p in files.values()
-                if r and p.stem.startswith(_safe_name(r["name"] or ""))
-            ),
-            "",
-        )
-        status = track.state + (f" ({track.chunks} parts)" if track.chunks else "")
-        if track.error and track.state != "complete":
-            path = track.error[:80]
-        table.add_row(
-            d.name, status, str(d.pages or ""), f"{costs.get(d.document_id, 0):.6f}", path
-        )
-    console.print(table)
-    console.print(f"total spend: ${sum(costs.values()):.6f} · results: `pipeline results "
-                  f"{sub.batch_id}`", highlight=False, soft_wrap=True)  # fmt: skip
+async def _registered(client: QueueClient, worker_id: str, timeout_s: float = 5.0) -> None:
+    """Wait (a few seconds at most) for this process's worker to be in the registry."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        if any(w["id"] == worker_id for w in await client.workers()):
+            return
+        await asyncio.sleep(0.05)
+
+
+def print_summary(view: BatchView, written: dict[str, Path]) -> None:
+    """One row per document: status, pages, cost (paid here or where), result file or reason."""
+    from tasks.batches import usd
+
+    f = view.facts
+    table = Table(title=f"batch {f.batch_id}", title_justify="left")
+    for col in ("document", "status", "pages", "cost USD", "result / reason"):
+        table.add_column(col, overflow="fold")
+    for d in view.documents:
+        status = d.status
+        if d.run is not None and d.run.parts:
+            status += f" ({len(d.run.parts)} parts)"
+        detail = str(written[d.document_id]) if d.document_id in written else d.reason or ""
+        if d.document_id in written and d.paid_in:
+            detail += f" (paid in batch {', '.join(b[:12] for b in d.paid_in)})"
+        table.add_row(escape(d.name), status, str(d.pages or ""), display_usd(d.cost),
+                      escape(detail))  # fmt: skip
+    print_table(table)
+    console.print(f"total spend: ${usd(f.spend)} · results: `pipeline results {f.batch_id}`",
+                  highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def run(
@@ -163,32 +170,49 @@ def run(
         raise typer.Exit(code)
 
 
-def results(batch: str, out: OutOpt = None, as_json: JsonOpt = False) -> None:
-    """A batch's analyses: printed, or one JSON file per document in --out."""
-    from tasks.batches import batch_results
+class ResultsFormat(StrEnum):
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+def results(
+    batch: Annotated[str, typer.Argument(help="Batch id, unique id prefix or label.")],
+    out: OutOpt = None,
+    fmt: Annotated[ResultsFormat | None, typer.Option(
+        "--format", help="Export: json, jsonl or csv (summary, key points, entities).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A batch's analyses: printed, exported (--format), or one JSON file per document (--out)."""
+    from pipeline.cli.status import read_batch
+    from tasks.export import export, results_of
+
     engine = ledger_engine()
     try:
-        data = batch_results(engine, batch)
+        view = asyncio.run(read_batch(batch, engine))
     finally:
         engine.dispose()
+    data = results_of(view)
     if out is not None:
         written = write_results(data, out)
-        pending = [r["name"] for r in data if r["analysis"] is None]
+        pending = [r for r in data if r["analysis"] is None]
         if as_json:
-            print(json.dumps({"written": [str(p) for p in written], "pending": pending}))
+            print(json.dumps({"written": [str(p) for p in written.values()],
+                              "pending": [r["name"] for r in pending]}))  # fmt: skip
         else:
-            for p in written:
+            for p in written.values():
                 console.print(f"wrote {p}", highlight=False, soft_wrap=True)
-            for name in pending:
-                console.print(f"no result yet for {name}", highlight=False, soft_wrap=True)
+            for r in pending:
+                why = f" — {r['reason']}" if r["reason"] else ""
+                console.print(f"no result for {r['name']}: {r['status']}{why}",
+                              highlight=False, soft_wrap=True, markup=False)  # fmt: skip
         return
-    if as_json:
-        print(json.dumps(data, default=str))
+    if fmt is not None or as_json:
+        sys.stdout.write(export(data, fmt.value if fmt is not None else "json"))
         return
     for r in data:
         a = r["analysis"]
-        head = f"[bold]{r['name']}[/bold] ({r['pages']} pages)"
-        console.print(
-            head + (f": {a['document_type']} — {a['summary']}" if a else ": no result yet")
-        )
-
+        head = f"[bold]{escape(r['name'])}[/bold] ({r['pages']} pages)"
+        tail = (f": {a['document_type']} — {a['summary']}" if a
+                else f": {r['status']}" + (f" — {r['reason']}" if r["reason"] else ""))  # fmt: skip
+        console.print(head + escape(tail), soft_wrap=True)

@@ -1,10 +1,11 @@
 """`pipeline status [BATCH]`: where the work is and, above all, why it is waiting.
 
-A batch that does not move is the question users bring here. Three things can hold jobs
-back without any error: the shared rate limiter (bucket empty, paused after a 429, a daily
-quota spent until midnight Pacific), and the day/month budgets (a postponed job waits in
-Redis until the window turns over or the budget is raised). So the overview shows the
-limiter and budget state from Redis, and a batch's view names each job held by them.
+A batch's view lists every document with the state tasks/status.py derives from its jobs
+(the one source of truth the API, dashboard and metrics read too): what runs and at which
+stage, what failed and the whole reason, what waits and for what — the shared rate limiter
+(paused after a 429, a daily quota spent until midnight Pacific), a budget window, a retry
+back-off, or no live worker. Without a batch, the overview shows the limiter and budget
+state from Redis, the queues and workers, and the recent batches.
 """
 
 from __future__ import annotations
@@ -15,27 +16,35 @@ from collections import Counter
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich import box
+from rich.markup import escape
 from rich.table import Table
 
-from pipeline.cli.common import JsonOpt, console, ledger_engine
-from pipeline.errors import WAITING_REASONS, JobNotFound, Reason
+from pipeline.cli.common import JsonOpt, console, ledger_engine, print_table
+from pipeline.errors import Reason
+from pipeline.ledger.money import display_usd
 from pipeline.queue.client import QueueClient
-from pipeline.queue.job import State
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+
+    from tasks.batches import BatchView
 
 _WAIT_WORDS = {
     Reason.BUDGET_WINDOW: "for the day or month budget window",
     Reason.BUDGET_HOLDS: "for running calls' budget holds to settle",
     Reason.DAILY_QUOTA: "for the provider's daily quota to reset",
+    Reason.BUDGET_OVERRUN: "for a person to raise a budget stopped by an overrun",
+    Reason.RATE_LIMIT: "for the provider's rate limit (429) to pass",
+    "retry": "for a retry after an error",
+    "no_worker": "for a live worker to serve their queue",
 }
-_WAITING_STATES = (State.SCHEDULED, State.QUEUED)
+_STYLE = {"failed": "red", "over_budget": "yellow", "cancelled": "dim", "complete": "green"}
 
 
 async def _models(client: QueueClient) -> list[str]:
     """The default model, those with their own limits, and any with a bucket in Redis."""
-    from pipeline.llm.limiter import bucket_models
+    from pipeline.llm.bucket import bucket_models
 
     s = client.settings
     return sorted({s.model, *s.limits, *await bucket_models(client.redis, client.keys)})
@@ -52,49 +61,21 @@ async def service_state(client: QueueClient) -> dict[str, Any]:
     return {"limiter": limits, "budget": {k: v.as_dict() for k, v in budget.items()}}
 
 
-async def batch_waits(client: QueueClient, job_ids: list[str]) -> list[dict[str, str]]:
-    """The batch's jobs that wait for a budget window or a daily quota, and why."""
-    from pipeline.llm.limiter import Limiter
-
-    limiter = Limiter(client.redis, client.keys, client.settings)
-    exhausted: dict[str, str | None] = {}
-    waits = []
-    for job_id in job_ids:
-        try:
-            job = await client.get(job_id)
-        except JobNotFound:
-            continue
-        if job.state not in _WAITING_STATES:
-            continue
-        if job.reason in WAITING_REASONS:
-            waits.append({"job_id": job.id, "state": job.state.value, "kind": str(job.reason),
-                          "reason": job.error or ""})  # fmt: skip
-            continue
-        model = str(job.hints.get("model") or "")
-        if model and model not in exhausted:
-            exhausted[model] = (await limiter.state(model))["daily_exhausted_until"]
-        if model and exhausted.get(model):
-            reason = f"{model}: daily quota exhausted until {exhausted[model]}"
-            waits.append({"job_id": job.id, "state": job.state.value,
-                          "kind": str(Reason.DAILY_QUOTA), "reason": reason})  # fmt: skip
-    return waits
-
-
-def _ledger_job_ids(engine: Engine, batch_id: str) -> list[str]:
-    from sqlalchemy import select
-
-    from pipeline.ledger.models import JobRow
-
-    with engine.connect() as conn:
-        return [str(i) for i in conn.scalars(select(JobRow.id).where(JobRow.batch_id == batch_id))]
-
-
-async def _redis_side(batch_job_ids: list[str] | None) -> dict[str, Any]:
+async def _overview() -> dict[str, Any]:
     client = await QueueClient.connect()
     try:
-        if batch_job_ids is not None:
-            return {"waiting": await batch_waits(client, batch_job_ids)}
         return await service_state(client)
+    finally:
+        await client.aclose()
+
+
+async def read_batch(ref: str, engine: Engine) -> BatchView:
+    """The batch `ref` names (id, unique id prefix or label), every document's state now."""
+    from tasks.batches import batch_view
+
+    client = await QueueClient.connect()
+    try:
+        return await batch_view(client, engine, ref)
     finally:
         await client.aclose()
 
@@ -135,23 +116,36 @@ def print_queue_status(data: dict[str, object]) -> None:
     console.print(wt)
 
 
-def _print_batch(batch: str, data: dict[str, Any]) -> None:
-    table = Table(title=f"batch {batch}" + (f" · {data['label']}" if data["label"] else ""))
-    table.add_column("state")
-    table.add_column("jobs")
-    for state, n in sorted(data["by_state"].items()):
-        table.add_row(state, str(n))
-    console.print(table)
-    budget = f" of ${data['budget_usd']}" if data["budget_usd"] else ""
-    console.print(f"{data['documents']} documents · spent ${data['spend_usd']}{budget}",
-                  highlight=False)  # fmt: skip
-    waiting = data["waiting"]
-    if waiting:
-        kinds = Counter(w["kind"] for w in waiting)
-        for kind, n in kinds.items():
-            console.print(f"[yellow]{n} job(s) waiting: {_WAIT_WORDS.get(kind, kind)}[/yellow]",
-                          highlight=False, soft_wrap=True)  # fmt: skip
-        console.print(f"  e.g. {waiting[0]['reason']}", highlight=False, soft_wrap=True)
+def print_batch(view: BatchView) -> None:
+    """Every document: name, status, stage or reason, pages, cost and wasted, then counts,
+    spend against budget and what waits for what. Names and reasons are never cut."""
+    f = view.facts
+    label = f" · {f.label}" if f.label else ""
+    budget = f" of ${display_usd(f.budget_usd)}" if f.budget_usd is not None else ""
+    console.print(f"batch {f.batch_id}{label} · {len(view.documents)} documents · spent "
+                  f"${display_usd(f.spend)}{budget}", highlight=False, soft_wrap=True,
+                  markup=False)  # fmt: skip
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col in ("document", "status", "pages", "cost USD", "wasted USD", "stage / reason"):
+        table.add_column(col, overflow="fold", justify="right" if "USD" in col else "left")
+    for d in view.documents:
+        table.add_row(escape(d.name), d.status, str(d.pages or ""), display_usd(d.cost),
+                      display_usd(d.wasted), escape(d.reason or ""),
+                      style=_STYLE.get(d.status))  # fmt: skip
+    print_table(table)
+    console.print(" · ".join(f"{state} {n}" for state, n in view.by_state.items()) or
+                  "no documents", highlight=False)  # fmt: skip
+    waiting = view.waiting()
+    kinds = Counter(str(w["kind"]) for w in waiting)
+    for kind, n in kinds.items():
+        console.print(f"[yellow]{n} job(s) waiting: {_WAIT_WORDS.get(kind, kind)}[/yellow]",
+                      highlight=False, soft_wrap=True)  # fmt: skip
+    failed = [d for d in view.documents if d.status in ("failed", "over_budget")]
+    if failed:
+        flags = " ".join(sorted({"--failed" if d.status == "failed" else "--over-budget"
+                                 for d in failed}))  # fmt: skip
+        console.print(f"retry with fresh calls: pipeline retry {f.batch_id[:12]} {flags}",
+                      highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def _print_services(state: dict[str, Any]) -> None:
@@ -172,26 +166,29 @@ def _print_services(state: dict[str, Any]) -> None:
     for col in ("window", "spent USD", "reserved USD", "limit USD"):
         budget.add_column(col)
     for window, b in state["budget"].items():
-        budget.add_row(window, b["spent_usd"], b["reserved_usd"], b["limit_usd"] or "none")
+        limit = b["limit_usd"] or "none"
+        if b.get("stopped"):
+            limit += " (stopped: a bill passed its reservation; raise the limit)"
+        budget.add_row(window, b["spent_usd"], b["reserved_usd"], limit)
     console.print(budget)
 
 
 def status(batch: Annotated[str | None, typer.Argument()] = None, as_json: JsonOpt = False) -> None:
-    """A batch's jobs by state, spend vs budget and what they wait for; without BATCH,
-    queues, workers, rate limits, budgets and recent batches."""
-    from tasks.batches import batch_summary, recent_batches
+    """Every document of a batch (by id, id prefix or label): status, stage or reason, pages,
+    cost; without BATCH: queues, workers, rate limits, budgets and recent batches."""
+    from tasks.batches import recent_batches
+
     engine = ledger_engine()
     try:
         if batch is not None:
-            data = batch_summary(engine, batch)
-            data.update(asyncio.run(_redis_side(_ledger_job_ids(engine, batch))))
+            view = asyncio.run(read_batch(batch, engine))
             if as_json:
-                print(json.dumps(data))
+                print(json.dumps(view.as_json()))
             else:
-                _print_batch(batch, data)
+                print_batch(view)
             return
         queues = asyncio.run(_queue_status())
-        services = asyncio.run(_redis_side(None))
+        services = asyncio.run(_overview())
         batches = recent_batches(engine)
     finally:
         engine.dispose()

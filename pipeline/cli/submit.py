@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cli.common import (
@@ -26,8 +26,11 @@ from pipeline.cli.common import (
     PriorityOpt,
     console,
     ledger_engine,
+    make_console,
+    print_table,
 )
 from pipeline.ledger.budget import check_budget_usd
+from pipeline.ledger.money import display_usd
 from pipeline.queue.client import QueueClient
 from tasks.submission import (
     DocOutcome,
@@ -83,18 +86,25 @@ def parse_budget(value: str | None) -> Decimal | None:
     return None if value is None else check_budget_usd(value.strip().lstrip("$"), "--budget")
 
 
+def submitted(sub: Submission) -> list[tuple[str, str, str]]:
+    """(name, document id, job id) of each document the submission has a job for."""
+    return [(d.name, d.document_id, d.job_id) for d in sub.documents
+            if d.job_id and d.document_id]  # fmt: skip
+
+
 def print_submission(sub: Submission) -> None:
     for w in sub.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
-    table = Table(title=f"batch {sub.batch_id} · {sub.model} · {sub.prompt_version}")
+    table = Table(title=f"batch {sub.batch_id} · {sub.model} · {sub.prompt_version}",
+                  title_justify="left")
     for col in ("document", "status", "pages", "job / reason"):
         table.add_column(col)
     for d in sub.documents:
         detail = d.job_id or ""
         if d.reason:
             detail = f"{detail} {d.reason}".strip()
-        table.add_row(d.name, d.status, str(d.pages or ""), detail)
-    console.print(table)
+        table.add_row(escape(d.name), d.status, str(d.pages or ""), escape(detail))
+    print_table(table)
     console.print(f"batch id: {sub.batch_id}", highlight=False, soft_wrap=True)
 
 
@@ -111,43 +121,59 @@ def print_estimate(est: dict[str, Any], budget: Decimal | None) -> None:
             table.add_row(d["name"], "-", "-", "-", f"skipped: {d['reason']}")
             continue
         table.add_row(d["name"], str(d["pages"]), str(d["calls"]), str(d["input_tokens"]),
-                      f"{d['worst_case_usd']:.6f}")  # fmt: skip
+                      display_usd(d['worst_case_usd']))  # fmt: skip
     console.print(table)
     total = est["total_worst_case_usd"]
-    console.print(f"total: {est['total_input_tokens']} input tokens, worst case ${total:.6f}",
+    shown = display_usd(total)
+    console.print(f"total: {est['total_input_tokens']} input tokens, worst case ${shown}",
                   highlight=False, soft_wrap=True)  # fmt: skip
     if budget is not None and total > budget:
-        console.print(f"[yellow]warning:[/yellow] the worst-case estimate ${total:.6f} is over "
-                      f"the budget ${budget}; calls past the budget will be refused",
+        console.print(f"[yellow]warning:[/yellow] the worst-case estimate ${shown} is over "
+                      f"the budget ${display_usd(budget)}; calls past the budget "
+                      "will be refused",
                       highlight=False, soft_wrap=True)  # fmt: skip
 
 
 async def _submit(
     uploads: list[Upload], skipped: list[DocOutcome], *, model: str | None, budget: Decimal | None,
-    priority: str | None, label: str | None, wait: bool, as_json: bool,
-) -> Submission:  # fmt: skip
+    priority: str | None, label: str | None, wait: bool, as_json: bool, queue: str | None = None,
+) -> tuple[Submission, bool]:  # fmt: skip
+    """The submission, and whether every document completed (True when not waiting)."""
     from pipeline.cli.follow import follow
+    from pipeline.queue.follow import unserved_reason
 
     client = await QueueClient.connect()
     try:
         since = await client.last_event_id()
         sub = await submit_uploads(client, uploads, model=model, budget_usd=budget,
-                                   priority=priority, label=label)  # fmt: skip
+                                   priority=priority, label=label, queue=queue)  # fmt: skip
         sub.documents[:0] = skipped
+        unserved = await unserved_reason(client, queue) if queue and sub.job_ids else ""
+        if unserved:  # routing to a queue nobody serves is allowed (workers may come later)
+            sub.warnings.append(f"queue {queue!r}: {unserved}")
         if as_json:
             print(json.dumps(sub.to_dict()), flush=True)
         else:
             print_submission(sub)
+        completed = True
         if wait and sub.job_ids:
             # The submission has migrated the ledger already; a lazy engine cannot fail here,
             # so a database that goes away now only dims the spend figure, not the command.
             engine = ledger_engine(upgrade=False)
             try:
-                out = Console(stderr=True) if as_json else console
-                await follow(client, sub, since, out, engine=engine, budget=budget)
+                out = make_console(stderr=True) if as_json else console
+                tracker = await follow(client, sub.batch_id, since, out, engine=engine,
+                                       documents=submitted(sub))  # fmt: skip
+                if tracker.view is not None and not as_json:
+                    from pipeline.cli.status import print_batch
+
+                    print_batch(tracker.view)
+                view = tracker.view
+                completed = view is not None and all(d.status == "complete"
+                                                     for d in view.documents)  # fmt: skip
             finally:
                 engine.dispose()
-        return sub
+        return sub, completed
     finally:
         await client.aclose()
 
@@ -158,6 +184,14 @@ def submit(
     budget: BudgetOpt = None,
     priority: PriorityOpt = None,
     label: LabelOpt = None,
+    queue: Annotated[
+        str | None,
+        typer.Option(
+            "--queue",
+            help="Queue to route the jobs to (default: the task's own, `default`); "
+            "served by `pipeline worker --queue NAME`.",
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the batch until done.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Estimate; enqueue nothing.")] = False,
     as_json: JsonOpt = False,
@@ -180,10 +214,11 @@ def submit(
         return
     if not uploads:
         report_nothing(skipped, as_json)
-    sub = asyncio.run(_submit(uploads, skipped, model=model, budget=limit, priority=priority,
-                              label=label, wait=wait, as_json=as_json))  # fmt: skip
-    if not sub.job_ids:
-        raise typer.Exit(1)
+    sub, completed = asyncio.run(_submit(uploads, skipped, model=model, budget=limit,
+                                         priority=priority, label=label, wait=wait,
+                                         as_json=as_json, queue=queue))  # fmt: skip
+    if not sub.job_ids or not completed:
+        raise typer.Exit(1)  # with --wait: 0 only when every document completed
 
 
 def _dry_run_estimate(uploads: list[Upload], model: str) -> dict[str, Any]:

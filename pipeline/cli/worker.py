@@ -6,12 +6,16 @@ import asyncio
 import importlib
 import json
 import logging
+import os
+import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cli.common import LogLevel, console
+from pipeline.cli.logs import LogFormat, configure_logging
 from pipeline.errors import PipelineError
 from pipeline.queue.client import QueueClient
 
@@ -23,16 +27,36 @@ DEFAULT_TASK_MODULES = ("tasks.analyze",)
 
 
 def import_task_modules(names: list[str] | None) -> list[str]:
+    """Import the modules that define tasks (default: the product's own), from the current
+    directory first, as Celery, RQ and ARQ workers do (a `pipeline` console script, unlike
+    `python -m`, does not put it on sys.path). Raises PipelineError naming the module, the
+    folders searched and the fix when one given by name cannot be imported."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     loaded = []
     for name in names or DEFAULT_TASK_MODULES:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if names and exc.name == name:
-                raise PipelineError(f"cannot import task module {name!r}: {exc}") from None
-            if names:
-                raise
-            continue
+            if not names:  # the product's tasks are optional for a bare worker
+                continue
+            searched = "\n  ".join(p or "(current directory)" for p in sys.path)
+            what = (
+                f"no module named {name!r}"
+                if exc.name == name
+                else f"it imports {exc.name!r}, which is not installed or not on the path"
+            )
+            raise PipelineError(
+                f"cannot import task module {name!r}: {what}.\nSearched (sys.path):\n  "
+                f"{searched}\nFix: run the worker from the folder that holds {name}.py (or "
+                f"its package), add that folder to PYTHONPATH, or install the package that "
+                f"provides it"
+            ) from None
+        except Exception as exc:  # the module itself is broken: say which and how
+            raise PipelineError(
+                f"cannot import task module {name!r}: {type(exc).__name__}: {exc}"
+            ) from exc
         loaded.append(name)
     return loaded
 
@@ -45,18 +69,20 @@ def worker(
     queue: Annotated[
         list[str] | None, typer.Option("--queue", "-q", help="Queues to serve, in order.")
     ] = None,
-    burst: Annotated[bool, typer.Option(help="Exit when the queues are empty.")] = False,
+    burst: Annotated[bool, typer.Option("--burst", help="Exit when the queues are empty.")] = False,
     import_: Annotated[
         list[str] | None, typer.Option("--import", "-i", help="Module(s) defining tasks.")
     ] = None,
     log_level: Annotated[
-        LogLevel, typer.Option(case_sensitive=False, help="How much the worker logs.")
+        LogLevel, typer.Option(case_sensitive=False, help="How much the worker logs "
+                               "(debug: libraries' own lines too).")
     ] = LogLevel.info,
+    log_format: Annotated[
+        LogFormat, typer.Option(case_sensitive=False, help="text, or json: one object a line.")
+    ] = LogFormat.text,
 ) -> None:
     """Run a worker: claim jobs when a slot is free, run them under renewed leases."""
-    logging.basicConfig(
-        level=log_level.value.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(log_level.value, log_format)
     modules = import_task_modules(import_)
     from pipeline.services import build_worker
 
@@ -91,9 +117,9 @@ def dead_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         return
     table = Table(title=f"dead-letter ({len(jobs)})")
     for col in ("job", "task", "attempts", "error"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # the whole error, wrapped, never cut
     for j in jobs:
-        table.add_row(str(j["id"]), str(j["task"]), str(j["attempt"]), str(j["error"])[:80])
+        table.add_row(str(j["id"]), str(j["task"]), str(j["attempt"]), escape(str(j["error"])))
     console.print(table)
 
 

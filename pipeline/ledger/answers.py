@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class LedgerAnswers:
-    """`save_answer` / `find_answer` over the `call_answers` table.
+    """`save_answer` / `find_answer` / `forget_answer` over the `call_answers` table.
 
     `find_answer` returns the stored JSON (the call store's encoding) of an answer saved
     within `max_age_s` seconds, or None; an unreachable database is None too (logged), so
@@ -36,6 +36,9 @@ class LedgerAnswers:
         payload = {"call_key": call_key, "answer": answer, "model_version": model_version,
                    "created_at": datetime.now(UTC).isoformat()}  # fmt: skip
         await self.recorder.write("answer_save", payload)
+
+    async def forget_answer(self, call_key: str) -> None:
+        await self.recorder.write("answer_forget", {"call_key": call_key})
 
     async def find_answer(self, call_key: str, max_age_s: int) -> str | None:
         since = datetime.now(UTC) - timedelta(seconds=max_age_s)

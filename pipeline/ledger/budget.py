@@ -11,6 +11,12 @@ A reservation refused only because of other calls' *holds* (settled spend alone 
 room) is `BudgetExceeded(held_only=True)`: those calls usually settle far below their worst
 case, so the call should wait and try again rather than end the job over budget.
 
+The reservation is the call's bound (exact input tokens from countTokens, maxOutputTokens
+and the thinking budget; pipeline/llm/caller.py), so a settle never exceeds it. If one does
+(a provider changed how it bills), the cost is booked in full and every scope with a limit
+*stops*: it admits no call (`BudgetExceeded(stopped=True)`) until a person raises its limit
+(`raise_limit`, a larger `--budget`, or a larger PIPELINE_BUDGET_DAY_USD / _MONTH_USD).
+
 A hold belongs to the lease of the job that took it (`for_call(job_id=, lease=)` indexes it
 under the job): when the sweeper recovers a dead worker's job, `job_holds` finds its holds
 and the recovery settles each at once (pipeline/ledger/reconcile.py): `abandon` books a call
@@ -32,6 +38,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from pipeline.errors import BudgetExceeded, InputError
+from pipeline.ledger.money import format_usd
 from pipeline.redis.connection import text
 from pipeline.redis.keys import Keys
 from pipeline.redis.scripts import register
@@ -46,10 +53,15 @@ _STATE_TTL_S = 3 * 86400
 _TTL_S = {"batch": 90 * 86400, "day": 3 * 86400, "month": 62 * 86400}
 
 _ADVICE = {
-    "batch": "raise the batch budget (`pipeline submit --budget USD`) or let running calls "
-    "settle; the job ends over_budget and nothing more is charged",
+    "batch": "the job ends over_budget and nothing more is charged; raise the budget with "
+    "`pipeline budget BATCH --set USD`, then `pipeline retry BATCH --over-budget`",
     "day": "raise PIPELINE_BUDGET_DAY_USD or wait for the UTC day to turn (00:00 UTC)",
     "month": "raise PIPELINE_BUDGET_MONTH_USD or wait for the next UTC month",
+}
+_RAISE = {
+    "batch": "raise the batch's limit (Budget.raise_limit) above it",
+    "day": "raise PIPELINE_BUDGET_DAY_USD above it",
+    "month": "raise PIPELINE_BUDGET_MONTH_USD above it",
 }
 
 
@@ -109,15 +121,24 @@ class Reservation:
 
 @dataclass(frozen=True)
 class ScopeStatus:
+    """A scope's spent, reserved and limit in USD; `stopped_at_usd` is the limit in force
+    when an overrun stopped it (None while it runs): only a higher limit admits calls."""
+
     spent_usd: Decimal
     reserved_usd: Decimal
     limit_usd: Decimal | None
+    stopped_at_usd: Decimal | None = None
 
-    def as_dict(self) -> dict[str, str | None]:
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_at_usd is not None
+
+    def as_dict(self) -> dict[str, str | bool | None]:
         return {
-            "spent_usd": str(self.spent_usd),
-            "reserved_usd": str(self.reserved_usd),
-            "limit_usd": None if self.limit_usd is None else str(self.limit_usd),
+            "spent_usd": format_usd(self.spent_usd),
+            "reserved_usd": format_usd(self.reserved_usd),
+            "limit_usd": None if self.limit_usd is None else format_usd(self.limit_usd),
+            "stopped": self.stopped,
         }
 
 
@@ -137,13 +158,16 @@ class Budget:
         self.keys = keys
         self.settings = settings
         self.hold_ms = int(hold_s * 1000)
-        scripts = register(redis, _LUA, "budget_reserve", "budget_settle", "budget_status",
-                           "budget_extend", "budget_floor")  # fmt: skip
+        scripts = register(
+            redis, _LUA, "budget_reserve", "budget_settle", "budget_status", "budget_extend",
+            "budget_raise", "budget_floor",
+        )
         self._floor = scripts["budget_floor"]
         self._reserve = scripts["budget_reserve"]
         self._settle = scripts["budget_settle"]
         self._status = scripts["budget_status"]
         self._extend = scripts["budget_extend"]
+        self._raise = scripts["budget_raise"]
 
     @property
     def hold_s(self) -> float:
@@ -195,6 +219,14 @@ class Budget:
         if int(reply[0]) != 1:
             scope = scopes[int(reply[1]) - 1]
             spent, reserved, limit = (from_nanos(v) for v in reply[2:5])
+            if int(reply[5]) == 2:
+                raise BudgetExceeded(
+                    f"{scope.kind} budget {scope.name} stopped admitting calls after a call "
+                    f"was billed more than its reservation (${spent} spent, limit ${limit}); "
+                    f"check the ledger rows marked 'budget overrun', then {_RAISE[scope.kind]}",
+                    scope=scope.kind,
+                    stopped=True,
+                )
             held_only = int(reply[5]) == 0
             if held_only:
                 raise BudgetExceeded(
@@ -214,8 +246,19 @@ class Budget:
         return Reservation(token, Decimal(worst_case_usd), scopes, job_id, lease)
 
     async def settle(self, reservation: Reservation, actual_usd: Decimal) -> bool:
-        """Book the real cost and free the hold; False if this token was already closed."""
+        """Book the real cost and free the hold; False if this token was already closed.
+        A cost above the reservation is booked too, and stops the scopes (see module)."""
         return await self._close(reservation, "settle", to_nanos(actual_usd))
+
+    async def raise_limit(self, scope: Scope, limit_usd: Decimal) -> Decimal | None:
+        """A person's new limit for `scope`, used instead of any lower limit calls carry
+        (a batch's limit travels in its jobs' arguments); lifts an overrun stop when it is
+        above the limit in force then. Returns the limit the scope was stopped at, or None.
+        Raises InputError for a limit that is not a budget."""
+        nanos = to_nanos(check_budget_usd(limit_usd, "limit"))
+        totals, _ = scope.keys(self.keys)
+        reply = await self._raise(keys=[totals], args=[nanos, _TTL_S[scope.kind]])
+        return None if int(reply) < 0 else from_nanos(reply)
 
     async def cancel(self, reservation: Reservation) -> bool:
         """Free the hold of a call that never went out; nothing is booked (an abandoned
@@ -262,8 +305,9 @@ class Budget:
     async def _close(self, reservation: Reservation, action: str, nanos: int) -> bool:
         args: list[Any] = [reservation.token, action, nanos, _STATE_TTL_S]
         args += [_TTL_S[s.kind] for s in reservation.scopes]
+        args.append(to_nanos(reservation.amount_usd, round_up=True))
         reply = await self._settle(keys=self._reservation_keys(reservation), args=args)
-        return int(reply) == 1
+        return int(reply) >= 1
 
     async def status(
         self, batch_id: str | None = None, batch_limit_usd: Decimal | None = None
@@ -276,11 +320,14 @@ class Budget:
         reply = await self._status(keys=keys, args=[])
         out = {}
         for i, scope in enumerate(scopes):
-            spent, reserved, stored = reply[3 * i : 3 * i + 3]
+            spent, reserved, stored, stopped = reply[4 * i : 4 * i + 4]
             limit = scope.limit_usd
             if scope.kind == "batch" and limit is None and int(stored) >= 0:
                 limit = from_nanos(stored)
-            out[scope.kind] = ScopeStatus(from_nanos(spent), from_nanos(reserved), limit)
+            stopped_at = from_nanos(stopped) if int(stopped) >= 0 else None
+            out[scope.kind] = ScopeStatus(
+                from_nanos(spent), from_nanos(reserved), limit, stopped_at
+            )
         return out
 
     def _keys(self, token: str, scopes: tuple[Scope, ...], job_id: str | None) -> list[str]:

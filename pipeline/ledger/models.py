@@ -1,4 +1,5 @@
-"""The ledger schema. The migrations must match these models (tests/test_ledger_schema.py checks).
+"""The ledger schema. The migrations must match these models
+(tests/ledger/test_schema_migrations.py checks).
 
 Money is `Numeric(18, 9)`: nano-dollar precision, because a cheap call costs fractions of a
 cent and float sums drift. (SQLite keeps NUMERIC as a double, exact to the nano-dollar below
@@ -15,6 +16,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     Index,
@@ -24,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -63,6 +66,23 @@ class Document(Base):
     file_name: Mapped[str | None] = mapped_column(String(500))
     bytes: Mapped[int | None] = mapped_column(BigInteger)
     pages: Mapped[int | None] = mapped_column(Integer)
+
+
+class BatchDocument(Base):
+    """A document as a member of one batch: the name it was submitted under there and the
+    job of its current run (the root analysis job; a long document's parts and merge hang off
+    it). A document sent again in a later batch gets a row there too, pointing at the run that
+    answers it, so every batch shows all of its documents, whichever run paid for them."""
+
+    __tablename__ = "batch_documents"
+
+    batch_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    document_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    name: Mapped[str | None] = mapped_column(String(500))
+    model: Mapped[str | None] = mapped_column(String(100))
+    prompt_version: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class JobRow(Base):
@@ -108,6 +128,8 @@ class LLMCall(Base):
     estimated_cost_usd: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
     price_version: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
+    # The provider left usage out: tokens and cost are the call's bound (migration 0002).
+    usage_missing: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Result(Base):

@@ -179,6 +179,22 @@ class SqlRecorder:
         await self._write("document_upsert", payload)
         return doc_id
 
+    async def add_to_batch(
+        self,
+        batch_id: str,
+        document_id: str,
+        *,
+        job_id: str | None = None,
+        name: str | None = None,
+        model: str | None = None,
+        prompt_version: str | None = None,
+    ) -> None:
+        """Record `document_id` as a member of `batch_id`, answered by the run rooted at
+        `job_id` (given again when a retry starts a new run); None leaves a field as is."""
+        payload = {"batch_id": batch_id, "document_id": document_id, "job_id": job_id,
+                   "name": name, "model": model, "prompt_version": prompt_version}  # fmt: skip
+        await self._write("batch_document_upsert", payload)
+
     async def upsert_job(
         self,
         job_id: str,

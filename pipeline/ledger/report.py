@@ -21,12 +21,17 @@ from sqlalchemy.orm import Session
 
 from pipeline.errors import InputError
 from pipeline.ledger.models import Document, LLMCall
-from pipeline.llm.attempts import Outcome
+from pipeline.ledger.money import format_usd
+from pipeline.llm.attempts import UNUSED, Outcome
 
 GroupBy = Literal["day", "model", "batch", "document", "status"]
 GROUPS: tuple[str, ...] = ("day", "model", "batch", "document", "status")
 NANO = Decimal("0.000000001")
-WASTED = frozenset({Outcome.ERROR.value, Outcome.ABANDONED.value})
+# Spend that bought nothing: unknown-outcome errors and abandoned calls (booked at their
+# bound), and paid answers that were not used (truncated, blocked, invalid).
+WASTED = frozenset(
+    {Outcome.ERROR.value, Outcome.ABANDONED.value, *(o.value for o in UNUSED)}
+)
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "thinking_tokens", "cached_tokens")
 FIELDS = (
     "calls", *TOKEN_FIELDS, "cost_usd", "wasted_usd", "documents", "pages",
@@ -104,12 +109,12 @@ class _Group:
         return {
             "calls": self.calls,
             **self.tokens,
-            "cost_usd": str(self.cost),
-            "wasted_usd": str(self.wasted),
+            "cost_usd": format_usd(self.cost),
+            "wasted_usd": format_usd(self.wasted),
             "documents": docs,
             "pages": pages,
-            "cost_per_document_usd": str((self.cost / docs).quantize(NANO)) if docs else None,
-            "cost_per_page_usd": str((self.cost / pages).quantize(NANO)) if pages else None,
+            "cost_per_document_usd": format_usd(self.cost / docs) if docs else None,
+            "cost_per_page_usd": format_usd(self.cost / pages) if pages else None,
             "latency_p50_s": None if p50 is None else round(p50, 3),
             "latency_p95_s": None if p95 is None else round(p95, 3),
         }
@@ -144,7 +149,9 @@ def cost_report(
 ) -> dict[str, Any]:
     """`{"total": {...}, "rows": [{"key": ..., ...}]}` for calls started in [since, until).
 
-    Money fields are decimal strings; wasted_usd is the cost of error and abandoned attempts.
+    Money fields are fixed-point decimal strings; wasted_usd is the cost of attempts that
+    bought nothing: errors, abandoned calls, and paid answers that were not used (truncated
+    at max_output_tokens, blocked, invalid).
     Attempts whose outcome is unknown carry their reserved worst case (possibly billed,
     never seen back): abandoned rows (cancelled in flight, or the worker died) and error
     rows that timed out; other errors (refusals, 5xx answers) are $0.

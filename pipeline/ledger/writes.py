@@ -13,11 +13,19 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Table, update
+from sqlalchemy import Table, delete, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from pipeline.ledger.models import Batch, CallAnswer, Document, JobRow, LLMCall, Result
+from pipeline.ledger.models import (
+    Batch,
+    BatchDocument,
+    CallAnswer,
+    Document,
+    JobRow,
+    LLMCall,
+    Result,
+)  # fmt: skip
 from pipeline.llm.attempts import CallAttempt, Outcome
 
 Payload = dict[str, Any]
@@ -30,6 +38,7 @@ _CALL_FIELDS = (
     "job_id", "batch_id", "document_id", "model", "model_version", "call_key", "attempt",
     "started_at", "finished_at", "latency_s", "outcome", "input_tokens", "output_tokens",
     "thinking_tokens", "cached_tokens", "cost_usd", "estimated_cost_usd", "price_version", "error",
+    "usage_missing",
 )  # fmt: skip
 _DATES = ("started_at", "finished_at", "created_at")
 _MONEY = ("cost_usd", "estimated_cost_usd", "budget_usd")
@@ -148,6 +157,15 @@ def document_upsert(session: Session, payload: Payload) -> None:
     _upsert(session, Document.__table__, values, ["sha256"], fields)  # type: ignore[arg-type]
 
 
+def batch_document_upsert(session: Session, payload: Payload) -> None:
+    """A document joins a batch, or its row there points at a new run (the fields given)."""
+    values = {k: v for k, v in _revive(payload).items() if v is not None}
+    fields: list[str] = [f for f in ("job_id", "name", "model", "prompt_version") if f in values]
+    values.setdefault("created_at", datetime.now(UTC))
+    _upsert(session, BatchDocument.__table__, values,  # type: ignore[arg-type]
+            ["batch_id", "document_id"], fields)  # fmt: skip
+
+
 def job_upsert(session: Session, payload: Payload) -> None:
     """Insert the job or change only the fields given (None means leave as is)."""
     values = {k: v for k, v in _revive(payload).items() if v is not None}
@@ -174,6 +192,11 @@ def answer_save(session: Session, payload: Payload) -> None:
     _upsert(session, CallAnswer.__table__, values, ["call_key"], None)  # type: ignore[arg-type]
 
 
+def answer_forget(session: Session, payload: Payload) -> None:
+    """An answer that can no longer be used (see CallStore.delete); a replay is a no-op."""
+    session.execute(delete(CallAnswer).where(CallAnswer.call_key == payload["call_key"]))
+
+
 OPS: dict[str, Callable[[Session, Payload], None]] = {
     "call_started": call_started,
     "call_settled": call_settled,
@@ -181,8 +204,10 @@ OPS: dict[str, Callable[[Session, Payload], None]] = {
     "batch_upsert": batch_upsert,
     "document_upsert": document_upsert,
     "job_upsert": job_upsert,
+    "batch_document_upsert": batch_document_upsert,
     "result_save": result_save,
     "answer_save": answer_save,
+    "answer_forget": answer_forget,
 }
 
 

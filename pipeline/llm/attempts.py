@@ -15,12 +15,23 @@ from typing import Protocol
 
 
 class Outcome(StrEnum):
+    """How an attempt ended. TRUNCATED, BLOCKED and INVALID are answers that were paid for
+    and not used (pipeline/llm/stop.py): booked, counted as wasted, never stored."""
+
     STARTED = "started"
     OK = "ok"
     RATE_LIMITED = "rate_limited"
     ERROR = "error"
     ABANDONED = "abandoned"
     FROM_STORE = "from_store"
+    TRUNCATED = "truncated"  # finishReason MAX_TOKENS
+    BLOCKED = "blocked"  # blockReason, no candidate, or SAFETY/RECITATION/... stop
+    INVALID = "invalid"  # finished normally, failed validation
+
+
+# Paid attempts whose answer was not used: what `wasted_usd` adds up (with errors and
+# abandoned calls, whose possible bill bought nothing either).
+UNUSED = frozenset({Outcome.TRUNCATED, Outcome.BLOCKED, Outcome.INVALID})
 
 
 @dataclass
@@ -45,6 +56,7 @@ class CallAttempt:
     estimated_cost_usd: Decimal = Decimal("0")  # worst case reserved before the call
     price_version: str | None = None
     error: str | None = None
+    usage_missing: bool = False  # the provider left usage out: booked at the call's bound
     extra: dict[str, str] = field(default_factory=dict)
 
 

@@ -2,23 +2,35 @@
 
 The order is the point of this module. For each attempt:
 
-1. the call store is asked first — an answer already paid for is returned and recorded
-   as FROM_STORE, with nothing sent and no quota or budget touched;
-2. a limiter permit is taken (or the one the gate granted at claim time is used);
-3. only then is the budget reserved for the worst case (BudgetExceeded propagates, the
-   permit is refunded, nothing sent): a hold taken before an unbounded limiter wait could
-   lapse before the call even starts;
-4. a STARTED attempt is written *before* the request goes out, so a worker killed
+1. the call store is asked first — an answer already paid for (and still accepted) is
+   returned and recorded as FROM_STORE, with nothing sent and no quota or budget touched;
+2. the prompt is counted (countTokens, free, cached in Redis: counting.py) — the exact
+   input of the bound;
+3. a limiter permit is taken (or the one the gate granted at claim time is used);
+4. only then is the budget reserved for the call's bound — the counted input at the input
+   rate (long-context tier when over the threshold) plus maxOutputTokens and the thinking
+   budget at the output rate (BudgetExceeded propagates, the permit is refunded, nothing
+   sent): a hold taken before an unbounded limiter wait could lapse before the call starts;
+5. a STARTED attempt is written *before* the request goes out, so a worker killed
    mid-call leaves a row the ledger can mark abandoned;
-5. the provider is called while the permit's lease and the budget hold are renewed;
-6. a success is stored *first* (nothing after that can make us pay for it again), then
-   recorded OK with usage and cost; a failure is recorded RATE_LIMITED or ERROR. Whatever
-   the ledger write does, the budget is settled and the permit released.
+6. the provider is called while the permit's lease and the budget hold are renewed;
+7. the answer is classified by its stop reason (stop.py) before anything parses it, then
+   checked by the caller's `accept`. Only a used answer is stored, and *first* (nothing
+   after that can make us pay for it again), then recorded OK; an answer cut at
+   MAX_TOKENS, blocked, or invalid is recorded TRUNCATED / BLOCKED / INVALID at its cost
+   and raised as an UnusableAnswer, so a retry makes a fresh call instead of replaying it.
+   Usage the provider left out is booked at the call's bound (usage.py) and flagged.
+   Whatever the ledger write does, the budget is settled and the permit released.
 
 What a failed attempt costs: a refusal or server error is $0, but an attempt whose
 outcome we cannot know (cancelled in flight, timed out) may have been billed, so it is
 booked at its reserved worst case — ABANDONED when cancelled, as `mark_abandoned` does
-for a worker that died mid-call.
+for a worker that died mid-call. A provider that never bills (`billed = False`, the
+offline analyzer) reserves nothing and books $0, whatever happens.
+
+A bill above its reservation (it must not happen, but providers change) is booked in full,
+logged as an error and written on the row; the budget script stops the scope from
+admitting more calls until a person raises its limit (ledger/budget.py).
 
 Retries follow retry.py's policy; a 429 also pauses the model for every worker.
 """
@@ -28,61 +40,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 from pipeline.llm.attempts import CallAttempt, Outcome, Recorder
 from pipeline.llm.callstore import CallStore, call_key
+from pipeline.llm.counting import PDF_TOKENS_PER_PAGE, TokenCounter, rough_input_tokens
 from pipeline.llm.failure import ProviderCallError, ProviderFailure
 from pipeline.llm.limiter import Limiter, Permit
-from pipeline.llm.provider import LLMRequest, LLMResponse, Provider, Usage
-from pipeline.llm.renewal import renewing
+from pipeline.llm.provider import LLMRequest, LLMResponse, Provider
 from pipeline.llm.retry import RetryBudget, RetryPolicy, exhausted_error
+from pipeline.llm.spend import (
+    Prices,
+    SpendLimit,
+    answer_usd,
+    bound_usd,
+    keep_hold,
+    report_overrun,
+    warn_usage_missing,
+)
+from pipeline.llm.stop import Accept, accepted, judge
+from pipeline.llm.usage import book_usage
 
 log = logging.getLogger(__name__)
 
-OFFLINE_MODEL_VERSION = "offline"  # what pipeline/llm/offline.py answers as; never billed
+__all__ = [
+    "PDF_TOKENS_PER_PAGE", "Accept", "LLMCaller", "Prices", "SpendLimit", "rough_input_tokens",
+]  # fmt: skip
 
-_PDF_PAGE = re.compile(rb"/Type\s*/Page(?![a-z])")
-PDF_TOKENS_PER_PAGE = 560  # Gemini 3 MEDIUM media resolution (GEMINI.md §3.5)
-
-
-class Prices(Protocol):
-    """What the caller needs of a price table (pipeline/llm/pricing.py's PriceTable)."""
-
-    def cost(self, model_version: str, usage: Usage, at: datetime) -> Decimal: ...
-
-
-class SpendLimit(Protocol):
-    """What the caller needs of the budgets that apply to one call (ledger.budget.CallBudget):
-    hold a worst case before the call (raising BudgetExceeded when it does not fit), then
-    settle the hold at the real cost, or cancel it when nothing can have been billed."""
-
-    async def reserve(self, worst_case_usd: Decimal) -> Any: ...
-
-    async def settle(self, token: Any, actual_usd: Decimal) -> object: ...
-
-    async def cancel(self, token: Any) -> object: ...
-
-    # Optional: `extend(token)` and `hold_s` let a long call keep its hold alive.
-
-
-def rough_input_tokens(request: LLMRequest) -> int:
-    """A no-network estimate when count_tokens is unavailable: ~4 chars a token, 560 a PDF page."""
-    total = len(request.system or "") // 4
-    for part in request.parts:
-        if part.text:
-            total += len(part.text) // 4 + 1
-        if part.data is not None:
-            pages = len(_PDF_PAGE.findall(part.data)) if part.mime_type == "application/pdf" else 0
-            total += max(1, pages) * PDF_TOKENS_PER_PAGE
-    return max(1, total)
 
 
 @dataclass(frozen=True)
@@ -98,22 +88,28 @@ class _Call:
 
     request: LLMRequest
     key: str
-    tokens: int
+    tokens: int | None  # the limiter's debit; None: the counted input
     permit: Permit | None  # the gate's permit, used by the first attempt only
     budget: SpendLimit | None
     retry_budget: RetryBudget | None
     ids: _Ids
+    accept: Accept | None = None
+    billed: bool = True
+    counted: int | None = None  # countTokens for the request: the bound's input tokens
     attempt: int = 0
 
 
 class LLMCaller:
-    """One paid call, done right: a limiter permit, a budget hold of the call's worst case, a
+    """One paid call, done right: a limiter permit, a budget hold of the call's bound, a
     ledger row written `started` before the request and settled after, retries that honour
-    RetryInfo, and a call store so an answer that was paid for is never paid again.
+    RetryInfo, answers classified by stop reason, and a call store so an answer that was
+    paid for and used is never paid again.
 
     `call()` returns the provider's LLMResponse or raises: BudgetExceeded (nothing sent),
     RateLimited / DailyQuotaExhausted / ProviderError once its retries are spent, OverLimit
-    for a request bigger than the per-minute token limit, UnknownModel for an unpriced model.
+    for a request bigger than the per-minute token limit, UnknownModel for an unpriced model,
+    and an UnusableAnswer (AnswerTruncated, AnswerBlocked, AnswerInvalid) for an answer that
+    was paid for but cannot be used.
     """
 
     def __init__(
@@ -128,6 +124,7 @@ class LLMCaller:
         policy: RetryPolicy | None = None,
         attempt_timeout_s: float | None = None,
         acquire_deadline_s: float | None = None,
+        counter: TokenCounter | None = None,
     ) -> None:
         self.provider = provider
         self.limiter = limiter
@@ -138,6 +135,12 @@ class LLMCaller:
         self.policy = policy or RetryPolicy()
         self.attempt_timeout_s = attempt_timeout_s
         self.acquire_deadline_s = acquire_deadline_s
+        self.counter = counter or TokenCounter(provider, store.redis, store.keys)
+
+    @property
+    def billed(self) -> bool:
+        """Whether the provider's answers cost money (an unknown provider is assumed to)."""
+        return bool(getattr(self.provider, "billed", True))
 
     async def call(
         self,
@@ -150,26 +153,41 @@ class LLMCaller:
         budget: SpendLimit | None = None,
         retry_budget: RetryBudget | None = None,
         input_tokens: int | None = None,
+        accept: Accept | None = None,
     ) -> LLMResponse:
         """The answer to `request`, paid for at most once across retries, restarts and jobs.
 
-        `input_tokens` is the estimate debited from the bucket and used for the worst-case
-        budget; without it the gate's permit's estimate, else provider.count_tokens, is used.
+        `input_tokens` is the estimate debited from the limiter's bucket (default: the gate
+        permit's, else the counted input); the budget always reserves the counted input.
+        `accept(response)` checks a finished answer: None to use (and store) it, else the
+        problem, raised as AnswerInvalid. A stored answer `accept` refuses is dropped from
+        the store and asked again. The model is sent, keyed, limited and priced under its
+        canonical id (the limiter's `canonical`), so "models/x" and x are one call;
+        UnknownModel for an unknown model.
         """
+        try:
+            request = replace(request, model=self.limiter.canonical(request.model))
+        except Exception:
+            if permit is not None:
+                await self.limiter.release(permit, sent=False)
+            raise
         key = call_key(request)
         ids = _Ids(job_id, batch_id, document_id)
         stored = await self.store.get(key)
-        if stored is not None:
+        if stored is not None and accepted(accept, stored) is None:
             if permit is not None:
                 await self.limiter.release(permit, sent=False)
             await self._record_from_store(request, key, stored, ids)
             return stored
+        if stored is not None:
+            await self.store.delete(key)  # no longer usable: never replay it
         if permit is not None and permit.model != request.model:
             await self.limiter.release(permit, sent=False)
             permit = None
-        if input_tokens is None:
-            input_tokens = permit.tokens if permit is not None else await self._count(request)
-        state = _Call(request, key, input_tokens, permit, budget, retry_budget, ids)
+        if input_tokens is None and permit is not None:
+            input_tokens = permit.tokens
+        state = _Call(request, key, input_tokens, permit, budget, retry_budget, ids,
+                      accept=accept, billed=self.billed)  # fmt: skip
         try:
             async for attempt in self.policy.retrying(retry_budget):
                 with attempt:
@@ -181,47 +199,13 @@ class LLMCaller:
                 await self.limiter.release(state.permit, sent=False)
         return response
 
-    async def _count(self, request: LLMRequest) -> int:
-        try:
-            return int(await self.provider.count_tokens(request))
-        except Exception:  # an estimate only: never fail a call over it
-            return rough_input_tokens(request)
-
-    def _worst_case(self, request: LLMRequest, tokens: int, at: datetime) -> Decimal:
-        if self.prices is None:
-            return Decimal("0")
-        worst = getattr(self.prices, "worst_case_cost", None)
-        if worst is not None:
-            return Decimal(worst(request.model, tokens, request.max_output_tokens, at))
-        usage = Usage(input_tokens=tokens, output_tokens=request.max_output_tokens)
-        return self.prices.cost(request.model, usage, at)
-
-    def _cost(self, request: LLMRequest, response: LLMResponse, at: datetime) -> Decimal:
-        """The price of an answer already paid for; never raises, so it cannot lose one.
-
-        The answering model version is priced if the table knows it, else the model asked
-        for (a new version string is usually the same price); failing both, $0 and a warning
-        rather than an exception after the money is spent."""
-        if self.prices is None or response.model_version == OFFLINE_MODEL_VERSION:
-            return Decimal("0")  # the offline analyzer never bills
-        for model in dict.fromkeys(m for m in (response.model_version, request.model) if m):
-            try:
-                return self.prices.cost(model, response.usage, at)
-            except Exception:  # UnknownModel, or no price on that date
-                continue
-        log.warning(
-            "no price for %r (asked for %r): call booked at $0; add the model to "
-            "config/pricing.toml and the ledger's figures will be short by this call",
-            response.model_version, request.model,
-        )
-        return Decimal("0")
-
     async def _take_permit(self, state: _Call) -> Permit:
         if state.permit is not None:
             permit, state.permit = state.permit, None
             return permit
+        tokens = state.tokens if state.tokens is not None else (state.counted or 1)
         return await self.limiter.acquire(
-            state.request.model, state.tokens, deadline_s=self.acquire_deadline_s
+            state.request.model, tokens, deadline_s=self.acquire_deadline_s
         )
 
     async def _attempt(self, state: _Call) -> LLMResponse:
@@ -229,12 +213,25 @@ class LLMCaller:
         if state.retry_budget is not None:
             state.retry_budget.take()
         state.attempt += 1
-        # Priced before the wait for a permit: an unknown model fails before taking quota.
-        estimate = self._worst_case(request, state.tokens, self.clock())
+        estimate = Decimal(0)
+        if state.billed:
+            if state.counted is None:
+                state.counted = await self.counter.cached(request)
+            if state.counted is None:
+                # The count is a round trip: a permit held across it would be debited long
+                # before its request arrives, and arrivals bunch up past the provider's
+                # window. So a gate permit goes back and a fresh one is taken after.
+                if state.permit is not None:
+                    await self.limiter.release(state.permit, sent=False)
+                    state.permit = None
+                # A failed count is retried like any provider failure: no bound, no call.
+                state.counted = await self.counter.count(request)
+            # Priced before the wait for a permit: an unknown model fails before taking quota.
+            estimate = bound_usd(self.prices, request, state.counted, self.clock())
         permit = await self._take_permit(state)
         reservation = None
         try:
-            if state.budget is not None:
+            if state.budget is not None and state.billed:
                 reservation = await state.budget.reserve(estimate)
         except BaseException:
             await self.limiter.release(permit, sent=False)
@@ -257,7 +254,7 @@ class LLMCaller:
             await self.recorder.started(_snap(record))
         except BaseException:
             await self.limiter.release(permit, sent=False)
-            if state.budget is not None:
+            if state.budget is not None and reservation is not None:
                 await state.budget.cancel(reservation)
             raise
         return await self._send(state, record, permit, reservation)
@@ -269,7 +266,7 @@ class LLMCaller:
         t0 = time.monotonic()
         try:
             try:
-                async with self.limiter.hold(permit), _keep_hold(state.budget, reservation):
+                async with self.limiter.hold(permit), keep_hold(state.budget, reservation):
                     coro = self.provider.generate(request)
                     if self.attempt_timeout_s is not None:
                         response = await asyncio.wait_for(coro, self.attempt_timeout_s)
@@ -294,11 +291,22 @@ class LLMCaller:
                 await asyncio.shield(self._settle_unknown(state, record, permit, reservation))
             raise
         now = self.clock()
-        usage = response.usage
-        cost = self._cost(request, response, now)
+        booked = book_usage(
+            response.reported, response.usage,
+            counted_input_tokens=state.counted or 0,
+            output_bound_tokens=request.output_bound_tokens,
+            answered=bool(response.text),
+        )  # fmt: skip
+        usage = booked.usage
+        cost = Decimal(0)
+        if state.billed:
+            cost = answer_usd(self.prices, request, response.model_version, usage, now)
+        verdict = judge(request, response, usage, state.accept)
+        unusable = verdict.error
         try:
-            await self.store.put(state.key, response)  # first: a crash after this never re-pays
-            record.outcome = Outcome.OK
+            if unusable is None:  # only a used answer is kept; first, so it is never re-paid
+                await self.store.put(state.key, response)
+            record.outcome = verdict.outcome
             record.model_version = response.model_version
             record.finished_at = now
             record.latency_s = response.latency_s or (time.monotonic() - t0)
@@ -307,11 +315,20 @@ class LLMCaller:
             record.thinking_tokens = usage.thinking_tokens
             record.cached_tokens = usage.cached_tokens
             record.cost_usd = cost
+            record.usage_missing = booked.usage_missing
+            record.error = None if unusable is None else str(unusable)
+            if state.billed and cost > record.estimated_cost_usd:
+                note = report_overrun(record, request)
+                record.error = note + (f"; {record.error}" if unusable else "")
             await self.recorder.settled(_snap(record))
         finally:
             # Paid for whatever the store or the ledger did: settle and free the slot.
             await asyncio.shield(self._close(state, permit, reservation, cost, usage.input_tokens))
         await self.limiter.on_success(request.model)
+        if booked.usage_missing:
+            await warn_usage_missing(self.store.redis, self.store.keys, booked, record)
+        if unusable is not None:
+            raise unusable
         return response
 
     async def _close(
@@ -325,7 +342,7 @@ class LLMCaller:
         """Settle the budget at `cost_usd` and release the (sent) permit, each regardless of
         the other failing."""
         try:
-            if state.budget is not None:
+            if state.budget is not None and reservation is not None:  # offline holds nothing
                 await state.budget.settle(reservation, cost_usd)
         finally:
             await self.limiter.release(permit, input_tokens)
@@ -385,19 +402,6 @@ def _outcome_unknown(failure: ProviderFailure) -> bool:
     """No answer in time (our timeout, the HTTP client's, or the server's deadline): the
     provider may have processed, and billed, the request all the same."""
     return failure.status == "DEADLINE_EXCEEDED"
-
-
-@contextlib.asynccontextmanager
-async def _keep_hold(budget: SpendLimit | None, reservation: Any) -> AsyncIterator[None]:
-    """Extend the budget hold every third of its life while the call runs, so a call that
-    outlasts `hold_s` keeps its reservation (like `Limiter.hold` for the permit)."""
-    extend = getattr(budget, "extend", None)
-    hold_s = getattr(budget, "hold_s", None)
-    if extend is None or not hold_s:
-        yield
-        return
-    async with renewing(float(hold_s) / 3, lambda: extend(reservation), "a budget hold"):
-        yield
 
 
 def _attempt_id(reservation: Any) -> str:

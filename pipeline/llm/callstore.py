@@ -2,9 +2,11 @@
 
 A job retried after a crash, a lease lost mid-call, or the same document submitted twice
 all end up asking the same question. The call key hashes everything that changes the
-answer (model, prompt version, parts, generation settings); a successful response is kept
-in Redis as JSON under that key, and a later call with the same key is answered from here
-without touching the provider. Only successes are stored: a failure must stay retryable.
+answer (model, prompt version, parts, generation settings); an answer that was *used* is
+kept in Redis as JSON under that key, and a later call with the same key is answered from
+here without touching the provider. Only used answers are stored: a failure, and a paid
+answer that could not be used (cut at MAX_TOKENS, blocked, invalid), must stay retryable,
+or every retry would replay it (field case 08c).
 
 Redis is not where a paid answer may end: it can be away when the answer arrives, or lose
 its data. With a `durable` side (the SQL ledger's `call_answers`, pipeline/ledger/answers.py)
@@ -30,8 +32,9 @@ from pipeline.redis.keys import Keys
 
 log = logging.getLogger(__name__)
 
-# Bump when the stored shape changes, so old entries are simply not found.
-STORE_FORMAT = "v1"
+# Bump when the stored shape or what may be stored changes, so old entries are simply not
+# found. v2: v1 stores could hold truncated or blocked answers kept as successes.
+STORE_FORMAT = "v2"
 # A Redis read or write of the store waits this long before the durable side is used.
 REDIS_TIMEOUT_S = 5.0
 
@@ -44,6 +47,9 @@ class DurableAnswers(Protocol):
 
     async def find_answer(self, call_key: str, max_age_s: int) -> str | None:
         """The answer kept for `call_key` within `max_age_s` seconds, or None."""
+
+    async def forget_answer(self, call_key: str) -> None:
+        """Drop the answer kept for `call_key` (it can no longer be used)."""
 
 
 def call_key(request: LLMRequest) -> str:
@@ -124,4 +130,10 @@ class CallStore:
                 raise
             log.warning("call store: Redis unavailable (%s); the answer is kept in the ledger",
                         exc)  # fmt: skip
+
+    async def delete(self, key: str) -> None:
+        """Forget an answer that can no longer be used, so the next call asks again."""
+        if self.durable is not None:
+            await self.durable.forget_answer(key)
+        await self.redis.delete(self.keys.call(key))
 

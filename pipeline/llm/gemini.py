@@ -21,7 +21,7 @@ from google.genai import types
 
 from pipeline.errors import SettingsError
 from pipeline.llm.failure import RETRYABLE_CODES, ProviderCallError, ProviderFailure
-from pipeline.llm.provider import LLMRequest, LLMResponse, Part, Usage
+from pipeline.llm.provider import LLMRequest, LLMResponse, Part, ReportedUsage, Usage
 
 __all__ = ["GeminiProvider", "ProviderCallError", "ProviderFailure", "parse_api_error"]
 
@@ -125,6 +125,7 @@ class GeminiProvider:
     """The Provider protocol over google-genai's async client."""
 
     name = "gemini"
+    billed = True
 
     def __init__(
         self,
@@ -186,8 +187,10 @@ class GeminiProvider:
             cached_tokens=(meta.cached_content_token_count or 0) if meta else 0,
         )
         text, finish_reason = _answer_text(response)
+        feedback = response.prompt_feedback
+        block = feedback.block_reason if feedback is not None else None
         data: Any = None
-        if request.response_schema is not None:
+        if request.response_schema is not None and finish_reason == "STOP" and not block:
             try:
                 data = json.loads(text)
             except ValueError:
@@ -203,30 +206,61 @@ class GeminiProvider:
                 "response_id": response.response_id,
                 "usage_metadata": meta.model_dump(mode="json", exclude_none=True) if meta else {},
             },
+            finish_reason=finish_reason,
+            block_reason=_enum_text(block),
+            reported=_reported(meta),
         )
 
     async def count_tokens(self, request: LLMRequest) -> int:
-        """countTokens for the parts; the system prompt is estimated locally (4 chars/token)
-        because the Gemini API refuses system_instruction in countTokens."""
+        """countTokens for the whole prompt (free; GEMINI.md §3.3). The Gemini API refuses
+        system_instruction in countTokens (the SDK raises ValueError), so the system prompt
+        is counted as one more text part of the contents: text is counted the same either
+        way. Raises ProviderCallError when the count fails."""
+        contents = self._contents(request)
+        if request.system:
+            contents.insert(0, types.Content(role="user",
+                                             parts=[types.Part.from_text(text=request.system)]))
         try:
             result = await self._client.aio.models.count_tokens(
-                model=request.model, contents=self._contents(request)
+                model=request.model, contents=contents
             )
         except Exception as exc:
             raise ProviderCallError(parse_api_error(exc)) from exc
-        system = -(-len(request.system) // 4) if request.system else 0
-        return int(result.total_tokens or 0) + system
+        return int(result.total_tokens or 0)
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()
 
 
 def _answer_text(response: types.GenerateContentResponse) -> tuple[str, str | None]:
-    """Text of the first candidate without thought parts, and why it stopped."""
+    """Text of the first candidate without thought parts, and why it stopped (None when
+    there is no candidate; FINISH_REASON_UNSPECIFIED when it gave none)."""
     if not response.candidates:
         return "", None
     candidate = response.candidates[0]
     parts = candidate.content.parts if candidate.content and candidate.content.parts else []
     text = "".join(p.text for p in parts if p.text and not p.thought)
-    reason = candidate.finish_reason.value if candidate.finish_reason is not None else None
+    reason = _enum_text(candidate.finish_reason) or "FINISH_REASON_UNSPECIFIED"
     return text, reason
+
+
+def _enum_text(value: Any) -> str | None:
+    """An SDK enum (or the plain string the SDK keeps for a value it does not know) as text."""
+    if value is None:
+        return None
+    return str(getattr(value, "value", value)) or None
+
+
+def _reported(meta: types.GenerateContentResponseUsageMetadata | None) -> ReportedUsage:
+    """usageMetadata as sent: a field left out stays None (it is not a zero to book)."""
+    if meta is None:
+        return ReportedUsage(present=False)
+    return ReportedUsage(
+        present=True,
+        prompt=meta.prompt_token_count,
+        candidates=meta.candidates_token_count,
+        thoughts=meta.thoughts_token_count,
+        cached=meta.cached_content_token_count,
+        tool_use=meta.tool_use_prompt_token_count,
+        total=meta.total_token_count,
+    )

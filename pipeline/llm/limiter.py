@@ -12,12 +12,33 @@ length P admits at most C + r·P. We target C + r·P = (1 - safety_margin)·limi
 small burst C (5 % of it), so the long-run rate is about 92 % of the limit and the 3 %
 margin absorbs clock and network jitter between us and Google (about 1.8 s of a minute).
 A request larger than the token burst waits for a full bucket and leaves it in debt, so
-it may overshoot one window by its own excess over the burst.
+it may overshoot one window by its own excess over the burst. Shapes: bucket.py.
 
 Around the bucket: a daily counter reset at midnight America/Los_Angeles, a shared pause
 set by 429s (RetryInfo, else exponential back-off), a "daily quota exhausted" mark, an
-AIMD factor (×0.5 per 429 event, +2 % per success, the setting is the ceiling) and a cap
-on concurrent calls held as leases that expire, so a crashed worker's slot comes back.
+AIMD factor f (×0.5 per 429 event, +2 % per success, floor 0.1, the setting is the
+ceiling) that scales capacity and refill, and a cap on concurrent calls held as leases
+that expire, so a crashed worker's slot comes back.
+
+Progress guarantee (for any configured limit >= 1 per period, any history of 429s and
+successes): once the pause the provider asked for is over, a request is granted within
+one period / (1 - safety_margin) — 61.9 s for a 60 s minute — unless the concurrency cap
+(slots come back on release or lease expiry) or the per-day quota holds it. Two floors
+make this hold, because f persists in Redis (its expiry renews on every poll) and rises
+only on a success, which needs a grant first:
+- the request capacity is never below one whole request: max(1, C·f). A bucket of 0.5
+  requests, which a limit under ~42/min used to reach after one 429, can never grant one;
+- the request refill is never below one request per period / (1 - margin), whatever f,
+  and for a limit of 1 or 2 at full speed as well.
+Neither floor can break the window bound: both are at most the full-speed C and r, so
+C + r·P above still holds at every f. Input tokens cannot stall either: a call needs at
+most the token capacity at f before it is let through, and the token refill is at least
+aimd_floor × its full rate, so a call of n tokens waits at most
+(n + the previous call's excess over the burst) / (aimd_floor × tok_rate) after a pause.
+tests/test_limiter_progress.py checks both properties on the real scripts.
+
+Model names are canonical here (pricing.canonical_model): "models/x", an alias and x share
+one bucket, and a name the price table does not know is refused with UnknownModel.
 """
 
 from __future__ import annotations
@@ -26,45 +47,36 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from aiolimiter import AsyncLimiter
 from redis.asyncio import Redis
 
-from pipeline.errors import DailyQuotaExhausted, OverLimit, RateLimited
+from pipeline.errors import (
+    DailyQuotaExhausted,
+    OverLimit,
+    RateLimited,
+    SettingsError,
+    UnknownModel,
+)
+from pipeline.llm.bucket import BucketShape, LimiterTuning, pacific_midnights, pacific_str
 from pipeline.llm.counters import LimiterCounters
+from pipeline.llm.pricing import canonical_model
 from pipeline.llm.renewal import renewing
 from pipeline.queue.gate import Admission, Candidate
 from pipeline.redis.connection import text
 from pipeline.redis.keys import Keys
 from pipeline.settings import Settings
 
-PACIFIC = ZoneInfo("America/Los_Angeles")
+__all__ = ["BucketShape", "Limiter", "LimiterGate", "LimiterTuning", "Permit", "Wait",
+           "pacific_midnights"]  # fmt: skip
+
 _LUA_DIR = Path(__file__).with_name("lua")
 DAILY_KINDS = frozenset({"daily", "daily_count"})
-
-
-@dataclass(frozen=True)
-class LimiterTuning:
-    """Knobs that are engineering choices, not quotas (those come from Settings)."""
-
-    safety_margin: float = 0.03  # share of each limit never used: jitter between us and Google
-    burst_fraction: float = 0.05  # bucket capacity as a share of the (reduced) limit
-    lease_s: float = 120.0  # a concurrency slot comes back this long after a worker dies
-    concurrency_poll_s: float = 0.25  # how soon to look again when only the cap blocks
-    aimd_decrease: float = 0.5
-    aimd_floor: float = 0.1
-    aimd_increase: float = 0.02  # per successful call
-    aimd_cooldown_s: float = 1.0  # 429s within this are one overload event, one decrease
-    backoff_initial_s: float = 1.0  # pause after a 429 without RetryInfo, doubling …
-    backoff_max_s: float = 60.0  # … up to this
-    max_polls_per_s: float = 50.0  # Redis round trips per model per process while waiting
-    key_ttl_s: int = 2 * 86400
 
 
 @dataclass(frozen=True)
@@ -92,53 +104,18 @@ class Wait:
         return self.kind in DAILY_KINDS
 
 
-@dataclass(frozen=True)
-class BucketShape:
-    """Capacities and refill rates (per ms) at full speed, derived from a model's limits."""
-
-    req_cap: float
-    req_rate_ms: float
-    tok_cap: float
-    tok_rate_ms: float
-    rpd: int
-    max_concurrent: int
-    tpm: int
-
-    @classmethod
-    def from_limits(
-        cls, rpm: int, tpm: int, rpd: int, max_concurrent: int, period_s: float, t: LimiterTuning
-    ) -> BucketShape:
-        def shape(limit: int) -> tuple[float, float]:
-            usable = limit * (1 - t.safety_margin)
-            cap = max(1.0, float(int(usable * t.burst_fraction)))
-            rate = max(usable - cap, usable * 0.01) / (period_s * 1000)
-            return cap, rate
-
-        req_cap, req_rate = shape(rpm)
-        tok_cap, tok_rate = shape(tpm)
-        return cls(req_cap, req_rate, tok_cap, tok_rate, rpd, max_concurrent, tpm)
-
-
-def pacific_midnights(now: datetime | None = None) -> list[int]:
-    """Today's, tomorrow's and the next Pacific midnight in epoch ms (DST-aware).
-
-    The script picks the first one after *Redis* time, so a client clock that is off by
-    less than a day still resets the daily count at the right moment.
-    """
-    local = (now or datetime.now(UTC)).astimezone(PACIFIC)
-    return [
-        int(datetime.combine(local.date() + timedelta(days=i), time(), PACIFIC).timestamp() * 1000)
-        for i in range(3)
-    ]
-
-
-def _pacific_str(ms: float) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).astimezone(PACIFIC).strftime("%Y-%m-%d %H:%M %Z")
-
 
 
 class Limiter:
-    """The shared bucket. Safe to use from many coroutines, processes and machines at once."""
+    """The shared bucket. Safe to use from many coroutines, processes and machines at once.
+
+    `canonical` maps any spelling of a model to its one id (default: the shipped price
+    table's, raising UnknownModel for a model it does not know); every key, limit and
+    permit uses that id. `clock_offset_ms` shifts every Redis TIME reading the scripts make
+    (0 in production): tests and simulations step through time with it instead of sleeping.
+    Raises SettingsError when two `[limits."…"]` tables name the same model or one names
+    a model the price table does not know.
+    """
 
     def __init__(
         self,
@@ -148,12 +125,17 @@ class Limiter:
         *,
         period_s: float | None = None,
         tuning: LimiterTuning | None = None,
+        canonical: Callable[[str], str] = canonical_model,
+        clock_offset_ms: float = 0.0,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.settings = settings
         self.period_s = period_s if period_s is not None else settings.limit_period_s
         self.tuning = tuning or LimiterTuning()
+        self.canonical = canonical
+        self.clock_offset_ms = clock_offset_ms
+        self._limit_tables = _limit_tables(settings, canonical)
         self._pacers: dict[str, AsyncLimiter] = {}
         load = redis.register_script
         self._acquire = load((_LUA_DIR / "bucket.lua").read_text())
@@ -167,16 +149,27 @@ class Limiter:
     def _keys(self, model: str) -> list[str]:
         return [self.keys.bucket(model), self.keys.bucket_leases(model)]
 
+    def _midnights(self) -> list[int]:
+        return pacific_midnights(datetime.now(UTC) + timedelta(milliseconds=self.clock_offset_ms))
+
     def shape(self, model: str) -> BucketShape:
-        lim = self.settings.limits_for(model)
+        """The bucket of `model` (any spelling); raises UnknownModel for an unknown model."""
+        return self._shape(self.canonical(model))
+
+    def _shape(self, model: str) -> BucketShape:
+        lim = self.settings.limits_for(self._limit_tables.get(model, model))
         assert lim.rpm and lim.tpm and lim.rpd and lim.max_concurrent_calls  # filled by limits_for
         return BucketShape.from_limits(
             lim.rpm, lim.tpm, lim.rpd, lim.max_concurrent_calls, self.period_s, self.tuning
         )
 
     async def try_acquire(self, model: str, tokens: int) -> Permit | Wait:
-        """One atomic attempt: a Permit now, or how long to wait and why."""
-        shape = self.shape(model)
+        """One atomic attempt: a Permit now, or how long to wait and why.
+
+        Raises UnknownModel for a model the price table does not know, OverLimit for a
+        call of more input tokens than the per-period limit."""
+        model = self.canonical(model)
+        shape = self._shape(model)
         tokens = max(0, int(tokens))
         if tokens > shape.tpm:
             raise OverLimit(
@@ -191,8 +184,9 @@ class Limiter:
             args=[
                 repr(shape.req_cap), repr(shape.req_rate_ms), repr(shape.tok_cap),
                 repr(shape.tok_rate_ms), shape.rpd, shape.max_concurrent, tokens, permit_id,
-                int(t.lease_s * 1000), *pacific_midnights(),
+                int(t.lease_s * 1000), *self._midnights(),
                 int(t.concurrency_poll_s * 1000), t.key_ttl_s * 1000,
+                repr(shape.req_floor_ms), repr(self.clock_offset_ms),
             ],
         )
         if int(res[0]) == 1:
@@ -205,7 +199,7 @@ class Limiter:
     def _describe(self, model: str, kind: str, until_ms: float, shape: BucketShape) -> str:
         if kind in DAILY_KINDS:
             used = f"all {shape.rpd} requests for today used; " if kind == "daily_count" else ""
-            return f"{model}: {used}daily quota exhausted until {_pacific_str(until_ms)}"
+            return f"{model}: {used}daily quota exhausted until {pacific_str(until_ms)}"
         return {
             "paused": f"{model}: paused after a 429 from the provider",
             "concurrency": f"{model}: {shape.max_concurrent} calls already in flight",
@@ -220,7 +214,11 @@ class Limiter:
         return pacer
 
     async def acquire(self, model: str, tokens: int, deadline_s: float | None = None) -> Permit:
-        """Wait for a permit. Daily exhaustion raises at once: nothing helps until midnight PT."""
+        """Wait for a permit. Daily exhaustion raises at once: nothing helps until midnight PT.
+
+        Raises DailyQuotaExhausted, RateLimited (no permit within `deadline_s`), and what
+        `try_acquire` raises."""
+        model = self.canonical(model)
         loop = asyncio.get_running_loop()
         give_up = None if deadline_s is None else loop.time() + deadline_s
         while True:
@@ -253,7 +251,7 @@ class Limiter:
         `sent=False` the call never left this machine, so Google never counted it: the
         request, its tokens and its place in today's count are all given back.
         """
-        shape = self.shape(permit.model)
+        shape = self._shape(permit.model)
         if sent:
             correction = 0 if actual_input_tokens is None else actual_input_tokens - permit.tokens
         else:
@@ -269,7 +267,7 @@ class Limiter:
         """Extend the lease of a call still running; False if it had already lapsed."""
         res = await self._renew(
             keys=self._keys(permit.model)[1:],
-            args=[permit.permit_id, int(self.tuning.lease_s * 1000)],
+            args=[permit.permit_id, int(self.tuning.lease_s * 1000), repr(self.clock_offset_ms)],
         )
         return bool(int(res))
 
@@ -282,16 +280,19 @@ class Limiter:
     async def on_rate_limited(
         self, model: str, retry_delay_s: float | None = None, per_day: bool = False
     ) -> dict[str, Any]:
-        """A 429 came back: pause the model for everyone and cut its rate (or stop for the day)."""
+        """A 429 came back: pause the model for everyone and cut its rate (or stop for the day).
+
+        Returns {"paused_until_ms", "factor", "daily_exhausted_until_ms"} (Redis TIME, ms)."""
+        model = self.canonical(model)
         t = self.tuning
         await self.stats.limiter_429(model, per_day)
         res = await self._429(
             keys=self._keys(model)[:1],
             args=[
                 -1 if retry_delay_s is None else int(retry_delay_s * 1000),
-                "1" if per_day else "0", *pacific_midnights(), repr(t.aimd_decrease),
+                "1" if per_day else "0", *self._midnights(), repr(t.aimd_decrease),
                 repr(t.aimd_floor), int(t.aimd_cooldown_s * 1000), repr(t.backoff_initial_s),
-                repr(t.backoff_max_s), t.key_ttl_s * 1000,
+                repr(t.backoff_max_s), t.key_ttl_s * 1000, repr(self.clock_offset_ms),
             ],
         )
         return {
@@ -302,26 +303,34 @@ class Limiter:
 
     async def on_success(self, model: str) -> float:
         """A call went through: creep back toward the configured rate. Returns the factor."""
+        model = self.canonical(model)
         res = await self._ok(keys=self._keys(model)[:1], args=[repr(self.tuning.aimd_increase)])
         return float(text(res))
 
     async def state(self, model: str) -> dict[str, Any]:
-        """A snapshot for `pipeline status` and the dashboard (levels refilled to Redis now)."""
-        shape = self.shape(model)
+        """A snapshot for `pipeline status` and the dashboard (levels refilled to Redis now).
+
+        A bucket under a name the price table does not know (left from before names were
+        canonical) is shown under that name rather than failing the whole status."""
+        try:
+            model = self.canonical(model)
+        except UnknownModel:
+            pass
+        shape = self._shape(model)
         bucket, leases = self._keys(model)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.time()
             pipe.hgetall(bucket)
             pipe.zcard(leases)
             now_raw, raw, in_flight = await pipe.execute()
-        now = now_raw[0] * 1000 + now_raw[1] / 1000
+        now = now_raw[0] * 1000 + now_raw[1] / 1000 + self.clock_offset_ms
         h = {text(k): float(text(v)) for k, v in raw.items()}
         f = h.get("f", 1.0)
         dt = max(0.0, now - h["ts"]) if "ts" in h else 0.0
-        rq = min(shape.req_cap * f, h.get("rq", shape.req_cap) + dt * shape.req_rate_ms * f)
-        tk = min(shape.tok_cap * f, h.get("tk", shape.tok_cap) + dt * shape.tok_rate_ms * f)
+        rq = min(shape.req_capacity(f), h.get("rq", shape.req_cap) + dt * shape.req_rate(f))
+        tk = min(shape.tok_capacity(f), h.get("tk", shape.tok_cap) + dt * shape.tok_rate(f))
         per_period = self.period_s * 1000
-        lim = self.settings.limits_for(model)
+        lim = self.settings.limits_for(self._limit_tables.get(model, model))
 
         def when(field: str) -> str | None:
             ms = h.get(field, 0.0)
@@ -334,8 +343,8 @@ class Limiter:
             "limits": {"rpm": lim.rpm, "tpm": lim.tpm, "rpd": lim.rpd,
                        "max_concurrent_calls": lim.max_concurrent_calls},
             "factor": f,
-            "effective_rpm": shape.req_rate_ms * f * per_period,
-            "effective_tpm": shape.tok_rate_ms * f * per_period,
+            "effective_rpm": shape.req_rate(f) * per_period,
+            "effective_tpm": shape.tok_rate(f) * per_period,
             "requests_left": rq,
             "tokens_left": tk,
             "requests_today": day_count,
@@ -361,24 +370,25 @@ class LimiterGate:
         self._held_since: dict[str, float] = {}
 
     async def admit(self, candidate: Candidate) -> Admission:
-        model = candidate.hints.get("model")
-        if not model:
+        hinted = candidate.hints.get("model")
+        if not hinted:
             return Admission(ok=True)
         tokens = int(candidate.hints.get("tokens") or 0)
         try:
-            got = await self.limiter.try_acquire(str(model), tokens)
-        except OverLimit:
-            # Never admissible: let the job run so its call raises OverLimit, which
+            model = self.limiter.canonical(str(hinted))
+            got = await self.limiter.try_acquire(model, tokens)
+        except (OverLimit, UnknownModel):
+            # Never admissible: let the job run so its call raises the same error, which
             # Services.call turns into Permanent (the job fails at once with the message).
             return Admission(ok=True)
         now = asyncio.get_running_loop().time()
         if isinstance(got, Permit):
-            since = self._held_since.pop(str(model), None)
+            since = self._held_since.pop(model, None)
             if since is not None:
-                await self.limiter.stats.limiter_waited(str(model), now - since)
+                await self.limiter.stats.limiter_waited(model, now - since)
             return Admission(ok=True, permit=got)
-        self._held_since.setdefault(str(model), now)
-        await self.limiter.stats.limiter_refused(str(model), got.kind)
+        self._held_since.setdefault(model, now)
+        await self.limiter.stats.limiter_refused(model, got.kind)
         return Admission(ok=False, retry_after_s=got.retry_after_s, reason=got.reason)
 
     async def release(self, admission: Admission) -> None:
@@ -386,11 +396,18 @@ class LimiterGate:
             await self.limiter.release(admission.permit, sent=False)
 
 
-async def bucket_models(redis: Redis, keys: Keys) -> set[str]:
-    """Models that have a bucket in Redis (any worker or caller used them), found by a SCAN."""
-    found: set[str] = set()
-    async for key in redis.scan_iter(match=keys.bucket("*"), count=1000):
-        model = keys.bucket_model(text(key))
-        if model:
-            found.add(model)
-    return found
+def _limit_tables(settings: Settings, canonical: Callable[[str], str]) -> dict[str, str]:
+    """Canonical model id -> the key of its own `[limits."…"]` table in the settings."""
+    tables: dict[str, str] = {}
+    for name in settings.limits:
+        try:
+            model = canonical(name)
+        except UnknownModel as exc:
+            raise SettingsError(f'[limits."{name}"] in pipeline.toml: {exc}') from None
+        if model in tables:
+            raise SettingsError(
+                f'[limits."{tables[model]}"] and [limits."{name}"] in pipeline.toml both set '
+                f"the limits of {model}; keep one"
+            )
+        tables[model] = name
+    return tables

@@ -4,14 +4,19 @@ Prices change on known dates (3.8 Flash doubles on 2027-01-01) and models retire
 price is always looked up for the day of the call and the table carries a `version` that
 every ledger row records. Numbers are parsed as Decimal straight from TOML and stay Decimal
 to the end: a float would drift on the sums the budget is checked against.
+
+The table is also the list of models: `canonical_model` turns any accepted spelling into the
+one id that limiter buckets, prices, call-store and idempotency keys all use.
 """
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,10 @@ from pipeline.llm.provider import Usage
 from pipeline.resources import config_path
 
 PER_TOKENS = Decimal(1_000_000)
+# Token limits when neither the model nor the table's defaults name one (Gemini 2.5 and
+# later: a 1,048,576-token context window and 65,536 output tokens; see config/pricing.toml).
+DEFAULT_MAX_INPUT_TOKENS = 1_048_576
+DEFAULT_MAX_OUTPUT_TOKENS = 65_536
 QUANTUM = Decimal("0.000000001")  # 1e-9 USD: exact for any realistic token count
 
 
@@ -73,6 +82,22 @@ class ModelInfo:
     shutdown: date | None = None
     successor: str | None = None
     source: str = ""
+    max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS  # the context window
+    max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS  # maxOutputTokens, thinking included
+
+
+def canonical_model(name: str, prices: PriceTable | None = None) -> str:
+    """`name`'s canonical model id in `prices` (default: the shipped table, read once).
+
+    See `PriceTable.canonical`; raises UnknownModel for a model the table does not know.
+    """
+    return (prices or shipped_prices()).canonical(name)
+
+
+@cache
+def shipped_prices() -> PriceTable:
+    """config/pricing.toml as shipped, loaded once per process (it changes with a release)."""
+    return PriceTable.load()
 
 
 def _as_date(at: datetime | date) -> date:
@@ -107,8 +132,12 @@ class PriceTable:
             version = str(raw["version"])
             discount = Decimal(str(raw.get("batch_discount", "0.5")))
             default_source = str(raw.get("default_source", ""))
+            limits = (
+                int(raw.get("default_max_input_tokens", DEFAULT_MAX_INPUT_TOKENS)),
+                int(raw.get("default_max_output_tokens", DEFAULT_MAX_OUTPUT_TOKENS)),
+            )
             models = {
-                name: _parse_model(name, entry, discount, default_source)
+                name: _parse_model(name, entry, discount, default_source, limits)
                 for name, entry in raw.get("models", {}).items()
             }
         except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
@@ -124,30 +153,32 @@ class PriceTable:
     def known_models(self) -> list[str]:
         return sorted(self._models)
 
-    def resolve(self, model_version: str) -> str:
-        """The table entry for a model name as the API spells it.
+    def canonical(self, name: str) -> str:
+        """The one id a model is known by, for limiter buckets, prices, call-store and
+        idempotency keys alike ("gemini-3.5-flash-lite").
 
-        Strips "models/", follows aliases, then takes the longest known name that the
-        version starts with ("gemini-3.5-flash-lite-001" -> "gemini-3.5-flash-lite").
+        Accepts the REST resource name ("models/gemini-3.5-flash-lite") and the aliases of
+        the table's [aliases] section ("gemini-flash-lite-latest"); anything else must
+        match a model exactly. A name with a version or method suffix
+        ("gemini-3.5-flash-lite-001", "gemini-3.5-flash-lite:streamGenerateContent") is
+        refused rather than priced and rate-limited as the model it starts with: it is a
+        different model id, or not one at all. Raises UnknownModel naming the known models.
         """
-        name = model_version.strip()
-        name = name.removeprefix("models/")
-        if name in self._aliases:
-            name = self._aliases[name]
-        if name in self._models:
-            return name
-        matches = [m for m in self._models if name.startswith(m + "-")]
-        if not matches:
-            raise UnknownModel(
-                f"unknown model {model_version!r}: no price in config/pricing.toml. "
-                f"Known models: {', '.join(self.known_models())}"
-                f" (aliases: {', '.join(sorted(self._aliases))}). "
-                "Pick one of these or add the model to the pricing table."
-            )
-        return max(matches, key=len)
+        bare = name.strip().removeprefix("models/")
+        bare = self._aliases.get(bare, bare)
+        if bare in self._models:
+            return bare
+        near = difflib.get_close_matches(bare, [*self._models, *self._aliases], n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise UnknownModel(
+            f"unknown model {name!r}: not in config/pricing.toml.{hint} "
+            f"Known models: {', '.join(self.known_models())}"
+            f" (aliases: {', '.join(sorted(self._aliases))}). "
+            "Pick one of these (a models/ prefix is fine) or add the model to the pricing table."
+        )
 
     def info(self, model_version: str) -> ModelInfo:
-        return self._models[self.resolve(model_version)]
+        return self._models[self.canonical(model_version)]
 
     def price(self, model_version: str, at: datetime | date) -> ModelPrice:
         """The price row in force for this model on the day of `at` (UTC)."""
@@ -175,6 +206,14 @@ class PriceTable:
         ) / PER_TOKENS
         return total.quantize(QUANTUM)
 
+    def max_output_tokens(self, model: str) -> int:
+        """The most output tokens (thinking included) one request to `model` may ask for."""
+        return self.info(model).max_output_tokens
+
+    def max_input_tokens(self, model: str) -> int:
+        """`model`'s context window: no request can be billed more input tokens than this."""
+        return self.info(model).max_input_tokens
+
     def worst_case_cost(
         self,
         model: str,
@@ -185,7 +224,9 @@ class PriceTable:
     ) -> Decimal:
         """The most a call can cost: nothing cached and every allowed output token used.
 
-        Thinking tokens count against maxOutputTokens, so they are inside this bound.
+        `max_output_tokens` is the request's output bound, thinking included (callers pass
+        `LLMRequest.output_bound_tokens`); the long-context tier is chosen from
+        `input_tokens`, as Google chooses it from the prompt's size.
         """
         usage = Usage(input_tokens=input_tokens, output_tokens=max_output_tokens)
         return self.cost(model, usage, at, batch)
@@ -234,8 +275,9 @@ class PriceTable:
 
 
 def _parse_model(
-    name: str, entry: dict[str, Any], discount: Decimal, default_source: str
-) -> ModelInfo:
+    name: str, entry: dict[str, Any], discount: Decimal, default_source: str,
+    limits: tuple[int, int] = (DEFAULT_MAX_INPUT_TOKENS, DEFAULT_MAX_OUTPUT_TOKENS),
+) -> ModelInfo:  # fmt: skip
     source = str(entry.get("source", default_source))
     threshold = entry.get("long_context_threshold_tokens")
     model_discount = Decimal(str(entry.get("batch_discount", discount)))
@@ -274,4 +316,6 @@ def _parse_model(
         shutdown=entry.get("shutdown"),
         successor=entry.get("successor"),
         source=source,
+        max_input_tokens=int(entry.get("max_input_tokens", limits[0])),
+        max_output_tokens=int(entry.get("max_output_tokens", limits[1])),
     )

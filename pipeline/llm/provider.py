@@ -6,6 +6,7 @@ types, so Gemini, the offline analyzer and tests all look the same to the rest o
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ class Part:
 
 @dataclass(frozen=True)
 class LLMRequest:
+    """One generateContent request. `max_output_tokens` caps the answer (Gemini counts
+    thoughts against it); `thinking_budget` caps the thinking. Both are sent on every request
+    (tasks set them), so `output_bound_tokens` bounds what one answer can be billed."""
+
     model: str
     parts: tuple[Part, ...]
     system: str | None = None
@@ -35,6 +40,54 @@ class LLMRequest:
     temperature: float | None = None
     thinking_budget: int | None = None
     prompt_version: str = "none"
+
+    @property
+    def output_bound_tokens(self) -> int:
+        """The most output tokens (answer + thoughts) this request can be billed.
+
+        Gemini counts thoughts against maxOutputTokens (case 08b: thoughtsTokenCount equal
+        to maxOutputTokens, no answer), but the bound does not rely on it: it adds the
+        thinking budget, so it holds under either reading."""
+        return self.max_output_tokens + max(0, self.thinking_budget or 0)
+
+    def payload_bytes(self) -> int:
+        """Bytes of the JSON body google-genai sends to generateContent for this request:
+        inline data as base64, text JSON-escaped, system instruction, generation config
+        and schema, serialised the way the SDK does (json.dumps with its default
+        separators; tests/llm/test_payload_size.py checks it against what the emulator
+        receives). This is what Google's inline request limit (20 MB, GEMINI.md §3.5) is
+        checked against."""
+        parts: list[dict[str, Any]] = []
+        for part in self.parts:
+            if part.data is not None:
+                data = base64.b64encode(part.data).decode("ascii")
+                parts.append({"inlineData": {"data": data, "mime_type": part.mime_type or ""}})
+            else:
+                parts.append({"text": part.text or ""})
+        body: dict[str, Any] = {"contents": [{"parts": parts, "role": "user"}]}
+        if self.system:
+            body["systemInstruction"] = {"parts": [{"text": self.system}], "role": "user"}
+        config: dict[str, Any] = {"maxOutputTokens": self.max_output_tokens}
+        if self.temperature is not None:
+            config["temperature"] = self.temperature
+        if self.response_schema is not None:
+            config["responseMimeType"] = "application/json"
+            config["responseJsonSchema"] = self.response_schema
+        if self.thinking_budget is not None:
+            config["thinkingConfig"] = {"thinking_budget": self.thinking_budget}
+        body["generationConfig"] = config
+        return len(json.dumps(body).encode())
+
+    def prompt_hash(self) -> str:
+        """sha256 of what countTokens counts (model, system, parts): the count cache's key."""
+        h = hashlib.sha256(json.dumps([self.model, self.system]).encode())
+        for part in self.parts:
+            if part.text is not None:
+                h.update(b"T" + hashlib.sha256(part.text.encode()).digest())
+            if part.data is not None:
+                mime = (part.mime_type or "").encode()
+                h.update(b"D" + mime + hashlib.sha256(part.data).digest())
+        return h.hexdigest()
 
     def content_hash(self) -> str:
         """sha256 over everything that changes the answer; the base of the call key."""
@@ -67,17 +120,47 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class ReportedUsage:
+    """usageMetadata exactly as the provider sent it: None for a field it left out.
+
+    Google's JSON omits zero-valued fields, and answers have come back with no usageMetadata
+    at all or with only totalTokenCount (field case 10), so "absent" is not "zero"; the
+    caller decides what to book (pipeline/llm/usage.py)."""
+
+    present: bool  # False: no usageMetadata in the response at all
+    prompt: int | None = None  # promptTokenCount (cached included)
+    candidates: int | None = None  # candidatesTokenCount
+    thoughts: int | None = None  # thoughtsTokenCount
+    cached: int | None = None  # cachedContentTokenCount
+    tool_use: int | None = None  # toolUsePromptTokenCount, billed as input
+    total: int | None = None  # totalTokenCount
+
+
+@dataclass(frozen=True)
 class LLMResponse:
+    """What came back for one request. `finish_reason` is the first candidate's
+    (STOP, MAX_TOKENS, SAFETY, RECITATION ...; None when there is no candidate) and
+    `block_reason` is promptFeedback.blockReason; pipeline/llm/stop.py reads both before
+    anything parses `text`. `reported` is the provider's own usage, fields it omitted as
+    None; None for a provider whose `usage` is always complete (offline, tests)."""
+
     text: str
     usage: Usage
     model_version: str  # the model that answered, and so the one that bills
     latency_s: float
     data: Any = None  # parsed JSON when a response_schema was given
     raw: dict[str, Any] = field(default_factory=dict)
+    finish_reason: str | None = "STOP"
+    block_reason: str | None = None
+    reported: ReportedUsage | None = None
 
 
 class Provider(Protocol):
+    """`billed` says whether answers cost money: a provider that never bills (the offline
+    analyzer) has nothing reserved against budgets and every attempt booked at $0."""
+
     name: str
+    billed: bool
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
         """One HTTP attempt, no retries: retrying is the caller's (llm/retry.py) job."""

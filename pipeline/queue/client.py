@@ -10,30 +10,21 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
 
-from pipeline.errors import JobFailed, JobNotFound, JobTimeout
-from pipeline.queue.job import Job, JobOptions, State, parse_priority
+from pipeline.errors import JobFailed, JobNotFound
+from pipeline.queue import follow
+from pipeline.queue.follow import Event
+from pipeline.queue.job import EXPLICIT_OPTIONS, Job, JobOptions, State
+from pipeline.queue.registry import Placer
 from pipeline.queue.scripts import Scripts, group_keys
 from pipeline.queue.task import REGISTRY, Call, Task, dumps
 from pipeline.redis.connection import connect_redis, hash_reply, text, texts
 from pipeline.redis.keys import EVENTS_MAXLEN, Keys
+from pipeline.redis.replication import ReplicaWait, pipelined
 from pipeline.settings import Settings, get_settings
-
-
-@dataclass(frozen=True)
-class Event:
-    stream_id: str
-    job: str
-    state: str
-    task: str
-    queue: str
-    batch: str
-    attempt: int
-    fields: dict[str, str]
 
 
 class QueueClient:
@@ -50,6 +41,8 @@ class QueueClient:
         self.settings = settings or get_settings()
         self.keys = keys or Keys(self.settings.key_prefix)
         self.scripts = Scripts(redis)
+        self.placer = Placer(redis, self.keys)
+        self.replicas = ReplicaWait(redis)
 
     @classmethod
     async def connect(
@@ -88,39 +81,38 @@ class QueueClient:
             call = replace(call, options=options)
         return call
 
-    def _fields(
+    async def _fields(
         self, call: Call, extra: dict[str, str] | None = None
     ) -> tuple[str, int, dict[str, str]]:
-        t, o = call.task, call.options
-        queue = o.queue or (t.queue if t else "default")
-        priority = parse_priority(
-            o.priority if o.priority is not None else (t.priority if t else 5)
-        )
+        """The job's fields: where it goes (queue, priority) and what the caller set; how it
+        runs is resolved by the worker that claims it (registry.py)."""
+        place = await self.placer.place(call)
+        o = call.options
+        explicit = {key: getattr(o, name) for name, key in EXPLICIT_OPTIONS.items()
+                    if getattr(o, name) is not None}  # fmt: skip
         fields = {
             "task": call.task_name,
-            "queue": queue,
+            "queue": place.queue,
             "args": dumps(call.args, f"arguments of {call.task_name}"),
             "kwargs": dumps(call.kwargs, f"keyword arguments of {call.task_name}"),
-            "priority": str(priority),
-            "max_attempts": str(o.max_attempts or (t.max_attempts if t else 3)),
-            "expected_s": str(o.expected_duration_s or (t.expected_duration_s if t else 10.0)),
-            "timeout_s": str(o.timeout_s or (t.timeout_s if t else 600.0)),
-            "retry_delays_s": dumps(list(t.retry_delays_s) if t else [10, 60, 300], "retry delays"),
+            "priority": str(place.priority),
+            "options": dumps(explicit, "job options"),
             "batch": o.batch or "",
             "hints": dumps(o.hints, "job hints"),
             "idempotency_key": o.idempotency_key or "",
         }
         fields.update(extra or {})
-        return queue, priority, fields
+        return place.queue, place.priority, fields
 
     def _run_at_ms(self, o: JobOptions) -> int:
         """An absolute start (`at`); a relative `delay_s` is added on the Redis clock."""
         return int(o.at.timestamp() * 1000) if o.at is not None else 0
 
-    def _enqueue_args(
-        self, call: Call, job_id: str, state: str, extra: dict[str, str] | None = None
-    ) -> tuple[list[str], list[Any]]:
-        queue, priority, fields = self._fields(call, extra)
+    async def _enqueue_args(
+        self, call: Call, job_id: str, state: str, extra: dict[str, str] | None = None,
+        replaced: str | None = None,
+    ) -> tuple[list[str], list[Any]]:  # fmt: skip
+        queue, priority, fields = await self._fields(call, extra)
         o, k = call.options, self.keys
         idem_key = k.idempotency(o.idempotency_key) if o.idempotency_key else k.unused
         ttl = self.settings.idempotency_ttl_s if o.idempotency_key else 0
@@ -144,6 +136,7 @@ class QueueClient:
             queue,
             dumps(fields, "job fields"),
             int((o.delay_s or 0) * 1000),
+            replaced or "",
         ]
         return keys, args
 
@@ -154,11 +147,37 @@ class QueueClient:
         _options: JobOptions | None = None,
         **kwargs: Any,
     ) -> JobHandle:
-        """Enqueue `target(*args, **kwargs)`; an idempotency key seen before returns that job."""
+        """Enqueue `target(*args, **kwargs)`; an idempotency key seen before returns that job.
+
+        `target` is a Task, a Call, or a task name: a name this process did not import is
+        placed by the options a worker published, and raises UnknownTask when none did
+        (unless `_options` names the queue). With replicas, returns once one acknowledged.
+        """
         call = self._call(target, args, kwargs, _options)
         job_id = call.options.job_id or uuid.uuid4().hex
-        keys, argv = self._enqueue_args(call, job_id, "queued")
-        created, real_id = await self.scripts.enqueue(keys=keys, args=argv)
+        keys, argv = await self._enqueue_args(call, job_id, "queued")
+        created, real_id = await self.replicas.script(self.scripts.enqueue, keys, argv)
+        return JobHandle(self, real_id, created=bool(created))
+
+    async def enqueue_replacing(
+        self,
+        replaced: str | None,
+        target: Task | str | Call,
+        *args: Any,
+        _options: JobOptions,
+        **kwargs: Any,
+    ) -> JobHandle:
+        """Enqueue a new job that takes over `_options.idempotency_key` from the job
+        `replaced` (which ended without a result), atomically: later enqueues with that key
+        get the new job. If the key names another job by now (a concurrent caller got there
+        first), or `replaced` is None and the key exists, that job is returned, created=False.
+        """
+        if not _options.idempotency_key:
+            raise ValueError("enqueue_replacing needs an idempotency key to take over")
+        call = self._call(target, args, kwargs, _options)
+        job_id = call.options.job_id or uuid.uuid4().hex
+        keys, argv = await self._enqueue_args(call, job_id, "queued", replaced=replaced)
+        created, real_id = await self.replicas.script(self.scripts.enqueue, keys, argv)
         return JobHandle(self, real_id, created=bool(created))
 
     async def group(
@@ -180,35 +199,37 @@ class QueueClient:
         existing = await self._existing_group(cb_id, member_ids)
         if existing is not None:
             return existing
-        group_id = uuid.uuid4().hex
+        # The group id derives from the callback's, and every write below is a no-op when
+        # its record exists (HSETNX; enqueue.lua returns an existing job): two processes
+        # creating one chord at once make one chord, with no WATCH (which a Cluster pipeline
+        # cannot do with reads in between).
+        group_id = f"chord-{cb_id}"
         then = then.with_options(batch=then.options.batch or batch)
-        cb_queue = self._fields(then)[0]
+        cb_queue = (await self.placer.place(then)).queue
+        prepared = [  # placed and serialised before the transaction: it must not wait
+            await self._enqueue_args(then, cb_id, "waiting" if calls else "queued",
+                                     {"chord": group_id})
+        ]  # fmt: skip
+        for index, (call, member_id) in enumerate(zip(calls, member_ids, strict=True)):
+            call = call.with_options(batch=call.options.batch or batch)
+            prepared.append(await self._enqueue_args(call, member_id, "queued", {
+                "group": group_id, "group_index": str(index), "callback_id": cb_id,
+                "callback_queue": cb_queue}))  # fmt: skip
+        # a Cluster pipeline does not load scripts before a transaction; a plain one does
+        await self.redis.script_load(self.scripts.enqueue.script)
+        group: dict[str, str | int] = {"total": len(calls), "done": 0, "callback": cb_id,
+                 "created_ms": int(time.time() * 1000)}  # fmt: skip
         async with self.redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(self.keys.job(cb_id))
-            if await pipe.exists(self.keys.job(cb_id)):
-                await pipe.unwatch()  # type: ignore[no-untyped-call]
-                existing = await self._existing_group(cb_id, member_ids)
-                assert existing is not None
-                return existing
-            pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.hset(self.keys.group(group_id), mapping={
-                "total": len(calls), "done": 0, "callback": cb_id,
-                "created_ms": int(time.time() * 1000)})  # fmt: skip
-            keys, argv = self._enqueue_args(then, cb_id, "waiting" if calls else "queued",
-                                            {"chord": group_id})  # fmt: skip
-            await self.scripts.enqueue(keys=keys, args=argv, client=pipe)
-            for index, (call, member_id) in enumerate(zip(calls, member_ids, strict=True)):
-                call = call.with_options(batch=call.options.batch or batch)
-                keys, argv = self._enqueue_args(call, member_id, "queued", {
-                    "group": group_id, "group_index": str(index), "callback_id": cb_id,
-                    "callback_queue": cb_queue})  # fmt: skip
-                await self.scripts.enqueue(keys=keys, args=argv, client=pipe)
-            try:
-                await pipe.execute()
-            except WatchError:  # another process created this chord first: use theirs
-                existing = await self._existing_group(cb_id, member_ids)
-                assert existing is not None
-                return existing
+            for name, value in group.items():
+                pipe.hsetnx(self.keys.group(group_id), name, value)
+            for keys, argv in prepared:
+                pipelined(pipe, self.scripts.enqueue, keys, argv)
+            replies = await pipe.execute()
+        await self.replicas.sync(self.keys.replication_probe)
+        if not replies[len(group)][0]:  # the callback existed: another process made it
+            found = await self._existing_group(cb_id, member_ids)
+            assert found is not None
+            return found
         members = [JobHandle(self, m) for m in member_ids]
         return GroupHandle(group_id, members, JobHandle(self, cb_id))
 
@@ -293,12 +314,11 @@ class QueueClient:
                 group[0], group[1], group[2]]  # fmt: skip
         return bool(await self.scripts.requeue(keys=keys, args=[job_id, EVENTS_MAXLEN]))
 
-    # -- follow --------------------------------------------------------------------------
+    # -- follow (follow.py) ---------------------------------------------------------------
     async def last_event_id(self) -> str:
-        last = cast(list[Any], await self.redis.xrevrange(self.keys.events, count=1))
-        return text(last[0][0]) if last else "0-0"
+        return await follow.last_event_id(self)
 
-    async def events(
+    def events(
         self,
         *,
         since: str | None = None,
@@ -306,48 +326,13 @@ class QueueClient:
         block_ms: int = 1000,
         until: float | None = None,
     ) -> AsyncIterator[Event]:
-        """Follow state changes live (optionally of one batch) without polling every job."""
-        cursor = since or await self.last_event_id()
-        while until is None or time.monotonic() < until:
-            block = (
-                block_ms
-                if until is None
-                else max(1, min(block_ms, int((until - time.monotonic()) * 1000)))
-            )
-            reply = await self.redis.xread({self.keys.events: cursor}, block=block, count=500)
-            for _, entries in cast(list[Any], reply or []):
-                for stream_id, raw_fields in entries:
-                    f = hash_reply(raw_fields)
-                    cursor = stream_id
-                    if batch is not None and f.get("batch") != batch:
-                        continue
-                    yield Event(
-                        stream_id,
-                        f.get("job", ""),
-                        f.get("state", ""),
-                        f.get("task", ""),
-                        f.get("queue", ""),
-                        f.get("batch", ""),
-                        int(f.get("attempt") or 0),
-                        f,
-                    )
+        """Follow state changes live (optionally of one batch) without polling every job;
+        until `until` (a time.monotonic() deadline), else for ever."""
+        return follow.events(self, since=since, batch=batch, block_ms=block_ms, until=until)
 
     async def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
-        """Wait until the job is terminal, following the event stream (no polling)."""
-        until = None if timeout_s is None else time.monotonic() + timeout_s
-        cursor = await self.last_event_id()
-        job = await self.get(job_id)
-        if job.done:
-            return job
-        async for event in self.events(since=cursor, until=until):
-            if event.job == job_id and event.state in {s.value for s in State}:
-                job = await self.get(job_id)
-                if job.done:
-                    return job
-        job = await self.get(job_id)
-        if job.done:
-            return job
-        raise JobTimeout(f"job {job_id} still {job.state} after {timeout_s}s")
+        """Wait until the job is terminal (JobTimeout past `timeout_s`); see follow.wait."""
+        return await follow.wait(self, job_id, timeout_s)
 
 
 class JobHandle:

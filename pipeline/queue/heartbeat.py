@@ -1,7 +1,9 @@
 """The worker registry: who is alive, how many slots each uses, which jobs it holds.
 
-Heartbeats only inform (`pipeline status`, the dashboard); correctness rests on leases, so a
-worker that misses heartbeats loses nothing until its leases run out.
+Heartbeats only inform (`pipeline status`, the dashboard, a client waiting on a queue nobody
+serves); correctness rests on leases, so a worker that misses heartbeats loses nothing until
+its leases run out. They are sent from the liveness thread (liveness.py) on a synchronous
+connection, so a worker whose event loop is blocked still shows as alive.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import socket
 import time
 from typing import Any
 
+import redis as syncredis
 from redis.asyncio import Redis
 
 from pipeline.redis.connection import hash_reply, texts
 from pipeline.redis.keys import Keys
 
 
-async def beat(
-    redis: Redis,
+def beat(
+    redis: syncredis.Redis,
     keys: Keys,
     worker_id: str,
     *,
@@ -30,8 +33,9 @@ async def beat(
     started_ms: int,
     state: str = "running",
 ) -> None:
+    """Record this worker as alive for three intervals: its queues, slots and jobs."""
     now_ms = int(time.time() * 1000)
-    async with redis.pipeline(transaction=True) as pipe:
+    with redis.pipeline(transaction=True) as pipe:
         pipe.hset(
             keys.worker(worker_id),
             mapping={
@@ -49,7 +53,7 @@ async def beat(
         )
         pipe.expire(keys.worker(worker_id), max(1, int(interval_s * 3 + 1)))
         pipe.zadd(keys.workers, {worker_id: now_ms})
-        await pipe.execute()
+        pipe.execute()
 
 
 async def leave(redis: Redis, keys: Keys, worker_id: str) -> None:

@@ -45,7 +45,10 @@ def parse_priority(value: int | str) -> int:
 
 @dataclass(frozen=True)
 class JobOptions:
-    """Options of one enqueue, kept apart from the task's own arguments."""
+    """Options of one enqueue, kept apart from the task's own arguments. Only what is set
+    here is stored on the job (as its `options`); expected duration, timeout and attempts
+    left unset are resolved by the worker that claims the job, from its own task definition.
+    `queue` and `priority` unset come from the task's definition when the job is enqueued."""
 
     idempotency_key: str | None = None
     priority: int | str | None = None
@@ -68,11 +71,24 @@ def _float(value: str | None, default: float = 0.0) -> float:
     return float(value) if value not in (None, "") else default
 
 
+# JobOptions field -> the key it has in a job's `options` (the caller's explicit choices)
+EXPLICIT_OPTIONS = {
+    "expected_duration_s": "expected_s",
+    "timeout_s": "timeout_s",
+    "max_attempts": "max_attempts",
+}
+
+
 @dataclass
 class Job:
     """A job as stored in its Redis hash: what to run (task, args), how (queue, priority,
     attempts, expected and timeout seconds, retry delays), and where it stands (state,
-    attempt, lease, result, error and its typed `reason`). Times are Redis-clock ms."""
+    attempt, lease, result, error and its typed `reason`). Times are Redis-clock ms.
+
+    `options` holds only what the enqueuing caller set ({expected_s, timeout_s,
+    max_attempts}); `expected_s`, `timeout_s`, `max_attempts` and `retry_delays_s` are what
+    the job runs under, resolved at each claim from those and the claiming worker's own task
+    definition (0 / [] until a worker first claimed it)."""
 
     id: str
     task: str
@@ -108,9 +124,11 @@ class Job:
     progress: Any = None
     lease_expiries: int = 0
     idempotency_key: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> Job:
+        options = json.loads(h.get("options") or "{}")
         return cls(
             id=h["id"],
             task=h.get("task", ""),
@@ -120,9 +138,9 @@ class Job:
             kwargs=json.loads(h.get("kwargs") or "{}"),
             priority=_int(h.get("priority"), 5),
             attempt=_int(h.get("attempt")),
-            max_attempts=_int(h.get("max_attempts"), 1),
-            expected_s=_float(h.get("expected_s")),
-            timeout_s=_float(h.get("timeout_s")),
+            max_attempts=_int(h.get("max_attempts"), int(options.get("max_attempts", 0))),
+            expected_s=_float(h.get("expected_s"), float(options.get("expected_s", 0.0))),
+            timeout_s=_float(h.get("timeout_s"), float(options.get("timeout_s", 0.0))),
             retry_delays_s=json.loads(h.get("retry_delays_s") or "[]"),
             batch=h.get("batch") or None,
             hints=json.loads(h.get("hints") or "{}"),
@@ -146,6 +164,7 @@ class Job:
             progress=json.loads(h["progress"]) if h.get("progress") else None,
             lease_expiries=_int(h.get("lease_expiries")),
             idempotency_key=h.get("idempotency_key") or None,
+            options=options,
         )
 
     @property

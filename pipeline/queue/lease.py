@@ -2,21 +2,28 @@
 
 A lease is 2 x the job's expected duration and is renewed every third of it, so a live
 worker never loses a job however long it runs (Celery's visibility-timeout ghost), while a
-dead worker's job comes back within one lease. Renewals go out in one script call per tick.
+dead worker's job comes back within one lease. Renewals go out in one script call per tick,
+on a synchronous connection of their own: they are sent from the liveness thread
+(liveness.py), so a task that blocks the event loop cannot stop them.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
+from types import CodeType
 
-from redis.asyncio import Redis
+import redis as syncredis
 
-from pipeline.queue.scripts import Scripts
+from pipeline.queue.scripts import LUA_DIR
 from pipeline.redis.keys import Keys
+from pipeline.redis.scripts import lua_source
 
 log = logging.getLogger("pipeline.lease")
+
+RENEW_CHUNK = 500  # leases per script call
 
 
 @dataclass
@@ -25,46 +32,67 @@ class Lease:
     token: str
     lease_ms: int
     renewed_at: float  # monotonic seconds
+    task: str = ""  # the task's name, for the blocked-loop warning
+    code: CodeType | None = None  # the task function's code, to find it on a blocked stack
 
     def due(self, now: float) -> bool:
         return now - self.renewed_at >= self.lease_ms / 3000
 
 
-class LeaseKeeper:
-    def __init__(self, redis: Redis, keys: Keys, scripts: Scripts) -> None:
-        self.redis, self.keys, self.scripts = redis, keys, scripts
-        self.leases: dict[str, Lease] = {}
+class LeaseBook:
+    """The leases this worker holds, safe to use from the event loop and the liveness thread.
 
-    def hold(self, job_id: str, token: str, lease_ms: int) -> None:
-        self.leases[job_id] = Lease(job_id, token, lease_ms, time.monotonic())
+    `hold`/`drop` are called by the worker's loop; `renew_due` by the liveness thread, with
+    its own synchronous Redis client. RedisError from Redis propagates (the caller logs it
+    and tries again next tick; the lease has two thirds of its length left)."""
+
+    def __init__(self, redis: syncredis.Redis, keys: Keys) -> None:
+        self.keys = keys
+        self._renew = redis.register_script(lua_source(LUA_DIR, "renew"))
+        self._lock = threading.Lock()
+        self._leases: dict[str, Lease] = {}
+
+    def hold(self, job_id: str, token: str, lease_ms: int, task: str = "",
+             code: CodeType | None = None) -> None:  # fmt: skip
+        with self._lock:
+            self._leases[job_id] = Lease(job_id, token, lease_ms, time.monotonic(), task, code)
 
     def drop(self, job_id: str) -> None:
-        self.leases.pop(job_id, None)
+        with self._lock:
+            self._leases.pop(job_id, None)
 
-    async def renew_due(self) -> tuple[list[str], list[str]]:
-        """Renew what is due; return (stale job ids, job ids whose cancellation was requested)."""
+    def snapshot(self) -> list[Lease]:
+        with self._lock:
+            return list(self._leases.values())
+
+    def renew_due(self) -> tuple[list[str], list[str]]:
+        """Renew what is due; return (stale job ids, job ids whose cancellation was requested).
+        A job dropped while its renewal was on the wire (it just settled) is neither."""
         now = time.monotonic()
-        due = [lease for lease in list(self.leases.values()) if lease.due(now)]
+        due = [lease for lease in self.snapshot() if lease.due(now)]
         stale: list[str] = []
         cancel: list[str] = []
-        for start in range(0, len(due), 500):
-            chunk = due[start : start + 500]
+        for start in range(0, len(due), RENEW_CHUNK):
+            chunk = due[start : start + RENEW_CHUNK]
             keys = [self.keys.active, *(self.keys.job(lease.job_id) for lease in chunk)]
             args: list[str | int] = []
             for lease in chunk:
                 args += [lease.job_id, lease.token, lease.lease_ms]
-            codes = await self.scripts.renew(keys=keys, args=args)
-            for lease, code in zip(chunk, codes, strict=True):
-                if code == 0:
-                    log.warning(
-                        "lease of job %s lost (token %s is stale); stopping it",
-                        lease.job_id,
-                        lease.token,
-                    )
-                    stale.append(lease.job_id)
-                    self.drop(lease.job_id)
-                else:
-                    lease.renewed_at = now
-                    if code == 2:
-                        cancel.append(lease.job_id)
+            codes = self._renew(keys=keys, args=args)
+            with self._lock:
+                for lease, code in zip(chunk, codes, strict=True):
+                    if self._leases.get(lease.job_id) is not lease:
+                        continue  # settled meanwhile: its renewal's answer means nothing
+                    if code == 0:
+                        log.warning(
+                            "lease of job %s lost (token %s is stale); stopping it",
+                            lease.job_id,
+                            lease.token,
+                        )
+                        stale.append(lease.job_id)
+                        del self._leases[lease.job_id]
+                    else:
+                        lease.renewed_at = now
+                        if code == 2:
+                            cancel.append(lease.job_id)
         return stale, cancel

@@ -7,6 +7,7 @@ fail for good, which only postpone, and how a settlement survives a Redis outage
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import traceback
@@ -28,6 +29,7 @@ from pipeline.queue.job import Job
 from pipeline.queue.scripts import Scripts, settle_keys
 from pipeline.queue.stats import Stats
 from pipeline.redis.keys import EVENTS_MAXLEN, Keys
+from pipeline.redis.replication import ReplicaWait
 
 log = logging.getLogger("pipeline.worker")
 
@@ -108,11 +110,18 @@ def from_error(job: Job, exc: BaseException) -> Settlement:
 
 
 async def finish(
-    scripts: Scripts, keys: Keys, job: Job, s: Settlement, result_ttl_s: int, stats: Stats
+    scripts: Scripts,
+    keys: Keys,
+    job: Job,
+    s: Settlement,
+    result_ttl_s: int,
+    stats: Stats,
+    replicas: ReplicaWait | None = None,
 ) -> bool:
     """Apply with the fencing token (and count it, in the same script); keep trying through a
-    Redis outage for one lease. False means refused (stale token) or given up: the lease
-    will bring the job back."""
+    Redis outage for one lease; with `replicas`, wait for one to acknowledge (WAIT) so the
+    settlement survives a failover. False means refused (stale token: logged and counted
+    here) or given up: the lease will bring the job back."""
     deadline = time.monotonic() + max(job.lease_ms / 1000, 5)
     ran_s = time.time() - job.started_ms / 1000 if job.started_ms else 0.0
     stat_keys, stat_args = stats.settle_counters(job.queue, job.task, s.outcome, ran_s)
@@ -129,9 +138,14 @@ async def finish(
         *stat_args,
         s.reason,
     ]
+    all_keys = [*settle_keys(keys, job), *stat_keys]
     while True:
         try:
-            return bool(await scripts.finish(keys=[*settle_keys(keys, job), *stat_keys], args=args))
+            if replicas is not None:
+                applied = bool(await replicas.script(scripts.finish, all_keys, args))
+            else:
+                applied = bool(await scripts.finish(keys=all_keys, args=args))
+            break
         except RedisError as exc:
             if time.monotonic() > deadline:
                 log.error(
@@ -139,3 +153,9 @@ async def finish(
                 )
                 return False
             await asyncio.sleep(0.5)
+    if not applied:
+        with contextlib.suppress(RedisError):
+            await stats.fenced(job.queue, job.task)
+        log.warning("job %s: %s refused, token %s is stale (another worker owns it); "
+                    "result discarded", job.id, s.outcome, job.token)  # fmt: skip
+    return applied

@@ -37,6 +37,11 @@ class Sweeper:
         self.on_lease_expired = on_lease_expired or []
         self.stats = Stats(redis, keys)
 
+    async def sweep(self) -> None:
+        """One pass: promote due delayed jobs, then reclaim expired leases."""
+        await self.promote_due()
+        await self.reclaim_expired()
+
     async def _server_ms(self) -> int:
         seconds, micros = await self.redis.time()
         return int(seconds) * 1000 + int(micros) // 1000

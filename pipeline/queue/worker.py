@@ -2,8 +2,10 @@
 a renewed lease, and settle it with the claim's fencing token.
 
 A worker never holds a job it cannot start now (prefetch of one per free slot), so waiting
-happens in Redis where every worker sees it. Upkeep (lease renewal, sweeping, heartbeats)
-runs as small independent loops that log errors and carry on.
+happens in Redis where every worker sees it. Lease renewal and heartbeats run on a thread of
+their own (liveness.py), so a task that blocks the event loop cannot make its worker look
+dead; plain `def` tasks run in a thread pool. Other upkeep (sweeping, the ledger flusher)
+runs as small independent loops on the event loop that log errors and carry on.
 """
 
 from __future__ import annotations
@@ -13,29 +15,29 @@ import contextlib
 import json
 import logging
 import os
-import random
 import signal
 import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
 
-from pipeline.queue import heartbeat
+from pipeline.queue import heartbeat, joblog, registry
 from pipeline.queue.client import QueueClient
 from pipeline.queue.context import JobContext
 from pipeline.queue.gate import Admission, Candidate, Gate, OpenGate
 from pipeline.queue.job import Job
-from pipeline.queue.lease import LeaseKeeper
+from pipeline.queue.liveness import Liveness, Presence, every
 from pipeline.queue.outcome import Counters, Settlement, finish, from_error, from_stop
 from pipeline.queue.pool import CpuPool
 from pipeline.queue.stats import Stats
 from pipeline.queue.sweeper import LeaseExpiredHook, Sweeper
-from pipeline.queue.task import dumps, lookup
-from pipeline.redis.connection import text
+from pipeline.queue.task import REGISTRY, dumps, lookup
+from pipeline.redis.connection import sync_twin, text
 from pipeline.redis.keys import EVENTS_MAXLEN
 
 log = logging.getLogger("pipeline.worker")
@@ -56,9 +58,11 @@ class Running:
 
 class Worker:
     """Runs jobs from `queues`, in order: claims one job per free slot (at most
-    `concurrency`) when the admission `gate` says its first call can go now, runs it under a
-    lease of 2 × its expected duration renewed every third of that, and settles it with the
-    claim's fencing token. `run()` returns on `stop()`, SIGTERM/SIGINT (running jobs get
+    `concurrency`) when the admission `gate` says its first call can go now, runs it with the
+    options of this process's own task definition (the caller's explicit ones win) under a
+    lease of 2 × its expected duration renewed every third of that from the liveness thread,
+    and settles it with the claim's fencing token. `run()` publishes the imported tasks'
+    options (registry.py) and returns on `stop()`, SIGTERM/SIGINT (running jobs get
     `shutdown_grace_s`, then go back to their queue) or, with `burst`, when the queues are
     empty. Errors raised by tasks never escape: they become the job's outcome.
     """
@@ -77,6 +81,7 @@ class Worker:
         on_lease_expired: Sequence[LeaseExpiredHook] = (),
         on_job_end: Sequence[JobHook] = (),
         upkeep: Sequence[tuple[str, Callable[[], Awaitable[None]], float]] = (),
+        job_fields: joblog.JobFields | None = None,
     ) -> None:
         s = client.settings
         self.client, self.redis, self.keys, self.scripts = (
@@ -94,7 +99,7 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.on_job_end = list(on_job_end)
         self.upkeep = list(upkeep)  # (name, coroutine, interval s): e.g. the ledger flusher
-        self.leases = LeaseKeeper(self.redis, self.keys, self.scripts)
+        self.job_fields = job_fields  # more fields for a job's log lines (document, cost)
         self.sweeper = Sweeper(
             self.redis, self.keys, self.scripts, s.result_ttl_s, list(on_lease_expired)
         )
@@ -115,20 +120,26 @@ class Worker:
         self._signals = 0
         self._started_ms = int(time.time() * 1000)
         self._min_lease_ms = int(s.min_lease_s * 1000)
-        self._tick_s = max(0.05, min(1.0, s.min_lease_s / 6))
+        self._defs = (len(REGISTRY), registry.claim_definitions(REGISTRY.values()))
+        self._threads: ThreadPoolExecutor | None = None  # for plain `def` tasks, made on use
+        self.presence = Presence(self.id, self.queues, self.concurrency,
+                                 s.heartbeat_interval_s, self._started_ms)  # fmt: skip
+        self.liveness = Liveness(sync_twin(self.redis), self.keys, self.presence, self._halt,
+                                 tick_s=max(0.05, min(1.0, s.min_lease_s / 6)))  # fmt: skip
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self, install_signals: bool = True) -> None:
         if install_signals:
             self._install_signals()
         log.info("worker %s: queues %s, %d slots", self.id, ",".join(self.queues), self.concurrency)
-        loops = [
-            ("lease", self._renew, self._tick_s),
-            ("sweep", self._sweep, self.client.settings.sweep_interval_s),
-            ("heartbeat", self._beat, self.client.settings.heartbeat_interval_s),
-            *self.upkeep,
-        ]
-        upkeep = [asyncio.create_task(self._loop(name, fn, every)) for name, fn, every in loops]
+        try:
+            await registry.announce(self.redis, self.keys, self.id, self.queues)
+        except RedisError as exc:  # producers fall back to their own imports meanwhile
+            log.warning("could not publish this worker's tasks: %s", exc)
+        self.liveness.start()
+        loops = [("sweep", self.sweeper.sweep, self.client.settings.sweep_interval_s), *self.upkeep]
+        upkeep = [asyncio.create_task(every(name, fn, s, self._upkeep_done))
+                  for name, fn, s in loops]  # fmt: skip
         claimer = asyncio.create_task(self._claim_loop())
         try:
             await self._stop.wait()
@@ -143,17 +154,21 @@ class Worker:
             _, late = await asyncio.wait(upkeep, timeout=10)
             for t in late:
                 t.cancel()
+            await asyncio.to_thread(self.liveness.stop)
             with contextlib.suppress(RedisError):
                 await heartbeat.leave(self.redis, self.keys, self.id)
                 await self.redis.delete(self._own_wake)
             if self.pool is not None:
                 await asyncio.to_thread(self.pool.shutdown)
+            if self._threads is not None:  # a plain task past its timeout may still run
+                self._threads.shutdown(wait=False, cancel_futures=True)
             log.info("worker %s stopped: %s", self.id, self.counters)
 
     def stop(self) -> None:
         """Stop claiming now; running jobs get the grace period, then are released."""
         if not self._stop.is_set():
             self._stop.set()
+            self.presence.stopping = True
             self._slot_freed.set()  # a full worker's claim loop notices the stop too
             # Wake our own idle wait now rather than after its timeout.
             self._waker = asyncio.get_running_loop().create_task(self._wake_self())
@@ -296,10 +311,14 @@ class Worker:
     ) -> int:
         """claim.lua for these ids of `queue`; start what was won; return how many."""
         k = self.keys
-        claimed = await self.scripts.claim(
-            keys=[k.queue(queue), k.active, k.fence, k.events, *(k.job(i) for i in ids)],
-            args=[self.id, self._min_lease_ms, EVENTS_MAXLEN, "head" if head_only else "any", *ids],
-        )
+        keys = [k.queue(queue), k.active, k.fence, k.events, *(k.job(i) for i in ids)]
+        if self._defs[0] != len(REGISTRY):  # a task module imported since: include it
+            self._defs = (len(REGISTRY), registry.claim_definitions(REGISTRY.values()))
+        args = [self.id, self._min_lease_ms, EVENTS_MAXLEN, "head" if head_only else "any",
+                self._defs[1], uuid.uuid4().hex[:8], *ids]  # fmt: skip
+        # with replicas, a claim waits for one: a claim lost in a failover would run twice
+        claimed = await self.client.replicas.script(self.scripts.claim, keys, args,
+                                                    last_reply=True)  # fmt: skip
         won = 0
         for raw in claimed:
             if raw:
@@ -321,27 +340,26 @@ class Worker:
 
     def _start(self, job: Job, admission: Admission | None) -> None:
         self.counters.claimed += 1
-        self.leases.hold(job.id, job.token or "", job.lease_ms)
+        code = getattr(REGISTRY[job.task].fn, "__code__", None) if job.task in REGISTRY else None
+        self.liveness.leases.hold(job.id, job.token or "", job.lease_ms, job.task, code)
         task = asyncio.create_task(self._run(job, admission), name=f"job-{job.id}")
         self.running[job.id] = Running(job, task)
 
     # -- running ---------------------------------------------------------------------------
     async def _run(self, job: Job, admission: Admission | None) -> None:
-        ctx = JobContext(
-            job,
-            self.client,
-            self.id,
-            self.pool,
-            self.deps,
-            permit=admission.permit if admission else None,
-        )
+        ctx = JobContext(job, self.client, self.id, self.pool, self.deps,
+                         permit=admission.permit if admission else None)  # fmt: skip
+        joblog.started(job, self._job_fields(job))
         try:
             task = lookup(job.task)
             args = list(job.args)
             if job.chord:
                 ctx.group_results = await self.client.group_results(job.chord)
                 args = [ctx.group_results, *args]
-            value = await asyncio.wait_for(task.fn(ctx, *args, **job.kwargs), timeout=job.timeout_s)
+            if not task.is_async:  # plain functions run in threads of their own
+                self._threads = self._threads or ThreadPoolExecutor(self.concurrency, "task")
+            body = task.start(ctx, args, job.kwargs, self._threads)
+            value = await asyncio.wait_for(body, timeout=job.timeout_s)
             settlement = Settlement("complete", result=dumps(value, f"result of {job.task}"))
         except asyncio.CancelledError:
             running = self.running.get(job.id)
@@ -350,11 +368,11 @@ class Worker:
             settlement = from_error(job, exc)
         if job.id in self.running:
             self.running[job.id].settling = True
-        self.leases.drop(job.id)  # no renewal races the settlement; finish is fenced anyway
+        self.liveness.leases.drop(job.id)  # renewal stops first; finish is fenced anyway
         try:
             await asyncio.shield(self._settle(ctx, settlement))
         finally:
-            self.leases.drop(job.id)
+            self.liveness.leases.drop(job.id)
             self.running.pop(job.id, None)
             self._slot_freed.set()
 
@@ -364,15 +382,15 @@ class Worker:
         job, outcome = ctx.job, s.outcome
         if outcome != "lost":
             ttl_s = self.client.settings.result_ttl_s
-            if await finish(self.scripts, self.keys, job, s, ttl_s, self.stats):
+            if await finish(self.scripts, self.keys, job, s, ttl_s, self.stats,
+                            self.client.replicas):  # fmt: skip
                 self.counters.count(outcome)
-            else:
+            else:  # refused as stale (finish logged and counted it)
                 self.counters.fenced += 1
-                with contextlib.suppress(RedisError):
-                    await self.stats.fenced(job.queue, job.task)
-                log.warning("job %s: %s refused, token %s is stale (another worker owns it); "
-                            "result discarded", job.id, outcome, job.token)  # fmt: skip
                 outcome = "fenced"
+        ran_s = time.time() - job.started_ms / 1000 if job.started_ms else 0.0
+        joblog.ended(job, outcome, ran_s, self._job_fields(job), error=s.error,
+                     traceback=s.traceback, delay_s=s.delay_s)  # fmt: skip
         if ctx.permit is not None:  # admitted but never used: give the tokens back
             try:
                 await self.gate.release(Admission(ok=True, permit=ctx.take_permit()))
@@ -384,41 +402,11 @@ class Worker:
             except Exception:
                 log.exception("job-end hook failed for job %s", job.id)
 
-    # -- upkeep ----------------------------------------------------------------------------
-    async def _loop(self, name: str, fn: Callable[[], Awaitable[None]], every_s: float) -> None:
-        """Run `fn` every `every_s` (jittered) until the worker has drained; an error is
-        logged and the loop carries on. Ends on an event, not on cancellation alone: a client
-        library that retries through a cancelled call must not leave the loop running."""
-        while not self._upkeep_done.is_set():
-            try:
-                await fn()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("%s loop: %s", name, exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._upkeep_done.wait(), every_s * random.uniform(0.8, 1.2))
-
-    async def _renew(self) -> None:
-        stale, cancel = await self.leases.renew_due()
-        for job_id in stale:
-            self._halt(job_id, "lost")
-        for job_id in cancel:
-            self._halt(job_id, "cancel")
-
-    async def _sweep(self) -> None:
-        await self.sweeper.promote_due()
-        await self.sweeper.reclaim_expired()
-
-    async def _beat(self) -> None:
-        await heartbeat.beat(
-            self.redis,
-            self.keys,
-            self.id,
-            queues=self.queues,
-            concurrency=self.concurrency,
-            jobs=list(self.running),
-            interval_s=self.client.settings.heartbeat_interval_s,
-            started_ms=self._started_ms,
-            state="stopping" if self._stop.is_set() else "running",
-        )
+    def _job_fields(self, job: Job) -> dict[str, Any]:
+        if self.job_fields is None:
+            return {}
+        try:
+            return dict(self.job_fields(job))
+        except Exception:  # a log line must never cost the job
+            log.exception("job %s: could not describe it for the log", job.id)
+            return {}

@@ -85,6 +85,18 @@ class Keys:
         """A worker's own wake list, pushed to when it is told to stop."""
         return self._k("worker-wake", worker_id)
 
+    @property
+    def task_registry(self) -> str:
+        """Options of every task a worker imported (hash: task name -> JSON), published when
+        a worker starts, read by processes that enqueue a task by name (queue/registry.py)."""
+        return self._k("tasks")
+
+    @property
+    def replication_probe(self) -> str:
+        """A counter written just before WAIT, so the wait covers every earlier write
+        (pipeline/redis/replication.py)."""
+        return self._k("repl-probe")
+
     def stats(self, kind: str) -> str:
         """Counters that outlive worker processes (pipeline/queue/stats.py)."""
         return self._k("stats", kind)
@@ -108,6 +120,15 @@ class Keys:
     def call(self, call_key: str) -> str:
         return self._k("call", call_key)
 
+    def token_count(self, prompt_hash: str) -> str:
+        """A request's countTokens figure, by `LLMRequest.prompt_hash()` (model + content)."""
+        return self._k("tokens", prompt_hash)
+
+    def notice(self, kind: str, scope: str) -> str:
+        """Set once when a warning of `kind` was logged for `scope` (e.g. a batch), so it is
+        logged once per scope, not once per call or per worker."""
+        return self._k("notice", kind, scope)
+
     # spend (used by pipeline/ledger)
     def budget(self, scope: str) -> str:
         return self._k("budget", scope)
@@ -121,6 +142,11 @@ class Keys:
     def ledger_reconcile_lock(self) -> str:
         """Held by the one process rebuilding budgets and job records from the ledger."""
         return self._k("ledger", "reconcile-lock")
+
+    def batch_budget(self, batch_id: str) -> str:
+        """A batch's current budget (USD as text), read at each call so a budget raised with
+        `pipeline budget BATCH --set` applies to work already queued or retried."""
+        return self._k("batch-budget", batch_id)
 
     @property
     def ledger_buffer(self) -> str:

@@ -24,10 +24,10 @@ from pipeline.ledger.recorder import SqlRecorder
 from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
 from tests.api.multipart import HEADERS, multipart
-from tests.api_helpers import api_client, api_settings, pdf_files
-from tests.ledger_helpers import fresh_pg_database
-from tests.llm_helpers import make_pdf
-from tests.private_redis import PrivateRedis
+from tests.support.api import api_client, api_settings, pdf_files
+from tests.support.backends import fresh_pg_database
+from tests.support.pdfs import make_pdf
+from tests.support.private_redis import PrivateRedis
 
 KEY = "right-key-0123456789abcdef"
 

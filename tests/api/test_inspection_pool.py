@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 
 from tests.api.hostile_pdfs import xref_bomb
-from tests.api_helpers import api_settings, live_server
-from tests.llm_helpers import make_pdf
+from tests.support.api import api_settings, live_server
+from tests.support.pdfs import make_pdf
 
 HOSTILE = 4
 # Each read-route answer must come within this (a slow machine's worst case, not a rate).

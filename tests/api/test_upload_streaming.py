@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 
 from tests.api.multipart import HEADERS, multipart
-from tests.api_helpers import api_client, api_settings, live_server
-from tests.llm_helpers import make_pdf
+from tests.support.api import api_client, api_settings, live_server
+from tests.support.pdfs import make_pdf
 
 PDF = make_pdf(1, "Unicode names, page {n}.")
 NAME = "Résumé – 東京 👍.pdf"

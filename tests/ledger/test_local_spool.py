@@ -23,8 +23,9 @@ from pipeline.ledger.spool import LocalSpool
 from pipeline.llm.attempts import Outcome
 from pipeline.redis.connection import connect_redis
 from pipeline.redis.keys import Keys
-from tests.ledger_helpers import TcpProxy, attempt, fresh_pg_database, settle
-from tests.private_redis import PrivateRedis
+from tests.ledger.conftest import attempt, settle
+from tests.support.backends import TcpProxy, fresh_pg_database
+from tests.support.private_redis import PrivateRedis
 
 pytestmark = pytest.mark.postgres
 

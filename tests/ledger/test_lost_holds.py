@@ -24,10 +24,11 @@ from pipeline.llm.attempts import Outcome
 from pipeline.queue import QueueClient, State
 from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
-from tests.ledger_helpers import attempt, settle
-from tests.llm_helpers import start_emulator
-from tests.llm_workers import enqueue_asks, ledger_calls, llm_env, wait_done, workers
-from tests.queue_helpers import FAST, WorkerProcess, eventually
+from tests.ledger.conftest import attempt, settle
+from tests.support.emulator import start_emulator
+from tests.support.paid_workers import enqueue_asks, ledger_calls, llm_env, wait_done, workers
+from tests.support.waiting import eventually
+from tests.support.workers import FAST, WorkerProcess
 
 LIMIT = Decimal("5.00")
 
@@ -60,7 +61,7 @@ async def test_a_killed_workers_hold_becomes_spend_when_its_lease_is_recovered(
     with start_emulator(latency_s=(3.0, 4.0)) as emu:
         env = llm_env(emu, _db(tmp_path), str(tmp_path / "home"), rpm=6000, tpm=10**9)
         a = WorkerProcess(redis_url, key_prefix, "--concurrency", "1",
-                          imports=("tests.llm_tasks",), **env)  # fmt: skip
+                          imports=("tests.support.llm_tasks",), **env)  # fmt: skip
         try:
             (job_id,) = await enqueue_asks(client, 1, batch="b-hold", batch_limit_usd=str(LIMIT))
 

@@ -21,7 +21,7 @@ from pipeline.ledger.reconcile import STALE_STARTED_S, Reconciler
 from pipeline.ledger.recorder import SqlRecorder
 from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
-from tests.ledger_helpers import attempt
+from tests.ledger.conftest import attempt
 
 
 async def test_started_rows_of_runs_that_are_over_are_abandoned_at_their_worst_case(

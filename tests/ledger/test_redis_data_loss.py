@@ -24,10 +24,12 @@ from pipeline.redis.connection import connect_redis
 from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
 from tasks.submission import Upload, submit_uploads
-from tests.llm_helpers import make_pdf, start_emulator
-from tests.llm_workers import enqueue_asks, ledger_calls, llm_env, wait_done, workers
-from tests.private_redis import PrivateRedis
-from tests.queue_helpers import FAST, eventually
+from tests.support.emulator import start_emulator
+from tests.support.paid_workers import enqueue_asks, ledger_calls, llm_env, wait_done, workers
+from tests.support.pdfs import make_pdf
+from tests.support.private_redis import PrivateRedis
+from tests.support.waiting import eventually
+from tests.support.workers import FAST
 
 pytestmark = pytest.mark.slow
 NANO = Decimal("1e-9")

@@ -20,11 +20,12 @@ from pipeline.queue import JobOptions, QueueClient, State
 from pipeline.redis.connection import connect_redis
 from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
-from tests.llm_helpers import RunningEmulator, start_emulator
-from tests.llm_tasks import MODEL, ask
-from tests.llm_workers import ledger_calls, llm_env, wait_done, workers
-from tests.private_redis import PrivateRedis
-from tests.queue_helpers import FAST, eventually
+from tests.support.emulator import RunningEmulator, start_emulator
+from tests.support.llm_tasks import MODEL, ask
+from tests.support.paid_workers import ledger_calls, llm_env, wait_done, workers
+from tests.support.private_redis import PrivateRedis
+from tests.support.waiting import eventually
+from tests.support.workers import FAST
 
 pytestmark = pytest.mark.slow
 NANO = Decimal("1e-9")

@@ -8,8 +8,10 @@ license). `/dashboard/state` serves the same picture as JSON for scripts.
 Auth is the API's: with PIPELINE_API_KEYS set, a browser signs in once through a form
 (rate limited per client address) and gets an HttpOnly, SameSite=Strict cookie holding a
 signed session id, never the key (pipeline/api/security.py); a bearer header works too.
-The one state-changing action, retrying a dead job, also demands a custom header, which a
-page on another site cannot send without a CORS preflight this server never grants.
+The one state-changing action, Retry in the failures panel, also demands a custom header,
+which a page on another site cannot send without a CORS preflight this server never grants.
+A failed or over-budget document's Retry starts a new run of it (fresh calls, the batch's
+current budget); a dead job of no document is requeued.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from fastapi.templating import Jinja2Templates
 
 from pipeline.api.dashboard.state import dashboard_state
 from pipeline.api.security import SESSION_TTL_S, LoginThrottle, Sessions
-from pipeline.errors import JobNotFound
+from pipeline.errors import BatchNotFound, JobNotFound
 
 COOKIE = "pipeline_session"
 ACTION_HEADER = "X-Pipeline-Action"
@@ -125,6 +127,42 @@ async def retry(request: Request, job_id: str) -> Response:
             status_code=409,
         )
     return JSONResponse({"job_id": job_id, "status": "queued"})
+
+
+@router.post("/dashboard/batches/{batch_id}/retry")
+async def retry_documents(request: Request, batch_id: str) -> Response:
+    """A new run with fresh calls, under the batch's current budget, for the failed or
+    over-budget documents named in the JSON body `{"document_ids": [...]}` (the failures
+    panel's button on a document)."""
+    from tasks.control import retry_batch
+
+    if not await _authorised(request):
+        return _unauthorised()
+    if request.headers.get(ACTION_HEADER) != "retry":
+        return JSONResponse(
+            {"detail": f"send the header `{ACTION_HEADER}: retry` (the dashboard's button does)"},
+            status_code=403,
+        )
+    try:
+        body = await request.json()
+        ids = {str(i) for i in body["document_ids"]}
+    except (ValueError, KeyError, TypeError):
+        return JSONResponse({"detail": 'send JSON {"document_ids": ["..."]}'}, status_code=422)
+    api = request.app.state.api
+    try:
+        view, retried = await retry_batch(
+            api.client, api.services.recorder, api.services.engine, batch_id,
+            {"failed", "over_budget", "cancelled"}, ids,
+        )  # fmt: skip
+    except BatchNotFound as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+    if not retried:
+        return JSONResponse(
+            {"detail": "none of these documents ended failed, over budget or cancelled in "
+                       f"batch {batch_id}, so there is nothing to retry"}, status_code=409,
+        )  # fmt: skip
+    return JSONResponse({"batch_id": view.facts.batch_id,
+                         "documents": [r.__dict__ for r in retried]})  # fmt: skip
 
 
 @router.get("/login", response_class=HTMLResponse)

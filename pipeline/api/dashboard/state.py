@@ -1,98 +1,113 @@
 """What the dashboard shows, gathered in one pass from Redis and the ledger.
 
 One function builds the whole picture so the HTML panels, the JSON endpoint and the chart
-can never disagree about a number. It reads only cheap things on every refresh: queue
+can never disagree about a number. It reads only bounded things on every refresh: queue
 sizes, the worker registry, the dead-letter set's head, the counters in `queue/stats.py`,
-the limiter's buckets, and a few grouped ledger queries bounded by day and by batch count.
-It never walks every job hash (that is `/metrics`'s slower, scrape-time job).
+the limiter's buckets, spend per day, and the newest batches' views (tasks/batches.py: every
+document's state derived from its jobs, exactly as `pipeline status BATCH` shows it, so the
+failures panel and the batch counts agree with the CLI). It never walks every job hash.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from pipeline.api.metrics import limiter_states
 from pipeline.ledger.db import session_factory
-from pipeline.ledger.models import Batch, JobRow, LLMCall
+from pipeline.ledger.money import display_usd
 from pipeline.ledger.report import daily_spend_by_model
 from pipeline.queue.client import QueueClient
 from pipeline.queue.stats import Stats
+from tasks.batches import BatchView, batch_view, recent_batches
+from tasks.status import ENDED
 
-TERMINAL = frozenset({"complete", "failed", "dead", "cancelled", "over_budget"})
 CHART_DAYS = 14
 RECENT_BATCHES = 10
 RECENT_FAILURES = 20
 
 
 def _money(value: Decimal | None) -> str:
-    return f"{(value or Decimal(0)):.6f}"
+    return display_usd(value)
 
 
-def _ledger(engine: Engine, today: datetime) -> dict[str, Any]:
-    """Batches with progress and spend, and spend per day by model: SQL, run in a thread."""
+def _spend(engine: Engine, today: datetime) -> dict[str, Any]:
+    """Spend per day by model for the chart: SQL, run in a thread."""
     since = today - timedelta(days=CHART_DAYS - 1)
     with session_factory(engine)() as session:
-        batches = list(
-            session.scalars(
-                select(Batch).order_by(Batch.created_at.desc(), Batch.id).limit(RECENT_BATCHES)
-            )
-        )
-        ids = [b.id for b in batches]
-        counts: dict[str, Counter[str]] = defaultdict(Counter)
-        spent: dict[str, Decimal] = {}
-        if ids:
-            for batch_id, status, n in session.execute(
-                select(JobRow.batch_id, JobRow.status, func.count())
-                .where(JobRow.batch_id.in_(ids))
-                .group_by(JobRow.batch_id, JobRow.status)
-            ):
-                counts[str(batch_id)][str(status)] += int(n)
-            for batch_id, cost in session.execute(
-                select(LLMCall.batch_id, func.coalesce(func.sum(LLMCall.cost_usd), 0))
-                .where(LLMCall.batch_id.in_(ids))
-                .group_by(LLMCall.batch_id)
-            ):
-                spent[str(batch_id)] = Decimal(str(cost))
         daily = daily_spend_by_model(session, since=since)
-    rows = []
-    for b in batches:
-        c = counts.get(b.id, Counter())
-        total = sum(c.values())
-        done = sum(n for s, n in c.items() if s in TERMINAL)
-        cost = spent.get(b.id, Decimal(0))
-        rows.append({
-            "id": b.id,
-            "label": b.label,
-            "created_at": b.created_at.isoformat() if b.created_at else None,
-            "total": total,
-            "done": done,
-            "counts": dict(sorted(c.items())),
-            "progress": done / total if total else 0.0,
-            "spent_usd": _money(cost),
-            "budget_usd": None if b.budget_usd is None else _money(b.budget_usd),
-            "budget_used": str((cost / b.budget_usd).quantize(Decimal("0.0001")))
-            if b.budget_usd else None,  # a share for the <meter>, kept exact
-        })  # fmt: skip
     days = [(since + timedelta(days=i)).date().isoformat() for i in range(CHART_DAYS)]
     models = sorted({m for per in daily.values() for m in per})
     return {
-        "batches": rows,
-        "spend": {
-            "days": days,
-            "models": models,
-            # series[model][i] is that model's spend on days[i], USD as a float for the chart
-            "series": {m: [float(daily.get(d, {}).get(m, 0)) for d in days] for m in models},
-            "today_usd": _money(sum(daily.get(days[-1], {}).values(), Decimal(0))),
-            "today_by_model": {m: _money(v) for m, v in sorted(daily.get(days[-1], {}).items())},
-        },
+        "days": days,
+        "models": models,
+        # series[model][i] is that model's spend on days[i], USD as a float for the chart
+        "series": {m: [float(daily.get(d, {}).get(m, 0)) for d in days] for m in models},
+        "today_usd": _money(sum(daily.get(days[-1], {}).values(), Decimal(0))),
+        "today_by_model": {m: _money(v) for m, v in sorted(daily.get(days[-1], {}).items())},
     }
+
+
+async def batch_views(client: QueueClient, engine: Engine,
+                      limit: int = RECENT_BATCHES) -> list[BatchView]:  # fmt: skip
+    """The newest batches, each document's state derived as `pipeline status` derives it."""
+    batches = await asyncio.to_thread(recent_batches, engine, limit)
+    return [await batch_view(client, engine, b["batch_id"]) for b in batches]
+
+
+def _batch_row(view: BatchView) -> dict[str, Any]:
+    f = view.facts
+    counts = view.by_state
+    total = len(view.documents)
+    done = sum(n for state, n in counts.items() if state in ENDED)
+    return {
+        "id": f.batch_id,
+        "label": f.label,
+        "created_at": f.created_at.isoformat() if f.created_at else None,
+        "total": total,
+        "done": done,
+        "counts": counts,
+        "progress": done / total if total else 0.0,
+        "spent_usd": _money(f.spend),
+        "budget_usd": None if f.budget_usd is None else _money(f.budget_usd),
+        # a share for the <meter>, kept exact
+        "budget_used": str((f.spend / f.budget_usd).quantize(Decimal("0.0001")))
+        if f.budget_usd else None,
+    }
+
+
+def _document_failures(views: list[BatchView]) -> list[dict[str, Any]]:
+    """Failed (and dead), over-budget documents of the recent batches, with the whole reason."""
+    out = []
+    for view in views:
+        for d in view.documents:
+            if d.status not in ("failed", "over_budget"):
+                continue
+            out.append({
+                "kind": "document", "id": d.state.job_id or d.job_id or "",
+                "batch": view.facts.batch_id, "document": d.name,
+                "document_id": d.document_id, "status": d.status,
+                "state": d.state.job_state or d.status, "error": d.reason or "",
+                "task": None, "queue": None, "attempts": None, "max_attempts": None,
+                "finished_ms": None, "cost_usd": _money(d.cost),
+            })  # fmt: skip
+    return out
+
+
+def _job_failure(j: Any) -> dict[str, Any]:
+    """A dead job of no document (a task other than the analysis), from the dead-letter set."""
+    return {
+        "kind": "job", "id": j.id, "task": j.task, "queue": j.queue, "state": j.state.value,
+        "attempts": j.attempt, "max_attempts": j.max_attempts, "error": j.error or "",
+        "finished_ms": j.finished_ms, "batch": j.batch, "document": None,
+        "document_id": None, "status": j.state.value, "cost_usd": None,
+    }  # fmt: skip
 
 
 async def dashboard_state(client: QueueClient, engine: Engine, budget: Any) -> dict[str, Any]:
@@ -105,7 +120,12 @@ async def dashboard_state(client: QueueClient, engine: Engine, budget: Any) -> d
     stats = await Stats(client.redis, client.keys).read()
     limiter = await limiter_states(client)
     budgets = await budget.status()
-    ledger = await asyncio.to_thread(_ledger, engine, today)
+    spend = await asyncio.to_thread(_spend, engine, today)
+    views = await batch_views(client, engine)
+    # Dead jobs that belong to a document show as that document's failure, once.
+    in_documents = {job.id for v in views for d in v.documents if d.run for job in d.run.jobs()}
+    failures = _document_failures(views)
+    failures += [_job_failure(j) for j in dead if j.id not in in_documents]
     settled: Counter[str] = Counter()
     for (_, _, outcome), n in stats.settled.items():
         settled[outcome] += n
@@ -143,20 +163,7 @@ async def dashboard_state(client: QueueClient, engine: Engine, budget: Any) -> d
             }
             for w in workers
         ],
-        "failures": [
-            {
-                "id": j.id,
-                "task": j.task,
-                "queue": j.queue,
-                "state": j.state.value,
-                "attempts": j.attempt,
-                "max_attempts": j.max_attempts,
-                "error": (j.error or "")[:500],
-                "finished_ms": j.finished_ms,
-                "batch": j.batch,
-            }
-            for j in dead
-        ],
+        "failures": failures,
         "limiter": [
             {
                 "model": model,
@@ -172,5 +179,6 @@ async def dashboard_state(client: QueueClient, engine: Engine, budget: Any) -> d
             for model, st in limiter.items()
         ],
         "budgets": {scope: s.as_dict() for scope, s in budgets.items()},
-        **ledger,
+        "batches": [_batch_row(v) for v in views],
+        "spend": spend,
     }

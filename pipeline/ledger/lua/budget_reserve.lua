@@ -1,8 +1,12 @@
 -- uses: _lib
--- Reserve a call's worst-case cost against every budget that applies, all or nothing.
--- Money is integer nano-dollars. Each budget scope (batch, day, month) is two keys:
--- a totals hash {spent, reserved, limit (-1 = none), h:<token> = held amount} and a zset of holds scored by
+-- Reserve a call's bound (its worst-case cost) against every budget that applies, all or
+-- nothing. Money is integer nano-dollars. Each budget scope (batch, day, month) is two keys:
+-- a totals hash {spent, reserved, limit (-1 = none), h:<token> = held amount,
+-- stopped = the limit in force when a bill passed its hold (an overrun),
+-- raised = a limit a person set above the one calls carry} and a zset of holds scored by
 -- expiry (ms, server time), so a dead worker's hold lapses and its amount comes back.
+-- A stopped scope admits nothing until its limit is above `stopped` (a person raised it:
+-- a larger limit passed in ARGV, or `raised`); then the stop is lifted.
 --
 -- KEYS[1]          the token's state key (held | settled | cancelled | abandoned:<n>)
 -- KEYS[2]          the job's holds index (hash token -> JSON entry), written when ARGV[5] ~= ''
@@ -13,23 +17,41 @@
 -- ARGV[4]          state_ttl_s: how long the token state key (and the job's index) is kept
 -- ARGV[5]          the job's index entry for this token (JSON), or '' for a call of no job
 -- ARGV[4+2n], ARGV[5+2n]  limit of scope n in nano-dollars (-1 = no limit), key ttl_s of scope n
--- Returns {1} on success, or {0, n, spent, reserved, limit, settled_too} for a scope that does
--- not fit: settled_too = 1 when settled spend alone leaves no room (spent + amount > limit),
--- 0 when only other calls' holds are in the way (they may settle lower: worth waiting for).
--- A scope with settled_too = 1 is reported before one blocked by holds alone.
+-- Returns {1} on success, or {0, n, spent, reserved, limit, why} for a scope that does not
+-- fit: why = 1 when settled spend alone leaves no room (spent + amount > limit), 0 when only
+-- other calls' holds are in the way (they may settle lower: worth waiting for), 2 when the
+-- scope is stopped after an overrun. A scope with why = 2 or 1 is reported before one
+-- blocked by holds alone.
 local token = ARGV[1]
 local amount = tonumber(ARGV[2])
 local hold_ms = tonumber(ARGV[3])
 local scopes = (#KEYS - 2) / 2
 
+local function effective_limit(totals, limit)
+  if limit < 0 then
+    return limit
+  end
+  local raised = tonumber(redis.call('HGET', totals, 'raised') or '-1')
+  if raised > limit then
+    return raised
+  end
+  return limit
+end
+
 local held_only = nil
+local limits = {}
 for n = 1, scopes do
   local totals, holds = KEYS[2 * n + 1], KEYS[2 * n + 2]
   sweep(totals, holds)
-  local limit = tonumber(ARGV[4 + 2 * n])
+  local limit = effective_limit(totals, tonumber(ARGV[4 + 2 * n]))
+  limits[n] = limit
   if limit >= 0 then
     local spent = tonumber(redis.call('HGET', totals, 'spent') or '0')
     local reserved = tonumber(redis.call('HGET', totals, 'reserved') or '0')
+    local stopped = redis.call('HGET', totals, 'stopped')
+    if stopped and limit <= tonumber(stopped) then
+      return {0, n, tostring(spent), tostring(reserved), tostring(limit), 2}
+    end
     if spent + amount > limit then
       return {0, n, tostring(spent), tostring(reserved), tostring(limit), 1}
     end
@@ -45,8 +67,9 @@ end
 for n = 1, scopes do
   local totals, holds = KEYS[2 * n + 1], KEYS[2 * n + 2]
   local ttl_s = tonumber(ARGV[5 + 2 * n])
+  redis.call('HDEL', totals, 'stopped')  -- admitted: any stop was lifted by a higher limit
   redis.call('HINCRBY', totals, 'reserved', amount)
-  redis.call('HSET', totals, 'limit', ARGV[4 + 2 * n])
+  redis.call('HSET', totals, 'limit', tostring(limits[n]))
   redis.call('HSET', totals, 'h:' .. token, amount)
   redis.call('ZADD', holds, now + hold_ms, token)
   redis.call('EXPIRE', totals, ttl_s)

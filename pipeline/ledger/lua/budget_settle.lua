@@ -6,6 +6,9 @@
 -- from Redis, and finishes its call after all, leaves the true cost); anything else on a
 -- closed token is a no-op, so a retried close cannot double-count. A hold that already
 -- lapsed is still booked as spent on settle, because the call did happen.
+-- A cost above the reserved amount (an overrun: the bound did not hold) is booked in full
+-- and stops every scope that has a limit: `stopped` = that limit, `overrun` += the excess;
+-- budget_reserve.lua admits nothing there until the limit is raised above it.
 --
 -- KEYS[1]          the token's state key (held | settled | cancelled | abandoned:<n>)
 -- KEYS[2]          the job's holds index (the token's entry is removed)
@@ -16,24 +19,43 @@
 --                  (abandon); ignored for cancel
 -- ARGV[4]          state_ttl_s for the token state key
 -- ARGV[4+n]        key ttl_s of scope n
--- Returns 1 if applied (or corrected), 0 if there was nothing to do.
+-- ARGV[5+N]        the reserved amount in nano-dollars (what the call was allowed to cost)
+-- Returns 1 if applied (or corrected), 2 if applied and it was an overrun, 0 if there was
+-- nothing to do.
 local state = redis.call('GET', KEYS[1])
+if state == 'settled' or state == 'cancelled' then
+  return 0
+end
+
 local token = ARGV[1]
 local action = ARGV[2]
 local amount = tonumber(ARGV[3])
 local scopes = (#KEYS - 2) / 2
+local reserved_amount = tonumber(ARGV[5 + scopes] or '-1')
+local overrun = action == 'settle' and reserved_amount >= 0 and amount > reserved_amount
 
 local function book(delta)
   for n = 1, scopes do
     local totals = KEYS[2 * n + 1]
     redis.call('HINCRBY', totals, 'spent', delta)
+    if overrun then
+      redis.call('HINCRBY', totals, 'overrun', amount - reserved_amount)
+      local limit = tonumber(redis.call('HGET', totals, 'limit') or '-1')
+      if limit >= 0 then
+        redis.call('HSET', totals, 'stopped', tostring(limit))
+      end
+    end
     redis.call('EXPIRE', totals, tonumber(ARGV[4 + n]))
   end
 end
 
-if state == 'settled' or state == 'cancelled' then
-  return 0
+local function done()
+  if overrun then
+    return 2
+  end
+  return 1
 end
+
 if state and string.sub(state, 1, 10) == 'abandoned:' then
   if action == 'abandon' then
     return 0
@@ -41,10 +63,10 @@ if state and string.sub(state, 1, 10) == 'abandoned:' then
   local booked = tonumber(string.sub(state, 11))
   local actual = 0
   if action == 'settle' then actual = amount end
-  if actual ~= booked then book(actual - booked) end
+  if actual ~= booked or overrun then book(actual - booked) end
   redis.call('SET', KEYS[1], action == 'settle' and 'settled' or 'cancelled',
     'EX', tonumber(ARGV[4]))
-  return 1
+  return done()
 end
 
 for n = 1, scopes do
@@ -66,4 +88,4 @@ elseif action == 'abandon' then
   next_state = 'abandoned:' .. ARGV[3]
 end
 redis.call('SET', KEYS[1], next_state, 'EX', tonumber(ARGV[4]))
-return 1
+return done()

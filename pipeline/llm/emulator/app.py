@@ -11,11 +11,11 @@ twice for the same content, and whether it waited out every retryDelay it was gi
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import threading
 import time
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +23,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from pipeline.llm.emulator import content
+from pipeline.llm.emulator.faults import Active, Fault, FaultBook
 from pipeline.llm.emulator.quota import Denial, QuotaTracker, format_duration
+from pipeline.llm.emulator.stats import Bill, EmulatorStats, Throttle, price
 
 DEFAULT_API_KEY = "emulator-key"
 RATE_LIMIT_DOC = "https://ai.google.dev/gemini-api/docs/rate-limits"
@@ -56,6 +58,13 @@ class EmulatorConfig:
     thinking_tokens: int = 24  # thoughts billed per answer on 3.x or when asked
     model_aliases: dict[str, str] | None = None  # None: retired models -> successors (pricing)
     seed: int = 0
+    faults: tuple[Fault, ...] = ()  # answers the real API gives on a bad day (faults.py)
+    # Google's inline request limit: a larger body is refused 400 before anything is billed.
+    max_request_bytes: int = 20 * 1024 * 1024
+    # A request whose text (prompt or system instruction) contains `refuse_text` is refused
+    # with `refuse_code`, every time: a deterministic failure of one kind of call (a merge).
+    refuse_text: str | None = None
+    refuse_code: int = 400
 
     def __post_init__(self) -> None:
         low, high = self.latency_s
@@ -66,54 +75,6 @@ class EmulatorConfig:
                 raise ValueError(f"{name} must be between 0 and 1")
         if not self.api_keys:
             raise ValueError("api_keys must name at least one key")
-
-
-@dataclass
-class _Throttle:
-    at: float
-    retry_delay_s: float
-    quota_id: str
-
-
-@dataclass
-class EmulatorStats:
-    """Everything `GET /_emulator/stats` reports; reset by `POST /_emulator/reset`."""
-
-    requests_total: int = 0
-    by_status: Counter[int] = field(default_factory=Counter)
-    generate_requests: int = 0
-    repeats: int = 0  # generate requests whose content was seen before (any outcome)
-    billed_repeats: int = 0  # 200 answers to content already answered 200: paid twice
-    billed: dict[str, dict[str, int]] = field(default_factory=dict)
-    timestamps: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    arrivals: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    throttled: dict[str, list[_Throttle]] = field(default_factory=lambda: defaultdict(list))
-    seen: set[str] = field(default_factory=set)
-    answered: set[str] = field(default_factory=set)
-
-    def bill(self, model_version: str, usage: dict[str, Any]) -> None:
-        row = self.billed.setdefault(
-            model_version,
-            {"requests": 0, "input_tokens": 0, "output_tokens": 0, "thinking_tokens": 0},
-        )
-        row["requests"] += 1
-        row["input_tokens"] += usage["promptTokenCount"]
-        row["output_tokens"] += usage["candidatesTokenCount"]
-        row["thinking_tokens"] += usage["thoughtsTokenCount"]
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "requests_total": self.requests_total,
-            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
-            "rate_limited": self.by_status.get(429, 0),
-            "generate_requests": self.generate_requests,
-            "repeats": self.repeats,
-            "billed_repeats": self.billed_repeats,
-            "billed": self.billed,
-            "timestamps": dict(self.timestamps),
-            "arrivals": dict(self.arrivals),
-            "throttled": {k: [vars(t) for t in v] for k, v in self.throttled.items()},
-        }
 
 
 def _error(code: int, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
@@ -173,17 +134,20 @@ class _Emulator:
         )
         self.rng = random.Random(config.seed)
         self.stats = EmulatorStats()
+        self.faults = FaultBook(config.faults)
         self.lock = threading.Lock()  # stats are read from other threads by in-process tests
+        from pipeline.llm.pricing import PriceTable
+
+        self.prices = PriceTable.load()
         aliases = config.model_aliases
         if aliases is None:
-            from pipeline.llm.pricing import PriceTable
-
-            aliases = PriceTable.load().retired_aliases(datetime.now(UTC))
+            aliases = self.prices.retired_aliases(datetime.now(UTC))
         self.aliases = aliases
 
     def reset(self) -> None:
         with self.lock:
             self.stats = EmulatorStats()
+            self.faults.replace(self.faults.faults)  # the same faults, uses counted afresh
             self.quotas.reset()
             self.rng = random.Random(self.config.seed)
 
@@ -222,7 +186,13 @@ class _Emulator:
 
     async def generate(self, request: Request, model: str) -> JSONResponse:
         key = _api_key(request) or ""
-        body = await _json_body(request)
+        raw = await request.body()
+        with self.lock:
+            self.stats.largest_request_bytes = max(self.stats.largest_request_bytes, len(raw))
+        if len(raw) > self.config.max_request_bytes:
+            return _error(400, "Request payload size exceeds the limit: "
+                               f"{self.config.max_request_bytes} bytes.")  # fmt: skip
+        body = _parse_json(raw)
         if isinstance(body, JSONResponse):
             return body
         now = time.time()
@@ -234,18 +204,26 @@ class _Emulator:
             if digest in self.stats.seen:
                 self.stats.repeats += 1
             self.stats.seen.add(digest)
+        if self.config.refuse_text and self.config.refuse_text in json.dumps(body):
+            return _error(
+                self.config.refuse_code,
+                f"Request refused by the emulator: it contains {self.config.refuse_text!r} "
+                "(EmulatorConfig.refuse_text).",
+            )
         try:
             prompt = await asyncio.to_thread(content.parse_prompt, body)
         except content.BadRequest as exc:
             return _error(400, str(exc))
+        with self.lock:
+            active = self.faults.match(prompt.match_text())
         version = self.aliases.get(model, model)
-        text_tokens, doc_tokens = prompt.tokens(version)
+        text_tokens, doc_tokens = prompt.tokens(version, active.page_tokens)
         prompt_tokens = text_tokens + doc_tokens
         with self.lock:
             denial = self.quotas.admit(key, model, prompt_tokens)
             if denial is not None:
                 self.stats.throttled[f"{key}/{model}"].append(
-                    _Throttle(now, denial.retry_delay_s, denial.quota_id)
+                    Throttle(now, denial.retry_delay_s, denial.quota_id)
                 )
             fault = self.config.fail_rate > 0 and self.rng.random() < self.config.fail_rate
             fault_code = self.rng.choice(self.config.fail_codes)
@@ -270,46 +248,38 @@ class _Emulator:
                 self.config.thinking_tokens,
                 self.config.bad_json_rate,
                 self.rng,
+                active.verbose_tokens,
+                active.think_tokens,
             )
         except content.BadRequest as exc:
             return _error(400, str(exc))
-        usage: dict[str, Any] = {
-            "promptTokenCount": prompt_tokens,
-            "candidatesTokenCount": reply.candidates_tokens,
-            "thoughtsTokenCount": reply.thoughts_tokens,
-            "cachedContentTokenCount": 0,
-            "totalTokenCount": prompt_tokens + reply.candidates_tokens + reply.thoughts_tokens,
-            "promptTokensDetails": [
-                d
-                for d in (
-                    {"modality": "TEXT", "tokenCount": text_tokens},
-                    {"modality": "DOCUMENT", "tokenCount": doc_tokens},
-                )
-                if d["tokenCount"]
-            ],
-        }
+        billed_prompt = prompt_tokens + active.overbill_tokens
+        payload = _response(reply, active, version, digest, billed_prompt,
+                            (text_tokens, doc_tokens))  # fmt: skip
+        answered = active.block_reason is None and active.finish_reason is None
+        out, thoughts = (reply.candidates_tokens, reply.thoughts_tokens) if answered else (0, 0)
+        cost = price(version, billed_prompt, out, thoughts, self.prices)
         with self.lock:
-            self.stats.bill(version, usage)
+            self.stats.bill(Bill(version, billed_prompt, out, thoughts, cost))
             if digest in self.stats.answered:
                 self.stats.billed_repeats += 1
             self.stats.answered.add(digest)
-        return JSONResponse(
-            {
-                "candidates": [
-                    {
-                        "content": {"parts": [{"text": reply.text}], "role": "model"},
-                        "finishReason": reply.finish_reason,
-                        "index": 0,
-                    }
-                ],
-                "usageMetadata": usage,
-                "modelVersion": version,
-                "responseId": digest[:22],
-            }
-        )
+            self.stats.log({
+                "model": version, "bytes": len(raw), "pdf_pages": prompt.pdf_pages,
+                "max_output_tokens": content.pick(config, "maxOutputTokens",
+                                                  "max_output_tokens"),
+                "thinking_budget": content.pick(
+                    content.pick(config, "thinkingConfig", "thinking_config") or {},
+                    "thinkingBudget", "thinking_budget"),
+                "finish_reason": reply.finish_reason if answered else active.finish_reason,
+                "block_reason": active.block_reason, "faults": active.applied,
+                "usage_reported": active.usage, "input_tokens": billed_prompt,
+                "output_tokens": out, "thinking_tokens": thoughts, "cost_usd": f"{cost:f}",
+            })  # fmt: skip
+        return JSONResponse(payload)
 
     async def count_tokens(self, request: Request, model: str) -> JSONResponse:
-        body = await _json_body(request)
+        body = _parse_json(await request.body())
         if isinstance(body, JSONResponse):
             return body
         inner = content.pick(body, "generateContentRequest", "generate_content_request")
@@ -319,13 +289,57 @@ class _Emulator:
             prompt = await asyncio.to_thread(content.parse_prompt, body)
         except content.BadRequest as exc:
             return _error(400, str(exc))
-        text_tokens, doc_tokens = prompt.tokens(self.aliases.get(model, model))
+        with self.lock:
+            self.stats.count_requests += 1
+            active = self.faults.match(prompt.match_text(), counting=True)
+        text_tokens, doc_tokens = prompt.tokens(self.aliases.get(model, model), active.page_tokens)
         return JSONResponse({"totalTokens": text_tokens + doc_tokens})
 
 
-async def _json_body(request: Request) -> dict[str, Any] | JSONResponse:
+def _response(
+    reply: content.Answer, active: Active, version: str, digest: str, prompt_tokens: int,
+    split: tuple[int, int],
+) -> dict[str, Any]:  # fmt: skip
+    """The generateContent body: a blocked prompt, a stopped candidate, or the answer; the
+    usageMetadata as the active faults shape it (the bill does not change)."""
+    text_tokens, doc_tokens = split
+    body: dict[str, Any] = {"modelVersion": version, "responseId": digest[:22]}
+    out, thoughts = reply.candidates_tokens, reply.thoughts_tokens
+    if active.block_reason is not None:
+        body["promptFeedback"] = {"blockReason": active.block_reason}
+        out = thoughts = 0
+    elif active.finish_reason is not None:
+        body["candidates"] = [{"finishReason": active.finish_reason, "index": 0}]
+        out = thoughts = 0
+    else:
+        parts = [{"text": reply.text}] if reply.text else []
+        body["candidates"] = [{"content": {"parts": parts, "role": "model"},
+                               "finishReason": reply.finish_reason, "index": 0}]  # fmt: skip
+    usage: dict[str, Any] = {
+        "promptTokenCount": prompt_tokens,
+        "candidatesTokenCount": out,
+        "thoughtsTokenCount": thoughts,
+        "cachedContentTokenCount": 0,
+        "totalTokenCount": prompt_tokens + out + thoughts,
+        "promptTokensDetails": [
+            d
+            for d in (
+                {"modality": "TEXT", "tokenCount": text_tokens},
+                {"modality": "DOCUMENT", "tokenCount": doc_tokens},
+            )
+            if d["tokenCount"]
+        ],
+    }
+    if active.usage == "full":
+        body["usageMetadata"] = usage
+    elif active.usage == "total_only":
+        body["usageMetadata"] = {"totalTokenCount": usage["totalTokenCount"]}
+    return body
+
+
+def _parse_json(raw: bytes) -> dict[str, Any] | JSONResponse:
     try:
-        body = await request.json()
+        body = json.loads(raw)
     except ValueError:
         return _error(400, "Invalid JSON payload received.")
     if not isinstance(body, dict):
@@ -360,6 +374,26 @@ def create_emulator_app(config: EmulatorConfig | None = None) -> FastAPI:
     async def stats() -> dict[str, Any]:
         with emulator.lock:
             return emulator.stats.as_json()
+
+    @app.get("/_emulator/faults")
+    async def get_faults() -> dict[str, Any]:
+        with emulator.lock:
+            return {"faults": [f.as_dict() for f in emulator.faults.faults]}
+
+    @app.post("/_emulator/faults")
+    async def set_faults(request: Request) -> JSONResponse:
+        """Replace the injected faults: {"faults": [{"kind", "when", "tokens", "reason",
+        "times"}]} (faults.py); an empty list turns them off."""
+        body = _parse_json(await request.body())
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            faults = [Fault.from_dict(f) for f in body.get("faults", [])]
+        except (TypeError, ValueError) as exc:
+            return _error(400, f"bad fault: {exc}")
+        with emulator.lock:
+            emulator.faults.replace(faults)
+        return JSONResponse({"faults": [f.as_dict() for f in faults]})
 
     @app.post("/_emulator/reset")
     async def reset() -> dict[str, bool]:

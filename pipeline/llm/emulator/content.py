@@ -59,15 +59,22 @@ class Prompt:
     images: int = 0
     other_bytes: int = 0
 
-    def tokens(self, model: str) -> tuple[int, int]:
-        """(text tokens, document tokens) for this model family."""
+    def tokens(self, model: str, page_tokens: int | None = None) -> tuple[int, int]:
+        """(text tokens, document tokens) for this model family; `page_tokens` overrides
+        the per-page charge (the `inflate` fault)."""
         per_page = PDF_TOKENS_PER_PAGE_3X if model_major(model) >= 3 else PDF_TOKENS_PER_PAGE_2X
+        if page_tokens is not None:
+            per_page = page_tokens
         text = sum(text_tokens(t) for t in self.texts) + text_tokens(self.system)
         text += self.images * IMAGE_TOKENS + math.ceil(self.other_bytes / CHARS_PER_TOKEN)
         return text, self.pdf_pages * per_page
 
     def all_text(self) -> str:
         return "\n".join([*self.texts, *self.pdf_texts])
+
+    def match_text(self) -> str:
+        """Everything a fault's `when` may match: system instruction, texts, PDF text."""
+        return "\n".join([self.system, *self.texts, *self.pdf_texts])
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
@@ -170,12 +177,20 @@ def answer(
     default_thinking_tokens: int,
     bad_json_rate: float,
     rng: random.Random,
+    verbose_tokens: int | None = None,
+    think_tokens: int | None = None,
 ) -> Answer:
-    """The reply text, cut to maxOutputTokens (thinking included) like the real API cuts it."""
+    """The reply text, cut to maxOutputTokens (thinking included) like the real API cuts it.
+
+    `verbose_tokens` pads a JSON answer (whitespace inside the object, still valid JSON) to
+    that many tokens; `think_tokens` forces that much thinking whatever thinkingBudget says
+    (field case 08b), up to all of maxOutputTokens."""
     max_out = int(pick(config, "maxOutputTokens", "max_output_tokens", DEFAULT_MAX_OUTPUT_TOKENS))
     if max_out <= 0:
         raise BadRequest("generationConfig.maxOutputTokens must be positive")
     thoughts = min(thinking_tokens(model, config, default_thinking_tokens), max_out // 2)
+    if think_tokens is not None:
+        thoughts = min(think_tokens, max_out)
     analysis = analyze_text(prompt.all_text(), prompt.pdf_pages)
     schema = pick(config, "responseJsonSchema", "response_json_schema") or pick(
         config, "responseSchema", "response_schema"
@@ -184,6 +199,9 @@ def answer(
     if mime == "application/json":
         data = fill_schema(schema, analysis) if isinstance(schema, dict) else analysis.as_dict()
         text = json.dumps(data, ensure_ascii=False)
+        if verbose_tokens and text.endswith("}"):
+            pad = verbose_tokens * CHARS_PER_TOKEN - len(text)
+            text = text[:-1] + " " * max(0, pad) + "}"
         if bad_json_rate > 0 and rng.random() < bad_json_rate:
             text = text[: max(1, len(text) // 2)] + ' "'  # cut mid-value: never parses
     else:

@@ -4,7 +4,9 @@ Algorithm: a token bucket per dimension (requests, input tokens), refilled conti
 by elapsed Redis TIME (never a client clock), plus a per-day request counter that resets
 at midnight America/Los_Angeles, a shared pause (429 RetryInfo / back-off), a per-day
 "exhausted" mark, and a cap on concurrent calls kept as leases in a sorted set.
-Rates and capacities arrive at full speed; the AIMD factor `f` stored in the hash scales both.
+Rates and capacities arrive at full speed; the AIMD factor `f` stored in the hash scales both,
+with two floors that guarantee progress (see limiter.py): the request capacity is never
+below one whole request and the request refill never below ARGV[15], whatever f.
 
 KEYS[1]  bucket hash: rq, tk (levels), ts (last refill, ms), f (AIMD factor 0..1),
          pause (paused until, ms), dayend (ms), dayn (requests today), dayx (daily quota
@@ -23,6 +25,8 @@ ARGV[9]  lease length, ms
 ARGV[10..12] three consecutive Pacific midnights (ms), the first at or before "today"
 ARGV[13] how soon to look again when only the concurrency cap blocks, ms
 ARGV[14] TTL of both keys, ms
+ARGV[15] least request refill per ms, at any f (one request per period + safety margin)
+ARGV[16] clock offset, ms, added to Redis TIME (0 in production; tests step time with it)
 
 Returns {1, now_ms, lease_until_ms} when granted, else
         {0, wait_ms, reason, until_ms} with reason one of
@@ -30,7 +34,7 @@ Returns {1, now_ms, lease_until_ms} when granted, else
 Numbers go back as strings: Redis would truncate Lua floats to integers.
 ]]
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 + tonumber(ARGV[16])
 
 local req_cap = tonumber(ARGV[1])
 local req_rate = tonumber(ARGV[2])
@@ -45,14 +49,20 @@ local ttl_ms = tonumber(ARGV[14])
 
 local h = redis.call('HMGET', KEYS[1], 'rq', 'tk', 'ts', 'f', 'pause', 'dayend', 'dayn', 'dayx')
 local f = tonumber(h[4]) or 1
+-- A bucket that holds less than one request can never grant one, and a refill scaled to
+-- nothing never fills it: both floors keep a model live after any number of 429s.
+local rq_cap = math.max(1, req_cap * f)
+local rq_rate = math.max(req_rate * f, tonumber(ARGV[15]))
+local tk_cap = tok_cap * f
+local tk_rate = tok_rate * f
 local rq, tk
 if h[3] then
   local dt = math.max(0, now - tonumber(h[3]))
-  rq = math.min(req_cap * f, tonumber(h[1]) + dt * req_rate * f)
-  tk = math.min(tok_cap * f, tonumber(h[2]) + dt * tok_rate * f)
+  rq = math.min(rq_cap, tonumber(h[1]) + dt * rq_rate)
+  tk = math.min(tk_cap, tonumber(h[2]) + dt * tk_rate)
 else
-  rq = req_cap * f
-  tk = tok_cap * f
+  rq = rq_cap
+  tk = tk_cap
 end
 local pause = tonumber(h[5]) or 0
 local dayend = tonumber(h[6]) or 0
@@ -92,14 +102,14 @@ if redis.call('ZCARD', KEYS[2]) >= max_conc then
 end
 
 -- A request larger than the token burst waits for a full bucket and then leaves it in debt.
-local need_tok = math.min(n, tok_cap * f)
+local need_tok = math.min(n, tk_cap)
 local wait_ms, reason = 0, ''
 if rq < 1 then
-  wait_ms = (1 - rq) / (req_rate * f)
+  wait_ms = (1 - rq) / rq_rate
   reason = 'requests'
 end
 if tk < need_tok then
-  local w = (need_tok - tk) / (tok_rate * f)
+  local w = (need_tok - tk) / tk_rate
   if w > wait_ms then wait_ms = w; reason = 'tokens' end
 end
 if wait_ms > 0 then return wait(wait_ms, reason, now + wait_ms) end

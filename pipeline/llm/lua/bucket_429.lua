@@ -12,12 +12,13 @@ ARGV[8]  cooldown, ms: 429s closer together than this count as one event (worker
 ARGV[9]  first back-off, s
 ARGV[10] largest back-off, s
 ARGV[11] TTL of the key, ms
+ARGV[12] clock offset, ms, added to Redis TIME (0 in production; see bucket.lua)
 
 The bucket is emptied, so the first calls after the pause come at the refill rate rather
 than as a burst. Returns {paused_until_ms, factor, daily_exhausted_until_ms} as strings.
 ]]
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 + tonumber(ARGV[12])
 local h = redis.call('HMGET', KEYS[1], 'f', 'pause', 'bo', 'lastdec', 'dayx')
 local f = tonumber(h[1]) or 1
 local pause = tonumber(h[2]) or 0

@@ -9,7 +9,8 @@ ARGV[3]  1 to refund the request itself (the call was never sent), else 0
 ARGV[4]  request capacity at f = 1
 ARGV[5]  token capacity at f = 1
 
-Levels never rise above capacity, so a refund cannot create a burst beyond the bucket.
+Levels never rise above capacity (for requests: max(1, capacity x f), as bucket.lua), so a
+refund cannot create a burst beyond the bucket.
 Returns 1 if the lease was still held, 0 if it had expired or was already given back.
 ]]
 local held = redis.call('ZREM', KEYS[2], ARGV[1])
@@ -19,7 +20,7 @@ local f = tonumber(h[3]) or 1
 local tk = math.min(tonumber(ARGV[5]) * f, (tonumber(h[2]) or 0) - tonumber(ARGV[2]))
 redis.call('HSET', KEYS[1], 'tk', tostring(tk))
 if ARGV[3] == '1' then
-  local rq = math.min(tonumber(ARGV[4]) * f, (tonumber(h[1]) or 0) + 1)
+  local rq = math.min(math.max(1, tonumber(ARGV[4]) * f), (tonumber(h[1]) or 0) + 1)
   local dayn = math.max(0, (tonumber(h[4]) or 0) - 1)
   redis.call('HSET', KEYS[1], 'rq', tostring(rq), 'dayn', tostring(dayn))
 end

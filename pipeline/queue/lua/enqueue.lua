@@ -8,11 +8,15 @@
 -- ARGV[5] initial state: queued | waiting (a chord callback held until its group is done)
 -- ARGV[6] events maxlen     ARGV[7] queue name       ARGV[8] JSON object of job fields
 -- ARGV[9] delay ms from now (0: none), measured on the Redis clock like every other time
--- Returns {1, id} when created, {0, existing id} for a known idempotency key.
+-- ARGV[10] replaced job id ('' for none): the idempotency key may be taken over from that job
+--   (one that ended without a result); a key naming any other job still returns that job
+-- Returns {1, id} when created, {0, existing id} for a known idempotency key or job id (a
+-- client retrying an enqueue whose reply a failover lost must not reset a job that ran).
 local id = ARGV[1]
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, id} end
 if ARGV[2] ~= '0' then
   local existing = redis.call('GET', KEYS[4])
-  if existing then return {0, existing} end
+  if existing and existing ~= ARGV[10] then return {0, existing} end
   redis.call('SET', KEYS[4], id, 'EX', ARGV[2])
 end
 local now = now_ms()

@@ -20,7 +20,7 @@ emit(KEYS[3], ARGV[3], KEYS[1], id, 'lease_expired', {worker = f[5] or ''})
 local outcome
 if f[4] == '1' then
   outcome = 'cancelled'
-elseif tonumber(f[2]) < tonumber(f[3]) then
+elseif tonumber(f[2] or '1') < tonumber(f[3] or '1') then
   make_ready(KEYS[1], KEYS[4], KEYS[7], KEYS[3], ARGV[3], id, nil)
   return 1
 else

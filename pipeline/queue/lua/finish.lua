@@ -14,10 +14,14 @@
 -- ARGV[10] settled field   ARGV[11] duration bucket field   ARGV[12] duration count field
 -- ARGV[13] duration sum field   ARGV[14] duration s (counted only when applied)
 -- ARGV[15] reason: a typed pipeline.errors.Reason ('' for complete and release: cleared)
--- Returns 1 when applied, 0 when the token is stale.
+-- Returns 1 when applied (or when this token's settlement was applied before: a client
+-- retrying a call whose reply a failover lost), 0 when the token is stale.
 local id, outcome = ARGV[1], ARGV[3]
-local f = redis.call('HMGET', KEYS[1], 'state', 'token', 'cancel')
-if f[1] ~= 'active' or f[2] ~= ARGV[2] then return 0 end
+local f = redis.call('HMGET', KEYS[1], 'state', 'token', 'cancel', 'settled_token')
+if f[1] ~= 'active' or f[2] ~= ARGV[2] then
+  if f[4] == ARGV[2] and ARGV[2] ~= '' then return 1 end
+  return 0
+end
 if f[3] == '1' and (outcome == 'retry' or outcome == 'postpone' or outcome == 'release') then
   outcome = 'cancelled'  -- cancelled while running: do not come back for another attempt
 end
@@ -28,6 +32,7 @@ redis.call('HINCRBY', KEYS[14], ARGV[12], 1)
 redis.call('HINCRBYFLOAT', KEYS[14], ARGV[13], ARGV[14])
 redis.call('ZREM', KEYS[2], id)
 redis.call('HDEL', KEYS[1], 'token', 'lease_deadline_ms')
+redis.call('HSET', KEYS[1], 'settled_token', ARGV[2])
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'error', ARGV[5], 'traceback', ARGV[6])
 end
@@ -50,7 +55,10 @@ if outcome == 'release' then
 end
 redis.call('HSET', KEYS[1], 'state', outcome, 'finished_ms', now)
 if outcome == 'complete' then
+  -- A complete job has no error: what earlier attempts met (a lost lease...) is history,
+  -- kept in the ledger's attempts, not shown as the final state.
   redis.call('HSET', KEYS[1], 'result', ARGV[4])
+  redis.call('HDEL', KEYS[1], 'error', 'traceback')
 end
 if outcome == 'dead' then
   redis.call('ZADD', KEYS[6], now, id)

@@ -1,5 +1,6 @@
 // The dashboard's only script: re-fetch the server-rendered panels every few seconds, keep
-// the spend chart (Chart.js) in step with them, and send the failures panel's Retry clicks.
+// the spend chart (Chart.js) in step with them, and send the failures panel's Retry clicks
+// (a document: a new run with fresh calls; a dead job of no document: requeued).
 (function () {
   "use strict";
   const root = document.getElementById("dashboard");
@@ -30,7 +31,8 @@
           maintainAspectRatio: false,
           scales: {
             x: { stacked: true },
-            y: { stacked: true, beginAtZero: true, ticks: { callback: (v) => "$" + v } },
+            // min 0: with no spend yet Chart.js would centre the axis on $0 (-1 to 1)
+            y: { stacked: true, beginAtZero: true, min: 0, ticks: { callback: (v) => "$" + v } },
           },
           plugins: { legend: { position: "bottom" } },
         },
@@ -61,15 +63,23 @@
   }
 
   document.addEventListener("click", async (event) => {
-    const button = event.target.closest("button[data-retry]");
+    const button = event.target.closest("button[data-retry], button[data-retry-document]");
     if (!button) return;
     button.disabled = true;
     button.textContent = "Retrying…";
-    const response = await fetch("/dashboard/jobs/" + encodeURIComponent(button.dataset.retry) + "/retry", {
-      method: "POST",
-      credentials: "same-origin",
-      headers: { "X-Pipeline-Action": "retry" },
-    });
+    // A document: a new run with fresh calls; a dead job of no document: requeued.
+    const response = button.dataset.retryDocument
+      ? await fetch("/dashboard/batches/" + encodeURIComponent(button.dataset.retryBatch) + "/retry", {
+          method: "POST",
+          credentials: "same-origin",
+          headers: { "X-Pipeline-Action": "retry", "Content-Type": "application/json" },
+          body: JSON.stringify({ document_ids: [button.dataset.retryDocument] }),
+        })
+      : await fetch("/dashboard/jobs/" + encodeURIComponent(button.dataset.retry) + "/retry", {
+          method: "POST",
+          credentials: "same-origin",
+          headers: { "X-Pipeline-Action": "retry" },
+        });
     if (!response.ok) {
       const body = await response.json().catch(() => ({}));
       button.textContent = "Failed";

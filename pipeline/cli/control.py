@@ -1,0 +1,148 @@
+"""`pipeline cancel|budget|retry`: steering a batch that is running or has ended.
+
+Each is a thin door onto tasks/control.py, which the HTTP API uses too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from pipeline.cli.common import JsonOpt, console, ledger_engine
+from pipeline.errors import JobNotFound
+from pipeline.queue.client import QueueClient
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from pipeline.ledger.recorder import SqlRecorder
+
+T = TypeVar("T")
+WaitOpt = Annotated[bool, typer.Option("--wait", help="Follow the batch until done.")]
+
+
+def _with_services(work: Callable[[QueueClient, SqlRecorder, Engine], Awaitable[T]]) -> T:
+    from pipeline.ledger.recorder import SqlRecorder
+
+    async def main() -> T:
+        engine = ledger_engine()
+        client = await QueueClient.connect()
+        try:
+            recorder = SqlRecorder(engine, client.redis, client.keys)
+            return await work(client, recorder, engine)
+        finally:
+            await client.aclose()
+            await asyncio.to_thread(engine.dispose)
+
+    return asyncio.run(main())
+
+
+def cancel(
+    target: Annotated[str, typer.Argument(help="A batch (id, id prefix or label) or a job id.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel a batch or one job: queued work ends at once, running work at its next lease
+    renewal (a call in flight is booked as abandoned, at its worst case)."""
+    from tasks.control import cancel_batch, cancel_job
+
+    async def work(client: QueueClient, recorder: SqlRecorder, engine: Engine) -> Any:
+        try:
+            return await cancel_job(client, recorder, target)
+        except JobNotFound:
+            return await cancel_batch(client, recorder, engine, target)
+
+    done = _with_services(work)
+    if as_json:
+        print(json.dumps(done.as_json()))
+        return
+    console.print(
+        f"{done.target}: {done.cancelled} job(s) cancelled, {done.cancelling} running job(s) "
+        "stop at their next lease renewal", highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    for name in done.skipped:
+        console.print(f"left alone: {name} (answered by another batch's run; cancel that one)",
+                      highlight=False, soft_wrap=True, markup=False)  # fmt: skip
+
+
+def budget(
+    batch: Annotated[str, typer.Argument(help="Batch id, id prefix or label.")],
+    set_usd: Annotated[str, typer.Option("--set", help="The batch's new budget in USD.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a batch's budget; every call from now on (queued work too) is bounded by it."""
+    from tasks.control import set_budget
+
+    amount = set_usd.strip().lstrip("$")
+    out = _with_services(lambda c, r, e: set_budget(c, r, e, batch, amount))
+    if as_json:
+        print(json.dumps(out))
+        return
+    console.print(f"batch {out['batch_id']}: budget ${out['budget_usd']} (spent "
+                  f"${out['spend_usd']})", highlight=False, soft_wrap=True)  # fmt: skip
+    if out["overrun_stop"] == "lifted":
+        console.print("the stop after an overrun is lifted", highlight=False)
+    elif out["overrun_stop"]:
+        console.print(f"still stopped: an overrun stopped it at ${out['stopped_at_usd']}; "
+                      "give a higher budget", highlight=False, soft_wrap=True)  # fmt: skip
+    if out["over_budget"]:
+        console.print(f"{out['over_budget']} document(s) ended over budget: `pipeline retry "
+                      f"{out['batch_id'][:12]} --over-budget` runs them under the new budget",
+                      highlight=False, soft_wrap=True)  # fmt: skip
+
+
+def retry(
+    batch: Annotated[str, typer.Argument(help="Batch id, id prefix or label.")],
+    failed: Annotated[bool, typer.Option("--failed", help="Failed (and dead) documents.")] = False,
+    over_budget: Annotated[
+        bool, typer.Option("--over-budget", help="Documents that ended over budget.")
+    ] = False,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run failed / over-budget documents again with fresh calls, under the batch's current
+    budget (without a flag: every document that ended without a result, cancelled too)."""
+    from tasks.control import retry_batch, retry_states
+
+    states = retry_states(failed, over_budget)
+
+    async def work(client: QueueClient, recorder: SqlRecorder, engine: Engine) -> Any:
+        since = await client.last_event_id()
+        view, retried = await retry_batch(client, recorder, engine, batch, states)
+        if as_json:
+            print(json.dumps({"batch_id": view.facts.batch_id,
+                              "documents": [r.__dict__ for r in retried]}), flush=True)  # fmt: skip
+        else:
+            _print_retried(view.facts.batch_id, retried, states)
+        if wait and any(r.status == "queued" for r in retried):
+            from pipeline.cli.common import make_console
+            from pipeline.cli.follow import follow
+            from pipeline.cli.status import print_batch
+
+            out = make_console(stderr=True) if as_json else console
+            tracker = await follow(client, view.facts.batch_id, since, out, engine=engine)
+            if tracker.view is not None and not as_json:
+                print_batch(tracker.view)
+        return retried
+
+    retried = _with_services(work)
+    if not retried:
+        raise typer.Exit(1)
+
+
+def _print_retried(batch_id: str, retried: list[Any], states: set[str]) -> None:
+    if not retried:
+        console.print(f"batch {batch_id}: no document is {' or '.join(sorted(states))}; "
+                      "nothing to retry", highlight=False, soft_wrap=True)  # fmt: skip
+        return
+    table = Table(title=f"retry · batch {batch_id}", title_justify="left")
+    for col in ("document", "status", "job", "was"):
+        table.add_column(col, overflow="fold")
+    for r in retried:
+        table.add_row(escape(r.name), r.status, r.job_id or "", escape(r.reason or ""))
+    console.print(table)

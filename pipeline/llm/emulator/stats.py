@@ -1,0 +1,108 @@
+"""What the emulator saw and what it billed: `GET /_emulator/stats`.
+
+The bill is the emulator's own truth, kept whatever the response told the client: an
+answer sent without usageMetadata is billed all the same, as Google bills it. Tests compare
+the ledger with it to the token and to the nano-dollar (`billed`, `billed_total`), and read
+the request log (`requests`) to see what each call carried and how it ended.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+_TOKEN_FIELDS = ("input_tokens", "output_tokens", "thinking_tokens")
+
+
+@dataclass
+class Throttle:
+    at: float
+    retry_delay_s: float
+    quota_id: str
+
+
+@dataclass
+class Bill:
+    """What one generateContent request was billed."""
+
+    model_version: str
+    input_tokens: int
+    output_tokens: int
+    thinking_tokens: int
+    cost_usd: Decimal
+
+
+def price(model_version: str, input_tokens: int, output_tokens: int, thinking_tokens: int,
+          prices: Any) -> Decimal:  # fmt: skip
+    """USD for a bill from config/pricing.toml (long-context tier by prompt size); 0 for a
+    model the table does not know."""
+    from pipeline.errors import UnknownModel
+    from pipeline.llm.provider import Usage
+
+    usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens,
+                  thinking_tokens=thinking_tokens)  # fmt: skip
+    try:
+        return Decimal(prices.cost(model_version, usage, datetime.now(UTC)))
+    except UnknownModel:
+        return Decimal(0)
+
+
+@dataclass
+class EmulatorStats:
+    """Everything `GET /_emulator/stats` reports; reset by `POST /_emulator/reset`."""
+
+    requests_total: int = 0
+    by_status: Counter[int] = field(default_factory=Counter)
+    generate_requests: int = 0
+    count_requests: int = 0
+    repeats: int = 0  # generate requests whose content was seen before (any outcome)
+    billed_repeats: int = 0  # 200 answers to content already answered 200: paid twice
+    billed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: list[dict[str, Any]] = field(default_factory=list)  # one per generate request
+    timestamps: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    arrivals: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    throttled: dict[str, list[Throttle]] = field(default_factory=lambda: defaultdict(list))
+    seen: set[str] = field(default_factory=set)
+    answered: set[str] = field(default_factory=set)
+    largest_request_bytes: int = 0
+
+    def bill(self, bill: Bill) -> None:
+        row = self.billed.setdefault(
+            bill.model_version,
+            {"requests": 0, **dict.fromkeys(_TOKEN_FIELDS, 0), "cost_usd": Decimal(0)},
+        )
+        row["requests"] += 1
+        row["input_tokens"] += bill.input_tokens
+        row["output_tokens"] += bill.output_tokens
+        row["thinking_tokens"] += bill.thinking_tokens
+        row["cost_usd"] += bill.cost_usd
+
+    def log(self, entry: dict[str, Any]) -> None:
+        self.requests.append(entry)
+
+    def as_json(self) -> dict[str, Any]:
+        billed = {model: {**row, "cost_usd": f"{row['cost_usd']:f}"}
+                  for model, row in self.billed.items()}  # fmt: skip
+        total: dict[str, Any] = {name: sum(r[name] for r in self.billed.values())
+                                 for name in ("requests", *_TOKEN_FIELDS)}  # fmt: skip
+        cost = sum((r["cost_usd"] for r in self.billed.values()), Decimal(0))
+        total["cost_usd"] = f"{cost:f}"
+        return {
+            "requests_total": self.requests_total,
+            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
+            "rate_limited": self.by_status.get(429, 0),
+            "generate_requests": self.generate_requests,
+            "count_requests": self.count_requests,
+            "repeats": self.repeats,
+            "billed_repeats": self.billed_repeats,
+            "billed": billed,
+            "billed_total": total,
+            "requests": list(self.requests),
+            "largest_request_bytes": self.largest_request_bytes,
+            "timestamps": dict(self.timestamps),
+            "arrivals": dict(self.arrivals),
+            "throttled": {k: [vars(t) for t in v] for k, v in self.throttled.items()},
+        }

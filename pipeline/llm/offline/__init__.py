@@ -1,0 +1,48 @@
+"""The offline analyzer: a provider that needs no network and costs $0.
+
+It exists so the main job runs on a fresh machine without a key. It reads only the
+document's own text (PDFium), and each finding comes from a library made for it: LexRank
+(sumy) for the summary and key points, YAKE for key phrases, dateparser for dates,
+price-parser for amounts, py3langid for the language, cleanco's legal forms for
+organisations, gender-guesser's first names for people. Everything is deterministic: the
+same document always gives the same answer. The emulator (pipeline/llm/emulator/content.py)
+answers with the same analysis.
+"""
+
+from pipeline.llm.offline.analysis import (
+    OCR_NOTE,
+    Analysis,
+    analyze_pages,
+    analyze_text,
+    describe_pages,
+    no_text_note,
+    page_ranges,
+)
+from pipeline.llm.offline.fill import fill_schema
+from pipeline.llm.offline.provider import (
+    CHARS_PER_TOKEN,
+    MODEL_VERSION,
+    OfflineProvider,
+    document_pages,
+    pdf_text,
+)
+from pipeline.llm.offline.summary import summarize
+from pipeline.llm.offline.text import page_units
+
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "MODEL_VERSION",
+    "OCR_NOTE",
+    "Analysis",
+    "OfflineProvider",
+    "analyze_pages",
+    "analyze_text",
+    "describe_pages",
+    "document_pages",
+    "fill_schema",
+    "no_text_note",
+    "page_ranges",
+    "page_units",
+    "pdf_text",
+    "summarize",
+]

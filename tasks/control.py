@@ -1,0 +1,208 @@
+"""Steering a batch: cancel it (or one job), change its budget, retry what ended without a
+result. The CLI (`pipeline cancel|budget|retry`) and the API (`POST /batches/{id}/cancel`,
+`PATCH /batches/{id}`, `POST /batches/{id}/retry`, `POST /jobs/{id}/cancel`) call these.
+
+- Cancel: a job not yet running ends `cancelled` at once; a running one is flagged and its
+  worker stops it at its next lease renewal (cooperatively), and a call it has in flight is
+  booked `abandoned` at its worst case (possibly billed). Cancelling a long document's root
+  cancels its parts and merge too. A batch's cancel leaves alone runs that belong to another
+  batch (a document resubmitted here while that batch's run answers it).
+- Budget: the new figure is checked by the one budget rule, kept in Redis where every call
+  reads it (pipeline/ledger/batch_limit.py) and in the ledger.
+- Retry: each failed, over-budget (or cancelled) document gets a new run in the batch, under
+  the batch's current budget (tasks/runs.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine
+
+from pipeline.errors import JobNotFound
+from pipeline.ledger.batch_limit import set_limit
+from pipeline.ledger.budget import Budget, check_budget_usd
+from pipeline.ledger.recorder import SqlRecorder
+from pipeline.queue.client import QueueClient
+from tasks.batches import BatchView, batch_view, usd
+from tasks.status import part_count, part_id, reduce_id
+
+_NOT_ENDED = frozenset({"queued", "scheduled", "waiting", "active"})
+
+
+@dataclass
+class Cancelled:
+    """What a cancel did: job id -> the state it is in now (cancelled, cancelling, or the
+    terminal state it already had)."""
+
+    target: str
+    jobs: dict[str, str]
+    skipped: list[str]  # documents whose run belongs to another batch
+
+    @property
+    def cancelled(self) -> int:
+        return sum(s == "cancelled" for s in self.jobs.values())
+
+    @property
+    def cancelling(self) -> int:
+        return sum(s == "cancelling" for s in self.jobs.values())
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "cancelled": self.cancelled, "cancelling": self.cancelling}
+
+
+async def _run_jobs(client: QueueClient, root_id: str) -> list[str]:
+    """The run's jobs, merge and parts first (so none is released by the root's end)."""
+    ids: list[str] = []
+    try:
+        root = await client.get(root_id)
+    except JobNotFound:
+        return ids
+    from tasks.status import JobView
+
+    n = part_count(JobView(root.id, root.state.value, result=root.result,
+                           progress=root.progress))  # fmt: skip
+    if n or await client.redis.exists(client.keys.job(reduce_id(root_id))):
+        ids.append(reduce_id(root_id))
+        ids += [part_id(root_id, i) for i in range(n)]
+    return [*ids, root_id]
+
+
+async def cancel_run(client: QueueClient, recorder: SqlRecorder | None, root_id: str) -> dict[
+        str, str]:  # fmt: skip
+    """Cancel every job of the run rooted at `root_id` that has not ended."""
+    out: dict[str, str] = {}
+    for job_id in await _run_jobs(client, root_id):
+        try:
+            job = await client.get(job_id)
+        except JobNotFound:
+            continue
+        if job.state.value not in _NOT_ENDED:
+            continue
+        out[job_id] = await client.cancel(job_id)
+        if out[job_id] == "cancelled" and recorder is not None:
+            # No worker settles a job cancelled before it ran: the ledger hears it here.
+            await recorder.update_job_status(job_id, "cancelled", last_error="cancelled")
+    return out
+
+
+async def cancel_job(client: QueueClient, recorder: SqlRecorder | None, job_id: str) -> Cancelled:
+    """Cancel one job (JobNotFound if unknown); a document's root job takes its run along."""
+    job = await client.get(job_id)
+    if job.task == "analyze_document":
+        jobs = await cancel_run(client, recorder, job_id)
+    elif job.state.value in _NOT_ENDED:
+        jobs = {job_id: await client.cancel(job_id)}
+    else:
+        jobs = {job_id: job.state.value}
+    return Cancelled(job_id, jobs, [])
+
+
+async def cancel_batch(client: QueueClient, recorder: SqlRecorder, engine: Engine,
+                       ref: str) -> Cancelled:  # fmt: skip
+    """Cancel the runs of every document of the batch that has not ended."""
+    view = await batch_view(client, engine, ref)
+    batch_id = view.facts.batch_id
+    result = Cancelled(batch_id, {}, [])
+    for doc in view.documents:
+        if doc.status in ("complete", "failed", "over_budget", "cancelled") or not doc.job_id:
+            continue
+        owner = await client.redis.hget(client.keys.job(doc.job_id), "batch")
+        if owner is not None and owner != batch_id:
+            result.skipped.append(doc.name)
+            continue
+        result.jobs.update(await cancel_run(client, recorder, doc.job_id))
+    await recorder.upsert_batch(batch_id, status="cancelled")
+    return result
+
+
+async def set_budget(client: QueueClient, recorder: SqlRecorder, engine: Engine, ref: str,
+                     amount: Decimal | str) -> dict[str, Any]:  # fmt: skip
+    """Make `amount` (USD) the batch's budget for every call from now on. Raises InputError
+    for an amount the budget rule refuses, or an unknown batch."""
+    import asyncio
+
+    from tasks.batches import resolve_batch
+
+    usd_amount = check_budget_usd(amount, "budget")
+    batch_id = await asyncio.to_thread(resolve_batch, engine, ref)
+    await set_limit(client.redis, client.keys, batch_id, usd_amount)
+    # A batch an overrun stopped (README, Costs) admits calls again only under a limit above
+    # the one in force when it stopped.
+    budget = Budget(client.redis, client.keys, client.settings)
+    (scope, *_) = budget.scopes(batch_id, usd_amount)
+    stopped_at = await budget.raise_limit(scope, usd_amount)
+    await recorder.upsert_batch(batch_id, budget_usd=usd_amount)
+    view = await batch_view(client, engine, batch_id)
+    waiting = sum(d.status == "over_budget" for d in view.documents)
+    return {"batch_id": batch_id, "budget_usd": usd(usd_amount),
+            "spend_usd": usd(view.facts.spend), "over_budget": waiting,
+            "overrun_stop": None if stopped_at is None else
+            ("lifted" if usd_amount > stopped_at else "still stopped"),
+            "stopped_at_usd": None if stopped_at is None else usd(stopped_at)}  # fmt: skip
+
+
+@dataclass
+class Retried:
+    name: str
+    document_id: str
+    status: str  # queued (a new run) | duplicate (a newer run answers) | skipped
+    job_id: str | None = None
+    reason: str | None = None
+
+
+def retry_states(failed: bool, over_budget: bool) -> set[str]:
+    """Which document states a retry takes: the flags given, or without any, every state that
+    ended without a result (failed, over_budget, cancelled)."""
+    if not failed and not over_budget:
+        return {"failed", "over_budget", "cancelled"}
+    return {s for s, on in (("failed", failed), ("over_budget", over_budget)) if on}
+
+
+async def retry_batch(client: QueueClient, recorder: SqlRecorder, engine: Engine, ref: str,
+                      states: set[str], document_ids: set[str] | None = None) -> tuple[
+                          BatchView, list[Retried]]:  # fmt: skip
+    """A new run, in the batch, under its current budget, for each document in `states`
+    (only those of `document_ids` when given)."""
+    view = await batch_view(client, engine, ref)
+    out = []
+    for doc in view.documents:
+        if doc.status not in states or (document_ids is not None
+                                        and doc.document_id not in document_ids):  # fmt: skip
+            continue
+        out.append(await _retry_one(client, recorder, view, doc))
+    return view, out
+
+
+async def _retry_one(client: QueueClient, recorder: SqlRecorder, view: BatchView,
+                     doc: Any) -> Retried:  # fmt: skip
+    from pipeline.llm.pricing import canonical_model
+    from tasks.plan import analyze_prompt, doc_key
+    from tasks.runs import RunSpec, enqueue_run
+
+    facts = view.facts
+    member = next(m for m in facts.members if m.document_id == doc.document_id)
+    if not await client.redis.exists(doc_key(client.keys, doc.document_id)):
+        return Retried(doc.name, doc.document_id, "skipped", doc.job_id,
+                       "its PDF is no longer kept in Redis (PIPELINE_DOC_TTL_S); submit the "
+                       "file again")  # fmt: skip
+    from pipeline.ledger.batch_limit import current_limit
+
+    limit = await current_limit(client.redis, client.keys, facts.batch_id) or facts.budget_usd
+    spec = RunSpec(
+        doc.document_id, doc.name, int(member.pages or 1), int(member.size_bytes or 0),
+        member.model or canonical_model(client.settings.model), analyze_prompt().version,
+        facts.batch_id, limit,
+    )  # fmt: skip
+    handle = await enqueue_run(client, spec, replacing=doc.job_id)
+    if not handle.created:  # a newer run started elsewhere answers for it: show that one
+        await recorder.add_to_batch(facts.batch_id, doc.document_id, job_id=handle.id)
+        return Retried(doc.name, doc.document_id, "duplicate", handle.id,
+                       f"another run (job {handle.id}) answers for it already")  # fmt: skip
+    await recorder.upsert_job(handle.id, batch_id=facts.batch_id, document_id=doc.document_id)
+    await recorder.add_to_batch(facts.batch_id, doc.document_id, job_id=handle.id,
+                                model=spec.model, prompt_version=spec.prompt_version)  # fmt: skip
+    return Retried(doc.name, doc.document_id, "queued", handle.id,
+                   f"was {doc.status}: {doc.reason}")  # fmt: skip

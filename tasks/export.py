@@ -1,0 +1,79 @@
+"""A batch's results as JSON, JSON Lines or CSV: `pipeline results --format` and
+`GET /batches/{id}/results?format=` write the same bytes.
+
+CSV is for a spreadsheet: one row per document, the analysis flattened (key points and each
+kind of entity joined with " | "); documents without a result keep their row, with their
+status and reason, so a reader sees which file failed and why.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tasks.batches import BatchView
+
+FORMATS = ("json", "jsonl", "csv")
+MEDIA_TYPES = {
+    "json": "application/json",
+    "jsonl": "application/x-ndjson",
+    "csv": "text/csv; charset=utf-8",
+}
+CSV_COLUMNS = (
+    "name", "document_id", "status", "reason", "pages", "cost_usd", "model", "document_type",
+    "language", "summary", "key_points", "people", "organizations", "dates", "amounts",
+)  # fmt: skip
+_JOIN = " | "
+
+
+def results_of(view: BatchView) -> list[dict[str, Any]]:
+    """One entry per document for `pipeline results` and `GET /batches/{id}/results`: name,
+    pages, status, reason, cost and the stored analysis (None unless complete)."""
+    from tasks.batches import usd
+
+    members = {m.document_id: m for m in view.facts.members}
+    out = []
+    for d in view.documents:
+        m = members[d.document_id]
+        out.append({
+            "document_id": d.document_id, "name": d.name, "pages": d.pages,
+            "sha256": d.document_id, "status": d.status, "reason": d.reason,
+            "model": m.model, "prompt_version": m.prompt_version,
+            "cost_usd": usd(d.cost), "analysis": d.result,
+        })  # fmt: skip
+    return out
+
+
+def _row(entry: dict[str, Any]) -> list[Any]:
+    a = entry.get("analysis") or {}
+    entities = a.get("entities") or {}
+    flat = {k: entry.get(k) for k in CSV_COLUMNS[:7]}
+    flat.update(
+        document_type=a.get("document_type"),
+        language=a.get("language"),
+        summary=a.get("summary"),
+        key_points=_JOIN.join(a.get("key_points") or []),
+    )
+    for kind in ("people", "organizations", "dates", "amounts"):
+        flat[kind] = _JOIN.join(entities.get(kind) or [])
+    return ["" if flat[c] is None else flat[c] for c in CSV_COLUMNS]
+
+
+def export(results: list[dict[str, Any]], fmt: str) -> str:
+    """`results` (`results_of`) in `fmt`: json (one array), jsonl (one object a
+    line) or csv (CSV_COLUMNS). Raises ValueError for another format."""
+    if fmt == "json":
+        return json.dumps(results, ensure_ascii=False, default=str) + "\n"
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in results)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for entry in results:
+            writer.writerow(_row(entry))
+        return out.getvalue()
+    raise ValueError(f"format {fmt!r}: use one of {', '.join(FORMATS)}")

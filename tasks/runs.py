@@ -1,0 +1,96 @@
+"""Starting a document's run in a batch: the first one at submission, or a new one when its
+earlier run ended without a result (resubmitted in a new batch, or `pipeline retry`).
+
+A new run is a new root job in *this* batch: its calls are booked to this batch and bounded
+by this batch's budget, and the content's idempotency key is handed over to it atomically,
+so a later submission of the same file finds the new run, not the failed one. The new run
+makes fresh provider calls for whatever was not answered; an answer that was paid for and
+used (a part that completed) is reused from the call store and shows in the ledger at $0.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from pipeline.queue.client import JobHandle, QueueClient
+from pipeline.queue.job import JobOptions
+
+ANALYZE_TASK = "analyze_document"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a run of one document needs: the content (by hash), how it was named in this
+    batch, its size for the admission hint, the model and prompt, and the batch's budget."""
+
+    sha256: str
+    name: str
+    pages: int
+    size_bytes: int
+    model: str
+    prompt_version: str
+    batch_id: str
+    budget_usd: Decimal | None = None
+    priority: int | None = None
+    expected_duration_s: float | None = None
+    queue: str | None = None  # None: the task's own queue
+
+    def args(self) -> dict[str, Any]:
+        return {
+            "sha256": self.sha256,
+            "name": self.name,
+            "model": self.model,
+            "prompt_version": self.prompt_version,
+            "budget_usd": None if self.budget_usd is None else str(self.budget_usd),
+        }
+
+    def options(self, context_budget_tokens: int) -> JobOptions:
+        from tasks.plan import admission_tokens, analyze_prompt, idempotency_key
+
+        tokens = admission_tokens(self.pages, self.size_bytes, self.model, analyze_prompt(),
+                                  context_budget_tokens)  # fmt: skip
+        return JobOptions(
+            idempotency_key=idempotency_key(self.sha256, self.model, self.prompt_version),
+            priority=self.priority,
+            queue=self.queue,
+            batch=self.batch_id,
+            expected_duration_s=self.expected_duration_s,
+            job_id=uuid.uuid4().hex,
+            hints={"model": self.model, "tokens": tokens},
+        )
+
+
+async def enqueue_run(client: QueueClient, spec: RunSpec, *, replacing: str | None = None,
+                      ) -> JobHandle:  # fmt: skip
+    """Enqueue the root job of a run. Without `replacing`, an earlier job with the same
+    content, model and prompt is returned instead (created=False); with it, that job (which
+    ended without a result) hands its idempotency key to the new one."""
+    from tasks.analyze import analyze_document  # placed by its own definition, not defaults
+
+    options = spec.options(client.settings.context_budget_tokens)
+    if replacing is None:
+        return await client.enqueue(analyze_document, spec.args(), _options=options)
+    return await client.enqueue_replacing(replacing, analyze_document, spec.args(),
+                                          _options=options)  # fmt: skip
+
+
+async def ended_without_result(client: QueueClient, root_id: str, has_result: bool) -> str | None:
+    """Why the run rooted at `root_id` cannot answer for its document any more (it ended
+    failed, over budget or cancelled), or None when it can (complete, or still on its way).
+
+    A root whose record is gone is treated as on its way: the idempotency key that led here
+    outlives job records only by accident, and a second run must never start by mistake."""
+    from tasks.batches import read_runs
+    from tasks.status import Surroundings, derive
+
+    runs = await read_runs(client, [root_id], {})
+    run = runs[root_id]
+    if run.root is None:
+        return None
+    state = derive(run, has_result, Surroundings())
+    if state.status in ("failed", "over_budget", "cancelled"):
+        return f"{state.status}: {state.reason}" if state.reason else state.status
+    return None

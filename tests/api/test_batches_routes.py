@@ -1,0 +1,101 @@
+"""The batch routes over the real app (ASGI in-process), a real Redis and SQLite: batches listed
+newest first with paging and filters, results as JSON, JSON Lines and CSV, the budget changed
+by PATCH, costs as CSV, and the refusals (404, 422)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from pathlib import Path
+
+from pipeline.queue.client import QueueClient
+from pipeline.redis.connection import connect_redis
+from pipeline.services import build_worker
+from tests.support.api import api_client, api_settings, pdf_files
+from tests.support.pdfs import make_pdf
+
+DOCS = [(f"doc-{i}.pdf", make_pdf(1, f"Invoice {i}, page {{n}}. Amount due 10{i} EUR."))
+        for i in range(3)]  # fmt: skip
+
+
+async def test_list_results_budget_and_costs(
+    tmp_path: Path, redis_url: str, key_prefix: str, aredis: object
+) -> None:
+    import tasks.analyze  # noqa: F401  (registers the tasks for the in-process worker)
+
+    settings = api_settings(tmp_path, redis_url, key_prefix)
+    async with api_client(settings) as (client, _):
+        ids = []
+        for i, doc in enumerate(DOCS):
+            r = await client.post("/analyze", files=pdf_files(doc),
+                                  data={"label": "even" if i % 2 == 0 else "odd"})  # fmt: skip
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["batch_id"])
+        qc = QueueClient(connect_redis(redis_url), settings=settings)
+        worker = await build_worker(qc, queues=["default"], concurrency=2)
+        run = asyncio.create_task(worker.run(install_signals=False))
+        try:
+            for batch in ids:
+                await _until_complete(client, batch)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(run, 30)
+            await qc.aclose()
+
+        page = (await client.get("/batches", params={"limit": 2})).json()
+        assert [b["batch_id"] for b in page["batches"]] == [ids[2], ids[1]]  # newest first
+        assert page["next_offset"] == 2
+        rest = (await client.get("/batches", params={"limit": 2, "offset": 2})).json()
+        assert [b["batch_id"] for b in rest["batches"]] == [ids[0]] and rest["next_offset"] is None
+        even = (await client.get("/batches", params={"label": "even"})).json()
+        assert {b["batch_id"] for b in even["batches"]} == {ids[0], ids[2]}
+        assert all(b["by_state"] == {"complete": 1} for b in even["batches"])
+        bad = await client.get("/batches", params={"state": "exploded"})
+        assert bad.status_code == 422 and "queued" in bad.json()["detail"]
+
+        as_json = await client.get(f"/batches/{ids[0]}/results")
+        assert as_json.status_code == 200
+        [entry] = as_json.json()
+        assert entry["name"] == "doc-0.pdf" and entry["analysis"]["summary"]
+        lines = (await client.get(f"/batches/{ids[0]}/results",
+                                  params={"format": "jsonl"})).text.splitlines()  # fmt: skip
+        assert [json.loads(ln)["name"] for ln in lines] == ["doc-0.pdf"]
+        table = await client.get(f"/batches/{ids[0]}/results", params={"format": "csv"})
+        assert table.headers["content-type"].startswith("text/csv")
+        (row,) = list(csv.DictReader(io.StringIO(table.text)))
+        assert row["status"] == "complete" and row["summary"] == entry["analysis"]["summary"]
+        assert (await client.get(f"/batches/{ids[0]}/results",
+                                 params={"format": "xml"})).status_code == 422  # fmt: skip
+        assert (await client.get("/batches/nope/results")).status_code == 404
+
+        patched = await client.patch(f"/batches/{ids[0][:12]}", json={"budget_usd": "2.50"})
+        assert patched.status_code == 200 and patched.json()["budget_usd"].startswith("2.5")
+        assert (await client.get(f"/batches/{ids[0]}")).json()["budget_usd"].startswith("2.5")
+        for wrong in ("-1", "lots", "NaN"):
+            r = await client.patch(f"/batches/{ids[0]}", json={"budget_usd": wrong})
+            assert r.status_code == 422 and "budget_usd" in r.json()["detail"], wrong
+        assert (await client.patch("/batches/nope", json={"budget_usd": "1"})).status_code == 404
+
+        by_doc = await client.get("/costs", params={"by": "document", "format": "csv"})
+        assert by_doc.status_code == 200 and by_doc.headers["content-type"].startswith("text/csv")
+        rows = list(csv.DictReader(io.StringIO(by_doc.text)))
+        assert {r["name"] for r in rows if r["key"] != "TOTAL"} == {d[0] for d in DOCS}
+        named = (await client.get("/costs", params={"by": "document"})).json()
+        assert {r["name"] for r in named["rows"]} == {d[0] for d in DOCS}
+        late = await client.get("/costs", params={"since": "2026-02-02", "until": "2026-02-01"})
+        assert late.status_code == 422 and "since" in late.json()["detail"]
+
+
+async def _until_complete(client: object, batch: str, timeout_s: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = (await client.get(f"/batches/{batch}")).json()  # type: ignore[attr-defined]
+        if body["by_state"] == {"complete": 1}:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"batch {batch} not complete: {body}")
+        await asyncio.sleep(0.1)

@@ -1,0 +1,51 @@
+"""`pipeline submit --dry-run`: tokens counted at the provider (countTokens) when a key is set,
+nothing generated, and the local estimate when counting fails."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import redis
+
+from tests.support.cli import EXAMPLES, run_cli
+from tests.support.emulator import start_emulator
+
+
+def test_dry_run_with_a_key_counts_tokens_at_the_provider_and_generates_nothing(
+    pipeline_env: dict[str, str], sredis: redis.Redis
+) -> None:
+    with start_emulator() as emu:
+        env = {**pipeline_env, **emu.env, "GOOGLE_API_KEY": ""}
+        r = run_cli(env, "submit", *EXAMPLES, "--dry-run", "--json")
+        stats = emu.stats()
+    assert r.returncode == 0, r.stderr
+    est = json.loads(r.stdout)
+    ok = [d for d in est["documents"] if d["status"] == "ok"]
+    assert len(ok) == len(EXAMPLES)
+    assert {d["token_source"] for d in ok} == {"countTokens"}
+    # One countTokens request per map call, and not one generateContent.
+    assert stats["generate_requests"] == 0
+    assert stats["requests_total"] == sum(d["calls"] for d in ok)
+    assert stats["by_status"] == {"200": stats["requests_total"]}
+    assert sum(d["input_tokens"] for d in ok) == est["total_input_tokens"] > 0
+    assert not list(sredis.scan_iter(match="{" + env["PIPELINE_KEY_PREFIX"] + "}:job:*"))
+
+    # Offline (no key): the local estimator, and its figures differ from the counted ones
+    # only by what the estimator cannot know, so both are in the same range.
+    offline = run_cli(pipeline_env, "submit", *EXAMPLES, "--dry-run", "--json")
+    est_off = json.loads(offline.stdout)
+    assert all("token_source" not in d for d in est_off["documents"])
+    ratio = est["total_input_tokens"] / est_off["total_input_tokens"]
+    assert 0.5 < ratio < 2.0
+
+
+def test_dry_run_falls_back_to_the_estimate_when_count_tokens_fails(
+    pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    with start_emulator(api_keys=("right-key",)) as emu:
+        env = {**pipeline_env, **emu.env, "GEMINI_API_KEY": "wrong-key", "GOOGLE_API_KEY": ""}
+        r = run_cli(env, "submit", EXAMPLES[0], "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "countTokens failed" in r.stdout and "local estimate" in r.stdout
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,60 @@
+"""`submit_uploads`, the front door the CLI and the HTTP API share, against real Redis + SQLite."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+import redis
+
+from pipeline.errors import UnknownModel
+from pipeline.queue.client import QueueClient
+from pipeline.redis.connection import connect_redis
+from pipeline.settings import get_settings
+from tasks.plan import decode_pdf, doc_key
+from tasks.submission import Upload, estimate, submit_uploads
+from tests.support.pdfs import make_pdf
+
+
+async def test_submit_stores_bytes_enqueues_once_and_skips_bad_files(
+    pipeline_env: dict[str, str], redis_url: str, sredis: redis.Redis
+) -> None:
+    client = QueueClient(connect_redis(redis_url), settings=get_settings())
+    pdf = make_pdf(2)
+    try:
+        with pytest.raises(UnknownModel):
+            await submit_uploads(client, [Upload("a.pdf", pdf)], model="gpt-nope")
+        assert not list(sredis.scan_iter(match="{" + client.keys.prefix + "}:job:*"))
+
+        sub = await submit_uploads(
+            client,
+            [Upload("a.pdf", pdf), Upload("b-renamed.pdf", pdf), Upload("c.pdf", b"hello")],
+            budget_usd=Decimal("1.50"),
+            priority="high",
+            label="t",
+        )
+        first, dup, bad = sub.documents
+        assert (first.status, dup.status, bad.status) == ("queued", "duplicate", "skipped")
+        assert dup.job_id == first.job_id and first.pages == 2
+        assert "not a PDF" in (bad.reason or "")
+        job = await client.get(first.job_id or "")
+        assert job.priority == 9 and job.batch == sub.batch_id
+        assert job.hints["model"] == get_settings().model and job.hints["tokens"] > 2 * 500
+        (args,) = job.args
+        assert args["sha256"] == first.sha256 and args["budget_usd"] == "1.50"
+        assert job.idempotency_key == f"analyze:{first.sha256}:{args['model']}:{sub.prompt_version}"
+        stored = sredis.get(doc_key(client.keys, first.sha256 or ""))
+        assert stored is not None and decode_pdf(stored) == pdf
+        assert 0 < sredis.ttl(doc_key(client.keys, first.sha256 or "")) <= get_settings().doc_ttl_s
+        json.dumps(sub.to_dict())  # JSON-ready
+    finally:
+        await client.aclose()
+
+
+def test_estimate_counts_pages_and_prompt(pipeline_env: dict[str, str]) -> None:
+    est = estimate([Upload("a.pdf", make_pdf(3)), Upload("x.pdf", b"nope")], "gemini-2.5-flash")
+    ok, bad = est["documents"]
+    assert ok["input_tokens"] > 3 * 258 and ok["calls"] == 1
+    assert bad["status"] == "skipped"
+    assert est["total_worst_case_usd"] == ok["worst_case_usd"] > 0

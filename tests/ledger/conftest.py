@@ -1,0 +1,80 @@
+"""What the ledger tests share: a database per test on each backend (SQLite, PostgreSQL),
+CallAttempt builders, and a Budget with given limits."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from pipeline.ledger.budget import Budget
+from pipeline.llm.attempts import CallAttempt, Outcome
+from pipeline.redis.keys import Keys
+from pipeline.settings import load_settings
+from tests.support.backends import fresh_pg_database
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@contextlib.contextmanager
+def database_url_for(backend: str, tmp_path: Path, postgres_url: str | None) -> Iterator[str]:
+    """A ledger URL of its own for one test: a SQLite file in `tmp_path`, or a fresh PostgreSQL
+    database dropped afterwards; skips the test when `backend` is postgres and none is found."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        return
+    if postgres_url is None:
+        pytest.skip("no PostgreSQL (set PIPELINE_TEST_DATABASE_URL or run one on 127.0.0.1:5432)")
+    with fresh_pg_database(postgres_url) as url:
+        yield url
+
+
+def attempt(
+    *,
+    job_id: str = "job-1",
+    batch_id: str | None = "batch-1",
+    document_id: str | None = "doc-1",
+    model: str = "gemini-3.5-flash-lite",
+    attempt_no: int = 1,
+    started_at: datetime | None = None,
+    estimated: str = "0.01",
+) -> CallAttempt:
+    return CallAttempt(
+        attempt_id=uuid.uuid4().hex,
+        call_key=f"ck-{uuid.uuid4().hex[:8]}",
+        model=model,
+        attempt=attempt_no,
+        started_at=started_at or datetime.now(UTC),
+        job_id=job_id,
+        batch_id=batch_id,
+        document_id=document_id,
+        estimated_cost_usd=Decimal(estimated),
+    )
+
+
+def settle(call: CallAttempt, outcome: Outcome, cost: str, **usage: Any) -> CallAttempt:
+    """Fill in what the LLM layer knows once the attempt is over."""
+    call.outcome = outcome
+    call.cost_usd = Decimal(cost)
+    call.model_version = usage.pop("model_version", call.model)
+    call.latency_s = usage.pop("latency_s", 1.5)
+    call.finished_at = call.started_at + timedelta(seconds=call.latency_s or 0)
+    call.price_version = "2026-11"
+    for name, value in usage.items():
+        setattr(call, name, value)
+    return call
+
+
+def make_budget(
+    aredis: aioredis.Redis, keys: Keys, hold_s: float = 900.0, **limits: str
+) -> Budget:
+    """A Budget with day/month limits given as decimal strings (budget_day_usd="1.00")."""
+    settings = load_settings(**{k: Decimal(v) for k, v in limits.items()})
+    return Budget(aredis, keys, settings, hold_s=hold_s)

@@ -1,0 +1,200 @@
+"""`cost_report` and `pipeline costs` over a seeded ledger, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from sqlalchemy import Engine
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.ledger import db
+from pipeline.ledger.recorder import SqlRecorder
+from pipeline.ledger.report import cost_report, parse_when, percentile
+from pipeline.llm.attempts import Outcome
+from pipeline.redis.keys import Keys
+from tests.ledger.conftest import BACKENDS, attempt, database_url_for, settle
+from tests.support.backends import free_port
+
+
+@pytest.fixture(params=BACKENDS)
+def ledger_url(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    postgres_url: str | None,
+    pipeline_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[str]:
+    with database_url_for(request.param, tmp_path, postgres_url) as url:
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        from pipeline.settings import get_settings
+
+        get_settings.cache_clear()
+        yield url
+
+
+def _at(day: str, hour: int = 12) -> datetime:
+    return datetime.fromisoformat(f"{day}T{hour:02d}:00:00+00:00")
+
+
+@pytest.fixture
+async def seeded(ledger_url: str, aredis: aioredis.Redis, keys: Keys) -> AsyncIterator[Engine]:
+    engine = db.create_ledger_engine(ledger_url)
+    rec = SqlRecorder(engine, aredis, keys)
+    await rec.upsert_document("1" * 64, document_id="d1", pages=10)
+    await rec.upsert_document("2" * 64, document_id="d2", pages=5)
+    rows: list[tuple[str, str, str, Outcome, str, float | None, str]] = [
+        # day, model, document, outcome, cost, latency_s, batch
+        ("2026-11-01", "model-a", "d1", Outcome.OK, "0.10", 1.0, "b1"),
+        ("2026-11-01", "model-a", "d1", Outcome.ERROR, "0.05", 2.0, "b1"),
+        ("2026-11-01", "model-b", "d2", Outcome.OK, "0.20", 3.0, "b2"),
+        ("2026-11-02", "model-a", "d2", Outcome.RATE_LIMITED, "0", 0.5, "b2"),
+        ("2026-10-15", "model-a", "d1", Outcome.OK, "1.00", 9.0, "b0"),
+    ]
+    for day, model, doc, outcome, cost, latency, batch in rows:
+        call = attempt(job_id=f"job-{doc}", batch_id=batch, document_id=doc, model=model,
+                       started_at=_at(day))  # fmt: skip
+        await rec.started(call)
+        await rec.settled(settle(call, outcome, cost, latency_s=latency, input_tokens=100,
+                                 output_tokens=10, thinking_tokens=5, cached_tokens=1))  # fmt: skip
+    lost = attempt(job_id="job-lost", batch_id="b2", document_id="d2", model="model-b",
+                   started_at=_at("2026-11-02"), estimated="0.07")  # fmt: skip
+    await rec.started(lost)
+    assert await rec.mark_abandoned("job-lost") == 1
+    yield engine
+    engine.dispose()
+
+
+def _report(engine: Engine, by: str) -> dict[str, Any]:
+    with db.session_factory(engine)() as session:
+        return cost_report(
+            session, parse_when("2026-11-01"), parse_when("2026-11-02", end=True), by
+        )
+
+
+def test_totals_and_rows(seeded: Engine) -> None:
+    report = _report(seeded, "day")
+    total = report["total"]
+    assert total["calls"] == 5
+    assert (total["input_tokens"], total["output_tokens"]) == (400, 40)
+    assert (total["thinking_tokens"], total["cached_tokens"]) == (20, 4)
+    assert Decimal(total["cost_usd"]) == Decimal("0.42")
+    assert Decimal(total["wasted_usd"]) == Decimal("0.12")  # error 0.05 + abandoned 0.07
+    assert (total["documents"], total["pages"]) == (2, 15)
+    assert Decimal(total["cost_per_document_usd"]) == Decimal("0.21")
+    assert Decimal(total["cost_per_page_usd"]) == Decimal("0.028")
+    assert total["latency_p50_s"] == 1.5
+    assert [r["key"] for r in report["rows"]] == ["2026-11-01", "2026-11-02"]
+    assert Decimal(report["rows"][1]["cost_usd"]) == Decimal("0.07")
+    assert report["rows"][1]["latency_p95_s"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("by", "expected"),
+    [
+        ("model", {"model-a": "0.15", "model-b": "0.27"}),
+        ("batch", {"b1": "0.15", "b2": "0.27"}),
+        ("document", {"d1": "0.15", "d2": "0.27"}),
+        ("status", {"ok": "0.30", "error": "0.05", "rate_limited": "0", "abandoned": "0.07"}),
+    ],
+)
+def test_group_by(seeded: Engine, by: str, expected: dict[str, str]) -> None:
+    rows = _report(seeded, by)["rows"]
+    assert {r["key"]: Decimal(r["cost_usd"]) for r in rows} == {
+        k: Decimal(v) for k, v in expected.items()
+    }
+
+
+def test_cli_json(seeded: Engine) -> None:
+    result = CliRunner().invoke(
+        app, ["costs", "--since", "2026-11-01", "--until", "2026-11-02", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert set(doc) >= {"total", "rows"}
+    assert doc["total"]["cost_usd"] == "0.420000000" and doc["total"]["wasted_usd"] == "0.120000000"
+    assert doc["total"] == _report(seeded, "day")["total"]
+    assert all({"key", "calls", "cost_usd", "wasted_usd"} <= set(r) for r in doc["rows"])
+
+
+def test_cli_csv_and_table(seeded: Engine) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["costs", "--by", "model", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    table = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["key"] for r in table] == ["model-a", "model-b", "TOTAL"]
+    assert Decimal(table[-1]["cost_usd"]) == Decimal("1.42")  # no window: October counts too
+    assert table[0]["calls"] == "4"
+
+    result = runner.invoke(app, ["costs", "--since", "2026-11-01", "--by", "status"])
+    assert result.exit_code == 0, result.output
+    assert "TOTAL" in result.stdout and "abandoned" in result.stdout
+    assert "0.420000000" in result.stdout
+
+
+@pytest.mark.parametrize("suffix", [".png", ".svg"])
+def test_cli_chart(seeded: Engine, tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"spend{suffix}"
+    result = CliRunner().invoke(app, ["costs", "--format", "json", "--chart", str(out)])
+    assert result.exit_code == 0, result.output
+    data = out.read_bytes()
+    assert len(data) > 1000
+    assert data.startswith(b"\x89PNG") if suffix == ".png" else b"<svg" in data
+
+
+def test_chart_without_matplotlib_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.errors import MissingExtra
+    from pipeline.ledger.chart import write_spend_chart
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the extra were not installed
+    with pytest.raises(MissingExtra, match=r"pip install 'pipeline\[chart\]'"):
+        write_spend_chart({}, tmp_path / "c.png")
+
+
+def test_cli_rejects_bad_input(pipeline_env: dict[str, str], tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["costs", "--since", "yesterday"])
+    assert result.exit_code == 2
+    assert "YYYY-MM-DD" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["costs", "--by", "weather"])
+    assert result.exit_code == 2
+    result = runner.invoke(app, ["costs", "--chart", str(tmp_path / "x.gif")])
+    assert result.exit_code == 2
+    assert "must end in .png or .svg" in result.output
+
+
+def test_cli_errors_are_messages_not_tracebacks(pipeline_env: dict[str, str]) -> None:
+    """Through the real entry point (`main()`), as a user runs it."""
+    env = {**os.environ, **pipeline_env}
+    for args, code in ((["costs", "--since", "2026-13-01"], 2), (["costs", "--by", "x"], 2)):
+        proc = subprocess.run([sys.executable, "-m", "pipeline", *args], env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert proc.returncode == code, proc.stderr
+        assert "Traceback" not in proc.stderr and "Invalid value" in proc.stderr
+    bad_db = {**env, "PIPELINE_DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/x"}
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "costs"], env=bad_db,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "PIPELINE_DATABASE_URL" in proc.stderr
+
+
+def test_percentile_and_dates() -> None:
+    assert percentile([], 0.5) is None
+    assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert percentile([1.0, 2.0], 0.95) == pytest.approx(1.95)
+    assert parse_when("2026-11-21", end=True) == datetime(2026, 11, 22, tzinfo=UTC)
+    assert parse_when("2026-11-21T10:00:00Z") == datetime(2026, 11, 21, 10, tzinfo=UTC)

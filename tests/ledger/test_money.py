@@ -1,0 +1,88 @@
+"""Money is printed fixed-point everywhere: the formatter, and the cost report's table, CSV
+and JSON over a real ledger (SQLite and PostgreSQL) holding sub-micro-dollar amounts."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.ledger import db
+from pipeline.ledger.money import format_usd
+from pipeline.ledger.recorder import SqlRecorder
+from pipeline.llm.attempts import Outcome
+from pipeline.redis.keys import Keys
+from tests.ledger.conftest import BACKENDS, attempt, database_url_for, settle
+
+SCIENTIFIC = re.compile(r"\d[eE][-+]?\d")
+
+
+@pytest.mark.parametrize(
+    ("value", "places", "expected"),
+    [
+        (Decimal("0E-9"), 9, "0.000000000"),
+        (Decimal("5.44E-7"), 9, "0.000000544"),
+        (Decimal("5.44E-7"), 6, "0.000001"),
+        (0, 6, "0.000000"),
+        (None, 6, "0.000000"),
+        (0.0185, 9, "0.018500000"),  # SQLite hands back floats
+        ("12.5", 2, "12.50"),
+        (Decimal("-0.0000000001"), 9, "0.000000000"),  # never "-0"
+        (Decimal("1E+3"), 6, "1000.000000"),
+    ],
+)
+def test_format_usd_is_fixed_point(value: object, places: int, expected: str) -> None:
+    assert format_usd(value, places) == expected  # type: ignore[arg-type]
+
+
+def test_format_usd_refuses_what_is_not_money() -> None:
+    with pytest.raises(ValueError, match="not an amount"):
+        format_usd(Decimal("NaN"))
+
+
+@pytest.fixture(params=BACKENDS)
+def ledger_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None,
+    pipeline_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[str]:  # fmt: skip
+    with database_url_for(request.param, tmp_path, postgres_url) as url:
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        from pipeline.settings import get_settings
+
+        get_settings.cache_clear()
+        yield url
+
+
+async def test_costs_table_csv_and_json_print_tiny_and_zero_amounts_fixed_point(
+    ledger_url: str, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    engine = db.create_ledger_engine(ledger_url)
+    rec = SqlRecorder(engine, aredis, keys)
+    for outcome, cost in ((Outcome.OK, "0.000000544"), (Outcome.RATE_LIMITED, "0")):
+        call = attempt(batch_id="b", document_id="d", model="m")
+        await rec.started(call)
+        await rec.settled(settle(call, outcome, cost))
+    engine.dispose()
+    runner = CliRunner()
+    out = {fmt: runner.invoke(app, ["costs", "--by", "status", "--format", fmt])
+           for fmt in ("table", "csv", "json")}  # fmt: skip
+    for fmt, result in out.items():
+        assert result.exit_code == 0, result.output
+        assert not SCIENTIFIC.search(result.output), (fmt, result.output)
+    report = json.loads(out["json"].output)
+    rows = {r["key"]: r for r in report["rows"]}
+    assert rows["rate_limited"]["cost_usd"] == "0.000000000"
+    assert rows["ok"]["cost_usd"] == "0.000000544"
+    assert report["total"]["wasted_usd"] == "0.000000000"
+    table = list(csv.DictReader(io.StringIO(out["csv"].output)))
+    assert {r["key"]: r["cost_usd"] for r in table}["TOTAL"] == "0.000000544"
+    assert "0.000000544" in out["table"].output

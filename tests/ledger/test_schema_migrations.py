@@ -1,0 +1,107 @@
+"""Models vs migrations, automatic upgrade, and `pipeline db upgrade`, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.ledger import db
+from pipeline.ledger.models import Base
+from tests.ledger.conftest import BACKENDS, database_url_for
+
+
+@pytest.fixture(params=BACKENDS)
+def ledger_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None
+) -> Iterator[str]:
+    with database_url_for(request.param, tmp_path, postgres_url) as url:
+        yield url
+
+
+def test_migrations_match_models(ledger_url: str) -> None:
+    engine = db.create_ledger_engine(ledger_url, upgrade=False)
+    try:
+        db.upgrade(engine)
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            diffs = compare_metadata(ctx, Base.metadata)
+            assert db.current_revision(conn) == db.head_revision()
+        assert diffs == [], f"models and migrations differ; write a migration: {diffs}"
+    finally:
+        engine.dispose()
+
+
+def test_engine_upgrades_on_first_use(ledger_url: str) -> None:
+    engine = db.create_ledger_engine(ledger_url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+        assert {"batches", "documents", "jobs", "llm_calls", "results"} <= tables
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_upgrades_do_not_race(ledger_url: str) -> None:
+    """Two workers starting at once on an empty database: both end at head, neither fails."""
+    engines = [db.create_ledger_engine(ledger_url, upgrade=False) for _ in range(3)]
+    results: list[object] = []
+    barrier = threading.Barrier(len(engines))
+
+    def run(engine: object) -> None:
+        barrier.wait()
+        try:
+            results.append(db.upgrade(engine))  # type: ignore[arg-type]
+        except Exception as exc:  # collected and asserted below
+            results.append(exc)
+
+    threads = [threading.Thread(target=run, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for engine in engines:
+        engine.dispose()
+    assert results == [db.head_revision()] * len(engines)
+
+
+def test_normalize_url_picks_psycopg() -> None:
+    assert db.normalize_url("postgresql://u@h/d") == "postgresql+psycopg://u@h/d"
+    assert db.normalize_url("postgres://u@h/d") == "postgresql+psycopg://u@h/d"
+    assert db.normalize_url("postgresql+psycopg://u@h/d") == "postgresql+psycopg://u@h/d"
+    assert db.normalize_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_sqlite_uses_wal(tmp_path: Path) -> None:
+    engine = db.create_ledger_engine(f"sqlite:///{tmp_path / 'sub' / 'l.db'}")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert int(conn.exec_driver_sql("PRAGMA busy_timeout").scalar() or 0) > 0
+    finally:
+        engine.dispose()
+
+
+def test_db_upgrade_command(
+    ledger_url: str, pipeline_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = ledger_url.replace("postgresql+psycopg://", "postgresql://")
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", plain)
+    from pipeline.settings import get_settings
+
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert f"is at revision {db.head_revision()}" in result.output
+    engine = db.create_ledger_engine(ledger_url, upgrade=False)
+    try:
+        with engine.connect() as conn:
+            assert db.current_revision(conn) == db.head_revision()
+    finally:
+        engine.dispose()

@@ -1,0 +1,193 @@
+"""GeminiProvider with the real google-genai client over HTTP against the emulator."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pydantic import BaseModel
+
+from pipeline.llm import factory
+from pipeline.llm.emulator.quota import RPD_QUOTA
+from pipeline.llm.gemini import GeminiProvider, ProviderCallError, parse_api_error
+from pipeline.llm.offline import OfflineProvider
+from pipeline.llm.provider import LLMRequest, Part
+from pipeline.settings import load_settings
+from tests.support.emulator import start_emulator
+from tests.support.pdfs import make_pdf
+
+TEXT = (
+    "Globex Corporation Inc. signed a supply agreement with Initech LLC on 2026-05-02. "
+    "The agreement is worth $2.5 million over three years. Dr. Ada Byron negotiated it."
+)
+
+
+class Entities(BaseModel):
+    people: list[str]
+    organizations: list[str]
+
+
+class Analysis(BaseModel):
+    summary: str
+    page_count: int
+    entities: Entities
+    keywords: list[str]
+
+
+def _provider(emu, **kwargs) -> GeminiProvider:
+    return GeminiProvider(api_key=emu.api_key, base_url=emu.base_url, **kwargs)
+
+
+async def test_generate_text_maps_usage_and_version() -> None:
+    with start_emulator() as emu:
+        provider = _provider(emu)
+        request = LLMRequest(
+            model="gemini-3.8-flash",
+            parts=(Part(text=TEXT),),
+            system="Summarise.",
+            thinking_budget=0,
+        )
+        response = await provider.generate(request)
+        await provider.aclose()
+    assert response.model_version == "gemini-3.8-flash"
+    assert response.usage.input_tokens == math.ceil(len(TEXT) / 4) + math.ceil(
+        len("Summarise.") / 4
+    )
+    assert response.usage.output_tokens == math.ceil(len(response.text) / 4)
+    assert response.usage.thinking_tokens == 0  # thinking_budget=0 reached the server
+    assert response.usage.cached_tokens == 0
+    assert "Initech LLC" in response.text
+    assert response.latency_s > 0
+    assert response.raw["finish_reason"] == "STOP"
+
+
+async def test_pdf_with_schema_validates_and_counts_pages() -> None:
+    pdf = make_pdf(2, "Page {n}. " + TEXT)
+    request = LLMRequest(
+        model="gemini-2.5-flash",
+        parts=(Part.pdf(pdf), Part(text="Analyse the document.")),
+        response_schema=Analysis.model_json_schema(),
+    )
+    with start_emulator() as emu:
+        provider = _provider(emu)
+        response = await provider.generate(request)
+        counted = await provider.count_tokens(request)
+        await provider.aclose()
+    parsed = Analysis.model_validate(response.data)
+    assert parsed.page_count == 2
+    assert "Dr. Ada Byron" in parsed.entities.people
+    assert "Initech LLC" in parsed.entities.organizations
+    assert response.usage.input_tokens == 2 * 258 + math.ceil(len("Analyse the document.") / 4)
+    assert counted == response.usage.input_tokens
+
+
+async def test_bad_json_is_returned_with_data_none() -> None:
+    request = LLMRequest(
+        model="gemini-2.5-flash",
+        parts=(Part(text=TEXT),),
+        response_schema=Analysis.model_json_schema(),
+    )
+    with start_emulator(bad_json_rate=1.0) as emu:
+        provider = _provider(emu)
+        response = await provider.generate(request)
+        await provider.aclose()
+    assert response.data is None and response.text
+    assert response.usage.output_tokens > 0  # billed anyway: the ledger must see it
+
+
+async def test_429_parsed_into_retry_delay() -> None:
+    request = LLMRequest(model="gemini-2.5-flash", parts=(Part(text="hello"),))
+    with start_emulator(rpm=1) as emu:
+        provider = _provider(emu)
+        await provider.generate(request)
+        with pytest.raises(ProviderCallError) as info:
+            await provider.generate(request)
+        await provider.aclose()
+        throttled = emu.stats()["throttled"][f"{emu.api_key}/gemini-2.5-flash"]
+    failure = info.value.failure
+    assert failure.code == 429 and failure.status == "RESOURCE_EXHAUSTED"
+    assert failure.rate_limited and failure.retryable and not failure.per_day
+    assert failure.retry_delay_s == pytest.approx(throttled[0]["retry_delay_s"], abs=0.002)
+    assert parse_api_error(info.value.__cause__) == failure
+
+
+async def test_429_per_day_is_not_retryable() -> None:
+    request = LLMRequest(model="gemini-2.5-flash", parts=(Part(text="hello"),))
+    with start_emulator(rpd=1) as emu:
+        provider = _provider(emu)
+        await provider.generate(request)
+        with pytest.raises(ProviderCallError) as info:
+            await provider.generate(request)
+        await provider.aclose()
+    failure = info.value.failure
+    assert failure.per_day and not failure.retryable
+    assert failure.retry_delay_s is not None and failure.retry_delay_s > 0
+    assert RPD_QUOTA.startswith("GenerateRequestsPerDay")
+
+
+async def test_429_without_retry_info() -> None:
+    request = LLMRequest(model="gemini-2.5-flash", parts=(Part(text="hello"),))
+    with start_emulator(rpm=1, retry_info=False) as emu:
+        provider = _provider(emu)
+        await provider.generate(request)
+        with pytest.raises(ProviderCallError) as info:
+            await provider.generate(request)
+        await provider.aclose()
+    assert info.value.failure.code == 429 and info.value.failure.retry_delay_s is None
+
+
+async def test_server_fault_and_auth_error() -> None:
+    request = LLMRequest(model="gemini-2.5-flash", parts=(Part(text="hello"),))
+    with start_emulator(fail_rate=1.0, fail_codes=(503,)) as emu:
+        provider = _provider(emu)
+        with pytest.raises(ProviderCallError) as info:
+            await provider.generate(request)
+        await provider.aclose()
+        assert emu.stats()["by_status"] == {"503": 1}  # one attempt: SDK retries are off
+    assert info.value.failure.code == 503 and info.value.failure.retryable
+    with start_emulator() as emu:
+        provider = GeminiProvider(api_key="wrong", base_url=emu.base_url)
+        with pytest.raises(ProviderCallError) as info:
+            await provider.generate(request)
+        await provider.aclose()
+    assert info.value.failure.code == 401 and not info.value.failure.retryable
+
+
+async def test_timeout_is_retryable_failure() -> None:
+    request = LLMRequest(model="gemini-2.5-flash", parts=(Part(text="hello"),))
+    with start_emulator(latency_s=(1.0, 1.0)) as emu:
+        provider = _provider(emu, timeout_s=0.2)
+        with pytest.raises(ProviderCallError) as info:
+            await provider.generate(request)
+        await provider.aclose()
+    assert info.value.failure.status == "DEADLINE_EXCEEDED" and info.value.failure.retryable
+
+
+async def test_unreachable_server_is_retryable() -> None:
+    with start_emulator() as emu:
+        base_url = emu.base_url
+    provider = GeminiProvider(api_key="k", base_url=base_url, timeout_s=5)
+    with pytest.raises(ProviderCallError) as info:
+        await provider.generate(LLMRequest(model="gemini-2.5-flash", parts=(Part(text="x"),)))
+    await provider.aclose()
+    assert info.value.failure.code == 0 and info.value.failure.retryable
+
+
+def test_factory_choices(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(factory, "_announced", False)
+    assert isinstance(factory.make_provider(load_settings(provider="auto")), OfflineProvider)
+    assert isinstance(factory.make_provider(load_settings(provider="auto")), OfflineProvider)
+    err = capsys.readouterr().err
+    assert err.count("OFFLINE analyzer") == 1
+
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", "http://127.0.0.1:9")
+    emulated = factory.make_provider(load_settings(provider="emulator"))
+    assert isinstance(emulated, GeminiProvider) and emulated.base_url == "http://127.0.0.1:9"
+
+    monkeypatch.setenv("GEMINI_API_KEY", "real-looking-key")
+    assert isinstance(factory.make_provider(load_settings(provider="auto")), GeminiProvider)
+    assert capsys.readouterr().err == ""
