@@ -12,6 +12,12 @@ they run: every few seconds a random worker is SIGKILLed and replaced; the embed
 is shut down and started again once (its append-only file brings the queue back); the
 database is cut once (proxy closed, every connection aborted) and restored.
 
+Two heavier Redis faults replace the quick restart on request: `--redis-outage-s N` keeps
+Redis down for N seconds (longer than the workers' own retries and the jobs' leases: the
+answers that arrive meanwhile must be kept, not paid again), and `--redis-wipe` deletes its
+data while it is down (the ledger is then the book of record: budgets are rebuilt from it
+and the documents Redis forgot must end `lost` in the ledger, with the reason).
+
 At the end it prints and checks: documents lost 0, completed twice 0, every ledger `ok`
 row matched to an emulator bill, every bill the ledger missed covered by an `abandoned`
 row (workers killed mid-call), emulator repeats no more than abandoned rows, and the batch
@@ -68,6 +74,8 @@ class ChaosConfig:
     kill_every_s: float = 5.0
     kills: int = 16
     redis_restart_at_s: float = 22.0
+    redis_outage_s: float = 0.0  # how long Redis stays down at the restart (0: back at once)
+    redis_wipe: bool = False  # delete Redis's data while it is down (data loss)
     db_cut_at_s: float = 40.0
     db_cut_s: float = 10.0
     budget_usd: Decimal = Decimal("5")
@@ -103,16 +111,40 @@ def _worker_env(cfg: ChaosConfig, home: Path, redis_url: str, db_url: str,
         "PIPELINE_HEARTBEAT_INTERVAL_S": "1.0",
         "PIPELINE_SHUTDOWN_GRACE_S": "5",
         "PIPELINE_CPU_WORKERS": "1",
+        "PIPELINE_RECONCILE_INTERVAL_S": "5",
     }
 
 
-async def _unfinished(client: Any, job_ids: list[str]) -> int:
+def _ledger_jobs(database_url: str, job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """Job id -> (status, last_error) as the ledger has them."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from pipeline.ledger.db import create_ledger_engine
+    from pipeline.ledger.models import JobRow
+
+    engine = create_ledger_engine(database_url, upgrade=False)
+    try:
+        with Session(engine) as session:
+            rows = session.execute(select(JobRow.id, JobRow.status, JobRow.last_error)
+                                   .where(JobRow.id.in_(job_ids))).all()  # fmt: skip
+    finally:
+        engine.dispose()
+    return {r[0]: (r[1], r[2] or "") for r in rows}
+
+
+async def _unfinished(client: Any, job_ids: list[str], database_url: str) -> int:
+    """Jobs neither terminal in Redis nor, when Redis forgot them, settled by the ledger
+    (marked lost with the reason, or complete)."""
     async with client.redis.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
             pipe.hget(client.keys.job(job_id), "state")
         states = await pipe.execute()
     done = {"complete", "failed", "dead", "cancelled", "over_budget"}
-    return sum(s not in done for s in states)
+    forgotten = [i for i, s in zip(job_ids, states, strict=True) if s is None]
+    ledger = await asyncio.to_thread(_ledger_jobs, database_url, forgotten) if forgotten else {}
+    settled = sum(ledger.get(i, ("", ""))[0] in ("lost", "complete") for i in forgotten)
+    return sum(s not in done for s in states) - settled
 
 
 async def _busy_pids(client: Any) -> set[int]:
@@ -124,29 +156,50 @@ async def _busy_pids(client: Any) -> set[int]:
     return {int(b["pid"]) for b in beats if b.get("jobs") and b.get("pid")}
 
 
+def _wipe(redis: Any) -> None:
+    """Delete the embedded Redis's data files (it is stopped): what a restore, a disk swap
+    or a server without persistence does to the queue."""
+    for name in ("appendonlydir", "appendonly.aof", "dump.rdb"):
+        path = redis.dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 async def _chaos(cfg: ChaosConfig, redis: Any, proxy: TcpProxy, workers: Workers,
-                 client: Any, job_ids: list[str], timeline: Timeline) -> None:  # fmt: skip
+                 client: Any, job_ids: list[str], timeline: Timeline,
+                 database_url: str) -> None:  # fmt: skip
     """Run the scheduled faults, replacing exited workers, until every fault has happened
     and every job is terminal, or the run's deadline passes."""
     rng = random.Random(cfg.seed)
     t0 = time.monotonic()
     kill_at = [cfg.first_kill_s + i * cfg.kill_every_s for i in range(cfg.kills)]
-    restart_due, cut_due, restore_at = True, True, None
+    restart_due, cut_due, restore_at, redis_back_at = True, True, None, None
     deadline = t0 + cfg.timeout_s
     next_check = 0.0
     while time.monotonic() < deadline:
         now = time.monotonic() - t0
         if kill_at and now >= kill_at[0]:
             kill_at.pop(0)
-            pid = workers.kill_random(rng, await _busy_pids(client))
+            try:
+                busy = await asyncio.wait_for(_busy_pids(client), 3.0)
+            except TimeoutError:
+                busy = set()
+            pid = workers.kill_random(rng, busy)
             timeline.kills.append({"at_s": round(now, 2), "pid": pid or 0})
         if restart_due and now >= cfg.redis_restart_at_s:
             restart_due = False
-            t1 = time.monotonic()
             await asyncio.to_thread(redis.stop)
+            if cfg.redis_wipe:
+                await asyncio.to_thread(_wipe, redis)
+            redis_back_at = now + cfg.redis_outage_s
+            timeline.redis_restart = {"at_s": round(now, 2), "wiped": cfg.redis_wipe}
+        if redis_back_at is not None and now >= redis_back_at:
+            redis_back_at = None
             await asyncio.to_thread(redis.start)
-            timeline.redis_restart = {"at_s": round(now, 2),
-                                      "down_s": round(time.monotonic() - t1, 2)}  # fmt: skip
+            down_s = time.monotonic() - t0 - timeline.redis_restart["at_s"]
+            timeline.redis_restart["down_s"] = round(down_s, 2)
         if cut_due and now >= cfg.db_cut_at_s:
             cut_due = False
             await proxy.stop()
@@ -155,14 +208,17 @@ async def _chaos(cfg: ChaosConfig, redis: Any, proxy: TcpProxy, workers: Workers
         if restore_at is not None and now >= restore_at:
             await proxy.start()
             restore_at = None
-        if restore_at is None:
+        if restore_at is None and redis_back_at is None:
             # A worker started while a service was down may exit; a supervisor restarts it.
             workers.replace_exited()
-        faults_left = kill_at or restart_due or cut_due or restore_at is not None
+        faults_left = (kill_at or restart_due or cut_due or restore_at is not None
+                       or redis_back_at is not None)  # fmt: skip
         if now >= next_check:
             next_check = now + 1.0
             try:
-                left = await _unfinished(client, job_ids)
+                # bounded: while Redis is down the client's own retries would hold up the
+                # schedule of the other faults for half a minute
+                left = await asyncio.wait_for(_unfinished(client, job_ids, database_url), 3.0)
             except Exception:  # Redis restarting: look again next tick
                 left = -1
             if left == 0 and timeline.all_terminal_s is None:
@@ -234,12 +290,18 @@ async def run_chaos(cfg: ChaosConfig, log_dir: Path | None = None) -> dict[str, 
             job_docs = {d.job_id: d.document_id or "" for d in submission.documents
                         if d.job_id and d.status == "queued"}  # fmt: skip
             skipped = [d.name for d in submission.documents if d.status != "queued"]
-            await _chaos(cfg, redis, proxy, workers, client, list(job_docs), timeline)
+            await _chaos(cfg, redis, proxy, workers, client, list(job_docs), timeline,
+                         direct_url)  # fmt: skip
             await _settled(client, direct_url, submission.batch_id, timeout_s=60)
             workers.stop()
             stats = (await asyncio.to_thread(httpx.get, f"{emulator_url}/_emulator/stats",
                                              timeout=30)).json()  # fmt: skip
             jobs, completes = await read_queue(client, job_docs)
+            forgotten = [i for i, j in jobs.items() if j["state"] == "missing"]
+            ledger_jobs = await asyncio.to_thread(_ledger_jobs, direct_url, forgotten)
+            for job_id in forgotten:  # Redis lost them: the ledger's word is final
+                status, error = ledger_jobs.get(job_id, ("missing", ""))
+                jobs[job_id].update(state=status, error=error)
             calls, results = await asyncio.to_thread(read_ledger, direct_url,
                                                      submission.batch_id)  # fmt: skip
             await proxy.stop()
@@ -308,10 +370,15 @@ def main() -> None:
     parser.add_argument("--budget-usd", type=Decimal, default=ChaosConfig.budget_usd)
     parser.add_argument("--timeout-s", type=float, default=ChaosConfig.timeout_s)
     parser.add_argument("--postgres", default=ChaosConfig.postgres_url)
+    parser.add_argument("--redis-outage-s", type=float, default=ChaosConfig.redis_outage_s,
+                        help="keep Redis down this long at its restart (e.g. 70)")
+    parser.add_argument("--redis-wipe", action="store_true",
+                        help="delete Redis's data while it is down (data loss)")
     args = parser.parse_args()
     cfg = ChaosConfig(documents=args.documents, workers=args.workers, kills=args.kills,
                       seed=args.seed, budget_usd=args.budget_usd, timeout_s=args.timeout_s,
-                      postgres_url=args.postgres)  # fmt: skip
+                      postgres_url=args.postgres, redis_outage_s=args.redis_outage_s,
+                      redis_wipe=args.redis_wipe)  # fmt: skip
     report = asyncio.run(run_chaos(cfg))
     print_report(report)
     from bench.common import write_result

@@ -90,8 +90,9 @@ def check(ev: Evidence, budget_usd: Decimal) -> dict[str, Any]:
 
     # Documents: none lost, none without a reason, none completed twice.
     states = Counter(j["state"] for j in ev.jobs.values())
+    # `lost`: Redis forgot the job (data loss) and the ledger marked it so, with the reason.
     lost = [i for i, j in ev.jobs.items() if j["state"] not in
-            ("complete", "failed", "dead", "cancelled", "over_budget")]  # fmt: skip
+            ("complete", "failed", "dead", "cancelled", "over_budget", "lost")]  # fmt: skip
     no_reason = [i for i, j in ev.jobs.items()
                  if j["state"] != "complete" and not j["error"] and i not in lost]  # fmt: skip
     twice_queue = [i for i, n in ev.complete_events.items() if n > 1]

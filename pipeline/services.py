@@ -139,7 +139,9 @@ class Services:
 
         # The batch's budget as last set (`pipeline budget --set`) wins over the job's copy.
         limit = await current_limit(self.client.redis, self.client.keys, ctx.batch)
-        budget = await self.budget.for_call(ctx.batch, limit or batch_limit_usd)
+        budget = await self.budget.for_call(
+            ctx.batch, limit or batch_limit_usd, job_id=ctx.job_id, lease=ctx.job.token
+        )
         try:
             return await self.caller.call(
                 request,
@@ -230,9 +232,11 @@ def failed_call(exc: PipelineError) -> JobError | None:
 
 
 async def open_services(client: QueueClient, provider: Provider | None = None) -> Services:
+    from pipeline.ledger.answers import LedgerAnswers
     from pipeline.ledger.budget import Budget
     from pipeline.ledger.db import get_engine
     from pipeline.ledger.recorder import SqlRecorder
+    from pipeline.ledger.spool import LocalSpool
     from pipeline.llm.caller import LLMCaller
     from pipeline.llm.callstore import CallStore
     from pipeline.llm.factory import make_provider
@@ -242,11 +246,11 @@ async def open_services(client: QueueClient, provider: Provider | None = None) -
 
     s = client.settings
     engine = await asyncio.to_thread(get_engine, s)
-    recorder = SqlRecorder(engine, client.redis, client.keys)
+    recorder = SqlRecorder(engine, client.redis, client.keys, LocalSpool(s.home / "spool"))
     prices = PriceTable.load()
     limiter = Limiter(client.redis, client.keys, s)
     provider = provider or make_provider(s)
-    store = CallStore(client.redis, client.keys, s.call_ttl_s)
+    store = CallStore(client.redis, client.keys, s.call_ttl_s, durable=LedgerAnswers(recorder))
     tally = TallyingRecorder(recorder)
     caller = LLMCaller(provider, limiter, store, tally, prices)
     budget = Budget(client.redis, client.keys, s)
@@ -257,15 +261,29 @@ async def open_services(client: QueueClient, provider: Provider | None = None) -
 def ledger_hooks(services: Services) -> dict[str, Any]:
     """Queue events the ledger must see: job outcomes, and leases that expired mid-call."""
 
+    from pipeline.ledger.reconcile import Reconciler, settle_lost_holds
+
+    s = services.client.settings
+    reconciler = Reconciler(
+        services.client.redis, services.client.keys, services.recorder, services.budget,
+        services.prices, interval_s=s.reconcile_interval_s, lost_after_s=s.reconcile_interval_s,
+    )  # fmt: skip
+
+    async def reconcile() -> None:
+        await reconciler.run()
+
     async def lease_expired(job: Job, outcome: str) -> None:
         # The worker died, perhaps mid-call: its started call rows become `abandoned`
-        # (possibly billed) rather than staying `started` forever.
+        # (possibly billed) rather than staying `started` forever, and the budget holds of
+        # that run are settled now from those rows, not when they would lapse.
         deadline = (
             datetime.fromtimestamp(job.lease_deadline_ms / 1000, UTC)
             if job.lease_deadline_ms
             else None
         )
         await services.recorder.mark_abandoned(job.id, services.prices, before=deadline)
+        if job.token:
+            await settle_lost_holds(services.budget, services.recorder, job.id, lease=job.token)
         await services.recorder.update_job_status(
             job.id,
             "queued" if outcome == "requeued" else outcome,
@@ -287,7 +305,10 @@ def ledger_hooks(services: Services) -> dict[str, Any]:
     return {
         "on_lease_expired": [lease_expired],
         "on_job_end": [job_end],
-        "upkeep": [("ledger-flush", services.recorder.flush, 2.0)],
+        "upkeep": [
+            ("ledger-flush", services.recorder.flush, 2.0),
+            ("ledger-reconcile", reconcile, s.reconcile_interval_s),
+        ],
     }
 
 

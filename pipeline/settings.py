@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,6 +30,10 @@ from pipeline.resources import config_path
 ENV_PREFIX = "PIPELINE_"
 # Variables that share the prefix but belong to the test suite, not to the settings.
 _NOT_SETTINGS = ("PIPELINE_TEST_",)
+# An API key shorter than this can be guessed; OWASP's ASVS asks for 128 bits of entropy,
+# which `secrets.token_urlsafe(16)` (22 characters) gives.
+MIN_API_KEY_CHARS = 16
+_SECRET_SETTINGS = ("api_keys",)  # never echoed back in an error message
 
 
 class ModelLimits(BaseModel):
@@ -80,8 +84,17 @@ class Settings(BaseSettings):
 
     budget_day_usd: Decimal | None = Field(default=None, ge=0)
     budget_month_usd: Decimal | None = Field(default=None, ge=0)
+    # How often workers rebuild budgets and job records from the ledger (pipeline/ledger/
+    # reconcile.py); a ledger job Redis has not known for this long is marked lost.
+    reconcile_interval_s: float = Field(default=60.0, gt=0)
 
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    # The HTTP API: upload bytes it receives at once (past it: 503 + Retry-After), and how
+    # uploads are inspected: pool processes, and each document's time and memory limit.
+    max_concurrent_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    inspect_workers: int = Field(default=2, gt=0)
+    inspect_timeout_s: float = Field(default=10.0, gt=0)
+    inspect_memory_mb: int = Field(default=512, gt=0)
     # Document analysis (tasks/analyze.py, tasks/submission.py).
     # Where PDF bytes wait for workers (pipeline/storage/): `file` (<home>/documents),
     # `file:///abs/folder` (shared by every machine) or `s3://bucket/prefix`.
@@ -98,6 +111,19 @@ class Settings(BaseSettings):
     # real request is larger is split again, a page that alone is larger refused at submit.
     max_inline_request_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     api_keys: str | None = None  # comma-separated bearer keys
+
+    @field_validator("api_keys")
+    @classmethod
+    def _long_enough(cls, value: str | None) -> str | None:
+        keys = [k.strip() for k in (value or "").split(",") if k.strip()]
+        short = [k for k in keys if len(k) < MIN_API_KEY_CHARS]
+        if short:
+            raise ValueError(
+                f"{len(short)} key(s) shorter than {MIN_API_KEY_CHARS} characters, which can be "
+                "guessed; make each one with `python -c \"import secrets; "
+                "print(secrets.token_urlsafe(32))\"`"
+            )
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -175,6 +201,8 @@ def _describe(error: ValidationError) -> str:
         return f"{name}{where}: unknown setting (known: {', '.join(Settings.model_fields)})"
     value = first.get("input")
     shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+    if key in _SECRET_SETTINGS:
+        shown = ""
     return f"{name}{where}: {first['msg']}{shown}"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -33,10 +34,18 @@ if TYPE_CHECKING:
 
 @dataclass
 class Upload:
-    """One file as received; `name` is for people, the content hash identifies it."""
+    """One file as received; `name` is for people, the content hash identifies it. `path`,
+    when set, is a file holding the same bytes (another process can read it from there)."""
 
     name: str
     data: bytes
+    path: str | None = None
+
+
+# How a submission inspects one upload: (upload, settings, model) -> (pages, sha256),
+# raising BadDocument. The default runs `_inspect` in a thread; the HTTP API passes its
+# bounded, limited process pool (pipeline/api/inspection.py).
+Inspector = Callable[[Upload, "Settings", str], Awaitable[tuple[int, str]]]
 
 
 @dataclass
@@ -132,6 +141,10 @@ def _inspect(upload: Upload, s: Settings, model: str) -> tuple[int, str]:
     return info.page_count, info.sha256
 
 
+async def _inspect_in_thread(upload: Upload, s: Settings, model: str) -> tuple[int, str]:
+    return await asyncio.to_thread(_inspect, upload, s, model)
+
+
 async def submit_uploads(
     client: QueueClient,
     uploads: list[Upload],
@@ -144,6 +157,7 @@ async def submit_uploads(
     services: Services | None = None,
     expected_duration_s: float | None = None,
     queue: str | None = None,
+    inspector: Inspector | None = None,
 ) -> Submission:
     """Validate, store and enqueue one analysis job per usable PDF.
 
@@ -153,7 +167,8 @@ async def submit_uploads(
     the same job, the same call and the same bucket.
     `expected_duration_s` overrides the task's own estimate, and so the lease (2x it) that
     decides how soon a job held by a killed worker runs again. `queue` routes the jobs to a
-    queue other than the task's own (served by `pipeline worker --queue NAME`).
+    queue other than the task's own (served by `pipeline worker --queue NAME`). `inspector`
+    replaces how each PDF is inspected (see `Inspector`).
     """
     from pipeline.ledger.batch_limit import set_limit
     from pipeline.storage import open_store
@@ -177,7 +192,7 @@ async def submit_uploads(
     checked: list[tuple[int, Upload, int, str]] = []
     for index, upload in enumerate(uploads):
         try:
-            pages, sha = await asyncio.to_thread(_inspect, upload, s, model)
+            pages, sha = await (inspector or _inspect_in_thread)(upload, s, model)
         except BadDocument as exc:
             outcomes[index] = DocOutcome(upload.name, "skipped", reason=str(exc))
             continue

@@ -20,10 +20,12 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import text
 
 from pipeline.api.errors import HttpError, install_error_handlers
-from pipeline.api.upload import FILE_FIELD, UploadForm, read_upload
+from pipeline.api.health import healthz
+from pipeline.api.inspection import InspectionPool
+from pipeline.api.security import SecurityHeaders
+from pipeline.api.upload import FILE_FIELD, UploadForm, UploadGate, read_upload
 from pipeline.errors import InputError, JobNotFound, UploadRejected
 from pipeline.ledger.budget import check_budget_usd
 from pipeline.queue.client import QueueClient
@@ -33,13 +35,16 @@ from pipeline.settings import Settings, get_settings
 # A request that holds an Idempotency-Key while it is being processed; long enough for a
 # large upload, short enough that a crashed request does not block its retry for a day.
 _IDEM_PENDING_TTL_S = 300
-_HEALTH_TIMEOUT_S = 3.0
+# How long POST /analyze waits for Redis to answer before telling the client to come back.
+_QUEUE_CHECK_S = 2.0
 
 
 @dataclass
 class ApiState:
     client: QueueClient
     services: Any  # pipeline.services.Services
+    uploads: UploadGate
+    inspector: InspectionPool
 
 
 def _state(request: Request) -> ApiState:
@@ -141,11 +146,35 @@ async def analyze(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> JSONResponse:
     """Upload PDFs for analysis: 202 with one job per document, queued for the workers."""
-    from tasks.submission import Upload, submit_uploads
-
     st = _state(request)
     settings: Settings = request.app.state.settings
-    form = await read_upload(dict(request.headers), request.stream(), settings.max_upload_bytes)
+    await _queue_reachable(st)
+    form = await read_upload(dict(request.headers), request.stream(), settings.max_upload_bytes,
+                             st.uploads, str(settings.home / "uploads"))  # fmt: skip
+    try:
+        return await _submit(st, settings, form, idempotency_key)
+    finally:
+        form.close(st.uploads)
+
+
+async def _queue_reachable(st: ApiState) -> None:
+    """503 at once while Redis is away, rather than after the client's retries time out."""
+    try:
+        await asyncio.wait_for(st.client.redis.ping(), _QUEUE_CHECK_S)
+    except Exception as exc:
+        raise HttpError(
+            503,
+            f"the job queue (Redis) is unavailable ({exc.__class__.__name__}); nothing was "
+            "received or queued: try again shortly",
+            {"Retry-After": "5"},
+        ) from None
+
+
+async def _submit(
+    st: ApiState, settings: Settings, form: UploadForm, idempotency_key: str | None
+) -> JSONResponse:
+    from tasks.submission import Upload, submit_uploads
+
     options = _form_options(form, settings.model)
     idem = None
     if idempotency_key:
@@ -156,8 +185,9 @@ async def analyze(
     try:
         submission = await submit_uploads(
             st.client,
-            [Upload(f.name, f.data) for f in form.files],
+            [Upload(f.name, f.read_bytes(), f.path) for f in form.files],
             services=st.services,
+            inspector=st.inspector.inspect,
             # A retried request after a crash lands in the same batch, not a new one.
             batch_id=hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
             if idempotency_key
@@ -265,30 +295,6 @@ async def metrics(request: Request) -> Response:
     return Response(await scrape(st.client, st.services.engine), media_type=CONTENT_TYPE)
 
 
-async def healthz(request: Request) -> JSONResponse:
-    """Redis and the ledger database reachable: 200, else 503 naming what is down."""
-    st = _state(request)
-    checks: dict[str, str] = {}
-    try:
-        await asyncio.wait_for(st.client.redis.ping(), _HEALTH_TIMEOUT_S)
-        checks["redis"] = "ok"
-    except Exception as exc:  # any failure is "down", reported rather than raised
-        checks["redis"] = f"down: {exc.__class__.__name__}: {exc}"
-
-    def db_ping() -> None:
-        with st.services.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-
-    try:
-        await asyncio.wait_for(asyncio.to_thread(db_ping), _HEALTH_TIMEOUT_S)
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"down: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
-    ok = all(v == "ok" for v in checks.values())
-    body = {"status": "ok" if ok else "down", **checks}
-    return JSONResponse(body, status_code=200 if ok else 503)
-
-
 @router.get("/openapi.json", include_in_schema=False)
 async def openapi(request: Request) -> JSONResponse:
     return JSONResponse(request.app.openapi())
@@ -314,10 +320,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except BaseException:
             await client.aclose()
             raise
-        app.state.api = ApiState(client, services)
+        (s.home / "uploads").mkdir(parents=True, exist_ok=True)
+        inspector = InspectionPool(s)
+        app.state.api = ApiState(client, services, UploadGate(s.max_concurrent_upload_bytes),
+                                 inspector)  # fmt: skip
         try:
             yield
         finally:
+            await asyncio.to_thread(inspector.close)
             await services.aclose()
             await client.aclose()
 
@@ -339,4 +349,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_dashboard(app)  # `/` and /dashboard/*, behind the same keys (cookie or bearer)
     install_error_handlers(app)
+    app.add_middleware(SecurityHeaders)
     return app

@@ -16,10 +16,18 @@ and the thinking budget; pipeline/llm/caller.py), so a settle never exceeds it. 
 (a provider changed how it bills), the cost is booked in full and every scope with a limit
 *stops*: it admits no call (`BudgetExceeded(stopped=True)`) until a person raises its limit
 (`raise_limit`, a larger `--budget`, or a larger PIPELINE_BUDGET_DAY_USD / _MONTH_USD).
+
+A hold belongs to the lease of the job that took it (`for_call(job_id=, lease=)` indexes it
+under the job): when the sweeper recovers a dead worker's job, `job_holds` finds its holds
+and the recovery settles each at once (pipeline/ledger/reconcile.py): `abandon` books a call
+that may have been billed at its worst case, `cancel` frees one that never went out, and a
+later `settle` with the true cost corrects an abandoned one. Lapsing after `hold_s` is only
+the last resort.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -101,11 +109,14 @@ class Scope:
 
 @dataclass(frozen=True)
 class Reservation:
-    """The token `reserve` hands back; `settle`/`cancel` need it to find the same scopes."""
+    """The token `reserve` hands back; `settle`/`cancel` need it to find the same scopes.
+    `job_id` and `lease` (the job's fencing token) say whose lease the hold lives by."""
 
     token: str
     amount_usd: Decimal
     scopes: tuple[Scope, ...]
+    job_id: str | None = None
+    lease: str | None = None
 
 
 @dataclass(frozen=True)
@@ -149,8 +160,9 @@ class Budget:
         self.hold_ms = int(hold_s * 1000)
         scripts = register(
             redis, _LUA, "budget_reserve", "budget_settle", "budget_status", "budget_extend",
-            "budget_raise",
+            "budget_raise", "budget_floor",
         )
+        self._floor = scripts["budget_floor"]
         self._reserve = scripts["budget_reserve"]
         self._settle = scripts["budget_settle"]
         self._status = scripts["budget_status"]
@@ -174,20 +186,36 @@ class Budget:
         return tuple(found)
 
     async def for_call(
-        self, batch_id: str | None, batch_limit_usd: Decimal | None = None
+        self,
+        batch_id: str | None,
+        batch_limit_usd: Decimal | None = None,
+        *,
+        job_id: str | None = None,
+        lease: str | None = None,
     ) -> CallBudget:
-        return CallBudget(self, batch_id, batch_limit_usd)
+        """The budgets of calls made for `batch_id`; with `job_id` and `lease` (the job's
+        fencing token) their holds are tied to that lease (see `job_holds`)."""
+        return CallBudget(self, batch_id, batch_limit_usd, job_id=job_id, lease=lease)
 
     async def reserve(
-        self, scopes: tuple[Scope, ...], worst_case_usd: Decimal
+        self,
+        scopes: tuple[Scope, ...],
+        worst_case_usd: Decimal,
+        *,
+        job_id: str | None = None,
+        lease: str | None = None,
     ) -> Reservation:
         token = uuid.uuid4().hex
         amount = to_nanos(worst_case_usd, round_up=True)
-        args: list[Any] = [token, amount, self.hold_ms, _STATE_TTL_S]
+        entry = ""
+        if job_id is not None:
+            entry = json.dumps({"lease": lease, "amount": amount,
+                                "scopes": [[sc.kind, sc.name] for sc in scopes]})  # fmt: skip
+        args: list[Any] = [token, amount, self.hold_ms, _STATE_TTL_S, entry]
         for scope in scopes:
             limit_nanos = -1 if scope.limit_usd is None else to_nanos(scope.limit_usd)
             args += [limit_nanos, _TTL_S[scope.kind]]
-        reply = await self._reserve(keys=self._keys(token, scopes), args=args)
+        reply = await self._reserve(keys=self._keys(token, scopes, job_id), args=args)
         if int(reply[0]) != 1:
             scope = scopes[int(reply[1]) - 1]
             spent, reserved, limit = (from_nanos(v) for v in reply[2:5])
@@ -215,7 +243,7 @@ class Budget:
                 f"{_ADVICE[scope.kind]}",
                 scope=scope.kind,
             )
-        return Reservation(token, Decimal(worst_case_usd), scopes)
+        return Reservation(token, Decimal(worst_case_usd), scopes, job_id, lease)
 
     async def settle(self, reservation: Reservation, actual_usd: Decimal) -> bool:
         """Book the real cost and free the hold; False if this token was already closed.
@@ -233,24 +261,52 @@ class Budget:
         return None if int(reply) < 0 else from_nanos(reply)
 
     async def cancel(self, reservation: Reservation) -> bool:
-        """Free the hold of a call that never went out; nothing is booked."""
+        """Free the hold of a call that never went out; nothing is booked (an abandoned
+        one's booked amount is taken back)."""
         return await self._close(reservation, "cancel", 0)
+
+    async def abandon(self, reservation: Reservation, booked_usd: Decimal) -> bool:
+        """Book `booked_usd` (the worst case of a call whose worker was lost mid-call, or the
+        ledger's figure for it) as spent now and free the hold; a later `settle` with the
+        true cost corrects it. False if the token was closed already."""
+        return await self._close(reservation, "abandon", to_nanos(booked_usd, round_up=True))
+
+    async def job_holds(self, job_id: str) -> list[Reservation]:
+        """The open holds of `job_id`'s calls, each with the lease (fencing token) it was
+        taken under; closed ones leave the index when they close."""
+        raw = await self.redis.hgetall(self.keys.budget_job_holds(job_id))
+        out = []
+        for token, value in sorted(raw.items()):
+            entry = json.loads(text(value))
+            scopes = tuple(Scope(kind, name, None) for kind, name in entry["scopes"])
+            out.append(Reservation(text(token), from_nanos(int(entry["amount"])), scopes,
+                                   job_id, entry.get("lease")))  # fmt: skip
+        return out
+
+    async def raise_spent(self, floors: dict[str, Decimal]) -> int:
+        """Raise each scope's settled spend (scope name, e.g. "day:2026-11-21" or
+        "batch:<id>") to at least the given USD; never lowers one. Returns how many rose."""
+        names = sorted(floors)
+        if not names:
+            return 0
+        args: list[Any] = []
+        for name in names:
+            args += [to_nanos(floors[name]), _TTL_S[name.split(":", 1)[0]]]
+        keys = [self.keys.budget(name) for name in names]
+        return int(await self._floor(keys=keys, args=args))
 
     async def extend(self, reservation: Reservation) -> bool:
         """Keep the hold of a call still running for another `hold_s`; False if it lapsed
         or was closed already (it is not brought back: the room may be taken by now)."""
         args: list[Any] = [reservation.token, self.hold_ms, _STATE_TTL_S]
-        reply = await self._extend(
-            keys=self._keys(reservation.token, reservation.scopes), args=args
-        )
+        reply = await self._extend(keys=self._reservation_keys(reservation), args=args)
         return int(reply) > 0
 
     async def _close(self, reservation: Reservation, action: str, nanos: int) -> bool:
         args: list[Any] = [reservation.token, action, nanos, _STATE_TTL_S]
         args += [_TTL_S[s.kind] for s in reservation.scopes]
         args.append(to_nanos(reservation.amount_usd, round_up=True))
-        reply = await self._settle(keys=self._keys(reservation.token, reservation.scopes),
-                                   args=args)  # fmt: skip
+        reply = await self._settle(keys=self._reservation_keys(reservation), args=args)
         return int(reply) >= 1
 
     async def status(
@@ -274,24 +330,39 @@ class Budget:
             )
         return out
 
-    def _keys(self, token: str, scopes: tuple[Scope, ...]) -> list[str]:
-        return [self.keys.budget("hold:" + token)] + [
+    def _keys(self, token: str, scopes: tuple[Scope, ...], job_id: str | None) -> list[str]:
+        index = self.keys.budget_job_holds(job_id) if job_id else self.keys.unused
+        return [self.keys.budget("hold:" + token), index] + [
             k for scope in scopes for k in scope.keys(self.keys)
         ]
+
+    def _reservation_keys(self, reservation: Reservation) -> list[str]:
+        return self._keys(reservation.token, reservation.scopes, reservation.job_id)
 
 
 class CallBudget:
     """The budgets of one call site (a batch), in the shape the LLM caller uses."""
 
-    def __init__(self, budget: Budget, batch_id: str | None, batch_limit_usd: Decimal | None):
+    def __init__(
+        self,
+        budget: Budget,
+        batch_id: str | None,
+        batch_limit_usd: Decimal | None,
+        *,
+        job_id: str | None = None,
+        lease: str | None = None,
+    ) -> None:
         self.budget = budget
         self.batch_id = batch_id
         self.batch_limit_usd = batch_limit_usd
+        self.job_id = job_id
+        self.lease = lease
 
     async def reserve(self, worst_case_usd: Decimal) -> Reservation:
         """Hold `worst_case_usd` in every scope or raise BudgetExceeded (nothing held)."""
         scopes = self.budget.scopes(self.batch_id, self.batch_limit_usd)
-        return await self.budget.reserve(scopes, worst_case_usd)
+        return await self.budget.reserve(scopes, worst_case_usd, job_id=self.job_id,
+                                         lease=self.lease)  # fmt: skip
 
     async def settle(self, token: Reservation, actual_usd: Decimal) -> bool:
         return await self.budget.settle(token, actual_usd)

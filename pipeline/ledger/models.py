@@ -1,4 +1,4 @@
-"""The ledger schema. Migration 0001 must match these models
+"""The ledger schema. The migrations must match these models
 (tests/ledger/test_schema_migrations.py checks).
 
 Money is `Numeric(18, 9)`: nano-dollar precision, because a cheap call costs fractions of a
@@ -141,4 +141,17 @@ class Result(Base):
     model: Mapped[str] = mapped_column(String(100))
     prompt_version: Mapped[str] = mapped_column(String(64))
     data: Mapped[Any] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CallAnswer(Base):
+    """A paid answer, by call key, kept where a Redis outage or data loss cannot take it: the
+    call store (pipeline/llm/callstore.py) looks here before paying for the same call again.
+    `answer` is the call store's JSON of the LLMResponse."""
+
+    __tablename__ = "call_answers"
+
+    call_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_version: Mapped[str | None] = mapped_column(String(100))
+    answer: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -5,6 +5,11 @@ operation (pipeline/ledger/writes.py); when the database refuses the connection 
 goes to a Redis list instead, and `flush()` replays the list in order once the database is
 back. While the list is non-empty new writes queue behind it, so `started` and `settled`
 of one attempt always apply in the order they happened.
+
+The reverse must hold too: a write to a healthy database never waits on Redis. Whether the
+list is empty is read at most every `_BUFFER_CHECK_S` (and known at once for this process's
+own pushes and flushes), with a short timeout, so a Redis outage does not hold up, or lose,
+the record of calls that are being paid for meanwhile.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 from sqlalchemy import Engine, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,7 +31,9 @@ from pipeline.errors import DatabaseUnavailable
 from pipeline.ledger import writes
 from pipeline.ledger.buffer import LedgerBuffer
 from pipeline.ledger.db import session_factory
+from pipeline.ledger.diskfull import FullDiskAlarm
 from pipeline.ledger.models import Document, LLMCall, Result
+from pipeline.ledger.spool import LocalSpool
 from pipeline.llm.attempts import CallAttempt
 from pipeline.redis.keys import Keys
 
@@ -36,6 +44,11 @@ _FLUSH_CHUNK = 100
 # waiting out its own connect timeout; flush() and the flusher loop keep probing.
 _DOWN_BACKOFF_S = 2.0
 _DEFAULT_MAX_OUTPUT_TOKENS = 2048
+# How stale the "is the Redis buffer empty?" answer may be, and how long asking may take.
+_BUFFER_CHECK_S = 1.0
+_BUFFER_CHECK_TIMEOUT_S = 1.0
+# How long a push to the Redis buffer may take before the write goes to the local spool.
+_PARK_TIMEOUT_S = 5.0
 
 
 class WorstCasePricer(Protocol):
@@ -65,13 +78,18 @@ class SqlRecorder:
         engine_or_sessionmaker: Engine | sessionmaker[Session],
         redis: aioredis.Redis,
         keys: Keys,
+        spool: LocalSpool | None = None,
     ) -> None:
+        self.spool = spool
         if isinstance(engine_or_sessionmaker, Engine):
             self.sessions = session_factory(engine_or_sessionmaker)
         else:
             self.sessions = engine_or_sessionmaker
         self.buffer = LedgerBuffer(redis, keys)
         self._down_until = 0.0
+        self._buffered = False
+        self._buffer_checked_at = float("-inf")
+        self._full_disk = FullDiskAlarm()
 
     # -- the Recorder protocol ------------------------------------------------------------
     async def started(self, call: CallAttempt) -> None:
@@ -82,9 +100,15 @@ class SqlRecorder:
 
     # -- lease expiry ---------------------------------------------------------------------
     async def mark_abandoned(
-        self, job_id: str, prices: WorstCasePricer | None = None, before: datetime | None = None
+        self,
+        job_id: str | None,
+        prices: WorstCasePricer | None = None,
+        before: datetime | None = None,
+        *,
+        ids: list[str] | None = None,
     ) -> int | None:
-        """Every STARTED attempt of `job_id` becomes ABANDONED, costed at its worst case.
+        """Every STARTED attempt of `job_id` (or, with `ids`, those attempts) becomes
+        ABANDONED, costed at its worst case.
 
         `before` (the lost lease's deadline) spares calls started after it: by then the job
         may be running again on another worker, and that live call is not abandoned.
@@ -94,9 +118,11 @@ class SqlRecorder:
         """
         now = datetime.now(UTC)
         payload: dict[str, Any] = {"job_id": job_id, "finished_at": now.isoformat()}
+        if ids is not None:
+            payload["ids"] = list(ids)
         if before is not None:
             payload["before"] = before.isoformat()
-        if await self.buffer.length() == 0 and not self._db_marked_down():
+        if not await self.queue_behind_buffer():
             try:
                 return await asyncio.to_thread(self._abandon_now, payload, prices, now)
             except sa_exc.SQLAlchemyError as exc:
@@ -104,7 +130,7 @@ class SqlRecorder:
                     raise
                 self._mark_down()
                 log.warning("ledger database unreachable; buffering abandon of job %s", job_id)
-        await self.buffer.push("call_abandoned", payload)
+        await self._park_or_spool("call_abandoned", payload)
         return None
 
     def _abandon_now(
@@ -243,20 +269,81 @@ class SqlRecorder:
     def _mark_down(self) -> None:
         self._down_until = time.monotonic() + _DOWN_BACKOFF_S
 
+    async def queue_behind_buffer(self) -> bool:
+        """Whether a write must wait in the Redis buffer: the database is marked down, or
+        the buffer holds writes that must apply first. Redis being unreachable is not a
+        reason: the database is where the write belongs."""
+        if self._db_marked_down():
+            return True
+        now = time.monotonic()
+        if now - self._buffer_checked_at >= _BUFFER_CHECK_S:
+            try:
+                length = await asyncio.wait_for(self.buffer.length(), _BUFFER_CHECK_TIMEOUT_S)
+            except (RedisError, OSError, TimeoutError):
+                length = 0
+            self._buffered = length > 0
+            self._buffer_checked_at = now
+        return self._buffered
+
+    async def _push(self, op: str, payload: dict[str, Any]) -> None:
+        await self.buffer.push(op, payload)
+        self._buffered = True
+
+    async def write(self, op: str, payload: dict[str, Any]) -> None:
+        """Apply one named write (pipeline/ledger/writes.py), or buffer it while the
+        database is down."""
+        await self._write(op, payload)
+
     async def _write(self, op: str, payload: dict[str, Any]) -> None:
-        if await self.buffer.length() > 0 or self._db_marked_down():
-            await self.buffer.push(op, payload)
-            if not self._db_marked_down():
-                await self._try_flush()
-            return
+        redis_refused = False
+        if await self.queue_behind_buffer():
+            if await self._park(op, payload):
+                if not self._db_marked_down():
+                    await self._try_flush()
+                return
+            redis_refused = True  # the database may take it after all
         try:
             await asyncio.to_thread(self._apply, [(op, payload)])
         except sa_exc.SQLAlchemyError as exc:
             if not is_connection_error(exc):
                 raise
             self._mark_down()
-            log.warning("ledger database unreachable (%s); buffering %s in Redis", exc, op)
-            await self.buffer.push(op, payload)
+            if not self._full_disk.report(exc):
+                log.warning("ledger database unreachable (%s); buffering %s in Redis", exc, op)
+            if redis_refused or not await self._park(op, payload):
+                await self._spool(op, payload)
+
+    async def _park(self, op: str, payload: dict[str, Any]) -> bool:
+        """Push to the Redis buffer; False when Redis refused and a local spool can take it
+        (without one, the Redis error propagates)."""
+        try:
+            await asyncio.wait_for(self._push(op, payload), _PARK_TIMEOUT_S)
+            return True
+        except (RedisError, OSError, TimeoutError):
+            if self.spool is None:
+                raise
+            return False
+
+    async def _park_or_spool(self, op: str, payload: dict[str, Any]) -> None:
+        if not await self._park(op, payload):
+            await self._spool(op, payload)
+
+    async def _spool(self, op: str, payload: dict[str, Any]) -> None:
+        assert self.spool is not None
+        await asyncio.to_thread(self.spool.append, op, payload)
+
+    async def replay_spool(self) -> int:
+        """Apply the local spool's writes (see pipeline/ledger/spool.py); 0 while the
+        database still refuses them."""
+        if self.spool is None or not self.spool.pending():
+            return 0
+        try:
+            return await asyncio.to_thread(self.spool.replay, self._apply)
+        except sa_exc.SQLAlchemyError as exc:
+            if not is_connection_error(exc):
+                raise
+            self._mark_down()
+            return 0
 
     def _apply(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
         with self.sessions.begin() as session:
@@ -274,18 +361,25 @@ class SqlRecorder:
 
         Stops (entries kept) at the first connection error. An entry that fails for any
         other reason is moved to the dead list rather than blocking the ones behind it.
+        The local spool, if any, is replayed first.
         """
+        applied = await self.replay_spool()  # first: it needs only the database
         token = await self.buffer.acquire()
         if token is None:
-            return 0
-        applied = 0
+            return applied
         try:
-            while entries := await self.buffer.peek(_FLUSH_CHUNK):
+            while True:
+                entries = await self.buffer.peek(_FLUSH_CHUNK)
+                if not entries:
+                    self._buffered = False
+                    self._buffer_checked_at = time.monotonic()
+                    break
                 try:
                     await asyncio.to_thread(self._apply, entries)
                 except sa_exc.SQLAlchemyError as exc:
                     if is_connection_error(exc):
                         self._mark_down()
+                        self._full_disk.report(exc)
                         return applied
                     applied += await self._apply_one_by_one(entries)
                     continue

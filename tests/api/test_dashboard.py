@@ -17,7 +17,9 @@ from tests.support.api import api_client, api_settings
 async def test_sign_in_sets_an_httponly_cookie_and_guards_every_page(
     tmp_path: Path, redis_url: str, key_prefix: str, aredis: object
 ) -> None:
-    settings = api_settings(tmp_path, redis_url, key_prefix, api_keys="k-one,k-two")
+    settings = api_settings(
+        tmp_path, redis_url, key_prefix, api_keys="key-one-01234567,key-two-01234567"
+    )
     async with api_client(settings) as (client, _):
         page = await client.get("/", follow_redirects=False)
         assert page.status_code == 303 and page.headers["location"] == "/login"
@@ -29,7 +31,9 @@ async def test_sign_in_sets_an_httponly_cookie_and_guards_every_page(
         wrong = await client.post("/login", data={"key": "nope"}, follow_redirects=False)
         assert wrong.status_code == 401 and "PIPELINE_API_KEYS" in wrong.text
         assert "set-cookie" not in wrong.headers
-        right = await client.post("/login", data={"key": "k-two"}, follow_redirects=False)
+        right = await client.post(
+            "/login", data={"key": "key-two-01234567"}, follow_redirects=False
+        )
         assert right.status_code == 303 and right.headers["location"] == "/"
         cookie = right.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=strict" in cookie
@@ -41,10 +45,12 @@ async def test_sign_in_sets_an_httponly_cookie_and_guards_every_page(
         await client.post("/logout")
         client.cookies.clear()
         assert (await client.get("/dashboard/state")).status_code == 401
-        bearer = await client.get("/dashboard/state", headers={"Authorization": "Bearer k-one"})
+        bearer = await client.get(
+            "/dashboard/state", headers={"Authorization": "Bearer key-one-01234567"}
+        )
         assert bearer.status_code == 200
         # The API's own routes still want the bearer header, not the cookie.
-        client.cookies.set("pipeline_key", "k-one")
+        client.cookies.set("pipeline_session", "key-one-01234567")
         assert (await client.get("/costs")).status_code == 401
 
 

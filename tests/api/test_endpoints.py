@@ -211,13 +211,15 @@ async def test_reads_and_bad_queries(
         assert r.status_code == 200 and r.json()["total"]["calls"] == 0
         health = await client.get("/healthz")
         assert health.status_code == 200
-        assert health.json() == {"status": "ok", "redis": "ok", "database": "ok"}
+        assert health.json() == {"status": "ok", "redis": "ok", "database": "ok", "ledger": "ok"}
 
 
 async def test_api_keys_guard_every_route_but_healthz(
     tmp_path: Path, redis_url: str, key_prefix: str, aredis: object
 ) -> None:
-    settings = api_settings(tmp_path, redis_url, key_prefix, api_keys="k-one, k-two")
+    settings = api_settings(
+        tmp_path, redis_url, key_prefix, api_keys="key-one-01234567, key-two-01234567"
+    )
     async with api_client(settings) as (anon, _):
         guarded = ["/jobs/x", "/batches/x", "/costs", "/metrics", "/openapi.json", "/docs"]
         for method, path in [*(("GET", p) for p in guarded), ("POST", "/analyze")]:
@@ -226,9 +228,9 @@ async def test_api_keys_guard_every_route_but_healthz(
             assert "PIPELINE_API_KEYS" in r.json()["detail"]
             assert r.headers["WWW-Authenticate"] == "Bearer"
         assert (await anon.get("/healthz")).status_code == 200
-        bad = await anon.get("/jobs/x", headers={"Authorization": "Bearer k-three"})
+        bad = await anon.get("/jobs/x", headers={"Authorization": "Bearer key-three-0123456"})
         assert bad.status_code == 401
-    async with api_client(settings, api_key="k-two") as (client, _):
+    async with api_client(settings, api_key="key-two-01234567") as (client, _):
         assert (await client.get("/jobs/x")).status_code == 404
         r = await client.post("/analyze", files=pdf_files(("a.pdf", PDF_A)))
         assert r.status_code == 202

@@ -41,7 +41,7 @@ def test_serve_refuses_a_public_host_without_keys(pipeline_env: dict[str, str]) 
 
 
 def test_serve_listens_and_guards_with_keys(pipeline_env: dict[str, str]) -> None:
-    env = _env(pipeline_env, PIPELINE_API_KEYS="s3cret")
+    env = _env(pipeline_env, PIPELINE_API_KEYS="s3cret-012345678")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "serve", "--host", "127.0.0.1", "--port", "0",
          "--log-level", "warning"],
@@ -64,7 +64,8 @@ def test_serve_listens_and_guards_with_keys(pipeline_env: dict[str, str]) -> Non
                 time.sleep(0.05)
         assert health.status_code == 200 and health.json()["status"] == "ok"
         assert httpx.get(f"{url}/costs", timeout=10).status_code == 401
-        ok = httpx.get(f"{url}/costs", headers={"Authorization": "Bearer s3cret"}, timeout=10)
+        auth = {"Authorization": "Bearer s3cret-012345678"}
+        ok = httpx.get(f"{url}/costs", headers=auth, timeout=10)
         assert ok.status_code == 200 and ok.json()["total"]["calls"] == 0
     finally:
         proc.terminate()
@@ -76,9 +77,9 @@ def test_no_5xx_for_anything_the_schema_allows(
     tmp_path: Path, redis_url: str, key_prefix: str, sredis: object
 ) -> None:
     settings = api_settings(
-        tmp_path, redis_url, key_prefix, api_keys="fuzz-key", max_upload_bytes=256 * 1024
+        tmp_path, redis_url, key_prefix, api_keys="fuzz-key-01234567", max_upload_bytes=256 * 1024
     )
-    auth = {"Authorization": "Bearer fuzz-key"}
+    auth = {"Authorization": "Bearer fuzz-key-01234567"}
     with live_server(settings) as url:
         spec = httpx.get(f"{url}/openapi.json", headers=auth, timeout=10).json()
         schema = schemathesis.openapi.from_dict(spec)

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ from tests.support.paid_workers import llm_env
 from tests.support.workers import WorkerProcess
 
 CHROMIUM = "/usr/bin/chromium"
-KEY = "browser-key"
+KEY = "browser-key-0123456789"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -137,6 +138,9 @@ def test_dashboard_in_chromium(
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            blocked: list[str] = []  # the page runs under the server's CSP: nothing refused
+            page.on("console", lambda m: blocked.append(m.text)
+                    if "Content Security Policy" in m.text else None)  # fmt: skip
             page.goto(url + "/")
             assert page.url.endswith("/login")
             page.fill("input[name=key]", KEY)
@@ -147,7 +151,7 @@ def test_dashboard_in_chromium(
             # More work arrives; the page must show it without being reloaded.
             _enqueue(redis_url, key_prefix, works=6, broken=0)
             complete = "Number(document.querySelector('[data-count=complete]').textContent)"
-            page.wait_for_function(f"{complete} >= {first + 6}", timeout=60_000)
+            _wait_js(page, f"{complete} >= {first + 6}", timeout=60_000)
             page.wait_for_selector("button[data-retry]", timeout=60_000)
             job_id = page.get_attribute("button[data-retry]", "data-retry")
             assert job_id
@@ -155,17 +159,17 @@ def test_dashboard_in_chromium(
             _until(lambda: _dead_again(redis_url, key_prefix, job_id), 30, "the retried job")
             seen_ms = int(time.time() * 1000)
             # Spend reaches the chart once the analyses are in the ledger.
-            page.wait_for_function(
+            _wait_js(page,
                 "JSON.parse(document.getElementById('spend-data').textContent).models.length > 0",
                 timeout=60_000,
             )
-            page.wait_for_function(
+            _wait_js(page,
                 "document.querySelectorAll('progress').length >= 2"
                 " && [...document.querySelectorAll('progress')].every(p => p.value >= 1)",
                 timeout=90_000,
             )
             # The retried job fails again (it always does) and is back in the failures panel.
-            page.wait_for_function(
+            _wait_js(page,
                 f"Number(document.getElementById('panel-meta').dataset.nowMs) > {seen_ms}"
                 " && Number(document.querySelector('[data-count=dead]').textContent) >= 1",
                 timeout=60_000,
@@ -173,6 +177,7 @@ def test_dashboard_in_chromium(
             assert "no text layer" in page.inner_text("#panels")
             assert "contracts" in page.inner_text("#panels")
             assert page.inner_text("#live") == "live"
+            assert blocked == []
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
@@ -181,6 +186,16 @@ def test_dashboard_in_chromium(
                 shutil.copyfile(shot, ROOT / "docs" / "dashboard.png")
         finally:
             browser.close()
+
+
+def _wait_js(page: Any, expression: str, timeout: float) -> None:
+    """Poll a JS expression through DevTools evaluation: Playwright's own wait_for_function
+    evaluates strings inside the page, which the dashboard's CSP (no eval) refuses."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout / 1000:g}s waiting for {expression}")
+        time.sleep(0.2)
 
 
 def _dead_again(redis_url: str, prefix: str, job_id: str) -> bool:

@@ -5,12 +5,13 @@ JavaScript re-fetch the panels (`/dashboard/panels`, HTML) every couple of secon
 the spend chart (Chart.js, vendored from its npm package under static/vendor with its
 license). `/dashboard/state` serves the same picture as JSON for scripts.
 
-Auth is the API's: with PIPELINE_API_KEYS set, a browser signs in once through a form that
-stores the key in an HttpOnly, SameSite=Strict cookie (a bearer header works too). The one
-state-changing action, Retry in the failures panel, also demands a custom header, which a page on
-another site cannot send without a CORS preflight this server never grants. A failed or
-over-budget document's Retry starts a new run of it (fresh calls, the batch's current budget);
-a dead job of no document is requeued.
+Auth is the API's: with PIPELINE_API_KEYS set, a browser signs in once through a form
+(rate limited per client address) and gets an HttpOnly, SameSite=Strict cookie holding a
+signed session id, never the key (pipeline/api/security.py); a bearer header works too.
+The one state-changing action, Retry in the failures panel, also demands a custom header,
+which a page on another site cannot send without a CORS preflight this server never grants.
+A failed or over-budget document's Retry starts a new run of it (fresh calls, the batch's
+current budget); a dead job of no document is requeued.
 """
 
 from __future__ import annotations
@@ -25,21 +26,15 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from pipeline.api.dashboard.state import dashboard_state
+from pipeline.api.security import SESSION_TTL_S, LoginThrottle, Sessions
 from pipeline.errors import BatchNotFound, JobNotFound
 
-COOKIE = "pipeline_key"
+COOKIE = "pipeline_session"
 ACTION_HEADER = "X-Pipeline-Action"
 REFRESH_S = 2.0
 _HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=str(_HERE / "templates"))
 router = APIRouter(include_in_schema=False)
-
-
-def _given_key(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        return header[7:].strip()
-    return request.cookies.get(COOKIE, "")
 
 
 def _key_ok(request: Request, given: str) -> bool:
@@ -49,8 +44,19 @@ def _key_ok(request: Request, given: str) -> bool:
     return any(hmac.compare_digest(given.encode(), k.encode()) for k in keys)
 
 
-def _authorised(request: Request) -> bool:
-    return _key_ok(request, _given_key(request))
+def _sessions(request: Request) -> Sessions:
+    api = request.app.state.api
+    return Sessions(api.client.redis, api.client.keys, request.app.state.settings.api_key_list)
+
+
+async def _authorised(request: Request) -> bool:
+    if not request.app.state.settings.api_key_list:
+        return True
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return _key_ok(request, header[7:].strip())
+    cookie = request.cookies.get(COOKIE, "")
+    return bool(cookie) and await _sessions(request).valid(cookie)
 
 
 def _unauthorised() -> JSONResponse:
@@ -68,7 +74,7 @@ async def _state(request: Request) -> dict[str, Any]:
 
 @router.get("/", response_class=HTMLResponse)
 async def index(request: Request) -> Response:
-    if not _authorised(request):
+    if not await _authorised(request):
         return RedirectResponse("/login", status_code=303)
     state = await _state(request)
     return templates.TemplateResponse(
@@ -85,14 +91,14 @@ async def index(request: Request) -> Response:
 @router.get("/dashboard/panels", response_class=HTMLResponse)
 async def panels(request: Request) -> Response:
     """The page's live part, re-rendered: the script swaps it in without a reload."""
-    if not _authorised(request):
+    if not await _authorised(request):
         return _unauthorised()
     return templates.TemplateResponse(request, "_panels.html", {"s": await _state(request)})
 
 
 @router.get("/dashboard/state")
 async def state_json(request: Request) -> Response:
-    if not _authorised(request):
+    if not await _authorised(request):
         return _unauthorised()
     return JSONResponse(await _state(request))
 
@@ -100,7 +106,7 @@ async def state_json(request: Request) -> Response:
 @router.post("/dashboard/jobs/{job_id}/retry")
 async def retry(request: Request, job_id: str) -> Response:
     """Requeue a dead job with fresh attempts (the failures panel's button)."""
-    if not _authorised(request):
+    if not await _authorised(request):
         return _unauthorised()
     if request.headers.get(ACTION_HEADER) != "retry":
         return JSONResponse(
@@ -130,7 +136,7 @@ async def retry_documents(request: Request, batch_id: str) -> Response:
     panel's button on a document)."""
     from tasks.control import retry_batch
 
-    if not _authorised(request):
+    if not await _authorised(request):
         return _unauthorised()
     if request.headers.get(ACTION_HEADER) != "retry":
         return JSONResponse(
@@ -166,9 +172,22 @@ async def login_form(request: Request) -> Response:
 
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request) -> Response:
+    api = request.app.state.api
+    throttle = LoginThrottle(api.client.redis, api.client.keys)
+    client = request.client.host if request.client else "unknown"
+    wait_s = await throttle.blocked_for_s(client)
+    if wait_s:
+        return templates.TemplateResponse(
+            request,
+            "login.html",
+            {"error": f"Too many failed sign-ins from this address; try again in {wait_s} s."},
+            status_code=429,
+            headers={"Retry-After": str(wait_s)},
+        )
     form = await request.form()
     key = str(form.get("key") or "").strip()
     if not key or not _key_ok(request, key):
+        await throttle.failed(client)
         return templates.TemplateResponse(
             request,
             "login.html",
@@ -178,17 +197,20 @@ async def login(request: Request) -> Response:
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(
         COOKIE,
-        key,
+        await _sessions(request).start(key) if request.app.state.settings.api_key_list else "",
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
-        max_age=7 * 86400,
+        max_age=SESSION_TTL_S,
     )
     return response
 
 
 @router.post("/logout")
-async def logout() -> Response:
+async def logout(request: Request) -> Response:
+    cookie = request.cookies.get(COOKIE, "")
+    if cookie and request.app.state.settings.api_key_list:
+        await _sessions(request).end(cookie)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE)
     return response

@@ -8,13 +8,15 @@
 -- A stopped scope admits nothing until its limit is above `stopped` (a person raised it:
 -- a larger limit passed in ARGV, or `raised`); then the stop is lifted.
 --
--- KEYS[1]          the token's state key (held | settled | cancelled), guards double settle
--- KEYS[2n], [2n+1] totals hash and holds zset of scope n (n = 1..N)
+-- KEYS[1]          the token's state key (held | settled | cancelled | abandoned:<n>)
+-- KEYS[2]          the job's holds index (hash token -> JSON entry), written when ARGV[5] ~= ''
+-- KEYS[2n+1], [2n+2]  totals hash and holds zset of scope n (n = 1..N)
 -- ARGV[1]          token
 -- ARGV[2]          amount to hold, nano-dollars (integer)
 -- ARGV[3]          hold_ms: how long the hold lasts without a settle or cancel
--- ARGV[4]          state_ttl_s: how long the token state key is kept
--- ARGV[3+2n], ARGV[4+2n]  limit of scope n in nano-dollars (-1 = no limit), key ttl_s of scope n
+-- ARGV[4]          state_ttl_s: how long the token state key (and the job's index) is kept
+-- ARGV[5]          the job's index entry for this token (JSON), or '' for a call of no job
+-- ARGV[4+2n], ARGV[5+2n]  limit of scope n in nano-dollars (-1 = no limit), key ttl_s of scope n
 -- Returns {1} on success, or {0, n, spent, reserved, limit, why} for a scope that does not
 -- fit: why = 1 when settled spend alone leaves no room (spent + amount > limit), 0 when only
 -- other calls' holds are in the way (they may settle lower: worth waiting for), 2 when the
@@ -23,7 +25,7 @@
 local token = ARGV[1]
 local amount = tonumber(ARGV[2])
 local hold_ms = tonumber(ARGV[3])
-local scopes = (#KEYS - 1) / 2
+local scopes = (#KEYS - 2) / 2
 
 local function effective_limit(totals, limit)
   if limit < 0 then
@@ -39,9 +41,9 @@ end
 local held_only = nil
 local limits = {}
 for n = 1, scopes do
-  local totals, holds = KEYS[2 * n], KEYS[2 * n + 1]
+  local totals, holds = KEYS[2 * n + 1], KEYS[2 * n + 2]
   sweep(totals, holds)
-  local limit = effective_limit(totals, tonumber(ARGV[3 + 2 * n]))
+  local limit = effective_limit(totals, tonumber(ARGV[4 + 2 * n]))
   limits[n] = limit
   if limit >= 0 then
     local spent = tonumber(redis.call('HGET', totals, 'spent') or '0')
@@ -63,8 +65,8 @@ if held_only then
 end
 
 for n = 1, scopes do
-  local totals, holds = KEYS[2 * n], KEYS[2 * n + 1]
-  local ttl_s = tonumber(ARGV[4 + 2 * n])
+  local totals, holds = KEYS[2 * n + 1], KEYS[2 * n + 2]
+  local ttl_s = tonumber(ARGV[5 + 2 * n])
   redis.call('HDEL', totals, 'stopped')  -- admitted: any stop was lifted by a higher limit
   redis.call('HINCRBY', totals, 'reserved', amount)
   redis.call('HSET', totals, 'limit', tostring(limits[n]))
@@ -74,4 +76,8 @@ for n = 1, scopes do
   redis.call('EXPIRE', holds, ttl_s)
 end
 redis.call('SET', KEYS[1], 'held', 'EX', tonumber(ARGV[4]))
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[2], token, ARGV[5])
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+end
 return {1}

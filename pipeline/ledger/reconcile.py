@@ -1,0 +1,309 @@
+"""The SQL ledger as the book of record: settling what a lost worker, or a lost Redis, left open.
+
+Three kinds of loose end, each closed from what the ledger knows:
+
+- Budget holds of a job whose lease was recovered (`settle_lost_holds`, run by the
+  sweeper's lease-expired hook the moment it recovers the job, and again by the pass
+  below). A hold's token is its call's attempt id, so the ledger row says what became of
+  it: settled (ok, error...) -> booked at the row's cost; `started`/`abandoned` (the
+  call may have been billed) -> booked at once at its worst case, corrected if the true
+  cost turns up; no row at all -> the request never went out (the row is written before
+  it is sent) and the hold is released.
+- Rows left `started` whose job has no live run any more (the hook never ran: Redis lost
+  its data, or the hook failed) become `abandoned` at their worst case.
+- Budgets and jobs Redis forgot (`Reconciler.run`, on worker start-up and every
+  PIPELINE_RECONCILE_INTERVAL_S): each budget's spend is raised to the ledger's sum (never
+  lowered: Redis may know of spend the ledger has not been told yet), and a job the ledger
+  has as unfinished but Redis has no record of is marked `lost` with the reason (its PDF
+  went with the Redis data), or `complete` when its document's analysis is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import redis.asyncio as aioredis
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import select
+
+from pipeline.ledger.budget import Budget, Reservation
+from pipeline.ledger.models import JobRow, LLMCall, Result
+from pipeline.ledger.recorder import SqlRecorder, WorstCasePricer, is_connection_error
+from pipeline.llm.attempts import Outcome
+from pipeline.redis.connection import text
+from pipeline.redis.keys import Keys
+
+log = logging.getLogger(__name__)
+
+NANO = Decimal("0.000000001")
+# Ledger job statuses that are final; any other (queued) means "Redis should know this job".
+FINAL_JOB_STATUSES = frozenset({"complete", "failed", "dead", "cancelled", "over_budget", "lost"})
+LOST_NOTE = (
+    "lost: the queue (Redis) has no record of this job and its PDF, e.g. after Redis lost its "
+    "data; submit the document again (answers already paid for are reused)"
+)
+# A `started` row younger than this is left alone: its job may be claiming right now.
+STALE_STARTED_S = 10.0
+# How far apart the clocks of the worker (row's started_at) and Redis (job's started_ms) may be.
+_CLOCK_SLACK_S = 2.0
+# A call row with no job is settled once it is this old (no lease to tell it is dead).
+_ORPHAN_CALL_S = 3600.0
+_BATCH_WINDOW = timedelta(days=3)
+_CHUNK = 500
+
+
+def _money(value: Any) -> Decimal:
+    return Decimal(str(value or 0)).quantize(NANO)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass
+class HoldsSettled:
+    """What `settle_lost_holds` did, by action."""
+
+    booked: int = 0  # settled at the ledger row's cost
+    abandoned: int = 0  # booked at the worst case: possibly billed
+    released: int = 0  # the call never went out
+
+    def __bool__(self) -> bool:
+        return bool(self.booked or self.abandoned or self.released)
+
+
+@dataclass
+class ReconcileReport:
+    """What one `Reconciler.run` pass changed."""
+
+    abandoned_rows: int = 0
+    holds: HoldsSettled = field(default_factory=HoldsSettled)
+    budgets_raised: int = 0
+    jobs_lost: int = 0
+    jobs_completed: int = 0
+
+
+def _call_rows(recorder: SqlRecorder, ids: list[str]) -> dict[str, tuple[str, Decimal]]:
+    with recorder.sessions() as session:
+        rows = session.execute(
+            select(LLMCall.id, LLMCall.outcome, LLMCall.cost_usd).where(LLMCall.id.in_(ids))
+        ).all()
+    return {r[0]: (r[1], _money(r[2])) for r in rows}
+
+
+async def settle_lost_holds(
+    budget: Budget,
+    recorder: SqlRecorder,
+    job_id: str,
+    *,
+    lease: str | None = None,
+    keep_lease: str | None = None,
+) -> HoldsSettled:
+    """Close the open budget holds of `job_id` whose run is over: those taken under `lease`
+    (the recovered run's fencing token), or with `lease` None every one not taken under
+    `keep_lease` (the live run's). See the module docstring for what each becomes."""
+    done = HoldsSettled()
+    holds = [
+        h for h in await budget.job_holds(job_id)
+        if (lease is None or h.lease == lease) and (keep_lease is None or h.lease != keep_lease)
+    ]  # fmt: skip
+    if not holds:
+        return done
+    rows: dict[str, tuple[str, Decimal]] | None
+    try:
+        rows = await asyncio.to_thread(_call_rows, recorder, [h.token for h in holds])
+    except sa_exc.SQLAlchemyError as exc:
+        if not is_connection_error(exc):
+            raise
+        rows = None
+    # A missing row proves the call never went out only when no write can be on its way.
+    unsure = rows is None or await recorder.queue_behind_buffer()
+    for hold in holds:
+        await _settle_one(budget, hold, None if rows is None else rows.get(hold.token),
+                          unsure, done)  # fmt: skip
+    return done
+
+
+async def _settle_one(
+    budget: Budget,
+    hold: Reservation,
+    row: tuple[str, Decimal] | None,
+    unsure: bool,
+    done: HoldsSettled,
+) -> None:
+    if row is None:
+        if unsure:
+            done.abandoned += await budget.abandon(hold, hold.amount_usd)
+        else:
+            done.released += await budget.cancel(hold)
+        return
+    outcome, cost = row
+    if outcome == Outcome.STARTED.value:
+        done.abandoned += await budget.abandon(hold, hold.amount_usd)
+    elif outcome == Outcome.ABANDONED.value:
+        done.abandoned += await budget.abandon(hold, cost)
+    else:
+        done.booked += await budget.settle(hold, cost)
+
+
+class Reconciler:
+    """One pass (`run`) over the ledger that closes what Redis lost or a dead worker left
+    open; safe to run from every worker at once (a Redis lock spaces passes `interval_s`
+    apart, and every change is idempotent)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        recorder: SqlRecorder,
+        budget: Budget,
+        prices: WorstCasePricer | None = None,
+        *,
+        interval_s: float = 60.0,
+        lost_after_s: float = 60.0,
+    ) -> None:
+        self.redis, self.keys = redis, keys
+        self.recorder, self.budget, self.prices = recorder, budget, prices
+        self.interval_s = interval_s
+        self.lost_after_s = lost_after_s
+
+    async def run(self, force: bool = False) -> ReconcileReport | None:
+        """One pass, unless another process ran one within `interval_s` (then None)."""
+        if not force:
+            lock_ms = max(1, int(self.interval_s * 800))
+            token = uuid.uuid4().hex
+            if not await self.redis.set(self.keys.ledger_reconcile_lock, token, nx=True,
+                                        px=lock_ms):  # fmt: skip
+                return None
+        report = ReconcileReport()
+        await self._stale_started(report)
+        report.budgets_raised = await self.rebuild_budgets()
+        await self._forgotten_jobs(report)
+        if report.abandoned_rows or report.holds or report.budgets_raised or report.jobs_lost:
+            log.warning("ledger reconcile: %s", report)
+        return report
+
+    # -- rows left `started` -----------------------------------------------------------------
+    async def _stale_started(self, report: ReconcileReport) -> None:
+        now = datetime.now(UTC)
+
+        def read() -> list[tuple[str, str | None, datetime]]:
+            with self.recorder.sessions() as session:
+                return [(r[0], r[1], _utc(r[2])) for r in session.execute(
+                    select(LLMCall.id, LLMCall.job_id, LLMCall.started_at).where(
+                        LLMCall.outcome == Outcome.STARTED.value,
+                        LLMCall.started_at < now - timedelta(seconds=STALE_STARTED_S),
+                    ).limit(_CHUNK)
+                ).all()]  # fmt: skip
+
+        rows = await asyncio.to_thread(read)
+        by_job: dict[str | None, list[tuple[str, datetime]]] = defaultdict(list)
+        for attempt_id, job_id, started in rows:
+            by_job[job_id].append((attempt_id, started))
+        for job_id, calls in by_job.items():
+            if job_id is None:
+                old = [i for i, t in calls if (now - t).total_seconds() > _ORPHAN_CALL_S]
+                if old:
+                    report.abandoned_rows += await self.recorder.mark_abandoned(
+                        None, self.prices, ids=old) or 0  # fmt: skip
+                continue
+            state, started_ms, lease = await self.redis.hmget(
+                self.keys.job(job_id), ["state", "started_ms", "token"]
+            )
+            live_since = None
+            if state is not None and text(state) == "active" and started_ms:
+                live_since = datetime.fromtimestamp(int(text(started_ms)) / 1000, UTC)
+            dead = [i for i, t in calls if live_since is None
+                    or t < live_since - timedelta(seconds=_CLOCK_SLACK_S)]  # fmt: skip
+            if not dead:
+                continue
+            report.abandoned_rows += await self.recorder.mark_abandoned(
+                job_id, self.prices, ids=dead) or 0  # fmt: skip
+            keep = text(lease) if live_since is not None and lease is not None else None
+            settled = await settle_lost_holds(self.budget, self.recorder, job_id, keep_lease=keep)
+            report.holds.booked += settled.booked
+            report.holds.abandoned += settled.abandoned
+            report.holds.released += settled.released
+
+    # -- budgets ------------------------------------------------------------------------------
+    async def rebuild_budgets(self) -> int:
+        """Raise every current budget's spend (today, yesterday, this month, and batches
+        with calls in the last three days) to the ledger's; returns how many rose."""
+        floors = await asyncio.to_thread(self._ledger_spend, datetime.now(UTC))
+        return await self.budget.raise_spent(floors)
+
+    def _ledger_spend(self, now: datetime) -> dict[str, Decimal]:
+        today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        days = [today, today - timedelta(days=1)]
+        month = today.replace(day=1)
+        since = min(days[-1], month)
+        floors: dict[str, Decimal] = defaultdict(Decimal)
+        for day in days:
+            floors[f"day:{day:%Y-%m-%d}"] = Decimal(0)
+        floors[f"month:{month:%Y-%m}"] = Decimal(0)
+        with self.recorder.sessions() as session:
+            rows = session.execute(
+                select(LLMCall.started_at, LLMCall.cost_usd).where(LLMCall.started_at >= since)
+            ).all()
+            for started, cost in rows:
+                at = _utc(started)
+                for name in (f"day:{at:%Y-%m-%d}", f"month:{at:%Y-%m}"):
+                    if name in floors:
+                        floors[name] += _money(cost)
+            batches = [b for (b,) in session.execute(
+                select(LLMCall.batch_id).distinct().where(
+                    LLMCall.started_at >= now - _BATCH_WINDOW, LLMCall.batch_id.is_not(None))
+            ).all()]  # fmt: skip
+            for start in range(0, len(batches), _CHUNK):
+                chunk = batches[start : start + _CHUNK]
+                for batch_id, cost in session.execute(
+                    select(LLMCall.batch_id, LLMCall.cost_usd).where(LLMCall.batch_id.in_(chunk))
+                ).all():
+                    floors[f"batch:{batch_id}"] += _money(cost)
+        return {k: v for k, v in floors.items() if v > 0}
+
+    # -- jobs Redis forgot --------------------------------------------------------------------
+    async def _forgotten_jobs(self, report: ReconcileReport) -> None:
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.lost_after_s)
+
+        def read() -> list[tuple[str, str | None, bool]]:
+            with self.recorder.sessions() as session:
+                jobs = session.execute(
+                    select(JobRow.id, JobRow.document_id)
+                    .where(JobRow.status.not_in(FINAL_JOB_STATUSES), JobRow.created_at < cutoff)
+                    .limit(5 * _CHUNK)
+                ).all()
+                docs = {d for _, d in jobs if d}
+                analysed = set(session.scalars(
+                    select(Result.document_id).where(Result.document_id.in_(docs))
+                )) if docs else set()  # fmt: skip
+            return [(j, d, d in analysed) for j, d in jobs]
+
+        jobs = await asyncio.to_thread(read)
+        for start in range(0, len(jobs), _CHUNK):
+            chunk = jobs[start : start + _CHUNK]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id, _, _ in chunk:
+                    # `state`, not the key: a late progress write of a worker still running
+                    # the forgotten job recreates the hash with that field alone.
+                    pipe.hexists(self.keys.job(job_id), "state")
+                known = await pipe.execute()
+            now = datetime.now(UTC)
+            for (job_id, _, analysed), exists in zip(chunk, known, strict=True):
+                if exists:
+                    continue
+                if analysed:
+                    await self.recorder.update_job_status(job_id, "complete", finished_at=now)
+                    report.jobs_completed += 1
+                else:
+                    await self.recorder.update_job_status(
+                        job_id, "lost", finished_at=now, last_error=LOST_NOTE
+                    )
+                    report.jobs_lost += 1

@@ -1,0 +1,73 @@
+"""Rows left `started` are settled by the reconciler once their job's run is over (its
+record gone, not active, or active again in a later run), at their worst case, with the
+budget hold of that run booked too; a row of the job's live run is left alone.
+
+Real Redis (job hashes written as the queue writes them) and SQLite."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pipeline.ledger.budget import Budget
+from pipeline.ledger.db import create_ledger_engine
+from pipeline.ledger.models import LLMCall
+from pipeline.ledger.reconcile import STALE_STARTED_S, Reconciler
+from pipeline.ledger.recorder import SqlRecorder
+from pipeline.redis.keys import Keys
+from pipeline.settings import load_settings
+from tests.ledger.conftest import attempt
+
+
+async def test_started_rows_of_runs_that_are_over_are_abandoned_at_their_worst_case(
+    tmp_path: Path, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    engine = create_ledger_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    recorder = SqlRecorder(engine, aredis, keys)
+    budget = Budget(aredis, keys, load_settings(key_prefix=keys.prefix))
+    old = datetime.now(UTC) - timedelta(seconds=STALE_STARTED_S + 60)
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    # j-gone: Redis has no record of it; j-done: it completed; j-again: running again now,
+    # claimed after the row started; j-live: the row belongs to the run that is active now.
+    await aredis.hset(keys.job("j-done"), mapping={"id": "j-done", "state": "complete"})
+    await aredis.hset(
+        keys.job("j-again"),
+        mapping={"id": "j-again", "state": "active", "started_ms": now_ms, "token": "9"},
+    )
+    live_since = int((old - timedelta(seconds=30)).timestamp() * 1000)
+    await aredis.hset(
+        keys.job("j-live"),
+        mapping={"id": "j-live", "state": "active", "started_ms": live_since, "token": "4"},
+    )
+    rows = {}
+    for job in ("j-gone", "j-done", "j-again", "j-live"):
+        call = await budget.for_call("b-rec", Decimal("5"), job_id=job, lease="1" if job !=
+                                     "j-live" else "4")  # fmt: skip
+        hold = await call.reserve(Decimal("0.25"))
+        row = attempt(job_id=job, batch_id="b-rec", started_at=old, estimated="0.25")
+        row.attempt_id = hold.token
+        await recorder.started(row)
+        rows[job] = row.attempt_id
+
+    report = await Reconciler(aredis, keys, recorder, budget).run(force=True)
+    assert report is not None and report.abandoned_rows == 3
+    assert report.holds.abandoned == 3
+    with Session(engine) as session:
+        got = {r.job_id: (r.outcome, Decimal(str(r.cost_usd)))
+               for r in session.scalars(select(LLMCall))}  # fmt: skip
+    assert got == {
+        "j-gone": ("abandoned", Decimal("0.25")),
+        "j-done": ("abandoned", Decimal("0.25")),
+        "j-again": ("abandoned", Decimal("0.25")),
+        "j-live": ("started", Decimal("0")),
+    }
+    status = (await budget.status("b-rec"))["batch"]
+    assert (status.spent_usd, status.reserved_usd) == (Decimal("0.75"), Decimal("0.25"))
+    again = await Reconciler(aredis, keys, recorder, budget).run(force=True)
+    assert again is not None and again.abandoned_rows == 0 and not again.holds
+    engine.dispose()
