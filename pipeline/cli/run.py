@@ -116,8 +116,10 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
         await services.recorder.flush()
         view = await batch_view(client, services.engine, sub.batch_id)
         where = out or client.settings.home / "results" / sub.batch_id
-        written = await asyncio.to_thread(write_results, results_of(view), where)
+        found = results_of(view)
+        written = await asyncio.to_thread(write_results, found, where)
         print_summary(view, written)
+        print_findings(found)
         return 0 if all(d.status == "complete" for d in view.documents) else 1
     finally:
         await services.aclose()
@@ -210,9 +212,35 @@ def results(
     if fmt is not None or as_json:
         sys.stdout.write(export(data, fmt.value if fmt is not None else "json"))
         return
+    print_findings(data)
+
+
+# How much of each finding a person reads in the terminal; `--json` has the whole record.
+SUMMARY_CHARS = 240
+TOP_ENTITIES = 3
+
+
+def print_findings(data: list[dict[str, Any]]) -> None:
+    """What was found in each document, a few lines each: type and language, the start of
+    the summary, the top entities; or why there is no result."""
+    console.print("[bold]what was found[/bold]")
     for r in data:
         a = r["analysis"]
         head = f"[bold]{escape(r['name'])}[/bold] ({r['pages']} pages)"
-        tail = (f": {a['document_type']} — {a['summary']}" if a
-                else f": {r['status']}" + (f" — {r['reason']}" if r["reason"] else ""))  # fmt: skip
-        console.print(head + escape(tail), soft_wrap=True)
+        if not a:
+            why = f" — {r['reason']}" if r["reason"] else ""
+            console.print(head + escape(f": {r['status']}{why}"), soft_wrap=True)
+            continue
+        language = a.get("language") or "?"
+        console.print(head + escape(f": {a['document_type']}, language {language}"),
+                      soft_wrap=True)  # fmt: skip
+        summary = " ".join(str(a.get("summary") or "").split())
+        if len(summary) > SUMMARY_CHARS:
+            summary = summary[: SUMMARY_CHARS - 1].rsplit(" ", 1)[0] + "…"
+        console.print(escape(f"  {summary}"), soft_wrap=True, highlight=False)
+        entities = a.get("entities") or {}
+        for kind in ("organizations", "people", "dates", "amounts"):
+            top = [str(e) for e in (entities.get(kind) or [])][:TOP_ENTITIES]
+            if top:
+                console.print(escape(f"  {kind}: {'; '.join(top)}"), soft_wrap=True,
+                              highlight=False)  # fmt: skip

@@ -107,3 +107,19 @@ def test_long_pdf_goes_through_the_chord_into_one_result(
     assert len(docs) == 1
     merged = Analysis.model_validate(docs[0]["analysis"])
     assert merged.page_count == 6
+
+
+def test_run_ends_with_what_was_found_and_results_prints_the_same(
+    pipeline_env: dict[str, str], sredis: redis.Redis
+) -> None:
+    docs = [p for p in EXAMPLES if Path(p).name in ("invoice.pdf", "scanned_delivery_note.pdf")]
+    done = run_cli(pipeline_env, "run", *docs, timeout_s=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = done.stdout[done.stdout.index("what was found"):]
+    assert "invoice.pdf (1 pages): invoice, language en" in found
+    assert "EUR 25,662.35" in found  # the invoice's total, among its top amounts
+    assert "No text layer on page 1" in found  # the scan: nothing invented
+    batch = next(ln.split()[-1] for ln in done.stdout.splitlines() if ln.startswith("batch id:"))
+    again = run_cli(pipeline_env, "results", batch)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == found.strip()
