@@ -26,6 +26,18 @@ JobFields = Callable[[Job], Mapping[str, Any]]
 _ENDED_BADLY = frozenset({"failed", "dead", "over_budget"})
 
 
+def describe(job_fields: JobFields | None, job: Job) -> dict[str, Any]:
+    """The extra fields `job_fields` gives for `job`'s log lines ({} without one, or when it
+    fails: a log line must never cost the job)."""
+    if job_fields is None:
+        return {}
+    try:
+        return dict(job_fields(job))
+    except Exception:
+        log.exception("job %s: could not describe it for the log", job.id)
+        return {}
+
+
 def _fields(job: Job, extra: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     shown = " ".join(f"{k}={v}" for k, v in extra.items() if v not in (None, ""))
     return (f" {shown}" if shown else ""), {

@@ -354,7 +354,7 @@ class Worker:
     async def _run(self, job: Job, admission: Admission | None) -> None:
         ctx = JobContext(job, self.client, self.id, self.pool, self.deps,
                          permit=admission.permit if admission else None)  # fmt: skip
-        joblog.started(job, self._job_fields(job))
+        joblog.started(job, joblog.describe(self.job_fields, job))
         try:
             task = lookup(job.task)
             args = list(job.args)
@@ -395,7 +395,7 @@ class Worker:
                 self.counters.fenced += 1
                 outcome = "fenced"
         ran_s = time.time() - job.started_ms / 1000 if job.started_ms else 0.0
-        joblog.ended(job, outcome, ran_s, self._job_fields(job), error=s.error,
+        joblog.ended(job, outcome, ran_s, joblog.describe(self.job_fields, job), error=s.error,
                      traceback=s.traceback, delay_s=s.delay_s)  # fmt: skip
         if ctx.permit is not None:  # admitted but never used: give the tokens back
             try:
@@ -407,12 +407,3 @@ class Worker:
                 await hook(ctx, outcome, s.error or None)
             except Exception:
                 log.exception("job-end hook failed for job %s", job.id)
-
-    def _job_fields(self, job: Job) -> dict[str, Any]:
-        if self.job_fields is None:
-            return {}
-        try:
-            return dict(self.job_fields(job))
-        except Exception:  # a log line must never cost the job
-            log.exception("job %s: could not describe it for the log", job.id)
-            return {}
