@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from pipeline.llm.emulator import content
+from pipeline.llm.emulator.batch_routes import add_batch_routes
 from pipeline.llm.emulator.batches import BatchStore
 from pipeline.llm.emulator.faults import Active, Fault, FaultBook
 from pipeline.llm.emulator.quota import Denial, QuotaTracker, format_duration
@@ -359,32 +360,6 @@ def _response(
     return body
 
 
-async def _batch_create(emulator: _Emulator, request: Request, model: str) -> JSONResponse:
-    raw = await request.body()
-    if len(raw) > emulator.config.max_request_bytes:
-        return _error(400, "Request payload size exceeds the limit: "
-                           f"{emulator.config.max_request_bytes} bytes.")  # fmt: skip
-    body = _parse_json(raw)
-    if isinstance(body, JSONResponse):
-        return body
-    try:
-        return JSONResponse(emulator.batches.create(model, body))
-    except content.BadRequest as exc:
-        return _error(400, str(exc))
-
-
-def _batch_job(emulator: _Emulator, request: Request,
-               batch_id: str) -> tuple[Any, JSONResponse]:  # fmt: skip
-    """The job named batches/{batch_id}, or None and the error to answer."""
-    denied = emulator.check_key(request)
-    if denied is not None:
-        return None, denied
-    job = emulator.batches.find(f"batches/{batch_id}")
-    if job is None:
-        return None, _error(404, f"Batch batches/{batch_id} not found.")
-    return job, _error(500, "unused")
-
-
 def _parse_json(raw: bytes) -> dict[str, Any] | JSONResponse:
     try:
         body = json.loads(raw)
@@ -414,50 +389,13 @@ def create_emulator_app(config: EmulatorConfig | None = None) -> FastAPI:
             elif method == "countTokens" and model:
                 response = await emulator.count_tokens(request, model)
             elif method == "batchGenerateContent" and model:
-                response = await _batch_create(emulator, request, model)
+                response = await app.state.batch_create(request, model)
             else:
                 response = _error(404, f"Method {target!r} is not served by the emulator.")
         emulator.record_status(response.status_code)
         return response
 
-    @app.get("/{version}/batches")
-    async def batch_list(version: str, request: Request) -> JSONResponse:
-        if (denied := emulator.check_key(request)) is not None:
-            return denied
-        size = request.query_params.get("pageSize", "50")
-        page_size = int(size) if size.isdigit() and int(size) > 0 else 50
-        body = await asyncio.to_thread(emulator.batches.listing, page_size,
-                                       request.query_params.get("pageToken"),
-                                       emulator.answer_batch_request)  # fmt: skip
-        return JSONResponse(body)
-
-    @app.get("/{version}/batches/{batch_id}")
-    async def batch_get(version: str, batch_id: str, request: Request) -> JSONResponse:
-        job, denied = _batch_job(emulator, request, batch_id)
-        if job is None:
-            return denied
-        body = await asyncio.to_thread(emulator.batches.operation, job,
-                                       emulator.answer_batch_request)  # fmt: skip
-        return JSONResponse(body)
-
-    @app.post("/{version}/batches/{target}")
-    async def batch_cancel(version: str, target: str, request: Request) -> JSONResponse:
-        batch_id, _, method = target.rpartition(":")
-        if method != "cancel":
-            return _error(404, f"Method {target!r} is not served by the emulator.")
-        job, denied = _batch_job(emulator, request, batch_id)
-        if job is None:
-            return denied
-        emulator.batches.cancel(job)
-        return JSONResponse({})
-
-    @app.delete("/{version}/batches/{batch_id}")
-    async def batch_delete(version: str, batch_id: str, request: Request) -> JSONResponse:
-        job, denied = _batch_job(emulator, request, batch_id)
-        if job is None:
-            return denied
-        emulator.batches.delete(job)
-        return JSONResponse({})
+    add_batch_routes(app, emulator, _error)
 
     @app.get("/_emulator/stats")
     async def stats() -> dict[str, Any]:
