@@ -135,6 +135,7 @@ async def submit_uploads(
     services: Services | None = None,
     expected_duration_s: float | None = None,
     queue: str | None = None,
+    mode: str | None = None,
 ) -> Submission:
     """Validate, store and enqueue one analysis job per usable PDF.
 
@@ -145,6 +146,8 @@ async def submit_uploads(
     `expected_duration_s` overrides the task's own estimate, and so the lease (2x it) that
     decides how soon a job held by a killed worker runs again. `queue` routes the jobs to a
     queue other than the task's own (served by `pipeline worker --queue NAME`).
+    `mode` (default PIPELINE_MODE): "batch" answers the documents with one Gemini batch job
+    per submission at half the price (tasks/batch_mode.py); ValueError for another mode.
     """
     from tasks.analyze import analyze_document  # placed by its own definition, not defaults
     from tasks.plan import (
@@ -162,6 +165,9 @@ async def submit_uploads(
     if budget_usd is not None:
         check_budget_usd(budget_usd)
     prio = _priority(priority)
+    mode = mode or s.mode
+    if mode not in ("interactive", "batch"):
+        raise ValueError(f"mode must be interactive or batch, not {mode!r}")
     prompt = analyze_prompt()
     batch_id = batch_id or uuid.uuid4().hex
     submission = Submission(batch_id, [], warnings, model, prompt.version)
@@ -180,6 +186,13 @@ async def submit_uploads(
         submission.documents = [outcomes[i] for i in sorted(outcomes)]
         return submission
 
+    group: dict[str, Any] | None = None
+    if mode == "batch":
+        from pipeline.llm.batch import group_name
+
+        members = [{"sha256": sha, "name": up.name} for _, up, _, sha in checked]
+        group = {"name": group_name(model, prompt.version, [m["sha256"] for m in members]),
+                 "members": members}  # fmt: skip
     engine = None
     if services is not None:
         recorder = services.recorder
@@ -204,20 +217,24 @@ async def submit_uploads(
                 batch=batch_id,
                 expected_duration_s=expected_duration_s,
                 job_id=uuid.uuid4().hex,
-                hints={
+                # A batch-mode job waits for its batch job first: it takes no bucket tokens
+                # (its one call, answered from the call store, sends nothing).
+                hints={} if group is not None else {
                     "model": model,
                     "tokens": admission_tokens(
                         pages, len(upload.data), model, prompt, s.context_budget_tokens
                     ),
                 },
             )
-            args = {
+            args: dict[str, Any] = {
                 "sha256": sha,
                 "name": upload.name,
                 "model": model,
                 "prompt_version": prompt.version,
                 "budget_usd": None if budget_usd is None else str(budget_usd),
             }
+            if group is not None:
+                args.update(mode="batch", batch_group=group)
             handle = await client.enqueue(analyze_document, args, _options=options)
             if handle.created:
                 # No status here: a fast worker may already have finished the job, and

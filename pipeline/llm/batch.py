@@ -75,6 +75,13 @@ def display_name_for(model: str, items: Sequence[BatchItem]) -> str:
     return DISPLAY_PREFIX + digest.hexdigest()[:40]
 
 
+def group_name(model: str, prompt_version: str, keys: Sequence[str]) -> str:
+    """The display name of a group known before its requests are built: the model, the
+    prompt version and the sorted content keys of its members (documents' sha256)."""
+    digest = hashlib.sha256(json.dumps([model, prompt_version, sorted(keys)]).encode())
+    return DISPLAY_PREFIX + digest.hexdigest()[:40]
+
+
 def _state(job: types.BatchJob) -> str:
     raw = str(getattr(job.state, "value", job.state) or "JOB_STATE_UNSPECIFIED")
     return raw.removeprefix("JOB_STATE_").removeprefix("BATCH_STATE_")

@@ -23,7 +23,7 @@ import hashlib
 import json
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -57,6 +57,13 @@ class Collected:
     unusable: dict[str, str]
     failed: dict[str, str]
     cost_usd: Decimal
+
+
+async def recorded(store: CallStore, name: str) -> dict[str, str]:
+    """The group's Redis record: model, keys, remote (once created), booked (once
+    collected, the job's end state); empty for a group never submitted."""
+    raw = await store.redis.hgetall(store.keys.batch_group(name))
+    return {_text(k): _text(v) for k, v in raw.items()}
 
 
 def attempt_id(display_name: str, key: str) -> str:
@@ -94,12 +101,14 @@ class BatchGroups:
 
     async def submit(self, model: str, items: Sequence[BatchItem],
                      input_tokens: Mapping[str, int], *, job_id: str | None = None,
-                     batch_id: str | None = None) -> RemoteBatch:  # fmt: skip
+                     batch_id: str | None = None,
+                     name: str | None = None) -> RemoteBatch:  # fmt: skip
         """The group's remote job: the recorded one, else one found by display name, else a
         new one. `input_tokens` is each key's counted prompt (countTokens), for the worst
         case booked before create. Raises BatchCreateBusy while another worker creates it,
-        ProviderCallError when the API fails (nothing created, or found next time)."""
-        name = display_name_for(model, items)
+        ProviderCallError when the API fails (nothing created, or found next time). `name`
+        overrides the display name (default: `display_name_for` the items)."""
+        name = name or display_name_for(model, items)
         group = self.keys.batch_group(name)
         now = self.clock()
         created = await self.redis.hsetnx(group, "model", model)
@@ -137,11 +146,11 @@ class BatchGroups:
 
     async def collect(self, model: str, items: Sequence[BatchItem],
                       input_tokens: Mapping[str, int], *, accept: Accept | None = None,
-                      job_id: str | None = None,
-                      batch_id: str | None = None) -> Collected | None:  # fmt: skip
+                      job_id: str | None = None, batch_id: str | None = None,
+                      name: str | None = None) -> Collected | None:  # fmt: skip
         """Look at the group's job once: None while it runs, else its bookings. Raises
         KeyError for a group never submitted, ProviderCallError when the API fails."""
-        name = display_name_for(model, items)
+        name = name or display_name_for(model, items)
         remote_name = await self.redis.hget(self.keys.batch_group(name), "remote")
         if not remote_name:
             raise KeyError(f"batch group {name} has no remote job; submit it first")
@@ -182,7 +191,8 @@ class BatchGroups:
             cost = self.prices.cost(response.model_version or model, usage, at, batch=True)
             verdict = judge(item.request, response, usage, accept)
             if verdict.error is None:  # kept first, so it is never paid for again
-                await self.store.put(record.call_key, response)
+                kept = replace(response, raw={**response.raw, "mode": MODE})
+                await self.store.put(record.call_key, kept)
                 answers[item.key] = response.text
             else:
                 unusable[item.key] = str(verdict.error)

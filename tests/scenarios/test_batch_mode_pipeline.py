@@ -1,0 +1,75 @@
+"""Documents submitted with mode=batch, end to end: a real worker, Redis, the SQLite ledger,
+the real google-genai client and the emulator. Five documents make one Gemini batch job and
+no generateContent call, all complete, and the ledger equals the emulator's batch bill (50 %)
+to $0.000001; a re-run of the same documents pays nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+
+from pipeline.llm.pricing import PriceTable
+from pipeline.llm.provider import Usage
+from pipeline.queue.job import State
+from tasks.submission import Upload, submit_uploads
+from tests.support.emulator import RunningEmulator, start_emulator
+from tests.support.paid_rig import MICRO, money, running_pipeline
+from tests.support.pdfs import make_pdf
+
+FAST_POLL = {"batch_poll_s": 0.3, "batch_poll_max_s": 1.0}
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[RunningEmulator]:
+    with start_emulator(batch_delay_s=1.5) as running:
+        yield running
+
+
+def _docs(n: int) -> list[Upload]:
+    return [Upload(f"memo-{i}.pdf", make_pdf(1, f"Memo {i}. Globex signed with Initech."))
+            for i in range(n)]  # fmt: skip
+
+
+async def test_five_documents_in_batch_mode_make_one_job_and_cost_half(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str, emu: RunningEmulator,
+) -> None:  # fmt: skip
+    docs = _docs(5)
+    async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
+        sub = await submit_uploads(rig.client, docs, mode="batch", services=rig.services)
+        jobs = [await rig.finished(j, timeout_s=90) for j in sub.job_ids]
+        rows = rig.calls()
+        stats = emu.stats()
+        again = await submit_uploads(rig.client, docs, mode="batch", batch_id="rerun",
+                                     services=rig.services)  # fmt: skip
+        reruns = [await rig.finished(j, timeout_s=90) for j in again.job_ids]
+        after = emu.stats()
+        rerun_rows = rig.calls()
+    assert len(sub.job_ids) == 5
+    assert all(j.state == State.COMPLETE for j in jobs), [j.error for j in jobs]
+    results = [j.result for j in jobs]
+    assert all(isinstance(r, dict) and r["summary"] for r in results)
+    assert stats["generate_requests"] == 0
+    assert stats["batch"]["jobs_created"] == 1 and stats["batch"]["requests"] == 5
+    batch_rows = [r for r in rows if r.mode == "batch"]
+    assert len(batch_rows) == 5 and {r.outcome for r in batch_rows} == {"ok"}
+    assert all(r.outcome == "from_store" and r.cost_usd == 0 for r in rows if r.mode != "batch")
+    booked = sum((money(r.cost_usd) for r in rows), Decimal(0))
+    billed = Decimal(stats["batch"]["billed_total"]["cost_usd"])
+    assert abs(booked - billed) <= MICRO
+    prices = PriceTable.load()
+    interactive = Decimal(0)
+    for r in batch_rows:
+        usage = Usage(input_tokens=r.input_tokens, output_tokens=r.output_tokens,
+                      thinking_tokens=r.thinking_tokens)  # fmt: skip
+        interactive += prices.cost(r.model_version or r.model, usage, r.started_at)
+    assert abs(interactive / 2 - booked) <= MICRO
+    # Each result shows what it really cost: the batch price.
+    shown = sum((Decimal(str(r["cost_usd"])) for r in results if isinstance(r, dict)), Decimal(0))
+    assert abs(shown - booked) <= MICRO
+    # The re-run: results from the ledger, no new batch job, no new bill.
+    assert all(j.state == State.COMPLETE for j in reruns)
+    assert after["batch"]["jobs_created"] == 1 and after["generate_requests"] == 0
+    assert after["batch"]["billed_total"] == stats["batch"]["billed_total"]
+    assert sum((money(r.cost_usd) for r in rerun_rows), Decimal(0)) == booked
