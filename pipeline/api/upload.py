@@ -21,7 +21,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from pipeline.errors import UploadRejected
 
 FILE_FIELD = "files"
-FORM_FIELDS = ("model", "priority", "budget", "label")
+FORM_FIELDS = ("model", "priority", "budget", "label", "mode")
 PDF_MAGIC = b"%PDF-"
 # The PDF spec lets the header start anywhere in the first KiB (some writers prepend junk).
 MAGIC_WINDOW_BYTES = 1024

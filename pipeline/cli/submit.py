@@ -27,6 +27,7 @@ from pipeline.cli.common import (
     console,
     ledger_engine,
 )
+from pipeline.cli.mode import ModeOpt
 from pipeline.ledger.budget import check_budget_usd
 from pipeline.ledger.money import DISPLAY_PLACES, format_usd
 from pipeline.queue.client import QueueClient
@@ -128,6 +129,7 @@ def print_estimate(est: dict[str, Any], budget: Decimal | None) -> None:
 async def _submit(
     uploads: list[Upload], skipped: list[DocOutcome], *, model: str | None, budget: Decimal | None,
     priority: str | None, label: str | None, wait: bool, as_json: bool, queue: str | None = None,
+    mode: str | None = None,
 ) -> Submission:  # fmt: skip
     from pipeline.cli.follow import follow
     from pipeline.queue.follow import unserved_reason
@@ -136,7 +138,8 @@ async def _submit(
     try:
         since = await client.last_event_id()
         sub = await submit_uploads(client, uploads, model=model, budget_usd=budget,
-                                   priority=priority, label=label, queue=queue)  # fmt: skip
+                                   priority=priority, label=label, queue=queue,
+                                   mode=mode)  # fmt: skip
         sub.documents[:0] = skipped
         unserved = await unserved_reason(client, queue) if queue and sub.job_ids else ""
         if unserved:  # routing to a queue nobody serves is allowed (workers may come later)
@@ -173,6 +176,7 @@ def submit(
             "served by `pipeline worker --queue NAME`.",
         ),
     ] = None,
+    mode: ModeOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the batch until done.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Estimate; enqueue nothing.")] = False,
     as_json: JsonOpt = False,
@@ -196,7 +200,8 @@ def submit(
     if not uploads:
         report_nothing(skipped, as_json)
     sub = asyncio.run(_submit(uploads, skipped, model=model, budget=limit, priority=priority,
-                              label=label, wait=wait, as_json=as_json, queue=queue))  # fmt: skip
+                              label=label, wait=wait, as_json=as_json, queue=queue,
+                              mode=mode))  # fmt: skip
     if not sub.job_ids:
         raise typer.Exit(1)
 
