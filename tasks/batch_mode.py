@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from pipeline.errors import JobError, Reason, Retry
@@ -29,10 +30,15 @@ from pipeline.llm.batch_group import BatchGroups, recorded
 from pipeline.llm.failure import ProviderCallError
 from pipeline.queue.context import JobContext
 from tasks.analysis_call import accept_analysis
+from tasks.batch_holds import renew_group, reserve_group, settle_group
 
 log = logging.getLogger(__name__)
 
 MODES = ("interactive", "batch")
+
+
+def _limit(args: dict[str, Any]) -> Decimal | None:
+    return None if args.get("budget_usd") in (None, "") else Decimal(str(args["budget_usd"]))
 
 
 def _groups(ctx: JobContext) -> BatchGroups | None:
@@ -79,18 +85,24 @@ async def wait_for_batch(ctx: JobContext, args: dict[str, Any]) -> None:
     record = await recorded(groups.store, name)
     if record.get("booked"):
         return
+    budget = await ctx.deps["services"].budget.for_call(ctx.batch, _limit(args))
     try:
         if record.get("remote"):
             remote = await groups.batches.get(record["remote"])
             if remote.done:
                 items, tokens = await _members(ctx, args)
-                await groups.collect(model, items, tokens, accept=accept_analysis,
-                                     job_id=ctx.job_id, batch_id=ctx.batch, name=name)  # fmt: skip
+                done = await groups.collect(model, items, tokens, accept=accept_analysis,
+                                            job_id=ctx.job_id, batch_id=ctx.batch,
+                                            name=name)  # fmt: skip
+                if done is not None:
+                    await settle_group(budget, groups, name, done.costs)
                 return
+            await renew_group(budget, groups, name)
         else:
             items, tokens = await _members(ctx, args)
             if args["sha256"] not in tokens:
                 return  # this document is not batched
+            await reserve_group(budget, groups, name, items, tokens)  # before create
             remote = await groups.submit(model, items, tokens, job_id=ctx.job_id,
                                          batch_id=ctx.batch, name=name)  # fmt: skip
     except ProviderCallError as exc:

@@ -57,6 +57,7 @@ class Collected:
     unusable: dict[str, str]
     failed: dict[str, str]
     cost_usd: Decimal
+    costs: dict[str, Decimal]  # booked per key (0 for a key without an answer)
 
 
 async def recorded(store: CallStore, name: str) -> dict[str, str]:
@@ -163,6 +164,7 @@ class BatchGroups:
         unusable: dict[str, str] = {}
         failed: dict[str, str] = {}
         total = Decimal(0)
+        costs: dict[str, Decimal] = {}
         outcomes = {o.key: o for o in remote.outcomes}
         for item in items:
             record = CallAttempt(
@@ -180,6 +182,7 @@ class BatchGroups:
                 # Google bills a batch per response; a request without one cost nothing.
                 record.outcome, record.error = Outcome.ERROR, why
                 failed[item.key] = why
+                costs[item.key] = Decimal(0)
                 await self.recorder.settled(record)
                 continue
             response = outcome.response
@@ -207,8 +210,9 @@ class BatchGroups:
             record.error = None if verdict.error is None else str(verdict.error)
             await self.recorder.settled(record)
             total += cost
+            costs[item.key] = cost
         await self.redis.hset(self.keys.batch_group(name), "booked", remote.state)
-        return Collected(remote, answers, unusable, failed, total)
+        return Collected(remote, answers, unusable, failed, total, costs)
 
 
 def _text(value: str | bytes) -> str:

@@ -73,3 +73,38 @@ async def test_five_documents_in_batch_mode_make_one_job_and_cost_half(
     assert after["batch"]["jobs_created"] == 1 and after["generate_requests"] == 0
     assert after["batch"]["billed_total"] == stats["batch"]["billed_total"]
     assert sum((money(r.cost_usd) for r in rerun_rows), Decimal(0)) == booked
+
+
+async def test_the_group_worst_case_is_held_before_create_and_settled_per_response(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str, emu: RunningEmulator,
+) -> None:  # fmt: skip
+    docs = _docs(3)
+    limit = Decimal("5.00")
+    async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
+        sub = await submit_uploads(rig.client, docs, mode="batch", budget_usd=limit,
+                                   services=rig.services)  # fmt: skip
+        jobs = [await rig.finished(j, timeout_s=90) for j in sub.job_ids]
+        status = await rig.services.budget.status(sub.batch_id, limit)
+        rows = rig.calls()
+    assert all(j.state == State.COMPLETE for j in jobs), [j.error for j in jobs]
+    booked = sum((money(r.cost_usd) for r in rows), Decimal(0))
+    assert booked > 0
+    assert abs(status["batch"].spent_usd - booked) <= MICRO
+    assert status["batch"].reserved_usd == 0
+
+
+async def test_a_budget_below_the_group_worst_case_creates_no_batch_job(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str, emu: RunningEmulator,
+) -> None:  # fmt: skip
+    docs = _docs(3)
+    async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
+        sub = await submit_uploads(rig.client, docs, mode="batch", budget_usd=Decimal("0.0001"),
+                                   services=rig.services)  # fmt: skip
+        jobs = [await rig.finished(j, timeout_s=90) for j in sub.job_ids]
+        status = await rig.services.budget.status(sub.batch_id, Decimal("0.0001"))
+        rows = rig.calls()
+    stats = emu.stats()
+    assert all(j.state != State.COMPLETE for j in jobs)
+    assert all("budget" in (j.error or "") for j in jobs), [j.error for j in jobs]
+    assert stats["batch"]["jobs_created"] == 0 and stats["generate_requests"] == 0
+    assert rows == [] and status["batch"].reserved_usd == 0
