@@ -108,3 +108,28 @@ async def test_a_budget_below_the_group_worst_case_creates_no_batch_job(
     assert all("budget" in (j.error or "") for j in jobs), [j.error for j in jobs]
     assert stats["batch"]["jobs_created"] == 0 and stats["generate_requests"] == 0
     assert rows == [] and status["batch"].reserved_usd == 0
+
+
+async def test_status_shows_documents_waiting_in_the_gemini_batch(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str,
+) -> None:  # fmt: skip
+    from pipeline.cli.status import batch_waits
+    from tests.support.waiting import eventually
+
+    with start_emulator(batch_delay_s=120) as slow:
+        async with running_pipeline(slow, redis_url, key_prefix, **FAST_POLL) as rig:
+            sub = await submit_uploads(rig.client, _docs(2), mode="batch", services=rig.services)
+
+            async def waiting() -> list[dict[str, str]] | None:
+                waits = await batch_waits(rig.client, sub.job_ids)
+                return waits if len(waits) == 2 else None
+
+            waits = await eventually(waiting, 60, "both documents to wait in the batch")
+            stats = slow.stats()
+    assert {w["kind"] for w in waits} == {"in_batch"}
+    for wait in waits:
+        assert wait["reason"].startswith("in Gemini batch batches/"), wait
+        assert "state PENDING since 20" in wait["reason"] or "state RUNNING since 20" in wait[
+            "reason"
+        ]
+    assert stats["batch"]["jobs_created"] == 1 and stats["generate_requests"] == 0
