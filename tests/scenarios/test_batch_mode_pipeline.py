@@ -5,6 +5,10 @@ to $0.000001; a re-run of the same documents pays nothing."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -17,6 +21,9 @@ from tasks.submission import Upload, submit_uploads
 from tests.support.emulator import RunningEmulator, start_emulator
 from tests.support.paid_rig import MICRO, money, running_pipeline
 from tests.support.pdfs import make_pdf
+from tests.support.workers import ROOT as ROOT_PATH
+
+ROOT = str(ROOT_PATH)
 
 FAST_POLL = {"batch_poll_s": 0.3, "batch_poll_max_s": 1.0}
 
@@ -30,6 +37,14 @@ async def emu() -> AsyncIterator[RunningEmulator]:
 def _docs(n: int) -> list[Upload]:
     return [Upload(f"memo-{i}.pdf", make_pdf(1, f"Memo {i}. Globex signed with Initech."))
             for i in range(n)]  # fmt: skip
+
+
+def _costs(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "costs", "--by", "mode", *args],
+        env={**os.environ, **env, "PYTHONPATH": ROOT}, capture_output=True, text=True,
+        timeout=120, cwd=ROOT,
+    )  # fmt: skip
 
 
 async def test_five_documents_in_batch_mode_make_one_job_and_cost_half(
@@ -73,6 +88,17 @@ async def test_five_documents_in_batch_mode_make_one_job_and_cost_half(
     assert after["batch"]["jobs_created"] == 1 and after["generate_requests"] == 0
     assert after["batch"]["billed_total"] == stats["batch"]["billed_total"]
     assert sum((money(r.cost_usd) for r in rerun_rows), Decimal(0)) == booked
+    # `pipeline costs --by mode`: spend per mode, and what Batch Mode saved.
+    out = _costs(pipeline_env, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    by_mode = {row["key"]: row for row in report["rows"]}
+    assert Decimal(by_mode["batch"]["cost_usd"]) == booked.quantize(Decimal(by_mode["batch"][
+        "cost_usd"]))
+    assert Decimal(by_mode["interactive"]["cost_usd"]) == 0  # the from-store rows
+    assert abs(Decimal(report["saved_usd"]) - (interactive - booked)) <= MICRO
+    table = _costs(pipeline_env)
+    assert f"Batch Mode saved ${report['saved_usd']}" in table.stdout, table.stdout
 
 
 async def test_the_group_worst_case_is_held_before_create_and_settled_per_response(
