@@ -159,3 +159,28 @@ async def test_status_shows_documents_waiting_in_the_gemini_batch(
             "reason"
         ]
     assert stats["batch"]["jobs_created"] == 1 and stats["generate_requests"] == 0
+
+
+async def test_an_expired_batch_job_is_finished_interactively_and_books_no_batch_cost(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str,
+) -> None:  # fmt: skip
+    docs = _docs(3)
+    limit = Decimal("5.00")
+    with start_emulator(batch_delay_s=0.5, batch_end_state="EXPIRED") as expiring:
+        async with running_pipeline(expiring, redis_url, key_prefix, **FAST_POLL) as rig:
+            sub = await submit_uploads(rig.client, docs, mode="batch", budget_usd=limit,
+                                       services=rig.services)  # fmt: skip
+            jobs = [await rig.finished(j, timeout_s=90) for j in sub.job_ids]
+            status = await rig.services.budget.status(sub.batch_id, limit)
+            rows = rig.calls()
+        stats = expiring.stats()
+    assert all(j.state == State.COMPLETE for j in jobs), [j.error for j in jobs]
+    assert stats["batch"]["jobs_created"] == 1 and stats["batch"]["requests"] == 0
+    assert stats["generate_requests"] == 3  # each document once, interactively
+    batch_rows = [r for r in rows if r.mode == "batch"]
+    assert len(batch_rows) == 3
+    assert {(r.outcome, r.cost_usd) for r in batch_rows} == {("error", Decimal(0))}
+    assert all("EXPIRED" in (r.error or "") for r in batch_rows)
+    paid = sum((money(r.cost_usd) for r in rows), Decimal(0))
+    assert abs(paid - Decimal(stats["billed_total"]["cost_usd"])) <= MICRO
+    assert abs(status["batch"].spent_usd - paid) <= MICRO and status["batch"].reserved_usd == 0
