@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     mode: Literal["interactive", "batch"] = "interactive"
     batch_poll_s: float = Field(default=30.0, gt=0)
     batch_poll_max_s: float = Field(default=600.0, gt=0)
+    # How long a worker that died while creating a batch job delays the next one (the create
+    # lock's lifetime; longer than a create call can take).
+    batch_create_lock_s: float = Field(default=300.0, gt=0)
 
     idempotency_ttl_s: int = Field(default=86400, gt=0)
     result_ttl_s: int = Field(default=604800, gt=0)

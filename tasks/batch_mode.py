@@ -26,7 +26,7 @@ from typing import Any
 
 from pipeline.errors import JobError, Reason, Retry
 from pipeline.llm.batch import BatchItem
-from pipeline.llm.batch_group import BatchGroups, recorded
+from pipeline.llm.batch_group import BatchCreateBusy, BatchGroups, recorded
 from pipeline.llm.failure import ProviderCallError
 from pipeline.queue.context import JobContext
 from tasks.analysis_call import accept_analysis
@@ -46,7 +46,8 @@ def _groups(ctx: JobContext) -> BatchGroups | None:
     batches = getattr(services.provider, "batches", None)
     if batches is None:
         return None
-    return BatchGroups(batches, services.caller.store, services.recorder, services.prices)
+    return BatchGroups(batches, services.caller.store, services.recorder, services.prices,
+                       create_lock_s=ctx.client.settings.batch_create_lock_s)  # fmt: skip
 
 
 async def _members(ctx: JobContext, args: dict[str, Any]) -> tuple[list[BatchItem], dict[str, int]]:
@@ -108,6 +109,9 @@ async def wait_for_batch(ctx: JobContext, args: dict[str, Any]) -> None:
     except ProviderCallError as exc:
         raise Retry(f"Gemini Batch API: {exc}", delay_s=s.batch_poll_s,
                     reason=Reason.PROVIDER_ERROR) from exc  # fmt: skip
+    except BatchCreateBusy as exc:  # another member creates it, or died doing so: look later
+        raise Retry(str(exc), delay_s=s.batch_poll_s, count_attempt=False,
+                    reason=Reason.IN_BATCH) from exc  # fmt: skip
     looks = await groups.redis.hincrby(groups.keys.batch_group(name), f"looks:{ctx.job_id}", 1)
     delay = min(s.batch_poll_max_s, s.batch_poll_s * 2 ** min(looks - 1, 20))
     since = (remote.create_time or datetime.now(UTC)).isoformat(timespec="seconds")
