@@ -22,7 +22,7 @@ from typing import Any
 from pipeline.errors import BudgetExceeded
 from pipeline.ledger.budget import CallBudget, Reservation, Scope
 from pipeline.llm.batch import BatchItem
-from pipeline.llm.batch_group import BatchGroups
+from pipeline.llm.batch_group import BatchCreateBusy, BatchGroups
 from pipeline.services import failed_call
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,16 @@ async def holds(groups: BatchGroups, name: str) -> dict[str, Reservation]:
 async def reserve_group(budget: CallBudget, groups: BatchGroups, name: str,
                         items: Sequence[BatchItem], tokens: Mapping[str, int]) -> None:  # fmt: skip
     """Hold every request's batch worst case, all or none; nothing when the group holds
-    already. Raises the JobError `failed_call` makes of BudgetExceeded (nothing held)."""
+    already. One member reserves (a short claim, so two never hold twice for one group);
+    raises BatchCreateBusy for the others while it does, and the JobError `failed_call`
+    makes of BudgetExceeded (nothing held)."""
     if await holds(groups, name):
+        return
+    claim = groups.keys.batch_group(name) + ":holding"
+    if not await groups.redis.set(claim, "1", nx=True, px=groups.create_lock_ms):
+        raise BatchCreateBusy(f"batch group {name}: another worker is reserving its budget; "
+                              "it is looked at again shortly")  # fmt: skip
+    if await holds(groups, name):  # reserved by a member that finished just before
         return
     now = datetime.now(UTC)
     taken: dict[str, Reservation] = {}
@@ -71,10 +79,12 @@ async def reserve_group(budget: CallBudget, groups: BatchGroups, name: str,
     except BudgetExceeded as exc:
         for reservation in taken.values():
             await budget.cancel(reservation)
+        await groups.redis.delete(claim)  # the others meet the same budget, not a wait
         steer = failed_call(exc)
         raise (steer or exc) from exc
     await groups.redis.hset(groups.keys.batch_group(name),
                             mapping={_FIELD + k: _encode(r) for k, r in taken.items()})  # fmt: skip
+    await groups.redis.delete(claim)
 
 
 async def renew_group(budget: CallBudget, groups: BatchGroups, name: str) -> None:
