@@ -117,12 +117,14 @@ class Reason(StrEnum):
     ANSWER_INVALID = "answer_invalid"  # finished answers failed validation, repair included
     BUDGET_OVERRUN = "budget_overrun"  # a bill passed its hold; the scope waits for a person
     REQUEST_TOO_LARGE = "request_too_large"  # a page no inline request can carry
+    IN_BATCH = "in_batch"  # answered by a Gemini batch job that has not finished yet
 
 
 # Reasons a job only waits for, attempt kept: status shows them as "waiting".
 WAITING_REASONS = frozenset(
-    {Reason.BUDGET_WINDOW, Reason.BUDGET_HOLDS, Reason.DAILY_QUOTA, Reason.BUDGET_OVERRUN}
-)
+    {Reason.BUDGET_WINDOW, Reason.BUDGET_HOLDS, Reason.DAILY_QUOTA, Reason.BUDGET_OVERRUN,
+     Reason.IN_BATCH}
+)  # fmt: skip
 
 
 class JobError(PipelineError):

@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     key_prefix: str = Field(default="pipeline", pattern=r"^[A-Za-z0-9_.:-]+$")
     provider: Literal["auto", "gemini", "offline", "emulator"] = "auto"
     model: str = "gemini-3.5-flash-lite"
+    # Gemini Batch Mode (tasks/batch_mode.py): the default `--mode`, and how often a document
+    # waiting in a batch job looks at it (first look after batch_poll_s, doubling to the max).
+    mode: Literal["interactive", "batch"] = "interactive"
+    batch_poll_s: float = Field(default=30.0, gt=0)
+    batch_poll_max_s: float = Field(default=600.0, gt=0)
+    # How long a worker that died while creating a batch job delays the next one (the create
+    # lock's lifetime; longer than a create call can take).
+    batch_create_lock_s: float = Field(default=300.0, gt=0)
 
     idempotency_ttl_s: int = Field(default=86400, gt=0)
     result_ttl_s: int = Field(default=604800, gt=0)

@@ -126,6 +126,31 @@ async def _analyse_part(
     )  # fmt: skip
 
 
+async def plan_document(
+    ctx: JobContext, sha: str, name: str, model: str
+) -> tuple[bytes, int, list[Fitted]]:
+    """A submitted PDF's readable bytes, page count and the requests that analyse it (one
+    when it fits one call). Raises Permanent for a PDF that is gone, refused or too large."""
+    s = ctx.client.settings
+    prompt = analyze_prompt()
+    original = await _load_pdf(ctx, sha)
+    info = await _inspect(ctx, original, name)
+    data = await _readable_copy(ctx, original, info)
+    pages = int(info["page_count"])
+    ranges = chunk_ranges(pages, len(data), model, s.context_budget_tokens,
+                          s.max_inline_request_bytes)  # fmt: skip
+
+    def build(part: bytes, first: int, last: int) -> LLMRequest:
+        return analyze_request(model, prompt, part, filename=name, page_count=pages,
+                               first_page=first, last_page=last)  # fmt: skip
+
+    try:  # each part's real request, not the average, is checked against the inline limit
+        fitted = await fit_parts(ctx, data, pages, ranges, build, s.max_inline_request_bytes)
+    except RequestTooLarge as exc:
+        raise Permanent(str(exc), reason=Reason.REQUEST_TOO_LARGE) from None
+    return data, pages, fitted
+
+
 @task(name="analyze_document", **_RETRY)  # type: ignore[arg-type]
 async def analyze_document(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
     """Analyse one submitted PDF, or split it into a chord when it is too long for one call."""
@@ -149,21 +174,11 @@ async def analyze_document(ctx: JobContext, args: dict[str, Any]) -> dict[str, A
     if stored is not None and reusable(stored, getattr(services.provider, "name", None)):
         await ctx.progress({"stage": "done", "from": "ledger"})
         return dict(stored)
-    original = await _load_pdf(ctx, sha)
-    info = await _inspect(ctx, original, name)
-    data = await _readable_copy(ctx, original, info)
-    pages = int(info["page_count"])
-    ranges = chunk_ranges(pages, len(data), model, s.context_budget_tokens,
-                          s.max_inline_request_bytes)  # fmt: skip
+    if args.get("mode") == "batch":
+        from tasks.batch_mode import wait_for_batch
 
-    def build(part: bytes, first: int, last: int) -> LLMRequest:
-        return analyze_request(model, prompt, part, filename=name, page_count=pages,
-                               first_page=first, last_page=last)  # fmt: skip
-
-    try:  # each part's real request, not the average, is checked against the inline limit
-        fitted = await fit_parts(ctx, data, pages, ranges, build, s.max_inline_request_bytes)
-    except RequestTooLarge as exc:
-        raise Permanent(str(exc), reason=Reason.REQUEST_TOO_LARGE) from None
+        await wait_for_batch(ctx, args)  # returns once the batch answer is in the call store
+    data, pages, fitted = await plan_document(ctx, sha, name, model)
     if len(fitted) == 1:
         await ctx.progress({"stage": "analyzing", "pages": pages})
         part = await _analyse_part(ctx, args, data, part=1, first=1, last=pages,

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 
 class Prices(Protocol):
-    def cost(self, model_version: str, usage: Usage, at: datetime) -> Decimal: ...
+    def cost(
+        self, model_version: str, usage: Usage, at: datetime, batch: bool = False
+    ) -> Decimal: ...
 
 
 def now_iso() -> str:
@@ -38,12 +40,14 @@ def call_cost(
     prices: Prices, request: LLMRequest, response: LLMResponse, at: datetime
 ) -> Decimal | None:
     """What one answer cost, priced as the ledger prices it (pipeline/llm/caller.py): the
-    answering version, else the model asked for; None when neither has a price."""
+    answering version, else the model asked for, at the batch rate for an answer a batch job
+    gave (raw "mode"); None when neither has a price."""
     if response.model_version == OFFLINE_MODEL_VERSION:
         return Decimal(0)
+    batch = response.raw.get("mode") == "batch"
     for model in dict.fromkeys(m for m in (response.model_version, request.model) if m):
         try:
-            return prices.cost(model, response.usage, at)
+            return prices.cost(model, response.usage, at, batch=batch)
         except Exception:  # UnknownModel, or no price on that date
             continue
     log.warning("no price for %r: the result's cost is unknown", response.model_version)

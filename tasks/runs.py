@@ -40,6 +40,9 @@ class RunSpec:
     # The root job's id, chosen before the enqueue so the document store can count it as a
     # holder of the bytes before they are put (pipeline/storage/holds.py).
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Batch Mode (tasks/batch_mode.py): the submission's Gemini batch group, None for
+    # interactive calls.
+    batch_group: dict[str, Any] | None = None
 
     def args(self) -> dict[str, Any]:
         return {
@@ -49,6 +52,7 @@ class RunSpec:
             "prompt_version": self.prompt_version,
             "budget_usd": None if self.budget_usd is None else str(self.budget_usd),
             "documents": [self.sha256],  # let go of when the job ends (storage/holds.py)
+            **({"mode": "batch", "batch_group": self.batch_group} if self.batch_group else {}),
         }
 
     def options(self, context_budget_tokens: int) -> JobOptions:
@@ -63,7 +67,9 @@ class RunSpec:
             batch=self.batch_id,
             expected_duration_s=self.expected_duration_s,
             job_id=self.job_id,
-            hints={"model": self.model, "tokens": tokens},
+            # A batch-mode job waits for its batch job first: it takes no bucket tokens (its
+            # one call, answered from the call store, sends nothing).
+            hints={} if self.batch_group else {"model": self.model, "tokens": tokens},
         )
 
 

@@ -158,6 +158,7 @@ async def submit_uploads(
     expected_duration_s: float | None = None,
     queue: str | None = None,
     inspector: Inspector | None = None,
+    mode: str | None = None,
 ) -> Submission:
     """Validate, store and enqueue one analysis job per usable PDF.
 
@@ -169,6 +170,8 @@ async def submit_uploads(
     decides how soon a job held by a killed worker runs again. `queue` routes the jobs to a
     queue other than the task's own (served by `pipeline worker --queue NAME`). `inspector`
     replaces how each PDF is inspected (see `Inspector`).
+    `mode` (default PIPELINE_MODE): "batch" answers the documents with one Gemini batch job
+    per submission at half the price (tasks/batch_mode.py); ValueError for another mode.
     """
     from pipeline.ledger.batch_limit import set_limit
     from pipeline.storage import open_store
@@ -183,6 +186,9 @@ async def submit_uploads(
     if budget_usd is not None:
         check_budget_usd(budget_usd)
     prio = _priority(priority)
+    mode = mode or s.mode
+    if mode not in ("interactive", "batch"):
+        raise ValueError(f"mode must be interactive or batch, not {mode!r}")
     prompt = analyze_prompt()
     batch_id = batch_id or uuid.uuid4().hex
     submission = Submission(batch_id, [], warnings, model, prompt.version)
@@ -201,6 +207,13 @@ async def submit_uploads(
         submission.documents = [outcomes[i] for i in sorted(outcomes)]
         return submission
 
+    group: dict[str, Any] | None = None
+    if mode == "batch":
+        from pipeline.llm.batch import group_name
+
+        members = [{"sha256": sha, "name": up.name} for _, up, _, sha in checked]
+        group = {"name": group_name(model, prompt.version, [m["sha256"] for m in members]),
+                 "members": members}  # fmt: skip
     engine = None
     if services is not None:
         recorder = services.recorder
@@ -217,7 +230,8 @@ async def submit_uploads(
         store = open_store(s)
         for index, upload, pages, sha in checked:
             spec = RunSpec(sha, upload.name, pages, len(upload.data), model, prompt.version,
-                           batch_id, budget_usd, prio, expected_duration_s, queue)  # fmt: skip
+                           batch_id, budget_usd, prio, expected_duration_s, queue,
+                           batch_group=group)  # fmt: skip
             # Held before the put, so a job of the same document ending meanwhile cannot
             # see no holder and delete the bytes just put; a resubmission puts them again.
             await hold(client.redis, client.keys, [spec.job_id], sha, s.document_retention_s)

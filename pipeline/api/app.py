@@ -118,6 +118,10 @@ def _form_options(form: UploadForm, default_model: str) -> dict[str, Any]:
             out["budget_usd"] = check_budget_usd(f["budget"])
         except InputError as exc:
             raise UploadRejected(f"budget: {exc}") from None
+    if f.get("mode"):
+        if f["mode"] not in ("interactive", "batch"):
+            raise UploadRejected(f"mode: interactive or batch, not {f['mode']!r}")
+        out["mode"] = f["mode"]
     return out
 
 

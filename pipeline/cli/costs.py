@@ -24,6 +24,7 @@ class By(StrEnum):
     batch = "batch"
     document = "document"
     status = "status"
+    mode = "mode"
 
 
 class Format(StrEnum):
@@ -81,6 +82,8 @@ def costs(
         with db.session_factory(engine)() as session:
             report = name_documents(session, cost_report(session, start, end, by.value))
             spend = daily_spend_by_model(session, start, end) if chart else None
+            if by is By.mode:
+                report["saved_usd"] = _saved(session, start, end)
     finally:
         engine.dispose()
     if fmt is Format.json:
@@ -89,11 +92,22 @@ def costs(
         typer.echo(_csv(report), nl=False)
     else:
         _table(report)
+        if "saved_usd" in report:
+            typer.echo(f"Batch Mode saved ${report['saved_usd']} against interactive prices")
     if chart is not None and spend is not None:
         from pipeline.ledger.chart import write_spend_chart
 
         write_spend_chart(spend, chart)
         typer.echo(f"chart written to {chart}", err=True)
+
+
+def _saved(session: Any, start: Any, end: Any) -> str:
+    from pipeline.ledger.money import format_usd
+    from pipeline.ledger.savings import batch_savings
+    from pipeline.llm.pricing import PriceTable
+
+    full, paid = batch_savings(session, PriceTable.load(), start, end)
+    return format_usd(full - paid)
 
 
 def _csv(report: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ from pipeline.cli.common import (
     make_console,
     print_table,
 )
+from pipeline.cli.mode import ModeOpt
 from pipeline.ledger.budget import check_budget_usd
 from pipeline.ledger.money import display_usd
 from pipeline.queue.client import QueueClient
@@ -137,6 +138,7 @@ def print_estimate(est: dict[str, Any], budget: Decimal | None) -> None:
 async def _submit(
     uploads: list[Upload], skipped: list[DocOutcome], *, model: str | None, budget: Decimal | None,
     priority: str | None, label: str | None, wait: bool, as_json: bool, queue: str | None = None,
+    mode: str | None = None,
 ) -> tuple[Submission, bool]:  # fmt: skip
     """The submission, and whether every document completed (True when not waiting)."""
     from pipeline.cli.follow import follow
@@ -146,7 +148,8 @@ async def _submit(
     try:
         since = await client.last_event_id()
         sub = await submit_uploads(client, uploads, model=model, budget_usd=budget,
-                                   priority=priority, label=label, queue=queue)  # fmt: skip
+                                   priority=priority, label=label, queue=queue,
+                                   mode=mode)  # fmt: skip
         sub.documents[:0] = skipped
         unserved = await unserved_reason(client, queue) if queue and sub.job_ids else ""
         if unserved:  # routing to a queue nobody serves is allowed (workers may come later)
@@ -192,6 +195,7 @@ def submit(
             "served by `pipeline worker --queue NAME`.",
         ),
     ] = None,
+    mode: ModeOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the batch until done.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Estimate; enqueue nothing.")] = False,
     as_json: JsonOpt = False,
@@ -216,7 +220,7 @@ def submit(
         report_nothing(skipped, as_json)
     sub, completed = asyncio.run(_submit(uploads, skipped, model=model, budget=limit,
                                          priority=priority, label=label, wait=wait,
-                                         as_json=as_json, queue=queue))  # fmt: skip
+                                         as_json=as_json, queue=queue, mode=mode))  # fmt: skip
     if not sub.job_ids or not completed:
         raise typer.Exit(1)  # with --wait: 0 only when every document completed
 

@@ -130,6 +130,9 @@ class LLMCall(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # The provider left usage out: tokens and cost are the call's bound (migration 0002).
     usage_missing: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # "interactive" (generateContent) or "batch" (a Gemini batch job, priced at its discount)
+    mode: Mapped[str] = mapped_column(String(16), default="interactive",
+                                      server_default="interactive")  # fmt: skip
 
 
 class Result(Base):

@@ -25,7 +25,7 @@ from pipeline.ledger.money import format_usd
 from pipeline.llm.attempts import UNUSED, Outcome
 
 GroupBy = Literal["day", "model", "batch", "document", "status"]
-GROUPS: tuple[str, ...] = ("day", "model", "batch", "document", "status")
+GROUPS: tuple[str, ...] = ("day", "model", "batch", "document", "status", "mode")
 NANO = Decimal("0.000000001")
 # Spend that bought nothing: unknown-outcome errors and abandoned calls (booked at their
 # bound), and paid answers that were not used (truncated, blocked, invalid).
@@ -129,6 +129,8 @@ def _key(call: LLMCall, by: str) -> str:
         return call.batch_id or "(none)"
     if by == "document":
         return call.document_id or "(none)"
+    if by == "mode":
+        return call.mode or "interactive"
     return call.outcome
 
 

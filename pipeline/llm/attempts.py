@@ -57,6 +57,7 @@ class CallAttempt:
     price_version: str | None = None
     error: str | None = None
     usage_missing: bool = False  # the provider left usage out: booked at the call's bound
+    mode: str = "interactive"  # "batch": answered by a Gemini batch job, at the batch rate
     extra: dict[str, str] = field(default_factory=dict)
 
 

@@ -59,16 +59,18 @@ def call_key(request: LLMRequest) -> str:
 
 
 def encode_response(response: LLMResponse) -> str:
-    """JSON of what a caller needs back; `raw` is left out (large, and provider-specific)."""
-    return json.dumps(
-        {
-            "text": response.text,
-            "data": response.data,
-            "usage": asdict(response.usage),
-            "model_version": response.model_version,
-            "latency_s": response.latency_s,
-        }
-    )
+    """JSON of what a caller needs back; `raw` is left out (large, and provider-specific)
+    but for its "mode" ("batch": answered by a batch job, priced at the batch rate)."""
+    body: dict[str, Any] = {
+        "text": response.text,
+        "data": response.data,
+        "usage": asdict(response.usage),
+        "model_version": response.model_version,
+        "latency_s": response.latency_s,
+    }
+    if response.raw.get("mode"):
+        body["mode"] = response.raw["mode"]
+    return json.dumps(body)
 
 
 def decode_response(raw: str | bytes) -> LLMResponse:
@@ -79,6 +81,7 @@ def decode_response(raw: str | bytes) -> LLMResponse:
         model_version=body["model_version"],
         latency_s=float(body["latency_s"]),
         data=body.get("data"),
+        raw={"mode": body["mode"]} if body.get("mode") else {},
     )
 
 

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google import genai
 from google.genai import errors as genai_errors
@@ -22,6 +22,9 @@ from google.genai import types
 from pipeline.errors import SettingsError
 from pipeline.llm.failure import RETRYABLE_CODES, ProviderCallError, ProviderFailure
 from pipeline.llm.provider import LLMRequest, LLMResponse, Part, ReportedUsage, Usage
+
+if TYPE_CHECKING:
+    from pipeline.llm.batch import GeminiBatches
 
 __all__ = ["GeminiProvider", "ProviderCallError", "ProviderFailure", "parse_api_error"]
 
@@ -178,38 +181,14 @@ class GeminiProvider:
         except Exception as exc:
             failure = parse_api_error(exc)
             raise ProviderCallError(failure) from exc
-        latency_s = time.perf_counter() - started
-        meta = response.usage_metadata
-        usage = Usage(
-            input_tokens=(meta.prompt_token_count or 0) if meta else 0,
-            output_tokens=(meta.candidates_token_count or 0) if meta else 0,
-            thinking_tokens=(meta.thoughts_token_count or 0) if meta else 0,
-            cached_tokens=(meta.cached_content_token_count or 0) if meta else 0,
-        )
-        text, finish_reason = _answer_text(response)
-        feedback = response.prompt_feedback
-        block = feedback.block_reason if feedback is not None else None
-        data: Any = None
-        if request.response_schema is not None and finish_reason == "STOP" and not block:
-            try:
-                data = json.loads(text)
-            except ValueError:
-                data = None  # billed anyway: the caller decides whether to repair or retry
-        return LLMResponse(
-            text=text,
-            usage=usage,
-            model_version=response.model_version or request.model,
-            latency_s=latency_s,
-            data=data,
-            raw={
-                "finish_reason": finish_reason,
-                "response_id": response.response_id,
-                "usage_metadata": meta.model_dump(mode="json", exclude_none=True) if meta else {},
-            },
-            finish_reason=finish_reason,
-            block_reason=_enum_text(block),
-            reported=_reported(meta),
-        )
+        return to_llm_response(response, request, time.perf_counter() - started)
+
+    @property
+    def batches(self) -> GeminiBatches:
+        """Batch Mode through the same client: create/get/find/cancel/delete (llm/batch.py)."""
+        from pipeline.llm.batch import GeminiBatches
+
+        return GeminiBatches(self._client, self._config, self._contents)
 
     async def count_tokens(self, request: LLMRequest) -> int:
         """countTokens for the whole prompt (free; GEMINI.md §3.3). The Gemini API refuses
@@ -230,6 +209,45 @@ class GeminiProvider:
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()
+
+
+def to_llm_response(
+    response: types.GenerateContentResponse, request: LLMRequest, latency_s: float
+) -> LLMResponse:
+    """The provider-neutral answer of a GenerateContentResponse (interactive or one response
+    of a batch job): usage as billed, as reported, and the stop and block reasons that the
+    answer classification (llm/stop.py) reads."""
+    meta = response.usage_metadata
+    usage = Usage(
+        input_tokens=(meta.prompt_token_count or 0) if meta else 0,
+        output_tokens=(meta.candidates_token_count or 0) if meta else 0,
+        thinking_tokens=(meta.thoughts_token_count or 0) if meta else 0,
+        cached_tokens=(meta.cached_content_token_count or 0) if meta else 0,
+    )
+    text, finish_reason = _answer_text(response)
+    feedback = response.prompt_feedback
+    block = feedback.block_reason if feedback is not None else None
+    data: Any = None
+    if request.response_schema is not None and finish_reason == "STOP" and not block:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None  # billed anyway: the caller decides whether to repair or retry
+    return LLMResponse(
+        text=text,
+        usage=usage,
+        model_version=response.model_version or request.model,
+        latency_s=latency_s,
+        data=data,
+        raw={
+            "finish_reason": finish_reason,
+            "response_id": response.response_id,
+            "usage_metadata": meta.model_dump(mode="json", exclude_none=True) if meta else {},
+        },
+        finish_reason=finish_reason,
+        block_reason=_enum_text(block),
+        reported=_reported(meta),
+    )
 
 
 def _answer_text(response: types.GenerateContentResponse) -> tuple[str, str | None]:

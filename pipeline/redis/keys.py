@@ -120,6 +120,11 @@ class Keys:
     def call(self, call_key: str) -> str:
         return self._k("call", call_key)
 
+    def batch_group(self, display_name: str) -> str:
+        """A Gemini batch group (pipeline/llm/batch_group.py) by its content-derived display
+        name: its keys, then the remote job's name once created, then whether it was booked."""
+        return self._k("batch-group", display_name)
+
     def token_count(self, prompt_hash: str) -> str:
         """A request's countTokens figure, by `LLMRequest.prompt_hash()` (model + content)."""
         return self._k("tokens", prompt_hash)

@@ -23,6 +23,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from pipeline.llm.emulator import content
+from pipeline.llm.emulator.batch_routes import add_batch_routes
+from pipeline.llm.emulator.batches import BatchStore
 from pipeline.llm.emulator.faults import Active, Fault, FaultBook
 from pipeline.llm.emulator.quota import Denial, QuotaTracker, format_duration
 from pipeline.llm.emulator.stats import Bill, EmulatorStats, Throttle, price
@@ -65,6 +67,9 @@ class EmulatorConfig:
     # with `refuse_code`, every time: a deterministic failure of one kind of call (a merge).
     refuse_text: str | None = None
     refuse_code: int = 400
+    # Batch Mode (batches.py): seconds from create to the end state, and which end state.
+    batch_delay_s: float = 2.0
+    batch_end_state: str = "SUCCEEDED"
 
     def __post_init__(self) -> None:
         low, high = self.latency_s
@@ -134,6 +139,7 @@ class _Emulator:
         )
         self.rng = random.Random(config.seed)
         self.stats = EmulatorStats()
+        self.batches = BatchStore(config.batch_delay_s, config.batch_end_state)
         self.faults = FaultBook(config.faults)
         self.lock = threading.Lock()  # stats are read from other threads by in-process tests
         from pipeline.llm.pricing import PriceTable
@@ -147,6 +153,7 @@ class _Emulator:
     def reset(self) -> None:
         with self.lock:
             self.stats = EmulatorStats()
+            self.batches = BatchStore(self.config.batch_delay_s, self.config.batch_end_state)
             self.faults.replace(self.faults.faults)  # the same faults, uses counted afresh
             self.quotas.reset()
             self.rng = random.Random(self.config.seed)
@@ -238,34 +245,41 @@ class _Emulator:
                 "https://developers.generativeai.google/guide/troubleshooting"
             )
             return _error(fault_code, message)
-        config = content.pick(body, "generationConfig", "generation_config") or {}
         try:
-            reply = await asyncio.to_thread(
-                content.answer,
-                prompt,
-                version,
-                config,
-                self.config.thinking_tokens,
-                self.config.bad_json_rate,
-                self.rng,
-                active.verbose_tokens,
-                active.think_tokens,
-            )
+            payload = await asyncio.to_thread(
+                self.complete, body, prompt, active, version, digest, len(raw),
+                (text_tokens, doc_tokens), False,
+            )  # fmt: skip
         except content.BadRequest as exc:
             return _error(400, str(exc))
+        return JSONResponse(payload)
+
+    def complete(
+        self, body: dict[str, Any], prompt: content.Prompt, active: Active, version: str,
+        digest: str, size: int, split: tuple[int, int], batch: bool,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Answer an admitted request and bill it (at the batch rate when `batch`, into the
+        batch bill). Raises content.BadRequest for a request the model would refuse."""
+        text_tokens, doc_tokens = split
+        prompt_tokens = text_tokens + doc_tokens
+        config = content.pick(body, "generationConfig", "generation_config") or {}
+        reply = content.answer(
+            prompt, version, config, self.config.thinking_tokens, self.config.bad_json_rate,
+            self.rng, active.verbose_tokens, active.think_tokens,
+        )  # fmt: skip
         billed_prompt = prompt_tokens + active.overbill_tokens
-        payload = _response(reply, active, version, digest, billed_prompt,
-                            (text_tokens, doc_tokens))  # fmt: skip
+        payload = _response(reply, active, version, digest, billed_prompt, split)
         answered = active.block_reason is None and active.finish_reason is None
         out, thoughts = (reply.candidates_tokens, reply.thoughts_tokens) if answered else (0, 0)
-        cost = price(version, billed_prompt, out, thoughts, self.prices)
+        cost = price(version, billed_prompt, out, thoughts, self.prices, batch=batch)
         with self.lock:
-            self.stats.bill(Bill(version, billed_prompt, out, thoughts, cost))
+            self.stats.bill(Bill(version, billed_prompt, out, thoughts, cost), batch=batch)
             if digest in self.stats.answered:
                 self.stats.billed_repeats += 1
             self.stats.answered.add(digest)
             self.stats.log({
-                "model": version, "bytes": len(raw), "pdf_pages": prompt.pdf_pages,
+                "model": version, "bytes": size, "pdf_pages": prompt.pdf_pages,
+                "mode": "batch" if batch else "interactive",
                 "max_output_tokens": content.pick(config, "maxOutputTokens",
                                                   "max_output_tokens"),
                 "thinking_budget": content.pick(
@@ -276,7 +290,26 @@ class _Emulator:
                 "usage_reported": active.usage, "input_tokens": billed_prompt,
                 "output_tokens": out, "thinking_tokens": thoughts, "cost_usd": f"{cost:f}",
             })  # fmt: skip
-        return JSONResponse(payload)
+        return payload
+
+    def answer_batch_request(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One inline request of a batch job: {"response": …} billed at the batch rate, or
+        {"error": Status} for a request the model refuses (not billed). No quotas, latency or
+        random 5xx: a batch runs inside Google's own capacity."""
+        digest = content.fingerprint(model, body)
+        with self.lock:
+            self.stats.batch_requests += 1
+        try:
+            prompt = content.parse_prompt(body)
+            with self.lock:
+                active = self.faults.match(prompt.match_text())
+            version = self.aliases.get(model, model)
+            split = prompt.tokens(version, active.page_tokens)
+            payload = self.complete(body, prompt, active, version, digest,
+                                    len(json.dumps(body)), split, True)  # fmt: skip
+        except content.BadRequest as exc:
+            return {"error": {"code": 400, "message": str(exc), "status": "INVALID_ARGUMENT"}}
+        return {"response": payload}
 
     async def count_tokens(self, request: Request, model: str) -> JSONResponse:
         body = _parse_json(await request.body())
@@ -365,15 +398,21 @@ def create_emulator_app(config: EmulatorConfig | None = None) -> FastAPI:
                 response = await emulator.generate(request, model)
             elif method == "countTokens" and model:
                 response = await emulator.count_tokens(request, model)
+            elif method == "batchGenerateContent" and model:
+                response = await app.state.batch_create(request, model)
             else:
                 response = _error(404, f"Method {target!r} is not served by the emulator.")
         emulator.record_status(response.status_code)
         return response
 
+    add_batch_routes(app, emulator, _error)
+
     @app.get("/_emulator/stats")
     async def stats() -> dict[str, Any]:
         with emulator.lock:
-            return emulator.stats.as_json()
+            data = emulator.stats.as_json()
+        data["batch"]["jobs_created"] = emulator.batches.created
+        return data
 
     @app.get("/_emulator/faults")
     async def get_faults() -> dict[str, Any]:

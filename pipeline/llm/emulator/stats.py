@@ -36,16 +36,16 @@ class Bill:
 
 
 def price(model_version: str, input_tokens: int, output_tokens: int, thinking_tokens: int,
-          prices: Any) -> Decimal:  # fmt: skip
-    """USD for a bill from config/pricing.toml (long-context tier by prompt size); 0 for a
-    model the table does not know."""
+          prices: Any, batch: bool = False) -> Decimal:  # fmt: skip
+    """USD for a bill from config/pricing.toml (long-context tier by prompt size; every rate
+    times `batch_discount` when `batch`); 0 for a model the table does not know."""
     from pipeline.errors import UnknownModel
     from pipeline.llm.provider import Usage
 
     usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens,
                   thinking_tokens=thinking_tokens)  # fmt: skip
     try:
-        return Decimal(prices.cost(model_version, usage, datetime.now(UTC)))
+        return Decimal(prices.cost(model_version, usage, datetime.now(UTC), batch=batch))
     except UnknownModel:
         return Decimal(0)
 
@@ -68,9 +68,12 @@ class EmulatorStats:
     seen: set[str] = field(default_factory=set)
     answered: set[str] = field(default_factory=set)
     largest_request_bytes: int = 0
+    batch_requests: int = 0  # inline requests of batch jobs answered (or refused)
+    batch_billed: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def bill(self, bill: Bill) -> None:
-        row = self.billed.setdefault(
+    def bill(self, bill: Bill, batch: bool = False) -> None:
+        """Add a bill to the interactive bill, or to the batch bill (kept apart)."""
+        row = (self.batch_billed if batch else self.billed).setdefault(
             bill.model_version,
             {"requests": 0, **dict.fromkeys(_TOKEN_FIELDS, 0), "cost_usd": Decimal(0)},
         )
@@ -84,13 +87,16 @@ class EmulatorStats:
         self.requests.append(entry)
 
     def as_json(self) -> dict[str, Any]:
-        billed = {model: {**row, "cost_usd": f"{row['cost_usd']:f}"}
-                  for model, row in self.billed.items()}  # fmt: skip
-        total: dict[str, Any] = {name: sum(r[name] for r in self.billed.values())
-                                 for name in ("requests", *_TOKEN_FIELDS)}  # fmt: skip
-        cost = sum((r["cost_usd"] for r in self.billed.values()), Decimal(0))
-        total["cost_usd"] = f"{cost:f}"
+        """Interactive work in the top-level keys; Batch Mode work under "batch" with its own
+        `billed`/`billed_total` (already at the batch rate)."""
+        billed, total = _bill_json(self.billed)
+        batch_billed, batch_total = _bill_json(self.batch_billed)
         return {
+            "batch": {
+                "requests": self.batch_requests,
+                "billed": batch_billed,
+                "billed_total": batch_total,
+            },
             "requests_total": self.requests_total,
             "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
             "rate_limited": self.by_status.get(429, 0),
@@ -106,3 +112,12 @@ class EmulatorStats:
             "arrivals": dict(self.arrivals),
             "throttled": {k: [vars(t) for t in v] for k, v in self.throttled.items()},
         }
+
+
+def _bill_json(rows: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    billed = {model: {**row, "cost_usd": f"{row['cost_usd']:f}"} for model, row in rows.items()}
+    total: dict[str, Any] = {name: sum(r[name] for r in rows.values())
+                             for name in ("requests", *_TOKEN_FIELDS)}  # fmt: skip
+    cost = sum((r["cost_usd"] for r in rows.values()), Decimal(0))
+    total["cost_usd"] = f"{cost:f}"
+    return billed, total

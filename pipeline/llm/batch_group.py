@@ -1,0 +1,219 @@
+"""A group of requests answered by one Gemini batch job: recorded before it is paid for,
+created at most once, booked once.
+
+`submit` writes the group to Redis (`keys.batch_group(display_name)`) and one ledger row per
+request (`started`, mode=batch, costed at its worst case at the batch rate) *before*
+`batches.create`, so a job that was created exists on the books even if the worker dies the
+next instant. The display name is derived from the group's content (`display_name_for`); a
+worker that died between `create` and recording the remote name finds the job again by
+listing batches with that name, and never creates a second one.
+
+`collect` reads the job once (the caller schedules the next look with back-off: nothing here
+holds a worker for hours). When the job SUCCEEDED, each response goes through the same
+booking and answer classification as an interactive call (`book_usage`, `judge`): a used
+answer is put in the call store under its call key first (so any later run, batch or
+interactive, gets it without paying), then its ledger row is settled at the batch price of
+the day the job was created. Ledger rows have deterministic ids, so a collect repeated after
+a crash rewrites the same rows instead of adding any.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from pipeline.errors import PipelineError
+from pipeline.llm.attempts import CallAttempt, Outcome, Recorder
+from pipeline.llm.batch import BatchItem, GeminiBatches, RemoteBatch, display_name_for
+from pipeline.llm.callstore import CallStore, call_key
+from pipeline.llm.pricing import PriceTable
+from pipeline.llm.provider import LLMRequest, Usage
+from pipeline.llm.stop import Accept, judge
+from pipeline.llm.usage import book_usage
+
+# Held while one worker lists and creates; longer than those calls take (the provider's
+# timeout), and it is what a worker that died holding it makes others wait.
+CREATE_LOCK_S = 300.0
+GROUP_TTL_S = 7 * 86400  # Google's target is 24 h; the record outlives any job by far
+MODE = "batch"
+
+
+class BatchCreateBusy(PipelineError):
+    """Another worker is creating this group's batch job right now; try again shortly."""
+
+
+@dataclass(frozen=True)
+class Collected:
+    """A finished job's bookings: `answers` used (key -> response text), `unusable` keys
+    whose answer was paid for but refused, `failed` keys Google gave no answer for."""
+
+    remote: RemoteBatch
+    answers: dict[str, str]
+    unusable: dict[str, str]
+    failed: dict[str, str]
+    cost_usd: Decimal
+    costs: dict[str, Decimal]  # booked per key (0 for a key without an answer)
+
+
+async def recorded(store: CallStore, name: str) -> dict[str, str]:
+    """The group's Redis record: model, keys, remote (once created), booked (once
+    collected, the job's end state); empty for a group never submitted."""
+    raw = await store.redis.hgetall(store.keys.batch_group(name))
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def attempt_id(display_name: str, key: str) -> str:
+    """The ledger row of one request of a group: the same id on every run, so bookings are
+    upserts."""
+    return "b-" + hashlib.sha256(f"{display_name}\n{key}".encode()).hexdigest()[:40]
+
+
+class BatchGroups:
+    """Submit and collect batch groups for one provider (`GeminiProvider.batches`).
+
+    `redis`/`keys` are the call store's; `recorder` is the ledger (SqlRecorder); `prices`
+    prices worst cases and answers at the batch rate (config/pricing.toml batch_discount).
+    `create_lock_s` bounds how long a dead worker's create lock delays the next one.
+    """
+
+    def __init__(self, batches: GeminiBatches, store: CallStore, recorder: Recorder,
+                 prices: PriceTable,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 create_lock_s: float = CREATE_LOCK_S) -> None:  # fmt: skip
+        self.batches = batches
+        self.store = store
+        self.redis = store.redis
+        self.keys = store.keys
+        self.recorder = recorder
+        self.prices = prices
+        self.clock = clock
+        self.create_lock_ms = max(1, int(create_lock_s * 1000))
+
+    def worst_case_usd(self, request: LLMRequest, input_tokens: int, at: datetime) -> Decimal:
+        """The most one request of a batch can be billed: its counted input and its output
+        bound, at the batch rate of `at`'s day."""
+        usage = Usage(input_tokens=input_tokens, output_tokens=request.output_bound_tokens)
+        return self.prices.cost(request.model, usage, at, batch=True)
+
+    async def submit(self, model: str, items: Sequence[BatchItem],
+                     input_tokens: Mapping[str, int], *, job_id: str | None = None,
+                     batch_id: str | None = None,
+                     name: str | None = None) -> RemoteBatch:  # fmt: skip
+        """The group's remote job: the recorded one, else one found by display name, else a
+        new one. `input_tokens` is each key's counted prompt (countTokens), for the worst
+        case booked before create. Raises BatchCreateBusy while another worker creates it,
+        ProviderCallError when the API fails (nothing created, or found next time). `name`
+        overrides the display name (default: `display_name_for` the items)."""
+        name = name or display_name_for(model, items)
+        group = self.keys.batch_group(name)
+        now = self.clock()
+        created = await self.redis.hsetnx(group, "model", model)
+        if created:
+            await self.redis.hset(group, mapping={
+                "keys": json.dumps(sorted(i.key for i in items)),
+                "recorded_at": now.isoformat(), "job_id": job_id or "",
+                "batch_id": batch_id or ""})  # fmt: skip
+            await self.redis.expire(group, GROUP_TTL_S)
+        remote_name = await self.redis.hget(group, "remote")
+        if remote_name:
+            return await self.batches.get(_text(remote_name))
+        for item in items:  # on the books before anything is paid
+            await self.recorder.started(CallAttempt(
+                attempt_id=attempt_id(name, item.key), call_key=call_key(item.request),
+                model=model, attempt=1, started_at=now, job_id=job_id, batch_id=batch_id,
+                document_id=item.key, mode=MODE,
+                estimated_cost_usd=self.worst_case_usd(item.request,
+                                                       input_tokens.get(item.key, 0), now),
+                cost_usd=self.worst_case_usd(item.request, input_tokens.get(item.key, 0), now),
+            ))  # fmt: skip
+        token = secrets.token_hex(8)
+        lock = f"{group}:creating"
+        if not await self.redis.set(lock, token, nx=True, px=self.create_lock_ms):
+            raise BatchCreateBusy(f"batch group {name} is being created by another worker; "
+                                  "it is retried shortly")  # fmt: skip
+        try:
+            found = await self.batches.find(name)
+            remote = found if found is not None else await self.batches.create(model, items, name)
+            await self.redis.hset(group, "remote", remote.name)
+        finally:
+            if _text(await self.redis.get(lock) or "") == token:
+                await self.redis.delete(lock)
+        return remote
+
+    async def collect(self, model: str, items: Sequence[BatchItem],
+                      input_tokens: Mapping[str, int], *, accept: Accept | None = None,
+                      job_id: str | None = None, batch_id: str | None = None,
+                      name: str | None = None) -> Collected | None:  # fmt: skip
+        """Look at the group's job once: None while it runs, else its bookings. Raises
+        KeyError for a group never submitted, ProviderCallError when the API fails."""
+        name = name or display_name_for(model, items)
+        remote_name = await self.redis.hget(self.keys.batch_group(name), "remote")
+        if not remote_name:
+            raise KeyError(f"batch group {name} has no remote job; submit it first")
+        requests = {i.key: i.request for i in items}
+        remote = await self.batches.get(_text(remote_name), requests)
+        if not remote.done:
+            return None
+        at = remote.create_time or self.clock()
+        answers: dict[str, str] = {}
+        unusable: dict[str, str] = {}
+        failed: dict[str, str] = {}
+        total = Decimal(0)
+        costs: dict[str, Decimal] = {}
+        outcomes = {o.key: o for o in remote.outcomes}
+        for item in items:
+            record = CallAttempt(
+                attempt_id=attempt_id(name, item.key), call_key=call_key(item.request),
+                model=model, attempt=1, started_at=at, job_id=job_id, batch_id=batch_id,
+                document_id=item.key, mode=MODE, finished_at=self.clock(),
+                estimated_cost_usd=self.worst_case_usd(item.request,
+                                                       input_tokens.get(item.key, 0), at),
+                price_version=self.prices.version,
+            )  # fmt: skip
+            outcome = outcomes.get(item.key)
+            if outcome is None or outcome.response is None:
+                why = (outcome.failure.message if outcome and outcome.failure
+                       else f"the batch job ended {remote.state} without an answer")  # fmt: skip
+                # Google bills a batch per response; a request without one cost nothing.
+                record.outcome, record.error = Outcome.ERROR, why
+                failed[item.key] = why
+                costs[item.key] = Decimal(0)
+                await self.recorder.settled(record)
+                continue
+            response = outcome.response
+            booked = book_usage(response.reported, response.usage,
+                                counted_input_tokens=input_tokens.get(item.key, 0),
+                                output_bound_tokens=item.request.output_bound_tokens,
+                                answered=bool(response.text))  # fmt: skip
+            usage = booked.usage
+            cost = self.prices.cost(response.model_version or model, usage, at, batch=True)
+            verdict = judge(item.request, response, usage, accept)
+            if verdict.error is None:  # kept first, so it is never paid for again
+                kept = replace(response, raw={**response.raw, "mode": MODE})
+                await self.store.put(record.call_key, kept)
+                answers[item.key] = response.text
+            else:
+                unusable[item.key] = str(verdict.error)
+            record.outcome = verdict.outcome
+            record.model_version = response.model_version
+            record.input_tokens = usage.input_tokens
+            record.output_tokens = usage.output_tokens
+            record.thinking_tokens = usage.thinking_tokens
+            record.cached_tokens = usage.cached_tokens
+            record.cost_usd = cost
+            record.usage_missing = booked.usage_missing
+            record.error = None if verdict.error is None else str(verdict.error)
+            await self.recorder.settled(record)
+            total += cost
+            costs[item.key] = cost
+        await self.redis.hset(self.keys.batch_group(name), "booked", remote.state)
+        return Collected(remote, answers, unusable, failed, total, costs)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,78 @@
+"""`--mode` on `pipeline submit` (default PIPELINE_MODE) and the form field `mode` on
+POST /analyze put documents in Batch Mode: their jobs carry the group they share and take no
+bucket tokens; an unknown mode is refused with what to use."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import redis
+
+from pipeline.redis.keys import Keys
+from tests.support.api import api_client, api_settings, pdf_files
+from tests.support.pdfs import make_pdf
+from tests.support.workers import ROOT
+
+INVOICE = str(ROOT / "examples" / "docs" / "invoice.pdf")
+REPORT = make_pdf(1, "Quarterly report {n}. Revenue grew by ten percent.")
+
+
+def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    full.update(env)
+    full.update({"PYTHONPATH": str(ROOT), "PIPELINE_CPU_WORKERS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "submit", INVOICE, "--json", *args],
+        cwd=ROOT, env=full, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def _args(sredis: redis.Redis, prefix: str, job_id: str) -> dict[str, object]:
+    job = sredis.hgetall(Keys(prefix).job(job_id))
+    stored = json.loads(job["args"])  # the task's positional arguments: [args]
+    args: dict[str, object] = stored[0] if isinstance(stored, list) else stored
+    return args
+
+
+def test_submit_mode_batch_and_the_pipeline_mode_default(
+    pipeline_env: dict[str, str], sredis: redis.Redis, key_prefix: str
+) -> None:
+    out = _run(pipeline_env, "--mode", "batch")
+    assert out.returncode == 0, out.stderr
+    job_id = json.loads(out.stdout)["documents"][0]["job_id"]
+    args = _args(sredis, key_prefix, job_id)
+    assert args["mode"] == "batch"
+    group = args["batch_group"]
+    assert isinstance(group, dict) and str(group["name"]).startswith("pipeline-")
+    assert [m["name"] for m in group["members"]] == [INVOICE]
+    assert json.loads(sredis.hget(Keys(key_prefix).job(job_id), "hints") or "{}") == {}
+
+    default = _run({**pipeline_env, "PIPELINE_MODE": "batch", "PIPELINE_MODEL": "gemini-2.5-flash"})
+    assert default.returncode == 0, default.stderr
+    job_id = json.loads(default.stdout)["documents"][0]["job_id"]
+    assert _args(sredis, key_prefix, job_id)["mode"] == "batch"
+
+
+def test_submit_refuses_an_unknown_mode(pipeline_env: dict[str, str]) -> None:
+    out = _run(pipeline_env, "--mode", "overnight")
+    assert out.returncode == 2
+    assert "interactive or batch" in out.stderr
+
+
+async def test_analyze_form_field_mode(
+    tmp_path: Path, redis_url: str, key_prefix: str, sredis: redis.Redis
+) -> None:
+    settings = api_settings(tmp_path, redis_url, key_prefix)
+    async with api_client(settings) as (client, _):
+        r = await client.post("/analyze", files=pdf_files(("r.pdf", REPORT)),
+                              data={"mode": "batch"})  # fmt: skip
+        assert r.status_code == 202, r.text
+        job_id = r.json()["documents"][0]["job_id"]
+        bad = await client.post("/analyze", files=pdf_files(("r.pdf", REPORT)),
+                                data={"mode": "later"})  # fmt: skip
+    assert _args(sredis, key_prefix, job_id)["mode"] == "batch"
+    assert bad.status_code in (400, 422) and "mode" in bad.text

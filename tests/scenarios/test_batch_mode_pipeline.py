@@ -1,0 +1,188 @@
+"""Documents submitted with mode=batch, end to end: a real worker, Redis, the SQLite ledger,
+the real google-genai client and the emulator. Five documents make one Gemini batch job and
+no generateContent call, all complete, and the ledger equals the emulator's batch bill (50 %)
+to $0.000001; a re-run of the same documents pays nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+
+from pipeline.llm.pricing import PriceTable
+from pipeline.llm.provider import Usage
+from pipeline.queue.job import State
+from tasks.submission import Upload, submit_uploads
+from tests.support.emulator import RunningEmulator, start_emulator
+from tests.support.paid_rig import MICRO, money, running_pipeline
+from tests.support.pdfs import make_pdf
+from tests.support.workers import ROOT as ROOT_PATH
+
+ROOT = str(ROOT_PATH)
+
+FAST_POLL = {"batch_poll_s": 0.3, "batch_poll_max_s": 1.0}
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[RunningEmulator]:
+    with start_emulator(batch_delay_s=1.5) as running:
+        yield running
+
+
+def _docs(n: int) -> list[Upload]:
+    return [Upload(f"memo-{i}.pdf", make_pdf(1, f"Memo {i}. Globex signed with Initech."))
+            for i in range(n)]  # fmt: skip
+
+
+def _costs(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "costs", "--by", "mode", *args],
+        env={**os.environ, **env, "PYTHONPATH": ROOT}, capture_output=True, text=True,
+        timeout=120, cwd=ROOT,
+    )  # fmt: skip
+
+
+async def test_five_documents_in_batch_mode_make_one_job_and_cost_half(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str, emu: RunningEmulator,
+) -> None:  # fmt: skip
+    docs = _docs(5)
+    async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
+        sub = await submit_uploads(rig.client, docs, mode="batch", services=rig.services)
+        jobs = [await rig.finished(j, timeout_s=90) for j in sub.job_ids]
+        rows = rig.calls()
+        stats = emu.stats()
+        again = await submit_uploads(rig.client, docs, mode="batch", batch_id="rerun",
+                                     services=rig.services)  # fmt: skip
+        reruns = [await rig.finished(j, timeout_s=90) for j in again.job_ids]
+        after = emu.stats()
+        rerun_rows = rig.calls()
+    assert len(sub.job_ids) == 5
+    assert all(j.state == State.COMPLETE for j in jobs), [j.error for j in jobs]
+    results = [j.result for j in jobs]
+    assert all(isinstance(r, dict) and r["summary"] for r in results)
+    assert stats["generate_requests"] == 0
+    assert stats["batch"]["jobs_created"] == 1 and stats["batch"]["requests"] == 5
+    batch_rows = [r for r in rows if r.mode == "batch"]
+    assert len(batch_rows) == 5 and {r.outcome for r in batch_rows} == {"ok"}
+    assert all(r.outcome == "from_store" and r.cost_usd == 0 for r in rows if r.mode != "batch")
+    booked = sum((money(r.cost_usd) for r in rows), Decimal(0))
+    billed = Decimal(stats["batch"]["billed_total"]["cost_usd"])
+    assert abs(booked - billed) <= MICRO
+    prices = PriceTable.load()
+    interactive = Decimal(0)
+    for r in batch_rows:
+        usage = Usage(input_tokens=r.input_tokens, output_tokens=r.output_tokens,
+                      thinking_tokens=r.thinking_tokens)  # fmt: skip
+        interactive += prices.cost(r.model_version or r.model, usage, r.started_at)
+    assert abs(interactive / 2 - booked) <= MICRO
+    # Each result shows what it really cost: the batch price.
+    shown = sum((Decimal(str(r["cost_usd"])) for r in results if isinstance(r, dict)), Decimal(0))
+    assert abs(shown - booked) <= MICRO
+    # The re-run: results from the ledger, no new batch job, no new bill.
+    assert all(j.state == State.COMPLETE for j in reruns)
+    assert after["batch"]["jobs_created"] == 1 and after["generate_requests"] == 0
+    assert after["batch"]["billed_total"] == stats["batch"]["billed_total"]
+    assert sum((money(r.cost_usd) for r in rerun_rows), Decimal(0)) == booked
+    # `pipeline costs --by mode`: spend per mode, and what Batch Mode saved.
+    out = _costs(pipeline_env, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    by_mode = {row["key"]: row for row in report["rows"]}
+    assert Decimal(by_mode["batch"]["cost_usd"]) == booked.quantize(Decimal(by_mode["batch"][
+        "cost_usd"]))
+    assert Decimal(by_mode["interactive"]["cost_usd"]) == 0  # the from-store rows
+    assert abs(Decimal(report["saved_usd"]) - (interactive - booked)) <= MICRO
+    table = _costs(pipeline_env)
+    assert f"Batch Mode saved ${report['saved_usd']}" in table.stdout, table.stdout
+
+
+async def test_the_group_worst_case_is_held_before_create_and_settled_per_response(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str, emu: RunningEmulator,
+) -> None:  # fmt: skip
+    docs = _docs(3)
+    limit = Decimal("5.00")
+    async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
+        sub = await submit_uploads(rig.client, docs, mode="batch", budget_usd=limit,
+                                   services=rig.services)  # fmt: skip
+        jobs = [await rig.finished(j, timeout_s=90) for j in sub.job_ids]
+        status = await rig.services.budget.status(sub.batch_id, limit)
+        rows = rig.calls()
+    assert all(j.state == State.COMPLETE for j in jobs), [j.error for j in jobs]
+    booked = sum((money(r.cost_usd) for r in rows), Decimal(0))
+    assert booked > 0
+    assert abs(status["batch"].spent_usd - booked) <= MICRO
+    assert status["batch"].reserved_usd == 0
+
+
+async def test_a_budget_below_the_group_worst_case_creates_no_batch_job(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str, emu: RunningEmulator,
+) -> None:  # fmt: skip
+    docs = _docs(3)
+    async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
+        sub = await submit_uploads(rig.client, docs, mode="batch", budget_usd=Decimal("0.0001"),
+                                   services=rig.services)  # fmt: skip
+        jobs = [await rig.finished(j, timeout_s=90) for j in sub.job_ids]
+        status = await rig.services.budget.status(sub.batch_id, Decimal("0.0001"))
+        rows = rig.calls()
+    stats = emu.stats()
+    assert all(j.state != State.COMPLETE for j in jobs)
+    assert all("budget" in (j.error or "") for j in jobs), [j.error for j in jobs]
+    assert stats["batch"]["jobs_created"] == 0 and stats["generate_requests"] == 0
+    assert rows == [] and status["batch"].reserved_usd == 0
+
+
+async def test_status_shows_documents_waiting_in_the_gemini_batch(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str,
+) -> None:  # fmt: skip
+    from pipeline.cli.status import batch_waits
+    from tests.support.waiting import eventually
+
+    with start_emulator(batch_delay_s=120) as slow:
+        async with running_pipeline(slow, redis_url, key_prefix, **FAST_POLL) as rig:
+            sub = await submit_uploads(rig.client, _docs(2), mode="batch", services=rig.services)
+
+            async def waiting() -> list[dict[str, str]] | None:
+                waits = await batch_waits(rig.client, sub.job_ids)
+                # (a member that met the create lock first says so, then looks again)
+                seen = [w for w in waits if w["reason"].startswith("in Gemini batch ")]
+                return waits if len(seen) == 2 else None
+
+            waits = await eventually(waiting, 60, "both documents to wait in the batch")
+            stats = slow.stats()
+    assert {w["kind"] for w in waits} == {"in_batch"}
+    for wait in waits:
+        assert wait["reason"].startswith("in Gemini batch batches/"), wait
+        assert "state PENDING since 20" in wait["reason"] or "state RUNNING since 20" in wait[
+            "reason"
+        ]
+    assert stats["batch"]["jobs_created"] == 1 and stats["generate_requests"] == 0
+
+
+async def test_an_expired_batch_job_is_finished_interactively_and_books_no_batch_cost(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str,
+) -> None:  # fmt: skip
+    docs = _docs(3)
+    limit = Decimal("5.00")
+    with start_emulator(batch_delay_s=0.5, batch_end_state="EXPIRED") as expiring:
+        async with running_pipeline(expiring, redis_url, key_prefix, **FAST_POLL) as rig:
+            sub = await submit_uploads(rig.client, docs, mode="batch", budget_usd=limit,
+                                       services=rig.services)  # fmt: skip
+            jobs = [await rig.finished(j, timeout_s=90) for j in sub.job_ids]
+            status = await rig.services.budget.status(sub.batch_id, limit)
+            rows = rig.calls()
+        stats = expiring.stats()
+    assert all(j.state == State.COMPLETE for j in jobs), [j.error for j in jobs]
+    assert stats["batch"]["jobs_created"] == 1 and stats["batch"]["requests"] == 0
+    assert stats["generate_requests"] == 3  # each document once, interactively
+    batch_rows = [r for r in rows if r.mode == "batch"]
+    assert len(batch_rows) == 3
+    assert {(r.outcome, r.cost_usd) for r in batch_rows} == {("error", Decimal(0))}
+    assert all("EXPIRED" in (r.error or "") for r in batch_rows)
+    paid = sum((money(r.cost_usd) for r in rows), Decimal(0))
+    assert abs(paid - Decimal(stats["billed_total"]["cost_usd"])) <= MICRO
+    assert abs(status["batch"].spent_usd - paid) <= MICRO and status["batch"].reserved_usd == 0
