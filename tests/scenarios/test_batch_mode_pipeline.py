@@ -139,7 +139,7 @@ async def test_a_budget_below_the_group_worst_case_creates_no_batch_job(
 async def test_status_shows_documents_waiting_in_the_gemini_batch(
     pipeline_env: dict[str, str], redis_url: str, key_prefix: str,
 ) -> None:  # fmt: skip
-    from pipeline.cli.status import batch_waits
+    from tasks.batches import batch_view
     from tests.support.waiting import eventually
 
     with start_emulator(batch_delay_s=120) as slow:
@@ -147,7 +147,9 @@ async def test_status_shows_documents_waiting_in_the_gemini_batch(
             sub = await submit_uploads(rig.client, _docs(2), mode="batch", services=rig.services)
 
             async def waiting() -> list[dict[str, str]] | None:
-                waits = await batch_waits(rig.client, sub.job_ids)
+                view = await batch_view(rig.client, rig.services.engine, sub.batch_id)
+                waits = [{"kind": d.state.kind or "", "reason": d.state.reason or ""}
+                         for d in view.documents if d.status == "waiting"]  # fmt: skip
                 # (a member that met the create lock first says so, then looks again)
                 seen = [w for w in waits if w["reason"].startswith("in Gemini batch ")]
                 return waits if len(seen) == 2 else None
