@@ -168,7 +168,7 @@ async def test_a_bill_above_its_reservation_is_booked_and_stops_the_batch_until_
     assert any("over its reservation" in r.getMessage() for r in caplog.records)
     assert stopped.state == State.OVER_BUDGET and stopped.reason == "budget_overrun"
     assert sent_before_raise == 1  # nothing admitted while stopped
-    assert again.documents[0].status == "requeued"
+    assert again.documents[0].status == "queued"  # a new run, in this batch
     assert resumed.state == State.COMPLETE, resumed.error
     assert stats["generate_requests"] == 2
     assert_ledger_is_the_bill(rows, stats)
