@@ -48,6 +48,7 @@ class LeaseBook:
 
     def __init__(self, redis: syncredis.Redis, keys: Keys) -> None:
         self.keys = keys
+        self.redis = redis
         self._renew = redis.register_script(lua_source(LUA_DIR, "renew"))
         self._lock = threading.Lock()
         self._leases: dict[str, Lease] = {}
@@ -64,6 +65,20 @@ class LeaseBook:
     def snapshot(self) -> list[Lease]:
         with self._lock:
             return list(self._leases.values())
+
+    def cancel_requested(self) -> list[str]:
+        """Jobs held here whose cancellation was requested (`cancel` set on the job), read in
+        one round trip: a cancel is noticed within a tick, not at the next renewal (a third
+        of a lease that may be minutes long)."""
+        held = [lease.job_id for lease in self.snapshot()]
+        if not held:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in held:
+                pipe.hget(self.keys.job(job_id), "cancel")
+            flags = pipe.execute()
+        return [job_id for job_id, flag in zip(held, flags, strict=True)
+                if flag in ("1", b"1")]  # fmt: skip
 
     def renew_due(self) -> tuple[list[str], list[str]]:
         """Renew what is due; return (stale job ids, job ids whose cancellation was requested).

@@ -117,6 +117,7 @@ class Liveness:
 
     def _renew(self) -> None:
         stale, cancel = self.leases.renew_due()
+        cancel = list(dict.fromkeys([*cancel, *self.leases.cancel_requested()]))
         for job_id in stale:
             self._post(self.halt, job_id, "lost")
         for job_id in cancel:
