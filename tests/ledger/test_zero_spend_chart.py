@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("matplotlib", reason="the chart extra: pip install 'pipeline[chart]'")
+pytest.importorskip("matplotlib", reason="the chart extra, pipeline[chart]")
 
 from pipeline.ledger.chart import spend_figure, write_spend_chart
 

@@ -45,8 +45,8 @@ pytestmark = pytest.mark.slow
 def _ensure_chromium() -> str:
     if not os.path.exists(CHROMIUM):
         pytest.skip(
-            "no /usr/bin/chromium: `make test` installs it as root (`make browser`, which runs "
-            "`apt-get install chromium`); or install Debian's chromium yourself"
+            "no /usr/bin/chromium: `make test` sets it up as root (`make browser`, Debian's "
+            "chromium package); or add that package yourself"
         )
     return CHROMIUM
 
