@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -13,12 +13,15 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
+from pipeline.ledger import db
 from pipeline.ledger.budget import Budget
 from pipeline.llm.attempts import CallAttempt, Outcome
 from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
-from tests.support.backends import fresh_pg_database
+from tests.support.backends import TcpProxy, fresh_pg_database
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -78,3 +81,31 @@ def make_budget(
     """A Budget with day/month limits given as decimal strings (budget_day_usd="1.00")."""
     settings = load_settings(**{k: Decimal(v) for k, v in limits.items()})
     return Budget(aredis, keys, settings, hold_s=hold_s)
+
+
+# A fresh PostgreSQL ledger reached through a TCP proxy the test can cut (the outage and
+# spool tests); migrated directly, not through the proxy.
+@pytest.fixture
+def direct_url(postgres_url: str | None) -> Iterator[str]:
+    if postgres_url is None:
+        pytest.skip("no PostgreSQL (set PIPELINE_TEST_DATABASE_URL or run one on 127.0.0.1:5432)")
+    with fresh_pg_database(postgres_url) as url:
+        db.create_ledger_engine(url).dispose()  # migrate directly, not through the proxy
+        yield url
+
+
+@pytest.fixture
+async def proxy(direct_url: str) -> AsyncIterator[TcpProxy]:
+    target = make_url(direct_url)
+    p = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+@pytest.fixture
+def proxied_engine(direct_url: str, proxy: TcpProxy) -> Iterator[Engine]:
+    url = make_url(direct_url).set(host="127.0.0.1", port=proxy.port)
+    engine = db.create_ledger_engine(url.render_as_string(hide_password=False), upgrade=False)
+    yield engine
+    engine.dispose()

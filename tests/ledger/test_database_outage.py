@@ -7,13 +7,11 @@ and every live connection, exactly what a database restart or network cut looks 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 
 import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import Engine, func, select
-from sqlalchemy.engine import make_url
 
 from pipeline.ledger import db
 from pipeline.ledger.models import JobRow, LLMCall
@@ -21,35 +19,9 @@ from pipeline.ledger.recorder import SqlRecorder
 from pipeline.llm.attempts import Outcome
 from pipeline.redis.keys import Keys
 from tests.ledger.conftest import attempt, settle
-from tests.support.backends import TcpProxy, fresh_pg_database
+from tests.support.backends import TcpProxy
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def direct_url(postgres_url: str | None) -> Iterator[str]:
-    if postgres_url is None:
-        pytest.skip("no PostgreSQL (set PIPELINE_TEST_DATABASE_URL or run one on 127.0.0.1:5432)")
-    with fresh_pg_database(postgres_url) as url:
-        db.create_ledger_engine(url).dispose()  # migrate directly, not through the proxy
-        yield url
-
-
-@pytest.fixture
-async def proxy(direct_url: str) -> AsyncIterator[TcpProxy]:
-    target = make_url(direct_url)
-    p = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
-    await p.start()
-    yield p
-    await p.stop()
-
-
-@pytest.fixture
-def proxied_engine(direct_url: str, proxy: TcpProxy) -> Iterator[Engine]:
-    url = make_url(direct_url).set(host="127.0.0.1", port=proxy.port)
-    engine = db.create_ledger_engine(url.render_as_string(hide_password=False), upgrade=False)
-    yield engine
-    engine.dispose()
 
 
 async def _until(predicate_coro: object, timeout_s: float = 20.0) -> None:

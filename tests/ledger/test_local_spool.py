@@ -6,13 +6,11 @@ Real PostgreSQL behind a TCP proxy the test cuts, and a private redis-server it 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from pipeline.ledger import db
@@ -24,46 +22,20 @@ from pipeline.llm.attempts import Outcome
 from pipeline.redis.connection import connect_redis
 from pipeline.redis.keys import Keys
 from tests.ledger.conftest import attempt, settle
-from tests.support.backends import TcpProxy, fresh_pg_database
+from tests.support.backends import TcpProxy
 from tests.support.private_redis import PrivateRedis
 
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-def direct_url(postgres_url: str | None) -> Iterator[str]:
-    if postgres_url is None:
-        pytest.skip("no PostgreSQL (set PIPELINE_TEST_DATABASE_URL or run one on 127.0.0.1:5432)")
-    with fresh_pg_database(postgres_url, "spool") as url:
-        db.create_ledger_engine(url).dispose()
-        yield url
-
-
-@pytest.fixture
-async def proxy(direct_url: str) -> AsyncIterator[TcpProxy]:
-    target = make_url(direct_url)
-    p = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
-    await p.start()
-    yield p
-    await p.stop()
-
-
-@pytest.fixture
-def engine(direct_url: str, proxy: TcpProxy) -> Iterator[Engine]:
-    url = make_url(direct_url).set(host="127.0.0.1", port=proxy.port)
-    e = db.create_ledger_engine(url.render_as_string(hide_password=False), upgrade=False)
-    yield e
-    e.dispose()
-
-
 async def test_writes_neither_store_takes_are_spooled_and_replayed_once(
-    tmp_path: Path, direct_url: str, proxy: TcpProxy, engine: Engine, key_prefix: str
+    tmp_path: Path, direct_url: str, proxy: TcpProxy, proxied_engine: Engine, key_prefix: str
 ) -> None:
     spool_dir = tmp_path / "home" / "spool"
     with PrivateRedis(tmp_path / "redis") as server:
         redis = connect_redis(server.url, retries=1)
         try:
-            recorder = SqlRecorder(engine, redis, Keys(key_prefix), LocalSpool(spool_dir))
+            recorder = SqlRecorder(proxied_engine, redis, Keys(key_prefix), LocalSpool(spool_dir))
             call = attempt(job_id="j-spool")
             await recorder.started(call)  # straight to the database
             server.kill()
@@ -75,7 +47,7 @@ async def test_writes_neither_store_takes_are_spooled_and_replayed_once(
             assert await LedgerAnswers(recorder).find_answer("ck-spool", 3600) is None
 
             await proxy.start()  # the database is back, Redis is not
-            other = SqlRecorder(engine, redis, Keys(key_prefix), LocalSpool(spool_dir))
+            other = SqlRecorder(proxied_engine, redis, Keys(key_prefix), LocalSpool(spool_dir))
             assert await other.replay_spool() == 2  # any process on the home replays it
             assert list(spool_dir.glob("ledger-*.jsonl")) == []
             assert await other.replay_spool() == 0
