@@ -325,7 +325,7 @@ async def build_worker(
     pool = CpuPool(s.cpu_workers, s.cpu_max_tasks_per_child)
     if services is None and not any(t.uses_services for t in REGISTRY.values()):
         return Worker(client, queues=queues, concurrency=concurrency, burst=burst, pool=pool)
-    from pipeline.llm.limiter import LimiterGate
+    from pipeline.llm.limiter_gate import LimiterGate
     from pipeline.storage import open_store
     from pipeline.storage.holds import document_hooks
 

@@ -67,13 +67,11 @@ from pipeline.llm.bucket import BucketShape, LimiterTuning, pacific_midnights, p
 from pipeline.llm.counters import LimiterCounters
 from pipeline.llm.pricing import canonical_model
 from pipeline.llm.renewal import renewing
-from pipeline.queue.gate import Admission, Candidate
 from pipeline.redis.connection import text
 from pipeline.redis.keys import Keys
 from pipeline.settings import Settings
 
-__all__ = ["BucketShape", "Limiter", "LimiterGate", "LimiterTuning", "Permit", "Wait",
-           "pacific_midnights"]  # fmt: skip
+__all__ = ["BucketShape", "Limiter", "LimiterTuning", "Permit", "Wait", "pacific_midnights"]
 
 _LUA_DIR = Path(__file__).with_name("lua")
 DAILY_KINDS = frozenset({"daily", "daily_count"})
@@ -352,48 +350,6 @@ class Limiter:
             "paused_until": when("pause"),
             "daily_exhausted_until": when("dayx"),
         }
-
-
-class LimiterGate:
-    """The limiter as the worker's admission gate: no claim while the bucket says wait.
-
-    A job without a "model" hint makes no LLM call the limiter knows of and is admitted.
-    A permit handed back through `release` belongs to a claim that lost a race, so no
-    request was sent: it is refunded in full (slot, request, tokens, today's count), or the
-    lost race would silently eat quota that Google never saw used.
-    """
-
-    def __init__(self, limiter: Limiter) -> None:
-        self.limiter = limiter
-        # model -> when this worker was first held back for it (monotonic s): the wait it
-        # reports is per worker, so four waiting workers add up four times the wall time.
-        self._held_since: dict[str, float] = {}
-
-    async def admit(self, candidate: Candidate) -> Admission:
-        hinted = candidate.hints.get("model")
-        if not hinted:
-            return Admission(ok=True)
-        tokens = int(candidate.hints.get("tokens") or 0)
-        try:
-            model = self.limiter.canonical(str(hinted))
-            got = await self.limiter.try_acquire(model, tokens)
-        except (OverLimit, UnknownModel):
-            # Never admissible: let the job run so its call raises the same error, which
-            # Services.call turns into Permanent (the job fails at once with the message).
-            return Admission(ok=True)
-        now = asyncio.get_running_loop().time()
-        if isinstance(got, Permit):
-            since = self._held_since.pop(model, None)
-            if since is not None:
-                await self.limiter.stats.limiter_waited(model, now - since)
-            return Admission(ok=True, permit=got)
-        self._held_since.setdefault(model, now)
-        await self.limiter.stats.limiter_refused(model, got.kind)
-        return Admission(ok=False, retry_after_s=got.retry_after_s, reason=got.reason)
-
-    async def release(self, admission: Admission) -> None:
-        if isinstance(admission.permit, Permit):
-            await self.limiter.release(admission.permit, sent=False)
 
 
 def _limit_tables(settings: Settings, canonical: Callable[[str], str]) -> dict[str, str]:

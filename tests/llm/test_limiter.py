@@ -15,12 +15,12 @@ import redis.asyncio as aioredis
 from pipeline.errors import DailyQuotaExhausted, OverLimit
 from pipeline.llm.limiter import (
     Limiter,
-    LimiterGate,
     LimiterTuning,
     Permit,
     Wait,
     pacific_midnights,
 )
+from pipeline.llm.limiter_gate import LimiterGate
 from pipeline.queue.gate import Candidate
 from pipeline.redis.keys import Keys
 from pipeline.settings import Settings, load_settings

@@ -21,7 +21,8 @@ from pipeline.llm.attempts import MemoryRecorder, Outcome
 from pipeline.llm.caller import LLMCaller
 from pipeline.llm.callstore import CallStore
 from pipeline.llm.gemini import GeminiProvider
-from pipeline.llm.limiter import Limiter, LimiterGate, Permit, Wait
+from pipeline.llm.limiter import Limiter, Permit, Wait
+from pipeline.llm.limiter_gate import LimiterGate
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.provider import LLMRequest, Part
 from pipeline.queue.client import QueueClient
