@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     # uploads are inspected: pool processes, and each document's time and memory limit.
     max_concurrent_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
     inspect_workers: int = Field(default=2, gt=0)
-    inspect_timeout_s: float = Field(default=10.0, gt=0)
+    inspect_timeout_s: float = Field(default=10.0, gt=0)  # CPU seconds per upload (pdf_guard)
     inspect_memory_mb: int = Field(default=512, gt=0)
     # Document analysis (tasks/analyze.py, tasks/submission.py).
     # Where PDF bytes wait for workers (pipeline/storage/): `file` (<home>/documents),

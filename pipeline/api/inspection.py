@@ -19,8 +19,12 @@ from pipeline.settings import Settings
 from tasks.submission import Upload
 
 _GUARD = "tasks.pdf_guard:inspect_limited"
-# Beyond the in-process alarm: how much longer the API waits before ending the process.
-_GRACE_S = 5.0
+# The in-process limit is CPU time; the API's own wait is a backstop in wall time for a
+# process that stops answering (stuck in C code, say), so it allows for a busy machine:
+# a process sharing the CPU with others, or still starting, needs several times its CPU
+# time in wall time.
+_BACKSTOP_FACTOR = 10.0
+_BACKSTOP_GRACE_S = 60.0
 
 
 class InspectionPool:
@@ -48,13 +52,13 @@ class InspectionPool:
                 info: dict[str, Any] = await asyncio.wait_for(
                     self.pool.run(_GUARD, source, s.max_upload_bytes, s.max_document_pages,
                                   upload.name, self.timeout_s, self.memory_mb, room),
-                    self.timeout_s + _GRACE_S,
+                    self.timeout_s * _BACKSTOP_FACTOR + _BACKSTOP_GRACE_S,
                 )  # fmt: skip
             except TimeoutError:
                 self.pool.kill()
                 raise BadDocument(
-                    f"{upload.name} could not be read within {self.timeout_s:g} s; it was "
-                    "refused. Save it again from the program that made it"
+                    f"{upload.name} could not be read: the process reading it stopped "
+                    "answering; it was refused. Save it again from the program that made it"
                 ) from None
             except Retry:  # the process died under it (killed, out of memory)
                 raise BadDocument(
