@@ -26,6 +26,7 @@ from pipeline.llm.emulator import content
 from pipeline.llm.emulator.batch_routes import add_batch_routes
 from pipeline.llm.emulator.batches import BatchStore
 from pipeline.llm.emulator.faults import Active, Fault, FaultBook
+from pipeline.llm.emulator.files import FileStore, add_file_routes
 from pipeline.llm.emulator.quota import Denial, QuotaTracker, format_duration
 from pipeline.llm.emulator.stats import Bill, EmulatorStats, Throttle, price
 
@@ -139,7 +140,8 @@ class _Emulator:
         )
         self.rng = random.Random(config.seed)
         self.stats = EmulatorStats()
-        self.batches = BatchStore(config.batch_delay_s, config.batch_end_state)
+        self.files = FileStore()
+        self.batches = BatchStore(config.batch_delay_s, config.batch_end_state, self.files)
         self.faults = FaultBook(config.faults)
         self.lock = threading.Lock()  # stats are read from other threads by in-process tests
         from pipeline.llm.pricing import PriceTable
@@ -153,7 +155,9 @@ class _Emulator:
     def reset(self) -> None:
         with self.lock:
             self.stats = EmulatorStats()
-            self.batches = BatchStore(self.config.batch_delay_s, self.config.batch_end_state)
+            self.files = FileStore()
+            self.batches = BatchStore(self.config.batch_delay_s, self.config.batch_end_state,
+                                      self.files)  # fmt: skip
             self.faults.replace(self.faults.faults)  # the same faults, uses counted afresh
             self.quotas.reset()
             self.rng = random.Random(self.config.seed)
@@ -218,7 +222,7 @@ class _Emulator:
                 "(EmulatorConfig.refuse_text).",
             )
         try:
-            prompt = await asyncio.to_thread(content.parse_prompt, body)
+            prompt = await asyncio.to_thread(content.parse_prompt, body, self.files.resolve)
         except content.BadRequest as exc:
             return _error(400, str(exc))
         with self.lock:
@@ -300,7 +304,7 @@ class _Emulator:
         with self.lock:
             self.stats.batch_requests += 1
         try:
-            prompt = content.parse_prompt(body)
+            prompt = content.parse_prompt(body, self.files.resolve)
             with self.lock:
                 active = self.faults.match(prompt.match_text())
             version = self.aliases.get(model, model)
@@ -319,7 +323,7 @@ class _Emulator:
         if isinstance(inner, dict):
             body = inner
         try:
-            prompt = await asyncio.to_thread(content.parse_prompt, body)
+            prompt = await asyncio.to_thread(content.parse_prompt, body, self.files.resolve)
         except content.BadRequest as exc:
             return _error(400, str(exc))
         with self.lock:
@@ -406,12 +410,14 @@ def create_emulator_app(config: EmulatorConfig | None = None) -> FastAPI:
         return response
 
     add_batch_routes(app, emulator, _error)
+    add_file_routes(app, emulator, _error)
 
     @app.get("/_emulator/stats")
     async def stats() -> dict[str, Any]:
         with emulator.lock:
             data = emulator.stats.as_json()
         data["batch"]["jobs_created"] = emulator.batches.created
+        data["files"] = emulator.files.stats()
         return data
 
     @app.get("/_emulator/faults")

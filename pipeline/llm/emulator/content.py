@@ -15,6 +15,7 @@ import json
 import math
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,7 +87,13 @@ def _parts(content: Any) -> list[dict[str, Any]]:
     return parts
 
 
-def parse_prompt(body: dict[str, Any]) -> Prompt:
+# A `fileData.fileUri` -> (bytes, MIME type) of the uploaded file; raises BadRequest.
+FileResolver = Callable[[str], tuple[bytes, str]]
+
+
+def parse_prompt(body: dict[str, Any], files: FileResolver | None = None) -> Prompt:
+    """The request's prompt; `files` reads parts sent as uploaded files (`fileData`).
+    Raises BadRequest for a request the API refuses."""
     contents = body.get("contents")
     if not isinstance(contents, list) or not contents:
         raise BadRequest("* GenerateContentRequest.contents: contents is not specified")
@@ -96,11 +103,11 @@ def parse_prompt(body: dict[str, Any]) -> Prompt:
         prompt.system = "\n".join(str(p.get("text", "")) for p in _parts(system))
     for content in contents:
         for part in _parts(content):
-            _add_part(prompt, part)
+            _add_part(prompt, part, files)
     return prompt
 
 
-def _add_part(prompt: Prompt, part: dict[str, Any]) -> None:
+def _add_part(prompt: Prompt, part: dict[str, Any], files: FileResolver | None) -> None:
     if "text" in part:
         if part.get("thought"):
             return
@@ -108,11 +115,19 @@ def _add_part(prompt: Prompt, part: dict[str, Any]) -> None:
         return
     inline = pick(part, "inlineData", "inline_data")
     if inline is None:
-        if pick(part, "fileData", "file_data") is not None:
-            raise BadRequest("fileData is not supported by the emulator; send the PDF inline")
+        ref = pick(part, "fileData", "file_data")
+        if ref is None:
+            return
+        if files is None:
+            raise BadRequest("fileData is not served on this route; send the PDF inline")
+        data, stored_mime = files(str(pick(ref, "fileUri", "file_uri", "")))
+        _add_data(prompt, str(pick(ref, "mimeType", "mime_type", "") or stored_mime), data)
         return
-    mime = str(pick(inline, "mimeType", "mime_type", ""))
-    data = _b64decode(str(inline.get("data", "")))
+    _add_data(prompt, str(pick(inline, "mimeType", "mime_type", "")),
+              _b64decode(str(inline.get("data", ""))))  # fmt: skip
+
+
+def _add_data(prompt: Prompt, mime: str, data: bytes) -> None:
     if mime == "application/pdf":
         try:
             text, pages = pdf_text(data)

@@ -1,0 +1,126 @@
+"""Batch groups above the inline limit go as a JSONL input file through the Files API: the
+real google-genai client (resumable upload, batches.create from a file name, files.download
+of the responses file) over HTTP to the emulator, real Redis, the SQL ledger (SQLite and
+PostgreSQL). One file upload (plus one per PDF when a line is over its limit), zero
+generateContent, answers by key, the ledger equal to the emulator's batch bill, and every
+uploaded file deleted once the job is booked."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from sqlalchemy import Engine, select
+
+from pipeline.ledger import db
+from pipeline.ledger.models import LLMCall
+from pipeline.ledger.recorder import SqlRecorder
+from pipeline.llm.batch import BatchItem
+from pipeline.llm.batch_files import inline_bytes
+from pipeline.llm.batch_group import BatchGroups, Collected
+from pipeline.llm.callstore import CallStore, call_key
+from pipeline.llm.gemini import GeminiProvider
+from pipeline.llm.pricing import PriceTable
+from pipeline.llm.provider import LLMRequest, Part
+from pipeline.redis.keys import Keys
+from tests.ledger.conftest import BACKENDS, database_url_for
+from tests.support.emulator import RunningEmulator, start_emulator
+from tests.support.pdfs import make_pdf
+
+MODEL = "gemini-2.5-flash"
+MICRO = Decimal("0.000001")
+SCHEMA = {"type": "object", "properties": {"summary": {"type": "string"}},
+          "required": ["summary"]}  # fmt: skip
+
+
+def _items(n: int) -> list[BatchItem]:
+    return [
+        BatchItem(
+            key=f"pdf-{i}",
+            request=LLMRequest(
+                model=MODEL,
+                parts=(Part.pdf(make_pdf(i + 1, f"Report {i}. Globex signed with Initech.")),
+                       Part(text=f"Summarise report {i}.")),  # fmt: skip
+                system="You analyse reports. Answer in JSON.",
+                response_schema=SCHEMA,
+                max_output_tokens=512,
+                thinking_budget=0,
+                prompt_version="t1",
+            ),
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(params=BACKENDS)
+def engine(request: pytest.FixtureRequest, tmp_path: Path,
+           postgres_url: str | None) -> Iterator[Engine]:  # fmt: skip
+    with database_url_for(request.param, tmp_path, postgres_url) as url:
+        eng = db.create_ledger_engine(url)
+        yield eng
+        eng.dispose()
+
+
+def _groups(emu: RunningEmulator, engine: Engine, aredis: aioredis.Redis, keys: Keys,
+            line_max_bytes: int) -> tuple[GeminiProvider, BatchGroups]:  # fmt: skip
+    provider = GeminiProvider(api_key=emu.api_key, base_url=emu.base_url)
+    groups = BatchGroups(provider.batches, CallStore(aredis, keys),
+                         SqlRecorder(engine, aredis, keys), PriceTable.load(),
+                         inline_max_bytes=2000, line_max_bytes=line_max_bytes)  # fmt: skip
+    return provider, groups
+
+
+async def _collect(groups: BatchGroups, items: list[BatchItem], tokens: dict[str, int],
+                   deadline_s: float = 60.0) -> Collected:  # fmt: skip
+    stop = time.monotonic() + deadline_s
+    while time.monotonic() < stop:
+        done = await groups.collect(MODEL, items, tokens)
+        if done is not None:
+            return done
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"batch group not done in {deadline_s}s")
+
+
+# (line limit, uploads expected besides the input file): every line fits, or none does and
+# each PDF goes as its own uploaded file referenced by fileData.fileUri.
+@pytest.mark.parametrize(("line_max_bytes", "pdf_uploads"), [(20 * 1024 * 1024, 0), (100, 3)])
+async def test_a_group_over_the_inline_limit_goes_as_an_input_file(
+    engine: Engine, aredis: aioredis.Redis, keys: Keys, line_max_bytes: int, pdf_uploads: int
+) -> None:
+    items = _items(3)
+    assert inline_bytes([(i.key, i.request) for i in items]) > 2000  # over the limit set
+    with start_emulator(batch_delay_s=0.6) as emu:
+        provider, groups = _groups(emu, engine, aredis, keys, line_max_bytes)
+        tokens = {i.key: await provider.count_tokens(i.request) for i in items}
+        remote = await groups.submit(MODEL, items, tokens, batch_id="files")
+        during = emu.stats()["files"]
+        collected = await _collect(groups, items, tokens)
+        await provider.aclose()
+        stats = emu.stats()
+    assert remote.name.startswith("batches/")
+    assert during["uploads"] == 1 + pdf_uploads and during["live"] == 1 + pdf_uploads
+    assert stats["generate_requests"] == 0 and stats["batch"]["jobs_created"] == 1
+    assert stats["batch"]["requests"] == 3
+    # The answers came from the responses file, by key, as the requests asked (JSON).
+    assert collected.remote.responses_file and stats["files"]["downloads"] == 1
+    assert sorted(collected.answers) == sorted(tokens) and not collected.failed
+    assert not collected.unusable
+    # Every upload deleted once booked; only the service's responses file is left.
+    assert stats["files"]["deleted"] == 1 + pdf_uploads and stats["files"]["live"] == 1
+    assert not [f for f in await aredis.hkeys(keys.batch_group(remote.display_name))
+                if str(f).find("file:") >= 0]  # fmt: skip
+    with db.session_factory(engine)() as session:
+        rows = list(session.scalars(select(LLMCall)))
+    assert {(r.mode, r.outcome) for r in rows} == {("batch", "ok")} and len(rows) == 3
+    # A PDF sent as fileData is read and billed as the same PDF inline would be.
+    assert {r.document_id: r.input_tokens for r in rows} == tokens
+    booked = sum((r.cost_usd for r in rows), Decimal(0))
+    assert abs(booked - Decimal(stats["batch"]["billed_total"]["cost_usd"])) <= MICRO
+    store = CallStore(aredis, keys)
+    for item in items:
+        assert (await store.get(call_key(item.request))) is not None
