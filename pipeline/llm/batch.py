@@ -135,16 +135,19 @@ class GeminiBatches:
 
     async def get(self, name: str, requests: dict[str, LLMRequest] | None = None) -> RemoteBatch:
         """The job now; with its outcomes when it SUCCEEDED. `requests` (by key) lets an
-        answer be read as its request asked (JSON schema); a key not in it is read as text."""
+        answer be read as its request asked (JSON schema); a key not in it is read as text.
+        A job fed by an input file answers in a responses file, downloaded only when
+        `requests` is given: a look at the state alone downloads nothing."""
         try:
             job = await self._client.aio.batches.get(name=name)
         except Exception as exc:
             raise ProviderCallError(parse_api_error(exc)) from exc
         remote = self._remote(job, requests or {})
-        if job.dest is not None and job.dest.file_name and remote.state == "SUCCEEDED":
+        if requests is not None and job.dest is not None and job.dest.file_name \
+                and remote.state == "SUCCEEDED":  # fmt: skip
             data = await self.files.download(job.dest.file_name)
             outcomes = tuple(_outcome(key, to_response(r) if r is not None else None, error,
-                                      (requests or {}).get(key), job.model or "")
+                                      requests.get(key), job.model or "")
                              for key, r, error in parse_responses(data))  # fmt: skip
             remote = replace(remote, outcomes=outcomes, responses_file=job.dest.file_name)
         return remote

@@ -124,3 +124,61 @@ async def test_a_group_over_the_inline_limit_goes_as_an_input_file(
     store = CallStore(aredis, keys)
     for item in items:
         assert (await store.get(call_key(item.request))) is not None
+
+
+async def test_an_input_file_uploaded_before_a_failed_create_is_used_again(
+    engine: Engine, aredis: aioredis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create that fails after the upload (the connection drops; a worker dies) leaves the
+    recorded input file; the next submit uses it instead of uploading the group again."""
+    from pipeline.llm.batch import GeminiBatches
+    from pipeline.llm.failure import ProviderCallError, ProviderFailure
+
+    items = _items(2)
+    real_create = GeminiBatches.create
+    calls: list[str | None] = []
+
+    async def create_once_failing(self: GeminiBatches, *args: object, **kw: object) -> object:
+        calls.append(str(args[-1]) if len(args) == 4 else None)
+        if len(calls) == 1:
+            raise ProviderCallError(ProviderFailure(code=503, status="UNAVAILABLE",
+                                                    message="dropped", retryable=True))
+        return await real_create(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(GeminiBatches, "create", create_once_failing)
+    with start_emulator(batch_delay_s=0.3) as emu:
+        provider, groups = _groups(emu, engine, aredis, keys, 20 * 1024 * 1024)
+        tokens = {i.key: 100 for i in items}
+        with pytest.raises(ProviderCallError):
+            await groups.submit(MODEL, items, tokens)
+        remote = await groups.submit(MODEL, items, tokens)
+        collected = await _collect(groups, items, tokens)
+        await provider.aclose()
+        stats = emu.stats()
+    assert calls[0] is not None and calls[0] == calls[1]  # the same files/… both times
+    assert stats["files"]["uploads"] == 1 and stats["batch"]["jobs_created"] == 1
+    assert collected.remote.name == remote.name and sorted(collected.answers) == sorted(tokens)
+    assert stats["files"]["deleted"] == 1
+
+
+async def test_the_files_api_speaks_the_sdk_protocol() -> None:
+    """Upload (resumable, in the SDK's chunks), get, delete; an uploaded file cannot be
+    downloaded (only files the service generated can), as with Google."""
+    from pipeline.llm.failure import ProviderCallError
+
+    data = b"x" * (9 * 1024 * 1024)  # over the SDK's 8 MiB chunk: two upload requests
+    with start_emulator() as emu:
+        provider = GeminiProvider(api_key=emu.api_key, base_url=emu.base_url)
+        files = provider.batches.files
+        up = await files.upload(data, "application/octet-stream", "big")
+        there = await files.exists(up.name)
+        with pytest.raises(ProviderCallError) as refused:
+            await files.download(up.name)
+        gone = await files.delete(up.name)
+        after = await files.exists(up.name), await files.delete(up.name)
+        await provider.aclose()
+        stats = emu.stats()
+    assert up.name.startswith("files/") and up.uri.endswith(up.name)
+    assert there and gone and after == (False, False)
+    assert refused.value.failure.code == 404
+    assert stats["files"] == {"uploads": 1, "deleted": 1, "downloads": 0, "live": 0}
