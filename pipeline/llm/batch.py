@@ -200,9 +200,12 @@ def _outcome(key: str, response: types.GenerateContentResponse | None, error: An
     if response is not None:
         asked = request or LLMRequest(model=model, parts=())
         return BatchOutcome(key, response=to_llm_response(response, asked, 0.0))
-    get = error.get if isinstance(error, dict) else lambda name: getattr(error, name, None)
-    code = int(get("code") or 0) if error else 0
+
+    def read(name: str) -> Any:
+        return error.get(name) if isinstance(error, dict) else getattr(error, name, None)
+
+    code = int(read("code") or 0) if error else 0
     return BatchOutcome(key, failure=ProviderFailure(
         code=code, status="BATCH_REQUEST_FAILED",
-        message=(get("message") if error else None) or "the batch gave no answer",
+        message=(read("message") if error else None) or "the batch gave no answer",
         retryable=code in (0, 429, 500, 503, 504)))  # fmt: skip

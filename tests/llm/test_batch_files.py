@@ -44,8 +44,10 @@ def _items(n: int) -> list[BatchItem]:
             key=f"pdf-{i}",
             request=LLMRequest(
                 model=MODEL,
-                parts=(Part.pdf(make_pdf(i + 1, f"Report {i}. Globex signed with Initech.")),
-                       Part(text=f"Summarise report {i}.")),  # fmt: skip
+                parts=(
+                    Part.pdf(make_pdf(i + 1, f"Report {i}. Globex signed with Initech.")),
+                    Part(text=f"Summarise report {i}."),
+                ),
                 system="You analyse reports. Answer in JSON.",
                 response_schema=SCHEMA,
                 max_output_tokens=512,

@@ -95,6 +95,7 @@ class BatchStore:
             raise BadRequest("batch is required")
         config = pick(batch, "inputConfig", "input_config") or {}
         file_name = pick(config, "fileName", "file_name")
+        requests: Any
         if file_name:
             requests = self._file_requests(str(file_name))
         else:

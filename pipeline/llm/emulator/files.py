@@ -30,8 +30,8 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from pipeline.llm.emulator.content import BadRequest
 from pipeline.llm.emulator.batch_routes import ErrorFn
+from pipeline.llm.emulator.content import BadRequest
 
 
 def _rfc3339(at: float) -> str:
@@ -167,9 +167,9 @@ def add_file_routes(app: FastAPI, emulator: Any, error: ErrorFn) -> None:
                 return denied
             if request.headers.get("x-goog-upload-protocol") != "resumable" or command != "start":
                 return error(400, "the emulator serves resumable uploads only "
-                                  "(X-Goog-Upload-Protocol: resumable, Command: start)")  # fmt: skip
+                             "(X-Goog-Upload-Protocol: resumable, Command: start)")  # fmt: skip
             body = await request.json() if await request.body() else {}
-            meta = body.get("file") or {} if isinstance(body, dict) else {}
+            meta = (body.get("file") or {}) if isinstance(body, dict) else {}
             mime = request.headers.get("x-goog-upload-header-content-type") or str(
                 meta.get("mimeType") or "application/octet-stream")  # fmt: skip
             size = request.headers.get("x-goog-upload-header-content-length", "")
