@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 from google import genai
@@ -89,31 +89,29 @@ class BatchFiles:
 
     async def exists(self, name: str) -> bool:
         """Whether the file is still there (False for a 404: deleted or expired)."""
-        try:
-            await self._client.aio.files.get(name=name)
-        except Exception as exc:
-            failure = parse_api_error(exc)
-            if failure.code == 404:
-                return False
-            raise ProviderCallError(failure) from exc
-        return True
+        return await _unless_gone(self._client.aio.files.get(name=name))
 
     async def delete(self, name: str) -> bool:
         """Delete a file; False when it was gone already."""
-        try:
-            await self._client.aio.files.delete(name=name)
-        except Exception as exc:
-            failure = parse_api_error(exc)
-            if failure.code == 404:
-                return False
-            raise ProviderCallError(failure) from exc
-        return True
+        return await _unless_gone(self._client.aio.files.delete(name=name))
 
     async def download(self, name: str) -> bytes:
         try:
             return await self._client.aio.files.download(file=name)
         except Exception as exc:
             raise ProviderCallError(parse_api_error(exc)) from exc
+
+
+async def _unless_gone(call: Awaitable[object]) -> bool:
+    """True once `call` succeeded, False when it met a 404; raises ProviderCallError."""
+    try:
+        await call
+    except Exception as exc:
+        failure = parse_api_error(exc)
+        if failure.code == 404:
+            return False
+        raise ProviderCallError(failure) from exc
+    return True
 
 
 def inline_bytes(items: Sequence[tuple[str, LLMRequest]]) -> int:

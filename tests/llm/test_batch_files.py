@@ -7,85 +7,45 @@ uploaded file deleted once the job is booked."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
-from pipeline.ledger import db
-from pipeline.ledger.models import LLMCall
-from pipeline.ledger.recorder import SqlRecorder
 from pipeline.llm.batch import BatchItem
 from pipeline.llm.batch_files import inline_bytes
-from pipeline.llm.batch_group import BatchGroups, Collected
+from pipeline.llm.batch_group import BatchGroups
 from pipeline.llm.callstore import CallStore, call_key
 from pipeline.llm.gemini import GeminiProvider
-from pipeline.llm.pricing import PriceTable
-from pipeline.llm.provider import LLMRequest, Part
+from pipeline.llm.provider import Part
 from pipeline.redis.keys import Keys
-from tests.ledger.conftest import BACKENDS, database_url_for
+from tests.llm import test_batch_group as inline_tests
+from tests.llm.test_batch_group import MODEL, _collect, _rows
+from tests.llm.test_batch_group import _groups as _inline_groups
+from tests.llm.test_batch_group import _items as _text_items
 from tests.support.emulator import RunningEmulator, start_emulator
 from tests.support.pdfs import make_pdf
 
-MODEL = "gemini-2.5-flash"
 MICRO = Decimal("0.000001")
-SCHEMA = {"type": "object", "properties": {"summary": {"type": "string"}},
-          "required": ["summary"]}  # fmt: skip
+# The ledger fixtures of the inline tests: each test runs on SQLite and on PostgreSQL.
+ledger_url = inline_tests.ledger_url
+engine = inline_tests.engine
 
 
 def _items(n: int) -> list[BatchItem]:
-    return [
-        BatchItem(
-            key=f"pdf-{i}",
-            request=LLMRequest(
-                model=MODEL,
-                parts=(
-                    Part.pdf(make_pdf(i + 1, f"Report {i}. Globex signed with Initech.")),
-                    Part(text=f"Summarise report {i}."),
-                ),
-                system="You analyse reports. Answer in JSON.",
-                response_schema=SCHEMA,
-                max_output_tokens=512,
-                thinking_budget=0,
-                prompt_version="t1",
-            ),
-        )
-        for i in range(n)
-    ]
-
-
-@pytest.fixture(params=BACKENDS)
-def engine(request: pytest.FixtureRequest, tmp_path: Path,
-           postgres_url: str | None) -> Iterator[Engine]:  # fmt: skip
-    with database_url_for(request.param, tmp_path, postgres_url) as url:
-        eng = db.create_ledger_engine(url)
-        yield eng
-        eng.dispose()
+    """Requests that each carry a PDF of i + 1 pages before their text."""
+    return [replace(item, request=replace(item.request, parts=(
+        Part.pdf(make_pdf(i + 1, f"Report {i}. Globex signed with Initech.")),
+        *item.request.parts))) for i, item in enumerate(_text_items(n))]  # fmt: skip
 
 
 def _groups(emu: RunningEmulator, engine: Engine, aredis: aioredis.Redis, keys: Keys,
             line_max_bytes: int) -> tuple[GeminiProvider, BatchGroups]:  # fmt: skip
-    provider = GeminiProvider(api_key=emu.api_key, base_url=emu.base_url)
-    groups = BatchGroups(provider.batches, CallStore(aredis, keys),
-                         SqlRecorder(engine, aredis, keys), PriceTable.load(),
-                         inline_max_bytes=2000, line_max_bytes=line_max_bytes)  # fmt: skip
+    provider, groups = _inline_groups(emu, engine, aredis, keys)
+    groups.inline_max_bytes, groups.line_max_bytes = 2000, line_max_bytes
     return provider, groups
-
-
-async def _collect(groups: BatchGroups, items: list[BatchItem], tokens: dict[str, int],
-                   deadline_s: float = 60.0) -> Collected:  # fmt: skip
-    stop = time.monotonic() + deadline_s
-    while time.monotonic() < stop:
-        done = await groups.collect(MODEL, items, tokens)
-        if done is not None:
-            return done
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"batch group not done in {deadline_s}s")
 
 
 # (line limit, uploads expected besides the input file): every line fits, or none does and
@@ -116,8 +76,7 @@ async def test_a_group_over_the_inline_limit_goes_as_an_input_file(
     assert stats["files"]["deleted"] == 1 + pdf_uploads and stats["files"]["live"] == 1
     assert not [f for f in await aredis.hkeys(keys.batch_group(remote.display_name))
                 if str(f).find("file:") >= 0]  # fmt: skip
-    with db.session_factory(engine)() as session:
-        rows = list(session.scalars(select(LLMCall)))
+    rows = _rows(engine)
     assert {(r.mode, r.outcome) for r in rows} == {("batch", "ok")} and len(rows) == 3
     # A PDF sent as fileData is read and billed as the same PDF inline would be.
     assert {r.document_id: r.input_tokens for r in rows} == tokens

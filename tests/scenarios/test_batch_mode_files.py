@@ -16,7 +16,7 @@ from decimal import Decimal
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.provider import Usage
 from pipeline.queue.job import State
-from tasks.submission import Upload, submit_uploads
+from tasks.submission import Upload
 from tests.support.emulator import start_emulator
 from tests.support.paid_rig import MICRO, money, running_pipeline
 from tests.support.pdfs import make_pdf
@@ -38,15 +38,9 @@ async def test_a_group_over_the_inline_limit_goes_through_one_input_file(
     with start_emulator(batch_delay_s=1.0) as emu:
         async with running_pipeline(emu, redis_url, key_prefix, batch_inline_max_bytes=4096,
                                     **FAST_POLL) as rig:  # fmt: skip
-            sub = await submit_uploads(rig.client, docs, mode="batch", services=rig.services)
-            jobs = [await rig.finished(j, timeout_s=90) for j in sub.job_ids]
-            rows = rig.calls()
-            stats = emu.stats()
-            again = await submit_uploads(rig.client, docs, mode="batch", batch_id="rerun",
-                                         services=rig.services)  # fmt: skip
-            reruns = [await rig.finished(j, timeout_s=90) for j in again.job_ids]
-            after = emu.stats()
-            rerun_rows = rig.calls()
+            twice = await rig.run_twice(emu, docs, "batch")
+    jobs, rows, stats = twice.jobs, twice.rows, twice.stats
+    reruns, rerun_rows, after = twice.reruns, twice.rerun_rows, twice.rerun_stats
     assert all(j.state == State.COMPLETE for j in jobs), [j.error for j in jobs]
     assert all(isinstance(j.result, dict) and j.result["summary"] for j in jobs)
     assert stats["files"]["uploads"] == 1 and stats["generate_requests"] == 0
@@ -80,15 +74,9 @@ async def test_a_long_pdf_in_batch_mode_sends_its_parts_and_gets_one_merged_resu
         async with running_pipeline(emu, redis_url, key_prefix,
                                     context_budget_tokens=TWO_PAGE_PARTS,
                                     **FAST_POLL) as rig:  # fmt: skip
-            sub = await submit_uploads(rig.client, docs, mode="batch", services=rig.services)
-            jobs = [await rig.finished(j, timeout_s=120) for j in sub.job_ids]
-            rows = rig.calls()
-            stats = emu.stats()
-            again = await submit_uploads(rig.client, docs, mode="batch", batch_id="rerun",
-                                         services=rig.services)  # fmt: skip
-            reruns = [await rig.finished(j, timeout_s=90) for j in again.job_ids]
-            after = emu.stats()
-            rerun_rows = rig.calls()
+            twice = await rig.run_twice(emu, docs, "batch", timeout_s=120)
+    sub, jobs, rows, stats = twice.submission, twice.jobs, twice.rows, twice.stats
+    reruns, rerun_rows, after = twice.reruns, twice.rerun_rows, twice.rerun_stats
     assert all(j.state == State.COMPLETE for j in jobs), [j.error for j in jobs]
     merged = jobs[0].result
     assert isinstance(merged, dict) and merged["summary"] and merged["page_count"] == 6
