@@ -272,7 +272,7 @@ class _Emulator:
             self.rng, active.verbose_tokens, active.think_tokens,
         )  # fmt: skip
         billed_prompt = prompt_tokens + active.overbill_tokens
-        payload = _response(reply, active, version, digest, billed_prompt, split)
+        payload = content.response_body(reply, active, version, digest, billed_prompt, split)
         answered = active.block_reason is None and active.finish_reason is None
         out, thoughts = (reply.candidates_tokens, reply.thoughts_tokens) if answered else (0, 0)
         cost = price(version, billed_prompt, out, thoughts, self.prices, batch=batch)
@@ -331,47 +331,6 @@ class _Emulator:
             active = self.faults.match(prompt.match_text(), counting=True)
         text_tokens, doc_tokens = prompt.tokens(self.aliases.get(model, model), active.page_tokens)
         return JSONResponse({"totalTokens": text_tokens + doc_tokens})
-
-
-def _response(
-    reply: content.Answer, active: Active, version: str, digest: str, prompt_tokens: int,
-    split: tuple[int, int],
-) -> dict[str, Any]:  # fmt: skip
-    """The generateContent body: a blocked prompt, a stopped candidate, or the answer; the
-    usageMetadata as the active faults shape it (the bill does not change)."""
-    text_tokens, doc_tokens = split
-    body: dict[str, Any] = {"modelVersion": version, "responseId": digest[:22]}
-    out, thoughts = reply.candidates_tokens, reply.thoughts_tokens
-    if active.block_reason is not None:
-        body["promptFeedback"] = {"blockReason": active.block_reason}
-        out = thoughts = 0
-    elif active.finish_reason is not None:
-        body["candidates"] = [{"finishReason": active.finish_reason, "index": 0}]
-        out = thoughts = 0
-    else:
-        parts = [{"text": reply.text}] if reply.text else []
-        body["candidates"] = [{"content": {"parts": parts, "role": "model"},
-                               "finishReason": reply.finish_reason, "index": 0}]  # fmt: skip
-    usage: dict[str, Any] = {
-        "promptTokenCount": prompt_tokens,
-        "candidatesTokenCount": out,
-        "thoughtsTokenCount": thoughts,
-        "cachedContentTokenCount": 0,
-        "totalTokenCount": prompt_tokens + out + thoughts,
-        "promptTokensDetails": [
-            d
-            for d in (
-                {"modality": "TEXT", "tokenCount": text_tokens},
-                {"modality": "DOCUMENT", "tokenCount": doc_tokens},
-            )
-            if d["tokenCount"]
-        ],
-    }
-    if active.usage == "full":
-        body["usageMetadata"] = usage
-    elif active.usage == "total_only":
-        body["usageMetadata"] = {"totalTokenCount": usage["totalTokenCount"]}
-    return body
 
 
 def _parse_json(raw: bytes) -> dict[str, Any] | JSONResponse:

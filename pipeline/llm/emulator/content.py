@@ -17,10 +17,13 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import BadDocument
 from pipeline.llm.offline import CHARS_PER_TOKEN, analyze_text, fill_schema, pdf_text
+
+if TYPE_CHECKING:
+    from pipeline.llm.emulator.faults import Active
 
 PDF_TOKENS_PER_PAGE_2X = 258
 PDF_TOKENS_PER_PAGE_3X = 560
@@ -226,3 +229,44 @@ def answer(
     if len(text) > budget_chars:
         text, finish = text[:budget_chars], "MAX_TOKENS"
     return Answer(text, finish, text_tokens(text), thoughts)
+
+
+def response_body(
+    reply: Answer, active: Active, version: str, digest: str, prompt_tokens: int,
+    split: tuple[int, int],
+) -> dict[str, Any]:  # fmt: skip
+    """The generateContent body: a blocked prompt, a stopped candidate, or the answer; the
+    usageMetadata as the active faults shape it (the bill does not change)."""
+    text_tokens, doc_tokens = split
+    body: dict[str, Any] = {"modelVersion": version, "responseId": digest[:22]}
+    out, thoughts = reply.candidates_tokens, reply.thoughts_tokens
+    if active.block_reason is not None:
+        body["promptFeedback"] = {"blockReason": active.block_reason}
+        out = thoughts = 0
+    elif active.finish_reason is not None:
+        body["candidates"] = [{"finishReason": active.finish_reason, "index": 0}]
+        out = thoughts = 0
+    else:
+        parts = [{"text": reply.text}] if reply.text else []
+        body["candidates"] = [{"content": {"parts": parts, "role": "model"},
+                               "finishReason": reply.finish_reason, "index": 0}]  # fmt: skip
+    usage: dict[str, Any] = {
+        "promptTokenCount": prompt_tokens,
+        "candidatesTokenCount": out,
+        "thoughtsTokenCount": thoughts,
+        "cachedContentTokenCount": 0,
+        "totalTokenCount": prompt_tokens + out + thoughts,
+        "promptTokensDetails": [
+            d
+            for d in (
+                {"modality": "TEXT", "tokenCount": text_tokens},
+                {"modality": "DOCUMENT", "tokenCount": doc_tokens},
+            )
+            if d["tokenCount"]
+        ],
+    }
+    if active.usage == "full":
+        body["usageMetadata"] = usage
+    elif active.usage == "total_only":
+        body["usageMetadata"] = {"totalTokenCount": usage["totalTokenCount"]}
+    return body
