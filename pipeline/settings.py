@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     # Gemini's limit on one inline request, base64 included (GEMINI.md §3.5); a part whose
     # real request is larger is split again, a page that alone is larger refused at submit.
     max_inline_request_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    # Batch Mode (pipeline/llm/batch_group.py): Gemini's limit on a batch's inline requests
+    # together (GEMINI.md §3.6); a larger group goes as a JSONL input file through the Files
+    # API, and a request of that file larger than batch_line_max_bytes sends its PDF as an
+    # uploaded file (fileData) instead of inline base64.
+    batch_inline_max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    batch_line_max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     api_keys: str | None = None  # comma-separated bearer keys
 
     @field_validator("api_keys")

@@ -14,7 +14,9 @@ group: answers are classified and validated like interactive ones, booked at the
 path, whose call is answered from the store and paid nothing; a member whose batch answer
 was unusable or missing (failed, expired, cancelled request) is answered interactively,
 under the usual attempt and budget rules. A member that needs several calls (a long PDF)
-is not batched and runs interactively.
+puts each of its parts in the group (key `sha256:first-last`); once booked, its parts'
+jobs find their answers in the store and the merge call runs interactively (it reads the
+parts' answers, so it cannot join the batch that makes them).
 """
 
 from __future__ import annotations
@@ -46,13 +48,16 @@ def _groups(ctx: JobContext) -> BatchGroups | None:
     batches = getattr(services.provider, "batches", None)
     if batches is None:
         return None
+    s = ctx.client.settings
     return BatchGroups(batches, services.caller.store, services.recorder, services.prices,
-                       create_lock_s=ctx.client.settings.batch_create_lock_s)  # fmt: skip
+                       create_lock_s=s.batch_create_lock_s,
+                       inline_max_bytes=s.batch_inline_max_bytes,
+                       line_max_bytes=s.batch_line_max_bytes)  # fmt: skip
 
 
 async def _members(ctx: JobContext, args: dict[str, Any]) -> tuple[list[BatchItem], dict[str, int]]:
-    """Each member's single request and its counted input; members that need several calls
-    or cannot be read are left out (their own jobs handle them)."""
+    """Each member's requests (one per part of a long PDF) and their counted input, by
+    key; members that cannot be read are left out (their own jobs handle them)."""
     from tasks.analyze import plan_document
 
     services = ctx.deps["services"]
@@ -65,11 +70,11 @@ async def _members(ctx: JobContext, args: dict[str, Any]) -> tuple[list[BatchIte
         except JobError as exc:
             log.info("batch group: %s left out (%s)", member["name"], exc)
             continue
-        if len(fitted) != 1:
-            continue
-        request = fitted[0].request
-        items.append(BatchItem(member["sha256"], request))
-        tokens[member["sha256"]] = await services.caller.counter.count(request)
+        for fit in fitted:
+            key = member["sha256"] if len(fitted) == 1 else \
+                f"{member['sha256']}:{fit.first}-{fit.last}"  # fmt: skip
+            items.append(BatchItem(key, fit.request, document=member["sha256"]))
+            tokens[key] = await services.caller.counter.count(fit.request)
     return items, tokens
 
 
@@ -101,7 +106,7 @@ async def wait_for_batch(ctx: JobContext, args: dict[str, Any]) -> None:
             await renew_group(budget, groups, name)
         else:
             items, tokens = await _members(ctx, args)
-            if args["sha256"] not in tokens:
+            if not any(i.document == args["sha256"] for i in items):
                 return  # this document is not batched
             await reserve_group(budget, groups, name, items, tokens)  # before create
             remote = await groups.submit(model, items, tokens, job_id=ctx.job_id,

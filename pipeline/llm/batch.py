@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from google import genai
 from google.genai import types
 
+from pipeline.llm.batch_files import BatchFiles, parse_responses, to_response
 from pipeline.llm.failure import ProviderCallError, ProviderFailure
 from pipeline.llm.gemini import parse_api_error, to_llm_response
 from pipeline.llm.provider import LLMRequest, LLMResponse
@@ -31,10 +32,12 @@ TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
 
 @dataclass(frozen=True)
 class BatchItem:
-    """One request of a batch job and the key (document/part) its response answers."""
+    """One request of a batch job and the key (document/part) its response answers;
+    `document` is the ledger's document id when the key names a part of one."""
 
     key: str
     request: LLMRequest
+    document: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class RemoteBatch:
     state: str
     create_time: datetime | None = None
     outcomes: tuple[BatchOutcome, ...] = field(default_factory=tuple)
+    responses_file: str | None = None  # files/… the outcomes were read from (file input)
 
     @property
     def done(self) -> bool:
@@ -100,11 +104,13 @@ class GeminiBatches:
         self._client = client
         self._config = config
         self._contents = contents
+        self.files = BatchFiles(client)
 
-    async def create(self, model: str, items: Sequence[BatchItem],
-                     display_name: str) -> RemoteBatch:  # fmt: skip
-        """Create one batch job of inline requests for `model` (every item's model must be
-        it). Raises ValueError for an empty group, duplicate keys or a foreign model."""
+    async def create(self, model: str, items: Sequence[BatchItem], display_name: str,
+                     input_file: str | None = None) -> RemoteBatch:  # fmt: skip
+        """Create one batch job for `model` (every item's model must be it): of inline
+        requests, or from `input_file` (files/…, the items' JSONL uploaded: batch_files.py).
+        Raises ValueError for an empty group, duplicate keys or a foreign model."""
         if not items:
             raise ValueError("a batch needs at least one request")
         keys = [i.key for i in items]
@@ -112,7 +118,8 @@ class GeminiBatches:
             raise ValueError("batch keys must be unique")
         if any(i.request.model != model for i in items):
             raise ValueError(f"every request of a batch for {model} must use {model}")
-        inlined = [
+        named = types.CreateBatchJobConfig(display_name=display_name)
+        src: str | list[types.InlinedRequest] = input_file or [
             types.InlinedRequest(
                 contents=self._contents(i.request),
                 config=self._config(i.request),
@@ -120,21 +127,30 @@ class GeminiBatches:
             )
             for i in items
         ]
-        named = types.CreateBatchJobConfig(display_name=display_name)
         try:
-            job = await self._client.aio.batches.create(model=model, src=inlined, config=named)
+            job = await self._client.aio.batches.create(model=model, src=src, config=named)
         except Exception as exc:
             raise ProviderCallError(parse_api_error(exc)) from exc
         return self._remote(job, {})
 
     async def get(self, name: str, requests: dict[str, LLMRequest] | None = None) -> RemoteBatch:
         """The job now; with its outcomes when it SUCCEEDED. `requests` (by key) lets an
-        answer be read as its request asked (JSON schema); a key not in it is read as text."""
+        answer be read as its request asked (JSON schema); a key not in it is read as text.
+        A job fed by an input file answers in a responses file, downloaded only when
+        `requests` is given: a look at the state alone downloads nothing."""
         try:
             job = await self._client.aio.batches.get(name=name)
         except Exception as exc:
             raise ProviderCallError(parse_api_error(exc)) from exc
-        return self._remote(job, requests or {})
+        remote = self._remote(job, requests or {})
+        if requests is not None and job.dest is not None and job.dest.file_name \
+                and remote.state == "SUCCEEDED":  # fmt: skip
+            data = await self.files.download(job.dest.file_name)
+            outcomes = tuple(_outcome(key, to_response(r) if r is not None else None, error,
+                                      requests.get(key), job.model or "")
+                             for key, r, error in parse_responses(data))  # fmt: skip
+            remote = replace(remote, outcomes=outcomes, responses_file=job.dest.file_name)
+        return remote
 
     async def find(self, display_name: str) -> RemoteBatch | None:
         """The newest job with this display name, or None: how a group whose job was created
@@ -163,22 +179,10 @@ class GeminiBatches:
             raise ProviderCallError(parse_api_error(exc)) from exc
 
     def _remote(self, job: types.BatchJob, requests: dict[str, LLMRequest]) -> RemoteBatch:
-        outcomes: list[BatchOutcome] = []
         inlined = job.dest.inlined_responses if job.dest and job.dest.inlined_responses else []
-        now = time.perf_counter()
-        for answer in inlined:
-            key = (answer.metadata or {}).get("key", "")
-            if answer.response is not None:
-                request = requests.get(key) or LLMRequest(model=job.model or "", parts=())
-                outcomes.append(BatchOutcome(key, response=to_llm_response(
-                    answer.response, request, time.perf_counter() - now)))  # fmt: skip
-            else:
-                error = answer.error
-                code = int(error.code or 0) if error else 0
-                outcomes.append(BatchOutcome(key, failure=ProviderFailure(
-                    code=code, status="BATCH_REQUEST_FAILED",
-                    message=(error.message if error else None) or "the batch gave no answer",
-                    retryable=code in (0, 429, 500, 503, 504))))  # fmt: skip
+        outcomes = [_outcome((a.metadata or {}).get("key", ""), a.response, a.error,
+                             requests.get((a.metadata or {}).get("key", "")), job.model or "")
+                    for a in inlined]  # fmt: skip
         return RemoteBatch(
             name=job.name or "",
             display_name=job.display_name or "",
@@ -186,3 +190,22 @@ class GeminiBatches:
             create_time=job.create_time,
             outcomes=tuple(outcomes),
         )
+
+
+def _outcome(key: str, response: types.GenerateContentResponse | None, error: Any,
+             request: LLMRequest | None, model: str) -> BatchOutcome:  # fmt: skip
+    """One request's answer: a response read as its request asked (JSON schema; a key
+    without a request is read as text), or the failure Google gave for it (`error`: a
+    Status, as the SDK's type or as JSON)."""
+    if response is not None:
+        asked = request or LLMRequest(model=model, parts=())
+        return BatchOutcome(key, response=to_llm_response(response, asked, 0.0))
+
+    def read(name: str) -> Any:
+        return error.get(name) if isinstance(error, dict) else getattr(error, name, None)
+
+    code = int(read("code") or 0) if error else 0
+    return BatchOutcome(key, failure=ProviderFailure(
+        code=code, status="BATCH_REQUEST_FAILED",
+        message=(read("message") if error else None) or "the batch gave no answer",
+        retryable=code in (0, 429, 500, 503, 504)))  # fmt: skip

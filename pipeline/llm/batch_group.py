@@ -15,12 +15,20 @@ answer is put in the call store under its call key first (so any later run, batc
 interactive, gets it without paying), then its ledger row is settled at the batch price of
 the day the job was created. Ledger rows have deterministic ids, so a collect repeated after
 a crash rewrites the same rows instead of adding any.
+
+A group whose inline requests are over `inline_max_bytes` together goes as a JSONL input
+file (batch_files.py), uploaded inside the create lock after `find` came back empty; a
+request over `line_max_bytes` sends its PDF as an uploaded file of its own. Every upload is
+written to the group's record (`file:<name>`) the moment it exists, so the files are
+deleted once the job is booked, whoever uploaded them; an input file recorded by a worker
+that died before `create` is used again while Google still has it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -30,7 +38,9 @@ from decimal import Decimal
 from pipeline.errors import PipelineError
 from pipeline.llm.attempts import CallAttempt, Outcome, Recorder
 from pipeline.llm.batch import BatchItem, GeminiBatches, RemoteBatch, display_name_for
+from pipeline.llm.batch_files import JSONL, data_parts, inline_bytes, input_line
 from pipeline.llm.callstore import CallStore, call_key
+from pipeline.llm.failure import ProviderCallError
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.provider import LLMRequest, Usage
 from pipeline.llm.stop import Accept, judge
@@ -41,6 +51,12 @@ from pipeline.llm.usage import book_usage
 CREATE_LOCK_S = 300.0
 GROUP_TTL_S = 7 * 86400  # Google's target is 24 h; the record outlives any job by far
 MODE = "batch"
+# Google's limit on a batch's inline requests together (GEMINI.md §3.6: "inline total <
+# 20 MB"); an input file may hold 2 GB.
+INLINE_MAX_BYTES = 20 * 1024 * 1024
+_FILE = "file:"
+
+log = logging.getLogger(__name__)
 
 
 class BatchCreateBusy(PipelineError):
@@ -79,12 +95,16 @@ class BatchGroups:
     `redis`/`keys` are the call store's; `recorder` is the ledger (SqlRecorder); `prices`
     prices worst cases and answers at the batch rate (config/pricing.toml batch_discount).
     `create_lock_s` bounds how long a dead worker's create lock delays the next one.
+    `inline_max_bytes`: a larger group goes as an input file; `line_max_bytes`: a larger
+    request of an input file sends its PDF as an uploaded file (both in bytes).
     """
 
     def __init__(self, batches: GeminiBatches, store: CallStore, recorder: Recorder,
                  prices: PriceTable,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 create_lock_s: float = CREATE_LOCK_S) -> None:  # fmt: skip
+                 create_lock_s: float = CREATE_LOCK_S,
+                 inline_max_bytes: int = INLINE_MAX_BYTES,
+                 line_max_bytes: int = INLINE_MAX_BYTES) -> None:  # fmt: skip
         self.batches = batches
         self.store = store
         self.redis = store.redis
@@ -93,6 +113,8 @@ class BatchGroups:
         self.prices = prices
         self.clock = clock
         self.create_lock_ms = max(1, int(create_lock_s * 1000))
+        self.inline_max_bytes = inline_max_bytes
+        self.line_max_bytes = line_max_bytes
 
     def worst_case_usd(self, request: LLMRequest, input_tokens: int, at: datetime) -> Decimal:
         """The most one request of a batch can be billed: its counted input and its output
@@ -126,7 +148,7 @@ class BatchGroups:
             await self.recorder.started(CallAttempt(
                 attempt_id=attempt_id(name, item.key), call_key=call_key(item.request),
                 model=model, attempt=1, started_at=now, job_id=job_id, batch_id=batch_id,
-                document_id=item.key, mode=MODE,
+                document_id=item.document or item.key, mode=MODE,
                 estimated_cost_usd=self.worst_case_usd(item.request,
                                                        input_tokens.get(item.key, 0), now),
                 cost_usd=self.worst_case_usd(item.request, input_tokens.get(item.key, 0), now),
@@ -137,8 +159,10 @@ class BatchGroups:
             raise BatchCreateBusy(f"batch group {name} is being created by another worker; "
                                   "it is retried shortly")  # fmt: skip
         try:
-            found = await self.batches.find(name)
-            remote = found if found is not None else await self.batches.create(model, items, name)
+            remote = await self.batches.find(name)
+            if remote is None:
+                source = await self._input_file(group, name, items)
+                remote = await self.batches.create(model, items, name, source)
             await self.redis.hset(group, "remote", remote.name)
         finally:
             if _text(await self.redis.get(lock) or "") == token:
@@ -170,7 +194,7 @@ class BatchGroups:
             record = CallAttempt(
                 attempt_id=attempt_id(name, item.key), call_key=call_key(item.request),
                 model=model, attempt=1, started_at=at, job_id=job_id, batch_id=batch_id,
-                document_id=item.key, mode=MODE, finished_at=self.clock(),
+                document_id=item.document or item.key, mode=MODE, finished_at=self.clock(),
                 estimated_cost_usd=self.worst_case_usd(item.request,
                                                        input_tokens.get(item.key, 0), at),
                 price_version=self.prices.version,
@@ -212,7 +236,47 @@ class BatchGroups:
             total += cost
             costs[item.key] = cost
         await self.redis.hset(self.keys.batch_group(name), "booked", remote.state)
+        await self._delete_files(self.keys.batch_group(name))
         return Collected(remote, answers, unusable, failed, total, costs)
+
+    async def _input_file(self, group: str, name: str, items: Sequence[BatchItem]) -> str | None:
+        """None when the group fits inline; else its JSONL input file (files/…), uploaded
+        now or by a worker that died before `create`. Raises ProviderCallError."""
+        if inline_bytes([(i.key, i.request) for i in items]) <= self.inline_max_bytes:
+            return None
+        files = self.batches.files
+        recorded = await self.redis.hget(group, "input_file")
+        if recorded and await files.exists(_text(recorded)):
+            return _text(recorded)
+        uris: dict[str, str] = {}
+        lines: list[bytes] = []
+        for item in sorted(items, key=lambda i: i.key):
+            if item.request.payload_bytes() > self.line_max_bytes:
+                for digest, part in data_parts(item.request).items():
+                    if digest not in uris:
+                        up = await files.upload(part.data or b"", part.mime_type or "",
+                                                f"{name}-{digest[:16]}")  # fmt: skip
+                        await self.redis.hset(group, _FILE + up.name, up.uri)
+                        uris[digest] = up.uri
+            lines.append(input_line(item.key, item.request, uris))
+        up = await files.upload(b"".join(lines), JSONL, f"{name}-input")
+        await self.redis.hset(group, mapping={_FILE + up.name: up.uri, "input_file": up.name})
+        return up.name
+
+    async def _delete_files(self, group: str) -> None:
+        """Delete the group's uploads (its job is booked: nothing reads them again). A
+        failed delete is logged and left to Google's 48 h expiry."""
+        for field in await self.redis.hkeys(group):
+            field = _text(field)
+            if not field.startswith(_FILE):
+                continue
+            try:
+                await self.batches.files.delete(field[len(_FILE) :])
+            except ProviderCallError as exc:
+                log.warning("batch group %s: could not delete %s (%s); Google deletes it "
+                            "after 48 h", group, field[len(_FILE) :], exc)  # fmt: skip
+                continue
+            await self.redis.hdel(group, field)
 
 
 def _text(value: str | bytes) -> str:

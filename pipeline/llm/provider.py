@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,9 +58,21 @@ class LLMRequest:
         separators; tests/llm/test_payload_size.py checks it against what the emulator
         receives). This is what Google's inline request limit (20 MB, GEMINI.md §3.5) is
         checked against."""
+        return len(json.dumps(self.rest_body()).encode())
+
+    def rest_body(self, file_uris: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The generateContent JSON body (REST spelling, as the SDK sends it): also one
+        line's `request` of a batch input file. `file_uris` maps the sha256 of a data
+        part to the Files API URI it was uploaded as: that part goes as `fileData`."""
+        uploaded = file_uris or {}
         parts: list[dict[str, Any]] = []
         for part in self.parts:
             if part.data is not None:
+                uri = uploaded.get(hashlib.sha256(part.data).hexdigest())
+                if uri is not None:
+                    parts.append({"fileData": {"fileUri": uri,
+                                               "mimeType": part.mime_type or ""}})  # fmt: skip
+                    continue
                 data = base64.b64encode(part.data).decode("ascii")
                 parts.append({"inlineData": {"data": data, "mime_type": part.mime_type or ""}})
             else:
@@ -76,7 +89,7 @@ class LLMRequest:
         if self.thinking_budget is not None:
             config["thinkingConfig"] = {"thinking_budget": self.thinking_budget}
         body["generationConfig"] = config
-        return len(json.dumps(body).encode())
+        return body
 
     def prompt_hash(self) -> str:
         """sha256 of what countTokens counts (model, system, parts): the count cache's key."""

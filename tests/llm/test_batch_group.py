@@ -71,7 +71,8 @@ def engine(ledger_url: str) -> Iterator[Engine]:
     eng.dispose()
 
 
-LOCK_S = 1.0  # a dead worker's create lock lapses after this
+LOCK_S = 5.0  # a dead worker's create lock lapses after this: longer than a loaded machine
+# takes from the kill to the next submit (1 s was not, at a load average of 18)
 
 
 def _groups(emu: RunningEmulator, engine: Engine, aredis: aioredis.Redis,

@@ -52,15 +52,9 @@ async def test_five_documents_in_batch_mode_make_one_job_and_cost_half(
 ) -> None:  # fmt: skip
     docs = _docs(5)
     async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
-        sub = await submit_uploads(rig.client, docs, mode="batch", services=rig.services)
-        jobs = [await rig.finished(j, timeout_s=90) for j in sub.job_ids]
-        rows = rig.calls()
-        stats = emu.stats()
-        again = await submit_uploads(rig.client, docs, mode="batch", batch_id="rerun",
-                                     services=rig.services)  # fmt: skip
-        reruns = [await rig.finished(j, timeout_s=90) for j in again.job_ids]
-        after = emu.stats()
-        rerun_rows = rig.calls()
+        twice = await rig.run_twice(emu, docs, "batch")
+    sub, jobs, rows, stats = twice.submission, twice.jobs, twice.rows, twice.stats
+    reruns, rerun_rows, after = twice.reruns, twice.rerun_rows, twice.rerun_stats
     assert len(sub.job_ids) == 5
     assert all(j.state == State.COMPLETE for j in jobs), [j.error for j in jobs]
     results = [j.result for j in jobs]

@@ -38,6 +38,20 @@ NANO = Decimal("0.000000001")
 MICRO = Decimal("0.000001")
 
 
+@dataclass(frozen=True)
+class Twice:
+    """A submission run to the end, then the same documents submitted again (Rig.run_twice):
+    each run's jobs, the ledger's rows and the emulator's stats after it."""
+
+    submission: Submission
+    jobs: list[Job]
+    rows: list[LLMCall]
+    stats: dict[str, Any]
+    reruns: list[Job]
+    rerun_rows: list[LLMCall]
+    rerun_stats: dict[str, Any]
+
+
 @dataclass
 class Rig:
     client: QueueClient
@@ -67,6 +81,19 @@ class Rig:
 
     def calls(self) -> list[LLMCall]:
         return ledger_calls(self.database_url)
+
+    async def run_twice(self, emu: RunningEmulator, uploads: list[Upload], mode: str,
+                        timeout_s: float = 90) -> Twice:  # fmt: skip
+        """Submit `uploads` in `mode` and wait for every document, then submit them again
+        in a new batch ("rerun") and wait again: what each run left in the ledger and in
+        the emulator's stats."""
+        first = await submit_uploads(self.client, uploads, mode=mode, services=self.services)
+        jobs = [await self.finished(j, timeout_s=timeout_s) for j in first.job_ids]
+        rows, stats = self.calls(), emu.stats()
+        again = await submit_uploads(self.client, uploads, mode=mode, batch_id="rerun",
+                                     services=self.services)  # fmt: skip
+        reruns = [await self.finished(j, timeout_s=timeout_s) for j in again.job_ids]
+        return Twice(first, jobs, rows, stats, reruns, self.calls(), emu.stats())
 
     def report(self) -> dict[str, Any]:
         engine = create_ledger_engine(self.database_url)

@@ -26,6 +26,7 @@ from pipeline.llm.emulator import content
 from pipeline.llm.emulator.batch_routes import add_batch_routes
 from pipeline.llm.emulator.batches import BatchStore
 from pipeline.llm.emulator.faults import Active, Fault, FaultBook
+from pipeline.llm.emulator.files import FileStore, add_file_routes
 from pipeline.llm.emulator.quota import Denial, QuotaTracker, format_duration
 from pipeline.llm.emulator.stats import Bill, EmulatorStats, Throttle, price
 
@@ -139,7 +140,8 @@ class _Emulator:
         )
         self.rng = random.Random(config.seed)
         self.stats = EmulatorStats()
-        self.batches = BatchStore(config.batch_delay_s, config.batch_end_state)
+        self.files = FileStore()
+        self.batches = BatchStore(config.batch_delay_s, config.batch_end_state, self.files)
         self.faults = FaultBook(config.faults)
         self.lock = threading.Lock()  # stats are read from other threads by in-process tests
         from pipeline.llm.pricing import PriceTable
@@ -153,7 +155,9 @@ class _Emulator:
     def reset(self) -> None:
         with self.lock:
             self.stats = EmulatorStats()
-            self.batches = BatchStore(self.config.batch_delay_s, self.config.batch_end_state)
+            self.files = FileStore()
+            self.batches = BatchStore(self.config.batch_delay_s, self.config.batch_end_state,
+                                      self.files)  # fmt: skip
             self.faults.replace(self.faults.faults)  # the same faults, uses counted afresh
             self.quotas.reset()
             self.rng = random.Random(self.config.seed)
@@ -218,7 +222,7 @@ class _Emulator:
                 "(EmulatorConfig.refuse_text).",
             )
         try:
-            prompt = await asyncio.to_thread(content.parse_prompt, body)
+            prompt = await asyncio.to_thread(content.parse_prompt, body, self.files.resolve)
         except content.BadRequest as exc:
             return _error(400, str(exc))
         with self.lock:
@@ -268,7 +272,7 @@ class _Emulator:
             self.rng, active.verbose_tokens, active.think_tokens,
         )  # fmt: skip
         billed_prompt = prompt_tokens + active.overbill_tokens
-        payload = _response(reply, active, version, digest, billed_prompt, split)
+        payload = content.response_body(reply, active, version, digest, billed_prompt, split)
         answered = active.block_reason is None and active.finish_reason is None
         out, thoughts = (reply.candidates_tokens, reply.thoughts_tokens) if answered else (0, 0)
         cost = price(version, billed_prompt, out, thoughts, self.prices, batch=batch)
@@ -300,7 +304,7 @@ class _Emulator:
         with self.lock:
             self.stats.batch_requests += 1
         try:
-            prompt = content.parse_prompt(body)
+            prompt = content.parse_prompt(body, self.files.resolve)
             with self.lock:
                 active = self.faults.match(prompt.match_text())
             version = self.aliases.get(model, model)
@@ -319,7 +323,7 @@ class _Emulator:
         if isinstance(inner, dict):
             body = inner
         try:
-            prompt = await asyncio.to_thread(content.parse_prompt, body)
+            prompt = await asyncio.to_thread(content.parse_prompt, body, self.files.resolve)
         except content.BadRequest as exc:
             return _error(400, str(exc))
         with self.lock:
@@ -327,47 +331,6 @@ class _Emulator:
             active = self.faults.match(prompt.match_text(), counting=True)
         text_tokens, doc_tokens = prompt.tokens(self.aliases.get(model, model), active.page_tokens)
         return JSONResponse({"totalTokens": text_tokens + doc_tokens})
-
-
-def _response(
-    reply: content.Answer, active: Active, version: str, digest: str, prompt_tokens: int,
-    split: tuple[int, int],
-) -> dict[str, Any]:  # fmt: skip
-    """The generateContent body: a blocked prompt, a stopped candidate, or the answer; the
-    usageMetadata as the active faults shape it (the bill does not change)."""
-    text_tokens, doc_tokens = split
-    body: dict[str, Any] = {"modelVersion": version, "responseId": digest[:22]}
-    out, thoughts = reply.candidates_tokens, reply.thoughts_tokens
-    if active.block_reason is not None:
-        body["promptFeedback"] = {"blockReason": active.block_reason}
-        out = thoughts = 0
-    elif active.finish_reason is not None:
-        body["candidates"] = [{"finishReason": active.finish_reason, "index": 0}]
-        out = thoughts = 0
-    else:
-        parts = [{"text": reply.text}] if reply.text else []
-        body["candidates"] = [{"content": {"parts": parts, "role": "model"},
-                               "finishReason": reply.finish_reason, "index": 0}]  # fmt: skip
-    usage: dict[str, Any] = {
-        "promptTokenCount": prompt_tokens,
-        "candidatesTokenCount": out,
-        "thoughtsTokenCount": thoughts,
-        "cachedContentTokenCount": 0,
-        "totalTokenCount": prompt_tokens + out + thoughts,
-        "promptTokensDetails": [
-            d
-            for d in (
-                {"modality": "TEXT", "tokenCount": text_tokens},
-                {"modality": "DOCUMENT", "tokenCount": doc_tokens},
-            )
-            if d["tokenCount"]
-        ],
-    }
-    if active.usage == "full":
-        body["usageMetadata"] = usage
-    elif active.usage == "total_only":
-        body["usageMetadata"] = {"totalTokenCount": usage["totalTokenCount"]}
-    return body
 
 
 def _parse_json(raw: bytes) -> dict[str, Any] | JSONResponse:
@@ -406,12 +369,14 @@ def create_emulator_app(config: EmulatorConfig | None = None) -> FastAPI:
         return response
 
     add_batch_routes(app, emulator, _error)
+    add_file_routes(app, emulator, _error)
 
     @app.get("/_emulator/stats")
     async def stats() -> dict[str, Any]:
         with emulator.lock:
             data = emulator.stats.as_json()
         data["batch"]["jobs_created"] = emulator.batches.created
+        data["files"] = emulator.files.stats()
         return data
 
     @app.get("/_emulator/faults")

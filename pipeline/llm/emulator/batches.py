@@ -10,12 +10,18 @@ Operation `{"name": "batches/…", "metadata": {"displayName", "state", "createT
 A job stays BATCH_STATE_PENDING for the first third of `delay_s`, RUNNING until `delay_s`
 has passed, then ends in `end_state` (SUCCEEDED by default; FAILED or EXPIRED for tests of
 those paths). Requests are answered, and billed, once, when a SUCCEEDED job is first seen
-after its delay: a cancelled, failed or expired job bills nothing. Only inline requests are
-served (input files are not).
+after its delay: a cancelled, failed or expired job bills nothing.
+
+Input comes inline (`inputConfig.requests.requests[]`, answers in
+`output.inlinedResponses`) or as a JSONL file uploaded through the Files API
+(`inputConfig.fileName`, one `{"key", "request"}` a line; answers written to a generated
+file named in `output.responsesFile`, one `{"key", "response"|"error"}` a line, downloaded
+with `files.download`). The file store (files.py) also resolves `fileData` parts.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 import time
@@ -25,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.llm.emulator.content import BadRequest, pick
+from pipeline.llm.emulator.files import FileStore
 
 BATCH_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatch"
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
@@ -52,6 +59,8 @@ class BatchJob:
     cancelled_at: float | None = None
     outputs: list[dict[str, Any]] | None = None
     ended_at: float | None = None
+    from_file: bool = False  # input from a file: answers go to a responses file
+    responses_file: str | None = None
 
     def state(self, now: float) -> str:
         if self.cancelled_at is not None:
@@ -69,6 +78,7 @@ class BatchStore:
 
     delay_s: float = 2.0
     end_state: str = "SUCCEEDED"
+    files: FileStore = field(default_factory=FileStore)
     jobs: dict[str, BatchJob] = field(default_factory=dict)
     created: int = 0  # batchGenerateContent calls that made a job
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -79,17 +89,21 @@ class BatchStore:
 
     def create(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
         """A new job from a batchGenerateContent body. Raises BadRequest for a body
-        without inline requests (file input is not served)."""
+        without requests, or naming an input file that is missing or malformed."""
         batch = body.get("batch")
         if not isinstance(batch, dict):
             raise BadRequest("batch is required")
         config = pick(batch, "inputConfig", "input_config") or {}
-        if pick(config, "fileName", "file_name"):
-            raise BadRequest("the emulator serves inline batch requests only, not fileName")
-        inner = config.get("requests") or {}
-        requests = inner.get("requests") if isinstance(inner, dict) else None
+        file_name = pick(config, "fileName", "file_name")
+        requests: Any
+        if file_name:
+            requests = self._file_requests(str(file_name))
+        else:
+            inner = config.get("requests") or {}
+            requests = inner.get("requests") if isinstance(inner, dict) else None
         if not isinstance(requests, list) or not requests:
-            raise BadRequest("batch.inputConfig.requests.requests must list at least one request")
+            raise BadRequest("batch.inputConfig needs requests.requests or a fileName "
+                             "with at least one request")  # fmt: skip
         for item in requests:
             if not isinstance(item, dict) or not isinstance(item.get("request"), dict):
                 raise BadRequest("each inline request needs a request object")
@@ -102,11 +116,29 @@ class BatchStore:
             created_at=now,
             delay_s=self.delay_s,
             end_state=self.end_state,
+            from_file=bool(file_name),
         )
         with self.lock:
             self.jobs[job.name] = job
             self.created += 1
         return self.operation(job, answer=None)
+
+    def _file_requests(self, name: str) -> list[dict[str, Any]]:
+        """The requests of a JSONL input file, each as an inline request with its key in
+        `metadata` (the shape the answers are matched by)."""
+        data, _ = self.files.resolve(name)
+        requests: list[dict[str, Any]] = []
+        for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError:
+                raise BadRequest(f"{name} line {number} is not JSON") from None
+            if not isinstance(item, dict) or not isinstance(item.get("request"), dict):
+                raise BadRequest(f"{name} line {number} needs a request object")
+            requests.append({"request": item["request"], "metadata": {"key": item.get("key")}})
+        return requests
 
     def find(self, name: str) -> BatchJob | None:
         with self.lock:
@@ -161,7 +193,10 @@ class BatchStore:
                 "successfulRequestCount": str(count - failed),
                 "failedRequestCount": str(failed),
             }
-            metadata["output"] = {"inlinedResponses": {"inlinedResponses": job.outputs}}
+            if job.responses_file is not None:
+                metadata["output"] = {"responsesFile": job.responses_file}
+            else:
+                metadata["output"] = {"inlinedResponses": {"inlinedResponses": job.outputs}}
         return {"name": job.name, "metadata": metadata, "done": state in TERMINAL}
 
     def _run(self, job: BatchJob, answer: Answerer) -> None:
@@ -175,4 +210,10 @@ class BatchStore:
                 if isinstance(item.get("metadata"), dict):
                     outcome["metadata"] = item["metadata"]
                 outputs.append(outcome)
+            if job.from_file:  # one {"key", "response"|"error"} a line
+                lines = [json.dumps({"key": (o.pop("metadata", None) or {}).get("key"), **o})
+                         for o in outputs]  # fmt: skip
+                job.responses_file = self.files.add(("\n".join(lines) + "\n").encode(),
+                                                    "application/jsonl",
+                                                    f"{job.name}-responses", True).name
             job.outputs = outputs

@@ -15,11 +15,15 @@ import json
 import math
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import BadDocument
 from pipeline.llm.offline import CHARS_PER_TOKEN, analyze_text, fill_schema, pdf_text
+
+if TYPE_CHECKING:
+    from pipeline.llm.emulator.faults import Active
 
 PDF_TOKENS_PER_PAGE_2X = 258
 PDF_TOKENS_PER_PAGE_3X = 560
@@ -86,7 +90,13 @@ def _parts(content: Any) -> list[dict[str, Any]]:
     return parts
 
 
-def parse_prompt(body: dict[str, Any]) -> Prompt:
+# A `fileData.fileUri` -> (bytes, MIME type) of the uploaded file; raises BadRequest.
+FileResolver = Callable[[str], tuple[bytes, str]]
+
+
+def parse_prompt(body: dict[str, Any], files: FileResolver | None = None) -> Prompt:
+    """The request's prompt; `files` reads parts sent as uploaded files (`fileData`).
+    Raises BadRequest for a request the API refuses."""
     contents = body.get("contents")
     if not isinstance(contents, list) or not contents:
         raise BadRequest("* GenerateContentRequest.contents: contents is not specified")
@@ -96,11 +106,11 @@ def parse_prompt(body: dict[str, Any]) -> Prompt:
         prompt.system = "\n".join(str(p.get("text", "")) for p in _parts(system))
     for content in contents:
         for part in _parts(content):
-            _add_part(prompt, part)
+            _add_part(prompt, part, files)
     return prompt
 
 
-def _add_part(prompt: Prompt, part: dict[str, Any]) -> None:
+def _add_part(prompt: Prompt, part: dict[str, Any], files: FileResolver | None) -> None:
     if "text" in part:
         if part.get("thought"):
             return
@@ -108,11 +118,19 @@ def _add_part(prompt: Prompt, part: dict[str, Any]) -> None:
         return
     inline = pick(part, "inlineData", "inline_data")
     if inline is None:
-        if pick(part, "fileData", "file_data") is not None:
-            raise BadRequest("fileData is not supported by the emulator; send the PDF inline")
+        ref = pick(part, "fileData", "file_data")
+        if ref is None:
+            return
+        if files is None:
+            raise BadRequest("fileData is not served on this route; send the PDF inline")
+        data, stored_mime = files(str(pick(ref, "fileUri", "file_uri", "")))
+        _add_data(prompt, str(pick(ref, "mimeType", "mime_type", "") or stored_mime), data)
         return
-    mime = str(pick(inline, "mimeType", "mime_type", ""))
-    data = _b64decode(str(inline.get("data", "")))
+    _add_data(prompt, str(pick(inline, "mimeType", "mime_type", "")),
+              _b64decode(str(inline.get("data", ""))))  # fmt: skip
+
+
+def _add_data(prompt: Prompt, mime: str, data: bytes) -> None:
     if mime == "application/pdf":
         try:
             text, pages = pdf_text(data)
@@ -211,3 +229,44 @@ def answer(
     if len(text) > budget_chars:
         text, finish = text[:budget_chars], "MAX_TOKENS"
     return Answer(text, finish, text_tokens(text), thoughts)
+
+
+def response_body(
+    reply: Answer, active: Active, version: str, digest: str, prompt_tokens: int,
+    split: tuple[int, int],
+) -> dict[str, Any]:  # fmt: skip
+    """The generateContent body: a blocked prompt, a stopped candidate, or the answer; the
+    usageMetadata as the active faults shape it (the bill does not change)."""
+    text_tokens, doc_tokens = split
+    body: dict[str, Any] = {"modelVersion": version, "responseId": digest[:22]}
+    out, thoughts = reply.candidates_tokens, reply.thoughts_tokens
+    if active.block_reason is not None:
+        body["promptFeedback"] = {"blockReason": active.block_reason}
+        out = thoughts = 0
+    elif active.finish_reason is not None:
+        body["candidates"] = [{"finishReason": active.finish_reason, "index": 0}]
+        out = thoughts = 0
+    else:
+        parts = [{"text": reply.text}] if reply.text else []
+        body["candidates"] = [{"content": {"parts": parts, "role": "model"},
+                               "finishReason": reply.finish_reason, "index": 0}]  # fmt: skip
+    usage: dict[str, Any] = {
+        "promptTokenCount": prompt_tokens,
+        "candidatesTokenCount": out,
+        "thoughtsTokenCount": thoughts,
+        "cachedContentTokenCount": 0,
+        "totalTokenCount": prompt_tokens + out + thoughts,
+        "promptTokensDetails": [
+            d
+            for d in (
+                {"modality": "TEXT", "tokenCount": text_tokens},
+                {"modality": "DOCUMENT", "tokenCount": doc_tokens},
+            )
+            if d["tokenCount"]
+        ],
+    }
+    if active.usage == "full":
+        body["usageMetadata"] = usage
+    elif active.usage == "total_only":
+        body["usageMetadata"] = {"totalTokenCount": usage["totalTokenCount"]}
+    return body

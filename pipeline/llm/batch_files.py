@@ -1,0 +1,121 @@
+"""Batch Mode input and output files through the Gemini Files API (google-genai `files`).
+
+A batch's inline requests must stay under 20 MB together (GEMINI.md §3.6); a larger group
+goes as a JSONL input file of up to 2 GB, uploaded with the SDK's resumable upload, one
+`{"key": …, "request": GenerateContentRequest}` a line (ai.google.dev/gemini-api/docs/
+batch-mode, "input file"). A line whose request would still be too large sends its PDF as
+an uploaded file of its own (`fileData.fileUri`) instead of inline base64. The finished job
+names a responses file (`dest.file_name`), one `{"key", "response"|"error"}` a line, read
+with `files.download`. Uploaded files cost nothing and Google deletes them after 48 h; the
+group (batch_group.py) deletes them as soon as its job is booked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+
+from google import genai
+from google.genai import types
+
+from pipeline.llm.failure import ProviderCallError
+from pipeline.llm.gemini import parse_api_error
+from pipeline.llm.provider import LLMRequest, Part
+
+JSONL = "application/jsonl"
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """A file at Google's side: `name` (files/…) to get or delete it, `uri` to cite it."""
+
+    name: str
+    uri: str
+
+
+def data_parts(request: LLMRequest) -> dict[str, Part]:
+    """The request's data parts (PDFs) by sha256: what `LLMRequest.rest_body(file_uris)`
+    maps to uploaded files."""
+    return {hashlib.sha256(p.data).hexdigest(): p for p in request.parts if p.data}
+
+
+def input_line(key: str, request: LLMRequest, file_uris: dict[str, str]) -> bytes:
+    """One line of a batch input file."""
+    body = {"key": key, "request": request.rest_body(file_uris)}
+    return json.dumps(body).encode() + b"\n"
+
+
+def parse_responses(data: bytes) -> list[tuple[str, dict[str, object] | None,
+                                                dict[str, object] | None]]:  # fmt: skip
+    """(key, response, error) for each line of a responses file; a line that is not JSON
+    is skipped (its key is then answered by nobody, so its request counts as unanswered)."""
+    out: list[tuple[str, dict[str, object] | None, dict[str, object] | None]] = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(item, dict):
+            continue
+        key = str(item.get("key") or (item.get("metadata") or {}).get("key") or "")
+        response, error = item.get("response"), item.get("error")
+        out.append((key, response if isinstance(response, dict) else None,
+                    error if isinstance(error, dict) else None))  # fmt: skip
+    return out
+
+
+def to_response(body: dict[str, object]) -> types.GenerateContentResponse:
+    """A responses file's `response` object (REST JSON) as the SDK's type."""
+    return types.GenerateContentResponse._from_response(response=body, kwargs={})
+
+
+class BatchFiles:
+    """The Files API calls Batch Mode makes. Every method raises ProviderCallError (with
+    `.failure`) when the call fails."""
+
+    def __init__(self, client: genai.Client) -> None:
+        self._client = client
+
+    async def upload(self, data: bytes, mime_type: str, display_name: str) -> UploadedFile:
+        config = types.UploadFileConfig(mime_type=mime_type, display_name=display_name)
+        try:
+            found = await self._client.aio.files.upload(file=io.BytesIO(data), config=config)
+        except Exception as exc:
+            raise ProviderCallError(parse_api_error(exc)) from exc
+        return UploadedFile(found.name or "", found.uri or "")
+
+    async def exists(self, name: str) -> bool:
+        """Whether the file is still there (False for a 404: deleted or expired)."""
+        return await _unless_gone(self._client.aio.files.get(name=name))
+
+    async def delete(self, name: str) -> bool:
+        """Delete a file; False when it was gone already."""
+        return await _unless_gone(self._client.aio.files.delete(name=name))
+
+    async def download(self, name: str) -> bytes:
+        try:
+            return await self._client.aio.files.download(file=name)
+        except Exception as exc:
+            raise ProviderCallError(parse_api_error(exc)) from exc
+
+
+async def _unless_gone(call: Awaitable[object]) -> bool:
+    """True once `call` succeeded, False when it met a 404; raises ProviderCallError."""
+    try:
+        await call
+    except Exception as exc:
+        failure = parse_api_error(exc)
+        if failure.code == 404:
+            return False
+        raise ProviderCallError(failure) from exc
+    return True
+
+
+def inline_bytes(items: Sequence[tuple[str, LLMRequest]]) -> int:
+    """Bytes of a group's inline requests as batchGenerateContent carries them (each request
+    body plus its metadata key): what the inline limit is checked against."""
+    return sum(len(json.dumps({"request": r.rest_body(), "metadata": {"key": k}}).encode())
+               for k, r in items)  # fmt: skip
