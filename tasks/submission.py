@@ -66,6 +66,9 @@ class Submission:
     warnings: list[str] = field(default_factory=list)
     model: str = ""
     prompt_version: str = ""
+    mode: str = "interactive"  # what the documents run in (tasks/modes.py), and why
+    mode_why: str = ""
+    deadline: str | None = None  # ISO 8601 UTC
 
     @property
     def job_ids(self) -> list[str]:
@@ -82,6 +85,9 @@ class Submission:
             "prompt_version": self.prompt_version,
             "documents": [asdict(d) for d in self.documents],
             "warnings": list(self.warnings),
+            "mode": self.mode,
+            "mode_why": self.mode_why,
+            "deadline": self.deadline,
         }
 
 
@@ -159,6 +165,7 @@ async def submit_uploads(
     queue: str | None = None,
     inspector: Inspector | None = None,
     mode: str | None = None,
+    deadline: datetime | str | None = None,
 ) -> Submission:
     """Validate, store and enqueue one analysis job per usable PDF.
 
@@ -171,7 +178,9 @@ async def submit_uploads(
     queue other than the task's own (served by `pipeline worker --queue NAME`). `inspector`
     replaces how each PDF is inspected (see `Inspector`).
     `mode` (default PIPELINE_MODE): "batch" answers the documents with one Gemini batch job
-    per submission at half the price (tasks/batch_mode.py); ValueError for another mode.
+    per submission at half the price (tasks/batch_mode.py), "auto" chooses by `deadline`
+    (a datetime, or text as `--deadline` takes it) by tasks/modes.py's rule; ValueError for
+    another mode, BadDeadline / DeadlineTooShort (nothing enqueued) for a deadline refused.
     """
     from pipeline.ledger.batch_limit import set_limit
     from pipeline.storage import open_store
@@ -186,12 +195,14 @@ async def submit_uploads(
     if budget_usd is not None:
         check_budget_usd(budget_usd)
     prio = _priority(priority)
-    mode = mode or s.mode
-    if mode not in ("interactive", "batch"):
-        raise ValueError(f"mode must be interactive or batch, not {mode!r}")
+    from tasks.modes import choose_mode, parse_deadline
+
+    at = parse_deadline(deadline) if isinstance(deadline, str) else deadline
+    choice = choose_mode(mode or s.mode, at, s)
     prompt = analyze_prompt()
     batch_id = batch_id or uuid.uuid4().hex
-    submission = Submission(batch_id, [], warnings, model, prompt.version)
+    submission = Submission(batch_id, [], warnings, model, prompt.version, choice.mode,
+                            choice.why, choice.args().get("deadline"))  # fmt: skip
 
     # Outcomes come back in upload order, so callers can zip them with what they sent.
     outcomes: dict[int, DocOutcome] = {}
@@ -208,7 +219,7 @@ async def submit_uploads(
         return submission
 
     group: dict[str, Any] | None = None
-    if mode == "batch":
+    if choice.mode == "batch":
         from pipeline.llm.batch import group_name
 
         members = [{"sha256": sha, "name": up.name} for _, up, _, sha in checked]
@@ -231,7 +242,7 @@ async def submit_uploads(
         for index, upload, pages, sha in checked:
             spec = RunSpec(sha, upload.name, pages, len(upload.data), model, prompt.version,
                            batch_id, budget_usd, prio, expected_duration_s, queue,
-                           batch_group=group)  # fmt: skip
+                           batch_group=group, mode_args=choice.args())  # fmt: skip
             # Held before the put, so a job of the same document ending meanwhile cannot
             # see no holder and delete the bytes just put; a resubmission puts them again.
             await hold(client.redis, client.keys, [spec.job_id], sha, s.document_retention_s)

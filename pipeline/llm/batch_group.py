@@ -41,6 +41,8 @@ from pipeline.llm.usage import book_usage
 CREATE_LOCK_S = 300.0
 GROUP_TTL_S = 7 * 86400  # Google's target is 24 h; the record outlives any job by far
 MODE = "batch"
+# `use:<key>` in a group's record: who answers that request's document (see _left).
+USE = "use:"
 
 
 class BatchCreateBusy(PipelineError):
@@ -193,13 +195,19 @@ class BatchGroups:
             usage = booked.usage
             cost = self.prices.cost(response.model_version or model, usage, at, batch=True)
             verdict = judge(item.request, response, usage, accept)
-            if verdict.error is None:  # kept first, so it is never paid for again
+            outcome = verdict.outcome
+            error = None if verdict.error is None else str(verdict.error)
+            left = None if verdict.error else await self._left(name, item.key)
+            if left is not None:  # billed, but its document went on without it
+                outcome, error = Outcome.ABANDONED, left
+                unusable[item.key] = left
+            elif error is None:  # kept first, so it is never paid for again
                 kept = replace(response, raw={**response.raw, "mode": MODE})
                 await self.store.put(record.call_key, kept)
                 answers[item.key] = response.text
             else:
-                unusable[item.key] = str(verdict.error)
-            record.outcome = verdict.outcome
+                unusable[item.key] = error
+            record.outcome = outcome
             record.model_version = response.model_version
             record.input_tokens = usage.input_tokens
             record.output_tokens = usage.output_tokens
@@ -207,12 +215,27 @@ class BatchGroups:
             record.cached_tokens = usage.cached_tokens
             record.cost_usd = cost
             record.usage_missing = booked.usage_missing
-            record.error = None if verdict.error is None else str(verdict.error)
+            record.error = error
             await self.recorder.settled(record)
             total += cost
             costs[item.key] = cost
         await self.redis.hset(self.keys.batch_group(name), "booked", remote.state)
         return Collected(remote, answers, unusable, failed, total, costs)
+
+    async def _left(self, name: str, key: str) -> str | None:
+        """Why `key`'s answer must not be used, or None once the batch holds it. Whoever
+        writes `use:<key>` first decides (HSETNX): this collect ("batch"), or a document
+        taken out of the batch for its deadline or a cancel (tasks/batch_fallback.py), so an
+        answer is never stored for a document that went on with another one."""
+        field = USE + key
+        group = self.keys.batch_group(name)
+        if await self.redis.hsetnx(group, field, "batch"):
+            return None
+        taken = _text(await self.redis.hget(group, field) or "batch")
+        if taken == "batch":
+            return None
+        return (f"answered by the batch job after its document left it ({taken}); booked as "
+                "billed, not used")  # fmt: skip
 
 
 def _text(value: str | bytes) -> str:
