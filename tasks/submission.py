@@ -13,7 +13,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +24,10 @@ from pipeline.queue.client import QueueClient
 from pipeline.queue.job import parse_priority
 from tasks.runs import ANALYZE_TASK
 
-__all__ = ["ANALYZE_TASK", "DocOutcome", "Submission", "Upload", "estimate", "submit_uploads"]
+__all__ = ["ANALYZE_TASK", "DocOutcome", "Submission", "Upload", "counts_with_provider",
+           "estimate", "estimate_counted", "submit_uploads"]
 
 if TYPE_CHECKING:
-    from pipeline.llm.provider import Provider
     from pipeline.services import Services
     from pipeline.settings import Settings
 
@@ -274,129 +274,5 @@ async def submit_uploads(
     return submission
 
 
-def estimate(
-    uploads: list[Upload],
-    model: str,
-    *,
-    context_budget_tokens: int | None = None,
-    prices: PriceTable | None = None,
-) -> dict[str, Any]:
-    """Per-document and total input tokens and worst-case cost, enqueuing nothing (--dry-run).
-
-    Returns {"model", "documents": [{name, status, pages, input_tokens, worst_case_usd,
-    calls, reason}], "total_input_tokens", "total_worst_case_usd", "warnings"}; money as
-    Decimal. Raises UnknownModel for a model without a price.
-    """
-    from pipeline.settings import get_settings
-    from tasks.plan import analyze_prompt, estimate_document
-
-    s = get_settings()
-    prices = prices or PriceTable.load()
-    model = canonical_model(model, prices)
-    warnings = prices.check_model(model)
-    budget_tokens = context_budget_tokens or s.context_budget_tokens
-    prompt = analyze_prompt()
-    now = datetime.now(UTC)
-    docs: list[dict[str, Any]] = []
-    total_tokens, total_cost = 0, Decimal(0)
-    for upload in uploads:
-        try:
-            pages, _ = _inspect(upload, s, model)
-        except BadDocument as exc:
-            docs.append({"name": upload.name, "status": "skipped", "reason": str(exc)})
-            continue
-        est = estimate_document(prices, model, prompt, pages, len(upload.data), budget_tokens, now)
-        docs.append({"name": upload.name, "status": "ok", "pages": pages, **est})
-        total_tokens += est["input_tokens"]
-        total_cost += est["worst_case_usd"]
-    return {
-        "model": model,
-        "documents": docs,
-        "total_input_tokens": total_tokens,
-        "total_worst_case_usd": total_cost,
-        "warnings": warnings,
-    }
-
-
-def counts_with_provider(settings: Settings) -> bool:
-    """Whether `--dry-run` should ask the provider's countTokens: only when a Gemini key is in
-    play (gemini, the emulator, or auto with a key); the offline analyzer counts nothing."""
-    from pipeline.llm.factory import _has_key
-
-    if settings.provider in ("gemini", "emulator"):
-        return True
-    return settings.provider == "auto" and _has_key()
-
-
-async def estimate_counted(
-    uploads: list[Upload],
-    model: str,
-    provider: Provider,
-    *,
-    context_budget_tokens: int | None = None,
-    prices: PriceTable | None = None,
-) -> dict[str, Any]:
-    """`estimate`, with every map call's input tokens counted by the provider's countTokens.
-
-    The estimator's 560 tokens a page is Gemini's documented charge, but a scanned page or
-    a long prompt can differ; countTokens is free and answers with the real figure, so with
-    a key the dry run uses it. A reduce call's input (the map answers) cannot exist yet and
-    stays estimated; a document whose count fails keeps its estimate, with a warning.
-    Each document gets "token_source": "countTokens" or "estimate".
-    """
-    from pipeline.settings import get_settings
-    from tasks.pdf import split_pages
-    from tasks.plan import (
-        MAX_OUTPUT_TOKENS,
-        OUTPUT_BOUND_TOKENS,
-        analyze_prompt,
-        analyze_request,
-        chunk_ranges,
-        prompt_tokens,
-    )
-
-    s = get_settings()
-    prices = prices or PriceTable.load()
-    model = canonical_model(model, prices)
-    budget_tokens = context_budget_tokens or s.context_budget_tokens
-    est = estimate(uploads, model, context_budget_tokens=budget_tokens, prices=prices)
-    prompt = analyze_prompt()
-    now = datetime.now(UTC)
-    total_tokens, total_cost = 0, Decimal(0)
-    for upload, doc in zip(uploads, est["documents"], strict=True):
-        if doc["status"] != "ok":
-            continue
-        doc["token_source"] = "estimate"
-        pages = int(doc["pages"])
-        ranges = chunk_ranges(pages, len(upload.data), model, budget_tokens)
-        try:
-            parts = (
-                [upload.data]
-                if len(ranges) == 1
-                else await asyncio.to_thread(split_pages, upload.data, ranges)
-            )
-            tokens, cost = 0, Decimal(0)
-            for (first, last), part in zip(ranges, parts, strict=True):
-                request = analyze_request(
-                    model, prompt, part, filename=upload.name, page_count=pages,
-                    first_page=first, last_page=last,
-                )  # fmt: skip
-                counted = int(await provider.count_tokens(request))
-                tokens += counted
-                cost += prices.worst_case_cost(model, counted, OUTPUT_BOUND_TOKENS, now)
-        except Exception as exc:  # an estimate still answers the question; say why
-            est["warnings"].append(
-                f"countTokens failed for {upload.name} ({type(exc).__name__}: {exc}); "
-                "its figures are the local estimate"
-            )
-        else:
-            if len(ranges) > 1:  # the reduce call reads the map answers: estimated
-                t = len(ranges) * MAX_OUTPUT_TOKENS + prompt_tokens(prompt)
-                tokens += t
-                cost += prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, now)
-            doc.update(input_tokens=tokens, worst_case_usd=cost, token_source="countTokens")
-        total_tokens += doc["input_tokens"]
-        total_cost += doc["worst_case_usd"]
-    est["total_input_tokens"] = total_tokens
-    est["total_worst_case_usd"] = total_cost
-    return est
+# The dry run lives in tasks/estimate.py; imported here for the callers of this front door.
+from tasks.estimate import counts_with_provider, estimate, estimate_counted  # noqa: E402

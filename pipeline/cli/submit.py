@@ -117,19 +117,24 @@ def print_estimate(est: dict[str, Any], budget: Decimal | None) -> None:
     sources = {d.get("token_source", "estimate") for d in est["documents"] if d["status"] == "ok"}
     how = "countTokens" if sources == {"countTokens"} else "estimated"
     table = Table(title=f"dry run · {est['model']} · tokens {how} · nothing enqueued")
-    for col in ("document", "pages", "calls", "input tokens", "worst case USD"):
+    for col in ("document", "pages", "calls", "input tokens", "worst case USD interactive",
+                "worst case USD batch"):  # fmt: skip
         table.add_column(col)
     for d in est["documents"]:
         if d["status"] != "ok":
-            table.add_row(d["name"], "-", "-", "-", f"skipped: {d['reason']}")
+            table.add_row(d["name"], "-", "-", "-", f"skipped: {d['reason']}", "")
             continue
+        batch = display_usd(d["worst_case_batch_usd"])
+        if not d["batched"]:  # a long PDF's parts and merge are not batched
+            batch += " (runs interactively: several calls)"
         table.add_row(d["name"], str(d["pages"]), str(d["calls"]), str(d["input_tokens"]),
-                      display_usd(d['worst_case_usd']))  # fmt: skip
+                      display_usd(d['worst_case_usd']), batch)  # fmt: skip
     console.print(table)
     total = est["total_worst_case_usd"]
     shown = display_usd(total)
-    console.print(f"total: {est['total_input_tokens']} input tokens, worst case ${shown}",
-                  highlight=False, soft_wrap=True)  # fmt: skip
+    console.print(f"total: {est['total_input_tokens']} input tokens, worst case ${shown} "
+                  f"interactive, ${display_usd(est['total_worst_case_batch_usd'])} in Batch "
+                  "Mode (--mode batch)", highlight=False, soft_wrap=True)  # fmt: skip
     if budget is not None and total > budget:
         console.print(f"[yellow]warning:[/yellow] the worst-case estimate ${shown} is over "
                       f"the budget ${display_usd(budget)}; calls past the budget "
