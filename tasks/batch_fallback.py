@@ -89,7 +89,9 @@ async def cancel_if_abandoned(
     record = {_text(k): _text(v) for k, v in (await redis.hgetall(keys.batch_group(name))).items()}
     remote = record.get("remote")
     if not remote or record.get("booked"):
-        return None  # never created (its members left first), or already booked
+        # Never created (its members left first), or already booked: no collect is needed.
+        await release_for_collect(client, args["batch_group"])
+        return None
     if batches is not None:
         try:
             await batches.cancel(remote)

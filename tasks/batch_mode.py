@@ -150,6 +150,9 @@ async def wait_for_batch(ctx: JobContext, args: dict[str, Any]) -> None:
             remote = await groups.submit(model, items, tokens, job_id=ctx.job_id,
                                          batch_id=ctx.batch, name=name)  # fmt: skip
     except ProviderCallError as exc:
+        if left_s == 0:  # the Batch API fails at the deadline: interactive calls may not
+            log.warning("job %s: Gemini Batch API: %s; leaving the batch", ctx.job_id, exc)
+            return await _fall_back(ctx, groups, args)
         raise Retry(f"Gemini Batch API: {exc}", delay_s=_capped(s.batch_poll_s, left_s),
                     reason=Reason.PROVIDER_ERROR) from exc  # fmt: skip
     except BatchCreateBusy as exc:  # another member creates it, or died doing so: look later
@@ -190,6 +193,9 @@ async def collect_batch_group(ctx: JobContext, args: dict[str, Any]) -> dict[str
                     reason=Reason.PROVIDER_ERROR) from exc  # fmt: skip
     if remote.done:
         return {"booked": remote.state, "batch_job": remote.name}
+    # No member looks any more: the collect keeps the group's budget holds alive.
+    await renew_group(await ctx.deps["services"].budget.for_call(ctx.batch, _limit(args)),
+                      groups, name)  # fmt: skip
     looks = await groups.redis.hincrby(groups.keys.batch_group(name), f"looks:{ctx.job_id}", 1)
     raise Retry(f"batch job {remote.name} is {remote.state}; its answers are booked when it "
                 "ends", delay_s=min(s.batch_poll_max_s, s.batch_poll_s * 2 ** min(looks - 1, 20)),

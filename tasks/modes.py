@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pytimeparse import parse as parse_duration
+from pytimeparse.timeparse import timeparse as parse_duration
 
 from pipeline.errors import BadDeadline, DeadlineTooShort
 

@@ -72,7 +72,7 @@ class JobView:
     live: bool = True
     # A root job's mode (tasks/modes.py): mode, requested, why, deadline, and for Batch
     # Mode its group's name and the document's key in it.
-    mode: dict[str, str] | None = None
+    mode: dict[str, Any] | None = None
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> JobView:
@@ -157,7 +157,7 @@ def _json(raw: str | None, default: Any) -> Any:
         return default
 
 
-def _mode(args: dict[str, Any] | None) -> dict[str, str] | None:
+def _mode(args: dict[str, Any] | None) -> dict[str, Any] | None:
     if not isinstance(args, dict) or "mode" not in args:
         return None
     out = {"mode": str(args["mode"]), "requested": str(args.get("mode_requested") or

@@ -195,11 +195,11 @@ class BatchGroups:
             usage = booked.usage
             cost = self.prices.cost(response.model_version or model, usage, at, batch=True)
             verdict = judge(item.request, response, usage, accept)
-            outcome = verdict.outcome
+            kind = verdict.outcome
             error = None if verdict.error is None else str(verdict.error)
             left = None if verdict.error else await self._left(name, item.key)
             if left is not None:  # billed, but its document went on without it
-                outcome, error = Outcome.ABANDONED, left
+                kind, error = Outcome.ABANDONED, left
                 unusable[item.key] = left
             elif error is None:  # kept first, so it is never paid for again
                 kept = replace(response, raw={**response.raw, "mode": MODE})
@@ -207,7 +207,7 @@ class BatchGroups:
                 answers[item.key] = response.text
             else:
                 unusable[item.key] = error
-            record.outcome = outcome
+            record.outcome = kind
             record.model_version = response.model_version
             record.input_tokens = usage.input_tokens
             record.output_tokens = usage.output_tokens
