@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from pipeline.errors import JobError, Reason, Retry
+from pipeline.errors import JobError, Permanent, Reason, Retry
 from pipeline.llm.batch import BatchItem, RemoteBatch
 from pipeline.llm.batch_group import USE, BatchCreateBusy, BatchGroups, recorded
 from pipeline.llm.failure import ProviderCallError
@@ -127,8 +127,14 @@ async def wait_for_batch(ctx: JobContext, args: dict[str, Any]) -> None:
     name = str(args["batch_group"]["name"])
     model = str(args["model"])
     record = await recorded(groups.store, name)
-    if record.get("booked") or record.get(USE + str(args["sha256"])) not in (None, "batch"):
-        return  # booked, or this document left the batch: the interactive path
+    if record.get(USE + str(args["sha256"])) not in (None, "batch"):
+        if await ctx.client.redis.hget(ctx.client.keys.job(ctx.job_id), "cancel") == "1":
+            # Cancelled while looking: no interactive call for it (the worker stops it soon).
+            raise Permanent("cancelled: taken out of its Gemini batch job",
+                            reason=Reason.CANCELLED)  # fmt: skip
+        return  # this document left the batch: the interactive path
+    if record.get("booked"):
+        return  # answered (from the call store) or, without an answer, interactively
     left_s = due(args, s)
     try:
         if record.get("remote"):

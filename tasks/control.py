@@ -81,10 +81,11 @@ async def _run_jobs(client: QueueClient, root_id: str) -> list[str]:
 async def cancel_run(client: QueueClient, recorder: SqlRecorder | None, root_id: str,
                      left: dict[str, Any] | None = None) -> dict[str, str]:  # fmt: skip
     """Cancel every job of the run rooted at `root_id` that has not ended. A root waiting in
-    a Gemini batch group leaves it first; `left` collects such groups (name -> the root's
-    arguments) for `cancel_remote`."""
+    a Gemini batch group then leaves it (after its cancel flag, so a look it makes meanwhile
+    ends it rather than calling interactively); `left` collects such groups (name -> the
+    root's arguments and batch) for `cancel_remote`."""
     out: dict[str, str] = {}
-    await _leave_group(client, root_id, left)
+    group = await _batch_group_of(client, root_id)
     for job_id in await _run_jobs(client, root_id):
         try:
             job = await client.get(job_id)
@@ -96,22 +97,28 @@ async def cancel_run(client: QueueClient, recorder: SqlRecorder | None, root_id:
         if out[job_id] == "cancelled" and recorder is not None:
             # No worker settles a job cancelled before it ran: the ledger hears it here.
             await recorder.update_job_status(job_id, "cancelled", last_error="cancelled")
+    if group is not None:  # after the cancel flag: a look from now on stops, pays nothing
+        args, batch = group
+        name = str(args["batch_group"]["name"])
+        if await leave(client.redis, client.keys, name, str(args["sha256"]), CANCELLED,
+                       client.settings.document_retention_s) and left is not None:  # fmt: skip
+            left[name] = (args, batch)
     return out
 
 
-async def _leave_group(client: QueueClient, root_id: str, left: dict[str, Any] | None) -> None:
+async def _batch_group_of(
+    client: QueueClient, root_id: str
+) -> tuple[dict[str, Any], str | None] | None:
+    """(the root's arguments, its batch) when it has not ended and waits in a Gemini batch
+    group, else None."""
     try:
         root = await client.get(root_id)
     except JobNotFound:
-        return
+        return None
     args = root.args[0] if root.args and isinstance(root.args[0], dict) else {}
-    group = args.get("batch_group")
-    if root.state.value not in _NOT_ENDED or not isinstance(group, dict):
-        return
-    if await leave(client.redis, client.keys, str(group["name"]), str(args["sha256"]),
-                   CANCELLED, client.settings.document_retention_s):  # fmt: skip
-        if left is not None:
-            left[str(group["name"])] = (args, root.batch)
+    if root.state.value not in _NOT_ENDED or not isinstance(args.get("batch_group"), dict):
+        return None
+    return args, root.batch
 
 
 async def cancel_remote(client: QueueClient, left: dict[str, Any],

@@ -19,6 +19,7 @@ from tests.support.workers import ROOT
 
 INVOICE = str(ROOT / "examples" / "docs" / "invoice.pdf")
 REPORT = make_pdf(1, "Quarterly report {n}. Revenue grew by ten percent.")
+INVOICE_BYTES = make_pdf(1, "Invoice {n}. Amount due 120 EUR.")
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -63,21 +64,6 @@ def test_submit_refuses_an_unknown_mode(pipeline_env: dict[str, str]) -> None:
     assert "interactive, batch or auto" in out.stderr
 
 
-async def test_analyze_form_field_mode(
-    tmp_path: Path, redis_url: str, key_prefix: str, sredis: redis.Redis
-) -> None:
-    settings = api_settings(tmp_path, redis_url, key_prefix)
-    async with api_client(settings) as (client, _):
-        r = await client.post("/analyze", files=pdf_files(("r.pdf", REPORT)),
-                              data={"mode": "batch"})  # fmt: skip
-        assert r.status_code == 202, r.text
-        job_id = r.json()["documents"][0]["job_id"]
-        bad = await client.post("/analyze", files=pdf_files(("r.pdf", REPORT)),
-                                data={"mode": "later"})  # fmt: skip
-    assert _args(sredis, key_prefix, job_id)["mode"] == "batch"
-    assert bad.status_code in (400, 422) and "mode" in bad.text
-
-
 def test_submit_mode_auto_chooses_by_the_deadline_and_records_the_choice(
     pipeline_env: dict[str, str], sredis: redis.Redis, key_prefix: str
 ) -> None:
@@ -108,11 +94,16 @@ def test_submit_refuses_a_deadline_it_cannot_meet_or_read(pipeline_env: dict[str
     assert naive.returncode == 2 and "no time zone" in naive.stderr
 
 
-async def test_analyze_form_fields_mode_auto_and_deadline(
+async def test_analyze_form_fields_mode_and_deadline(
     tmp_path: Path, redis_url: str, key_prefix: str, sredis: redis.Redis
 ) -> None:
     settings = api_settings(tmp_path, redis_url, key_prefix)
     async with api_client(settings) as (client, _):
+        batch = await client.post("/analyze", files=pdf_files(("b.pdf", INVOICE_BYTES)),
+                                  data={"mode": "batch"})  # fmt: skip
+        assert batch.status_code == 202, batch.text
+        unknown = await client.post("/analyze", files=pdf_files(("r.pdf", REPORT)),
+                                    data={"mode": "later"})  # fmt: skip
         r = await client.post("/analyze", files=pdf_files(("r.pdf", REPORT)),
                               data={"mode": "auto", "deadline": "3d"})  # fmt: skip
         assert r.status_code == 202, r.text
@@ -125,4 +116,6 @@ async def test_analyze_form_fields_mode_auto_and_deadline(
     args = _args(sredis, key_prefix, body["documents"][0]["job_id"])
     assert args["mode"] == "batch" and args["mode_requested"] == "auto"
     assert bad.status_code == 422 and "deadline" in bad.text
+    assert _args(sredis, key_prefix, batch.json()["documents"][0]["job_id"])["mode"] == "batch"
+    assert unknown.status_code in (400, 422) and "mode" in unknown.text
     assert short.status_code == 422 and "--mode auto" in short.text

@@ -2,9 +2,10 @@
 real google-genai client and the emulator.
 
 - a deadline too short for Batch Mode: `auto` runs interactively, no batch job is created;
-- a deadline reached while the emulator's batch job is still RUNNING: every document leaves
-  it, the job is cancelled (billed nothing), the documents complete interactively, and the
-  collect job books the batch's rows at $0 and releases the group's budget holds;
+- a deadline reached while the emulator's batch job is still RUNNING (the test moves the
+  clock by widening the fallback margin past the deadline): every document leaves it, the
+  job is cancelled (billed nothing), the documents complete interactively, and the collect
+  job books the batch's rows at $0 and releases the group's budget holds;
 - a document cancelled out of a batch job others keep alive: its answer, billed anyway, is
   booked at its batch price as `abandoned` and never stored; the other is answered from it.
 """
@@ -57,12 +58,21 @@ async def test_a_deadline_reached_while_the_batch_runs_falls_back_and_completes(
 ) -> None:  # fmt: skip
     limit = Decimal("5.00")
     # RUNNING at once and for far longer than the test: only the fallback can finish it.
-    with start_emulator(batch_delay_s=600, batch_pending_s=0) as emu:
-        async with running_pipeline(emu, redis_url, key_prefix, batch_fallback_margin_s=1.0,
+    with start_emulator(batch_delay_s=3600, batch_pending_s=0) as emu:
+        async with running_pipeline(emu, redis_url, key_prefix, batch_fallback_margin_s=60,
                                     **FAST_POLL) as rig:  # fmt: skip
-            deadline = datetime.now(UTC) + timedelta(seconds=6)
+            deadline = datetime.now(UTC) + timedelta(hours=1)
             sub = await submit_uploads(rig.client, _docs(3), mode="batch", deadline=deadline,
                                        budget_usd=limit, services=rig.services)  # fmt: skip
+
+            async def running() -> bool:
+                jobs = [await rig.client.get(j) for j in sub.job_ids]
+                return all("state RUNNING" in (j.error or "") for j in jobs)
+
+            await eventually(running, 90, "every document to wait in the RUNNING batch job")
+            # The clock moves on: the deadline is now inside the margin (the workers read
+            # the setting at each look, and every look is at most batch_poll_max_s away).
+            rig.client.settings.batch_fallback_margin_s = 7200
             jobs = [await rig.finished(j, timeout_s=120) for j in sub.job_ids]
             group = jobs[0].args[0]["batch_group"]["name"]
             collected = await rig.finished(collect_job_id(group), timeout_s=60)
@@ -90,21 +100,23 @@ async def test_a_deadline_reached_while_the_batch_runs_falls_back_and_completes(
 async def test_an_answer_billed_after_its_document_left_is_booked_and_never_used(
     pipeline_env: dict[str, str], redis_url: str, key_prefix: str,
 ) -> None:  # fmt: skip
-    with start_emulator(batch_delay_s=4.0) as emu:
+    with start_emulator(batch_delay_s=3600, batch_pending_s=0) as emu:
         async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
             sub = await submit_uploads(rig.client, _docs(2, "Note"), mode="batch",
                                        services=rig.services)  # fmt: skip
             gone, kept = sub.job_ids
 
-            async def in_batch() -> bool:
-                job = await rig.client.get(gone)
-                return job.reason == "in_batch" and "in Gemini batch" in (job.error or "")
+            async def in_batch() -> str | None:
+                jobs = [await rig.client.get(j) for j in (gone, kept)]
+                waiting = all("in Gemini batch" in (j.error or "") for j in jobs)
+                return str(jobs[1].progress["batch_job"]) if waiting else None
 
-            await eventually(in_batch, 60, "the document to wait in the batch job")
+            remote = await eventually(in_batch, 90, "both documents to wait in the batch job")
             done = await cancel_job(rig.client, rig.services.recorder, gone,
                                     rig.services.provider)  # fmt: skip
+            emu.finish_batch(remote)  # Google answers both requests: one was left
             other = await rig.finished(kept, timeout_s=90)
-            cancelled = await rig.client.get(gone)
+            cancelled = await rig.finished(gone, timeout_s=60)
             rows = rig.calls()
             store = rig.services.caller.store
             stored = {r.document_id: await store.get(r.call_key) for r in rows

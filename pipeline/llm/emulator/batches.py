@@ -125,6 +125,11 @@ class BatchStore:
                 job.cancelled_at = time.time()
                 job.ended_at = job.cancelled_at
 
+    def finish(self, job: BatchJob) -> None:
+        """End the job now (its delay is cut to what has passed); a cancelled job stays so."""
+        with self.lock:
+            job.delay_s = min(job.delay_s, max(0.0, time.time() - job.created_at))
+
     def summary(self) -> dict[str, dict[str, int]]:
         """Jobs by state now, and cancelled jobs by the state the cancel found them in."""
         now = time.time()
