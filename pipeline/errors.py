@@ -35,6 +35,8 @@
     │   ├── BadDocument          a PDF that is corrupt, encrypted, empty or too large
     │   │   └── RequestTooLarge  a page that no inline request can carry
     │   ├── BatchNotFound        no batch by that id, id prefix or label
+    │   ├── BadDeadline          a --deadline that is not a duration or a timestamp, or is past
+    │   │   └── DeadlineTooShort --mode batch with a deadline inside the fallback margin
     │   └── UploadRejected       an HTTP upload refused as a whole (.status_code: 400/413/415/422)
     └── DocumentStoreError       PIPELINE_DOCUMENT_STORE unusable (bad spec, S3 error)
         └── DocumentMissing      a document's bytes are not in the store (says where it looked)
@@ -266,6 +268,16 @@ class RequestTooLarge(BadDocument):
     cannot make it fit, so it is refused at submit (and at the worker, the same rule)."""
 class BatchNotFound(InputError):
     pass
+
+
+class BadDeadline(InputError):
+    """A deadline that cannot be read (not a duration such as `6h` nor a timestamp with its
+    offset) or that has passed; the message shows both accepted forms."""
+
+
+class DeadlineTooShort(BadDeadline):
+    """`--mode batch` with a deadline so close that the document would have to leave Batch
+    Mode at once (inside PIPELINE_BATCH_FALLBACK_MARGIN_S); the message says what to use."""
 
 
 class UploadRejected(InputError):

@@ -62,7 +62,12 @@ class Settings(BaseSettings):
     model: str = "gemini-3.5-flash-lite"
     # Gemini Batch Mode (tasks/batch_mode.py): the default `--mode`, and how often a document
     # waiting in a batch job looks at it (first look after batch_poll_s, doubling to the max).
-    mode: Literal["interactive", "batch"] = "interactive"
+    mode: Literal["interactive", "batch", "auto"] = "interactive"
+    # `--deadline` (tasks/modes.py): `auto` uses Batch Mode only when the deadline is at least
+    # batch_room_s away (Google's turnaround target is 24 h, GEMINI.md §3.6); a document still
+    # in a batch job batch_fallback_margin_s before its deadline is finished interactively.
+    batch_room_s: float = Field(default=86400.0, gt=0)
+    batch_fallback_margin_s: float = Field(default=7200.0, ge=0)
     batch_poll_s: float = Field(default=30.0, gt=0)
     batch_poll_max_s: float = Field(default=600.0, gt=0)
     # How long a worker that died while creating a batch job delays the next one (the create

@@ -37,6 +37,7 @@ from pipeline.queue.task import task
 from pipeline.storage import open_store
 from pipeline.storage.holds import hold
 from tasks.analysis_call import analysis_call
+from tasks.batch_mode import wait_for_batch  # and registers collect_batch_group
 from tasks.fit import Fitted, fit_parts
 from tasks.merge import (
     merge_document_type,
@@ -175,8 +176,6 @@ async def analyze_document(ctx: JobContext, args: dict[str, Any]) -> dict[str, A
         await ctx.progress({"stage": "done", "from": "ledger"})
         return dict(stored)
     if args.get("mode") == "batch":
-        from tasks.batch_mode import wait_for_batch
-
         await wait_for_batch(ctx, args)  # returns once the batch answer is in the call store
     data, pages, fitted = await plan_document(ctx, sha, name, model)
     if len(fitted) == 1:

@@ -17,6 +17,11 @@ under the usual attempt and budget rules. A member that needs several calls (a l
 puts each of its parts in the group (key `sha256:first-last`); once booked, its parts'
 jobs find their answers in the store and the merge call runs interactively (it reads the
 parts' answers, so it cannot join the batch that makes them).
+
+A member with a deadline (tasks/modes.py) looks again no later than its fallback time, and
+from then on leaves the batch (tasks/batch_fallback.py) and carries on interactively; the
+last member to leave cancels the remote job, and `collect_batch_group` books what it
+answered.
 """
 
 from __future__ import annotations
@@ -26,13 +31,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from pipeline.errors import JobError, Reason, Retry
-from pipeline.llm.batch import BatchItem
-from pipeline.llm.batch_group import BatchCreateBusy, BatchGroups, recorded
+from pipeline.errors import JobError, Permanent, Reason, Retry
+from pipeline.llm.batch import BatchItem, RemoteBatch
+from pipeline.llm.batch_group import USE, BatchCreateBusy, BatchGroups, recorded
 from pipeline.llm.failure import ProviderCallError
 from pipeline.queue.context import JobContext
+from pipeline.queue.task import task
 from tasks.analysis_call import accept_analysis
+from tasks.batch_fallback import FALLBACK, cancel_if_abandoned, leave, release_for_collect
 from tasks.batch_holds import renew_group, reserve_group, settle_group
+from tasks.modes import due
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +86,44 @@ async def _members(ctx: JobContext, args: dict[str, Any]) -> tuple[list[BatchIte
     return items, tokens
 
 
+async def _book_if_done(ctx: JobContext, groups: BatchGroups, args: dict[str, Any],
+                        remote_name: str) -> RemoteBatch:  # fmt: skip
+    """Look at the group's remote job once; when it ended, book it for the whole group
+    (answers to the call store, ledger rows at the batch rate, holds settled)."""
+    remote = await groups.batches.get(remote_name)
+    if remote.done:
+        name, model = str(args["batch_group"]["name"]), str(args["model"])
+        budget = await ctx.deps["services"].budget.for_call(ctx.batch, _limit(args))
+        items, tokens = await _members(ctx, args)
+        done = await groups.collect(model, items, tokens, accept=accept_analysis,
+                                    job_id=ctx.job_id, batch_id=ctx.batch,
+                                    name=name)  # fmt: skip
+        if done is not None:
+            await settle_group(budget, groups, name, done.costs)
+            await release_for_collect(ctx.client, args["batch_group"])
+    return remote
+
+
+async def _fall_back(ctx: JobContext, groups: BatchGroups, args: dict[str, Any]) -> None:
+    """This document's deadline is near: take it out of the batch (the last to leave cancels
+    the remote job) and return, so the job carries on interactively. Raises Retry (a short
+    look, attempt kept) when the batch's answer was claimed first: it is being stored."""
+    name = str(args["batch_group"]["name"])
+    if not await leave(groups.redis, groups.keys, name, str(args["sha256"]), FALLBACK,
+                       ctx.client.settings.document_retention_s):  # fmt: skip
+        raise Retry("its batch answer is being stored; used in a moment", delay_s=1.0,
+                    count_attempt=False, reason=Reason.IN_BATCH)  # fmt: skip
+    cancelled = await cancel_if_abandoned(ctx.client, groups.batches, args, ctx.batch)
+    log.info("job %s: deadline %s near, finished interactively%s", ctx.job_id,
+             args.get("deadline"), f" (cancelled {cancelled})" if cancelled else "")  # fmt: skip
+    await ctx.progress({"stage": "fallback", "deadline": args.get("deadline"),
+                        "cancelled_batch_job": cancelled})  # fmt: skip
+
+
 async def wait_for_batch(ctx: JobContext, args: dict[str, Any]) -> None:
     """Return once this document's batch answer is booked (in the call store when usable),
-    or at once when Batch Mode does not apply; else raise Retry to look again later.
+    or at once when Batch Mode does not apply or its deadline is near (it then runs
+    interactively); else raise Retry to look again later, no later than its fallback time.
     Raises Retry (counted) when the Batch API fails, as any provider failure."""
     groups = _groups(ctx)
     if groups is None or "batch_group" not in args:
@@ -89,38 +132,82 @@ async def wait_for_batch(ctx: JobContext, args: dict[str, Any]) -> None:
     name = str(args["batch_group"]["name"])
     model = str(args["model"])
     record = await recorded(groups.store, name)
+    if record.get(USE + str(args["sha256"])) not in (None, "batch"):
+        if await ctx.client.redis.hget(ctx.client.keys.job(ctx.job_id), "cancel") == "1":
+            # Cancelled while looking: no interactive call for it (the worker stops it soon).
+            raise Permanent("cancelled: taken out of its Gemini batch job",
+                            reason=Reason.CANCELLED)  # fmt: skip
+        return  # this document left the batch: the interactive path
     if record.get("booked"):
-        return
-    budget = await ctx.deps["services"].budget.for_call(ctx.batch, _limit(args))
+        return  # answered (from the call store) or, without an answer, interactively
+    left_s = due(args, s)
     try:
         if record.get("remote"):
-            remote = await groups.batches.get(record["remote"])
+            remote = await _book_if_done(ctx, groups, args, record["remote"])
             if remote.done:
-                items, tokens = await _members(ctx, args)
-                done = await groups.collect(model, items, tokens, accept=accept_analysis,
-                                            job_id=ctx.job_id, batch_id=ctx.batch,
-                                            name=name)  # fmt: skip
-                if done is not None:
-                    await settle_group(budget, groups, name, done.costs)
                 return
+            if left_s == 0:
+                return await _fall_back(ctx, groups, args)
+            budget = await ctx.deps["services"].budget.for_call(ctx.batch, _limit(args))
             await renew_group(budget, groups, name)
         else:
+            if left_s == 0:  # never created: nothing to cancel
+                return await _fall_back(ctx, groups, args)
             items, tokens = await _members(ctx, args)
             if not any(i.document == args["sha256"] for i in items):
                 return  # this document is not batched
+            budget = await ctx.deps["services"].budget.for_call(ctx.batch, _limit(args))
             await reserve_group(budget, groups, name, items, tokens)  # before create
             remote = await groups.submit(model, items, tokens, job_id=ctx.job_id,
                                          batch_id=ctx.batch, name=name)  # fmt: skip
     except ProviderCallError as exc:
-        raise Retry(f"Gemini Batch API: {exc}", delay_s=s.batch_poll_s,
+        if left_s == 0:  # the Batch API fails at the deadline: interactive calls may not
+            log.warning("job %s: Gemini Batch API: %s; leaving the batch", ctx.job_id, exc)
+            return await _fall_back(ctx, groups, args)
+        raise Retry(f"Gemini Batch API: {exc}", delay_s=_capped(s.batch_poll_s, left_s),
                     reason=Reason.PROVIDER_ERROR) from exc  # fmt: skip
     except BatchCreateBusy as exc:  # another member creates it, or died doing so: look later
-        raise Retry(str(exc), delay_s=s.batch_poll_s, count_attempt=False,
+        raise Retry(str(exc), delay_s=_capped(s.batch_poll_s, left_s), count_attempt=False,
                     reason=Reason.IN_BATCH) from exc  # fmt: skip
     looks = await groups.redis.hincrby(groups.keys.batch_group(name), f"looks:{ctx.job_id}", 1)
-    delay = min(s.batch_poll_max_s, s.batch_poll_s * 2 ** min(looks - 1, 20))
+    delay = _capped(min(s.batch_poll_max_s, s.batch_poll_s * 2 ** min(looks - 1, 20)), left_s)
     since = (remote.create_time or datetime.now(UTC)).isoformat(timespec="seconds")
     await ctx.progress({"stage": "in_batch", "batch_job": remote.name, "state": remote.state,
                         "since": since, "next_look_s": delay})  # fmt: skip
     raise Retry(f"in Gemini batch {remote.name}, state {remote.state} since {since}",
                 delay_s=delay, count_attempt=False, reason=Reason.IN_BATCH)  # fmt: skip
+
+
+def _capped(delay_s: float, left_s: float | None) -> float:
+    """The next look, no later than the fallback time (a little after it, so it is due)."""
+    return delay_s if left_s is None else min(delay_s, left_s + 0.05)
+
+
+@task(name="collect_batch_group", expected_duration_s=30, timeout_s=900, max_attempts=5,
+      retry_delays_s=(30, 120, 600), uses_services=True)  # fmt: skip
+async def collect_batch_group(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Book a batch job every document of which left it (tasks/batch_fallback.py): look with
+    back-off until it ends, then book what it answered (never stored for a document) and
+    settle the group's holds. `args`: model, budget_usd, batch_group, documents."""
+    groups = _groups(ctx)
+    if groups is None:
+        return {"booked": None}
+    s = ctx.client.settings
+    name = str(args["batch_group"]["name"])
+    record = await recorded(groups.store, name)
+    if record.get("booked") or not record.get("remote"):
+        return {"booked": record.get("booked")}
+    try:
+        remote = await _book_if_done(ctx, groups, args, record["remote"])
+    except ProviderCallError as exc:
+        raise Retry(f"Gemini Batch API: {exc}", delay_s=s.batch_poll_s,
+                    reason=Reason.PROVIDER_ERROR) from exc  # fmt: skip
+    if remote.done:
+        return {"booked": remote.state, "batch_job": remote.name}
+    # No member looks any more: the collect keeps the group's budget holds alive.
+    await renew_group(await ctx.deps["services"].budget.for_call(ctx.batch, _limit(args)),
+                      groups, name)  # fmt: skip
+    looks = await groups.redis.hincrby(groups.keys.batch_group(name), f"looks:{ctx.job_id}", 1)
+    raise Retry(f"batch job {remote.name} is {remote.state}; its answers are booked when it "
+                "ends", delay_s=min(s.batch_poll_max_s, s.batch_poll_s * 2 ** min(looks - 1, 20)),
+                count_attempt=False, reason=Reason.IN_BATCH)  # fmt: skip

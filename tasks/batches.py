@@ -23,6 +23,7 @@ from sqlalchemy import Engine, func, or_, select
 from pipeline.errors import BatchNotFound, InputError
 from pipeline.ledger.models import Batch, BatchDocument, Document, JobRow, LLMCall, Result
 from pipeline.ledger.report import WASTED
+from tasks.modes import annotate_modes
 from tasks.status import (
     DocumentState,
     JobView,
@@ -255,6 +256,7 @@ class DocumentRow:
     result: Any
     paid_in: list[str] = field(default_factory=list)  # other batches its cost was booked to
     run: Run | None = None
+    mode: dict[str, Any] | None = None  # tasks/modes.py's choice (batch_fallback.annotate)
 
     @property
     def status(self) -> str:
@@ -277,6 +279,7 @@ class DocumentRow:
             "cost_usd": usd(self.cost),
             "wasted_usd": usd(self.wasted),
             "result": self.result,
+            "mode": self.mode,
         }
 
 
@@ -351,7 +354,9 @@ async def batch_view(client: QueueClient, engine: Engine, ref: str) -> BatchView
     roots = [m.job_id for m in facts.members if m.job_id]
     runs = await read_runs(client, roots, facts.jobs)
     around = await surroundings(client, list(runs.values()))
-    return BatchView(facts, document_rows(facts, runs, around))
+    rows = document_rows(facts, runs, around)
+    await annotate_modes(client, rows)
+    return BatchView(facts, rows)
 
 
 def recent_batches(engine: Engine, limit: int = 10, offset: int = 0,

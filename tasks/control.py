@@ -6,7 +6,9 @@ result. The CLI (`pipeline cancel|budget|retry`) and the API (`POST /batches/{id
   worker stops it at its next lease renewal (cooperatively), and a call it has in flight is
   booked `abandoned` at its worst case (possibly billed). Cancelling a long document's root
   cancels its parts and merge too. A batch's cancel leaves alone runs that belong to another
-  batch (a document resubmitted here while that batch's run answers it).
+  batch (a document resubmitted here while that batch's run answers it). A document waiting
+  in a Gemini batch job leaves it (tasks/batch_fallback.py); once every document of that job
+  has left, the remote job is cancelled too, and what it answered anyway is booked, unused.
 - Budget: the new figure is checked by the one budget rule, kept in Redis where every call
   reads it (pipeline/ledger/batch_limit.py) and in the ledger.
 - Retry: each failed, over-budget (or cancelled) document gets a new run in the batch, under
@@ -16,9 +18,9 @@ result. The CLI (`pipeline cancel|budget|retry`) and the API (`POST /batches/{id
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -27,8 +29,12 @@ from pipeline.ledger.batch_limit import set_limit
 from pipeline.ledger.budget import Budget, check_budget_usd
 from pipeline.ledger.recorder import SqlRecorder
 from pipeline.queue.client import QueueClient
+from tasks.batch_fallback import CANCELLED, cancel_if_abandoned, leave
 from tasks.batches import BatchView, batch_view, usd
 from tasks.status import part_count, part_id, reduce_id
+
+if TYPE_CHECKING:
+    from pipeline.llm.provider import Provider
 
 _NOT_ENDED = frozenset({"queued", "scheduled", "waiting", "active"})
 
@@ -41,6 +47,7 @@ class Cancelled:
     target: str
     jobs: dict[str, str]
     skipped: list[str]  # documents whose run belongs to another batch
+    batch_jobs: list[str] = field(default_factory=list)  # Gemini batch jobs asked to cancel
 
     @property
     def cancelled(self) -> int:
@@ -71,10 +78,14 @@ async def _run_jobs(client: QueueClient, root_id: str) -> list[str]:
     return [*ids, root_id]
 
 
-async def cancel_run(client: QueueClient, recorder: SqlRecorder | None, root_id: str) -> dict[
-        str, str]:  # fmt: skip
-    """Cancel every job of the run rooted at `root_id` that has not ended."""
+async def cancel_run(client: QueueClient, recorder: SqlRecorder | None, root_id: str,
+                     left: dict[str, Any] | None = None) -> dict[str, str]:  # fmt: skip
+    """Cancel every job of the run rooted at `root_id` that has not ended. A root waiting in
+    a Gemini batch group then leaves it (after its cancel flag, so a look it makes meanwhile
+    ends it rather than calling interactively); `left` collects such groups (name -> the
+    root's arguments and batch) for `cancel_remote`."""
     out: dict[str, str] = {}
+    group = await _batch_group_of(client, root_id)
     for job_id in await _run_jobs(client, root_id):
         try:
             job = await client.get(job_id)
@@ -86,27 +97,79 @@ async def cancel_run(client: QueueClient, recorder: SqlRecorder | None, root_id:
         if out[job_id] == "cancelled" and recorder is not None:
             # No worker settles a job cancelled before it ran: the ledger hears it here.
             await recorder.update_job_status(job_id, "cancelled", last_error="cancelled")
+    if group is not None:  # after the cancel flag: a look from now on stops, pays nothing
+        args, batch = group
+        name = str(args["batch_group"]["name"])
+        if await leave(client.redis, client.keys, name, str(args["sha256"]), CANCELLED,
+                       client.settings.document_retention_s) and left is not None:  # fmt: skip
+            left[name] = (args, batch)
     return out
 
 
-async def cancel_job(client: QueueClient, recorder: SqlRecorder | None, job_id: str) -> Cancelled:
-    """Cancel one job (JobNotFound if unknown); a document's root job takes its run along."""
+async def _batch_group_of(
+    client: QueueClient, root_id: str
+) -> tuple[dict[str, Any], str | None] | None:
+    """(the root's arguments, its batch) when it has not ended and waits in a Gemini batch
+    group, else None."""
+    try:
+        root = await client.get(root_id)
+    except JobNotFound:
+        return None
+    args = root.args[0] if root.args and isinstance(root.args[0], dict) else {}
+    if root.state.value not in _NOT_ENDED or not isinstance(args.get("batch_group"), dict):
+        return None
+    return args, root.batch
+
+
+async def cancel_remote(client: QueueClient, left: dict[str, Any],
+                        provider: Provider | None = None) -> list[str]:  # fmt: skip
+    """Cancel the remote Gemini batch job of every group in `left` that all its documents
+    have left now; returns the jobs asked to cancel. `provider` (default: the one the
+    settings make, as the workers do) must have Batch Mode; offline there is nothing remote."""
+    if not left:
+        return []
+    from pipeline.llm.factory import make_provider
+
+    own = provider is None
+    provider = provider or make_provider(client.settings)
+    try:
+        batches = getattr(provider, "batches", None)
+        out = []
+        for args, batch_id in left.values():
+            remote = await cancel_if_abandoned(client, batches, args, batch_id)
+            if remote:
+                out.append(remote)
+        return out
+    finally:
+        if own:
+            await provider.aclose()
+
+
+async def cancel_job(client: QueueClient, recorder: SqlRecorder | None, job_id: str,
+                     provider: Provider | None = None) -> Cancelled:  # fmt: skip
+    """Cancel one job (JobNotFound if unknown); a document's root job takes its run along,
+    and its Gemini batch job when it was the last document in it (`provider`: see
+    `cancel_remote`)."""
     job = await client.get(job_id)
+    left: dict[str, Any] = {}
     if job.task == "analyze_document":
-        jobs = await cancel_run(client, recorder, job_id)
+        jobs = await cancel_run(client, recorder, job_id, left)
     elif job.state.value in _NOT_ENDED:
         jobs = {job_id: await client.cancel(job_id)}
     else:
         jobs = {job_id: job.state.value}
-    return Cancelled(job_id, jobs, [])
+    return Cancelled(job_id, jobs, [], await cancel_remote(client, left, provider))
 
 
 async def cancel_batch(client: QueueClient, recorder: SqlRecorder, engine: Engine,
-                       ref: str) -> Cancelled:  # fmt: skip
-    """Cancel the runs of every document of the batch that has not ended."""
+                       ref: str, provider: Provider | None = None) -> Cancelled:  # fmt: skip
+    """Cancel the runs of every document of the batch that has not ended, and the Gemini
+    batch jobs all of whose documents that leaves cancelled (`provider`: see
+    `cancel_remote`)."""
     view = await batch_view(client, engine, ref)
     batch_id = view.facts.batch_id
     result = Cancelled(batch_id, {}, [])
+    left: dict[str, Any] = {}
     for doc in view.documents:
         if doc.status in ("complete", "failed", "over_budget", "cancelled") or not doc.job_id:
             continue
@@ -114,7 +177,8 @@ async def cancel_batch(client: QueueClient, recorder: SqlRecorder, engine: Engin
         if owner is not None and owner != batch_id:
             result.skipped.append(doc.name)
             continue
-        result.jobs.update(await cancel_run(client, recorder, doc.job_id))
+        result.jobs.update(await cancel_run(client, recorder, doc.job_id, left))
+    result.batch_jobs = await cancel_remote(client, left, provider)
     await recorder.upsert_batch(batch_id, status="cancelled")
     return result
 

@@ -95,22 +95,29 @@ def estimate_document(
     prices: PriceTable, model: str, prompt: Prompt, pages: int, size_bytes: int,
     context_budget_tokens: int, at: datetime | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Input tokens and worst-case USD for one document, chunk calls and reduce included."""
+    """Input tokens and worst-case USD for one document, chunk calls and reduce included:
+    {"input_tokens", "worst_case_usd" (interactive), "worst_case_batch_usd" (in Batch Mode:
+    the chunk calls at the batch rate, the reduce call interactive, as tasks/batch_mode.py
+    runs it), "calls"}; money as Decimal."""
     at = at or datetime.now(UTC)
     ranges = chunk_ranges(pages, size_bytes, model, context_budget_tokens)
     tokens = 0
-    cost = Decimal(0)
+    cost = batch_cost = Decimal(0)
     for first, last in ranges:
         t = estimate_input_tokens(last - first + 1, model, prompt)
         tokens += t
         cost += prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, at)
+        batch_cost += prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, at, batch=True)
     if len(ranges) > 1:  # the reduce call reads every chunk's answer
         t = len(ranges) * MAX_OUTPUT_TOKENS + prompt_tokens(prompt)
         tokens += t
-        cost += prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, at)
+        reduce = prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, at)
+        cost += reduce
+        batch_cost += reduce
     return {
         "input_tokens": tokens,
         "worst_case_usd": cost,
+        "worst_case_batch_usd": batch_cost,
         "calls": len(ranges) + (len(ranges) > 1),
     }
 

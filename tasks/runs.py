@@ -43,6 +43,9 @@ class RunSpec:
     # Batch Mode (tasks/batch_mode.py): the submission's Gemini batch group, None for
     # interactive calls.
     batch_group: dict[str, Any] | None = None
+    # The mode chosen for the submission and why, with its deadline (tasks/modes.py
+    # ModeChoice.args); None for a run started without a choice (a retry: interactive).
+    mode_args: dict[str, str] | None = None
 
     def args(self) -> dict[str, Any]:
         return {
@@ -52,6 +55,7 @@ class RunSpec:
             "prompt_version": self.prompt_version,
             "budget_usd": None if self.budget_usd is None else str(self.budget_usd),
             "documents": [self.sha256],  # let go of when the job ends (storage/holds.py)
+            **(self.mode_args or {}),
             **({"mode": "batch", "batch_group": self.batch_group} if self.batch_group else {}),
         }
 

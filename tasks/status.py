@@ -70,6 +70,9 @@ class JobView:
     model: str | None = None
     pages: tuple[int, int] | None = None  # a part's page range
     live: bool = True
+    # A root job's mode (tasks/modes.py): mode, requested, why, deadline, and for Batch
+    # Mode its group's name and the document's key in it.
+    mode: dict[str, Any] | None = None
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> JobView:
@@ -94,6 +97,7 @@ class JobView:
             queue=h.get("queue") or "default",
             model=str(hints.get("model") or "") or None,
             pages=pages,
+            mode=_mode(first),
         )
 
     @classmethod
@@ -151,6 +155,18 @@ def _json(raw: str | None, default: Any) -> Any:
         return json.loads(raw)
     except ValueError:
         return default
+
+
+def _mode(args: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not isinstance(args, dict) or "mode" not in args:
+        return None
+    out = {"mode": str(args["mode"]), "requested": str(args.get("mode_requested") or
+                                                        args["mode"]),
+           "why": str(args.get("mode_why") or ""), "deadline": args.get("deadline")}  # fmt: skip
+    group = args.get("batch_group")
+    if isinstance(group, dict):
+        out.update(group=str(group.get("name")), key=str(args.get("sha256")))
+    return out
 
 
 def _cancelled(job: JobView) -> bool:

@@ -13,7 +13,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +24,10 @@ from pipeline.queue.client import QueueClient
 from pipeline.queue.job import parse_priority
 from tasks.runs import ANALYZE_TASK
 
-__all__ = ["ANALYZE_TASK", "DocOutcome", "Submission", "Upload", "estimate", "submit_uploads"]
+__all__ = ["ANALYZE_TASK", "DocOutcome", "Submission", "Upload", "counts_with_provider",
+           "estimate", "estimate_counted", "submit_uploads"]
 
 if TYPE_CHECKING:
-    from pipeline.llm.provider import Provider
     from pipeline.services import Services
     from pipeline.settings import Settings
 
@@ -66,6 +66,9 @@ class Submission:
     warnings: list[str] = field(default_factory=list)
     model: str = ""
     prompt_version: str = ""
+    mode: str = "interactive"  # what the documents run in (tasks/modes.py), and why
+    mode_why: str = ""
+    deadline: str | None = None  # ISO 8601 UTC
 
     @property
     def job_ids(self) -> list[str]:
@@ -82,6 +85,9 @@ class Submission:
             "prompt_version": self.prompt_version,
             "documents": [asdict(d) for d in self.documents],
             "warnings": list(self.warnings),
+            "mode": self.mode,
+            "mode_why": self.mode_why,
+            "deadline": self.deadline,
         }
 
 
@@ -159,6 +165,7 @@ async def submit_uploads(
     queue: str | None = None,
     inspector: Inspector | None = None,
     mode: str | None = None,
+    deadline: datetime | str | None = None,
 ) -> Submission:
     """Validate, store and enqueue one analysis job per usable PDF.
 
@@ -171,7 +178,9 @@ async def submit_uploads(
     queue other than the task's own (served by `pipeline worker --queue NAME`). `inspector`
     replaces how each PDF is inspected (see `Inspector`).
     `mode` (default PIPELINE_MODE): "batch" answers the documents with one Gemini batch job
-    per submission at half the price (tasks/batch_mode.py); ValueError for another mode.
+    per submission at half the price (tasks/batch_mode.py), "auto" chooses by `deadline`
+    (a datetime, or text as `--deadline` takes it) by tasks/modes.py's rule; ValueError for
+    another mode, BadDeadline / DeadlineTooShort (nothing enqueued) for a deadline refused.
     """
     from pipeline.ledger.batch_limit import set_limit
     from pipeline.storage import open_store
@@ -186,12 +195,14 @@ async def submit_uploads(
     if budget_usd is not None:
         check_budget_usd(budget_usd)
     prio = _priority(priority)
-    mode = mode or s.mode
-    if mode not in ("interactive", "batch"):
-        raise ValueError(f"mode must be interactive or batch, not {mode!r}")
+    from tasks.modes import choose_mode, parse_deadline
+
+    at = parse_deadline(deadline) if isinstance(deadline, str) else deadline
+    choice = choose_mode(mode or s.mode, at, s)
     prompt = analyze_prompt()
     batch_id = batch_id or uuid.uuid4().hex
-    submission = Submission(batch_id, [], warnings, model, prompt.version)
+    submission = Submission(batch_id, [], warnings, model, prompt.version, choice.mode,
+                            choice.why, choice.args().get("deadline"))  # fmt: skip
 
     # Outcomes come back in upload order, so callers can zip them with what they sent.
     outcomes: dict[int, DocOutcome] = {}
@@ -208,7 +219,7 @@ async def submit_uploads(
         return submission
 
     group: dict[str, Any] | None = None
-    if mode == "batch":
+    if choice.mode == "batch":
         from pipeline.llm.batch import group_name
 
         members = [{"sha256": sha, "name": up.name} for _, up, _, sha in checked]
@@ -231,7 +242,7 @@ async def submit_uploads(
         for index, upload, pages, sha in checked:
             spec = RunSpec(sha, upload.name, pages, len(upload.data), model, prompt.version,
                            batch_id, budget_usd, prio, expected_duration_s, queue,
-                           batch_group=group)  # fmt: skip
+                           batch_group=group, mode_args=choice.args())  # fmt: skip
             # Held before the put, so a job of the same document ending meanwhile cannot
             # see no holder and delete the bytes just put; a resubmission puts them again.
             await hold(client.redis, client.keys, [spec.job_id], sha, s.document_retention_s)
@@ -263,129 +274,5 @@ async def submit_uploads(
     return submission
 
 
-def estimate(
-    uploads: list[Upload],
-    model: str,
-    *,
-    context_budget_tokens: int | None = None,
-    prices: PriceTable | None = None,
-) -> dict[str, Any]:
-    """Per-document and total input tokens and worst-case cost, enqueuing nothing (--dry-run).
-
-    Returns {"model", "documents": [{name, status, pages, input_tokens, worst_case_usd,
-    calls, reason}], "total_input_tokens", "total_worst_case_usd", "warnings"}; money as
-    Decimal. Raises UnknownModel for a model without a price.
-    """
-    from pipeline.settings import get_settings
-    from tasks.plan import analyze_prompt, estimate_document
-
-    s = get_settings()
-    prices = prices or PriceTable.load()
-    model = canonical_model(model, prices)
-    warnings = prices.check_model(model)
-    budget_tokens = context_budget_tokens or s.context_budget_tokens
-    prompt = analyze_prompt()
-    now = datetime.now(UTC)
-    docs: list[dict[str, Any]] = []
-    total_tokens, total_cost = 0, Decimal(0)
-    for upload in uploads:
-        try:
-            pages, _ = _inspect(upload, s, model)
-        except BadDocument as exc:
-            docs.append({"name": upload.name, "status": "skipped", "reason": str(exc)})
-            continue
-        est = estimate_document(prices, model, prompt, pages, len(upload.data), budget_tokens, now)
-        docs.append({"name": upload.name, "status": "ok", "pages": pages, **est})
-        total_tokens += est["input_tokens"]
-        total_cost += est["worst_case_usd"]
-    return {
-        "model": model,
-        "documents": docs,
-        "total_input_tokens": total_tokens,
-        "total_worst_case_usd": total_cost,
-        "warnings": warnings,
-    }
-
-
-def counts_with_provider(settings: Settings) -> bool:
-    """Whether `--dry-run` should ask the provider's countTokens: only when a Gemini key is in
-    play (gemini, the emulator, or auto with a key); the offline analyzer counts nothing."""
-    from pipeline.llm.factory import _has_key
-
-    if settings.provider in ("gemini", "emulator"):
-        return True
-    return settings.provider == "auto" and _has_key()
-
-
-async def estimate_counted(
-    uploads: list[Upload],
-    model: str,
-    provider: Provider,
-    *,
-    context_budget_tokens: int | None = None,
-    prices: PriceTable | None = None,
-) -> dict[str, Any]:
-    """`estimate`, with every map call's input tokens counted by the provider's countTokens.
-
-    The estimator's 560 tokens a page is Gemini's documented charge, but a scanned page or
-    a long prompt can differ; countTokens is free and answers with the real figure, so with
-    a key the dry run uses it. A reduce call's input (the map answers) cannot exist yet and
-    stays estimated; a document whose count fails keeps its estimate, with a warning.
-    Each document gets "token_source": "countTokens" or "estimate".
-    """
-    from pipeline.settings import get_settings
-    from tasks.pdf import split_pages
-    from tasks.plan import (
-        MAX_OUTPUT_TOKENS,
-        OUTPUT_BOUND_TOKENS,
-        analyze_prompt,
-        analyze_request,
-        chunk_ranges,
-        prompt_tokens,
-    )
-
-    s = get_settings()
-    prices = prices or PriceTable.load()
-    model = canonical_model(model, prices)
-    budget_tokens = context_budget_tokens or s.context_budget_tokens
-    est = estimate(uploads, model, context_budget_tokens=budget_tokens, prices=prices)
-    prompt = analyze_prompt()
-    now = datetime.now(UTC)
-    total_tokens, total_cost = 0, Decimal(0)
-    for upload, doc in zip(uploads, est["documents"], strict=True):
-        if doc["status"] != "ok":
-            continue
-        doc["token_source"] = "estimate"
-        pages = int(doc["pages"])
-        ranges = chunk_ranges(pages, len(upload.data), model, budget_tokens)
-        try:
-            parts = (
-                [upload.data]
-                if len(ranges) == 1
-                else await asyncio.to_thread(split_pages, upload.data, ranges)
-            )
-            tokens, cost = 0, Decimal(0)
-            for (first, last), part in zip(ranges, parts, strict=True):
-                request = analyze_request(
-                    model, prompt, part, filename=upload.name, page_count=pages,
-                    first_page=first, last_page=last,
-                )  # fmt: skip
-                counted = int(await provider.count_tokens(request))
-                tokens += counted
-                cost += prices.worst_case_cost(model, counted, OUTPUT_BOUND_TOKENS, now)
-        except Exception as exc:  # an estimate still answers the question; say why
-            est["warnings"].append(
-                f"countTokens failed for {upload.name} ({type(exc).__name__}: {exc}); "
-                "its figures are the local estimate"
-            )
-        else:
-            if len(ranges) > 1:  # the reduce call reads the map answers: estimated
-                t = len(ranges) * MAX_OUTPUT_TOKENS + prompt_tokens(prompt)
-                tokens += t
-                cost += prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, now)
-            doc.update(input_tokens=tokens, worst_case_usd=cost, token_source="countTokens")
-        total_tokens += doc["input_tokens"]
-        total_cost += doc["worst_case_usd"]
-    est["total_input_tokens"] = total_tokens
-    est["total_worst_case_usd"] = total_cost
-    return est
+# The dry run lives in tasks/estimate.py; imported here for the callers of this front door.
+from tasks.estimate import counts_with_provider, estimate, estimate_counted  # noqa: E402

@@ -26,11 +26,12 @@ from pipeline.api.health import healthz
 from pipeline.api.inspection import InspectionPool
 from pipeline.api.security import SecurityHeaders
 from pipeline.api.upload import FILE_FIELD, UploadForm, UploadGate, read_upload
-from pipeline.errors import InputError, JobNotFound, UploadRejected
+from pipeline.errors import BadDeadline, InputError, JobNotFound, UploadRejected
 from pipeline.ledger.budget import check_budget_usd
 from pipeline.queue.client import QueueClient
 from pipeline.queue.job import parse_priority
 from pipeline.settings import Settings, get_settings
+from tasks.modes import MODES, parse_deadline
 
 # A request that holds an Idempotency-Key while it is being processed; long enough for a
 # large upload, short enough that a crashed request does not block its retry for a day.
@@ -93,6 +94,11 @@ _ANALYZE_BODY = {
                         "priority": {"type": "string", "description": "0-9, low, normal, high."},
                         "budget": {"type": "string", "description": "Batch budget, USD."},
                         "label": {"type": "string", "maxLength": 200},
+                        "mode": {"type": "string", "enum": ["interactive", "batch", "auto"],
+                                 "description": "Gemini Batch Mode: see `--mode`."},
+                        "deadline": {"type": "string", "description":
+                                     "When results are needed: 6h, 90m or "
+                                     "2026-12-01T12:00Z (see `--deadline`)."},
                     },
                 }
             }
@@ -119,9 +125,15 @@ def _form_options(form: UploadForm, default_model: str) -> dict[str, Any]:
         except InputError as exc:
             raise UploadRejected(f"budget: {exc}") from None
     if f.get("mode"):
-        if f["mode"] not in ("interactive", "batch"):
-            raise UploadRejected(f"mode: interactive or batch, not {f['mode']!r}")
+        if f["mode"] not in MODES:
+            raise UploadRejected(f"mode: interactive, batch or auto, not {f['mode']!r}")
         out["mode"] = f["mode"]
+    if f.get("deadline"):
+        try:  # read here for the 422; the submission reads it again from the same text
+            parse_deadline(f["deadline"])
+        except BadDeadline as exc:
+            raise UploadRejected(f"deadline: {exc}") from None
+        out["deadline"] = f["deadline"]
     return out
 
 
@@ -141,6 +153,9 @@ def _response_for(submission: Any) -> dict[str, Any]:
             for d in submission.documents
         ],
         "warnings": list(submission.warnings),
+        "mode": submission.mode,
+        "mode_why": submission.mode_why,
+        "deadline": submission.deadline,
     }
 
 

@@ -148,7 +148,8 @@ async def cancel_batch(request: Request, batch_id: str) -> dict[str, Any]:
 
     api = _api(request)
     async with _batch_errors():
-        done = await cancel(api.client, api.services.recorder, api.services.engine, batch_id)
+        done = await cancel(api.client, api.services.recorder, api.services.engine, batch_id,
+                            api.services.provider)  # fmt: skip
     return done.as_json()
 
 
@@ -178,7 +179,7 @@ async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
 
     api = _api(request)
     try:
-        done = await cancel(api.client, api.services.recorder, job_id)
+        done = await cancel(api.client, api.services.recorder, job_id, api.services.provider)
     except JobNotFound:
         raise HttpError(404, f"no job {job_id!r}: check the id (job records expire after "
                              "PIPELINE_RESULT_TTL_S)") from None  # fmt: skip

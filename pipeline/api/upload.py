@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from python_multipart.multipart import FileConfig
 
 FILE_FIELD = "files"
-FORM_FIELDS = ("model", "priority", "budget", "label", "mode")
+FORM_FIELDS = ("model", "priority", "budget", "label", "mode", "deadline")
 PDF_MAGIC = b"%PDF-"
 # The PDF spec lets the header start anywhere in the first KiB (some writers prepend junk).
 MAGIC_WINDOW_BYTES = 1024

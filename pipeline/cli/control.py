@@ -65,6 +65,9 @@ def cancel(
         f"{done.target}: {done.cancelled} job(s) cancelled, {done.cancelling} running job(s) "
         "stop at their next lease renewal", highlight=False, soft_wrap=True,
     )  # fmt: skip
+    for remote in done.batch_jobs:
+        console.print(f"Gemini batch job {remote} cancelled (what it answered before is booked "
+                      "when it ends)", highlight=False, soft_wrap=True, markup=False)  # fmt: skip
     for name in done.skipped:
         console.print(f"left alone: {name} (answered by another batch's run; cancel that one)",
                       highlight=False, soft_wrap=True, markup=False)  # fmt: skip

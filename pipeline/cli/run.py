@@ -30,7 +30,7 @@ from pipeline.cli.common import (
     ledger_engine,
     print_table,
 )
-from pipeline.cli.mode import ModeOpt
+from pipeline.cli.mode import DeadlineOpt, ModeOpt
 from pipeline.cli.submit import (
     collect_uploads,
     parse_budget,
@@ -74,7 +74,7 @@ def write_results(results: list[dict[str, Any]], out: Path) -> dict[str, Path]:
 
 async def _run(paths: list[str], model: str | None, budget: Any, priority: str | None,
                label: str | None, out: Path | None, concurrency: int | None,
-               mode: str | None = None) -> int:  # fmt: skip
+               mode: str | None = None, deadline: str | None = None) -> int:  # fmt: skip
     from pipeline.cli.follow import follow
     from pipeline.cli.worker import import_task_modules
     from pipeline.services import build_worker, open_services
@@ -91,7 +91,7 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
         since = await client.last_event_id()
         sub = await submit_uploads(client, uploads, model=model, budget_usd=budget,
                                    priority=priority, label=label, services=services,
-                                   mode=mode)  # fmt: skip
+                                   mode=mode, deadline=deadline)  # fmt: skip
         sub.documents[:0] = skipped
         print_submission(sub)
         if not sub.job_ids:
@@ -169,10 +169,11 @@ def run(
     out: OutOpt = None,
     concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1)] = None,
     mode: ModeOpt = None,
+    deadline: DeadlineOpt = None,
 ) -> None:
     """Submit PDFs and process them in this process until done (the quick start)."""
     code = asyncio.run(_run(paths, model, parse_budget(budget), priority, label, out, concurrency,
-                            mode))  # fmt: skip
+                            mode, deadline))  # fmt: skip
     if code:
         raise typer.Exit(code)
 

@@ -126,12 +126,21 @@ def print_batch(view: BatchView) -> None:
                   f"${display_usd(f.spend)}{budget}", highlight=False, soft_wrap=True,
                   markup=False)  # fmt: skip
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for col in ("document", "status", "pages", "cost USD", "wasted USD", "stage / reason"):
+    # Shown once any document is not plainly interactive (Batch Mode, auto, a deadline).
+    modes = any(d.mode and (d.mode["shown"] != "interactive" or d.mode.get("deadline"))
+                for d in view.documents)  # fmt: skip
+    for col in ("document", "status", *(("mode",) if modes else ()), "pages", "cost USD",
+                "wasted USD", "stage / reason"):  # fmt: skip
         table.add_column(col, overflow="fold", justify="right" if "USD" in col else "left")
     for d in view.documents:
-        table.add_row(escape(d.name), d.status, str(d.pages or ""), display_usd(d.cost),
+        mode = ((d.mode or {}).get("shown", "-"),) if modes else ()
+        table.add_row(escape(d.name), d.status, *mode, str(d.pages or ""), display_usd(d.cost),
                       display_usd(d.wasted), escape(d.reason or ""),
                       style=_STYLE.get(d.status))  # fmt: skip
+    whys = {(d.mode or {}).get("why") for d in view.documents} - {None, ""}
+    if modes and whys:
+        console.print("mode: " + "; ".join(sorted(str(w) for w in whys)), highlight=False,
+                      soft_wrap=True, markup=False)  # fmt: skip
     print_table(table)
     console.print(" · ".join(f"{state} {n}" for state, n in view.by_state.items()) or
                   "no documents", highlight=False)  # fmt: skip

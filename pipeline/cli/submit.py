@@ -29,7 +29,7 @@ from pipeline.cli.common import (
     make_console,
     print_table,
 )
-from pipeline.cli.mode import ModeOpt
+from pipeline.cli.mode import DeadlineOpt, ModeOpt
 from pipeline.ledger.budget import check_budget_usd
 from pipeline.ledger.money import display_usd
 from pipeline.queue.client import QueueClient
@@ -106,6 +106,8 @@ def print_submission(sub: Submission) -> None:
             detail = f"{detail} {d.reason}".strip()
         table.add_row(escape(d.name), d.status, str(d.pages or ""), escape(detail))
     print_table(table)
+    console.print(f"mode: {sub.mode} ({sub.mode_why})", highlight=False, soft_wrap=True,
+                  markup=False)  # fmt: skip
     console.print(f"batch id: {sub.batch_id}", highlight=False, soft_wrap=True)
 
 
@@ -115,19 +117,24 @@ def print_estimate(est: dict[str, Any], budget: Decimal | None) -> None:
     sources = {d.get("token_source", "estimate") for d in est["documents"] if d["status"] == "ok"}
     how = "countTokens" if sources == {"countTokens"} else "estimated"
     table = Table(title=f"dry run · {est['model']} · tokens {how} · nothing enqueued")
-    for col in ("document", "pages", "calls", "input tokens", "worst case USD"):
+    for col in ("document", "pages", "calls", "input tokens", "worst case USD interactive",
+                "worst case USD batch"):  # fmt: skip
         table.add_column(col)
     for d in est["documents"]:
         if d["status"] != "ok":
-            table.add_row(d["name"], "-", "-", "-", f"skipped: {d['reason']}")
+            table.add_row(d["name"], "-", "-", "-", f"skipped: {d['reason']}", "")
             continue
+        batch = display_usd(d["worst_case_batch_usd"])
+        if int(d["calls"]) > 1:
+            batch += " (parts batched, merge interactive)"
         table.add_row(d["name"], str(d["pages"]), str(d["calls"]), str(d["input_tokens"]),
-                      display_usd(d['worst_case_usd']))  # fmt: skip
+                      display_usd(d['worst_case_usd']), batch)  # fmt: skip
     console.print(table)
     total = est["total_worst_case_usd"]
     shown = display_usd(total)
-    console.print(f"total: {est['total_input_tokens']} input tokens, worst case ${shown}",
-                  highlight=False, soft_wrap=True)  # fmt: skip
+    console.print(f"total: {est['total_input_tokens']} input tokens, worst case ${shown} "
+                  f"interactive, ${display_usd(est['total_worst_case_batch_usd'])} in Batch "
+                  "Mode (--mode batch)", highlight=False, soft_wrap=True)  # fmt: skip
     if budget is not None and total > budget:
         console.print(f"[yellow]warning:[/yellow] the worst-case estimate ${shown} is over "
                       f"the budget ${display_usd(budget)}; calls past the budget "
@@ -138,7 +145,7 @@ def print_estimate(est: dict[str, Any], budget: Decimal | None) -> None:
 async def _submit(
     uploads: list[Upload], skipped: list[DocOutcome], *, model: str | None, budget: Decimal | None,
     priority: str | None, label: str | None, wait: bool, as_json: bool, queue: str | None = None,
-    mode: str | None = None,
+    mode: str | None = None, deadline: str | None = None,
 ) -> tuple[Submission, bool]:  # fmt: skip
     """The submission, and whether every document completed (True when not waiting)."""
     from pipeline.cli.follow import follow
@@ -149,7 +156,7 @@ async def _submit(
         since = await client.last_event_id()
         sub = await submit_uploads(client, uploads, model=model, budget_usd=budget,
                                    priority=priority, label=label, queue=queue,
-                                   mode=mode)  # fmt: skip
+                                   mode=mode, deadline=deadline)  # fmt: skip
         sub.documents[:0] = skipped
         unserved = await unserved_reason(client, queue) if queue and sub.job_ids else ""
         if unserved:  # routing to a queue nobody serves is allowed (workers may come later)
@@ -196,6 +203,7 @@ def submit(
         ),
     ] = None,
     mode: ModeOpt = None,
+    deadline: DeadlineOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the batch until done.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Estimate; enqueue nothing.")] = False,
     as_json: JsonOpt = False,
@@ -220,7 +228,8 @@ def submit(
         report_nothing(skipped, as_json)
     sub, completed = asyncio.run(_submit(uploads, skipped, model=model, budget=limit,
                                          priority=priority, label=label, wait=wait,
-                                         as_json=as_json, queue=queue, mode=mode))  # fmt: skip
+                                         as_json=as_json, queue=queue, mode=mode,
+                                         deadline=deadline))  # fmt: skip
     if not sub.job_ids or not completed:
         raise typer.Exit(1)  # with --wait: 0 only when every document completed
 

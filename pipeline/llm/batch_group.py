@@ -57,6 +57,10 @@ INLINE_MAX_BYTES = 20 * 1024 * 1024
 _FILE = "file:"
 
 log = logging.getLogger(__name__)
+# `use:<document>` in a group's record: who answers that document (see _left). Decided per
+# document, not per request: a long PDF's parts stay or leave together, so no part is paid
+# both in the batch and again interactively.
+USE = "use:"
 
 
 class BatchCreateBusy(PipelineError):
@@ -217,13 +221,19 @@ class BatchGroups:
             usage = booked.usage
             cost = self.prices.cost(response.model_version or model, usage, at, batch=True)
             verdict = judge(item.request, response, usage, accept)
-            if verdict.error is None:  # kept first, so it is never paid for again
+            kind = verdict.outcome
+            error = None if verdict.error is None else str(verdict.error)
+            left = None if verdict.error else await self._left(name, item.document or item.key)
+            if left is not None:  # billed, but its document went on without it
+                kind, error = Outcome.ABANDONED, left
+                unusable[item.key] = left
+            elif error is None:  # kept first, so it is never paid for again
                 kept = replace(response, raw={**response.raw, "mode": MODE})
                 await self.store.put(record.call_key, kept)
                 answers[item.key] = response.text
             else:
-                unusable[item.key] = str(verdict.error)
-            record.outcome = verdict.outcome
+                unusable[item.key] = error
+            record.outcome = kind
             record.model_version = response.model_version
             record.input_tokens = usage.input_tokens
             record.output_tokens = usage.output_tokens
@@ -231,7 +241,7 @@ class BatchGroups:
             record.cached_tokens = usage.cached_tokens
             record.cost_usd = cost
             record.usage_missing = booked.usage_missing
-            record.error = None if verdict.error is None else str(verdict.error)
+            record.error = error
             await self.recorder.settled(record)
             total += cost
             costs[item.key] = cost
@@ -277,6 +287,21 @@ class BatchGroups:
                             "after 48 h", group, field[len(_FILE) :], exc)  # fmt: skip
                 continue
             await self.redis.hdel(group, field)
+    async def _left(self, name: str, document: str) -> str | None:
+        """Why the answers for `document` (its sha256; every part of it alike) must not be
+        used, or None once the batch holds them. Whoever writes `use:<document>` first
+        decides (HSETNX): this collect ("batch"), or a document taken out of the batch for
+        its deadline or a cancel (tasks/batch_fallback.py), so an answer is never stored for
+        a document that went on with another one."""
+        field = USE + document
+        group = self.keys.batch_group(name)
+        if await self.redis.hsetnx(group, field, "batch"):
+            return None
+        taken = _text(await self.redis.hget(group, field) or "batch")
+        if taken == "batch":
+            return None
+        return (f"answered by the batch job after its document left it ({taken}); booked as "
+                "billed, not used")  # fmt: skip
 
 
 def _text(value: str | bytes) -> str:

@@ -1,6 +1,7 @@
 """The batch routes over the real app (ASGI in-process), a real Redis and SQLite: batches listed
 newest first with paging and filters, results as JSON, JSON Lines and CSV, the budget changed
-by PATCH, costs as CSV, and the refusals (404, 422)."""
+by PATCH, costs as CSV, the refusals (404, 422), and a cancel that cancels the Gemini batch
+job (through the real google-genai client and the emulator)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import io
 import json
 from pathlib import Path
 
+import pytest
+
 from pipeline.queue.client import QueueClient
 from pipeline.redis.connection import connect_redis
 from pipeline.services import build_worker
 from tests.support.api import api_client, api_settings, pdf_files
+from tests.support.emulator import start_emulator
 from tests.support.pdfs import make_pdf
+from tests.support.waiting import eventually
 
 DOCS = [(f"doc-{i}.pdf", make_pdf(1, f"Invoice {i}, page {{n}}. Amount due 10{i} EUR."))
         for i in range(3)]  # fmt: skip
@@ -99,3 +104,45 @@ async def _until_complete(client: object, batch: str, timeout_s: float = 60) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"batch {batch} not complete: {body}")
         await asyncio.sleep(0.1)
+
+
+async def test_cancel_route_cancels_the_remote_gemini_batch_job(
+    tmp_path: Path, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST /batches/{id}/cancel takes every document out of its Gemini batch job and, all of
+    them gone, cancels the job at the provider (the emulator's job moves to CANCELLED)."""
+    import tasks.analyze  # noqa: F401  (registers the tasks for the in-process worker)
+
+    with start_emulator(batch_delay_s=600, batch_pending_s=0) as emu:
+        for name, value in emu.env.items():
+            monkeypatch.setenv(name, value)
+        settings = api_settings(tmp_path, redis_url, key_prefix, provider="emulator",
+                                batch_poll_s=0.3, batch_poll_max_s=1.0)  # fmt: skip
+        async with api_client(settings) as (client, _):
+            r = await client.post("/analyze", files=pdf_files(*DOCS[:2]), data={"mode": "batch"})
+            assert r.status_code == 202, r.text
+            batch = r.json()["batch_id"]
+            qc = QueueClient(connect_redis(redis_url), settings=settings)
+            worker = await build_worker(qc, queues=["default"], concurrency=2)
+            run = asyncio.create_task(worker.run(install_signals=False))
+            try:
+                async def waiting() -> bool:
+                    body = (await client.get(f"/batches/{batch}")).json()
+                    reasons = [w["reason"] or "" for w in body["waiting"]]
+                    return sum(x.startswith("in Gemini batch") for x in reasons) == 2
+
+                await eventually(waiting, 60, "both documents to wait in the Gemini batch")
+                done = await client.post(f"/batches/{batch}/cancel")
+                view = (await client.get(f"/batches/{batch}")).json()
+            finally:
+                worker.stop()
+                await asyncio.wait_for(run, 30)
+                await qc.aclose()
+        stats = emu.stats()
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert len(body["batch_jobs"]) == 1 and body["batch_jobs"][0].startswith("batches/")
+    assert stats["batch"]["jobs_created"] == 1 and stats["batch"]["by_state"] == {"CANCELLED": 1}
+    assert stats["batch"]["requests"] == 0 and stats["generate_requests"] == 0
+    assert view["by_state"] == {"cancelled": 2}
+    assert {d["mode"]["shown"] for d in view["documents"]} == {"batch -> cancelled"}

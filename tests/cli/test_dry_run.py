@@ -4,10 +4,12 @@ nothing generated, and the local estimate when counting fails."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import redis
 
+from pipeline.ledger.money import display_usd
 from tests.support.cli import EXAMPLES, run_cli
 from tests.support.emulator import start_emulator
 
@@ -49,3 +51,34 @@ def test_dry_run_falls_back_to_the_estimate_when_count_tokens_fails(
     assert r.returncode == 0, r.stderr
     assert "countTokens failed" in r.stdout and "local estimate" in r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_dry_run_shows_each_documents_worst_case_in_both_modes(
+    pipeline_env: dict[str, str],
+) -> None:
+    # A small context budget splits the 40-page report into parts and a merge.
+    env = {**pipeline_env, "PIPELINE_CONTEXT_BUDGET_TOKENS": "8000"}
+    r = run_cli(env, "submit", *EXAMPLES, "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    est = json.loads(r.stdout)
+    ok = [d for d in est["documents"] if d["status"] == "ok"]
+    split = [d for d in ok if d["calls"] > 1]
+    single = [d for d in ok if d["calls"] == 1]
+    assert split and single
+    for d in single:  # Batch Mode bills half (config/pricing.toml batch_discount)
+        assert abs(Decimal(d["worst_case_batch_usd"]) * 2 - Decimal(d["worst_case_usd"])) <= (
+            Decimal("0.000001"))
+    for d in split:  # a long PDF's parts are batched, its merge call runs interactively
+        interactive, batch = Decimal(d["worst_case_usd"]), Decimal(d["worst_case_batch_usd"])
+        assert interactive / 2 < batch < interactive, d
+    assert Decimal(est["total_worst_case_usd"]) == sum(Decimal(d["worst_case_usd"]) for d in ok)
+    assert Decimal(est["total_worst_case_batch_usd"]) == sum(
+        Decimal(d["worst_case_batch_usd"]) for d in ok)
+    assert Decimal(est["total_worst_case_batch_usd"]) < Decimal(est["total_worst_case_usd"])
+
+    table = run_cli({**env, "COLUMNS": "200"}, "submit", *EXAMPLES, "--dry-run")
+    assert table.returncode == 0, table.stderr
+    assert "worst case USD interactive" in table.stdout and "worst case USD batch" in table.stdout
+    assert "parts batched, merge interactive" in table.stdout
+    total = display_usd(Decimal(est["total_worst_case_batch_usd"]))
+    assert f"${total} in Batch Mode" in table.stdout, table.stdout

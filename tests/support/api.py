@@ -27,9 +27,8 @@ def api_settings(
         redis_url=redis_url,
         key_prefix=prefix,
         database_url=database_url or f"sqlite:///{tmp_path / 'ledger.db'}",
-        provider="offline",
         cpu_workers=1,
-        **{**FAST, **extra},
+        **{"provider": "offline", **FAST, **extra},
     )
 
 

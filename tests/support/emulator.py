@@ -47,6 +47,11 @@ class RunningEmulator:
     def reset(self) -> None:
         httpx.post(f"{self.base_url}/_emulator/reset", timeout=10).raise_for_status()
 
+    def finish_batch(self, name: str) -> None:
+        """End the batch job `name` ("batches/…") now, in its configured end state: the
+        test's clock, instead of waiting out `batch_delay_s`."""
+        httpx.post(f"{self.base_url}/_emulator/{name}/finish", timeout=10).raise_for_status()
+
 
 def _env_for(base_url: str, api_key: str) -> dict[str, str]:
     return {

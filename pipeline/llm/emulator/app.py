@@ -71,6 +71,7 @@ class EmulatorConfig:
     # Batch Mode (batches.py): seconds from create to the end state, and which end state.
     batch_delay_s: float = 2.0
     batch_end_state: str = "SUCCEEDED"
+    batch_pending_s: float | None = None  # seconds PENDING before RUNNING (None: delay / 3)
 
     def __post_init__(self) -> None:
         low, high = self.latency_s
@@ -141,7 +142,8 @@ class _Emulator:
         self.rng = random.Random(config.seed)
         self.stats = EmulatorStats()
         self.files = FileStore()
-        self.batches = BatchStore(config.batch_delay_s, config.batch_end_state, self.files)
+        self.batches = BatchStore(config.batch_delay_s, config.batch_end_state, self.files,
+                                  config.batch_pending_s)
         self.faults = FaultBook(config.faults)
         self.lock = threading.Lock()  # stats are read from other threads by in-process tests
         from pipeline.llm.pricing import PriceTable
@@ -157,7 +159,7 @@ class _Emulator:
             self.stats = EmulatorStats()
             self.files = FileStore()
             self.batches = BatchStore(self.config.batch_delay_s, self.config.batch_end_state,
-                                      self.files)  # fmt: skip
+                                      self.files, self.config.batch_pending_s)
             self.faults.replace(self.faults.faults)  # the same faults, uses counted afresh
             self.quotas.reset()
             self.rng = random.Random(self.config.seed)
@@ -377,6 +379,7 @@ def create_emulator_app(config: EmulatorConfig | None = None) -> FastAPI:
             data = emulator.stats.as_json()
         data["batch"]["jobs_created"] = emulator.batches.created
         data["files"] = emulator.files.stats()
+        data["batch"].update(emulator.batches.summary())
         return data
 
     @app.get("/_emulator/faults")

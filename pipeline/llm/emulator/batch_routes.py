@@ -1,6 +1,7 @@
 """The emulator's Batch Mode routes: `GET/DELETE {version}/batches/{id}`, `GET {version}/batches`,
 `POST {version}/batches/{id}:cancel`, and `models/{model}:batchGenerateContent` (registered by
-app.py's model route through `app.state.batch_create`). The jobs live in batches.py.
+app.py's model route through `app.state.batch_create`); for tests, `POST
+/_emulator/batches/{id}/finish` ends a job now. The jobs live in batches.py.
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ def add_batch_routes(app: FastAPI, emulator: Any, error: ErrorFn) -> None:
             return denied
         emulator.batches.cancel(job)
         return JSONResponse({})
+
+    @app.post("/_emulator/batches/{batch_id}/finish")
+    async def batch_finish(batch_id: str) -> JSONResponse:
+        """A test's clock: the job reaches its end state now instead of after its delay."""
+        job = emulator.batches.find(f"batches/{batch_id}")
+        if job is None:
+            return error(404, f"Batch batches/{batch_id} not found.")
+        emulator.batches.finish(job)
+        return JSONResponse({"finished": job.name})
 
     @app.delete("/{version}/batches/{batch_id}")
     async def batch_delete(version: str, batch_id: str, request: Request) -> JSONResponse:

@@ -7,10 +7,11 @@ ai.google.dev/api/batch-mode (see /work/shared/GEMINI.md §3.6): a job is a long
 Operation `{"name": "batches/…", "metadata": {"displayName", "state", "createTime", …,
 "output": {"inlinedResponses": {"inlinedResponses": [...]}}}, "done"}`.
 
-A job stays BATCH_STATE_PENDING for the first third of `delay_s`, RUNNING until `delay_s`
-has passed, then ends in `end_state` (SUCCEEDED by default; FAILED or EXPIRED for tests of
-those paths). Requests are answered, and billed, once, when a SUCCEEDED job is first seen
-after its delay: a cancelled, failed or expired job bills nothing.
+A job stays BATCH_STATE_PENDING for the first third of `delay_s` (or `pending_s`), RUNNING
+until `delay_s` has passed, then ends in `end_state` (SUCCEEDED by default; FAILED or
+EXPIRED for tests of those paths). Requests are answered, and billed, once, when a
+SUCCEEDED job is first seen after its delay: a cancelled, failed or expired job bills
+nothing.
 
 Input comes inline (`inputConfig.requests.requests[]`, answers in
 `output.inlinedResponses`) or as a JSONL file uploaded through the Files API
@@ -61,13 +62,16 @@ class BatchJob:
     ended_at: float | None = None
     from_file: bool = False  # input from a file: answers go to a responses file
     responses_file: str | None = None
+    pending_s: float | None = None  # None: a third of delay_s
+    cancelled_while: str | None = None  # the state a cancel found it in
 
     def state(self, now: float) -> str:
         if self.cancelled_at is not None:
             return "CANCELLED"
         if now >= self.created_at + self.delay_s:
             return self.end_state
-        if now >= self.created_at + self.delay_s / 3:
+        pending = self.delay_s / 3 if self.pending_s is None else self.pending_s
+        if now >= self.created_at + pending:
             return "RUNNING"
         return "PENDING"
 
@@ -79,6 +83,7 @@ class BatchStore:
     delay_s: float = 2.0
     end_state: str = "SUCCEEDED"
     files: FileStore = field(default_factory=FileStore)
+    pending_s: float | None = None  # seconds a job stays PENDING (None: a third of delay_s)
     jobs: dict[str, BatchJob] = field(default_factory=dict)
     created: int = 0  # batchGenerateContent calls that made a job
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -117,6 +122,7 @@ class BatchStore:
             delay_s=self.delay_s,
             end_state=self.end_state,
             from_file=bool(file_name),
+            pending_s=self.pending_s,
         )
         with self.lock:
             self.jobs[job.name] = job
@@ -146,9 +152,29 @@ class BatchStore:
 
     def cancel(self, job: BatchJob) -> None:
         with self.lock:
-            if job.state(time.time()) not in TERMINAL:
+            state = job.state(time.time())
+            if state not in TERMINAL:
+                job.cancelled_while = state
                 job.cancelled_at = time.time()
                 job.ended_at = job.cancelled_at
+
+    def finish(self, job: BatchJob) -> None:
+        """End the job now (its delay is cut to what has passed); a cancelled job stays so."""
+        with self.lock:
+            job.delay_s = min(job.delay_s, max(0.0, time.time() - job.created_at))
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Jobs by state now, and cancelled jobs by the state the cancel found them in."""
+        now = time.time()
+        with self.lock:
+            jobs = list(self.jobs.values())
+        by_state: dict[str, int] = {}
+        cancelled: dict[str, int] = {}
+        for job in jobs:
+            by_state[job.state(now)] = by_state.get(job.state(now), 0) + 1
+            if job.cancelled_while:
+                cancelled[job.cancelled_while] = cancelled.get(job.cancelled_while, 0) + 1
+        return {"by_state": by_state, "cancelled_while": cancelled}
 
     def delete(self, job: BatchJob) -> None:
         with self.lock:

@@ -1,0 +1,155 @@
+"""`pipeline submit --dry-run`: what each document would cost at worst, in both modes,
+enqueuing nothing.
+
+Each document's worst case is its input (estimated at Gemini's documented 560 tokens a page,
+or counted by countTokens when a key is set) plus every allowed output token, priced at the
+model's rate of the day: interactively, and in Gemini Batch Mode at `batch_discount` of it
+(config/pricing.toml). A document that needs several calls (a long PDF: parts and a merge)
+has its parts in the batch job and its merge call interactive (tasks/batch_mode.py), and its
+batch figure says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import BadDocument
+from pipeline.llm.pricing import PriceTable, canonical_model
+
+if TYPE_CHECKING:
+    from pipeline.llm.provider import Provider
+    from pipeline.settings import Settings
+    from tasks.submission import Upload
+
+
+def _totals(est: dict[str, Any]) -> dict[str, Any]:
+    """The per-mode totals over the documents that can run."""
+    ok = [d for d in est["documents"] if d["status"] == "ok"]
+    est["total_input_tokens"] = sum(int(d["input_tokens"]) for d in ok)
+    est["total_worst_case_usd"] = sum((d["worst_case_usd"] for d in ok), Decimal(0))
+    est["total_worst_case_batch_usd"] = sum((d["worst_case_batch_usd"] for d in ok), Decimal(0))
+    return est
+
+
+def estimate(
+    uploads: list[Upload],
+    model: str,
+    *,
+    context_budget_tokens: int | None = None,
+    prices: PriceTable | None = None,
+) -> dict[str, Any]:
+    """Per-document and total input tokens and worst-case cost, enqueuing nothing (--dry-run).
+
+    Returns {"model", "documents": [{name, status, pages, input_tokens, worst_case_usd,
+    worst_case_batch_usd, calls, reason}], "total_input_tokens",
+    "total_worst_case_usd" (interactive), "total_worst_case_batch_usd", "warnings"}; money
+    as Decimal. Raises UnknownModel for a model without a price.
+    """
+    from pipeline.settings import get_settings
+    from tasks.plan import analyze_prompt, estimate_document
+    from tasks.submission import _inspect
+
+    s = get_settings()
+    prices = prices or PriceTable.load()
+    model = canonical_model(model, prices)
+    warnings = prices.check_model(model)
+    budget_tokens = context_budget_tokens or s.context_budget_tokens
+    prompt = analyze_prompt()
+    now = datetime.now(UTC)
+    docs: list[dict[str, Any]] = []
+    for upload in uploads:
+        try:
+            pages, _ = _inspect(upload, s, model)
+        except BadDocument as exc:
+            docs.append({"name": upload.name, "status": "skipped", "reason": str(exc)})
+            continue
+        est = estimate_document(prices, model, prompt, pages, len(upload.data), budget_tokens, now)
+        docs.append({"name": upload.name, "status": "ok", "pages": pages, **est})
+    return _totals({"model": model, "documents": docs, "warnings": warnings})
+
+
+def counts_with_provider(settings: Settings) -> bool:
+    """Whether `--dry-run` should ask the provider's countTokens: only when a Gemini key is in
+    play (gemini, the emulator, or auto with a key); the offline analyzer counts nothing."""
+    from pipeline.llm.factory import _has_key
+
+    if settings.provider in ("gemini", "emulator"):
+        return True
+    return settings.provider == "auto" and _has_key()
+
+
+async def estimate_counted(
+    uploads: list[Upload],
+    model: str,
+    provider: Provider,
+    *,
+    context_budget_tokens: int | None = None,
+    prices: PriceTable | None = None,
+) -> dict[str, Any]:
+    """`estimate`, with every map call's input tokens counted by the provider's countTokens.
+
+    The estimator's 560 tokens a page is Gemini's documented charge, but a scanned page or
+    a long prompt can differ; countTokens is free and answers with the real figure, so with
+    a key the dry run uses it. A reduce call's input (the map answers) cannot exist yet and
+    stays estimated; a document whose count fails keeps its estimate, with a warning.
+    Each document gets "token_source": "countTokens" or "estimate".
+    """
+    from pipeline.settings import get_settings
+    from tasks.pdf import split_pages
+    from tasks.plan import (
+        MAX_OUTPUT_TOKENS,
+        OUTPUT_BOUND_TOKENS,
+        analyze_prompt,
+        analyze_request,
+        chunk_ranges,
+        prompt_tokens,
+    )
+
+    s = get_settings()
+    prices = prices or PriceTable.load()
+    model = canonical_model(model, prices)
+    budget_tokens = context_budget_tokens or s.context_budget_tokens
+    est = estimate(uploads, model, context_budget_tokens=budget_tokens, prices=prices)
+    prompt = analyze_prompt()
+    now = datetime.now(UTC)
+    for upload, doc in zip(uploads, est["documents"], strict=True):
+        if doc["status"] != "ok":
+            continue
+        doc["token_source"] = "estimate"
+        pages = int(doc["pages"])
+        ranges = chunk_ranges(pages, len(upload.data), model, budget_tokens)
+        try:
+            parts = (
+                [upload.data]
+                if len(ranges) == 1
+                else await asyncio.to_thread(split_pages, upload.data, ranges)
+            )
+            tokens, cost, batch_cost = 0, Decimal(0), Decimal(0)
+            for (first, last), part in zip(ranges, parts, strict=True):
+                request = analyze_request(
+                    model, prompt, part, filename=upload.name, page_count=pages,
+                    first_page=first, last_page=last,
+                )  # fmt: skip
+                counted = int(await provider.count_tokens(request))
+                tokens += counted
+                cost += prices.worst_case_cost(model, counted, OUTPUT_BOUND_TOKENS, now)
+                batch_cost += prices.worst_case_cost(model, counted, OUTPUT_BOUND_TOKENS, now,
+                                                     batch=True)  # fmt: skip
+        except Exception as exc:  # an estimate still answers the question; say why
+            est["warnings"].append(
+                f"countTokens failed for {upload.name} ({type(exc).__name__}: {exc}); "
+                "its figures are the local estimate"
+            )
+        else:
+            if len(ranges) > 1:  # the reduce call reads the map answers: estimated
+                t = len(ranges) * MAX_OUTPUT_TOKENS + prompt_tokens(prompt)
+                tokens += t
+                reduce = prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, now)
+                cost += reduce
+                batch_cost += reduce  # the merge runs interactively in either mode
+            doc.update(input_tokens=tokens, worst_case_usd=cost, worst_case_batch_usd=batch_cost,
+                       token_source="countTokens")  # fmt: skip
+    return _totals(est)
