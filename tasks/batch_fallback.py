@@ -2,9 +2,9 @@
 when they are cancelled (`pipeline cancel`, the API's cancel routes).
 
 Who answers a document of a batch group is decided once, per document (all the parts of a
-long PDF together), by whoever writes `use:<sha256>` in the group's Redis record first (HSETNX): the collect that stores the batch's
-answer ("batch", pipeline/llm/batch_group.py) or the document leaving ("interactive" at its
-deadline, "cancelled"). So:
+long PDF together), by whoever writes `use:<sha256>` in the group's Redis record first
+(HSETNX): the collect that stores the batch's answer ("batch", pipeline/llm/batch_group.py)
+or the document leaving ("interactive" at its deadline, "cancelled"). So:
 - a document that left is never answered from the batch: if its request is answered anyway
   (Google ran it before the cancel, or other documents kept the job alive), the answer is
   booked at its batch price (outcome `abandoned`: billed, not used) and never stored;
@@ -46,11 +46,11 @@ def _text(value: Any) -> str:
 
 async def leave(redis: Redis, keys: Keys, name: str, key: str, why: str,
                 retention_s: int) -> bool:  # fmt: skip
-    """Take document `key` (its sha256, and so every part of it) out of group `name` (`why`: FALLBACK or
-    CANCELLED). False when the batch's answer was claimed first: it is being stored, and the
-    document should use it. The document's PDF is held for the group's collect first (its
-    own job lets go of it when it ends, maybe before the batch does); the first booking of
-    the group lets go of it (`release_for_collect`)."""
+    """Take document `key` (its sha256, and so every part of it) out of group `name`
+    (`why`: FALLBACK or CANCELLED). False when the batch's answer was claimed first: it is
+    being stored, and the document should use it. The document's PDF is held for the
+    group's collect first (its own job lets go of it when it ends, maybe before the batch
+    does); the first booking of the group lets go of it (`release_for_collect`)."""
     from pipeline.storage.holds import hold
 
     await hold(redis, keys, [collect_job_id(name)], key, retention_s)
