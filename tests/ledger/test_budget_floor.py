@@ -14,43 +14,21 @@ Real Redis; the ledger on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
-from pathlib import Path
 
-import pytest
 import redis.asyncio as aioredis
-from sqlalchemy import Engine
 
-from pipeline.ledger import db
 from pipeline.ledger.budget import Budget, CallBudget, Reservation
 from pipeline.ledger.reconcile import Reconciler, settle_lost_holds
 from pipeline.ledger.recorder import SqlRecorder
 from pipeline.llm.attempts import Outcome
 from pipeline.redis.keys import Keys
-from tests.ledger.conftest import BACKENDS, attempt, database_url_for, make_budget, settle
+from tests.ledger.conftest import attempt, make_budget, settle
 from tests.support.waiting import eventually
 
 LIMIT = Decimal("5.00")
 WORST = Decimal("0.40")
 COST = Decimal("0.012")
-
-
-@pytest.fixture(params=BACKENDS)
-def engine(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None
-) -> Iterator[Engine]:
-    with database_url_for(request.param, tmp_path, postgres_url) as url:
-        eng = db.create_ledger_engine(url)
-        yield eng
-        eng.dispose()
-
-
-@pytest.fixture
-async def recorder(
-    engine: Engine, aredis: aioredis.Redis, keys: Keys
-) -> AsyncIterator[SqlRecorder]:
-    yield SqlRecorder(engine, aredis, keys)
 
 
 async def _answered(
