@@ -24,10 +24,10 @@ that may have been billed at its worst case, `cancel` frees one that never went 
 later `settle` with the true cost corrects an abandoned one. Lapsing after `hold_s` is only
 the last resort.
 
-A token names one call and is booked once: its state key keeps what was booked for it
-(settled:<n>, abandoned:<n>), a second close of it is refused or corrects, and the
-reconciler's floor (floor.py), which raises spend to the ledger's, counts each call as its
-token says Redis has it, so a cost is never booked by both the floor and a close.
+A token names one call and is booked once: a second close of it is refused (or corrects
+an abandoned one's booking), and the reconciler's floor (floor.py), which raises spend to
+the ledger's, reads each recent call's token state, so a cost is never booked by both the
+floor and a close.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ NANOS = Decimal(10) ** 9
 # enough that nano-dollar integers in Redis stay well inside 64 bits.
 MAX_BUDGET_USD = Decimal("1000000")
 _LUA = Path(__file__).with_name("lua")
-# How long a token's state (held | settled:<n> | cancelled | abandoned:<n>) is kept.
+# How long a token's state (held | settled | cancelled | abandoned:<n>) is kept.
 STATE_TTL_S = 3 * 86400
 # How long a scope's totals are kept after their last change, by kind.
 SCOPE_TTL_S = {"batch": 90 * 86400, "day": 3 * 86400, "month": 62 * 86400}
@@ -329,7 +329,7 @@ class Budget:
         return out
 
     def state_key(self, token: str) -> str:
-        """The key of a token's state: held | settled:<n> | cancelled | abandoned:<n>."""
+        """The key of a token's state: held | settled | cancelled | abandoned:<n>."""
         return self.keys.budget("hold:" + token)
 
     def _keys(self, token: str, scopes: tuple[Scope, ...], job_id: str | None) -> list[str]:

@@ -9,13 +9,15 @@ cost in the floor *and* in the hold's close booked it twice (issue 11: after a R
 the batch budget ended above the ledger by the cost of every answer that arrived while
 Redis was away).
 
-So a call the ledger has is counted as Redis has it, by its hold's token (a call's ledger
-id is its hold's token): an open hold counts 0 (its close books it), a lapsed hold or a
-token Redis does not know is booked by the floor and marked so that a settle arriving
-later corrects the booking instead of adding to it, and a closed one counts what its close
-booked. budget_floor.lua does this atomically with the raise; before it, `raise_spent`
-reads the states of recent calls in chunks and drops the ones that agree already, so a
-pass over a day of calls sends the script only the few that are open or in question.
+So a call the ledger has is counted by its hold's token (a call's ledger id is its hold's
+token): an open hold counts 0 (its close books it); an abandoned one what Redis booked for
+it (a settle still corrects that); a lapsed hold, or a token Redis does not know, is booked
+by the floor and marked (settled, or abandoned at that cost while the row's cost may still
+change) so that a settle arriving later adds nothing, or only its correction; a closed one
+(settled, cancelled) counts the ledger's cost, as nothing more is booked for it.
+budget_floor.lua does this atomically with the raise; before it, `raise_spent` reads the
+states of recent calls in chunks and keeps only the open and abandoned ones, so a pass over
+a day of calls sends the script the few in question.
 
 Calls older than RECENT_S are counted at the ledger's figure only: their token states
 (kept STATE_TTL_S, 3 days) may be gone, and a hold that old is long closed.
@@ -78,9 +80,10 @@ async def raise_spent(
 async def _in_question(
     budget: Budget, calls: list[LedgerCall], index: Mapping[str, int]
 ) -> list[LedgerCall]:
-    """The calls whose token state does not already agree with the ledger. A token Redis
-    does not know is marked booked here (only if still unknown), before the raise that books
-    it: a settle arriving in between then corrects rather than adds."""
+    """The calls whose token is open or abandoned (closed ones count at the ledger's cost
+    as they are). A token Redis does not know is marked booked here (only if still
+    unknown), before the raise that books it: a settle arriving in between then corrects
+    rather than adds."""
     out = []
     calls = [c for c in calls if any(s in index for s in c.scopes)]
     for start in range(0, len(calls), _CHUNK):
@@ -91,13 +94,13 @@ async def _in_question(
             state = None if raw is None else text(raw)
             if state is None:
                 unknown.append(call)
-            elif state not in ("settled", f"settled:{to_nanos(call.cost_usd)}"):
+            elif state == "held" or state.startswith("abandoned:"):
                 out.append(call)
         if not unknown:
             continue
         async with budget.redis.pipeline(transaction=False) as pipe:
             for call in unknown:
-                mark = ("settled:" if call.final else "abandoned:") + str(to_nanos(call.cost_usd))
+                mark = "settled" if call.final else f"abandoned:{to_nanos(call.cost_usd)}"
                 pipe.set(budget.state_key(call.token), mark, nx=True, ex=STATE_TTL_S)
             marked = await pipe.execute()
         out += [call for call, ok in zip(unknown, marked, strict=True) if not ok]

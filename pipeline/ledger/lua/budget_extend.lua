@@ -4,7 +4,7 @@
 -- Only a hold that is still there is extended: a lapsed or closed one is not brought back
 -- (its amount may already have been reserved by someone else).
 --
--- KEYS[1]          the token's state key (held | settled:<n> | cancelled | abandoned:<n>)
+-- KEYS[1]          the token's state key (held | settled | cancelled | abandoned:<n>)
 -- KEYS[2]          the job's holds index (not touched here; the key layout is the budget's)
 -- KEYS[2n+1], [2n+2]  totals hash and holds zset of scope n (n = 1..N)
 -- ARGV[1]          token

@@ -4,15 +4,14 @@
 -- (pipeline/ledger/floor.py). Never lowers it: spend Redis booked that the ledger has not
 -- seen yet (a buffered write) stays.
 --
--- The ledger's figure for a scope counts every call's cost; the calls given here (recent
--- ones whose token state did not already agree with the ledger) count instead as Redis has
--- them, read from the token's state:
+-- The ledger's figure for a scope counts every call's cost; each call given here (a recent
+-- one whose token is still open or may be corrected) counts by its token's state instead:
 --   held, hold still open  0: the hold's close books it (counting it here booked it twice)
 --   held, hold lapsed      its ledger cost, booked here; the token is marked as below
---   settled:<n>, abandoned:<n>   n, as booked;  settled (no amount)  the ledger cost
---   cancelled              0
+--   abandoned:<n>          n, as booked: a settle or cancel still corrects it from n
+--   settled, cancelled     its ledger cost: closed, nothing more is booked for it
 --   no state               its ledger cost, booked here; the token is marked as below
--- A token booked here is marked settled:<cost> when its ledger row is final, else
+-- A token booked here is marked settled when its ledger row is final, else
 -- abandoned:<cost> (an abandoned or still running row: a settle that still arrives corrects
 -- the booking to its true cost instead of adding it; budget_settle.lua).
 --
@@ -53,16 +52,14 @@ for m = 1, calls do
         mark = true
       end
     end
-  elseif state == 'cancelled' then
-    figure = 0
-  elseif state and string.find(state, ':', 1, true) then
-    figure = tonumber(string.sub(state, string.find(state, ':', 1, true) + 1))
+  elseif state and string.sub(state, 1, 10) == 'abandoned:' then
+    figure = tonumber(string.sub(state, 11))
   elseif not state then
     mark = true
   end
   if mark then
-    local prefix = final == '1' and 'settled:' or 'abandoned:'
-    redis.call('SET', state_key, prefix .. ARGV[at + 1], 'EX', state_ttl)
+    local mark_as = final == '1' and 'settled' or ('abandoned:' .. ARGV[at + 1])
+    redis.call('SET', state_key, mark_as, 'EX', state_ttl)
   end
   for _, n in ipairs(in_scopes) do
     floors[n] = floors[n] + figure - cost

@@ -9,11 +9,11 @@
 -- a larger limit passed in ARGV, or `raised`); then the stop is lifted.
 --
 -- A token names one call: reserving a token that holds already, or whose call was booked
--- (settled:<n>, abandoned:<n>), holds nothing more and succeeds (a retried reply, a Batch
+-- (settled, abandoned:<n>), holds nothing more and succeeds (a retried reply, a Batch
 -- Mode group reserved again for requests that carry that token); only a cancelled token
 -- (nothing booked) may hold again.
 --
--- KEYS[1]          the token's state key (held | settled:<n> | cancelled | abandoned:<n>)
+-- KEYS[1]          the token's state key (held | settled | cancelled | abandoned:<n>)
 -- KEYS[2]          the job's holds index (hash token -> JSON entry), written when ARGV[5] ~= ''
 -- KEYS[2n+1], [2n+2]  totals hash and holds zset of scope n (n = 1..N)
 -- ARGV[1]          token

@@ -6,15 +6,13 @@
 -- from Redis, and finishes its call after all, leaves the true cost); anything else on a
 -- closed token is a no-op, so a retried close cannot double-count. A hold that already
 -- lapsed is still booked as spent on settle, because the call did happen, unless the
--- reconciler's floor booked it meanwhile (budget_floor.lua marks it abandoned:<n> then).
--- The token's state keeps the amount booked for it (settled:<n>, abandoned:<n>), which is
--- how budget_floor.lua tells what Redis has of each call the ledger has.
+-- reconciler's floor booked it meanwhile (budget_floor.lua marks it settled, or
+-- abandoned:<n> when its cost may still change: a settle then corrects it).
 -- A cost above the reserved amount (an overrun: the bound did not hold) is booked in full
 -- and stops every scope that has a limit: `stopped` = that limit, `overrun` += the excess;
 -- budget_reserve.lua admits nothing there until the limit is raised above it.
 --
--- KEYS[1]          the token's state key (held | settled:<n> | cancelled | abandoned:<n>;
---                  'settled' alone: written before the amount was kept)
+-- KEYS[1]          the token's state key (held | settled | cancelled | abandoned:<n>)
 -- KEYS[2]          the job's holds index (the token's entry is removed)
 -- KEYS[2n+1], [2n+2]  totals hash and holds zset of scope n (n = 1..N)
 -- ARGV[1]          token
@@ -27,7 +25,7 @@
 -- Returns 1 if applied (or corrected), 2 if applied and it was an overrun, 0 if there was
 -- nothing to do.
 local state = redis.call('GET', KEYS[1])
-if state == 'cancelled' or (state and string.sub(state, 1, 7) == 'settled') then
+if state == 'settled' or state == 'cancelled' then
   return 0
 end
 
@@ -68,7 +66,7 @@ if state and string.sub(state, 1, 10) == 'abandoned:' then
   local actual = 0
   if action == 'settle' then actual = amount end
   if actual ~= booked or overrun then book(actual - booked) end
-  redis.call('SET', KEYS[1], action == 'settle' and ('settled:' .. ARGV[3]) or 'cancelled',
+  redis.call('SET', KEYS[1], action == 'settle' and 'settled' or 'cancelled',
     'EX', tonumber(ARGV[4]))
   redis.call('HDEL', KEYS[2], token)
   return done()
@@ -87,7 +85,7 @@ redis.call('HDEL', KEYS[2], token)
 local next_state = 'cancelled'
 if action == 'settle' then
   book(amount)
-  next_state = 'settled:' .. ARGV[3]
+  next_state = 'settled'
 elseif action == 'abandon' then
   book(amount)
   next_state = 'abandoned:' .. ARGV[3]
