@@ -293,14 +293,20 @@ def ledger_hooks(services: Services) -> dict[str, Any]:
 
     async def job_end(ctx: JobContext, outcome: str, error: str | None) -> None:
         services.job_ended(ctx.job.id)
-        if outcome in ("release", "fenced", "lost"):
-            return
-        status = "queued" if outcome in ("retry", "postpone") else outcome
-        # "" clears an earlier attempt's error (a lost lease...) once the job completes.
-        last_error = "" if outcome == "complete" else error
-        await services.recorder.update_job_status(
-            ctx.job.id, status, attempts=ctx.job.attempt, last_error=last_error
-        )
+        if outcome not in ("release", "fenced", "lost"):
+            status = "queued" if outcome in ("retry", "postpone") else outcome
+            # "" clears an earlier attempt's error (a lost lease...) once the job completes.
+            last_error = "" if outcome == "complete" else error
+            await services.recorder.update_job_status(
+                ctx.job.id, status, attempts=ctx.job.attempt, last_error=last_error
+            )
+        if ctx.job.token:
+            # The run is over, so none of its calls holds budget any more. A hold still open
+            # is one whose settle never reached Redis (an answer that arrived during a Redis
+            # outage): booked now from its ledger row, not when it would lapse. Last, so a
+            # Redis still away fails only this (logged by the worker).
+            await settle_lost_holds(services.budget, services.recorder, ctx.job.id,
+                                    lease=ctx.job.token)  # fmt: skip
 
     return {
         "on_lease_expired": [lease_expired],

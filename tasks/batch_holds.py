@@ -3,11 +3,12 @@
 
 The holds are the ledger's ordinary reservations (pipeline/ledger/budget.py), one per
 request, so the batch, day and month budgets bound batch spend exactly as they bound
-interactive calls. A batch job outlives one worker, so each hold is written to the group's
-Redis record as JSON and any member job renews it on each look (a look comes more often than
-`hold_s`, PIPELINE_BATCH_POLL_MAX_S < the 900 s hold) and settles it when the job is booked:
-at the request's booked cost, or released for a request without an answer. Settling twice is
-refused by the budget script, so a repeated collect changes nothing.
+interactive calls; each hold's token is its request's ledger row id, as an interactive
+call's is its attempt's. A batch job outlives one worker, so each hold is written to the
+group's Redis record as JSON and any member job renews it on each look (a look comes more
+often than `hold_s`, PIPELINE_BATCH_POLL_MAX_S < the 900 s hold) and settles it when the job
+is booked: at the request's booked cost, or released for a request without an answer.
+Settling twice is refused by the budget script, so a repeated collect changes nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from pipeline.errors import BudgetExceeded
 from pipeline.ledger.budget import CallBudget, Reservation, Scope
 from pipeline.llm.batch import BatchItem
-from pipeline.llm.batch_group import BatchCreateBusy, BatchGroups
+from pipeline.llm.batch_group import BatchCreateBusy, BatchGroups, attempt_id
 from pipeline.services import failed_call
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,10 @@ async def reserve_group(budget: CallBudget, groups: BatchGroups, name: str,
     try:
         for item in items:
             worst = groups.worst_case_usd(item.request, tokens.get(item.key, 0), now)
-            taken[item.key] = await budget.reserve(worst)
+            # Under the request's ledger row id: the reconciler then knows the row's cost
+            # is this hold's to book (pipeline/ledger/floor.py), and a group reserved again
+            # holds nothing twice.
+            taken[item.key] = await budget.reserve(worst, token=attempt_id(name, item.key))
     except BudgetExceeded as exc:
         for reservation in taken.values():
             await budget.cancel(reservation)

@@ -23,6 +23,11 @@ and the recovery settles each at once (pipeline/ledger/reconcile.py): `abandon` 
 that may have been billed at its worst case, `cancel` frees one that never went out, and a
 later `settle` with the true cost corrects an abandoned one. Lapsing after `hold_s` is only
 the last resort.
+
+A token names one call and is booked once: a second close of it is refused (or corrects
+an abandoned one's booking), and the reconciler's floor (floor.py), which raises spend to
+the ledger's, reads each recent call's token state, so a cost is never booked by both the
+floor and a close.
 """
 
 from __future__ import annotations
@@ -49,8 +54,10 @@ NANOS = Decimal(10) ** 9
 # enough that nano-dollar integers in Redis stay well inside 64 bits.
 MAX_BUDGET_USD = Decimal("1000000")
 _LUA = Path(__file__).with_name("lua")
-_STATE_TTL_S = 3 * 86400
-_TTL_S = {"batch": 90 * 86400, "day": 3 * 86400, "month": 62 * 86400}
+# How long a token's state (held | settled | cancelled | abandoned:<n>) is kept.
+STATE_TTL_S = 3 * 86400
+# How long a scope's totals are kept after their last change, by kind.
+SCOPE_TTL_S = {"batch": 90 * 86400, "day": 3 * 86400, "month": 62 * 86400}
 
 _ADVICE = {
     "batch": "the job ends over_budget and nothing more is charged; raise the budget with "
@@ -160,9 +167,8 @@ class Budget:
         self.hold_ms = int(hold_s * 1000)
         scripts = register(
             redis, _LUA, "budget_reserve", "budget_settle", "budget_status", "budget_extend",
-            "budget_raise", "budget_floor",
-        )
-        self._floor = scripts["budget_floor"]
+            "budget_raise"
+        )  # fmt: skip
         self._reserve = scripts["budget_reserve"]
         self._settle = scripts["budget_settle"]
         self._status = scripts["budget_status"]
@@ -204,17 +210,21 @@ class Budget:
         *,
         job_id: str | None = None,
         lease: str | None = None,
+        token: str | None = None,
     ) -> Reservation:
-        token = uuid.uuid4().hex
+        """Hold `worst_case_usd` in every scope, or raise BudgetExceeded (nothing held).
+        `token` names the call (default: a new one); a token that holds already, or whose
+        call was booked, holds nothing more (only a cancelled one may hold again)."""
+        token = token or uuid.uuid4().hex
         amount = to_nanos(worst_case_usd, round_up=True)
         entry = ""
         if job_id is not None:
             entry = json.dumps({"lease": lease, "amount": amount,
                                 "scopes": [[sc.kind, sc.name] for sc in scopes]})  # fmt: skip
-        args: list[Any] = [token, amount, self.hold_ms, _STATE_TTL_S, entry]
+        args: list[Any] = [token, amount, self.hold_ms, STATE_TTL_S, entry]
         for scope in scopes:
             limit_nanos = -1 if scope.limit_usd is None else to_nanos(scope.limit_usd)
-            args += [limit_nanos, _TTL_S[scope.kind]]
+            args += [limit_nanos, SCOPE_TTL_S[scope.kind]]
         reply = await self._reserve(keys=self._keys(token, scopes, job_id), args=args)
         if int(reply[0]) != 1:
             scope = scopes[int(reply[1]) - 1]
@@ -257,7 +267,7 @@ class Budget:
         Raises InputError for a limit that is not a budget."""
         nanos = to_nanos(check_budget_usd(limit_usd, "limit"))
         totals, _ = scope.keys(self.keys)
-        reply = await self._raise(keys=[totals], args=[nanos, _TTL_S[scope.kind]])
+        reply = await self._raise(keys=[totals], args=[nanos, SCOPE_TTL_S[scope.kind]])
         return None if int(reply) < 0 else from_nanos(reply)
 
     async def cancel(self, reservation: Reservation) -> bool:
@@ -283,28 +293,16 @@ class Budget:
                                    job_id, entry.get("lease")))  # fmt: skip
         return out
 
-    async def raise_spent(self, floors: dict[str, Decimal]) -> int:
-        """Raise each scope's settled spend (scope name, e.g. "day:2026-11-21" or
-        "batch:<id>") to at least the given USD; never lowers one. Returns how many rose."""
-        names = sorted(floors)
-        if not names:
-            return 0
-        args: list[Any] = []
-        for name in names:
-            args += [to_nanos(floors[name]), _TTL_S[name.split(":", 1)[0]]]
-        keys = [self.keys.budget(name) for name in names]
-        return int(await self._floor(keys=keys, args=args))
-
     async def extend(self, reservation: Reservation) -> bool:
         """Keep the hold of a call still running for another `hold_s`; False if it lapsed
         or was closed already (it is not brought back: the room may be taken by now)."""
-        args: list[Any] = [reservation.token, self.hold_ms, _STATE_TTL_S]
+        args: list[Any] = [reservation.token, self.hold_ms, STATE_TTL_S]
         reply = await self._extend(keys=self._reservation_keys(reservation), args=args)
         return int(reply) > 0
 
     async def _close(self, reservation: Reservation, action: str, nanos: int) -> bool:
-        args: list[Any] = [reservation.token, action, nanos, _STATE_TTL_S]
-        args += [_TTL_S[s.kind] for s in reservation.scopes]
+        args: list[Any] = [reservation.token, action, nanos, STATE_TTL_S]
+        args += [SCOPE_TTL_S[s.kind] for s in reservation.scopes]
         args.append(to_nanos(reservation.amount_usd, round_up=True))
         reply = await self._settle(keys=self._reservation_keys(reservation), args=args)
         return int(reply) >= 1
@@ -330,9 +328,13 @@ class Budget:
             )
         return out
 
+    def state_key(self, token: str) -> str:
+        """The key of a token's state: held | settled | cancelled | abandoned:<n>."""
+        return self.keys.budget("hold:" + token)
+
     def _keys(self, token: str, scopes: tuple[Scope, ...], job_id: str | None) -> list[str]:
         index = self.keys.budget_job_holds(job_id) if job_id else self.keys.unused
-        return [self.keys.budget("hold:" + token), index] + [
+        return [self.state_key(token), index] + [
             k for scope in scopes for k in scope.keys(self.keys)
         ]
 
@@ -358,11 +360,12 @@ class CallBudget:
         self.job_id = job_id
         self.lease = lease
 
-    async def reserve(self, worst_case_usd: Decimal) -> Reservation:
-        """Hold `worst_case_usd` in every scope or raise BudgetExceeded (nothing held)."""
+    async def reserve(self, worst_case_usd: Decimal, token: str | None = None) -> Reservation:
+        """Hold `worst_case_usd` in every scope or raise BudgetExceeded (nothing held);
+        `token` as Budget.reserve."""
         scopes = self.budget.scopes(self.batch_id, self.batch_limit_usd)
         return await self.budget.reserve(scopes, worst_case_usd, job_id=self.job_id,
-                                         lease=self.lease)  # fmt: skip
+                                         lease=self.lease, token=token)  # fmt: skip
 
     async def settle(self, token: Reservation, actual_usd: Decimal) -> bool:
         return await self.budget.settle(token, actual_usd)

@@ -2,18 +2,20 @@
 
 Three kinds of loose end, each closed from what the ledger knows:
 
-- Budget holds of a job whose lease was recovered (`settle_lost_holds`, run by the
-  sweeper's lease-expired hook the moment it recovers the job, and again by the pass
-  below). A hold's token is its call's attempt id, so the ledger row says what became of
-  it: settled (ok, error...) -> booked at the row's cost; `started`/`abandoned` (the
-  call may have been billed) -> booked at once at its worst case, corrected if the true
-  cost turns up; no row at all -> the request never went out (the row is written before
-  it is sent) and the hold is released.
+- Budget holds of a job whose run is over (`settle_lost_holds`, run by the sweeper's
+  lease-expired hook the moment it recovers the job, by the job-end hook for a hold whose
+  settle never reached Redis, and again by the pass below). A hold's token is its call's
+  attempt id, so the ledger row says what became of it: settled (ok, error...) -> booked
+  at the row's cost; `started`/`abandoned` (the call may have been billed) -> booked at
+  once at its worst case, corrected if the true cost turns up; no row at all -> the
+  request never went out (the row is written before it is sent) and the hold is released.
 - Rows left `started` whose job has no live run any more (the hook never ran: Redis lost
   its data, or the hook failed) become `abandoned` at their worst case.
 - Budgets and jobs Redis forgot (`Reconciler.run`, on worker start-up and every
   PIPELINE_RECONCILE_INTERVAL_S): each budget's spend is raised to the ledger's sum (never
-  lowered: Redis may know of spend the ledger has not been told yet), and a job the ledger
+  lowered: Redis may know of spend the ledger has not been told yet), each call counted as
+  Redis has it, so a cost whose hold is still open is left to that hold's close and not
+  booked twice (floor.py), and a job the ledger
   has as unfinished but Redis has no record of is marked `lost` with the reason (its PDF
   went with the Redis data), or `complete` when its document's analysis is stored.
 """
@@ -34,6 +36,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 
 from pipeline.ledger.budget import Budget, Reservation
+from pipeline.ledger.floor import RECENT_S, LedgerCall, raise_spent
 from pipeline.ledger.models import JobRow, LLMCall, Result
 from pipeline.ledger.recorder import SqlRecorder, WorstCasePricer, is_connection_error
 from pipeline.llm.attempts import Outcome
@@ -56,6 +59,8 @@ _CLOCK_SLACK_S = 2.0
 # A call row with no job is settled once it is this old (no lease to tell it is dead).
 _ORPHAN_CALL_S = 3600.0
 _BATCH_WINDOW = timedelta(days=3)
+# Rows whose cost may still change (a true cost may replace a worst case).
+_UNSETTLED = frozenset({Outcome.STARTED.value, Outcome.ABANDONED.value})
 _CHUNK = 500
 
 
@@ -235,28 +240,38 @@ class Reconciler:
     # -- budgets ------------------------------------------------------------------------------
     async def rebuild_budgets(self) -> int:
         """Raise every current budget's spend (today, yesterday, this month, and batches
-        with calls in the last three days) to the ledger's; returns how many rose."""
-        floors = await asyncio.to_thread(self._ledger_spend, datetime.now(UTC))
-        return await self.budget.raise_spent(floors)
+        with calls in the last three days) to the ledger's, each call counted once: one
+        whose hold is still open is left to its close (floor.py); returns how many rose."""
+        floors, calls = await asyncio.to_thread(self._ledger_spend, datetime.now(UTC))
+        return await raise_spent(self.budget, floors, calls)
 
-    def _ledger_spend(self, now: datetime) -> dict[str, Decimal]:
+    def _ledger_spend(self, now: datetime) -> tuple[dict[str, Decimal], list[LedgerCall]]:
+        """Each scope's spend in the ledger, and the calls of the last RECENT_S with a cost."""
         today = now.replace(hour=0, minute=0, second=0, microsecond=0)
         days = [today, today - timedelta(days=1)]
         month = today.replace(day=1)
         since = min(days[-1], month)
+        recent = now - timedelta(seconds=RECENT_S)
         floors: dict[str, Decimal] = defaultdict(Decimal)
         for day in days:
             floors[f"day:{day:%Y-%m-%d}"] = Decimal(0)
         floors[f"month:{month:%Y-%m}"] = Decimal(0)
+        calls: list[LedgerCall] = []
         with self.recorder.sessions() as session:
             rows = session.execute(
-                select(LLMCall.started_at, LLMCall.cost_usd).where(LLMCall.started_at >= since)
-            ).all()
-            for started, cost in rows:
+                select(LLMCall.id, LLMCall.started_at, LLMCall.cost_usd, LLMCall.outcome,
+                       LLMCall.batch_id).where(LLMCall.started_at >= since)
+            ).all()  # fmt: skip
+            for attempt_id, started, cost, outcome, batch_id in rows:
                 at = _utc(started)
-                for name in (f"day:{at:%Y-%m-%d}", f"month:{at:%Y-%m}"):
+                scopes = (f"day:{at:%Y-%m-%d}", f"month:{at:%Y-%m}")
+                for name in scopes:
                     if name in floors:
                         floors[name] += _money(cost)
+                if at >= recent and _money(cost) > 0:
+                    batch = (f"batch:{batch_id}",) if batch_id is not None else ()
+                    calls.append(LedgerCall(attempt_id, _money(cost),
+                                            outcome not in _UNSETTLED, batch + scopes))  # fmt: skip
             batches = [b for (b,) in session.execute(
                 select(LLMCall.batch_id).distinct().where(
                     LLMCall.started_at >= now - _BATCH_WINDOW, LLMCall.batch_id.is_not(None))
@@ -267,7 +282,7 @@ class Reconciler:
                     select(LLMCall.batch_id, LLMCall.cost_usd).where(LLMCall.batch_id.in_(chunk))
                 ).all():
                     floors[f"batch:{batch_id}"] += _money(cost)
-        return {k: v for k, v in floors.items() if v > 0}
+        return {k: v for k, v in floors.items() if v > 0}, calls
 
     # -- jobs Redis forgot --------------------------------------------------------------------
     async def _forgotten_jobs(self, report: ReconcileReport) -> None:

@@ -62,6 +62,7 @@ from pipeline.llm.spend import (
     bound_usd,
     keep_hold,
     report_overrun,
+    settle_hold,
     warn_usage_missing,
 )
 from pipeline.llm.stop import Accept, accepted, judge
@@ -342,8 +343,7 @@ class LLMCaller:
         """Settle the budget at `cost_usd` and release the (sent) permit, each regardless of
         the other failing."""
         try:
-            if state.budget is not None and reservation is not None:  # offline holds nothing
-                await state.budget.settle(reservation, cost_usd)
+            await settle_hold(state.budget, reservation, cost_usd)
         finally:
             await self.limiter.release(permit, input_tokens)
 

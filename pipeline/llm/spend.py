@@ -102,6 +102,24 @@ async def keep_hold(budget: SpendLimit | None, reservation: Any) -> AsyncIterato
         yield
 
 
+async def settle_hold(budget: SpendLimit | None, reservation: Any, cost_usd: Decimal) -> None:
+    """Settle the call's hold at `cost_usd` (no budget or no hold: nothing to do). A settle
+    that fails (Redis away longer than its retries) is logged with the call's id and raised:
+    the hold stays open, and is booked from the call's ledger row when its job's run ends or
+    its lease is recovered (pipeline/ledger/reconcile.py settle_lost_holds)."""
+    if budget is None or reservation is None:  # the offline analyzer holds nothing
+        return
+    try:
+        await budget.settle(reservation, cost_usd)
+    except Exception as exc:
+        log.warning(
+            "call %s: its budget hold could not be settled at $%s (%s: %s); it is booked "
+            "from the ledger when the job's run ends",
+            getattr(reservation, "token", "?"), cost_usd, type(exc).__name__, exc,
+        )  # fmt: skip
+        raise
+
+
 def report_overrun(record: CallAttempt, request: LLMRequest) -> str:
     """Log an overrun (a bill above its reservation) as an error; returns the note for the
     call's ledger row."""

@@ -1,5 +1,5 @@
 """What the ledger tests share: a database per test on each backend (SQLite, PostgreSQL),
-CallAttempt builders, and a Budget with given limits."""
+with its engine and recorder, CallAttempt builders, and a Budget with given limits."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from pipeline.ledger import db
 from pipeline.ledger.budget import Budget
+from pipeline.ledger.recorder import SqlRecorder
 from pipeline.llm.attempts import CallAttempt, Outcome
 from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
@@ -37,6 +38,24 @@ def database_url_for(backend: str, tmp_path: Path, postgres_url: str | None) -> 
         pytest.skip("no PostgreSQL (set PIPELINE_TEST_DATABASE_URL or run one on 127.0.0.1:5432)")
     with fresh_pg_database(postgres_url) as url:
         yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def engine(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None
+) -> Iterator[Engine]:
+    """A migrated ledger of its own on each backend (the test runs once per backend)."""
+    with database_url_for(request.param, tmp_path, postgres_url) as url:
+        eng = db.create_ledger_engine(url)
+        yield eng
+        eng.dispose()
+
+
+@pytest.fixture
+async def recorder(
+    engine: Engine, aredis: aioredis.Redis, keys: Keys
+) -> AsyncIterator[SqlRecorder]:
+    yield SqlRecorder(engine, aredis, keys)
 
 
 def attempt(

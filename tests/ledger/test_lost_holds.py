@@ -69,12 +69,12 @@ async def test_a_killed_workers_hold_becomes_spend_when_its_lease_is_recovered(
                 held = (await budget.status("b-hold"))["batch"].reserved_usd
                 return emu.stats()["generate_requests"] == 1 and held > 0
 
-            await eventually(on_the_wire, timeout_s=30, what="A's call on the wire, held")
+            await eventually(on_the_wire, timeout_s=120, what="A's call on the wire, held")
             a.kill()
         finally:
             a.close()
         with workers(redis_url, key_prefix, env, count=1, concurrency=2) as procs:
-            (job,) = await wait_done(client, [job_id], timeout_s=60, procs=procs)
+            (job,) = await wait_done(client, [job_id], timeout_s=180, procs=procs)
             rows = ledger_calls(_db(tmp_path))
             assert sorted(r.outcome for r in rows) == ["abandoned", "ok"]
             ledger_spend = sum((Decimal(str(r.cost_usd)).quantize(Decimal("1e-9"))
@@ -84,7 +84,7 @@ async def test_a_killed_workers_hold_becomes_spend_when_its_lease_is_recovered(
                 status = await budget.status("b-hold")
                 return status["batch"].spent_usd == ledger_spend
 
-            await eventually(booked, timeout_s=30, what="the abandoned hold booked as spend")
+            await eventually(booked, timeout_s=60, what="the abandoned hold booked as spend")
     assert job.state == State.COMPLETE and job.lease_expiries == 1
     abandoned = next(r for r in rows if r.outcome == "abandoned")
     assert Decimal(str(abandoned.cost_usd)) > 0

@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
-import pytest
-import redis.asyncio as aioredis
 from sqlalchemy import Engine, func, select
 
 from pipeline.ledger import db
 from pipeline.ledger.models import Batch, Document, JobRow, LLMCall
 from pipeline.ledger.recorder import SqlRecorder
 from pipeline.llm.attempts import Outcome
-from pipeline.redis.keys import Keys
-from tests.ledger.conftest import BACKENDS, attempt, database_url_for, settle
-
-
-@pytest.fixture(params=BACKENDS)
-def engine(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None
-) -> Iterator[Engine]:
-    with database_url_for(request.param, tmp_path, postgres_url) as url:
-        eng = db.create_ledger_engine(url)
-        yield eng
-        eng.dispose()
-
-
-@pytest.fixture
-async def recorder(
-    engine: Engine, aredis: aioredis.Redis, keys: Keys
-) -> AsyncIterator[SqlRecorder]:
-    yield SqlRecorder(engine, aredis, keys)
+from tests.ledger.conftest import attempt, settle
 
 
 def _row(engine: Engine, attempt_id: str) -> LLMCall | None:

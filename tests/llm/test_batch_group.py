@@ -21,7 +21,9 @@ import redis.asyncio as aioredis
 from sqlalchemy import Engine, select
 
 from pipeline.ledger import db
+from pipeline.ledger.budget import Budget
 from pipeline.ledger.models import LLMCall
+from pipeline.ledger.reconcile import Reconciler
 from pipeline.ledger.recorder import SqlRecorder
 from pipeline.llm.batch import BatchItem, RemoteBatch, display_name_for
 from pipeline.llm.batch_group import BatchCreateBusy, BatchGroups, Collected
@@ -30,6 +32,8 @@ from pipeline.llm.gemini import GeminiProvider
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.provider import LLMRequest, Part
 from pipeline.redis.keys import Keys
+from pipeline.settings import load_settings
+from tasks.batch_holds import holds, reserve_group, settle_group
 from tests.ledger.conftest import BACKENDS, database_url_for
 from tests.support.emulator import RunningEmulator, start_emulator
 
@@ -264,3 +268,42 @@ async def test_a_cancelled_group_books_every_request_unanswered_at_zero(
     rows = _rows(engine)
     assert {(r.outcome, r.cost_usd) for r in rows} == {("error", Decimal(0))}
     assert stats["batch"]["requests"] == 0
+
+
+async def test_a_reconcile_pass_while_the_job_runs_books_each_request_once(
+    engine: Engine, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    """The group's holds carry its requests' ledger row ids, so a reconcile pass while the
+    job runs (rows at their worst case, holds open) leaves those costs to the holds, and
+    the budget ends at the ledger's figure, not at worst case + bill (issue 11)."""
+    items = _items(3, tag="r")
+    name = display_name_for(MODEL, items)
+    recorder = SqlRecorder(engine, aredis, keys)
+    budget = Budget(aredis, keys, load_settings(key_prefix=keys.prefix))
+    reconciler = Reconciler(aredis, keys, recorder, budget)
+    call = await budget.for_call("b-rec", Decimal("5"))
+    with start_emulator(batch_delay_s=1.0) as emu:
+        provider, groups = _groups(emu, engine, aredis, keys)
+        tokens = await _counted(provider, items)
+        await reserve_group(call, groups, name, items, tokens)
+        await groups.submit(MODEL, items, tokens, batch_id="b-rec", name=name)
+        await reconciler.rebuild_budgets()
+        during = (await budget.status("b-rec"))["batch"]
+        stop = time.monotonic() + 30
+        while (done := await groups.collect(MODEL, items, tokens, batch_id="b-rec")) is None:
+            assert time.monotonic() < stop, "batch group not done in 30s"
+            await asyncio.sleep(0.2)
+        await reconciler.rebuild_budgets()  # answers booked, holds not settled yet
+        await settle_group(call, groups, name, done.costs)
+        await reconciler.rebuild_budgets()
+        await provider.aclose()
+    assert during.spent_usd == 0 and during.reserved_usd > 0
+    assert sorted(await _hold_tokens(groups, name)) == sorted(r.id for r in _rows(engine))
+    booked = sum((r.cost_usd for r in _rows(engine)), Decimal(0))
+    status = await budget.status("b-rec")
+    assert (status["batch"].spent_usd, status["batch"].reserved_usd) == (booked, Decimal(0))
+    assert booked == done.cost_usd > 0
+
+
+async def _hold_tokens(groups: BatchGroups, name: str) -> list[str]:
+    return [r.token for r in (await holds(groups, name)).values()]

@@ -8,6 +8,11 @@
 -- A stopped scope admits nothing until its limit is above `stopped` (a person raised it:
 -- a larger limit passed in ARGV, or `raised`); then the stop is lifted.
 --
+-- A token names one call: reserving a token that holds already, or whose call was booked
+-- (settled, abandoned:<n>), holds nothing more and succeeds (a retried reply, a Batch
+-- Mode group reserved again for requests that carry that token); only a cancelled token
+-- (nothing booked) may hold again.
+--
 -- KEYS[1]          the token's state key (held | settled | cancelled | abandoned:<n>)
 -- KEYS[2]          the job's holds index (hash token -> JSON entry), written when ARGV[5] ~= ''
 -- KEYS[2n+1], [2n+2]  totals hash and holds zset of scope n (n = 1..N)
@@ -23,6 +28,10 @@
 -- scope is stopped after an overrun. A scope with why = 2 or 1 is reported before one
 -- blocked by holds alone.
 local token = ARGV[1]
+local state = redis.call('GET', KEYS[1])
+if state and state ~= 'cancelled' then
+  return {1}
+end
 local amount = tonumber(ARGV[2])
 local hold_ms = tonumber(ARGV[3])
 local scopes = (#KEYS - 2) / 2

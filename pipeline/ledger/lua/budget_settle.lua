@@ -5,7 +5,9 @@
 -- abandon corrects the booked amount to the real one (so a worker that was only cut off
 -- from Redis, and finishes its call after all, leaves the true cost); anything else on a
 -- closed token is a no-op, so a retried close cannot double-count. A hold that already
--- lapsed is still booked as spent on settle, because the call did happen.
+-- lapsed is still booked as spent on settle, because the call did happen, unless the
+-- reconciler's floor booked it meanwhile (budget_floor.lua marks it settled, or
+-- abandoned:<n> when its cost may still change: a settle then corrects it).
 -- A cost above the reserved amount (an overrun: the bound did not hold) is booked in full
 -- and stops every scope that has a limit: `stopped` = that limit, `overrun` += the excess;
 -- budget_reserve.lua admits nothing there until the limit is raised above it.
@@ -66,6 +68,7 @@ if state and string.sub(state, 1, 10) == 'abandoned:' then
   if actual ~= booked or overrun then book(actual - booked) end
   redis.call('SET', KEYS[1], action == 'settle' and 'settled' or 'cancelled',
     'EX', tonumber(ARGV[4]))
+  redis.call('HDEL', KEYS[2], token)
   return done()
 end
 
