@@ -78,14 +78,8 @@ class BatchFollow:
 
     async def _from_redis(self) -> BatchView:
         """The submitted documents' states from their jobs alone (no results, no costs)."""
-        from tasks.batches import (
-            BatchView,
-            LedgerFacts,
-            Member,
-            document_rows,
-            read_runs,
-            surroundings,
-        )
+        from tasks.batch_ledger import LedgerFacts, Member
+        from tasks.batches import BatchView, document_rows, read_runs, surroundings
 
         members = [Member(doc_id, name, None, None, job_id, None, None)
                    for name, doc_id, job_id in self.documents]  # fmt: skip
