@@ -7,7 +7,8 @@ that becomes `abandoned`), then `settled` with its outcome, usage and cost.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -60,11 +61,38 @@ class CallAttempt:
     mode: str = "interactive"  # "batch": answered by a Gemini batch job, at the batch rate
     extra: dict[str, str] = field(default_factory=dict)
 
+    def snapshot(self) -> CallAttempt:
+        """A copy for a recorder, so a recorder that keeps objects never sees later changes."""
+        return replace(self, extra=dict(self.extra))
+
 
 class Recorder(Protocol):
     async def started(self, call: CallAttempt) -> None: ...
 
     async def settled(self, call: CallAttempt) -> None: ...
+
+
+async def record_store_hit(
+    recorder: Recorder, model: str, call_key: str, now: datetime, *,
+    model_version: str | None, stored_input_tokens: int, stored_output_tokens: int,
+    job_id: str | None, batch_id: str | None, document_id: str | None,
+) -> None:  # fmt: skip
+    """A call answered from the call store is still an attempt in the ledger, at $0 and
+    FROM_STORE, so reuse is visible (the tokens it would have cost are kept in `extra`)."""
+    record = CallAttempt(
+        attempt_id=uuid.uuid4().hex, call_key=call_key, model=model, attempt=1,
+        started_at=now, job_id=job_id, batch_id=batch_id, document_id=document_id,
+    )
+    await recorder.started(record.snapshot())
+    record.outcome = Outcome.FROM_STORE
+    record.model_version = model_version
+    record.finished_at = now
+    record.latency_s = 0.0
+    record.extra = {
+        "stored_input_tokens": str(stored_input_tokens),
+        "stored_output_tokens": str(stored_output_tokens),
+    }
+    await recorder.settled(record.snapshot())
 
 
 class NullRecorder:

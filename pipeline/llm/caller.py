@@ -48,7 +48,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from pipeline.llm.attempts import CallAttempt, Outcome, Recorder
+from pipeline.llm.attempts import CallAttempt, Outcome, Recorder, record_store_hit
 from pipeline.llm.callstore import CallStore, call_key
 from pipeline.llm.counting import PDF_TOKENS_PER_PAGE, TokenCounter, rough_input_tokens
 from pipeline.llm.failure import ProviderCallError, ProviderFailure
@@ -178,7 +178,13 @@ class LLMCaller:
         if stored is not None and accepted(accept, stored) is None:
             if permit is not None:
                 await self.limiter.release(permit, sent=False)
-            await self._record_from_store(request, key, stored, ids)
+            await record_store_hit(
+                self.recorder, request.model, key, self.clock(),
+                model_version=stored.model_version,
+                stored_input_tokens=stored.usage.input_tokens,
+                stored_output_tokens=stored.usage.output_tokens, job_id=ids.job_id,
+                batch_id=ids.batch_id, document_id=ids.document_id,
+            )  # fmt: skip
             return stored
         if stored is not None:
             await self.store.delete(key)  # no longer usable: never replay it
@@ -252,7 +258,7 @@ class LLMCaller:
             document_id=state.ids.document_id,
         )
         try:
-            await self.recorder.started(_snap(record))
+            await self.recorder.started(record.snapshot())
         except BaseException:
             await self.limiter.release(permit, sent=False)
             if state.budget is not None and reservation is not None:
@@ -321,7 +327,7 @@ class LLMCaller:
             if state.billed and cost > record.estimated_cost_usd:
                 note = report_overrun(record, request)
                 record.error = note + (f"; {record.error}" if unusable else "")
-            await self.recorder.settled(_snap(record))
+            await self.recorder.settled(record.snapshot())
         finally:
             # Paid for whatever the store or the ledger did: settle and free the slot.
             await asyncio.shield(self._close(state, permit, reservation, cost, usage.input_tokens))
@@ -362,40 +368,15 @@ class LLMCaller:
         record.latency_s = elapsed_s
         if failure.retry_delay_s is not None:
             record.extra["retry_delay_s"] = repr(failure.retry_delay_s)
-        await self.recorder.settled(_snap(record))
+        await self.recorder.settled(record.snapshot())
 
     async def _settle_unknown(
         self, state: _Call, record: CallAttempt, permit: Permit, reservation: Any
     ) -> None:
         try:
-            await self.recorder.settled(_snap(record))
+            await self.recorder.settled(record.snapshot())
         finally:
             await self._close(state, permit, reservation, record.cost_usd)
-
-    async def _record_from_store(
-        self, request: LLMRequest, key: str, stored: LLMResponse, ids: _Ids
-    ) -> None:
-        """A store hit is still an attempt in the ledger, at $0, so reuse is visible."""
-        now = self.clock()
-        record = CallAttempt(
-            attempt_id=uuid.uuid4().hex, call_key=key, model=request.model, attempt=1,
-            started_at=now, job_id=ids.job_id, batch_id=ids.batch_id, document_id=ids.document_id,
-        )
-        await self.recorder.started(_snap(record))
-        record.outcome = Outcome.FROM_STORE
-        record.model_version = stored.model_version
-        record.finished_at = now
-        record.latency_s = 0.0
-        record.extra = {
-            "stored_input_tokens": str(stored.usage.input_tokens),
-            "stored_output_tokens": str(stored.usage.output_tokens),
-        }
-        await self.recorder.settled(_snap(record))
-
-
-def _snap(record: CallAttempt) -> CallAttempt:
-    """A copy for the recorder, so a recorder that keeps objects never sees later changes."""
-    return replace(record, extra=dict(record.extra))
 
 
 def _outcome_unknown(failure: ProviderFailure) -> bool:

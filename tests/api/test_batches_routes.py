@@ -98,7 +98,9 @@ async def _until_complete(client: object, batch: str, timeout_s: float = 60) -> 
 
     deadline = time.monotonic() + timeout_s
     while True:
-        body = (await client.get(f"/batches/{batch}")).json()  # type: ignore[attr-defined]
+        r = await client.get(f"/batches/{batch}")  # type: ignore[attr-defined]
+        assert r.status_code == 200, r.text
+        body = r.json()
         if body["by_state"] == {"complete": 1}:
             return
         if time.monotonic() > deadline:
