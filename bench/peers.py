@@ -209,6 +209,10 @@ def _kill(pid: int) -> None:
 
 def run(systems: list[str], quick: bool, reps: int, traps: bool) -> dict[str, Any]:
     versions = {s: ensure_venv(s) for s in systems}
+    # pip byte-compiled the peers at install; a checkout run with PYTHONDONTWRITEBYTECODE
+    # would compile pipeline's modules at every worker start instead
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "pipeline", "tasks", "bench"],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     base, server = bench_redis_url()
     run_id = uuid.uuid4().hex
     LOGS.mkdir(parents=True, exist_ok=True)
