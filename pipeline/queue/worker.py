@@ -274,8 +274,10 @@ class Worker:
         if popped:
             wake_key, job_id = text(popped[0]), text(popped[1])
             queue = self._wake_keys.get(wake_key)
-            if queue:
-                await self._claim(queue, [job_id], None, head_only=True)
+            if queue and await self._claim(queue, [job_id], None, head_only=True):
+                # let the job start before this loop's next look at the queues takes a
+                # connection and a round trip: an idle worker's latency is this path
+                await asyncio.sleep(0)
 
     async def _claim_one(self) -> tuple[bool, float | None]:
         """Claim from the first queue with work: its head jobs, one per free slot.
