@@ -14,6 +14,8 @@ clock) to Redis, and that push is the job's observable start.
   call to the job's first Redis write
 - no-op jobs/s through one worker process: jobs pre-enqueued, one worker started on them;
   the rate between the 10th and 90th percentile of completions (steady state)
+- worker CPU per no-op job: the worker's process tree's CPU time over the same steady
+  window, divided by the jobs done in it (less at the mercy of the machine's load than a rate)
 - enqueue rate, one by one (each call awaited before the next) and bulk (the system's own
   API for many jobs, where it has one), with no worker running
 - worker start-up: spawn -> the first pre-enqueued job's start

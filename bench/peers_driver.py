@@ -82,6 +82,18 @@ def pss_mb(pid: int) -> float:
     return 0.0
 
 
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds of a process, with those of its children it has reaped (a forked horse)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) * _TICK_S  # utime stime cutime cstime
+
+
 class Run:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -142,6 +154,9 @@ class Run:
             time.sleep(0.05)
         return True
 
+    def tree_cpu_s(self, procs: list[subprocess.Popen[bytes]]) -> float:
+        return sum(cpu_s(p) for proc in procs for p in [proc.pid, *descendants(proc.pid)])
+
     def tree_mb(self, procs: list[subprocess.Popen[bytes]]) -> float:
         return sum(pss_mb(p) for proc in procs for p in [proc.pid, *descendants(proc.pid)])
 
@@ -200,9 +215,17 @@ def enqueue_and_throughput(run: Run, cfg: dict[str, Any]) -> dict[str, Any]:
     if not first:
         raise SystemExit(f"{run.args.system}: no job started")
     deadline = time.monotonic() + cfg["throughput_cap_s"]
-    run.wait(lambda: r.llen(EVENTS) >= 2 * n or time.monotonic() > deadline, 1e9, "no-op jobs",
-             procs)
+    samples: list[tuple[int, float]] = []  # (jobs done, worker CPU s): CPU per job in steady state
+
+    def sample() -> bool:
+        samples.append((r.llen(EVENTS), run.tree_cpu_s(procs)))
+        return samples[-1][0] >= 2 * n or time.monotonic() > deadline
+
+    run.wait(sample, 1e9, "no-op jobs", procs)
     done = sorted(e[2] for e in run.events())
+    mid = [(k, c) for k, c in samples if len(done) // 10 <= k <= len(done) * 9 // 10]
+    cpu_ms = ((mid[-1][1] - mid[0][1]) * 1000 / (mid[-1][0] - mid[0][0])
+              if len(mid) > 1 and mid[-1][0] > mid[0][0] else None)
     run.stop(procs)
     adapter.close()
     lo, hi = len(done) // 10, len(done) * 9 // 10
@@ -215,6 +238,7 @@ def enqueue_and_throughput(run: Run, cfg: dict[str, Any]) -> dict[str, Any]:
         "worker_startup_s": round(first[0] - spawned, 3),
         "noop_jobs": 2 * n, "noop_completed": len(done),
         "noop_jobs_per_s": round(steady, 1) if steady else None,
+        "worker_cpu_ms_per_noop_job": round(cpu_ms, 3) if cpu_ms else None,
     }
 
 

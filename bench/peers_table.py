@@ -83,6 +83,7 @@ def table(figures: dict[str, Any], command: str) -> str:
     perf("enqueue→start p50, idle worker", "enqueue_to_start_p50_ms", " ms")
     perf("enqueue→start p99, idle worker", "enqueue_to_start_p99_ms", " ms")
     perf("no-op jobs/s, one worker process", "noop_jobs_per_s")
+    perf("worker CPU per no-op job (steady state)", "worker_cpu_ms_per_noop_job", " ms")
     perf("enqueue/s, one by one", "enqueue_one_by_one_per_s")
     perf("enqueue/s, bulk (own API)", "enqueue_bulk_per_s")
     perf("worker start-up (spawn → first job)", "worker_startup_s", " s")
