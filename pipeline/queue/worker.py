@@ -51,7 +51,7 @@ GATED_LOOKAHEAD = 8  # jobs per queue shown to the gate before the worker idles
 JobHook = Callable[[JobContext, str, str | None], Awaitable[None]]
 
 
-@dataclass
+@dataclass(slots=True)
 class Running:
     job: Job
     task: asyncio.Task[None]
