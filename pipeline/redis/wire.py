@@ -14,9 +14,9 @@ Sending: redis-py 8.1 gives every connection a 5 s socket timeout and, with one 
 each send in `asyncio.wait_for`, which on Python 3.11 is a new task per command (two more
 event-loop turns, and ~5 % of a busy worker's CPU). That timeout can only matter when the
 send has to wait: the transport's buffer over its high-water mark, so `drain()` blocks until
-Redis reads. A send that fits under the mark cannot block, and goes straight out; any other
-(a full buffer, a closed or new connection, a health check due) takes redis-py's own path,
-timeout included.
+Redis reads. A send with nothing pending before it and no larger than the mark cannot block,
+and goes straight out; any other (data still buffered, a closed or new connection, a health
+check due) takes redis-py's own path, timeout included.
 """
 
 from __future__ import annotations
@@ -65,8 +65,10 @@ class _Wire:
             or not isinstance(command, list)
             or getattr(self, "_reader", None) is None
             or (check_health and self._health_check_due())
-            or transport.get_write_buffer_size() + sum(map(len, command))
-            > transport.get_write_buffer_limits()[1]
+            # nothing pending (so the protocol is not paused: it resumes before the buffer
+            # empties) and the command under the high-water mark (so it cannot pause it)
+            or transport.get_write_buffer_size() != 0
+            or sum(map(len, command)) > transport.get_write_buffer_limits()[1]
         ):
             await super().send_packed_command(command, check_health)  # type: ignore[misc]
             return
