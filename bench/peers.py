@@ -1,27 +1,36 @@
-"""Celery, RQ, ARQ and pipeline side by side, on one Redis, on this machine, in one run.
+"""Celery, RQ, ARQ, SAQ, Dramatiq and pipeline side by side, on one Redis, on this machine.
 
-    python bench/peers.py [--quick] [--systems celery,rq,arq,pipeline] [--json]
+    python bench/peers.py [--quick] [--reps 3] [--systems celery,rq,...] [--no-traps] [--json]
 
 Each peer gets a virtualenv of its own under .pipeline/bench-peers-venv/<peer> (made on
 the first run with `python -m venv` and `pip install` from PyPI; separate because ARQ pins
 redis-py < 6 while Celery's Redis transport needs >= 6.4). Each system runs in its own
 Redis database, claimed only while empty and emptied again at the end, so nothing else in
-that Redis is touched. Measured for every system the same way (bench/peers_driver.py):
+that Redis is touched. Every figure has one definition, applied to every system by
+bench/peers_driver.py; every job body is the same: push one event (kind, tag, the job's
+clock) to Redis, and that push is the job's observable start.
 
-- enqueue->start latency p50/p99: one idle worker, one job at a time
-- no-op jobs/s through one worker process (each job pushes one timestamp to Redis)
-- idle worker memory (PSS of the worker and its children) and memory per concurrent
-  slow job: (PSS with K sleeping jobs running - idle PSS) / K, and so how many fit in 8 GB
-- trap 1, prefetch starvation: two single-slot workers, one long job then twenty short
-  ones; makespan against the ideal (the long job alone)
-- trap 2, visibility-timeout ghost: two jobs that run longer than the broker's timeout V
-  (Celery visibility_timeout, RQ/ARQ job_timeout, pipeline's first lease); executions
-  seen twice are duplicates, paid twice if the job calls an API
+- enqueue->start p50/p99: one idle worker, one job at a time; from just before the enqueue
+  call to the job's first Redis write
+- no-op jobs/s through one worker process: jobs pre-enqueued, one worker started on them;
+  the rate between the 10th and 90th percentile of completions (steady state)
+- worker CPU per no-op job: the worker's process tree's CPU time over the same steady
+  window, divided by the jobs done in it (less at the mercy of the machine's load than a rate)
+- enqueue rate, one by one (each call awaited before the next) and bulk (the system's own
+  API for many jobs, where it has one), with no worker running
+- worker start-up: spawn -> the first pre-enqueued job's start
+- idle worker memory (PSS of the worker and its children, after a few jobs) and marginal
+  memory per waiting slow job: (PSS with K sleeping jobs - PSS of the same worker idle) / K
+- traps (once, not repeated): prefetch starvation and the visibility-timeout ghost (see
+  bench/peers_driver.py)
 
-The traps are sleep-bound, so the four systems run them at the same time; the CPU-bound
-figures run one system after another. Default run about 6-10 minutes; --quick (shorter
-sleeps, fewer samples) about 2-3. Every process started is ended by pid, even on error.
-Writes bench/results/peers.json and prints a Markdown table for the README.
+The CPU-bound figures run one system at a time, `--reps` times, the systems interleaved
+(repetition r starts at a different system) so a change in the machine's load falls on all;
+each figure is reported as the median with min-max. The machine's load (os.getloadavg) is
+recorded before and after each system's run. "dramatiq" is one process (its threads =
+slots); "dramatiq-default" is its default (one process per CPU, 8 threads each). Default run
+~15-25 minutes; --quick (fewer samples, shorter traps) ~5. Every process started is ended by
+pid, even on error. Writes bench/results/peers.json and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -31,11 +40,11 @@ import json
 import os
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,21 +53,28 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 import redis  # noqa: E402
 
 from bench.common import ROOT, bench_redis_url, write_result  # noqa: E402
-from bench.peers_driver import FULL, QUICK, SHORT_JOBS, descendants  # noqa: E402
+from bench.peers_driver import FULL, QUICK, descendants  # noqa: E402
+from bench.peers_table import table, targets  # noqa: E402
 
 VENVS = ROOT / ".pipeline" / "bench-peers-venv"
 LOGS = ROOT / ".pipeline" / "bench-peers-logs"
-PACKAGES = {"celery": ["celery[redis]"], "rq": ["rq"], "arq": ["arq"]}
-SYSTEMS = ["celery", "rq", "arq", "pipeline"]
+PACKAGES = {"celery": ["celery[redis]"], "rq": ["rq"], "arq": ["arq"],
+            # saq 0.26 imports typing_extensions without declaring it
+            "saq": ["saq[hiredis]", "typing_extensions"],
+            "dramatiq": ["dramatiq[redis]", "hiredis"]}
+SYSTEMS = ["celery", "rq", "arq", "saq", "dramatiq", "dramatiq-default", "pipeline"]
+TRAP_SYSTEMS = ["celery", "rq", "arq", "saq", "dramatiq", "pipeline"]
 CLAIM = "peers:claim"
 
 
 def venv_bin(system: str) -> Path:
+    system = system.split("-")[0]
     return Path(sys.executable).parent if system == "pipeline" else VENVS / system / "bin"
 
 
 def ensure_venv(system: str) -> str:
     """Create the peer's venv on first use; report the installed version."""
+    system = system.split("-")[0]
     if system == "pipeline":
         from importlib.metadata import version
 
@@ -193,37 +209,67 @@ def _kill(pid: int) -> None:
         pass
 
 
-def run(systems: list[str], quick: bool) -> dict[str, Any]:
+def run(systems: list[str], quick: bool, reps: int, traps: bool) -> dict[str, Any]:
     versions = {s: ensure_venv(s) for s in systems}
+    # pip byte-compiled the peers at install; a checkout run with PYTHONDONTWRITEBYTECODE
+    # would compile pipeline's modules at every worker start instead
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "pipeline", "tasks", "bench"],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     base, server = bench_redis_url()
     run_id = uuid.uuid4().hex
     LOGS.mkdir(parents=True, exist_ok=True)
     drivers = Drivers(quick, LOGS / f"workers-{run_id[:8]}.pids")
+    trap_systems = [s for s in systems if s in TRAP_SYSTEMS] if traps else []
     dbs: list[int] = []
-    results: dict[tuple[str, str], Any] = {}
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
+    trapped: dict[tuple[str, str], Any] = {}
     try:
-        dbs = claim_dbs(base, 2 * len(systems), run_id)
-        trap_dbs = {s: (dbs[2 * i], dbs[2 * i + 1]) for i, s in enumerate(systems)}
-        for system in systems:  # CPU-bound figures: one system at a time
-            print(f"{system}: latency, throughput, memory ...", file=sys.stderr)
-            drivers.start(system, "perf", db_url(base, trap_dbs[system][0]))
-            results |= drivers.collect(180 if quick else 420)
-            release_dbs(base, [trap_dbs[system][0]], run_id)
-            _reclaim(base, trap_dbs[system][0], run_id)
-        print("traps (all systems at once) ...", file=sys.stderr)
-        for system in systems:
-            drivers.start(system, "prefetch", db_url(base, trap_dbs[system][0]))
-            drivers.start(system, "ghost", db_url(base, trap_dbs[system][1]))
-        results |= drivers.collect(150 if quick else 300)
+        dbs = claim_dbs(base, max(1, 2 * len(trap_systems)), run_id)
+        for rep in range(reps):  # CPU-bound figures: one system at a time, order rotated
+            order = systems[rep % len(systems):] + systems[:rep % len(systems)]
+            for system in order:
+                print(f"repetition {rep + 1}/{reps}: {system} (load {os.getloadavg()[0]:.2f})",
+                      file=sys.stderr)
+                drivers.start(system, "perf", db_url(base, dbs[0]))
+                runs[system].append(drivers.collect(240 if quick else 600)[(system, "perf")])
+                release_dbs(base, [dbs[0]], run_id)
+                _reclaim(base, dbs[0], run_id)
+        if trap_systems:
+            print("traps (all systems at once) ...", file=sys.stderr)
+            for i, system in enumerate(trap_systems):
+                drivers.start(system, "prefetch", db_url(base, dbs[2 * i]))
+                drivers.start(system, "ghost", db_url(base, dbs[2 * i + 1]))
+            trapped = drivers.collect(150 if quick else 300)
     finally:
         drivers.end_all()
         release_dbs(base, dbs, run_id)
         if server is not None:
             server.stop()
-    return {"redis": base.split("@")[-1], "quick": quick, "versions": versions,
+    return {"redis": base.split("@")[-1], "quick": quick, "reps": reps, "versions": versions,
             "settings": QUICK if quick else FULL,
-            "systems": {s: {p: results.get((s, p), {"error": "not run"})
-                            for p in ("perf", "prefetch", "ghost")} for s in systems}}
+            "systems": {s: {"perf": summarize(runs[s]), "perf_runs": runs[s],
+                            **{p: trapped.get((s, p), {"error": "not run"})
+                               for p in ("prefetch", "ghost")}} for s in systems}}
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each numeric figure over the repetitions that finished: median, min and max."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return {"error": runs[0]["error"] if runs else "not run"}
+    out: dict[str, Any] = {"repetitions": len(ok)}
+    for key, value in ok[0].items():
+        if key.startswith("loadavg"):
+            values = [r[key][0] for r in ok]  # the 1-minute load
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            values = [r[key] for r in ok if r.get(key) is not None]
+        else:
+            out[key] = value
+            continue
+        if values:
+            out[key] = {"median": round(statistics.median(values), 3),
+                        "min": min(values), "max": max(values)}
+    return out
 
 
 def _reclaim(base: str, db: int, run_id: str) -> None:
@@ -232,81 +278,13 @@ def _reclaim(base: str, db: int, run_id: str) -> None:
     client.close()
 
 
-def _fmt(value: Any, unit: str = "") -> str:
-    if value is None:
-        return "—"
-    return f"{value:,}{unit}" if isinstance(value, int) else f"{value}{unit}"
-
-
-def _fits(count: int | None) -> str:
-    """Past 100k the limit is file descriptors and Redis connections, not memory."""
-    return "> 100,000" if count is None or count > 100_000 else f"{count:,}"
-
-
-def table(figures: dict[str, Any], command: str) -> str:
-    cfg = figures["settings"]
-    head = ["", *figures["systems"]]
-    rows: list[list[str]] = []
-
-    def row(label: str, phase: str, render: Any) -> None:
-        cells = []
-        for system in figures["systems"]:
-            data = figures["systems"][system][phase]
-            cells.append(f"error: {data['error']}" if "error" in data else render(data))
-        rows.append([label, *cells])
-
-    row("version", "perf", lambda d: "")
-    rows[-1][1:] = [figures["versions"][s] for s in figures["systems"]]
-    row("enqueue→start p50 / p99", "perf",
-        lambda d: f"{d['enqueue_to_start_p50_ms']} / {d['enqueue_to_start_p99_ms']} ms")
-    row("no-op jobs/s, one worker process", "perf", lambda d: _fmt(d["noop_jobs_per_s"]))
-    row("idle worker memory (PSS)", "perf", lambda d: f"{d['idle_worker_mb']} MB")
-    row(f"memory per concurrent slow job ({cfg['slow_jobs']} running)", "perf",
-        lambda d: f"{d['mb_per_slow_job']} MB")
-    row("slow jobs that fit in 8 GB", "perf", lambda d: _fits(d["slow_jobs_in_8gb"]))
-    row(f"prefetch trap: makespan (ideal {cfg['long_s']} s)", "prefetch",
-        lambda d: f"{_fmt(d['makespan_s'])} s")
-    row("prefetch trap: short jobs stuck behind the long one", "prefetch",
-        lambda d: f"{d['short_jobs_stuck_behind_long']} / {d['short_jobs']}")
-    row(f"ghost trap: duplicate executions ({cfg['ghost_job_s']} s jobs, V = {cfg['timeout_s']} s)",
-        "ghost", lambda d: str(d["duplicate_executions"]))
-    row("ghost trap: jobs completed", "ghost", lambda d: f"{d['completed_jobs']} / {d['jobs']}")
-    lines = [f"Measured {datetime.now(UTC).date().isoformat()} on {os.cpu_count()} CPUs, Redis "
-             f"{figures['redis']}, with `{command}`.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", "Settings: " + "; ".join(
-        f"{s}: {_notes(s)}" for s in figures["systems"]) + ". "
-        f"Prefetch trap: two single-slot workers, one {cfg['long_s']} s job enqueued before "
-        f"{SHORT_JOBS} jobs of {cfg['short_s']} s. Ghost trap: two {cfg['ghost_job_s']} s jobs "
-        f"on two workers with two slots each, watched for "
-        f"{2 * cfg['ghost_job_s'] + cfg['timeout_s'] + 5} s. "
-        "Memory is PSS summed over each worker's process tree."]
-    return "\n".join(lines)
-
-
-def _notes(system: str) -> str:
-    return {
-        "celery": "prefork pool (`-c 1` for the one-process figures), task_acks_late=True, "
-                  "worker_prefetch_multiplier=4 (default), JSON, Redis transport "
-                  "visibility_timeout=V in the ghost trap, swept every V s "
-                  "(unacked_restore_interval=V, unacked_restore_throttle=1, as kombu's docs "
-                  "advise for a low timeout; the default sweep is ~100 s)",
-        "rq": "default forking Worker, one job per worker process (K slow jobs = K workers), "
-              "job_timeout=V in the ghost trap",
-        "arq": "max_jobs=10 (default; = slots in the traps and memory figure), poll_delay=0.5 s "
-               "(default), job_timeout=V in the ghost trap",
-        "pipeline": "`pipeline worker`, concurrency 32 (default; = slots in the traps and "
-                    "memory figure), lease = 2 x expected_duration_s, renewed; "
-                    "expected_duration_s = V/2 in the ghost trap",
-    }[system]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="shorter sleeps, fewer samples (~2-3 min)")
+    ap.add_argument("--quick", action="store_true", help="fewer samples, shorter traps (~5 min)")
     ap.add_argument("--systems", default=",".join(SYSTEMS),
                     help="comma-separated subset of " + ",".join(SYSTEMS))
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of the CPU-bound figures")
+    ap.add_argument("--no-traps", action="store_true", help="skip the prefetch and ghost traps")
     ap.add_argument("--json", action="store_true", help="print the JSON result too")
     args = ap.parse_args()
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -315,8 +293,9 @@ def main() -> None:
         ap.error(f"unknown system {unknown}; choose from {', '.join(SYSTEMS)}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     command = "python bench/peers.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
-    figures = run(systems, args.quick)
+    figures = run(systems, args.quick, max(1, args.reps), not args.no_traps)
     figures["command"] = command
+    figures["targets"] = targets(figures)
     path = write_result("peers", figures)
     print(table(figures, command))
     print(f"\nwritten to {path}")

@@ -47,6 +47,7 @@ class WorkerSettings:
 
 class Adapter:
     name = "arq"
+    bulk_api = None
 
     def __init__(self, url: str, queue: str) -> None:
         from arq import create_pool
@@ -71,13 +72,12 @@ class Adapter:
     def enqueue(self, fn: str, *args: Any, timeout_s: float | None = None) -> None:
         self.loop.run_until_complete(self.pool.enqueue_job(fn, *args, _queue_name=self.queue))
 
-    def enqueue_many(self, fn: str, calls: list[tuple[Any, ...]]) -> None:
-        async def all_of() -> None:
-            for start in range(0, len(calls), 500):
-                await asyncio.gather(*(self.pool.enqueue_job(fn, *args, _queue_name=self.queue)
-                                       for args in calls[start:start + 500]))
+    def enqueue_each(self, fn: str, calls: list[tuple[Any, ...]]) -> None:
+        async def one_by_one() -> None:
+            for args in calls:
+                await self.pool.enqueue_job(fn, *args, _queue_name=self.queue)
 
-        self.loop.run_until_complete(all_of())
+        self.loop.run_until_complete(one_by_one())
 
     def ready_count(self, redis: Any) -> int:
         return int(redis.llen("peers:ready"))

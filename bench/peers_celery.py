@@ -65,6 +65,7 @@ def sleep(tag: str, seconds: float) -> None:
 
 class Adapter:
     name = "celery"
+    bulk_api = None  # `group(...).apply_async()` publishes one message at a time
 
     def __init__(self, url: str, queue: str) -> None:
         self.queue = queue
@@ -85,9 +86,10 @@ class Adapter:
     def enqueue(self, fn: str, *args: Any, timeout_s: float | None = None) -> None:
         self.tasks[fn].apply_async(args, queue=self.queue)
 
-    def enqueue_many(self, fn: str, calls: list[tuple[Any, ...]]) -> None:
+    def enqueue_each(self, fn: str, calls: list[tuple[Any, ...]]) -> None:
+        task = self.tasks[fn]
         for args in calls:
-            self.tasks[fn].apply_async(args, queue=self.queue)
+            task.apply_async(args, queue=self.queue)
 
     def ready_count(self, redis: Any) -> int:
         return int(redis.llen("peers:ready"))

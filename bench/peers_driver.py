@@ -31,13 +31,18 @@ import redis  # noqa: E402
 
 from bench.peers_record import EVENTS, READY  # noqa: E402
 
-QUICK = {"latency_samples": 50, "noop_jobs": 500, "slow_jobs": 10, "slow_job_s": 10,
+QUICK = {"enqueue_jobs": 500, "throughput_cap_s": 10, "latency_samples": 50,
+         "latency_cap_s": 10, "slow_jobs": 10, "slow_job_s": 60,
          "long_s": 12, "short_s": 0.2, "timeout_s": 5, "ghost_job_s": 12}
-FULL = {"latency_samples": 300, "noop_jobs": 3000, "slow_jobs": 40, "slow_job_s": 20,
+FULL = {"enqueue_jobs": 2500, "throughput_cap_s": 30, "latency_samples": 300,
+        "latency_cap_s": 40, "slow_jobs": 40, "slow_job_s": 60,
         "long_s": 60, "short_s": 1.0, "timeout_s": 10, "ghost_job_s": 20}
 SHORT_JOBS = 20
 GHOST_JOBS = 2
-DEFAULT_SLOTS = {"celery": 1, "rq": 1, "arq": 10, "pipeline": 32}
+# slots of "one worker process" in its default configuration (Dramatiq: 1 process x 8
+# threads; dramatiq-default: its default processes x threads)
+DEFAULT_SLOTS = {"celery": 1, "rq": 1, "arq": 10, "saq": 10, "dramatiq": 8,
+                 "dramatiq-default": 8, "pipeline": 32}
 
 
 # --- processes -------------------------------------------------------------------------
@@ -77,6 +82,18 @@ def pss_mb(pid: int) -> float:
     return 0.0
 
 
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds of a process, with those of its children it has reaped (a forked horse)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) * _TICK_S  # utime stime cutime cstime
+
+
 class Run:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -87,11 +104,17 @@ class Run:
         self.logdir.mkdir(parents=True, exist_ok=True)
 
     def adapter(self, scenario: str) -> Any:
-        module = importlib.import_module(f"bench.peers_{self.args.system}")
-        return module.Adapter(self.url, f"peers-{scenario}-{uuid.uuid4().hex[:6]}")
+        system, _, variant = self.args.system.partition("-")
+        os.environ.setdefault("PEERS_REDIS_URL", self.url)  # for brokers made at import
+        module = importlib.import_module(f"bench.peers_{system}")
+        queue = f"peers-{scenario}-{uuid.uuid4().hex[:6]}"
+        if variant:
+            return module.Adapter(self.url, queue, **{variant: True})
+        return module.Adapter(self.url, queue)
 
     def start_workers(self, adapter: Any, workers: int, slots: int,
-                      timeout_s: float | None = None) -> list[subprocess.Popen[bytes]]:
+                      timeout_s: float | None = None,
+                      ready: bool = True) -> list[subprocess.Popen[bytes]]:
         self.redis.delete(READY)
         count = workers * adapter.workers_per_slots(slots)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
@@ -109,7 +132,9 @@ class Run:
             if self.args.pidfile:
                 with open(self.args.pidfile, "a") as f:
                     f.write(f"{proc.pid}\n")
-        expected = workers if self.args.system == "pipeline" else count
+        if not ready:
+            return started
+        expected = count * getattr(adapter, "ready_per_worker", 1)
         self.wait(lambda: adapter.ready_count(self.redis) >= expected, 180, "workers to be ready",
                   started)
         time.sleep(0.5)  # let each worker reach its blocking read before the clock starts
@@ -128,6 +153,9 @@ class Run:
                 return False
             time.sleep(0.05)
         return True
+
+    def tree_cpu_s(self, procs: list[subprocess.Popen[bytes]]) -> float:
+        return sum(cpu_s(p) for proc in procs for p in [proc.pid, *descendants(proc.pid)])
 
     def tree_mb(self, procs: list[subprocess.Popen[bytes]]) -> float:
         return sum(pss_mb(p) for proc in procs for p in [proc.pid, *descendants(proc.pid)])
@@ -153,8 +181,72 @@ class Run:
 # --- phases ----------------------------------------------------------------------------
 
 def perf(run: Run, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The CPU-bound figures of one system, each defined once for all (see bench/peers.py)."""
+    out = {"worker_slots": DEFAULT_SLOTS[run.args.system], "loadavg_start": os.getloadavg()}
+    out |= enqueue_and_throughput(run, cfg)
+    out |= latency_and_idle(run, cfg)
+    out |= slow_job_memory(run, cfg)
+    out["loadavg_end"] = os.getloadavg()
+    return out
+
+
+def enqueue_and_throughput(run: Run, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Enqueue rates with no worker running, then start one worker on the jobs they left:
+    start-up = spawn -> its first job's Redis write; throughput = the steady middle of the
+    run (completions 10 %..90 %), within `throughput_cap_s`."""
+    r, n, slots = run.redis, cfg["enqueue_jobs"], DEFAULT_SLOTS[run.args.system]
+    adapter = run.adapter("throughput")
+    r.delete(EVENTS)
+    t0 = time.perf_counter()
+    adapter.enqueue_each("noop", [(f"one-{i}",) for i in range(n)])
+    one_s = time.perf_counter() - t0
+    bulk_s = None
+    calls = [(f"bulk-{i}",) for i in range(n)]
+    if adapter.bulk_api:
+        t0 = time.perf_counter()
+        adapter.enqueue_many("noop", calls)
+        bulk_s = time.perf_counter() - t0
+    else:
+        adapter.enqueue_each("noop", calls)
+    spawned = time.time()
+    procs = run.start_workers(adapter, 1, slots, ready=False)
+    run.wait(lambda: r.llen(EVENTS) >= 1, 60, "a first job", procs)
+    first = [json.loads(e)[2] for e in r.lrange(EVENTS, 0, 0)]
+    if not first:
+        raise SystemExit(f"{run.args.system}: no job started")
+    deadline = time.monotonic() + cfg["throughput_cap_s"]
+    samples: list[tuple[int, float]] = []  # (jobs done, worker CPU s): CPU per job in steady state
+
+    def sample() -> bool:
+        samples.append((r.llen(EVENTS), run.tree_cpu_s(procs)))
+        return samples[-1][0] >= 2 * n or time.monotonic() > deadline
+
+    run.wait(sample, 1e9, "no-op jobs", procs)
+    done = sorted(e[2] for e in run.events())
+    mid = [(k, c) for k, c in samples if len(done) // 10 <= k <= len(done) * 9 // 10]
+    cpu_ms = ((mid[-1][1] - mid[0][1]) * 1000 / (mid[-1][0] - mid[0][0])
+              if len(mid) > 1 and mid[-1][0] > mid[0][0] else None)
+    run.stop(procs)
+    adapter.close()
+    lo, hi = len(done) // 10, len(done) * 9 // 10
+    steady = (hi - lo) / (done[hi] - done[lo]) if hi > lo and done[hi] > done[lo] else None
+    return {
+        "enqueue_jobs": n,
+        "enqueue_one_by_one_per_s": round(n / one_s, 1),
+        "bulk_api": adapter.bulk_api,
+        "enqueue_bulk_per_s": round(n / bulk_s, 1) if bulk_s else None,
+        "worker_startup_s": round(first[0] - spawned, 3),
+        "noop_jobs": 2 * n, "noop_completed": len(done),
+        "noop_jobs_per_s": round(steady, 1) if steady else None,
+        "worker_cpu_ms_per_noop_job": round(cpu_ms, 3) if cpu_ms else None,
+    }
+
+
+def latency_and_idle(run: Run, cfg: dict[str, Any]) -> dict[str, Any]:
+    """One idle worker, one job at a time: enqueue -> the job's first Redis write (its own
+    clock; one machine, one clock). Idle memory is read before, with the worker warmed up."""
     r, slots = run.redis, DEFAULT_SLOTS[run.args.system]
-    adapter = run.adapter("perf")
+    adapter = run.adapter("latency")
     procs = run.start_workers(adapter, 1, slots)
     r.delete(EVENTS)
     for i in range(5):  # warm-up: imports, connections, first fork
@@ -163,29 +255,42 @@ def perf(run: Run, cfg: dict[str, Any]) -> dict[str, Any]:
             raise SystemExit(f"{run.args.system}: warm-up job never started")
     time.sleep(1.0)
     idle = run.tree_mb(procs)
-    latencies = []
-    for i in range(cfg["latency_samples"]):
+    latencies: list[float] = []
+    deadline = time.monotonic() + cfg["latency_cap_s"]
+    while len(latencies) < cfg["latency_samples"] and time.monotonic() < deadline:
         t0 = time.time()
-        adapter.enqueue("stamp", f"lat-{i}")
+        adapter.enqueue("stamp", f"lat-{len(latencies)}")
         got = r.blpop([EVENTS], 30)
         if got is None:
-            raise SystemExit(f"{run.args.system}: latency job {i} never started")
+            raise SystemExit(f"{run.args.system}: a latency job never started")
         latencies.append((json.loads(got[1])[2] - t0) * 1000)
-    n = cfg["noop_jobs"]
-    r.delete(EVENTS)
-    adapter.enqueue_many("noop", [(f"noop-{i}",) for i in range(n)])
-    run.wait(lambda: r.llen(EVENTS) >= n, 240, "no-op jobs", procs)
-    done = sorted(e[2] for e in run.events())
-    seconds = done[-1] - done[0] if len(done) > 1 else 0.0
+        time.sleep(0.002)  # let the worker settle back to idle, as between real submissions
     run.stop(procs)
     adapter.close()
+    return {
+        "enqueue_to_start_p50_ms": round(percentile(latencies, 50), 2),
+        "enqueue_to_start_p99_ms": round(percentile(latencies, 99), 2),
+        "latency_samples": len(latencies),
+        "idle_worker_mb": round(idle, 1),
+    }
 
-    k = cfg["slow_jobs"]
+
+def slow_job_memory(run: Run, cfg: dict[str, Any]) -> dict[str, Any]:
+    """A worker with K slots, warmed up and idle, then running K sleeping jobs:
+    (PSS then - its idle PSS) / K, the marginal memory of one waiting job."""
+    r, k = run.redis, cfg["slow_jobs"]
     adapter = run.adapter("memory")
     procs = run.start_workers(adapter, 1, k)
     r.delete(EVENTS)
-    adapter.enqueue_many("sleep", [(f"slow-{i}", cfg["slow_job_s"]) for i in range(k)])
-    all_started = run.wait(lambda: r.llen(EVENTS) >= k, cfg["slow_job_s"] - 2, "slow jobs", procs)
+    for i in range(3):
+        adapter.enqueue("stamp", f"warm-{i}")
+        if r.blpop([EVENTS], 30) is None:
+            raise SystemExit(f"{run.args.system}: warm-up job never started")
+    time.sleep(1.0)
+    idle = run.tree_mb(procs)
+    adapter.enqueue_each("sleep", [(f"slow-{i}", cfg["slow_job_s"]) for i in range(k)])
+    all_started = run.wait(lambda: r.llen(EVENTS) >= k, cfg["slow_job_s"] - 10, "slow jobs", procs)
+    time.sleep(0.5)
     peak = 0.0
     for _ in range(4):  # a few samples while every slow job sleeps
         peak = max(peak, run.tree_mb(procs))
@@ -194,17 +299,9 @@ def perf(run: Run, cfg: dict[str, Any]) -> dict[str, Any]:
     adapter.close()
     per_job = (peak - idle) / k
     return {
-        "worker_slots": slots,
-        "enqueue_to_start_p50_ms": round(percentile(latencies, 50), 2),
-        "enqueue_to_start_p99_ms": round(percentile(latencies, 99), 2),
-        "latency_samples": len(latencies),
-        "noop_jobs": n, "noop_completed": len(done),
-        "noop_jobs_per_s": round((len(done) - 1) / seconds, 1) if seconds else None,
-        "idle_worker_mb": round(idle, 1),
-        "slow_jobs": k, "slow_jobs_all_running": all_started,
+        "slow_jobs": k, "slow_jobs_all_running": all_started, "slots_idle_mb": round(idle, 1),
         "slow_jobs_peak_mb": round(peak, 1),
-        "mb_per_slow_job": round(per_job, 3),
-        "slow_jobs_in_8gb": int((8192 - idle) / per_job) if per_job > 0 else None,
+        "kb_per_slow_job": round(per_job * 1024, 1),
     }
 
 

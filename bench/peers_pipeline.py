@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import uuid
 from typing import Any
 
 from bench.peers_record import arecord
@@ -40,6 +39,7 @@ async def sleep(ctx: JobContext, tag: str, seconds: float) -> None:
 
 class Adapter:
     name = "pipeline"
+    bulk_api = "QueueClient.enqueue_many"
 
     def __init__(self, url: str, queue: str) -> None:
         from pipeline.queue import QueueClient
@@ -71,18 +71,16 @@ class Adapter:
     def enqueue(self, fn: str, *args: Any, timeout_s: float | None = None) -> None:
         self.loop.run_until_complete(self.client.enqueue(self.tasks[fn], *args))
 
-    def enqueue_many(self, fn: str, calls: list[tuple[Any, ...]]) -> None:
-        async def all_of() -> None:
-            client = self.client
-            for start in range(0, len(calls), 1000):
-                async with client.redis.pipeline(transaction=False) as pipe:
-                    for args in calls[start:start + 1000]:
-                        call = client._call(self.tasks[fn], list(args), {}, None)
-                        keys, argv = await client._enqueue_args(call, uuid.uuid4().hex, "queued")
-                        await client.scripts.enqueue(keys=keys, args=argv, client=pipe)
-                    await pipe.execute()
+    def enqueue_each(self, fn: str, calls: list[tuple[Any, ...]]) -> None:
+        async def one_by_one() -> None:
+            for args in calls:
+                await self.client.enqueue(self.tasks[fn], *args)
 
-        self.loop.run_until_complete(all_of())
+        self.loop.run_until_complete(one_by_one())
+
+    def enqueue_many(self, fn: str, calls: list[tuple[Any, ...]]) -> None:
+        task = self.tasks[fn]
+        self.loop.run_until_complete(self.client.enqueue_many([task.call(*a) for a in calls]))
 
     def ready_count(self, redis: Any) -> int:
         return len(self.loop.run_until_complete(self.client.workers()))

@@ -34,6 +34,7 @@ def sleep(tag: str, seconds: float) -> None:
 
 class Adapter:
     name = "rq"
+    bulk_api = "Queue.enqueue_many"
 
     def __init__(self, url: str, queue: str) -> None:
         from redis import Redis
@@ -55,12 +56,16 @@ class Adapter:
     def enqueue(self, fn: str, *args: Any, timeout_s: float | None = None) -> None:
         self.queue.enqueue(f"bench.peers_rq.{fn}", *args, job_timeout=timeout_s or 600)
 
+    def enqueue_each(self, fn: str, calls: list[tuple[Any, ...]]) -> None:
+        for args in calls:
+            self.enqueue(fn, *args)
+
     def enqueue_many(self, fn: str, calls: list[tuple[Any, ...]]) -> None:
         from rq import Queue
 
-        for start in range(0, len(calls), 500):
+        for start in range(0, len(calls), 1000):
             batch = [Queue.prepare_data(f"bench.peers_rq.{fn}", args=args)
-                     for args in calls[start:start + 500]]
+                     for args in calls[start:start + 1000]]
             self.queue.enqueue_many(batch)
 
     def ready_count(self, redis: Any) -> int:

@@ -1,6 +1,7 @@
 """Where a no-op job's time goes: round trips and Redis commands per job, and a profile.
 
-Runs one worker in this process (so its sends can be counted) against a private
+Runs one worker in this process (so its sends can be counted; pipeline/redis/wire.py's direct
+sends bypass that count, Redis's own `total_reads_processed` does not) against a private
 `redis-server` on a free port, on N pre-enqueued no-op jobs, `--burst` style:
 
     python bench/queue_profile.py [--jobs 5000] [--concurrency 64] [--profile out.pstats]
@@ -85,6 +86,7 @@ async def _run(
             await client.enqueue(c)
     sync = syncredis.Redis.from_url(url)
     before, sends0 = _commandstats(sync), dict(SENDS)
+    reads0 = int(sync.info("stats")["total_reads_processed"])
     worker = Worker(client, queues=["default"], concurrency=concurrency, burst=True)
     t0, cpu0 = time.perf_counter(), time.process_time()
     if prof:
@@ -93,6 +95,7 @@ async def _run(
     if prof:
         prof.disable()
     seconds, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+    reads = int(sync.info("stats")["total_reads_processed"]) - reads0 - 2  # our 2 INFO calls
     after = _commandstats(sync)
     delta = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
     await client.aclose()
@@ -103,6 +106,8 @@ async def _run(
             # CPU time of this process (the worker, its liveness thread): steadier than wall
             # time on a busy machine
             "worker_cpu_ms_per_job": round(cpu_s * 1000 / jobs, 4), "round_trips_per_job": trips,
+            # what Redis read from its clients per job: every round trip, however it was sent
+            "redis_reads_per_job": round(reads / jobs, 3),
             "commands_per_job": commands}
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from pipeline.cli.common import err_console
+from pipeline.cli import common
 from pipeline.errors import PipelineError
 
 # name -> "module:function" in pipeline/cli/; the function's docstring is its --help. Modules
@@ -200,10 +200,10 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except PipelineError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        common.err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        err_console.print("interrupted")
+        common.err_console.print("interrupted")
         sys.exit(130)
     except Exception as exc:  # click's own usage errors
         import click
@@ -228,5 +228,5 @@ def main() -> None:
         mapped = service_error(exc)
         if mapped is None:
             raise
-        err_console.print(f"[red]error:[/red] {mapped}", highlight=False, soft_wrap=True)
+        common.err_console.print(f"[red]error:[/red] {mapped}", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 from enum import StrEnum
-from typing import IO, TYPE_CHECKING, Annotated
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
     from sqlalchemy import Engine
 
 # Output that is not a terminal (a log file, CI, a pipe) is read later, in full: Rich would
@@ -22,6 +22,8 @@ UNLIMITED_WIDTH = 100_000
 def make_console(stream: IO[str] | None = None, *, stderr: bool = False) -> Console:
     """A Rich console on `stream` (default stdout, or stderr): terminal width on a terminal,
     never cutting anything otherwise."""
+    from rich.console import Console
+
     target = stream or (sys.stderr if stderr else sys.stdout)
     try:
         tty = target.isatty()
@@ -30,14 +32,24 @@ def make_console(stream: IO[str] | None = None, *, stderr: bool = False) -> Cons
     return Console(stderr=stderr, width=None if tty else UNLIMITED_WIDTH)
 
 
-console = make_console()
-err_console = make_console(stderr=True)
+_CONSOLES: dict[str, Console] = {}
+
+
+def __getattr__(name: str) -> Any:
+    """`console` and `err_console` are made on first import of the name: a worker, which
+    prints no tables, never loads Rich (~45 modules: start-up time and memory of every
+    worker process)."""
+    if name in ("console", "err_console"):
+        if name not in _CONSOLES:
+            _CONSOLES[name] = make_console(stderr=name == "err_console")
+        return _CONSOLES[name]
+    raise AttributeError(name)
 
 
 def print_table(table: Table, out: Console | None = None) -> None:
     """A table on a terminal as Rich draws it; elsewhere at the width its cells need, each
     line without the padding that would trail after its last cell."""
-    out = out or console
+    out = out or __getattr__("console")
     if out.is_terminal:
         out.print(table)
         return

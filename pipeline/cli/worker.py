@@ -11,10 +11,8 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from pipeline.cli.common import LogLevel, console
+from pipeline.cli.common import LogLevel
 from pipeline.cli.logs import LogFormat, configure_logging
 from pipeline.errors import PipelineError
 from pipeline.queue.client import QueueClient
@@ -115,6 +113,11 @@ def dead_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if as_json:
         print(json.dumps(jobs, default=str))
         return
+    from rich.markup import escape  # here: a worker process never loads Rich
+    from rich.table import Table
+
+    from pipeline.cli.common import console
+
     table = Table(title=f"dead-letter ({len(jobs)})")
     for col in ("job", "task", "attempts", "error"):
         table.add_column(col, overflow="fold")  # the whole error, wrapped, never cut
@@ -133,6 +136,8 @@ def dead_requeue(job_ids: list[str]) -> None:
             return [(j, await client.requeue(j)) for j in job_ids]
         finally:
             await client.aclose()
+
+    from pipeline.cli.common import console
 
     for job_id, ok in asyncio.run(main()):
         console.print(f"{job_id}: {'requeued' if ok else 'not dead or failed; left as is'}")

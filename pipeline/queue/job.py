@@ -7,7 +7,7 @@ reads them back into a typed record.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -79,7 +79,7 @@ EXPLICIT_OPTIONS = {
 }
 
 
-@dataclass
+@dataclass(slots=True)  # no instance dict: ~1.5 KB less per running job (35 fields)
 class Job:
     """A job as stored in its Redis hash: what to run (task, args), how (queue, priority,
     attempts, expected and timeout seconds, retry delays), and where it stands (state,
@@ -173,6 +173,6 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view for `pipeline status --json` and the HTTP API."""
-        out = {k: v for k, v in self.__dict__.items() if k != "token"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "token"}
         out["state"] = self.state.value
         return out

@@ -47,6 +47,8 @@ def _fields(job: Job, extra: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def started(job: Job, extra: Mapping[str, Any]) -> None:
+    if not log.isEnabledFor(logging.INFO):  # a busy worker at WARNING builds no line per job
+        return
     tail, fields = _fields(job, extra)
     log.info("job %s %s started (attempt %d/%d)%s", job.id, job.task, job.attempt,
              job.max_attempts, tail, extra={**fields, "outcome": "started"})  # fmt: skip
@@ -64,13 +66,15 @@ def ended(
 ) -> None:
     """The end of an attempt: `outcome` as settled (complete, retry, postpone, failed, dead,
     over_budget, cancelled, release, lost, fenced)."""
-    tail, fields = _fields(job, extra)
-    fields.update(outcome=outcome, duration_s=round(duration_s, 3))
     level = logging.INFO
     if outcome in _ENDED_BADLY or traceback:
         level = logging.ERROR
     elif outcome in ("retry", "fenced", "lost"):
         level = logging.WARNING
+    if not log.isEnabledFor(level):
+        return
+    tail, fields = _fields(job, extra)
+    fields.update(outcome=outcome, duration_s=round(duration_s, 3))
     again = f", again in {delay_s:.3g}s" if outcome in ("retry", "postpone") else ""
     why = f": {error}" if error else ""
     message = (f"job {job.id} {job.task} {outcome} in {duration_s:.2f}s (attempt "

@@ -4,6 +4,7 @@ the shared loader (pipeline/redis/scripts.py), and the KEYS lists several of the
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -51,13 +52,13 @@ def group_keys(keys: Keys, job: Job) -> list[str]:
 
 def settle_keys(keys: Keys, job: Job) -> list[str]:
     """The KEYS of finish.lua and expire.lua for one job."""
-    return [
-        keys.job(job.id),
-        keys.active,
-        keys.events,
-        keys.queue(job.queue),
-        keys.delayed,
-        keys.dead,
-        keys.wake(job.queue),
-        *group_keys(keys, job),
-    ]
+    if not job.group or not job.callback_id:  # the common case: built once per queue
+        return [keys.job(job.id), *_queue_settle_keys(keys, job.queue)]
+    return [keys.job(job.id), *_queue_settle_keys(keys, job.queue)[:6], *group_keys(keys, job)]
+
+
+@lru_cache(maxsize=256)
+def _queue_settle_keys(keys: Keys, queue: str) -> tuple[str, ...]:
+    """settle_keys after the job's own, for a job outside a group (Keys is frozen: hashable)."""
+    return (keys.active, keys.events, keys.queue(queue), keys.delayed, keys.dead,
+            keys.wake(queue), *[keys.unused] * 5)  # fmt: skip

@@ -32,6 +32,7 @@ from pipeline.queue.batcher import ScriptBatcher
 from pipeline.queue.client import QueueClient
 from pipeline.queue.context import JobContext
 from pipeline.queue.gate import Admission, Candidate, Gate, OpenGate
+from pipeline.queue.heads import Heads
 from pipeline.queue.job import Job
 from pipeline.queue.liveness import Liveness, Presence, every
 from pipeline.queue.outcome import Counters, Settlement, finish, from_error, from_stop
@@ -50,7 +51,7 @@ GATED_LOOKAHEAD = 8  # jobs per queue shown to the gate before the worker idles
 JobHook = Callable[[JobContext, str, str | None], Awaitable[None]]
 
 
-@dataclass
+@dataclass(slots=True)
 class Running:
     job: Job
     task: asyncio.Task[None]
@@ -122,6 +123,8 @@ class Worker:
         self._waker: asyncio.Task[None] | None = None
         self._insisting: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
+        self.heads = Heads(self.redis, [self.keys.queue(q) for q in self.queues],
+                           peek=max(CLAIM_BATCH, GATED_LOOKAHEAD))
         self._signals = 0
         self._started_ms = int(time.time() * 1000)
         self._min_lease_ms = int(s.min_lease_s * 1000)
@@ -274,8 +277,10 @@ class Worker:
         if popped:
             wake_key, job_id = text(popped[0]), text(popped[1])
             queue = self._wake_keys.get(wake_key)
-            if queue:
-                await self._claim(queue, [job_id], None, head_only=True)
+            if queue and await self._claim(queue, [job_id], None, head_only=True):
+                # let the job start before this loop's next look at the queues takes a
+                # connection and a round trip: an idle worker's latency is this path
+                await asyncio.sleep(0)
 
     async def _claim_one(self) -> tuple[bool, float | None]:
         """Claim from the first queue with work: its head jobs, one per free slot.
@@ -287,10 +292,7 @@ class Worker:
         """
         gated = not isinstance(self.gate, OpenGate)
         want = GATED_LOOKAHEAD if gated else min(self.concurrency - len(self.running), CLAIM_BATCH)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for q in self.queues:
-                pipe.zrange(self.keys.queue(q), 0, want - 1)
-            heads = await pipe.execute()
+        heads = await self.heads.read(want)
         wait_s: float | None = None
         refused: dict[str, float] = {}  # gate answers by model in this pass
         for queue, ids in zip(self.queues, heads, strict=True):
@@ -321,9 +323,12 @@ class Worker:
             self._defs = (len(REGISTRY), registry.claim_definitions(REGISTRY.values()))
         args = [self.id, self._min_lease_ms, EVENTS_MAXLEN, "head" if head_only else "any",
                 self._defs[1], uuid.uuid4().hex[:8], *ids]  # fmt: skip
-        # with replicas, a claim waits for one: a claim lost in a failover would run twice
-        claimed = await self.client.replicas.script(self.scripts.claim, keys, args,
-                                                    last_reply=True)  # fmt: skip
+        replicas = self.client.replicas
+        if self.batcher is not None and not await replicas.replicas(keys[0]):
+            claimed = await self.heads.claim(self.scripts.claim, keys, args)  # reads heads too
+        else:  # with replicas, a claim waits for one: one lost in a failover would run twice
+            self.heads.forget()
+            claimed = await replicas.script(self.scripts.claim, keys, args, last_reply=True)
         won = 0
         for raw in claimed:
             if raw:

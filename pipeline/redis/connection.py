@@ -39,6 +39,7 @@ from redis.exceptions import BusyLoadingError, ConnectionError, ReadOnlyError, T
 from redis.retry import Retry as SyncRetry
 
 from pipeline.errors import SettingsError
+from pipeline.redis.wire import fast_wire
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -150,6 +151,7 @@ def connect_redis(
         pool = BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=wait_for_connection_s, **common
         )
+        pool.connection_class = fast_wire(pool.connection_class)  # TCP, Unix socket or TLS
         return Redis(connection_pool=pool)
     auth: dict[str, Any] = {"username": ha.username, "password": ha.password, "ssl": ha.ssl}
     if ha.kind == "cluster":
@@ -163,7 +165,7 @@ def connect_redis(
     # Sentinel's pool does not block when full; give it room for a burst instead.
     master = sentinel.master_for(
         ha.service, db=ha.db, max_connections=4 * max_connections,
-        connection_class=FollowMasterSSL if ha.ssl else FollowMaster, **auth, **common,
+        connection_class=fast_wire(FollowMasterSSL if ha.ssl else FollowMaster), **auth, **common,
     )  # fmt: skip
     return cast(Redis, master)
 

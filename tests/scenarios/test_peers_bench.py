@@ -1,7 +1,7 @@
 """Smoke test of bench/peers.py's driver: one real trap run per installed peer.
 
 Skips when the peers' virtualenvs (made by `python bench/peers.py` on its first run) are
-absent: the main suite never installs Celery, RQ or ARQ. pipeline itself always runs.
+absent: the main suite never installs Celery, RQ, ARQ, SAQ or Dramatiq. pipeline itself always runs.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _python(system: str) -> Path:
     return Path(sys.executable) if system == "pipeline" else VENVS / system / "bin" / "python"
 
 
-@pytest.mark.parametrize("system", ["pipeline", "celery", "rq", "arq"])
+@pytest.mark.parametrize("system", ["pipeline", "celery", "rq", "arq", "saq", "dramatiq"])
 def test_prefetch_trap_runs_and_cleans_up(system: str, redis_url: str, tmp_path: Path) -> None:
     python = _python(system)
     if not python.exists():
@@ -49,7 +49,7 @@ def test_prefetch_trap_runs_and_cleans_up(system: str, redis_url: str, tmp_path:
         release_dbs(base, [db], run_id)
     assert figures["completed"] == figures["short_jobs"] + 1
     assert figures["makespan_s"] >= figures["ideal_s"]
-    if system != "celery":  # Celery's default prefetch is the trap being shown
+    if system not in ("celery", "dramatiq"):  # their default prefetch is the trap being shown
         assert figures["short_jobs_stuck_behind_long"] == 0
     for pid in pidfile.read_text().split():  # every worker the driver started is gone
         assert not Path(f"/proc/{pid}").exists() or b"PEERS_REDIS_URL=" not in Path(
