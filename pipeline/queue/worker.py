@@ -15,13 +15,11 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -37,6 +35,7 @@ from pipeline.queue.job import Job
 from pipeline.queue.liveness import Liveness, Presence, every
 from pipeline.queue.outcome import Counters, Settlement, finish, from_error, from_stop
 from pipeline.queue.pool import CpuPool
+from pipeline.queue.shutdown import GracefulShutdown, Running
 from pipeline.queue.stats import Stats
 from pipeline.queue.sweeper import LeaseExpiredHook, Sweeper
 from pipeline.queue.task import REGISTRY, dumps, lookup
@@ -51,15 +50,7 @@ GATED_LOOKAHEAD = 8  # jobs per queue shown to the gate before the worker idles
 JobHook = Callable[[JobContext, str, str | None], Awaitable[None]]
 
 
-@dataclass(slots=True)
-class Running:
-    job: Job
-    task: asyncio.Task[None]
-    stop_reason: str | None = None  # cancel | shutdown | lost
-    settling: bool = False  # the task body is over; only its settlement is left
-
-
-class Worker:
+class Worker(GracefulShutdown):
     """Runs jobs from `queues`, in order: claims one job per free slot (at most
     `concurrency`) when the admission `gate` says its first call can go now, runs it with the
     options of this process's own task definition (the caller's explicit ones win) under a
@@ -186,59 +177,6 @@ class Worker:
             await self.redis.lpush(self._own_wake, "stop")
             await self.redis.expire(self._own_wake, 60)
 
-    def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._on_signal)
-
-    def _on_signal(self) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            log.warning(
-                "stopping: no new jobs; %d running get %.0fs to finish (signal again to "
-                "release them now)",
-                len(self.running),
-                self.client.settings.shutdown_grace_s,
-            )
-            self.stop()
-        elif self._signals == 2:
-            log.warning("releasing %d running jobs back to their queues now", len(self.running))
-            for job_id in list(self.running):
-                self._halt(job_id, "shutdown")
-        else:
-            os._exit(130)
-
-    async def _drain(self) -> None:
-        """Grace period for running jobs, then release the rest to their queues at once."""
-        tasks = [r.task for r in self.running.values()]
-        if tasks and self._signals < 2:
-            await asyncio.wait(tasks, timeout=self.client.settings.shutdown_grace_s)
-        for job_id in list(self.running):
-            self._halt(job_id, "shutdown")
-        tasks = [r.task for r in self.running.values()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=30)
-
-    def _halt(self, job_id: str, reason: str) -> None:
-        running = self.running.get(job_id)
-        if running is not None and running.stop_reason is None and not running.settling:
-            running.stop_reason = reason
-            running.task.cancel()
-            self._insisting.add(asyncio.get_running_loop().create_task(self._insist(running)))
-
-    async def _insist(self, running: Running) -> None:
-        """Re-deliver the cancellation until the job's body has stopped: a library call that
-        swallows CancelledError (redis-py retrying through a cancelled read does, rarely) must
-        not leave a cancelled job running."""
-        for _ in range(300):
-            await asyncio.sleep(0.1)
-            if running.task.done() or running.settling:
-                break
-            running.task.cancel()
-        self._insisting.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
-
-    # -- claiming --------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
         while not self._stop.is_set():
             if len(self.running) >= self.concurrency:

@@ -1,0 +1,99 @@
+"""Graceful shutdown of a worker: the first SIGTERM/SIGINT stops claiming and gives running
+jobs `shutdown_grace_s`; the second (or the grace's end) releases them to their queues at
+once; a third exits the process. A released job goes back to its queue (outcome.py's
+"release") for any worker to take.
+
+`GracefulShutdown` is the Worker's half that does this (worker.py); it reads the worker's
+running jobs and settings and calls its `stop()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pipeline.queue.job import Job
+
+if TYPE_CHECKING:
+    from pipeline.queue.client import QueueClient
+
+log = logging.getLogger("pipeline.worker")
+
+
+@dataclass(slots=True)
+class Running:
+    job: Job
+    task: asyncio.Task[None]
+    stop_reason: str | None = None  # cancel | shutdown | lost
+    settling: bool = False  # the task body is over; only its settlement is left
+
+
+class GracefulShutdown:
+    """Signals, the grace period and the release of running jobs, for `Worker`."""
+
+    client: QueueClient
+    running: dict[str, Running]
+    _signals: int
+    _insisting: set[asyncio.Task[None]]
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._on_signal)
+
+    def _on_signal(self) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.warning(
+                "stopping: no new jobs; %d running get %.0fs to finish (signal again to "
+                "release them now)",
+                len(self.running),
+                self.client.settings.shutdown_grace_s,
+            )
+            self.stop()
+        elif self._signals == 2:
+            log.warning("releasing %d running jobs back to their queues now", len(self.running))
+            for job_id in list(self.running):
+                self._halt(job_id, "shutdown")
+        else:
+            os._exit(130)
+
+    async def _drain(self) -> None:
+        """Grace period for running jobs, then release the rest to their queues at once."""
+        tasks = [r.task for r in self.running.values()]
+        if tasks and self._signals < 2:
+            await asyncio.wait(tasks, timeout=self.client.settings.shutdown_grace_s)
+        for job_id in list(self.running):
+            self._halt(job_id, "shutdown")
+        tasks = [r.task for r in self.running.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=30)
+
+    def _halt(self, job_id: str, reason: str) -> None:
+        running = self.running.get(job_id)
+        if running is not None and running.stop_reason is None and not running.settling:
+            running.stop_reason = reason
+            running.task.cancel()
+            self._insisting.add(asyncio.get_running_loop().create_task(self._insist(running)))
+
+    async def _insist(self, running: Running) -> None:
+        """Re-deliver the cancellation until the job's body has stopped: a library call that
+        swallows CancelledError (redis-py retrying through a cancelled read does, rarely) must
+        not leave a cancelled job running."""
+        for _ in range(300):
+            await asyncio.sleep(0.1)
+            if running.task.done() or running.settling:
+                break
+            running.task.cancel()
+        self._insisting.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
+
+    # -- claiming --------------------------------------------------------------------------
