@@ -133,6 +133,7 @@ async def test_a_budget_below_the_group_worst_case_creates_no_batch_job(
 async def test_status_shows_documents_waiting_in_the_gemini_batch(
     pipeline_env: dict[str, str], redis_url: str, key_prefix: str,
 ) -> None:  # fmt: skip
+    from pipeline.api.dashboard.state import dashboard_state
     from tasks.batches import batch_view
     from tests.support.waiting import eventually
 
@@ -149,6 +150,7 @@ async def test_status_shows_documents_waiting_in_the_gemini_batch(
                 return waits if len(seen) == 2 else None
 
             waits = await eventually(waiting, 60, "both documents to wait in the batch")
+            board = await dashboard_state(rig.client, rig.services.engine, rig.services.budget)
             stats = slow.stats()
     assert {w["kind"] for w in waits} == {"in_batch"}
     for wait in waits:
@@ -157,6 +159,10 @@ async def test_status_shows_documents_waiting_in_the_gemini_batch(
             "reason"
         ]
     assert stats["batch"]["jobs_created"] == 1 and stats["generate_requests"] == 0
+    # The dashboard says the same, from the same derivation.
+    (row,) = [b for b in board["batches"] if b["id"] == sub.batch_id]
+    assert sum(w["documents"] for w in row["waiting"]) == 2
+    assert all(w["reason"].startswith("in Gemini batch batches/") for w in row["waiting"])
 
 
 async def test_an_expired_batch_job_is_finished_interactively_and_books_no_batch_cost(

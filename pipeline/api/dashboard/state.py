@@ -66,7 +66,11 @@ def _batch_row(view: BatchView) -> dict[str, Any]:
     counts = view.by_state
     total = len(view.documents)
     done = sum(n for state, n in counts.items() if state in ENDED)
+    # Why documents wait, grouped: a Batch Mode group's members share one reason ("in Gemini
+    # batch batches/…, state RUNNING since T"), the same words `pipeline status` shows.
+    why = Counter(w["reason"] for w in view.waiting() if w["reason"])
     return {
+        "waiting": [{"reason": r, "documents": n} for r, n in sorted(why.items())],
         "id": f.batch_id,
         "label": f.label,
         "created_at": f.created_at.isoformat() if f.created_at else None,
