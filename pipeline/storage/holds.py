@@ -8,8 +8,10 @@ the retention sweep (PIPELINE_DOCUMENT_RETENTION_S) removes them. Redis removes 
 empty set by itself, so "last one out" is the SCARD after an SREM in the same transaction.
 
 Which documents a job lets go of is a convention of the job's arguments: a first argument
-that is a dict with a `"documents"` list of sha256 digests (tasks/analyze.py: a document
-job names its PDF, a chord's reduce names its parts). A job may let go of a document it
+that is a dict with a `"documents"` list of sha256 digests (tasks/analyze.py: a chunk job
+names its part, a chord's reduce names its parts and the document), or without that list a
+`"sha256"`, the one document of a document's own job (tasks/runs.py; the digest is not
+written twice in a job that waits in Redis). A job may let go of a document it
 never held (an SREM of a non-member): that never deletes bytes another job still holds.
 
 Backstop: every hold renews the set's expiry to PIPELINE_DOCUMENT_RETENTION_S, and a
@@ -45,7 +47,10 @@ def documents_of(job: Job) -> list[str]:
     if not isinstance(first, dict):
         return []
     docs = first.get("documents")
-    return [str(d) for d in docs] if isinstance(docs, list) else []
+    if isinstance(docs, list):
+        return [str(d) for d in docs]
+    sha = first.get("sha256")  # a document's own job: short for "documents": [sha256]
+    return [sha] if isinstance(sha, str) else []
 
 
 async def hold(
@@ -56,6 +61,17 @@ async def hold(
     async with redis.pipeline(transaction=True) as pipe:
         pipe.sadd(keys.document(sha256), *job_ids)
         pipe.expire(keys.document(sha256), retention_s)
+        await pipe.execute()
+
+
+async def hold_many(
+    redis: Redis, keys: Keys, holds: Iterable[tuple[str, str]], retention_s: int
+) -> None:
+    """`hold` for many (job id, sha256) pairs in one transaction, one round trip."""
+    async with redis.pipeline(transaction=True) as pipe:
+        for job_id, sha256 in holds:
+            pipe.sadd(keys.document(sha256), job_id)
+            pipe.expire(keys.document(sha256), retention_s)
         await pipe.execute()
 
 
