@@ -6,7 +6,6 @@ types, so Gemini, the offline analyzer and tests all look the same to the rest o
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -57,11 +56,15 @@ class LLMRequest:
         separators; tests/llm/test_payload_size.py checks it against what the emulator
         receives). This is what Google's inline request limit (20 MB, GEMINI.md §3.5) is
         checked against."""
+        # The base64 text is counted, not made: it needs no JSON escaping, so each inline part
+        # adds exactly its encoded length to a body written with "" in its place (making it
+        # would hold ~4x the PDF's bytes in base64, JSON and UTF-8 copies at once).
+        inline = 0
         parts: list[dict[str, Any]] = []
         for part in self.parts:
             if part.data is not None:
-                data = base64.b64encode(part.data).decode("ascii")
-                parts.append({"inlineData": {"data": data, "mime_type": part.mime_type or ""}})
+                inline += 4 * ((len(part.data) + 2) // 3)
+                parts.append({"inlineData": {"data": "", "mime_type": part.mime_type or ""}})
             else:
                 parts.append({"text": part.text or ""})
         body: dict[str, Any] = {"contents": [{"parts": parts, "role": "user"}]}
@@ -76,7 +79,7 @@ class LLMRequest:
         if self.thinking_budget is not None:
             config["thinkingConfig"] = {"thinking_budget": self.thinking_budget}
         body["generationConfig"] = config
-        return len(json.dumps(body).encode())
+        return len(json.dumps(body).encode()) + inline
 
     def prompt_hash(self) -> str:
         """sha256 of what countTokens counts (model, system, parts): the count cache's key."""
