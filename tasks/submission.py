@@ -2,10 +2,11 @@
 
 Everything that must hold for every submission lives here so both surfaces get it: the model
 is checked before anything is enqueued; each PDF is inspected before it costs anything; the
-bytes go to the document store (pipeline/storage/) and only the sha256 travels in the job; and the idempotency key is the content hash, so the same file sent twice — even
-renamed — is the same job and is never paid for twice. A submission of thousands of files
-costs a few round trips and commits, not a few per file: holds, jobs (enqueue_many) and ledger
-rows go in bulk, and what each document's answer means is still decided one by one.
+bytes go to the document store (pipeline/storage/) and only the sha256 travels in the job;
+and the idempotency key is the content hash, so the same file sent twice — even renamed — is
+the same job and is never paid for twice. A submission of thousands of files costs a few
+round trips and commits, not a few per file: holds, jobs (enqueue_many) and ledger rows go in
+bulk, and what each document's answer means is still decided one by one.
 """
 
 from __future__ import annotations
