@@ -149,7 +149,7 @@ def bench_submit(args: argparse.Namespace, redis_url: str, tmp: Path) -> dict[st
     paths = one_page_pdfs(args.documents)
     prefix = f"bench-docs-{uuid.uuid4().hex[:8]}"
     try:
-        got = run_submit([paths[0].parent], child_env(redis_url, prefix, tmp / "submit"))
+        got = run_submit(paths, child_env(redis_url, prefix, tmp / "submit"))
         usage = redis_usage(redis_url, prefix)
     finally:
         delete_prefix(redis_url, prefix)
