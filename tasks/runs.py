@@ -13,10 +13,14 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.queue.client import JobHandle, QueueClient
 from pipeline.queue.job import JobOptions
+from pipeline.queue.task import Call
+
+if TYPE_CHECKING:
+    from tasks.prompts import Prompt
 
 ANALYZE_TASK = "analyze_document"
 
@@ -48,22 +52,32 @@ class RunSpec:
     mode_args: dict[str, str] | None = None
 
     def args(self) -> dict[str, Any]:
-        return {
-            "sha256": self.sha256,
-            "name": self.name,
-            "model": self.model,
-            "prompt_version": self.prompt_version,
-            "budget_usd": None if self.budget_usd is None else str(self.budget_usd),
-            "documents": [self.sha256],  # let go of when the job ends (storage/holds.py)
-            **(self.mode_args or {}),
-            **({"mode": "batch", "batch_group": self.batch_group} if self.batch_group else {}),
-        }
+        """The root job's argument. Kept small, as it waits in Redis with every queued
+        document: no budget when there is none, and no `documents` list (the job lets go of
+        its own `sha256`, storage/holds.py); the mode chosen and why (tasks/modes.py)."""
+        args: dict[str, Any] = {"sha256": self.sha256, "name": self.name, "model": self.model,
+                                "prompt_version": self.prompt_version}  # fmt: skip
+        if self.budget_usd is not None:
+            args["budget_usd"] = str(self.budget_usd)
+        args.update(self.mode_args or {})
+        if self.batch_group:
+            args.update(mode="batch", batch_group=self.batch_group)
+        return args
 
-    def options(self, context_budget_tokens: int) -> JobOptions:
+    def call(self, context_budget_tokens: int, prompt: Prompt | None = None) -> Call:
+        """The root job as a Call, for QueueClient.enqueue_many."""
+        from tasks.analyze import analyze_document  # placed by its own definition
+
+        return Call(analyze_document.name, [self.args()], {},
+                    self.options(context_budget_tokens, prompt), task=analyze_document)  # fmt: skip
+
+    def options(self, context_budget_tokens: int, prompt: Prompt | None = None) -> JobOptions:
+        """The root job's options; `prompt` is the analyze prompt (read from its file when
+        not given: a submission reads it once for all its documents)."""
         from tasks.plan import admission_tokens, analyze_prompt, idempotency_key
 
-        tokens = admission_tokens(self.pages, self.size_bytes, self.model, analyze_prompt(),
-                                  context_budget_tokens)  # fmt: skip
+        tokens = admission_tokens(self.pages, self.size_bytes, self.model,
+                                  prompt or analyze_prompt(), context_budget_tokens)  # fmt: skip
         return JobOptions(
             idempotency_key=idempotency_key(self.sha256, self.model, self.prompt_version),
             priority=self.priority,
@@ -89,6 +103,17 @@ async def enqueue_run(client: QueueClient, spec: RunSpec, *, replacing: str | No
         return await client.enqueue(analyze_document, spec.args(), _options=options)
     return await client.enqueue_replacing(replacing, analyze_document, spec.args(),
                                           _options=options)  # fmt: skip
+
+
+async def enqueue_runs(client: QueueClient, specs: list[RunSpec]) -> list[JobHandle]:
+    """Enqueue the root jobs of many first runs in one round trip per thousand (`enqueue`
+    one by one costs a round trip each); one handle per spec, in order, each exactly what
+    `enqueue_run(client, spec)` would return (created=False: an earlier job with the same
+    content, model and prompt, in Redis or earlier in `specs`)."""
+    from tasks.plan import analyze_prompt
+
+    budget, prompt = client.settings.context_budget_tokens, analyze_prompt()
+    return await client.enqueue_many([spec.call(budget, prompt) for spec in specs])
 
 
 async def ended_without_result(client: QueueClient, root_id: str, has_result: bool) -> str | None:

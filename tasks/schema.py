@@ -10,6 +10,8 @@ than written by hand, so the two cannot drift.
 
 from __future__ import annotations
 
+import copy
+import functools
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -134,7 +136,15 @@ class AnalysisResult(Analysis):
 
 
 def gemini_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """A pydantic model's schema in Gemini's responseSchema subset (no $ref, no $defs)."""
+    """A pydantic model's schema in Gemini's responseSchema subset (no $ref, no $defs); a
+    fresh copy each call, so a caller may change it."""
+    return copy.deepcopy(_gemini_schema(model))
+
+
+@functools.cache
+def _gemini_schema(model: type[BaseModel]) -> dict[str, Any]:
+    # ~13 ms of pydantic work per call, asked for every document of a submission (the
+    # admission hint's prompt size): made once per model class.
     full = model.model_json_schema()
     return _gemini_subset(full, full.get("$defs", {}))
 

@@ -2,9 +2,11 @@
 
 Everything that must hold for every submission lives here so both surfaces get it: the model
 is checked before anything is enqueued; each PDF is inspected before it costs anything; the
-bytes go to Redis (so a worker on any machine can read them) and only the sha256 travels in
-the job; and the idempotency key is the content hash, so the same file sent twice — even
-renamed — is the same job and is never paid for twice.
+bytes go to the document store (pipeline/storage/) and only the sha256 travels in the job;
+and the idempotency key is the content hash, so the same file sent twice — even renamed — is
+the same job and is never paid for twice. A submission of thousands of files costs a few
+round trips and commits, not a few per file: holds, jobs (enqueue_many) and ledger rows go in
+bulk, and what each document's answer means is still decided one by one.
 """
 
 from __future__ import annotations
@@ -183,10 +185,11 @@ async def submit_uploads(
     another mode, BadDeadline / DeadlineTooShort (nothing enqueued) for a deadline refused.
     """
     from pipeline.ledger.batch_limit import set_limit
+    from pipeline.ledger.writes import Entry, batch_member_entry, document_entry, job_entry
     from pipeline.storage import open_store
-    from pipeline.storage.holds import hold, release
+    from pipeline.storage.holds import hold_many, release
     from tasks.plan import analyze_prompt
-    from tasks.runs import RunSpec, enqueue_run
+    from tasks.runs import RunSpec, enqueue_runs
 
     s = client.settings
     prices = services.prices if services is not None else PriceTable.load()
@@ -239,18 +242,25 @@ async def submit_uploads(
         if budget_usd is not None:
             await set_limit(client.redis, client.keys, batch_id, budget_usd)
         store = open_store(s)
-        for index, upload, pages, sha in checked:
-            spec = RunSpec(sha, upload.name, pages, len(upload.data), model, prompt.version,
-                           batch_id, budget_usd, prio, expected_duration_s, queue,
-                           batch_group=group, mode_args=choice.args())  # fmt: skip
-            # Held before the put, so a job of the same document ending meanwhile cannot
-            # see no holder and delete the bytes just put; a resubmission puts them again.
-            await hold(client.redis, client.keys, [spec.job_id], sha, s.document_retention_s)
-            await asyncio.to_thread(store.put, sha, upload.data)
-            doc_id = await recorder.upsert_document(
-                sha, file_name=upload.name, size_bytes=len(upload.data), pages=pages
-            )
-            handle = await enqueue_run(client, spec)
+        specs = [RunSpec(sha, upload.name, pages, len(upload.data), model, prompt.version,
+                         batch_id, budget_usd, prio, expected_duration_s, queue,
+                         batch_group=group, mode_args=choice.args())
+                 for _, upload, pages, sha in checked]  # fmt: skip
+        # Held before the put, so a job of the same document ending meanwhile cannot see no
+        # holder and delete the bytes just put; a resubmission puts them again.
+        await hold_many(client.redis, client.keys, [(sp.job_id, sp.sha256) for sp in specs],
+                        s.document_retention_s)  # fmt: skip
+        await asyncio.gather(*(asyncio.to_thread(store.put, sha, upload.data)
+                               for _, upload, _, sha in checked))  # fmt: skip
+        await recorder.write_many([document_entry(sha, file_name=upload.name, pages=pages,
+                                                   size_bytes=len(upload.data))
+                                   for _, upload, pages, sha in checked])  # fmt: skip
+        # All first runs in one round trip per thousand; what each answer means is decided
+        # per document below, exactly as one by one.
+        handles = await enqueue_runs(client, specs)
+        rows: list[Entry] = []
+        for (index, upload, pages, sha), spec, handle in zip(checked, specs, handles,
+                                                             strict=True):  # fmt: skip
             job_id, reason = handle.id, None
             if handle.created:
                 status = "queued"
@@ -263,10 +273,11 @@ async def submit_uploads(
             if status == "queued":
                 # No status here: a fast worker may already have finished the job, and
                 # job_upsert leaves fields it is not given untouched.
-                await recorder.upsert_job(job_id, batch_id=batch_id, document_id=doc_id)
-            await recorder.add_to_batch(batch_id, doc_id, job_id=job_id, name=upload.name,
-                                        model=model, prompt_version=prompt.version)  # fmt: skip
-            outcomes[index] = DocOutcome(upload.name, status, job_id, doc_id, reason, pages, sha)
+                rows.append(job_entry(job_id, batch_id=batch_id, document_id=sha))
+            rows.append(batch_member_entry(batch_id, sha, job_id=job_id, name=upload.name,
+                                           model=model, prompt_version=prompt.version))  # fmt: skip
+            outcomes[index] = DocOutcome(upload.name, status, job_id, sha, reason, pages, sha)
+        await recorder.write_many(rows)
     finally:
         if engine is not None:
             await asyncio.to_thread(engine.dispose)

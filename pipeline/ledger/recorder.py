@@ -173,47 +173,36 @@ class SqlRecorder:
         document_id: str | None = None,
     ) -> str:
         """Returns the document id: `document_id` if given, else the sha256 itself."""
-        doc_id = document_id or sha256
-        payload = {"id": doc_id, "sha256": sha256, "file_name": file_name,
-                   "bytes": size_bytes, "pages": pages}  # fmt: skip
-        await self._write("document_upsert", payload)
-        return doc_id
+        op, payload = writes.document_entry(sha256, file_name=file_name, size_bytes=size_bytes,
+                                            pages=pages, document_id=document_id)  # fmt: skip
+        await self._write(op, payload)
+        return str(payload["id"])
 
-    async def add_to_batch(
-        self,
-        batch_id: str,
-        document_id: str,
-        *,
-        job_id: str | None = None,
-        name: str | None = None,
-        model: str | None = None,
-        prompt_version: str | None = None,
-    ) -> None:
+    async def add_to_batch(self, batch_id: str, document_id: str, **fields: str | None) -> None:
         """Record `document_id` as a member of `batch_id`, answered by the run rooted at
-        `job_id` (given again when a retry starts a new run); None leaves a field as is."""
-        payload = {"batch_id": batch_id, "document_id": document_id, "job_id": job_id,
-                   "name": name, "model": model, "prompt_version": prompt_version}  # fmt: skip
-        await self._write("batch_document_upsert", payload)
+        `job_id` (given again when a retry starts a new run); fields as in
+        writes.batch_member_entry (job_id, name, model, prompt_version), None left as is."""
+        await self._write(*writes.batch_member_entry(batch_id, document_id, **fields))
 
-    async def upsert_job(
-        self,
-        job_id: str,
-        *,
-        batch_id: str | None = None,
-        document_id: str | None = None,
-        status: str | None = None,
-        attempts: int | None = None,
-        started_at: datetime | None = None,
-        finished_at: datetime | None = None,
-        last_error: str | None = None,
-    ) -> None:
-        payload = {
-            "id": job_id, "batch_id": batch_id, "document_id": document_id, "status": status,
-            "attempts": attempts, "last_error": last_error,
-            "started_at": started_at.isoformat() if started_at else None,
-            "finished_at": finished_at.isoformat() if finished_at else None,
-        }  # fmt: skip
-        await self._write("job_upsert", payload)
+    async def upsert_job(self, job_id: str, **fields: Any) -> None:
+        """A job row; fields as in writes.job_entry (batch_id, document_id, status, attempts,
+        started_at, finished_at, last_error), None left as is."""
+        await self._write(*writes.job_entry(job_id, **fields))
+
+    async def write_many(self, entries: list[writes.Entry]) -> None:
+        """Apply many writes (writes.*_entry) in one transaction: one commit for a thousand
+        documents where one by one costs a commit each. While the database is down (or
+        writes queue behind the buffer) they go one by one through the same path as every
+        write, parked in order. Raises what one write raises for anything else."""
+        if entries and not await self.queue_behind_buffer():
+            try:
+                await asyncio.to_thread(self._apply, entries)
+                return
+            except sa_exc.SQLAlchemyError as exc:
+                if not is_connection_error(exc):
+                    raise
+        for op, payload in entries:
+            await self._write(op, payload)
 
     async def update_job_status(
         self,

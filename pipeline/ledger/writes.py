@@ -29,6 +29,42 @@ from pipeline.ledger.models import (
 from pipeline.llm.attempts import CallAttempt, Outcome
 
 Payload = dict[str, Any]
+Entry = tuple[str, Payload]  # (operation name, payload): what the recorder applies or parks
+
+
+# -- the entries of the task layer's writes (SqlRecorder's methods and its write_many) -------
+def document_entry(
+    sha256: str, *, file_name: str | None = None, size_bytes: int | None = None,
+    pages: int | None = None, document_id: str | None = None,
+) -> Entry:  # fmt: skip
+    """A document row, its id `document_id` if given, else the sha256 itself."""
+    return "document_upsert", {"id": document_id or sha256, "sha256": sha256,
+                               "file_name": file_name, "bytes": size_bytes, "pages": pages}
+
+
+def batch_member_entry(
+    batch_id: str, document_id: str, *, job_id: str | None = None, name: str | None = None,
+    model: str | None = None, prompt_version: str | None = None,
+) -> Entry:  # fmt: skip
+    """`document_id` a member of `batch_id`, answered by the run rooted at `job_id`; None
+    leaves a field as is."""
+    return "batch_document_upsert", {"batch_id": batch_id, "document_id": document_id,
+                                     "job_id": job_id, "name": name, "model": model,
+                                     "prompt_version": prompt_version}  # fmt: skip
+
+
+def job_entry(
+    job_id: str, *, batch_id: str | None = None, document_id: str | None = None,
+    status: str | None = None, attempts: int | None = None, started_at: datetime | None = None,
+    finished_at: datetime | None = None, last_error: str | None = None,
+) -> Entry:  # fmt: skip
+    """A job row; None leaves a field as is."""
+    return "job_upsert", {
+        "id": job_id, "batch_id": batch_id, "document_id": document_id, "status": status,
+        "attempts": attempts, "last_error": last_error,
+        "started_at": started_at.isoformat() if started_at else None,
+        "finished_at": finished_at.isoformat() if finished_at else None,
+    }  # fmt: skip
 
 ABANDONED_NOTE = (
     "the worker lost its lease mid-call; possibly billed (cost is the reserved worst case)"

@@ -58,22 +58,28 @@ class LLMRequest:
         separators; tests/llm/test_payload_size.py checks it against what the emulator
         receives). This is what Google's inline request limit (20 MB, GEMINI.md §3.5) is
         checked against."""
-        return len(json.dumps(self.rest_body()).encode())
+        # The base64 text is counted, not made: it needs no JSON escaping, so each inline part
+        # adds exactly its encoded length to a body written with "" in its place (making it
+        # would hold ~4x the PDF's bytes in base64, JSON and UTF-8 copies at once).
+        inline = sum(4 * ((len(p.data) + 2) // 3) for p in self.parts if p.data is not None)
+        return len(json.dumps(self.rest_body(inline_placeholder=True)).encode()) + inline
 
-    def rest_body(self, file_uris: Mapping[str, str] | None = None) -> dict[str, Any]:
+    def rest_body(self, file_uris: Mapping[str, str] | None = None, *,
+                  inline_placeholder: bool = False) -> dict[str, Any]:  # fmt: skip
         """The generateContent JSON body (REST spelling, as the SDK sends it): also one
         line's `request` of a batch input file. `file_uris` maps the sha256 of a data
-        part to the Files API URI it was uploaded as: that part goes as `fileData`."""
+        part to the Files API URI it was uploaded as: that part goes as `fileData`. With
+        `inline_placeholder`, inline data is written as "" (payload_bytes counts it)."""
         uploaded = file_uris or {}
         parts: list[dict[str, Any]] = []
         for part in self.parts:
             if part.data is not None:
-                uri = uploaded.get(hashlib.sha256(part.data).hexdigest())
+                uri = uploaded.get(hashlib.sha256(part.data).hexdigest()) if uploaded else None
                 if uri is not None:
                     parts.append({"fileData": {"fileUri": uri,
                                                "mimeType": part.mime_type or ""}})  # fmt: skip
                     continue
-                data = base64.b64encode(part.data).decode("ascii")
+                data = "" if inline_placeholder else base64.b64encode(part.data).decode("ascii")
                 parts.append({"inlineData": {"data": data, "mime_type": part.mime_type or ""}})
             else:
                 parts.append({"text": part.text or ""})

@@ -1,18 +1,22 @@
 """Which jobs still need a document's bytes, kept in Redis as references only.
 
-`keys.document(sha256)` is a set of the job ids holding the document. A job that completes
+`keys.document(sha256)` is a hash whose fields are the ids of the jobs holding the document
+(a hash, not a set: Redis before 7.2 keeps even a one-member set of strings as a hashtable,
+~110 bytes more per queued document than a small hash's listpack). A job that completes
 lets go of the documents its arguments name, and the last one out deletes the bytes from the
 store. A job that ended without a result (failed, dead, cancelled, over budget) keeps its
 hold: its document may be retried (`pipeline retry`, a resubmission), so its bytes stay until
 the retention sweep (PIPELINE_DOCUMENT_RETENTION_S) removes them. Redis removes an
-empty set by itself, so "last one out" is the SCARD after an SREM in the same transaction.
+empty hash by itself, so "last one out" is the HLEN after an HDEL in the same transaction.
 
 Which documents a job lets go of is a convention of the job's arguments: a first argument
-that is a dict with a `"documents"` list of sha256 digests (tasks/analyze.py: a document
-job names its PDF, a chord's reduce names its parts). A job may let go of a document it
-never held (an SREM of a non-member): that never deletes bytes another job still holds.
+that is a dict with a `"documents"` list of sha256 digests (tasks/analyze.py: a chunk job
+names its part, a chord's reduce names its parts and the document), or without that list a
+`"sha256"`, the one document of a document's own job (tasks/runs.py; the digest is not
+written twice in a job that waits in Redis). A job may let go of a document it
+never held (an HDEL of a field that is not there): that never deletes bytes another job still holds.
 
-Backstop: every hold renews the set's expiry to PIPELINE_DOCUMENT_RETENTION_S, and a
+Backstop: every hold renews the hash's expiry to PIPELINE_DOCUMENT_RETENTION_S, and a
 worker's upkeep sweeps the store of documents last put longer ago than that, for jobs the
 hooks never see end (a queued job cancelled from the CLI or API, a worker that died while
 letting go).
@@ -45,17 +49,31 @@ def documents_of(job: Job) -> list[str]:
     if not isinstance(first, dict):
         return []
     docs = first.get("documents")
-    return [str(d) for d in docs] if isinstance(docs, list) else []
+    if isinstance(docs, list):
+        return [str(d) for d in docs]
+    sha = first.get("sha256")  # a document's own job: short for "documents": [sha256]
+    return [sha] if isinstance(sha, str) else []
 
 
 async def hold(
     redis: Redis, keys: Keys, job_ids: Iterable[str], sha256: str, retention_s: int
 ) -> None:
     """Record that `job_ids` need `sha256`'s bytes; call before putting them, so a release
-    running meanwhile cannot see the set empty and delete what is being put."""
+    running meanwhile cannot see the hash empty and delete what is being put."""
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.sadd(keys.document(sha256), *job_ids)
+        pipe.hset(keys.document(sha256), mapping=dict.fromkeys(job_ids, ""))
         pipe.expire(keys.document(sha256), retention_s)
+        await pipe.execute()
+
+
+async def hold_many(
+    redis: Redis, keys: Keys, holds: Iterable[tuple[str, str]], retention_s: int
+) -> None:
+    """`hold` for many (job id, sha256) pairs in one transaction, one round trip."""
+    async with redis.pipeline(transaction=True) as pipe:
+        for job_id, sha256 in holds:
+            pipe.hset(keys.document(sha256), job_id, "")
+            pipe.expire(keys.document(sha256), retention_s)
         await pipe.execute()
 
 
@@ -67,8 +85,8 @@ async def release(
     deleted = []
     for sha in shas:
         async with redis.pipeline(transaction=True) as pipe:
-            pipe.srem(keys.document(sha), job_id)
-            pipe.scard(keys.document(sha))
+            pipe.hdel(keys.document(sha), job_id)
+            pipe.hlen(keys.document(sha))
             _, left = await pipe.execute()
         if int(left) == 0:
             await asyncio.to_thread(store.delete, sha)

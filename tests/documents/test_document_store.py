@@ -137,7 +137,7 @@ async def test_bytes_live_in_the_store_while_queued_and_go_when_the_job_ends(
         home = await asyncio.to_thread(os.path.realpath, pipeline_env["PIPELINE_HOME"])
         assert store.where == os.path.join(home, "documents")
         _assert_no_pdf_bytes_in_redis(sredis, client.keys.prefix, len(pdf))
-        assert sredis.smembers(client.keys.document(doc.sha256)) == {doc.job_id}
+        assert set(sredis.hkeys(client.keys.document(doc.sha256))) == {doc.job_id}
 
         assert await _run_until_done(client, doc.job_id) == State.COMPLETE
         assert not store.exists(doc.sha256)  # gone once its last job ended

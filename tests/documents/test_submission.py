@@ -47,7 +47,7 @@ async def test_submit_stores_bytes_enqueues_once_and_skips_bad_files(
         assert open_store(get_settings()).get(first.sha256 or "") == pdf
         # Redis holds only the job holding the bytes (the duplicate's own id let go).
         holders = client.keys.document(first.sha256 or "")
-        assert sredis.smembers(holders) == {first.job_id}
+        assert set(sredis.hkeys(holders)) == {first.job_id}
         assert 0 < sredis.ttl(holders) <= get_settings().document_retention_s
         json.dumps(sub.to_dict())  # JSON-ready
     finally:

@@ -242,6 +242,20 @@ class _Emulator:
             fault_code = self.rng.choice(self.config.fail_codes)
         if denial is not None:
             return _quota_error(denial, model, self.config.retry_info)
+        stats = self.stats  # the object counted in, even if a reset replaces it meanwhile
+        with self.lock:
+            stats.enter(len(raw))
+        try:
+            return await self._answer(body, prompt, active, version, digest, len(raw),
+                                      (text_tokens, doc_tokens), fault, fault_code)
+        finally:
+            with self.lock:
+                stats.leave(len(raw))
+
+    async def _answer(
+        self, body: dict[str, Any], prompt: content.Prompt, active: Active, version: str,
+        digest: str, size: int, split: tuple[int, int], fault: bool, fault_code: int,
+    ) -> JSONResponse:  # fmt: skip
         await self.latency()
         if fault:
             message = (
@@ -253,9 +267,8 @@ class _Emulator:
             return _error(fault_code, message)
         try:
             payload = await asyncio.to_thread(
-                self.complete, body, prompt, active, version, digest, len(raw),
-                (text_tokens, doc_tokens), False,
-            )  # fmt: skip
+                self.complete, body, prompt, active, version, digest, size, split, False
+            )
         except content.BadRequest as exc:
             return _error(400, str(exc))
         return JSONResponse(payload)

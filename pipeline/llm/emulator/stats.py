@@ -68,6 +68,12 @@ class EmulatorStats:
     seen: set[str] = field(default_factory=set)
     answered: set[str] = field(default_factory=set)
     largest_request_bytes: int = 0
+    # generate requests admitted and not yet answered, and their body bytes: what a client
+    # holds open at once (bench/documents.py reads these against the worker's memory)
+    in_flight: int = 0
+    in_flight_bytes: int = 0
+    peak_in_flight: int = 0
+    peak_in_flight_bytes: int = 0
     batch_requests: int = 0  # inline requests of batch jobs answered (or refused)
     batch_billed: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -82,6 +88,16 @@ class EmulatorStats:
         row["output_tokens"] += bill.output_tokens
         row["thinking_tokens"] += bill.thinking_tokens
         row["cost_usd"] += bill.cost_usd
+
+    def enter(self, size: int) -> None:
+        self.in_flight += 1
+        self.in_flight_bytes += size
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        self.peak_in_flight_bytes = max(self.peak_in_flight_bytes, self.in_flight_bytes)
+
+    def leave(self, size: int) -> None:
+        self.in_flight -= 1
+        self.in_flight_bytes -= size
 
     def log(self, entry: dict[str, Any]) -> None:
         self.requests.append(entry)
@@ -108,6 +124,10 @@ class EmulatorStats:
             "billed_total": total,
             "requests": list(self.requests),
             "largest_request_bytes": self.largest_request_bytes,
+            "in_flight": self.in_flight,
+            "in_flight_bytes": self.in_flight_bytes,
+            "peak_in_flight": self.peak_in_flight,
+            "peak_in_flight_bytes": self.peak_in_flight_bytes,
             "timestamps": dict(self.timestamps),
             "arrivals": dict(self.arrivals),
             "throttled": {k: [vars(t) for t in v] for k, v in self.throttled.items()},
