@@ -17,7 +17,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 
 from pipeline.ledger.models import CallAnswer
-from pipeline.ledger.recorder import SqlRecorder, is_connection_error
+from pipeline.ledger.recorder import SqlRecorder
+from pipeline.ledger.write_behind import is_connection_error
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,8 @@ from sqlalchemy import select
 from pipeline.ledger.budget import Budget, Reservation
 from pipeline.ledger.floor import RECENT_S, LedgerCall, raise_spent
 from pipeline.ledger.models import JobRow, LLMCall, Result
-from pipeline.ledger.recorder import SqlRecorder, WorstCasePricer, is_connection_error
+from pipeline.ledger.recorder import SqlRecorder, WorstCasePricer
+from pipeline.ledger.write_behind import is_connection_error
 from pipeline.llm.attempts import Outcome
 from pipeline.redis.connection import text
 from pipeline.redis.keys import Keys
