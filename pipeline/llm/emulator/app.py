@@ -25,22 +25,14 @@ from fastapi.responses import JSONResponse
 from pipeline.llm.emulator import content
 from pipeline.llm.emulator.batch_routes import add_batch_routes
 from pipeline.llm.emulator.batches import BatchStore
+from pipeline.llm.emulator.errors import error_response, parse_json, quota_error
 from pipeline.llm.emulator.faults import Active, Fault, FaultBook
 from pipeline.llm.emulator.files import FileStore, add_file_routes
-from pipeline.llm.emulator.quota import Denial, QuotaTracker, format_duration
+from pipeline.llm.emulator.quota import QuotaTracker
 from pipeline.llm.emulator.stats import Bill, EmulatorStats, Throttle, price
 
 DEFAULT_API_KEY = "emulator-key"
-RATE_LIMIT_DOC = "https://ai.google.dev/gemini-api/docs/rate-limits"
-_STATUS = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL",
-    503: "UNAVAILABLE",
-}
+
 
 
 @dataclass
@@ -82,49 +74,6 @@ class EmulatorConfig:
                 raise ValueError(f"{name} must be between 0 and 1")
         if not self.api_keys:
             raise ValueError("api_keys must name at least one key")
-
-
-def _error(code: int, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {
-        "code": code,
-        "message": message,
-        "status": _STATUS.get(code, "UNKNOWN"),
-    }
-    if details:
-        body["details"] = details
-    return JSONResponse({"error": body}, status_code=code)
-
-
-def _quota_error(denial: Denial, model: str, retry_info: bool) -> JSONResponse:
-    details: list[dict[str, Any]] = [
-        {
-            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
-            "violations": [
-                {
-                    "quotaMetric": denial.quota_metric,
-                    "quotaId": denial.quota_id,
-                    "quotaDimensions": {"location": "global", "model": model},
-                    "quotaValue": str(denial.limit),
-                }
-            ],
-        },
-        {
-            "@type": "type.googleapis.com/google.rpc.Help",
-            "links": [{"description": "Learn more about Gemini API quotas", "url": RATE_LIMIT_DOC}],
-        },
-    ]
-    if retry_info:
-        details.append(
-            {
-                "@type": "type.googleapis.com/google.rpc.RetryInfo",
-                "retryDelay": format_duration(denial.retry_delay_s),
-            }
-        )
-    message = (
-        "You exceeded your current quota, please check your plan and billing details. "
-        f"For more information on this error, head to: {RATE_LIMIT_DOC}."
-    )
-    return _error(429, message, details)
 
 
 def _api_key(request: Request) -> str | None:
@@ -177,14 +126,14 @@ class _Emulator:
     def check_key(self, request: Request) -> JSONResponse | None:
         key = _api_key(request)
         if not key:
-            return _error(
+            return error_response(
                 403,
                 "Method doesn't allow unregistered callers (callers without established "
                 "identity). Please use API Key or other form of API consumer identity to call "
                 "this API.",
             )
         if key not in self.config.api_keys:
-            return _error(
+            return error_response(
                 401,
                 "API key not valid. Please pass a valid API key.",
                 [
@@ -203,9 +152,9 @@ class _Emulator:
         with self.lock:
             self.stats.largest_request_bytes = max(self.stats.largest_request_bytes, len(raw))
         if len(raw) > self.config.max_request_bytes:
-            return _error(400, "Request payload size exceeds the limit: "
+            return error_response(400, "Request payload size exceeds the limit: "
                                f"{self.config.max_request_bytes} bytes.")  # fmt: skip
-        body = _parse_json(raw)
+        body = parse_json(raw)
         if isinstance(body, JSONResponse):
             return body
         now = time.time()
@@ -218,7 +167,7 @@ class _Emulator:
                 self.stats.repeats += 1
             self.stats.seen.add(digest)
         if self.config.refuse_text and self.config.refuse_text in json.dumps(body):
-            return _error(
+            return error_response(
                 self.config.refuse_code,
                 f"Request refused by the emulator: it contains {self.config.refuse_text!r} "
                 "(EmulatorConfig.refuse_text).",
@@ -226,7 +175,7 @@ class _Emulator:
         try:
             prompt = await asyncio.to_thread(content.parse_prompt, body, self.files.resolve)
         except content.BadRequest as exc:
-            return _error(400, str(exc))
+            return error_response(400, str(exc))
         with self.lock:
             active = self.faults.match(prompt.match_text())
         version = self.aliases.get(model, model)
@@ -241,7 +190,7 @@ class _Emulator:
             fault = self.config.fail_rate > 0 and self.rng.random() < self.config.fail_rate
             fault_code = self.rng.choice(self.config.fail_codes)
         if denial is not None:
-            return _quota_error(denial, model, self.config.retry_info)
+            return quota_error(denial, model, self.config.retry_info)
         stats = self.stats  # the object counted in, even if a reset replaces it meanwhile
         with self.lock:
             stats.enter(len(raw))
@@ -264,13 +213,13 @@ class _Emulator:
                 else "An internal error has occurred. Please retry or report in "
                 "https://developers.generativeai.google/guide/troubleshooting"
             )
-            return _error(fault_code, message)
+            return error_response(fault_code, message)
         try:
             payload = await asyncio.to_thread(
                 self.complete, body, prompt, active, version, digest, size, split, False
             )
         except content.BadRequest as exc:
-            return _error(400, str(exc))
+            return error_response(400, str(exc))
         return JSONResponse(payload)
 
     def complete(
@@ -331,7 +280,7 @@ class _Emulator:
         return {"response": payload}
 
     async def count_tokens(self, request: Request, model: str) -> JSONResponse:
-        body = _parse_json(await request.body())
+        body = parse_json(await request.body())
         if isinstance(body, JSONResponse):
             return body
         inner = content.pick(body, "generateContentRequest", "generate_content_request")
@@ -340,22 +289,12 @@ class _Emulator:
         try:
             prompt = await asyncio.to_thread(content.parse_prompt, body, self.files.resolve)
         except content.BadRequest as exc:
-            return _error(400, str(exc))
+            return error_response(400, str(exc))
         with self.lock:
             self.stats.count_requests += 1
             active = self.faults.match(prompt.match_text(), counting=True)
         text_tokens, doc_tokens = prompt.tokens(self.aliases.get(model, model), active.page_tokens)
         return JSONResponse({"totalTokens": text_tokens + doc_tokens})
-
-
-def _parse_json(raw: bytes) -> dict[str, Any] | JSONResponse:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return _error(400, "Invalid JSON payload received.")
-    if not isinstance(body, dict):
-        return _error(400, "Invalid JSON payload received. Expected an object.")
-    return body
 
 
 def create_emulator_app(config: EmulatorConfig | None = None) -> FastAPI:
@@ -367,7 +306,9 @@ def create_emulator_app(config: EmulatorConfig | None = None) -> FastAPI:
     @app.post("/{version}/models/{target}")
     async def model_call(version: str, target: str, request: Request) -> JSONResponse:
         if version not in ("v1", "v1beta"):
-            response = _error(404, f"API version {version!r} is not served by the emulator.")
+            response = error_response(
+                404, f"API version {version!r} is not served by the emulator."
+            )
         elif (denied := emulator.check_key(request)) is not None:
             response = denied
         else:
@@ -379,12 +320,12 @@ def create_emulator_app(config: EmulatorConfig | None = None) -> FastAPI:
             elif method == "batchGenerateContent" and model:
                 response = await app.state.batch_create(request, model)
             else:
-                response = _error(404, f"Method {target!r} is not served by the emulator.")
+                response = error_response(404, f"Method {target!r} is not served by the emulator.")
         emulator.record_status(response.status_code)
         return response
 
-    add_batch_routes(app, emulator, _error)
-    add_file_routes(app, emulator, _error)
+    add_batch_routes(app, emulator, error_response)
+    add_file_routes(app, emulator, error_response)
 
     @app.get("/_emulator/stats")
     async def stats() -> dict[str, Any]:
@@ -404,13 +345,13 @@ def create_emulator_app(config: EmulatorConfig | None = None) -> FastAPI:
     async def set_faults(request: Request) -> JSONResponse:
         """Replace the injected faults: {"faults": [{"kind", "when", "tokens", "reason",
         "times"}]} (faults.py); an empty list turns them off."""
-        body = _parse_json(await request.body())
+        body = parse_json(await request.body())
         if isinstance(body, JSONResponse):
             return body
         try:
             faults = [Fault.from_dict(f) for f in body.get("faults", [])]
         except (TypeError, ValueError) as exc:
-            return _error(400, f"bad fault: {exc}")
+            return error_response(400, f"bad fault: {exc}")
         with emulator.lock:
             emulator.faults.replace(faults)
         return JSONResponse({"faults": [f.as_dict() for f in faults]})
