@@ -7,7 +7,6 @@ app.py's model route through `app.state.batch_create`); for tests, `POST
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from pipeline.llm.emulator import content
+from pipeline.llm.emulator.errors import parse_json
 
 # app.py's `_error(code, message)`: Google's error body for an HTTP status.
 ErrorFn = Callable[..., JSONResponse]
@@ -87,12 +87,9 @@ async def _batch_create(
     if len(raw) > emulator.config.max_request_bytes:
         return error(400, "Request payload size exceeds the limit: "
                            f"{emulator.config.max_request_bytes} bytes.")  # fmt: skip
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return error(400, "Invalid JSON payload received.")
-    if not isinstance(body, dict):
-        return error(400, "Invalid JSON payload received. Expected an object.")
+    body = parse_json(raw)
+    if isinstance(body, JSONResponse):
+        return body
     try:
         operation: dict[str, Any] = emulator.batches.create(model, body)
     except content.BadRequest as exc:
