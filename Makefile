@@ -8,6 +8,10 @@ EXTRAS ?= dev,chart
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The suite runs in parallel processes (pytest-xdist): most of its time is spent waiting on
+# workers, emulators and subprocesses, not computing, so 4 processes on 2 cores pay off.
+# Every test has its own Redis key prefix, database file or PostgreSQL database and ports.
+TEST_WORKERS ?= 4
 # Benchmark entry points: the scripts in bench/ that run as programs.
 BENCH_SCRIPTS ?= $(shell grep -l '__name__ == "__main__"' bench/*.py 2>/dev/null)
 
@@ -27,7 +31,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 # The import layers (pyproject.toml, [tool.importlinter]) are checked first.
 test: $(STAMP) browser redis-ha
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); \
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS); \
 	status=$$?; if [ $$status -eq 5 ]; then exit 0; fi; exit $$status
 
 # The dashboard's browser test drives Debian's chromium. Installed here, announced, as root
