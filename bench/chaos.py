@@ -49,6 +49,7 @@ from sqlalchemy.engine import make_url
 
 from bench.chaos_checks import Evidence, check, read_ledger, read_queue
 from bench.chaos_env import (
+    BillLog,
     Workers,
     emulator_in_thread,
     fresh_database,
@@ -76,6 +77,9 @@ class ChaosConfig:
     redis_restart_at_s: float = 22.0
     redis_outage_s: float = 0.0  # how long Redis stays down at the restart (0: back at once)
     redis_wipe: bool = False  # delete Redis's data while it is down (data loss)
+    # The restart also waits for this many answers billed: a fault meant to land mid-run
+    # must not land before the first call on a slow machine.
+    redis_restart_after_bills: int = 0
     db_cut_at_s: float = 40.0
     db_cut_s: float = 10.0
     budget_usd: Decimal = Decimal("5")
@@ -169,7 +173,7 @@ def _wipe(redis: Any) -> None:
 
 async def _chaos(cfg: ChaosConfig, redis: Any, proxy: TcpProxy, workers: Workers,
                  client: Any, job_ids: list[str], timeline: Timeline,
-                 database_url: str) -> None:  # fmt: skip
+                 database_url: str, bills: BillLog) -> None:  # fmt: skip
     """Run the scheduled faults, replacing exited workers, until every fault has happened
     and every job is terminal, or the run's deadline passes."""
     rng = random.Random(cfg.seed)
@@ -188,7 +192,8 @@ async def _chaos(cfg: ChaosConfig, redis: Any, proxy: TcpProxy, workers: Workers
                 busy = set()
             pid = workers.kill_random(rng, busy)
             timeline.kills.append({"at_s": round(now, 2), "pid": pid or 0})
-        if restart_due and now >= cfg.redis_restart_at_s:
+        if (restart_due and now >= cfg.redis_restart_at_s
+                and len(bills.snapshot()) >= cfg.redis_restart_after_bills):
             restart_due = False
             await asyncio.to_thread(redis.stop)
             if cfg.redis_wipe:
@@ -291,7 +296,7 @@ async def run_chaos(cfg: ChaosConfig, log_dir: Path | None = None) -> dict[str, 
                         if d.job_id and d.status == "queued"}  # fmt: skip
             skipped = [d.name for d in submission.documents if d.status != "queued"]
             await _chaos(cfg, redis, proxy, workers, client, list(job_docs), timeline,
-                         direct_url)  # fmt: skip
+                         direct_url, bills)  # fmt: skip
             await _settled(client, direct_url, submission.batch_id, timeout_s=60)
             workers.stop()
             stats = (await asyncio.to_thread(httpx.get, f"{emulator_url}/_emulator/stats",

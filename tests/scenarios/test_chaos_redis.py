@@ -66,7 +66,8 @@ async def test_redis_data_loss_leaves_nothing_hanging(
     postgres_url: str | None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     report = await _run(postgres_url, capsys, redis_outage_s=1.0, redis_wipe=True,
-                        redis_restart_at_s=10.0, db_cut_at_s=12.0)  # fmt: skip
+                        redis_restart_at_s=3.0, redis_restart_after_bills=1,
+                        db_cut_at_s=12.0)  # fmt: skip
     states = report["job_states"]
     assert set(states) <= {"complete", "lost"} and sum(states.values()) == 16, states
     assert states.get("lost", 0) > 0, "the wipe forgot no job: it came too late to test"
