@@ -20,6 +20,19 @@ from tests.support.emulator import start_emulator
 pytestmark = pytest.mark.slow
 
 
+def _abandoned(env: dict[str, str]) -> int:
+    """Ledger rows of calls cut mid-flight (billed perhaps, answer lost): the only repeats."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(env["PIPELINE_DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(
+                "SELECT count(*) FROM llm_calls WHERE outcome = 'abandoned'")).scalar() or 0)
+    finally:
+        engine.dispose()
+
+
 def _result_files(env: dict[str, str], batch: str) -> list[Path]:
     return sorted((Path(env["PIPELINE_HOME"]) / "results" / batch).glob("*.json"))
 
@@ -28,7 +41,10 @@ def test_ctrl_c_then_run_again_writes_every_result_and_a_second_demo_shows_them(
     pipeline_env: dict[str, str], sredis: redis.Redis
 ) -> None:
     with start_emulator(latency_s=(0.8, 1.2)) as emu:
-        env = {**pipeline_env, **emu.env, "GOOGLE_API_KEY": "", "PIPELINE_SHUTDOWN_GRACE_S": "5"}
+        # A grace long enough for the call in flight at Ctrl-C to finish on a busy machine:
+        # past it, the call is cut, may still be billed, and is paid again by the rerun.
+        env = {**pipeline_env, **emu.env, "GOOGLE_API_KEY": "",
+               "PIPELINE_SHUTDOWN_GRACE_S": "30"}
         first = CliProcess(env, "run", *EXAMPLES, "--concurrency", "1")
         try:
             first.wait_for(lambda ln: ln.endswith(": complete"), 90, "with a complete document")
@@ -71,4 +87,5 @@ def test_ctrl_c_then_run_again_writes_every_result_and_a_second_demo_shows_them(
         rows = [ln for ln in third.stdout.splitlines() if ".json" in ln]
         assert sum("complete" in ln for ln in rows) == len(EXAMPLES), third.stdout
         assert emu.stats()["generate_requests"] == calls
-        assert emu.stats()["billed_repeats"] == 0
+        # Paid twice only for a call cut mid-flight, booked `abandoned` (never at $0).
+        assert emu.stats()["billed_repeats"] <= _abandoned(env)
