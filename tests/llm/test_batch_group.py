@@ -289,9 +289,10 @@ async def test_a_reconcile_pass_while_the_job_runs_books_each_request_once(
         await groups.submit(MODEL, items, tokens, batch_id="b-rec", name=name)
         await reconciler.rebuild_budgets()
         during = (await budget.status("b-rec"))["batch"]
-        stop = time.monotonic() + 30
+        stop = time.monotonic() + 120  # a deadline for a busy machine, not a timing
         while (done := await groups.collect(MODEL, items, tokens, batch_id="b-rec")) is None:
-            assert time.monotonic() < stop, "batch group not done in 30s"
+            if time.monotonic() > stop:
+                raise AssertionError("the emulator's batch job never ended (120 s deadline)")
             await asyncio.sleep(0.2)
         await reconciler.rebuild_budgets()  # answers booked, holds not settled yet
         await settle_group(call, groups, name, done.costs)
