@@ -21,6 +21,7 @@ from pipeline.errors import BatchNotFound, InputError, JobNotFound
 
 router = APIRouter()  # app.py includes it behind the API key
 _LIST_CHUNK = 20
+_MAX_OFFSET = 1_000_000_000
 
 
 class BudgetPatch(BaseModel):
@@ -57,7 +58,8 @@ async def _batch_errors() -> AsyncIterator[None]:
 async def list_batches(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    # Bounded so the database's 64-bit OFFSET never overflows (an unbounded one answered 500).
+    offset: Annotated[int, Query(ge=0, le=_MAX_OFFSET)] = 0,
     label: Annotated[str | None, Query(max_length=200)] = None,
     state: Annotated[str | None, Query(description="only batches with a document in this "
                                        "state: queued, running, waiting, complete, failed, "

@@ -54,6 +54,10 @@ async def test_list_results_budget_and_costs(
         assert page["next_offset"] == 2
         rest = (await client.get("/batches", params={"limit": 2, "offset": 2})).json()
         assert [b["batch_id"] for b in rest["batches"]] == [ids[0]] and rest["next_offset"] is None
+        beyond = await client.get("/batches", params={"offset": 2**63})  # past SQL's OFFSET
+        assert beyond.status_code == 422, beyond.text
+        past_the_end = (await client.get("/batches", params={"offset": 10**9})).json()
+        assert past_the_end["batches"] == [] and past_the_end["next_offset"] is None
         even = (await client.get("/batches", params={"label": "even"})).json()
         assert {b["batch_id"] for b in even["batches"]} == {ids[0], ids[2]}
         assert all(b["by_state"] == {"complete": 1} for b in even["batches"])

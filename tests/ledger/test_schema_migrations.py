@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,3 +107,25 @@ def test_db_upgrade_command(
             assert db.current_revision(conn) == db.head_revision()
     finally:
         engine.dispose()
+
+
+def test_the_head_constant_is_the_newest_migration() -> None:
+    """`db.HEAD` lets a current database open without loading Alembic; a migration added
+    without moving it would leave databases un-upgraded."""
+    assert db.HEAD == db.head_revision()
+
+
+def test_a_current_database_opens_without_alembic(ledger_url: str, tmp_path: Path) -> None:
+    """A second process opening a database at head never imports Alembic (its import costs
+    about as much CPU as SQLAlchemy's); one opening an empty database migrates it."""
+    probe = (
+        "import sys; from pipeline.ledger import db; "
+        f"e = db.create_ledger_engine({ledger_url!r}); "
+        "print(db.HEAD, any(m == 'alembic' or m.startswith('alembic.') for m in sys.modules))"
+    )
+    first = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           timeout=120, check=True)  # fmt: skip
+    second = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=120, check=True)  # fmt: skip
+    assert first.stdout.split() == [db.HEAD, "True"], first.stderr
+    assert second.stdout.split() == [db.HEAD, "False"], second.stderr
