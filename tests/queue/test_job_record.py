@@ -12,9 +12,15 @@ from tests.queue.conftest import worker
 from tests.support import queue_tasks as qt
 
 # A document job's argument as tasks/runs.py writes it (~300 B of JSON, non-ASCII name).
-DOC = {"sha256": "ab" * 32, "name": "/home/someone/scans/facture-été-0001.pdf",
-       "model": "gemini-3.5-flash-lite", "prompt_version": "analyze-v1+ebc98345",
-       "mode": "interactive", "mode_requested": "interactive", "mode_why": "interactive, as asked"}  # fmt: skip
+DOC = {
+    "sha256": "ab" * 32,
+    "name": "/home/someone/scans/facture-été-0001.pdf",
+    "model": "gemini-3.5-flash-lite",
+    "prompt_version": "analyze-v1+ebc98345",
+    "mode": "interactive",
+    "mode_requested": "interactive",
+    "mode_why": "interactive, as asked",
+}
 KEY = f"analyze:{'ab' * 32}:gemini-3.5-flash-lite:analyze-v1+ebc98345"  # 111 characters
 
 
@@ -42,7 +48,9 @@ async def test_a_queued_job_with_long_args_and_key_is_a_listpack_and_dedupes(
     assert {h.id for h in many} == {first.id} and not any(h.created for h in many)
 
 
-async def test_the_worker_runs_with_the_arguments_whole(client: QueueClient, redis_url: str) -> None:
+async def test_the_worker_runs_with_the_arguments_whole(
+    client: QueueClient, redis_url: str
+) -> None:
     """Arguments in pieces (positional or keyword) and arguments too long for pieces (stored
     whole) reach the task as they were enqueued."""
     big = {"text": "x" * 500, "nested": [DOC, DOC]}  # > 16 pieces: stored whole
