@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.errors import WAITING_REASONS, Reason
+from pipeline.queue.record import joined
 
 STATES = ("queued", "running", "waiting", "complete", "failed", "over_budget", "cancelled")
 ENDED = frozenset({"complete", "failed", "over_budget", "cancelled"})  # nothing more will run
@@ -77,7 +78,7 @@ class JobView:
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> JobView:
         """From a job's Redis hash (pipeline.queue.job.Job's fields, plus run_at_ms)."""
-        args = _json(h.get("args"), [])
+        args = _json(joined(h, "args"), [])  # stored in pieces (pipeline/queue/record.py)
         first = args[-1] if args and isinstance(args[-1], dict) else None
         pages = None
         if isinstance(first, dict) and first.get("first_page") is not None:

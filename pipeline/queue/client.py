@@ -18,6 +18,7 @@ from pipeline.errors import JobFailed, JobNotFound
 from pipeline.queue import follow
 from pipeline.queue.follow import Event
 from pipeline.queue.job import EXPLICIT_OPTIONS, Job, JobOptions, State
+from pipeline.queue.record import idempotency_digest, spread
 from pipeline.queue.registry import Placer
 from pipeline.queue.scripts import Scripts, group_keys
 from pipeline.queue.task import REGISTRY, Call, Task, dumps
@@ -93,13 +94,13 @@ class QueueClient:
         fields = {
             "task": call.task_name,
             "queue": place.queue,
-            "args": dumps(call.args, f"arguments of {call.task_name}"),
-            "kwargs": dumps(call.kwargs, f"keyword arguments of {call.task_name}"),
+            **spread("args", dumps(call.args, f"arguments of {call.task_name}")),
+            **spread("kwargs", dumps(call.kwargs, f"keyword arguments of {call.task_name}")),
             "priority": str(place.priority),
             "options": dumps(explicit, "job options"),
             "batch": o.batch or "",
             "hints": dumps(o.hints, "job hints"),
-            "idempotency_key": o.idempotency_key or "",
+            "idempotency_key": idempotency_digest(o.idempotency_key) if o.idempotency_key else "",
         }
         fields.update(extra or {})
         return place.queue, place.priority, fields
@@ -114,17 +115,19 @@ class QueueClient:
     ) -> tuple[list[str], list[Any]]:  # fmt: skip
         queue, priority, fields = await self._fields(call, extra)
         o, k = call.options, self.keys
-        idem_key = k.idempotency(o.idempotency_key) if o.idempotency_key else k.unused
-        ttl = self.settings.idempotency_ttl_s if o.idempotency_key else 0
+        idem = fields["idempotency_key"]  # the digest (record.py), '' without a key
+        ttl = self.settings.idempotency_ttl_s if idem else 0
         keys = [
             k.job(job_id),
             k.queue(queue),
             k.delayed,
-            idem_key,
+            k.idempotency(idem) if idem else k.unused,
             k.seq,
             k.events,
             k.wake(queue),
             k.queues,
+            # the name the key had before it was a digest, read while such keys can exist
+            k.idempotency_by_key(o.idempotency_key) if o.idempotency_key else k.unused,
         ]
         args = [
             job_id,

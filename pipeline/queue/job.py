@@ -1,7 +1,8 @@
 """A job as stored in Redis (one hash per job), its states, and the options of one enqueue.
 
 Fields are written by the Lua scripts, never read-modify-written from Python; this module only
-reads them back into a typed record.
+reads them back into a typed record. How long values are laid out in the hash (arguments in
+pieces, the idempotency key as a digest) is record.py's.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+from pipeline.queue.record import joined
 
 
 class State(StrEnum):
@@ -123,6 +126,8 @@ class Job:
     chord: str | None = None  # set on a chord callback: the group whose results it receives
     progress: Any = None
     lease_expiries: int = 0
+    # The digest of the key the enqueue carried (record.py idempotency_digest), not the key:
+    # 32 hex digits, so the record stays a compact listpack whatever the caller's key.
     idempotency_key: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -134,8 +139,8 @@ class Job:
             task=h.get("task", ""),
             queue=h.get("queue", "default"),
             state=State(h.get("state", "queued")),
-            args=json.loads(h.get("args") or "[]"),
-            kwargs=json.loads(h.get("kwargs") or "{}"),
+            args=json.loads(joined(h, "args") or "[]"),
+            kwargs=json.loads(joined(h, "kwargs") or "{}"),
             priority=_int(h.get("priority"), 5),
             attempt=_int(h.get("attempt")),
             max_attempts=_int(h.get("max_attempts"), int(options.get("max_attempts", 0))),

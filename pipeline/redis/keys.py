@@ -59,7 +59,16 @@ class Keys:
         """Monotonic counter for fencing tokens."""
         return self._k("fence")
 
-    def idempotency(self, key: str) -> str:
+    def idempotency(self, digest: str) -> str:
+        """The job id an idempotency key stands for, for its TTL; named by the key's
+        digest (pipeline/queue/record.py idempotency_digest), not the key itself, so the name
+        is short whatever the caller's key."""
+        return self._k("idem", digest)
+
+    def idempotency_by_key(self, key: str) -> str:
+        """The same, named by the key itself, as it was before 2026-11-30: read (never
+        written) by enqueue.lua, so a key set by an earlier version still dedupes until it
+        expires (one idempotency TTL after an upgrade; then it no longer exists)."""
         return self._k("idem", key)
 
     @property

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import redis
 
+from pipeline.queue.record import joined
 from pipeline.redis.keys import Keys
 from tests.support.api import api_client, api_settings, pdf_files
 from tests.support.pdfs import make_pdf
@@ -34,7 +35,7 @@ def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 def _args(sredis: redis.Redis, prefix: str, job_id: str) -> dict[str, object]:
     job = sredis.hgetall(Keys(prefix).job(job_id))
-    stored = json.loads(job["args"])  # the task's positional arguments: [args]
+    stored = json.loads(joined(job, "args") or "")  # the task's positional arguments: [args]
     args: dict[str, object] = stored[0] if isinstance(stored, list) else stored
     return args
 

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from pipeline.ledger.db import get_engine
 from pipeline.ledger.models import BatchDocument, JobRow
 from pipeline.queue.client import QueueClient
+from pipeline.queue.record import joined
 from pipeline.redis.connection import connect_redis
 from pipeline.settings import get_settings
 from pipeline.storage import open_store
@@ -85,7 +86,8 @@ async def test_many_documents_go_in_a_few_round_trips_each_with_its_own_job(
 
     store = open_store(get_settings())
     for doc in sub.documents[:DOCUMENTS]:
-        (args,) = json.loads(sredis.hget(client.keys.job(doc.job_id or ""), "args") or "[]")
+        stored = sredis.hgetall(client.keys.job(doc.job_id or ""))
+        (args,) = json.loads(joined(stored, "args") or "[]")  # in pieces: queue/record.py
         assert args["sha256"] == doc.sha256
         assert "documents" not in args and "budget_usd" not in args  # kept small in Redis
         # each document's bytes are stored, held by exactly the job that answers for it

@@ -10,6 +10,7 @@ import redis
 
 from pipeline.errors import UnknownModel
 from pipeline.queue.client import QueueClient
+from pipeline.queue.record import idempotency_digest
 from pipeline.redis.connection import connect_redis
 from pipeline.settings import get_settings
 from pipeline.storage import open_store
@@ -43,7 +44,8 @@ async def test_submit_stores_bytes_enqueues_once_and_skips_bad_files(
         assert job.hints["model"] == get_settings().model and job.hints["tokens"] > 2 * 500
         (args,) = job.args
         assert args["sha256"] == first.sha256 and args["budget_usd"] == "1.50"
-        assert job.idempotency_key == f"analyze:{first.sha256}:{args['model']}:{sub.prompt_version}"
+        key = f"analyze:{first.sha256}:{args['model']}:{sub.prompt_version}"
+        assert job.idempotency_key == idempotency_digest(key)  # the key's digest, not the key
         assert open_store(get_settings()).get(first.sha256 or "") == pdf
         # Redis holds only the job holding the bytes (the duplicate's own id let go).
         holders = client.keys.document(first.sha256 or "")
@@ -60,3 +62,26 @@ def test_estimate_counts_pages_and_prompt(pipeline_env: dict[str, str]) -> None:
     assert ok["input_tokens"] > 3 * 258 and ok["calls"] == 1
     assert bad["status"] == "skipped"
     assert est["total_worst_case_usd"] == ok["worst_case_usd"] > 0
+
+
+async def test_a_queued_document_job_is_a_compact_record_and_its_content_dedupes(
+    pipeline_env: dict[str, str], redis_url: str, sredis: redis.Redis
+) -> None:
+    """The root job of a queued document stays a listpack in Redis (every value within the
+    default hash-max-listpack-value: pipeline/queue/record.py), and the same content sent
+    again, under another name, still finds that job."""
+    client = QueueClient(connect_redis(redis_url), settings=get_settings())
+    pdf = make_pdf(1)
+    name = "/srv/inbox/2026/november/scans/facture-fournisseur-été-000123.pdf"
+    try:
+        (first,) = (await submit_uploads(client, [Upload(name, pdf)])).documents
+        (again,) = (await submit_uploads(client, [Upload("renamed.pdf", pdf)])).documents
+        assert first.status == "queued" and again.status == "duplicate"
+        assert again.job_id == first.job_id
+        record = client.keys.job(first.job_id or "")
+        assert sredis.object("encoding", record) == "listpack"
+        job = await client.get(first.job_id or "")
+        (args,) = job.args
+        assert args["sha256"] == first.sha256 and args["name"] == name
+    finally:
+        await client.aclose()

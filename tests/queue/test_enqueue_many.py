@@ -12,6 +12,7 @@ from redis.exceptions import ResponseError
 from pipeline.errors import UnknownTask
 from pipeline.queue import JobOptions, QueueClient
 from pipeline.queue.batcher import ScriptBatcher
+from pipeline.queue.record import idempotency_digest
 from pipeline.queue.task import Call
 from tests.queue.conftest import worker
 from tests.support import queue_tasks as qt
@@ -55,7 +56,7 @@ async def test_a_thousand_jobs_in_one_pipeline_with_keys_deduplicated(
     assert [h.id for h in handles[100:400]] == [h.id for h in created]  # first use creates
     assert await client.redis.zcard(client.keys.queue("default")) == 400
     first = await client.get(handles[123].id)
-    assert first.args == [123] and first.idempotency_key == "k123"
+    assert first.args == [123] and first.idempotency_key == idempotency_digest("k123")
 
 
 async def test_bulk_jobs_run_and_unknown_task_sends_nothing(

@@ -3,10 +3,13 @@
 -- KEYS[1] job hash          KEYS[2] queue zset       KEYS[3] delayed zset
 -- KEYS[4] idempotency key   KEYS[5] sequence counter KEYS[6] events stream
 -- KEYS[7] wake list         KEYS[8] set of queue names
+-- KEYS[9] the idempotency key under its name before it was a digest (Keys.idempotency_by_key;
+--   read, never written: one set by an earlier version still returns its job until it expires)
 -- ARGV[1] job id            ARGV[2] idempotency TTL s (0: no key)
 -- ARGV[3] run-at ms (0: now) ARGV[4] priority 0-9 (9 runs first)
 -- ARGV[5] initial state: queued | waiting (a chord callback held until its group is done)
 -- ARGV[6] events maxlen     ARGV[7] queue name       ARGV[8] JSON object of job fields
+--   (each value within hash-max-listpack-value: pipeline/queue/record.py)
 -- ARGV[9] delay ms from now (0: none), measured on the Redis clock like every other time
 -- ARGV[10] replaced job id ('' for none): the idempotency key may be taken over from that job
 --   (one that ended without a result); a key naming any other job still returns that job
@@ -15,7 +18,7 @@
 local id = ARGV[1]
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, id} end
 if ARGV[2] ~= '0' then
-  local existing = redis.call('GET', KEYS[4])
+  local existing = redis.call('GET', KEYS[4]) or redis.call('GET', KEYS[9])
   if existing and existing ~= ARGV[10] then return {0, existing} end
   redis.call('SET', KEYS[4], id, 'EX', ARGV[2])
 end
