@@ -29,8 +29,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 # pytest exits 5 when it collects no tests; an empty selection is not a failure here.
 # The import layers (pyproject.toml, [tool.importlinter]) are checked first.
+# The tests start hundreds of `pipeline` processes: the checkout is byte-compiled first, so
+# none of them compiles the project again (an environment with PYTHONDONTWRITEBYTECODE set
+# would otherwise have every process compile it from source).
 test: $(STAMP) browser redis-ha
 	$(BIN)/lint-imports
+	$(BIN)/python -m compileall -q pipeline tasks tests >/dev/null
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS); \
 	status=$$?; if [ $$status -eq 5 ]; then exit 0; fi; exit $$status
 
