@@ -74,7 +74,11 @@ def _to_jsonable(value: Any) -> Any:
 
 def _die_with_parent() -> None:
     """Runs first in each pool process: on Linux, ask to be killed when the worker process
-    dies (SIGKILL, OOM), so no parser process outlives it holding memory."""
+    dies (SIGKILL, OOM), so no parser process outlives it holding memory; and give freed
+    PDF-sized buffers back to the OS (queue/memory.py)."""
+    from pipeline.queue.memory import return_large_buffers
+
+    return_large_buffers()
     try:
         import ctypes
         import signal
