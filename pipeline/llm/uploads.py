@@ -53,6 +53,10 @@ def goes_as_file(part: Part, min_bytes: int) -> bool:
     return part.data is not None and part.file_uri is None and len(part.data) >= min_bytes
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 class CallFiles:
     """The uploaded files of one call. `request()` is the request to send (uploading the
     large parts at its first use; ProviderCallError when an upload fails, so the caller's
@@ -86,12 +90,14 @@ class CallFiles:
                 if not goes_as_file(part, self._min_bytes):
                     parts.append(part)
                     continue
-                assert part.data is not None
-                sha = hashlib.sha256(part.data).hexdigest()
+                data = part.data
+                assert data is not None
+                # hashlib releases the GIL: a 14 MB PDF's digest does not hold the loop
+                sha = await asyncio.to_thread(_sha256, data)
                 found = self._uploaded.get(sha)
                 if found is None:
                     mime = part.mime_type or "application/pdf"
-                    found = await self._files.upload(part.data, mime, f"pipeline-{sha[:32]}")
+                    found = await self._files.upload(data, mime, f"pipeline-{sha[:32]}")
                     self._uploaded[sha] = found
                 parts.append(dataclasses.replace(part, file_uri=found.uri))
             self._sent = dataclasses.replace(self._request, parts=tuple(parts))
