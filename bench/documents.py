@@ -12,8 +12,10 @@ the shared quota (issue 16).
    20 MB inline limit, so a document is one call) analysed by one `pipeline worker
    --concurrency 32` against the Gemini emulator (its own process, answers delayed so the
    calls pile up). Peak PSS of the worker's process tree against the PDF bytes of the calls
-   the emulator held open at once (target <= 1.5 x). `--large-mb 20` sends 20 MB PDFs, which
-   the worker splits into two parts each and merges (three calls a document, a longer run).
+   the emulator held open at once, inline or cited as uploaded files (target <= 1.5 x); a
+   PDF from PIPELINE_FILES_API_MIN_BYTES (4 MB) goes through the Files API. `--large-mb 20`
+   sends 20 MB PDFs, which the worker splits into two parts each and merges (three calls a
+   document, a longer run).
 3. manual: a 2,415-page PDF inspected (the validity rule submit and the worker apply) and
    planned (page ranges, parts split and each part's request measured, as tasks/fit.py does),
    in a fresh process: seconds per step and peak RSS.
@@ -226,7 +228,9 @@ def bench_worker(args: argparse.Namespace, redis_url: str, tmp: Path) -> dict[st
     peak = max(samples, key=lambda s: s[1])
     in_flight = [s for s in samples if s[3]]
     busiest = max(samples, key=lambda s: (s[4], s[1]))
-    pdf_in_flight = stats["peak_in_flight_bytes"] * 3 / 4  # base64: 4 bytes per 3
+    # The PDF bytes the generateContent calls in flight carried, inline or as uploaded files
+    # (the emulator decodes both); an inline body is ~4/3 of its PDF (base64).
+    pdf_in_flight = stats["peak_in_flight_data_bytes"]
     return {
         "documents": got["queued"], "pdf_mb_each": round(paths[0].stat().st_size / MB, 2),
         "concurrency": args.concurrency, "emulator_latency_s": args.latency_s,
@@ -234,6 +238,10 @@ def bench_worker(args: argparse.Namespace, redis_url: str, tmp: Path) -> dict[st
         "peak_calls_in_flight": stats["peak_in_flight"],
         "peak_request_mb_in_flight": round(stats["peak_in_flight_bytes"] / MB, 1),
         "peak_pdf_mb_in_flight": round(pdf_in_flight / MB, 1),
+        "files": stats["files"],  # Files API uploads, deletes and files left at the end
+        "count_inline_mb": round(stats["count_inline_bytes"] / MB, 1),
+        "count_file_parts": stats["count_file_parts"],
+        "largest_request_kb": round(stats["largest_request_bytes"] / 1024, 1),
         "worker_idle_pss_mb": round(idle, 1),
         "worker_peak_pss_mb": round(peak[1], 1),
         "worker_peak_pss_main_process_mb": round(max(s[2] for s in samples), 1),

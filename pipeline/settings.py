@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     # Gemini's limit on one inline request, base64 included (GEMINI.md §3.5); a part whose
     # real request is larger is split again, a page that alone is larger refused at submit.
     max_inline_request_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    # An interactive call sends a PDF (or part) of at least this many bytes through the Files
+    # API (upload, fileData, delete) instead of inline base64: pipeline/llm/uploads.py says
+    # why 4 MB.
+    files_api_min_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     # Batch Mode (pipeline/llm/batch_group.py): Gemini's limit on a batch's inline requests
     # together (GEMINI.md §3.6); a larger group goes as a JSONL input file through the Files
     # API, and a request of that file larger than batch_line_max_bytes sends its PDF as an

@@ -81,6 +81,9 @@ def worker(
 ) -> None:
     """Run a worker: claim jobs when a slot is free, run them under renewed leases."""
     configure_logging(log_level.value, log_format)
+    from pipeline.queue.memory import return_large_buffers
+
+    return_large_buffers()  # a worker frees many PDF-sized buffers: give them back
     modules = import_task_modules(import_)
     from pipeline.services import build_worker
 

@@ -88,7 +88,7 @@ class BatchFiles:
         return UploadedFile(found.name or "", found.uri or "")
 
     async def exists(self, name: str) -> bool:
-        """Whether the file is still there (False for a 404: deleted or expired)."""
+        """Whether the file is still there (False when deleted or expired)."""
         return await _unless_gone(self._client.aio.files.get(name=name))
 
     async def delete(self, name: str) -> bool:
@@ -103,12 +103,15 @@ class BatchFiles:
 
 
 async def _unless_gone(call: Awaitable[object]) -> bool:
-    """True once `call` succeeded, False when it met a 404; raises ProviderCallError."""
+    """True once `call` succeeded, False when the file is gone: a 404, or the 403 Google
+    answers for a file that is not there ("You do not have permission to access the File …
+    or it may not exist", google-gemini/deprecated-generative-ai-js#236); raises
+    ProviderCallError otherwise."""
     try:
         await call
     except Exception as exc:
         failure = parse_api_error(exc)
-        if failure.code == 404:
+        if failure.code == 404 or (failure.code == 403 and "may not exist" in failure.message):
             return False
         raise ProviderCallError(failure) from exc
     return True

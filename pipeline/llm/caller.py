@@ -5,7 +5,8 @@ The order is the point of this module. For each attempt:
 1. the call store is asked first — an answer already paid for (and still accepted) is
    returned and recorded as FROM_STORE, with nothing sent and no quota or budget touched;
 2. the prompt is counted (countTokens, free, cached in Redis: counting.py) — the exact
-   input of the bound;
+   input of the bound; a large PDF is first uploaded once per call through the Files API
+   (uploads.py), counted and sent as a file reference, and deleted once the call is booked;
 3. a limiter permit is taken (or the one the gate granted at claim time is used);
 4. only then is the budget reserved for the call's bound — the counted input at the input
    rate (long-context tier when over the threshold) plus maxOutputTokens and the thinking
@@ -46,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.llm.attempts import CallAttempt, Outcome, Recorder, record_store_hit
 from pipeline.llm.callstore import CallStore, call_key
@@ -67,6 +68,9 @@ from pipeline.llm.spend import (
 )
 from pipeline.llm.stop import Accept, accepted, judge
 from pipeline.llm.usage import book_usage
+
+if TYPE_CHECKING:
+    from pipeline.llm.uploads import CallFiles
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,7 @@ class _Call:
     billed: bool = True
     counted: int | None = None  # countTokens for the request: the bound's input tokens
     attempt: int = 0
+    files: CallFiles | None = None  # the call's Files API uploads (large PDFs), if any
 
 
 class LLMCaller:
@@ -194,7 +199,8 @@ class LLMCaller:
         if input_tokens is None and permit is not None:
             input_tokens = permit.tokens
         state = _Call(request, key, input_tokens, permit, budget, retry_budget, ids,
-                      accept=accept, billed=self.billed)  # fmt: skip
+                      accept=accept, billed=self.billed,
+                      files=self._call_files(request))  # fmt: skip
         try:
             async for attempt in self.policy.retrying(retry_budget):
                 with attempt:
@@ -204,7 +210,15 @@ class LLMCaller:
         finally:
             if state.permit is not None:  # never used: no attempt got that far
                 await self.limiter.release(state.permit, sent=False)
+            if state.files is not None:  # the outcome is booked: the uploads can go
+                await asyncio.shield(state.files.release())
         return response
+
+    def _call_files(self, request: LLMRequest) -> CallFiles | None:
+        """The provider's uploads for this call (large PDFs through the Files API), or
+        None when it sends everything inline."""
+        make = getattr(self.provider, "call_files", None)
+        return make(request) if make is not None and self.billed else None
 
     async def _take_permit(self, state: _Call) -> Permit:
         if state.permit is not None:
@@ -221,6 +235,12 @@ class LLMCaller:
             state.retry_budget.take()
         state.attempt += 1
         estimate = Decimal(0)
+        if state.files is not None and state.files.needed:
+            # An upload is round trips, like the count below: a gate permit goes back first.
+            # A failed upload is retried like any provider failure; nothing was billed.
+            await self._give_back_gate_permit(state)
+            await state.files.request()
+        sent = request if state.files is None else await state.files.request()
         if state.billed:
             if state.counted is None:
                 state.counted = await self.counter.cached(request)
@@ -228,11 +248,10 @@ class LLMCaller:
                 # The count is a round trip: a permit held across it would be debited long
                 # before its request arrives, and arrivals bunch up past the provider's
                 # window. So a gate permit goes back and a fresh one is taken after.
-                if state.permit is not None:
-                    await self.limiter.release(state.permit, sent=False)
-                    state.permit = None
+                await self._give_back_gate_permit(state)
                 # A failed count is retried like any provider failure: no bound, no call.
-                state.counted = await self.counter.count(request)
+                # A large PDF is counted by its file reference (same prompt hash, no body).
+                state.counted = await self.counter.count(sent)
             # Priced before the wait for a permit: an unknown model fails before taking quota.
             estimate = bound_usd(self.prices, request, state.counted, self.clock())
         permit = await self._take_permit(state)
@@ -264,17 +283,24 @@ class LLMCaller:
             if state.budget is not None and reservation is not None:
                 await state.budget.cancel(reservation)
             raise
-        return await self._send(state, record, permit, reservation)
+        return await self._send(state, sent, record, permit, reservation)
+
+    async def _give_back_gate_permit(self, state: _Call) -> None:
+        if state.permit is not None:
+            await self.limiter.release(state.permit, sent=False)
+            state.permit = None
 
     async def _send(
-        self, state: _Call, record: CallAttempt, permit: Permit, reservation: Any
-    ) -> LLMResponse:
+        self, state: _Call, sent: LLMRequest, record: CallAttempt, permit: Permit,
+        reservation: Any,
+    ) -> LLMResponse:  # fmt: skip
+        """Send `sent` (the call's request, large PDFs as file references) and book it."""
         request = state.request
         t0 = time.monotonic()
         try:
             try:
                 async with self.limiter.hold(permit), keep_hold(state.budget, reservation):
-                    coro = self.provider.generate(request)
+                    coro = self.provider.generate(sent)
                     if self.attempt_timeout_s is not None:
                         response = await asyncio.wait_for(coro, self.attempt_timeout_s)
                     else:

@@ -35,10 +35,12 @@ def make_provider(settings: Settings) -> Provider:
         return OfflineProvider()
     from pipeline.llm.gemini import GeminiProvider, api_key_from_env
 
+    files_min_bytes = settings.files_api_min_bytes
     if choice == "emulator":
         base_url = os.environ.get("GOOGLE_GEMINI_BASE_URL") or EMULATOR_DEFAULT_URL
-        return GeminiProvider(api_key=api_key_from_env() or EMULATOR_DEFAULT_KEY, base_url=base_url)
-    return GeminiProvider()
+        return GeminiProvider(api_key=api_key_from_env() or EMULATOR_DEFAULT_KEY,
+                              base_url=base_url, files_min_bytes=files_min_bytes)  # fmt: skip
+    return GeminiProvider(files_min_bytes=files_min_bytes)
 
 
 def _announce_offline() -> None:

@@ -25,6 +25,11 @@ from pipeline.llm.provider import LLMRequest, LLMResponse, Part, ReportedUsage, 
 
 if TYPE_CHECKING:
     from pipeline.llm.batch import GeminiBatches
+    from pipeline.llm.uploads import CallFiles
+
+# Data parts from this size go through the Files API (PIPELINE_FILES_API_MIN_BYTES; why this
+# figure: pipeline/llm/uploads.py, which imports this module, so it is not imported here).
+DEFAULT_FILES_MIN_BYTES = 4 * 1024 * 1024
 
 __all__ = ["GeminiProvider", "ProviderCallError", "ProviderFailure", "parse_api_error"]
 
@@ -119,6 +124,9 @@ def parse_api_error(exc: BaseException) -> ProviderFailure:
 def _sdk_part(part: Part) -> types.Part:
     if part.text is not None:
         return types.Part.from_text(text=part.text)
+    if part.file_uri is not None:  # uploaded for this call (llm/uploads.py): no inline bytes
+        return types.Part.from_uri(file_uri=part.file_uri,
+                                   mime_type=part.mime_type or "application/pdf")  # fmt: skip
     if part.data is not None:
         return types.Part.from_bytes(data=part.data, mime_type=part.mime_type or "application/pdf")
     raise ValueError("a Part needs text or data")
@@ -137,6 +145,7 @@ class GeminiProvider:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         api_version: str = "v1beta",
         headers: dict[str, str] | None = None,
+        files_min_bytes: int = DEFAULT_FILES_MIN_BYTES,
     ) -> None:
         key = api_key or api_key_from_env()
         if not key:
@@ -152,6 +161,16 @@ class GeminiProvider:
             headers=headers,
         )
         self._client = genai.Client(api_key=key, http_options=options)
+        self.files_min_bytes = files_min_bytes
+
+    def call_files(self, request: LLMRequest) -> CallFiles | None:
+        """The Files API uploads of one call (llm/uploads.py): data parts of at least
+        `files_min_bytes` go as `fileData`; None when every part goes inline."""
+        from pipeline.llm.uploads import CallFiles, goes_as_file
+
+        if not any(goes_as_file(p, self.files_min_bytes) for p in request.parts):
+            return None
+        return CallFiles(self._client, request, self.files_min_bytes)
 
     def _config(self, request: LLMRequest) -> types.GenerateContentConfig:
         config: dict[str, Any] = {"max_output_tokens": request.max_output_tokens}

@@ -16,11 +16,17 @@ from typing import Any, Protocol
 
 @dataclass(frozen=True)
 class Part:
-    """A prompt part: text, or bytes with a MIME type (PDFs go inline as application/pdf)."""
+    """A prompt part: text, or bytes with a MIME type (PDFs go inline as application/pdf).
+
+    `file_uri` is set on a data part that was uploaded through the Files API for one call
+    (pipeline/llm/uploads.py): it is then sent as `fileData` instead of inline base64. The
+    bytes stay in `data`, so the call key, the count cache key and page estimates are the
+    same whichever way the part travels."""
 
     text: str | None = None
     data: bytes | None = None
     mime_type: str | None = None
+    file_uri: str | None = None
 
     @classmethod
     def pdf(cls, data: bytes) -> Part:
@@ -61,7 +67,8 @@ class LLMRequest:
         # The base64 text is counted, not made: it needs no JSON escaping, so each inline part
         # adds exactly its encoded length to a body written with "" in its place (making it
         # would hold ~4x the PDF's bytes in base64, JSON and UTF-8 copies at once).
-        inline = sum(4 * ((len(p.data) + 2) // 3) for p in self.parts if p.data is not None)
+        inline = sum(4 * ((len(p.data) + 2) // 3) for p in self.parts
+                     if p.data is not None and p.file_uri is None)  # fmt: skip
         return len(json.dumps(self.rest_body(inline_placeholder=True)).encode()) + inline
 
     def rest_body(self, file_uris: Mapping[str, str] | None = None, *,
@@ -74,7 +81,9 @@ class LLMRequest:
         parts: list[dict[str, Any]] = []
         for part in self.parts:
             if part.data is not None:
-                uri = uploaded.get(hashlib.sha256(part.data).hexdigest()) if uploaded else None
+                uri = part.file_uri
+                if uri is None and uploaded:
+                    uri = uploaded.get(hashlib.sha256(part.data).hexdigest())
                 if uri is not None:
                     parts.append({"fileData": {"fileUri": uri,
                                                "mimeType": part.mime_type or ""}})  # fmt: skip

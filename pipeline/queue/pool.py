@@ -44,6 +44,10 @@ def _decode(value: Any) -> Any:
     return value
 
 
+def _payload(func_path: str, args: tuple[Any, ...]) -> str:
+    return json.dumps({"func": func_path, "args": _encode(list(args))})
+
+
 def _trampoline(payload: str) -> str:
     """Runs in the child: resolve `module:function`, call it, answer JSON."""
     request = json.loads(payload)
@@ -70,7 +74,11 @@ def _to_jsonable(value: Any) -> Any:
 
 def _die_with_parent() -> None:
     """Runs first in each pool process: on Linux, ask to be killed when the worker process
-    dies (SIGKILL, OOM), so no parser process outlives it holding memory."""
+    dies (SIGKILL, OOM), so no parser process outlives it holding memory; and give freed
+    PDF-sized buffers back to the OS (queue/memory.py)."""
+    from pipeline.queue.memory import return_large_buffers
+
+    return_large_buffers()
     try:
         import ctypes
         import signal
@@ -129,12 +137,17 @@ class CpuPool:
     async def run(self, func_path: str, *args: Any) -> Any:
         """Call `module:function(*args)` in a child; its own error types are re-raised by name
         when they come from pipeline.errors, else as CpuPoolError."""
-        payload = json.dumps({"func": func_path, "args": _encode(list(args))})
         loop = asyncio.get_running_loop()
         try:
             async with self._free_slot():
+                # Encoded once a slot is free, not before: a call's JSON holds its bytes again
+                # as base64 (a 14 MB PDF is ~19 MB of text), and 32 jobs waiting for 2 slots
+                # held 32 such copies at once (bench/documents.py --only worker). In a thread,
+                # so the encoding does not block the event loop either.
+                payload = await asyncio.to_thread(_payload, func_path, args)
                 answer = json.loads(await loop.run_in_executor(self._ensure(), _trampoline,
                                                                payload))  # fmt: skip
+                del payload
         except BrokenExecutor as exc:
             # A child died (OOM on a hostile PDF, a crash): the executor is unusable from now
             # on. Start a fresh one for the next call and let this job try again.

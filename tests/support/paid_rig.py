@@ -115,7 +115,8 @@ async def running_pipeline(
 
     s = load_settings(key_prefix=key_prefix, **settings)
     client = QueueClient(connect_redis(redis_url), settings=s)
-    provider = GeminiProvider(api_key=emu.api_key, base_url=emu.base_url)
+    provider = GeminiProvider(api_key=emu.api_key, base_url=emu.base_url,
+                              files_min_bytes=s.files_api_min_bytes)  # fmt: skip
     services = await open_services(client, provider=provider)
     worker = await build_worker(client, queues=["default"], concurrency=concurrency,
                                 services=services)  # fmt: skip

@@ -175,7 +175,7 @@ class _Emulator:
         try:
             prompt = await asyncio.to_thread(content.parse_prompt, body, self.files.resolve)
         except content.BadRequest as exc:
-            return error_response(400, str(exc))
+            return error_response(exc.code, str(exc))
         with self.lock:
             active = self.faults.match(prompt.match_text())
         version = self.aliases.get(model, model)
@@ -189,17 +189,20 @@ class _Emulator:
                 )
             fault = self.config.fail_rate > 0 and self.rng.random() < self.config.fail_rate
             fault_code = self.rng.choice(self.config.fail_codes)
+        if active.unavailable:  # the `unavailable` fault: this request gets a 503
+            fault, fault_code = True, 503
         if denial is not None:
             return quota_error(denial, model, self.config.retry_info)
         stats = self.stats  # the object counted in, even if a reset replaces it meanwhile
+        data_bytes = prompt.inline_bytes + prompt.file_bytes
         with self.lock:
-            stats.enter(len(raw))
+            stats.enter(len(raw), data_bytes)
         try:
             return await self._answer(body, prompt, active, version, digest, len(raw),
                                       (text_tokens, doc_tokens), fault, fault_code)
         finally:
             with self.lock:
-                stats.leave(len(raw))
+                stats.leave(len(raw), data_bytes)
 
     async def _answer(
         self, body: dict[str, Any], prompt: content.Prompt, active: Active, version: str,
@@ -219,7 +222,7 @@ class _Emulator:
                 self.complete, body, prompt, active, version, digest, size, split, False
             )
         except content.BadRequest as exc:
-            return error_response(400, str(exc))
+            return error_response(exc.code, str(exc))
         return JSONResponse(payload)
 
     def complete(
@@ -247,6 +250,8 @@ class _Emulator:
             self.stats.answered.add(digest)
             self.stats.log({
                 "model": version, "bytes": size, "pdf_pages": prompt.pdf_pages,
+                "inline_bytes": prompt.inline_bytes, "file_parts": prompt.file_parts,
+                "file_bytes": prompt.file_bytes,
                 "mode": "batch" if batch else "interactive",
                 "max_output_tokens": content.pick(config, "maxOutputTokens",
                                                   "max_output_tokens"),
@@ -289,9 +294,11 @@ class _Emulator:
         try:
             prompt = await asyncio.to_thread(content.parse_prompt, body, self.files.resolve)
         except content.BadRequest as exc:
-            return error_response(400, str(exc))
+            return error_response(exc.code, str(exc))
         with self.lock:
             self.stats.count_requests += 1
+            self.stats.count_inline_bytes += prompt.inline_bytes
+            self.stats.count_file_parts += prompt.file_parts
             active = self.faults.match(prompt.match_text(), counting=True)
         text_tokens, doc_tokens = prompt.tokens(self.aliases.get(model, model), active.page_tokens)
         return JSONResponse({"totalTokens": text_tokens + doc_tokens})

@@ -34,6 +34,16 @@ DEFAULT_MAX_OUTPUT_TOKENS = 8192
 class BadRequest(Exception):
     """Becomes a 400 INVALID_ARGUMENT with this message."""
 
+    code = 400
+
+
+class FileNotAccessible(BadRequest):
+    """A `fileData` part naming a file that is not there (never uploaded, deleted, expired):
+    Google answers 403 PERMISSION_DENIED "You do not have permission to access the File …
+    or it may not exist." (google-gemini/deprecated-generative-ai-js#236)."""
+
+    code = 403
+
 
 def pick(mapping: dict[str, Any], camel: str, snake: str, default: Any = None) -> Any:
     """Google's JSON accepts both spellings, and the SDK sends some of each."""
@@ -62,6 +72,9 @@ class Prompt:
     pdf_texts: list[str] = field(default_factory=list)
     images: int = 0
     other_bytes: int = 0
+    inline_bytes: int = 0  # decoded bytes of inlineData parts
+    file_bytes: int = 0  # bytes of the uploaded files fileData parts cite
+    file_parts: int = 0
 
     def tokens(self, model: str, page_tokens: int | None = None) -> tuple[int, int]:
         """(text tokens, document tokens) for this model family; `page_tokens` overrides
@@ -124,10 +137,13 @@ def _add_part(prompt: Prompt, part: dict[str, Any], files: FileResolver | None) 
         if files is None:
             raise BadRequest("fileData is not served on this route; send the PDF inline")
         data, stored_mime = files(str(pick(ref, "fileUri", "file_uri", "")))
+        prompt.file_parts += 1
+        prompt.file_bytes += len(data)
         _add_data(prompt, str(pick(ref, "mimeType", "mime_type", "") or stored_mime), data)
         return
-    _add_data(prompt, str(pick(inline, "mimeType", "mime_type", "")),
-              _b64decode(str(inline.get("data", ""))))  # fmt: skip
+    data = _b64decode(str(inline.get("data", "")))
+    prompt.inline_bytes += len(data)
+    _add_data(prompt, str(pick(inline, "mimeType", "mime_type", "")), data)
 
 
 def _add_data(prompt: Prompt, mime: str, data: bytes) -> None:

@@ -16,6 +16,8 @@ Each fault reproduces a reported behaviour (the field cases in /work/shared/fiel
                    resolution does — case 12, api-examples#94
     overbill       generateContent bills `tokens` more prompt tokens than countTokens counts
                    (a provider billing beyond its own count) — the budget-overrun path
+    unavailable    503 UNAVAILABLE "The model is overloaded" before answering, not billed
+                   (GEMINI.md §3.4), for a chosen request rather than at `fail_rate`
 
 A fault applies to requests whose prompt (text parts, PDF text, system instruction)
 contains `when` ("" = every request), at most `times` times (None = always). Faults are set
@@ -29,7 +31,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 KINDS = frozenset(
-    {"verbose", "think", "block", "finish", "no_usage", "total_only", "inflate", "overbill"}
+    {"verbose", "think", "block", "finish", "no_usage", "total_only", "inflate", "overbill",
+     "unavailable"}
 )
 _DEFAULT_REASON = {"block": "PROHIBITED_CONTENT", "finish": "SAFETY"}
 
@@ -73,6 +76,7 @@ class Active:
     usage: str = "full"  # full | none | total_only
     page_tokens: int | None = None
     overbill_tokens: int = 0
+    unavailable: bool = False
     applied: list[str] = field(default_factory=list)
 
 
@@ -124,3 +128,5 @@ def _apply(active: Active, fault: Fault) -> None:
         active.page_tokens = fault.tokens
     elif fault.kind == "overbill":
         active.overbill_tokens = fault.tokens
+    elif fault.kind == "unavailable":
+        active.unavailable = True

@@ -13,6 +13,10 @@ What google-genai does (`files.upload`, `_extra_utils.prepare_resumable_upload`,
   under `/download/…`, the `downloadUri` Google gives) returns the bytes of a file the
   service generated (a batch job's responses file).
 
+`generateContent` and `countTokens` read a `fileData.fileUri` part from here (page count
+and tokens as for inline data); a file never uploaded or deleted is refused with Google's
+403 PERMISSION_DENIED ("… or it may not exist").
+
 A file is kept until deleted (Google keeps 48 h; the emulator lives shorter than that).
 The counters (`uploads`, `deleted`, `downloads`, `live`) are in `/_emulator/stats`
 under "files".
@@ -31,7 +35,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from pipeline.llm.emulator.batch_routes import ErrorFn
-from pipeline.llm.emulator.content import BadRequest
+from pipeline.llm.emulator.content import BadRequest, FileNotAccessible
 
 
 def _rfc3339(at: float) -> str:
@@ -121,11 +125,12 @@ class FileStore:
 
     def resolve(self, uri: str) -> tuple[bytes, str]:
         """The bytes and MIME type a `fileData.fileUri` (or `files/{id}`) names. Raises
-        BadRequest, as Google answers 400 for a file that does not exist."""
+        FileNotAccessible (403, Google's answer) for a file never uploaded or deleted."""
         name = "files/" + uri.rsplit("files/", 1)[-1] if "files/" in uri else uri
         stored = self.get(name)
         if stored is None:
-            raise BadRequest(f"File {name} does not exist or you do not have access to it.")
+            raise FileNotAccessible(f"You do not have permission to access the File "
+                                    f"{name.removeprefix('files/')} or it may not exist.")
         return stored.data, stored.mime_type
 
     def stats(self) -> dict[str, int]:

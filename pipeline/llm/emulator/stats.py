@@ -74,6 +74,11 @@ class EmulatorStats:
     in_flight_bytes: int = 0
     peak_in_flight: int = 0
     peak_in_flight_bytes: int = 0
+    # the decoded document bytes (PDFs inline or by uploaded file) of those requests
+    in_flight_data_bytes: int = 0
+    peak_in_flight_data_bytes: int = 0
+    count_inline_bytes: int = 0  # decoded inline data countTokens requests carried
+    count_file_parts: int = 0  # fileData parts countTokens requests cited
     batch_requests: int = 0  # inline requests of batch jobs answered (or refused)
     batch_billed: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -89,15 +94,20 @@ class EmulatorStats:
         row["thinking_tokens"] += bill.thinking_tokens
         row["cost_usd"] += bill.cost_usd
 
-    def enter(self, size: int) -> None:
+    def enter(self, size: int, data_bytes: int = 0) -> None:
+        """A generate request of `size` body bytes citing `data_bytes` of documents."""
         self.in_flight += 1
         self.in_flight_bytes += size
+        self.in_flight_data_bytes += data_bytes
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         self.peak_in_flight_bytes = max(self.peak_in_flight_bytes, self.in_flight_bytes)
+        self.peak_in_flight_data_bytes = max(self.peak_in_flight_data_bytes,
+                                             self.in_flight_data_bytes)  # fmt: skip
 
-    def leave(self, size: int) -> None:
+    def leave(self, size: int, data_bytes: int = 0) -> None:
         self.in_flight -= 1
         self.in_flight_bytes -= size
+        self.in_flight_data_bytes -= data_bytes
 
     def log(self, entry: dict[str, Any]) -> None:
         self.requests.append(entry)
@@ -128,6 +138,10 @@ class EmulatorStats:
             "in_flight_bytes": self.in_flight_bytes,
             "peak_in_flight": self.peak_in_flight,
             "peak_in_flight_bytes": self.peak_in_flight_bytes,
+            "in_flight_data_bytes": self.in_flight_data_bytes,
+            "peak_in_flight_data_bytes": self.peak_in_flight_data_bytes,
+            "count_inline_bytes": self.count_inline_bytes,
+            "count_file_parts": self.count_file_parts,
             "timestamps": dict(self.timestamps),
             "arrivals": dict(self.arrivals),
             "throttled": {k: [vars(t) for t in v] for k, v in self.throttled.items()},
