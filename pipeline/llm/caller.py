@@ -42,14 +42,21 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from pipeline.llm.attempts import CallAttempt, Outcome, Recorder, record_store_hit
+from pipeline.llm.call_state import (
+    CallIds,
+    CallState,
+    attempt_id,
+    cancelled,
+    outcome_unknown,
+    price_version,
+)
 from pipeline.llm.callstore import CallStore, call_key
 from pipeline.llm.counting import PDF_TOKENS_PER_PAGE, TokenCounter, rough_input_tokens
 from pipeline.llm.failure import ProviderCallError, ProviderFailure
@@ -77,32 +84,6 @@ log = logging.getLogger(__name__)
 __all__ = [
     "PDF_TOKENS_PER_PAGE", "Accept", "LLMCaller", "Prices", "SpendLimit", "rough_input_tokens",
 ]  # fmt: skip
-
-
-
-@dataclass(frozen=True)
-class _Ids:
-    job_id: str | None
-    batch_id: str | None
-    document_id: str | None
-
-
-@dataclass
-class _Call:
-    """What one `call()` carries from attempt to attempt."""
-
-    request: LLMRequest
-    key: str
-    tokens: int | None  # the limiter's debit; None: the counted input
-    permit: Permit | None  # the gate's permit, used by the first attempt only
-    budget: SpendLimit | None
-    retry_budget: RetryBudget | None
-    ids: _Ids
-    accept: Accept | None = None
-    billed: bool = True
-    counted: int | None = None  # countTokens for the request: the bound's input tokens
-    attempt: int = 0
-    files: CallFiles | None = None  # the call's Files API uploads (large PDFs), if any
 
 
 class LLMCaller:
@@ -178,7 +159,7 @@ class LLMCaller:
                 await self.limiter.release(permit, sent=False)
             raise
         key = call_key(request)
-        ids = _Ids(job_id, batch_id, document_id)
+        ids = CallIds(job_id, batch_id, document_id)
         stored = await self.store.get(key)
         if stored is not None and accepted(accept, stored) is None:
             if permit is not None:
@@ -198,7 +179,7 @@ class LLMCaller:
             permit = None
         if input_tokens is None and permit is not None:
             input_tokens = permit.tokens
-        state = _Call(request, key, input_tokens, permit, budget, retry_budget, ids,
+        state = CallState(request, key, input_tokens, permit, budget, retry_budget, ids,
                       accept=accept, billed=self.billed,
                       files=self._call_files(request))  # fmt: skip
         try:
@@ -220,7 +201,7 @@ class LLMCaller:
         make = getattr(self.provider, "call_files", None)
         return make(request) if make is not None and self.billed else None
 
-    async def _take_permit(self, state: _Call) -> Permit:
+    async def _take_permit(self, state: CallState) -> Permit:
         if state.permit is not None:
             permit, state.permit = state.permit, None
             return permit
@@ -229,7 +210,7 @@ class LLMCaller:
             state.request.model, tokens, deadline_s=self.acquire_deadline_s
         )
 
-    async def _attempt(self, state: _Call) -> LLMResponse:
+    async def _attempt(self, state: CallState) -> LLMResponse:
         request = state.request
         if state.retry_budget is not None:
             state.retry_budget.take()
@@ -265,13 +246,13 @@ class LLMCaller:
         record = CallAttempt(
             # The hold's token when there is one: the attempt's ledger row then tells what
             # became of the held call if its worker dies (pipeline/ledger/reconcile.py).
-            attempt_id=_attempt_id(reservation),
+            attempt_id=attempt_id(reservation),
             call_key=state.key,
             model=request.model,
             attempt=state.attempt,
             started_at=self.clock(),
             estimated_cost_usd=estimate,
-            price_version=_price_version(self.prices),
+            price_version=price_version(self.prices),
             job_id=state.ids.job_id,
             batch_id=state.ids.batch_id,
             document_id=state.ids.document_id,
@@ -285,13 +266,13 @@ class LLMCaller:
             raise
         return await self._send(state, sent, record, permit, reservation)
 
-    async def _give_back_gate_permit(self, state: _Call) -> None:
+    async def _give_back_gate_permit(self, state: CallState) -> None:
         if state.permit is not None:
             await self.limiter.release(state.permit, sent=False)
             state.permit = None
 
     async def _send(
-        self, state: _Call, sent: LLMRequest, record: CallAttempt, permit: Permit,
+        self, state: CallState, sent: LLMRequest, record: CallAttempt, permit: Permit,
         reservation: Any,
     ) -> LLMResponse:  # fmt: skip
         """Send `sent` (the call's request, large PDFs as file references) and book it."""
@@ -308,7 +289,7 @@ class LLMCaller:
             except TimeoutError as exc:
                 raise ProviderCallError(ProviderFailure.timeout(str(exc) or "timed out")) from exc
         except ProviderCallError as exc:
-            if _outcome_unknown(exc.failure):  # it may have been billed: book the worst case
+            if outcome_unknown(exc.failure):  # it may have been billed: book the worst case
                 record.cost_usd = record.estimated_cost_usd
             try:
                 await self._settle_failure(state, record, exc.failure, time.monotonic() - t0)
@@ -316,7 +297,7 @@ class LLMCaller:
                 await asyncio.shield(self._close(state, permit, reservation, record.cost_usd))
             raise
         except BaseException as exc:  # cancelled, or a provider bug: the outcome is unknown
-            record.outcome = Outcome.ABANDONED if _cancelled(exc) else Outcome.ERROR
+            record.outcome = Outcome.ABANDONED if cancelled(exc) else Outcome.ERROR
             record.error = f"{type(exc).__name__}: {exc}"
             record.finished_at = self.clock()
             record.cost_usd = record.estimated_cost_usd  # possibly billed, as mark_abandoned
@@ -366,7 +347,7 @@ class LLMCaller:
 
     async def _close(
         self,
-        state: _Call,
+        state: CallState,
         permit: Permit,
         reservation: Any,
         cost_usd: Decimal,
@@ -380,7 +361,7 @@ class LLMCaller:
             await self.limiter.release(permit, input_tokens)
 
     async def _settle_failure(
-        self, state: _Call, record: CallAttempt, failure: ProviderFailure, elapsed_s: float
+        self, state: CallState, record: CallAttempt, failure: ProviderFailure, elapsed_s: float
     ) -> None:
         if state.retry_budget is not None:
             state.retry_budget.last_failure = failure
@@ -397,29 +378,9 @@ class LLMCaller:
         await self.recorder.settled(record.snapshot())
 
     async def _settle_unknown(
-        self, state: _Call, record: CallAttempt, permit: Permit, reservation: Any
+        self, state: CallState, record: CallAttempt, permit: Permit, reservation: Any
     ) -> None:
         try:
             await self.recorder.settled(record.snapshot())
         finally:
             await self._close(state, permit, reservation, record.cost_usd)
-
-
-def _outcome_unknown(failure: ProviderFailure) -> bool:
-    """No answer in time (our timeout, the HTTP client's, or the server's deadline): the
-    provider may have processed, and billed, the request all the same."""
-    return failure.status == "DEADLINE_EXCEEDED"
-
-
-def _attempt_id(reservation: Any) -> str:
-    token = getattr(reservation, "token", None)
-    return token if isinstance(token, str) and token else uuid.uuid4().hex
-
-
-def _cancelled(exc: BaseException) -> bool:
-    return isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit)
-
-
-def _price_version(prices: object) -> str | None:
-    version = getattr(prices, "version", None)
-    return None if version is None else str(version)
