@@ -223,7 +223,7 @@ async def submit_uploads(
 
     group: dict[str, Any] | None = None
     if choice.mode == "batch":
-        from pipeline.llm.batch import group_name
+        from pipeline.llm.batch_items import group_name
 
         members = [{"sha256": sha, "name": up.name} for _, up, _, sha in checked]
         group = {"name": group_name(model, prompt.version, [m["sha256"] for m in members]),

@@ -11,79 +11,22 @@ for a second one.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import replace
 from typing import Any
 
 from google import genai
 from google.genai import types
 
 from pipeline.llm.batch_files import BatchFiles, parse_responses, to_response
+from pipeline.llm.batch_items import (
+    BatchItem,
+    BatchOutcome,
+    RemoteBatch,
+)
 from pipeline.llm.failure import ProviderCallError, ProviderFailure
 from pipeline.llm.gemini import parse_api_error, to_llm_response
-from pipeline.llm.provider import LLMRequest, LLMResponse
-
-DISPLAY_PREFIX = "pipeline-"
-TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
-
-
-@dataclass(frozen=True)
-class BatchItem:
-    """One request of a batch job and the key (document/part) its response answers;
-    `document` is the ledger's document id when the key names a part of one."""
-
-    key: str
-    request: LLMRequest
-    document: str | None = None
-
-
-@dataclass(frozen=True)
-class BatchOutcome:
-    """The answer to one key: a response (billed at the batch rate), or the failure Google
-    gave for that request alone (not billed)."""
-
-    key: str
-    response: LLMResponse | None = None
-    failure: ProviderFailure | None = None
-
-
-@dataclass(frozen=True)
-class RemoteBatch:
-    """A batch job as last seen: `state` without prefix (PENDING, RUNNING, SUCCEEDED,
-    FAILED, CANCELLED, EXPIRED); `outcomes` filled once it SUCCEEDED."""
-
-    name: str
-    display_name: str
-    state: str
-    create_time: datetime | None = None
-    outcomes: tuple[BatchOutcome, ...] = field(default_factory=tuple)
-    responses_file: str | None = None  # files/… the outcomes were read from (file input)
-
-    @property
-    def done(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-
-def display_name_for(model: str, items: Sequence[BatchItem]) -> str:
-    """A name that only this group of requests has: a hash of the model and of each key with
-    its request's settings, in key order. Keys are content keys (a document's hash and its
-    prompt version), so the same group submitted twice gets the same name."""
-    digest = hashlib.sha256(model.encode())
-    for item in sorted(items, key=lambda i: i.key):
-        request = item.request
-        digest.update(json.dumps([item.key, request.prompt_version, request.max_output_tokens,
-                                  request.thinking_budget]).encode())  # fmt: skip
-    return DISPLAY_PREFIX + digest.hexdigest()[:40]
-
-
-def group_name(model: str, prompt_version: str, keys: Sequence[str]) -> str:
-    """The display name of a group known before its requests are built: the model, the
-    prompt version and the sorted content keys of its members (documents' sha256)."""
-    digest = hashlib.sha256(json.dumps([model, prompt_version, sorted(keys)]).encode())
-    return DISPLAY_PREFIX + digest.hexdigest()[:40]
+from pipeline.llm.provider import LLMRequest
 
 
 def _state(job: types.BatchJob) -> str:

@@ -12,10 +12,9 @@ group (batch_group.py) deletes them as soon as its job is booked.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from google import genai
@@ -23,9 +22,6 @@ from google.genai import types
 
 from pipeline.llm.failure import ProviderCallError
 from pipeline.llm.gemini import parse_api_error
-from pipeline.llm.provider import LLMRequest, Part
-
-JSONL = "application/jsonl"
 
 
 @dataclass(frozen=True)
@@ -34,18 +30,6 @@ class UploadedFile:
 
     name: str
     uri: str
-
-
-def data_parts(request: LLMRequest) -> dict[str, Part]:
-    """The request's data parts (PDFs) by sha256: what `LLMRequest.rest_body(file_uris)`
-    maps to uploaded files."""
-    return {hashlib.sha256(p.data).hexdigest(): p for p in request.parts if p.data}
-
-
-def input_line(key: str, request: LLMRequest, file_uris: dict[str, str]) -> bytes:
-    """One line of a batch input file."""
-    body = {"key": key, "request": request.rest_body(file_uris)}
-    return json.dumps(body).encode() + b"\n"
 
 
 def parse_responses(data: bytes) -> list[tuple[str, dict[str, object] | None,
@@ -115,10 +99,3 @@ async def _unless_gone(call: Awaitable[object]) -> bool:
             return False
         raise ProviderCallError(failure) from exc
     return True
-
-
-def inline_bytes(items: Sequence[tuple[str, LLMRequest]]) -> int:
-    """Bytes of a group's inline requests as batchGenerateContent carries them (each request
-    body plus its metadata key): what the inline limit is checked against."""
-    return sum(len(json.dumps({"request": r.rest_body(), "metadata": {"key": k}}).encode())
-               for k, r in items)  # fmt: skip

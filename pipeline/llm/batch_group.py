@@ -34,17 +34,28 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from pipeline.errors import PipelineError
 from pipeline.llm.attempts import CallAttempt, Outcome, Recorder
-from pipeline.llm.batch import BatchItem, GeminiBatches, RemoteBatch, display_name_for
-from pipeline.llm.batch_files import JSONL, data_parts, inline_bytes, input_line
+from pipeline.llm.batch_items import (
+    JSONL,
+    BatchItem,
+    RemoteBatch,
+    data_parts,
+    display_name_for,
+    inline_bytes,
+    input_line,
+)
 from pipeline.llm.callstore import CallStore, call_key
 from pipeline.llm.failure import ProviderCallError
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.provider import LLMRequest, Usage
 from pipeline.llm.stop import Accept, judge
 from pipeline.llm.usage import book_usage
+
+if TYPE_CHECKING:
+    from pipeline.llm.batch import GeminiBatches
 
 # Held while one worker lists and creates; longer than those calls take (the provider's
 # timeout), and it is what a worker that died holding it makes others wait.

@@ -14,8 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import Engine
 
-from pipeline.llm.batch import BatchItem
-from pipeline.llm.batch_files import inline_bytes
+from pipeline.llm.batch_items import BatchItem, inline_bytes
 from pipeline.llm.batch_group import BatchGroups
 from pipeline.llm.callstore import CallStore, call_key
 from pipeline.llm.gemini import GeminiProvider

@@ -25,7 +25,7 @@ from pipeline.ledger.budget import Budget
 from pipeline.ledger.models import LLMCall
 from pipeline.ledger.reconcile import Reconciler
 from pipeline.ledger.recorder import SqlRecorder
-from pipeline.llm.batch import BatchItem, RemoteBatch, display_name_for
+from pipeline.llm.batch_items import BatchItem, RemoteBatch, display_name_for
 from pipeline.llm.batch_group import BatchCreateBusy, BatchGroups, Collected
 from pipeline.llm.callstore import CallStore, call_key
 from pipeline.llm.gemini import GeminiProvider
@@ -179,7 +179,8 @@ import asyncio, json, os, signal, sys
 import redis.asyncio as aioredis
 from pipeline.ledger import db
 from pipeline.ledger.recorder import SqlRecorder
-from pipeline.llm.batch import BatchItem, GeminiBatches
+from pipeline.llm.batch import GeminiBatches
+from pipeline.llm.batch_items import BatchItem
 from pipeline.llm.batch_group import BatchGroups
 from pipeline.llm.callstore import CallStore
 from pipeline.llm.gemini import GeminiProvider

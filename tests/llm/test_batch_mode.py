@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from pipeline.llm.attempts import Outcome
-from pipeline.llm.batch import BatchItem, display_name_for
+from pipeline.llm.batch_items import BatchItem, display_name_for
 from pipeline.llm.gemini import GeminiProvider, ProviderCallError
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.provider import LLMRequest, Part

@@ -1,0 +1,97 @@
+"""What a Gemini batch job is made of, as plain data: its requests (`BatchItem`), the job as
+last seen (`RemoteBatch`), each key's answer (`BatchOutcome`), the names that let a group be
+found again, and the input-file lines and inline bytes its requests make. Kept apart from
+`batch.py` and `batch_files.py` (the google-genai calls) so the code that plans, holds and
+shows batches does not load the SDK (about a second of CPU per process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pipeline.llm.failure import ProviderFailure
+from pipeline.llm.provider import LLMRequest, LLMResponse, Part
+
+JSONL = "application/jsonl"  # the MIME type of a batch input file
+
+DISPLAY_PREFIX = "pipeline-"
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One request of a batch job and the key (document/part) its response answers;
+    `document` is the ledger's document id when the key names a part of one."""
+
+    key: str
+    request: LLMRequest
+    document: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """The answer to one key: a response (billed at the batch rate), or the failure Google
+    gave for that request alone (not billed)."""
+
+    key: str
+    response: LLMResponse | None = None
+    failure: ProviderFailure | None = None
+
+
+@dataclass(frozen=True)
+class RemoteBatch:
+    """A batch job as last seen: `state` without prefix (PENDING, RUNNING, SUCCEEDED,
+    FAILED, CANCELLED, EXPIRED); `outcomes` filled once it SUCCEEDED."""
+
+    name: str
+    display_name: str
+    state: str
+    create_time: datetime | None = None
+    outcomes: tuple[BatchOutcome, ...] = field(default_factory=tuple)
+    responses_file: str | None = None  # files/… the outcomes were read from (file input)
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+def display_name_for(model: str, items: Sequence[BatchItem]) -> str:
+    """A name that only this group of requests has: a hash of the model and of each key with
+    its request's settings, in key order. Keys are content keys (a document's hash and its
+    prompt version), so the same group submitted twice gets the same name."""
+    digest = hashlib.sha256(model.encode())
+    for item in sorted(items, key=lambda i: i.key):
+        request = item.request
+        digest.update(json.dumps([item.key, request.prompt_version, request.max_output_tokens,
+                                  request.thinking_budget]).encode())  # fmt: skip
+    return DISPLAY_PREFIX + digest.hexdigest()[:40]
+
+
+def group_name(model: str, prompt_version: str, keys: Sequence[str]) -> str:
+    """The display name of a group known before its requests are built: the model, the
+    prompt version and the sorted content keys of its members (documents' sha256)."""
+    digest = hashlib.sha256(json.dumps([model, prompt_version, sorted(keys)]).encode())
+    return DISPLAY_PREFIX + digest.hexdigest()[:40]
+
+
+def data_parts(request: LLMRequest) -> dict[str, Part]:
+    """The request's data parts (PDFs) by sha256: what `LLMRequest.rest_body(file_uris)`
+    maps to uploaded files."""
+    return {hashlib.sha256(p.data).hexdigest(): p for p in request.parts if p.data}
+
+
+def input_line(key: str, request: LLMRequest, file_uris: dict[str, str]) -> bytes:
+    """One line of a batch input file."""
+    body = {"key": key, "request": request.rest_body(file_uris)}
+    return json.dumps(body).encode() + b"\n"
+
+
+def inline_bytes(items: Sequence[tuple[str, LLMRequest]]) -> int:
+    """Bytes of a group's inline requests as batchGenerateContent carries them (each request
+    body plus its metadata key): what the inline limit is checked against."""
+    return sum(len(json.dumps({"request": r.rest_body(), "metadata": {"key": k}}).encode())
+               for k, r in items)  # fmt: skip
