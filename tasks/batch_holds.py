@@ -22,8 +22,8 @@ from typing import Any
 
 from pipeline.errors import BudgetExceeded
 from pipeline.ledger.budget import CallBudget, Reservation, Scope
-from pipeline.llm.batch_items import BatchItem
 from pipeline.llm.batch_group import BatchCreateBusy, BatchGroups, attempt_id
+from pipeline.llm.batch_items import BatchItem
 from pipeline.services import failed_call
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ from decimal import Decimal
 from typing import Any
 
 from pipeline.errors import JobError, Permanent, Reason, Retry
-from pipeline.llm.batch_items import BatchItem, RemoteBatch
 from pipeline.llm.batch_group import USE, BatchCreateBusy, BatchGroups, recorded
+from pipeline.llm.batch_items import BatchItem, RemoteBatch
 from pipeline.llm.failure import ProviderCallError
 from pipeline.queue.context import JobContext
 from pipeline.queue.task import task

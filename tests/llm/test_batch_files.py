@@ -14,8 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import Engine
 
-from pipeline.llm.batch_items import BatchItem, inline_bytes
 from pipeline.llm.batch_group import BatchGroups
+from pipeline.llm.batch_items import BatchItem, inline_bytes
 from pipeline.llm.callstore import CallStore, call_key
 from pipeline.llm.gemini import GeminiProvider
 from pipeline.llm.provider import Part

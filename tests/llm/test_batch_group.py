@@ -25,8 +25,8 @@ from pipeline.ledger.budget import Budget
 from pipeline.ledger.models import LLMCall
 from pipeline.ledger.reconcile import Reconciler
 from pipeline.ledger.recorder import SqlRecorder
-from pipeline.llm.batch_items import BatchItem, RemoteBatch, display_name_for
 from pipeline.llm.batch_group import BatchCreateBusy, BatchGroups, Collected
+from pipeline.llm.batch_items import BatchItem, RemoteBatch, display_name_for
 from pipeline.llm.callstore import CallStore, call_key
 from pipeline.llm.gemini import GeminiProvider
 from pipeline.llm.pricing import PriceTable
