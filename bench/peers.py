@@ -1,6 +1,7 @@
 """Celery, RQ, ARQ, SAQ, Dramatiq and pipeline side by side, on one Redis, on this machine.
 
     python bench/peers.py [--quick] [--reps 3] [--systems celery,rq,...] [--no-traps] [--json]
+                          [--figures startup,memory,...]
 
 Each peer gets a virtualenv of its own under .pipeline/bench-peers-venv/<peer> (made on
 the first run with `python -m venv` and `pip install` from PyPI; separate because ARQ pins
@@ -27,7 +28,9 @@ clock) to Redis, and that push is the job's observable start.
 The CPU-bound figures run one system at a time, `--reps` times, the systems interleaved
 (repetition r starts at a different system) so a change in the machine's load falls on all;
 each figure is reported as the median with min-max. The machine's load (os.getloadavg) is
-recorded before and after each system's run. "dramatiq" is one process (its threads =
+recorded before and after each system's run. `--figures` runs only the steps that measure
+the figures named (bench/peers_driver.py's FIGURES; a partial run writes
+bench/results/peers-<figures>.json, not peers.json). "dramatiq" is one process (its threads =
 slots); "dramatiq-default" is its default (one process per CPU, 8 threads each). Default run
 ~15-25 minutes; --quick (fewer samples, shorter traps) ~5. Every process started is ended by
 pid, even on error. Writes bench/results/peers.json and prints a Markdown table.
@@ -53,7 +56,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 import redis  # noqa: E402
 
 from bench.common import ROOT, bench_redis_url, write_result  # noqa: E402
-from bench.peers_driver import FULL, QUICK, descendants  # noqa: E402
+from bench.peers_driver import FIGURES, FULL, QUICK, descendants  # noqa: E402
 from bench.peers_table import table, targets  # noqa: E402
 
 VENVS = ROOT / ".pipeline" / "bench-peers-venv"
@@ -136,15 +139,15 @@ def release_dbs(base: str, dbs: list[int], run_id: str) -> None:
 class Drivers:
     """The driver subprocesses, each its own session; ended by pid with what they started."""
 
-    def __init__(self, quick: bool, pidfile: Path) -> None:
-        self.quick, self.pidfile = quick, pidfile
+    def __init__(self, quick: bool, pidfile: Path, figures: list[str]) -> None:
+        self.quick, self.pidfile, self.figures = quick, pidfile, figures
         self.running: list[tuple[str, str, subprocess.Popen[str]]] = []
 
     def start(self, system: str, phase: str, url: str) -> None:
         cmd = [str(venv_bin(system) / "python"), str(ROOT / "bench" / "peers_driver.py"),
                "--system", system, "--phase", phase, "--redis-url", url,
                "--venv-bin", str(venv_bin(system)), "--pidfile", str(self.pidfile),
-               "--logdir", str(LOGS)]
+               "--logdir", str(LOGS), "--figures", ",".join(self.figures)]
         if self.quick:
             cmd.append("--quick")
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True,
@@ -209,7 +212,8 @@ def _kill(pid: int) -> None:
         pass
 
 
-def run(systems: list[str], quick: bool, reps: int, traps: bool) -> dict[str, Any]:
+def run(systems: list[str], quick: bool, reps: int, traps: bool,
+        figures: list[str]) -> dict[str, Any]:
     versions = {s: ensure_venv(s) for s in systems}
     # pip byte-compiled the peers at install; a checkout run with PYTHONDONTWRITEBYTECODE
     # would compile pipeline's modules at every worker start instead
@@ -218,7 +222,7 @@ def run(systems: list[str], quick: bool, reps: int, traps: bool) -> dict[str, An
     base, server = bench_redis_url()
     run_id = uuid.uuid4().hex
     LOGS.mkdir(parents=True, exist_ok=True)
-    drivers = Drivers(quick, LOGS / f"workers-{run_id[:8]}.pids")
+    drivers = Drivers(quick, LOGS / f"workers-{run_id[:8]}.pids", figures)
     trap_systems = [s for s in systems if s in TRAP_SYSTEMS] if traps else []
     dbs: list[int] = []
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
@@ -246,6 +250,7 @@ def run(systems: list[str], quick: bool, reps: int, traps: bool) -> dict[str, An
         if server is not None:
             server.stop()
     return {"redis": base.split("@")[-1], "quick": quick, "reps": reps, "versions": versions,
+            "figures": figures,
             "settings": QUICK if quick else FULL,
             "systems": {s: {"perf": summarize(runs[s]), "perf_runs": runs[s],
                             **{p: trapped.get((s, p), {"error": "not run"})
@@ -285,22 +290,30 @@ def main() -> None:
                     help="comma-separated subset of " + ",".join(SYSTEMS))
     ap.add_argument("--reps", type=int, default=3, help="repetitions of the CPU-bound figures")
     ap.add_argument("--no-traps", action="store_true", help="skip the prefetch and ghost traps")
+    ap.add_argument("--figures", default=",".join(FIGURES),
+                    help="only the steps measuring these figures: comma-separated subset of "
+                    + ",".join(FIGURES))
     ap.add_argument("--json", action="store_true", help="print the JSON result too")
     args = ap.parse_args()
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = sorted(set(systems) - set(SYSTEMS))
     if unknown or not systems:
         ap.error(f"unknown system {unknown}; choose from {', '.join(SYSTEMS)}")
+    figures = [f.strip() for f in args.figures.split(",") if f.strip()]
+    unknown = sorted(set(figures) - set(FIGURES))
+    if unknown or not figures:
+        ap.error(f"unknown figure {unknown}; choose from {', '.join(FIGURES)}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     command = "python bench/peers.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
-    figures = run(systems, args.quick, max(1, args.reps), not args.no_traps)
-    figures["command"] = command
-    figures["targets"] = targets(figures)
-    path = write_result("peers", figures)
-    print(table(figures, command))
+    result = run(systems, args.quick, max(1, args.reps), not args.no_traps, figures)
+    result["command"] = command
+    result["targets"] = targets(result)
+    partial = set(figures) != set(FIGURES)
+    path = write_result("peers-" + "-".join(figures) if partial else "peers", result)
+    print(table(result, command))
     print(f"\nwritten to {path}")
     if args.json:
-        print(json.dumps(figures, indent=2))
+        print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python bench/peers_driver.py --system celery|rq|arq|pipeline --phase perf|prefetch|ghost
         --redis-url redis://host:port/DB --venv-bin DIR [--quick] [--pidfile F] [--logdir D]
+        [--figures startup,memory,...]
 
 Started by bench/peers.py with the interpreter that has the system installed (the peers
 venv for Celery, RQ and ARQ; the project's for pipeline), so it imports only redis-py and
@@ -181,11 +182,11 @@ class Run:
 # --- phases ----------------------------------------------------------------------------
 
 def perf(run: Run, cfg: dict[str, Any]) -> dict[str, Any]:
-    """The CPU-bound figures of one system, each defined once for all (see bench/peers.py)."""
+    """The CPU-bound figures of one system, each defined once for all (see bench/peers.py):
+    the steps that measure the figures asked for (`--figures`), each step run once."""
     out = {"worker_slots": DEFAULT_SLOTS[run.args.system], "loadavg_start": os.getloadavg()}
-    out |= enqueue_and_throughput(run, cfg)
-    out |= latency_and_idle(run, cfg)
-    out |= slow_job_memory(run, cfg)
+    for step in dict.fromkeys(FIGURES[f] for f in run.args.figures.split(",")):
+        out |= step(run, cfg)
     out["loadavg_end"] = os.getloadavg()
     return out
 
@@ -370,6 +371,12 @@ def percentile(values: list[float], p: float) -> float:
 
 
 PHASES = {"perf": perf, "prefetch": prefetch, "ghost": ghost}
+# A figure of the perf phase -> the step that measures it (with the others of its step: the
+# start-up needs the pre-enqueued jobs the enqueue rates leave; idle memory is read before
+# the latency samples).
+FIGURES = {"enqueue": enqueue_and_throughput, "startup": enqueue_and_throughput,
+           "throughput": enqueue_and_throughput, "latency": latency_and_idle,
+           "memory": latency_and_idle, "slow-job-memory": slow_job_memory}
 
 
 def main() -> None:
@@ -379,9 +386,14 @@ def main() -> None:
     ap.add_argument("--redis-url", required=True)
     ap.add_argument("--venv-bin", required=True, help="bin/ of the venv holding the peer's CLI")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--figures", default=",".join(FIGURES),
+                    help="perf phase: comma-separated subset of " + ",".join(FIGURES))
     ap.add_argument("--pidfile", default="")
     ap.add_argument("--logdir", default=str(ROOT / ".pipeline" / "bench-peers-logs"))
     args = ap.parse_args()
+    unknown = sorted(set(args.figures.split(",")) - set(FIGURES))
+    if unknown:
+        ap.error(f"unknown figure {unknown}; choose from {', '.join(FIGURES)}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run = Run(args)
     try:
