@@ -169,7 +169,7 @@ class BatchGroups:
                 cost_usd=self.worst_case_usd(item.request, input_tokens.get(item.key, 0), now),
             ))  # fmt: skip
         token = secrets.token_hex(8)
-        lock = f"{group}:creating"
+        lock = self.keys.batch_group_creating(name)
         if not await self.redis.set(lock, token, nx=True, px=self.create_lock_ms):
             raise BatchCreateBusy(f"batch group {name} is being created by another worker; "
                                   "it is retried shortly")  # fmt: skip

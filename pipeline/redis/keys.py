@@ -134,6 +134,11 @@ class Keys:
         name: its keys, then the remote job's name once created, then whether it was booked."""
         return self._k("batch-group", display_name)
 
+    def batch_group_creating(self, display_name: str) -> str:
+        """The lock one worker holds while it lists and creates a group's remote job (expires
+        by itself, so a dead worker's lock only delays the next)."""
+        return self._k("batch-group", display_name, "creating")
+
     def token_count(self, prompt_hash: str) -> str:
         """A request's countTokens figure, by `LLMRequest.prompt_hash()` (model + content)."""
         return self._k("tokens", prompt_hash)
