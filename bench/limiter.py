@@ -9,9 +9,20 @@ admission gate — against the emulator (in this process, in a thread) over HTTP
 google-genai client. The settings allow --rpm requests per --period-s (a scaled minute, so a
 run takes seconds, not minutes); the emulator enforces --emulator-rpm (default: the same) to
 rehearse a real quota lower than the settings. Printed, and written to
-bench/results/limiter.json: the achieved rate as the emulator counted it vs the limit, the
-most requests in any period-long window, the 429 count, and p50/p95 admission wait (job
-enqueued → job started, which is when the gate granted its call's permit).
+bench/results/limiter.json: the share of the quota used as the emulator counted arrivals,
+the 429 count, and p50/p95 admission wait (job enqueued → job started, which is when the
+gate granted its call's permit).
+
+The share of the quota, three ways (all against min(--rpm, --emulator-rpm)):
+- sustained (the target's figure, since 2026-11-30): the mean count of a full period-long
+  window [t, t + period) over every start t that keeps the window between the first and
+  the last request. A run of N jobs cannot fill its first and last partial periods (it ramps
+  up, then runs dry), so a fair steady-state figure leaves them out, and averaging over
+  every start makes it independent of where the grants fall against a minute's edges;
+- busiest: the most requests in any period-long window (the provider's own count; the
+  quota bounds it, a 429 answers anything above it);
+- first-to-last: (requests - 1) / (last - first) per period, the figure printed before
+  2026-11-30, kept for comparison; it charges the limiter with the run's ends.
 
 --direct instead measures the bucket alone: processes of coroutines taking permits as fast
 as it allows (no queue, no HTTP), plus Redis round trips per second from one client.
@@ -64,6 +75,22 @@ def _max_in_window(stamps: list[float], window_s: float) -> int:
             lo += 1
         best = max(best, hi - lo + 1)
     return best
+
+
+def _mean_in_full_windows(stamps: list[float], window_s: float) -> float | None:
+    """The mean count of a window [t, t + window_s) over every start t that keeps the window
+    inside the run (first to last request): the steady rate, without the partial windows
+    at the ends that no limiter can fill (a run of N jobs ramps up and runs dry). Each
+    request counts for the share of start positions whose window holds it. None when the
+    run is shorter than one window."""
+    if len(stamps) < 2:
+        return None
+    first, last = min(stamps), max(stamps)
+    positions = last - first - window_s
+    if positions <= 0:
+        return None
+    held = sum(max(0.0, min(a, last - window_s) - max(a - window_s, first)) for a in stamps)
+    return held / positions
 
 
 def _start_workers(args: argparse.Namespace, redis_url: str, env: dict[str, str],
@@ -140,17 +167,31 @@ def run_workers(args: argparse.Namespace) -> dict[str, Any]:
     states: dict[str, int] = {}
     for j in jobs:
         states[j.state.value] = states.get(j.state.value, 0) + 1
+    limit = min(args.rpm, emulator_rpm)
     return {
         "mode": "workers", "workers": args.workers, "slots": args.slots, "jobs": args.jobs,
         "period_s": args.period_s, "limit_rpm": args.rpm, "emulator_rpm": emulator_rpm,
         "job_states": states, "requests_seen": stats["generate_requests"],
         "rate_limited_429": stats["rate_limited"],
-        "achieved_per_period": round(per_period, 2),
-        "achieved_share_of_limit": round(per_period / min(args.rpm, emulator_rpm), 4),
-        "max_in_any_period": _max_in_window(stamps, args.period_s),
+        **_shares(stamps, per_period, args.period_s, limit),
         "admission_wait_p50_s": round(percentile(waits_s, 50), 3),
         "admission_wait_p95_s": round(percentile(waits_s, 95), 3),
     }  # fmt: skip
+
+
+def _shares(stamps: list[float], per_period: float, period_s: float,
+            limit: int) -> dict[str, Any]:  # fmt: skip
+    """Three readings of "the share of the quota used" (see the module docstring)."""
+    mean = _mean_in_full_windows(stamps, period_s)
+    most = _max_in_window(stamps, period_s)
+    return {
+        "achieved_per_period": round(per_period, 2),
+        "achieved_share_of_limit": round(per_period / limit, 4),
+        "mean_in_full_period": None if mean is None else round(mean, 2),
+        "sustained_share_of_limit": None if mean is None else round(mean / limit, 4),
+        "max_in_any_period": most,
+        "busiest_period_share": round(most / limit, 4),
+    }
 
 
 # -- --direct: the bucket alone ---------------------------------------------------------------
@@ -223,9 +264,7 @@ def run_direct(args: argparse.Namespace) -> dict[str, Any]:
         "mode": "direct", "processes": args.workers, "coroutines": args.slots,
         "period_s": args.period_s, "limit_rpm": args.rpm, "duration_s": args.duration_s,
         "try_acquire_pairs_per_s": round(round_trips), "grants": len(grants),
-        "achieved_per_period": round(per_period, 2),
-        "achieved_share_of_limit": round(per_period / args.rpm, 4),
-        "max_in_any_period": _max_in_window(grants, args.period_s),
+        **_shares(grants, per_period, args.period_s, args.rpm),
     }  # fmt: skip
 
 
@@ -234,6 +273,16 @@ async def _cleanup(redis_url: str, prefix: str) -> None:
     async for key in client.scan_iter(match="{" + prefix + "}*"):
         await client.delete(key)
     await client.aclose()
+
+
+def describe_shares(f: dict[str, Any], limit: int) -> str:
+    """One line: the sustained share (the target's figure), the busiest window, the old one."""
+    sustained = ("run shorter than one window" if f["sustained_share_of_limit"] is None else
+                 f"{f['mean_in_full_period']:.1f} = {f['sustained_share_of_limit']:.1%}")
+    return (f"mean requests per full {f['period_s']:g} s window inside the run: {sustained} of "
+            f"{limit}; busiest window {f['max_in_any_period']} "
+            f"({f['busiest_period_share']:.1%}); first-to-last rate (the old figure, ends "
+            f"included) {f['achieved_per_period']:.1f} = {f['achieved_share_of_limit']:.1%}")
 
 
 def main() -> None:
@@ -262,10 +311,7 @@ def main() -> None:
               f"{figures['job_states']}")  # fmt: skip
     limit = min(args.rpm, args.emulator_rpm or args.rpm)
     quota = "" if args.direct else f" (emulator quota {args.emulator_rpm or args.rpm})"
-    print(f"limit {args.rpm} per {args.period_s:g} s{quota}; achieved "
-          f"{figures['achieved_per_period']:.1f} per period = "
-          f"{figures['achieved_share_of_limit']:.1%} of {limit}")  # fmt: skip
-    print(f"most requests in any {args.period_s:g} s window: {figures['max_in_any_period']}")
+    print(f"limit {args.rpm} per {args.period_s:g} s{quota}; " + describe_shares(figures, limit))
     if not args.direct:
         print(f"429s: {figures['rate_limited_429']}; admission wait p50 "
               f"{figures['admission_wait_p50_s']:.2f} s, p95 "
