@@ -28,6 +28,7 @@ from pipeline.errors import JobNotFound
 from pipeline.ledger.batch_limit import set_limit
 from pipeline.ledger.budget import Budget, check_budget_usd
 from pipeline.ledger.recorder import SqlRecorder
+from pipeline.llm.factory import provider_kind
 from pipeline.queue.client import QueueClient
 from tasks.batch_fallback import CANCELLED, cancel_if_abandoned, leave
 from tasks.batches import BatchView, batch_view, usd
@@ -263,7 +264,7 @@ async def _retry_one(client: QueueClient, recorder: SqlRecorder, view: BatchView
     spec = RunSpec(
         doc.document_id, doc.name, int(member.pages or 1), int(member.size_bytes or 0),
         member.model or canonical_model(client.settings.model), analyze_prompt().version,
-        facts.batch_id, limit,
+        facts.batch_id, provider_kind(client.settings), limit,
     )  # fmt: skip
     await hold(client.redis, client.keys, [spec.job_id], spec.sha256, s.document_retention_s)
     handle = await enqueue_run(client, spec, replacing=doc.job_id)

@@ -31,11 +31,14 @@ def analyze_prompt() -> Prompt:
     return load_prompt("analyze")
 
 
-def idempotency_key(sha256: str, model: str, prompt_version: str) -> str:
-    """Same bytes, model and prompt → same job, whatever the file is called and however
-    the model is spelled ("models/x", an alias): the key holds its canonical id.
+def idempotency_key(sha256: str, model: str, prompt_version: str, provider: str) -> str:
+    """Same bytes, model, prompt and provider → same job, whatever the file is called and
+    however the model is spelled ("models/x", an alias): the key holds its canonical id.
+    `provider` is pipeline.llm.factory.provider_kind ("gemini", "emulator", "offline"): the
+    offline analyzer's or the emulator's answer never stands for Gemini's (a demo run, then
+    a run with a key, found the demo's job "already submitted" and showed its offline result).
     Raises UnknownModel for a model config/pricing.toml does not know."""
-    return f"analyze:{sha256}:{canonical_model(model)}:{prompt_version}"
+    return f"analyze:{sha256}:{canonical_model(model)}:{prompt_version}:{provider}"
 
 
 def analyze_request(

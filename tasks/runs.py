@@ -37,6 +37,7 @@ class RunSpec:
     model: str
     prompt_version: str
     batch_id: str
+    provider: str  # who will answer: pipeline.llm.factory.provider_kind (in the job's key)
     budget_usd: Decimal | None = None
     priority: int | None = None
     expected_duration_s: float | None = None
@@ -79,7 +80,8 @@ class RunSpec:
         tokens = admission_tokens(self.pages, self.size_bytes, self.model,
                                   prompt or analyze_prompt(), context_budget_tokens)  # fmt: skip
         return JobOptions(
-            idempotency_key=idempotency_key(self.sha256, self.model, self.prompt_version),
+            idempotency_key=idempotency_key(self.sha256, self.model, self.prompt_version,
+                                            self.provider),
             priority=self.priority,
             queue=self.queue,
             batch=self.batch_id,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import BadDocument, DatabaseUnavailable, InputError
 from pipeline.ledger.budget import check_budget_usd
+from pipeline.llm.factory import provider_kind
 from pipeline.llm.pricing import PriceTable, canonical_model
 from pipeline.queue.client import QueueClient
 from pipeline.queue.job import parse_priority
@@ -242,8 +243,9 @@ async def submit_uploads(
         if budget_usd is not None:
             await set_limit(client.redis, client.keys, batch_id, budget_usd)
         store = open_store(s)
+        provider = provider_kind(s)
         specs = [RunSpec(sha, upload.name, pages, len(upload.data), model, prompt.version,
-                         batch_id, budget_usd, prio, expected_duration_s, queue,
+                         batch_id, provider, budget_usd, prio, expected_duration_s, queue,
                          batch_group=group, mode_args=choice.args())
                  for _, upload, pages, sha in checked]  # fmt: skip
         # Held before the put, so a job of the same document ending meanwhile cannot see no

@@ -22,13 +22,21 @@ def _has_key() -> bool:
     return bool(os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY"))
 
 
+def provider_kind(settings: Settings) -> str:
+    """Which provider `make_provider` gives for these settings and this environment, without
+    making it: "gemini", "emulator" or "offline" (PIPELINE_PROVIDER; auto: gemini if a key is
+    set, else offline). Part of a document's idempotency key (tasks/plan.py), so an answer
+    from one never stands for another's."""
+    if settings.provider == "auto":
+        return "gemini" if _has_key() else "offline"
+    return settings.provider
+
+
 def make_provider(settings: Settings) -> Provider:
     """The provider named by PIPELINE_PROVIDER (auto: gemini if a key is set, else offline)."""
-    choice = settings.provider
-    if choice == "auto":
-        choice = "gemini" if _has_key() else "offline"
-        if choice == "offline":
-            _announce_offline()
+    choice = provider_kind(settings)
+    if choice == "offline" and settings.provider == "auto":
+        _announce_offline()
     if choice == "offline":
         from pipeline.llm.offline import OfflineProvider
 

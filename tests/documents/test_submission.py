@@ -9,10 +9,11 @@ import pytest
 import redis
 
 from pipeline.errors import UnknownModel
+from pipeline.llm.factory import provider_kind
 from pipeline.queue.client import QueueClient
 from pipeline.queue.record import idempotency_digest
 from pipeline.redis.connection import connect_redis
-from pipeline.settings import get_settings
+from pipeline.settings import get_settings, load_settings
 from pipeline.storage import open_store
 from tasks.submission import Upload, estimate, submit_uploads
 from tests.support.pdfs import make_pdf
@@ -44,7 +45,8 @@ async def test_submit_stores_bytes_enqueues_once_and_skips_bad_files(
         assert job.hints["model"] == get_settings().model and job.hints["tokens"] > 2 * 500
         (args,) = job.args
         assert args["sha256"] == first.sha256 and args["budget_usd"] == "1.50"
-        key = f"analyze:{first.sha256}:{args['model']}:{sub.prompt_version}"
+        provider = provider_kind(get_settings())
+        key = f"analyze:{first.sha256}:{args['model']}:{sub.prompt_version}:{provider}"
         assert job.idempotency_key == idempotency_digest(key)  # the key's digest, not the key
         assert open_store(get_settings()).get(first.sha256 or "") == pdf
         # Redis holds only the job holding the bytes (the duplicate's own id let go).
@@ -85,3 +87,25 @@ async def test_a_queued_document_job_is_a_compact_record_and_its_content_dedupes
         assert args["sha256"] == first.sha256 and args["name"] == name
     finally:
         await client.aclose()
+
+
+async def test_the_same_content_for_another_provider_is_a_new_run(
+    pipeline_env: dict[str, str], redis_url: str
+) -> None:
+    """A document the offline analyzer answered (the demo, no key) is not "already
+    submitted" when it is sent for the emulator or for Gemini: their answers never stand for
+    each other, so each provider gets a job of its own; the same provider again dedupes."""
+    runs = {}
+    for provider in ("offline", "emulator", "gemini", "offline"):
+        settings = load_settings(provider=provider)
+        client = QueueClient(connect_redis(redis_url), settings=settings)
+        try:
+            (doc,) = (await submit_uploads(client, [Upload("a.pdf", make_pdf(1))])).documents
+        finally:
+            await client.aclose()
+        runs.setdefault(provider, []).append((doc.status, doc.job_id))
+    (offline, again) = runs["offline"]
+    (emulator,), (gemini,) = runs["emulator"], runs["gemini"]
+    assert offline[0] == emulator[0] == gemini[0] == "queued"
+    assert len({offline[1], emulator[1], gemini[1]}) == 3
+    assert again == ("duplicate", offline[1])

@@ -133,8 +133,8 @@ async def test_submission_makes_one_job_whatever_the_spelling(
         assert len([k for k in jobs if k.count(":") == 2]) == 1, jobs
     finally:
         await client.aclose()
-    keys = {idempotency_key("ab" * 32, m, "p1") for m in SPELLINGS}
-    assert keys == {f"analyze:{'ab' * 32}:{MODEL}:p1"}
+    keys = {idempotency_key("ab" * 32, m, "p1", "gemini") for m in SPELLINGS}
+    assert keys == {f"analyze:{'ab' * 32}:{MODEL}:p1:gemini"}
 
 
 async def test_the_api_form_field_is_canonical(
