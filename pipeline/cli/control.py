@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cli.common import JsonOpt, console, ledger_engine
-from pipeline.errors import JobNotFound
+from pipeline.errors import BatchNotFound, JobNotFound
 from pipeline.queue.client import QueueClient
 
 if TYPE_CHECKING:
@@ -55,7 +55,14 @@ def cancel(
         try:
             return await cancel_job(client, recorder, target)
         except JobNotFound:
+            pass
+        try:
             return await cancel_batch(client, recorder, engine, target)
+        except BatchNotFound:
+            raise BatchNotFound(
+                f"no batch and no job {target!r} (a batch by id, id prefix or label; a job by "
+                "its full id); `pipeline status` lists recent batches"
+            ) from None
 
     done = _with_services(work)
     if as_json:

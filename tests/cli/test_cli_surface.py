@@ -42,6 +42,9 @@ def test_unknown_or_ambiguous_batches_are_one_line_errors(
     for command in (("retry", "nope"), ("budget", "nope", "--set", "1"), ("results", "nope")):
         r = cli(pipeline_env, *command)
         assert r.returncode == 1 and "no batch 'nope'" in r.stderr, (command, r.stderr)
+    cancel = cli(pipeline_env, "cancel", "nope")  # a batch or a job: the message names both
+    assert cancel.returncode == 1 and "no batch and no job 'nope'" in cancel.stderr, cancel.stderr
+    assert "Traceback" not in cancel.stderr and len(cancel.stderr.strip().splitlines()) == 1
     bad = cli(pipeline_env, "budget", "nope", "--set", "-3")
     assert bad.returncode == 1 and "positive amount" in bad.stderr
 
