@@ -124,6 +124,7 @@ async def _analyse_part(
         answered.result, part=part, first_page=first, last_page=last,
         model_version=answered.model_version, cost=answered.cost,
         blank_pages=[first - 1 + n for n in blank], started_at=started,
+        provider=getattr(ctx.deps["services"].provider, "name", None),
     )  # fmt: skip
 
 

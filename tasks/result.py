@@ -64,8 +64,10 @@ def add_costs(*costs: Decimal | None) -> Decimal | None:
 def part_outcome(
     analysis: dict[str, Any], *, part: int, first_page: int, last_page: int,
     model_version: str, cost: Decimal | None, blank_pages: list[int], started_at: str,
+    provider: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """One part's answer and provenance, as a chunk job returns it (plain JSON)."""
+    """One part's answer and provenance, as a chunk job returns it (plain JSON); `provider`
+    is the answering provider's name (gemini, emulator), else told by `model_version`."""
     return {
         "analysis": analysis,
         "source": {
@@ -73,6 +75,7 @@ def part_outcome(
             "first_page": first_page,
             "last_page": last_page,
             "model_version": model_version,
+            "provider": provider or provider_of(model_version),
             "cost_usd": None if cost is None else format(cost, "f"),
         },
         "pages_without_text": blank_pages,
@@ -88,7 +91,7 @@ def build_result(
     (`part_outcome` dicts, in page order); `extra_cost` is the merge call's, if any."""
     sources = [p["source"] for p in parts]
     versions = [s["model_version"] for s in sources]
-    provider = provider_of(versions[0])
+    provider = sources[0].get("provider") or provider_of(versions[0])
     blank = sorted({n for p in parts for n in p["pages_without_text"]})
     notes = []
     if blank and provider == "offline":

@@ -99,7 +99,7 @@ class MergedAnalysis(BaseModel):
 class Producer(BaseModel):
     """What produced a result."""
 
-    provider: Literal["offline", "gemini"]
+    provider: Literal["offline", "gemini", "emulator"]
     model: str = Field(description="The model asked for; 'offline' for the offline analyzer.")
     model_version: str = Field(description="The model version that answered (and billed).")
     prompt_version: str = Field(description="The analyze prompt's version: analyze-v1+3f2a9c1d.")

@@ -47,7 +47,8 @@ def make_provider(settings: Settings) -> Provider:
     if choice == "emulator":
         base_url = os.environ.get("GOOGLE_GEMINI_BASE_URL") or EMULATOR_DEFAULT_URL
         return GeminiProvider(api_key=api_key_from_env() or EMULATOR_DEFAULT_KEY,
-                              base_url=base_url, files_min_bytes=files_min_bytes)  # fmt: skip
+                              base_url=base_url, files_min_bytes=files_min_bytes,
+                              name="emulator")  # fmt: skip
     return GeminiProvider(files_min_bytes=files_min_bytes)
 
 

@@ -146,7 +146,11 @@ class GeminiProvider:
         api_version: str = "v1beta",
         headers: dict[str, str] | None = None,
         files_min_bytes: int = DEFAULT_FILES_MIN_BYTES,
+        name: str = "gemini",
     ) -> None:
+        # "emulator" when pipeline.llm.factory points it at the emulator: results record who
+        # answered, and an emulator's never stands for Gemini's (tasks/result.py `reusable`).
+        self.name = name
         key = api_key or api_key_from_env()
         if not key:
             raise SettingsError(

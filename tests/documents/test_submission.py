@@ -9,12 +9,13 @@ import pytest
 import redis
 
 from pipeline.errors import UnknownModel
-from pipeline.llm.factory import provider_kind
+from pipeline.llm.factory import make_provider, provider_kind
 from pipeline.queue.client import QueueClient
 from pipeline.queue.record import idempotency_digest
 from pipeline.redis.connection import connect_redis
 from pipeline.settings import get_settings, load_settings
 from pipeline.storage import open_store
+from tasks.result import build_result, part_outcome, reusable
 from tasks.submission import Upload, estimate, submit_uploads
 from tests.support.pdfs import make_pdf
 
@@ -109,3 +110,20 @@ async def test_the_same_content_for_another_provider_is_a_new_run(
     assert offline[0] == emulator[0] == gemini[0] == "queued"
     assert len({offline[1], emulator[1], gemini[1]}) == 3
     assert again == ("duplicate", offline[1])
+
+
+def test_an_emulator_answer_never_stands_for_gemini(pipeline_env: dict[str, str]) -> None:
+    """The provider that answers is part of the stored result: a rehearsal's emulator result
+    (same document, model and prompt, same ledger) is not reused by a run with a real key."""
+    emulator = make_provider(load_settings(provider="emulator"))
+    assert emulator.name == "emulator"
+    part = part_outcome({"summary": "s"}, part=1, first_page=1, last_page=1,
+                        model_version="gemini-3.5-flash-lite", cost=Decimal("0.001"),
+                        blank_pages=[], started_at="2026-11-30T00:00:00+00:00",
+                        provider=emulator.name)  # fmt: skip
+    analysis = {"summary": "s", "key_points": [], "document_type": "other", "language": "en",
+                "page_count": 1, "entities": {}}  # fmt: skip
+    result = build_result(analysis, [part], model="gemini-3.5-flash-lite",
+                          prompt_version="analyze-v1", max_bytes=16_384)  # fmt: skip
+    assert result["produced_by"]["provider"] == "emulator"
+    assert reusable(result, "emulator") and not reusable(result, "gemini")
