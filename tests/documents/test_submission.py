@@ -97,11 +97,12 @@ async def test_the_same_content_for_another_provider_is_a_new_run(
     submitted" when it is sent for the emulator or for Gemini: their answers never stand for
     each other, so each provider gets a job of its own; the same provider again dedupes."""
     runs = {}
+    pdf = make_pdf(1)  # once: a PDF made in another second has another creation date
     for provider in ("offline", "emulator", "gemini", "offline"):
         settings = load_settings(provider=provider)
         client = QueueClient(connect_redis(redis_url), settings=settings)
         try:
-            (doc,) = (await submit_uploads(client, [Upload("a.pdf", make_pdf(1))])).documents
+            (doc,) = (await submit_uploads(client, [Upload("a.pdf", pdf)])).documents
         finally:
             await client.aclose()
         runs.setdefault(provider, []).append((doc.status, doc.job_id))
