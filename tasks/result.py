@@ -32,7 +32,8 @@ def now_iso() -> str:
 
 
 def provider_of(model_version: str) -> str:
-    """"offline" for the offline analyzer's answers, else "gemini" (the API or its emulator)."""
+    """"offline" for the offline analyzer's answers, else "gemini": all a model version tells
+    (the emulator answers with Gemini's versions; `part_outcome` records the provider by name)."""
     return "offline" if model_version == OFFLINE_MODEL_VERSION else "gemini"
 
 

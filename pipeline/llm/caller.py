@@ -220,7 +220,6 @@ class LLMCaller:
             # An upload is round trips, like the count below: a gate permit goes back first.
             # A failed upload is retried like any provider failure; nothing was billed.
             await self._give_back_gate_permit(state)
-            await state.files.request()
         sent = request if state.files is None else await state.files.request()
         if state.billed:
             if state.counted is None:

@@ -34,20 +34,17 @@ from google import genai
 
 from pipeline.llm.batch_files import BatchFiles, UploadedFile
 from pipeline.llm.failure import ProviderCallError
-from pipeline.llm.gemini import DEFAULT_FILES_MIN_BYTES
 from pipeline.llm.provider import LLMRequest, Part
 
 log = logging.getLogger(__name__)
 
-# Parts from this size go as uploaded files (the setting PIPELINE_FILES_API_MIN_BYTES). Below
-# it a PDF stays inline: an upload adds two round trips (the resumable start, then one chunk
-# up to the SDK's 8 MB) and a delete, while inline copies stay small (~4 x 4 MB, ~16 MB for
-# one call). Above it, 32 calls of 14 MB PDFs held ~8.75 x their bytes inline
-# (bench/documents.py --only worker, README). Far under Google's own advice (Files API
-# above 50 MB for PDFs, GEMINI.md §3.5), which is about what the service accepts, not memory.
-DEFAULT_MIN_BYTES = DEFAULT_FILES_MIN_BYTES
 
-
+# Why parts from 4 MB go as files (gemini.DEFAULT_FILES_MIN_BYTES, PIPELINE_FILES_API_MIN_BYTES):
+# below it a PDF stays inline, as an upload adds two round trips (the resumable start, then one
+# chunk up to the SDK's 8 MB) and a delete, while inline copies stay small (~4 x 4 MB for one
+# call). Above it, 32 calls of 14 MB PDFs held ~8.75 x their bytes inline (bench/documents.py
+# --only worker, README). Far under Google's advice (Files API above 50 MB for PDFs, GEMINI.md
+# §3.5), which is about what the service accepts, not memory.
 def goes_as_file(part: Part, min_bytes: int) -> bool:
     """Whether this part is sent through the Files API (a data part of >= min_bytes)."""
     return part.data is not None and part.file_uri is None and len(part.data) >= min_bytes
