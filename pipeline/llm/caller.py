@@ -160,7 +160,11 @@ class LLMCaller:
             raise
         key = call_key(request)
         ids = CallIds(job_id, batch_id, document_id)
-        stored = await self.store.get(key)
+        # The store keeps paid answers from being paid again. A provider that never bills has
+        # nothing there to protect, and its answers must never stand for a billed provider's
+        # (the offline demo's were replayed to an emulator rehearsal): it neither reads nor
+        # writes the store.
+        stored = await self.store.get(key) if self.billed else None
         if stored is not None and accepted(accept, stored) is None:
             if permit is not None:
                 await self.limiter.release(permit, sent=False)
@@ -317,7 +321,7 @@ class LLMCaller:
         verdict = judge(request, response, usage, state.accept)
         unusable = verdict.error
         try:
-            if unusable is None:  # only a used answer is kept; first, so it is never re-paid
+            if unusable is None and state.billed:  # a used, paid answer; first: never re-paid
                 await self.store.put(state.key, response)
             record.outcome = verdict.outcome
             record.model_version = response.model_version

@@ -17,7 +17,7 @@ from pipeline.errors import BadDocument, Permanent, Reason
 from pipeline.ledger.budget import Budget
 from pipeline.llm.attempts import MemoryRecorder, Outcome
 from pipeline.llm.caller import LLMCaller
-from pipeline.llm.callstore import CallStore
+from pipeline.llm.callstore import CallStore, call_key
 from pipeline.llm.limiter import Limiter
 from pipeline.llm.offline import OfflineProvider
 from pipeline.llm.pricing import PriceTable
@@ -66,6 +66,18 @@ async def test_offline_success_and_failure_reserve_nothing_and_book_zero(
     assert status.spent_usd == 0 and status.reserved_usd == 0
     steer = failed_call(caught.value)
     assert isinstance(steer, Permanent) and steer.reason is Reason.BAD_INPUT  # not retried
+
+
+async def test_an_offline_answer_never_enters_the_call_store(
+    aredis: aioredis.Redis, keys: Keys
+) -> None:
+    """The call store keeps paid answers from being paid again; the offline analyzer's are
+    not paid, and a billed provider (the emulator, Gemini) asking the same request after the
+    demo must get its own answer, not the offline one replayed."""
+    caller, budget = _caller(aredis, keys, MemoryRecorder())
+    request = LLMRequest(model=MODEL, parts=(Part.pdf(make_pdf(1)), Part(text="Summarise.")))
+    await caller.call(request, budget=await budget.for_call("b", LIMIT))
+    assert await caller.store.get(call_key(request)) is None
 
 
 def _empty_password_pdf(algorithm: str) -> bytes:
