@@ -36,14 +36,18 @@ def _state(job: types.BatchJob) -> str:
 
 class GeminiBatches:
     """Batch jobs over a GeminiProvider's client (`GeminiProvider.batches`). Every method
-    raises ProviderCallError (with `.failure`) when the API call fails."""
+    raises ProviderCallError (with `.failure`) when the API call fails. `provider` is the
+    provider's name ("gemini", "emulator"), which keys the answers it brings in the call
+    store."""
 
     def __init__(
         self,
         client: genai.Client,
         config: Callable[[LLMRequest], types.GenerateContentConfig],
         contents: Callable[[LLMRequest], list[types.Content]],
+        provider: str,
     ) -> None:
+        self.provider = provider
         self._client = client
         self._config = config
         self._contents = contents

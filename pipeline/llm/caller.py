@@ -158,7 +158,7 @@ class LLMCaller:
             if permit is not None:
                 await self.limiter.release(permit, sent=False)
             raise
-        key = call_key(request)
+        key = call_key(request, self.provider.name)
         ids = CallIds(job_id, batch_id, document_id)
         # The store keeps paid answers from being paid again. A provider that never bills has
         # nothing there to protect, and its answers must never stand for a billed provider's

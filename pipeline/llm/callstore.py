@@ -2,7 +2,8 @@
 
 A job retried after a crash, a lease lost mid-call, or the same document submitted twice
 all end up asking the same question. The call key hashes everything that changes the
-answer (model, prompt version, parts, generation settings); an answer that was *used* is
+answer (who answers, model, prompt version, parts, generation settings); an answer that was
+*used* is
 kept in Redis as JSON under that key, and a later call with the same key is answered from
 here without touching the provider. Only used answers are stored: a failure, and a paid
 answer that could not be used (cut at MAX_TOKENS, blocked, invalid), must stay retryable,
@@ -33,8 +34,11 @@ from pipeline.redis.keys import Keys
 log = logging.getLogger(__name__)
 
 # Bump when the stored shape or what may be stored changes, so old entries are simply not
-# found. v2: v1 stores could hold truncated or blocked answers kept as successes.
-STORE_FORMAT = "v2"
+# found. v2: v1 stores could hold truncated or blocked answers kept as successes. v3: the key
+# names the provider; a v2 entry may be an emulator rehearsal's answer, which must never be
+# replayed as Gemini's (so v2 entries are not read, at the price of asking once more a call
+# that was answered before the upgrade and not yet used).
+STORE_FORMAT = "v3"
 # A Redis read or write of the store waits this long before the durable side is used.
 REDIS_TIMEOUT_S = 5.0
 
@@ -52,9 +56,12 @@ class DurableAnswers(Protocol):
         """Drop the answer kept for `call_key` (it can no longer be used)."""
 
 
-def call_key(request: LLMRequest) -> str:
-    """sha256 over (model, prompt version, content hash with settings): same key, same answer."""
-    material = [STORE_FORMAT, request.model, request.prompt_version, request.content_hash()]
+def call_key(request: LLMRequest, provider: str) -> str:
+    """sha256 (64 hex) over (provider, model, prompt version, content hash with settings):
+    same key, same answer. `provider` is the answering provider's name (`Provider.name`:
+    "gemini", "emulator", "offline"), so a rehearsal's answers never stand for Gemini's."""
+    material = [STORE_FORMAT, provider, request.model, request.prompt_version,
+                request.content_hash()]  # fmt: skip
     return hashlib.sha256(json.dumps(material).encode()).hexdigest()
 
 

@@ -211,7 +211,7 @@ class GeminiProvider:
         """Batch Mode through the same client: create/get/find/cancel/delete (llm/batch.py)."""
         from pipeline.llm.batch import GeminiBatches
 
-        return GeminiBatches(self._client, self._config, self._contents)
+        return GeminiBatches(self._client, self._config, self._contents, self.name)
 
     async def count_tokens(self, request: LLMRequest) -> int:
         """countTokens for the whole prompt (free; GEMINI.md §3.3). The Gemini API refuses

@@ -92,7 +92,7 @@ async def test_unknown_model_version_is_priced_as_the_model_asked_for(
     expected = PriceTable.load().cost(MODEL, response.usage, datetime.now(UTC))
     (attempt,) = recorder.calls.values()
     assert attempt.outcome is Outcome.OK and attempt.cost_usd == expected > 0
-    assert await s.store.get(call_key(_request())) is not None
+    assert await s.store.get(call_key(_request(), provider.name)) is not None
     assert await s.batch() == (expected, ZERO)  # settled at the real cost, hold freed
     assert await s.in_flight() == 0
 
@@ -120,7 +120,7 @@ async def test_an_answer_nobody_can_price_is_kept_at_zero_with_a_warning(
     assert "no price for 'brand-new-model-2099'" in caplog.text
     (attempt,) = recorder.calls.values()
     assert attempt.outcome is Outcome.OK and attempt.cost_usd == 0
-    assert await s.store.get(call_key(_request())) is not None
+    assert await s.store.get(call_key(_request(), provider.name)) is not None
     assert await s.batch() == (ZERO, ZERO)
     assert await s.in_flight() == 0
 

@@ -83,7 +83,7 @@ async def test_a_group_over_the_inline_limit_goes_as_an_input_file(
     assert abs(booked - Decimal(stats["batch"]["billed_total"]["cost_usd"])) <= MICRO
     store = CallStore(aredis, keys)
     for item in items:
-        assert (await store.get(call_key(item.request))) is not None
+        assert (await store.get(call_key(item.request, provider.name))) is not None
 
 
 async def test_an_input_file_uploaded_before_a_failed_create_is_used_again(

@@ -165,7 +165,7 @@ async def test_five_requests_one_job_no_generate_ledger_equals_batch_bill(
     # The answers are in the call store: an interactive run of the same request pays nothing.
     store = CallStore(aredis, keys)
     for item in items:
-        assert (await store.get(call_key(item.request))) is not None
+        assert (await store.get(call_key(item.request, provider.name))) is not None
 
 
 def _usage(row: LLMCall):  # type: ignore[no-untyped-def]

@@ -114,7 +114,7 @@ async def test_success_is_recorded_started_first_then_stored_and_reused(
     assert (attempt.input_tokens, attempt.output_tokens, attempt.thinking_tokens) == (120, 30, 5)
     assert attempt.cost_usd == Decimal("0.155")
     assert attempt.estimated_cost_usd == Decimal("2.148")  # 100 counted + 2048 max output
-    assert await aredis.ttl(keys.call(call_key(_request()))) > 0
+    assert await aredis.ttl(keys.call(call_key(_request(), provider.name))) > 0
 
     again = await caller.call(_request(), job_id="j2")
     assert len(provider.sent) == 1  # answered from the store, nothing sent
@@ -157,7 +157,7 @@ async def test_400_is_not_retried_and_carries_the_providers_message(
     assert len(provider.sent) == 1
     (attempt,) = recorder.calls.values()
     assert attempt.outcome is Outcome.ERROR and "400" in (attempt.error or "")
-    assert await CallStore(aredis, keys).get(call_key(_request())) is None
+    assert await CallStore(aredis, keys).get(call_key(_request(), provider.name)) is None
     assert (await limiter.state(MODEL))["in_flight"] == 0
 
 
@@ -250,7 +250,7 @@ async def test_store_hit_gives_back_an_unused_gate_permit(aredis: aioredis.Redis
     recorder = MemoryRecorder()
     provider = ScriptedProvider(recorder)
     caller, limiter = _caller(aredis, keys, provider, recorder)
-    await CallStore(aredis, keys).put(call_key(_request()), _ok())
+    await CallStore(aredis, keys).put(call_key(_request(), provider.name), _ok())
     permit: Any = await limiter.acquire(MODEL, 100)
     assert isinstance(permit, Permit)
     await caller.call(_request(), permit=permit)

@@ -77,7 +77,7 @@ async def test_an_offline_answer_never_enters_the_call_store(
     caller, budget = _caller(aredis, keys, MemoryRecorder())
     request = LLMRequest(model=MODEL, parts=(Part.pdf(make_pdf(1)), Part(text="Summarise.")))
     await caller.call(request, budget=await budget.for_call("b", LIMIT))
-    assert await caller.store.get(call_key(request)) is None
+    assert await caller.store.get(call_key(request, caller.provider.name)) is None
 
 
 def _empty_password_pdf(algorithm: str) -> bytes:
