@@ -23,15 +23,18 @@ MEDIA_TYPES = {
     "csv": "text/csv; charset=utf-8",
 }
 CSV_COLUMNS = (
-    "name", "document_id", "status", "reason", "pages", "cost_usd", "model", "document_type",
-    "language", "summary", "key_points", "people", "organizations", "dates", "amounts",
+    "name", "document_id", "status", "reason", "pages", "cost_usd", "model", "provider",
+    "document_type", "language", "summary", "key_points", "people", "organizations", "dates",
+    "amounts",
 )  # fmt: skip
 _JOIN = " | "
 
 
 def results_of(view: BatchView) -> list[dict[str, Any]]:
     """One entry per document for `pipeline results` and `GET /batches/{id}/results`: name,
-    pages, status, reason, cost and the stored analysis (None unless complete)."""
+    pages, status, reason, cost, the stored analysis (None unless complete) and `provider`,
+    who answered ("offline", "emulator", "gemini"; None without a result), so an offline or
+    rehearsal answer is never read as Gemini's."""
     from tasks.batches import usd
 
     members = {m.document_id: m for m in view.facts.members}
@@ -42,15 +45,24 @@ def results_of(view: BatchView) -> list[dict[str, Any]]:
             "document_id": d.document_id, "name": d.name, "pages": d.pages,
             "sha256": d.document_id, "status": d.status, "reason": d.reason,
             "model": m.model, "prompt_version": m.prompt_version,
-            "cost_usd": usd(d.cost), "analysis": d.result,
+            "cost_usd": usd(d.cost), "provider": answered_by(d.result),
+            "analysis": d.result,
         })  # fmt: skip
     return out
+
+
+def answered_by(result: dict[str, Any] | None) -> str | None:
+    """The provider a stored result names in its `produced_by`, or None."""
+    produced = (result or {}).get("produced_by")
+    if isinstance(produced, dict) and produced.get("provider"):
+        return str(produced["provider"])
+    return None
 
 
 def _row(entry: dict[str, Any]) -> list[Any]:
     a = entry.get("analysis") or {}
     entities = a.get("entities") or {}
-    flat = {k: entry.get(k) for k in CSV_COLUMNS[:7]}
+    flat = {k: entry.get(k) for k in CSV_COLUMNS[:8]}
     flat.update(
         document_type=a.get("document_type"),
         language=a.get("language"),

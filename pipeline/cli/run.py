@@ -227,8 +227,9 @@ TOP_ENTITIES = 3
 
 
 def print_findings(data: list[dict[str, Any]]) -> None:
-    """What was found in each document, a few lines each: type and language, the start of
-    the summary, the top entities; or why there is no result."""
+    """What was found in each document, a few lines each: type, language and who answered
+    (offline, emulator, gemini), the start of the summary, the top entities; or why there is
+    no result."""
     console.print("[bold]what was found[/bold]")
     for r in data:
         a = r["analysis"]
@@ -238,7 +239,8 @@ def print_findings(data: list[dict[str, Any]]) -> None:
             console.print(head + escape(f": {r['status']}{why}"), soft_wrap=True)
             continue
         language = a.get("language") or "?"
-        console.print(head + escape(f": {a['document_type']}, language {language}"),
+        by = f", by {r['provider']}" if r.get("provider") else ""
+        console.print(head + escape(f": {a['document_type']}, language {language}{by}"),
                       soft_wrap=True)  # fmt: skip
         summary = " ".join(str(a.get("summary") or "").split())
         if len(summary) > SUMMARY_CHARS:

@@ -75,6 +75,8 @@ async def test_list_results_budget_and_costs(
         assert table.headers["content-type"].startswith("text/csv")
         (row,) = list(csv.DictReader(io.StringIO(table.text)))
         assert row["status"] == "complete" and row["summary"] == entry["analysis"]["summary"]
+        # who answered, in every format: the offline analyzer here, never taken for Gemini
+        assert entry["provider"] == row["provider"] == "offline"
         assert (await client.get(f"/batches/{ids[0]}/results",
                                  params={"format": "xml"})).status_code == 422  # fmt: skip
         assert (await client.get("/batches/nope/results")).status_code == 404

@@ -105,6 +105,7 @@ def test_long_pdf_goes_through_the_chord_into_one_result(
     res = run_cli(env, "results", batch, "--json")
     docs = json.loads(res.stdout)
     assert len(docs) == 1
+    assert docs[0]["provider"] == "offline"  # who answered, beside the analysis
     merged = Analysis.model_validate(docs[0]["analysis"])
     assert merged.page_count == 6
 
@@ -116,7 +117,7 @@ def test_run_ends_with_what_was_found_and_results_prints_the_same(
     done = run_cli(pipeline_env, "run", *docs, timeout_s=180)
     assert done.returncode == 0, done.stdout + done.stderr
     found = done.stdout[done.stdout.index("what was found"):]
-    assert "invoice.pdf (1 pages): invoice, language en" in found
+    assert "invoice.pdf (1 pages): invoice, language en, by offline" in found
     assert "EUR 25,662.35" in found  # the invoice's total, among its top amounts
     assert "No text layer on page 1" in found  # the scan: nothing invented
     batch = next(ln.split()[-1] for ln in done.stdout.splitlines() if ln.startswith("batch id:"))
