@@ -32,6 +32,7 @@
     │                            .held_only: only running calls' holds were in the way,
     │                            .stopped: the scope stopped after a bill over its hold)
     ├── InputError
+    │   ├── BudgetTooSmall       a budget below what any one call reserves: nothing could start
     │   ├── BadDocument          a PDF that is corrupt, encrypted, empty or too large
     │   │   └── RequestTooLarge  a page that no inline request can carry
     │   ├── BatchNotFound        no batch by that id, id prefix or label
@@ -244,19 +245,34 @@ class BudgetExceeded(BudgetError):
     `.held_only` is True when settled spend alone leaves room and only other running calls'
     worst-case holds are in the way: waiting for them to settle may well make room.
     `.stopped` is True when the scope stopped admitting calls after a bill passed its
-    reservation: nothing is admitted until a person raises the limit."""
+    reservation: nothing is admitted until a person raises the limit. `.spent_usd` and
+    `.limit_usd` (Decimal, or None) are the scope's figures when it refused."""
 
     def __init__(
-        self, message: str, scope: str = "", held_only: bool = False, stopped: bool = False
-    ) -> None:
+        self, message: str, scope: str = "", held_only: bool = False, stopped: bool = False,
+        *, scope_name: str = "", spent_usd: object = None, limit_usd: object = None,
+    ) -> None:  # fmt: skip
         super().__init__(message)
         self.scope = scope
         self.held_only = held_only
         self.stopped = stopped
+        self.scope_name = scope_name  # the batch id, the day or the month
+        self.spent_usd = spent_usd  # Decimal: settled spend of the scope when refused
+        self.limit_usd = limit_usd  # Decimal: the scope's limit in force
 
 
 class InputError(PipelineError):
     pass
+
+
+class BudgetTooSmall(InputError):
+    """A batch budget below the least any one paid call reserves before it is sent (its
+    output bound at the model's price): no document could ever start, so nothing is queued.
+    `.floor_usd` is that least amount (Decimal)."""
+
+    def __init__(self, message: str, floor_usd: object) -> None:
+        super().__init__(message)
+        self.floor_usd = floor_usd
 
 
 class BadDocument(InputError):

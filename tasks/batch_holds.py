@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 from pipeline.errors import BudgetExceeded
-from pipeline.ledger.budget import CallBudget, Reservation, Scope
+from pipeline.ledger.budget import CallBudget, Reservation, Scope, would_exceed
 from pipeline.llm.batch_group import BatchCreateBusy, BatchGroups, attempt_id
 from pipeline.llm.batch_items import BatchItem
 from pipeline.services import failed_call
@@ -72,20 +72,29 @@ async def reserve_group(budget: CallBudget, groups: BatchGroups, name: str,
     if await holds(groups, name):  # reserved by a member that finished just before
         return
     now = datetime.now(UTC)
+    worst = {i.key: groups.worst_case_usd(i.request, tokens.get(i.key, 0), now) for i in items}
     taken: dict[str, Reservation] = {}
     try:
         for item in items:
-            worst = groups.worst_case_usd(item.request, tokens.get(item.key, 0), now)
             # Under the request's ledger row id: the reconciler then knows the row's cost
             # is this hold's to book (pipeline/ledger/floor.py), and a group reserved again
             # holds nothing twice.
-            taken[item.key] = await budget.reserve(worst, token=attempt_id(name, item.key))
+            taken[item.key] = await budget.reserve(worst[item.key],
+                                                   token=attempt_id(name, item.key))  # fmt: skip
     except BudgetExceeded as exc:
         for reservation in taken.values():
             await budget.cancel(reservation)
         await groups.redis.delete(claim)  # the others meet the same budget, not a wait
-        steer = failed_call(exc)
-        raise (steer or exc) from exc
+        raise_as = exc
+        total = sum(worst.values(), Decimal(0))
+        if (exc.held_only and isinstance(exc.spent_usd, Decimal)
+                and isinstance(exc.limit_usd, Decimal) and exc.spent_usd + total > exc.limit_usd):
+            # The holds in the way were this group's own: waiting for them would wait forever
+            # (a budget with room for some of the group's requests, not for all).
+            raise_as = would_exceed(exc.scope, exc.scope_name, exc.spent_usd, total,
+                                    exc.limit_usd, f"a batch of {len(items)} requests")  # fmt: skip
+        steer = failed_call(raise_as)
+        raise (steer or raise_as) from exc
     await groups.redis.hset(groups.keys.batch_group(name),
                             mapping={_FIELD + k: _encode(r) for k, r in taken.items()})  # fmt: skip
     await groups.redis.delete(claim)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from pipeline.errors import BudgetTooSmall
 from pipeline.llm.pricing import PriceTable, canonical_model
 from pipeline.llm.provider import LLMRequest, Part
 from tasks.pdf import MAX_INLINE_BYTES, plan_chunks, tokens_per_page
@@ -123,6 +124,32 @@ def estimate_document(
         "worst_case_batch_usd": batch_cost,
         "calls": len(ranges) + (len(ranges) > 1),
     }
+
+
+def least_call_usd(prices: PriceTable, model: str, at: datetime, batch: bool = False) -> Decimal:
+    """The least any one analysis call reserves against a budget before it is sent: its
+    output bound (OUTPUT_BOUND_TOKENS, answer + thoughts) at `model`'s price on `at`'s day,
+    with no input at all (the batch rate with `batch`). Certain, not an estimate: a budget
+    below it admits no call (the reservation is counted input + this bound, llm/spend.py)."""
+    return prices.worst_case_cost(model, 0, OUTPUT_BOUND_TOKENS, at, batch=batch)
+
+
+def check_budget_fits_a_call(
+    budget_usd: Decimal, prices: PriceTable, model: str, at: datetime, batch: bool = False
+) -> None:
+    """Raise BudgetTooSmall when `budget_usd` cannot admit even one call of `model`
+    (`least_call_usd`): every document would wait and end over budget, nothing answered."""
+    floor = least_call_usd(prices, model, at, batch)
+    if budget_usd < floor:
+        rate = " at the batch rate" if batch else ""
+        raise BudgetTooSmall(
+            f"budget ${budget_usd} cannot pay for one call: every call to {model} reserves "
+            f"at least ${floor:.6f}{rate} before it is sent (its {OUTPUT_BOUND_TOKENS:,} "
+            f"output tokens, thoughts included), so no document could start; nothing was "
+            f"queued. Give a budget of at least ${floor:.6f}; `pipeline submit --dry-run` "
+            "prints each document's worst case.",
+            floor,
+        )
 
 
 def admission_tokens(pages: int, size_bytes: int, model: str, prompt: Prompt,

@@ -15,7 +15,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -154,6 +154,30 @@ async def _inspect_in_thread(upload: Upload, s: Settings, model: str) -> tuple[i
     return await asyncio.to_thread(_inspect, upload, s, model)
 
 
+def _over_budget_warnings(
+    checked: list[tuple[int, Upload, int, str]], budget_usd: Decimal, prices: PriceTable,
+    model: str, context_budget_tokens: int, batch: bool, batch_id: str,
+) -> list[str]:  # fmt: skip
+    """A warning naming the documents whose estimated worst case alone is above the budget:
+    they may end over budget with nothing answered (an estimate, as --dry-run's)."""
+    from tasks.plan import analyze_prompt, estimate_document
+
+    prompt, at = analyze_prompt(), datetime.now(UTC)
+    key = "worst_case_batch_usd" if batch else "worst_case_usd"
+    over = []
+    for _, upload, pages, _ in checked:
+        worst = estimate_document(prices, model, prompt, pages, len(upload.data),
+                                  context_budget_tokens, at)[key]  # fmt: skip
+        if worst > budget_usd:
+            over.append(f"{upload.name} (${worst:.6f})")
+    if not over:
+        return []
+    shown = ", ".join(over[:3]) + (f" and {len(over) - 3} more" if len(over) > 3 else "")
+    return [f"budget ${budget_usd} is below the estimated worst case of {len(over)} "
+            f"document(s): {shown}; they may end over budget unanswered. Raise it with "
+            f"`pipeline budget {batch_id} --set USD`."]
+
+
 async def submit_uploads(
     client: QueueClient,
     uploads: list[Upload],
@@ -172,7 +196,9 @@ async def submit_uploads(
 ) -> Submission:
     """Validate, store and enqueue one analysis job per usable PDF.
 
-    Raises UnknownModel (nothing enqueued) for a model without a price; bad PDFs come
+    Raises UnknownModel (nothing enqueued) for a model without a price, BudgetTooSmall
+    (nothing enqueued) for a budget below what any one paid call reserves; a document whose
+    estimated worst case alone passes the budget is queued with a warning. Bad PDFs come
     back as "skipped" outcomes with the reason, so one bad file never sinks a batch. The
     model is used under its canonical id ("models/x" is x), so every spelling of it makes
     the same job, the same call and the same bucket.
@@ -189,7 +215,7 @@ async def submit_uploads(
     from pipeline.ledger.writes import Entry, batch_member_entry, document_entry, job_entry
     from pipeline.storage import open_store
     from pipeline.storage.holds import hold_many, release
-    from tasks.plan import analyze_prompt
+    from tasks.plan import analyze_prompt, check_budget_fits_a_call
     from tasks.runs import RunSpec, enqueue_runs
 
     s = client.settings
@@ -203,6 +229,12 @@ async def submit_uploads(
 
     at = parse_deadline(deadline) if isinstance(deadline, str) else deadline
     choice = choose_mode(mode or s.mode, at, s)
+    provider = provider_kind(s)
+    # the offline analyzer costs $0: no budget is too small for it
+    billed = services.caller.billed if services is not None else provider != "offline"
+    if budget_usd is not None and billed:
+        check_budget_fits_a_call(budget_usd, prices, model, datetime.now(UTC),
+                                 batch=choice.mode == "batch")  # fmt: skip
     prompt = analyze_prompt()
     batch_id = batch_id or uuid.uuid4().hex
     submission = Submission(batch_id, [], warnings, model, prompt.version, choice.mode,
@@ -221,6 +253,10 @@ async def submit_uploads(
     if not checked:
         submission.documents = [outcomes[i] for i in sorted(outcomes)]
         return submission
+    if budget_usd is not None and billed:
+        submission.warnings.extend(
+            _over_budget_warnings(checked, budget_usd, prices, model, s.context_budget_tokens,
+                                  choice.mode == "batch", batch_id))  # fmt: skip
 
     group: dict[str, Any] | None = None
     if choice.mode == "batch":
@@ -243,7 +279,6 @@ async def submit_uploads(
         if budget_usd is not None:
             await set_limit(client.redis, client.keys, batch_id, budget_usd)
         store = open_store(s)
-        provider = provider_kind(s)
         specs = [RunSpec(sha, upload.name, pages, len(upload.data), model, prompt.version,
                          batch_id, provider, budget_usd, prio, expected_duration_s, queue,
                          batch_group=group, mode_args=choice.args())

@@ -65,6 +65,18 @@ _ADVICE = {
     "day": "raise PIPELINE_BUDGET_DAY_USD or wait for the UTC day to turn (00:00 UTC)",
     "month": "raise PIPELINE_BUDGET_MONTH_USD or wait for the next UTC month",
 }
+def would_exceed(
+    kind: str, name: str, spent: Decimal, worst: Decimal, limit: Decimal, what: str = "this call"
+) -> BudgetExceeded:
+    """The refusal of `what` (worst case `worst` USD) by a scope whose settled spend alone
+    leaves no room for it: waiting cannot help, so the advice is to raise the limit."""
+    return BudgetExceeded(
+        f"{kind} budget {name} would be exceeded: ${spent} spent + ${worst} worst case for "
+        f"{what} > limit ${limit}; {_ADVICE[kind]}",
+        scope=kind, scope_name=name, spent_usd=spent, limit_usd=limit,
+    )  # fmt: skip
+
+
 _RAISE = {
     "batch": "raise the batch's limit (Budget.raise_limit) above it",
     "day": "raise PIPELINE_BUDGET_DAY_USD above it",
@@ -246,13 +258,11 @@ class Budget:
                     "than their worst case)",
                     scope=scope.kind,
                     held_only=True,
+                    scope_name=scope.name,
+                    spent_usd=spent,
+                    limit_usd=limit,
                 )
-            raise BudgetExceeded(
-                f"{scope.kind} budget {scope.name} would be exceeded: ${spent} spent + "
-                f"${worst_case_usd} worst case for this call > limit ${limit}; "
-                f"{_ADVICE[scope.kind]}",
-                scope=scope.kind,
-            )
+            raise would_exceed(scope.kind, scope.name, spent, Decimal(worst_case_usd), limit)
         return Reservation(token, Decimal(worst_case_usd), scopes, job_id, lease)
 
     async def settle(self, reservation: Reservation, actual_usd: Decimal) -> bool:

@@ -161,7 +161,8 @@ class BatchGroups:
             return await self.batches.get(_text(remote_name))
         for item in items:  # on the books before anything is paid
             await self.recorder.started(CallAttempt(
-                attempt_id=attempt_id(name, item.key), call_key=call_key(item.request, self.batches.provider),
+                attempt_id=attempt_id(name, item.key),
+                call_key=call_key(item.request, self.batches.provider),
                 model=model, attempt=1, started_at=now, job_id=job_id, batch_id=batch_id,
                 document_id=item.document or item.key, mode=MODE,
                 estimated_cost_usd=self.worst_case_usd(item.request,
@@ -207,7 +208,8 @@ class BatchGroups:
         outcomes = {o.key: o for o in remote.outcomes}
         for item in items:
             record = CallAttempt(
-                attempt_id=attempt_id(name, item.key), call_key=call_key(item.request, self.batches.provider),
+                attempt_id=attempt_id(name, item.key),
+                call_key=call_key(item.request, self.batches.provider),
                 model=model, attempt=1, started_at=at, job_id=job_id, batch_id=batch_id,
                 document_id=item.document or item.key, mode=MODE, finished_at=self.clock(),
                 estimated_cost_usd=self.worst_case_usd(item.request,

@@ -38,7 +38,7 @@ async def test_an_emulator_answer_is_not_replayed_as_geminis(
             provider = GeminiProvider(api_key=emu.api_key, base_url=emu.base_url, name=name)
             caller = LLMCaller(provider, Limiter(aredis, keys, settings), store,
                                MemoryRecorder(), PriceTable.load(),
-                               policy=RetryPolicy(max_attempts=2, initial_delay_s=0.01))  # fmt: skip
+                               policy=RetryPolicy(max_attempts=2))  # fmt: skip
             await caller.call(request, budget=await budget.for_call("b", Decimal(1)))
             await provider.aclose()
             sent.append(emu.stats()["generate_requests"])

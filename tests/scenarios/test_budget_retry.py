@@ -1,11 +1,14 @@
-"""Over-budget documents can be finished: resubmitted in a new batch they run under its
-budget, and `pipeline budget BATCH --set` + `pipeline retry BATCH --over-budget` finishes the
-rest with fresh calls under the raised budget. Real Redis, SQLite, a `pipeline worker`
-process, the real google-genai client against the emulator."""
+"""A budget that cannot pay for one call is refused at submit, nothing queued; one that
+can, but not for these documents, queues them with a warning. Over-budget documents can
+be finished: resubmitted in a new batch they run under its budget, and `pipeline budget
+BATCH --set` + `pipeline retry BATCH --over-budget` finishes the rest with fresh calls under
+the raised budget. Real Redis, SQLite, a `pipeline worker` process, the real google-genai
+client against the emulator."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -13,6 +16,10 @@ import redis
 from sqlalchemy import create_engine, select
 
 from pipeline.ledger.models import LLMCall
+from pipeline.llm.pricing import PriceTable
+from pipeline.redis.keys import Keys
+from pipeline.settings import load_settings
+from tasks.plan import least_call_usd
 from tests.scenarios.helpers import analysis_worker, status_json
 from tests.support.cli import EXAMPLES
 from tests.support.cli import run_cli as cli
@@ -38,9 +45,21 @@ def test_over_budget_documents_finish_after_budget_set_and_retry(
         env = {**pipeline_env, **emu.env, "GOOGLE_API_KEY": ""}
         worker = analysis_worker(redis_url, env, "--concurrency", "4")
         try:
-            sub = cli(env, "submit", *EXAMPLES, "--budget", "0.000001", "--wait", "--json")
+            refused = cli(env, "submit", *EXAMPLES, "--budget", "0.000001", "--json")
+            assert refused.returncode != 0 and "Traceback" not in refused.stderr
+            assert "cannot pay for one call" in refused.stderr and "nothing was queued" in (
+                refused.stderr), refused.stderr
+            assert not sredis.keys(Keys(env["PIPELINE_KEY_PREFIX"]).job("*"))  # nothing queued
+            # Above what one call reserves with no input, below what any of these can cost.
+            floor = least_call_usd(PriceTable.load(), load_settings().model, datetime.now(UTC))
+            small = str(floor + Decimal("0.0001"))
+            sub = cli(env, "submit", *EXAMPLES, "--budget", small, "--wait", "--json")
             assert sub.returncode == 1, sub.stdout + sub.stderr + worker.output()
-            batch = json.loads(sub.stdout.splitlines()[0])["batch_id"]
+            submitted = json.loads(sub.stdout.splitlines()[0])
+            batch = submitted["batch_id"]
+            [warning] = submitted["warnings"]
+            assert f"below the estimated worst case of {len(EXAMPLES)} document(s)" in warning
+            assert f"pipeline budget {batch} --set USD" in warning
             data = status_json(env, batch)
             assert data["by_state"] == {"over_budget": len(EXAMPLES)}, data
             reason = data["documents"][0]["reason"]

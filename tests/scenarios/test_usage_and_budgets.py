@@ -19,7 +19,7 @@ import redis
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.provider import Usage
 from pipeline.queue.job import State
-from tasks.plan import OUTPUT_BOUND_TOKENS
+from tasks.plan import OUTPUT_BOUND_TOKENS, analyze_prompt, estimate_document
 from tasks.submission import Upload
 from tests.support.emulator import RunningEmulator, start_emulator
 from tests.support.paid_rig import (
@@ -94,16 +94,20 @@ async def test_a_pdf_counted_above_its_page_estimate_is_refused_before_it_is_sen
     pipeline_env: dict[str, str], redis_url: str, key_prefix: str, sredis: redis.Redis,
     emu: RunningEmulator,
 ) -> None:  # fmt: skip
-    """Case 12: a one-page PDF billed at 60,000 prompt tokens, batch budget $0.012. The
+    """Case 12: a one-page PDF billed at 60,000 prompt tokens, batch budget $0.015. The
     page estimate (560 tokens) would fit; the count does not, so nothing is sent."""
     set_faults(emu, {"kind": "inflate", "when": "SCANNED", "tokens": 60_000})
+    small_doc = _doc("SCANNED", 1)
+    by_pages = estimate_document(PriceTable.load(), MODEL, analyze_prompt(), 1,
+                                 len(small_doc.data), 1_000_000)["worst_case_usd"]  # fmt: skip
+    assert by_pages < Decimal("0.015")  # the premise: by its pages it would fit
     async with running_pipeline(emu, redis_url, key_prefix) as rig:
-        small = await rig.submit(_doc("SCANNED", 1), budget=Decimal("0.012"))
+        small = await rig.submit(small_doc, budget=Decimal("0.015"))
         refused = await rig.finished(small.job_ids[0])
         big = await rig.submit(_doc("SCANNED", 2), budget=Decimal("0.05"))
         done = await rig.finished(big.job_ids[0])
         rows = rig.calls()
-        status = await rig.services.budget.status(small.batch_id, Decimal("0.012"))
+        status = await rig.services.budget.status(small.batch_id, Decimal("0.015"))
         status_big = await rig.services.budget.status(big.batch_id, Decimal("0.05"))
     stats = emu.stats()
     assert refused.state == State.OVER_BUDGET and refused.reason == "over_budget"
