@@ -118,6 +118,7 @@ class DocumentRow:
     wasted: Decimal
     result: Any
     paid_in: list[str] = field(default_factory=list)  # other batches its cost was booked to
+    paid_elsewhere: Decimal = Decimal(0)  # the part of `cost` booked to those batches
     run: Run | None = None
     mode: dict[str, Any] | None = None  # tasks/modes.py's choice (batch_fallback.annotate)
 
@@ -205,9 +206,16 @@ def document_rows(facts: LedgerFacts, runs: dict[str, Run], around: Surroundings
             m.name, m.document_id, m.pages, m.job_id, state,
             sum((c.cost for c in calls), Decimal(0)),
             sum((c.cost for c in calls if c.outcome in WASTED), Decimal(0)),
-            facts.results.get(m.document_id), paid_in, run,
+            facts.results.get(m.document_id), paid_in,
+            sum((c.cost for c in calls if c.batch_id != facts.batch_id), Decimal(0)), run,
         ))  # fmt: skip
     return rows
+
+
+def paid_elsewhere(view: BatchView) -> Decimal:
+    """What the documents' costs shown in `view` include that other batches paid (results
+    reused from earlier runs): the batch's own spend plus this is the column's sum."""
+    return sum((d.paid_elsewhere for d in view.documents), Decimal(0))
 
 
 async def batch_view(client: QueueClient, engine: Engine, ref: str) -> BatchView:

@@ -116,6 +116,19 @@ def print_queue_status(data: dict[str, object]) -> None:
     console.print(wt)
 
 
+def reused_note(view: BatchView) -> str:
+    """The words after a batch's spend when its cost column includes what other batches
+    paid for results reused here ("" when it does not), so the column and the spend both
+    read true."""
+    from tasks.batches import paid_elsewhere
+
+    elsewhere = paid_elsewhere(view)
+    if not elsewhere:
+        return ""
+    return (f" in this batch (the cost column also shows ${display_usd(elsewhere)} paid in "
+            "earlier batches for results reused here)")
+
+
 def print_batch(view: BatchView) -> None:
     """Every document: name, status, stage or reason, pages, cost and wasted, then counts,
     spend against budget and what waits for what. Names and reasons are never cut."""
@@ -123,8 +136,8 @@ def print_batch(view: BatchView) -> None:
     label = f" · {f.label}" if f.label else ""
     budget = f" of ${display_usd(f.budget_usd)}" if f.budget_usd is not None else ""
     console.print(f"batch {f.batch_id}{label} · {len(view.documents)} documents · spent "
-                  f"${display_usd(f.spend)}{budget}", highlight=False, soft_wrap=True,
-                  markup=False)  # fmt: skip
+                  f"${display_usd(f.spend)}{budget}{reused_note(view)}", highlight=False,
+                  soft_wrap=True, markup=False)  # fmt: skip
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     # Shown once any document is not plainly interactive (Batch Mode, auto, a deadline).
     modes = any(d.mode and (d.mode["shown"] != "interactive" or d.mode.get("deadline"))

@@ -87,5 +87,9 @@ def test_ctrl_c_then_run_again_writes_every_result_and_a_second_demo_shows_them(
         rows = [ln for ln in third.stdout.splitlines() if ".json" in ln]
         assert sum("complete" in ln for ln in rows) == len(EXAMPLES), third.stdout
         assert emu.stats()["generate_requests"] == calls
+        # The cost column shows what the reused results cost where they were paid; the
+        # batch's own spend is $0 and says what the column includes.
+        assert ("total spend: $0.000000000 in this batch (the cost column also shows $"
+                in third.stdout), third.stdout
         # Paid twice only for a call cut mid-flight, booked `abandoned` (never at $0).
         assert emu.stats()["billed_repeats"] <= _abandoned(env)
