@@ -112,6 +112,7 @@ def test_letter_in_german(results: dict[str, Any]) -> None:
     assert facts["amount"] in result["entities"]["amounts"]  # "4.850,00 EUR"
     assert facts["sender"] in result["entities"]["organizations"]
     assert set(facts["people"]) <= set(result["entities"]["people"])
+    assert "Frau Okafor" not in result["entities"]["people"]  # the same person, named once
 
 
 def test_statement_and_paper(results: dict[str, Any]) -> None:

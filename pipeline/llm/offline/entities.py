@@ -202,7 +202,14 @@ def find_people(text: str, stop_words: frozenset[str], organizations: list[str])
         if names.get_gender(first) == "unknown" or names.get_gender(last) != "unknown":
             continue  # "Accounts Payable" is nobody; "Ada Lena" is two first names
         found.setdefault(f"{first} {last}", None)
-    return list(found)[:MAX_PER_KIND]
+    return _fullest(list(found))[:MAX_PER_KIND]
+
+
+def _fullest(names: list[str]) -> list[str]:
+    """Each person once, by their fullest mention: a name whose words all appear in a longer
+    one found too goes ("Frau Okafor" beside "Frau Margaret Okafor")."""
+    words = [set(n.split()) for n in names]
+    return [n for n, w in zip(names, words, strict=True) if not any(w < o for o in words)]
 
 
 def find_emails(text: str) -> list[str]:
