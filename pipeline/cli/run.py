@@ -161,7 +161,6 @@ def print_summary(view: BatchView, written: dict[str, Path]) -> None:
                   f"`pipeline results {f.batch_id}`", highlight=False, soft_wrap=True)  # fmt: skip
 
 
-
 def run(
     paths: PathsArg,
     model: ModelOpt = None,

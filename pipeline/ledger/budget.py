@@ -65,6 +65,8 @@ _ADVICE = {
     "day": "raise PIPELINE_BUDGET_DAY_USD or wait for the UTC day to turn (00:00 UTC)",
     "month": "raise PIPELINE_BUDGET_MONTH_USD or wait for the next UTC month",
 }
+
+
 def would_exceed(
     kind: str, name: str, spent: Decimal, worst: Decimal, limit: Decimal, what: str = "this call"
 ) -> BudgetExceeded:

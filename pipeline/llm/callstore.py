@@ -3,11 +3,10 @@
 A job retried after a crash, a lease lost mid-call, or the same document submitted twice
 all end up asking the same question. The call key hashes everything that changes the
 answer (who answers, model, prompt version, parts, generation settings); an answer that was
-*used* is
-kept in Redis as JSON under that key, and a later call with the same key is answered from
-here without touching the provider. Only used answers are stored: a failure, and a paid
-answer that could not be used (cut at MAX_TOKENS, blocked, invalid), must stay retryable,
-or every retry would replay it (field case 08c).
+*used* is kept in Redis as JSON under that key, and a later call with the same key is
+answered from here without touching the provider. Only used answers are stored: a
+failure, and a paid answer that could not be used (cut at MAX_TOKENS, blocked, invalid),
+must stay retryable, or every retry would replay it (field case 08c).
 
 Redis is not where a paid answer may end: it can be away when the answer arrives, or lose
 its data. With a `durable` side (the SQL ledger's `call_answers`, pipeline/ledger/answers.py)
