@@ -229,7 +229,9 @@ async def submit_uploads(
 
     at = parse_deadline(deadline) if isinstance(deadline, str) else deadline
     choice = choose_mode(mode or s.mode, at, s)
-    provider = provider_kind(s)
+    # Who answers: the provider given with `services` (the API's, `pipeline run`'s), else
+    # the one these settings make (a worker started with them).
+    provider = services.caller.provider.name if services is not None else provider_kind(s)
     # the offline analyzer costs $0: no budget is too small for it
     billed = services.caller.billed if services is not None else provider != "offline"
     if budget_usd is not None and billed:
@@ -263,7 +265,8 @@ async def submit_uploads(
         from pipeline.llm.batch_items import group_name
 
         members = [{"sha256": sha, "name": up.name} for _, up, _, sha in checked]
-        group = {"name": group_name(model, prompt.version, [m["sha256"] for m in members]),
+        group = {"name": group_name(model, prompt.version, [m["sha256"] for m in members],
+                                    provider),
                  "members": members}  # fmt: skip
     engine = None
     if services is not None:

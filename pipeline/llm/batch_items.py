@@ -71,10 +71,13 @@ def display_name_for(model: str, items: Sequence[BatchItem]) -> str:
     return DISPLAY_PREFIX + digest.hexdigest()[:40]
 
 
-def group_name(model: str, prompt_version: str, keys: Sequence[str]) -> str:
+def group_name(model: str, prompt_version: str, keys: Sequence[str], provider: str) -> str:
     """The display name of a group known before its requests are built: the model, the
-    prompt version and the sorted content keys of its members (documents' sha256)."""
-    digest = hashlib.sha256(json.dumps([model, prompt_version, sorted(keys)]).encode())
+    prompt version, the sorted content keys of its members (documents' sha256) and the
+    provider ("gemini", "emulator"), so a rehearsal's group is never taken for a real one's
+    (its record names a batch job the other service never had)."""
+    material = [model, prompt_version, sorted(keys), provider]
+    digest = hashlib.sha256(json.dumps(material).encode())
     return DISPLAY_PREFIX + digest.hexdigest()[:40]
 
 

@@ -39,6 +39,7 @@ class BadJsonOnce:
 
     def __init__(self, inner: GeminiProvider) -> None:
         self.inner = inner
+        self.name = inner.name
         self.spoiled = 0
 
     async def generate(self, request: LLMRequest) -> LLMResponse:

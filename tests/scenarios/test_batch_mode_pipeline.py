@@ -96,6 +96,25 @@ async def test_five_documents_in_batch_mode_make_one_job_and_cost_half(
     assert f"Batch Mode saved ${report['saved_usd']}" in table.stdout, table.stdout
 
 
+async def test_a_rehearsals_batch_group_is_never_taken_for_a_real_runs(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str, emu: RunningEmulator,
+) -> None:  # fmt: skip
+    """The same documents in Batch Mode, first rehearsed (the provider calls itself the
+    emulator), then with a real key against the same Redis: the second run makes its own
+    batch job and its results say who answered, not the rehearsal's group replayed."""
+    docs = _docs(2)
+    done = {}
+    for name in ("emulator", "gemini"):
+        async with running_pipeline(emu, redis_url, key_prefix, provider_name=name,
+                                    **FAST_POLL) as rig:  # fmt: skip
+            sub = await submit_uploads(rig.client, docs, mode="batch", services=rig.services)
+            done[name] = [await rig.finished(j, timeout_s=90) for j in sub.job_ids]
+    for name, jobs in done.items():
+        assert all(j.state == State.COMPLETE for j in jobs), [j.error for j in jobs]
+        assert {j.result["produced_by"]["provider"] for j in jobs} == {name}  # type: ignore[index]
+    assert emu.stats()["batch"]["jobs_created"] == 2
+
+
 async def test_the_group_worst_case_is_held_before_create_and_settled_per_response(
     pipeline_env: dict[str, str], redis_url: str, key_prefix: str, emu: RunningEmulator,
 ) -> None:  # fmt: skip

@@ -106,16 +106,17 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def running_pipeline(
-    emu: RunningEmulator, redis_url: str, key_prefix: str, concurrency: int = 2, **settings: Any
-) -> AsyncIterator[Rig]:
+    emu: RunningEmulator, redis_url: str, key_prefix: str, concurrency: int = 2,
+    provider_name: str = "gemini", **settings: Any,
+) -> AsyncIterator[Rig]:  # fmt: skip
     """A worker with the real services; settings come from the environment (pipeline_env)
-    plus `settings`."""
+    plus `settings`. The provider, against the emulator, calls itself `provider_name`."""
     import tasks.analyze  # noqa: F401  (registers the tasks)
     from pipeline.services import build_worker, open_services
 
     s = load_settings(key_prefix=key_prefix, **settings)
     client = QueueClient(connect_redis(redis_url), settings=s)
-    provider = GeminiProvider(api_key=emu.api_key, base_url=emu.base_url,
+    provider = GeminiProvider(api_key=emu.api_key, base_url=emu.base_url, name=provider_name,
                               files_min_bytes=s.files_api_min_bytes)  # fmt: skip
     services = await open_services(client, provider=provider)
     worker = await build_worker(client, queues=["default"], concurrency=concurrency,
