@@ -4,8 +4,10 @@ A budget is only a bound if the reservation is: an estimate from the page count 
 billed at more tokens than estimated pass the budget (field case 12; api-examples#94 shows
 a PDF counted and billed far above its page charge). countTokens is free (GEMINI.md §3.3)
 and answers with the figure the prompt is billed at, so every paid call is counted first.
-The figure is cached under `Keys.token_count(request.prompt_hash())`: a retry, a larger
-output budget or a second worker asks Redis, not the provider.
+The figure is cached per provider and prompt (`TokenCounter.key`): a retry, a larger output
+budget or a second worker asks Redis, not the provider. The provider is in the key because
+the emulator's count is its own estimate: a rehearsal's figure standing for Gemini's would
+make a reservation, and so a budget, rest on a count Gemini never gave.
 """
 
 from __future__ import annotations
@@ -48,9 +50,13 @@ class TokenCounter:
         self.keys = keys
         self.ttl_s = ttl_s
 
+    def key(self, request: LLMRequest) -> str:
+        """The Redis key of `request`'s figure from this provider (`Provider.name`)."""
+        return self.keys.token_count(f"{self.provider.name}:{request.prompt_hash()}")
+
     async def cached(self, request: LLMRequest) -> int | None:
         """The figure if it was counted before, without asking the provider."""
-        value = await self.redis.get(self.keys.token_count(request.prompt_hash()))
+        value = await self.redis.get(self.key(request))
         return None if value is None else int(value)
 
     async def count(self, request: LLMRequest) -> int:
@@ -58,7 +64,5 @@ class TokenCounter:
         if cached is not None:
             return cached
         tokens = int(await self.provider.count_tokens(request))
-        await self.redis.set(
-            self.keys.token_count(request.prompt_hash()), str(tokens), ex=self.ttl_s
-        )
+        await self.redis.set(self.key(request), str(tokens), ex=self.ttl_s)
         return tokens

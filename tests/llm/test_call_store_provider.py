@@ -1,6 +1,7 @@
 """The call store keeps paid answers from being paid again, per provider: an answer the
 emulator gave in a rehearsal is never replayed to a run against Gemini (same Redis, same
-request), through the real google-genai client over HTTP to the emulator."""
+request), nor is its token count (a budget's reservation rests on it), through the real
+google-genai client over HTTP to the emulator."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ async def test_an_emulator_answer_is_not_replayed_as_geminis(
     store = CallStore(aredis, keys, ttl_s=60)
     budget = Budget(aredis, keys, settings)
     with start_emulator() as emu:
-        sent = []
+        sent, counted = [], []
         for name in ("emulator", "emulator", "gemini"):
             provider = GeminiProvider(api_key=emu.api_key, base_url=emu.base_url, name=name)
             caller = LLMCaller(provider, Limiter(aredis, keys, settings), store,
@@ -42,7 +43,9 @@ async def test_an_emulator_answer_is_not_replayed_as_geminis(
             await caller.call(request, budget=await budget.for_call("b", Decimal(1)))
             await provider.aclose()
             sent.append(emu.stats()["generate_requests"])
+            counted.append(emu.stats()["count_requests"])
     # the rehearsal's second call is answered from the store; Gemini's is asked for real
     assert sent == [1, 1, 2]
+    assert counted == [1, 1, 2]  # Gemini's own count, not the rehearsal's figure
     assert call_key(request, "emulator") != call_key(request, "gemini")
     assert await store.get(call_key(request, "gemini")) is not None
