@@ -166,3 +166,46 @@ async def test_a_pdf_by_path_is_uploaded_from_its_file_or_sent_inline_as_its_byt
     assert [(r["inline_bytes"], r["pdf_pages"]) for r in sent_inline] == [(len(small), 1)]
     assert stats["files"] == {"uploads": 1, "deleted": 1, "downloads": 0, "live": 0}
     assert stats["largest_request_bytes"] < THRESHOLD
+
+
+def _pss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        return sum(int(line.split()[1]) for line in fh if line.startswith("Pss:")) / 1024
+
+
+def _noise_pdf(pages: int) -> bytes:
+    """`pages` pages of incompressible image, ~1 MB each."""
+    pdf = FPDF()
+    for n in range(pages):
+        pdf.add_page()
+        pdf.image(Image.frombytes("RGB", (600, 580), os.urandom(600 * 580 * 3)), x=10, y=10,
+                  w=190)  # fmt: skip
+        pdf.set_font("helvetica", size=11)
+        pdf.cell(0, 8, f"Sheet {n + 1}")
+    return bytes(pdf.output())
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="Linux /proc needed")
+async def test_a_pool_process_does_not_keep_the_pdfs_it_inspected(tmp_path: Path) -> None:
+    """A pypdf reader is a reference cycle holding its whole PDF: without a collection after
+    each call, a pool process kept one more PDF per inspection until the next full
+    collection (pipeline/queue/pool.py). Six inspections of a 5 MB PDF must not leave the
+    process holding even one of them."""
+    data = _noise_pdf(5)
+    size_mb = len(data) / 2**20
+    assert size_mb > 4
+    path = tmp_path / "drawings.pdf"
+    path.write_bytes(data)
+    pool = CpuPool(workers=1, max_tasks_per_child=50)
+    try:
+        await pool.run("tasks.pdf:inspect_file", str(path), 10**9, 100)  # imports, warm-up
+        executor = pool._executor
+        assert executor is not None
+        (pid,) = [p.pid for p in executor._processes.values()]
+        before = _pss_mb(pid)
+        for _ in range(6):
+            await pool.run("tasks.pdf:inspect_file", str(path), 10**9, 100)
+        grown = _pss_mb(pid) - before
+    finally:
+        pool.shutdown()
+    assert grown < size_mb, f"the pool process grew {grown:.1f} MB ({size_mb:.1f} MB PDF)"
