@@ -7,7 +7,9 @@ processes, or for the limiter, hold 32 paths, not 32 PDFs (bench/documents.py --
 
 The file store's own file is that path (nothing is copied). A store without local files
 (S3) gets a copy written under `scratch` when the block starts and deleted when it ends: the
-bytes are in memory only while the copy is written.
+bytes are in memory only while the copy is written. A worker killed in between leaves its
+copies behind; the next copy made in that folder removes those older than a day (a job's
+timeout is far shorter).
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ import asyncio
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.storage import DocumentStore, check_sha256
+
+# A copy older than this belongs to a worker that died while a job read it.
+STALE_COPY_S = 86400.0
 
 
 @dataclass(frozen=True)
@@ -33,8 +39,16 @@ class LocalFile:
     copy: bool
 
 
+def _remove_stale(scratch: Path, now: float) -> None:
+    for entry in scratch.iterdir():
+        with contextlib.suppress(FileNotFoundError):  # another worker removed it first
+            if now - entry.stat().st_mtime > STALE_COPY_S:
+                entry.unlink()
+
+
 def _copy(store: DocumentStore, sha256: str, scratch: Path) -> Path:
     scratch.mkdir(parents=True, exist_ok=True)
+    _remove_stale(scratch, time.time())
     data = store.get(sha256)  # raises DocumentMissing
     fd, name = tempfile.mkstemp(dir=scratch, prefix=f"{sha256[:16]}-", suffix=".pdf")
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -115,10 +116,15 @@ async def test_the_file_store_lends_its_own_file_and_another_store_a_copy_it_del
 
     remote = NoLocalFiles(tmp_path / "remote")
     remote.put(sha, data)
+    left = tmp_path / "scratch" / "left-by-a-killed-worker.pdf"
+    left.parent.mkdir()
+    left.write_bytes(b"%PDF-")
+    os.utime(left, (time.time() - 2 * 86400, time.time() - 2 * 86400))
     async with local_file(remote, sha, tmp_path / "scratch") as found:
         assert found.copy and found.path.parent == tmp_path / "scratch"
         assert found.path.read_bytes() == data and found.size == len(data)
     assert not found.path.exists()  # the copy goes when the block ends
+    assert not left.exists()  # and a stale one when the next copy is made
     with pytest.raises(RuntimeError):  # ... also when the block fails
         async with local_file(remote, sha, tmp_path / "scratch") as failing:
             raise RuntimeError("the call failed")
