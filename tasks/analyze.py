@@ -13,13 +13,22 @@ Job arguments are one JSON dict (sha256, names, model, prompt version, batch bud
 `documents`: the digests the job lets go of when it ends); the PDF bytes wait in the
 document store (pipeline/storage/), put by tasks/submission.py, with only the ids of the
 jobs holding them in Redis (pipeline/storage/holds.py).
+
+A job holds its PDF as a path, not as bytes (pipeline/storage/local.py): the pool process
+that inspects it and looks for pages without text reads the file itself, and the call's
+request carries the path and digest (`Part.pdf_file`), so the bytes are read, or streamed
+to the Files API, only by the attempt that sends them. Parts split from a long document
+are bytes until the parent puts them in the store; each part's job reads its own by path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import hashlib
 import logging
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -36,9 +45,10 @@ from pipeline.queue.context import JobContext
 from pipeline.queue.task import task
 from pipeline.storage import open_store
 from pipeline.storage.holds import hold
+from pipeline.storage.local import local_file
 from tasks.analysis_call import analysis_call
 from tasks.batch_mode import wait_for_batch  # and registers collect_batch_group
-from tasks.fit import Fitted, fit_parts
+from tasks.fit import Fitted, fit_parts, source_of
 from tasks.merge import (
     merge_document_type,
     merge_entities,
@@ -76,50 +86,66 @@ def _budget(args: dict[str, Any]) -> Decimal | None:
     return None if args.get("budget_usd") in (None, "") else Decimal(str(args["budget_usd"]))
 
 
-async def _load_pdf(ctx: JobContext, sha256: str) -> bytes:
+async def load_pdf(ctx: JobContext, sha256: str) -> Part:
+    """The stored PDF's bytes in memory (Batch Mode's group requests, which outlive a job's
+    block); Permanent when it is gone."""
     store = open_store(ctx.client.settings)
     try:
-        return await asyncio.to_thread(store.get, sha256)
+        return Part.pdf(await asyncio.to_thread(store.get, sha256))
     except DocumentMissing as exc:
         raise Permanent(str(exc), reason=Reason.BAD_INPUT) from None
 
 
-async def _inspect(ctx: JobContext, data: bytes, name: str) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def stored_pdf(ctx: JobContext, sha256: str) -> AsyncIterator[Part]:
+    """The stored PDF as a part read from a local file (the file store's own file, or a
+    copy of an S3 object deleted when the block ends): the job holds its path, not its
+    bytes. Permanent when it is gone, at the start or while the block reads it."""
+    s = ctx.client.settings
+    try:
+        async with local_file(open_store(s), sha256, s.home / "scratch") as found:
+            yield Part.pdf_file(str(found.path), sha256, found.size)
+    except DocumentMissing as exc:
+        raise Permanent(str(exc), reason=Reason.BAD_INPUT) from None
+
+
+async def _inspect(ctx: JobContext, pdf: Part, name: str) -> dict[str, Any]:
     """tasks/pdf.py's validity rule, the same one submit applied; a refusal fails at once."""
     s = ctx.client.settings
     try:
         info: dict[str, Any] = await ctx.run_cpu(
-            "tasks.pdf:inspect_pdf", data, s.max_upload_bytes, s.max_document_pages, name
-        )
+            "tasks.pdf:inspect_file", source_of(pdf), s.max_upload_bytes, s.max_document_pages,
+            name,
+        )  # fmt: skip
     except BadDocument as exc:
         raise Permanent(str(exc)) from None
     return info
 
 
-async def _readable_copy(ctx: JobContext, data: bytes, info: dict[str, Any]) -> bytes:
-    """The PDF as every provider can read it: an empty-password encrypted file (accepted by
-    the validity rule) is sent as its decrypted copy, so the offline analyzer and Gemini see
-    the same pages submit accepted (field case 14)."""
-    if not info.get("encrypted"):
-        return data
+async def _readable_copy(ctx: JobContext, pdf: Part, info: dict[str, Any]) -> Part:
+    """The PDF as every provider can read it, its page count known: an empty-password
+    encrypted file (accepted by the validity rule) is sent as its decrypted copy (bytes), so
+    the offline analyzer and Gemini see the same pages submit accepted (field case 14)."""
     pages = int(info["page_count"])
-    parts: list[bytes] = await ctx.run_cpu("tasks.pdf:split_pages", data, [[1, pages]])
-    return parts[0]
+    if not info.get("encrypted"):
+        return dataclasses.replace(pdf, pages=pages)
+    parts: list[bytes] = await ctx.run_cpu("tasks.pdf:split_file", source_of(pdf), [[1, pages]])
+    return Part(data=parts[0], mime_type="application/pdf", pages=pages)
 
 
 async def _analyse_part(
-    ctx: JobContext, args: dict[str, Any], data: bytes, *, part: int, first: int, last: int,
+    ctx: JobContext, args: dict[str, Any], pdf: Part, *, part: int, first: int, last: int,
     page_count: int, request: LLMRequest | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One page range (the whole document when it fits one call) as a `part_outcome`;
     `request` when the caller already built (and size-checked) it."""
     started = now_iso()
     if request is None:
-        request = analyze_request(args["model"], analyze_prompt(), data, filename=args["name"],
+        request = analyze_request(args["model"], analyze_prompt(), pdf, filename=args["name"],
                                   page_count=page_count, first_page=first,
                                   last_page=last)  # fmt: skip
     answered = await analysis_call(ctx, request, _budget(args), args["sha256"])
-    blank: list[int] = await ctx.run_cpu("tasks.pdf:pages_without_text", data)
+    blank: list[int] = await ctx.run_cpu("tasks.pdf:pages_without_text_file", source_of(pdf))
     return part_outcome(
         answered.result, part=part, first_page=first, last_page=last,
         model_version=answered.model_version, cost=answered.cost,
@@ -129,28 +155,28 @@ async def _analyse_part(
 
 
 async def plan_document(
-    ctx: JobContext, sha: str, name: str, model: str
-) -> tuple[bytes, int, list[Fitted]]:
-    """A submitted PDF's readable bytes, page count and the requests that analyse it (one
-    when it fits one call). Raises Permanent for a PDF that is gone, refused or too large."""
+    ctx: JobContext, original: Part, name: str, model: str
+) -> tuple[int, list[Fitted]]:
+    """A submitted PDF's (by path or bytes) page count and the requests that analyse it
+    (one when it fits one call, sending the readable PDF as given). Raises Permanent for a
+    PDF that is gone, refused or too large."""
     s = ctx.client.settings
     prompt = analyze_prompt()
-    original = await _load_pdf(ctx, sha)
     info = await _inspect(ctx, original, name)
-    data = await _readable_copy(ctx, original, info)
+    pdf = await _readable_copy(ctx, original, info)
     pages = int(info["page_count"])
-    ranges = chunk_ranges(pages, len(data), model, s.context_budget_tokens,
+    ranges = chunk_ranges(pages, pdf.byte_size, model, s.context_budget_tokens,
                           s.max_inline_request_bytes)  # fmt: skip
 
-    def build(part: bytes, first: int, last: int) -> LLMRequest:
+    def build(part: Part, first: int, last: int) -> LLMRequest:
         return analyze_request(model, prompt, part, filename=name, page_count=pages,
                                first_page=first, last_page=last)  # fmt: skip
 
     try:  # each part's real request, not the average, is checked against the inline limit
-        fitted = await fit_parts(ctx, data, pages, ranges, build, s.max_inline_request_bytes)
+        fitted = await fit_parts(ctx, pdf, pages, ranges, build, s.max_inline_request_bytes)
     except RequestTooLarge as exc:
         raise Permanent(str(exc), reason=Reason.REQUEST_TOO_LARGE) from None
-    return data, pages, fitted
+    return pages, fitted
 
 
 @task(name="analyze_document", **_RETRY)  # type: ignore[arg-type]
@@ -178,18 +204,19 @@ async def analyze_document(ctx: JobContext, args: dict[str, Any]) -> dict[str, A
         return dict(stored)
     if args.get("mode") == "batch":
         await wait_for_batch(ctx, args)  # returns once the batch answer is in the call store
-    data, pages, fitted = await plan_document(ctx, sha, name, model)
-    if len(fitted) == 1:
+    async with stored_pdf(ctx, sha) as original:
+        pages, fitted = await plan_document(ctx, original, name, model)
+        if len(fitted) > 1:
+            return await _fan_out(ctx, args, pages, fitted)
         await ctx.progress({"stage": "analyzing", "pages": pages})
-        part = await _analyse_part(ctx, args, data, part=1, first=1, last=pages,
+        part = await _analyse_part(ctx, args, fitted[0].part, part=1, first=1, last=pages,
                                    page_count=pages, request=fitted[0].request)  # fmt: skip
         analysis = {**part["analysis"], "page_count": pages}  # counted here, not by the model
         result = build_result(analysis, [part], model=model, prompt_version=version,
                               max_bytes=s.max_result_bytes)  # fmt: skip
-        await services.recorder.save_result(sha, model, version, result)
-        await ctx.progress({"stage": "done", "pages": pages})
-        return result
-    return await _fan_out(ctx, args, pages, fitted)
+    await services.recorder.save_result(sha, model, version, result)
+    await ctx.progress({"stage": "done", "pages": pages})
+    return result
 
 
 async def _fan_out(
@@ -206,7 +233,7 @@ async def _fan_out(
     reduce_id = f"{ctx.job_id}-reduce"
     chunk_shas: list[str] = []
     for index, fit in enumerate(fitted, start=1):
-        first, last, part = fit.first, fit.last, fit.part
+        first, last, part = fit.first, fit.last, fit.part.read()  # split parts: bytes
         chunk_sha = hashlib.sha256(part).hexdigest()
         # The reduce holds every part's PDF, so a part's retries find it; it lets go of
         # them when it ends (see _fail_partial for parts that failed).
@@ -246,11 +273,12 @@ async def _fan_out(
 @task(name="analyze_chunk", **_RETRY)  # type: ignore[arg-type]
 async def analyze_chunk(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
     """The map step: one page range of a long document."""
-    data = await _load_pdf(ctx, args["chunk_sha256"])
     first, last = int(args["first_page"]), int(args["last_page"])
-    await ctx.progress({"stage": "analyzing", "first_page": first, "last_page": last})
-    return await _analyse_part(ctx, args, data, part=int(args["part"]), first=first, last=last,
-                               page_count=int(args["page_count"]))  # fmt: skip
+    async with stored_pdf(ctx, args["chunk_sha256"]) as stored:
+        pdf = dataclasses.replace(stored, pages=last - first + 1)
+        await ctx.progress({"stage": "analyzing", "first_page": first, "last_page": last})
+        return await _analyse_part(ctx, args, pdf, part=int(args["part"]), first=first,
+                                   last=last, page_count=int(args["page_count"]))  # fmt: skip
 
 
 @task(name="reduce_analyses", **_RETRY)  # type: ignore[arg-type]

@@ -66,15 +66,17 @@ def _groups(ctx: JobContext) -> BatchGroups | None:
 async def _members(ctx: JobContext, args: dict[str, Any]) -> tuple[list[BatchItem], dict[str, int]]:
     """Each member's requests (one per part of a long PDF) and their counted input, by
     key; members that cannot be read are left out (their own jobs handle them)."""
-    from tasks.analyze import plan_document
+    from tasks.analyze import load_pdf, plan_document
 
     services = ctx.deps["services"]
     items: list[BatchItem] = []
     tokens: dict[str, int] = {}
     for member in args["batch_group"]["members"]:
         try:
-            _, _, fitted = await plan_document(ctx, member["sha256"], member["name"],
-                                               args["model"])  # fmt: skip
+            # in memory: the group's requests outlive this loop (a local copy of an S3
+            # object would not)
+            whole = await load_pdf(ctx, member["sha256"])
+            _, fitted = await plan_document(ctx, whole, member["name"], args["model"])
         except JobError as exc:
             log.info("batch group: %s left out (%s)", member["name"], exc)
             continue

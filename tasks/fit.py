@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.errors import RequestTooLarge
-from pipeline.llm.provider import LLMRequest
+from pipeline.llm.provider import LLMRequest, Part
 from pipeline.queue.context import JobContext
 
 MB = 1024 * 1024
@@ -28,28 +28,41 @@ class Fitted:
 
     first: int  # 1-based, inclusive
     last: int
-    part: bytes  # the part as a standalone PDF (the whole document when it fits in one)
+    part: Part  # the part as a standalone PDF (the whole document when it fits in one)
     request: LLMRequest
+
+
+def source_of(part: Part) -> bytes | str:
+    """What a pool function (tasks/pdf.py `*_file`) is given for a PDF part: its path when
+    it is a file (read in the pool process), else its bytes."""
+    if part.path is not None:
+        return part.path
+    assert part.data is not None
+    return part.data
 
 
 async def fit_parts(
     ctx: JobContext,
-    data: bytes,
+    whole: Part,
     page_count: int,
     ranges: list[tuple[int, int]],
-    build: Callable[[bytes, int, int], LLMRequest],
+    build: Callable[[Part, int, int], LLMRequest],
     max_request_bytes: int,
 ) -> list[Fitted]:
     """`ranges` (planned from averages) made to fit: each part's request measured, a part
     over `max_request_bytes` split in halves until it fits, in page order.
 
-    `build(part, first, last)` makes the request for a part. Splitting runs in the
-    process pool. Raises RequestTooLarge for a single page that cannot fit.
+    `whole` is the document (by path or bytes); it is its own part when it fits in one
+    call, else the parts are split from it (in the process pool) as bytes. `build(part,
+    first, last)` makes the request for a part. Raises RequestTooLarge for a single page
+    that cannot fit.
     """
     if ranges == [(1, page_count)]:
-        parts = [data]
+        parts = [whole]
     else:
-        parts = await ctx.run_cpu("tasks.pdf:split_pages", data, [list(r) for r in ranges])
+        split = await ctx.run_cpu("tasks.pdf:split_file", source_of(whole),
+                                  [list(r) for r in ranges])  # fmt: skip
+        parts = [Part.pdf(p) for p in split]
     pending = list(zip(ranges, parts, strict=True))
     fitted: list[Fitted] = []
     while pending:
@@ -67,7 +80,8 @@ async def fit_parts(
             )
         middle = (first + last) // 2
         halves = await ctx.run_cpu(
-            "tasks.pdf:split_pages", data, [[first, middle], [middle + 1, last]]
+            "tasks.pdf:split_file", source_of(whole), [[first, middle], [middle + 1, last]]
         )
-        pending[0:0] = [((first, middle), halves[0]), ((middle + 1, last), halves[1])]
+        pending[0:0] = [((first, middle), Part.pdf(halves[0])),
+                        ((middle + 1, last), Part.pdf(halves[1]))]  # fmt: skip
     return fitted

@@ -25,7 +25,7 @@ from typing import Any
 
 from pypdf import PasswordType, PdfReader, PdfWriter
 
-from pipeline.errors import BadDocument, RequestTooLarge
+from pipeline.errors import BadDocument, DocumentMissing, RequestTooLarge
 from pipeline.llm.offline.pdftext import (
     check_page_range,
     corrupt_error,
@@ -134,6 +134,36 @@ def inspect_pdf(
         encrypted=bool(reader.is_encrypted),
         **meta,
     )
+
+
+def _read(source: bytes | str) -> bytes:
+    """`source` itself, or the bytes of the file at the path it names, read here (in the
+    pool process): a worker's job passes its stored PDF's path, so the PDF crosses the
+    process boundary as a path, not as base64 JSON, and the job never holds it. Raises
+    DocumentMissing when the file is gone."""
+    if isinstance(source, bytes):
+        return source
+    try:
+        with open(source, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise DocumentMissing(f"the document file {source} is gone") from None
+
+
+def inspect_file(source: bytes | str, max_bytes: int, max_pages: int,
+                 name: str = "the file") -> PdfInfo:  # fmt: skip
+    """`inspect_pdf` of a path (read in this process) or of bytes."""
+    return inspect_pdf(_read(source), max_bytes, max_pages, name)
+
+
+def split_file(source: bytes | str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    """`split_pages` of a path (read in this process) or of bytes."""
+    return split_pages(_read(source), ranges)
+
+
+def pages_without_text_file(source: bytes | str) -> list[int]:
+    """`pages_without_text` of a path (read in this process) or of bytes."""
+    return pages_without_text(_read(source))
 
 
 def split_pages(data: bytes, ranges: Sequence[tuple[int, int]]) -> list[bytes]:

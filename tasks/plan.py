@@ -43,16 +43,17 @@ def idempotency_key(sha256: str, model: str, prompt_version: str, provider: str)
 
 
 def analyze_request(
-    model: str, prompt: Prompt, pdf: bytes, *, filename: str, page_count: int,
+    model: str, prompt: Prompt, pdf: bytes | Part, *, filename: str, page_count: int,
     first_page: int, last_page: int,
 ) -> LLMRequest:  # fmt: skip
-    """The map call: the PDF as a native part, the analyze prompt, the Analysis schema."""
+    """The map call: the PDF as a native part (its bytes, or a `Part` that may read them
+    from a file when sent), the analyze prompt, the Analysis schema."""
     text = prompt.render(
         filename=filename, page_count=page_count, first_page=first_page, last_page=last_page
     )
     return LLMRequest(
         model=model,
-        parts=(Part.pdf(pdf), Part(text=text)),
+        parts=(pdf if isinstance(pdf, Part) else Part.pdf(pdf), Part(text=text)),
         system=prompt.system,
         response_schema=Analysis.json_schema_for_gemini(),
         max_output_tokens=MAX_OUTPUT_TOKENS,

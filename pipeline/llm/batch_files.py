@@ -63,10 +63,13 @@ class BatchFiles:
     def __init__(self, client: genai.Client) -> None:
         self._client = client
 
-    async def upload(self, data: bytes, mime_type: str, display_name: str) -> UploadedFile:
+    async def upload(self, data: bytes | str, mime_type: str, display_name: str) -> UploadedFile:
+        """Upload `data`, or the file at the path `data` names (the SDK streams it 8 MB a
+        chunk, so its bytes are never all in memory)."""
         config = types.UploadFileConfig(mime_type=mime_type, display_name=display_name)
+        source = data if isinstance(data, str) else io.BytesIO(data)
         try:
-            found = await self._client.aio.files.upload(file=io.BytesIO(data), config=config)
+            found = await self._client.aio.files.upload(file=source, config=config)
         except Exception as exc:
             raise ProviderCallError(parse_api_error(exc)) from exc
         return UploadedFile(found.name or "", found.uri or "")

@@ -277,7 +277,8 @@ class BatchGroups:
             if item.request.payload_bytes() > self.line_max_bytes:
                 for digest, part in data_parts(item.request).items():
                     if digest not in uris:
-                        up = await files.upload(part.data or b"", part.mime_type or "",
+                        up = await files.upload(part.path or part.data or b"",
+                                                part.mime_type or "",
                                                 f"{name}-{digest[:16]}")  # fmt: skip
                         await self.redis.hset(group, _FILE + up.name, up.uri)
                         uris[digest] = up.uri

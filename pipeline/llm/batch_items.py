@@ -84,7 +84,7 @@ def group_name(model: str, prompt_version: str, keys: Sequence[str], provider: s
 def data_parts(request: LLMRequest) -> dict[str, Part]:
     """The request's data parts (PDFs) by sha256: what `LLMRequest.rest_body(file_uris)`
     maps to uploaded files."""
-    return {hashlib.sha256(p.data).hexdigest(): p for p in request.parts if p.data}
+    return {p.digest().hex(): p for p in request.parts if p.has_bytes and p.byte_size}
 
 
 def input_line(key: str, request: LLMRequest, file_uris: dict[str, str]) -> bytes:

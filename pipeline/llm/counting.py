@@ -31,8 +31,11 @@ def rough_input_tokens(request: LLMRequest) -> int:
     for part in request.parts:
         if part.text:
             total += len(part.text) // 4 + 1
-        if part.data is not None:
-            pages = len(_PDF_PAGE.findall(part.data)) if part.mime_type == "application/pdf" else 0
+        if part.has_bytes:
+            pages = part.pages  # known for a stored document: its file is not read here
+            if pages is None:
+                pdf = part.mime_type == "application/pdf"
+                pages = len(_PDF_PAGE.findall(part.read())) if pdf else 0
             total += max(1, pages) * PDF_TOKENS_PER_PAGE
     return max(1, total)
 

@@ -127,8 +127,9 @@ def _sdk_part(part: Part) -> types.Part:
     if part.file_uri is not None:  # uploaded for this call (llm/uploads.py): no inline bytes
         return types.Part.from_uri(file_uri=part.file_uri,
                                    mime_type=part.mime_type or "application/pdf")  # fmt: skip
-    if part.data is not None:
-        return types.Part.from_bytes(data=part.data, mime_type=part.mime_type or "application/pdf")
+    if part.has_bytes:  # a file part is read now, by the attempt that sends it
+        mime_type = part.mime_type or "application/pdf"
+        return types.Part.from_bytes(data=part.read(), mime_type=mime_type)
     raise ValueError("a Part needs text or data")
 
 

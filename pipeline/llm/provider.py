@@ -18,19 +18,69 @@ from typing import Any, Protocol
 class Part:
     """A prompt part: text, or bytes with a MIME type (PDFs go inline as application/pdf).
 
-    `file_uri` is set on a data part that was uploaded through the Files API for one call
-    (pipeline/llm/uploads.py): it is then sent as `fileData` instead of inline base64. The
-    bytes stay in `data`, so the call key, the count cache key and page estimates are the
-    same whichever way the part travels."""
+    The bytes are either in `data` or in a local file at `path` (a document in the document
+    store, pipeline/storage/), given with their `sha256` hex digest and `size`: a job then
+    holds a path, not the PDF, and the bytes are read only by the attempt that sends them
+    (inline), or streamed from the file by the Files API upload (pipeline/llm/uploads.py).
+    `pages`, when known, is the PDF's page count (for the limiter's rough estimate).
+
+    `file_uri` is set on a data part that was uploaded through the Files API for one call:
+    it is then sent as `fileData` instead of inline base64. The call key, the count cache
+    key and the size checks use `digest()` and `byte_size`, so they are the same whichever
+    way the part holds or sends its bytes."""
 
     text: str | None = None
     data: bytes | None = None
     mime_type: str | None = None
     file_uri: str | None = None
+    path: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    pages: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.path is not None and (self.sha256 is None or self.size is None):
+            raise ValueError("a Part read from a file needs its sha256 and size")
 
     @classmethod
     def pdf(cls, data: bytes) -> Part:
         return cls(data=data, mime_type="application/pdf")
+
+    @classmethod
+    def pdf_file(cls, path: str, sha256: str, size: int, pages: int | None = None) -> Part:
+        """A PDF read from `path` when sent; `sha256` and `size` are those of its bytes."""
+        return cls(mime_type="application/pdf", path=path, sha256=sha256, size=size,
+                   pages=pages)  # fmt: skip
+
+    @property
+    def has_bytes(self) -> bool:
+        """Whether this is a data part (in memory or in a file), not text."""
+        return self.data is not None or self.path is not None
+
+    @property
+    def byte_size(self) -> int:
+        """Bytes of the data (0 for a text part)."""
+        if self.data is not None:
+            return len(self.data)
+        return self.size or 0
+
+    def digest(self) -> bytes:
+        """sha256 of the data (raw 32 bytes): hashed now for `data`, given for a file."""
+        if self.data is not None:
+            return hashlib.sha256(self.data).digest()
+        if self.sha256 is not None:
+            return bytes.fromhex(self.sha256)
+        raise ValueError("a text Part has no data digest")
+
+    def read(self) -> bytes:
+        """The data: `data`, or the file's bytes read now (blocking file I/O). Raises
+        OSError when the file is gone."""
+        if self.data is not None:
+            return self.data
+        if self.path is not None:
+            with open(self.path, "rb") as fh:
+                return fh.read()
+        raise ValueError("a text Part has no data")
 
 
 @dataclass(frozen=True)
@@ -67,8 +117,8 @@ class LLMRequest:
         # The base64 text is counted, not made: it needs no JSON escaping, so each inline part
         # adds exactly its encoded length to a body written with "" in its place (making it
         # would hold ~4x the PDF's bytes in base64, JSON and UTF-8 copies at once).
-        inline = sum(4 * ((len(p.data) + 2) // 3) for p in self.parts
-                     if p.data is not None and p.file_uri is None)  # fmt: skip
+        inline = sum(4 * ((p.byte_size + 2) // 3) for p in self.parts
+                     if p.has_bytes and p.file_uri is None)  # fmt: skip
         return len(json.dumps(self.rest_body(inline_placeholder=True)).encode()) + inline
 
     def rest_body(self, file_uris: Mapping[str, str] | None = None, *,
@@ -80,15 +130,15 @@ class LLMRequest:
         uploaded = file_uris or {}
         parts: list[dict[str, Any]] = []
         for part in self.parts:
-            if part.data is not None:
+            if part.has_bytes:
                 uri = part.file_uri
                 if uri is None and uploaded:
-                    uri = uploaded.get(hashlib.sha256(part.data).hexdigest())
+                    uri = uploaded.get(part.digest().hex())
                 if uri is not None:
                     parts.append({"fileData": {"fileUri": uri,
                                                "mimeType": part.mime_type or ""}})  # fmt: skip
                     continue
-                data = "" if inline_placeholder else base64.b64encode(part.data).decode("ascii")
+                data = "" if inline_placeholder else base64.b64encode(part.read()).decode("ascii")
                 parts.append({"inlineData": {"data": data, "mime_type": part.mime_type or ""}})
             else:
                 parts.append({"text": part.text or ""})
@@ -112,9 +162,9 @@ class LLMRequest:
         for part in self.parts:
             if part.text is not None:
                 h.update(b"T" + hashlib.sha256(part.text.encode()).digest())
-            if part.data is not None:
+            if part.has_bytes:
                 mime = (part.mime_type or "").encode()
-                h.update(b"D" + mime + hashlib.sha256(part.data).digest())
+                h.update(b"D" + mime + part.digest())
         return h.hexdigest()
 
     def content_hash(self) -> str:
@@ -133,9 +183,8 @@ class LLMRequest:
         for part in self.parts:
             if part.text is not None:
                 h.update(b"T" + part.text.encode())
-            if part.data is not None:
-                digest = hashlib.sha256(part.data).digest()
-                h.update(b"D" + (part.mime_type or "").encode() + digest)
+            if part.has_bytes:
+                h.update(b"D" + (part.mime_type or "").encode() + part.digest())
         return h.hexdigest()
 
 

@@ -9,10 +9,10 @@ Files API above 50 MB for PDFs (GEMINI.md §3.5). So a data part of at least
 8 MB chunks, `_api_client.CHUNK_SIZE`) and both countTokens and generateContent cite it as
 `fileData.fileUri`: the request bodies then carry a URI, not the PDF.
 
-The bytes are uploaded from memory (an `io.BytesIO` over the part's own bytes, which
-CPython does not copy): the call holds them anyway (the call key and the count cache key
-hash them), and the SDK reads a path or a file object the same way, 8 MB at a time, so a
-path from the document store would save no memory, and this works with every store.
+A part read from a file (`Part.pdf_file`: a document in the store, by path and digest) is
+uploaded from its path: the SDK streams it 8 MB a chunk, so the call never holds the PDF,
+and its digest is the one given, not computed. A part whose bytes are in memory is
+uploaded from them (an `io.BytesIO` over the part's own bytes, which CPython does not copy).
 
 Lifecycle (one `CallFiles` per `LLMCaller.call`): the upload happens at the first attempt
 that needs the part, before its permit and budget hold are taken (an upload is a round trip
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 
 from google import genai
@@ -47,11 +46,11 @@ log = logging.getLogger(__name__)
 # §3.5), which is about what the service accepts, not memory.
 def goes_as_file(part: Part, min_bytes: int) -> bool:
     """Whether this part is sent through the Files API (a data part of >= min_bytes)."""
-    return part.data is not None and part.file_uri is None and len(part.data) >= min_bytes
+    return part.has_bytes and part.file_uri is None and part.byte_size >= min_bytes
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _sha256(part: Part) -> str:
+    return part.digest().hex()
 
 
 class CallFiles:
@@ -87,14 +86,17 @@ class CallFiles:
                 if not goes_as_file(part, self._min_bytes):
                     parts.append(part)
                     continue
-                data = part.data
-                assert data is not None
-                # hashlib releases the GIL: a 14 MB PDF's digest does not hold the loop
-                sha = await asyncio.to_thread(_sha256, data)
+                # a file part's digest is given; hashlib releases the GIL for in-memory
+                # bytes, so a 14 MB PDF's digest does not hold the loop
+                sha = part.sha256
+                if sha is None:
+                    sha = await asyncio.to_thread(_sha256, part)
                 found = self._uploaded.get(sha)
                 if found is None:
                     mime = part.mime_type or "application/pdf"
-                    found = await self._files.upload(data, mime, f"pipeline-{sha[:32]}")
+                    source = part.path if part.path is not None else part.data
+                    assert source is not None
+                    found = await self._files.upload(source, mime, f"pipeline-{sha[:32]}")
                     self._uploaded[sha] = found
                 parts.append(dataclasses.replace(part, file_uri=found.uri))
             self._sent = dataclasses.replace(self._request, parts=tuple(parts))

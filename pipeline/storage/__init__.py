@@ -47,6 +47,12 @@ class DocumentStore(Protocol):
     def exists(self, sha256: str) -> bool:
         """Whether the bytes are there."""
 
+    def local_path(self, sha256: str) -> Path | None:
+        """The stored file itself when the store keeps documents as local (or shared) files,
+        for readers that take a path and so never hold the bytes (raises DocumentMissing when
+        absent); None for a store without local files (S3): pipeline/storage/local.py then
+        makes a local copy."""
+
     def sweep(self, older_than_s: float) -> int:
         """Remove every document last put more than `older_than_s` seconds ago; how many."""
 

@@ -59,6 +59,12 @@ class FileStore:
         with contextlib.suppress(FileNotFoundError):
             self.path(sha256).unlink()
 
+    def local_path(self, sha256: str) -> Path:
+        path = self.path(sha256)
+        if not path.is_file():
+            raise DocumentMissing(missing_message(sha256, self.where))
+        return path
+
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 

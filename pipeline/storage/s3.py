@@ -54,6 +54,10 @@ class S3Store:
     def delete(self, sha256: str) -> None:
         self._s3.delete_object(Bucket=self.bucket, Key=self._key(sha256))  # absent is fine
 
+    def local_path(self, sha256: str) -> None:
+        """No local files: readers get a temporary copy (pipeline/storage/local.py)."""
+        return None
+
     def exists(self, sha256: str) -> bool:
         from botocore.exceptions import ClientError
 

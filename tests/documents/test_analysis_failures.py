@@ -60,7 +60,7 @@ class RefuseFirstPdf(BadJsonOnce):
     """Refuses (400) the first request carrying a PDF: one page range of a split document."""
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
-        if self.spoiled == 0 and any(p.data is not None for p in request.parts):
+        if self.spoiled == 0 and any(p.has_bytes for p in request.parts):
             self.spoiled += 1
             raise ProviderCallError(ProviderFailure(400, "INVALID_ARGUMENT", "page range refused"))
         return await self.inner.generate(request)

@@ -9,25 +9,52 @@ same document always gives the same answer. The emulator (pipeline/llm/emulator/
 answers with the same analysis.
 """
 
-from pipeline.llm.offline.analysis import (
-    OCR_NOTE,
-    Analysis,
-    analyze_pages,
-    analyze_text,
-    describe_pages,
-    no_text_note,
-    page_ranges,
-)
-from pipeline.llm.offline.fill import fill_schema
-from pipeline.llm.offline.provider import (
-    CHARS_PER_TOKEN,
-    MODEL_VERSION,
-    OfflineProvider,
-    document_pages,
-    pdf_text,
-)
-from pipeline.llm.offline.summary import summarize
-from pipeline.llm.offline.text import page_units
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.llm.offline.analysis import (
+        OCR_NOTE,
+        Analysis,
+        analyze_pages,
+        analyze_text,
+        describe_pages,
+        no_text_note,
+        page_ranges,
+    )
+    from pipeline.llm.offline.fill import fill_schema
+    from pipeline.llm.offline.provider import (
+        CHARS_PER_TOKEN,
+        MODEL_VERSION,
+        OfflineProvider,
+        document_pages,
+        pdf_text,
+    )
+    from pipeline.llm.offline.summary import summarize
+    from pipeline.llm.offline.text import page_units
+
+# Each name is imported from its module on first use (PEP 562), not with the package: the
+# worker's PDF pool processes import pipeline.llm.offline.pdftext alone, and importing the
+# analyzer (numpy, sumy, YAKE, dateparser...) with it cost each of them ~13 MB of PSS.
+_FROM = {
+    "OCR_NOTE": "analysis", "Analysis": "analysis", "analyze_pages": "analysis",
+    "analyze_text": "analysis", "describe_pages": "analysis", "no_text_note": "analysis",
+    "page_ranges": "analysis", "fill_schema": "fill", "CHARS_PER_TOKEN": "provider",
+    "MODEL_VERSION": "provider", "OfflineProvider": "provider", "document_pages": "provider",
+    "pdf_text": "provider", "summarize": "summary", "page_units": "text",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    module = _FROM.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CHARS_PER_TOKEN",

@@ -58,15 +58,15 @@ def document_pages(request: LLMRequest) -> tuple[list[str], int]:
         if part.text is not None:
             texts.append(part.text)
             chars += len(part.text)
-        elif part.data is not None and part.mime_type == "application/pdf":
-            found = pdf_pages(part.data)
+        elif part.has_bytes and part.mime_type == "application/pdf":
+            found = pdf_pages(part.read())
             pages.extend(found)
             chars += sum(len(p) for p in found)
-        elif part.data is not None and part.mime_type == "text/plain":
-            text = part.data.decode("utf-8", errors="replace")
+        elif part.has_bytes and part.mime_type == "text/plain":
+            text = part.read().decode("utf-8", errors="replace")
             pages.append(text)
             chars += len(text)
-    if not any(p.data is not None and p.mime_type in DOCUMENT_TYPES for p in request.parts):
+    if not any(p.has_bytes and p.mime_type in DOCUMENT_TYPES for p in request.parts):
         pages = ["\n".join(texts)]
     return pages, chars
 
