@@ -219,7 +219,13 @@ def test_a_retry_after_a_worker_sigkill_still_finds_the_document(
                 if time.monotonic() > deadline:
                     raise AssertionError("not complete in 120 s\n" + second.output())
                 time.sleep(0.1)
+            # The bytes go once the job has ended (a hook after the settlement): wait for that
+            # before the worker is stopped, or a kill in between would be what kept them.
+            gone_by = time.monotonic() + 30
+            while store.exists(sha):
+                if time.monotonic() > gone_by:
+                    raise AssertionError("document still stored 30 s after its job ended")
+                time.sleep(0.1)
         finally:
             second.kill()
         assert int(sredis.hget(job_key, "attempt") or 0) >= 2
-        assert not store.exists(sha)
