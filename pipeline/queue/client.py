@@ -6,6 +6,7 @@ and JSON, and reads records back.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -17,6 +18,7 @@ from redis.asyncio import Redis
 from pipeline.errors import JobFailed, JobNotFound
 from pipeline.queue import follow
 from pipeline.queue.follow import Event
+from pipeline.queue.handoff import FIRST_LEASE_MS
 from pipeline.queue.job import EXPLICIT_OPTIONS, Job, JobOptions, State
 from pipeline.queue.record import idempotency_digest, spread
 from pipeline.queue.registry import Placer
@@ -128,6 +130,10 @@ class QueueClient:
             k.queues,
             # the name the key had before it was a digest, read while such keys can exist
             k.idempotency_by_key(o.idempotency_key) if o.idempotency_key else k.unused,
+            k.idle,  # a job that can start now may go straight to an idle worker (handoff.py)
+            k.idle_workers,
+            k.active,
+            k.fence,
         ]
         args = [
             job_id,
@@ -140,6 +146,8 @@ class QueueClient:
             dumps(fields, "job fields"),
             int((o.delay_s or 0) * 1000),
             replaced or "",
+            FIRST_LEASE_MS,
+            os.urandom(4).hex(),  # the nonce of a hand-off's fencing token
         ]
         return keys, args
 

@@ -54,9 +54,12 @@ class LeaseBook:
         self._leases: dict[str, Lease] = {}
 
     def hold(self, job_id: str, token: str, lease_ms: int, task: str = "",
-             code: CodeType | None = None) -> None:  # fmt: skip
+             code: CodeType | None = None, renew_now: bool = False) -> None:  # fmt: skip
+        """Renew this lease from now on; with `renew_now`, at the next tick (a handed-off job,
+        whose first lease is short: handoff.py)."""
+        renewed_at = -1e18 if renew_now else time.monotonic()
         with self._lock:
-            self._leases[job_id] = Lease(job_id, token, lease_ms, time.monotonic(), task, code)
+            self._leases[job_id] = Lease(job_id, token, lease_ms, renewed_at, task, code)
 
     def drop(self, job_id: str) -> None:
         with self._lock:
