@@ -339,11 +339,15 @@ class Worker(GracefulShutdown):
             settlement = from_stop(running.stop_reason if running else None)
         except Exception as exc:
             settlement = from_error(job, exc)
+        # From here on nothing cancels this task: the worker's only cancellations (_halt and
+        # _insist: stop on request, lost lease, shutdown) skip a settling job, and one asked
+        # for before this point was delivered inside the body, at its last await (no await
+        # since). So the settlement runs in this task, not in a shielded task of its own.
         if job.id in self.running:
             self.running[job.id].settling = True
         self.liveness.leases.drop(job.id)  # renewal stops first; finish is fenced anyway
         try:
-            await asyncio.shield(self._settle(ctx, settlement))
+            await self._settle(ctx, settlement)
         finally:
             self.liveness.leases.drop(job.id)
             self.running.pop(job.id, None)
