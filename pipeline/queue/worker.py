@@ -331,12 +331,20 @@ class Worker(GracefulShutdown):
             if not task.is_async:  # plain functions run in threads of their own
                 self._threads = self._threads or ThreadPoolExecutor(self.concurrency, "task")
             body = task.start(ctx, args, job.kwargs, self._threads)
-            async with asyncio.timeout(job.timeout_s):  # no extra task per job, as wait_for has
+            # the timeout is a halt like any other (and insisted on like one): one timer,
+            # where asyncio.timeout adds a context object and a reschedule per job
+            timer = asyncio.get_running_loop().call_later(job.timeout_s, self._halt, job.id,
+                                                          "timeout")  # fmt: skip
+            try:
                 value = await body
+            finally:
+                timer.cancel()
             settlement = Settlement("complete", result=dumps(value, f"result of {job.task}"))
         except asyncio.CancelledError:
             running = self.running.get(job.id)
-            settlement = from_stop(running.stop_reason if running else None)
+            reason = running.stop_reason if running else None
+            settlement = (from_error(job, TimeoutError()) if reason == "timeout"
+                          else from_stop(reason))  # fmt: skip
         except Exception as exc:
             settlement = from_error(job, exc)
         # From here on nothing cancels this task: the worker's only cancellations (_halt and
