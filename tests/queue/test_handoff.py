@@ -52,7 +52,8 @@ async def test_one_job_per_registration_and_a_dead_idle_worker_gives_its_job_bac
     client: QueueClient, redis_url: str
 ) -> None:
     """A worker registered as idle, then died: it is handed one job (the next waits in the
-    queue), and that job comes back when its first lease runs out, to run elsewhere."""
+    queue), and that job comes back when its first lease runs out, to run elsewhere, its
+    attempt not counted: it never left the dead worker's wake list, so it never started."""
     k = client.keys
     ghost = json.dumps({"wake": k.worker_wake("ghost"), "queues": ["default"],
                         "min_lease_ms": 2000,
@@ -69,7 +70,10 @@ async def test_one_job_per_registration_and_a_dead_idle_worker_gives_its_job_bac
     async with worker(redis_url, client, concurrency=2):
         assert await second.result(timeout_s=20) == "second"
         assert await first.result(timeout_s=FIRST_LEASE_MS / 1000 + 30) == "first"
-    assert (await first.info()).attempt == 2  # the ghost's attempt counted, as a lost claim's
+    # it never started (still on the ghost's wake list): no attempt counted, no lease expiry
+    info = await first.info()
+    assert info.attempt == 1 and info.lease_expiries == 0
+    assert await client.redis.llen(k.worker_wake("ghost")) == 0
 
 
 async def test_a_gated_worker_is_never_handed_a_job(client: QueueClient, redis_url: str) -> None:
