@@ -61,9 +61,12 @@ class LeaseBook:
         with self._lock:
             self._leases[job_id] = Lease(job_id, token, lease_ms, renewed_at, task, code)
 
-    def drop(self, job_id: str) -> None:
+    def drop(self, job_id: str, token: str | None = None) -> None:
+        """Stop renewing `job_id`'s lease (with `token`: only the lease of that claim)."""
         with self._lock:
-            self._leases.pop(job_id, None)
+            lease = self._leases.get(job_id)
+            if lease is not None and (token is None or lease.token == token):
+                del self._leases[job_id]
 
     def snapshot(self) -> list[Lease]:
         with self._lock:

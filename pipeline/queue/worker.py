@@ -188,7 +188,7 @@ class Worker(GracefulShutdown):
 
     async def _claim_loop(self) -> None:
         while not self._stop.is_set():
-            if len(self.running) >= self.concurrency:
+            if self._busy() >= self.concurrency:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
@@ -204,6 +204,12 @@ class Worker(GracefulShutdown):
             except RedisError as exc:  # Redis away or restarting: keep the loop alive
                 log.warning("claim loop: %s; retrying", exc)
                 await asyncio.sleep(0.5)
+
+    def _busy(self) -> int:
+        """Slots taken: running jobs whose body has not ended. A job being settled holds no
+        slot: its task is done, and the next claim goes out beside its finish rather than
+        one round trip after it."""
+        return sum(1 for r in self.running.values() if not r.settling)
 
     async def _queues_empty(self) -> bool:
         """Nothing ready in our queues and nothing waiting out a delay or retry back-off."""
@@ -229,7 +235,7 @@ class Worker(GracefulShutdown):
         else:
             got = await self.redis.blpop(list(self._wake_keys), timeout=1)
             popped, started = ((text(got[0]), text(got[1])) if got else None), False
-        if popped and len(self.running) < self.concurrency:
+        if popped and self._busy() < self.concurrency:
             queue = self._wake_keys.get(popped[0])
             if queue and await self._claim(queue, [popped[1]], None, head_only=True):
                 started = True
@@ -247,7 +253,7 @@ class Worker(GracefulShutdown):
         the gate asked to wait before any job can start.
         """
         gated = not isinstance(self.gate, OpenGate)
-        want = GATED_LOOKAHEAD if gated else min(self.concurrency - len(self.running), CLAIM_BATCH)
+        want = GATED_LOOKAHEAD if gated else min(self.concurrency - self._busy(), CLAIM_BATCH)
         heads = await self.heads.read(want)
         wait_s: float | None = None
         refused: dict[str, float] = {}  # gate answers by model in this pass
@@ -351,14 +357,20 @@ class Worker(GracefulShutdown):
         # _insist: stop on request, lost lease, shutdown) skip a settling job, and one asked
         # for before this point was delivered inside the body, at its last await (no await
         # since). So the settlement runs in this task, not in a shielded task of its own.
-        if job.id in self.running:
-            self.running[job.id].settling = True
-        self.liveness.leases.drop(job.id)  # renewal stops first; finish is fenced anyway
+        mine = self.running.get(job.id)
+        if mine is not None:
+            mine.settling = True
+        self._slot_freed.set()
+        token = job.token or ""
+        self.liveness.leases.drop(job.id, token)  # renewal stops first; finish is fenced anyway
         try:
             await self._settle(ctx, settlement)
         finally:
-            self.liveness.leases.drop(job.id)
-            self.running.pop(job.id, None)
+            # the job may be back in its queue and claimed again here by now: a newer claim's
+            # lease and entry are not this attempt's to drop
+            self.liveness.leases.drop(job.id, token)
+            if self.running.get(job.id) is mine:
+                self.running.pop(job.id, None)
             self._slot_freed.set()
 
     async def _settle(self, ctx: JobContext, s: Settlement) -> None:
