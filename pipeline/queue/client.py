@@ -6,10 +6,12 @@ and JSON, and reads records back.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from redis.asyncio import Redis
@@ -17,6 +19,7 @@ from redis.asyncio import Redis
 from pipeline.errors import JobFailed, JobNotFound
 from pipeline.queue import follow
 from pipeline.queue.follow import Event
+from pipeline.queue.handoff import FIRST_LEASE_MS
 from pipeline.queue.job import EXPLICIT_OPTIONS, Job, JobOptions, State
 from pipeline.queue.record import idempotency_digest, spread
 from pipeline.queue.registry import Placer
@@ -91,15 +94,17 @@ class QueueClient:
         o = call.options
         explicit = {key: getattr(o, name) for name, key in EXPLICIT_OPTIONS.items()
                     if getattr(o, name) is not None}  # fmt: skip
+        kwargs = (dumps(call.kwargs, f"keyword arguments of {call.task_name}")
+                  if call.kwargs else "{}")  # fmt: skip
         fields = {
             "task": call.task_name,
             "queue": place.queue,
             **spread("args", dumps(call.args, f"arguments of {call.task_name}")),
-            **spread("kwargs", dumps(call.kwargs, f"keyword arguments of {call.task_name}")),
+            **spread("kwargs", kwargs),
             "priority": str(place.priority),
-            "options": dumps(explicit, "job options"),
+            "options": dumps(explicit, "job options") if explicit else "{}",
             "batch": o.batch or "",
-            "hints": dumps(o.hints, "job hints"),
+            "hints": dumps(o.hints, "job hints") if o.hints else "{}",
             "idempotency_key": idempotency_digest(o.idempotency_key) if o.idempotency_key else "",
         }
         fields.update(extra or {})
@@ -117,18 +122,16 @@ class QueueClient:
         o, k = call.options, self.keys
         idem = fields["idempotency_key"]  # the digest (record.py), '' without a key
         ttl = self.settings.idempotency_ttl_s if idem else 0
+        # queue, delayed, seq, events, wake, queues, idle, idle workers, active, fence, unused
+        q = _enqueue_keys(k, queue)
         keys = [
-            k.job(job_id),
-            k.queue(queue),
-            k.delayed,
-            k.idempotency(idem) if idem else k.unused,
-            k.seq,
-            k.events,
-            k.wake(queue),
-            k.queues,
+            k.job(job_id), q[0], q[1],
+            k.idempotency(idem) if idem else q[10],
+            q[2], q[3], q[4], q[5],
             # the name the key had before it was a digest, read while such keys can exist
-            k.idempotency_by_key(o.idempotency_key) if o.idempotency_key else k.unused,
-        ]
+            k.idempotency_by_key(o.idempotency_key) if o.idempotency_key else q[10],
+            q[6], q[7], q[8], q[9],  # a job may go straight to an idle worker (handoff.py)
+        ]  # fmt: skip
         args = [
             job_id,
             ttl,
@@ -140,6 +143,8 @@ class QueueClient:
             dumps(fields, "job fields"),
             int((o.delay_s or 0) * 1000),
             replaced or "",
+            FIRST_LEASE_MS,
+            os.urandom(4).hex(),  # the nonce of a hand-off's fencing token
         ]
         return keys, args
 
@@ -360,6 +365,14 @@ class QueueClient:
     async def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
         """Wait until the job is terminal (JobTimeout past `timeout_s`); see follow.wait."""
         return await follow.wait(self, job_id, timeout_s)
+
+
+@lru_cache(maxsize=256)
+def _enqueue_keys(k: Keys, queue: str) -> tuple[str, ...]:
+    """The keys of enqueue.lua that depend only on the queue (Keys is frozen: hashable):
+    queue, delayed, seq, events, wake, queues, idle, idle workers, active, fence, unused."""
+    return (k.queue(queue), k.delayed, k.seq, k.events, k.wake(queue), k.queues, k.idle,
+            k.idle_workers, k.active, k.fence, k.unused)  # fmt: skip
 
 
 class JobHandle:

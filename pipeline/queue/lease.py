@@ -54,13 +54,19 @@ class LeaseBook:
         self._leases: dict[str, Lease] = {}
 
     def hold(self, job_id: str, token: str, lease_ms: int, task: str = "",
-             code: CodeType | None = None) -> None:  # fmt: skip
+             code: CodeType | None = None, renew_now: bool = False) -> None:  # fmt: skip
+        """Renew this lease from now on; with `renew_now`, at the next tick (a handed-off job,
+        whose first lease is short: handoff.py)."""
+        renewed_at = -1e18 if renew_now else time.monotonic()
         with self._lock:
-            self._leases[job_id] = Lease(job_id, token, lease_ms, time.monotonic(), task, code)
+            self._leases[job_id] = Lease(job_id, token, lease_ms, renewed_at, task, code)
 
-    def drop(self, job_id: str) -> None:
+    def drop(self, job_id: str, token: str | None = None) -> None:
+        """Stop renewing `job_id`'s lease (with `token`: only the lease of that claim)."""
         with self._lock:
-            self._leases.pop(job_id, None)
+            lease = self._leases.get(job_id)
+            if lease is not None and (token is None or lease.token == token):
+                del self._leases[job_id]
 
     def snapshot(self) -> list[Lease]:
         with self._lock:

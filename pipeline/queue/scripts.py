@@ -20,7 +20,8 @@ LUA_DIR = Path(__file__).parent / "lua"
 class Scripts:
     """The queue scripts, registered on one Redis client."""
 
-    NAMES = ("enqueue", "claim", "renew", "finish", "expire", "promote", "cancel", "requeue")
+    NAMES = ("enqueue", "claim", "renew", "finish", "expire", "promote", "cancel", "requeue",
+             "idle")
 
     def __init__(self, redis: Redis) -> None:
         for name, script in register(redis, LUA_DIR, *self.NAMES).items():
@@ -34,6 +35,7 @@ class Scripts:
     promote: AsyncScript
     cancel: AsyncScript
     requeue: AsyncScript
+    idle: AsyncScript
 
 
 def group_keys(keys: Keys, job: Job) -> list[str]:

@@ -29,7 +29,7 @@ log = logging.getLogger("pipeline.worker")
 class Running:
     job: Job
     task: asyncio.Task[None]
-    stop_reason: str | None = None  # cancel | shutdown | lost
+    stop_reason: str | None = None  # cancel | shutdown | lost | timeout
     settling: bool = False  # the task body is over; only its settlement is left
 
 

@@ -20,6 +20,7 @@ from pipeline.redis.keys import EVENTS_MAXLEN, Keys
 log = logging.getLogger("pipeline.sweeper")
 
 EXPIRED_OUTCOMES = {1: "requeued", 2: "dead", 3: "cancelled"}
+NEVER_TAKEN = 4  # expire.lua: a hand-off its worker never took (handoff.py); not an attempt
 LeaseExpiredHook = Callable[[Job, str], Awaitable[None]]
 
 
@@ -76,10 +77,15 @@ class Sweeper:
                 await self.redis.zrem(self.keys.active, job_id)
                 continue
             job = Job.from_hash(h)
+            own_wake = self.keys.worker_wake(job.worker) if job.worker else self.keys.unused
             code = await self.scripts.expire(
-                keys=settle_keys(self.keys, job), args=[job_id, self.result_ttl_s, EVENTS_MAXLEN]
+                keys=[*settle_keys(self.keys, job), own_wake],
+                args=[job_id, self.result_ttl_s, EVENTS_MAXLEN],
             )
-            if code:
+            if code == NEVER_TAKEN:
+                log.info("job %s: handed to worker %s, which never took it; back in its "
+                         "queue", job_id, job.worker)  # fmt: skip
+            elif code:
                 outcome = EXPIRED_OUTCOMES[int(code)]
                 log.warning(
                     "job %s: lease expired on worker %s (attempt %d) -> %s",

@@ -30,6 +30,7 @@ from pipeline.queue.batcher import ScriptBatcher
 from pipeline.queue.client import QueueClient
 from pipeline.queue.context import JobContext
 from pipeline.queue.gate import Admission, Candidate, Gate, OpenGate
+from pipeline.queue.handoff import Handoff
 from pipeline.queue.heads import Heads
 from pipeline.queue.job import Job
 from pipeline.queue.liveness import Liveness, Presence, every
@@ -111,6 +112,10 @@ class Worker(GracefulShutdown):
         self._wake_keys: dict[str, str | None] = {self._own_wake: None}
         gated = not isinstance(self.gate, OpenGate)
         self._wake_keys.update({self.keys.wake(q): (None if gated else q) for q in self.queues})
+        # jobs handed over by enqueue.lua while idle (handoff.py): not through a gate, a
+        # replica wait or a Cluster client, which claim as before
+        self.handoff = (Handoff(self.redis, self.keys, self.scripts, self.id, self.queues)
+                        if not gated and self.batcher is not None else None)  # fmt: skip
         self._waker: asyncio.Task[None] | None = None
         self._insisting: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
@@ -148,6 +153,10 @@ class Worker(GracefulShutdown):
             _, late = await asyncio.wait([claimer], timeout=5)
             for t in late:
                 t.cancel()
+            if self.handoff is not None:  # a job handed over as we stopped is ours: run it
+                with contextlib.suppress(RedisError):
+                    for record in await self.handoff.leave():
+                        self._start(Job.from_hash(record), None, handed=True)
             await self._drain()
             self._upkeep_done.set()
             _, late = await asyncio.wait(upkeep, timeout=10)
@@ -179,7 +188,7 @@ class Worker(GracefulShutdown):
 
     async def _claim_loop(self) -> None:
         while not self._stop.is_set():
-            if len(self.running) >= self.concurrency:
+            if self._busy() >= self.concurrency:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
@@ -196,6 +205,12 @@ class Worker(GracefulShutdown):
                 log.warning("claim loop: %s; retrying", exc)
                 await asyncio.sleep(0.5)
 
+    def _busy(self) -> int:
+        """Slots taken: running jobs whose body has not ended. A job being settled holds no
+        slot: its task is done, and the next claim goes out beside its finish rather than
+        one round trip after it."""
+        return sum(1 for r in self.running.values() if not r.settling)
+
     async def _queues_empty(self) -> bool:
         """Nothing ready in our queues and nothing waiting out a delay or retry back-off."""
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -211,14 +226,23 @@ class Worker(GracefulShutdown):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=min(max(gate_wait_s, 0.005), 1.0))
             return
-        popped = await self.redis.blpop(list(self._wake_keys), timeout=1)
-        if popped:
-            wake_key, job_id = text(popped[0]), text(popped[1])
-            queue = self._wake_keys.get(wake_key)
-            if queue and await self._claim(queue, [job_id], None, head_only=True):
-                # let the job start before this loop's next look at the queues takes a
-                # connection and a round trip: an idle worker's latency is this path
-                await asyncio.sleep(0)
+        if self.handoff is not None and not await self.client.replicas.replicas(self.keys.idle):
+            handed, popped = await self.handoff.wait(list(self._wake_keys), self._claim_defs(),
+                                                     self._min_lease_ms)  # fmt: skip
+            for record in handed:  # claimed for us by enqueue.lua: start it now
+                self._start(Job.from_hash(record), None, handed=True)
+            started = bool(handed)
+        else:
+            got = await self.redis.blpop(list(self._wake_keys), timeout=1)
+            popped, started = ((text(got[0]), text(got[1])) if got else None), False
+        if popped and self._busy() < self.concurrency:
+            queue = self._wake_keys.get(popped[0])
+            if queue and await self._claim(queue, [popped[1]], None, head_only=True):
+                started = True
+        if started:
+            # let the job start before this loop's next look at the queues takes a
+            # connection and a round trip: an idle worker's latency is this path
+            await asyncio.sleep(0)
 
     async def _claim_one(self) -> tuple[bool, float | None]:
         """Claim from the first queue with work: its head jobs, one per free slot.
@@ -229,7 +253,7 @@ class Worker(GracefulShutdown):
         the gate asked to wait before any job can start.
         """
         gated = not isinstance(self.gate, OpenGate)
-        want = GATED_LOOKAHEAD if gated else min(self.concurrency - len(self.running), CLAIM_BATCH)
+        want = GATED_LOOKAHEAD if gated else min(self.concurrency - self._busy(), CLAIM_BATCH)
         heads = await self.heads.read(want)
         wait_s: float | None = None
         refused: dict[str, float] = {}  # gate answers by model in this pass
@@ -257,10 +281,8 @@ class Worker(GracefulShutdown):
         """claim.lua for these ids of `queue`; start what was won; return how many."""
         k = self.keys
         keys = [k.queue(queue), k.active, k.fence, k.events, *(k.job(i) for i in ids)]
-        if self._defs[0] != len(REGISTRY):  # a task module imported since: include it
-            self._defs = (len(REGISTRY), registry.claim_definitions(REGISTRY.values()))
         args = [self.id, self._min_lease_ms, EVENTS_MAXLEN, "head" if head_only else "any",
-                self._defs[1], uuid.uuid4().hex[:8], *ids]  # fmt: skip
+                self._claim_defs(), uuid.uuid4().hex[:8], *ids]  # fmt: skip
         replicas = self.client.replicas
         if self.batcher is not None and not await replicas.replicas(keys[0]):
             claimed = await self.heads.claim(self.scripts.claim, keys, args)  # reads heads too
@@ -274,6 +296,12 @@ class Worker(GracefulShutdown):
                 won += 1
         return won
 
+    def _claim_defs(self) -> str:
+        """claim.lua's task definitions (registry.claim_definitions) of this process."""
+        if self._defs[0] != len(REGISTRY):  # a task module imported since: include it
+            self._defs = (len(REGISTRY), registry.claim_definitions(REGISTRY.values()))
+        return self._defs[1]
+
     async def _admit(self, queue: str, job_id: str, refused: dict[str, float]) -> Admission | None:
         """The gate's answer for one job; None (skip) when its model was refused in this pass."""
         task, hints = await self.redis.hmget(self.keys.job(job_id), ["task", "hints"])
@@ -286,10 +314,12 @@ class Worker(GracefulShutdown):
             refused[model] = admission.retry_after_s
         return admission
 
-    def _start(self, job: Job, admission: Admission | None) -> None:
+    def _start(self, job: Job, admission: Admission | None, handed: bool = False) -> None:
         self.counters.claimed += 1
         code = getattr(REGISTRY[job.task].fn, "__code__", None) if job.task in REGISTRY else None
-        self.liveness.leases.hold(job.id, job.token or "", job.lease_ms, job.task, code)
+        # a handed job's first lease is short (handoff.py): renewed to its full length at once
+        self.liveness.leases.hold(job.id, job.token or "", job.lease_ms, job.task, code,
+                                  renew_now=handed)  # fmt: skip
         task = asyncio.create_task(self._run(job, admission), name=f"job-{job.id}")
         self.running[job.id] = Running(job, task)
 
@@ -307,22 +337,40 @@ class Worker(GracefulShutdown):
             if not task.is_async:  # plain functions run in threads of their own
                 self._threads = self._threads or ThreadPoolExecutor(self.concurrency, "task")
             body = task.start(ctx, args, job.kwargs, self._threads)
-            async with asyncio.timeout(job.timeout_s):  # no extra task per job, as wait_for has
+            # the timeout is a halt like any other (and insisted on like one): one timer,
+            # where asyncio.timeout adds a context object and a reschedule per job
+            timer = asyncio.get_running_loop().call_later(job.timeout_s, self._halt, job.id,
+                                                          "timeout")  # fmt: skip
+            try:
                 value = await body
+            finally:
+                timer.cancel()
             settlement = Settlement("complete", result=dumps(value, f"result of {job.task}"))
         except asyncio.CancelledError:
             running = self.running.get(job.id)
-            settlement = from_stop(running.stop_reason if running else None)
+            reason = running.stop_reason if running else None
+            settlement = (from_error(job, TimeoutError()) if reason == "timeout"
+                          else from_stop(reason))  # fmt: skip
         except Exception as exc:
             settlement = from_error(job, exc)
-        if job.id in self.running:
-            self.running[job.id].settling = True
-        self.liveness.leases.drop(job.id)  # renewal stops first; finish is fenced anyway
+        # From here on nothing cancels this task: the worker's only cancellations (_halt and
+        # _insist: stop on request, lost lease, shutdown) skip a settling job, and one asked
+        # for before this point was delivered inside the body, at its last await (no await
+        # since). So the settlement runs in this task, not in a shielded task of its own.
+        mine = self.running.get(job.id)
+        if mine is not None:
+            mine.settling = True
+        self._slot_freed.set()
+        token = job.token or ""
+        self.liveness.leases.drop(job.id, token)  # renewal stops first; finish is fenced anyway
         try:
-            await asyncio.shield(self._settle(ctx, settlement))
+            await self._settle(ctx, settlement)
         finally:
-            self.liveness.leases.drop(job.id)
-            self.running.pop(job.id, None)
+            # the job may be back in its queue and claimed again here by now: a newer claim's
+            # lease and entry are not this attempt's to drop
+            self.liveness.leases.drop(job.id, token)
+            if self.running.get(job.id) is mine:
+                self.running.pop(job.id, None)
             self._slot_freed.set()
 
     async def _settle(self, ctx: JobContext, s: Settlement) -> None:

@@ -91,8 +91,21 @@ class Keys:
         return self._k("worker", worker_id)
 
     def worker_wake(self, worker_id: str) -> str:
-        """A worker's own wake list, pushed to when it is told to stop."""
+        """A worker's own wake list: pushed to when it is told to stop, and where enqueue.lua
+        puts a job it hands to the worker while it is idle."""
         return self._k("worker-wake", worker_id)
+
+    @property
+    def idle(self) -> str:
+        """Workers blocked waiting for a job, a zset scored by the ms their registration
+        stands until; enqueue.lua hands a job straight to one (pipeline/queue/handoff.py)."""
+        return self._k("idle")
+
+    @property
+    def idle_workers(self) -> str:
+        """What enqueue.lua needs to hand a job to an idle worker (hash: worker id -> JSON of
+        its own wake list, queues and task definitions)."""
+        return self._k("idle-workers")
 
     @property
     def task_registry(self) -> str:

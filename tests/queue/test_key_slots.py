@@ -45,7 +45,10 @@ def test_lua_scripts_only_use_keys_they_are_given() -> None:
     call = re.compile(r"redis\.call\(\s*'([A-Z]+)'\s*,\s*([^,)]+)")
     # locals that the scripts assign from KEYS (or receive as KEYS through a _lib function)
     from_keys = {"job", "job_key", "queue_key", "wake_key", "group_key", "results_key",
-                 "cb_key", "totals", "holds"}  # fmt: skip
+                 "cb_key", "totals", "holds", "active_key", "fence_key",
+                 # enqueue.lua's hand-off: the idle worker's own wake list, named by the worker
+                 # itself (Keys.worker_wake, this prefix's hash tag); never on a Cluster
+                 "wake"}  # fmt: skip
     assigned = re.compile(r"local\s+(\w+)\s*=\s*KEYS\[")
     for path in scripts:
         source = path.read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from pipeline.queue import Admission, Candidate, JobOptions, QueueClient, State
 from tests.queue.conftest import InProcessWorker, worker
@@ -77,3 +78,25 @@ async def test_burst_worker_exits_when_queues_empty(client: QueueClient, redis_u
     await asyncio.wait_for(w.task, 30)
     assert w.worker.counters.completed == 5
     await w.client.aclose()
+
+
+async def test_a_job_being_settled_holds_no_slot(client: QueueClient, redis_url: str) -> None:
+    """With one slot, the next job starts while the last one's end hooks still run: its body
+    is over, so its slot is free, and the claim goes out beside the settlement."""
+    release = asyncio.Event()
+    ended: list[str] = []
+
+    async def slow_end_hook(ctx: Any, outcome: str, error: str | None) -> None:
+        ended.append(ctx.job.id)
+        if len(ended) == 1:
+            await release.wait()
+
+    first = await client.enqueue(qt.echo, 1)
+    second = await client.enqueue(qt.echo, 2)
+    async with worker(redis_url, client, concurrency=1, on_job_end=[slow_end_hook]) as w:
+        assert await second.result(timeout_s=20) == 2  # while the first's hook still waits
+        assert ended[0] == first.id and not release.is_set()
+        assert w._busy() == 0
+        release.set()
+        assert await first.result(timeout_s=20) == 1
+    assert w.counters.completed == 2 and w.running == {}

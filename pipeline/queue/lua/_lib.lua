@@ -50,3 +50,30 @@ local function member_done(job_key, group_key, results_key, cb_key, cb_queue_key
     make_ready(cb_key, cb_queue_key, wake_key, events_key, maxlen, cb_id, nil)
   end
 end
+
+-- Make a queued job active for `worker`: the one place a claim's fields are written (claim.lua
+-- for a worker's own claim, enqueue.lua for a hand-off to an idle worker). Options the caller
+-- set at enqueue (the job's `options` JSON) win over the worker's definition `defs` (decoded
+-- claim.lua ARGV[5]); a task the worker does not know gets the minimum lease and one attempt.
+-- The lease is 2 x the expected duration, at least `min_lease_ms`; its first deadline is
+-- `first_lease_ms` from now when given (a hand-off: the receiving worker renews at once).
+local function claim_job(job, id, worker, min_lease_ms, defs, nonce, active_key, fence_key,
+                         events_key, maxlen, now, first_lease_ms)
+  local f = redis.call('HMGET', job, 'task', 'options')
+  local own = cjson.decode(f[2] or '{}')
+  local def = defs[f[1]] or {expected_s = 0, timeout_s = 600, max_attempts = 1,
+    retry_delays_s = '[]'}
+  local expected_s = tonumber(own.expected_s or def.expected_s)
+  local lease_ms = math.max(2 * math.floor(expected_s * 1000), tonumber(min_lease_ms))
+  local deadline = now + math.min(lease_ms, first_lease_ms or lease_ms)
+  local token = redis.call('INCR', fence_key) .. '-' .. nonce
+  redis.call('HINCRBY', job, 'attempt', 1)
+  redis.call('HSET', job, 'state', 'active', 'token', token, 'worker', worker,
+    'started_ms', now, 'lease_ms', lease_ms, 'lease_deadline_ms', deadline,
+    'expected_s', tostring(expected_s),
+    'timeout_s', tostring(own.timeout_s or def.timeout_s),
+    'max_attempts', tostring(own.max_attempts or def.max_attempts),
+    'retry_delays_s', def.retry_delays_s)
+  redis.call('ZADD', active_key, deadline, id)
+  emit(events_key, maxlen, job, id, 'active', {worker = worker})
+end

@@ -1,0 +1,84 @@
+"""Hand-offs (pipeline/queue/handoff.py): a job enqueued while a worker idles is claimed for it
+by enqueue.lua and starts without a claim of its own, under the same lease, fencing and
+events; one job per registration; a job handed to a worker that died idle comes back."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from pipeline.queue import JobOptions, QueueClient, State
+from pipeline.queue.handoff import FIRST_LEASE_MS, REGISTRATION_MS
+from pipeline.queue.registry import claim_definitions
+from pipeline.redis.connection import text
+from tests.queue.conftest import worker
+from tests.queue.test_workers import _PausedModelGate
+from tests.support import queue_tasks as qt
+from tests.support.waiting import eventually
+
+
+async def _states(client: QueueClient, job_id: str) -> list[str]:
+    events = await client.redis.xrange(client.keys.events)
+    return [text(f["state"]) for _, f in events if text(f["job"]) == job_id]
+
+
+async def test_an_idle_worker_is_handed_a_new_job_and_renews_its_full_lease(
+    client: QueueClient, redis_url: str
+) -> None:
+    async with worker(redis_url, client, concurrency=2) as w:
+        assert w.handoff is not None
+        await eventually(lambda: client.redis.zscore(client.keys.idle, w.id), what="registered")
+        handle = await client.enqueue(
+            qt.block, "go-handoff", _options=JobOptions(expected_duration_s=30)
+        )
+        await eventually(lambda: qt.count(client, "started", handle.id), what="job start")
+        assert w.handoff.handed == 1
+        info = await handle.info()
+        assert info.state == State.ACTIVE and info.worker == w.id and info.token
+        assert info.lease_ms == 60_000  # 2 x expected, from the worker's resolution
+
+        async def renewed() -> bool:  # the short first lease is extended at the next tick
+            deadline = (await handle.info()).lease_deadline_ms or 0
+            return deadline - time.time() * 1000 > FIRST_LEASE_MS + 20_000
+
+        await eventually(renewed, what="full lease")
+        await qt.set_flag(client, "go-handoff")
+        assert await handle.result(timeout_s=20) == w.id
+    assert await _states(client, handle.id) == ["queued", "active", "complete"]
+    assert await client.redis.zscore(client.keys.idle, w.id) is None  # left on stop
+
+
+async def test_one_job_per_registration_and_a_dead_idle_worker_gives_its_job_back(
+    client: QueueClient, redis_url: str
+) -> None:
+    """A worker registered as idle, then died: it is handed one job (the next waits in the
+    queue), and that job comes back when its first lease runs out, to run elsewhere, its
+    attempt not counted: it never left the dead worker's wake list, so it never started."""
+    k = client.keys
+    ghost = json.dumps({"wake": k.worker_wake("ghost"), "queues": ["default"],
+                        "min_lease_ms": 2000,
+                        "defs": json.loads(claim_definitions([qt.echo]))})  # fmt: skip
+    await client.scripts.idle(keys=[k.idle, k.idle_workers], args=["ghost", REGISTRATION_MS, ghost])
+    first = await client.enqueue(qt.echo, "first", _options=JobOptions(expected_duration_s=60))
+    second = await client.enqueue(qt.echo, "second")
+    info = await first.info()
+    assert info.state == State.ACTIVE and info.worker == "ghost"
+    assert info.lease_deadline_ms is not None and info.started_ms is not None
+    assert info.lease_deadline_ms - info.started_ms == FIRST_LEASE_MS  # not its 120 s lease
+    assert (await second.info()).state == State.QUEUED
+    assert await client.redis.llen(k.worker_wake("ghost")) == 1
+    async with worker(redis_url, client, concurrency=2):
+        assert await second.result(timeout_s=20) == "second"
+        assert await first.result(timeout_s=FIRST_LEASE_MS / 1000 + 30) == "first"
+    # it never started (still on the ghost's wake list): no attempt counted, no lease expiry
+    info = await first.info()
+    assert info.attempt == 1 and info.lease_expiries == 0
+    assert await client.redis.llen(k.worker_wake("ghost")) == 0
+
+
+async def test_a_gated_worker_is_never_handed_a_job(client: QueueClient, redis_url: str) -> None:
+    async with worker(redis_url, client, concurrency=1, gate=_PausedModelGate("m")) as w:
+        assert w.handoff is None
+        await eventually(client.workers, what="heartbeat")
+        assert await client.redis.zcard(client.keys.idle) == 0
+        assert await (await client.enqueue(qt.echo, 3)).result(timeout_s=20) == 3
