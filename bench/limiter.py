@@ -24,11 +24,15 @@ The share of the quota, three ways (all against min(--rpm, --emulator-rpm)):
 - first-to-last: (requests - 1) / (last - first) per period, the figure printed before
   2026-11-30, kept for comparison; it charges the limiter with the run's ends.
 
---direct instead measures the bucket alone: processes of coroutines taking permits as fast
-as it allows (no queue, no HTTP), plus Redis round trips per second from one client.
+--direct instead measures the limiter alone: processes of coroutines taking permits as fast
+as it allows (no queue, no HTTP; each permit released as sent, so stamped at its release),
+plus Redis round trips per second from one client. The worker run also writes when each
+request reached the emulator (`arrivals_s`), to see where a share was lost.
 
 These figures — the share of the quota achieved, admission waits — are what to watch for the
-limiter's throughput (about 92 % of the limit by design, see pipeline/llm/limiter.py); the tests
+limiter's throughput (up to 1 / 1.03 = 97 % of the limit by design: a window of the period plus
+a 3 % margin, see pipeline/llm/limiter.py; a busy machine that cannot send that fast gets
+less); the tests
 assert only invariants (nothing lost or paid twice, no 429 the scenario does not force, never
 more than the limit in a window). A quota far below the setting (`--rpm 10 --emulator-rpm 3`)
 shows the progress guarantee: every job completes after the 429s it forces.
@@ -201,6 +205,8 @@ def run_workers(args: argparse.Namespace) -> dict[str, Any]:
         **_shares(stamps, per_period, args.period_s, limit),
         "admission_wait_p50_s": round(percentile(waits_s, 50), 3),
         "admission_wait_p95_s": round(percentile(waits_s, 95), 3),
+        # when each request reached the emulator, s after the first: where a share was lost
+        "arrivals_s": [round(t - min(stamps), 3) for t in sorted(stamps)],
     }  # fmt: skip
 
 
