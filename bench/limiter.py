@@ -159,6 +159,55 @@ def _warm_up(base_url: str, api_key: str) -> None:
     httpx.post(f"{base_url}/_emulator/reset", timeout=60).raise_for_status()
 
 
+class _StampWatch:
+    """Reads the limiter's window every few seconds (a request stays in it for a window) and
+    keeps every wire stamp seen: compared with the emulator's arrivals, rank by rank (both
+    in time order), it shows how long after our stamp the provider counted a request —
+    what the window's margin must cover. A figure of the bench: a real provider's count
+    cannot be seen by the client."""
+
+    def __init__(self, redis_url: str, prefix: str, every_s: float = 5.0) -> None:
+        import threading
+
+        import redis
+
+        self.client = redis.Redis.from_url(redis_url)
+        self.key = Keys(prefix).bucket_sent(MODEL)
+        self.every_s = every_s
+        self.stamps: dict[bytes, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._read()
+
+    def _read(self) -> None:
+        secs, usecs = self.client.time()
+        now_ms = secs * 1000 + usecs / 1000
+        for member, at in self.client.zrange(self.key, 0, -1, withscores=True):
+            if at <= now_ms:  # a future score is a grant not sent yet
+                self.stamps[member] = at
+
+    def stop(self) -> list[float]:
+        self._stop.set()
+        self._thread.join()
+        self._read()
+        self.client.close()
+        return sorted(v / 1000 for v in self.stamps.values())
+
+
+def _count_delays(stamps: list[float], arrivals: list[float]) -> dict[str, Any]:
+    """Arrival (emulator) minus stamp (limiter), matched by rank, in ms: p50, p99, min, max."""
+    if not stamps or len(stamps) != len(arrivals):
+        return {"stamps": len(stamps), "arrivals": len(arrivals)}
+    d = sorted((a - s) * 1000 for s, a in zip(stamps, sorted(arrivals), strict=True))
+    return {"stamps": len(stamps), "p50_ms": round(percentile(d, 50), 1),
+            "p99_ms": round(percentile(d, 99), 1), "min_ms": round(d[0], 1),
+            "max_ms": round(d[-1], 1)}  # fmt: skip
+
+
 def run_workers(args: argparse.Namespace) -> dict[str, Any]:
     from tests.support.emulator import start_emulator
 
@@ -174,9 +223,11 @@ def run_workers(args: argparse.Namespace) -> dict[str, Any]:
                    "PIPELINE_RPM": str(args.rpm), "PIPELINE_LIMIT_PERIOD_S": str(args.period_s),
                    "PIPELINE_CPU_WORKERS": "1"}  # fmt: skip
             procs = _start_workers(args, redis_url, env, tmp)
+            watch = _StampWatch(redis_url, args.prefix)
             try:
                 jobs = asyncio.run(_enqueue_and_wait(args, redis_url, procs))
             finally:
+                wire_stamps = watch.stop()
                 for p in procs:
                     p.terminate()
                 for p in procs:
@@ -207,6 +258,8 @@ def run_workers(args: argparse.Namespace) -> dict[str, Any]:
         "admission_wait_p95_s": round(percentile(waits_s, 95), 3),
         # when each request reached the emulator, s after the first: where a share was lost
         "arrivals_s": [round(t - min(stamps), 3) for t in sorted(stamps)],
+        # how long after the limiter's wire stamp the emulator counted each request
+        "stamp_to_count": _count_delays(wire_stamps, stamps),
     }  # fmt: skip
 
 
@@ -347,6 +400,8 @@ def main() -> None:
     quota = "" if args.direct else f" (emulator quota {args.emulator_rpm or args.rpm})"
     print(f"limit {args.rpm} per {args.period_s:g} s{quota}; " + describe_shares(figures, limit))
     if not args.direct:
+        print(f"stamp to count (emulator arrival - limiter wire stamp, by rank): "
+              f"{figures['stamp_to_count']}")
         print(f"429s: {figures['rate_limited_429']}; admission wait p50 "
               f"{figures['admission_wait_p50_s']:.2f} s, p95 "
               f"{figures['admission_wait_p95_s']:.2f} s")  # fmt: skip
