@@ -3,12 +3,13 @@
 Algorithm: a sliding window log of requests (what the provider counts: at most `limit`
 requests in any window of the period plus a margin, each stamped when it went on the wire),
 a token bucket per dimension (input tokens; and requests, there only to smooth bursts),
-refilled continuously by elapsed Redis TIME (never a client clock), plus a per-day request counter that resets
-at midnight America/Los_Angeles, a shared pause (429 RetryInfo / back-off), a per-day
-"exhausted" mark, and a cap on concurrent calls kept as leases in a sorted set.
-Rates and capacities arrive at full speed; the AIMD factor `f` stored in the hash scales both,
-with two floors that guarantee progress (see limiter.py): the request capacity is never
-below one whole request and the request refill never below ARGV[15], whatever f.
+refilled continuously by elapsed Redis TIME (never a client clock), plus a per-day request
+counter that resets at midnight America/Los_Angeles, a shared pause (429 RetryInfo /
+back-off), a per-day "exhausted" mark, and a cap on concurrent calls kept as leases in a
+sorted set. Rates, capacities and the window's count arrive at full speed; the AIMD factor
+`f` stored in the hash scales them, with floors that guarantee progress (see limiter.py):
+the window's count and the request capacity are never below one whole request and the
+request refill never below ARGV[15], whatever f.
 
 KEYS[1]  bucket hash: rq, tk (levels), ts (last refill, ms), f (AIMD factor 0..1),
          pause (paused until, ms), dayend (ms), dayn (requests today), dayx (daily quota
@@ -32,7 +33,8 @@ ARGV[13] how soon to look again when only the concurrency cap blocks, ms
 ARGV[14] TTL of both keys, ms
 ARGV[15] least request refill per ms, at any f (one request per period + safety margin)
 ARGV[16] clock offset, ms, added to Redis TIME (0 in production; tests step time with it)
-ARGV[17] requests allowed in one window at f = 1 (the provider's limit; at f: max(1, floor(limit x f)))
+ARGV[17] requests allowed in one window at f = 1 (the provider's limit; at f:
+         max(1, floor(limit x f)))
 ARGV[18] window length, ms (the provider's period plus a margin for the send-to-count delay)
 ARGV[19] how long a granted, not yet sent request is held in the window before its grant
          is treated as sent, ms
