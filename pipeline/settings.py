@@ -37,7 +37,7 @@ _SECRET_SETTINGS = ("api_keys",)  # never echoed back in an error message
 
 
 class ModelLimits(BaseModel):
-    """Per-model ceilings for the shared token bucket; missing fields fall back to the globals."""
+    """Per-model ceilings for the shared limiter; missing fields fall back to the globals."""
 
     model_config = ConfigDict(extra="forbid")
     rpm: int | None = Field(default=None, gt=0)

@@ -26,6 +26,11 @@ class LimiterTuning:
 
     safety_margin: float = 0.03  # share of each limit never used: jitter between us and Google
     burst_fraction: float = 0.05  # bucket capacity as a share of the (reduced) limit
+    # The request window is the period plus this share of it: what separates a request's
+    # stamp (after its body left) from the moment the provider counts it (network, the
+    # provider's queue). 1.8 s of a minute; at most safety_margin / (1 - safety_margin),
+    # so the progress bound of limiter.py still holds.
+    window_margin: float = 0.03
     lease_s: float = 120.0  # a concurrency slot comes back this long after a worker dies
     concurrency_poll_s: float = 0.25  # how soon to look again when only the cap blocks
     aimd_decrease: float = 0.5
@@ -57,6 +62,9 @@ class BucketShape:
     tpm: int
     req_floor_ms: float
     period_ms: float
+    window_n: int = 1  # requests in one window at f = 1 (the provider's limit)
+    window_ms: float = 60_000.0  # the window: the period plus window_margin of it
+    unsent_hold_ms: float = 120_000.0  # a grant not yet sent counts as sent this much later
 
     @classmethod
     def from_limits(
@@ -64,10 +72,16 @@ class BucketShape:
     ) -> BucketShape:
         """The shape for limits of `rpm` requests and `tpm` input tokens per `period_s`.
 
-        Capacity C is 5 % of the usable limit U = (1 - margin) x limit, never under one
-        whole unit; refill r = (U - C) / period, never under (1 - margin) / period, so a
-        limit of 1 or 2 still refills one unit per period (plus the margin) instead of
-        about one per hundred periods.
+        Requests are bounded by the window: `rpm` per period x (1 + window_margin), stamped
+        on the wire. Their bucket only smooths bursts (so a run's first minute, and its
+        echo a window later, do not arrive all at once): capacity 5 % of the limit, never
+        under one, refill at the full limit per period, faster than the window frees
+        requests, so it never holds the rate below the window's.
+
+        Input tokens (a bucket alone): capacity C is 5 % of the usable limit
+        U = (1 - margin) x limit, never under one whole unit; refill r = (U - C) / period,
+        never under (1 - margin) / period, so a small limit still refills one unit per
+        period (plus the margin) instead of about one per hundred periods.
         """
         period_ms = period_s * 1000
         keep = 1 - t.safety_margin
@@ -78,10 +92,15 @@ class BucketShape:
             rate = max(usable - cap, keep) / period_ms
             return cap, rate
 
-        req_cap, req_rate = shape(rpm)
+        req_cap = max(1.0, float(int(rpm * t.burst_fraction)))
         tok_cap, tok_rate = shape(tpm)
-        return cls(req_cap, req_rate, tok_cap, tok_rate, rpd, max_concurrent, tpm,
-                   keep / period_ms, period_ms)  # fmt: skip
+        return cls(req_cap, rpm / period_ms, tok_cap, tok_rate, rpd, max_concurrent, tpm,
+                   keep / period_ms, period_ms, rpm, period_ms * (1 + t.window_margin),
+                   t.lease_s * 1000)  # fmt: skip
+
+    def window_requests(self, f: float) -> int:
+        """Requests the window admits at factor f: never under one (bucket.lua's win_n)."""
+        return max(1, int(self.window_n * f))
 
     def req_capacity(self, f: float) -> float:
         """Requests the bucket holds at factor f: never under one, or it could never grant."""

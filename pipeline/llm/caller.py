@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from pipeline.llm import wire
 from pipeline.llm.attempts import CallAttempt, Outcome, Recorder, record_store_hit
 from pipeline.llm.call_state import (
     CallIds,
@@ -284,11 +285,14 @@ class LLMCaller:
         try:
             try:
                 async with self.limiter.hold(permit), keep_hold(state.budget, reservation):
-                    coro = self.provider.generate(sent)
-                    if self.attempt_timeout_s is not None:
-                        response = await asyncio.wait_for(coro, self.attempt_timeout_s)
-                    else:
-                        response = await coro
+                    # The provider's window counts the request from when it leaves, not
+                    # from its grant (llm/wire.py); wait_for's task copies this context.
+                    with wire.reporting(lambda: self.limiter.on_wire(permit)):
+                        coro = self.provider.generate(sent)
+                        if self.attempt_timeout_s is not None:
+                            response = await asyncio.wait_for(coro, self.attempt_timeout_s)
+                        else:
+                            response = await coro
             except TimeoutError as exc:
                 raise ProviderCallError(ProviderFailure.timeout(str(exc) or "timed out")) from exc
         except ProviderCallError as exc:

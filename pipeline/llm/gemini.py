@@ -22,6 +22,7 @@ from google.genai import types
 from pipeline.errors import SettingsError
 from pipeline.llm.failure import RETRYABLE_CODES, ProviderCallError, ProviderFailure
 from pipeline.llm.provider import LLMRequest, LLMResponse, Part, ReportedUsage, Usage
+from pipeline.llm.wire import request_hook
 
 if TYPE_CHECKING:
     from pipeline.llm.batch import GeminiBatches
@@ -164,6 +165,9 @@ class GeminiProvider:
             api_version=api_version,
             timeout=int(timeout_s * 1000),
             headers=headers,
+            # Reports when a generateContent request has left (llm/wire.py): the limiter's
+            # window counts it from then. The SDK builds its clients with these arguments.
+            async_client_args={"event_hooks": {"request": [request_hook]}},
         )
         self._client = genai.Client(api_key=key, http_options=options)
         self.files_min_bytes = files_min_bytes

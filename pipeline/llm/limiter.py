@@ -1,41 +1,55 @@
-"""One token bucket per model, shared by every worker through Redis.
+"""One request window and token bucket per model, shared by every worker through Redis.
 
-Why a bucket in Redis and not per process: Gemini counts requests/minute, input
-tokens/minute and requests/day per *project*, so four workers with a local limiter each
+Why in Redis and not per process: Gemini counts requests/minute, input tokens/minute and
+requests/day per *project* (GEMINI.md §3.2), so four workers with a local limiter each
 would send four times the quota (celery#5732). Every decision is one Lua script reading
 Redis TIME, so no client clock and no read-modify-write race is involved.
 
-Algorithm (named, and built as named): a continuous-refill token bucket for requests and
-one for input tokens. Google may count any 60 s window, so the bucket must never let more
-than the limit through in *any* window: with capacity C and refill rate r, a window of
-length P admits at most C + r·P. We target C + r·P = (1 - safety_margin)·limit, with a
-small burst C (5 % of it), so the long-run rate is about 92 % of the limit and the 3 %
-margin absorbs clock and network jitter between us and Google (about 1.8 s of a minute).
-A request larger than the token burst waits for a full bucket and leaves it in debt, so
-it may overshoot one window by its own excess over the burst. Shapes: bucket.py.
+Algorithm (named, and built as named). Requests: a sliding window log. GEMINI.md does not
+say how Google cuts its minute, so any 60 s window must hold at most the limit; the log
+admits a request while fewer than `limit` requests are stamped within the last
+period x (1 + window_margin) (61.8 s of a minute). A request is stamped when its body has
+gone on the wire (pipeline/llm/wire.py: the google-genai client's httpx hook), not when it
+is granted: the provider counts arrivals, and the delay from grant to send (a job's start,
+the body's encoding, a busy machine) varies by seconds, so a window of grant stamps let a
+request granted early and sent late meet the next one inside the provider's minute. Until
+its stamp a grant counts from the future (grant + one lease), so it is in the window from
+the start; a release stamps a sent request that was never stamped, a release unsent takes
+it out, and a dead worker's grant leaves one lease + one window later. The margin is what
+separates our stamp (after the send) from the provider's count (network, its queue); a
+token bucket of 5 % of the limit, refilled at the full limit, only smooths bursts (a run's
+first minute, and its echo a window later). A bucket alone runs at (limit - burst) a
+minute by construction (85.8 % at 10/min); the window runs at up to 1/(1 + margin).
 
-Around the bucket: a daily counter reset at midnight America/Los_Angeles, a shared pause
+Input tokens: a continuous-refill token bucket. With capacity C and refill rate r, a window
+of length P admits at most C + r·P; we target C + r·P = (1 - safety_margin)·limit, with a
+small burst C (5 % of it), so the long-run rate is about 92 % of the limit. A request
+larger than the token burst waits for a full bucket and leaves it in debt, so it may
+overshoot one window by its own excess over the burst. Shapes: bucket.py.
+
+Around them: a daily counter reset at midnight America/Los_Angeles, a shared pause
 set by 429s (RetryInfo, else exponential back-off), a "daily quota exhausted" mark, an
 AIMD factor f (×0.5 per 429 event, +2 % per success, floor 0.1, the setting is the
-ceiling) that scales capacity and refill, and a cap on concurrent calls held as leases
-that expire, so a crashed worker's slot comes back.
+ceiling) that scales the window's count (max(1, floor(limit·f))), capacity and refill, and
+a cap on concurrent calls held as leases that expire, so a crashed worker's slot comes back.
 
 Progress guarantee (for any configured limit >= 1 per period, any history of 429s and
 successes): once the pause the provider asked for is over, a request is granted within
 one period / (1 - safety_margin) — 61.9 s for a 60 s minute — unless the concurrency cap
-(slots come back on release or lease expiry) or the per-day quota holds it. Two floors
-make this hold, because f persists in Redis (its expiry renews on every poll) and rises
-only on a success, which needs a grant first:
-- the request capacity is never below one whole request: max(1, C·f). A bucket of 0.5
-  requests, which a limit under ~42/min used to reach after one 429, can never grant one;
-- the request refill is never below one request per period / (1 - margin), whatever f,
-  and for a limit of 1 or 2 at full speed as well.
-Neither floor can break the window bound: both are at most the full-speed C and r, so
-C + r·P above still holds at every f. Input tokens cannot stall either: a call needs at
-most the token capacity at f before it is let through, and the token refill is at least
-aimd_floor × its full rate, so a call of n tokens waits at most
-(n + the previous call's excess over the burst) / (aimd_floor × tok_rate) after a pause.
-tests/test_limiter_progress.py checks both properties on the real scripts.
+(slots come back on release or lease expiry), a dead worker's unsent grant (one lease) or
+the per-day quota holds it. The window frees every request within period x (1 + margin),
+no longer (window_margin <= safety_margin / (1 - safety_margin)). Two floors make this
+hold, because f persists in Redis (its expiry renews on every poll) and rises only on a
+success, which needs a grant first:
+- the window and the request capacity are never below one whole request: max(1, n·f).
+  A bucket of 0.5 requests, which a limit under ~42/min used to reach after one 429, can
+  never grant one;
+- the request refill is never below one request per period / (1 - margin), whatever f.
+Input tokens cannot stall either: a call needs at most the token capacity at f before it
+is let through, and the token refill is at least aimd_floor × its full rate, so a call of
+n tokens waits at most (n + the previous call's excess over the burst) /
+(aimd_floor × tok_rate) after a pause. tests/llm/test_limiter_progress.py checks both
+properties on the real scripts, the window's bound on wire stamps.
 
 Model names are canonical here (pricing.canonical_model): "models/x", an alias and x share
 one bucket, and a name the price table does not know is refused with UnknownModel.
@@ -141,11 +155,13 @@ class Limiter:
         self._renew = load((_LUA_DIR / "bucket_renew.lua").read_text())
         self._429 = load((_LUA_DIR / "bucket_429.lua").read_text())
         self._ok = load((_LUA_DIR / "bucket_ok.lua").read_text())
+        self._sent = load((_LUA_DIR / "window_sent.lua").read_text())
         self.stats = LimiterCounters(redis, keys)  # 429s and waits, for /metrics
 
     # keys
     def _keys(self, model: str) -> list[str]:
-        return [self.keys.bucket(model), self.keys.bucket_leases(model)]
+        return [self.keys.bucket(model), self.keys.bucket_leases(model),
+                self.keys.bucket_sent(model)]
 
     def _midnights(self) -> list[int]:
         return pacific_midnights(datetime.now(UTC) + timedelta(milliseconds=self.clock_offset_ms))
@@ -185,6 +201,7 @@ class Limiter:
                 int(t.lease_s * 1000), *self._midnights(),
                 int(t.concurrency_poll_s * 1000), t.key_ttl_s * 1000,
                 repr(shape.req_floor_ms), repr(self.clock_offset_ms),
+                shape.window_n, repr(shape.window_ms), repr(shape.unsent_hold_ms),
             ],
         )
         if int(res[0]) == 1:
@@ -200,6 +217,7 @@ class Limiter:
             return f"{model}: {used}daily quota exhausted until {pacific_str(until_ms)}"
         return {
             "paused": f"{model}: paused after a 429 from the provider",
+            "window": f"{model}: {shape.window_n} requests already in the provider's window",
             "concurrency": f"{model}: {shape.max_concurrent} calls already in flight",
             "requests": f"{model}: requests-per-minute bucket empty",
             "tokens": f"{model}: input-tokens-per-minute bucket empty",
@@ -257,14 +275,24 @@ class Limiter:
         held = await self._release(
             keys=self._keys(permit.model),
             args=[permit.permit_id, correction, "0" if sent else "1",
-                  repr(shape.req_cap), repr(shape.tok_cap)],
+                  repr(shape.req_cap), repr(shape.tok_cap), repr(self.clock_offset_ms)],
         )
         return bool(int(held))
+
+    async def on_wire(self, permit: Permit) -> float:
+        """The permit's request has just gone out (its body written): the window counts it
+        from now (Redis TIME, ms, returned) rather than from its grant. Called by the
+        provider's HTTP client (pipeline/llm/wire.py)."""
+        res = await self._sent(
+            keys=[self.keys.bucket_sent(permit.model)],
+            args=[permit.permit_id, repr(self.clock_offset_ms), self.tuning.key_ttl_s * 1000],
+        )
+        return float(text(res))
 
     async def renew(self, permit: Permit) -> bool:
         """Extend the lease of a call still running; False if it had already lapsed."""
         res = await self._renew(
-            keys=self._keys(permit.model)[1:],
+            keys=self._keys(permit.model)[1:2],
             args=[permit.permit_id, int(self.tuning.lease_s * 1000), repr(self.clock_offset_ms)],
         )
         return bool(int(res))
@@ -315,13 +343,15 @@ class Limiter:
         except UnknownModel:
             pass
         shape = self._shape(model)
-        bucket, leases = self._keys(model)
+        bucket, leases, window = self._keys(model)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.time()
             pipe.hgetall(bucket)
             pipe.zcard(leases)
-            now_raw, raw, in_flight = await pipe.execute()
+            pipe.zrange(window, 0, -1, withscores=True)
+            now_raw, raw, in_flight, stamps = await pipe.execute()
         now = now_raw[0] * 1000 + now_raw[1] / 1000 + self.clock_offset_ms
+        in_window = sum(1 for _, at in stamps if at > now - shape.window_ms)
         h = {text(k): float(text(v)) for k, v in raw.items()}
         f = h.get("f", 1.0)
         dt = max(0.0, now - h["ts"]) if "ts" in h else 0.0
@@ -341,9 +371,11 @@ class Limiter:
             "limits": {"rpm": lim.rpm, "tpm": lim.tpm, "rpd": lim.rpd,
                        "max_concurrent_calls": lim.max_concurrent_calls},
             "factor": f,
-            "effective_rpm": shape.req_rate(f) * per_period,
+            "effective_rpm": shape.window_requests(f) * per_period / shape.window_ms,
+            "requests_in_window": in_window,
             "effective_tpm": shape.tok_rate(f) * per_period,
-            "requests_left": rq,
+            # the smaller of the smoothing bucket and what the window has room for
+            "requests_left": max(0.0, min(rq, shape.window_requests(f) - in_window)),
             "tokens_left": tk,
             "requests_today": day_count,
             "in_flight": int(in_flight),

@@ -1,7 +1,8 @@
 """The limiter as the worker's admission gate (pipeline.queue.gate's protocol).
 
 The queue asks a gate before it claims a job; this one answers from the model's shared
-token bucket (limiter.py), so a worker never holds a job it could not call for.
+limits (limiter.py: the request window and the token bucket), so a worker never holds a
+job it could not call for.
 """
 
 from __future__ import annotations

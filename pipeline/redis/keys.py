@@ -132,10 +132,15 @@ class Keys:
         """One model's calls in flight, a zset scored by lease deadline (the concurrency cap)."""
         return self._k("bucket", model, "leases")
 
+    def bucket_sent(self, model: str) -> str:
+        """One model's requests in the provider's window, a zset: permit id -> when it went
+        on the wire (ms), or a future "not sent yet" mark (limiter.py, bucket.lua)."""
+        return self._k("bucket", model, "sent")
+
     def bucket_model(self, key: str) -> str | None:
         """The model whose bucket `key` is, or None for any other key (a leases zset...)."""
         head = self.bucket("")
-        if not key.startswith(head) or key.endswith(":leases"):
+        if not key.startswith(head) or key.endswith((":leases", ":sent")):
             return None
         return key[len(head) :] or None
 

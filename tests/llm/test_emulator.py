@@ -16,7 +16,7 @@ import pytest
 from google import genai
 from google.genai import types
 
-from pipeline.llm.emulator.quota import RPD_QUOTA, RPM_QUOTA, TPM_QUOTA
+from pipeline.llm.emulator.quota import RPD_QUOTA, RPM_QUOTA, TPM_QUOTA, QuotaTracker
 from tests.support.emulator import start_emulator
 from tests.support.pdfs import make_pdf
 
@@ -209,6 +209,19 @@ def test_sliding_window_frees_up() -> None:
             time.sleep(0.2)
             status = _post(emu, path, _text_body("b")).status_code
         assert status == 200
+
+
+def test_quota_counts_arrivals_even_when_recorded_out_of_order() -> None:
+    """The window counts requests at their arrival (the time the stats report). B arrived at
+    5 s and was parsed first, A arrived at 4 s: both count, the window (3, 13] is full, and
+    a place frees when A (not B) leaves, at 14 s."""
+    quota = QuotaTracker(rpm=2, tpm=None, rpd=None, window_s=10.0, clock=lambda: 100.0)
+    assert quota.admit("k", MODEL, 1, at=5.0) is None
+    assert quota.admit("k", MODEL, 1, at=4.0) is None
+    refused = quota.admit("k", MODEL, 1, at=13.0)
+    assert refused is not None and refused.retry_delay_s == pytest.approx(1.0)
+    assert quota.admit("k", MODEL, 1, at=14.5) is None
+    assert quota.admit("k", MODEL, 1, at=14.6) is not None  # B (5 s) and the last one
 
 
 def test_fault_injection_503_and_sdk_error() -> None:

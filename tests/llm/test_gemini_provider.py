@@ -191,3 +191,42 @@ def test_factory_choices(
     monkeypatch.setenv("GEMINI_API_KEY", "real-looking-key")
     assert isinstance(factory.make_provider(load_settings(provider="auto")), GeminiProvider)
     assert capsys.readouterr().err == ""
+
+
+async def test_the_limiter_window_is_stamped_when_the_request_leaves(aredis, keys) -> None:
+    """Through the real google-genai client (its httpx hook, pipeline/llm/wire.py): a
+    generateContent stamps its permit in the limiter's window once, after its grant and
+    before the answer (the emulator holds every answer 1 s after counting the request), so
+    the window counts it from the wire, not from the grant (a mark one lease ahead) nor
+    from the release. countTokens, which the request quota does not count, stamps nothing."""
+    from pipeline.llm import wire
+    from pipeline.llm.limiter import Limiter, Permit
+
+    model = "gemini-3.5-flash-lite"
+    limiter = Limiter(aredis, keys, load_settings(rpm=100, tpm=10**6))
+    request = LLMRequest(model=model, parts=(Part(text="Say hello."),), max_output_tokens=64)
+    stamped: list[float] = []
+
+    async def on_wire() -> None:
+        stamped.append(await limiter.on_wire(permit))
+
+    async def redis_ms() -> float:
+        secs, usecs = await aredis.time()
+        return secs * 1000 + usecs / 1000
+
+    with start_emulator(latency_s=(1.0, 1.0)) as emu:
+        provider = _provider(emu)
+        permit = await limiter.try_acquire(model, 1)
+        assert isinstance(permit, Permit)
+        with wire.reporting(on_wire):
+            await provider.count_tokens(request)
+            assert stamped == []
+            await provider.generate(request)
+        answered = await redis_ms()
+        await provider.aclose()
+    assert len(stamped) == 1
+    score = await aredis.zscore(keys.bucket_sent(model), permit.permit_id)
+    assert score == pytest.approx(stamped[0])
+    assert permit.granted_at_ms <= score <= answered - 1000
+    await limiter.release(permit)
+    assert await aredis.zscore(keys.bucket_sent(model), permit.permit_id) == pytest.approx(score)

@@ -49,21 +49,86 @@ async def _redis_now_ms(client: aioredis.Redis) -> float:
 async def test_burst_then_wait_matches_refill_arithmetic(aredis: aioredis.Redis, keys: Keys):
     limiter = Limiter(aredis, keys, _settings(rpm=100), period_s=10)
     shape = limiter.shape(MODEL)
-    # 100 per 10 s, 3 % kept back, burst 5 % of the rest: capacity 4, refill 9.3/s.
-    assert shape.req_cap == 4
-    assert shape.req_rate_ms == pytest.approx(93 / 10_000)
+    # 100 per 10 s: the window holds 100 per 10.3 s; the smoothing bucket bursts 5 % of the
+    # limit (5) and refills at the full limit (10/s), faster than the window frees requests.
+    assert (shape.window_n, shape.window_ms) == (100, 10_300)
+    assert shape.req_cap == 5
+    assert shape.req_rate_ms == pytest.approx(100 / 10_000)
 
-    burst = [await limiter.try_acquire(MODEL, 1) for _ in range(4)]
+    burst = [await limiter.try_acquire(MODEL, 1) for _ in range(5)]
     assert all(isinstance(p, Permit) for p in burst)
     denied = await limiter.try_acquire(MODEL, 1)
     assert isinstance(denied, Wait) and denied.kind == "requests"
     assert 0 < denied.retry_after_s <= 1 / (shape.req_rate_ms * 1000) + 0.002
 
-    fifth = await limiter.acquire(MODEL, 1, deadline_s=5)
+    sixth = await limiter.acquire(MODEL, 1, deadline_s=5)
     first = burst[0]
     assert isinstance(first, Permit)
-    # The fifth request needed one whole request's worth of refill since the bucket was made.
-    assert fifth.granted_at_ms - first.granted_at_ms >= 1 / shape.req_rate_ms - 0.5
+    # The sixth request needed one whole request's worth of refill since the bucket was made.
+    assert sixth.granted_at_ms - first.granted_at_ms >= 1 / shape.req_rate_ms - 0.5
+
+
+def _at(limiter: Limiter, offset_ms: float) -> Limiter:
+    """The same limiter seen `offset_ms` later (virtual time: nothing sleeps)."""
+    return Limiter(limiter.redis, limiter.keys, limiter.settings, period_s=limiter.period_s,
+                   tuning=limiter.tuning, clock_offset_ms=offset_ms)  # fmt: skip
+
+
+async def test_the_window_counts_a_request_from_when_it_went_out(
+    aredis: aioredis.Redis, keys: Keys
+):
+    """2 per 10 s (window 10.3 s). `a` is granted at 0 but goes out at 9 s; `b` goes out at
+    1 s. At 12 s b has left the window, a has not: one more fits, the next waits until a
+    leaves (9 + 10.3 s), not until its grant had (10.3 s). A request handed back unsent
+    leaves the window at once."""
+    tuning = LimiterTuning(burst_fraction=1.0)  # the smoothing bucket out of the way
+    base = Limiter(aredis, keys, _settings(rpm=2), period_s=10, tuning=tuning)
+    a = await base.try_acquire(MODEL, 1)
+    assert isinstance(a, Permit)
+    b = await _at(base, 1000).try_acquire(MODEL, 1)
+    assert isinstance(b, Permit)
+    await _at(base, 1000).on_wire(b)
+    await _at(base, 1000).release(b)
+    full = await _at(base, 2000).try_acquire(MODEL, 1)
+    assert isinstance(full, Wait) and full.kind == "window"  # a, not sent yet, counts
+    await _at(base, 9000).on_wire(a)
+    await _at(base, 9500).release(a)
+
+    later = _at(base, 12_000)
+    c = await later.try_acquire(MODEL, 1)
+    assert isinstance(c, Permit)
+    denied = await later.try_acquire(MODEL, 1)
+    assert isinstance(denied, Wait) and denied.kind == "window"
+    assert denied.retry_after_s == pytest.approx(9 + 10.3 - 12, abs=0.05)
+    assert await later.release(c, sent=False)
+    assert isinstance(await later.try_acquire(MODEL, 1), Permit)
+
+
+async def test_a_sent_request_never_stamped_is_stamped_at_release(
+    aredis: aioredis.Redis, keys: Keys
+):
+    """A provider without HTTP (or a failed stamp): released as sent at 5 s, the request
+    counts from 5 s (it left before then), so the window is full until 15.3 s."""
+    tuning = LimiterTuning(burst_fraction=1.0)
+    base = Limiter(aredis, keys, _settings(rpm=1), period_s=10, tuning=tuning)
+    a = await base.try_acquire(MODEL, 1)
+    assert isinstance(a, Permit)
+    await _at(base, 5000).release(a)
+    denied = await _at(base, 11_000).try_acquire(MODEL, 1)
+    assert isinstance(denied, Wait) and denied.kind == "window"
+    assert denied.retry_after_s == pytest.approx(15.3 - 11, abs=0.05)
+    assert isinstance(await _at(base, 15_400).try_acquire(MODEL, 1), Permit)
+
+
+async def test_a_dead_workers_grant_leaves_the_window(aredis: aioredis.Redis, keys: Keys):
+    """A worker that dies between grant and send (nothing stamps, nothing releases) holds
+    its place in the window for one lease, then one window: quota never leaks for good."""
+    tuning = LimiterTuning(burst_fraction=1.0, lease_s=30)
+    base = Limiter(aredis, keys, _settings(rpm=1), period_s=10, tuning=tuning)
+    assert isinstance(await base.try_acquire(MODEL, 1), Permit)  # then the worker dies
+    held = await _at(base, 39_000).try_acquire(MODEL, 1)
+    assert isinstance(held, Wait) and held.kind == "window"
+    assert isinstance(await _at(base, 40_400).try_acquire(MODEL, 1), Permit)
 
 
 async def test_token_dimension_waits_and_refuses_impossible_calls(

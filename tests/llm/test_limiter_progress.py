@@ -6,7 +6,9 @@ successes, time passing — and plays it against the shared bucket. Time is the 
 `clock_offset_ms` added to Redis TIME, so a real 60 s minute costs nothing to wait through
 and every example ends in milliseconds. After any history, once the pause the last 429
 asked for is over, a request must be granted within one period / (1 - safety margin);
-and no window of one period may ever hold more grants than the limit.
+and no window of one period may ever hold more requests than the limit, counted when each
+went on the wire (a "send" step goes out up to 5 s after its grant, as a busy worker's
+does), which is when the provider counts them.
 
 Before the floors in bucket.lua, a limit under ~42/min held 0.5 requests after one 429 and
 never granted again; a limit of 1/min refilled one request per ~100 minutes.
@@ -32,12 +34,14 @@ PERIOD_MS = PERIOD_S * 1000
 TUNING = LimiterTuning()
 ONE_WINDOW_MS = PERIOD_MS / (1 - TUNING.safety_margin)
 
-# One step of a history: ("wait", ms) | ("take", tokens) | ("429", retry_delay_s or None) | ("ok",)
+# One step of a history: ("wait", ms) | ("take", tokens) | ("send", ms from grant to wire)
+# | ("429", retry_delay_s or None) | ("ok",)
 waits = st.tuples(st.just("wait"), st.floats(0, 2 * PERIOD_MS))
 takes = st.tuples(st.just("take"), st.just(1))
+sends = st.tuples(st.just("send"), st.floats(0, 5000))
 refusals = st.tuples(st.just("429"), st.none() | st.floats(0, 90))
 successes = st.tuples(st.just("ok"))
-histories = st.lists(st.one_of(waits, takes, refusals, successes), max_size=40)
+histories = st.lists(st.one_of(waits, takes, sends, refusals, successes), max_size=40)
 # database=None: nothing is written under the checkout (a falsifying example is printed).
 EXAMPLES = settings(
     max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
@@ -46,7 +50,8 @@ EXAMPLES = settings(
 
 @dataclass
 class Run:
-    """A history in progress: the limiter, its grants (Redis ms) and the latest pause."""
+    """A history in progress: the limiter, its requests (Redis ms, when each went on the
+    wire; a "take" is released as sent at once, so at its grant) and the latest pause."""
 
     limiter: Limiter
     grants: list[float] = field(default_factory=list)
@@ -67,6 +72,12 @@ class Run:
             if isinstance(got, Permit):
                 self.grants.append(got.granted_at_ms)
                 self.largest_call = max(self.largest_call, tokens)
+                await self.limiter.release(got)
+        elif kind == "send":
+            got = await self.limiter.try_acquire(MODEL, 1)
+            if isinstance(got, Permit):
+                self.limiter.clock_offset_ms += float(step[1])  # type: ignore[arg-type]
+                self.grants.append(await self.limiter.on_wire(got))
                 await self.limiter.release(got)
         elif kind == "429":
             delay = step[1]

@@ -43,7 +43,7 @@ NEAR_MISSES = [f"{MODEL}:streamGenerateContent", f"{MODEL}-001", f"models/{MODEL
 
 
 async def test_every_spelling_takes_from_one_bucket(aredis: aioredis.Redis, keys: Keys) -> None:
-    """Cap 2: two spellings take both slots, the third waits; one bucket key in Redis."""
+    """Cap 2: two spellings take both slots, the third waits; one model's keys in Redis."""
     limiter = Limiter(aredis, keys, load_settings(max_concurrent_calls=2))
     first = await limiter.try_acquire(SPELLINGS[1], 1)
     second = await limiter.try_acquire(SPELLINGS[2], 1)
@@ -52,7 +52,9 @@ async def test_every_spelling_takes_from_one_bucket(aredis: aioredis.Redis, keys
     assert first.model == second.model == MODEL
     assert isinstance(third, Wait) and third.kind == "concurrency"
     buckets = [k async for k in aredis.scan_iter(match=keys.bucket("*"))]
-    assert sorted(buckets) == sorted([keys.bucket(MODEL), keys.bucket(MODEL) + ":leases"])
+    assert sorted(buckets) == sorted(
+        [keys.bucket(MODEL), keys.bucket_leases(MODEL), keys.bucket_sent(MODEL)]
+    )
 
     await limiter.on_rate_limited(f"models/{MODEL}", retry_delay_s=30)
     assert (await limiter.state("gemini-flash-lite-latest"))["paused_until"] is not None

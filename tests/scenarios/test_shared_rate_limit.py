@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from pipeline.llm.limiter import Limiter
@@ -76,6 +77,41 @@ async def test_four_workers_share_one_bucket_without_a_429(
     assert stats["rate_limited"] == 0, stats["throttled"]
     assert stats["billed"][MODEL]["requests"] == 150 and stats["billed_repeats"] == 0
     assert max_in_window(stats["timestamps"][MODEL], WINDOW_S) <= 100
+
+
+def _warm(emu: RunningEmulator) -> None:
+    """One call, then a reset of the emulator's counts: its first answer in a process does
+    ~1 s of one-time work before counting (bench/limiter.py `_warm_up`), which Google's
+    counter does not, so a cold emulator counts the first requests late."""
+    url = f"{emu.base_url}/v1beta/models/{MODEL}:generateContent"
+    body = {"contents": [{"role": "user", "parts": [{"text": "warm-up"}]}]}
+    headers = {"x-goog-api-key": emu.api_key}
+    httpx.post(url, json=body, headers=headers, timeout=60).raise_for_status()
+    emu.reset()
+
+
+async def test_workers_at_the_providers_own_quota_get_no_429(
+    client: QueueClient, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    """The setting IS the provider's quota: 30 per 20 s window, 4 processes x 10 slots, 75
+    jobs (2.5 windows, so the window's echo is crossed twice). The limiter's window counts
+    each request from when its body left (the google-genai client's HTTP hook), so a request
+    granted early and sent late can no longer meet the next one inside the provider's
+    window: no 429, every job complete and paid once, never more than 30 in any window of
+    the emulator's own clock. (How much of the quota is used is bench/limiter.py's figure.)"""
+    window_s, quota = 20.0, 30
+    with start_emulator(subprocess=True, rpm=quota, window_s=window_s,
+                        latency_s=(0.02, 0.1)) as emu:  # fmt: skip
+        _warm(emu)
+        env = _env(emu, tmp_path, rpm=quota, limit_period_s=window_s)
+        with workers(redis_url, key_prefix, env, count=4, concurrency=10) as procs:
+            ids = await enqueue_asks(client, 75, batch="b-quota")
+            jobs = await wait_done(client, ids, timeout_s=300, procs=procs)
+        stats = emu.stats()
+    assert [j.state for j in jobs].count(State.COMPLETE) == 75
+    assert stats["rate_limited"] == 0, stats["throttled"]
+    assert stats["billed"][MODEL]["requests"] == 75 and stats["billed_repeats"] == 0
+    assert max_in_window(stats["timestamps"][MODEL], window_s) <= quota
 
 
 async def test_a_quota_far_below_the_setting_never_stalls(

@@ -182,7 +182,7 @@ class _Emulator:
         text_tokens, doc_tokens = prompt.tokens(version, active.page_tokens)
         prompt_tokens = text_tokens + doc_tokens
         with self.lock:
-            denial = self.quotas.admit(key, model, prompt_tokens)
+            denial = self.quotas.admit(key, model, prompt_tokens, at=now)
             if denial is not None:
                 self.stats.throttled[f"{key}/{model}"].append(
                     Throttle(now, denial.retry_delay_s, denial.quota_id)

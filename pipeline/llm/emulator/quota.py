@@ -9,6 +9,7 @@ midnight Pacific like Google's, unless `day_window_s` asks for a short sliding d
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
+_LATE_S = 30.0  # how much earlier than the last recorded arrival a request may be recorded
 
 RPM_QUOTA = "GenerateRequestsPerMinutePerProjectPerModel"
 TPM_QUOTA = "GenerateContentInputTokensPerModelPerMinute"
@@ -61,31 +63,45 @@ class QuotaTracker:
         self.window_s = window_s
         self.day_window_s = day_window_s
         self.clock = clock or time.time
-        self._minute: dict[tuple[str, str], deque[tuple[float, int]]] = {}
+        self._minute: dict[tuple[str, str], list[tuple[float, int]]] = {}  # sorted
         self._day: dict[tuple[str, str], deque[float]] = {}
 
     def reset(self) -> None:
         self._minute.clear()
         self._day.clear()
 
-    def admit(self, key: str, model: str, input_tokens: int) -> Denial | None:
-        """Record the request if every quota has room, else say which one is full and until when."""
-        now = self.clock()
-        minute = self._minute.setdefault((key, model), deque())
-        while minute and minute[0][0] <= now - self.window_s:
-            minute.popleft()
+    def admit(
+        self, key: str, model: str, input_tokens: int, at: float | None = None
+    ) -> Denial | None:
+        """Record the request if every quota has room, else say which one is full and until when.
+
+        `at` is when the request arrived (default: now). The app counts a request at its
+        arrival, the moment it reports in its stats, not after its own parsing: that took a
+        thread-pool hop, which on a loaded machine lagged the arrival by up to seconds, so
+        the emulator refused requests that its reported arrivals showed within quota.
+        Requests can then be recorded out of arrival order (a small body parsed before an
+        earlier large one); the window is kept sorted, and a request is checked against
+        everything that arrived after `at` - window, later arrivals included, so no
+        window of arrivals ever holds more than the limit.
+        """
+        now = self.clock() if at is None else at
+        minute = self._minute.setdefault((key, model), [])
+        # Kept a little beyond the window: a request still being parsed may have arrived
+        # earlier than the last one recorded.
+        del minute[: bisect.bisect_right(minute, (now - self.window_s - _LATE_S, math.inf))]
         day = self._day.setdefault((key, model), deque())
         day_start = self._day_start(now)
         while day and day[0] <= day_start:
             day.popleft()
 
+        recent = minute[bisect.bisect_right(minute, (now - self.window_s, math.inf)) :]
         denial = (
             self._check_day(day, now)
-            or self._check_rpm(minute, now)
-            or self._check_tpm(minute, now, input_tokens)
+            or self._check_rpm(recent, now)
+            or self._check_tpm(recent, now, input_tokens)
         )
         if denial is None:
-            minute.append((now, input_tokens))
+            bisect.insort(minute, (now, input_tokens))
             day.append(now)
         return denial
 
@@ -98,7 +114,7 @@ class QuotaTracker:
             frees_at = _next_pacific_midnight(now)
         return Denial(RPD_QUOTA, max(frees_at - now, 0.001), self.rpd)
 
-    def _check_rpm(self, minute: deque[tuple[float, int]], now: float) -> Denial | None:
+    def _check_rpm(self, minute: list[tuple[float, int]], now: float) -> Denial | None:
         if self.rpm is None or len(minute) < self.rpm:
             return None
         # The request that must leave the window before one more fits.
@@ -106,7 +122,7 @@ class QuotaTracker:
         return Denial(RPM_QUOTA, max(frees_at - now, 0.001), self.rpm)
 
     def _check_tpm(
-        self, minute: deque[tuple[float, int]], now: float, tokens: int
+        self, minute: list[tuple[float, int]], now: float, tokens: int
     ) -> Denial | None:
         if self.tpm is None:
             return None

@@ -1,17 +1,23 @@
---[[ Take one request and `n` input tokens from a model's shared token bucket, or say how long to wait.
+--[[ Take one request and `n` input tokens from a model's shared limits, or say how long to wait.
 
-Algorithm: a token bucket per dimension (requests, input tokens), refilled continuously
-by elapsed Redis TIME (never a client clock), plus a per-day request counter that resets
-at midnight America/Los_Angeles, a shared pause (429 RetryInfo / back-off), a per-day
-"exhausted" mark, and a cap on concurrent calls kept as leases in a sorted set.
-Rates and capacities arrive at full speed; the AIMD factor `f` stored in the hash scales both,
-with two floors that guarantee progress (see limiter.py): the request capacity is never
-below one whole request and the request refill never below ARGV[15], whatever f.
+Algorithm: a sliding window log of requests (what the provider counts: at most `limit`
+requests in any window of the period plus a margin, each stamped when it went on the wire),
+a token bucket per dimension (input tokens; and requests, there only to smooth bursts),
+refilled continuously by elapsed Redis TIME (never a client clock), plus a per-day request
+counter that resets at midnight America/Los_Angeles, a shared pause (429 RetryInfo /
+back-off), a per-day "exhausted" mark, and a cap on concurrent calls kept as leases in a
+sorted set. Rates, capacities and the window's count arrive at full speed; the AIMD factor
+`f` stored in the hash scales them, with floors that guarantee progress (see limiter.py):
+the window's count and the request capacity are never below one whole request and the
+request refill never below ARGV[15], whatever f.
 
 KEYS[1]  bucket hash: rq, tk (levels), ts (last refill, ms), f (AIMD factor 0..1),
          pause (paused until, ms), dayend (ms), dayn (requests today), dayx (daily quota
          exhausted until, ms), bo (back-off s), lastdec (ms of last decrease)
 KEYS[2]  leases zset: permit id -> lease expiry (ms)
+KEYS[3]  window zset: permit id -> when its request went on the wire (ms), or, until it has,
+         grant time + ARGV[19] ("not sent yet": counted, and gone one window after that
+         if its worker died before sending or releasing)
 
 ARGV[1]  request capacity (burst) at f = 1
 ARGV[2]  request refill rate per ms at f = 1
@@ -27,10 +33,15 @@ ARGV[13] how soon to look again when only the concurrency cap blocks, ms
 ARGV[14] TTL of both keys, ms
 ARGV[15] least request refill per ms, at any f (one request per period + safety margin)
 ARGV[16] clock offset, ms, added to Redis TIME (0 in production; tests step time with it)
+ARGV[17] requests allowed in one window at f = 1 (the provider's limit; at f:
+         max(1, floor(limit x f)))
+ARGV[18] window length, ms (the provider's period plus a margin for the send-to-count delay)
+ARGV[19] how long a granted, not yet sent request is held in the window before its grant
+         is treated as sent, ms
 
 Returns {1, now_ms, lease_until_ms} when granted, else
         {0, wait_ms, reason, until_ms} with reason one of
-        daily | daily_count | paused | concurrency | requests | tokens.
+        daily | daily_count | paused | concurrency | window | requests | tokens.
 Numbers go back as strings: Redis would truncate Lua floats to integers.
 ]]
 local t = redis.call('TIME')
@@ -101,6 +112,20 @@ if redis.call('ZCARD', KEYS[2]) >= max_conc then
   return wait(ms, 'concurrency', now + ms)
 end
 
+-- The provider's window: at most win_n requests stamped within the last win_ms. A stamp in
+-- the future is a grant not sent yet; it frees nothing until it is stamped, so look again soon.
+local win_n = math.max(1, math.floor(tonumber(ARGV[17]) * f))
+local win_ms = tonumber(ARGV[18])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - win_ms)
+local used = redis.call('ZCARD', KEYS[3])
+if used >= win_n then
+  local e = redis.call('ZRANGE', KEYS[3], used - win_n, used - win_n, 'WITHSCORES')
+  local at = tonumber(e[2])
+  local ms = at + win_ms - now
+  if at > now then ms = poll_ms end
+  return wait(ms, 'window', now + ms)
+end
+
 -- A request larger than the token burst waits for a full bucket and then leaves it in debt.
 local need_tok = math.min(n, tk_cap)
 local wait_ms, reason = 0, ''
@@ -120,4 +145,6 @@ dayn = dayn + 1
 save()
 redis.call('ZADD', KEYS[2], now + lease_ms, ARGV[8])
 redis.call('PEXPIRE', KEYS[2], ttl_ms)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[19]), ARGV[8])
+redis.call('PEXPIRE', KEYS[3], ttl_ms)
 return {1, tostring(now), tostring(now + lease_ms)}
