@@ -192,7 +192,8 @@ async def analyze_document(ctx: JobContext, args: dict[str, Any]) -> dict[str, A
             "run workers with the same config/prompts as the submitter, or submit again"
         )
     try:
-        stored = await services.recorder.get_result(sha, model, version)
+        stored = await services.recorder.get_result(sha, model, version,
+                                                     services.provider.name)  # fmt: skip
     except DatabaseUnavailable as exc:
         # The stored result only saves work; the call store in Redis is what keeps a paid
         # answer from being paid again. So a ledger outage must not cost the job an attempt

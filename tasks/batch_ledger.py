@@ -69,6 +69,7 @@ class Member:
     job_id: str | None
     model: str | None
     prompt_version: str | None
+    provider: str | None = None  # who its run asks; None for members from before 0006
 
 
 @dataclass
@@ -112,7 +113,7 @@ def read_ledger(engine: Engine, batch_id: str) -> LedgerFacts:
         ).all()
         members = [
             Member(r.document_id, r.name or r.file_name or r.document_id, r.pages, r.bytes,
-                   r.job_id, r.model, r.prompt_version)
+                   r.job_id, r.model, r.prompt_version, r.provider)
             for r in rows
         ]  # fmt: skip
         doc_ids = [m.document_id for m in members]
@@ -142,10 +143,12 @@ def read_ledger(engine: Engine, batch_id: str) -> LedgerFacts:
 
 
 def _results(conn: Any, members: list[Member]) -> dict[str, Any]:
-    """Each member's stored result for its model and prompt version (newest of any, for rows
-    recorded before those were kept)."""
+    """Each member's stored result for its model, prompt version and provider (newest of
+    any, for rows recorded before those were kept): a result another provider gave (a
+    rehearsal, the offline demo) never counts as this member's."""
     rows = conn.execute(
-        select(Result.document_id, Result.model, Result.prompt_version, Result.data)
+        select(Result.document_id, Result.model, Result.prompt_version, Result.provider,
+               Result.data)
         .where(Result.document_id.in_([m.document_id for m in members]))
         .order_by(Result.created_at)
     ).all()
@@ -157,6 +160,8 @@ def _results(conn: Any, members: list[Member]) -> dict[str, Any]:
         found = by_doc.get(m.document_id, [])
         if m.model and m.prompt_version:
             found = [r for r in found if (r.model, r.prompt_version) == (m.model, m.prompt_version)]
+        if m.provider:
+            found = [r for r in found if r.provider == m.provider]
         if found:
             out[m.document_id] = found[-1].data
     return out

@@ -274,6 +274,7 @@ async def _retry_one(client: QueueClient, recorder: SqlRecorder, view: BatchView
                        f"another run (job {handle.id}) answers for it already")  # fmt: skip
     await recorder.upsert_job(handle.id, batch_id=facts.batch_id, document_id=doc.document_id)
     await recorder.add_to_batch(facts.batch_id, doc.document_id, job_id=handle.id,
-                                model=spec.model, prompt_version=spec.prompt_version)  # fmt: skip
+                                model=spec.model, prompt_version=spec.prompt_version,
+                                provider=spec.provider)  # fmt: skip
     return Retried(doc.name, doc.document_id, "queued", handle.id,
                    f"was {doc.status}: {doc.reason}")  # fmt: skip

@@ -134,7 +134,8 @@ async def _resubmitted(
 
 async def _has_result(recorder: Any, spec: Any) -> bool:
     try:
-        return await recorder.get_result(spec.sha256, spec.model, spec.prompt_version) is not None
+        return await recorder.get_result(spec.sha256, spec.model, spec.prompt_version,
+                                         spec.provider) is not None  # fmt: skip
     except DatabaseUnavailable:  # unknown: the job states alone decide
         return False
 
@@ -315,7 +316,8 @@ async def submit_uploads(
                 # job_upsert leaves fields it is not given untouched.
                 rows.append(job_entry(job_id, batch_id=batch_id, document_id=sha))
             rows.append(batch_member_entry(batch_id, sha, job_id=job_id, name=upload.name,
-                                           model=model, prompt_version=prompt.version))  # fmt: skip
+                                           model=model, prompt_version=prompt.version,
+                                           provider=provider))  # fmt: skip
             outcomes[index] = DocOutcome(upload.name, status, job_id, sha, reason, pages, sha)
         await recorder.write_many(rows)
     finally:

@@ -82,6 +82,8 @@ class BatchDocument(Base):
     name: Mapped[str | None] = mapped_column(String(500))
     model: Mapped[str | None] = mapped_column(String(100))
     prompt_version: Mapped[str | None] = mapped_column(String(64))
+    # who the member's run asks (tasks/plan.py's provider kind); None before migration 0006
+    provider: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -136,13 +138,18 @@ class LLMCall(Base):
 
 
 class Result(Base):
+    """A document's final result for one model, prompt version and provider (who answered:
+    "gemini", "emulator", "offline"; "" for a result that named none, before migration
+    0006). Found only for its own provider: a rehearsal's never stands for Gemini's."""
+
     __tablename__ = "results"
-    __table_args__ = (UniqueConstraint("document_id", "model", "prompt_version"),)
+    __table_args__ = (UniqueConstraint("document_id", "model", "prompt_version", "provider"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     document_id: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(100))
     prompt_version: Mapped[str] = mapped_column(String(64))
+    provider: Mapped[str] = mapped_column(String(16), default="", server_default="")
     data: Mapped[Any] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

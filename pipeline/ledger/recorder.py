@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 _DEFAULT_MAX_OUTPUT_TOKENS = 2048
 
 
+def result_provider(data: Any) -> str:
+    """The provider a result record names in `produced_by` ("" when it names none)."""
+    produced = data.get("produced_by") if isinstance(data, dict) else None
+    return str(produced.get("provider") or "") if isinstance(produced, dict) else ""
+
 class WorstCasePricer(Protocol):
     def worst_case_cost(
         self, model: str, input_tokens: int, max_output_tokens: int, at: datetime
@@ -131,7 +136,8 @@ class SqlRecorder(WriteBehind):
     async def add_to_batch(self, batch_id: str, document_id: str, **fields: str | None) -> None:
         """Record `document_id` as a member of `batch_id`, answered by the run rooted at
         `job_id` (given again when a retry starts a new run); fields as in
-        writes.batch_member_entry (job_id, name, model, prompt_version), None left as is."""
+        writes.batch_member_entry (job_id, name, model, prompt_version, provider), None left
+        as is."""
         await self._write(*writes.batch_member_entry(batch_id, document_id, **fields))
 
     async def upsert_job(self, job_id: str, **fields: Any) -> None:
@@ -157,12 +163,18 @@ class SqlRecorder(WriteBehind):
     async def save_result(
         self, document_id: str, model: str, prompt_version: str, data: Any
     ) -> None:
+        """Keep `data` (a result record) as the document's result for this model, prompt
+        version and the provider its `produced_by` names (one per provider)."""
         payload = {"document_id": document_id, "model": model,
-                   "prompt_version": prompt_version, "data": data}  # fmt: skip
+                   "prompt_version": prompt_version, "provider": result_provider(data),
+                   "data": data}  # fmt: skip
         await self._write("result_save", payload)
 
-    async def get_result(self, sha256: str, model: str, prompt_version: str) -> Any | None:
-        """The stored answer for this document, model and prompt version, or None."""
+    async def get_result(
+        self, sha256: str, model: str, prompt_version: str, provider: str
+    ) -> Any | None:
+        """The stored answer for this document, model, prompt version and provider
+        ("gemini", "emulator", "offline"), or None."""
 
         def read() -> Any | None:
             with self.sessions() as session:
@@ -173,6 +185,7 @@ class SqlRecorder(WriteBehind):
                         Document.sha256 == sha256,
                         Result.model == model,
                         Result.prompt_version == prompt_version,
+                        Result.provider == provider,
                     )
                 )
 

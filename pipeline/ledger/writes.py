@@ -44,13 +44,14 @@ def document_entry(
 
 def batch_member_entry(
     batch_id: str, document_id: str, *, job_id: str | None = None, name: str | None = None,
-    model: str | None = None, prompt_version: str | None = None,
+    model: str | None = None, prompt_version: str | None = None, provider: str | None = None,
 ) -> Entry:  # fmt: skip
-    """`document_id` a member of `batch_id`, answered by the run rooted at `job_id`; None
-    leaves a field as is."""
+    """`document_id` a member of `batch_id`, answered by the run rooted at `job_id` (asking
+    `provider`); None leaves a field as is."""
     return "batch_document_upsert", {"batch_id": batch_id, "document_id": document_id,
                                      "job_id": job_id, "name": name, "model": model,
-                                     "prompt_version": prompt_version}  # fmt: skip
+                                     "prompt_version": prompt_version,
+                                     "provider": provider}  # fmt: skip
 
 
 def job_entry(
@@ -217,7 +218,7 @@ def result_save(session: Session, payload: Payload) -> None:
     values.setdefault("created_at", datetime.now(UTC))
     _upsert(
         session, Result.__table__, values,  # type: ignore[arg-type]
-        ["document_id", "model", "prompt_version"], ["data", "created_at"],
+        ["document_id", "model", "prompt_version", "provider"], ["data", "created_at"],
     )  # fmt: skip
 
 

@@ -119,12 +119,18 @@ async def test_task_layer_helpers(recorder: SqlRecorder, engine: Engine) -> None
     await recorder.upsert_document(sha, pages=4)
     await recorder.upsert_job("j1", batch_id="b1", document_id=doc_id)
     await recorder.update_job_status("j1", "failed", attempts=2, last_error="boom")
-    await recorder.save_result(doc_id, "m", "v1", {"summary": "first"})
-    await recorder.save_result(doc_id, "m", "v1", {"summary": "second", "n": [1, 2]})
+    by = {"produced_by": {"provider": "gemini"}}
+    await recorder.save_result(doc_id, "m", "v1", {"summary": "first", **by})
+    await recorder.save_result(doc_id, "m", "v1", {"summary": "second", "n": [1, 2], **by})
+    rehearsal = {"summary": "rehearsed", "produced_by": {"provider": "emulator"}}
+    await recorder.save_result(doc_id, "m", "v1", rehearsal)  # kept beside, never over it
 
-    assert await recorder.get_result(sha, "m", "v1") == {"summary": "second", "n": [1, 2]}
-    assert await recorder.get_result(sha, "m", "v2") is None
-    assert await recorder.get_result("b" * 64, "m", "v1") is None
+    second = {"summary": "second", "n": [1, 2], **by}
+    assert await recorder.get_result(sha, "m", "v1", "gemini") == second
+    assert await recorder.get_result(sha, "m", "v1", "emulator") == rehearsal
+    assert await recorder.get_result(sha, "m", "v1", "offline") is None
+    assert await recorder.get_result(sha, "m", "v2", "gemini") is None
+    assert await recorder.get_result("b" * 64, "m", "v1", "gemini") is None
     with db.session_factory(engine)() as session:
         batch = session.get(Batch, "b1")
         assert batch is not None

@@ -129,3 +129,31 @@ def test_a_current_database_opens_without_alembic(ledger_url: str, tmp_path: Pat
                             timeout=120, check=True)  # fmt: skip
     assert first.stdout.split() == [db.HEAD, "True"], first.stderr
     assert second.stdout.split() == [db.HEAD, "False"], second.stderr
+
+
+def test_results_stored_before_0006_get_the_provider_they_name(ledger_url: str) -> None:
+    """Migration 0006 fills results.provider from each stored result's produced_by, and the
+    same document may then hold one result per provider."""
+    from alembic import command
+    from sqlalchemy import text
+
+    engine = db.create_ledger_engine(ledger_url, upgrade=False)
+    try:
+        with engine.begin() as conn:
+            cfg = db.alembic_config(engine.url.render_as_string(hide_password=False))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0005")
+            rows = [("d1", '{"produced_by": {"provider": "offline"}}'),
+                    ("d2", '{"summary": "from before results named a provider"}')]  # fmt: skip
+            for doc, data in rows:
+                conn.execute(text("INSERT INTO results (document_id, model, prompt_version, "
+                                  "data, created_at) VALUES (:d, 'm', 'v', :data, "
+                                  "CURRENT_TIMESTAMP)"), {"d": doc, "data": data})  # fmt: skip
+            command.upgrade(cfg, "head")
+            got = dict(conn.execute(text("SELECT document_id, provider FROM results")).all())
+            assert got == {"d1": "offline", "d2": ""}
+            conn.execute(text("INSERT INTO results (document_id, model, prompt_version, "
+                              "provider, data, created_at) VALUES ('d1', 'm', 'v', 'gemini', "
+                              "'{}', CURRENT_TIMESTAMP)"))  # fmt: skip
+    finally:
+        engine.dispose()

@@ -76,8 +76,9 @@ async def test_an_answer_cut_twice_fails_saying_so_and_is_never_replayed(
         assert [r.outcome for r in rows] == ["truncated", "truncated"]
         assert_ledger_is_the_bill(rows, emu.stats())
         assert money(rig.report()["total"]["wasted_usd"]) == unused_cost(rows) > 0
-        assert await rig.services.recorder.get_result(sub.documents[0].sha256 or "", MODEL,
-                                                      sub.prompt_version) is None  # fmt: skip
+        sha = sub.documents[0].sha256 or ""
+        assert await rig.services.recorder.get_result(sha, MODEL, sub.prompt_version,
+                                                      "gemini") is None  # fmt: skip
 
         set_faults(emu)  # the model answers normally now
         again = await rig.submit(doc)
@@ -101,7 +102,7 @@ async def test_thinking_that_fills_the_output_budget_is_truncation_not_an_empty_
         job = await rig.finished(sub.job_ids[0])
         rows, report = rig.calls(), rig.report()
         stored = await rig.services.recorder.get_result(
-            sub.documents[0].sha256 or "", MODEL, sub.prompt_version
+            sub.documents[0].sha256 or "", MODEL, sub.prompt_version, "gemini"
         )
     stats = emu.stats()
     assert job.state == State.FAILED and job.reason == "answer_truncated"
