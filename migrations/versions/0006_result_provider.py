@@ -1,7 +1,8 @@
-"""results.provider and batch_documents.provider: who answered a stored result, and who a
-batch's member run asks. A result is found only for its own provider, so an emulator
-rehearsal's (or the offline demo's) result never stands for Gemini's in a batch that shares
-the ledger, nor the reverse.
+"""results.provider, batch_documents.provider and llm_calls.provider: who answered a stored
+result, who a batch's member run asks, and who answered each call. A result is found only
+for its own provider, so an emulator rehearsal's (or the offline demo's) result never stands
+for Gemini's in a batch that shares the ledger, nor the reverse; and a cost report tells a
+rehearsal's priced-but-never-billed calls from Gemini's.
 
 Revision ID: 0006
 Revises: 0005
@@ -49,9 +50,13 @@ def upgrade() -> None:
                                               "provider"])  # fmt: skip
     with op.batch_alter_table("batch_documents") as batch:
         batch.add_column(sa.Column("provider", sa.String(16), nullable=True))
+    with op.batch_alter_table("llm_calls") as batch:
+        batch.add_column(sa.Column("provider", sa.String(16), nullable=False, server_default=""))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("llm_calls") as batch:
+        batch.drop_column("provider")
     with op.batch_alter_table("batch_documents") as batch:
         batch.drop_column("provider")
     with op.batch_alter_table("results") as batch:

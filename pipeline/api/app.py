@@ -278,7 +278,8 @@ async def get_costs(
     request: Request,
     since: Annotated[str | None, Query(description="YYYY-MM-DD or ISO datetime")] = None,
     until: Annotated[str | None, Query(description="last day, inclusive")] = None,
-    by: Annotated[str, Query(description="day, model, batch, document or status")] = "day",
+    by: Annotated[str, Query(
+        description="day, model, batch, document, status, mode or provider")] = "day",
     format: Annotated[str, Query(description="json or csv")] = "json",
 ) -> dict[str, Any] | Response:
     """Exactly `pipeline costs --format json` (or `--format csv`)."""

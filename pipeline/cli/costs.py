@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ class By(StrEnum):
     document = "document"
     status = "status"
     mode = "mode"
+    provider = "provider"
 
 
 class Format(StrEnum):
@@ -92,6 +94,10 @@ def costs(
         typer.echo(_csv(report), nl=False)
     else:
         _table(report)
+        if Decimal(report["rehearsal_usd"]):
+            typer.echo(f"of the total, ${report['rehearsal_usd']} is the emulator's (rehearsal "
+                       "calls priced as Gemini bills them, never billed); `--by provider` "
+                       "shows them apart")  # fmt: skip
         if "saved_usd" in report:
             typer.echo(f"Batch Mode saved ${report['saved_usd']} against interactive prices")
     if chart is not None and spend is not None:

@@ -135,6 +135,9 @@ class LLMCall(Base):
     # "interactive" (generateContent) or "batch" (a Gemini batch job, priced at its discount)
     mode: Mapped[str] = mapped_column(String(16), default="interactive",
                                       server_default="interactive")  # fmt: skip
+    # who answered: "gemini", "emulator" (a rehearsal: priced as Gemini bills, never billed)
+    # or "offline"; "" for rows from before migration 0006
+    provider: Mapped[str] = mapped_column(String(16), default="", server_default="")
 
 
 class Result(Base):

@@ -24,8 +24,10 @@ from pipeline.ledger.models import Document, LLMCall
 from pipeline.ledger.money import format_usd
 from pipeline.llm.attempts import UNUSED, Outcome
 
-GroupBy = Literal["day", "model", "batch", "document", "status"]
-GROUPS: tuple[str, ...] = ("day", "model", "batch", "document", "status", "mode")
+GroupBy = Literal["day", "model", "batch", "document", "status", "mode", "provider"]
+GROUPS: tuple[str, ...] = ("day", "model", "batch", "document", "status", "mode", "provider")
+# Calls a rehearsal made: priced as Gemini would bill them, never billed by anyone.
+REHEARSAL = "emulator"
 NANO = Decimal("0.000000001")
 # Spend that bought nothing: unknown-outcome errors and abandoned calls (booked at their
 # bound), and paid answers that were not used (truncated, blocked, invalid).
@@ -131,6 +133,8 @@ def _key(call: LLMCall, by: str) -> str:
         return call.document_id or "(none)"
     if by == "mode":
         return call.mode or "interactive"
+    if by == "provider":
+        return call.provider or "(unrecorded)"
     return call.outcome
 
 
@@ -149,7 +153,9 @@ def cost_report(
     until: datetime | None = None,
     by: str = "day",
 ) -> dict[str, Any]:
-    """`{"total": {...}, "rows": [{"key": ..., ...}]}` for calls started in [since, until).
+    """`{"total": {...}, "rows": [{"key": ..., ...}], "rehearsal_usd"}` for calls started
+    in [since, until); `rehearsal_usd` is the part of the total the emulator's calls make up
+    (priced as Gemini bills, never billed: `--by provider` shows them apart).
 
     Money fields are fixed-point decimal strings; wasted_usd is the cost of attempts that
     bought nothing: errors, abandoned calls, and paid answers that were not used (truncated
@@ -160,16 +166,20 @@ def cost_report(
     """
     if by not in GROUPS:
         raise InputError(f"cannot group costs by {by!r}: use one of {', '.join(GROUPS)}")
-    total = _Group()
+    total, rehearsal = _Group(), _Group()
     groups: dict[str, _Group] = defaultdict(_Group)
     for row in _rows(session, since, until):
         total.add(row)
         groups[_key(row[0], by)].add(row)
+        if row[0].provider == REHEARSAL:
+            rehearsal.add(row)
     return {
         "by": by,
         "since": since.isoformat() if since else None,
         "until": until.isoformat() if until else None,
         "total": total.as_dict(),
+        # what of the total the emulator's calls make up: a rehearsal's, never billed
+        "rehearsal_usd": format_usd(rehearsal.cost),
         "rows": [{"key": key, **groups[key].as_dict()} for key in sorted(groups)],
     }
 

@@ -75,7 +75,7 @@ _CALL_FIELDS = (
     "job_id", "batch_id", "document_id", "model", "model_version", "call_key", "attempt",
     "started_at", "finished_at", "latency_s", "outcome", "input_tokens", "output_tokens",
     "thinking_tokens", "cached_tokens", "cost_usd", "estimated_cost_usd", "price_version", "error",
-    "usage_missing", "mode",
+    "usage_missing", "mode", "provider",
 )  # fmt: skip
 _DATES = ("started_at", "finished_at", "created_at")
 _MONEY = ("cost_usd", "estimated_cost_usd", "budget_usd")

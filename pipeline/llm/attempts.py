@@ -59,6 +59,7 @@ class CallAttempt:
     error: str | None = None
     usage_missing: bool = False  # the provider left usage out: booked at the call's bound
     mode: str = "interactive"  # "batch": answered by a Gemini batch job, at the batch rate
+    provider: str = ""  # who answered (Provider.name): "gemini", "emulator", "offline"
     extra: dict[str, str] = field(default_factory=dict)
 
     def snapshot(self) -> CallAttempt:
@@ -75,13 +76,14 @@ class Recorder(Protocol):
 async def record_store_hit(
     recorder: Recorder, model: str, call_key: str, now: datetime, *,
     model_version: str | None, stored_input_tokens: int, stored_output_tokens: int,
-    job_id: str | None, batch_id: str | None, document_id: str | None,
+    job_id: str | None, batch_id: str | None, document_id: str | None, provider: str = "",
 ) -> None:  # fmt: skip
     """A call answered from the call store is still an attempt in the ledger, at $0 and
     FROM_STORE, so reuse is visible (the tokens it would have cost are kept in `extra`)."""
     record = CallAttempt(
         attempt_id=uuid.uuid4().hex, call_key=call_key, model=model, attempt=1,
         started_at=now, job_id=job_id, batch_id=batch_id, document_id=document_id,
+        provider=provider,
     )
     await recorder.started(record.snapshot())
     record.outcome = Outcome.FROM_STORE

@@ -175,6 +175,7 @@ class LLMCaller:
                 stored_input_tokens=stored.usage.input_tokens,
                 stored_output_tokens=stored.usage.output_tokens, job_id=ids.job_id,
                 batch_id=ids.batch_id, document_id=ids.document_id,
+                provider=self.provider.name,
             )  # fmt: skip
             return stored
         if stored is not None:
@@ -260,6 +261,7 @@ class LLMCaller:
             job_id=state.ids.job_id,
             batch_id=state.ids.batch_id,
             document_id=state.ids.document_id,
+            provider=self.provider.name,
         )
         try:
             await self.recorder.started(record.snapshot())

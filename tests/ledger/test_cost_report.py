@@ -198,3 +198,34 @@ def test_percentile_and_dates() -> None:
     assert percentile([1.0, 2.0], 0.95) == pytest.approx(1.95)
     assert parse_when("2026-11-21", end=True) == datetime(2026, 11, 22, tzinfo=UTC)
     assert parse_when("2026-11-21T10:00:00Z") == datetime(2026, 11, 21, 10, tzinfo=UTC)
+
+
+async def test_a_rehearsals_calls_are_shown_apart(
+    ledger_url: str, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    """The emulator's calls are priced as Gemini bills them and never billed: the report
+    says how much of its total they are, and `--by provider` shows them apart."""
+    engine = db.create_ledger_engine(ledger_url)
+    try:
+        rec = SqlRecorder(engine, aredis, keys)
+        for provider, cost in (("gemini", "0.10"), ("emulator", "0.05"), ("emulator", "0.02")):
+            call = attempt(job_id=f"job-{provider}", started_at=_at("2026-11-03"))
+            call.provider = provider
+            await rec.started(call)
+            await rec.settled(settle(call, Outcome.OK, cost))
+        await rec.flush()
+        report = _report_window(engine, "provider")
+        assert [(r["key"], r["cost_usd"]) for r in report["rows"]] == [
+            ("emulator", "0.070000000"), ("gemini", "0.100000000")]
+        assert report["rehearsal_usd"] == "0.070000000"
+        assert report["total"]["cost_usd"] == "0.170000000"
+        table = CliRunner().invoke(app, ["costs", "--since", "2026-11-03"])
+        assert table.exit_code == 0, table.output
+        assert "of the total, $0.070000000 is the emulator's" in table.stdout
+    finally:
+        engine.dispose()
+
+
+def _report_window(engine: Engine, by: str) -> dict[str, Any]:
+    with db.session_factory(engine)() as session:
+        return cost_report(session, parse_when("2026-11-03"), None, by)

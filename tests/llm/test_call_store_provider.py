@@ -34,18 +34,22 @@ async def test_an_emulator_answer_is_not_replayed_as_geminis(
     store = CallStore(aredis, keys, ttl_s=60)
     budget = Budget(aredis, keys, settings)
     with start_emulator() as emu:
-        sent, counted = [], []
+        sent, counted, booked = [], [], []
         for name in ("emulator", "emulator", "gemini"):
             provider = GeminiProvider(api_key=emu.api_key, base_url=emu.base_url, name=name)
+            recorder = MemoryRecorder()
             caller = LLMCaller(provider, Limiter(aredis, keys, settings), store,
-                               MemoryRecorder(), PriceTable.load(),
+                               recorder, PriceTable.load(),
                                policy=RetryPolicy(max_attempts=2))  # fmt: skip
             await caller.call(request, budget=await budget.for_call("b", Decimal(1)))
             await provider.aclose()
             sent.append(emu.stats()["generate_requests"])
             counted.append(emu.stats()["count_requests"])
+            booked += [(c.provider, c.outcome.value) for c in recorder.calls.values()]
     # the rehearsal's second call is answered from the store; Gemini's is asked for real
     assert sent == [1, 1, 2]
     assert counted == [1, 1, 2]  # Gemini's own count, not the rehearsal's figure
+    # each ledger row says who answered (a cost report tells a rehearsal's calls apart)
+    assert booked == [("emulator", "ok"), ("emulator", "from_store"), ("gemini", "ok")]
     assert call_key(request, "emulator") != call_key(request, "gemini")
     assert await store.get(call_key(request, "gemini")) is not None
