@@ -34,7 +34,7 @@ import redis  # noqa: E402
 from bench.peers_record import EVENTS, READY  # noqa: E402
 
 QUICK = {"enqueue_jobs": 500, "throughput_cap_s": 10, "latency_samples": 50,
-         "latency_cap_s": 10, "slow_jobs": 10, "slow_job_s": 60,
+         "latency_cap_s": 10, "slow_jobs": 40, "slow_job_s": 60,
          "long_s": 12, "short_s": 0.2, "timeout_s": 5, "ghost_job_s": 12}
 FULL = {"enqueue_jobs": 2500, "throughput_cap_s": 30, "latency_samples": 300,
         "latency_cap_s": 40, "slow_jobs": 40, "slow_job_s": 60,
