@@ -21,7 +21,9 @@ clock) to Redis, and that push is the job's observable start.
   API for many jobs, where it has one), with no worker running
 - worker start-up: spawn -> the first pre-enqueued job's start
 - idle worker memory (PSS of the worker and its children, after a few jobs) and marginal
-  memory per waiting slow job: (PSS with K sleeping jobs - PSS of the same worker idle) / K
+  memory per waiting slow job: (anonymous PSS with K sleeping jobs - anonymous PSS of the
+  same worker idle) / K, each the median of 5 readings (anonymous: the part no process
+  outside the worker's tree shares, so other processes on the machine do not move it)
 - traps (once, not repeated): prefetch starvation and the visibility-timeout ghost (see
   bench/peers_driver.py)
 

@@ -18,6 +18,7 @@ import importlib
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ import redis  # noqa: E402
 from bench.peers_record import EVENTS, READY  # noqa: E402
 
 QUICK = {"enqueue_jobs": 500, "throughput_cap_s": 10, "latency_samples": 50,
-         "latency_cap_s": 10, "slow_jobs": 10, "slow_job_s": 60,
+         "latency_cap_s": 10, "slow_jobs": 40, "slow_job_s": 60,
          "long_s": 12, "short_s": 0.2, "timeout_s": 5, "ghost_job_s": 12}
 FULL = {"enqueue_jobs": 2500, "throughput_cap_s": 30, "latency_samples": 300,
         "latency_cap_s": 40, "slow_jobs": 40, "slow_job_s": 60,
@@ -71,12 +72,16 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def pss_mb(pid: int) -> float:
+def pss_mb(pid: int, field: str = "Pss") -> float:
     """Proportional set size: shared pages split between the processes sharing them, so
-    forked pool children are not counted once per child (RSS would count them N times)."""
+    forked pool children are not counted once per child (RSS would count them N times).
+    `field="Pss_Anon"`: its anonymous part only (heap, arenas, stacks), which a process
+    shares with no one but its own forked children; the file-backed rest (libpython, .so
+    files) is split with every other process on the machine that maps the same file, so it
+    moves when unrelated processes start or end."""
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -158,8 +163,8 @@ class Run:
     def tree_cpu_s(self, procs: list[subprocess.Popen[bytes]]) -> float:
         return sum(cpu_s(p) for proc in procs for p in [proc.pid, *descendants(proc.pid)])
 
-    def tree_mb(self, procs: list[subprocess.Popen[bytes]]) -> float:
-        return sum(pss_mb(p) for proc in procs for p in [proc.pid, *descendants(proc.pid)])
+    def tree_mb(self, procs: list[subprocess.Popen[bytes]], field: str = "Pss") -> float:
+        return sum(pss_mb(p, field) for proc in procs for p in [proc.pid, *descendants(proc.pid)])
 
     def stop(self, procs: list[subprocess.Popen[bytes]]) -> None:
         """SIGKILL each worker and every process under it, by pid: the figures are already
@@ -256,6 +261,7 @@ def latency_and_idle(run: Run, cfg: dict[str, Any]) -> dict[str, Any]:
             raise SystemExit(f"{run.args.system}: warm-up job never started")
     time.sleep(1.0)
     idle = run.tree_mb(procs)
+    idle_anon = run.tree_mb(procs, "Pss_Anon")
     latencies: list[float] = []
     deadline = time.monotonic() + cfg["latency_cap_s"]
     while len(latencies) < cfg["latency_samples"] and time.monotonic() < deadline:
@@ -273,12 +279,17 @@ def latency_and_idle(run: Run, cfg: dict[str, Any]) -> dict[str, Any]:
         "enqueue_to_start_p99_ms": round(percentile(latencies, 99), 2),
         "latency_samples": len(latencies),
         "idle_worker_mb": round(idle, 1),
+        "idle_worker_anon_mb": round(idle_anon, 1),  # the part no other process shares
     }
 
 
 def slow_job_memory(run: Run, cfg: dict[str, Any]) -> dict[str, Any]:
-    """A worker with K slots, warmed up and idle, then running K sleeping jobs:
-    (PSS then - its idle PSS) / K, the marginal memory of one waiting job."""
+    """A worker with K slots, warmed up and idle, then running K sleeping jobs: the marginal
+    memory of one waiting job, (anonymous PSS then - anonymous PSS idle) / K, each the median
+    of MEMORY_SAMPLES readings of the worker's process tree. Anonymous memory is what a job's
+    objects take, and no process outside the tree shares it, so the difference is not moved by
+    other processes mapping or unmapping the same libraries (whole PSS is: on a shared
+    machine its readings wander by ~0.1 MB, which is 10 KB a job at K = 10)."""
     r, k = run.redis, cfg["slow_jobs"]
     adapter = run.adapter("memory")
     procs = run.start_workers(adapter, 1, k)
@@ -288,22 +299,33 @@ def slow_job_memory(run: Run, cfg: dict[str, Any]) -> dict[str, Any]:
         if r.blpop([EVENTS], 30) is None:
             raise SystemExit(f"{run.args.system}: warm-up job never started")
     time.sleep(1.0)
-    idle = run.tree_mb(procs)
+    idle, idle_anon = _memory_samples(run, procs)
     adapter.enqueue_each("sleep", [(f"slow-{i}", cfg["slow_job_s"]) for i in range(k)])
     all_started = run.wait(lambda: r.llen(EVENTS) >= k, cfg["slow_job_s"] - 10, "slow jobs", procs)
     time.sleep(0.5)
-    peak = 0.0
-    for _ in range(4):  # a few samples while every slow job sleeps
-        peak = max(peak, run.tree_mb(procs))
-        time.sleep(0.25)
+    busy, busy_anon = _memory_samples(run, procs)  # while every slow job sleeps
     run.stop(procs)
     adapter.close()
-    per_job = (peak - idle) / k
     return {
         "slow_jobs": k, "slow_jobs_all_running": all_started, "slots_idle_mb": round(idle, 1),
-        "slow_jobs_peak_mb": round(peak, 1),
-        "kb_per_slow_job": round(per_job * 1024, 1),
+        "slow_jobs_peak_mb": round(busy, 1),
+        "slots_idle_anon_mb": round(idle_anon, 2), "slow_jobs_anon_mb": round(busy_anon, 2),
+        "kb_per_slow_job": round((busy_anon - idle_anon) * 1024 / k, 1),
+        "kb_per_slow_job_whole_pss": round((busy - idle) * 1024 / k, 1),
     }
+
+
+MEMORY_SAMPLES = 5
+
+
+def _memory_samples(run: Run, procs: list[subprocess.Popen[bytes]]) -> tuple[float, float]:
+    """Median PSS and median anonymous PSS (MB) of the process tree over a second."""
+    whole, anon = [], []
+    for _ in range(MEMORY_SAMPLES):
+        whole.append(run.tree_mb(procs))
+        anon.append(run.tree_mb(procs, "Pss_Anon"))
+        time.sleep(0.25)
+    return statistics.median(whole), statistics.median(anon)
 
 
 def prefetch(run: Run, cfg: dict[str, Any]) -> dict[str, Any]:

@@ -88,7 +88,9 @@ def table(figures: dict[str, Any], command: str) -> str:
     perf("enqueue/s, bulk (own API)", "enqueue_bulk_per_s")
     perf("worker start-up (spawn → first job)", "worker_startup_s", " s")
     perf("idle worker memory (PSS)", "idle_worker_mb", " MB")
-    perf(f"memory per waiting slow job ({cfg['slow_jobs']} running)", "kb_per_slow_job", " KB")
+    perf("idle worker memory, anonymous PSS", "idle_worker_anon_mb", " MB")
+    perf(f"memory per waiting slow job ({cfg['slow_jobs']} running, anonymous PSS)",
+         "kb_per_slow_job", " KB")
     perf("load (1 min) at the start of each run", "loadavg_start")
     if any("error" not in figures["systems"][s]["prefetch"] for s in systems):
         trap(f"prefetch trap: makespan (ideal {cfg['long_s']} s)", "prefetch",

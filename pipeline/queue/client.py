@@ -12,13 +12,11 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
 from pipeline.errors import JobFailed, JobNotFound
-from pipeline.queue import follow
-from pipeline.queue.follow import Event
 from pipeline.queue.handoff import FIRST_LEASE_MS
 from pipeline.queue.job import EXPLICIT_OPTIONS, Job, JobOptions, State
 from pipeline.queue.record import idempotency_digest, spread
@@ -29,6 +27,9 @@ from pipeline.redis.connection import connect_redis, hash_reply, text, texts
 from pipeline.redis.keys import EVENTS_MAXLEN, Keys
 from pipeline.redis.replication import ReplicaWait, pipelined
 from pipeline.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from pipeline.queue.follow import Event
 
 
 class QueueClient:
@@ -346,8 +347,11 @@ class QueueClient:
                 group[0], group[1], group[2]]  # fmt: skip
         return bool(await self.scripts.requeue(keys=keys, args=[job_id, EVENTS_MAXLEN]))
 
-    # -- follow (follow.py) ---------------------------------------------------------------
+    # -- follow (follow.py, imported on use: a worker that never waits on a job does not
+    # load it) ---------------------------------------------------------------------------
     async def last_event_id(self) -> str:
+        from pipeline.queue import follow
+
         return await follow.last_event_id(self)
 
     def events(
@@ -360,10 +364,14 @@ class QueueClient:
     ) -> AsyncIterator[Event]:
         """Follow state changes live (optionally of one batch) without polling every job;
         until `until` (a time.monotonic() deadline), else for ever."""
+        from pipeline.queue import follow
+
         return follow.events(self, since=since, batch=batch, block_ms=block_ms, until=until)
 
     async def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
         """Wait until the job is terminal (JobTimeout past `timeout_s`); see follow.wait."""
+        from pipeline.queue import follow
+
         return await follow.wait(self, job_id, timeout_s)
 
 

@@ -38,17 +38,32 @@ async def publish(redis: Redis, keys: Keys, tasks: Sequence[Task], worker_id: st
     warning per task whose published version came from other code on another worker."""
     if not tasks:
         return []
+    warnings, _ = await _publish_and_read(redis, keys, tasks, worker_id)
+    return warnings
+
+
+async def _publish_and_read(
+    redis: Redis, keys: Keys, tasks: Sequence[Task], worker_id: str
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """`publish`, and every definition published once ours are in (as `published`), in one
+    round trip: the HMGET runs before the HSET on the server, so it reads what was there."""
     names = [t.name for t in tasks]
-    before = await redis.hmget(keys.task_registry, names)
     now_ms = int(time.time() * 1000)
     mine = {t.name: t.options() for t in tasks}
-    await redis.hset(
-        keys.task_registry,
-        mapping={
-            name: json.dumps({**opts, "worker": worker_id, "published_ms": now_ms})
-            for name, opts in mine.items()
-        },
-    )
+    async with redis.pipeline(transaction=False) as pipe:
+        if tasks:
+            pipe.hmget(keys.task_registry, names)
+            pipe.hset(
+                keys.task_registry,
+                mapping={
+                    name: json.dumps({**opts, "worker": worker_id, "published_ms": now_ms})
+                    for name, opts in mine.items()
+                },
+            )
+        pipe.hgetall(keys.task_registry)
+        replies = await pipe.execute()
+    before = replies[0] if tasks else []
+    definitions = {text(k): json.loads(text(v)) for k, v in replies[-1].items()}
     warnings = []
     for name, raw in zip(names, before, strict=True):
         old = json.loads(text(raw)) if raw else None
@@ -59,7 +74,7 @@ async def publish(redis: Redis, keys: Keys, tasks: Sequence[Task], worker_id: st
                 f"{old.get('version')}); each job runs with the options of the worker that "
                 "claims it, so keep every worker on the same code"
             )
-    return warnings
+    return warnings, definitions
 
 
 async def published(redis: Redis, keys: Keys) -> dict[str, dict[str, Any]]:
@@ -144,10 +159,11 @@ class Placer:
 async def announce(redis: Redis, keys: Keys, worker_id: str, queues: Sequence[str]) -> None:
     """At worker start: publish the tasks this process imported, and warn about a published
     definition from other code, and about each served queue that no published task uses
-    (jobs reach such a queue only when enqueued with an explicit queue)."""
-    for warning in await publish(redis, keys, list(REGISTRY.values()), worker_id):
+    (jobs reach such a queue only when enqueued with an explicit queue). One round trip."""
+    tasks = list(REGISTRY.values())
+    warnings, definitions = await _publish_and_read(redis, keys, tasks, worker_id)
+    for warning in warnings:
         log.warning(warning)
-    definitions = await published(redis, keys)
     for queue in unused_queues(queues, definitions):
         used = sorted({str(d.get("queue", DEFAULT_QUEUE)) for d in definitions.values()})
         log.warning(

@@ -136,15 +136,16 @@ class Worker(GracefulShutdown):
         if install_signals:
             self._install_signals()
         log.info("worker %s: queues %s, %d slots", self.id, ",".join(self.queues), self.concurrency)
-        try:
-            await registry.announce(self.redis, self.keys, self.id, self.queues)
-        except RedisError as exc:  # producers fall back to their own imports meanwhile
-            log.warning("could not publish this worker's tasks: %s", exc)
-        self.liveness.start()
+        self.liveness.start()  # renews what the first claim takes
+        # The claim loop goes first: a claim resolves run options from this process's own
+        # definitions (claim.lua), so it needs neither the announcement nor a sweep, and
+        # those take their round trips on other connections meanwhile.
+        claimer = asyncio.create_task(self._claim_loop())
+        announcing = asyncio.create_task(self._announce())
         loops = [("sweep", self.sweeper.sweep, self.client.settings.sweep_interval_s), *self.upkeep]
         upkeep = [asyncio.create_task(every(name, fn, s, self._upkeep_done))
                   for name, fn, s in loops]  # fmt: skip
-        claimer = asyncio.create_task(self._claim_loop())
+        upkeep.append(announcing)
         try:
             await self._stop.wait()
         finally:
@@ -171,6 +172,12 @@ class Worker(GracefulShutdown):
             if self._threads is not None:  # a plain task past its timeout may still run
                 self._threads.shutdown(wait=False, cancel_futures=True)
             log.info("worker %s stopped: %s", self.id, self.counters)
+
+    async def _announce(self) -> None:
+        try:
+            await registry.announce(self.redis, self.keys, self.id, self.queues)
+        except RedisError as exc:  # producers fall back to their own imports meanwhile
+            log.warning("could not publish this worker's tasks: %s", exc)
 
     def stop(self) -> None:
         """Stop claiming now; running jobs get the grace period, then are released."""

@@ -46,6 +46,9 @@ NOT_AT_START = {
     "pipeline.llm": "the services",
     "pipeline.storage": "the services",
     "tasks": "the product's tasks are imported only when no --import is given",
+    "pipeline.queue.follow": "following jobs' events: producers (JobHandle.result, submit --wait)",
+    "ctypes.util": "find_library runs `ldconfig -p` in a subprocess; mallopt is found in the "
+    "interpreter's own symbols (pipeline/queue/memory.py)",
 }
 
 
