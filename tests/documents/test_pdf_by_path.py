@@ -6,8 +6,10 @@ analysis tests, which now go this way."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -133,6 +135,48 @@ async def test_the_file_store_lends_its_own_file_and_another_store_a_copy_it_del
         async with local_file(remote, "0" * 64, tmp_path / "scratch"):
             pass
     assert list((tmp_path / "scratch").iterdir()) == []
+
+
+class SlowRemote(NoLocalFiles):
+    """A store without local files whose GET waits until the test lets it go on."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.getting = threading.Event()
+        self.go_on = threading.Event()
+
+    def get(self, sha256: str) -> bytes:
+        self.getting.set()
+        assert self.go_on.wait(30)
+        return super().get(sha256)
+
+
+async def test_a_copy_being_made_when_the_job_is_cancelled_is_removed(tmp_path: Path) -> None:
+    """A job cancelled (lease lost, timeout, shutdown) while its S3 copy is being written:
+    the thread cannot be stopped and writes the copy anyway, so the block waits for it and
+    deletes it before the cancellation goes on; it used to stay until the day-old sweep."""
+    data = make_pdf(1)
+    sha = hashlib.sha256(data).hexdigest()
+    remote = SlowRemote(tmp_path / "remote")
+    remote.put(sha, data)
+    scratch = tmp_path / "scratch"
+
+    async def job() -> None:
+        async with local_file(remote, sha, scratch):
+            raise AssertionError("the block never starts: the job was cancelled first")
+
+    task = asyncio.create_task(job())
+    assert await asyncio.to_thread(remote.getting.wait, 10)
+    task.cancel()
+    try:
+        for _ in range(20):  # the cancellation reaches the task in a loop turn or two
+            await asyncio.sleep(0)
+        assert not task.done(), "the job ended while its copy was still being written"
+    finally:
+        remote.go_on.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 30)
+    assert list(scratch.iterdir()) == []
 
 
 async def test_a_pdf_by_path_is_uploaded_from_its_file_or_sent_inline_as_its_bytes(
