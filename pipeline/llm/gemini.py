@@ -129,7 +129,7 @@ def _sdk_part(part: Part) -> types.Part:
         return types.Part.from_uri(file_uri=part.file_uri,
                                    mime_type=part.mime_type or "application/pdf")  # fmt: skip
     if part.has_bytes:  # a file part is read now, by the attempt that sends it
-        mime_type = part.mime_type or "application/pdf"
+        mime_type = part.mime_type or "application/pdf"  # (DocumentMissing when it is gone)
         return types.Part.from_bytes(data=part.read(), mime_type=mime_type)
     raise ValueError("a Part needs text or data")
 
@@ -197,14 +197,20 @@ class GeminiProvider:
         return types.GenerateContentConfig(**config)
 
     def _contents(self, request: LLMRequest) -> list[types.Content]:
+        """The request's parts as the SDK's contents, file parts read now (DocumentMissing
+        when a file is gone)."""
         return [types.Content(role="user", parts=[_sdk_part(p) for p in request.parts])]
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
-        """One attempt. Raises ProviderCallError (with `.failure`) on any failure."""
+        """One attempt. Raises DocumentMissing when a PDF file part cannot be read (nothing
+        sent), ProviderCallError (with `.failure`) on any failure of the call itself."""
+        # Built before the call: a file gone is bad input and nothing was sent, not one of
+        # the call's failures.
+        contents, config = self._contents(request), self._config(request)
         started = time.perf_counter()
         try:
             response = await self._client.aio.models.generate_content(
-                model=request.model, contents=self._contents(request), config=self._config(request)
+                model=request.model, contents=contents, config=config
             )
         except Exception as exc:
             failure = parse_api_error(exc)
@@ -222,7 +228,8 @@ class GeminiProvider:
         """countTokens for the whole prompt (free; GEMINI.md §3.3). The Gemini API refuses
         system_instruction in countTokens (the SDK raises ValueError), so the system prompt
         is counted as one more text part of the contents: text is counted the same either
-        way. Raises ProviderCallError when the count fails."""
+        way. Raises DocumentMissing when a PDF file part cannot be read, ProviderCallError
+        when the count fails."""
         contents = self._contents(request)
         if request.system:
             contents.insert(0, types.Content(role="user",

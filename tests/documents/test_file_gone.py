@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -107,3 +108,19 @@ async def test_a_split_documents_part_file_gone_after_its_answer_leaves_it_analy
     assert job.state == State.COMPLETE, job.error
     assert job.result["pages_without_text"] == [[4, 5]]
     assert sorted(r.outcome for r in rows) == ["ok"] * 4  # 3 parts and the merge
+
+
+async def test_a_file_gone_before_the_call_is_bad_input_and_costs_nothing(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str, sredis: redis.Redis,
+    emu: RunningEmulator,
+) -> None:  # fmt: skip
+    """A PDF file that is gone when its attempt reads it to send it: nothing was sent, so
+    the document fails as bad input (the file is gone), not "the provider refused the
+    request", and the attempt is booked at $0."""
+    job, rows, provider = await _run(emu, redis_url, key_prefix, _pdf(2, set()), "before")
+    assert provider.removed
+    assert job.state == State.FAILED
+    assert job.reason == "bad_input", job.error
+    assert job.error is not None and "could not be read" in job.error, job.error
+    assert emu.stats()["generate_requests"] == 0
+    assert [(r.outcome, r.cost_usd) for r in rows] == [("error", Decimal(0))]

@@ -218,6 +218,28 @@ async def test_a_pdf_by_path_is_uploaded_from_its_file_or_sent_inline_as_its_byt
     assert stats["largest_request_bytes"] < THRESHOLD
 
 
+async def test_a_large_pdf_file_gone_before_its_upload_is_document_missing(
+    tmp_path: Path, emu: RunningEmulator
+) -> None:
+    """A large PDF part whose file is gone when its call uploads it: DocumentMissing (bad
+    input, nothing sent), not a failed upload the job would report as a provider refusal."""
+    store = FileStore(tmp_path / "docs")
+    part = _stored(store, _large_pdf("Ledger of a vanished file."))
+    provider = GeminiProvider(api_key=emu.api_key, base_url=emu.base_url,
+                              files_min_bytes=THRESHOLD)  # fmt: skip
+    try:
+        request = LLMRequest(model=MODEL, parts=(part, Part(text="Summarise.")),
+                             max_output_tokens=256)  # fmt: skip
+        files = provider.call_files(request)
+        assert files is not None
+        os.unlink(part.path or "")
+        with pytest.raises(DocumentMissing, match="could not be read"):
+            await files.request()
+    finally:
+        await provider.aclose()
+    assert emu.stats()["files"]["uploads"] == 0
+
+
 def _pss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/smaps_rollup") as fh:
         return sum(int(line.split()[1]) for line in fh if line.startswith("Pss:")) / 1024
