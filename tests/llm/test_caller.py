@@ -38,6 +38,7 @@ from pipeline.llm.retry import RetryBudget, RetryPolicy
 from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
 from tests.support.emulator import RunningEmulator, start_emulator
+from tests.support.paid_rig import set_faults
 from tests.support.pdfs import make_pdf
 from tests.support.scripted import ScriptedProvider
 
@@ -318,6 +319,31 @@ def _gemini_caller(
     caller = LLMCaller(provider, limiter, CallStore(aredis, keys, ttl_s=60), recorder, Prices(),
                        policy=FAST)  # fmt: skip
     return caller, limiter, provider
+
+
+async def test_an_answer_the_client_cannot_read_is_booked_at_its_worst_case(
+    aredis: aioredis.Redis, keys: Keys, emu: RunningEmulator
+) -> None:
+    """The emulator answers and bills, but its 200 body is cut mid-JSON, so google-genai
+    fails after the server answered: the call may have been billed, so the attempt is
+    booked (and its budget hold settled) at its reserved worst case, never at $0."""
+    set_faults(emu, {"kind": "garbled"})
+    recorder = MemoryRecorder()
+    caller, limiter, provider = _gemini_caller(aredis, keys, emu, recorder)
+    budget = Budget(Decimal(100))
+    try:
+        with pytest.raises(ProviderError):
+            await caller.call(_request("a garbled answer"), budget=budget)
+    finally:
+        await provider.aclose()
+    stats = emu.stats()
+    assert stats["generate_requests"] == 1 and stats["billed_total"]["requests"] == 1
+    (attempt,) = _attempts(recorder)
+    assert attempt.outcome is Outcome.ERROR
+    assert attempt.estimated_cost_usd > 0
+    assert attempt.cost_usd == attempt.estimated_cost_usd
+    assert budget.settled == [attempt.estimated_cost_usd]
+    assert (await limiter.state(MODEL))["in_flight"] == 0
 
 
 async def test_a_pdf_file_gone_before_sending_is_document_missing_at_no_cost(
