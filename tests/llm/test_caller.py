@@ -332,7 +332,7 @@ async def test_an_answer_the_client_cannot_read_is_booked_at_its_worst_case(
     caller, limiter, provider = _gemini_caller(aredis, keys, emu, recorder)
     budget = Budget(Decimal(100))
     try:
-        with pytest.raises(ProviderError):
+        with pytest.raises(ProviderError, match="may have been billed"):
             await caller.call(_request("a garbled answer"), budget=budget)
     finally:
         await provider.aclose()
