@@ -224,8 +224,8 @@ class _Emulator:
         except content.BadRequest as exc:
             return error_response(exc.code, str(exc))
         if active.garbled:  # billed above; the body is cut before the client can read it
-            body = json.dumps(payload).encode()
-            return Response(body[: len(body) // 2], media_type="application/json")
+            whole = json.dumps(payload).encode()
+            return Response(whole[: len(whole) // 2], media_type="application/json")
         return JSONResponse(payload)
 
     def complete(
@@ -315,6 +315,7 @@ def create_emulator_app(config: EmulatorConfig | None = None) -> FastAPI:
 
     @app.post("/{version}/models/{target}")
     async def model_call(version: str, target: str, request: Request) -> Response:
+        response: Response
         if version not in ("v1", "v1beta"):
             response = error_response(
                 404, f"API version {version!r} is not served by the emulator."
