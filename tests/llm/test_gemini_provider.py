@@ -182,7 +182,7 @@ async def test_a_connection_cut_after_the_request_may_have_been_billed() -> None
     caller books it at its worst case, as a timeout), and retryable."""
     received = asyncio.Event()
 
-    async def read_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    async def read_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         length = re.search(rb"(?i)content-length:\s*(\d+)", head)
         await reader.readexactly(int(length.group(1)) if length else 0)
