@@ -15,7 +15,8 @@ document store (pipeline/storage/), put by tasks/submission.py, with only the id
 jobs holding them in Redis (pipeline/storage/holds.py).
 
 A job holds its PDF as a path, not as bytes (pipeline/storage/local.py): the pool process
-that inspects it and looks for pages without text reads the file itself, and the call's
+that inspects it and finds its pages without text (one pass, before any paid call; a
+split document's parent hands each part its pages) reads the file itself, and the call's
 request carries the path and digest (`Part.pdf_file`), so the bytes are read, or streamed
 to the Files API, only by the attempt that sends them. Parts split from a long document
 are bytes until the parent puts them in the store; each part's job reads its own by path.
@@ -109,13 +110,14 @@ async def stored_pdf(ctx: JobContext, sha256: str) -> AsyncIterator[Part]:
         raise Permanent(str(exc), reason=Reason.BAD_INPUT) from None
 
 
-async def _inspect(ctx: JobContext, pdf: Part, name: str) -> dict[str, Any]:
-    """tasks/pdf.py's validity rule, the same one submit applied; a refusal fails at once."""
+async def _inspect(ctx: JobContext, pdf: Part, name: str, find_blank: bool) -> dict[str, Any]:
+    """tasks/pdf.py's validity rule, the same one submit applied (a refusal fails at once),
+    and with `find_blank` the pages without text, in the same read of the file."""
     s = ctx.client.settings
     try:
         info: dict[str, Any] = await ctx.run_cpu(
-            "tasks.pdf:inspect_file", source_of(pdf), s.max_upload_bytes, s.max_document_pages,
-            name,
+            "tasks.pdf:inspect_for_analysis", source_of(pdf), s.max_upload_bytes,
+            s.max_document_pages, name, find_blank,
         )  # fmt: skip
     except BadDocument as exc:
         raise Permanent(str(exc)) from None
@@ -135,34 +137,35 @@ async def _readable_copy(ctx: JobContext, pdf: Part, info: dict[str, Any]) -> Pa
 
 async def _analyse_part(
     ctx: JobContext, args: dict[str, Any], pdf: Part, *, part: int, first: int, last: int,
-    page_count: int, request: LLMRequest | None = None,
+    page_count: int, blank: list[int], request: LLMRequest | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One page range (the whole document when it fits one call) as a `part_outcome`;
-    `request` when the caller already built (and size-checked) it."""
+    `blank`: its pages without text, found before the call (nothing reads the file after
+    a paid, used answer); `request` when the caller already built (and size-checked) it."""
     started = now_iso()
     if request is None:
         request = analyze_request(args["model"], analyze_prompt(), pdf, filename=args["name"],
                                   page_count=page_count, first_page=first,
                                   last_page=last)  # fmt: skip
     answered = await analysis_call(ctx, request, _budget(args), args["sha256"])
-    blank: list[int] = await ctx.run_cpu("tasks.pdf:pages_without_text_file", source_of(pdf))
     return part_outcome(
         answered.result, part=part, first_page=first, last_page=last,
         model_version=answered.model_version, cost=answered.cost,
-        blank_pages=[first - 1 + n for n in blank], started_at=started,
+        blank_pages=blank, started_at=started,
         provider=getattr(ctx.deps["services"].provider, "name", None),
     )  # fmt: skip
 
 
 async def plan_document(
-    ctx: JobContext, original: Part, name: str, model: str
-) -> tuple[int, list[Fitted]]:
-    """A submitted PDF's (by path or bytes) page count and the requests that analyse it
-    (one when it fits one call, sending the readable PDF as given). Raises Permanent for a
-    PDF that is gone, refused or too large."""
+    ctx: JobContext, original: Part, name: str, model: str, find_blank: bool = True
+) -> tuple[int, list[Fitted], list[int]]:
+    """A submitted PDF's (by path or bytes) page count, the requests that analyse it (one
+    when it fits one call, sending the readable PDF as given) and, with `find_blank`, its
+    pages without text (else []). Raises Permanent for a PDF that is gone, refused or too
+    large."""
     s = ctx.client.settings
     prompt = analyze_prompt()
-    info = await _inspect(ctx, original, name)
+    info = await _inspect(ctx, original, name, find_blank)
     pdf = await _readable_copy(ctx, original, info)
     pages = int(info["page_count"])
     ranges = chunk_ranges(pages, pdf.byte_size, model, s.context_budget_tokens,
@@ -176,7 +179,7 @@ async def plan_document(
         fitted = await fit_parts(ctx, pdf, pages, ranges, build, s.max_inline_request_bytes)
     except RequestTooLarge as exc:
         raise Permanent(str(exc), reason=Reason.REQUEST_TOO_LARGE) from None
-    return pages, fitted
+    return pages, fitted, list(info["pages_without_text"] or [])
 
 
 @task(name="analyze_document", **_RETRY)  # type: ignore[arg-type]
@@ -206,12 +209,13 @@ async def analyze_document(ctx: JobContext, args: dict[str, Any]) -> dict[str, A
     if args.get("mode") == "batch":
         await wait_for_batch(ctx, args)  # returns once the batch answer is in the call store
     async with stored_pdf(ctx, sha) as original:
-        pages, fitted = await plan_document(ctx, original, name, model)
+        pages, fitted, blank = await plan_document(ctx, original, name, model)
         if len(fitted) > 1:
-            return await _fan_out(ctx, args, pages, fitted)
+            return await _fan_out(ctx, args, pages, fitted, blank)
         await ctx.progress({"stage": "analyzing", "pages": pages})
         part = await _analyse_part(ctx, args, fitted[0].part, part=1, first=1, last=pages,
-                                   page_count=pages, request=fitted[0].request)  # fmt: skip
+                                   page_count=pages, blank=blank,
+                                   request=fitted[0].request)  # fmt: skip
         analysis = {**part["analysis"], "page_count": pages}  # counted here, not by the model
         result = build_result(analysis, [part], model=model, prompt_version=version,
                               max_bytes=s.max_result_bytes)  # fmt: skip
@@ -221,7 +225,7 @@ async def analyze_document(ctx: JobContext, args: dict[str, Any]) -> dict[str, A
 
 
 async def _fan_out(
-    ctx: JobContext, args: dict[str, Any], pages: int, fitted: list[Fitted]
+    ctx: JobContext, args: dict[str, Any], pages: int, fitted: list[Fitted], blank: list[int]
 ) -> dict[str, Any]:
     services = ctx.deps["services"]
     s, k = ctx.client.settings, ctx.client.keys
@@ -242,8 +246,8 @@ async def _fan_out(
         await asyncio.to_thread(store.put, chunk_sha, part)
         chunk_shas.append(chunk_sha)
         chunk_args = {**args, "chunk_sha256": chunk_sha, "part": index, "first_page": first,
-                      "last_page": last, "page_count": pages,
-                      "documents": [chunk_sha]}  # fmt: skip
+                      "last_page": last, "page_count": pages, "documents": [chunk_sha],
+                      "blank_pages": [n for n in blank if first <= n <= last]}  # fmt: skip
         hints = {"model": model,
                  "tokens": estimate_input_tokens(last - first + 1, model, prompt)}  # fmt: skip
         calls.append(analyze_chunk.call(chunk_args).with_options(hints=hints))
@@ -277,9 +281,14 @@ async def analyze_chunk(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]
     first, last = int(args["first_page"]), int(args["last_page"])
     async with stored_pdf(ctx, args["chunk_sha256"]) as stored:
         pdf = dataclasses.replace(stored, pages=last - first + 1)
+        blank = args.get("blank_pages")
+        if blank is None:  # queued by a parent that did not find them: before the call
+            found = await ctx.run_cpu("tasks.pdf:pages_without_text_file", source_of(pdf))
+            blank = [first - 1 + n for n in found]
         await ctx.progress({"stage": "analyzing", "first_page": first, "last_page": last})
         return await _analyse_part(ctx, args, pdf, part=int(args["part"]), first=first,
-                                   last=last, page_count=int(args["page_count"]))  # fmt: skip
+                                   last=last, page_count=int(args["page_count"]),
+                                   blank=blank)  # fmt: skip
 
 
 @task(name="reduce_analyses", **_RETRY)  # type: ignore[arg-type]

@@ -76,7 +76,8 @@ async def _members(ctx: JobContext, args: dict[str, Any]) -> tuple[list[BatchIte
             # in memory: the group's requests outlive this loop (a local copy of an S3
             # object would not)
             whole = await load_pdf(ctx, member["sha256"])
-            _, fitted = await plan_document(ctx, whole, member["name"], args["model"])
+            _, fitted, _ = await plan_document(ctx, whole, member["name"], args["model"],
+                                               find_blank=False)  # fmt: skip
         except JobError as exc:
             log.info("batch group: %s left out (%s)", member["name"], exc)
             continue

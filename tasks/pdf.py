@@ -156,6 +156,17 @@ def inspect_file(source: bytes | str, max_bytes: int, max_pages: int,
     return inspect_pdf(_read(source), max_bytes, max_pages, name)
 
 
+def inspect_for_analysis(source: bytes | str, max_bytes: int, max_pages: int, name: str,
+                         find_blank: bool) -> dict[str, Any]:  # fmt: skip
+    """`inspect_file`'s dict, plus with `find_blank` its `pages_without_text` (1-based)
+    from the same read: a job learns all it needs from its file before any paid call, so
+    nothing reads the file after the answer (which a file gone by then would fail)."""
+    data = _read(source)
+    info = inspect_pdf(data, max_bytes, max_pages, name).to_dict()
+    info["pages_without_text"] = pages_without_text(data) if find_blank else None
+    return info
+
+
 def split_file(source: bytes | str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     """`split_pages` of a path (read in this process) or of bytes."""
     return split_pages(_read(source), ranges)

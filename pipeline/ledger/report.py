@@ -162,7 +162,9 @@ def cost_report(
     at max_output_tokens, blocked, invalid).
     Attempts whose outcome is unknown carry their reserved worst case (possibly billed,
     never seen back): abandoned rows (cancelled in flight, or the worker died) and error
-    rows that timed out; other errors (refusals, 5xx answers) are $0.
+    rows that timed out, lost their connection once it was made, or got an answer the
+    client could not read; other errors (refusals, 5xx answers, a request never sent) are
+    $0.
     """
     if by not in GROUPS:
         raise InputError(f"cannot group costs by {by!r}: use one of {', '.join(GROUPS)}")

@@ -22,6 +22,7 @@ from google.genai import types
 
 from pipeline.llm.failure import ProviderCallError
 from pipeline.llm.gemini import parse_api_error
+from pipeline.llm.provider import file_gone
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,17 @@ class BatchFiles:
 
     async def upload(self, data: bytes | str, mime_type: str, display_name: str) -> UploadedFile:
         """Upload `data`, or the file at the path `data` names (the SDK streams it 8 MB a
-        chunk, so its bytes are never all in memory)."""
+        chunk, so its bytes are never all in memory). A file that cannot be read (gone from
+        the document store) is DocumentMissing: bad input, not a failed upload."""
         config = types.UploadFileConfig(mime_type=mime_type, display_name=display_name)
         source = data if isinstance(data, str) else io.BytesIO(data)
         try:
             found = await self._client.aio.files.upload(file=source, config=config)
+        except OSError as exc:
+            # the SDK stats and opens the path itself; its HTTP errors are httpx's, not OSError
+            if not isinstance(data, str):
+                raise ProviderCallError(parse_api_error(exc)) from exc
+            raise file_gone(data, exc) from None
         except Exception as exc:
             raise ProviderCallError(parse_api_error(exc)) from exc
         return UploadedFile(found.name or "", found.uri or "")

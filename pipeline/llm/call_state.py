@@ -47,9 +47,11 @@ class CallState:
 
 
 def outcome_unknown(failure: ProviderFailure) -> bool:
-    """No answer in time (our timeout, the HTTP client's, or the server's deadline): the
-    provider may have processed, and billed, the request all the same."""
-    return failure.status == "DEADLINE_EXCEEDED"
+    """No answer we could read once the request may have gone out: no answer in time (our
+    timeout, the HTTP client's, or the server's deadline), a connection cut after it was
+    made, an answer the client failed on (`maybe_billed`). The provider may have processed,
+    and billed, the request all the same."""
+    return failure.maybe_billed or failure.status == "DEADLINE_EXCEEDED"
 
 
 def attempt_id(reservation: Any) -> str:

@@ -23,8 +23,9 @@ The order is the point of this module. For each attempt:
    Usage the provider left out is booked at the call's bound (usage.py) and flagged.
    Whatever the ledger write does, the budget is settled and the permit released.
 
-What a failed attempt costs: a refusal or server error is $0, but an attempt whose
-outcome we cannot know (cancelled in flight, timed out) may have been billed, so it is
+What a failed attempt costs: a refusal or server error is $0, and so is a request never
+sent (its PDF file gone: DocumentMissing); but an attempt whose outcome we cannot know
+(cancelled in flight, timed out, cut off or unreadable once sent) may have been billed, so it is
 booked at its reserved worst case — ABANDONED when cancelled, as `mark_abandoned` does
 for a worker that died mid-call. A provider that never bills (`billed = False`, the
 offline analyzer) reserves nothing and books $0, whatever happens.
@@ -48,6 +49,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from pipeline.errors import DocumentMissing
 from pipeline.llm import wire
 from pipeline.llm.attempts import CallAttempt, Outcome, Recorder, record_store_hit
 from pipeline.llm.call_state import (
@@ -305,6 +307,15 @@ class LLMCaller:
             finally:
                 await asyncio.shield(self._close(state, permit, reservation, record.cost_usd))
             raise
+        except DocumentMissing as exc:  # a PDF file gone before the request was built: unsent
+            record.outcome, record.finished_at = Outcome.ERROR, self.clock()
+            record.error = f"DocumentMissing: {exc}"
+            try:
+                await self.recorder.settled(record.snapshot())  # at $0: nothing was sent
+            finally:
+                await asyncio.shield(self._close(state, permit, reservation, Decimal(0),
+                                                 sent=False))  # fmt: skip
+            raise
         except BaseException as exc:  # cancelled, or a provider bug: the outcome is unknown
             record.outcome = Outcome.ABANDONED if cancelled(exc) else Outcome.ERROR
             record.error = f"{type(exc).__name__}: {exc}"
@@ -361,13 +372,14 @@ class LLMCaller:
         reservation: Any,
         cost_usd: Decimal,
         input_tokens: int | None = None,
+        sent: bool = True,
     ) -> None:
-        """Settle the budget at `cost_usd` and release the (sent) permit, each regardless of
-        the other failing."""
+        """Settle the budget at `cost_usd` and release the permit (given back whole when its
+        request was never `sent`), each regardless of the other failing."""
         try:
             await settle_hold(state.budget, reservation, cost_usd)
         finally:
-            await self.limiter.release(permit, input_tokens)
+            await self.limiter.release(permit, input_tokens, sent=sent)
 
     async def _settle_failure(
         self, state: CallState, record: CallAttempt, failure: ProviderFailure, elapsed_s: float

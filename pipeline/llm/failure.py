@@ -24,11 +24,16 @@ class ProviderFailure:
     retry_delay_s: float | None = None  # RetryInfo.retryDelay: never retry sooner than this
     per_day: bool = False  # a per-day QuotaFailure: nothing helps until the quota resets
     retryable: bool = False
+    # The request may have reached the provider, and been billed, without an answer we could
+    # read: no answer in time, the connection cut after it was made, an answer the client
+    # could not parse. The caller books such an attempt at its worst case, never at $0.
+    maybe_billed: bool = False
 
     @classmethod
     def timeout(cls, message: str = "the request timed out") -> ProviderFailure:
         """A call that got no answer in time: retryable, and it may or may not have been billed."""
-        return cls(code=504, status="DEADLINE_EXCEEDED", message=message, retryable=True)
+        return cls(code=504, status="DEADLINE_EXCEEDED", message=message, retryable=True,
+                   maybe_billed=True)  # fmt: skip
 
     @property
     def rate_limited(self) -> bool:

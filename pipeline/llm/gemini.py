@@ -61,7 +61,9 @@ def _error_body(details: Any) -> dict[str, Any]:
 
 
 def _transport_error(exc: BaseException) -> ProviderFailure | None:
-    """Timeouts and connection failures of httpx or httpx2 (the SDK may use either)."""
+    """Timeouts and connection failures of httpx or httpx2 (the SDK may use either). A
+    connection never made (refused, proxy, scheme) sent nothing; one that failed once made
+    (reset while the answer was awaited, a broken stream) may have delivered the request."""
     for module_name in ("httpx", "httpx2"):
         try:
             module = importlib.import_module(module_name)
@@ -70,12 +72,13 @@ def _transport_error(exc: BaseException) -> ProviderFailure | None:
         if isinstance(exc, module.TimeoutException):
             return ProviderFailure.timeout(f"no answer from Gemini in time ({exc!r})")
         if isinstance(exc, module.TransportError):
-            return ProviderFailure(
-                code=0,
-                status="UNAVAILABLE",
-                message=f"could not reach Gemini ({exc!r}); check the network or base URL",
-                retryable=True,
-            )
+            unsent = isinstance(exc, module.ConnectError | module.ProxyError
+                                | module.UnsupportedProtocol)  # fmt: skip
+            message = (f"could not reach Gemini ({exc!r}); check the network or base URL"
+                       if unsent else f"the connection to Gemini broke before its answer "
+                       f"({exc!r}); the request may have been billed")  # fmt: skip
+            return ProviderFailure(code=0, status="UNAVAILABLE", message=message,
+                                   retryable=True, maybe_billed=not unsent)  # fmt: skip
     return None
 
 
@@ -84,6 +87,10 @@ def parse_api_error(exc: BaseException) -> ProviderFailure:
 
     Reads google.rpc.RetryInfo.retryDelay (the SDK ignores it) and whether any
     QuotaFailure violation names a per-day quota, which no retry within the day can fix.
+    An error status from the server (APIError) was answered, not billed; any other
+    exception from inside the SDK's call (an answer it could not parse, a bug) may come
+    after the server answered, so it is `maybe_billed`: callers build what they can before
+    the SDK's call (GeminiProvider.generate), so that nothing of ours fails inside it.
     """
     if isinstance(exc, ProviderCallError):
         return exc.failure
@@ -119,7 +126,8 @@ def parse_api_error(exc: BaseException) -> ProviderFailure:
     transport = _transport_error(exc)
     if transport is not None:
         return transport
-    return ProviderFailure(code=0, status="UNKNOWN", message=repr(exc), retryable=False)
+    return ProviderFailure(code=0, status="UNKNOWN", message=repr(exc), retryable=False,
+                           maybe_billed=True)  # fmt: skip
 
 
 def _sdk_part(part: Part) -> types.Part:
@@ -129,7 +137,7 @@ def _sdk_part(part: Part) -> types.Part:
         return types.Part.from_uri(file_uri=part.file_uri,
                                    mime_type=part.mime_type or "application/pdf")  # fmt: skip
     if part.has_bytes:  # a file part is read now, by the attempt that sends it
-        mime_type = part.mime_type or "application/pdf"
+        mime_type = part.mime_type or "application/pdf"  # (DocumentMissing when it is gone)
         return types.Part.from_bytes(data=part.read(), mime_type=mime_type)
     raise ValueError("a Part needs text or data")
 
@@ -197,14 +205,20 @@ class GeminiProvider:
         return types.GenerateContentConfig(**config)
 
     def _contents(self, request: LLMRequest) -> list[types.Content]:
+        """The request's parts as the SDK's contents, file parts read now (DocumentMissing
+        when a file is gone)."""
         return [types.Content(role="user", parts=[_sdk_part(p) for p in request.parts])]
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
-        """One attempt. Raises ProviderCallError (with `.failure`) on any failure."""
+        """One attempt. Raises DocumentMissing when a PDF file part cannot be read (nothing
+        sent), ProviderCallError (with `.failure`) on any failure of the call itself."""
+        # Built before the call, so a failure here is not mistaken for one of the call's,
+        # which may come after the request went out (parse_api_error's `maybe_billed`).
+        contents, config = self._contents(request), self._config(request)
         started = time.perf_counter()
         try:
             response = await self._client.aio.models.generate_content(
-                model=request.model, contents=self._contents(request), config=self._config(request)
+                model=request.model, contents=contents, config=config
             )
         except Exception as exc:
             failure = parse_api_error(exc)
@@ -222,7 +236,8 @@ class GeminiProvider:
         """countTokens for the whole prompt (free; GEMINI.md §3.3). The Gemini API refuses
         system_instruction in countTokens (the SDK raises ValueError), so the system prompt
         is counted as one more text part of the contents: text is counted the same either
-        way. Raises ProviderCallError when the count fails."""
+        way. Raises DocumentMissing when a PDF file part cannot be read, ProviderCallError
+        when the count fails."""
         contents = self._contents(request)
         if request.system:
             contents.insert(0, types.Content(role="user",

@@ -13,6 +13,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pipeline.errors import DocumentMissing
+
+
+def file_gone(path: str, exc: OSError) -> DocumentMissing:
+    """The error for a PDF file a request reads that cannot be read (removed from the
+    document store while its job ran): bad input, and nothing was sent."""
+    return DocumentMissing(
+        f"the document file {path} could not be read ({exc.strerror or exc}); it was removed "
+        "from the document store while its job ran: submit the PDF again"
+    )
+
 
 @dataclass(frozen=True)
 class Part:
@@ -74,12 +85,15 @@ class Part:
 
     def read(self) -> bytes:
         """The data: `data`, or the file's bytes read now (blocking file I/O). Raises
-        OSError when the file is gone."""
+        DocumentMissing when the file cannot be read."""
         if self.data is not None:
             return self.data
         if self.path is not None:
-            with open(self.path, "rb") as fh:
-                return fh.read()
+            try:
+                with open(self.path, "rb") as fh:
+                    return fh.read()
+            except OSError as exc:
+                raise file_gone(self.path, exc) from None
         raise ValueError("a text Part has no data")
 
 
@@ -240,7 +254,10 @@ class Provider(Protocol):
     billed: bool
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
-        """One HTTP attempt, no retries: retrying is the caller's (llm/retry.py) job."""
+        """One HTTP attempt, no retries: retrying is the caller's (llm/retry.py) job. Raises
+        ProviderCallError for a failed attempt (`failure.maybe_billed` when it may have been
+        billed all the same), DocumentMissing for a PDF file part that cannot be read: then
+        nothing was sent, and the caller books the attempt at $0."""
         ...
 
     async def count_tokens(self, request: LLMRequest) -> int:

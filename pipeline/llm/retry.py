@@ -112,6 +112,12 @@ def exhausted_error(failure: ProviderFailure | None, attempts: int, what: str) -
             code=failure.code,
             retryable=True,
         )
+    if failure.maybe_billed:  # no refusal: an answer came back, or may have, unreadable
+        return ProviderError(
+            f"no usable answer from the provider (the request may have been billed): "
+            f"{failure.code} {failure.status}: {failure.message}",
+            code=failure.code,
+        )
     return ProviderError(
         f"the provider refused the request: {failure.code} {failure.status}: {failure.message}",
         code=failure.code,

@@ -70,11 +70,33 @@ def _open(store: DocumentStore, sha256: str, scratch: Path) -> LocalFile:
     return LocalFile(path, path.stat().st_size, copy)
 
 
+async def _discard(opening: asyncio.Future[LocalFile]) -> None:
+    """Once `opening` ends (however often this task is cancelled meanwhile: the thread
+    runs on regardless), delete the copy it made, if any."""
+    while not opening.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({opening})
+    if opening.cancelled() or opening.exception() is not None:
+        return  # nothing was made (_copy removes a half-written copy itself)
+    found = opening.result()
+    if found.copy:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(found.path)
+
+
 @contextlib.asynccontextmanager
 async def local_file(store: DocumentStore, sha256: str, scratch: Path) -> AsyncIterator[LocalFile]:
     """The document `sha256` as a local file for the block (blocking I/O in a thread).
-    Raises DocumentMissing when the store does not have it."""
-    found = await asyncio.to_thread(_open, store, sha256, scratch)
+    Raises DocumentMissing when the store does not have it. Cancelled while the copy is
+    being made, it waits for the copy and deletes it before the cancellation goes on."""
+    opening = asyncio.ensure_future(asyncio.to_thread(_open, store, sha256, scratch))
+    try:
+        found = await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        # The thread cannot be stopped: it goes on to write the copy. Wait for it and remove
+        # what it made, or the copy would sit in `scratch` until the day-old sweep.
+        await _discard(opening)
+        raise
     try:
         yield found
     finally:

@@ -6,8 +6,10 @@ analysis tests, which now go this way."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -135,6 +137,48 @@ async def test_the_file_store_lends_its_own_file_and_another_store_a_copy_it_del
     assert list((tmp_path / "scratch").iterdir()) == []
 
 
+class SlowRemote(NoLocalFiles):
+    """A store without local files whose GET waits until the test lets it go on."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.getting = threading.Event()
+        self.go_on = threading.Event()
+
+    def get(self, sha256: str) -> bytes:
+        self.getting.set()
+        assert self.go_on.wait(30)
+        return super().get(sha256)
+
+
+async def test_a_copy_being_made_when_the_job_is_cancelled_is_removed(tmp_path: Path) -> None:
+    """A job cancelled (lease lost, timeout, shutdown) while its S3 copy is being written:
+    the thread cannot be stopped and writes the copy anyway, so the block waits for it and
+    deletes it before the cancellation goes on; it used to stay until the day-old sweep."""
+    data = make_pdf(1)
+    sha = hashlib.sha256(data).hexdigest()
+    remote = SlowRemote(tmp_path / "remote")
+    remote.put(sha, data)
+    scratch = tmp_path / "scratch"
+
+    async def job() -> None:
+        async with local_file(remote, sha, scratch):
+            raise AssertionError("the block never starts: the job was cancelled first")
+
+    task = asyncio.create_task(job())
+    assert await asyncio.to_thread(remote.getting.wait, 10)
+    task.cancel()
+    try:
+        for _ in range(20):  # the cancellation reaches the task in a loop turn or two
+            await asyncio.sleep(0)
+        assert not task.done(), "the job ended while its copy was still being written"
+    finally:
+        remote.go_on.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 30)
+    assert list(scratch.iterdir()) == []
+
+
 async def test_a_pdf_by_path_is_uploaded_from_its_file_or_sent_inline_as_its_bytes(
     tmp_path: Path, emu: RunningEmulator,
 ) -> None:  # fmt: skip
@@ -172,6 +216,28 @@ async def test_a_pdf_by_path_is_uploaded_from_its_file_or_sent_inline_as_its_byt
     assert [(r["inline_bytes"], r["pdf_pages"]) for r in sent_inline] == [(len(small), 1)]
     assert stats["files"] == {"uploads": 1, "deleted": 1, "downloads": 0, "live": 0}
     assert stats["largest_request_bytes"] < THRESHOLD
+
+
+async def test_a_large_pdf_file_gone_before_its_upload_is_document_missing(
+    tmp_path: Path, emu: RunningEmulator
+) -> None:
+    """A large PDF part whose file is gone when its call uploads it: DocumentMissing (bad
+    input, nothing sent), not a failed upload the job would report as a provider refusal."""
+    store = FileStore(tmp_path / "docs")
+    part = _stored(store, _large_pdf("Ledger of a vanished file."))
+    provider = GeminiProvider(api_key=emu.api_key, base_url=emu.base_url,
+                              files_min_bytes=THRESHOLD)  # fmt: skip
+    try:
+        request = LLMRequest(model=MODEL, parts=(part, Part(text="Summarise.")),
+                             max_output_tokens=256)  # fmt: skip
+        files = provider.call_files(request)
+        assert files is not None
+        os.unlink(part.path or "")
+        with pytest.raises(DocumentMissing, match="could not be read"):
+            await files.request()
+    finally:
+        await provider.aclose()
+    assert emu.stats()["files"]["uploads"] == 0
 
 
 def _pss_mb(pid: int) -> float:

@@ -1,30 +1,45 @@
 """The call layer against a real Redis: store, retries, ledger order, budget, permits.
 
 The provider is a small scripted class (the seam under test is the caller, the limiter
-and the store, not HTTP); everything else is real.
+and the store, not HTTP); everything else is real. Where what is booked depends on how the
+HTTP call failed (an unreadable answer, a request never sent), the real google-genai
+client talks to the emulator instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
-from pipeline.errors import BudgetExceeded, DailyQuotaExhausted, ProviderError, RateLimited
+from pipeline.errors import (
+    BudgetExceeded,
+    DailyQuotaExhausted,
+    DocumentMissing,
+    ProviderError,
+    RateLimited,
+)
 from pipeline.llm.attempts import CallAttempt, MemoryRecorder, Outcome
 from pipeline.llm.caller import LLMCaller, rough_input_tokens
 from pipeline.llm.callstore import CallStore, call_key
 from pipeline.llm.failure import ProviderFailure
+from pipeline.llm.gemini import GeminiProvider
 from pipeline.llm.limiter import Limiter, Permit
 from pipeline.llm.provider import LLMRequest, LLMResponse, Part, Usage
 from pipeline.llm.retry import RetryBudget, RetryPolicy
 from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
+from tests.support.emulator import RunningEmulator, start_emulator
+from tests.support.paid_rig import set_faults
+from tests.support.pdfs import make_pdf
 from tests.support.scripted import ScriptedProvider
 
 MODEL = "gemini-3.5-flash-lite"  # a model in config/pricing.toml: the limiter refuses others
@@ -286,3 +301,76 @@ async def test_cancelled_call_is_recorded_abandoned_and_frees_its_slot(
     (attempt,) = recorder.calls.values()
     assert attempt.outcome is Outcome.ABANDONED
     assert (await limiter.state(MODEL))["in_flight"] == 0
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[RunningEmulator]:
+    with start_emulator() as running:
+        yield running
+
+
+def _gemini_caller(
+    aredis: aioredis.Redis, keys: Keys, emu: RunningEmulator, recorder: MemoryRecorder
+) -> tuple[LLMCaller, Limiter, GeminiProvider]:
+    """The caller over the real google-genai client against the emulator."""
+    provider = GeminiProvider(api_key=emu.api_key, base_url=emu.base_url)
+    settings = load_settings(rpm=6000, tpm=10_000_000)
+    limiter = Limiter(aredis, keys, settings)
+    caller = LLMCaller(provider, limiter, CallStore(aredis, keys, ttl_s=60), recorder, Prices(),
+                       policy=FAST)  # fmt: skip
+    return caller, limiter, provider
+
+
+async def test_an_answer_the_client_cannot_read_is_booked_at_its_worst_case(
+    aredis: aioredis.Redis, keys: Keys, emu: RunningEmulator
+) -> None:
+    """The emulator answers and bills, but its 200 body is cut mid-JSON, so google-genai
+    fails after the server answered: the call may have been billed, so the attempt is
+    booked (and its budget hold settled) at its reserved worst case, never at $0."""
+    set_faults(emu, {"kind": "garbled"})
+    recorder = MemoryRecorder()
+    caller, limiter, provider = _gemini_caller(aredis, keys, emu, recorder)
+    budget = Budget(Decimal(100))
+    try:
+        with pytest.raises(ProviderError, match="may have been billed"):
+            await caller.call(_request("a garbled answer"), budget=budget)
+    finally:
+        await provider.aclose()
+    stats = emu.stats()
+    assert stats["generate_requests"] == 1 and stats["billed_total"]["requests"] == 1
+    (attempt,) = _attempts(recorder)
+    assert attempt.outcome is Outcome.ERROR
+    assert attempt.estimated_cost_usd > 0
+    assert attempt.cost_usd == attempt.estimated_cost_usd
+    assert budget.settled == [attempt.estimated_cost_usd]
+    assert (await limiter.state(MODEL))["in_flight"] == 0
+
+
+async def test_a_pdf_file_gone_before_sending_is_document_missing_at_no_cost(
+    tmp_path: Path, aredis: aioredis.Redis, keys: Keys, emu: RunningEmulator
+) -> None:
+    """A PDF part read by path whose file is gone when the attempt builds its request
+    (counted earlier, while it was there): nothing is sent, so DocumentMissing (bad input),
+    not a provider refusal, and the attempt is booked at $0 with its permit given back."""
+    data = make_pdf(1, "hello")
+    path = tmp_path / "doc.pdf"
+    path.write_bytes(data)
+    part = Part.pdf_file(str(path), hashlib.sha256(data).hexdigest(), len(data))
+    request = LLMRequest(model=MODEL, parts=(part, Part(text="Summarise.")),
+                         max_output_tokens=256)  # fmt: skip
+    recorder = MemoryRecorder()
+    caller, limiter, provider = _gemini_caller(aredis, keys, emu, recorder)
+    budget = Budget(Decimal(100))
+    try:
+        await caller.counter.count(request)  # counted while the file was there
+        path.unlink()
+        with pytest.raises(DocumentMissing, match="could not be read"):
+            await caller.call(request, budget=budget)
+    finally:
+        await provider.aclose()
+    assert emu.stats()["generate_requests"] == 0
+    (attempt,) = _attempts(recorder)
+    assert attempt.outcome is Outcome.ERROR and attempt.cost_usd == 0
+    assert budget.settled == [Decimal(0)]
+    state = await limiter.state(MODEL)
+    assert state["in_flight"] == 0

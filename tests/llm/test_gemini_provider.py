@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import re
 
 import pytest
 from pydantic import BaseModel
@@ -171,6 +173,34 @@ async def test_unreachable_server_is_retryable() -> None:
         await provider.generate(LLMRequest(model="gemini-2.5-flash", parts=(Part(text="x"),)))
     await provider.aclose()
     assert info.value.failure.code == 0 and info.value.failure.retryable
+    assert not info.value.failure.maybe_billed  # refused: nothing was sent, nothing billed
+
+
+async def test_a_connection_cut_after_the_request_may_have_been_billed() -> None:
+    """A server that reads the whole request and then closes the connection without an
+    answer: Google may have processed and billed it, so the failure is `maybe_billed` (the
+    caller books it at its worst case, as a timeout), and retryable."""
+    received = asyncio.Event()
+
+    async def read_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+        await reader.readexactly(int(length.group(1)) if length else 0)
+        received.set()
+        writer.close()
+
+    server = await asyncio.start_server(read_then_hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    provider = GeminiProvider(api_key="k", base_url=f"http://127.0.0.1:{port}", timeout_s=10)
+    try:
+        with pytest.raises(ProviderCallError) as info:
+            await provider.generate(LLMRequest(model="gemini-2.5-flash", parts=(Part(text="x"),)))
+    finally:
+        await provider.aclose()
+        server.close()
+        await server.wait_closed()
+    assert received.is_set()
+    assert info.value.failure.maybe_billed and info.value.failure.retryable
 
 
 def test_factory_choices(

@@ -186,3 +186,26 @@ async def test_an_unaffected_document_in_the_same_batch_is_untouched(
     assert sorted(r.outcome for r in rows) == ["blocked", "ok"]
     assert_ledger_is_the_bill(rows, emu.stats())
     assert money(report["total"]["wasted_usd"]) == unused_cost(rows)
+
+
+async def test_an_answer_the_client_cannot_read_is_booked_at_its_worst_case(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str, sredis: redis.Redis,
+    emu: RunningEmulator,
+) -> None:  # fmt: skip
+    """The emulator answers and bills, but cuts its 200 body mid-JSON: google-genai fails
+    after the server answered. The call may have been billed, so its ledger row carries its
+    reserved worst case (at least the bill, and never $0), counted as wasted; the document
+    fails saying no usable answer came back, not that the provider refused it."""
+    set_faults(emu, {"kind": "garbled", "when": "GARBLED"})
+    async with running_pipeline(emu, redis_url, key_prefix) as rig:
+        sub = await rig.submit(_doc("GARBLED"))
+        job = await rig.finished(sub.job_ids[0])
+        rows, report = rig.calls(), rig.report()
+    stats = emu.stats()
+    assert job.state == State.FAILED
+    assert job.error is not None and "may have been billed" in job.error, job.error
+    assert stats["generate_requests"] == 1 and stats["billed_total"]["requests"] == 1
+    (row,) = rows
+    assert row.outcome == "error"
+    assert row.cost_usd == row.estimated_cost_usd >= money(stats["billed_total"]["cost_usd"]) > 0
+    assert money(report["total"]["wasted_usd"]) == money(row.cost_usd)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from pipeline.llm.emulator import content
 from pipeline.llm.emulator.batch_routes import add_batch_routes
@@ -146,7 +146,7 @@ class _Emulator:
             )
         return None
 
-    async def generate(self, request: Request, model: str) -> JSONResponse:
+    async def generate(self, request: Request, model: str) -> Response:
         key = _api_key(request) or ""
         raw = await request.body()
         with self.lock:
@@ -207,7 +207,7 @@ class _Emulator:
     async def _answer(
         self, body: dict[str, Any], prompt: content.Prompt, active: Active, version: str,
         digest: str, size: int, split: tuple[int, int], fault: bool, fault_code: int,
-    ) -> JSONResponse:  # fmt: skip
+    ) -> Response:  # fmt: skip
         await self.latency()
         if fault:
             message = (
@@ -223,6 +223,9 @@ class _Emulator:
             )
         except content.BadRequest as exc:
             return error_response(exc.code, str(exc))
+        if active.garbled:  # billed above; the body is cut before the client can read it
+            whole = json.dumps(payload).encode()
+            return Response(whole[: len(whole) // 2], media_type="application/json")
         return JSONResponse(payload)
 
     def complete(
@@ -311,7 +314,8 @@ def create_emulator_app(config: EmulatorConfig | None = None) -> FastAPI:
     app.state.emulator = emulator
 
     @app.post("/{version}/models/{target}")
-    async def model_call(version: str, target: str, request: Request) -> JSONResponse:
+    async def model_call(version: str, target: str, request: Request) -> Response:
+        response: Response
         if version not in ("v1", "v1beta"):
             response = error_response(
                 404, f"API version {version!r} is not served by the emulator."

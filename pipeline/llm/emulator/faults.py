@@ -18,6 +18,8 @@ Each fault reproduces a reported behaviour (the field cases in /work/shared/fiel
                    (a provider billing beyond its own count) — the budget-overrun path
     unavailable    503 UNAVAILABLE "The model is overloaded" before answering, not billed
                    (GEMINI.md §3.4), for a chosen request rather than at `fail_rate`
+    garbled        the request is answered and billed, but the 200 body is cut mid-JSON (a
+                   proxy or the stream gave out after the status line): no client can read it
 
 A fault applies to requests whose prompt (text parts, PDF text, system instruction)
 contains `when` ("" = every request), at most `times` times (None = always). Faults are set
@@ -32,7 +34,7 @@ from typing import Any
 
 KINDS = frozenset(
     {"verbose", "think", "block", "finish", "no_usage", "total_only", "inflate", "overbill",
-     "unavailable"}
+     "unavailable", "garbled"}
 )
 _DEFAULT_REASON = {"block": "PROHIBITED_CONTENT", "finish": "SAFETY"}
 
@@ -77,6 +79,7 @@ class Active:
     page_tokens: int | None = None
     overbill_tokens: int = 0
     unavailable: bool = False
+    garbled: bool = False
     applied: list[str] = field(default_factory=list)
 
 
@@ -130,3 +133,5 @@ def _apply(active: Active, fault: Fault) -> None:
         active.overbill_tokens = fault.tokens
     elif fault.kind == "unavailable":
         active.unavailable = True
+    elif fault.kind == "garbled":
+        active.garbled = True
