@@ -15,6 +15,7 @@ from sqlalchemy import Engine, func, or_, select
 from pipeline.errors import BatchNotFound, InputError
 from pipeline.ledger.models import Batch, BatchDocument, Document, JobRow, LLMCall, Result
 from pipeline.ledger.money import format_usd
+from tasks.status import reduce_id
 
 NANO = Decimal("0.000000001")
 PREFIX_MIN = 4  # shortest id prefix accepted (the dashboard shows 12 characters)
@@ -79,6 +80,7 @@ class Call:
     document_id: str | None
     cost: Decimal
     outcome: str
+    provider: str = ""  # who answered ("" for rows from before migration 0006)
 
 
 @dataclass
@@ -117,15 +119,16 @@ def read_ledger(engine: Engine, batch_id: str) -> LedgerFacts:
             for r in rows
         ]  # fmt: skip
         doc_ids = [m.document_id for m in members]
-        results = _results(conn, members)
         calls = [
-            Call(c.job_id, c.batch_id, c.document_id, _money(c.cost_usd), c.outcome)
+            Call(c.job_id, c.batch_id, c.document_id, _money(c.cost_usd), c.outcome,
+                 c.provider or "")
             for c in conn.execute(
                 select(LLMCall.job_id, LLMCall.batch_id, LLMCall.document_id, LLMCall.cost_usd,
-                       LLMCall.outcome)
+                       LLMCall.outcome, LLMCall.provider)
                 .where(or_(LLMCall.document_id.in_(doc_ids), LLMCall.batch_id == batch_id))
             )
         ]  # fmt: skip
+        results = _results(conn, members, calls)
         jobs = {
             str(j.id): (str(j.status), j.last_error)
             for j in conn.execute(
@@ -142,9 +145,21 @@ def read_ledger(engine: Engine, batch_id: str) -> LedgerFacts:
     )  # fmt: skip
 
 
-def _results(conn: Any, members: list[Member]) -> dict[str, Any]:
+def _run_providers(member: Member, calls: list[Call]) -> set[str]:
+    """The providers whose calls the member's run made (its root job, its parts, its merge):
+    who answered it, whatever the submitter's settings said."""
+    root = member.job_id
+    if not root:
+        return set()
+    return {c.provider for c in calls if c.provider and c.job_id
+            and (c.job_id == root or c.job_id.startswith(reduce_id(root)))}  # fmt: skip
+
+
+def _results(conn: Any, members: list[Member], calls: list[Call]) -> dict[str, Any]:
     """Each member's stored result for its model, prompt version and provider (newest of
-    any, for rows recorded before those were kept): a result another provider gave (a
+    any, for rows recorded before those were kept): a result counts when the provider the
+    member was submitted for, or one whose calls its run made, gave it (the API or `submit`
+    may run with other settings than the workers); a result another provider gave (a
     rehearsal, the offline demo) never counts as this member's."""
     rows = conn.execute(
         select(Result.document_id, Result.model, Result.prompt_version, Result.provider,
@@ -161,7 +176,8 @@ def _results(conn: Any, members: list[Member]) -> dict[str, Any]:
         if m.model and m.prompt_version:
             found = [r for r in found if (r.model, r.prompt_version) == (m.model, m.prompt_version)]
         if m.provider:
-            found = [r for r in found if r.provider == m.provider]
+            mine = {m.provider} | _run_providers(m, calls)
+            found = [r for r in found if r.provider in mine]
         if found:
             out[m.document_id] = found[-1].data
     return out
