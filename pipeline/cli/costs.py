@@ -94,6 +94,11 @@ def costs(
         typer.echo(_csv(report), nl=False)
     else:
         _table(report)
+        if report["total"]["in_flight_calls"]:
+            typer.echo(f"{report['total']['in_flight_calls']} call(s) not settled yet (still "
+                       f"running, or in a Gemini batch job): up to "
+                       f"${report['total']['in_flight_usd']} more, their worst case, held "
+                       "against budgets and not in the totals above")  # fmt: skip
         if Decimal(report["rehearsal_usd"]):
             typer.echo(f"of the total, ${report['rehearsal_usd']} is the emulator's (rehearsal "
                        "calls priced as Gemini bills them, never billed); `--by provider` "

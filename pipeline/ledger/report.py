@@ -90,9 +90,17 @@ class _Group:
     wasted: Decimal = Decimal(0)
     pages: dict[str, int] = field(default_factory=dict)  # document id -> pages
     latencies: list[float] = field(default_factory=list)
+    in_flight: int = 0  # calls still `started`: sent or about to be, not settled
+    in_flight_cost: Decimal = Decimal(0)  # their worst case, held, not yet spent
 
     def add(self, row: Any) -> None:
         call: LLMCall = row[0]
+        if call.outcome == Outcome.STARTED.value:
+            # Not spend yet: its row carries the worst case held for it (a Batch Mode
+            # request's, or a crash's floor) until it settles or is found abandoned.
+            self.in_flight += 1
+            self.in_flight_cost += _money(call.cost_usd or call.estimated_cost_usd)
+            return
         self.calls += 1
         for name in TOKEN_FIELDS:
             self.tokens[name] += int(getattr(call, name) or 0)
@@ -119,6 +127,8 @@ class _Group:
             "cost_per_page_usd": format_usd(self.cost / pages) if pages else None,
             "latency_p50_s": None if p50 is None else round(p50, 3),
             "latency_p95_s": None if p95 is None else round(p95, 3),
+            "in_flight_calls": self.in_flight,
+            "in_flight_usd": format_usd(self.in_flight_cost),
         }
 
 
@@ -155,7 +165,9 @@ def cost_report(
 ) -> dict[str, Any]:
     """`{"total": {...}, "rows": [{"key": ..., ...}], "rehearsal_usd"}` for calls started
     in [since, until); `rehearsal_usd` is the part of the total the emulator's calls make up
-    (priced as Gemini bills, never billed: `--by provider` shows them apart).
+    (priced as Gemini bills, never billed: `--by provider` shows them apart). Calls not
+    settled yet (outcome `started`) are not in `cost_usd`: `in_flight_calls` and
+    `in_flight_usd` (their worst case, held against budgets) say what may still come.
 
     Money fields are fixed-point decimal strings; wasted_usd is the cost of attempts that
     bought nothing: errors, abandoned calls, and paid answers that were not used (truncated

@@ -229,3 +229,28 @@ async def test_a_rehearsals_calls_are_shown_apart(
 def _report_window(engine: Engine, by: str) -> dict[str, Any]:
     with db.session_factory(engine)() as session:
         return cost_report(session, parse_when("2026-11-03"), None, by)
+
+
+async def test_calls_not_settled_are_shown_apart_not_as_spend(
+    ledger_url: str, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    """A call still running (or waiting in a Gemini batch job) carries its worst case on its
+    row until it settles: the report keeps it out of the spend and says what may come."""
+    engine = db.create_ledger_engine(ledger_url)
+    try:
+        rec = SqlRecorder(engine, aredis, keys)
+        done = attempt(job_id="job-done", started_at=_at("2026-11-04"))
+        await rec.started(done)
+        await rec.settled(settle(done, Outcome.OK, "0.01"))
+        running = attempt(job_id="job-running", started_at=_at("2026-11-04"), estimated="0.05")
+        running.cost_usd = Decimal("0.05")  # as a Batch Mode request is booked before it is paid
+        await rec.started(running)
+        await rec.flush()
+        with db.session_factory(engine)() as session:
+            total = cost_report(session, parse_when("2026-11-04"), None, "day")["total"]
+        assert (total["calls"], total["cost_usd"]) == (1, "0.010000000")
+        assert (total["in_flight_calls"], total["in_flight_usd"]) == (1, "0.050000000")
+        table = CliRunner().invoke(app, ["costs", "--since", "2026-11-04"])
+        assert "1 call(s) not settled yet" in table.stdout and "$0.050000000" in table.stdout
+    finally:
+        engine.dispose()
