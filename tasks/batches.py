@@ -142,6 +142,8 @@ class DocumentRow:
             "pages": self.pages,
             "cost_usd": usd(self.cost),
             "wasted_usd": usd(self.wasted),
+            # the part of cost_usd other batches paid (a result reused here): not this batch's
+            "paid_elsewhere_usd": usd(self.paid_elsewhere),
             "result": self.result,
             "mode": self.mode,
         }

@@ -23,16 +23,17 @@ MEDIA_TYPES = {
     "csv": "text/csv; charset=utf-8",
 }
 CSV_COLUMNS = (
-    "name", "document_id", "status", "reason", "pages", "cost_usd", "model", "provider",
-    "document_type", "language", "summary", "key_points", "people", "organizations", "dates",
-    "amounts",
+    "name", "document_id", "status", "reason", "pages", "cost_usd", "paid_elsewhere_usd",
+    "model", "provider", "document_type", "language", "summary", "key_points", "people",
+    "organizations", "dates", "amounts",
 )  # fmt: skip
 _JOIN = " | "
 
 
 def results_of(view: BatchView) -> list[dict[str, Any]]:
     """One entry per document for `pipeline results` and `GET /batches/{id}/results`: name,
-    pages, status, reason, cost, the stored analysis (None unless complete) and `provider`,
+    pages, status, reason, cost (`paid_elsewhere_usd`: the part of it other batches paid, for
+    a result reused here), the stored analysis (None unless complete) and `provider`,
     who answered ("offline", "emulator", "gemini"; None without a result), so an offline or
     rehearsal answer is never read as Gemini's."""
     from tasks.batches import usd
@@ -45,7 +46,8 @@ def results_of(view: BatchView) -> list[dict[str, Any]]:
             "document_id": d.document_id, "name": d.name, "pages": d.pages,
             "sha256": d.document_id, "status": d.status, "reason": d.reason,
             "model": m.model, "prompt_version": m.prompt_version,
-            "cost_usd": usd(d.cost), "provider": answered_by(d.result),
+            "cost_usd": usd(d.cost), "paid_elsewhere_usd": usd(d.paid_elsewhere),
+            "provider": answered_by(d.result),
             "analysis": d.result,
         })  # fmt: skip
     return out
@@ -62,7 +64,7 @@ def answered_by(result: dict[str, Any] | None) -> str | None:
 def _row(entry: dict[str, Any]) -> list[Any]:
     a = entry.get("analysis") or {}
     entities = a.get("entities") or {}
-    flat = {k: entry.get(k) for k in CSV_COLUMNS[:8]}
+    flat = {k: entry.get(k) for k in CSV_COLUMNS[:9]}
     flat.update(
         document_type=a.get("document_type"),
         language=a.get("language"),

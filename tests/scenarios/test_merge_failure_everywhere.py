@@ -69,7 +69,7 @@ async def test_a_failed_merge_is_failed_with_its_reason_in_every_view(
         assert set(data) == {"batch_id", "label", "documents", "by_state", "spend_usd",
                              "budget_usd", "waiting"}  # fmt: skip
         assert set(doc) == {"name", "document_id", "status", "reason", "pages", "cost_usd",
-                            "wasted_usd", "result", "mode"}  # fmt: skip
+                            "wasted_usd", "paid_elsewhere_usd", "result", "mode"}  # fmt: skip
         # Found by a 12-character prefix and by label too; the text view keeps the reason whole.
         assert status_json(env, batch[:12])["batch_id"] == batch
         assert status_json(env, "merge-fails")["batch_id"] == batch

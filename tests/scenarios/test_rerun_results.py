@@ -71,6 +71,7 @@ def test_ctrl_c_then_run_again_writes_every_result_and_a_second_demo_shows_them(
             # Paid by the first batch's runs: shown with its cost, as paid there.
             assert float(doc["cost_usd"]) > 0, doc
             assert f"paid in batch {batch1[:12]}" in doc["reason"], doc
+            assert doc["paid_elsewhere_usd"] == doc["cost_usd"]  # a program can tell too
         assert status_json(env, batch1)["by_state"] == {"complete": len(EXAMPLES)}
         out = Path(env["PIPELINE_HOME"]) / "exported"
         res = cli(env, "results", batch2, "--out", str(out))
