@@ -236,12 +236,17 @@ def submit(
 
 def _dry_run_estimate(uploads: list[Upload], model: str) -> dict[str, Any]:
     """countTokens through the real provider when a key is set, else the local estimator."""
-    from pipeline.llm.factory import make_provider
+    from pipeline.llm.factory import make_provider, provider_kind
     from pipeline.settings import get_settings
 
     settings = get_settings()
     if not uploads or not counts_with_provider(settings):
-        return estimate(uploads, model)
+        est = estimate(uploads, model)
+        if provider_kind(settings) == "offline":  # what Gemini would cost, not this run
+            est["warnings"].append(
+                "no GEMINI_API_KEY/GOOGLE_API_KEY set: a run now would use the offline "
+                "analyzer at $0; the figures below are what Gemini would cost")  # fmt: skip
+        return est
 
     async def counted() -> dict[str, Any]:
         provider = make_provider(settings)

@@ -58,6 +58,9 @@ def test_dry_run_estimates_and_enqueues_nothing(env: dict[str, str], sredis: red
     assert all(d["input_tokens"] > d["pages"] * 500 for d in ok)  # 560/page on 3.x models
     text = run_cli(env, "submit", *EXAMPLES, "--dry-run", "--budget", "0.000001")
     assert "total:" in text.stdout and "over the budget" in text.stdout
+    # offline here: what Gemini would cost, said to be so, not what this setup would pay
+    assert any("offline analyzer at $0" in w for w in est["warnings"])
+    assert "the figures below are what Gemini would cost" in text.stdout
     assert not list(sredis.scan_iter(match="{" + env["PIPELINE_KEY_PREFIX"] + "}:job:*"))
 
 
