@@ -81,6 +81,9 @@ async def test_pdf_with_schema_validates_and_counts_pages() -> None:
     assert "Initech LLC" in parsed.entities.organizations
     assert response.usage.input_tokens == 2 * 258 + math.ceil(len("Analyse the document.") / 4)
     assert counted == response.usage.input_tokens
+    # about the document, not the instructions sent with it (a fresh user saw the prompt
+    # come back as a rehearsal's summary)
+    assert "Analyse the document" not in parsed.summary and "Initech" in parsed.summary
 
 
 async def test_bad_json_is_returned_with_data_none() -> None:

@@ -89,6 +89,11 @@ class Prompt:
     def all_text(self) -> str:
         return "\n".join([*self.texts, *self.pdf_texts])
 
+    def subject_text(self) -> str:
+        """What an answer is about: the PDFs' text when the prompt carries PDFs (a model
+        analyses the document, not the instructions that came with it), else the texts."""
+        return "\n".join(self.pdf_texts) if self.pdf_pages else self.all_text()
+
     def match_text(self) -> str:
         """Everything a fault's `when` may match: system instruction, texts, PDF text."""
         return "\n".join([self.system, *self.texts, *self.pdf_texts])
@@ -225,7 +230,7 @@ def answer(
     thoughts = min(thinking_tokens(model, config, default_thinking_tokens), max_out // 2)
     if think_tokens is not None:
         thoughts = min(think_tokens, max_out)
-    analysis = analyze_text(prompt.all_text(), prompt.pdf_pages)
+    analysis = analyze_text(prompt.subject_text(), prompt.pdf_pages)
     schema = pick(config, "responseJsonSchema", "response_json_schema") or pick(
         config, "responseSchema", "response_schema"
     )
