@@ -106,6 +106,9 @@ def print_submission(sub: Submission) -> None:
             detail = f"{detail} {d.reason}".strip()
         table.add_row(escape(d.name), d.status, str(d.pages or ""), escape(detail))
     print_table(table)
+    if not sub.job_ids:  # every file refused: submit_uploads made no batch
+        console.print("nothing was queued, so no batch was made", highlight=False)
+        return
     console.print(f"mode: {sub.mode} ({sub.mode_why})", highlight=False, soft_wrap=True,
                   markup=False)  # fmt: skip
     console.print(f"batch id: {sub.batch_id}", highlight=False, soft_wrap=True)

@@ -127,3 +127,16 @@ def test_run_ends_with_what_was_found_and_results_prints_the_same(
     again = run_cli(pipeline_env, "results", batch)
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == found.strip()
+
+
+def test_a_submission_whose_every_file_is_refused_names_no_batch(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A truncated PDF is refused at inspection: nothing is queued, and no batch id is
+    printed for a batch that was never made."""
+    bad = tmp_path / "truncated.pdf"
+    bad.write_bytes(b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog")
+    r = run_cli(env, "submit", str(bad))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "nothing was queued, so no batch was made" in r.stdout
+    assert "batch id:" not in r.stdout and "Traceback" not in r.stderr
