@@ -140,7 +140,7 @@ async def _registered(client: QueueClient, worker_id: str, timeout_s: float = 5.
 
 def print_summary(view: BatchView, written: dict[str, Path]) -> None:
     """One row per document: status, pages, cost (paid here or where), result file or reason."""
-    from pipeline.cli.status import reused_note
+    from pipeline.cli.status import rehearsal_note, reused_note
     from tasks.batches import usd
 
     f = view.facts
@@ -157,7 +157,8 @@ def print_summary(view: BatchView, written: dict[str, Path]) -> None:
         table.add_row(escape(d.name), status, str(d.pages or ""), display_usd(d.cost),
                       escape(detail))  # fmt: skip
     print_table(table)
-    console.print(f"total spend: ${usd(f.spend)}{reused_note(view)} · results: "
+    console.print(f"total spend: ${usd(f.spend)}{rehearsal_note(view)}{reused_note(view)} · "
+                  f"results: "
                   f"`pipeline results {f.batch_id}`", highlight=False, soft_wrap=True)  # fmt: skip
 
 

@@ -129,6 +129,15 @@ def reused_note(view: BatchView) -> str:
             "earlier batches for results reused here)")
 
 
+def rehearsal_note(view: BatchView) -> str:
+    """Words after a batch's spend when its calls were the emulator's: priced as Gemini
+    bills them, never billed ("" otherwise)."""
+    f = view.facts
+    if any(c.provider == "emulator" for c in f.calls if c.batch_id == f.batch_id):
+        return " (emulator calls: priced as Gemini bills them, never billed)"
+    return ""
+
+
 def print_batch(view: BatchView) -> None:
     """Every document: name, status, stage or reason, pages, cost and wasted, then counts,
     spend against budget and what waits for what. Names and reasons are never cut."""
@@ -136,7 +145,8 @@ def print_batch(view: BatchView) -> None:
     label = f" · {f.label}" if f.label else ""
     budget = f" of ${display_usd(f.budget_usd)}" if f.budget_usd is not None else ""
     console.print(f"batch {f.batch_id}{label} · {len(view.documents)} documents · spent "
-                  f"${display_usd(f.spend)}{budget}{reused_note(view)}", highlight=False,
+                  f"${display_usd(f.spend)}{budget}{rehearsal_note(view)}{reused_note(view)}",
+                  highlight=False,
                   soft_wrap=True, markup=False)  # fmt: skip
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     # Shown once any document is not plainly interactive (Batch Mode, auto, a deadline).

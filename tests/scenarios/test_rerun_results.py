@@ -61,6 +61,9 @@ def test_ctrl_c_then_run_again_writes_every_result_and_a_second_demo_shows_them(
         assert second.returncode == 0, second.stdout + second.stderr
         batch2 = batch_id_of(second.stdout)
         assert batch2 != batch1
+        # a rehearsal's dollars are said to be the emulator's, wherever the spend is shown
+        shown = cli(env, "status", batch1).stdout
+        assert "(emulator calls: priced as Gemini bills them, never billed)" in shown, shown
         assert "no live worker" not in second.stdout  # its own worker is registered first
         files = _result_files(env, batch2)
         assert len(files) == len(EXAMPLES), second.stdout
