@@ -145,14 +145,17 @@ def read_ledger(engine: Engine, batch_id: str) -> LedgerFacts:
     )  # fmt: skip
 
 
+def in_run(call: Call, root: str | None) -> bool:
+    """Whether `call` was made by the run rooted at job `root`: the root job itself, its
+    parts or its merge (their ids start with the merge job's)."""
+    return bool(root and call.job_id and (call.job_id == root
+                                          or call.job_id.startswith(reduce_id(root))))  # fmt: skip
+
+
 def _run_providers(member: Member, calls: list[Call]) -> set[str]:
-    """The providers whose calls the member's run made (its root job, its parts, its merge):
-    who answered it, whatever the submitter's settings said."""
-    root = member.job_id
-    if not root:
-        return set()
-    return {c.provider for c in calls if c.provider and c.job_id
-            and (c.job_id == root or c.job_id.startswith(reduce_id(root)))}  # fmt: skip
+    """The providers whose calls the member's run made: who answered it, whatever the
+    submitter's settings said."""
+    return {c.provider for c in calls if c.provider and in_run(c, member.job_id)}
 
 
 def _results(conn: Any, members: list[Member], calls: list[Call]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from pipeline.ledger.report import WASTED
 from tasks.batch_ledger import (
     Call,
     LedgerFacts,
+    in_run,
     last_call_error,
     read_ledger,
     recent_batches,
@@ -180,11 +181,6 @@ class BatchView:
         }
 
 
-def _in_run(call: Call, root: str | None) -> bool:
-    return bool(root and call.job_id and (call.job_id == root
-                                          or call.job_id.startswith(reduce_id(root))))  # fmt: skip
-
-
 def document_rows(facts: LedgerFacts, runs: dict[str, Run], around: Surroundings) -> list[
         DocumentRow]:  # fmt: skip
     """Each member's state, cost and result. A document's cost is what this batch paid for it
@@ -199,7 +195,7 @@ def document_rows(facts: LedgerFacts, runs: dict[str, Run], around: Surroundings
         has_result = m.document_id in facts.results
         state = derive(run, has_result, around)
         calls = [c for c in by_doc.get(m.document_id, [])
-                 if c.batch_id == facts.batch_id or _in_run(c, m.job_id)]  # fmt: skip
+                 if c.batch_id == facts.batch_id or in_run(c, m.job_id)]  # fmt: skip
         if not calls and has_result:
             calls = by_doc.get(m.document_id, [])
         paid_in = sorted({c.batch_id for c in calls if c.batch_id and c.cost

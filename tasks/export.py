@@ -36,6 +36,7 @@ def results_of(view: BatchView) -> list[dict[str, Any]]:
     a result reused here), the stored analysis (None unless complete) and `provider`,
     who answered ("offline", "emulator", "gemini"; None without a result), so an offline or
     rehearsal answer is never read as Gemini's."""
+    from pipeline.ledger.recorder import result_provider
     from tasks.batches import usd
 
     members = {m.document_id: m for m in view.facts.members}
@@ -47,18 +48,10 @@ def results_of(view: BatchView) -> list[dict[str, Any]]:
             "sha256": d.document_id, "status": d.status, "reason": d.reason,
             "model": m.model, "prompt_version": m.prompt_version,
             "cost_usd": usd(d.cost), "paid_elsewhere_usd": usd(d.paid_elsewhere),
-            "provider": answered_by(d.result),
+            "provider": result_provider(d.result) or None,
             "analysis": d.result,
         })  # fmt: skip
     return out
-
-
-def answered_by(result: dict[str, Any] | None) -> str | None:
-    """The provider a stored result names in its `produced_by`, or None."""
-    produced = (result or {}).get("produced_by")
-    if isinstance(produced, dict) and produced.get("provider"):
-        return str(produced["provider"])
-    return None
 
 
 def _row(entry: dict[str, Any]) -> list[Any]:

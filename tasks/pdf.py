@@ -25,13 +25,14 @@ from typing import Any
 
 from pypdf import PasswordType, PdfReader, PdfWriter
 
-from pipeline.errors import BadDocument, DocumentMissing, RequestTooLarge
+from pipeline.errors import BadDocument, RequestTooLarge
 from pipeline.llm.offline.pdftext import (
     check_page_range,
     corrupt_error,
     extract_text,
     pages_without_text,
 )
+from pipeline.llm.provider import file_gone
 
 log = logging.getLogger(__name__)
 
@@ -140,25 +141,20 @@ def _read(source: bytes | str) -> bytes:
     """`source` itself, or the bytes of the file at the path it names, read here (in the
     pool process): a worker's job passes its stored PDF's path, so the PDF crosses the
     process boundary as a path, not as base64 JSON, and the job never holds it. Raises
-    DocumentMissing when the file is gone."""
+    DocumentMissing when the file cannot be read."""
     if isinstance(source, bytes):
         return source
     try:
         with open(source, "rb") as fh:
             return fh.read()
-    except FileNotFoundError:
-        raise DocumentMissing(f"the document file {source} is gone") from None
-
-
-def inspect_file(source: bytes | str, max_bytes: int, max_pages: int,
-                 name: str = "the file") -> PdfInfo:  # fmt: skip
-    """`inspect_pdf` of a path (read in this process) or of bytes."""
-    return inspect_pdf(_read(source), max_bytes, max_pages, name)
+    except OSError as exc:
+        raise file_gone(source, exc) from None
 
 
 def inspect_for_analysis(source: bytes | str, max_bytes: int, max_pages: int, name: str,
                          find_blank: bool) -> dict[str, Any]:  # fmt: skip
-    """`inspect_file`'s dict, plus with `find_blank` its `pages_without_text` (1-based)
+    """`inspect_pdf`'s dict of a path (read in this process) or of bytes, plus with
+    `find_blank` its `pages_without_text` (1-based)
     from the same read: a job learns all it needs from its file before any paid call, so
     nothing reads the file after the answer (which a file gone by then would fail)."""
     data = _read(source)

@@ -33,6 +33,7 @@ __all__ = ["ANALYZE_TASK", "DocOutcome", "Submission", "Upload", "counts_with_pr
 if TYPE_CHECKING:
     from pipeline.services import Services
     from pipeline.settings import Settings
+    from tasks.prompts import Prompt
 
 
 @dataclass
@@ -157,13 +158,13 @@ async def _inspect_in_thread(upload: Upload, s: Settings, model: str) -> tuple[i
 
 def _over_budget_warnings(
     checked: list[tuple[int, Upload, int, str]], budget_usd: Decimal, prices: PriceTable,
-    model: str, context_budget_tokens: int, batch: bool, batch_id: str,
+    model: str, prompt: Prompt, context_budget_tokens: int, batch: bool, batch_id: str,
+    at: datetime,
 ) -> list[str]:  # fmt: skip
     """A warning naming the documents whose estimated worst case alone is above the budget:
     they may end over budget with nothing answered (an estimate, as --dry-run's)."""
-    from tasks.plan import analyze_prompt, estimate_document
+    from tasks.plan import estimate_document
 
-    prompt, at = analyze_prompt(), datetime.now(UTC)
     key = "worst_case_batch_usd" if batch else "worst_case_usd"
     over = []
     for _, upload, pages, _ in checked:
@@ -235,8 +236,9 @@ async def submit_uploads(
     provider = services.caller.provider.name if services is not None else provider_kind(s)
     # the offline analyzer costs $0: no budget is too small for it
     billed = services.caller.billed if services is not None else provider != "offline"
+    now = datetime.now(UTC)
     if budget_usd is not None and billed:
-        check_budget_fits_a_call(budget_usd, prices, model, datetime.now(UTC),
+        check_budget_fits_a_call(budget_usd, prices, model, now,
                                  batch=choice.mode == "batch")  # fmt: skip
     prompt = analyze_prompt()
     batch_id = batch_id or uuid.uuid4().hex
@@ -258,8 +260,9 @@ async def submit_uploads(
         return submission
     if budget_usd is not None and billed:
         submission.warnings.extend(
-            _over_budget_warnings(checked, budget_usd, prices, model, s.context_budget_tokens,
-                                  choice.mode == "batch", batch_id))  # fmt: skip
+            _over_budget_warnings(checked, budget_usd, prices, model, prompt,
+                                  s.context_budget_tokens, choice.mode == "batch", batch_id,
+                                  now))  # fmt: skip
 
     group: dict[str, Any] | None = None
     if choice.mode == "batch":

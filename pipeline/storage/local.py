@@ -78,7 +78,11 @@ async def _discard(opening: asyncio.Future[LocalFile]) -> None:
             await asyncio.wait({opening})
     if opening.cancelled() or opening.exception() is not None:
         return  # nothing was made (_copy removes a half-written copy itself)
-    found = opening.result()
+    _remove_copy(opening.result())
+
+
+def _remove_copy(found: LocalFile) -> None:
+    """Delete `found` when it is a temporary copy (never the store's own file)."""
     if found.copy:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(found.path)
@@ -100,6 +104,4 @@ async def local_file(store: DocumentStore, sha256: str, scratch: Path) -> AsyncI
     try:
         yield found
     finally:
-        if found.copy:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(found.path)
+        _remove_copy(found)

@@ -93,14 +93,17 @@ async def test_the_pool_reads_the_pdf_from_its_path(tmp_path: Path) -> None:
     path.write_bytes(data)
     pool = CpuPool(workers=1, max_tasks_per_child=5)
     try:
-        info = await pool.run("tasks.pdf:inspect_file", str(path), 10**8, 100, "a.pdf")
-        assert info == inspect_pdf(data, 10**8, 100, "a.pdf").to_dict()
+        info = await pool.run("tasks.pdf:inspect_for_analysis", str(path), 10**8, 100, "a.pdf",
+                              False)  # fmt: skip
+        assert info == {**inspect_pdf(data, 10**8, 100, "a.pdf").to_dict(),
+                        "pages_without_text": None}  # fmt: skip
         blank = await pool.run("tasks.pdf:pages_without_text_file", str(path))
         assert blank == pages_without_text(data) == []
         parts = await pool.run("tasks.pdf:split_file", str(path), [[2, 2]])
         assert len(parts) == 1 and inspect_pdf(parts[0], 10**8, 100).page_count == 1
         with pytest.raises(DocumentMissing):
-            await pool.run("tasks.pdf:inspect_file", str(tmp_path / "gone.pdf"), 10**8, 9)
+            await pool.run("tasks.pdf:inspect_for_analysis", str(tmp_path / "gone.pdf"), 10**8,
+                           9, "gone.pdf", True)  # fmt: skip
     finally:
         pool.shutdown()
 
@@ -270,13 +273,15 @@ async def test_a_pool_process_does_not_keep_the_pdfs_it_inspected(tmp_path: Path
     path.write_bytes(data)
     pool = CpuPool(workers=1, max_tasks_per_child=50)
     try:
-        await pool.run("tasks.pdf:inspect_file", str(path), 10**9, 100)  # imports, warm-up
+        await pool.run("tasks.pdf:inspect_for_analysis", str(path), 10**9, 100, "d.pdf",
+                       False)  # imports, warm-up  # fmt: skip
         executor = pool._executor
         assert executor is not None
         (pid,) = [p.pid for p in executor._processes.values()]
         before = _pss_mb(pid)
         for _ in range(6):
-            await pool.run("tasks.pdf:inspect_file", str(path), 10**9, 100)
+            await pool.run("tasks.pdf:inspect_for_analysis", str(path), 10**9, 100, "d.pdf",
+                           False)  # fmt: skip
         grown = _pss_mb(pid) - before
     finally:
         pool.shutdown()
