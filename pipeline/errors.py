@@ -47,6 +47,7 @@ The CLI catches `PipelineError` and prints its message without a traceback.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from enum import StrEnum
 
 
@@ -250,7 +251,8 @@ class BudgetExceeded(BudgetError):
 
     def __init__(
         self, message: str, scope: str = "", held_only: bool = False, stopped: bool = False,
-        *, scope_name: str = "", spent_usd: object = None, limit_usd: object = None,
+        *, scope_name: str = "", spent_usd: Decimal | None = None,
+        limit_usd: Decimal | None = None,
     ) -> None:  # fmt: skip
         super().__init__(message)
         self.scope = scope
@@ -270,7 +272,7 @@ class BudgetTooSmall(InputError):
     output bound at the model's price): no document could ever start, so nothing is queued.
     `.floor_usd` is that least amount (Decimal)."""
 
-    def __init__(self, message: str, floor_usd: object) -> None:
+    def __init__(self, message: str, floor_usd: Decimal) -> None:
         super().__init__(message)
         self.floor_usd = floor_usd
 

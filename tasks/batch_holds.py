@@ -87,8 +87,8 @@ async def reserve_group(budget: CallBudget, groups: BatchGroups, name: str,
         await groups.redis.delete(claim)  # the others meet the same budget, not a wait
         raise_as = exc
         total = sum(worst.values(), Decimal(0))
-        if (exc.held_only and isinstance(exc.spent_usd, Decimal)
-                and isinstance(exc.limit_usd, Decimal) and exc.spent_usd + total > exc.limit_usd):
+        if (exc.held_only and exc.spent_usd is not None and exc.limit_usd is not None
+                and exc.spent_usd + total > exc.limit_usd):
             # The holds in the way were this group's own: waiting for them would wait forever
             # (a budget with room for some of the group's requests, not for all).
             raise_as = would_exceed(exc.scope, exc.scope_name, exc.spent_usd, total,
