@@ -232,9 +232,15 @@ async def test_stale_token_is_refused(client: QueueClient, redis_url: str) -> No
         handle = await client.enqueue(qt.block, "stale-release", "from-first")
         await eventually(lambda: count(client, "started", handle.id), what="start")
         old = await handle.info()
-        # The lease runs out as if the worker had stalled: the sweeper requeues the job.
-        await client.redis.zadd(client.keys.active, {handle.id: 0})
-        await eventually(lambda: first_attempt_over(client, handle.id), what="requeue + reclaim")
+        # The lease runs out as if the worker had stalled: the sweeper requeues the job. Set
+        # again while the first claim holds it: a renewal of the first claim can land just
+        # after (a handed-off job's short first lease is renewed at once, handoff.py).
+        async def stalled_then_reclaimed() -> bool:
+            await client.redis.eval(_EXPIRE_FIRST_CLAIM, 2, client.keys.job(handle.id),
+                                    client.keys.active, handle.id, old.token or "")  # fmt: skip
+            return await first_attempt_over(client, handle.id)
+
+        await eventually(stalled_then_reclaimed, what="requeue + reclaim")
         refused = await client.scripts.finish(
             keys=settle_keys(client.keys, old),
             args=[old.id, old.token, "complete", '"forged"', "", "", 60, 0, 1000],
@@ -247,6 +253,15 @@ async def test_stale_token_is_refused(client: QueueClient, redis_url: str) -> No
     info = await handle.info()
     assert info.attempt == 2 and info.lease_expiries == 1
     assert info.token is None and old.token is not None
+
+
+# The lease deadline set to 0 while the job is still held by the given claim (its token).
+_EXPIRE_FIRST_CLAIM = """
+if redis.call('HGET', KEYS[1], 'token') == ARGV[2] then
+  redis.call('ZADD', KEYS[2], 'XX', 0, ARGV[1])
+end
+return 1
+"""
 
 
 async def first_attempt_over(client: QueueClient, job_id: str) -> bool:
