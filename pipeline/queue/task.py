@@ -166,9 +166,14 @@ def lookup(name: str) -> Task:
         ) from None
 
 
+# One encoder for every job: json.dumps with options builds a new JSONEncoder per call, and
+# an enqueue encodes twice (its arguments, then its fields).
+_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def dumps(value: Any, what: str) -> str:
     """JSON or a clear error: nothing else crosses into Redis."""
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+        return _ENCODE(value)
     except (TypeError, ValueError) as exc:
         raise NotSerializable(f"{what} must be JSON-serialisable: {exc}") from None

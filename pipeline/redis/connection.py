@@ -24,7 +24,7 @@ from typing import Any, cast
 from urllib.parse import parse_qs, unquote
 
 import redis as syncredis
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
@@ -39,6 +39,7 @@ from redis.exceptions import BusyLoadingError, ConnectionError, ReadOnlyError, T
 from redis.retry import Retry as SyncRetry
 
 from pipeline.errors import SettingsError
+from pipeline.redis.lean import LeanBlockingPool, LeanRedis
 from pipeline.redis.wire import fast_wire
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -148,11 +149,11 @@ def connect_redis(
     }
     ha = parse_ha_url(url)
     if ha is None:
-        pool = BlockingConnectionPool.from_url(
+        pool = LeanBlockingPool.from_url(
             url, max_connections=max_connections, timeout=wait_for_connection_s, **common
         )
         pool.connection_class = fast_wire(pool.connection_class)  # TCP, Unix socket or TLS
-        return Redis(connection_pool=pool)
+        return LeanRedis(connection_pool=pool)
     auth: dict[str, Any] = {"username": ha.username, "password": ha.password, "ssl": ha.ssl}
     if ha.kind == "cluster":
         nodes = [ClusterNode(host, port) for host, port in ha.nodes]

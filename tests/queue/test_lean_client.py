@@ -1,0 +1,95 @@
+"""The lean connection pool (pipeline/redis/lean.py) on a real Redis: it lends idle
+connections directly, yet a burst larger than the pool still waits its turn and finishes, no
+more connections are opened than allowed, a command cancelled mid-flight leaves no reply to
+the next, and a pool that stays full answers with redis-py's error."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from redis.exceptions import ConnectionError
+
+from pipeline.redis.connection import connect_redis
+from pipeline.redis.lean import LeanBlockingPool, LeanRedis
+
+
+def _key() -> str:
+    return f"test-lean-pool-{uuid.uuid4().hex[:12]}"
+
+
+async def test_client_uses_the_lean_pool(redis_url: str) -> None:
+    r = connect_redis(redis_url)
+    try:
+        assert isinstance(r.connection_pool, LeanBlockingPool)
+        assert await r.ping()
+    finally:
+        await r.aclose()
+
+
+async def test_a_burst_larger_than_the_pool_waits_and_finishes(redis_url: str) -> None:
+    """200 commands on 3 connections, each command holding its connection across the event
+    loop (BLPOP with a short wait), mixed with plain ones: every command answers within the
+    deadline and the pool never opens a fourth connection."""
+    r = connect_redis(redis_url, max_connections=3, wait_for_connection_s=30)
+    key = _key()
+    pool = r.connection_pool
+    most = 0
+
+    async def one(i: int) -> object:
+        nonlocal most
+        most = max(most, len(pool._in_use_connections))
+        if i % 4 == 0:
+            return await r.blpop([key], timeout=0.01)
+        return await r.incr(key + ":n")
+
+    try:
+        replies = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(200))), 60)
+        assert len(replies) == 200
+        assert int(await r.get(key + ":n")) == 150
+        assert most <= 3
+        assert len(pool._in_use_connections) + len(pool._available_connections) <= 3
+        assert not pool._in_use_connections
+        assert pool._waiting == 0
+    finally:
+        await r.delete(key + ":n")
+        await r.aclose()
+
+
+async def test_a_cancelled_command_does_not_leave_its_reply_to_the_next(redis_url: str) -> None:
+    """A command cancelled while Redis holds it (BLPOP; a job cancelled mid-call) gets its
+    reply later, on the wire; the next command lent that connection reads its own reply."""
+    r = connect_redis(redis_url, max_connections=1)
+    other = connect_redis(redis_url)
+    key = _key()
+    try:
+        await r.set(key + ":v", "mine")
+        waiting = asyncio.create_task(r.blpop([key], timeout=5))
+        await asyncio.sleep(0.2)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await other.rpush(key, "stale")  # BLPOP's reply would now reach the old socket
+        await asyncio.sleep(0.1)
+        for _ in range(3):
+            assert await r.get(key + ":v") == "mine"
+        assert await other.lrange(key, 0, -1) == ["stale"]  # nobody popped it
+    finally:
+        await other.delete(key, key + ":v")
+        await other.aclose()
+        await r.aclose()
+
+
+async def test_a_full_pool_raises_after_its_timeout(redis_url: str) -> None:
+    r = connect_redis(redis_url, max_connections=1, wait_for_connection_s=0.3)
+    key = _key()
+    try:
+        holder = asyncio.create_task(r.blpop([key], timeout=3))
+        await asyncio.sleep(0.2)
+        with pytest.raises(ConnectionError, match="No connection available"):
+            await r.ping()
+        assert await holder is None
+        assert await r.ping()
+    finally:
+        await r.aclose()
