@@ -93,3 +93,22 @@ async def test_a_full_pool_raises_after_its_timeout(redis_url: str) -> None:
         assert await r.ping()
     finally:
         await r.aclose()
+
+
+async def test_a_dropped_connection_is_retried_on_redis_pys_path(redis_url: str) -> None:
+    """Redis closes the client's connection (as a restart would): the next command, sent on
+    the lean path, meets the dead socket, and redis-py's retry path answers it."""
+    r = connect_redis(redis_url, max_connections=1)
+    admin = connect_redis(redis_url)
+    key = _key()
+    try:
+        await r.set(key, "kept")
+        own_id = await r.client_id()
+        assert await admin.client_kill_filter(_id=own_id) == 1
+        await asyncio.sleep(0.1)
+        assert await r.get(key) == "kept"
+        assert await r.client_id() != own_id  # a new connection answered
+    finally:
+        await admin.delete(key)
+        await admin.aclose()
+        await r.aclose()
