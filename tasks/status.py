@@ -263,8 +263,9 @@ def _chord(run: Run, around: Surroundings) -> DocumentState:
 def _stage(job: JobView) -> str:
     p = job.progress if isinstance(job.progress, dict) else {}
     stage = p.get("stage")
-    if stage == "analyzing" and p.get("pages"):
-        return f"analysing {counted(int(p['pages']), 'page')}"
+    pages = p.get("pages")
+    if stage == "analyzing" and isinstance(pages, int) and pages > 0:
+        return f"analysing {counted(pages, 'page')}"
     if stage == "analyzing":
         return "analysing"
     if stage == "splitting":

@@ -242,7 +242,8 @@ def print_findings(data: list[dict[str, Any]]) -> None:
     console.print("[bold]what was found[/bold]")
     for r in data:
         a = r["analysis"]
-        head = f"[bold]{escape(r['name'])}[/bold] ({counted(r['pages'] or 0, 'page')})"
+        pages = f" ({counted(r['pages'], 'page')})" if r["pages"] else ""
+        head = f"[bold]{escape(r['name'])}[/bold]{pages}"
         if not a:
             why = f" — {r['reason']}" if r["reason"] else ""
             console.print(head + escape(f": {r['status']}{why}{_asked(r)}"), soft_wrap=True)
