@@ -3,6 +3,8 @@
     PipelineError
     ├── SettingsError            a setting is malformed or unknown (names the variable)
     ├── RedisUnavailable         Redis cannot be reached or started
+    │   └── RedisNotRunning      the private Redis is stopped, and a read-only command
+    │                            (status, results, dead list) does not start it
     ├── DatabaseUnavailable      the SQL ledger cannot be reached
     ├── MissingExtra             an optional extra (e.g. pipeline[chart]) is not installed
     ├── QueueError
@@ -61,6 +63,11 @@ class SettingsError(PipelineError):
 
 class RedisUnavailable(PipelineError):
     pass
+
+
+class RedisNotRunning(RedisUnavailable):
+    """The embedded Redis under PIPELINE_HOME is not running and the command only reads: it
+    says how to start it rather than start a server the user stopped."""
 
 
 class DatabaseUnavailable(PipelineError):

@@ -37,6 +37,7 @@ from pipeline.errors import (
     Retry,
     UnknownModel,
 )
+from pipeline.money import format_usd
 from pipeline.queue.client import QueueClient
 from pipeline.queue.context import JobContext
 from pipeline.queue.job import Job
@@ -64,16 +65,30 @@ HELD_BUDGET_RETRY_S = 2.0
 HELD_BUDGET_JITTER_S = 3.0
 
 
-def _until_window_reset_s(scope: str) -> float:
-    """Seconds until the UTC day (or month) budget window turns over, capped at an hour so a
-    raised budget is noticed without waiting for midnight."""
-    now = datetime.now(UTC)
+# A job waiting for the day or month budget window looks again at least this often, so a
+# raised limit is noticed without waiting for the window to turn.
+WINDOW_RECHECK_S = 3600.0
+
+
+def window_wait(scope: str, now: datetime | None = None) -> tuple[float, str]:
+    """(seconds to wait, the words saying when the job tries again) for a job refused by
+    the UTC day (or month) budget window: at the window's turn when that is within
+    WINDOW_RECHECK_S, else WINDOW_RECHECK_S from now and again each time until the turn.
+    The words name the true times, so what status says is what the job does."""
+    now = now or datetime.now(UTC)
     if scope == "month":
         nxt = (now.replace(day=1) + timedelta(days=32)).replace(day=1)
     else:
         nxt = now + timedelta(days=1)
     reset = nxt.replace(hour=0, minute=0, second=0, microsecond=0)
-    return min(3600.0, max(1.0, (reset - now).total_seconds()))
+    delay_s = min(WINDOW_RECHECK_S, max(1.0, (reset - now).total_seconds()))
+    turn = f"{reset:%Y-%m-%d %H:%M} UTC"
+    if delay_s < WINDOW_RECHECK_S:
+        return delay_s, f"the job tries again when the window turns, at {turn}"
+    at = now + timedelta(seconds=delay_s)
+    return delay_s, (f"the job tries again at {at:%Y-%m-%d %H:%M:%S} UTC, then every "
+                     f"{WINDOW_RECHECK_S / 3600:g} h until the window turns at {turn} (a "
+                     "raised limit is noticed at the next try)")  # fmt: skip
 
 
 @dataclass
@@ -113,7 +128,7 @@ class Services:
         args = job.args[-1] if job.args and isinstance(job.args[-1], dict) else {}
         cost = self.tally.job_cost(job.id) if self.tally is not None else None
         return {"document": args.get("name"),
-                "cost_usd": None if cost is None else f"{cost:.6f}"}  # fmt: skip
+                "cost_usd": None if cost is None else format_usd(cost)}  # fmt: skip
 
     async def aclose(self) -> None:
         await self.provider.aclose()
@@ -193,8 +208,9 @@ def failed_call(exc: PipelineError) -> JobError | None:
         if exc.stopped:
             if exc.scope == "batch":
                 return OverBudget(str(exc), reason=Reason.BUDGET_OVERRUN)
-            return Retry(str(exc), delay_s=_until_window_reset_s(exc.scope),
-                         count_attempt=False, reason=Reason.BUDGET_OVERRUN)  # fmt: skip
+            delay_s, when = window_wait(exc.scope)
+            return Retry(f"{exc}; {when}", delay_s=delay_s, count_attempt=False,
+                         reason=Reason.BUDGET_OVERRUN)  # fmt: skip
         if exc.held_only:
             return Retry(
                 f"waiting for running calls to settle: {exc}",
@@ -204,9 +220,10 @@ def failed_call(exc: PipelineError) -> JobError | None:
             )
         if exc.scope == "batch":
             return OverBudget(str(exc))
+        delay_s, when = window_wait(exc.scope)
         return Retry(
-            f"waiting for the {exc.scope} budget: {exc}",
-            delay_s=_until_window_reset_s(exc.scope),
+            f"waiting for the {exc.scope} budget: {exc}; {when}",
+            delay_s=delay_s,
             count_attempt=False,
             reason=Reason.BUDGET_WINDOW,
         )

@@ -26,6 +26,7 @@ from pydantic_settings import SettingsError as SourceError
 
 from pipeline.errors import SettingsError
 from pipeline.resources import config_path
+from pipeline.words import counted
 
 ENV_PREFIX = "PIPELINE_"
 # Variables that share the prefix but belong to the test suite, not to the settings.
@@ -142,8 +143,8 @@ class Settings(BaseSettings):
         short = [k for k in keys if len(k) < MIN_API_KEY_CHARS]
         if short:
             raise ValueError(
-                f"{len(short)} key(s) shorter than {MIN_API_KEY_CHARS} characters, which can be "
-                "guessed; make each one with `python -c \"import secrets; "
+                f"{counted(len(short), 'key')} shorter than {MIN_API_KEY_CHARS} characters, which "
+                "can be guessed; make each one with `python -c \"import secrets; "
                 "print(secrets.token_urlsafe(32))\"`"
             )
         return value

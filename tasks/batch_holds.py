@@ -25,6 +25,7 @@ from pipeline.ledger.budget import CallBudget, Reservation, Scope, would_exceed
 from pipeline.llm.batch_group import BatchCreateBusy, BatchGroups, attempt_id
 from pipeline.llm.batch_items import BatchItem
 from pipeline.services import failed_call
+from pipeline.words import counted
 
 log = logging.getLogger(__name__)
 _FIELD = "hold:"
@@ -91,8 +92,9 @@ async def reserve_group(budget: CallBudget, groups: BatchGroups, name: str,
                 and exc.spent_usd + total > exc.limit_usd):
             # The holds in the way were this group's own: waiting for them would wait forever
             # (a budget with room for some of the group's requests, not for all).
+            what = f"a batch of {counted(len(items), 'request')}"
             raise_as = would_exceed(exc.scope, exc.scope_name, exc.spent_usd, total,
-                                    exc.limit_usd, f"a batch of {len(items)} requests")  # fmt: skip
+                                    exc.limit_usd, what)  # fmt: skip
         steer = failed_call(raise_as)
         raise (steer or raise_as) from exc
     await groups.redis.hset(groups.keys.batch_group(name),

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, func, or_, select
 
 from pipeline.errors import BatchNotFound, InputError
 from pipeline.ledger.models import Batch, BatchDocument, Document, JobRow, LLMCall, Result
-from pipeline.ledger.money import format_usd
+from pipeline.money import format_usd
 from tasks.status import reduce_id
 
 NANO = Decimal("0.000000001")
@@ -26,7 +26,7 @@ def _money(value: Any) -> Decimal:
 
 
 def usd(value: Decimal) -> str:
-    """Money as fixed-point text at the ledger's precision (pipeline.ledger.money)."""
+    """Money as fixed-point text at the ledger's precision (pipeline.money)."""
     return format_usd(value)
 
 
@@ -95,7 +95,7 @@ class LedgerFacts:
     spend: Decimal
     members: list[Member]
     results: dict[str, Any]  # document id -> stored result (its model and prompt version)
-    calls: list[Call]  # every call of the batch's documents, whichever batch paid
+    calls: list[Call]  # every call of the batch's documents, whichever batch paid, oldest first
     jobs: dict[str, tuple[str, str | None]]  # job id -> (status, last error)
 
 
@@ -126,6 +126,7 @@ def read_ledger(engine: Engine, batch_id: str) -> LedgerFacts:
                 select(LLMCall.job_id, LLMCall.batch_id, LLMCall.document_id, LLMCall.cost_usd,
                        LLMCall.outcome, LLMCall.provider)
                 .where(or_(LLMCall.document_id.in_(doc_ids), LLMCall.batch_id == batch_id))
+                .order_by(LLMCall.started_at, LLMCall.id)
             )
         ]  # fmt: skip
         results = _results(conn, members, calls)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine
 
 from pipeline.ledger.report import WASTED
+from pipeline.money import dollars
 from tasks.batch_ledger import (
     Call,
     LedgerFacts,
@@ -122,6 +123,8 @@ class DocumentRow:
     paid_elsewhere: Decimal = Decimal(0)  # the part of `cost` booked to those batches
     run: Run | None = None
     mode: dict[str, Any] | None = None  # tasks/modes.py's choice (batch_fallback.annotate)
+    # who each call of its current run asked, oldest first (ledger rows; "" before 0006)
+    asked: list[str] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -131,7 +134,7 @@ class DocumentRow:
     def reason(self) -> str | None:
         if self.state.status == "complete" and self.paid_in:
             where = ", ".join(b[:12] for b in self.paid_in)
-            return f"answered by a run paid in batch {where} (${usd(self.cost)}, not paid again)"
+            return f"answered by a run paid in batch {where} ({dollars(self.cost)}, not paid again)"
         return self.state.reason
 
     def as_json(self) -> dict[str, Any]:
@@ -206,6 +209,7 @@ def document_rows(facts: LedgerFacts, runs: dict[str, Run], around: Surroundings
             sum((c.cost for c in calls if c.outcome in WASTED), Decimal(0)),
             facts.results.get(m.document_id), paid_in,
             sum((c.cost for c in calls if c.batch_id != facts.batch_id), Decimal(0)), run,
+            asked=[c.provider for c in calls if in_run(c, m.job_id)],
         ))  # fmt: skip
     return rows
 

@@ -24,7 +24,7 @@ MEDIA_TYPES = {
 }
 CSV_COLUMNS = (
     "name", "document_id", "status", "reason", "pages", "cost_usd", "paid_elsewhere_usd",
-    "model", "provider", "document_type", "language", "summary", "key_points", "people",
+    "model", "provider", "calls", "document_type", "language", "summary", "key_points", "people",
     "organizations", "dates", "amounts",
 )  # fmt: skip
 _JOIN = " | "
@@ -33,9 +33,12 @@ _JOIN = " | "
 def results_of(view: BatchView) -> list[dict[str, Any]]:
     """One entry per document for `pipeline results` and `GET /batches/{id}/results`: name,
     pages, status, reason, cost (`paid_elsewhere_usd`: the part of it other batches paid, for
-    a result reused here), the stored analysis (None unless complete) and `provider`,
-    who answered ("offline", "emulator", "gemini"; None without a result), so an offline or
-    rehearsal answer is never read as Gemini's."""
+    a result reused here), the stored analysis (None unless complete), `provider` and
+    `calls`. `provider` says who answered ("offline", "emulator", "gemini"), so an offline or
+    rehearsal answer is never read as Gemini's: the result's `produced_by`, or for a document
+    without a result the provider its run's newest call asked (the one that failed), from the
+    ledger's rows, never guessed. `calls` is how many calls its current run made (ledger
+    rows); `provider` is None only when there is neither a result nor a call."""
     from pipeline.ledger.recorder import result_provider
     from tasks.batches import usd
 
@@ -48,16 +51,22 @@ def results_of(view: BatchView) -> list[dict[str, Any]]:
             "sha256": d.document_id, "status": d.status, "reason": d.reason,
             "model": m.model, "prompt_version": m.prompt_version,
             "cost_usd": usd(d.cost), "paid_elsewhere_usd": usd(d.paid_elsewhere),
-            "provider": result_provider(d.result) or None,
+            "provider": result_provider(d.result) or last_asked(d.asked),
+            "calls": len(d.asked),
             "analysis": d.result,
         })  # fmt: skip
     return out
 
 
+def last_asked(asked: list[str]) -> str | None:
+    """The provider of the newest call that names one (None when none does)."""
+    return next((p for p in reversed(asked) if p), None)
+
+
 def _row(entry: dict[str, Any]) -> list[Any]:
     a = entry.get("analysis") or {}
     entities = a.get("entities") or {}
-    flat = {k: entry.get(k) for k in CSV_COLUMNS[:9]}
+    flat = {k: entry.get(k) for k in CSV_COLUMNS[:CSV_COLUMNS.index("document_type")]}
     flat.update(
         document_type=a.get("document_type"),
         language=a.get("language"),

@@ -16,6 +16,7 @@ from typing import Any
 from pipeline.errors import BudgetTooSmall
 from pipeline.llm.pricing import PriceTable, canonical_model
 from pipeline.llm.provider import LLMRequest, Part
+from pipeline.money import dollars
 from tasks.pdf import MAX_INLINE_BYTES, plan_chunks, tokens_per_page
 from tasks.prompts import Prompt, load_prompt
 from tasks.schema import Analysis
@@ -144,10 +145,10 @@ def check_budget_fits_a_call(
     if budget_usd < floor:
         rate = " at the batch rate" if batch else ""
         raise BudgetTooSmall(
-            f"budget ${budget_usd} cannot pay for one call: every call to {model} reserves "
-            f"at least ${floor:.6f}{rate} before it is sent (its {OUTPUT_BOUND_TOKENS:,} "
+            f"budget {dollars(budget_usd)} cannot pay for one call: every call to {model} reserves "
+            f"at least {dollars(floor)}{rate} before it is sent (its {OUTPUT_BOUND_TOKENS:,} "
             f"output tokens, thoughts included), so no document could start; nothing was "
-            f"queued. Give a budget of at least ${floor:.6f}; `pipeline submit --dry-run` "
+            f"queued. Give a budget of at least {dollars(floor)}; `pipeline submit --dry-run` "
             "prints each document's worst case.",
             floor,
         )

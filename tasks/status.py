@@ -31,6 +31,7 @@ from typing import Any
 
 from pipeline.errors import WAITING_REASONS, Reason
 from pipeline.queue.record import joined
+from pipeline.words import counted, plural
 
 STATES = ("queued", "running", "waiting", "complete", "failed", "over_budget", "cancelled")
 ENDED = frozenset({"complete", "failed", "over_budget", "cancelled"})  # nothing more will run
@@ -222,7 +223,8 @@ def _chord(run: Run, around: Surroundings) -> DocumentState:
     merge = run.merge
     if failed and (merge is None or merge.state in _TERMINAL_JOB):
         i, part = failed[0]
-        more = f" (and {len(failed) - 1} more part(s))" if len(failed) > 1 else ""
+        others = len(failed) - 1
+        more = f" (and {others} more {plural(others, 'part')})" if others else ""
         return DocumentState(
             "failed",
             f"{_part_label(i, total, part)} failed{more}: {part.error or part.state}; the "
@@ -261,8 +263,9 @@ def _chord(run: Run, around: Surroundings) -> DocumentState:
 def _stage(job: JobView) -> str:
     p = job.progress if isinstance(job.progress, dict) else {}
     stage = p.get("stage")
-    if stage == "analyzing" and p.get("pages"):
-        return f"analysing {p['pages']} pages"
+    pages = p.get("pages")
+    if stage == "analyzing" and isinstance(pages, int) and pages > 0:
+        return f"analysing {counted(pages, 'page')}"
     if stage == "analyzing":
         return "analysing"
     if stage == "splitting":

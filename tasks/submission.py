@@ -23,8 +23,10 @@ from pipeline.errors import BadDocument, DatabaseUnavailable, InputError
 from pipeline.ledger.budget import check_budget_usd
 from pipeline.llm.factory import provider_kind
 from pipeline.llm.pricing import PriceTable, canonical_model
+from pipeline.money import dollars
 from pipeline.queue.client import QueueClient
 from pipeline.queue.job import parse_priority
+from pipeline.words import counted
 from tasks.runs import ANALYZE_TASK
 
 __all__ = ["ANALYZE_TASK", "DocOutcome", "Submission", "Upload", "counts_with_provider",
@@ -171,13 +173,13 @@ def _over_budget_warnings(
         worst = estimate_document(prices, model, prompt, pages, len(upload.data),
                                   context_budget_tokens, at)[key]  # fmt: skip
         if worst > budget_usd:
-            over.append(f"{upload.name} (${worst:.6f})")
+            over.append(f"{upload.name} ({dollars(worst)})")
     if not over:
         return []
     shown = ", ".join(over[:3]) + (f" and {len(over) - 3} more" if len(over) > 3 else "")
-    return [f"budget ${budget_usd} is below the estimated worst case of {len(over)} "
-            f"document(s): {shown}; they may end over budget unanswered. Raise it with "
-            f"`pipeline budget {batch_id} --set USD`."]
+    return [f"budget {dollars(budget_usd)} is below the estimated worst case of "
+            f"{counted(len(over), 'document')}: {shown}; they may end over budget unanswered. "
+            f"Raise it with `pipeline budget {batch_id} --set USD`."]
 
 
 async def submit_uploads(

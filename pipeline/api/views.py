@@ -15,8 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.ledger.models import JobRow, LLMCall
-from pipeline.ledger.money import format_usd
 from pipeline.ledger.report import WASTED, _money
+from pipeline.money import format_usd
 from pipeline.queue.job import Job
 
 

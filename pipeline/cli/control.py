@@ -16,7 +16,9 @@ from rich.table import Table
 
 from pipeline.cli.common import JsonOpt, console, ledger_engine
 from pipeline.errors import BatchNotFound, JobNotFound
+from pipeline.money import dollars
 from pipeline.queue.client import QueueClient
+from pipeline.words import counted
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -69,7 +71,8 @@ def cancel(
         print(json.dumps(done.as_json()))
         return
     console.print(
-        f"{done.target}: {done.cancelled} job(s) cancelled, {done.cancelling} running job(s) "
+        f"{done.target}: {counted(done.cancelled, 'job')} cancelled, "
+        f"{counted(done.cancelling, 'running job')} "
         "stop at their next lease renewal", highlight=False, soft_wrap=True,
     )  # fmt: skip
     for remote in done.batch_jobs:
@@ -93,16 +96,17 @@ def budget(
     if as_json:
         print(json.dumps(out))
         return
-    console.print(f"batch {out['batch_id']}: budget ${out['budget_usd']} (spent "
-                  f"${out['spend_usd']})", highlight=False, soft_wrap=True)  # fmt: skip
+    console.print(f"batch {out['batch_id']}: budget {dollars(out['budget_usd'])} (spent "
+                  f"{dollars(out['spend_usd'])})", highlight=False, soft_wrap=True)  # fmt: skip
     if out["overrun_stop"] == "lifted":
         console.print("the stop after an overrun is lifted", highlight=False)
     elif out["overrun_stop"]:
-        console.print(f"still stopped: an overrun stopped it at ${out['stopped_at_usd']}; "
+        console.print(f"still stopped: an overrun stopped it at {dollars(out['stopped_at_usd'])}; "
                       "give a higher budget", highlight=False, soft_wrap=True)  # fmt: skip
     if out["over_budget"]:
-        console.print(f"{out['over_budget']} document(s) ended over budget: `pipeline retry "
-                      f"{out['batch_id'][:12]} --over-budget` runs them under the new budget",
+        console.print(f"{counted(out['over_budget'], 'document')} ended over budget: "
+                      f"`pipeline retry {out['batch_id'][:12]} --over-budget` runs them under "
+                      "the new budget",
                       highlight=False, soft_wrap=True)  # fmt: skip
 
 

@@ -14,7 +14,9 @@ from rich.table import Table
 
 from pipeline.cli.common import make_console
 from pipeline.errors import InputError
+from pipeline.money import dollars
 from pipeline.settings import get_settings
+from pipeline.words import counted
 
 db_app = typer.Typer(help="Ledger database maintenance.", no_args_is_help=True)
 
@@ -64,7 +66,9 @@ def costs(
     until: str | None = typer.Option(None, "--until", help="last day, inclusive"),
     by: By = typer.Option(By.day, "--by", help="group rows by"),
     fmt: Format = typer.Option(Format.table, "--format", help="output format"),
-    chart: Path | None = typer.Option(None, "--chart", help="also write spend per day (.png/.svg)"),
+    chart: Path | None = typer.Option(
+        None, "--chart", help="also draw spend per day to FILE, which must end in .png or .svg"
+    ),
 ) -> None:
     """Calls, tokens, cost and wasted cost from the ledger."""
     from pipeline.ledger import db
@@ -78,7 +82,10 @@ def costs(
             "the --until day", param_hint="--since",
         )  # fmt: skip
     if chart is not None and chart.suffix.lower() not in (".png", ".svg"):
-        raise typer.BadParameter("the chart file must end in .png or .svg", param_hint="--chart")
+        raise typer.BadParameter(
+            f"the chart file must end in .png or .svg (the suffix picks the image format), "
+            f"not {chart.suffix or 'no suffix'!r}: e.g. --chart spend.png", param_hint="--chart",
+        )  # fmt: skip
     engine = db.get_engine(get_settings())
     try:
         with db.session_factory(engine)() as session:
@@ -95,16 +102,17 @@ def costs(
     else:
         _table(report)
         if report["total"]["in_flight_calls"]:
-            typer.echo(f"{report['total']['in_flight_calls']} call(s) not settled yet (still "
-                       f"running, or in a Gemini batch job): up to "
-                       f"${report['total']['in_flight_usd']} more, their worst case, held "
+            typer.echo(f"{counted(report['total']['in_flight_calls'], 'call')} not settled yet "
+                       f"(still running, or in a Gemini batch job): up to "
+                       f"{dollars(report['total']['in_flight_usd'])} more, their worst case, held "
                        "against budgets and not in the totals above")  # fmt: skip
         if Decimal(report["rehearsal_usd"]):
-            typer.echo(f"of the total, ${report['rehearsal_usd']} is the emulator's (rehearsal "
-                       "calls priced as Gemini bills them, never billed); `--by provider` "
-                       "shows them apart")  # fmt: skip
+            typer.echo(f"of the total, {dollars(report['rehearsal_usd'])} is the emulator's "
+                       "(rehearsal calls priced as Gemini bills them, never billed); "
+                       "`--by provider` shows them apart")  # fmt: skip
         if "saved_usd" in report:
-            typer.echo(f"Batch Mode saved ${report['saved_usd']} against interactive prices")
+            typer.echo(f"Batch Mode saved {dollars(report['saved_usd'])} against interactive "
+                       "prices")
     if chart is not None and spend is not None:
         from pipeline.ledger.chart import write_spend_chart
 
@@ -113,9 +121,9 @@ def costs(
 
 
 def _saved(session: Any, start: Any, end: Any) -> str:
-    from pipeline.ledger.money import format_usd
     from pipeline.ledger.savings import batch_savings
     from pipeline.llm.pricing import PriceTable
+    from pipeline.money import format_usd
 
     full, paid = batch_savings(session, PriceTable.load(), start, end)
     return format_usd(full - paid)

@@ -27,7 +27,7 @@ from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.errors import PipelineError
-from pipeline.ledger.money import display_usd
+from pipeline.money import dollars
 from pipeline.queue.client import QueueClient
 from tasks.status import ENDED
 
@@ -111,12 +111,12 @@ class BatchFollow:
             line += f" · ETA {_duration(elapsed / ended * (c['total'] - ended))}"
         if self.view is not None and not self.ledger_error:
             f = self.view.facts
-            spent = f"spent ${display_usd(f.spend)}"
+            spent = f"spent {dollars(f.spend)}"
             if f.budget_usd is not None:
-                spent += f" of ${display_usd(f.budget_usd)}"
+                spent += f" of {dollars(f.budget_usd)}"
             rate = self._rate()
             if rate is not None:
-                spent += f" (${display_usd(rate)}/min)"
+                spent += f" ({dollars(rate)}/min)"
             line += f" · {spent}"
         if self.ledger_error:
             line += f" · {self.ledger_error}"

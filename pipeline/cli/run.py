@@ -38,8 +38,9 @@ from pipeline.cli.submit import (
     report_nothing,
     submitted,
 )
-from pipeline.ledger.money import display_usd
+from pipeline.money import dollars, format_usd
 from pipeline.queue.client import QueueClient
+from pipeline.words import counted
 from tasks.submission import submit_uploads
 
 if TYPE_CHECKING:
@@ -141,7 +142,6 @@ async def _registered(client: QueueClient, worker_id: str, timeout_s: float = 5.
 def print_summary(view: BatchView, written: dict[str, Path]) -> None:
     """One row per document: status, pages, cost (paid here or where), result file or reason."""
     from pipeline.cli.status import rehearsal_note, reused_note
-    from tasks.batches import usd
 
     f = view.facts
     table = Table(title=f"batch {f.batch_id}", title_justify="left")
@@ -150,14 +150,14 @@ def print_summary(view: BatchView, written: dict[str, Path]) -> None:
     for d in view.documents:
         status = d.status
         if d.run is not None and d.run.parts:
-            status += f" ({len(d.run.parts)} parts)"
+            status += f" ({counted(len(d.run.parts), 'part')})"
         detail = str(written[d.document_id]) if d.document_id in written else d.reason or ""
         if d.document_id in written and d.paid_in:
             detail += f" (paid in batch {', '.join(b[:12] for b in d.paid_in)})"
-        table.add_row(escape(d.name), status, str(d.pages or ""), display_usd(d.cost),
+        table.add_row(escape(d.name), status, str(d.pages or ""), format_usd(d.cost),
                       escape(detail))  # fmt: skip
     print_table(table)
-    console.print(f"total spend: ${usd(f.spend)}{rehearsal_note(view)}{reused_note(view)} · "
+    console.print(f"total spend: {dollars(f.spend)}{rehearsal_note(view)}{reused_note(view)} · "
                   f"results: "
                   f"`pipeline results {f.batch_id}`", highlight=False, soft_wrap=True)  # fmt: skip
 
@@ -214,13 +214,20 @@ def results(
                 console.print(f"wrote {p}", highlight=False, soft_wrap=True)
             for r in pending:
                 why = f" — {r['reason']}" if r["reason"] else ""
-                console.print(f"no result for {r['name']}: {r['status']}{why}",
+                console.print(f"no result for {r['name']}: {r['status']}{why}{_asked(r)}",
                               highlight=False, soft_wrap=True, markup=False)  # fmt: skip
         return
     if fmt is not None or as_json:
         sys.stdout.write(export(data, fmt.value if fmt is not None else "json"))
         return
     print_findings(data)
+
+
+def _asked(r: dict[str, Any]) -> str:
+    """Who a document without a result asked, from its run's calls, or that it asked none."""
+    if r["provider"]:
+        return f" (provider {r['provider']}, {counted(r['calls'], 'call')})"
+    return " (no provider was called)"
 
 
 # How much of each finding a person reads in the terminal; `--json` has the whole record.
@@ -235,10 +242,11 @@ def print_findings(data: list[dict[str, Any]]) -> None:
     console.print("[bold]what was found[/bold]")
     for r in data:
         a = r["analysis"]
-        head = f"[bold]{escape(r['name'])}[/bold] ({r['pages']} pages)"
+        pages = f" ({counted(r['pages'], 'page')})" if r["pages"] else ""
+        head = f"[bold]{escape(r['name'])}[/bold]{pages}"
         if not a:
             why = f" — {r['reason']}" if r["reason"] else ""
-            console.print(head + escape(f": {r['status']}{why}"), soft_wrap=True)
+            console.print(head + escape(f": {r['status']}{why}{_asked(r)}"), soft_wrap=True)
             continue
         language = a.get("language") or "?"
         by = f", by {r['provider']}" if r.get("provider") else ""

@@ -22,8 +22,9 @@ from rich.table import Table
 
 from pipeline.cli.common import JsonOpt, console, ledger_engine, print_table
 from pipeline.errors import Reason
-from pipeline.ledger.money import display_usd
+from pipeline.money import dollars, format_usd
 from pipeline.queue.client import QueueClient
+from pipeline.words import counted
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -62,7 +63,7 @@ async def service_state(client: QueueClient) -> dict[str, Any]:
 
 
 async def _overview() -> dict[str, Any]:
-    client = await QueueClient.connect()
+    client = await QueueClient.connect(read_only=True)
     try:
         return await service_state(client)
     finally:
@@ -73,7 +74,7 @@ async def read_batch(ref: str, engine: Engine) -> BatchView:
     """The batch `ref` names (id, unique id prefix or label), every document's state now."""
     from tasks.batches import batch_view
 
-    client = await QueueClient.connect()
+    client = await QueueClient.connect(read_only=True)
     try:
         return await batch_view(client, engine, ref)
     finally:
@@ -81,7 +82,7 @@ async def read_batch(ref: str, engine: Engine) -> BatchView:
 
 
 async def _queue_status() -> dict[str, object]:
-    client = await QueueClient.connect()
+    client = await QueueClient.connect(read_only=True)
     try:
         return {"depths": await client.depths(), "workers": await client.workers()}
     finally:
@@ -125,7 +126,7 @@ def reused_note(view: BatchView) -> str:
     elsewhere = paid_elsewhere(view)
     if not elsewhere:
         return ""
-    return (f" in this batch (the cost column also shows ${display_usd(elsewhere)} paid in "
+    return (f" in this batch (the cost column also shows {dollars(elsewhere)} paid in "
             "earlier batches for results reused here)")
 
 
@@ -143,9 +144,9 @@ def print_batch(view: BatchView) -> None:
     spend against budget and what waits for what. Names and reasons are never cut."""
     f = view.facts
     label = f" · {f.label}" if f.label else ""
-    budget = f" of ${display_usd(f.budget_usd)}" if f.budget_usd is not None else ""
-    console.print(f"batch {f.batch_id}{label} · {len(view.documents)} documents · spent "
-                  f"${display_usd(f.spend)}{budget}{rehearsal_note(view)}{reused_note(view)}",
+    budget = f" of {dollars(f.budget_usd)}" if f.budget_usd is not None else ""
+    console.print(f"batch {f.batch_id}{label} · {counted(len(view.documents), 'document')} · spent "
+                  f"{dollars(f.spend)}{budget}{rehearsal_note(view)}{reused_note(view)}",
                   highlight=False,
                   soft_wrap=True, markup=False)  # fmt: skip
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
@@ -157,8 +158,8 @@ def print_batch(view: BatchView) -> None:
         table.add_column(col, overflow="fold", justify="right" if "USD" in col else "left")
     for d in view.documents:
         mode = ((d.mode or {}).get("shown", "-"),) if modes else ()
-        table.add_row(escape(d.name), d.status, *mode, str(d.pages or ""), display_usd(d.cost),
-                      display_usd(d.wasted), escape(d.reason or ""),
+        table.add_row(escape(d.name), d.status, *mode, str(d.pages or ""), format_usd(d.cost),
+                      format_usd(d.wasted), escape(d.reason or ""),
                       style=_STYLE.get(d.status))  # fmt: skip
     whys = {(d.mode or {}).get("why") for d in view.documents} - {None, ""}
     if modes and whys:
@@ -170,7 +171,8 @@ def print_batch(view: BatchView) -> None:
     waiting = view.waiting()
     kinds = Counter(str(w["kind"]) for w in waiting)
     for kind, n in kinds.items():
-        console.print(f"[yellow]{n} job(s) waiting: {_WAIT_WORDS.get(kind, kind)}[/yellow]",
+        console.print(f"[yellow]{counted(n, 'job')} waiting: "
+                      f"{_WAIT_WORDS.get(kind, kind)}[/yellow]",
                       highlight=False, soft_wrap=True)  # fmt: skip
     failed = [d for d in view.documents if d.status in ("failed", "over_budget")]
     if failed:

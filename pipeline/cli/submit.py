@@ -31,7 +31,7 @@ from pipeline.cli.common import (
 )
 from pipeline.cli.mode import DeadlineOpt, ModeOpt
 from pipeline.ledger.budget import check_budget_usd
-from pipeline.ledger.money import display_usd
+from pipeline.money import dollars, format_usd
 from pipeline.queue.client import QueueClient
 from tasks.submission import (
     DocOutcome,
@@ -127,20 +127,20 @@ def print_estimate(est: dict[str, Any], budget: Decimal | None) -> None:
         if d["status"] != "ok":
             table.add_row(d["name"], "-", "-", "-", f"skipped: {d['reason']}", "")
             continue
-        batch = display_usd(d["worst_case_batch_usd"])
+        batch = format_usd(d["worst_case_batch_usd"])
         if int(d["calls"]) > 1:
             batch += " (parts batched, merge interactive)"
         table.add_row(d["name"], str(d["pages"]), str(d["calls"]), str(d["input_tokens"]),
-                      display_usd(d['worst_case_usd']), batch)  # fmt: skip
+                      format_usd(d['worst_case_usd']), batch)  # fmt: skip
     console.print(table)
     total = est["total_worst_case_usd"]
-    shown = display_usd(total)
-    console.print(f"total: {est['total_input_tokens']} input tokens, worst case ${shown} "
-                  f"interactive, ${display_usd(est['total_worst_case_batch_usd'])} in Batch "
+    shown = dollars(total)
+    console.print(f"total: {est['total_input_tokens']} input tokens, worst case {shown} "
+                  f"interactive, {dollars(est['total_worst_case_batch_usd'])} in Batch "
                   "Mode (--mode batch)", highlight=False, soft_wrap=True)  # fmt: skip
     if budget is not None and total > budget:
-        console.print(f"[yellow]warning:[/yellow] the worst-case estimate ${shown} is over "
-                      f"the budget ${display_usd(budget)}; calls past the budget "
+        console.print(f"[yellow]warning:[/yellow] the worst-case estimate {shown} is over "
+                      f"the budget {dollars(budget)}; calls past the budget "
                       "will be refused",
                       highlight=False, soft_wrap=True)  # fmt: skip
 

@@ -106,7 +106,7 @@ def dead_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Dead-lettered jobs with their last error."""
 
     async def main() -> list[dict[str, object]]:
-        client = await QueueClient.connect()
+        client = await QueueClient.connect(read_only=True)
         try:
             return [j.to_dict() for j in await client.dead_jobs()]
         finally:

@@ -43,7 +43,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from pipeline.errors import BudgetExceeded, InputError
-from pipeline.ledger.money import format_usd
+from pipeline.money import dollars, format_usd
 from pipeline.redis.connection import text
 from pipeline.redis.keys import Keys
 from pipeline.redis.scripts import register
@@ -73,8 +73,8 @@ def would_exceed(
     """The refusal of `what` (worst case `worst` USD) by a scope whose settled spend alone
     leaves no room for it: waiting cannot help, so the advice is to raise the limit."""
     return BudgetExceeded(
-        f"{kind} budget {name} would be exceeded: ${spent} spent + ${worst} worst case for "
-        f"{what} > limit ${limit}; {_ADVICE[kind]}",
+        f"{kind} budget {name} would be exceeded: {dollars(spent)} spent + {dollars(worst)} worst "
+        f"case for {what} > limit {dollars(limit)}; {_ADVICE[kind]}",
         scope=kind, scope_name=name, spent_usd=spent, limit_usd=limit,
     )  # fmt: skip
 
@@ -246,7 +246,8 @@ class Budget:
             if int(reply[5]) == 2:
                 raise BudgetExceeded(
                     f"{scope.kind} budget {scope.name} stopped admitting calls after a call "
-                    f"was billed more than its reservation (${spent} spent, limit ${limit}); "
+                    f"was billed more than its reservation ({dollars(spent)} spent, limit "
+                    f"{dollars(limit)}); "
                     f"check the ledger rows marked 'budget overrun', then {_RAISE[scope.kind]}",
                     scope=scope.kind,
                     stopped=True,
@@ -254,10 +255,10 @@ class Budget:
             held_only = int(reply[5]) == 0
             if held_only:
                 raise BudgetExceeded(
-                    f"{scope.kind} budget {scope.name} is held by running calls: ${spent} "
-                    f"spent + ${reserved} reserved + ${worst_case_usd} for this call > limit "
-                    f"${limit}; the call waits for them to settle (they usually cost less "
-                    "than their worst case)",
+                    f"{scope.kind} budget {scope.name} is held by running calls: "
+                    f"{dollars(spent)} spent + {dollars(reserved)} reserved + "
+                    f"{dollars(worst_case_usd)} for this call > limit {dollars(limit)}; the call "
+                    "waits for them to settle (they usually cost less than their worst case)",
                     scope=scope.kind,
                     held_only=True,
                     scope_name=scope.name,

@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session
 
 from pipeline.errors import InputError
 from pipeline.ledger.models import Document, LLMCall
-from pipeline.ledger.money import format_usd
 from pipeline.llm.attempts import UNUSED, Outcome
+from pipeline.money import format_usd
 
 GroupBy = Literal["day", "model", "batch", "document", "status", "mode", "provider"]
 GROUPS: tuple[str, ...] = ("day", "model", "batch", "document", "status", "mode", "provider")

@@ -84,6 +84,7 @@ from pipeline.llm.renewal import renewing
 from pipeline.redis.connection import text
 from pipeline.redis.keys import Keys
 from pipeline.settings import Settings
+from pipeline.words import counted
 
 __all__ = ["BucketShape", "Limiter", "LimiterTuning", "Permit", "Wait", "pacific_midnights"]
 
@@ -213,12 +214,14 @@ class Limiter:
 
     def _describe(self, model: str, kind: str, until_ms: float, shape: BucketShape) -> str:
         if kind in DAILY_KINDS:
-            used = f"all {shape.rpd} requests for today used; " if kind == "daily_count" else ""
+            used = (f"all {counted(shape.rpd, 'request')} for today used; "
+                    if kind == "daily_count" else "")  # fmt: skip
             return f"{model}: {used}daily quota exhausted until {pacific_str(until_ms)}"
         return {
             "paused": f"{model}: paused after a 429 from the provider",
-            "window": f"{model}: {shape.window_n} requests already in the provider's window",
-            "concurrency": f"{model}: {shape.max_concurrent} calls already in flight",
+            "window": f"{model}: {counted(shape.window_n, 'request')} already in the provider's "
+                      "window",
+            "concurrency": f"{model}: {counted(shape.max_concurrent, 'call')} already in flight",
             "requests": f"{model}: requests-per-minute bucket empty",
             "tokens": f"{model}: input-tokens-per-minute bucket empty",
         }.get(kind, f"{model}: {kind}")

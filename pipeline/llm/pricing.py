@@ -23,6 +23,7 @@ from typing import Any
 from pipeline.errors import SettingsError, UnknownModel
 from pipeline.llm.provider import Usage
 from pipeline.resources import config_path
+from pipeline.words import counted
 
 PER_TOKENS = Decimal(1_000_000)
 # Token limits when neither the model nor the table's defaults name one (Gemini 2.5 and
@@ -254,7 +255,8 @@ class PriceTable:
             )
         else:
             left = (info.shutdown - day).days
-            warnings.append(f"{info.name} shuts down on {info.shutdown} (in {left} days); {move}.")
+            warnings.append(f"{info.name} shuts down on {info.shutdown} "
+                            f"(in {counted(left, 'day')}); {move}.")  # fmt: skip
         return warnings
 
     def retired_aliases(self, today: date | datetime | None = None) -> dict[str, str]:

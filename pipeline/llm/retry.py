@@ -22,6 +22,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from pipeline.errors import DailyQuotaExhausted, LLMError, ProviderError, RateLimited
 from pipeline.llm.failure import ProviderCallError, ProviderFailure
+from pipeline.words import counted
 
 
 def failure_of(exc: BaseException | None) -> ProviderFailure | None:
@@ -94,7 +95,9 @@ class RetryPolicy:
 def exhausted_error(failure: ProviderFailure | None, attempts: int, what: str) -> LLMError:
     """The error to raise once no attempt is left (or none is worth making)."""
     if failure is None:
-        return RateLimited(f"{what} of {attempts} attempts is used up; retry the job later")
+        return RateLimited(
+            f"{what} of {counted(attempts, 'attempt')} is used up; retry the job later"
+        )
     if failure.per_day:
         return DailyQuotaExhausted(
             f"per-day quota exhausted ({failure.message}); dispatch stops until midnight "
@@ -102,12 +105,12 @@ def exhausted_error(failure: ProviderFailure | None, attempts: int, what: str) -
         )
     if failure.rate_limited:
         return RateLimited(
-            f"still rate limited after {attempts} attempts ({what}): {failure.message}; "
+            f"still rate limited after {counted(attempts, 'attempt')} ({what}): {failure.message}; "
             "lower PIPELINE_RPM/PIPELINE_TPM or retry later"
         )
     if failure.retryable:
         return ProviderError(
-            f"provider still failing after {attempts} attempts ({what}): "
+            f"provider still failing after {counted(attempts, 'attempt')} ({what}): "
             f"{failure.code} {failure.status}: {failure.message}; retry later",
             code=failure.code,
             retryable=True,

@@ -21,6 +21,7 @@ from pipeline.llm.attempts import CallAttempt
 from pipeline.llm.provider import LLMRequest, Usage
 from pipeline.llm.renewal import renewing
 from pipeline.llm.usage import BookedUsage
+from pipeline.money import dollars
 from pipeline.redis.keys import Keys
 
 log = logging.getLogger("pipeline.llm.caller")
@@ -113,9 +114,9 @@ async def settle_hold(budget: SpendLimit | None, reservation: Any, cost_usd: Dec
         await budget.settle(reservation, cost_usd)
     except Exception as exc:
         log.warning(
-            "call %s: its budget hold could not be settled at $%s (%s: %s); it is booked "
+            "call %s: its budget hold could not be settled at %s (%s: %s); it is booked "
             "from the ledger when the job's run ends",
-            getattr(reservation, "token", "?"), cost_usd, type(exc).__name__, exc,
+            getattr(reservation, "token", "?"), dollars(cost_usd), type(exc).__name__, exc,
         )  # fmt: skip
         raise
 
@@ -125,12 +126,13 @@ def report_overrun(record: CallAttempt, request: LLMRequest) -> str:
     call's ledger row."""
     over = record.cost_usd - record.estimated_cost_usd
     log.error(
-        "call %s (%s, job %s, batch %s) was billed $%s, $%s over its reservation $%s; it is "
+        "call %s (%s, job %s, batch %s) was billed %s, %s over its reservation %s; it is "
         "booked in full and its budgets stop admitting calls until a person raises them",
-        record.attempt_id, request.model, record.job_id, record.batch_id, record.cost_usd,
-        over, record.estimated_cost_usd,
+        record.attempt_id, request.model, record.job_id, record.batch_id,
+        dollars(record.cost_usd), dollars(over), dollars(record.estimated_cost_usd),
     )  # fmt: skip
-    return f"budget overrun: billed ${record.cost_usd}, reserved ${record.estimated_cost_usd}"
+    return (f"budget overrun: billed {dollars(record.cost_usd)}, reserved "
+            f"{dollars(record.estimated_cost_usd)}")  # fmt: skip
 
 
 async def warn_usage_missing(
@@ -148,8 +150,8 @@ async def warn_usage_missing(
     if first:
         log.warning(
             "batch %s: the provider answered without %s; call %s booked at its bound "
-            "(%d input tokens counted, %d output) = $%s and flagged usage_missing in the "
+            "(%d input tokens counted, %d output) = %s and flagged usage_missing in the "
             "ledger; further calls of this batch are flagged without this warning",
             scope, ", ".join(booked.missing), record.attempt_id, booked.usage.input_tokens,
-            booked.usage.output_tokens + booked.usage.thinking_tokens, record.cost_usd,
+            booked.usage.output_tokens + booked.usage.thinking_tokens, dollars(record.cost_usd),
         )  # fmt: skip

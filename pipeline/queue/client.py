@@ -51,17 +51,20 @@ class QueueClient:
 
     @classmethod
     async def connect(
-        cls, settings: Settings | None = None, *, long_lived: bool = False
-    ) -> QueueClient:
-        """Connect to PIPELINE_REDIS_URL, or to (starting if needed) the embedded Redis.
+        cls, settings: Settings | None = None, *, long_lived: bool = False,
+        read_only: bool = False,
+    ) -> QueueClient:  # fmt: skip
+        """Connect to PIPELINE_REDIS_URL, or to (starting if needed) the embedded Redis;
+        `read_only` (a command that only looks) never starts it and raises RedisNotRunning
+        when it is not running.
 
         Long-lived processes (workers, the API, `run`) ride out a Redis restart with ~30 s of
         retries; a one-shot command gives up after a few and says so.
         """
-        from pipeline.redis.server import ensure_redis_url
+        from pipeline.redis.server import ensure_redis_url, running_redis_url
 
         settings = settings or get_settings()
-        url = ensure_redis_url(settings)
+        url = running_redis_url(settings) if read_only else ensure_redis_url(settings)
         redis = connect_redis(url, retries=20 if long_lived else 3)
         return cls(redis, Keys(settings.key_prefix), settings)
 

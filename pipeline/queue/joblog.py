@@ -1,9 +1,12 @@
 """One log line per job start and end, so a worker's log tells what it did.
 
     job 3f2a… analyze_document started (attempt 1/3) document=report.pdf
-    job 3f2a… analyze_document complete in 12.41s (attempt 1/3) document=report.pdf cost=$0.001234
-    job 9c1e… m.broken dead in 0.02s (attempt 2/2): ValueError: the parser choked
+    job 3f2a… analyze_document complete in 12.41s (attempt 1/3) document=report.pdf
+        cost_usd=0.001234000
+    job 9c1e… m.broken dead in 0.02s (attempt 2/2, not retried: its last attempt): ValueError: …
     Traceback (most recent call last): …
+    job 7b0d… analyze_document failed in 1.20s (attempt 1/3, not retried: a permanent error
+        (provider_refused), the same request would fail again): the provider refused …
 
 Each record also carries the fields as attributes (`job_id`, `task`, `attempt`, `outcome`,
 `duration_s`, and what the worker's `job_fields` adds, e.g. `document`, `cost_usd`), which
@@ -24,6 +27,13 @@ log = logging.getLogger("pipeline.worker.jobs")
 
 JobFields = Callable[[Job], Mapping[str, Any]]
 _ENDED_BADLY = frozenset({"failed", "dead", "over_budget"})
+# Why an attempt that ended the job is not followed by another, whatever attempts are left.
+_FINAL = {
+    "failed": "a permanent error ({reason}), the same request would fail again",
+    "over_budget": "over its batch budget ({reason}), nothing more is charged",
+    "dead": "its last attempt",
+    "cancelled": "cancelled",
+}
 
 
 def describe(job_fields: JobFields | None, job: Job) -> dict[str, Any]:
@@ -63,9 +73,11 @@ def ended(
     error: str = "",
     traceback: str = "",
     delay_s: float = 0.0,
+    reason: str = "",
 ) -> None:
     """The end of an attempt: `outcome` as settled (complete, retry, postpone, failed, dead,
-    over_budget, cancelled, release, lost, fenced)."""
+    over_budget, cancelled, release, lost, fenced), `reason` the settlement's typed Reason.
+    An attempt that ends the job says it is not retried, and why."""
     level = logging.INFO
     if outcome in _ENDED_BADLY or traceback:
         level = logging.ERROR
@@ -76,6 +88,9 @@ def ended(
     tail, fields = _fields(job, extra)
     fields.update(outcome=outcome, duration_s=round(duration_s, 3))
     again = f", again in {delay_s:.3g}s" if outcome in ("retry", "postpone") else ""
+    if outcome in _FINAL:
+        fields["not_retried"] = _FINAL[outcome].format(reason=reason or "error")
+        again = f", not retried: {fields['not_retried']}"
     why = f": {error}" if error else ""
     message = (f"job {job.id} {job.task} {outcome} in {duration_s:.2f}s (attempt "
                f"{job.attempt}/{job.max_attempts}{again}){tail}{why}")  # fmt: skip

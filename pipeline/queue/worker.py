@@ -42,6 +42,7 @@ from pipeline.queue.sweeper import LeaseExpiredHook, Sweeper
 from pipeline.queue.task import REGISTRY, dumps, lookup
 from pipeline.redis.connection import sync_twin, text
 from pipeline.redis.keys import EVENTS_MAXLEN
+from pipeline.words import counted
 
 log = logging.getLogger("pipeline.worker")
 
@@ -135,7 +136,8 @@ class Worker(GracefulShutdown):
     async def run(self, install_signals: bool = True) -> None:
         if install_signals:
             self._install_signals()
-        log.info("worker %s: queues %s, %d slots", self.id, ",".join(self.queues), self.concurrency)
+        log.info("worker %s: queues %s, %s", self.id, ",".join(self.queues),
+                 counted(self.concurrency, "slot"))
         self.liveness.start()  # renews what the first claim takes
         # The claim loop goes first: a claim resolves run options from this process's own
         # definitions (claim.lua), so it needs neither the announcement nor a sweep, and
@@ -394,7 +396,7 @@ class Worker(GracefulShutdown):
                 outcome = "fenced"
         ran_s = time.time() - job.started_ms / 1000 if job.started_ms else 0.0
         joblog.ended(job, outcome, ran_s, joblog.describe(self.job_fields, job), error=s.error,
-                     traceback=s.traceback, delay_s=s.delay_s)  # fmt: skip
+                     traceback=s.traceback, delay_s=s.delay_s, reason=s.reason)  # fmt: skip
         if ctx.permit is not None:  # admitted but never used: give the tokens back
             try:
                 await self.gate.release(Admission(ok=True, permit=ctx.take_permit()))

@@ -1,9 +1,11 @@
 """A private redis-server under PIPELINE_HOME, so a new user needs no Redis setup.
 
-With `PIPELINE_REDIS_URL` unset, every `pipeline` process calls `ensure_redis_url()` and
-gets the same server: one per home, listening on a unix socket (`port 0`, no TCP, so
-nothing is exposed to the network), persisting to an append-only file with
-`appendfsync everysec`.
+With `PIPELINE_REDIS_URL` unset, every `pipeline` process that adds or runs work calls
+`ensure_redis_url()` and gets the same server: one per home, listening on a unix socket
+(`port 0`, no TCP, so nothing is exposed to the network), persisting to an append-only file
+with `appendfsync everysec`. A command that only reads (`status`, `results`, `dead list`)
+calls `running_redis_url()` instead, which never starts one: looking at the queue must not
+bring back a server the user stopped with `pipeline redis stop`.
 
 Lifetime — why the server outlives the process that started it: the alternative,
 reference counting (each process registers, the last one out shuts the server down),
@@ -45,7 +47,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from pipeline.errors import RedisUnavailable
+from pipeline.errors import RedisNotRunning, RedisUnavailable
 from pipeline.redis import binding
 from pipeline.settings import Settings
 
@@ -134,6 +136,24 @@ class EmbeddedRedis:
                 )
             binding.record(self.dir, chosen)  # its data is now in this binary's format
         return self.url
+
+    def running_url(self) -> str:
+        """The URL of the server when it runs (waiting while a live one loads its data);
+        never starts one. Raises RedisNotRunning saying how to start it."""
+        if self.ping() or (self.pid is not None and self._wait_for_ping()):
+            return self.url
+        if not self.dir.is_dir():
+            raise RedisNotRunning(
+                f"no private Redis has run under {self.home} yet, so there is nothing to "
+                "read: `pipeline submit` or `pipeline run` starts it with work, `pipeline "
+                "redis start` starts it alone (or set PIPELINE_REDIS_URL to your Redis)"
+            )
+        raise RedisNotRunning(
+            f"the private Redis under {self.dir} is not running (`pipeline redis stop` "
+            "stopped it, or it was killed), and this command only reads, so it does not "
+            "start it: run `pipeline redis start`, then this command again (or set "
+            "PIPELINE_REDIS_URL to your Redis)"
+        )
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """SHUTDOWN the server (Redis fsyncs the AOF first); False if none was running."""
@@ -281,6 +301,15 @@ def _is_redis_process(pid: int) -> bool:
     if not cmdline:
         return False  # a zombie
     return b"redis-server" in cmdline
+
+
+def running_redis_url(settings: Settings) -> str:
+    """The Redis a read-only command uses: PIPELINE_REDIS_URL, else our own server if it
+    runs. Never starts one: looking must not bring back a server the user stopped. Raises
+    RedisNotRunning."""
+    if settings.redis_url:
+        return settings.redis_url
+    return EmbeddedRedis(settings.home).running_url()
 
 
 def ensure_redis_url(settings: Settings) -> str:

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from pipeline.queue.job import Job
+from pipeline.words import counted
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -107,7 +108,7 @@ def document_hooks(client: QueueClient, store: DocumentStore) -> dict[str, list[
     async def sweep() -> None:
         removed = await asyncio.to_thread(store.sweep, retention_s)
         if removed:
-            log.info("document store: removed %d document(s) past retention", removed)
+            log.info("document store: removed %s past retention", counted(removed, "document"))
 
     upkeep: list[tuple[str, Callable[[], Awaitable[None]], float]] = [
         ("document-sweep", sweep, float(min(3600, max(1, retention_s // 4))))

@@ -120,7 +120,7 @@ def test_run_ends_with_what_was_found_and_results_prints_the_same(
     done = run_cli(pipeline_env, "run", *docs, timeout_s=180)
     assert done.returncode == 0, done.stdout + done.stderr
     found = done.stdout[done.stdout.index("what was found"):]
-    assert "invoice.pdf (1 pages): invoice, language en, by offline" in found
+    assert "invoice.pdf (1 page): invoice, language en, by offline" in found
     assert "EUR 25,662.35" in found  # the invoice's total, among its top amounts
     assert "No text layer on page 1" in found  # the scan: nothing invented
     batch = next(ln.split()[-1] for ln in done.stdout.splitlines() if ln.startswith("batch id:"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from pipeline.ledger.money import display_usd
+from pipeline.money import dollars
 from tests.support.cli import EXAMPLES, run_cli
 from tests.support.emulator import start_emulator
 
@@ -80,5 +80,5 @@ def test_dry_run_shows_each_documents_worst_case_in_both_modes(
     assert table.returncode == 0, table.stderr
     assert "worst case USD interactive" in table.stdout and "worst case USD batch" in table.stdout
     assert "parts batched, merge interactive" in table.stdout
-    total = display_usd(Decimal(est["total_worst_case_batch_usd"]))
-    assert f"${total} in Batch Mode" in table.stdout, table.stdout
+    total = dollars(Decimal(est["total_worst_case_batch_usd"]))
+    assert f"{total} in Batch Mode" in table.stdout, table.stdout

@@ -4,6 +4,8 @@ jobs wait (a real worker process postpones a job for the day budget)."""
 from __future__ import annotations
 
 import json
+import re
+from datetime import UTC, datetime
 
 import redis
 
@@ -57,9 +59,22 @@ async def test_status_shows_limiter_budgets_and_jobs_waiting_for_the_day_budget(
     waiting = json.loads(one.stdout)["waiting"]
     assert [w["job_id"] for w in waiting] == [job_id]
     assert waiting[0]["kind"] == "budget_window"
-    assert waiting[0]["reason"].startswith("waiting for the day budget")
+    reason = waiting[0]["reason"]
+    assert reason.startswith("waiting for the day budget")
+    # Every amount in the reason is printed one way: fixed-point at the ledger's precision.
+    amounts = re.findall(r"\$[0-9][0-9.,]*[0-9]", reason)
+    assert len(amounts) >= 3 and all(re.fullmatch(r"\$\d+\.\d{9}", a) for a in amounts), reason
+    assert "> limit $0.000001000" in reason
+    # What it says about when it tries again is when the job is scheduled to.
+    said = re.search(r"the job tries again (?:at|when the window turns, at) "
+                     r"(\d{4}-\d\d-\d\d \d\d:\d\d(?::\d\d)?) UTC", reason)  # fmt: skip
+    assert said, reason
+    at = datetime.fromisoformat(said.group(1)).replace(tzinfo=UTC)
+    assert abs((datetime.fromisoformat(waiting[0]["until"]) - at).total_seconds()) <= 60, (
+        reason, waiting[0]["until"])
     text = run_cli(env, "status", sub["batch_id"])
-    assert "1 job(s) waiting: for the day or month budget window" in text.stdout
+    assert "1 job waiting: for the day or month budget window" in text.stdout
+    assert " · 1 document · " in text.stdout and "1 documents" not in text.stdout
 
     overview = run_cli(env, "status", "--json")
     assert overview.returncode == 0, overview.stderr
@@ -73,3 +88,21 @@ async def test_status_shows_limiter_budgets_and_jobs_waiting_for_the_day_budget(
     table = run_cli(env, "status")
     assert "rate limits" in table.stdout and "budgets" in table.stdout
     assert "gemini-3.5-flash" in table.stdout
+
+
+def test_the_budget_window_wait_says_when_the_job_tries_again() -> None:
+    """Within the last hour of the day the job waits for the turn; earlier it looks again
+    hourly (a raised limit is noticed), and the words say so, with both times."""
+    from pipeline.services import WINDOW_RECHECK_S, window_wait
+
+    late = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
+    assert window_wait("day", late) == (
+        1800.0, "the job tries again when the window turns, at 2026-12-01 00:00 UTC")
+    early = datetime(2026, 11, 30, 10, 15, 30, tzinfo=UTC)
+    delay_s, words = window_wait("day", early)
+    assert delay_s == WINDOW_RECHECK_S == 3600.0
+    assert words.startswith("the job tries again at 2026-11-30 11:15:30 UTC, then every 1 h "
+                            "until the window turns at 2026-12-01 00:00 UTC")  # fmt: skip
+    assert window_wait("month", early)[1].endswith(
+        "until the window turns at 2026-12-01 00:00 UTC (a raised limit is noticed at the "
+        "next try)")

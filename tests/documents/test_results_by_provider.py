@@ -46,7 +46,8 @@ async def test_a_failed_real_run_is_not_shown_complete_with_a_rehearsals_result(
         sub = await rig.submit(doc, batch_id="real")
         job = await rig.finished(sub.job_ids[0])
         assert job.state == State.FAILED
-        assert await _shown(rig, "real") == [("failed", None)]
+        # no result, and the row names the provider whose call failed (its ledger rows)
+        assert await _shown(rig, "real") == [("failed", "gemini")]
         assert await _shown(rig, "rehearsal") == [("complete", "emulator")]
     set_faults(emu)  # answered normally now: the real run completes with its own result
     async with running_pipeline(emu, redis_url, key_prefix, provider_name="gemini") as rig:

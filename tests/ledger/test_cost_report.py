@@ -26,6 +26,7 @@ from pipeline.ledger.report import cost_report, parse_when, percentile
 from pipeline.llm.attempts import Outcome
 from pipeline.redis.keys import Keys
 from tests.ledger.conftest import BACKENDS, attempt, database_url_for, settle
+from tests.support import ROOT
 from tests.support.backends import free_port
 
 
@@ -177,6 +178,15 @@ def test_cli_rejects_bad_input(pipeline_env: dict[str, str], tmp_path: Path) -> 
     assert "must end in .png or .svg" in result.output
 
 
+def test_the_chart_suffixes_are_documented_where_chart_is() -> None:
+    """The README's `pipeline costs` usage and `--help` both say what --chart FILE needs."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    usage = readme[readme.index("[--chart FILE]`"):][:400]
+    assert "`.png`" in usage and "`.svg`" in usage, usage
+    helped = CliRunner().invoke(app, ["costs", "--help"], env={"COLUMNS": "200"})
+    assert "must end in .png or .svg" in " ".join(helped.output.split())
+
+
 def test_cli_errors_are_messages_not_tracebacks(pipeline_env: dict[str, str]) -> None:
     """Through the real entry point (`main()`), as a user runs it."""
     env = {**os.environ, **pipeline_env}
@@ -251,6 +261,6 @@ async def test_calls_not_settled_are_shown_apart_not_as_spend(
         assert (total["calls"], total["cost_usd"]) == (1, "0.010000000")
         assert (total["in_flight_calls"], total["in_flight_usd"]) == (1, "0.050000000")
         table = CliRunner().invoke(app, ["costs", "--since", "2026-11-04"])
-        assert "1 call(s) not settled yet" in table.stdout and "$0.050000000" in table.stdout
+        assert "1 call not settled yet" in table.stdout and "$0.050000000" in table.stdout
     finally:
         engine.dispose()

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.ledger import db
-from pipeline.ledger.money import format_usd
 from pipeline.ledger.recorder import SqlRecorder
 from pipeline.llm.attempts import Outcome
+from pipeline.money import dollars, format_usd
 from pipeline.redis.keys import Keys
 from tests.ledger.conftest import BACKENDS, attempt, database_url_for, settle
 
@@ -27,21 +27,21 @@ SCIENTIFIC = re.compile(r"\d[eE][-+]?\d")
 
 
 @pytest.mark.parametrize(
-    ("value", "places", "expected"),
+    ("value", "expected"),
     [
-        (Decimal("0E-9"), 9, "0.000000000"),
-        (Decimal("5.44E-7"), 9, "0.000000544"),
-        (Decimal("5.44E-7"), 6, "0.000001"),
-        (0, 6, "0.000000"),
-        (None, 6, "0.000000"),
-        (0.0185, 9, "0.018500000"),  # SQLite hands back floats
-        ("12.5", 2, "12.50"),
-        (Decimal("-0.0000000001"), 9, "0.000000000"),  # never "-0"
-        (Decimal("1E+3"), 6, "1000.000000"),
+        (Decimal("0E-9"), "0.000000000"),
+        (Decimal("5.44E-7"), "0.000000544"),
+        (0, "0.000000000"),
+        (None, "0.000000000"),
+        (0.0185, "0.018500000"),  # SQLite hands back floats
+        ("12.5", "12.500000000"),
+        (Decimal("-0.0000000001"), "0.000000000"),  # never "-0"
+        (Decimal("1E+3"), "1000.000000000"),
     ],
 )
-def test_format_usd_is_fixed_point(value: object, places: int, expected: str) -> None:
-    assert format_usd(value, places) == expected  # type: ignore[arg-type]
+def test_format_usd_is_fixed_point_at_the_ledger_precision(value: object, expected: str) -> None:
+    assert format_usd(value) == expected  # type: ignore[arg-type]
+    assert dollars(value) == f"${expected}"  # type: ignore[arg-type]
 
 
 def test_format_usd_refuses_what_is_not_money() -> None:

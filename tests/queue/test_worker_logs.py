@@ -57,6 +57,7 @@ async def test_a_line_per_job_and_the_traceback_of_a_failing_task(
     assert f"job {bad} m.broken retry in " in out and "(attempt 1/2, again in" in out
     dead = out[out.index(f"job {bad} m.broken dead in"):]
     assert "RuntimeError: the parser choked on page 3 (attempt 2 of 2)" in dead.splitlines()[0]
+    assert "(attempt 2/2, not retried: its last attempt)" in dead.splitlines()[0]
     assert "Traceback (most recent call last):" in dead
     assert "raise RuntimeError(message)" in dead
 

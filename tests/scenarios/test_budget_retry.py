@@ -58,7 +58,7 @@ def test_over_budget_documents_finish_after_budget_set_and_retry(
             submitted = json.loads(sub.stdout.splitlines()[0])
             batch = submitted["batch_id"]
             [warning] = submitted["warnings"]
-            assert f"below the estimated worst case of {len(EXAMPLES)} document(s)" in warning
+            assert f"below the estimated worst case of {len(EXAMPLES)} documents" in warning
             assert f"pipeline budget {batch} --set USD" in warning
             data = status_json(env, batch)
             assert data["by_state"] == {"over_budget": len(EXAMPLES)}, data

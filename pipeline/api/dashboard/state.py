@@ -21,8 +21,8 @@ from sqlalchemy import Engine
 
 from pipeline.api.metrics import limiter_states
 from pipeline.ledger.db import session_factory
-from pipeline.ledger.money import display_usd
 from pipeline.ledger.report import daily_spend_by_model
+from pipeline.money import format_usd
 from pipeline.queue.client import QueueClient
 from pipeline.queue.stats import Stats
 from tasks.batches import BatchView, batch_view, recent_batches
@@ -34,7 +34,7 @@ RECENT_FAILURES = 20
 
 
 def _money(value: Decimal | None) -> str:
-    return display_usd(value)
+    return format_usd(value)
 
 
 def _spend(engine: Engine, today: datetime) -> dict[str, Any]:

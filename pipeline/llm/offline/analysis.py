@@ -15,6 +15,7 @@ from typing import Any
 from pipeline.llm.offline import classify, entities
 from pipeline.llm.offline.summary import stop_words, summarize
 from pipeline.llm.offline.text import document_blocks, document_units, has_text, spread
+from pipeline.words import counted
 
 OCR_NOTE = "OCR is not available offline"
 _TOKEN = re.compile(r"\S*[^\W_]\S*")  # a whitespace-separated token with a letter or digit
@@ -58,7 +59,7 @@ def describe_pages(pages: list[int], max_runs: int = 12) -> str:
     runs = page_ranges(pages)
     text = ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs[:max_runs])
     if len(runs) > max_runs:
-        text += f", … ({len(set(pages))} pages in all)"
+        text += f", … ({counted(len(set(pages)), 'page')} in all)"
     return ("page " if len(set(pages)) == 1 else "pages ") + text
 
 
