@@ -25,14 +25,15 @@ from pipeline.queue.registry import Placer
 from pipeline.queue.task import Call, dumps
 from pipeline.redis.keys import EVENTS_MAXLEN, Keys
 
-# The options a Shape depends on: all but the job's own (and hints, a dict: not hashable)
+# The options a Shape depends on: all but the job's own (hints too: a dict, not hashable, and
+# in a bulk call often one per job, as the tokens a document's call may take)
 _shape_options = attrgetter(*(f.name for f in fields(JobOptions)
                               if f.name not in {"idempotency_key", "job_id", "hints"}))  # fmt: skip
 
 # Jobs per enqueue_many.lua call. Redis runs one script at a time: at ~15-20 us per job (INFO
 # commandstats; more with idempotency keys) a call holds it for ~4 ms at most, within the
 # ~5 ms we allow one script; the calls of a chunk still share one round trip.
-SCRIPT_JOBS = 200
+SCRIPT_JOBS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,19 +82,20 @@ class Preparer:
         runs is resolved by the worker that claims it (registry.py). `shapes` keeps the shapes
         made for earlier calls (one bulk call's: a call is placed as the first of its kind)."""
         o, name = call.options, call.task_name
-        shape = None
-        if shapes is not None and not o.hints:  # hints: a dict, and rare in bulk
+        if shapes is None:
+            shape = await self._shape(call)
+        else:
             kind = (name, id(call.task), _shape_options(o), not o.idempotency_key,
-                    not call.kwargs)  # fmt: skip
+                    not call.kwargs, not o.hints)  # fmt: skip
             shape = shapes.get(kind)
             if shape is None:
                 shape = shapes[kind] = await self._shape(call)
-        else:
-            shape = await self._shape(call)
         fields: list[str] = []
         _spread_into(fields, "args", dumps(call.args, f"arguments of {name}"))
         if call.kwargs:
             _spread_into(fields, "kwargs", dumps(call.kwargs, f"keyword arguments of {name}"))
+        if o.hints:
+            fields += ("hints", dumps(o.hints, "job hints"))
         digest = ""
         if o.idempotency_key:
             digest = idempotency_digest(o.idempotency_key)
@@ -107,8 +109,9 @@ class Preparer:
         place = await self.placer.place(call)
         o = call.options
         fields = ["task", call.task_name, "queue", place.queue, "priority", str(place.priority),
-                  "options", _explicit(o), "batch", o.batch or "",
-                  "hints", dumps(o.hints, "job hints") if o.hints else "{}"]  # fmt: skip
+                  "options", _explicit(o), "batch", o.batch or ""]  # fmt: skip
+        if not o.hints:
+            fields += ("hints", "{}")
         if not call.kwargs:
             fields += ("kwargs", "{}")
         if not o.idempotency_key:
