@@ -87,9 +87,9 @@ class Preparer:
         else:
             kind = (name, id(call.task), _shape_options(o), not o.idempotency_key,
                     not call.kwargs, not o.hints)  # fmt: skip
-            shape = shapes.get(kind)
-            if shape is None:
-                shape = shapes[kind] = await self._shape(call)
+            known = shapes.get(kind)
+            shape = known if known is not None else await self._shape(call)
+            shapes[kind] = shape
         fields: list[str] = []
         _spread_into(fields, "args", dumps(call.args, f"arguments of {name}"))
         if call.kwargs:

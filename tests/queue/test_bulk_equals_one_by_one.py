@@ -160,12 +160,18 @@ async def test_a_bulk_call_hands_its_first_job_to_an_idle_worker(
     client: QueueClient, redis_url: str
 ) -> None:
     """One job per registration: the first goes to the idle worker from inside the script
-    call, the others wait in the queue for its claims."""
+    call, the others wait in the queue for its claims. (A worker renews its registration
+    every second, unregistered for a moment: a call landing then has nobody to hand to, so
+    the call is made again, a few times at most.)"""
     async with worker(redis_url, client, concurrency=2) as w:
         assert w.handoff is not None
-        await eventually(lambda: client.redis.zscore(client.keys.idle, w.id), what="registered")
-        handles = await client.enqueue_many([qt.echo.call(n) for n in range(5)])
-        first = await handles[0].info()
-        assert first.state == "active" and first.worker == w.id and first.token
-        assert [await h.result(timeout_s=30) for h in handles] == list(range(5))
+        for _ in range(5):
+            await eventually(lambda: client.redis.zscore(client.keys.idle, w.id),
+                             what="registered")  # fmt: skip
+            handles = await client.enqueue_many([qt.echo.call(n) for n in range(5)])
+            assert [await h.result(timeout_s=30) for h in handles] == list(range(5))
+            if w.handoff.handed:
+                break
         assert w.handoff.handed == 1
+        first = await handles[0].info()
+        assert first.worker == w.id and first.attempt == 1
