@@ -6,7 +6,7 @@ A job is prepared once (`Preparer.prepare`: placed, its arguments JSON-encoded) 
 out for either script (`one_call`, `many_call`). Its fields come in two parts: its `Shape`,
 what every job of one task enqueued with the same options shares (queue, priority, start,
 the options' fields), prepared once per bulk call and sent once per script call; and its own
-fields (arguments, idempotency digest, chord fields).
+fields (arguments, hints, idempotency digest, chord fields).
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from pipeline.redis.keys import EVENTS_MAXLEN, Keys
 _shape_options = attrgetter(*(f.name for f in fields(JobOptions)
                               if f.name not in {"idempotency_key", "job_id", "hints"}))  # fmt: skip
 
-# Jobs per enqueue_many.lua call. Redis runs one script at a time: at ~15-20 us per job (INFO
-# commandstats; more with idempotency keys) a call holds it for ~4 ms at most, within the
-# ~5 ms we allow one script; the calls of a chunk still share one round trip.
+# Jobs per enqueue_many.lua call. Redis runs one script at a time: at 15-20 us per plain job
+# and 30-37 us per document job (idempotency key, arguments in pieces, hints; INFO
+# commandstats, 2026-11-30) a call holds it for 2-4 ms, within the ~5 ms we allow one script;
+# the calls of a chunk still share one round trip.
 SCRIPT_JOBS = 100
 
 
