@@ -2,8 +2,8 @@
 -- Create many jobs in one call, each exactly as enqueue.lua would create it, in order (a job
 -- sees the jobs before it: an idempotency key used earlier in the call returns that job);
 -- what creating a job does is _create.lua's create_job. Every job is `queued` (run now or
--- at its run-at), none takes over a key. The client keeps a call to a few hundred jobs
--- (pipeline/queue/bulk.py), so it holds Redis for milliseconds at most.
+-- at its run-at), none takes over a key. The client sends at most SCRIPT_JOBS jobs per call
+-- (pipeline/queue/enqueue_args.py), so a call holds Redis for a few milliseconds at most.
 -- KEYS[1] delayed zset      KEYS[2] sequence counter  KEYS[3] events stream
 -- KEYS[4] set of queue names  KEYS[5] idle workers zset  KEYS[6] idle workers hash
 -- KEYS[7] active zset       KEYS[8] fence counter
