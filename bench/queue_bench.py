@@ -80,16 +80,9 @@ async def latency(url: str, samples: int) -> dict[str, float]:
 async def throughput(url: str, jobs: int) -> dict[str, float]:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     client = await _client(url, prefix)
-    ids = []
-    for start in range(0, jobs, 1000):
-        async with client.redis.pipeline(transaction=False) as pipe:
-            for _ in range(min(1000, jobs - start)):
-                job_id = uuid.uuid4().hex
-                call = client._call("bench.noop", [], {}, JobOptions(queue="default"))
-                keys, argv = await client._enqueue_args(call, job_id, "queued")
-                await client.scripts.enqueue(keys=keys, args=argv, client=pipe)
-                ids.append(job_id)
-            await pipe.execute()
+    calls = [client._call("bench.noop", [], {}, JobOptions(queue="default"))
+             for _ in range(jobs)]  # fmt: skip
+    ids = [handle.id for handle in await client.enqueue_many(calls)]
     proc = start_worker(url, prefix, "--concurrency", "64", "--burst")
     try:
         proc.wait(600)
@@ -139,12 +132,8 @@ async def memory(url: str, sleepers: int) -> dict[str, float]:
         await _wait_worker(client)
         await asyncio.sleep(1.0)
         idle = rss_mb(proc.pid)
-        async with client.redis.pipeline(transaction=False) as pipe:
-            for _ in range(sleepers):
-                call = client._call("bench.sleep", [20], {}, JobOptions(queue="default"))
-                keys, argv = await client._enqueue_args(call, uuid.uuid4().hex, "queued")
-                await client.scripts.enqueue(keys=keys, args=argv, client=pipe)
-            await pipe.execute()
+        sleep = client._call("bench.sleep", [20], {}, JobOptions(queue="default"))
+        await client.enqueue_many([sleep] * sleepers)
         peak = idle
         t0 = time.monotonic()
         all_running = None

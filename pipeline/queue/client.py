@@ -1,28 +1,25 @@
 """The producer side: enqueue jobs and chords, follow them, cancel or requeue them.
 
-Every state change goes through one Lua script (scripts.py); this module only prepares keys
-and JSON, and reads records back.
+Every state change goes through one Lua script (scripts.py); this module calls them with the
+keys and arguments enqueue_args.py prepares, and reads records back.
 """
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
 from pipeline.errors import JobFailed, JobNotFound
-from pipeline.queue.handoff import FIRST_LEASE_MS
-from pipeline.queue.job import EXPLICIT_OPTIONS, Job, JobOptions, State
-from pipeline.queue.record import idempotency_digest, spread
+from pipeline.queue.enqueue_args import SCRIPT_JOBS, Prepared, Preparer, Shape, new_job_ids
+from pipeline.queue.job import Job, JobOptions, State
 from pipeline.queue.registry import Placer
 from pipeline.queue.scripts import Scripts, group_keys
-from pipeline.queue.task import REGISTRY, Call, Task, dumps
+from pipeline.queue.task import REGISTRY, Call, Task
 from pipeline.redis.connection import connect_redis, hash_reply, text, texts
 from pipeline.redis.keys import EVENTS_MAXLEN, Keys
 from pipeline.redis.replication import ReplicaWait, pipelined
@@ -48,6 +45,7 @@ class QueueClient:
         self.scripts = Scripts(redis)
         self.placer = Placer(redis, self.keys)
         self.replicas = ReplicaWait(redis)
+        self.preparer = Preparer(self.placer, self.keys, self.settings.idempotency_ttl_s)
 
     @classmethod
     async def connect(
@@ -89,68 +87,11 @@ class QueueClient:
             call = replace(call, options=options)
         return call
 
-    async def _fields(
-        self, call: Call, extra: dict[str, str] | None = None
-    ) -> tuple[str, int, dict[str, str]]:
-        """The job's fields: where it goes (queue, priority) and what the caller set; how it
-        runs is resolved by the worker that claims it (registry.py)."""
-        place = await self.placer.place(call)
-        o = call.options
-        explicit = {key: getattr(o, name) for name, key in EXPLICIT_OPTIONS.items()
-                    if getattr(o, name) is not None}  # fmt: skip
-        kwargs = (dumps(call.kwargs, f"keyword arguments of {call.task_name}")
-                  if call.kwargs else "{}")  # fmt: skip
-        fields = {
-            "task": call.task_name,
-            "queue": place.queue,
-            **spread("args", dumps(call.args, f"arguments of {call.task_name}")),
-            **spread("kwargs", kwargs),
-            "priority": str(place.priority),
-            "options": dumps(explicit, "job options") if explicit else "{}",
-            "batch": o.batch or "",
-            "hints": dumps(o.hints, "job hints") if o.hints else "{}",
-            "idempotency_key": idempotency_digest(o.idempotency_key) if o.idempotency_key else "",
-        }
-        fields.update(extra or {})
-        return place.queue, place.priority, fields
-
-    def _run_at_ms(self, o: JobOptions) -> int:
-        """An absolute start (`at`); a relative `delay_s` is added on the Redis clock."""
-        return int(o.at.timestamp() * 1000) if o.at is not None else 0
-
-    async def _enqueue_args(
-        self, call: Call, job_id: str, state: str, extra: dict[str, str] | None = None,
-        replaced: str | None = None,
-    ) -> tuple[list[str], list[Any]]:  # fmt: skip
-        queue, priority, fields = await self._fields(call, extra)
-        o, k = call.options, self.keys
-        idem = fields["idempotency_key"]  # the digest (record.py), '' without a key
-        ttl = self.settings.idempotency_ttl_s if idem else 0
-        # queue, delayed, seq, events, wake, queues, idle, idle workers, active, fence, unused
-        q = _enqueue_keys(k, queue)
-        keys = [
-            k.job(job_id), q[0], q[1],
-            k.idempotency(idem) if idem else q[10],
-            q[2], q[3], q[4], q[5],
-            # the name the key had before it was a digest, read while such keys can exist
-            k.idempotency_by_key(o.idempotency_key) if o.idempotency_key else q[10],
-            q[6], q[7], q[8], q[9],  # a job may go straight to an idle worker (handoff.py)
-        ]  # fmt: skip
-        args = [
-            job_id,
-            ttl,
-            self._run_at_ms(o),
-            priority,
-            state,
-            EVENTS_MAXLEN,
-            queue,
-            dumps(fields, "job fields"),
-            int((o.delay_s or 0) * 1000),
-            replaced or "",
-            FIRST_LEASE_MS,
-            os.urandom(4).hex(),  # the nonce of a hand-off's fencing token
-        ]
-        return keys, args
+    async def _prepare(
+        self, call: Call, job_id: str | None = None, extra: dict[str, str] | None = None
+    ) -> Prepared:
+        return await self.preparer.prepare(call, job_id or call.options.job_id
+                                           or new_job_ids(1)[0], extra)  # fmt: skip
 
     async def enqueue(
         self,
@@ -165,9 +106,8 @@ class QueueClient:
         placed by the options a worker published, and raises UnknownTask when none did
         (unless `_options` names the queue). With replicas, returns once one acknowledged.
         """
-        call = self._call(target, args, kwargs, _options)
-        job_id = call.options.job_id or uuid.uuid4().hex
-        keys, argv = await self._enqueue_args(call, job_id, "queued")
+        job = await self._prepare(self._call(target, args, kwargs, _options))
+        keys, argv = self.preparer.one_call(job)
         created, real_id = await self.replicas.script(self.scripts.enqueue, keys, argv)
         return JobHandle(self, real_id, created=bool(created))
 
@@ -186,35 +126,37 @@ class QueueClient:
         """
         if not _options.idempotency_key:
             raise ValueError("enqueue_replacing needs an idempotency key to take over")
-        call = self._call(target, args, kwargs, _options)
-        job_id = call.options.job_id or uuid.uuid4().hex
-        keys, argv = await self._enqueue_args(call, job_id, "queued", replaced=replaced)
+        job = await self._prepare(self._call(target, args, kwargs, _options))
+        keys, argv = self.preparer.one_call(job, replaced=replaced)
         created, real_id = await self.replicas.script(self.scripts.enqueue, keys, argv)
         return JobHandle(self, real_id, created=bool(created))
 
-    async def enqueue_many(
-        self, calls: Sequence[Call], *, chunk: int = 1000
-    ) -> list[JobHandle]:
+    async def enqueue_many(self, calls: Sequence[Call], *, chunk: int = 1000) -> list[JobHandle]:
         """Enqueue many calls in one round trip per `chunk` of them; one handle per call, in
-        order. Each job is its own enqueue.lua, exactly as `enqueue` would send it: an
-        idempotency key seen before (in Redis, or earlier in `calls`) returns that job with
-        `created` False. Raises what `enqueue` raises (UnknownTask, NotSerializable: before
-        anything is sent); a RedisError may leave a chunk partly enqueued, and sending the
-        same calls again is safe when they carry job ids or idempotency keys. With replicas,
-        returns once one acknowledged each chunk."""
-        prepared: list[tuple[list[str], list[Any]]] = []
-        for call in calls:
-            call = self._call(call, (), {}, None)
-            prepared.append(await self._enqueue_args(call, call.options.job_id
-                                                     or uuid.uuid4().hex, "queued"))  # fmt: skip
+        order. Each job is created exactly as `enqueue` creates it (enqueue_many.lua, up to
+        SCRIPT_JOBS jobs per script call): an idempotency key seen before (in Redis, or
+        earlier in `calls`) returns that job with `created` False. Raises what `enqueue`
+        raises (UnknownTask, NotSerializable: before anything is sent); a RedisError may leave
+        a chunk partly enqueued, and sending the same calls again is safe when they carry job
+        ids or idempotency keys. With replicas, returns once one acknowledged each chunk."""
+        shapes: dict[tuple[Any, ...], Shape] = {}  # prepared once per kind of call
+        prepare = self.preparer.prepare
+        jobs = [await prepare(call, call.options.job_id or new_id, None, shapes)
+                for call, new_id in zip(calls, new_job_ids(len(calls)), strict=True)]  # fmt: skip
         handles: list[JobHandle] = []
-        for start in range(0, len(prepared), max(1, chunk)):
-            replies = await self.replicas.script_many(
-                self.scripts.enqueue, prepared[start : start + chunk]
-            )
-            handles += [JobHandle(self, text(real_id), created=bool(created))
-                        for created, real_id in replies]  # fmt: skip
+        chunk = max(1, chunk)
+        for start in range(0, len(jobs), chunk):
+            part = jobs[start : start + chunk]
+            scripts = [self.preparer.many_call(part[i : i + SCRIPT_JOBS])
+                       for i in range(0, len(part), SCRIPT_JOBS)]  # fmt: skip
+            for reply in await self.replicas.script_many(self.scripts.enqueue_many, scripts):
+                handles += self._handles(reply)
         return handles
+
+    def _handles(self, reply: list[Any]) -> list[JobHandle]:
+        """Handles from enqueue_many.lua's reply: created, id, created, id, ..."""
+        return [JobHandle(self, text(reply[i + 1]), created=bool(reply[i]))
+                for i in range(0, len(reply), 2)]  # fmt: skip
 
     async def group(
         self, calls: Sequence[Call], then: Call, *, batch: str | None = None
@@ -241,16 +183,16 @@ class QueueClient:
         # cannot do with reads in between).
         group_id = f"chord-{cb_id}"
         then = then.with_options(batch=then.options.batch or batch)
-        cb_queue = (await self.placer.place(then)).queue
+        callback = await self._prepare(then, cb_id, {"chord": group_id})
         prepared = [  # placed and serialised before the transaction: it must not wait
-            await self._enqueue_args(then, cb_id, "waiting" if calls else "queued",
-                                     {"chord": group_id})
-        ]  # fmt: skip
+            self.preparer.one_call(callback, "waiting" if calls else "queued")
+        ]
         for index, (call, member_id) in enumerate(zip(calls, member_ids, strict=True)):
             call = call.with_options(batch=call.options.batch or batch)
-            prepared.append(await self._enqueue_args(call, member_id, "queued", {
+            member = await self._prepare(call, member_id, {
                 "group": group_id, "group_index": str(index), "callback_id": cb_id,
-                "callback_queue": cb_queue}))  # fmt: skip
+                "callback_queue": callback.queue})  # fmt: skip
+            prepared.append(self.preparer.one_call(member))
         # a Cluster pipeline does not load scripts before a transaction; a plain one does
         await self.redis.script_load(self.scripts.enqueue.script)
         group: dict[str, str | int] = {"total": len(calls), "done": 0, "callback": cb_id,
@@ -376,14 +318,6 @@ class QueueClient:
         from pipeline.queue import follow
 
         return await follow.wait(self, job_id, timeout_s)
-
-
-@lru_cache(maxsize=256)
-def _enqueue_keys(k: Keys, queue: str) -> tuple[str, ...]:
-    """The keys of enqueue.lua that depend only on the queue (Keys is frozen: hashable):
-    queue, delayed, seq, events, wake, queues, idle, idle workers, active, fence, unused."""
-    return (k.queue(queue), k.delayed, k.seq, k.events, k.wake(queue), k.queues, k.idle,
-            k.idle_workers, k.active, k.fence, k.unused)  # fmt: skip
 
 
 class JobHandle:

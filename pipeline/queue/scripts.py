@@ -20,14 +20,15 @@ LUA_DIR = Path(__file__).parent / "lua"
 class Scripts:
     """The queue scripts, registered on one Redis client."""
 
-    NAMES = ("enqueue", "claim", "renew", "finish", "expire", "promote", "cancel", "requeue",
-             "idle")
+    NAMES = ("enqueue", "enqueue_many", "claim", "renew", "finish", "expire", "promote",
+             "cancel", "requeue", "idle")  # fmt: skip
 
     def __init__(self, redis: Redis) -> None:
         for name, script in register(redis, LUA_DIR, *self.NAMES).items():
             setattr(self, name, script)
 
     enqueue: AsyncScript
+    enqueue_many: AsyncScript
     claim: AsyncScript
     renew: AsyncScript
     finish: AsyncScript

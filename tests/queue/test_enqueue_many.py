@@ -4,6 +4,7 @@ Redis: the same idempotency semantics as one-by-one enqueue, in one pipeline per
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from redis.exceptions import ResponseError
 from pipeline.errors import UnknownTask
 from pipeline.queue import JobOptions, QueueClient
 from pipeline.queue.batcher import ScriptBatcher
+from pipeline.queue.enqueue_args import SCRIPT_JOBS, new_job_ids
 from pipeline.queue.record import idempotency_digest
 from pipeline.queue.task import Call
 from tests.queue.conftest import worker
@@ -35,16 +37,26 @@ async def test_a_thousand_jobs_in_one_pipeline_with_keys_deduplicated(
     client: QueueClient,
 ) -> None:
     """1,000 calls over 400 idempotency keys, 100 of them used before by `enqueue`: 300 new
-    jobs, every call with a key answered by that key's one job, in one pipeline."""
+    jobs, every call with a key answered by that key's one job, in one pipeline (once the
+    server has the script: a first use adds a round trip to load it)."""
     before = {}
     for n in range(100):
         handle = await client.enqueue(qt.echo, n, _options=JobOptions(idempotency_key=f"k{n}"))
         before[f"k{n}"] = handle.id
     calls = [Call("t.echo", [n], {}, JobOptions(idempotency_key=f"k{n % 400}"), task=qt.echo)
              for n in range(1000)]  # fmt: skip
+    await client.redis.script_load(client.scripts.enqueue_many.script)
     opened = _count_pipelines(client)
+    sent: list[int] = []  # script calls per pipeline
+    real = client.replicas.script_many
+
+    async def counted(script: Any, scripts: Any) -> Any:
+        sent.append(len(scripts))
+        return await real(script, scripts)
+
+    client.replicas.script_many = counted  # type: ignore[method-assign]
     handles = await client.enqueue_many(calls)
-    assert opened[0] == 1
+    assert opened[0] == 1 and sent == [1000 // SCRIPT_JOBS]  # each holds Redis briefly
     assert len(handles) == 1000
     by_key: dict[str, set[str]] = {}
     for n, handle in enumerate(handles):
@@ -57,6 +69,14 @@ async def test_a_thousand_jobs_in_one_pipeline_with_keys_deduplicated(
     assert await client.redis.zcard(client.keys.queue("default")) == 400
     first = await client.get(handles[123].id)
     assert first.args == [123] and first.idempotency_key == idempotency_digest("k123")
+
+
+def test_bulk_job_ids_are_random_uuids() -> None:
+    ids = new_job_ids(1000)
+    assert len(set(ids)) == 1000
+    for job_id in ids:
+        parsed = uuid.UUID(hex=job_id)
+        assert parsed.hex == job_id and parsed.version == 4 and parsed.variant == uuid.RFC_4122
 
 
 async def test_bulk_jobs_run_and_unknown_task_sends_nothing(

@@ -46,6 +46,10 @@ def test_lua_scripts_only_use_keys_they_are_given() -> None:
     # locals that the scripts assign from KEYS (or receive as KEYS through a _lib function)
     from_keys = {"job", "job_key", "queue_key", "wake_key", "group_key", "results_key",
                  "cb_key", "totals", "holds", "active_key", "fence_key",
+                 # _create.lua's, from its ctx and job tables (enqueue.lua and
+                 # enqueue_many.lua fill them from KEYS)
+                 "idle_key", "idle_workers_key", "idem_key", "legacy_key", "seq_key",
+                 "queues_key", "delayed_key",
                  # enqueue.lua's hand-off: the idle worker's own wake list, named by the worker
                  # itself (Keys.worker_wake, this prefix's hash tag); never on a Cluster
                  "wake"}  # fmt: skip

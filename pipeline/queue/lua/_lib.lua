@@ -22,8 +22,7 @@ end
 local function make_ready(job_key, queue_key, wake_key, events_key, maxlen, id, extra)
   redis.call('HSET', job_key, 'state', 'queued')
   redis.call('ZADD', queue_key, redis.call('HGET', job_key, 'score'), id)
-  redis.call('LPUSH', wake_key, id)
-  redis.call('LTRIM', wake_key, 0, 999)
+  if redis.call('LPUSH', wake_key, id) > 1000 then redis.call('LTRIM', wake_key, 0, 999) end
   emit(events_key, maxlen, job_key, id, 'queued', extra)
 end
 
