@@ -152,7 +152,7 @@ def connect_redis(
         pool = LeanBlockingPool.from_url(
             url, max_connections=max_connections, timeout=wait_for_connection_s, **common
         )
-        pool.connection_class = fast_wire(pool.connection_class)  # TCP, Unix socket or TLS
+        pool.connection_class = fast_wire(pool.connection_class)  # type: ignore[arg-type]  # TCP, Unix socket or TLS
         return LeanRedis(connection_pool=pool)
     auth: dict[str, Any] = {"username": ha.username, "password": ha.password, "ssl": ha.ssl}
     if ha.kind == "cluster":

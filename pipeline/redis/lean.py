@@ -55,12 +55,13 @@ class LeanBlockingPool(BlockingConnectionPool):
             return connection
         self._waiting += 1
         try:
-            return await super().get_connection(*args, **kwargs)
+            lent: AbstractConnection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+            return lent
         finally:
             self._waiting -= 1
 
     async def release(self, connection: AbstractConnection) -> None:
-        if self._waiting or self._in_maintenance or connection.should_reconnect():
+        if self._waiting or self._in_maintenance or connection.should_reconnect():  # type: ignore[no-untyped-call]
             await super().release(connection)  # wakes a waiter, or reconnects
             return
         self._in_use_connections.remove(connection)
@@ -73,9 +74,9 @@ class LeanRedis(Redis):
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         if self.single_connection_client or self.connection is not None:
-            return await super().execute_command(*args, **options)
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         pool = self.connection_pool
-        conn = await pool.get_connection()
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             await conn.send_command(*args)
             return await self.parse_response(conn, args[0], **options)
@@ -83,4 +84,4 @@ class LeanRedis(Redis):
             await conn.disconnect(error=error)
         finally:
             await pool.release(conn)
-        return await super().execute_command(*args, **options)  # its retries and back-off
+        return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]  # its retries

@@ -31,7 +31,7 @@ from redis.exceptions import ConnectionError, DataError
 try:
     from hiredis import pack_command as _pack
 except ImportError:  # pragma: no cover - hiredis is a dependency
-    _pack = None
+    _pack = None  # type: ignore[assignment]
 
 C = TypeVar("C", bound=type)
 
@@ -48,11 +48,11 @@ class _Wire:
         elif b" " in first:
             args = (*first.split(), *args[1:])
         try:
-            return [_pack(args)]  # type: ignore[misc]
+            return [_pack(args)]
         except TypeError:
             args = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
             try:
-                return [_pack(args)]  # type: ignore[misc]
+                return [_pack(args)]
             except TypeError as exc:
                 raise DataError(str(exc)).with_traceback(sys.exc_info()[2]) from None
 
@@ -60,7 +60,8 @@ class _Wire:
         writer = getattr(self, "_writer", None)
         transport = writer.transport if writer is not None else None
         if (
-            transport is None
+            writer is None
+            or transport is None
             or transport.is_closing()
             or not isinstance(command, list)
             or getattr(self, "_reader", None) is None

@@ -19,9 +19,10 @@ def _key() -> str:
     return f"test-lean-pool-{uuid.uuid4().hex[:12]}"
 
 
-async def test_client_uses_the_lean_pool(redis_url: str) -> None:
+async def test_client_uses_the_lean_path(redis_url: str) -> None:
     r = connect_redis(redis_url)
     try:
+        assert isinstance(r, LeanRedis)
         assert isinstance(r.connection_pool, LeanBlockingPool)
         assert await r.ping()
     finally:
