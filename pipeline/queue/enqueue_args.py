@@ -35,6 +35,8 @@ _shape_options = attrgetter(*(f.name for f in fields(JobOptions)
 # commandstats, 2026-11-30) a call holds it for 2-4 ms, within the ~5 ms we allow one script;
 # the calls of a chunk still share one round trip.
 SCRIPT_JOBS = 100
+# The most kinds of call whose shape one enqueuing process keeps (Preparer._local).
+LOCAL_SHAPES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,17 @@ class Preparer:
 
     def __init__(self, placer: Placer, keys: Keys, idempotency_ttl_s: int) -> None:
         self.placer, self.keys, self.idempotency_ttl_s = placer, keys, idempotency_ttl_s
+        # the shapes of calls of tasks imported here, kept across calls: each entry holds its
+        # task, so the task's id in the key cannot be taken by another object meanwhile
+        self._local: dict[tuple[Any, ...], tuple[Any, Shape]] = {}
+
+    def _local_shape(self, kind: tuple[Any, ...], call: Call) -> Shape | None:
+        known = self._local.get(kind)
+        if known is not None and known[0] is call.task:
+            return known[1]
+        if len(self._local) >= LOCAL_SHAPES:  # kinds of call a process makes are few
+            self._local.clear()
+        return None
 
     async def prepare(
         self,
@@ -83,14 +96,18 @@ class Preparer:
         runs is resolved by the worker that claims it (registry.py). `shapes` keeps the shapes
         made for earlier calls (one bulk call's: a call is placed as the first of its kind)."""
         o, name = call.options, call.task_name
-        if shapes is None:
+        if shapes is None and call.task is None:
             shape = await self._shape(call)
         else:
             kind = (name, id(call.task), _shape_options(o), not o.idempotency_key,
                     not call.kwargs, not o.hints)  # fmt: skip
-            known = shapes.get(kind)
-            shape = known if known is not None else await self._shape(call)
-            shapes[kind] = shape
+            if shapes is None:  # a task imported here: placed by its own definition, always
+                shape = self._local_shape(kind, call) or await self._shape(call)
+                self._local[kind] = (call.task, shape)
+            else:
+                known = shapes.get(kind)
+                shape = known if known is not None else await self._shape(call)
+                shapes[kind] = shape
         fields: list[str] = []
         _spread_into(fields, "args", dumps(call.args, f"arguments of {name}"))
         if call.kwargs:
