@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.errors import (
     DatabaseUnavailable,
+    DocumentStoreError,
     InputError,
     JobNotFound,
     PipelineError,
@@ -67,6 +68,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, JobNotFound):
             return _error(404, str(exc))
         if isinstance(exc, RedisUnavailable | DatabaseUnavailable):
+            return _error(503, str(exc))
+        if isinstance(exc, DocumentStoreError):  # unreachable, no bucket, credentials refused
+            log.warning("document store: %s", exc)
             return _error(503, str(exc))
         log.exception("request failed", exc_info=exc)
         return _error(500, f"{exc.__class__.__name__}: {exc}")

@@ -8,8 +8,8 @@ small interface with two backends:
   (NFS, SMB…), or use S3.
 - `s3://bucket/prefix`: S3-compatible object storage through boto3, for several machines;
   PIPELINE_DOCUMENT_STORE_ENDPOINT names a non-AWS server (MinIO, Ceph…), credentials come
-  from boto3's usual chain (AWS_ACCESS_KEY_ID…). Untested here: no S3 server installs from
-  a package registry on the development machine.
+  from boto3's usual chain (AWS_ACCESS_KEY_ID…). Tested against moto's S3 server over HTTP,
+  not against AWS itself or MinIO.
 
 Keys are sha256 hex digests of the bytes, so a put of the same key always carries the same
 bytes and concurrent puts are harmless. Methods are blocking (file and HTTP I/O): async

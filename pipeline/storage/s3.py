@@ -1,13 +1,23 @@
 """The document store in S3-compatible object storage (boto3), for workers on several machines.
 
-UNTESTED on the development machine: no S3 server (MinIO or other) installs from a package
-registry there, so this backend has only been type-checked, never run against a server.
 Objects are `<prefix>/<sha256>`; a PUT is atomic in S3 (readers see the old object or the new
-one, never part), so concurrent puts of the same content are harmless.
+one, never part), so concurrent puts of the same content are harmless. An object's
+LastModified (set by every put) is its age for `sweep`, which lists and removes only names
+of that form: the bucket may hold other things.
+
+Tested over HTTP against moto's S3 server (tests/documents/test_s3_store.py), not against AWS
+itself or MinIO.
+
+Every failure is a DocumentStoreError saying what to fix (endpoint, bucket, credentials), or
+DocumentMissing for an object that is not there; never a botocore exception.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +25,42 @@ from pipeline.errors import DocumentMissing, DocumentStoreError, MissingExtra
 from pipeline.storage import check_sha256, missing_message
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+_NO_BUCKET = {"NoSuchBucket"}
+_REFUSED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+            "ExpiredToken", "InvalidToken"}  # fmt: skip
+_NAME = re.compile(r"^[0-9a-f]{64}$")
+# Seconds to open a connection (boto3's default, 60, times its retries, would hold a job for
+# minutes on an endpoint that drops packets); reads keep boto3's default.
+_CONNECT_TIMEOUT_S = 10
+
+# One client per endpoint for the process, made under a lock: open_store runs for every job,
+# and a client cost ~4 ms of CPU each time (~180 ms the first, with boto3's import), on the
+# worker's event loop; boto3 documents sessions (the default one too) as not thread-safe,
+# its clients as thread-safe.
+_clients: dict[str | None, Any] = {}
+_clients_lock = threading.Lock()
+
+
+def _client(endpoint_url: str | None) -> Any:
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise MissingExtra("the s3 document store needs boto3: pip install boto3") from None
+    with _clients_lock:
+        if endpoint_url not in _clients:
+            config = Config(connect_timeout=_CONNECT_TIMEOUT_S,
+                            retries={"mode": "standard", "max_attempts": 3})  # fmt: skip
+            try:
+                _clients[endpoint_url] = boto3.session.Session().client(
+                    "s3", endpoint_url=endpoint_url, config=config
+                )
+            except ValueError as exc:  # botocore: "Invalid endpoint: …"
+                raise DocumentStoreError(
+                    f"PIPELINE_DOCUMENT_STORE_ENDPOINT={endpoint_url!r}: {exc}; give the S3 "
+                    "server's URL, e.g. http://minio-host:9000"
+                ) from None
+        return _clients[endpoint_url]
 
 
 class S3Store:
@@ -22,62 +68,103 @@ class S3Store:
     from boto3's default chain (environment, ~/.aws, instance role)."""
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None) -> None:
-        try:
-            import boto3
-        except ImportError:
-            raise MissingExtra("the s3 document store needs boto3: pip install boto3") from None
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url
         self.where = f"s3://{bucket}/{self.prefix}" + (f" ({endpoint_url})" if endpoint_url else "")
-        self._s3: Any = boto3.client("s3", endpoint_url=endpoint_url)
+        self._s3: Any = _client(endpoint_url)
 
     def _key(self, sha256: str) -> str:
         sha = check_sha256(sha256)
         return f"{self.prefix}/{sha}" if self.prefix else sha
 
-    def put(self, sha256: str, data: bytes) -> None:
-        self._s3.put_object(Bucket=self.bucket, Key=self._key(sha256), Body=data,
-                            ContentType="application/pdf")  # fmt: skip
-
-    def get(self, sha256: str) -> bytes:
-        from botocore.exceptions import ClientError
+    @contextlib.contextmanager
+    def _errors(self, action: str, sha256: str | None = None) -> Iterator[None]:
+        """botocore's exceptions as DocumentStoreError (DocumentMissing for an absent object
+        when `sha256` is given), each saying what to check."""
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            EndpointConnectionError,
+            NoCredentialsError,
+        )
 
         try:
-            reply = self._s3.get_object(Bucket=self.bucket, Key=self._key(sha256))
+            yield
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
-                raise DocumentMissing(missing_message(sha256, self.where)) from None
-            raise DocumentStoreError(f"{self.where}: {exc}") from exc
-        body: bytes = reply["Body"].read()
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _NOT_FOUND:
+                if sha256 is not None:
+                    raise DocumentMissing(missing_message(sha256, self.where)) from None
+                code = "NoSuchBucket"  # no object named: what is not found is the bucket
+            raise self._refused(action, code, exc) from None
+        except NoCredentialsError:
+            raise DocumentStoreError(
+                f"{action} at {self.where}: no S3 credentials found; set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or ~/.aws/credentials, an instance role)"
+            ) from None
+        except EndpointConnectionError as exc:
+            raise DocumentStoreError(
+                f"{action} at {self.where}: cannot reach the S3 endpoint ({exc}); start the "
+                "server or fix PIPELINE_DOCUMENT_STORE_ENDPOINT"
+            ) from None
+        except BotoCoreError as exc:  # timeouts, a connection dropped mid-body, bad replies
+            raise DocumentStoreError(f"{action} at {self.where} failed: {exc}") from None
+
+    def _refused(self, action: str, code: str, exc: Exception) -> DocumentStoreError:
+        if code in _NO_BUCKET:
+            return DocumentStoreError(
+                f"{action} at {self.where}: the bucket {self.bucket!r} does not exist; create "
+                "it or fix PIPELINE_DOCUMENT_STORE (s3://bucket/prefix)"
+            )
+        if code in _REFUSED:
+            return DocumentStoreError(
+                f"{action} at {self.where}: the S3 server refused our credentials ({code}); "
+                "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket's policy"
+            )
+        return DocumentStoreError(f"{action} at {self.where} failed: {exc}")
+
+    def put(self, sha256: str, data: bytes) -> None:
+        with self._errors("storing a document"):
+            self._s3.put_object(Bucket=self.bucket, Key=self._key(sha256), Body=data,
+                                ContentType="application/pdf")  # fmt: skip
+
+    def get(self, sha256: str) -> bytes:
+        with self._errors("reading a document", sha256):
+            reply = self._s3.get_object(Bucket=self.bucket, Key=self._key(sha256))
+            body: bytes = reply["Body"].read()
         return body
 
     def delete(self, sha256: str) -> None:
-        self._s3.delete_object(Bucket=self.bucket, Key=self._key(sha256))  # absent is fine
+        with self._errors("deleting a document"):  # an absent object is no error in S3
+            self._s3.delete_object(Bucket=self.bucket, Key=self._key(sha256))
 
     def local_path(self, sha256: str) -> None:
         """No local files: readers get a temporary copy (pipeline/storage/local.py)."""
         return None
 
     def exists(self, sha256: str) -> bool:
-        from botocore.exceptions import ClientError
-
         try:
-            self._s3.head_object(Bucket=self.bucket, Key=self._key(sha256))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
-                return False
-            raise DocumentStoreError(f"{self.where}: {exc}") from exc
+            with self._errors("looking for a document", sha256):
+                self._s3.head_object(Bucket=self.bucket, Key=self._key(sha256))
+        except DocumentMissing:
+            # HEAD has no body, so a missing bucket is a bare 404 too: ask the bucket.
+            with self._errors("looking for a document"):
+                self._s3.head_bucket(Bucket=self.bucket)
+            return False
         return True
 
     def sweep(self, older_than_s: float) -> int:
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
-        pages = self._s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=f"{self.prefix}/" if self.prefix else ""
-        )
+        prefix = f"{self.prefix}/" if self.prefix else ""
         removed = 0
-        for page in pages:
-            for obj in page.get("Contents", []):
-                if obj["LastModified"] < cutoff:
-                    self._s3.delete_object(Bucket=self.bucket, Key=obj["Key"])
-                    removed += 1
+        with self._errors("sweeping old documents"):
+            pages = self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, Delimiter="/"
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    if _NAME.match(obj["Key"][len(prefix) :]) and obj["LastModified"] < cutoff:
+                        self._s3.delete_object(Bucket=self.bucket, Key=obj["Key"])
+                        removed += 1
         return removed

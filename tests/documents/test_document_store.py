@@ -2,14 +2,12 @@
 
 Real Redis, a SQLite ledger, in-process workers with the offline analyzer, and for the
 SIGKILL case `pipeline worker` subprocesses calling the Gemini emulator over HTTP through the
-real google-genai client. The S3 backend is not exercised here: no S3 server installs from
-a package registry on this machine.
+real google-genai client. The S3 backend against a real S3 server: test_s3_store.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import os
 import signal
@@ -29,53 +27,10 @@ from pipeline.storage import open_store
 from pipeline.storage.files import FileStore
 from pipeline.storage.holds import document_hooks
 from tasks.submission import Upload, submit_uploads
+from tests.documents.conftest import assert_no_pdf_bytes_in_redis, run_until_done
 from tests.support.emulator import start_emulator
 from tests.support.pdfs import make_pdf
-from tests.support.waiting import eventually
 from tests.support.workers import WorkerProcess
-
-PDF_MARKS = (b"%PDF-", base64.b64encode(b"%PDF-")[:6])
-
-
-async def _run_until_done(client: QueueClient, job_id: str) -> State:
-    """An in-process worker (offline analyzer) until `job_id` is terminal; its end state."""
-    import tasks.analyze  # noqa: F401  (registers the tasks)
-    from pipeline.services import build_worker, open_services
-
-    services = await open_services(client)
-    worker = await build_worker(client, queues=["default"], concurrency=2, services=services)
-    run = asyncio.create_task(worker.run(install_signals=False))
-    try:
-
-        async def ended() -> State | None:
-            job = await client.get(job_id)
-            return job.state if job.done else None
-
-        state: State = await eventually(ended, 90, f"job {job_id} to end")
-        return state
-    finally:
-        worker.stop()
-        await asyncio.wait_for(run, 30)
-        await services.aclose()
-
-
-def _assert_no_pdf_bytes_in_redis(sredis: redis.Redis, prefix: str, pdf_size: int) -> None:
-    """No string or hash value under the prefix carries PDF bytes, raw or base64, and no key
-    is anywhere near the PDF's size (Redis's MEMORY USAGE)."""
-    keys = list(sredis.scan_iter(match="{" + prefix + "}*"))
-    assert keys, "the submission wrote nothing to Redis"
-    for key in keys:
-        kind = str(sredis.type(key))
-        values: list[str] = []
-        if kind == "string":
-            values = [str(sredis.get(key) or "")]
-        elif kind == "hash":
-            values = [str(v) for v in sredis.hvals(key)]
-        for value in values:
-            raw = value.encode("utf-8", "surrogateescape")
-            assert not any(mark in raw for mark in PDF_MARKS), f"PDF bytes in {key!r}"
-        used = int(sredis.memory_usage(key) or 0)
-        assert used < pdf_size // 4, f"{key!r} uses {used} bytes for a {pdf_size}-byte PDF"
 
 
 # -- the folder backend alone ----------------------------------------------------------------
@@ -136,10 +91,10 @@ async def test_bytes_live_in_the_store_while_queued_and_go_when_the_job_ends(
         assert store.get(doc.sha256) == pdf  # in the store while queued
         home = await asyncio.to_thread(os.path.realpath, pipeline_env["PIPELINE_HOME"])
         assert store.where == os.path.join(home, "documents")
-        _assert_no_pdf_bytes_in_redis(sredis, client.keys.prefix, len(pdf))
+        assert_no_pdf_bytes_in_redis(sredis, client.keys.prefix, len(pdf))
         assert set(sredis.hkeys(client.keys.document(doc.sha256))) == {doc.job_id}
 
-        assert await _run_until_done(client, doc.job_id) == State.COMPLETE
+        assert await run_until_done(client, doc.job_id) == State.COMPLETE
         assert not store.exists(doc.sha256)  # gone once its last job ended
         assert not sredis.exists(client.keys.document(doc.sha256))
 
@@ -162,7 +117,7 @@ async def test_a_document_missing_from_the_store_fails_saying_where_and_why(
         (doc,) = sub.documents
         assert doc.job_id and doc.sha256
         store.delete(doc.sha256)  # as if written on another machine's local folder
-        assert await _run_until_done(client, doc.job_id) == State.FAILED
+        assert await run_until_done(client, doc.job_id) == State.FAILED
         job = await client.get(doc.job_id)
         assert f"is not in the store at {store.where}" in (job.error or "")
         assert "with several machines use a shared folder or S3" in (job.error or "")

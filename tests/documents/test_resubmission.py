@@ -4,44 +4,18 @@ against the emulator, an in-process worker."""
 
 from __future__ import annotations
 
-import asyncio
-
 import redis
 
 from pipeline.llm.gemini import GeminiProvider
-from pipeline.llm.provider import Provider
 from pipeline.queue.client import QueueClient
 from pipeline.queue.job import State
 from pipeline.redis.connection import connect_redis
 from pipeline.settings import get_settings
 from tasks.schema import Analysis
 from tasks.submission import Upload, submit_uploads
+from tests.documents.conftest import run_until_done
 from tests.support.emulator import start_emulator
 from tests.support.pdfs import make_pdf
-from tests.support.waiting import eventually
-
-
-async def _run_until_done(client: QueueClient, provider: Provider, job_id: str) -> State:
-    """Run an in-process worker with `provider` until `job_id` is terminal; its end state."""
-    import tasks.analyze  # noqa: F401  (registers the tasks)
-    from pipeline.services import build_worker, open_services
-
-    services = await open_services(client, provider=provider)
-    worker = await build_worker(client, queues=["default"], concurrency=2, services=services)
-    run = asyncio.create_task(worker.run(install_signals=False))
-    try:
-
-        async def ended() -> State | None:
-            job = await client.get(job_id)
-            return job.state if job.done else None
-
-        state: State = await eventually(ended, 60, f"job {job_id} to end")
-        await services.recorder.flush()
-        return state
-    finally:
-        worker.stop()
-        await asyncio.wait_for(run, 30)
-        await services.aclose()
 
 
 async def test_failed_document_resubmitted_runs_again_and_completes(
@@ -56,7 +30,7 @@ async def test_failed_document_resubmitted_runs_again_and_completes(
             assert doc.status == "queued" and doc.job_id
             # A wrong key: the emulator refuses it (4xx), so the job fails without retrying.
             wrong = GeminiProvider(api_key="not-the-key", base_url=emu.base_url)
-            assert await _run_until_done(client, wrong, doc.job_id) == State.FAILED
+            assert await run_until_done(client, doc.job_id, wrong) == State.FAILED
             calls_after_failure = emu.stats()["generate_requests"]
 
             again = await submit_uploads(client, [Upload("a-again.pdf", pdf)])
@@ -68,7 +42,7 @@ async def test_failed_document_resubmitted_runs_again_and_completes(
             assert (await client.get(doc.job_id)).state == State.FAILED
 
             right = GeminiProvider(api_key=emu.api_key, base_url=emu.base_url)
-            assert await _run_until_done(client, right, redo.job_id) == State.COMPLETE
+            assert await run_until_done(client, redo.job_id, right) == State.COMPLETE
             job = await client.get(redo.job_id)
             Analysis.model_validate(job.result)
             assert job.batch == again.batch_id  # booked to, and bounded by, the new batch

@@ -10,6 +10,7 @@
     backends       a fresh PostgreSQL database, a TCP proxy to cut it, a Redis that refuses
     cli            `python -m pipeline ...` as a user runs it
     scripted       a provider that plays back scripted answers and failures
+    s3_server      moto's S3 server in a subprocess, an S3 HTTP endpoint for boto3
 
 Task modules, imported by worker subprocesses by their dotted name
 (`pipeline worker --import tests.support.queue_tasks`): queue_tasks, llm_tasks, metrics_tasks.
