@@ -67,7 +67,8 @@ def costs(
     by: By = typer.Option(By.day, "--by", help="group rows by"),
     fmt: Format = typer.Option(Format.table, "--format", help="output format"),
     chart: Path | None = typer.Option(
-        None, "--chart", help="also draw spend per day to FILE, which must end in .png or .svg"
+        None, "--chart",
+        help="also draw spend per day by model and provider to FILE, which must end in .png or .svg"
     ),
 ) -> None:
     """Calls, tokens, cost and wasted cost from the ledger."""

@@ -198,12 +198,38 @@ def cost_report(
     }
 
 
+# What a chart's series says about who was paid, by the provider a ledger row names: a bar
+# is never read as Gemini spend unless Gemini answered (and billed) it.
+PAID_BY = {
+    "gemini": "Gemini, billed",
+    REHEARSAL: "emulator rehearsal, never billed",
+    "": "provider unrecorded",
+}
+
+
+def series_label(model: str, provider: str | None) -> str:
+    """A chart series' name: the model and who answered, e.g. "gemini-3.5-flash-lite
+    (emulator rehearsal, never billed)"; the offline analyzer's is named once."""
+    if provider == "offline":
+        return "offline analyzer ($0)"
+    return f"{model} ({PAID_BY.get(provider or '', provider)})"
+
+
+def is_rehearsal(label: str) -> bool:
+    """Whether a `series_label` names the emulator's calls (priced, never billed)."""
+    return label.endswith(f"({PAID_BY[REHEARSAL]})")
+
+
 def daily_spend_by_model(
     session: Session, since: datetime | None = None, until: datetime | None = None
 ) -> dict[str, dict[str, Decimal]]:
-    """{day: {model: cost}} for the chart."""
+    """{day: {series: cost}} for the charts, a series per model and provider
+    (`series_label`): the emulator's priced calls never share a bar with Gemini's bills."""
     out: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     for row in _rows(session, since, until):
         call: LLMCall = row[0]
-        out[_key(call, "day")][_key(call, "model")] += _money(call.cost_usd)
-    return {day: dict(models) for day, models in sorted(out.items())}
+        if call.outcome == Outcome.STARTED.value:
+            continue  # not spend yet (cost_report counts it as in flight)
+        label = series_label(_key(call, "model"), call.provider)
+        out[_key(call, "day")][label] += _money(call.cost_usd)
+    return {day: dict(series) for day, series in sorted(out.items())}

@@ -81,7 +81,7 @@ async def test_state_after_real_work_and_retry_of_a_dead_job(
         assert failure["attempts"] == 2 and failure["task"] == "m.broken"
         assert state["spend"]["days"][-1] == datetime.now(UTC).date().isoformat()
         assert len(state["spend"]["days"]) == 14
-        assert "offline" in state["spend"]["models"]  # the offline analyzer's $0 call
+        assert "offline analyzer ($0)" in state["spend"]["models"]  # its $0 call, named as such
         assert {m["model"] for m in state["limiter"]} >= {settings.model}
         assert set(state["budgets"]) == {"day", "month"}
         panels = (await client.get("/dashboard/panels")).text

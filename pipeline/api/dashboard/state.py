@@ -38,7 +38,8 @@ def _money(value: Decimal | None) -> str:
 
 
 def _spend(engine: Engine, today: datetime) -> dict[str, Any]:
-    """Spend per day by model for the chart: SQL, run in a thread."""
+    """Spend per day by model and provider for the chart (a rehearsal's series says so):
+    SQL, run in a thread."""
     since = today - timedelta(days=CHART_DAYS - 1)
     with session_factory(engine)() as session:
         daily = daily_spend_by_model(session, since=since)
