@@ -15,6 +15,7 @@ from sqlalchemy import Engine, func, or_, select
 from pipeline.errors import BatchNotFound, InputError
 from pipeline.ledger.models import Batch, BatchDocument, Document, JobRow, LLMCall, Result
 from pipeline.money import format_usd
+from tasks.result import shown
 from tasks.status import reduce_id
 
 NANO = Decimal("0.000000001")
@@ -183,7 +184,7 @@ def _results(conn: Any, members: list[Member], calls: list[Call]) -> dict[str, A
             mine = {m.provider} | _run_providers(m, calls)
             found = [r for r in found if r.provider in mine]
         if found:
-            out[m.document_id] = found[-1].data
+            out[m.document_id] = shown(found[-1].data)
     return out
 
 

@@ -116,11 +116,11 @@ class DocumentRow:
     pages: int | None
     job_id: str | None
     state: DocumentState
-    cost: Decimal
-    wasted: Decimal
+    cost: Decimal  # what this batch paid for it: the documents' costs sum to its spend
+    wasted: Decimal  # the part of `cost` that bought nothing
     result: Any
-    paid_in: list[str] = field(default_factory=list)  # other batches its cost was booked to
-    paid_elsewhere: Decimal = Decimal(0)  # the part of `cost` booked to those batches
+    paid_in: list[str] = field(default_factory=list)  # other batches its run's calls were paid in
+    paid_elsewhere: Decimal = Decimal(0)  # what those batches paid: not in `cost`
     run: Run | None = None
     mode: dict[str, Any] | None = None  # tasks/modes.py's choice (batch_fallback.annotate)
     # who each call of its current run asked, oldest first (ledger rows; "" before 0006)
@@ -134,7 +134,8 @@ class DocumentRow:
     def reason(self) -> str | None:
         if self.state.status == "complete" and self.paid_in:
             where = ", ".join(b[:12] for b in self.paid_in)
-            return f"answered by a run paid in batch {where} ({dollars(self.cost)}, not paid again)"
+            return (f"answered by a run paid in batch {where} "
+                    f"({dollars(self.paid_elsewhere)}, not paid again)")
         return self.state.reason
 
     def as_json(self) -> dict[str, Any]:
@@ -144,9 +145,10 @@ class DocumentRow:
             "status": self.status,
             "reason": self.reason,
             "pages": self.pages,
-            "cost_usd": usd(self.cost),
+            "cost_usd": usd(self.cost),  # this batch's: the documents' sum is spend_usd
             "wasted_usd": usd(self.wasted),
-            # the part of cost_usd other batches paid (a result reused here): not this batch's
+            # what other batches paid for the run answering here (a result reused): not in
+            # cost_usd, so no sum across batches counts it twice
             "paid_elsewhere_usd": usd(self.paid_elsewhere),
             "result": self.result,
             "mode": self.mode,
@@ -186,9 +188,9 @@ class BatchView:
 
 def document_rows(facts: LedgerFacts, runs: dict[str, Run], around: Surroundings) -> list[
         DocumentRow]:  # fmt: skip
-    """Each member's state, cost and result. A document's cost is what this batch paid for it
-    plus what its current run cost where it was paid (shown as paid there); a document whose
-    result was stored by an earlier run shows that run's cost, as paid where it was."""
+    """Each member's state, cost and result. A document's cost is what this batch paid for
+    it (so the costs sum to the batch's spend); what its current run cost in other batches,
+    or the earlier run whose stored result answers it, is its `paid_elsewhere`."""
     by_doc: dict[str, list[Call]] = {}
     for call in facts.calls:
         by_doc.setdefault(call.document_id or "", []).append(call)
@@ -203,10 +205,11 @@ def document_rows(facts: LedgerFacts, runs: dict[str, Run], around: Surroundings
             calls = by_doc.get(m.document_id, [])
         paid_in = sorted({c.batch_id for c in calls if c.batch_id and c.cost
                           and c.batch_id != facts.batch_id})  # fmt: skip
+        here = [c for c in calls if c.batch_id == facts.batch_id]
         rows.append(DocumentRow(
             m.name, m.document_id, m.pages, m.job_id, state,
-            sum((c.cost for c in calls), Decimal(0)),
-            sum((c.cost for c in calls if c.outcome in WASTED), Decimal(0)),
+            sum((c.cost for c in here), Decimal(0)),
+            sum((c.cost for c in here if c.outcome in WASTED), Decimal(0)),
             facts.results.get(m.document_id), paid_in,
             sum((c.cost for c in calls if c.batch_id != facts.batch_id), Decimal(0)), run,
             asked=[c.provider for c in calls if in_run(c, m.job_id)],
@@ -215,8 +218,8 @@ def document_rows(facts: LedgerFacts, runs: dict[str, Run], around: Surroundings
 
 
 def paid_elsewhere(view: BatchView) -> Decimal:
-    """What the documents' costs shown in `view` include that other batches paid (results
-    reused from earlier runs): the batch's own spend plus this is the column's sum."""
+    """What other batches paid for the runs answering `view`'s documents (results reused
+    from earlier runs): the sum of the documents' `paid_elsewhere`, never in the spend."""
     return sum((d.paid_elsewhere for d in view.documents), Decimal(0))
 
 

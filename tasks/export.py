@@ -23,7 +23,8 @@ MEDIA_TYPES = {
     "csv": "text/csv; charset=utf-8",
 }
 CSV_COLUMNS = (
-    "name", "document_id", "status", "reason", "pages", "cost_usd", "paid_elsewhere_usd",
+    "name", "document_id", "status", "reason", "pages", "cost_usd", "wasted_usd",
+    "paid_elsewhere_usd",
     "model", "provider", "calls", "document_type", "language", "summary", "key_points", "people",
     "organizations", "dates", "amounts",
 )  # fmt: skip
@@ -32,8 +33,11 @@ _JOIN = " | "
 
 def results_of(view: BatchView) -> list[dict[str, Any]]:
     """One entry per document for `pipeline results` and `GET /batches/{id}/results`: name,
-    pages, status, reason, cost (`paid_elsewhere_usd`: the part of it other batches paid, for
-    a result reused here), the stored analysis (None unless complete), `provider` and
+    pages, status, reason, `cost_usd` (what this batch paid for the document, every call
+    included, so the entries sum to the batch's spend), `wasted_usd` (the part of it that
+    bought nothing), `paid_elsewhere_usd` (what earlier batches paid for a result reused
+    here: not in cost_usd), the stored analysis (None unless complete; its
+    `used_answers_cost_usd` is what the answers it is made of cost), `provider` and
     `calls`. `provider` says who answered ("offline", "emulator", "gemini"), so an offline or
     rehearsal answer is never read as Gemini's: the result's `produced_by`, or for a document
     without a result the provider its run's newest call asked (the one that failed), from the
@@ -50,7 +54,8 @@ def results_of(view: BatchView) -> list[dict[str, Any]]:
             "document_id": d.document_id, "name": d.name, "pages": d.pages,
             "sha256": d.document_id, "status": d.status, "reason": d.reason,
             "model": m.model, "prompt_version": m.prompt_version,
-            "cost_usd": usd(d.cost), "paid_elsewhere_usd": usd(d.paid_elsewhere),
+            "cost_usd": usd(d.cost), "wasted_usd": usd(d.wasted),
+            "paid_elsewhere_usd": usd(d.paid_elsewhere),
             "provider": result_provider(d.result) or last_asked(d.asked),
             "calls": len(d.asked),
             "analysis": d.result,

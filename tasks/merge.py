@@ -17,6 +17,9 @@ from collections import Counter
 from decimal import Decimal
 from typing import Any
 
+from pipeline.money import format_usd
+from tasks.schema import USED
+
 ENTITY_KINDS = ("people", "organizations", "dates", "amounts")
 MAX_KEY_POINTS = 10
 MAX_POINT_CHARS = 400
@@ -175,10 +178,10 @@ def _coalesce_parts(record: dict[str, Any]) -> bool:
         if a["model_version"] == b["model_version"]:
             a["last_part"] = b.get("last_part") or b["part"]
             a["last_page"] = b["last_page"]
-            if a["cost_usd"] is not None and b["cost_usd"] is not None:
-                a["cost_usd"] = format(Decimal(a["cost_usd"]) + Decimal(b["cost_usd"]), "f")
+            if a[USED] is not None and b[USED] is not None:
+                a[USED] = format_usd(Decimal(a[USED]) + Decimal(b[USED]))
             else:
-                a["cost_usd"] = None
+                a[USED] = None
             del parts[i + 1]
             return True
     return False

@@ -15,8 +15,9 @@ from typing import Any, Protocol
 from pipeline.llm.offline import describe_pages, no_text_note, page_ranges
 from pipeline.llm.offline.provider import MODEL_VERSION as OFFLINE_MODEL_VERSION
 from pipeline.llm.provider import LLMRequest, LLMResponse, Usage
+from pipeline.money import format_usd
 from tasks.merge import bound
-from tasks.schema import AnalysisResult
+from tasks.schema import USED, AnalysisResult
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def part_outcome(
             "last_page": last_page,
             "model_version": model_version,
             "provider": provider or provider_of(model_version),
-            "cost_usd": None if cost is None else format(cost, "f"),
+            USED: None if cost is None else format_usd(cost),
         },
         "pages_without_text": blank_pages,
         "started_at": started_at,
@@ -99,7 +100,9 @@ def build_result(
         notes.append(no_text_note(blank))
     elif blank:
         notes.append(f"No text layer on {describe_pages(blank)}; the model read them as images.")
-    costs = [None if s["cost_usd"] is None else Decimal(s["cost_usd"]) for s in sources]
+    # `cost_usd`: a part answered before the field was renamed (a chunk job's stored return)
+    costs = [None if s.get(USED, s.get("cost_usd")) is None
+             else Decimal(s.get(USED, s.get("cost_usd"))) for s in sources]  # fmt: skip
     record = {
         **analysis,
         "produced_by": {
@@ -110,7 +113,7 @@ def build_result(
             ),
             "prompt_version": prompt_version,
         },
-        "cost_usd": add_costs(*costs, extra_cost),
+        USED: add_costs(*costs, extra_cost),
         "parts": sources,
         "pages_without_text": page_ranges(blank),
         "notes": notes,
@@ -119,6 +122,29 @@ def build_result(
     }
     checked = AnalysisResult.model_validate(record).model_dump(mode="json")
     return AnalysisResult.model_validate(bound(checked, max_bytes)).model_dump(mode="json")
+
+
+def shown(record: Any) -> Any:
+    """A stored result as every output shows it: money fixed-point at nine decimals
+    (format_usd) under `used_answers_cost_usd`, also in records stored before either (a bare
+    "0", `cost_usd`). Anything not a result record is returned as it is."""
+    if not isinstance(record, dict) or "produced_by" not in record:
+        return record
+    out = _used_cost(record)
+    if isinstance(out.get("parts"), list):
+        out["parts"] = [_used_cost(p) if isinstance(p, dict) else p for p in out["parts"]]
+    return out
+
+
+def _used_cost(entry: dict[str, Any]) -> dict[str, Any]:
+    """`entry` with its used answers' cost under USED, formatted, where the cost was."""
+    out = {}
+    for key, value in entry.items():
+        if key in ("cost_usd", USED):
+            out[USED] = None if value is None else format_usd(value)
+        else:
+            out[key] = value
+    return out
 
 
 def reusable(stored: Any, provider_name: str | None) -> bool:

@@ -16,10 +16,18 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, PlainSerializer
+from pydantic import AliasChoices, BaseModel, Field, PlainSerializer
 
-# Money crosses JSON as a fixed-point string ("0.001250"), never a float or "1E-5".
-Money = Annotated[Decimal, PlainSerializer(lambda v: format(v, "f"), return_type=str)]
+from pipeline.money import format_usd
+
+# Money crosses JSON as pipeline/money.py writes it everywhere ("0.001250000", "0.000000000"),
+# never a float, "1E-5" or a bare "0".
+Money = Annotated[Decimal, PlainSerializer(format_usd, return_type=str)]
+# What the answers a result is made of cost. Named apart from a results record's `cost_usd`
+# (what the batch paid for the document, wasted calls included); read from `cost_usd` in
+# records stored before the name changed.
+USED = "used_answers_cost_usd"
+_USED_OR_OLD = AliasChoices(USED, "cost_usd")
 # An inclusive run of 1-based page numbers, [first, last].
 PageRun = tuple[int, int]
 
@@ -115,16 +123,23 @@ class PartSource(BaseModel):
     first_page: int = Field(ge=1)
     last_page: int = Field(ge=1)
     model_version: str
-    cost_usd: Money | None = Field(description="None when no price is known for the model.")
+    used_answers_cost_usd: Money | None = Field(
+        validation_alias=_USED_OR_OLD,
+        description="What the answer used for this part cost (its repair's, when repaired); "
+        "None when no price is known for the model.",
+    )
 
 
 class AnalysisResult(Analysis):
     """One document's stored result; its JSON size is bounded by PIPELINE_MAX_RESULT_BYTES."""
 
     produced_by: Producer
-    cost_usd: Money | None = Field(
-        description="All calls that produced this result (repairs and the merge included); "
-        "None when a call's model has no known price: the ledger has what was booked."
+    used_answers_cost_usd: Money | None = Field(
+        validation_alias=_USED_OR_OLD,
+        description="What the answers this result is made of cost (each part's used answer, "
+        "a repair's when repaired, and the merge's); not the calls whose answers were thrown "
+        "away, which the document's `cost_usd` and `wasted_usd` include. None when a call's "
+        "model has no known price: the ledger has what was booked.",
     )
     parts: list[PartSource]
     pages_without_text: list[PageRun] = Field(

@@ -18,6 +18,7 @@ from pipeline.ledger.models import JobRow, LLMCall
 from pipeline.ledger.report import WASTED, _money
 from pipeline.money import format_usd
 from pipeline.queue.job import Job
+from tasks.result import shown
 
 
 def _iso(value: Any) -> str | None:
@@ -67,7 +68,7 @@ def job_view(job: Job | None, row: JobRow | None, cost: dict[str, Any]) -> dict[
             "started_at": _ms_iso(job.started_ms),
             "finished_at": _ms_iso(job.finished_ms),
             "progress": job.progress,
-            "result": job.result,
+            "result": shown(job.result),  # money as every output writes it
             "error": job.error,
             "cost": cost,
         }

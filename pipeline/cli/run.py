@@ -140,12 +140,14 @@ async def _registered(client: QueueClient, worker_id: str, timeout_s: float = 5.
 
 
 def print_summary(view: BatchView, written: dict[str, Path]) -> None:
-    """One row per document: status, pages, cost (paid here or where), result file or reason."""
-    from pipeline.cli.status import rehearsal_note, reused_note
+    """One row per document: status, pages, cost (paid in this batch; what earlier batches
+    paid for a reused result in its own column), result file or reason."""
+    from pipeline.cli.status import elsewhere_cells, rehearsal_note, reused_note
 
     f = view.facts
     table = Table(title=f"batch {f.batch_id}", title_justify="left")
-    for col in ("document", "status", "pages", "cost USD", "result / reason"):
+    elsewhere, cells = elsewhere_cells(view)
+    for col in ("document", "status", "pages", "cost USD", *elsewhere, "result / reason"):
         table.add_column(col, overflow="fold")
     for d in view.documents:
         status = d.status
@@ -155,7 +157,7 @@ def print_summary(view: BatchView, written: dict[str, Path]) -> None:
         if d.document_id in written and d.paid_in:
             detail += f" (paid in batch {', '.join(b[:12] for b in d.paid_in)})"
         table.add_row(escape(d.name), status, str(d.pages or ""), format_usd(d.cost),
-                      escape(detail))  # fmt: skip
+                      *cells[d.document_id], escape(detail))  # fmt: skip
     print_table(table)
     console.print(f"total spend: {dollars(f.spend)}{rehearsal_note(view)}{reused_note(view)} · "
                   f"results: "

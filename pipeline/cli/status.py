@@ -118,16 +118,27 @@ def print_queue_status(data: dict[str, object]) -> None:
 
 
 def reused_note(view: BatchView) -> str:
-    """The words after a batch's spend when its cost column includes what other batches
-    paid for results reused here ("" when it does not), so the column and the spend both
-    read true."""
+    """The words after a batch's spend when earlier batches paid for results reused here
+    ("" when none did): the cost column sums to the spend, and what was paid elsewhere has
+    its own column."""
     from tasks.batches import paid_elsewhere
 
     elsewhere = paid_elsewhere(view)
     if not elsewhere:
         return ""
-    return (f" in this batch (the cost column also shows {dollars(elsewhere)} paid in "
-            "earlier batches for results reused here)")
+    return (f" in this batch ({dollars(elsewhere)} more was paid in earlier batches for "
+            "results reused here: the paid elsewhere column)")
+
+
+def elsewhere_cells(view: BatchView) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    """The "paid elsewhere USD" column (its title, and each document's cell by id) when an
+    earlier batch paid for a result reused here; no column otherwise."""
+    from tasks.batches import paid_elsewhere
+
+    if not paid_elsewhere(view):
+        return (), {d.document_id: () for d in view.documents}
+    return ("paid elsewhere USD",), {d.document_id: (format_usd(d.paid_elsewhere),)
+                                     for d in view.documents}  # fmt: skip
 
 
 def rehearsal_note(view: BatchView) -> str:
@@ -153,13 +164,14 @@ def print_batch(view: BatchView) -> None:
     # Shown once any document is not plainly interactive (Batch Mode, auto, a deadline).
     modes = any(d.mode and (d.mode["shown"] != "interactive" or d.mode.get("deadline"))
                 for d in view.documents)  # fmt: skip
+    elsewhere, cells = elsewhere_cells(view)
     for col in ("document", "status", *(("mode",) if modes else ()), "pages", "cost USD",
-                "wasted USD", "stage / reason"):  # fmt: skip
+                "wasted USD", *elsewhere, "stage / reason"):  # fmt: skip
         table.add_column(col, overflow="fold", justify="right" if "USD" in col else "left")
     for d in view.documents:
         mode = ((d.mode or {}).get("shown", "-"),) if modes else ()
         table.add_row(escape(d.name), d.status, *mode, str(d.pages or ""), format_usd(d.cost),
-                      format_usd(d.wasted), escape(d.reason or ""),
+                      format_usd(d.wasted), *cells[d.document_id], escape(d.reason or ""),
                       style=_STYLE.get(d.status))  # fmt: skip
     whys = {(d.mode or {}).get("why") for d in view.documents} - {None, ""}
     if modes and whys:

@@ -176,7 +176,9 @@ def test_results_say_what_produced_them(results: dict[str, Any]) -> None:
             "provider": "offline", "model": "offline", "model_version": "offline",
             "prompt_version": version,
         }  # fmt: skip
-        assert result["cost_usd"] == "0"
+        # money as every output writes it, under a name that says which cost it is
+        assert result["used_answers_cost_usd"] == "0.000000000"
+        assert [p["used_answers_cost_usd"] for p in result["parts"]] == ["0.000000000"]
         pages = record.page_count
         assert [(p.part, p.first_page, p.last_page) for p in record.parts] == [(1, 1, pages)]
         assert record.started_at <= record.finished_at, name
@@ -270,9 +272,10 @@ async def test_gemini_merge_reads_the_parts_fields_not_a_json_dump(
     assert record.produced_by.provider == "gemini"
     assert [(p.first_page, p.last_page) for p in record.parts] == [(1, 2), (3, 4), (5, 6)]
     assert record.entities.organizations.count("Brightwater Analytics GmbH") == 1
-    assert record.cost_usd is not None and record.cost_usd > 0
-    assert sum(p.cost_usd or 0 for p in record.parts) < record.cost_usd  # the merge call too
-    assert re.fullmatch(r"\d+\.\d+", result["cost_usd"])  # fixed-point text, never a float
+    used = record.used_answers_cost_usd
+    assert used is not None and used > 0
+    assert sum(p.used_answers_cost_usd or 0 for p in record.parts) < used  # the merge call too
+    assert re.fullmatch(r"\d+\.\d{9}", result["used_answers_cost_usd"])  # never a float
 
 
 def test_pages_without_text_in_a_mixed_document_are_named(redis_url: str, tmp_path: Path) -> None:

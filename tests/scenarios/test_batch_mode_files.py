@@ -96,8 +96,8 @@ async def test_a_long_pdf_in_batch_mode_sends_its_parts_and_gets_one_merged_resu
     bill = Decimal(stats["batch"]["billed_total"]["cost_usd"]) + Decimal(
         stats["billed_total"]["cost_usd"])  # fmt: skip
     assert abs(booked - bill) <= MICRO
-    shown = sum((Decimal(str(j.result["cost_usd"])) for j in jobs if isinstance(j.result, dict)),
-                Decimal(0))  # fmt: skip
+    shown = sum((Decimal(str(j.result["used_answers_cost_usd"])) for j in jobs
+                 if isinstance(j.result, dict)), Decimal(0))  # fmt: skip
     assert abs(shown - booked) <= MICRO  # each result shows what it cost, merge included
     assert all(j.state == State.COMPLETE for j in reruns)
     assert after["batch"]["jobs_created"] == 1 and after["generate_requests"] == 1

@@ -76,7 +76,8 @@ async def test_five_documents_in_batch_mode_make_one_job_and_cost_half(
         interactive += prices.cost(r.model_version or r.model, usage, r.started_at)
     assert abs(interactive / 2 - booked) <= MICRO
     # Each result shows what it really cost: the batch price.
-    shown = sum((Decimal(str(r["cost_usd"])) for r in results if isinstance(r, dict)), Decimal(0))
+    shown = sum((Decimal(str(r["used_answers_cost_usd"])) for r in results
+                 if isinstance(r, dict)), Decimal(0))  # fmt: skip
     assert abs(shown - booked) <= MICRO
     # The re-run: results from the ledger, no new batch job, no new bill.
     assert all(j.state == State.COMPLETE for j in reruns)

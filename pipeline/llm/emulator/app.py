@@ -30,6 +30,7 @@ from pipeline.llm.emulator.faults import Active, Fault, FaultBook
 from pipeline.llm.emulator.files import FileStore, add_file_routes
 from pipeline.llm.emulator.quota import QuotaTracker
 from pipeline.llm.emulator.stats import Bill, EmulatorStats, Throttle, price
+from pipeline.money import format_usd
 
 DEFAULT_API_KEY = "emulator-key"
 
@@ -264,7 +265,7 @@ class _Emulator:
                 "finish_reason": reply.finish_reason if answered else active.finish_reason,
                 "block_reason": active.block_reason, "faults": active.applied,
                 "usage_reported": active.usage, "input_tokens": billed_prompt,
-                "output_tokens": out, "thinking_tokens": thoughts, "cost_usd": f"{cost:f}",
+                "output_tokens": out, "thinking_tokens": thoughts, "cost_usd": format_usd(cost),
             })  # fmt: skip
         return payload
 

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from pipeline.money import format_usd
+
 _TOKEN_FIELDS = ("input_tokens", "output_tokens", "thinking_tokens")
 
 
@@ -149,9 +151,9 @@ class EmulatorStats:
 
 
 def _bill_json(rows: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    billed = {model: {**row, "cost_usd": f"{row['cost_usd']:f}"} for model, row in rows.items()}
+    billed = {m: {**row, "cost_usd": format_usd(row["cost_usd"])} for m, row in rows.items()}
     total: dict[str, Any] = {name: sum(r[name] for r in rows.values())
                              for name in ("requests", *_TOKEN_FIELDS)}  # fmt: skip
     cost = sum((r["cost_usd"] for r in rows.values()), Decimal(0))
-    total["cost_usd"] = f"{cost:f}"
+    total["cost_usd"] = format_usd(cost)
     return billed, total
