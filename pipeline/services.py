@@ -12,6 +12,7 @@ Kept apart from the queue core so the queue knows nothing of LLMs or SQL. Worker
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     from pipeline.llm.retry import RetryBudget
     from pipeline.llm.stop import Accept
     from pipeline.llm.tally import TallyingRecorder
+
+log = logging.getLogger(__name__)
 
 
 # A job whose budget is full only of other calls' holds waits this long (plus jitter, so
@@ -275,16 +278,43 @@ async def open_services(client: QueueClient, provider: Provider | None = None) -
                     tally=tally)  # fmt: skip
 
 
-def ledger_hooks(services: Services) -> dict[str, Any]:
-    """Queue events the ledger must see: job outcomes, and leases that expired mid-call."""
-
-    from pipeline.ledger.reconcile import Reconciler, settle_lost_holds
+def _reconciler(services: Services) -> Any:
+    from pipeline.ledger.reconcile import Reconciler
 
     s = services.client.settings
-    reconciler = Reconciler(
+    return Reconciler(
         services.client.redis, services.client.keys, services.recorder, services.budget,
         services.prices, interval_s=s.reconcile_interval_s, lost_after_s=s.reconcile_interval_s,
     )  # fmt: skip
+
+
+async def floor_budgets(services: Services) -> None:
+    """Raise this key prefix's day, month and batch budgets to the ledger's before the worker
+    claims anything. The day and month limits bound the whole ledger's spend, and Redis
+    under a prefix knows only what was reserved under it: unfloored, a worker under a fresh
+    prefix (or one started within a reconcile interval of an earlier pass, which the pass's
+    lock skips) would admit calls past a limit the ledger has reached already. With the
+    database away the periodic pass floors them once it is back (logged)."""
+    from sqlalchemy import exc as sa_exc
+
+    from pipeline.ledger.write_behind import is_connection_error
+
+    try:
+        await _reconciler(services).rebuild_budgets()
+    except sa_exc.SQLAlchemyError as exc:
+        if not is_connection_error(exc):
+            raise
+        log.warning("budgets not raised to the ledger's at start (database unreachable: %s); "
+                    "the reconcile pass raises them once it is back", exc)  # fmt: skip
+
+
+def ledger_hooks(services: Services) -> dict[str, Any]:
+    """Queue events the ledger must see: job outcomes, and leases that expired mid-call."""
+
+    from pipeline.ledger.reconcile import settle_lost_holds
+
+    s = services.client.settings
+    reconciler = _reconciler(services)
 
     async def reconcile() -> None:
         await reconciler.run()
@@ -353,6 +383,7 @@ async def build_worker(
     from pipeline.storage.holds import document_hooks
 
     services = services or await open_services(client)
+    await floor_budgets(services)  # before the first claim can reserve against them
     return Worker(
         client,
         queues=queues,

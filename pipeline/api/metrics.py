@@ -131,7 +131,7 @@ async def snapshot(
     snap.llm = await asyncio.to_thread(_ledger_totals, engine)
     snap.stats = await Stats(client.redis, client.keys).read()
     snap.limiter_counts = await LimiterCounters(client.redis, client.keys).read()
-    snap.budgets = await _budgets(client)
+    snap.budgets = await _budgets(client, engine)
     snap.limiter = await limiter_states(client)
     snap.documents = await _document_states(client, engine)
     return snap
@@ -152,10 +152,13 @@ async def _document_states(client: QueueClient, engine: Engine) -> Counter[tuple
     return out
 
 
-async def _budgets(client: QueueClient) -> dict[str, tuple[float, float, float | None]]:
+async def _budgets(
+    client: QueueClient, engine: Engine
+) -> dict[str, tuple[float, float, float | None]]:
     from pipeline.ledger.budget import Budget
+    from pipeline.ledger.windows import shown_budgets
 
-    status = await Budget(client.redis, client.keys, client.settings).status()
+    status = await shown_budgets(Budget(client.redis, client.keys, client.settings), engine)
     return {
         scope: (
             sample(st.spent_usd),

@@ -51,21 +51,23 @@ async def _models(client: QueueClient) -> list[str]:
     return sorted({s.model, *s.limits, *await bucket_models(client.redis, client.keys)})
 
 
-async def service_state(client: QueueClient) -> dict[str, Any]:
-    """Limiter state per model and the day/month budget state, as JSON-ready dicts."""
+async def service_state(client: QueueClient, engine: Engine) -> dict[str, Any]:
+    """Limiter state per model and the day/month budget state, as JSON-ready dicts; a
+    window's spend is never below the ledger's (pipeline/ledger/windows.py)."""
     from pipeline.ledger.budget import Budget
+    from pipeline.ledger.windows import shown_budgets
     from pipeline.llm.limiter import Limiter
 
     limiter = Limiter(client.redis, client.keys, client.settings)
     limits = [await limiter.state(m) for m in await _models(client)]
-    budget = await Budget(client.redis, client.keys, client.settings).status()
+    budget = await shown_budgets(Budget(client.redis, client.keys, client.settings), engine)
     return {"limiter": limits, "budget": {k: v.as_dict() for k, v in budget.items()}}
 
 
-async def _overview() -> dict[str, Any]:
+async def _overview(engine: Engine) -> dict[str, Any]:
     client = await QueueClient.connect(read_only=True)
     try:
-        return await service_state(client)
+        return await service_state(client, engine)
     finally:
         await client.aclose()
 
@@ -234,7 +236,7 @@ def status(batch: Annotated[str | None, typer.Argument()] = None, as_json: JsonO
                 print_batch(view)
             return
         queues = asyncio.run(_queue_status())
-        services = asyncio.run(_overview())
+        services = asyncio.run(_overview(engine))
         batches = recent_batches(engine)
     finally:
         engine.dispose()

@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from pipeline.api.metrics import limiter_states
 from pipeline.ledger.db import session_factory
 from pipeline.ledger.report import daily_spend_by_model
+from pipeline.ledger.windows import shown_budgets
 from pipeline.money import format_usd
 from pipeline.queue.client import QueueClient
 from pipeline.queue.stats import Stats
@@ -124,7 +125,7 @@ async def dashboard_state(client: QueueClient, engine: Engine, budget: Any) -> d
     dead = await client.dead_jobs(limit=RECENT_FAILURES)
     stats = await Stats(client.redis, client.keys).read()
     limiter = await limiter_states(client)
-    budgets = await budget.status()
+    budgets = await shown_budgets(budget, engine)  # never below the ledger's
     spend = await asyncio.to_thread(_spend, engine, today)
     views = await batch_views(client, engine)
     # Dead jobs that belong to a document show as that document's failure, once.
