@@ -60,9 +60,9 @@ def _as_if_paid(env: dict[str, str]) -> None:
             cols = [r[1] for r in conn.execute(text("PRAGMA table_info(llm_calls)"))]
             picked = ", ".join(":id" if c == "id" else ":o" if c == "outcome" else ":c"
                                if c == "cost_usd" else c for c in cols)  # fmt: skip
+            copy = {"id": "wasted-1", "o": "invalid", "c": str(WASTED), "src": call_id}
             conn.execute(text(f"INSERT INTO llm_calls ({', '.join(cols)}) SELECT {picked} "
-                              "FROM llm_calls WHERE id = :src"),
-                         {"id": "wasted-1", "o": "invalid", "c": str(WASTED), "src": call_id})  # fmt: skip
+                              "FROM llm_calls WHERE id = :src"), copy)  # fmt: skip
     finally:
         engine.dispose()
 

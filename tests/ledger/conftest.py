@@ -41,6 +41,20 @@ def database_url_for(backend: str, tmp_path: Path, postgres_url: str | None) -> 
 
 
 @pytest.fixture(params=BACKENDS)
+def ledger_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None,
+    pipeline_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[str]:  # fmt: skip
+    """A ledger of its own on each backend, named by PIPELINE_DATABASE_URL for the CLI."""
+    with database_url_for(request.param, tmp_path, postgres_url) as url:
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        from pipeline.settings import get_settings
+
+        get_settings.cache_clear()
+        yield url
+
+
+@pytest.fixture(params=BACKENDS)
 def engine(
     request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None
 ) -> Iterator[Engine]:

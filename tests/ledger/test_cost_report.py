@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -25,25 +25,9 @@ from pipeline.ledger.recorder import SqlRecorder
 from pipeline.ledger.report import cost_report, parse_when, percentile
 from pipeline.llm.attempts import Outcome
 from pipeline.redis.keys import Keys
-from tests.ledger.conftest import BACKENDS, attempt, database_url_for, settle
+from tests.ledger.conftest import attempt, settle
 from tests.support import ROOT
 from tests.support.backends import free_port
-
-
-@pytest.fixture(params=BACKENDS)
-def ledger_url(
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    postgres_url: str | None,
-    pipeline_env: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[str]:
-    with database_url_for(request.param, tmp_path, postgres_url) as url:
-        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
-        from pipeline.settings import get_settings
-
-        get_settings.cache_clear()
-        yield url
 
 
 def _at(day: str, hour: int = 12) -> datetime:

@@ -7,9 +7,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -21,7 +19,7 @@ from pipeline.ledger.recorder import SqlRecorder
 from pipeline.llm.attempts import Outcome
 from pipeline.money import dollars, format_usd
 from pipeline.redis.keys import Keys
-from tests.ledger.conftest import BACKENDS, attempt, database_url_for, settle
+from tests.ledger.conftest import attempt, settle
 
 SCIENTIFIC = re.compile(r"\d[eE][-+]?\d")
 
@@ -47,19 +45,6 @@ def test_format_usd_is_fixed_point_at_the_ledger_precision(value: object, expect
 def test_format_usd_refuses_what_is_not_money() -> None:
     with pytest.raises(ValueError, match="not an amount"):
         format_usd(Decimal("NaN"))
-
-
-@pytest.fixture(params=BACKENDS)
-def ledger_url(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None,
-    pipeline_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[str]:  # fmt: skip
-    with database_url_for(request.param, tmp_path, postgres_url) as url:
-        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
-        from pipeline.settings import get_settings
-
-        get_settings.cache_clear()
-        yield url
 
 
 async def test_costs_table_csv_and_json_print_tiny_and_zero_amounts_fixed_point(

@@ -6,7 +6,6 @@ an SVG keeps its words as <text>, which is what is read back here."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from html import unescape
@@ -24,22 +23,9 @@ from pipeline.ledger.chart import spend_figure
 from pipeline.ledger.recorder import SqlRecorder
 from pipeline.llm.attempts import Outcome
 from pipeline.redis.keys import Keys
-from tests.ledger.conftest import BACKENDS, attempt, database_url_for, settle
+from tests.ledger.conftest import attempt, settle
 
 MODEL = "gemini-3.5-flash-lite"
-
-
-@pytest.fixture(params=BACKENDS)
-def ledger_url(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None,
-    pipeline_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[str]:  # fmt: skip
-    with database_url_for(request.param, tmp_path, postgres_url) as url:
-        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
-        from pipeline.settings import get_settings
-
-        get_settings.cache_clear()
-        yield url
 
 
 async def _seed(url: str, redis: aioredis.Redis, keys: Keys,
