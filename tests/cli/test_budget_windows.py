@@ -72,6 +72,26 @@ def test_status_shows_the_ledgers_day_and_month_under_a_fresh_prefix(
     assert _day_cell(run_cli(env, "status").stdout) == "0.049478200"
 
 
+async def test_the_dashboard_and_metrics_show_the_ledgers_day_under_a_fresh_prefix(
+    env: dict[str, str], redis_url: str
+) -> None:
+    from pipeline.api.dashboard.state import dashboard_state
+    from pipeline.api.metrics import scrape
+    from pipeline.ledger.budget import Budget
+
+    settings = load_settings(key_prefix=env["PIPELINE_KEY_PREFIX"])
+    client = QueueClient(connect_redis(redis_url), settings=settings)
+    engine = db.create_ledger_engine(env["PIPELINE_DATABASE_URL"])
+    try:
+        state = await dashboard_state(client, engine, Budget(client.redis, client.keys, settings))
+        assert state["budgets"]["day"]["spent_usd"] == "0.049478200", state["budgets"]
+        body = (await scrape(client, engine)).decode()
+        assert 'pipeline_budget_spent_usd{scope="day"} 0.0494782' in body, body
+    finally:
+        engine.dispose()
+        await client.aclose()
+
+
 async def test_a_worker_under_a_fresh_prefix_admits_nothing_past_the_day_limit(
     env: dict[str, str], redis_url: str
 ) -> None:
