@@ -294,18 +294,20 @@ async def floor_budgets(services: Services) -> None:
     under a prefix knows only what was reserved under it: unfloored, a worker under a fresh
     prefix (or one started within a reconcile interval of an earlier pass, which the pass's
     lock skips) would admit calls past a limit the ledger has reached already. With the
-    database away the periodic pass floors them once it is back (logged)."""
+    database or Redis away the periodic pass floors them once it is back (logged)."""
+    from redis.exceptions import RedisError
     from sqlalchemy import exc as sa_exc
 
     from pipeline.ledger.write_behind import is_connection_error
 
     try:
         await _reconciler(services).rebuild_budgets()
-    except sa_exc.SQLAlchemyError as exc:
-        if not is_connection_error(exc):
+    except (sa_exc.SQLAlchemyError, RedisError) as exc:
+        if isinstance(exc, sa_exc.SQLAlchemyError) and not is_connection_error(exc):
             raise
-        log.warning("budgets not raised to the ledger's at start (database unreachable: %s); "
-                    "the reconcile pass raises them once it is back", exc)  # fmt: skip
+        log.warning("budgets not raised to the ledger's at start (%s unreachable: %s); the "
+                    "reconcile pass raises them once it is back",
+                    "Redis" if isinstance(exc, RedisError) else "the database", exc)  # fmt: skip
 
 
 def ledger_hooks(services: Services) -> dict[str, Any]:
