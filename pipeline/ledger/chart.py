@@ -35,7 +35,8 @@ def write_spend_chart(spend: dict[str, dict[str, Decimal]], path: Path) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with plt.rc_context({"svg.fonttype": "none"}):
-        fig.savefig(path, format=path.suffix.lower().lstrip("."))
+        # "tight": the legend sits beside the axes, outside the figure's own box
+        fig.savefig(path, format=path.suffix.lower().lstrip("."), bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -58,7 +59,7 @@ def spend_figure(spend: dict[str, dict[str, Decimal]]) -> Any:
     total = sum((c for per_day in spend.values() for c in per_day.values()), Decimal(0))
     rehearsal = sum((c for per_day in spend.values() for s, c in per_day.items()
                      if is_rehearsal(s)), Decimal(0))  # fmt: skip
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * len(days) + 3), 4.5))
+    fig, ax = plt.subplots(figsize=(max(10.0, 0.6 * len(days) + 7), 4.5))  # + the legend
     title = "LLM spend per day by model and provider (UTC)"
     if total == 0:
         ax.set_title(_plain(title))
@@ -79,10 +80,11 @@ def spend_figure(spend: dict[str, dict[str, Decimal]]) -> Any:
     ax.set_ylabel("USD")
     ax.set_ylim(bottom=0)  # spend is never negative: never a -0.05 axis
     if rehearsal:
-        title += (f"\n{dollars(rehearsal)} of {dollars(total)} is emulator rehearsal "
+        title += (f"\n{dollars(rehearsal)} of {dollars(total)} is emulator rehearsal\n"
                   "(priced as Gemini bills, never billed)")  # fmt: skip
     ax.set_title(_plain(title), fontsize="medium")
-    ax.legend(fontsize="small")
+    # beside the axes, so no entry hides a bar
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.tick_params(axis="x", labelrotation=45)
     fig.tight_layout()
     return fig
