@@ -26,7 +26,7 @@ log = logging.getLogger("pipeline.lease")
 RENEW_CHUNK = 500  # leases per script call
 
 
-@dataclass
+@dataclass(slots=True)  # no instance dict: one per running job
 class Lease:
     job_id: str
     token: str
