@@ -339,7 +339,7 @@ class Worker(GracefulShutdown):
         joblog.started(job, joblog.describe(self.job_fields, job))
         try:
             task = lookup(job.task)
-            args = list(job.args)
+            args = job.args  # unpacked into the call: the task cannot change the job's list
             if job.chord:
                 ctx.group_results = await self.client.group_results(job.chord)
                 args = [ctx.group_results, *args]
