@@ -182,17 +182,27 @@ def print_batch(view: BatchView) -> None:
                       highlight=False, soft_wrap=True)  # fmt: skip
 
 
+def _per(period_s: float) -> str:
+    return "minute" if period_s == 60 else f"{period_s:g} s"
+
+
 def _print_services(state: dict[str, Any]) -> None:
-    table = Table(title="rate limits (shared by all workers)")
-    for col in ("model", "requests left (rpm)", "tokens left (tpm)", "today (rpd)", "in flight",
-                "paused until",
+    from pipeline.llm.bucket import BURST_NOTE
+
+    per = _per(state["limiter"][0]["period_s"]) if state["limiter"] else "minute"
+    table = Table(title="rate limits (shared by all workers)", caption=BURST_NOTE,
+                  caption_justify="left")  # fmt: skip
+    for col in ("model", f"requests used / limit (last {per})", "requests used / limit (today)",
+                "start now: requests · tokens", "in flight", "paused until",
                 "daily quota exhausted until"):  # fmt: skip
         table.add_column(col)
     for m in state["limiter"]:
         lim = m["limits"]
         table.add_row(
-            m["model"], f"{m['requests_left']:.0f} ({lim['rpm']})",
-            f"{m['tokens_left']:.0f} ({lim['tpm']})", f"{m['requests_today']} ({lim['rpd']})",
+            m["model"], f"{m['requests_in_window']} / {lim['rpm']}",
+            f"{m['requests_today']} / {lim['rpd']}",
+            f"{m['requests_left']:.0f} of {m['requests_burst']:.0f} · "
+            f"{m['tokens_left']:.0f} of {m['tokens_burst']:.0f}",
             str(m["in_flight"]), m["paused_until"] or "-", m["daily_exhausted_until"] or "-",
         )  # fmt: skip
     console.print(table)
