@@ -39,6 +39,7 @@ _WAIT_WORDS = {
     Reason.RATE_LIMIT: "for the provider's rate limit (429) to pass",
     "retry": "for a retry after an error",
     "no_worker": "for a live worker to serve their queue",
+    "worker_lost": "for a lost worker's lease to run out (then requeued, attempts allowing)",
 }
 _STYLE = {"failed": "red", "over_budget": "yellow", "cancelled": "dim", "complete": "green"}
 
@@ -139,27 +140,40 @@ def rehearsal_note(view: BatchView) -> str:
     return ""
 
 
+def in_flight_note(view: BatchView) -> str:
+    """Words after a batch's spend while calls are in flight: their worst case, held against
+    budgets and not spent yet, as `pipeline costs` counts them ("" when none is)."""
+    if not view.held:
+        return ""
+    return f" · {dollars(view.held)} held for calls in flight (not spent yet)"
+
+
 def print_batch(view: BatchView) -> None:
     """Every document: name, status, stage or reason, pages, cost and wasted, then counts,
     spend against budget and what waits for what. Names and reasons are never cut."""
     f = view.facts
     label = f" · {f.label}" if f.label else ""
     budget = f" of {dollars(f.budget_usd)}" if f.budget_usd is not None else ""
+    in_flight = in_flight_note(view)
     console.print(f"batch {f.batch_id}{label} · {counted(len(view.documents), 'document')} · spent "
-                  f"{dollars(f.spend)}{budget}{rehearsal_note(view)}{reused_note(view)}",
+                  f"{dollars(f.spend)}{budget}{rehearsal_note(view)}{reused_note(view)}"
+                  f"{in_flight}",
                   highlight=False,
                   soft_wrap=True, markup=False)  # fmt: skip
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     # Shown once any document is not plainly interactive (Batch Mode, auto, a deadline).
     modes = any(d.mode and (d.mode["shown"] != "interactive" or d.mode.get("deadline"))
                 for d in view.documents)  # fmt: skip
+    # Shown once a call is in flight: its worst case, held, not in the cost (`pipeline costs`).
+    held = bool(view.held)  # a column once a call is in flight (not in the cost)
     for col in ("document", "status", *(("mode",) if modes else ()), "pages", "cost USD",
-                "wasted USD", "stage / reason"):  # fmt: skip
+                *(("held USD",) if held else ()), "wasted USD", "stage / reason"):  # fmt: skip
         table.add_column(col, overflow="fold", justify="right" if "USD" in col else "left")
     for d in view.documents:
         mode = ((d.mode or {}).get("shown", "-"),) if modes else ()
+        held_cell = (format_usd(d.held),) if held else ()
         table.add_row(escape(d.name), d.status, *mode, str(d.pages or ""), format_usd(d.cost),
-                      format_usd(d.wasted), escape(d.reason or ""),
+                      *held_cell, format_usd(d.wasted), escape(d.reason or ""),
                       style=_STYLE.get(d.status))  # fmt: skip
     whys = {(d.mode or {}).get("why") for d in view.documents} - {None, ""}
     if modes and whys:

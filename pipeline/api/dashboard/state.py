@@ -80,6 +80,8 @@ def _batch_row(view: BatchView) -> dict[str, Any]:
         "counts": counts,
         "progress": done / total if total else 0.0,
         "spent_usd": _money(f.spend),
+        # calls in flight, not in spent_usd: their worst case, held (`pipeline costs`)
+        "held_usd": _money(view.held),
         "budget_usd": None if f.budget_usd is None else _money(f.budget_usd),
         # a share for the <meter>, kept exact
         "budget_used": str((f.spend / f.budget_usd).quantize(Decimal("0.0001")))
