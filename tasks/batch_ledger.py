@@ -14,6 +14,7 @@ from sqlalchemy import Engine, func, or_, select
 
 from pipeline.errors import BatchNotFound, InputError
 from pipeline.ledger.models import Batch, BatchDocument, Document, JobRow, LLMCall, Result
+from pipeline.ledger.report import held_usd
 from pipeline.money import format_usd
 from tasks.status import reduce_id
 
@@ -81,6 +82,7 @@ class Call:
     cost: Decimal
     outcome: str
     provider: str = ""  # who answered ("" for rows from before migration 0006)
+    held: Decimal = Decimal(0)  # in flight (`started`): its worst case, held, not yet spent
 
 
 @dataclass
@@ -121,10 +123,10 @@ def read_ledger(engine: Engine, batch_id: str) -> LedgerFacts:
         doc_ids = [m.document_id for m in members]
         calls = [
             Call(c.job_id, c.batch_id, c.document_id, _money(c.cost_usd), c.outcome,
-                 c.provider or "")
+                 c.provider or "", held_usd(c.outcome, c.cost_usd, c.estimated_cost_usd))
             for c in conn.execute(
                 select(LLMCall.job_id, LLMCall.batch_id, LLMCall.document_id, LLMCall.cost_usd,
-                       LLMCall.outcome, LLMCall.provider)
+                       LLMCall.outcome, LLMCall.provider, LLMCall.estimated_cost_usd)
                 .where(or_(LLMCall.document_id.in_(doc_ids), LLMCall.batch_id == batch_id))
                 .order_by(LLMCall.started_at, LLMCall.id)
             )
