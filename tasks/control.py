@@ -50,6 +50,7 @@ class Cancelled:
     jobs: dict[str, str]
     skipped: list[str]  # documents whose run belongs to another batch
     batch_jobs: list[str] = field(default_factory=list)  # Gemini batch jobs asked to cancel
+    note: str = ""  # about the choice of batch (tasks/batch_ledger.find_batch)
 
     @property
     def cancelled(self) -> int:
@@ -170,7 +171,7 @@ async def cancel_batch(client: QueueClient, recorder: SqlRecorder, engine: Engin
     `cancel_remote`)."""
     view = await batch_view(client, engine, ref)
     batch_id = view.facts.batch_id
-    result = Cancelled(batch_id, {}, [])
+    result = Cancelled(batch_id, {}, [], note=view.note)
     left: dict[str, Any] = {}
     for doc in view.documents:
         if doc.status in ("complete", "failed", "over_budget", "cancelled") or not doc.job_id:
@@ -206,7 +207,8 @@ async def set_budget(client: QueueClient, recorder: SqlRecorder, engine: Engine,
             "spend_usd": usd(view.facts.spend), "over_budget": waiting,
             "overrun_stop": None if stopped_at is None else
             ("lifted" if usd_amount > stopped_at else "still stopped"),
-            "stopped_at_usd": None if stopped_at is None else usd(stopped_at)}  # fmt: skip
+            "stopped_at_usd": None if stopped_at is None else usd(stopped_at),
+            "note": view.note}  # fmt: skip
 
 
 def check_floor(view: BatchView, amount: Decimal, s: Settings) -> None:

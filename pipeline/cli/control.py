@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.cli.common import JsonOpt, console, ledger_engine
+from pipeline.cli.common import JsonOpt, console, ledger_engine, say_note
 from pipeline.errors import BatchNotFound, JobNotFound
 from pipeline.money import dollars
 from pipeline.queue.client import QueueClient
@@ -67,6 +67,7 @@ def cancel(
             ) from None
 
     done = _with_services(work)
+    say_note(done.note)
     if as_json:
         print(json.dumps(done.as_json()))
         return
@@ -93,6 +94,7 @@ def budget(
 
     amount = set_usd.strip().lstrip("$")
     out = _with_services(lambda c, r, e: set_budget(c, r, e, batch, amount))
+    say_note(out["note"])
     if as_json:
         print(json.dumps(out))
         return
@@ -128,6 +130,7 @@ def retry(
     async def work(client: QueueClient, recorder: SqlRecorder, engine: Engine) -> Any:
         since = await client.last_event_id()
         view, retried = await retry_batch(client, recorder, engine, batch, states)
+        say_note(view.note)
         if as_json:
             print(json.dumps({"batch_id": view.facts.batch_id,
                               "documents": [r.__dict__ for r in retried]}), flush=True)  # fmt: skip

@@ -29,6 +29,7 @@ from pipeline.cli.common import (
     console,
     ledger_engine,
     print_table,
+    say_note,
 )
 from pipeline.cli.mode import DeadlineOpt, ModeOpt
 from pipeline.cli.submit import (
@@ -202,6 +203,7 @@ def results(
         view = asyncio.run(read_batch(batch, engine))
     finally:
         engine.dispose()
+    say_note(view.note)
     data = results_of(view)
     if out is not None:
         written = write_results(data, out)
