@@ -3,10 +3,11 @@ result. The CLI (`pipeline cancel|budget|retry`) and the API (`POST /batches/{id
 `PATCH /batches/{id}`, `POST /batches/{id}/retry`, `POST /jobs/{id}/cancel`) call these.
 
 - Cancel: a job not yet running ends `cancelled` at once; a running one is flagged and its
-  worker stops it at its next lease renewal (cooperatively), and a call it has in flight is
-  booked `abandoned` at its worst case (possibly billed). Cancelling a long document's root
-  cancels its parts and merge too. A batch's cancel leaves alone runs that belong to another
-  batch (a document resubmitted here while that batch's run answers it). A document waiting
+  worker stops it within a liveness tick (pipeline/queue/liveness.py, about a second), and
+  a call it has in flight is booked `abandoned` at its worst case (possibly billed).
+  Cancelling a long document's root cancels its parts and merge too. A batch's cancel
+  leaves alone runs that belong to another batch (a document resubmitted here while that
+  batch's run answers it). A document waiting
   in a Gemini batch job leaves it (tasks/batch_fallback.py); once every document of that job
   has left, the remote job is cancelled too, and what it answered anyway is booked, unused.
 - Budget: the new figure is checked by the one budget rule, kept in Redis where every call

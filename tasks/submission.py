@@ -68,7 +68,7 @@ class DocOutcome:
 
 @dataclass
 class Submission:
-    batch_id: str
+    batch_id: str | None  # None when every file was refused: no batch was made
     documents: list[DocOutcome]
     warnings: list[str] = field(default_factory=list)
     model: str = ""
@@ -80,6 +80,14 @@ class Submission:
     @property
     def job_ids(self) -> list[str]:
         return [d.job_id for d in self.documents if d.job_id]
+
+    @property
+    def made(self) -> str:
+        """The batch id of a submission that queued something; ValueError when it queued
+        nothing and so made no batch."""
+        if self.batch_id is None:
+            raise ValueError("nothing was queued: no batch was made")
+        return self.batch_id
 
     @property
     def queued(self) -> int:
@@ -293,8 +301,9 @@ async def submit_uploads(
             outcomes[index] = DocOutcome(upload.name, "skipped", reason=str(exc))
             continue
         checked.append((index, upload, pages, sha))
-    if not checked:
+    if not checked:  # nothing to queue: no batch is made, so none is named
         submission.documents = [outcomes[i] for i in sorted(outcomes)]
+        submission.batch_id = None
         return submission
     if budget_usd is not None and billed:
         submission.warnings.extend(

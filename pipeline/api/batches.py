@@ -145,7 +145,7 @@ async def patch_batch(request: Request, batch_id: str, patch: BudgetPatch) -> di
 
 @router.post("/batches/{batch_id}/cancel")
 async def cancel_batch(request: Request, batch_id: str) -> dict[str, Any]:
-    """Cancel the batch: queued jobs at once, running ones at their next lease renewal."""
+    """Cancel the batch: queued jobs at once, running ones within a liveness tick (~1 s)."""
     from tasks.control import cancel_batch as cancel
 
     api = _api(request)

@@ -49,8 +49,8 @@ def cancel(
     target: Annotated[str, typer.Argument(help="A batch (id, id prefix or label) or a job id.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Cancel a batch or one job: queued work ends at once, running work at its next lease
-    renewal (a call in flight is booked as abandoned, at its worst case)."""
+    """Cancel a batch or one job: queued work ends at once, running work within about a second
+    (a call in flight is booked as abandoned, at its worst case)."""
     from tasks.control import cancel_batch, cancel_job
 
     async def work(client: QueueClient, recorder: SqlRecorder, engine: Engine) -> Any:
@@ -71,17 +71,32 @@ def cancel(
     if as_json:
         print(json.dumps(done.as_json()))
         return
-    console.print(
-        f"{done.target}: {counted(done.cancelled, 'job')} cancelled, "
-        f"{counted(done.cancelling, 'running job')} "
-        "stop at their next lease renewal", highlight=False, soft_wrap=True,
-    )  # fmt: skip
+    console.print(f"{done.target}: {cancel_words(done)}", highlight=False, soft_wrap=True)
     for remote in done.batch_jobs:
         console.print(f"Gemini batch job {remote} cancelled (what it answered before is booked "
                       "when it ends)", highlight=False, soft_wrap=True, markup=False)  # fmt: skip
     for name in done.skipped:
         console.print(f"left alone: {name} (answered by another batch's run; cancel that one)",
                       highlight=False, soft_wrap=True, markup=False)  # fmt: skip
+
+
+def cancel_words(done: Any) -> str:
+    """What a cancel did, as `pipeline status` will show it: jobs cancelled now, and running
+    jobs asked to stop, which their workers do within a liveness tick (queue/liveness.py)."""
+    import math
+
+    from pipeline.queue.liveness import tick_s
+    from pipeline.settings import get_settings
+
+    said = []
+    if done.cancelled:
+        said.append(f"{counted(done.cancelled, 'job')} cancelled")
+    if done.cancelling:
+        within = max(1, math.ceil(2 * tick_s(get_settings().min_lease_s)))
+        said.append(f"cancellation requested for {counted(done.cancelling, 'running job')}; "
+                    f"their workers stop them within about {counted(within, 'second')} (a "
+                    "call in flight is booked as abandoned)")  # fmt: skip
+    return "; ".join(said) or "nothing to cancel: every job had ended"
 
 
 def budget(

@@ -99,8 +99,8 @@ def submitted(sub: Submission) -> list[tuple[str, str, str]]:
 def print_submission(sub: Submission) -> None:
     for w in sub.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
-    table = Table(title=f"batch {sub.batch_id} · {sub.model} · {sub.prompt_version}",
-                  title_justify="left")
+    made = f"batch {sub.batch_id}" if sub.batch_id else "no batch"
+    table = Table(title=f"{made} · {sub.model} · {sub.prompt_version}", title_justify="left")
     for col in ("document", "status", "pages", "job / reason"):
         table.add_column(col)
     for d in sub.documents:
@@ -178,7 +178,7 @@ async def _submit(
             engine = ledger_engine(upgrade=False)
             try:
                 out = make_console(stderr=True) if as_json else console
-                tracker = await follow(client, sub.batch_id, since, out, engine=engine,
+                tracker = await follow(client, sub.made, since, out, engine=engine,
                                        documents=submitted(sub))  # fmt: skip
                 if tracker.view is not None and not as_json:
                     from pipeline.cli.status import print_batch

@@ -33,7 +33,7 @@ from pipeline.queue.gate import Admission, Candidate, Gate, OpenGate
 from pipeline.queue.handoff import Handoff
 from pipeline.queue.heads import Heads
 from pipeline.queue.job import Job
-from pipeline.queue.liveness import Liveness, Presence, every
+from pipeline.queue.liveness import Liveness, Presence, every, tick_s
 from pipeline.queue.outcome import Counters, Settlement, finish, from_error, from_stop
 from pipeline.queue.pool import CpuPool
 from pipeline.queue.shutdown import GracefulShutdown, Running
@@ -130,7 +130,7 @@ class Worker(GracefulShutdown):
         self.presence = Presence(self.id, self.queues, self.concurrency,
                                  s.heartbeat_interval_s, self._started_ms)  # fmt: skip
         self.liveness = Liveness(sync_twin(self.redis), self.keys, self.presence, self._halt,
-                                 tick_s=max(0.05, min(1.0, s.min_lease_s / 6)))  # fmt: skip
+                                 tick_s=tick_s(s.min_lease_s))  # fmt: skip
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self, install_signals: bool = True) -> None:

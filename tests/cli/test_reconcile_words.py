@@ -4,7 +4,6 @@ against the emulator, Redis and one SQLite ledger shared by two prefixes."""
 
 from __future__ import annotations
 
-
 import redis
 
 from tests.support.cli import EXAMPLES, run_cli
