@@ -25,6 +25,7 @@ from pipeline.money import dollars
 from tasks.batch_ledger import (
     Call,
     LedgerFacts,
+    find_batch,
     in_run,
     last_call_error,
     read_ledger,
@@ -166,6 +167,7 @@ class BatchView:
 
     facts: LedgerFacts
     documents: list[DocumentRow]
+    note: str = ""  # about the choice of batch (a label several carry), for people
 
     @property
     def held(self) -> Decimal:
@@ -235,9 +237,10 @@ def paid_elsewhere(view: BatchView) -> Decimal:
 
 
 async def batch_view(client: QueueClient, engine: Engine, ref: str) -> BatchView:
-    """The batch `ref` names (id, prefix or label), every document's state derived now."""
-    batch_id = await asyncio.to_thread(resolve_batch, engine, ref)
-    facts = await asyncio.to_thread(read_ledger, engine, batch_id)
+    """The batch `ref` names (id, prefix or label: tasks/batch_ledger.find_batch, whose note
+    it keeps), every document's state derived now."""
+    found = await asyncio.to_thread(find_batch, engine, ref)
+    facts = await asyncio.to_thread(read_ledger, engine, found.batch_id)
     roots = [m.job_id for m in facts.members if m.job_id]
     runs = await read_runs(client, roots, facts.jobs)
     around = await surroundings(client, list(runs.values()))
@@ -246,4 +249,4 @@ async def batch_view(client: QueueClient, engine: Engine, ref: str) -> BatchView
             around.held_usd[call.job_id] = around.held_usd.get(call.job_id, Decimal(0)) + call.held
     rows = document_rows(facts, runs, around)
     await annotate_modes(client, rows)
-    return BatchView(facts, rows)
+    return BatchView(facts, rows, found.note)

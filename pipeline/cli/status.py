@@ -20,7 +20,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.cli.common import JsonOpt, console, ledger_engine, print_table
+from pipeline.cli.common import JsonOpt, console, ledger_engine, print_table, say_note
 from pipeline.errors import Reason
 from pipeline.money import dollars, format_usd
 from pipeline.queue.client import QueueClient
@@ -240,6 +240,7 @@ def status(batch: Annotated[str | None, typer.Argument()] = None, as_json: JsonO
     try:
         if batch is not None:
             view = asyncio.run(read_batch(batch, engine))
+            say_note(view.note)
             if as_json:
                 print(json.dumps(view.as_json()))
             else:
