@@ -38,6 +38,7 @@
     │   ├── BadDocument          a PDF that is corrupt, encrypted, empty or too large
     │   │   └── RequestTooLarge  a page that no inline request can carry
     │   ├── BatchNotFound        no batch by that id, id prefix or label
+    │   ├── AmbiguousBatch       an id prefix several batches start with (.candidates)
     │   ├── BadDeadline          a --deadline that is not a duration or a timestamp, or is past
     │   │   └── DeadlineTooShort --mode batch with a deadline inside the fallback margin
     │   └── UploadRejected       an HTTP upload refused as a whole (.status_code: 400/413/415/422)
@@ -293,6 +294,15 @@ class RequestTooLarge(BadDocument):
     cannot make it fit, so it is refused at submit (and at the worker, the same rule)."""
 class BatchNotFound(InputError):
     pass
+
+
+class AmbiguousBatch(InputError):
+    """An id prefix several batches start with, or one too short to name a batch; the
+    message lists them. `.candidates` are their ids, newest first."""
+
+    def __init__(self, message: str, candidates: list[str]) -> None:
+        super().__init__(message)
+        self.candidates = candidates
 
 
 class BadDeadline(InputError):

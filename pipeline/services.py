@@ -274,7 +274,8 @@ async def open_services(client: QueueClient, provider: Provider | None = None) -
     tally = TallyingRecorder(recorder)
     caller = LLMCaller(provider, limiter, store, tally, prices)
     budget = Budget(client.redis, client.keys, s)
-    return Services(client, engine, recorder, budget, prices, limiter, provider, caller,
+    # The caller's limiter: the shared one, or none for a provider that reaches no one.
+    return Services(client, engine, recorder, budget, prices, caller.limiter, provider, caller,
                     tally=tally)  # fmt: skip
 
 
@@ -381,11 +382,14 @@ async def build_worker(
     if services is None and not any(t.uses_services for t in REGISTRY.values()):
         return Worker(client, queues=queues, concurrency=concurrency, burst=burst, pool=pool)
     from pipeline.llm.limiter_gate import LimiterGate
+    from pipeline.llm.unmetered import metered
     from pipeline.storage import open_store
     from pipeline.storage.holds import document_hooks
 
     services = services or await open_services(client)
     await floor_budgets(services)  # before the first claim can reserve against them
+    # Claims wait for the limiter only when calls take its quota (not the offline analyzer's).
+    gate = LimiterGate(services.limiter) if metered(services.provider) else None
     return Worker(
         client,
         queues=queues,
@@ -393,7 +397,7 @@ async def build_worker(
         burst=burst,
         pool=pool,
         deps={"services": services},
-        gate=LimiterGate(services.limiter),
+        gate=gate,
         job_fields=services.job_fields,
         **_hooks(ledger_hooks(services), document_hooks(client, open_store(s))),
     )

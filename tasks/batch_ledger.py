@@ -12,8 +12,9 @@ from typing import Any
 
 from sqlalchemy import Engine, func, or_, select
 
-from pipeline.errors import BatchNotFound, InputError
+from pipeline.errors import AmbiguousBatch, BatchNotFound
 from pipeline.ledger.models import Batch, BatchDocument, Document, JobRow, LLMCall, Result
+from pipeline.ledger.report import held_usd
 from pipeline.money import format_usd
 from tasks.result import shown
 from tasks.status import reduce_id
@@ -32,32 +33,82 @@ def usd(value: Decimal) -> str:
 
 
 def resolve_batch(engine: Engine, ref: str) -> str:
-    """The batch id `ref` names: a full id, a unique id prefix (≥ 4 characters, e.g. the 12 the
-    dashboard shows) or a label (the newest batch with it). Raises BatchNotFound, or
-    InputError for a prefix several batches share."""
+    """The batch id `ref` names (see `find_batch`)."""
+    return find_batch(engine, ref).batch_id
+
+
+@dataclass
+class Found:
+    """The batch a reference names, and `note`: what a person should know about the choice
+    ("" when there was none to make: a label several batches carry names the newest)."""
+
+    batch_id: str
+    note: str = ""
+
+
+CANDIDATES_SHOWN = 10
+
+
+def find_batch(engine: Engine, ref: str) -> Found:
+    """The batch `ref` names: a full id, a unique id prefix (≥ 4 characters, e.g. the 12 the
+    dashboard shows) or a label (the newest batch with it; `note` names the others). Raises
+    AmbiguousBatch for a prefix several batches start with, or one under 4 characters that
+    some do and no label is (listing them), and BatchNotFound when nothing matches."""
     ref = ref.strip()
     with engine.connect() as conn:
         if conn.execute(select(Batch.id).where(Batch.id == ref)).first() is not None:
-            return ref
-        if len(ref) >= PREFIX_MIN:
-            found = conn.scalars(
-                select(Batch.id).where(Batch.id.startswith(ref, autoescape=True)).limit(5)
-            ).all()
-            if len(found) == 1:
-                return str(found[0])
-            if found:
-                raise InputError(
-                    f"{ref!r} starts {len(found)}+ batch ids ({', '.join(found[:3])}…); "
-                    "give more characters"
-                )
-        labelled = conn.scalar(
-            select(Batch.id).where(Batch.label == ref).order_by(Batch.created_at.desc()).limit(1)
-        )
-    if labelled is not None:
-        return str(labelled)
+            return Found(ref)
+        found = conn.execute(
+            select(Batch.id, Batch.label, Batch.created_at).where(Batch.id.startswith(
+                ref, autoescape=True)).order_by(Batch.created_at.desc(), Batch.id)
+            .limit(CANDIDATES_SHOWN + 1)
+        ).all() if ref else []  # fmt: skip
+        labelled = conn.execute(
+            select(Batch.id, Batch.label, Batch.created_at).where(Batch.label == ref)
+            .order_by(Batch.created_at.desc(), Batch.id).limit(CANDIDATES_SHOWN + 1)
+        ).all()  # fmt: skip
+    long_enough = len(ref) >= PREFIX_MIN
+    if long_enough and len(found) == 1:
+        return Found(str(found[0][0]))
+    if found and (long_enough or not labelled):
+        why = " and ".join(w for w in ("is ambiguous" if len(found) > 1 else "",
+                                        "" if long_enough else
+                                        f"is shorter than the {PREFIX_MIN} characters an id "
+                                        "prefix needs") if w)  # fmt: skip
+        why = f"{ref!r} {why}"
+        raise AmbiguousBatch(
+            f"{why}: {_listed(found, 'batch id starts', 'batch ids start')} with it: "
+            f"{_candidates(found)}; give {PREFIX_MIN} or more characters of one",
+            [str(r[0]) for r in found],
+        )  # fmt: skip
+    if labelled:
+        newest = str(labelled[0][0])
+        note = ""
+        if len(labelled) > 1:
+            note = (f"label {ref!r} names {_listed(labelled, 'batch', 'batches')}; this is "
+                    f"the newest, {newest}; the others: {_candidates(labelled[1:])}; give a "
+                    "batch's id (or its first 12 characters) to pick another")  # fmt: skip
+        return Found(newest, note)
     raise BatchNotFound(
         f"no batch {ref!r} (by id, id prefix or label); `pipeline status` lists recent batches"
     )
+
+
+def _listed(rows: Any, one: str, many: str) -> str:
+    n = len(rows)
+    return f"1 {one}" if n == 1 else (f"{n} {many}" if n <= CANDIDATES_SHOWN
+                                      else f"more than {CANDIDATES_SHOWN} {many}")  # fmt: skip
+
+
+def _candidates(rows: Any) -> str:
+    """Batches as a person picks among them: id, label and when each was made."""
+    out = []
+    for batch_id, label, created in rows[:CANDIDATES_SHOWN]:
+        facts = [f"label {label}"] if label else []
+        if created is not None:
+            facts.append(f"created {created:%Y-%m-%d %H:%M:%S}")
+        out.append(f"{batch_id} ({', '.join(facts)})" if facts else str(batch_id))
+    return "; ".join(out)
 
 
 @dataclass
@@ -82,6 +133,7 @@ class Call:
     cost: Decimal
     outcome: str
     provider: str = ""  # who answered ("" for rows from before migration 0006)
+    held: Decimal = Decimal(0)  # in flight (`started`): its worst case, held, not yet spent
 
 
 @dataclass
@@ -122,10 +174,10 @@ def read_ledger(engine: Engine, batch_id: str) -> LedgerFacts:
         doc_ids = [m.document_id for m in members]
         calls = [
             Call(c.job_id, c.batch_id, c.document_id, _money(c.cost_usd), c.outcome,
-                 c.provider or "")
+                 c.provider or "", held_usd(c.outcome, c.cost_usd, c.estimated_cost_usd))
             for c in conn.execute(
                 select(LLMCall.job_id, LLMCall.batch_id, LLMCall.document_id, LLMCall.cost_usd,
-                       LLMCall.outcome, LLMCall.provider)
+                       LLMCall.outcome, LLMCall.provider, LLMCall.estimated_cost_usd)
                 .where(or_(LLMCall.document_id.in_(doc_ids), LLMCall.batch_id == batch_id))
                 .order_by(LLMCall.started_at, LLMCall.id)
             )

@@ -12,6 +12,7 @@ gathers both sides.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -24,6 +25,7 @@ from pipeline.money import dollars
 from tasks.batch_ledger import (
     Call,
     LedgerFacts,
+    find_batch,
     in_run,
     last_call_error,
     read_ledger,
@@ -89,12 +91,14 @@ def _s(value: Any) -> str:
 
 
 async def surroundings(client: QueueClient, runs: list[Run]) -> Surroundings:
-    """Which queues a live worker serves, and the models paused or out of daily quota."""
+    """Which queues a live worker serves, which workers beat (a job leased to another is
+    lost), and the models paused or out of daily quota."""
     from pipeline.llm.limiter import Limiter
 
     workers = await client.workers()
     served = {q for w in workers if w.get("state", "running") == "running" for q in w["queues"]}
-    around = Surroundings(served_queues=served)
+    around = Surroundings(served_queues=served, live_workers={str(w["id"]) for w in workers},
+                          now_ms=int(time.time() * 1000))  # fmt: skip
     models = {j.model for r in runs for j in r.jobs() if j.state == "queued" and j.model}
     limiter = Limiter(client.redis, client.keys, client.settings)
     for model in sorted(models):
@@ -125,6 +129,7 @@ class DocumentRow:
     mode: dict[str, Any] | None = None  # tasks/modes.py's choice (batch_fallback.annotate)
     # who each call of its current run asked, oldest first (ledger rows; "" before 0006)
     asked: list[str] = field(default_factory=list)
+    held: Decimal = Decimal(0)  # its run's calls in flight: their worst case, not yet spent
 
     @property
     def status(self) -> str:
@@ -150,6 +155,9 @@ class DocumentRow:
             # what other batches paid for the run answering here (a result reused): not in
             # cost_usd, so no sum across batches counts it twice
             "paid_elsewhere_usd": usd(self.paid_elsewhere),
+            # calls in flight (not in cost_usd): their worst case, held against budgets, as
+            # `pipeline costs` counts them; settled when they end or their lease runs out
+            "held_usd": usd(self.held),
             "result": self.result,
             "mode": self.mode,
         }
@@ -161,6 +169,12 @@ class BatchView:
 
     facts: LedgerFacts
     documents: list[DocumentRow]
+    note: str = ""  # about the choice of batch (a label several carry), for people
+
+    @property
+    def held(self) -> Decimal:
+        """The documents' calls in flight: their worst case, held, not in the spend."""
+        return sum((d.held for d in self.documents), Decimal(0))
 
     @property
     def by_state(self) -> dict[str, int]:
@@ -181,6 +195,7 @@ class BatchView:
             "documents": [d.as_json() for d in self.documents],
             "by_state": self.by_state,
             "spend_usd": usd(f.spend),
+            "held_usd": usd(self.held),  # calls in flight, not in spend_usd
             "budget_usd": None if f.budget_usd is None else usd(f.budget_usd),
             "waiting": self.waiting(),
         }
@@ -213,6 +228,7 @@ def document_rows(facts: LedgerFacts, runs: dict[str, Run], around: Surroundings
             facts.results.get(m.document_id), paid_in,
             sum((c.cost for c in calls if c.batch_id != facts.batch_id), Decimal(0)), run,
             asked=[c.provider for c in calls if in_run(c, m.job_id)],
+            held=sum((c.held for c in calls if in_run(c, m.job_id)), Decimal(0)),
         ))  # fmt: skip
     return rows
 
@@ -224,12 +240,16 @@ def paid_elsewhere(view: BatchView) -> Decimal:
 
 
 async def batch_view(client: QueueClient, engine: Engine, ref: str) -> BatchView:
-    """The batch `ref` names (id, prefix or label), every document's state derived now."""
-    batch_id = await asyncio.to_thread(resolve_batch, engine, ref)
-    facts = await asyncio.to_thread(read_ledger, engine, batch_id)
+    """The batch `ref` names (id, prefix or label: tasks/batch_ledger.find_batch, whose note
+    it keeps), every document's state derived now."""
+    found = await asyncio.to_thread(find_batch, engine, ref)
+    facts = await asyncio.to_thread(read_ledger, engine, found.batch_id)
     roots = [m.job_id for m in facts.members if m.job_id]
     runs = await read_runs(client, roots, facts.jobs)
     around = await surroundings(client, list(runs.values()))
+    for call in facts.calls:
+        if call.held and call.job_id:
+            around.held_usd[call.job_id] = around.held_usd.get(call.job_id, Decimal(0)) + call.held
     rows = document_rows(facts, runs, around)
     await annotate_modes(client, rows)
-    return BatchView(facts, rows)
+    return BatchView(facts, rows, found.note)

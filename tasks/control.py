@@ -3,10 +3,11 @@ result. The CLI (`pipeline cancel|budget|retry`) and the API (`POST /batches/{id
 `PATCH /batches/{id}`, `POST /batches/{id}/retry`, `POST /jobs/{id}/cancel`) call these.
 
 - Cancel: a job not yet running ends `cancelled` at once; a running one is flagged and its
-  worker stops it at its next lease renewal (cooperatively), and a call it has in flight is
-  booked `abandoned` at its worst case (possibly billed). Cancelling a long document's root
-  cancels its parts and merge too. A batch's cancel leaves alone runs that belong to another
-  batch (a document resubmitted here while that batch's run answers it). A document waiting
+  worker stops it within a liveness tick (pipeline/queue/liveness.py, about a second), and
+  a call it has in flight is booked `abandoned` at its worst case (possibly billed).
+  Cancelling a long document's root cancels its parts and merge too. A batch's cancel
+  leaves alone runs that belong to another batch (a document resubmitted here while that
+  batch's run answers it). A document waiting
   in a Gemini batch job leaves it (tasks/batch_fallback.py); once every document of that job
   has left, the remote job is cancelled too, and what it answered anyway is booked, unused.
 - Budget: the new figure is checked by the one budget rule, kept in Redis where every call
@@ -36,6 +37,7 @@ from tasks.status import part_count, part_id, reduce_id
 
 if TYPE_CHECKING:
     from pipeline.llm.provider import Provider
+    from pipeline.settings import Settings
 
 _NOT_ENDED = frozenset({"queued", "scheduled", "waiting", "active"})
 
@@ -49,6 +51,7 @@ class Cancelled:
     jobs: dict[str, str]
     skipped: list[str]  # documents whose run belongs to another batch
     batch_jobs: list[str] = field(default_factory=list)  # Gemini batch jobs asked to cancel
+    note: str = ""  # about the choice of batch (tasks/batch_ledger.find_batch)
 
     @property
     def cancelled(self) -> int:
@@ -169,7 +172,7 @@ async def cancel_batch(client: QueueClient, recorder: SqlRecorder, engine: Engin
     `cancel_remote`)."""
     view = await batch_view(client, engine, ref)
     batch_id = view.facts.batch_id
-    result = Cancelled(batch_id, {}, [])
+    result = Cancelled(batch_id, {}, [], note=view.note)
     left: dict[str, Any] = {}
     for doc in view.documents:
         if doc.status in ("complete", "failed", "over_budget", "cancelled") or not doc.job_id:
@@ -187,13 +190,12 @@ async def cancel_batch(client: QueueClient, recorder: SqlRecorder, engine: Engin
 async def set_budget(client: QueueClient, recorder: SqlRecorder, engine: Engine, ref: str,
                      amount: Decimal | str) -> dict[str, Any]:  # fmt: skip
     """Make `amount` (USD) the batch's budget for every call from now on. Raises InputError
-    for an amount the budget rule refuses, or an unknown batch."""
-    import asyncio
-
-    from tasks.batches import resolve_batch
-
+    for an amount the budget rule refuses, or an unknown batch, and BudgetTooSmall (as
+    submit does) for one that cannot pay for one call of the batch's documents."""
     usd_amount = check_budget_usd(amount, "budget")
-    batch_id = await asyncio.to_thread(resolve_batch, engine, ref)
+    view = await batch_view(client, engine, ref)
+    batch_id = view.facts.batch_id
+    check_floor(view, usd_amount, client.settings)
     await set_limit(client.redis, client.keys, batch_id, usd_amount)
     # A batch an overrun stopped (README, Costs) admits calls again only under a limit above
     # the one in force when it stopped.
@@ -201,13 +203,35 @@ async def set_budget(client: QueueClient, recorder: SqlRecorder, engine: Engine,
     (scope, *_) = budget.scopes(batch_id, usd_amount)
     stopped_at = await budget.raise_limit(scope, usd_amount)
     await recorder.upsert_batch(batch_id, budget_usd=usd_amount)
-    view = await batch_view(client, engine, batch_id)
     waiting = sum(d.status == "over_budget" for d in view.documents)
     return {"batch_id": batch_id, "budget_usd": usd(usd_amount),
             "spend_usd": usd(view.facts.spend), "over_budget": waiting,
             "overrun_stop": None if stopped_at is None else
             ("lifted" if usd_amount > stopped_at else "still stopped"),
-            "stopped_at_usd": None if stopped_at is None else usd(stopped_at)}  # fmt: skip
+            "stopped_at_usd": None if stopped_at is None else usd(stopped_at),
+            "note": view.note}  # fmt: skip
+
+
+def check_floor(view: BatchView, amount: Decimal, s: Settings) -> None:
+    """Raise BudgetTooSmall, as a submission does (tasks/plan.py), when `amount` cannot
+    admit one call of a document of the batch: of its model, at the batch rate while it is
+    in a Gemini batch job, unless the offline analyzer (free) answers it. A batch without
+    documents is checked against the settings' model and provider."""
+    from datetime import UTC, datetime
+
+    from pipeline.llm.pricing import PriceTable
+    from tasks.plan import check_budget_fits_a_call
+
+    members = view.facts.members
+    batched = {d.document_id for d in view.documents
+               if d.mode and d.mode.get("mode") == "batch" and not d.mode.get("left")}  # fmt: skip
+    kinds = {(m.model or s.model, m.document_id in batched) for m in members
+             if (m.provider or provider_kind(s)) != "offline"}  # fmt: skip
+    if not members and provider_kind(s) != "offline":
+        kinds = {(s.model, False)}
+    prices, now = PriceTable.load(), datetime.now(UTC)
+    for model, batch in sorted(kinds):
+        check_budget_fits_a_call(amount, prices, model, now, batch=batch)
 
 
 @dataclass

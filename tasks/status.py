@@ -11,11 +11,14 @@ derived here from all of them, in this order:
     cancelled     a person cancelled the run (or a job of it)
     over_budget   the root, a part or the merge was refused by the batch budget
     failed        the root, a part or the merge ended failed or dead: the whole reason
-    running       a job of the run is leased to a worker, with its stage (parsing,
+    running       a job of the run is leased to a live worker, with its stage (parsing,
                   part 3 of 7, merging)
     waiting       the next job cannot start, and why: a budget window, the provider's daily
                   quota or a rate limit (until when), a retry back-off after an error (which),
-                  or no live worker serving its queue
+                  no live worker serving its queue, or its job's worker was lost (leased to a
+                  worker whose heartbeat stopped: requeued, or ended, when the lease in the
+                  active set runs out; the lease decides that, never the heartbeat, and the
+                  money held for its call in flight is named)
     queued        ready, and nothing stands in its way
 
 Everything here is pure: the jobs arrive as `JobView`s (from the Redis hash, or from the
@@ -27,9 +30,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from pipeline.errors import WAITING_REASONS, Reason
+from pipeline.money import dollars
 from pipeline.queue.record import joined
 from pipeline.words import counted, plural
 
@@ -72,6 +77,8 @@ class JobView:
     model: str | None = None
     pages: tuple[int, int] | None = None  # a part's page range
     live: bool = True
+    worker: str | None = None  # the worker an active job is leased to
+    lease_deadline_ms: int | None = None  # when that lease runs out (Redis clock, ms)
     # A root job's mode (tasks/modes.py): mode, requested, why, deadline, and for Batch
     # Mode its group's name and the document's key in it.
     mode: dict[str, Any] | None = None
@@ -100,6 +107,8 @@ class JobView:
             model=str(hints.get("model") or "") or None,
             pages=pages,
             mode=_mode(first),
+            worker=h.get("worker") or None,
+            lease_deadline_ms=int(h["lease_deadline_ms"]) if h.get("lease_deadline_ms") else None,
         )
 
     @classmethod
@@ -110,10 +119,16 @@ class JobView:
 
 @dataclass
 class Surroundings:
-    """What holds queued work back besides the jobs themselves. `served_queues` is None when
-    unknown (then nothing is blamed on missing workers)."""
+    """What holds queued work back besides the jobs themselves. `served_queues` and
+    `live_workers` are None when unknown (then nothing is blamed on missing or lost workers).
+    `held_usd` is each job's calls in flight, their worst case held against budgets (the
+    ledger's `started` rows, as `pipeline costs` counts them); `now_ms` says whether a lease
+    has run out yet (None: not known, taken as not yet)."""
 
     served_queues: set[str] | None = None
+    live_workers: set[str] | None = None  # ids of workers with a heartbeat
+    held_usd: dict[str, Decimal] = field(default_factory=dict)  # job id -> USD
+    now_ms: int | None = None
     paused_until: dict[str, str] = field(default_factory=dict)  # model -> ISO (a 429 pause)
     quota_until: dict[str, str] = field(default_factory=dict)  # model -> ISO (daily quota)
 
@@ -122,8 +137,8 @@ class Surroundings:
 class DocumentState:
     """`status` is one of STATES. `reason` is the stage while running, else why (never cut).
     For `waiting`: `kind` (a Reason: budget_window, budget_holds, daily_quota, rate_limit;
-    or retry, no_worker) and `until`
-    (ISO, when known). `job_id` names the job the state comes from (a failed part, the merge)."""
+    or retry, no_worker, worker_lost) and `until` (ISO, when known; for worker_lost, when the
+    lease runs out). `job_id` names the job the state comes from (a failed part, the merge)."""
 
     status: str
     reason: str | None = None
@@ -239,12 +254,16 @@ def _chord(run: Run, around: Surroundings) -> DocumentState:
         return DocumentState("running", "saving the merged result", job_id=merge.id,
                              job_state=merge.state)  # fmt: skip
     if merge is not None and merge.state not in ("waiting",):
-        if merge.state == "active":
+        if merge.state == "active" and not _lost(merge, around):
             return DocumentState("running", f"merging {total} parts", job_id=merge.id,
                                  job_state="active")  # fmt: skip
         return _one_job(merge, around, what=f"merging {total} parts")
     done = sum(p is not None and p.state in _TERMINAL_JOB for p in run.parts)
-    active = [i for i, p in enumerate(run.parts) if p is not None and p.state == "active"]
+    running = [(i, p) for i, p in enumerate(run.parts) if p is not None and p.state == "active"]
+    active = [i for i, p in running if not _lost(p, around)]
+    if running and not active:  # every running part's worker is gone
+        i, lost = running[0]
+        return _worker_lost(lost, around, f"{_part_label(i, total, lost)}: ")
     if active:
         first = done + 1
         last = min(total, done + len(active))
@@ -286,6 +305,8 @@ def _one_job(job: JobView, around: Surroundings, *, root: bool = False,
     """One job that has not ended: running, or queued, or waiting for something."""
     prefix = f"{what}: " if what else ""
     base = {"job_id": job.id, "job_state": job.state}
+    if job.state == "active" and _lost(job, around):
+        return _worker_lost(job, around, prefix)
     if job.state == "active":
         stage = "cancelling" if job.cancel else (_stage(job) if root else what or _stage(job))
         return DocumentState("running", stage, **base)
@@ -324,3 +345,38 @@ def _one_job(job: JobView, around: Surroundings, *, root: bool = False,
     if job.state == "complete":  # a single-call document whose result is not stored (yet)
         return DocumentState("running", "saving the result", **base)
     return DocumentState("queued", what or None, **base)
+
+
+def _lost(job: JobView, around: Surroundings) -> bool:
+    """Whether `job` is leased to a worker that no longer beats (known only with the
+    registry read: `around.live_workers`)."""
+    return (around.live_workers is not None and job.live and job.worker is not None
+            and job.worker not in around.live_workers)  # fmt: skip
+
+
+def _worker_lost(job: JobView, around: Surroundings, prefix: str = "") -> DocumentState:
+    """An active job whose worker is gone: what its lease will do and when, and the money
+    held for its call in flight. expire.lua decides: requeued while attempts are left,
+    dead after the last, cancelled when a cancel was asked."""
+    deadline = job.lease_deadline_ms
+    at = (f"{datetime.fromtimestamp(deadline / 1000, UTC):%H:%M:%S} UTC" if deadline
+          else "an unknown time")  # fmt: skip
+    tries = f"attempt {job.attempt}/{job.max_attempts}"
+    if job.cancel:
+        then = "cancelled"
+    elif job.attempt < job.max_attempts:
+        then = f"requeued ({tries})"
+    else:
+        then = f"ended dead ({tries}, its last)"
+    if deadline and around.now_ms is not None and deadline <= around.now_ms:
+        when = f"its lease ran out at {at}: {then} by the next live worker's sweep"
+    else:
+        when = f"{then} when its lease runs out at {at}"
+    held = around.held_usd.get(job.id, Decimal(0))
+    money = (f"; {dollars(held)} held for its call in flight (its worst case, not spent; "
+             "settled when the lease runs out)" if held else "")  # fmt: skip
+    name = f" {job.worker}" if job.worker else ""
+    return DocumentState(
+        "waiting", f"{prefix}worker{name} lost (its heartbeat stopped); {when}{money}",
+        "worker_lost", ms_iso(deadline), job_id=job.id, job_state=job.state,
+    )  # fmt: skip

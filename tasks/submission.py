@@ -30,11 +30,12 @@ from pipeline.words import counted
 from tasks.runs import ANALYZE_TASK
 
 __all__ = ["ANALYZE_TASK", "DocOutcome", "Submission", "Upload", "counts_with_provider",
-           "estimate", "estimate_counted", "submit_uploads"]
+           "estimate", "estimate_counted", "refusals", "submit_uploads"]
 
 if TYPE_CHECKING:
     from pipeline.services import Services
     from pipeline.settings import Settings
+    from tasks.modes import ModeChoice
     from tasks.prompts import Prompt
 
 
@@ -67,7 +68,7 @@ class DocOutcome:
 
 @dataclass
 class Submission:
-    batch_id: str
+    batch_id: str | None  # None when every file was refused: no batch was made
     documents: list[DocOutcome]
     warnings: list[str] = field(default_factory=list)
     model: str = ""
@@ -79,6 +80,14 @@ class Submission:
     @property
     def job_ids(self) -> list[str]:
         return [d.job_id for d in self.documents if d.job_id]
+
+    @property
+    def made(self) -> str:
+        """The batch id of a submission that queued something; ValueError when it queued
+        nothing and so made no batch."""
+        if self.batch_id is None:
+            raise ValueError("nothing was queued: no batch was made")
+        return self.batch_id
 
     @property
     def queued(self) -> int:
@@ -182,6 +191,50 @@ def _over_budget_warnings(
             f"Raise it with `pipeline budget {batch_id} --set USD`."]
 
 
+def refusals(
+    s: Settings, prices: PriceTable, model: str | None, budget_usd: Decimal | None,
+    mode: str | None, deadline: datetime | str | None, billed: bool, now: datetime,
+    *, collect: bool = False,
+) -> tuple[str, ModeChoice, list[InputError]]:  # fmt: skip
+    """Every refusal a submission makes before it stores anything; `pipeline submit
+    --dry-run` asks the same, so a dry run says what the real submit would refuse.
+
+    Returns (the canonical model, the mode chosen, the refusals). Raises UnknownModel for a
+    model without a price (nothing can be priced then) and BadDeadline for a deadline that
+    cannot be read; the others are the refusals: InputError (an amount the budget rule
+    refuses), DeadlineTooShort, and BudgetTooSmall when `billed` (the offline analyzer costs
+    $0) and the budget cannot pay for one call. Without `collect` the first is raised, as a
+    submission does; with it every one is returned, each checked as far as the others allow.
+    """
+    from pipeline.errors import DeadlineTooShort
+    from tasks.modes import ModeChoice, choose_mode, parse_deadline
+    from tasks.plan import check_budget_fits_a_call
+
+    model = canonical_model(model or s.model, prices)  # UnknownModel before anything else
+    found: list[InputError] = []
+    try:
+        if budget_usd is not None:
+            check_budget_usd(budget_usd)
+    except InputError as exc:
+        found.append(exc)
+        budget_usd = None
+    at = parse_deadline(deadline) if isinstance(deadline, str) else deadline
+    try:
+        choice = choose_mode(mode or s.mode, at, s, now)
+    except DeadlineTooShort as exc:
+        found.append(exc)
+        choice = ModeChoice("batch", "batch", at, str(exc))  # what was asked, to price it
+    if budget_usd is not None and billed:
+        try:
+            check_budget_fits_a_call(budget_usd, prices, model, now,
+                                     batch=choice.mode == "batch")  # fmt: skip
+        except InputError as exc:
+            found.append(exc)
+    if found and not collect:
+        raise found[0]
+    return model, choice, found
+
+
 async def submit_uploads(
     client: QueueClient,
     uploads: list[Upload],
@@ -219,29 +272,20 @@ async def submit_uploads(
     from pipeline.ledger.writes import Entry, batch_member_entry, document_entry, job_entry
     from pipeline.storage import open_store
     from pipeline.storage.holds import hold_many, release
-    from tasks.plan import analyze_prompt, check_budget_fits_a_call
+    from tasks.plan import analyze_prompt
     from tasks.runs import RunSpec, enqueue_runs
 
     s = client.settings
     prices = services.prices if services is not None else PriceTable.load()
-    model = canonical_model(model or s.model, prices)  # UnknownModel before anything else
-    warnings = prices.check_model(model)
-    if budget_usd is not None:
-        check_budget_usd(budget_usd)
     prio = _priority(priority)
-    from tasks.modes import choose_mode, parse_deadline
-
-    at = parse_deadline(deadline) if isinstance(deadline, str) else deadline
-    choice = choose_mode(mode or s.mode, at, s)
     # Who answers: the provider given with `services` (the API's, `pipeline run`'s), else
     # the one these settings make (a worker started with them).
     provider = services.caller.provider.name if services is not None else provider_kind(s)
     # the offline analyzer costs $0: no budget is too small for it
     billed = services.caller.billed if services is not None else provider != "offline"
     now = datetime.now(UTC)
-    if budget_usd is not None and billed:
-        check_budget_fits_a_call(budget_usd, prices, model, now,
-                                 batch=choice.mode == "batch")  # fmt: skip
+    model, choice, _ = refusals(s, prices, model, budget_usd, mode, deadline, billed, now)
+    warnings = prices.check_model(model)
     prompt = analyze_prompt()
     batch_id = batch_id or uuid.uuid4().hex
     submission = Submission(batch_id, [], warnings, model, prompt.version, choice.mode,
@@ -257,8 +301,9 @@ async def submit_uploads(
             outcomes[index] = DocOutcome(upload.name, "skipped", reason=str(exc))
             continue
         checked.append((index, upload, pages, sha))
-    if not checked:
+    if not checked:  # nothing to queue: no batch is made, so none is named
         submission.documents = [outcomes[i] for i in sorted(outcomes)]
+        submission.batch_id = None
         return submission
     if budget_usd is not None and billed:
         submission.warnings.extend(

@@ -17,7 +17,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.api.errors import HttpError
-from pipeline.errors import BatchNotFound, InputError, JobNotFound
+from pipeline.errors import AmbiguousBatch, BatchNotFound, InputError, JobNotFound
 
 router = APIRouter()  # app.py includes it behind the API key
 _LIST_CHUNK = 20
@@ -137,7 +137,7 @@ async def patch_batch(request: Request, batch_id: str, patch: BudgetPatch) -> di
         try:
             return await set_budget(api.client, api.services.recorder, api.services.engine,
                                     batch_id, patch.budget_usd)  # fmt: skip
-        except BatchNotFound:
+        except (BatchNotFound, AmbiguousBatch):  # about the batch named, not the amount
             raise
         except InputError as exc:
             raise HttpError(422, f"budget_usd: {exc}") from None
@@ -145,7 +145,7 @@ async def patch_batch(request: Request, batch_id: str, patch: BudgetPatch) -> di
 
 @router.post("/batches/{batch_id}/cancel")
 async def cancel_batch(request: Request, batch_id: str) -> dict[str, Any]:
-    """Cancel the batch: queued jobs at once, running ones at their next lease renewal."""
+    """Cancel the batch: queued jobs at once, running ones within a liveness tick (~1 s)."""
     from tasks.control import cancel_batch as cancel
 
     api = _api(request)

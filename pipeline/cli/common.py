@@ -57,6 +57,14 @@ def print_table(table: Table, out: Console | None = None) -> None:
         out.print(table)
     out.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
+def say_note(note: str) -> None:
+    """A note on which batch a command took (a label several batches carry), on stderr so
+    that --json, --format and piped output stay whole."""
+    if note:
+        __getattr__("err_console").print(f"[yellow]note:[/yellow] {note}", highlight=False,
+                                         soft_wrap=True)  # fmt: skip
+
+
 PathsArg = Annotated[list[str], typer.Argument(help="PDF files, directories or glob patterns.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Gemini model (priced).")]
 BudgetOpt = Annotated[str | None, typer.Option("--budget", help="Batch budget in USD.")]

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.cli.common import JsonOpt, console, ledger_engine
+from pipeline.cli.common import JsonOpt, console, ledger_engine, say_note
 from pipeline.errors import BatchNotFound, JobNotFound
 from pipeline.money import dollars
 from pipeline.queue.client import QueueClient
@@ -49,8 +49,8 @@ def cancel(
     target: Annotated[str, typer.Argument(help="A batch (id, id prefix or label) or a job id.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Cancel a batch or one job: queued work ends at once, running work at its next lease
-    renewal (a call in flight is booked as abandoned, at its worst case)."""
+    """Cancel a batch or one job: queued work ends at once, running work within about a second
+    (a call in flight is booked as abandoned, at its worst case)."""
     from tasks.control import cancel_batch, cancel_job
 
     async def work(client: QueueClient, recorder: SqlRecorder, engine: Engine) -> Any:
@@ -67,20 +67,36 @@ def cancel(
             ) from None
 
     done = _with_services(work)
+    say_note(done.note)
     if as_json:
         print(json.dumps(done.as_json()))
         return
-    console.print(
-        f"{done.target}: {counted(done.cancelled, 'job')} cancelled, "
-        f"{counted(done.cancelling, 'running job')} "
-        "stop at their next lease renewal", highlight=False, soft_wrap=True,
-    )  # fmt: skip
+    console.print(f"{done.target}: {cancel_words(done)}", highlight=False, soft_wrap=True)
     for remote in done.batch_jobs:
         console.print(f"Gemini batch job {remote} cancelled (what it answered before is booked "
                       "when it ends)", highlight=False, soft_wrap=True, markup=False)  # fmt: skip
     for name in done.skipped:
         console.print(f"left alone: {name} (answered by another batch's run; cancel that one)",
                       highlight=False, soft_wrap=True, markup=False)  # fmt: skip
+
+
+def cancel_words(done: Any) -> str:
+    """What a cancel did, as `pipeline status` will show it: jobs cancelled now, and running
+    jobs asked to stop, which their workers do within a liveness tick (queue/liveness.py)."""
+    import math
+
+    from pipeline.queue.liveness import tick_s
+    from pipeline.settings import get_settings
+
+    said = []
+    if done.cancelled:
+        said.append(f"{counted(done.cancelled, 'job')} cancelled")
+    if done.cancelling:
+        within = max(1, math.ceil(2 * tick_s(get_settings().min_lease_s)))
+        said.append(f"cancellation requested for {counted(done.cancelling, 'running job')}; "
+                    f"their workers stop them within about {counted(within, 'second')} (a "
+                    "call in flight is booked as abandoned)")  # fmt: skip
+    return "; ".join(said) or "nothing to cancel: every job had ended"
 
 
 def budget(
@@ -93,6 +109,7 @@ def budget(
 
     amount = set_usd.strip().lstrip("$")
     out = _with_services(lambda c, r, e: set_budget(c, r, e, batch, amount))
+    say_note(out["note"])
     if as_json:
         print(json.dumps(out))
         return
@@ -128,6 +145,7 @@ def retry(
     async def work(client: QueueClient, recorder: SqlRecorder, engine: Engine) -> Any:
         since = await client.last_event_id()
         view, retried = await retry_batch(client, recorder, engine, batch, states)
+        say_note(view.note)
         if as_json:
             print(json.dumps({"batch_id": view.facts.batch_id,
                               "documents": [r.__dict__ for r in retried]}), flush=True)  # fmt: skip

@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
+from pipeline.cli.status import in_flight_note
 from pipeline.errors import PipelineError
 from pipeline.money import dollars
 from pipeline.queue.client import QueueClient
@@ -117,7 +118,7 @@ class BatchFollow:
             rate = self._rate()
             if rate is not None:
                 spent += f" ({dollars(rate)}/min)"
-            line += f" · {spent}"
+            line += f" · {spent}{in_flight_note(self.view)}"
         if self.ledger_error:
             line += f" · {self.ledger_error}"
         return line

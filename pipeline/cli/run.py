@@ -29,6 +29,7 @@ from pipeline.cli.common import (
     console,
     ledger_engine,
     print_table,
+    say_note,
 )
 from pipeline.cli.mode import DeadlineOpt, ModeOpt
 from pipeline.cli.submit import (
@@ -103,7 +104,7 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
         await services.recorder.flush()  # the batch's rows, if the database blinked
         await _registered(client, worker.id)  # else the first refresh says "no live worker"
         follow_task = asyncio.create_task(
-            follow(client, sub.batch_id, since, console, engine=services.engine,
+            follow(client, sub.made, since, console, engine=services.engine,
                    documents=submitted(sub))
         )
         done, _ = await asyncio.wait(
@@ -118,8 +119,8 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
         worker.stop()
         await worker_task
         await services.recorder.flush()
-        view = await batch_view(client, services.engine, sub.batch_id)
-        where = out or client.settings.home / "results" / sub.batch_id
+        view = await batch_view(client, services.engine, sub.made)
+        where = out or client.settings.home / "results" / sub.made
         found = results_of(view)
         written = await asyncio.to_thread(write_results, found, where)
         print_summary(view, written)
@@ -204,6 +205,7 @@ def results(
         view = asyncio.run(read_batch(batch, engine))
     finally:
         engine.dispose()
+    say_note(view.note)
     data = results_of(view)
     if out is not None:
         written = write_results(data, out)

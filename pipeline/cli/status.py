@@ -20,7 +20,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.cli.common import JsonOpt, console, ledger_engine, print_table
+from pipeline.cli.common import JsonOpt, console, ledger_engine, print_table, say_note
 from pipeline.errors import Reason
 from pipeline.money import dollars, format_usd
 from pipeline.queue.client import QueueClient
@@ -39,6 +39,7 @@ _WAIT_WORDS = {
     Reason.RATE_LIMIT: "for the provider's rate limit (429) to pass",
     "retry": "for a retry after an error",
     "no_worker": "for a live worker to serve their queue",
+    "worker_lost": "for a lost worker's lease to run out (then requeued, attempts allowing)",
 }
 _STYLE = {"failed": "red", "over_budget": "yellow", "cancelled": "dim", "complete": "green"}
 
@@ -152,28 +153,43 @@ def rehearsal_note(view: BatchView) -> str:
     return ""
 
 
+def in_flight_note(view: BatchView) -> str:
+    """Words after a batch's spend while calls are in flight: their worst case, held against
+    budgets and not spent yet, as `pipeline costs` counts them ("" when none is)."""
+    if not view.held:
+        return ""
+    return f" · {dollars(view.held)} held for calls in flight (not spent yet)"
+
+
 def print_batch(view: BatchView) -> None:
     """Every document: name, status, stage or reason, pages, cost and wasted, then counts,
     spend against budget and what waits for what. Names and reasons are never cut."""
     f = view.facts
     label = f" · {f.label}" if f.label else ""
     budget = f" of {dollars(f.budget_usd)}" if f.budget_usd is not None else ""
+    in_flight = in_flight_note(view)
     console.print(f"batch {f.batch_id}{label} · {counted(len(view.documents), 'document')} · spent "
-                  f"{dollars(f.spend)}{budget}{rehearsal_note(view)}{reused_note(view)}",
+                  f"{dollars(f.spend)}{budget}{rehearsal_note(view)}{reused_note(view)}"
+                  f"{in_flight}",
                   highlight=False,
                   soft_wrap=True, markup=False)  # fmt: skip
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     # Shown once any document is not plainly interactive (Batch Mode, auto, a deadline).
     modes = any(d.mode and (d.mode["shown"] != "interactive" or d.mode.get("deadline"))
                 for d in view.documents)  # fmt: skip
+    # Shown once a call is in flight: its worst case, held, not in the cost (`pipeline costs`).
+    held = bool(view.held)  # a column once a call is in flight (not in the cost)
     elsewhere, cells = elsewhere_cells(view)
     for col in ("document", "status", *(("mode",) if modes else ()), "pages", "cost USD",
-                "wasted USD", *elsewhere, "stage / reason"):  # fmt: skip
+                *(("held USD",) if held else ()), "wasted USD", *elsewhere,
+                "stage / reason"):  # fmt: skip
         table.add_column(col, overflow="fold", justify="right" if "USD" in col else "left")
     for d in view.documents:
         mode = ((d.mode or {}).get("shown", "-"),) if modes else ()
+        held_cell = (format_usd(d.held),) if held else ()
         table.add_row(escape(d.name), d.status, *mode, str(d.pages or ""), format_usd(d.cost),
-                      format_usd(d.wasted), *cells[d.document_id], escape(d.reason or ""),
+                      *held_cell, format_usd(d.wasted), *cells[d.document_id],
+                      escape(d.reason or ""),
                       style=_STYLE.get(d.status))  # fmt: skip
     whys = {(d.mode or {}).get("why") for d in view.documents} - {None, ""}
     if modes and whys:
@@ -196,17 +212,27 @@ def print_batch(view: BatchView) -> None:
                       highlight=False, soft_wrap=True)  # fmt: skip
 
 
+def _per(period_s: float) -> str:
+    return "minute" if period_s == 60 else f"{period_s:g} s"
+
+
 def _print_services(state: dict[str, Any]) -> None:
-    table = Table(title="rate limits (shared by all workers)")
-    for col in ("model", "requests left (rpm)", "tokens left (tpm)", "today (rpd)", "in flight",
-                "paused until",
+    from pipeline.llm.bucket import BURST_NOTE
+
+    per = _per(state["limiter"][0]["period_s"]) if state["limiter"] else "minute"
+    table = Table(title="rate limits (shared by all workers)", caption=BURST_NOTE,
+                  caption_justify="left")  # fmt: skip
+    for col in ("model", f"requests used / limit (last {per})", "requests used / limit (today)",
+                "start now: requests · tokens", "in flight", "paused until",
                 "daily quota exhausted until"):  # fmt: skip
         table.add_column(col)
     for m in state["limiter"]:
         lim = m["limits"]
         table.add_row(
-            m["model"], f"{m['requests_left']:.0f} ({lim['rpm']})",
-            f"{m['tokens_left']:.0f} ({lim['tpm']})", f"{m['requests_today']} ({lim['rpd']})",
+            m["model"], f"{m['requests_in_window']} / {lim['rpm']}",
+            f"{m['requests_today']} / {lim['rpd']}",
+            f"{m['requests_left']:.0f} of {m['requests_burst']:.0f} · "
+            f"{m['tokens_left']:.0f} of {m['tokens_burst']:.0f}",
             str(m["in_flight"]), m["paused_until"] or "-", m["daily_exhausted_until"] or "-",
         )  # fmt: skip
     console.print(table)
@@ -230,6 +256,7 @@ def status(batch: Annotated[str | None, typer.Argument()] = None, as_json: JsonO
     try:
         if batch is not None:
             view = asyncio.run(read_batch(batch, engine))
+            say_note(view.note)
             if as_json:
                 print(json.dumps(view.as_json()))
             else:

@@ -25,11 +25,13 @@ from pipeline.cli.common import (
     PathsArg,
     PriorityOpt,
     console,
+    err_console,
     ledger_engine,
     make_console,
     print_table,
 )
 from pipeline.cli.mode import DeadlineOpt, ModeOpt
+from pipeline.errors import InputError
 from pipeline.ledger.budget import check_budget_usd
 from pipeline.money import dollars, format_usd
 from pipeline.queue.client import QueueClient
@@ -40,6 +42,7 @@ from tasks.submission import (
     counts_with_provider,
     estimate,
     estimate_counted,
+    refusals,
     submit_uploads,
 )
 
@@ -96,8 +99,8 @@ def submitted(sub: Submission) -> list[tuple[str, str, str]]:
 def print_submission(sub: Submission) -> None:
     for w in sub.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
-    table = Table(title=f"batch {sub.batch_id} · {sub.model} · {sub.prompt_version}",
-                  title_justify="left")
+    made = f"batch {sub.batch_id}" if sub.batch_id else "no batch"
+    table = Table(title=f"{made} · {sub.model} · {sub.prompt_version}", title_justify="left")
     for col in ("document", "status", "pages", "job / reason"):
         table.add_column(col)
     for d in sub.documents:
@@ -175,7 +178,7 @@ async def _submit(
             engine = ledger_engine(upgrade=False)
             try:
                 out = make_console(stderr=True) if as_json else console
-                tracker = await follow(client, sub.batch_id, since, out, engine=engine,
+                tracker = await follow(client, sub.made, since, out, engine=engine,
                                        documents=submitted(sub))  # fmt: skip
                 if tracker.view is not None and not as_json:
                     from pipeline.cli.status import print_batch
@@ -208,7 +211,9 @@ def submit(
     mode: ModeOpt = None,
     deadline: DeadlineOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the batch until done.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Estimate; enqueue nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Estimate; enqueue nothing. Exit 1, with the same error, when the "
+        "submit would be refused.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Queue PDFs for analysis as one batch; prints the batch id."""
@@ -220,11 +225,16 @@ def submit(
         est = _dry_run_estimate(uploads, model or get_settings().model)
         est["documents"][:0] = [{"name": s.name, "status": "skipped", "reason": s.reason}
                                 for s in skipped]  # fmt: skip
+        refused = would_refuse(model, limit, mode, deadline)
+        est["refusals"] = [{"error": type(e).__name__, "message": str(e)} for e in refused]
         if as_json:
             print(json.dumps(est, default=str))
         else:
             print_estimate(est, limit)
-        if not any(d["status"] == "ok" for d in est["documents"]):
+            for e in refused:  # as main() prints the real submit's refusal, and its exit code
+                err_console.print(f"[red]error:[/red] submit would refuse this: {e}",
+                                  highlight=False, soft_wrap=True)  # fmt: skip
+        if refused or not any(d["status"] == "ok" for d in est["documents"]):
             raise typer.Exit(1)
         return
     if not uploads:
@@ -235,6 +245,21 @@ def submit(
                                          deadline=deadline))  # fmt: skip
     if not sub.job_ids or not completed:
         raise typer.Exit(1)  # with --wait: 0 only when every document completed
+
+
+def would_refuse(model: str | None, budget: Decimal | None, mode: str | None,
+                 deadline: str | None) -> list[InputError]:  # fmt: skip
+    """Every refusal `submit` with these options would make (tasks/submission.refusals),
+    for the provider these settings make (the offline analyzer is refused no budget)."""
+    from datetime import UTC, datetime
+
+    from pipeline.llm.factory import provider_kind
+    from pipeline.llm.pricing import PriceTable
+    from pipeline.settings import get_settings
+
+    s = get_settings()
+    return refusals(s, PriceTable.load(), model, budget, mode, deadline,
+                    provider_kind(s) != "offline", datetime.now(UTC), collect=True)[2]  # fmt: skip
 
 
 def _dry_run_estimate(uploads: list[Upload], model: str) -> dict[str, Any]:

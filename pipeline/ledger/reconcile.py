@@ -43,6 +43,7 @@ from pipeline.ledger.write_behind import is_connection_error
 from pipeline.llm.attempts import Outcome
 from pipeline.redis.connection import text
 from pipeline.redis.keys import Keys
+from pipeline.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +88,50 @@ class HoldsSettled:
 
 @dataclass
 class ReconcileReport:
-    """What one `Reconciler.run` pass changed."""
+    """What one `Reconciler.run` pass changed. `budgets_raised`: budget scopes (a batch's,
+    a day's, a month's) whose spend in Redis was below the ledger's and was raised to it;
+    `budgets_loaded`: scopes Redis had no record of (a new Redis or key prefix), given the
+    ledger's spend."""
 
     abandoned_rows: int = 0
     holds: HoldsSettled = field(default_factory=HoldsSettled)
     budgets_raised: int = 0
+    budgets_loaded: int = 0
     jobs_lost: int = 0
     jobs_completed: int = 0
+
+    def level(self) -> int:
+        """WARNING when something was lost or may have been billed without an answer (a
+        worker or Redis lost it), INFO for loose ends closed as they ended, DEBUG when the
+        pass only filled a new Redis's budgets from the ledger."""
+        if self.abandoned_rows or self.holds.abandoned or self.budgets_raised or self.jobs_lost:
+            return logging.WARNING
+        if self.holds or self.jobs_completed:
+            return logging.INFO
+        return logging.DEBUG
+
+    def words(self) -> str:
+        """What the pass did, in words, only what happened ("" when nothing)."""
+        h = self.holds
+        said = [
+            (self.abandoned_rows, f"{counted(self.abandoned_rows, 'call')} left running by a "
+             "worker that is gone booked as abandoned at their worst case (possibly billed)"),
+            (h.abandoned, f"{counted(h.abandoned, 'budget hold')} of lost jobs kept at their "
+             "call's worst case (possibly billed)"),
+            (h.booked, f"{counted(h.booked, 'budget hold')} of lost jobs settled at their "
+             "call's ledger cost"),
+            (h.released, f"{counted(h.released, 'budget hold')} of lost jobs released (the "
+             "call never went out)"),
+            (self.budgets_raised, f"{counted(self.budgets_raised, 'budget')} (batch, day or "
+             "month) raised to the ledger's spend: Redis had less, so it had lost spend"),
+            (self.budgets_loaded, f"{counted(self.budgets_loaded, 'budget')} (batch, day or "
+             "month) new to this Redis given the ledger's spend"),
+            (self.jobs_lost, f"{counted(self.jobs_lost, 'job')} the queue has no record of "
+             "marked lost (submit their documents again; paid answers are reused)"),
+            (self.jobs_completed, f"{counted(self.jobs_completed, 'job')} the queue has no "
+             "record of marked complete (their analysis is stored)"),
+        ]  # fmt: skip
+        return "; ".join(text for n, text in said if n)
 
 
 def _call_rows(recorder: SqlRecorder, ids: list[str]) -> dict[str, tuple[str, Decimal]]:
@@ -190,10 +228,11 @@ class Reconciler:
                 return None
         report = ReconcileReport()
         await self._stale_started(report)
-        report.budgets_raised = await self.rebuild_budgets()
+        await self._budgets(report)
         await self._forgotten_jobs(report)
-        if report.abandoned_rows or report.holds or report.budgets_raised or report.jobs_lost:
-            log.warning("ledger reconcile: %s", report)
+        said = report.words()
+        if said:
+            log.log(report.level(), "ledger reconciled with the queue: %s", said)
         return report
 
     # -- rows left `started` -----------------------------------------------------------------
@@ -243,8 +282,25 @@ class Reconciler:
         """Raise every current budget's spend (today, yesterday, this month, and batches
         with calls in the last three days) to the ledger's, each call counted once: one
         whose hold is still open is left to its close (floor.py); returns how many rose."""
+        report = ReconcileReport()
+        await self._budgets(report)
+        return report.budgets_raised + report.budgets_loaded
+
+    async def _budgets(self, report: ReconcileReport) -> None:
+        """`rebuild_budgets`, telling a scope Redis had no record of (loaded: a new Redis or
+        prefix, nothing lost) from one whose spend it had below the ledger's (raised)."""
         floors, calls = await asyncio.to_thread(self._ledger_spend, datetime.now(UTC))
-        return await raise_spent(self.budget, floors, calls)
+        names = [name for name, usd in floors.items() if usd > 0]
+        if not names:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(self.budget.keys.budget(name))
+            known = await pipe.execute()
+        absent = sum(not k for k in known)  # each rises: a scope without a record has 0
+        rose = await raise_spent(self.budget, floors, calls)
+        report.budgets_loaded = min(absent, rose)
+        report.budgets_raised = rose - report.budgets_loaded
 
     def _ledger_spend(self, now: datetime) -> tuple[dict[str, Decimal], list[LedgerCall]]:
         """Each scope's spend in the ledger, and the calls of the last RECENT_S with a cost."""

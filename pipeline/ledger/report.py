@@ -72,6 +72,16 @@ def _money(value: Decimal | float | None) -> Decimal:
     return Decimal(str(value or 0)).quantize(NANO)
 
 
+def held_usd(outcome: str, cost_usd: Decimal | float | None,
+             estimated_cost_usd: Decimal | float | None) -> Decimal:  # fmt: skip
+    """What a call's row holds against budgets while it is in flight (outcome `started`):
+    the worst case on its row (a Batch Mode request's, or a crash's floor), else the bound
+    reserved before it was sent; 0 for a settled call. Exact USD at the ledger's precision."""
+    if outcome != Outcome.STARTED.value:
+        return Decimal(0)
+    return _money(cost_usd or estimated_cost_usd)
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """Linear interpolation between closest ranks (numpy's default), None for no data."""
     if not values:
@@ -99,7 +109,7 @@ class _Group:
             # Not spend yet: its row carries the worst case held for it (a Batch Mode
             # request's, or a crash's floor) until it settles or is found abandoned.
             self.in_flight += 1
-            self.in_flight_cost += _money(call.cost_usd or call.estimated_cost_usd)
+            self.in_flight_cost += held_usd(call.outcome, call.cost_usd, call.estimated_cost_usd)
             return
         self.calls += 1
         for name in TOKEN_FIELDS:

@@ -43,6 +43,14 @@ class LimiterTuning:
     key_ttl_s: int = 2 * 86400
 
 
+# What the rate-limit panels (`pipeline status`, the dashboard) say their "start now" column
+# is: the smoothing bucket's level, which is small and full when nothing runs.
+BURST_NOTE = ("used: requests sent to the provider and counted against its quota (the offline "
+              "analyzer sends none). start now: what may start at once, out of a burst of 5 % "
+              "of the limit that refills within the minute; idle, it is full (e.g. 50 of 50 at "
+              "1000 rpm), which is not quota used.")
+
+
 @dataclass(frozen=True)
 class BucketShape:
     """Capacities and refill rates (per ms) at full speed, derived from a model's limits.

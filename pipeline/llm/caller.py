@@ -28,7 +28,9 @@ sent (its PDF file gone: DocumentMissing); but an attempt whose outcome we canno
 (cancelled in flight, timed out, cut off or unreadable once sent) may have been billed, so it is
 booked at its reserved worst case — ABANDONED when cancelled, as `mark_abandoned` does
 for a worker that died mid-call. A provider that never bills (`billed = False`, the
-offline analyzer) reserves nothing and books $0, whatever happens.
+offline analyzer) reserves nothing and books $0, whatever happens; one that reaches no
+remote provider (`metered = False`, the offline analyzer again) takes no limiter permit either
+(unmetered.py): its calls spend nobody's quota.
 
 A bill above its reservation (it must not happen, but providers change) is booked in full,
 logged as an error and written on the row; the budget script stops the scope from
@@ -77,6 +79,7 @@ from pipeline.llm.spend import (
     warn_usage_missing,
 )
 from pipeline.llm.stop import Accept, accepted, judge
+from pipeline.llm.unmetered import Unmetered, metered
 from pipeline.llm.usage import book_usage
 
 if TYPE_CHECKING:
@@ -117,7 +120,8 @@ class LLMCaller:
         counter: TokenCounter | None = None,
     ) -> None:
         self.provider = provider
-        self.limiter = limiter
+        # A provider whose calls reach no one (offline) must take no one's quota.
+        self.limiter = limiter if metered(provider) else Unmetered(limiter.canonical)
         self.store = store
         self.recorder = recorder
         self.prices = prices

@@ -147,6 +147,7 @@ class GeminiProvider:
 
     name = "gemini"
     billed = True
+    metered = True  # the emulator too: a rehearsal takes the shared limiter's quota
 
     def __init__(
         self,

@@ -377,9 +377,12 @@ class Limiter:
             "effective_rpm": shape.window_requests(f) * per_period / shape.window_ms,
             "requests_in_window": in_window,
             "effective_tpm": shape.tok_rate(f) * per_period,
-            # the smaller of the smoothing bucket and what the window has room for
+            # the smaller of the smoothing bucket and what the window has room for: what may
+            # start at once, up to requests_burst (its level when idle); not quota used
             "requests_left": max(0.0, min(rq, shape.window_requests(f) - in_window)),
+            "requests_burst": min(shape.req_capacity(f), float(shape.window_requests(f))),
             "tokens_left": tk,
+            "tokens_burst": shape.tok_capacity(f),
             "requests_today": day_count,
             "in_flight": int(in_flight),
             "paused_until": when("pause"),

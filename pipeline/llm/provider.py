@@ -248,10 +248,13 @@ class LLMResponse:
 
 class Provider(Protocol):
     """`billed` says whether answers cost money: a provider that never bills (the offline
-    analyzer) has nothing reserved against budgets and every attempt booked at $0."""
+    analyzer) has nothing reserved against budgets and every attempt booked at $0.
+    `metered` says whether its calls count against a remote provider's rate limits: one that
+    answers locally (the offline analyzer again) takes no permit of the shared limiter."""
 
     name: str
     billed: bool
+    metered: bool
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
         """One HTTP attempt, no retries: retrying is the caller's (llm/retry.py) job. Raises

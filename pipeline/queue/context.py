@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from pipeline.queue.pool import CpuPool
 
 
-@dataclass
+@dataclass(slots=True)  # no instance dict: one per running job
 class JobContext:
     job: Job
     client: QueueClient

@@ -26,7 +26,7 @@ log = logging.getLogger("pipeline.lease")
 RENEW_CHUNK = 500  # leases per script call
 
 
-@dataclass
+@dataclass(slots=True)  # no instance dict: one per running job
 class Lease:
     job_id: str
     token: str
@@ -50,6 +50,7 @@ class LeaseBook:
         self.keys = keys
         self.redis = redis
         self._renew = redis.register_script(lua_source(LUA_DIR, "renew"))
+        self._cancelled = redis.register_script(lua_source(LUA_DIR, "cancelled"))
         self._lock = threading.Lock()
         self._leases: dict[str, Lease] = {}
 
@@ -74,17 +75,17 @@ class LeaseBook:
 
     def cancel_requested(self) -> list[str]:
         """Jobs held here whose cancellation was requested (`cancel` set on the job), read in
-        one round trip: a cancel is noticed within a tick, not at the next renewal (a third
-        of a lease that may be minutes long)."""
+        one script call per RENEW_CHUNK jobs: a cancel is noticed within a tick, not at the
+        next renewal (a third of a lease that may be minutes long). One call, not a pipeline
+        of one HGET per job: the liveness thread builds a command, its packed bytes and a
+        reply per running job every tick otherwise (~630 B a job at the peak, tracemalloc)."""
         held = [lease.job_id for lease in self.snapshot()]
-        if not held:
-            return []
-        with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in held:
-                pipe.hget(self.keys.job(job_id), "cancel")
-            flags = pipe.execute()
-        return [job_id for job_id, flag in zip(held, flags, strict=True)
-                if flag in ("1", b"1")]  # fmt: skip
+        found: list[str] = []
+        for start in range(0, len(held), RENEW_CHUNK):
+            chunk = held[start : start + RENEW_CHUNK]
+            positions = self._cancelled(keys=[self.keys.job(job_id) for job_id in chunk])
+            found += [chunk[int(i) - 1] for i in positions]
+        return found
 
     def renew_due(self) -> tuple[list[str], list[str]]:
         """Renew what is due; return (stale job ids, job ids whose cancellation was requested).

@@ -35,6 +35,13 @@ log = logging.getLogger("pipeline.worker")
 Halt = Callable[[str, str], None]  # (job id, reason: lost | cancel), run on the event loop
 
 
+def tick_s(min_lease_s: float) -> float:
+    """How often the liveness thread renews what is due and looks for cancel requests: a
+    sixth of the shortest lease, between 50 ms and 1 s. A running job whose cancellation was
+    requested is stopped within one tick (plus its worker's loop turn)."""
+    return max(0.05, min(1.0, min_lease_s / 6))
+
+
 @dataclass
 class Presence:
     """What the heartbeat says about the worker; `stopping` is set by the worker's loop."""

@@ -47,22 +47,28 @@ class Settlement:
 
 @dataclass
 class Counters:
+    """What this worker's attempts came to, each outcome under its own name."""
+
     claimed: int = 0
     completed: int = 0
-    failed: int = 0
-    retried: int = 0
+    failed: int = 0  # failed or dead
+    retried: int = 0  # after an error, with an attempt used
+    postponed: int = 0  # for a budget window, a quota or a batch job, no attempt used
+    cancelled: int = 0
+    over_budget: int = 0
     fenced: int = 0  # settlements refused because the token was stale
-    released: int = 0
+    released: int = 0  # given back to the queue at shutdown
 
     def count(self, outcome: str) -> None:
-        if outcome == "complete":
-            self.completed += 1
-        elif outcome in ("retry", "postpone"):
-            self.retried += 1
-        elif outcome == "release":
-            self.released += 1
-        else:
-            self.failed += 1
+        name = {"complete": "completed", "retry": "retried", "postpone": "postponed",
+                "release": "released", "cancelled": "cancelled",
+                "over_budget": "over_budget"}.get(outcome, "failed")  # fmt: skip
+        setattr(self, name, getattr(self, name) + 1)
+
+    def __str__(self) -> str:
+        """In words, only what happened: "claimed 3, completed 2, postponed 5"."""
+        said = [f"{name.replace('_', ' ')} {n}" for name, n in vars(self).items() if n]
+        return ", ".join(said) or "no jobs claimed"
 
 
 def from_stop(reason: str | None) -> Settlement:

@@ -65,6 +65,19 @@ class Sweeper:
             )
         return promoted
 
+    async def held_by_gone(self, queues: list[str], live: set[str], limit: int = 500) -> bool:
+        """Whether a running job of `queues` is held by a worker not in `live` (ids): its
+        lease will expire and `reclaim_expired` put it back in its queue."""
+        ids = texts(await self.redis.zrange(self.keys.active, 0, limit - 1))
+        if not ids:
+            return False
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(self.keys.job(job_id), ["queue", "worker"])
+            held = await pipe.execute()
+        return any(q is not None and text(q) in queues and (w is None or text(w) not in live)
+                   for q, w in held)  # fmt: skip
+
     async def reclaim_expired(self, limit: int = 500) -> list[tuple[str, str]]:
         now = await self._server_ms()
         ids = texts(

@@ -33,7 +33,7 @@ from pipeline.queue.gate import Admission, Candidate, Gate, OpenGate
 from pipeline.queue.handoff import Handoff
 from pipeline.queue.heads import Heads
 from pipeline.queue.job import Job
-from pipeline.queue.liveness import Liveness, Presence, every
+from pipeline.queue.liveness import Liveness, Presence, every, tick_s
 from pipeline.queue.outcome import Counters, Settlement, finish, from_error, from_stop
 from pipeline.queue.pool import CpuPool
 from pipeline.queue.shutdown import GracefulShutdown, Running
@@ -130,7 +130,7 @@ class Worker(GracefulShutdown):
         self.presence = Presence(self.id, self.queues, self.concurrency,
                                  s.heartbeat_interval_s, self._started_ms)  # fmt: skip
         self.liveness = Liveness(sync_twin(self.redis), self.keys, self.presence, self._halt,
-                                 tick_s=max(0.05, min(1.0, s.min_lease_s / 6)))  # fmt: skip
+                                 tick_s=tick_s(s.min_lease_s))  # fmt: skip
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self, install_signals: bool = True) -> None:
@@ -205,7 +205,7 @@ class Worker(GracefulShutdown):
                 claimed, wait_s = await self._claim_one()
                 if claimed:
                     continue
-                if self.burst and not self.running and await self._queues_empty():
+                if self.burst and not self.running and await self._nothing_left():
                     log.info("burst worker %s: queues empty, exiting", self.id)
                     self.stop()
                     return
@@ -219,6 +219,21 @@ class Worker(GracefulShutdown):
         slot: its task is done, and the next claim goes out beside its finish rather than
         one round trip after it."""
         return sum(1 for r in self.running.values() if not r.settling)
+
+    async def _nothing_left(self) -> bool:
+        """Whether a burst worker may exit: its queues empty once this worker has swept (a job
+        whose lease expired goes back to its queue now, not after the upkeep loop's next turn)
+        and no job of its queues is held by a worker that is gone (its lease will expire and
+        the sweep requeue it: waited for, at most that lease). A job a live worker holds is
+        not waited for: that worker finishes it or, if it dies, its lease brings it back."""
+        if not await self._queues_empty():
+            return False
+        await self.sweeper.sweep()
+        if not await self._queues_empty():
+            return False
+        live = {w["id"] for w in await heartbeat.list_workers(
+            self.redis, self.keys, self.client.settings.heartbeat_interval_s)}  # fmt: skip
+        return not await self.sweeper.held_by_gone(self.queues, live | {self.id})
 
     async def _queues_empty(self) -> bool:
         """Nothing ready in our queues and nothing waiting out a delay or retry back-off."""
@@ -339,7 +354,7 @@ class Worker(GracefulShutdown):
         joblog.started(job, joblog.describe(self.job_fields, job))
         try:
             task = lookup(job.task)
-            args = list(job.args)
+            args = job.args  # unpacked into the call: the task cannot change the job's list
             if job.chord:
                 ctx.group_results = await self.client.group_results(job.chord)
                 args = [ctx.group_results, *args]

@@ -83,9 +83,16 @@ async def test_state_after_real_work_and_retry_of_a_dead_job(
         assert len(state["spend"]["days"]) == 14
         assert "offline analyzer ($0)" in state["spend"]["models"]  # its $0 call, named as such
         assert {m["model"] for m in state["limiter"]} >= {settings.model}
+        # The offline call reached no provider: nothing counted against Gemini's quota, and
+        # the panel says which numbers are used and which may start now (full when idle).
+        lite = next(m for m in state["limiter"] if m["model"] == llm_tasks.MODEL)
+        assert lite["requests_today"] == 0 and lite["requests_in_window"] == 0, lite
+        assert lite["requests_left"] == lite["requests_burst"] > 0, lite
         assert set(state["budgets"]) == {"day", "month"}
         panels = (await client.get("/dashboard/panels")).text
         assert f'data-retry="{broken.id}"' in panels and "the parser choked" in panels
+        assert "requests used / limit (today)" in panels and "idle, it is full" in panels
+        assert f"0 / {lite['limits']['rpd']}" in panels
 
         url = f"/dashboard/jobs/{broken.id}/retry"
         forged = await client.post(url)  # no custom header: what a cross-site form would send

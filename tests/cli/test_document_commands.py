@@ -4,6 +4,7 @@ Redis and SQLite, the offline analyzer (no key), the real process pool."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,8 @@ def test_a_submission_whose_every_file_is_refused_names_no_batch(
     assert r.returncode == 1, r.stdout + r.stderr
     assert "nothing was queued, so no batch was made" in r.stdout
     assert "batch id:" not in r.stdout and "Traceback" not in r.stderr
+    # no header names a batch that `pipeline status` would not know
+    assert not re.search(r"batch [0-9a-f]{32}", r.stdout), r.stdout
+    assert "no batch" in r.stdout.splitlines()[0]
+    as_json = run_cli(env, "submit", str(bad), "--json")
+    assert json.loads(as_json.stdout)["batch_id"] is None

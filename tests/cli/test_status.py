@@ -106,3 +106,29 @@ def test_the_budget_window_wait_says_when_the_job_tries_again() -> None:
     assert window_wait("month", early)[1].endswith(
         "until the window turns at 2026-12-01 00:00 UTC (a raised limit is noticed at the "
         "next try)")
+
+
+def test_offline_runs_take_no_gemini_quota_and_the_limits_panel_says_used_and_left(
+    pipeline_env: dict[str, str], sredis: redis.Redis
+) -> None:
+    """`make demo`'s run (offline, no key) reaches no provider: no Gemini request is counted
+    for today or the minute, no bucket is written, and the panel's columns say which numbers
+    are quota used and which are what may start now (full when idle)."""
+    prefix = pipeline_env["PIPELINE_KEY_PREFIX"]
+    r = run_cli(pipeline_env, "run", *EXAMPLES[:2])
+    assert r.returncode == 0, r.stderr
+    assert not list(sredis.scan_iter(match="{" + prefix + "}*bucket*", count=1000))
+    data = json.loads(run_cli(pipeline_env, "status", "--json").stdout)
+    settings = load_settings(key_prefix=prefix)
+    [lite] = [m for m in data["limiter"] if m["model"] == settings.model]
+    assert lite["requests_today"] == 0 and lite["requests_in_window"] == 0, lite
+    assert lite["in_flight"] == 0 and lite["requests_left"] == lite["requests_burst"] > 0, lite
+    text = run_cli(pipeline_env, "status", columns=240).stdout
+    for header in ("requests used / limit (last minute)", "requests used / limit (today)",
+                   "start now: requests · tokens"):  # fmt: skip
+        assert header in text, text
+    row = next(line for line in text.splitlines() if settings.model in line)
+    lim = lite["limits"]
+    assert f"0 / {lim['rpm']}" in row and f"0 / {lim['rpd']}" in row, row
+    burst = f"{lite['requests_burst']:.0f} of {lite['requests_burst']:.0f}"
+    assert burst in row and "idle, it is full" in text, text

@@ -14,7 +14,8 @@ from pipeline.redis.connection import connect_redis
 from pipeline.settings import get_settings
 from tests.scenarios.helpers import CliProcess, analysis_worker
 from tests.support.backends import free_port
-from tests.support.cli import EXAMPLES
+from tests.support.cli import EXAMPLES, run_cli
+from tests.support.emulator import start_emulator
 
 
 def test_submit_wait_says_no_worker_then_finishes_when_one_starts(
@@ -72,12 +73,19 @@ async def test_submit_wait_says_the_daily_quota_is_spent_until_when(
     until = (await Limiter(client.redis, client.keys, settings).state(settings.model))[
         "daily_exhausted_until"]  # fmt: skip
     await client.aclose()
-    worker = analysis_worker(redis_url, pipeline_env)
-    waiting = CliProcess(pipeline_env, "submit", EXAMPLES[0], "--wait")
-    try:
-        line = waiting.wait_for(lambda ln: "daily quota" in ln, 30, "about the daily quota")
-        assert line == (f"{EXAMPLES[0]}: waiting — {settings.model}: the provider's daily "
-                        f"quota is used up until {until}")  # fmt: skip
-    finally:
-        waiting.kill()
-        worker.close()
+    # A provider whose quota it is (the emulator standing for Gemini): nothing is sent.
+    with start_emulator() as emu:
+        env = {**pipeline_env, **emu.env, "GOOGLE_API_KEY": ""}
+        worker = analysis_worker(redis_url, env)
+        waiting = CliProcess(env, "submit", EXAMPLES[0], "--wait")
+        try:
+            line = waiting.wait_for(lambda ln: "daily quota" in ln, 30, "about the daily quota")
+            assert line == (f"{EXAMPLES[0]}: waiting — {settings.model}: the provider's daily "
+                            f"quota is used up until {until}")  # fmt: skip
+            assert emu.stats()["generate_requests"] == 0
+        finally:
+            waiting.kill()
+            worker.close()
+    # The offline analyzer spends none of that quota, so none of it holds it back.
+    offline = run_cli(pipeline_env, "run", EXAMPLES[1], timeout_s=60)
+    assert offline.returncode == 0, offline.stderr

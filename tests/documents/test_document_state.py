@@ -109,3 +109,48 @@ def test_a_job_known_only_to_the_ledger_still_counts() -> None:
     assert (state.status, state.reason) == ("failed", "ValueError: boom")
     nothing = derive(Run(None), False, AROUND)
     assert nothing.status == "failed" and "retry" in (nothing.reason or "")
+
+
+def test_a_job_whose_worker_is_gone_is_shown_lost_with_its_lease_and_held_money() -> None:
+    """Leased to a worker without a heartbeat: not running. What its lease will do (expire.lua:
+    requeue while attempts are left, dead after the last, cancelled if asked), when, and the
+    money held for its call in flight; a live worker's job still runs."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    deadline_ms = int(datetime(2026, 11, 30, 12, 1, 2, tzinfo=UTC).timestamp() * 1000)
+    lease = {"worker": "w-dead", "lease_deadline_ms": deadline_ms, "max_attempts": 3,
+             "progress": {"stage": "analyzing", "pages": 1}}  # fmt: skip
+    gone = Surroundings(served_queues={"default"}, live_workers={"w-live"},
+                        held_usd={ROOT: Decimal("0.0130505")},
+                        now_ms=deadline_ms - 60_000)  # fmt: skip
+    state = derive(Run(job(ROOT, "active", attempt=1, **lease)), False, gone)
+    assert (state.status, state.kind, state.job_id) == ("waiting", "worker_lost", ROOT)
+    assert state.reason == (
+        "worker w-dead lost (its heartbeat stopped); requeued (attempt 1/3) when its lease "
+        "runs out at 12:01:02 UTC; $0.013050500 held for its call in flight (its worst "
+        "case, not spent; settled when the lease runs out)")  # fmt: skip
+    assert state.until == "2026-11-30T12:01:02+00:00"
+    last = derive(Run(job(ROOT, "active", attempt=3, **lease)), False, gone)
+    assert "ended dead (attempt 3/3, its last) when its lease runs out" in str(last.reason)
+    asked = derive(Run(job(ROOT, "active", attempt=1, cancel=True, **lease)), False, gone)
+    assert "; cancelled when its lease runs out at 12:01:02 UTC" in str(asked.reason)
+    late = Surroundings(live_workers=set(), now_ms=deadline_ms + 1)
+    ran_out = derive(Run(job(ROOT, "active", attempt=1, **lease)), False, late)
+    assert str(ran_out.reason).endswith("its lease ran out at 12:01:02 UTC: requeued "
+                                        "(attempt 1/3) by the next live worker's sweep")
+    alive = Surroundings(live_workers={"w-dead"})
+    assert derive(Run(job(ROOT, "active", attempt=1, **lease)), False, alive).status == "running"
+    assert derive(Run(job(ROOT, "active", attempt=1, **lease)), False, AROUND).status == "running"
+    # A long document: a part on a lost worker, while no other part runs; the merge likewise.
+    run = chord("complete", "active", "queued")
+    run.parts[1] = job(part_id(ROOT, 1), "active", attempt=1, pages=(3, 4), **{
+        k: v for k, v in lease.items() if k != "progress"})  # fmt: skip
+    part = derive(run, False, gone)
+    assert part.kind == "worker_lost" and str(part.reason).startswith(
+        "part 2 of 3 (pages 3-4): worker w-dead lost")
+    merging = chord("complete", "complete", merge="active", attempt=1, worker="w-dead",
+                    lease_deadline_ms=deadline_ms, max_attempts=3)  # fmt: skip
+    merged = derive(merging, False, gone)
+    assert merged.kind == "worker_lost" and str(merged.reason).startswith(
+        "merging 2 parts: worker w-dead lost")

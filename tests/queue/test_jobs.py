@@ -152,6 +152,26 @@ async def test_cancel_queued_and_running(client: QueueClient, redis_url: str) ->
         await running.result(timeout_s=1)
 
 
+async def test_cancel_reaches_a_long_running_job_before_its_next_renewal(
+    client: QueueClient, redis_url: str
+) -> None:
+    """The liveness thread reads running jobs' cancel flags every tick, not only with their
+    renewals: a job whose lease (2 x 120 s) is next renewed 80 s after its start stops within
+    the test's 10 s."""
+    async with worker(redis_url, client, concurrency=2):
+        long_lease = JobOptions(expected_duration_s=120)
+        running = await client.enqueue(qt.block, "never-set", _options=long_lease)
+        other = await client.enqueue(qt.block, "never-set-either", _options=long_lease)
+        await eventually(lambda: count(client, "started", running.id), what="start")
+        await eventually(lambda: count(client, "started", other.id), what="second start")
+        assert await running.cancel() == "cancelling"
+        job = await client.wait(running.id, timeout_s=10)
+        assert job.state == State.CANCELLED
+        assert (await other.info()).state == State.ACTIVE  # only the flagged job stops
+        assert await other.cancel() == "cancelling"
+        assert (await client.wait(other.id, timeout_s=10)).state == State.CANCELLED
+
+
 async def test_retries_follow_schedule_then_dead_letter_and_requeue(
     client: QueueClient, redis_url: str
 ) -> None:

@@ -23,6 +23,7 @@ from pipeline.api.metrics import limiter_states
 from pipeline.ledger.db import session_factory
 from pipeline.ledger.report import daily_spend_by_model
 from pipeline.ledger.windows import shown_budgets
+from pipeline.llm.bucket import BURST_NOTE
 from pipeline.money import format_usd
 from pipeline.queue.client import QueueClient
 from pipeline.queue.stats import Stats
@@ -81,6 +82,8 @@ def _batch_row(view: BatchView) -> dict[str, Any]:
         "counts": counts,
         "progress": done / total if total else 0.0,
         "spent_usd": _money(f.spend),
+        # calls in flight, not in spent_usd: their worst case, held (`pipeline costs`)
+        "held_usd": _money(view.held),
         "budget_usd": None if f.budget_usd is None else _money(f.budget_usd),
         # a share for the <meter>, kept exact
         "budget_used": str((f.spend / f.budget_usd).quantize(Decimal("0.0001")))
@@ -173,10 +176,15 @@ async def dashboard_state(client: QueueClient, engine: Engine, budget: Any) -> d
         "limiter": [
             {
                 "model": model,
-                "tokens_left": round(st["tokens_left"]),
-                "requests_left": round(st["requests_left"], 1),
-                "in_flight": st["in_flight"],
+                # used: sent and counted against the provider's quota
+                "requests_in_window": st["requests_in_window"],
                 "requests_today": st["requests_today"],
+                # left: what may start now, out of a small burst that is full when idle
+                "tokens_left": round(st["tokens_left"]),
+                "tokens_burst": round(st["tokens_burst"]),
+                "requests_left": round(st["requests_left"], 1),
+                "requests_burst": round(st["requests_burst"]),
+                "in_flight": st["in_flight"],
                 "factor": round(st["factor"], 3),
                 "paused_until": st["paused_until"],
                 "daily_exhausted_until": st["daily_exhausted_until"],
@@ -184,6 +192,7 @@ async def dashboard_state(client: QueueClient, engine: Engine, budget: Any) -> d
             }
             for model, st in limiter.items()
         ],
+        "limiter_note": BURST_NOTE,
         "budgets": {scope: s.as_dict() for scope, s in budgets.items()},
         "batches": [_batch_row(v) for v in views],
         "spend": spend,

@@ -76,6 +76,7 @@ class OfflineProvider:
 
     name = "offline"
     billed = False  # never bills: nothing reserved, every attempt booked at $0
+    metered = False  # reaches no provider: takes none of Gemini's rate limits (unmetered.py)
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
         started = time.perf_counter()
