@@ -272,8 +272,9 @@ def _gone(where: str, held: bool, retention_s: int) -> str:
     document's bytes are never removed by the pipeline (pipeline/storage/holds.py)."""
     if held:
         return (f"its PDF is not in the document store at {where}, though a job still holds "
-                "it: the pipeline did not remove it (it was deleted from outside, or never "
-                "stored there); submit the file again")  # fmt: skip
+                "it, so no clean-up of this key prefix removed it: it was deleted from outside "
+                "(by hand, or by a version before 2026-11-30 under another key prefix) or never "
+                "stored there; submit the file again")  # fmt: skip
     days, rest = divmod(retention_s, 86400)
     kept = f"{counted(days, 'day')}" if days and not rest else f"{retention_s} s"
     return (f"its PDF is no longer in the document store at {where}: no job had held it for "

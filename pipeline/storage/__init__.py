@@ -96,9 +96,9 @@ def missing_message(sha256: str, where: str, this_machine_only: bool = False) ->
     )
     return (
         f"the document {sha256[:12]}… is not in the store at {where}{elsewhere} its bytes stay "
-        "while a job of this key prefix holds them, so they were removed from outside the "
-        "pipeline, or after no job had held them for PIPELINE_DOCUMENT_RETENTION_S. Submit "
-        "the file again to put it back"
+        "while a job of this key prefix holds them, so they were removed from outside (by "
+        "hand, or by a version before 2026-11-30 under another key prefix), or after no job "
+        "had held them for PIPELINE_DOCUMENT_RETENTION_S. Submit the file again to put it back"
     )
 
 
