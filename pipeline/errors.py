@@ -328,5 +328,5 @@ class DocumentStoreError(PipelineError):
 
 
 class DocumentMissing(DocumentStoreError):
-    """A document's bytes are not in the store: removed after its last job ended or after
-    PIPELINE_DOCUMENT_RETENTION_S, or written on another machine's local folder."""
+    """A document's bytes are not in the store: removed after no job of its key prefix held
+    them, or from outside the pipeline, or written on another machine's local folder."""

@@ -31,6 +31,7 @@ from pipeline.ledger.budget import Budget, check_budget_usd
 from pipeline.ledger.recorder import SqlRecorder
 from pipeline.llm.factory import provider_kind
 from pipeline.queue.client import QueueClient
+from pipeline.words import counted
 from tasks.batch_fallback import CANCELLED, cancel_if_abandoned, leave
 from tasks.batches import BatchView, batch_view, usd
 from tasks.status import part_count, part_id, reduce_id
@@ -266,31 +267,47 @@ async def retry_batch(client: QueueClient, recorder: SqlRecorder, engine: Engine
     return view, out
 
 
+def _gone(where: str, held: bool, retention_s: int) -> str:
+    """Why a document to retry has no bytes, from whether a job still held it: a held
+    document's bytes are never removed by the pipeline (pipeline/storage/holds.py)."""
+    if held:
+        return (f"its PDF is not in the document store at {where}, though a job still holds "
+                "it, so no clean-up of this key prefix removed it: it was deleted from outside "
+                "(by hand, or by a version before 2026-11-30 under another key prefix) or never "
+                "stored there; submit the file again")  # fmt: skip
+    days, rest = divmod(retention_s, 86400)
+    kept = f"{counted(days, 'day')}" if days and not rest else f"{retention_s} s"
+    return (f"its PDF is no longer in the document store at {where}: no job had held it for "
+            f"PIPELINE_DOCUMENT_RETENTION_S ({kept}), so the retention sweep removed it; "
+            "submit the file again")  # fmt: skip
+
+
 async def _retry_one(client: QueueClient, recorder: SqlRecorder, view: BatchView,
                      doc: Any) -> Retried:  # fmt: skip
+    from pipeline.ledger.batch_limit import current_limit
     from pipeline.llm.pricing import canonical_model
     from pipeline.storage import open_store
-    from pipeline.storage.holds import hold
+    from pipeline.storage.holds import hold, release
     from tasks.plan import analyze_prompt
     from tasks.runs import RunSpec, enqueue_run
 
     facts = view.facts
     member = next(m for m in facts.members if m.document_id == doc.document_id)
     s = client.settings
-    if not await asyncio.to_thread(open_store(s).exists, doc.document_id):
-        return Retried(doc.name, doc.document_id, "skipped", doc.job_id,
-                       "its PDF is no longer in the document store (kept "
-                       "PIPELINE_DOCUMENT_RETENTION_S after a run without a result); submit "
-                       "the file again")  # fmt: skip
-    from pipeline.ledger.batch_limit import current_limit
-
     limit = await current_limit(client.redis, client.keys, facts.batch_id) or facts.budget_usd
     spec = RunSpec(
         doc.document_id, doc.name, int(member.pages or 1), int(member.size_bytes or 0),
         member.model or canonical_model(client.settings.model), analyze_prompt().version,
         facts.batch_id, provider_kind(client.settings), limit,
     )  # fmt: skip
+    store = open_store(s)
+    held = bool(await client.redis.exists(client.keys.document(spec.sha256)))
+    # Held before the bytes are looked for, so a job of it completing meanwhile keeps them.
     await hold(client.redis, client.keys, [spec.job_id], spec.sha256, s.document_retention_s)
+    if not await asyncio.to_thread(store.exists, spec.sha256):
+        await release(client.redis, client.keys, store, spec.job_id, [spec.sha256])
+        return Retried(doc.name, doc.document_id, "skipped", doc.job_id,
+                       _gone(store.where, held, s.document_retention_s))  # fmt: skip
     handle = await enqueue_run(client, spec, replacing=doc.job_id)
     if not handle.created:  # a newer run started elsewhere answers for it: show that one
         await recorder.add_to_batch(facts.batch_id, doc.document_id, job_id=handle.id)

@@ -7,9 +7,12 @@ Scripts never build keys themselves: every key they touch arrives in KEYS.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 EVENTS_MAXLEN = 100_000  # approximate length the progress stream is trimmed to
+# `document()`'s shape under any prefix (a prefix holds no braces: settings.key_prefix)
+_DOCUMENT_KEY = re.compile(r"^\{[^{}]+\}:doc:([0-9a-f]{64})$")
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,20 @@ class Keys:
         """The ids of the jobs holding a document's bytes in the document store (a set, by
         content hash; pipeline/storage/holds.py). The bytes themselves are never in Redis."""
         return self._k("doc", sha256)
+
+    @staticmethod
+    def every_prefix_document(sha256: str = "*") -> str:
+        """A SCAN pattern for `document(sha256)` under every key prefix in this Redis (all
+        documents with `*`): a document stored where prefixes shared it before 2026-11-30
+        goes only when no prefix holds it (pipeline/storage/prefixed.py)."""
+        return "{*}:doc:" + sha256
+
+    @staticmethod
+    def held_document(key: str) -> str | None:
+        """The sha256 of a key `every_prefix_document` matched, None for a key of another
+        shape the glob let through (a job id holding `}:doc:`)."""
+        match = _DOCUMENT_KEY.match(key)
+        return match.group(1) if match else None
 
     def dashboard_session(self, session_id: str) -> str:
         """A signed-in dashboard browser: which API key it signed in with (a hash of it)."""

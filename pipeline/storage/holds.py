@@ -17,19 +17,27 @@ written twice in a job that waits in Redis). A job may let go of a document it
 never held (an HDEL of a field that is not there): that never deletes bytes another job still holds.
 
 Backstop: every hold renews the hash's expiry to PIPELINE_DOCUMENT_RETENTION_S, and a
-worker's upkeep sweeps the store of documents last put longer ago than that, for jobs the
-hooks never see end (a queued job cancelled from the CLI or API, a worker that died while
-letting go).
+worker's upkeep sweeps its prefix's part of the store of documents last put longer ago than
+that which no job holds any more (the hash expired), for jobs the hooks never see end (a
+queued job cancelled from the CLI or API, a worker that died while letting go). A document
+still held (a retry queued days after its submission) is never swept.
+
+Key prefixes: holds are per prefix, and so is the part of the store whose bytes they govern
+(pipeline/storage/prefixed.py): nothing here removes another prefix's bytes. A copy left
+where every prefix shared documents before 2026-11-30 is removed only when no job of any
+prefix in this Redis holds it (`held_anywhere`, a SCAN, run only when such a copy exists).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 from pipeline.queue.job import Job
+from pipeline.redis.connection import text
+from pipeline.redis.keys import Keys
 from pipeline.words import counted
 
 if TYPE_CHECKING:
@@ -37,11 +45,10 @@ if TYPE_CHECKING:
 
     from pipeline.queue.client import QueueClient
     from pipeline.queue.context import JobContext
-    from pipeline.redis.keys import Keys
     from pipeline.storage import DocumentStore
+    from pipeline.storage.prefixed import PrefixedStore
 
 log = logging.getLogger("pipeline.storage")
-
 
 
 def documents_of(job: Job) -> list[str]:
@@ -79,10 +86,10 @@ async def hold_many(
 
 
 async def release(
-    redis: Redis, keys: Keys, store: DocumentStore, job_id: str, shas: Iterable[str]
+    redis: Redis, keys: Keys, store: PrefixedStore, job_id: str, shas: Iterable[str]
 ) -> list[str]:
-    """`job_id` no longer needs `shas`; delete the bytes of those no job holds any more.
-    Returns the digests deleted."""
+    """`job_id` no longer needs `shas`; delete this prefix's bytes of those no job of it holds
+    any more (and a legacy copy no job of any prefix holds). Returns the digests deleted."""
     deleted = []
     for sha in shas:
         async with redis.pipeline(transaction=True) as pipe:
@@ -91,11 +98,51 @@ async def release(
             _, left = await pipe.execute()
         if int(left) == 0:
             await asyncio.to_thread(store.delete, sha)
+            if await asyncio.to_thread(store.legacy.exists, sha) and not await held_anywhere(
+                redis, {sha}
+            ):
+                await asyncio.to_thread(store.legacy.delete, sha)
             deleted.append(sha)
     return deleted
 
 
-def document_hooks(client: QueueClient, store: DocumentStore) -> dict[str, list[Any]]:
+async def held_anywhere(redis: Redis, shas: Collection[str]) -> set[str]:
+    """Which of `shas` a job of any key prefix in this Redis holds: one SCAN of the keyspace
+    (every node of a Cluster), so only for copies stored where prefixes shared them."""
+    pattern = Keys.every_prefix_document(next(iter(shas)) if len(shas) == 1 else "*")
+    held: set[str] = set()
+    async for key in redis.scan_iter(match=pattern, count=1000):
+        sha = Keys.held_document(text(key))
+        if sha is not None and sha in shas:
+            held.add(sha)
+    return held
+
+
+async def held_here(redis: Redis, keys: Keys, shas: Collection[str]) -> set[str]:
+    """Which of `shas` a job of this key prefix holds (one round trip)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for sha in shas:
+            pipe.exists(keys.document(sha))
+        replies = await pipe.execute()
+    return {sha for sha, n in zip(shas, replies, strict=True) if int(n)}
+
+
+async def sweep(redis: Redis, keys: Keys, store: PrefixedStore, retention_s: float) -> int:
+    """Remove the documents last put more than `retention_s` ago that no job holds: this
+    prefix's own, and legacy copies no prefix holds. How many were removed."""
+
+    async def part(where: DocumentStore, held: Callable[[set[str]], Awaitable[set[str]]]) -> int:
+        aged = set(await asyncio.to_thread(where.aged, retention_s))
+        orphans = aged - await held(aged) if aged else set()
+        return await asyncio.to_thread(
+            lambda: sum(where.delete_aged(sha, retention_s) for sha in sorted(orphans))
+        )
+
+    own = await part(store.own, lambda shas: held_here(redis, keys, shas))
+    return own + await part(store.legacy, lambda shas: held_anywhere(redis, shas))
+
+
+def document_hooks(client: QueueClient, store: PrefixedStore) -> dict[str, list[Any]]:
     """Worker hooks (pipeline/queue/worker.py's on_job_end, on_lease_expired, upkeep) that
     let go of a job's documents when it ends for good, and sweep the store as a backstop."""
     redis, keys = client.redis, client.keys
@@ -105,12 +152,11 @@ def document_hooks(client: QueueClient, store: DocumentStore) -> dict[str, list[
         if outcome == "complete":  # ended without a result: kept for a retry
             await release(redis, keys, store, ctx.job.id, documents_of(ctx.job))
 
-    async def sweep() -> None:
-        removed = await asyncio.to_thread(store.sweep, retention_s)
+    async def upkeep() -> None:
+        removed = await sweep(redis, keys, store, retention_s)
         if removed:
-            log.info("document store: removed %s past retention", counted(removed, "document"))
+            log.info("document store: removed %s no job holds, past retention",
+                     counted(removed, "document"))  # fmt: skip
 
-    upkeep: list[tuple[str, Callable[[], Awaitable[None]], float]] = [
-        ("document-sweep", sweep, float(min(3600, max(1, retention_s // 4))))
-    ]
-    return {"on_job_end": [job_end], "upkeep": upkeep}
+    every_s = float(min(3600, max(1, retention_s // 4)))
+    return {"on_job_end": [job_end], "upkeep": [("document-sweep", upkeep, every_s)]}

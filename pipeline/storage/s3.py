@@ -2,8 +2,9 @@
 
 Objects are `<prefix>/<sha256>`; a PUT is atomic in S3 (readers see the old object or the new
 one, never part), so concurrent puts of the same content are harmless. An object's
-LastModified (set by every put) is its age for `sweep`, which lists and removes only names
-of that form: the bucket may hold other things.
+LastModified (set by every put) is its age for the sweep, which lists only names of that
+form directly under the prefix: the bucket may hold other things, and a key prefix's own
+documents are one level deeper (pipeline/storage/prefixed.py).
 
 Tested over HTTP against moto's S3 server (tests/documents/test_s3_store.py), not against AWS
 itself or MinIO.
@@ -15,20 +16,18 @@ DocumentMissing for an object that is not there; never a botocore exception.
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipeline.errors import DocumentMissing, DocumentStoreError, MissingExtra
-from pipeline.storage import check_sha256, missing_message
+from pipeline.storage import check_sha256, is_sha256, missing_message
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _NO_BUCKET = {"NoSuchBucket"}
 _REFUSED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
             "ExpiredToken", "InvalidToken"}  # fmt: skip
-_NAME = re.compile(r"^[0-9a-f]{64}$")
 # Seconds to open a connection (boto3's default, 60, times its retries, would hold a job for
 # minutes on an endpoint that drops packets); reads keep boto3's default.
 _CONNECT_TIMEOUT_S = 10
@@ -154,17 +153,29 @@ class S3Store:
             return False
         return True
 
-    def sweep(self, older_than_s: float) -> int:
+    def aged(self, older_than_s: float) -> list[str]:
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
         prefix = f"{self.prefix}/" if self.prefix else ""
-        removed = 0
-        with self._errors("sweeping old documents"):
+        found = []
+        with self._errors("looking for old documents"):
             pages = self._s3.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=prefix, Delimiter="/"
             )
             for page in pages:
                 for obj in page.get("Contents", []):
-                    if _NAME.match(obj["Key"][len(prefix) :]) and obj["LastModified"] < cutoff:
-                        self._s3.delete_object(Bucket=self.bucket, Key=obj["Key"])
-                        removed += 1
-        return removed
+                    name = obj["Key"][len(prefix) :]
+                    if is_sha256(name) and obj["LastModified"] < cutoff:
+                        found.append(name)
+        return found
+
+    def delete_aged(self, sha256: str, older_than_s: float) -> bool:
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+        try:
+            with self._errors("looking at an old document", sha256):
+                head = self._s3.head_object(Bucket=self.bucket, Key=self._key(sha256))
+        except DocumentMissing:
+            return False
+        if head["LastModified"] >= cutoff:
+            return False  # put again since it was found aged: a job needs it now
+        self.delete(sha256)
+        return True

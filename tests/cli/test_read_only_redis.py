@@ -54,3 +54,20 @@ def test_read_only_commands_leave_a_stopped_redis_stopped(home: Path) -> None:
     again = run_cli(env, "results", batch, "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)[0]["status"] == "complete"
+
+
+def test_commands_that_write_start_a_stopped_redis(home: Path) -> None:
+    """`cancel`, `budget` and `retry` change jobs, budgets or holds, so like `submit`, `run`
+    and `worker` they start the private Redis a user stopped (the README says so)."""
+    env = {"PIPELINE_HOME": str(home), "PIPELINE_PROVIDER": "offline",
+           "PIPELINE_KEY_PREFIX": "writers"}  # no PIPELINE_REDIS_URL: the private server
+    sub = run_cli(env, "submit", EXAMPLES[0], "--json")  # queued: no worker runs here
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    batch = json.loads(sub.stdout.splitlines()[0])["batch_id"]
+    for args in (("budget", batch, "--set", "5"), ("retry", batch), ("cancel", batch)):
+        assert run_cli(env, "redis", "stop").returncode == 0
+        assert not EmbeddedRedis(home).ping()
+        r = run_cli(env, *args)
+        assert "Traceback" not in r.stderr and "RedisNotRunning" not in r.stderr, r.stderr
+        assert "pipeline redis start" not in r.stderr, (args, r.stderr)
+        assert EmbeddedRedis(home).ping(), f"`pipeline {' '.join(args)}` left Redis stopped"

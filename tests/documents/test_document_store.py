@@ -25,7 +25,7 @@ from pipeline.redis.connection import connect_redis
 from pipeline.settings import get_settings
 from pipeline.storage import open_store
 from pipeline.storage.files import FileStore
-from pipeline.storage.holds import document_hooks
+from pipeline.storage.holds import document_hooks, hold
 from tasks.submission import Upload, submit_uploads
 from tests.documents.conftest import assert_no_pdf_bytes_in_redis, run_until_done
 from tests.support.emulator import start_emulator
@@ -49,8 +49,13 @@ def test_file_store_put_get_delete_atomic_and_concurrent(tmp_path: Path) -> None
     with pytest.raises(DocumentMissing) as missing:
         store.get(sha)
     text = str(missing.value)
-    assert f"is not in the store at {store.where}" in text
-    assert "with several machines use a shared folder or S3" in text
+    assert f"is not in the store at {store.where}:" in text
+    assert "several machines" not in text  # a folder this machine alone uses: no such hint
+    assert "Submit the file again to put it back" in text
+    alone = FileStore(tmp_path / "docs", this_machine_only=True)  # the queue spans machines
+    with pytest.raises(DocumentMissing, match="with workers on several machines use a shared "
+                       "folder or S3"):  # fmt: skip
+        alone.get(sha)
     with pytest.raises(DocumentStoreError):
         store.put("../../etc/passwd", b"x")
 
@@ -58,22 +63,27 @@ def test_file_store_put_get_delete_atomic_and_concurrent(tmp_path: Path) -> None
 async def test_retention_sweep_removes_an_orphan_and_keeps_a_fresh_one(
     pipeline_env: dict[str, str], redis_url: str
 ) -> None:
+    """Only bytes no job holds go: an old document still held (a retry queued days after
+    its submission renews the hold, not the file's age) stays."""
     client = QueueClient(connect_redis(redis_url), settings=get_settings())
     store = open_store(client.settings)
-    old, fresh = "a" * 64, "b" * 64
+    old, fresh, held = "a" * 64, "b" * 64, "c" * 64
     try:
-        await asyncio.to_thread(store.put, old, b"orphan")
-        await asyncio.to_thread(store.put, fresh, b"fresh")
-        assert isinstance(store, FileStore)
+        for sha in (old, fresh, held):
+            await asyncio.to_thread(store.put, sha, b"pdf " + sha.encode())
+        assert isinstance(store.own, FileStore)
         past = time.time() - client.settings.document_retention_s - 60
-        os.utime(store.path(old), (past, past))
+        for sha in (old, held):
+            os.utime(store.own.path(sha), (past, past))
+        await hold(client.redis, client.keys, ["retry-job"], held, 60)
         # The worker's upkeep entry, as the worker runs it.
         ((name, sweep, every_s),) = document_hooks(client, store)["upkeep"]
         assert name == "document-sweep" and every_s > 0
         await sweep()
         assert not store.exists(old)
-        assert store.exists(fresh)
+        assert store.exists(fresh) and store.exists(held)
     finally:
+        await client.redis.delete(client.keys.document(held))
         await client.aclose()
 
 
@@ -90,7 +100,7 @@ async def test_bytes_live_in_the_store_while_queued_and_go_when_the_job_ends(
         assert doc.status == "queued" and doc.job_id and doc.sha256
         assert store.get(doc.sha256) == pdf  # in the store while queued
         home = await asyncio.to_thread(os.path.realpath, pipeline_env["PIPELINE_HOME"])
-        assert store.where == os.path.join(home, "documents")
+        assert store.where == os.path.join(home, "documents", client.keys.prefix)
         assert_no_pdf_bytes_in_redis(sredis, client.keys.prefix, len(pdf))
         assert set(sredis.hkeys(client.keys.document(doc.sha256))) == {doc.job_id}
 
@@ -119,8 +129,9 @@ async def test_a_document_missing_from_the_store_fails_saying_where_and_why(
         store.delete(doc.sha256)  # as if written on another machine's local folder
         assert await run_until_done(client, doc.job_id) == State.FAILED
         job = await client.get(doc.job_id)
-        assert f"is not in the store at {store.where}" in (job.error or "")
-        assert "with several machines use a shared folder or S3" in (job.error or "")
+        assert f"is not in the store at {store.where}:" in (job.error or "")
+        # One machine (Redis on 127.0.0.1, the home's own folder): no "several machines".
+        assert "several machines" not in (job.error or "")
         assert job.attempt == 1  # no retry can find it: failed at once
     finally:
         await client.aclose()

@@ -50,16 +50,16 @@ def _closed_port() -> int:
 
 # -- the backend alone -----------------------------------------------------------------------
 def test_put_get_delete_through_the_s3_api(s3: S3) -> None:
+    prefix = get_settings().key_prefix
     store: DocumentStore = open_store(get_settings())
-    assert isinstance(store, S3Store)
-    assert store.where == f"{s3.url} ({s3.endpoint})"
+    assert store.where == f"{s3.url}/{prefix} ({s3.endpoint})"  # the key prefix's own part
     data = make_pdf(3)
     sha = _sha(data)
     assert not store.exists(sha)
     with ThreadPoolExecutor(8) as pool:  # concurrent puts of the same content are harmless
         list(pool.map(lambda _: store.put(sha, data), range(16)))
-    assert s3.names() == [f"docs/{sha}"]  # one object, under the prefix
-    assert s3.client.get_object(Bucket=s3.bucket, Key=f"docs/{sha}")["Body"].read() == data
+    assert s3.names() == [f"docs/{prefix}/{sha}"]  # one object, under the key prefix
+    assert s3.client.get_object(Bucket=s3.bucket, Key=f"docs/{prefix}/{sha}")["Body"].read() == data
     assert store.exists(sha) and store.get(sha) == data
     assert store.local_path(sha) is None  # readers get a copy (pipeline/storage/local.py)
     store.delete(sha)
@@ -84,13 +84,16 @@ def test_the_sweep_removes_old_documents_and_nothing_else_in_the_bucket(
     get_settings.cache_clear()
     client = QueueClient(connect_redis(redis_url), settings=get_settings())
     store = open_store(client.settings)
+    prefix = client.keys.prefix
     old, fresh = "a" * 64, "b" * 64
-    foreign = ["docs/notes.txt", f"elsewhere/{old}", f"docs/deeper/{old}", old]
+    foreign = ["docs/notes.txt", f"elsewhere/{old}", f"docs/deeper/{old}", old,
+               f"docs/{prefix}/deeper/{old}"]  # fmt: skip
     try:
         store.put(old, b"orphan")
         for name in foreign:
             s3.client.put_object(Bucket=s3.bucket, Key=name, Body=b"not ours")
-        put_at = s3.client.head_object(Bucket=s3.bucket, Key=f"docs/{old}")["LastModified"]
+        put_at = s3.client.head_object(Bucket=s3.bucket,
+                                       Key=f"docs/{prefix}/{old}")["LastModified"]  # fmt: skip
         deadline = time.monotonic() + 30
         while (datetime.now(UTC) - put_at).total_seconds() <= retention_s + 0.5:
             assert time.monotonic() < deadline, "the clock did not move past the retention"
@@ -99,7 +102,7 @@ def test_the_sweep_removes_old_documents_and_nothing_else_in_the_bucket(
         ((name, sweep, every_s),) = document_hooks(client, store)["upkeep"]
         assert name == "document-sweep" and every_s > 0
         asyncio.run(sweep())
-        assert s3.names() == sorted([f"docs/{fresh}", *foreign])
+        assert s3.names() == sorted([f"docs/{prefix}/{fresh}", *foreign])
     finally:
         asyncio.run(client.aclose())
 
@@ -109,7 +112,7 @@ def test_an_unreachable_endpoint_or_a_missing_bucket_is_a_clear_error(s3: S3) ->
     gone = S3Store(s3.bucket, "docs", endpoint_url=f"http://127.0.0.1:{_closed_port()}")
     calls = {"put": lambda st: st.put(sha, data), "get": lambda st: st.get(sha),
              "exists": lambda st: st.exists(sha), "delete": lambda st: st.delete(sha),
-             "sweep": lambda st: st.sweep(60)}  # fmt: skip
+             "sweep": lambda st: st.aged(60)}  # fmt: skip
     for what, call in calls.items():
         with pytest.raises(DocumentStoreError) as unreachable:
             call(gone)
@@ -176,7 +179,7 @@ async def test_bytes_live_in_s3_while_queued_are_read_from_a_copy_and_go_when_th
         sub = await submit_uploads(client, [Upload("a.pdf", pdf)])
         (doc,) = sub.documents
         assert doc.status == "queued" and doc.job_id and doc.sha256
-        key = f"docs/{doc.sha256}"
+        key = f"docs/{client.keys.prefix}/{doc.sha256}"
         assert s3.names() == [key]  # in S3 while queued ...
         assert s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"].read() == pdf
         assert_no_pdf_bytes_in_redis(sredis, client.keys.prefix, len(pdf))  # ... not in Redis
@@ -203,10 +206,12 @@ async def test_a_document_missing_from_s3_fails_the_job_saying_where_and_why(
         sub = await submit_uploads(client, [Upload("a.pdf", make_pdf(1))])
         (doc,) = sub.documents
         assert doc.job_id and doc.sha256
-        s3.client.delete_object(Bucket=s3.bucket, Key=f"docs/{doc.sha256}")
+        where = f"{s3.url}/{client.keys.prefix} ({s3.endpoint})"
+        s3.client.delete_object(Bucket=s3.bucket, Key=f"docs/{client.keys.prefix}/{doc.sha256}")
         assert await run_until_done(client, doc.job_id) == State.FAILED
         job = await client.get(doc.job_id)
-        assert f"is not in the store at {s3.url} ({s3.endpoint})" in (job.error or "")
+        assert f"is not in the store at {where}:" in (job.error or "")
+        assert "several machines" not in (job.error or "")  # S3 is every machine's store
         assert job.attempt == 1  # no retry can find it: failed at once
     finally:
         await client.aclose()
