@@ -15,10 +15,15 @@ from pipeline.redis.keys import Keys
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Members of Keys that name no key of the prefix: a parser of key names, a SCAN pattern over
+# every prefix (the document store's upgrade check), a model-name helper.
+NOT_KEYS = {"bucket_model", "held_document", "every_prefix_document"}
+
+
 def every_key(keys: Keys) -> list[str]:
     out = []
     for name, member in inspect.getmembers(Keys):
-        if name.startswith("_") or name == "bucket_model":
+        if name.startswith("_") or name in NOT_KEYS:
             continue
         if isinstance(member, property):
             out.append(getattr(keys, name))
