@@ -230,9 +230,7 @@ class Reconciler:
         await self._stale_started(report)
         await self._budgets(report)
         await self._forgotten_jobs(report)
-        said = report.words()
-        if said:
-            log.log(report.level(), "ledger reconciled with the queue: %s", said)
+        _log(report)
         return report
 
     # -- rows left `started` -----------------------------------------------------------------
@@ -281,9 +279,11 @@ class Reconciler:
     async def rebuild_budgets(self) -> int:
         """Raise every current budget's spend (today, yesterday, this month, and batches
         with calls in the last three days) to the ledger's, each call counted once: one
-        whose hold is still open is left to its close (floor.py); returns how many rose."""
+        whose hold is still open is left to its close (floor.py); logs what it did as a pass
+        does (a budget Redis had below the ledger's is a WARNING); returns how many rose."""
         report = ReconcileReport()
         await self._budgets(report)
+        _log(report)
         return report.budgets_raised + report.budgets_loaded
 
     async def _budgets(self, report: ReconcileReport) -> None:
@@ -379,3 +379,9 @@ class Reconciler:
                         job_id, "lost", finished_at=now, last_error=LOST_NOTE
                     )
                     report.jobs_lost += 1
+
+
+def _log(report: ReconcileReport) -> None:
+    said = report.words()
+    if said:
+        log.log(report.level(), "ledger reconciled with the queue: %s", said)
