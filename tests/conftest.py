@@ -120,29 +120,3 @@ def pipeline_env(
 
     get_settings.cache_clear()
     return env
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist, start the long tests (marked `slow`) first, spread over the workers.
-
-    `--dist worksteal` gives worker i the next len(left) // (workers - i) items in collection
-    order, and an idle worker steals from the end of another's queue. In file order the long
-    multi-process scenarios (tests/scenarios, up to ~60 s each, mostly waiting) come last, and
-    the suite ended with one worker running them alone; here each worker's share begins with
-    its part of them, round-robin, and the short tests fill in and are stolen. The order is a
-    function of the collection alone, so every worker computes the same one, as xdist requires.
-    """
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
-    slow = [item for item in items if item.get_closest_marker("slow")]
-    if workers < 2 or not slow:
-        return
-    rest = [item for item in items if not item.get_closest_marker("slow")]
-    lanes: list[list[pytest.Item]] = [slow[i::workers] for i in range(workers)]
-    left = len(items)
-    for i, lane in enumerate(lanes):
-        share = left // (workers - i)
-        left -= share
-        while len(lane) < share and rest:
-            lane.append(rest.pop(0))
-    lanes[-1] += rest
-    items[:] = [item for lane in lanes for item in lane]
