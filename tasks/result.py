@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
-from pipeline.llm.offline import describe_pages, no_text_note, page_ranges
-from pipeline.llm.offline.provider import MODEL_VERSION as OFFLINE_MODEL_VERSION
+from pipeline.llm.offline.pages import MODEL_VERSION as OFFLINE_MODEL_VERSION
+from pipeline.llm.offline.pages import describe_pages, no_text_note, page_ranges
 from pipeline.llm.provider import LLMRequest, LLMResponse, Usage
 from pipeline.money import format_usd
 from tasks.merge import bound

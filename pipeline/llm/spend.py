@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 from pipeline.llm.attempts import CallAttempt
+from pipeline.llm.offline.pages import MODEL_VERSION as OFFLINE_MODEL_VERSION  # never billed
 from pipeline.llm.provider import LLMRequest, Usage
 from pipeline.llm.renewal import renewing
 from pipeline.llm.usage import BookedUsage
@@ -27,7 +28,6 @@ from pipeline.redis.keys import Keys
 log = logging.getLogger("pipeline.llm.caller")
 
 NOTICE_TTL_S = 90 * 86400  # how long "warned once for this batch" is remembered
-OFFLINE_MODEL_VERSION = "offline"  # what pipeline/llm/offline.py answers as; never billed
 
 
 class Prices(Protocol):

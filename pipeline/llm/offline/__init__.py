@@ -15,19 +15,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.llm.offline.analysis import (
+    from pipeline.llm.offline.analysis import Analysis, analyze_pages, analyze_text
+    from pipeline.llm.offline.fill import fill_schema
+    from pipeline.llm.offline.pages import (
+        MODEL_VERSION,
         OCR_NOTE,
-        Analysis,
-        analyze_pages,
-        analyze_text,
         describe_pages,
         no_text_note,
         page_ranges,
     )
-    from pipeline.llm.offline.fill import fill_schema
     from pipeline.llm.offline.provider import (
         CHARS_PER_TOKEN,
-        MODEL_VERSION,
         OfflineProvider,
         document_pages,
         pdf_text,
@@ -39,10 +37,10 @@ if TYPE_CHECKING:
 # worker's PDF pool processes import pipeline.llm.offline.pdftext alone, and importing the
 # analyzer (numpy, sumy, YAKE, dateparser...) with it cost each of them ~13 MB of PSS.
 _FROM = {
-    "OCR_NOTE": "analysis", "Analysis": "analysis", "analyze_pages": "analysis",
-    "analyze_text": "analysis", "describe_pages": "analysis", "no_text_note": "analysis",
-    "page_ranges": "analysis", "fill_schema": "fill", "CHARS_PER_TOKEN": "provider",
-    "MODEL_VERSION": "provider", "OfflineProvider": "provider", "document_pages": "provider",
+    "OCR_NOTE": "pages", "Analysis": "analysis", "analyze_pages": "analysis",
+    "analyze_text": "analysis", "describe_pages": "pages", "no_text_note": "pages",
+    "page_ranges": "pages", "fill_schema": "fill", "CHARS_PER_TOKEN": "provider",
+    "MODEL_VERSION": "pages", "OfflineProvider": "provider", "document_pages": "provider",
     "pdf_text": "provider", "summarize": "summary", "page_units": "text",
 }  # fmt: skip
 

@@ -13,11 +13,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline.llm.offline import classify, entities
+from pipeline.llm.offline.pages import no_text_note
 from pipeline.llm.offline.summary import stop_words, summarize
 from pipeline.llm.offline.text import document_blocks, document_units, has_text, spread
-from pipeline.words import counted
 
-OCR_NOTE = "OCR is not available offline"
 _TOKEN = re.compile(r"\S*[^\W_]\S*")  # a whitespace-separated token with a letter or digit
 SENTENCE_PAGES = 60  # pages of a long document whose sentences are ranked
 
@@ -41,32 +40,6 @@ class Analysis:
         data = asdict(self)
         data.pop("units")
         return data
-
-
-def page_ranges(pages: list[int]) -> list[tuple[int, int]]:
-    """Sorted page numbers as (first, last) runs: [1, 2, 3, 7] -> [(1, 3), (7, 7)]."""
-    runs: list[tuple[int, int]] = []
-    for page in sorted(set(pages)):
-        if runs and page == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], page)
-        else:
-            runs.append((page, page))
-    return runs
-
-
-def describe_pages(pages: list[int], max_runs: int = 12) -> str:
-    """"page 4" or "pages 1–3, 7"; past `max_runs` runs, "… (N pages in all)"."""
-    runs = page_ranges(pages)
-    text = ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs[:max_runs])
-    if len(runs) > max_runs:
-        text += f", … ({counted(len(set(pages)), 'page')} in all)"
-    return ("page " if len(set(pages)) == 1 else "pages ") + text
-
-
-def no_text_note(pages: list[int]) -> str:
-    """The sentence that reports pages without a text layer, for the result's reader."""
-    pronoun = "it was" if len(pages) == 1 else "they were"
-    return f"No text layer on {describe_pages(pages)}; {OCR_NOTE}, so {pronoun} not read."
 
 
 def analyze_pages(pages: list[str], first_page: int = 1) -> Analysis:

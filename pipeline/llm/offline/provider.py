@@ -19,10 +19,10 @@ from typing import Any
 
 from pipeline.llm.offline.analysis import Analysis, analyze_pages
 from pipeline.llm.offline.fill import fill_schema
+from pipeline.llm.offline.pages import MODEL_VERSION
 from pipeline.llm.provider import LLMRequest, LLMResponse, Usage
 
 CHARS_PER_TOKEN = 4
-MODEL_VERSION = "offline"  # pipeline/llm/caller.py prices this version at $0
 DOCUMENT_TYPES = ("application/pdf", "text/plain")
 
 
