@@ -57,6 +57,7 @@ def print_table(table: Table, out: Console | None = None) -> None:
         out.print(table)
     out.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
+
 def say_note(note: str) -> None:
     """A note on which batch a command took (a label several batches carry), on stderr so
     that --json, --format and piped output stay whole."""
