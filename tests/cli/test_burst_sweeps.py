@@ -4,18 +4,17 @@ processes against a real Redis; the first is killed mid-job, so only its lease i
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from redis.asyncio import Redis
 
 from pipeline.queue import JobOptions, QueueClient
 from pipeline.redis.keys import Keys
+from tests.support.waiting import eventually
 from tests.support.workers import fast_settings, worker_env
 
 MODULE = '''
@@ -38,13 +37,6 @@ def _worker(folder: Path, env: dict[str, str], *args: str) -> subprocess.Popen[s
     )  # fmt: skip
 
 
-async def _until(check, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 async def _hung_job(folder: Path, env: dict[str, str], client: QueueClient) -> str:
     """A job left active by a worker killed while running it: only its lease remains."""
     hung = _worker(folder, {**env, "HANG": "1"})
@@ -54,7 +46,7 @@ async def _hung_job(folder: Path, env: dict[str, str], client: QueueClient) -> s
         async def running() -> bool:
             return (await client.get(handle.id)).state.value == "active"
 
-        await _until(running, 60)
+        await eventually(running, 60, what="the job to run")
     finally:
         os.kill(hung.pid, signal.SIGKILL)
         hung.communicate(timeout=10)
@@ -88,7 +80,7 @@ async def test_a_burst_worker_runs_a_job_whose_lease_expired_before_it_exits(
     async def expired() -> bool:  # the killed worker's lease has run out, nobody swept it
         return await _lease_left_ms(aredis, keys, job_id) < 0
 
-    await _until(expired, 30)
+    await eventually(expired, 30, what="its lease to run out")
     await _burst_runs_it(tmp_path, env, client, job_id)
 
 
@@ -103,6 +95,6 @@ async def test_a_burst_worker_waits_for_the_lease_of_a_worker_that_is_gone(
     async def gone() -> bool:  # its heartbeat lapsed: no live worker holds the job
         return not await client.workers()
 
-    await _until(gone, 30)
+    await eventually(gone, 30, what="the worker to leave")
     assert await _lease_left_ms(aredis, keys, job_id) > 0  # not requeued yet: about to be
     await _burst_runs_it(tmp_path, env, client, job_id)

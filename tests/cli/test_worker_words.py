@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -18,6 +17,7 @@ from redis.asyncio import Redis
 from pipeline.queue import JobOptions, QueueClient
 from pipeline.redis.keys import Keys
 from tests.support.cli import run_cli
+from tests.support.waiting import eventually
 from tests.support.workers import fast_settings, worker_env
 
 MODULE = '''
@@ -40,13 +40,6 @@ async def later(ctx):
 '''
 
 
-async def _until(check, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 async def test_cancel_and_the_worker_counters_say_what_happened(
     tmp_path: Path, aredis: Redis, keys: Keys, redis_url: str
 ) -> None:
@@ -66,13 +59,14 @@ async def test_cancel_and_the_worker_counters_say_what_happened(
         async def running() -> bool:
             return (await client.get(hung.id)).state.value == "active"
 
-        await _until(running, 60)
+        await eventually(running, 60, what="the hanging job to run")
         said = await asyncio.to_thread(run_cli, env, "cancel", hung.id, cwd=tmp_path)
 
         async def cancelled() -> bool:
             return (await client.get(hung.id)).state.value == "cancelled"
 
-        await _until(cancelled, 20)  # "within about 1 second", with room for a busy machine
+        # "within about 1 second", with room for a busy machine
+        await eventually(cancelled, 20, what="the cancelled job to end cancelled")
         assert await later.result(timeout_s=30) == "done"
     finally:
         worker.send_signal(signal.SIGTERM)
