@@ -109,9 +109,7 @@ async def test_a_worker_under_a_fresh_prefix_admits_nothing_past_the_day_limit(
         assert r.returncode == 0, r.stderr
         job_id = json.loads(r.stdout)["documents"][0]["job_id"]
         client = QueueClient(connect_redis(redis_url), settings=load_settings(key_prefix=prefix))
-        own = ("PIPELINE_REDIS_URL", "PIPELINE_KEY_PREFIX")
-        worker = WorkerProcess(redis_url, prefix, imports=("tasks.analyze",),
-                               **{k: v for k, v in run_env.items() if k not in own})  # fmt: skip
+        worker = WorkerProcess(redis_url, prefix, imports=("tasks.analyze",), **run_env)
         try:
             async def held() -> bool:
                 job = await client.get(job_id)

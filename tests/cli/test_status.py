@@ -35,9 +35,7 @@ async def test_status_shows_limiter_budgets_and_jobs_waiting_for_the_day_budget(
 
     settings = load_settings(key_prefix=prefix)
     client = QueueClient(connect_redis(redis_url), settings=settings)
-    own = ("PIPELINE_REDIS_URL", "PIPELINE_KEY_PREFIX")
-    worker = WorkerProcess(redis_url, prefix, imports=("tasks.analyze",),
-                           **{k: v for k, v in env.items() if k not in own})  # fmt: skip
+    worker = WorkerProcess(redis_url, prefix, imports=("tasks.analyze",), **env)
     try:
         async def postponed() -> bool:
             job = await client.get(job_id)

@@ -228,9 +228,7 @@ def test_two_machines_one_bucket_submitted_on_one_analysed_on_the_other(
     prefix = pipeline_env["PIPELINE_KEY_PREFIX"]
     pipeline_env["PIPELINE_CONTEXT_BUDGET_TOKENS"] = str(2 * 560 + 4096 + 10)  # 2 pages a part
     here = {**pipeline_env, "PIPELINE_HOME": str(tmp_path / "submitter")}
-    there = {k: v for k, v in pipeline_env.items()
-             if k not in ("PIPELINE_REDIS_URL", "PIPELINE_KEY_PREFIX")}  # fmt: skip
-    there["PIPELINE_HOME"] = str(tmp_path / "worker")
+    there = {**pipeline_env, "PIPELINE_HOME": str(tmp_path / "worker")}
     pdf = tmp_path / "contract.pdf"
     pdf.write_bytes(make_pdf(5, "Contract, page {n}. Rent is due monthly."))
     worker = WorkerProcess(redis_url, prefix, imports=("tasks.analyze",), **there)

@@ -26,12 +26,8 @@ def test_submit_two_workers_emulator_ledger_matches_billing(
     prefix = pipeline_env["PIPELINE_KEY_PREFIX"]
     with start_emulator(latency_s=(0.0, 0.0)) as emu:
         env = {**pipeline_env, **emu.env}
-        own = ("PIPELINE_REDIS_URL", "PIPELINE_KEY_PREFIX")  # WorkerProcess sets these
-        worker_extra = {k: v for k, v in env.items() if k not in own}
-        workers = [
-            WorkerProcess(redis_url, prefix, imports=("tasks.analyze",), **worker_extra)
-            for _ in range(2)
-        ]
+        workers = [WorkerProcess(redis_url, prefix, imports=("tasks.analyze",), **env)
+                   for _ in range(2)]  # fmt: skip
         try:
             r = run_cli(env, "submit", *EXAMPLES, "--json", "--wait", "--budget", "5")
             assert r.returncode == 0, r.stdout + r.stderr + workers[0].output()

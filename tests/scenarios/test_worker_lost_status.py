@@ -45,9 +45,7 @@ async def test_a_killed_workers_document_says_worker_lost_with_its_lease_and_hel
         job_id = json.loads(sub.stdout)["documents"][0]["job_id"]
         settings = load_settings(key_prefix=prefix)
         client = QueueClient(connect_redis(redis_url), settings=settings)
-        own = ("PIPELINE_REDIS_URL", "PIPELINE_KEY_PREFIX")
-        worker = WorkerProcess(redis_url, prefix, imports=("tasks.analyze",),
-                               **{k: v for k, v in env.items() if k not in own})  # fmt: skip
+        worker = WorkerProcess(redis_url, prefix, imports=("tasks.analyze",), **env)
         try:
 
             async def in_flight() -> bool:

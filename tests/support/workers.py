@@ -45,7 +45,9 @@ def worker_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """`pipeline worker` as a real subprocess, ended by pid."""
+    """`pipeline worker` as a real subprocess, ended by pid. `env` may be a whole test
+    environment (a `pipeline_env` with the emulator's): its Redis URL and key prefix are
+    this worker's own arguments, whatever `env` says."""
 
     def __init__(
         self,
@@ -57,6 +59,8 @@ class WorkerProcess:
     ) -> None:
         modules = [flag for name in imports for flag in ("--import", name)]
         cmd = [sys.executable, "-m", "pipeline", "worker", *modules, *args]
+        own = ("PIPELINE_REDIS_URL", "PIPELINE_KEY_PREFIX")
+        env = {k: v for k, v in env.items() if k not in own}
         self.log = open(f"/tmp/pipeline-worker-{prefix}-{time.monotonic_ns()}.log", "w+")
         self.proc = subprocess.Popen(
             cmd,
