@@ -19,6 +19,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from pipeline.cli import eventloop
 from pipeline.cli.common import (
     BudgetOpt,
     JsonOpt,
@@ -177,7 +178,7 @@ def run(
     deadline: DeadlineOpt = None,
 ) -> None:
     """Submit PDFs and process them in this process until done (the quick start)."""
-    code = asyncio.run(_run(paths, model, parse_budget(budget), priority, label, out, concurrency,
+    code = eventloop.run(_run(paths, model, parse_budget(budget), priority, label, out, concurrency,
                             mode, deadline))  # fmt: skip
     if code:
         raise typer.Exit(code)

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.cli import eventloop
 from pipeline.cli.common import LogLevel
 from pipeline.cli.logs import LogFormat, configure_logging
 from pipeline.errors import PipelineError
@@ -98,7 +99,7 @@ def worker(
         finally:
             await client.aclose()
 
-    asyncio.run(main())
+    eventloop.run(main())
 
 
 @dead_app.command("list")
