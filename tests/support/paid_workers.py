@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 from pipeline.ledger.db import create_ledger_engine
 from pipeline.ledger.models import LLMCall
 from pipeline.queue import JobOptions, QueueClient
-from pipeline.queue.job import Job
+from pipeline.queue.job import TERMINAL, Job, State
+from pipeline.redis.connection import text
 from tests.support.emulator import RunningEmulator
 from tests.support.llm_tasks import MODEL, ask
 from tests.support.workers import WorkerProcess
@@ -75,14 +76,19 @@ async def enqueue_asks(
 async def wait_done(
     client: QueueClient, ids: Sequence[str], timeout_s: float, procs: Sequence[WorkerProcess] = ()
 ) -> list[Job]:
-    """Every job terminal, or an AssertionError that shows where they are and the worker logs."""
+    """Every job terminal, or an AssertionError that shows where they are and the worker logs.
+
+    Polls each job's state field in one pipelined round trip (whole records are read once, at
+    the end: reading 150 of them every poll cost seconds of the suite's CPU per test)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        jobs = [await client.get(i) for i in ids]
-        if all(j.done for j in jobs):
-            return jobs
+        if await _all_terminal(client, ids):
+            jobs = [await client.get(i) for i in ids]
+            if all(j.done for j in jobs):
+                return jobs
         dead = [p for p in procs if p.proc.poll() is not None]
         if dead or time.monotonic() > deadline:
+            jobs = [await client.get(i) for i in ids]
             states: dict[str, int] = {}
             for j in jobs:
                 states[j.state.value] = states.get(j.state.value, 0) + 1
@@ -90,6 +96,14 @@ async def wait_done(
             what = f"{len(dead)} worker(s) exited" if dead else f"not done after {timeout_s}s"
             raise AssertionError(f"jobs {what}: {states}\n{logs}")
         await asyncio.sleep(0.2)
+
+
+async def _all_terminal(client: QueueClient, ids: Sequence[str]) -> bool:
+    async with client.redis.pipeline(transaction=False) as pipe:
+        for i in ids:
+            pipe.hget(client.keys.job(i), "state")
+        states = await pipe.execute()
+    return all(s is not None and State(text(s)) in TERMINAL for s in states)
 
 
 def ledger_calls(database_url: str) -> list[LLMCall]:
