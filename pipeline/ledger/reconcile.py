@@ -33,7 +33,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from pipeline.ledger.budget import Budget, Reservation
 from pipeline.ledger.floor import RECENT_S, LedgerCall, raise_spent
@@ -303,42 +303,48 @@ class Reconciler:
         report.budgets_raised = rose - report.budgets_loaded
 
     def _ledger_spend(self, now: datetime) -> tuple[dict[str, Decimal], list[LedgerCall]]:
-        """Each scope's spend in the ledger, and the calls of the last RECENT_S with a cost."""
+        """Each scope's spend in the ledger, and the calls of the last RECENT_S with a cost.
+
+        One SELECT, so one snapshot of the ledger: the floor counts a call either in a
+        scope's sum *and* in `calls` (where its open hold counts 0) or in neither. Read
+        in two (the day/month rows and calls first, the batches' sums after), a call
+        settled in between by another worker was in the batch's sum but not in `calls`:
+        the floor booked it while its hold was open, and the hold's settle booked it again
+        (the batch's spend ended one call above the ledger and the bill)."""
         today = now.replace(hour=0, minute=0, second=0, microsecond=0)
         days = [today, today - timedelta(days=1)]
         month = today.replace(day=1)
         since = min(days[-1], month)
         recent = now - timedelta(seconds=RECENT_S)
+        batch_since = now - _BATCH_WINDOW
         floors: dict[str, Decimal] = defaultdict(Decimal)
         for day in days:
             floors[f"day:{day:%Y-%m-%d}"] = Decimal(0)
         floors[f"month:{month:%Y-%m}"] = Decimal(0)
-        calls: list[LedgerCall] = []
+        # Batches with a call in the window count all their calls, however old.
+        current_batches = select(LLMCall.batch_id).where(
+            LLMCall.started_at >= batch_since, LLMCall.batch_id.is_not(None)
+        )
+        current = LLMCall.batch_id.in_(current_batches)
         with self.recorder.sessions() as session:
-            rows = session.execute(
+            rows = [(i, _utc(t), _money(c), o, b if in_batch else None)
+                    for i, t, c, o, b, in_batch in session.execute(
                 select(LLMCall.id, LLMCall.started_at, LLMCall.cost_usd, LLMCall.outcome,
-                       LLMCall.batch_id).where(LLMCall.started_at >= since)
-            ).all()  # fmt: skip
-            for attempt_id, started, cost, outcome, batch_id in rows:
-                at = _utc(started)
-                scopes = (f"day:{at:%Y-%m-%d}", f"month:{at:%Y-%m}")
-                for name in scopes:
-                    if name in floors:
-                        floors[name] += _money(cost)
-                if at >= recent and _money(cost) > 0:
-                    batch = (f"batch:{batch_id}",) if batch_id is not None else ()
-                    calls.append(LedgerCall(attempt_id, _money(cost),
-                                            outcome not in _UNSETTLED, batch + scopes))  # fmt: skip
-            batches = [b for (b,) in session.execute(
-                select(LLMCall.batch_id).distinct().where(
-                    LLMCall.started_at >= now - _BATCH_WINDOW, LLMCall.batch_id.is_not(None))
+                       LLMCall.batch_id, current).where(or_(LLMCall.started_at >= since, current))
             ).all()]  # fmt: skip
-            for start in range(0, len(batches), _CHUNK):
-                chunk = batches[start : start + _CHUNK]
-                for batch_id, cost in session.execute(
-                    select(LLMCall.batch_id, LLMCall.cost_usd).where(LLMCall.batch_id.in_(chunk))
-                ).all():
-                    floors[f"batch:{batch_id}"] += _money(cost)
+        calls: list[LedgerCall] = []
+        for attempt_id, at, cost, outcome, batch_id in rows:
+            scopes = (f"day:{at:%Y-%m-%d}", f"month:{at:%Y-%m}")
+            for name in scopes:  # only today's, yesterday's and this month's: not older rows
+                if name in floors:
+                    floors[name] += cost
+            # batch_id is None here for a batch with no call in the window (not floored).
+            batch = (f"batch:{batch_id}",) if batch_id is not None else ()
+            for name in batch:
+                floors[name] += cost
+            if at >= recent and cost > 0:
+                calls.append(LedgerCall(attempt_id, cost, outcome not in _UNSETTLED,
+                                        batch + scopes))  # fmt: skip
         return {k: v for k, v in floors.items() if v > 0}, calls
 
     # -- jobs Redis forgot --------------------------------------------------------------------

@@ -15,9 +15,12 @@ Real Redis; the ledger on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import redis.asyncio as aioredis
+from sqlalchemy import Engine, event
 
+from pipeline.ledger import writes
 from pipeline.ledger.budget import Budget, CallBudget, Reservation
 from pipeline.ledger.reconcile import Reconciler, settle_lost_holds
 from pipeline.ledger.recorder import SqlRecorder
@@ -146,3 +149,39 @@ async def test_many_settled_calls_are_read_but_not_rebooked(
         await call.settle(hold, COST)
     assert await Reconciler(aredis, keys, recorder, budget).rebuild_budgets() == 0
     assert await _batch(budget, "b-many") == (COST * 30, Decimal(0))
+
+
+async def test_a_call_settled_while_the_floor_reads_the_ledger_is_booked_once(
+    aredis: aioredis.Redis, keys: Keys, recorder: SqlRecorder, engine: Engine
+) -> None:
+    """Worker B floors its budgets at start while worker A's call is answered: A's row
+    turns `ok` in the ledger (from A's own connection) just after the floor's first read of
+    it, and A's settle reaches Redis after the floor. Read from two snapshots, the batch's
+    sum had the cost but the list of calls (read before) did not, so the floor booked it and
+    A's settle booked it again: the batch's spend ended one call above the ledger. Each
+    scope's spend must be the call's cost once."""
+    budget = make_budget(aredis, keys)
+    call = await budget.for_call("b-race", LIMIT, job_id="j-race", lease="1")
+    hold = await call.reserve(WORST)
+    row = attempt(job_id="j-race", batch_id="b-race", estimated=str(WORST))
+    row.attempt_id = hold.token
+    await recorder.started(row)  # $0 while the request is on the wire
+    answered = settle(row, Outcome.OK, str(COST), input_tokens=10, output_tokens=5)
+    fired: list[str] = []
+
+    def a_is_answered(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if fired or "llm_calls" not in statement or not statement.lstrip().startswith("SELECT"):
+            return
+        fired.append(statement)
+        recorder._apply([("call_settled", writes.call_payload(answered))])
+
+    event.listen(engine, "after_cursor_execute", a_is_answered)
+    try:
+        await Reconciler(aredis, keys, recorder, budget).rebuild_budgets()
+    finally:
+        event.remove(engine, "after_cursor_execute", a_is_answered)
+    assert fired, "the floor read the ledger"
+    await call.settle(hold, COST)  # A's settle arrives
+    status = await budget.status("b-race")
+    assert (status["batch"].spent_usd, status["batch"].reserved_usd) == (COST, Decimal(0))
+    assert status["day"].spent_usd == status["month"].spent_usd == COST
