@@ -22,7 +22,7 @@ from typing import Any
 
 from pipeline.errors import BudgetExceeded
 from pipeline.ledger.budget import CallBudget, Reservation, Scope, would_exceed
-from pipeline.llm.batch_group import BatchCreateBusy, BatchGroups, attempt_id
+from pipeline.llm.batch_group import BUDGET_AT_FIELD, BatchCreateBusy, BatchGroups, attempt_id
 from pipeline.llm.batch_items import BatchItem
 from pipeline.services import failed_call
 from pipeline.words import counted
@@ -80,8 +80,11 @@ async def reserve_group(budget: CallBudget, groups: BatchGroups, name: str,
             # Under the request's ledger row id: the reconciler then knows the row's cost
             # is this hold's to book (pipeline/ledger/floor.py), and a group reserved again
             # holds nothing twice.
+            # All at `now`: the group's holds count in one day and month, which its ledger
+            # rows carry (BUDGET_AT_FIELD, read by BatchGroups.submit and collect).
             taken[item.key] = await budget.reserve(worst[item.key],
-                                                   token=attempt_id(name, item.key))  # fmt: skip
+                                                   token=attempt_id(name, item.key),
+                                                   at=now)  # fmt: skip
     except BudgetExceeded as exc:
         for reservation in taken.values():
             await budget.cancel(reservation)
@@ -97,8 +100,9 @@ async def reserve_group(budget: CallBudget, groups: BatchGroups, name: str,
                                     exc.limit_usd, what)  # fmt: skip
         steer = failed_call(raise_as)
         raise (steer or raise_as) from exc
-    await groups.redis.hset(groups.keys.batch_group(name),
-                            mapping={_FIELD + k: _encode(r) for k, r in taken.items()})  # fmt: skip
+    held: dict[str, str] = {_FIELD + k: _encode(r) for k, r in taken.items()}
+    held[BUDGET_AT_FIELD] = now.isoformat()
+    await groups.redis.hset(groups.keys.batch_group(name), mapping=held)  # type: ignore[arg-type]
     await groups.redis.delete(claim)
 
 

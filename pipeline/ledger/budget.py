@@ -86,6 +86,14 @@ _RAISE = {
 }
 
 
+def day_month_scopes(at: datetime) -> tuple[str, str]:
+    """The names of the UTC day and month budget scopes a call counted at `at` is in:
+    ("day:2026-11-30", "month:2026-11"). The one rule the reservation and the ledger's floor
+    (reconcile.py) both use. A naive `at` is taken as UTC (SQLite hands those back)."""
+    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    return f"day:{at:%Y-%m-%d}", f"month:{at:%Y-%m}"
+
+
 def to_nanos(usd: Decimal, *, round_up: bool = False) -> int:
     if usd < 0:
         raise ValueError(f"a cost cannot be negative (got {usd})")
@@ -138,6 +146,10 @@ class Reservation:
     scopes: tuple[Scope, ...]
     job_id: str | None = None
     lease: str | None = None
+    # The moment whose UTC day and month `scopes` name (None when not known, e.g. a hold read
+    # back from a job's index). The call's ledger row carries it (llm_calls.budget_at) so the
+    # reconciler's floor counts the call in the same day and month as its hold.
+    at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -196,13 +208,14 @@ class Budget:
     def scopes(
         self, batch_id: str | None, batch_limit_usd: Decimal | None, at: datetime | None = None
     ) -> tuple[Scope, ...]:
-        """Every budget a call made now counts against; day and month windows are UTC."""
-        at = (at or datetime.now(UTC)).astimezone(UTC)
+        """Every budget a call made at `at` (default now) counts against; day and month
+        windows are UTC (`day_month_scopes`)."""
+        day, month = day_month_scopes(at or datetime.now(UTC))
         found = []
         if batch_id is not None:
             found.append(Scope("batch", f"batch:{batch_id}", batch_limit_usd))
-        found.append(Scope("day", f"day:{at:%Y-%m-%d}", self.settings.budget_day_usd))
-        found.append(Scope("month", f"month:{at:%Y-%m}", self.settings.budget_month_usd))
+        found.append(Scope("day", day, self.settings.budget_day_usd))
+        found.append(Scope("month", month, self.settings.budget_month_usd))
         return tuple(found)
 
     async def for_call(
@@ -225,10 +238,13 @@ class Budget:
         job_id: str | None = None,
         lease: str | None = None,
         token: str | None = None,
+        at: datetime | None = None,
     ) -> Reservation:
         """Hold `worst_case_usd` in every scope, or raise BudgetExceeded (nothing held).
         `token` names the call (default: a new one); a token that holds already, or whose
-        call was booked, holds nothing more (only a cancelled one may hold again)."""
+        call was booked, holds nothing more (only a cancelled one may hold again). `at` is
+        the moment `scopes` were named for (`scopes(..., at)`), handed back on the
+        Reservation for the call's ledger row."""
         token = token or uuid.uuid4().hex
         amount = to_nanos(worst_case_usd, round_up=True)
         entry = ""
@@ -266,7 +282,7 @@ class Budget:
                     limit_usd=limit,
                 )
             raise would_exceed(scope.kind, scope.name, spent, Decimal(worst_case_usd), limit)
-        return Reservation(token, Decimal(worst_case_usd), scopes, job_id, lease)
+        return Reservation(token, Decimal(worst_case_usd), scopes, job_id, lease, at)
 
     async def settle(self, reservation: Reservation, actual_usd: Decimal) -> bool:
         """Book the real cost and free the hold; False if this token was already closed.
@@ -373,12 +389,16 @@ class CallBudget:
         self.job_id = job_id
         self.lease = lease
 
-    async def reserve(self, worst_case_usd: Decimal, token: str | None = None) -> Reservation:
+    async def reserve(
+        self, worst_case_usd: Decimal, token: str | None = None, at: datetime | None = None
+    ) -> Reservation:
         """Hold `worst_case_usd` in every scope or raise BudgetExceeded (nothing held);
-        `token` as Budget.reserve."""
-        scopes = self.budget.scopes(self.batch_id, self.batch_limit_usd)
+        `token` as Budget.reserve. The day and month are `at`'s (default now), decided once
+        here: the Reservation's `at` is what the call's ledger row must carry."""
+        at = at or datetime.now(UTC)
+        scopes = self.budget.scopes(self.batch_id, self.batch_limit_usd, at)
         return await self.budget.reserve(scopes, worst_case_usd, job_id=self.job_id,
-                                         lease=self.lease, token=token)  # fmt: skip
+                                         lease=self.lease, token=token, at=at)  # fmt: skip
 
     async def settle(self, token: Reservation, actual_usd: Decimal) -> bool:
         return await self.budget.settle(token, actual_usd)

@@ -13,7 +13,8 @@ So a call the ledger has is counted by its hold's token (a call's ledger id is i
 token): an open hold counts 0 (its close books it); an abandoned one what Redis booked for
 it (a settle still corrects that); a lapsed hold, or a token Redis does not know, is booked
 by the floor and marked (settled, or abandoned at that cost while the row's cost may still
-change) so that a settle arriving later adds nothing, or only its correction; a closed one
+change; a hold is lapsed only when none of the call's scopes holds it any more) so that
+a settle arriving later adds nothing, or only its correction; a closed one
 (settled, cancelled) counts the ledger's cost, as nothing more is booked for it.
 budget_floor.lua does this atomically with the raise; before it, `raise_spent` reads the
 states of recent calls in chunks and keeps only the open and abandoned ones, so a pass over
@@ -45,7 +46,8 @@ class LedgerCall:
     """One ledger row as the floor needs it: `token` its id (its hold's token), `cost_usd`
     its booked cost, `final` False while its cost may still change (`started`,
     `abandoned`), and the budget scopes it counts in ("batch:<id>", "day:2026-11-30",
-    "month:2026-11")."""
+    "month:2026-11"): its hold's, the day and month of the row's budget_at (the moment
+    its reservation named them), not of its started_at, which may be past midnight."""
 
     token: str
     cost_usd: Decimal

@@ -119,6 +119,9 @@ class LLMCall(Base):
     call_key: Mapped[str] = mapped_column(String(128), index=True)
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # When the call's budget reservation named its UTC day and month (NULL: it held nothing;
+    # started_at stands in). The budget floor counts the call in that day, as its hold does.
+    budget_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     latency_s: Mapped[float | None] = mapped_column(Float)
     outcome: Mapped[str] = mapped_column(String(32), index=True)

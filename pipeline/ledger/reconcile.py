@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import or_, select
 
-from pipeline.ledger.budget import Budget, Reservation
+from pipeline.ledger.budget import Budget, Reservation, day_month_scopes
 from pipeline.ledger.floor import RECENT_S, LedgerCall, raise_spent
 from pipeline.ledger.models import JobRow, LLMCall, Result
 from pipeline.ledger.recorder import SqlRecorder, WorstCasePricer
@@ -326,15 +326,19 @@ class Reconciler:
             LLMCall.started_at >= batch_since, LLMCall.batch_id.is_not(None)
         )
         current = LLMCall.batch_id.in_(current_batches)
+        # A call counts in the day and month its hold does (budget_at, its reservation's
+        # moment), not its row's started_at: read just after the reservation, that may be
+        # the next day. A row that held nothing has no budget_at; started_at stands in.
         with self.recorder.sessions() as session:
-            rows = [(i, _utc(t), _money(c), o, b if in_batch else None)
-                    for i, t, c, o, b, in_batch in session.execute(
-                select(LLMCall.id, LLMCall.started_at, LLMCall.cost_usd, LLMCall.outcome,
-                       LLMCall.batch_id, current).where(or_(LLMCall.started_at >= since, current))
+            rows = [(i, _utc(h or t), _money(c), o, b if in_batch else None)
+                    for i, h, t, c, o, b, in_batch in session.execute(
+                select(LLMCall.id, LLMCall.budget_at, LLMCall.started_at, LLMCall.cost_usd,
+                       LLMCall.outcome, LLMCall.batch_id, current)
+                .where(or_(LLMCall.started_at >= since, LLMCall.budget_at >= since, current))
             ).all()]  # fmt: skip
         calls: list[LedgerCall] = []
         for attempt_id, at, cost, outcome, batch_id in rows:
-            scopes = (f"day:{at:%Y-%m-%d}", f"month:{at:%Y-%m}")
+            scopes = day_month_scopes(at)
             for name in scopes:  # only today's, yesterday's and this month's: not older rows
                 if name in floors:
                     floors[name] += cost

@@ -75,9 +75,9 @@ _CALL_FIELDS = (
     "job_id", "batch_id", "document_id", "model", "model_version", "call_key", "attempt",
     "started_at", "finished_at", "latency_s", "outcome", "input_tokens", "output_tokens",
     "thinking_tokens", "cached_tokens", "cost_usd", "estimated_cost_usd", "price_version", "error",
-    "usage_missing", "mode", "provider",
+    "usage_missing", "mode", "provider", "budget_at",
 )  # fmt: skip
-_DATES = ("started_at", "finished_at", "created_at")
+_DATES = ("started_at", "finished_at", "created_at", "budget_at")
 _MONEY = ("cost_usd", "estimated_cost_usd", "budget_usd")
 
 
@@ -140,8 +140,12 @@ def call_started(session: Session, payload: Payload) -> None:
 
 
 def call_settled(session: Session, payload: Payload) -> None:
-    """The full row wins; it carries everything `started` did, so order of replays is moot."""
+    """The full row wins; it carries everything `started` did, so order of replays is moot.
+    Only a `budget_at` it lacks (a write parked before the field existed) leaves the
+    row's as is: the day a hold counts in is decided once, by its reservation."""
     values = _revive(payload)
+    if values.get("budget_at") is None:
+        values.pop("budget_at", None)
     fields = [f for f in _CALL_FIELDS if f in values]
     _upsert(session, LLMCall.__table__, values, ["id"], fields)  # type: ignore[arg-type]
 

@@ -60,6 +60,10 @@ class CallAttempt:
     usage_missing: bool = False  # the provider left usage out: booked at the call's bound
     mode: str = "interactive"  # "batch": answered by a Gemini batch job, at the batch rate
     provider: str = ""  # who answered (Provider.name): "gemini", "emulator", "offline"
+    # The moment whose UTC day and month the call's budget hold counts in (its reservation's
+    # `at`, a little before `started_at`, maybe the day before); None when nothing was held.
+    # The reconciler's floor counts the call in that day, as the hold does.
+    budget_at: datetime | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def snapshot(self) -> CallAttempt:

@@ -62,6 +62,8 @@ if TYPE_CHECKING:
 CREATE_LOCK_S = 300.0
 GROUP_TTL_S = 7 * 86400  # Google's target is 24 h; the record outlives any job by far
 MODE = "batch"
+# The group record's field: when its budget holds were reserved (tasks/batch_holds.py), ISO.
+BUDGET_AT_FIELD = "budget_at"
 # Google's limit on a batch's inline requests together (GEMINI.md §3.6: "inline total <
 # 20 MB"); an input file may hold 2 GB.
 INLINE_MAX_BYTES = 20 * 1024 * 1024
@@ -131,6 +133,12 @@ class BatchGroups:
         self.inline_max_bytes = inline_max_bytes
         self.line_max_bytes = line_max_bytes
 
+    async def _budget_at(self, name: str) -> datetime | None:
+        """When the group's budget holds were reserved (their day and month), for its
+        ledger rows; None when it holds nothing (no budget)."""
+        raw = await self.redis.hget(self.keys.batch_group(name), BUDGET_AT_FIELD)
+        return None if raw is None else datetime.fromisoformat(_text(raw))
+
     def worst_case_usd(self, request: LLMRequest, input_tokens: int, at: datetime) -> Decimal:
         """The most one request of a batch can be billed: its counted input and its output
         bound, at the batch rate of `at`'s day."""
@@ -159,13 +167,14 @@ class BatchGroups:
         remote_name = await self.redis.hget(group, "remote")
         if remote_name:
             return await self.batches.get(_text(remote_name))
+        budget_at = await self._budget_at(name)
         for item in items:  # on the books before anything is paid
             await self.recorder.started(CallAttempt(
                 attempt_id=attempt_id(name, item.key),
                 call_key=call_key(item.request, self.batches.provider),
                 model=model, attempt=1, started_at=now, job_id=job_id, batch_id=batch_id,
                 document_id=item.document or item.key, mode=MODE,
-                provider=self.batches.provider,
+                provider=self.batches.provider, budget_at=budget_at,
                 estimated_cost_usd=self.worst_case_usd(item.request,
                                                        input_tokens.get(item.key, 0), now),
                 cost_usd=self.worst_case_usd(item.request, input_tokens.get(item.key, 0), now),
@@ -201,6 +210,7 @@ class BatchGroups:
         if not remote.done:
             return None
         at = remote.create_time or self.clock()
+        budget_at = await self._budget_at(name)
         answers: dict[str, str] = {}
         unusable: dict[str, str] = {}
         failed: dict[str, str] = {}
@@ -213,7 +223,7 @@ class BatchGroups:
                 call_key=call_key(item.request, self.batches.provider),
                 model=model, attempt=1, started_at=at, job_id=job_id, batch_id=batch_id,
                 document_id=item.document or item.key, mode=MODE,
-                provider=self.batches.provider, finished_at=self.clock(),
+                provider=self.batches.provider, finished_at=self.clock(), budget_at=budget_at,
                 estimated_cost_usd=self.worst_case_usd(item.request,
                                                        input_tokens.get(item.key, 0), at),
                 price_version=self.prices.version,

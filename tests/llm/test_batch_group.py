@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from sqlalchemy import Engine, select
 
 from pipeline.ledger import db
-from pipeline.ledger.budget import Budget
+from pipeline.ledger.budget import Budget, day_month_scopes
 from pipeline.ledger.models import LLMCall
 from pipeline.ledger.reconcile import Reconciler
 from pipeline.ledger.recorder import SqlRecorder
@@ -303,6 +303,12 @@ async def test_a_reconcile_pass_while_the_job_runs_books_each_request_once(
         await provider.aclose()
     assert during.spent_usd == 0 and during.reserved_usd > 0
     assert sorted(await _hold_tokens(groups, name)) == sorted(r.id for r in _rows(engine))
+    # Each row counts in its hold's day and month (the floor reads them from budget_at),
+    # written at submit and kept by the collect's settled row.
+    hold_days = {s.name for r in (await holds(groups, name)).values() for s in r.scopes
+                 if s.kind in ("day", "month")}  # fmt: skip
+    for row in _rows(engine):
+        assert row.budget_at is not None and set(day_month_scopes(row.budget_at)) == hold_days
     booked = sum((r.cost_usd for r in _rows(engine)), Decimal(0))
     status = await budget.status("b-rec")
     assert (status["batch"].spent_usd, status["batch"].reserved_usd) == (booked, Decimal(0))

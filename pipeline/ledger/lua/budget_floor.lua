@@ -6,8 +6,10 @@
 --
 -- The ledger's figure for a scope counts every call's cost; each call given here (a recent
 -- one whose token is still open or may be corrected) counts by its token's state instead:
---   held, hold still open  0: the hold's close books it (counting it here booked it twice)
---   held, hold lapsed      its ledger cost, booked here; the token is marked as below
+--   held, hold still open  0: the hold's close books it (counting it here booked it twice);
+--                          open = any of its scopes here still holds it
+--   held, hold lapsed      (no scope here holds it) its ledger cost, booked here; the token
+--                          is marked as below
 --   abandoned:<n>          n, as booked: a settle or cancel still corrects it from n
 --   settled, cancelled     its ledger cost: closed, nothing more is booked for it
 --   no state               its ledger cost, booked here; the token is marked as below
@@ -45,11 +47,17 @@ for m = 1, calls do
   local figure = cost
   local mark = false
   if state == 'held' then
-    figure = 0
+    -- Open while any of its scopes still holds it (lapsed holds were swept above, in
+    -- every scope alike: a reservation's scopes share one expiry). A scope lacking the
+    -- entry is not a lapse: the ledger may name a scope the hold is not in (a row whose
+    -- day differs from its reservation's); marking the token then refused the real
+    -- settle, and the hold's own scope lost the call's cost.
+    figure = cost  -- lapsed: nobody is left to close it
+    mark = true
     for _, n in ipairs(in_scopes) do
-      if redis.call('HEXISTS', KEYS[2 * n - 1], 'h:' .. token) == 0 then
-        figure = cost  -- lapsed: nobody is left to close it
-        mark = true
+      if redis.call('HEXISTS', KEYS[2 * n - 1], 'h:' .. token) == 1 then
+        figure = 0
+        mark = false
       end
     end
   elseif state and string.sub(state, 1, 10) == 'abandoned:' then
