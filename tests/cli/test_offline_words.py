@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,21 @@ def test_run_says_it_leaves_the_private_redis_running_and_how_to_stop_it(home: P
     assert last.endswith("stop it with `pipeline redis stop`"), last
     stop = run_cli(env, "redis", "stop", cwd=home.parent)  # what it says to run
     assert stop.returncode == 0 and not EmbeddedRedis(home).ping()
+
+
+def test_unread_names_the_pages_when_only_some_had_no_text_layer() -> None:
+    """The offline analyzer's record names its blank pages as runs; Gemini's never count
+    (it reads such pages as images)."""
+    from tasks.batches import DocumentRow
+    from tasks.status import DocumentState
+
+    def row(provider: str, blank: list[list[int]], pages: int) -> DocumentRow:
+        record = {"produced_by": {"provider": provider}, "pages_without_text": blank,
+                  "page_count": pages}  # fmt: skip
+        return DocumentRow("d.pdf", "sha", pages, "job", DocumentState("complete"),
+                           Decimal(0), Decimal(0), record)  # fmt: skip
+
+    assert row("offline", [[1, 1]], 1).unread == UNREAD
+    assert row("offline", [[2, 3]], 5).reason == f"pages 2–3 {UNREAD}"
+    assert row("offline", [], 5).reason is None
+    assert row("gemini", [[2, 3]], 5).reason is None
