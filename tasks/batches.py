@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
+from pipeline.ledger.recorder import result_provider
 from pipeline.ledger.report import WASTED
+from pipeline.llm.offline.pages import OCR_NOTE, describe_pages
 from pipeline.money import dollars
 from tasks.batch_ledger import (
     Call,
@@ -137,11 +139,36 @@ class DocumentRow:
 
     @property
     def reason(self) -> str | None:
-        if self.state.status == "complete" and self.paid_in:
-            where = ", ".join(b[:12] for b in self.paid_in)
-            return (f"answered by a run paid in batch {where} "
-                    f"({dollars(self.paid_elsewhere)}, not paid again)")
-        return self.state.reason
+        if self.state.status != "complete":
+            return self.state.reason
+        said = [w for w in (self.unread, self._reused()) if w]
+        return "; ".join(said) if said else self.state.reason
+
+    def _reused(self) -> str | None:
+        if not self.paid_in:
+            return None
+        where = ", ".join(b[:12] for b in self.paid_in)
+        return (f"answered by a run paid in batch {where} "
+                f"({dollars(self.paid_elsewhere)}, not paid again)")
+
+    @property
+    def unread(self) -> str | None:
+        """What of a complete document nobody read ("not read: no text layer (a scan; …)",
+        or "page 3 not read: …" for some of its pages), None when every page was read.
+
+        The offline analyzer cannot read a page without a text layer (no OCR), so its result
+        is stored and the document is `complete`, with nothing analysed on those pages: every
+        view says so beside the state, never only `pipeline results`. Gemini reads such
+        pages as images, so its results never carry this."""
+        if result_provider(self.result) != "offline":
+            return None
+        runs = self.result.get("pages_without_text") or []
+        blank = sorted({n for run in runs for n in range(int(run[0]), int(run[-1]) + 1)})
+        if not blank:
+            return None
+        total = self.pages or int(self.result.get("page_count") or 0)
+        which = "" if len(blank) >= total else f"{describe_pages(blank)} "
+        return f"{which}not read: no text layer (a scan; {OCR_NOTE})"
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -76,6 +76,7 @@ class Submission:
     mode: str = "interactive"  # what the documents run in (tasks/modes.py), and why
     mode_why: str = ""
     deadline: str | None = None  # ISO 8601 UTC
+    provider: str = ""  # who will answer: "gemini", "emulator" or "offline" (provider_kind)
 
     @property
     def job_ids(self) -> list[str]:
@@ -103,6 +104,7 @@ class Submission:
             "mode": self.mode,
             "mode_why": self.mode_why,
             "deadline": self.deadline,
+            "provider": self.provider,
         }
 
 
@@ -289,7 +291,7 @@ async def submit_uploads(
     prompt = analyze_prompt()
     batch_id = batch_id or uuid.uuid4().hex
     submission = Submission(batch_id, [], warnings, model, prompt.version, choice.mode,
-                            choice.why, choice.args().get("deadline"))  # fmt: skip
+                            choice.why, choice.args().get("deadline"), provider)  # fmt: skip
 
     # Outcomes come back in upload order, so callers can zip them with what they sent.
     outcomes: dict[int, DocOutcome] = {}

@@ -111,6 +111,12 @@ def costs(
             typer.echo(f"of the total, {dollars(report['rehearsal_usd'])} is the emulator's "
                        "(rehearsal calls priced as Gemini bills them, never billed); "
                        "`--by provider` shows them apart")  # fmt: skip
+        offline = int(report["offline_calls"])
+        if offline:
+            typer.echo(f"of the {counted(report['total']['calls'], 'call')}, "
+                       f"{offline} {'was' if offline == 1 else 'were'} the offline analyzer's "
+                       "(no LLM asked, $0; tokens are its estimate of the text's size); "
+                       "`--by provider` shows them apart")  # fmt: skip
         if "saved_usd" in report:
             typer.echo(f"Batch Mode saved {dollars(report['saved_usd'])} against interactive "
                        "prices")

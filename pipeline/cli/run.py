@@ -8,6 +8,7 @@ running it again finds the same jobs (idempotency keys) and reuses paid answers 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sys
@@ -158,6 +159,8 @@ def print_summary(view: BatchView, written: dict[str, Path]) -> None:
         detail = str(written[d.document_id]) if d.document_id in written else d.reason or ""
         if d.document_id in written and d.paid_in:
             detail += f" (paid in batch {', '.join(b[:12] for b in d.paid_in)})"
+        if d.document_id in written and d.unread:  # a file is written, but not of its text
+            detail += f" — {d.unread}"
         table.add_row(escape(d.name), status, str(d.pages or ""), format_usd(d.cost),
                       *cells[d.document_id], escape(detail))  # fmt: skip
     print_table(table)
@@ -180,8 +183,31 @@ def run(
     """Submit PDFs and process them in this process until done (the quick start)."""
     code = eventloop.run(_run(paths, model, parse_budget(budget), priority, label, out, concurrency,
                             mode, deadline))  # fmt: skip
+    say_redis_left_running()
     if code:
         raise typer.Exit(code)
+
+
+def say_redis_left_running() -> None:
+    """The private redis-server outlives `run` on purpose (pipeline/redis/server.py): say
+    so, what it is for and how to stop it, so a quick start leaves no process unexplained.
+    Nothing when PIPELINE_REDIS_URL names a Redis, or the private one does not answer."""
+    from pipeline.redis.server import EmbeddedRedis
+    from pipeline.settings import get_settings
+
+    settings = get_settings()
+    if settings.redis_url:
+        return
+    server = EmbeddedRedis(settings.home)
+    if not server.ping():
+        return
+    where = server.dir
+    with contextlib.suppress(ValueError):  # shown from the working directory when under it
+        where = where.relative_to(Path.cwd())
+    console.print(f"redis-server is still running (under {where}, pid {server.pid}) for "
+                  "`pipeline status` and `pipeline results`; stop it with "
+                  "`pipeline redis stop`", highlight=False, soft_wrap=True,
+                  markup=False)  # fmt: skip
 
 
 class ResultsFormat(StrEnum):

@@ -198,6 +198,11 @@ def print_batch(view: BatchView) -> None:
     print_table(table)
     console.print(" · ".join(f"{state} {n}" for state, n in view.by_state.items()) or
                   "no documents", highlight=False)  # fmt: skip
+    unread = sum(d.unread is not None for d in view.documents)
+    if unread:  # complete, yet not analysed: never to be taken for the others
+        console.print(f"[yellow]{counted(unread, 'complete document')} not read, or not all "
+                      "of it: no text layer (stage / reason says which)[/yellow]",
+                      highlight=False, soft_wrap=True)  # fmt: skip
     waiting = view.waiting()
     kinds = Counter(str(w["kind"]) for w in waiting)
     for kind, n in kinds.items():

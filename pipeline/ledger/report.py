@@ -28,6 +28,8 @@ GroupBy = Literal["day", "model", "batch", "document", "status", "mode", "provid
 GROUPS: tuple[str, ...] = ("day", "model", "batch", "document", "status", "mode", "provider")
 # Calls a rehearsal made: priced as Gemini would bill them, never billed by anyone.
 REHEARSAL = "emulator"
+# Calls the offline analyzer answered: local extraction, no model asked, $0.
+OFFLINE = "offline"
 NANO = Decimal("0.000000001")
 # Spend that bought nothing: unknown-outcome errors and abandoned calls (booked at their
 # bound), and paid answers that were not used (truncated, blocked, invalid).
@@ -173,9 +175,11 @@ def cost_report(
     until: datetime | None = None,
     by: str = "day",
 ) -> dict[str, Any]:
-    """`{"total": {...}, "rows": [{"key": ..., ...}], "rehearsal_usd"}` for calls started
-    in [since, until); `rehearsal_usd` is the part of the total the emulator's calls make up
-    (priced as Gemini bills, never billed: `--by provider` shows them apart). Calls not
+    """`{"total": {...}, "rows": [{"key": ..., ...}], "rehearsal_usd", "offline_calls"}` for
+    calls started in [since, until); `rehearsal_usd` is the part of the total the emulator's
+    calls make up (priced as Gemini bills, never billed: `--by provider` shows them apart);
+    `offline_calls` how many of the settled calls the offline analyzer answered (no model
+    asked, $0; their tokens are its own estimate of the text's size). Calls not
     settled yet (outcome `started`) are not in `cost_usd`: `in_flight_calls` and
     `in_flight_usd` (their worst case, held against budgets) say what may still come.
 
@@ -190,13 +194,15 @@ def cost_report(
     """
     if by not in GROUPS:
         raise InputError(f"cannot group costs by {by!r}: use one of {', '.join(GROUPS)}")
-    total, rehearsal = _Group(), _Group()
+    total, rehearsal, offline = _Group(), _Group(), _Group()
     groups: dict[str, _Group] = defaultdict(_Group)
     for row in _rows(session, since, until):
         total.add(row)
         groups[_key(row[0], by)].add(row)
         if row[0].provider == REHEARSAL:
             rehearsal.add(row)
+        elif row[0].provider == OFFLINE:
+            offline.add(row)
     return {
         "by": by,
         "since": since.isoformat() if since else None,
@@ -204,6 +210,8 @@ def cost_report(
         "total": total.as_dict(),
         # what of the total the emulator's calls make up: a rehearsal's, never billed
         "rehearsal_usd": format_usd(rehearsal.cost),
+        # how many of the total's calls were the offline analyzer's: no LLM was asked
+        "offline_calls": offline.calls,
         "rows": [{"key": key, **groups[key].as_dict()} for key in sorted(groups)],
     }
 

@@ -74,6 +74,8 @@ def _batch_row(view: BatchView) -> dict[str, Any]:
     why = Counter(w["reason"] for w in view.waiting() if w["reason"])
     return {
         "waiting": [{"reason": r, "documents": n} for r, n in sorted(why.items())],
+        # complete documents with pages nobody read (no text layer): not to pass as analysed
+        "unread": sum(d.unread is not None for d in view.documents),
         "id": f.batch_id,
         "label": f.label,
         "created_at": f.created_at.isoformat() if f.created_at else None,
