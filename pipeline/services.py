@@ -108,6 +108,9 @@ class Services:
     # by the job-end hook. Kept here, not on JobContext, so the queue knows nothing of LLMs.
     retry_budgets: dict[str, RetryBudget] = field(default_factory=dict)
     tally: TallyingRecorder | None = None  # each running job's cost, for its log line
+    # Jobs this process's worker gave back to their queues at shutdown: what a stop reports
+    # (the calls they had in flight were cut off, ledger/cut.py).
+    released: list[str] = field(default_factory=list)
 
     def retry_budget(self, job_id: str) -> RetryBudget:
         """The job's budget of provider attempts (PIPELINE_MAX_CALL_ATTEMPTS_PER_JOB)."""
@@ -343,6 +346,8 @@ def ledger_hooks(services: Services) -> dict[str, Any]:
 
     async def job_end(ctx: JobContext, outcome: str, error: str | None) -> None:
         services.job_ended(ctx.job.id)
+        if outcome == "release":
+            services.released.append(ctx.job.id)
         if outcome not in ("release", "fenced", "lost"):
             status = "queued" if outcome in ("retry", "postpone") else outcome
             # "" clears an earlier attempt's error (a lost lease...) once the job completes.

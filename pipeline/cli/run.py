@@ -1,8 +1,10 @@
 """`pipeline run` (submit and work in this process) and `pipeline results`.
 
 `run` is the quick start: the same submission and the same worker as a deployment, in one
-process. Interrupting it is safe: the worker releases running jobs back to Redis, and
-running it again finds the same jobs (idempotency keys) and reuses paid answers (call store).
+process. Ctrl-C gives running jobs the grace period; a second one releases them back to Redis
+at once, cutting off their calls in flight (possibly billed, and paid again by the next run).
+Running it again finds the same jobs (idempotency keys) and reuses paid answers (call store).
+The line a stopped run ends with says which of these happened (`stopped_words`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import json
 import re
 import sys
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -47,6 +50,7 @@ from pipeline.words import counted
 from tasks.submission import submit_uploads
 
 if TYPE_CHECKING:
+    from pipeline.ledger.cut import CutCalls
     from tasks.batches import BatchView
 
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Directory for one JSON per document.")]
@@ -81,6 +85,7 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
                mode: str | None = None, deadline: str | None = None) -> int:  # fmt: skip
     from pipeline.cli.follow import follow
     from pipeline.cli.worker import import_task_modules
+    from pipeline.ledger.cut import cut_calls
     from pipeline.services import build_worker, open_services
     from tasks.batches import batch_view
     from tasks.export import results_of
@@ -92,6 +97,7 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
     client = await QueueClient.connect(long_lived=True)
     services = await open_services(client)
     try:
+        started = datetime.now(UTC)  # the calls this run cut off at a stop began after this
         since = await client.last_event_id()
         sub = await submit_uploads(client, uploads, model=model, budget_usd=budget,
                                    priority=priority, label=label, services=services,
@@ -112,11 +118,17 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
         done, _ = await asyncio.wait(
             {worker_task, follow_task}, return_when=asyncio.FIRST_COMPLETED
         )
-        if follow_task not in done:  # the worker stopped first: Ctrl-C
+        if follow_task not in done or worker.signalled:  # Ctrl-C, whichever ended first
             follow_task.cancel()
-            await asyncio.gather(follow_task, return_exceptions=True)
-            console.print("stopped: running jobs went back to the queue; run the same command "
-                          "again to continue (nothing is paid twice)")  # fmt: skip
+            await asyncio.gather(follow_task, worker_task, return_exceptions=True)
+            # Said from what happened once the worker stopped, not what a stop usually does:
+            # a job may have finished in the grace period, a call may have been cut off.
+            await services.recorder.flush()
+            view = await batch_view(client, services.engine, sub.made)
+            cut = await asyncio.to_thread(cut_calls, services.engine, services.released,
+                                          started)  # fmt: skip
+            console.print(stopped_words(view, len(services.released), cut), highlight=False,
+                          soft_wrap=True, markup=False)  # fmt: skip
             return 130
         worker.stop()
         await worker_task
@@ -131,6 +143,31 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
     finally:
         await services.aclose()
         await client.aclose()
+
+
+def stopped_words(view: BatchView, released: int, cut: CutCalls) -> str:
+    """The line a stopped run ends with: the batch's documents done, the running jobs that
+    went back to the queue (`released`), the calls cut off in flight (`cut`) and what to do;
+    "nothing is paid twice" only when no call was cut off."""
+    from tasks.status import ENDED
+
+    total = len(view.documents)
+    done = sum(d.status == "complete" for d in view.documents)
+    left = sum(d.status not in ENDED for d in view.documents)
+    ended = total - done - left  # failed, over budget, cancelled: a rerun starts them afresh
+    said = [f"all {total} documents done" if done == total else f"{done} of {total} documents done"]
+    if ended:
+        said.append(f"{ended} ended without a result (`pipeline status {view.facts.batch_id}`)")
+    said.append(f"{counted(released, 'running job')} went back to the queue" if released
+                else "nothing went back to the queue")  # fmt: skip
+    if cut.calls:
+        said.append(cut.words())
+    if not left:
+        said.append(f"nothing to run again (results: `pipeline results {view.facts.batch_id}`)")
+    else:
+        said.append("run the same command again to continue"
+                    + ("" if cut.calls else " (nothing is paid twice)"))
+    return "stopped: " + "; ".join(said)
 
 
 async def _registered(client: QueueClient, worker_id: str, timeout_s: float = 5.0) -> None:

@@ -8,7 +8,8 @@ import json
 import logging
 import os
 import sys
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +18,9 @@ from pipeline.cli.common import LogLevel
 from pipeline.cli.logs import LogFormat, configure_logging
 from pipeline.errors import PipelineError
 from pipeline.queue.client import QueueClient
+
+if TYPE_CHECKING:
+    from pipeline.services import Services
 
 dead_app = typer.Typer(help="Inspect and requeue dead-lettered jobs.", no_args_is_help=True)
 
@@ -94,12 +98,29 @@ def worker(
             w = await build_worker(
                 client, queues=queue or ["default"], concurrency=concurrency, burst=burst
             )
-            logging.getLogger("pipeline.worker").info("tasks from: %s", ", ".join(modules) or "-")
+            log = logging.getLogger("pipeline.worker")
+            log.info("tasks from: %s", ", ".join(modules) or "-")
+            started = datetime.now(UTC)
             await w.run()
+            cut = await _cut_off(w.deps.get("services"), started)
+            if cut:
+                log.warning("%s", cut)
         finally:
             await client.aclose()
 
     eventloop.run(main())
+
+
+async def _cut_off(services: Services | None, started: datetime) -> str:
+    """What the jobs this worker released at shutdown lost: the calls they had in flight,
+    in words from the ledger's abandoned rows since `started`; "" when none was cut off."""
+    if services is None or not services.released:
+        return ""
+    from pipeline.ledger.cut import cut_calls
+
+    await services.recorder.flush()
+    cut = await asyncio.to_thread(cut_calls, services.engine, services.released, started)
+    return cut.words()
 
 
 @dead_app.command("list")

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gc
 import importlib
 import json
 import os
+import signal
+from collections.abc import Iterator
 from concurrent.futures import BrokenExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -81,15 +84,19 @@ def _to_jsonable(value: Any) -> Any:
 
 
 def _die_with_parent() -> None:
-    """Runs first in each pool process: on Linux, ask to be killed when the worker process
-    dies (SIGKILL, OOM), so no parser process outlives it holding memory; and give freed
-    PDF-sized buffers back to the OS (queue/memory.py)."""
+    """Runs first in each pool process: ignore SIGINT, on Linux ask to be killed when the
+    worker process dies (SIGKILL, OOM), so no parser process outlives it holding memory; and
+    give freed PDF-sized buffers back to the OS (queue/memory.py)."""
+    # Ctrl-C reaches the terminal's whole process group, these processes too: their parent
+    # stops them (shutdown, or PR_SET_PDEATHSIG below), while a KeyboardInterrupt here would
+    # print a traceback from call_queue.get at the user. The parent spawns them with SIGINT
+    # blocked (_spawning), which covers the start-up before this line.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from pipeline.queue.memory import return_large_buffers
 
     return_large_buffers()
     try:
         import ctypes
-        import signal
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -97,6 +104,19 @@ def _die_with_parent() -> None:
         return
     if os.getppid() == 1:  # the worker already died while this process started
         os._exit(0)
+
+
+@contextlib.contextmanager
+def _spawning() -> Iterator[None]:
+    """SIGINT blocked in this thread meanwhile: a pool process started here (and the
+    executor's manager thread, which starts the replacements) inherits the mask, so a Ctrl-C
+    during a child's start-up, before it ignores SIGINT, does not reach it. The signal is
+    still taken by the process's other threads, or when it is unblocked here."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class CpuPoolError(Exception):
@@ -153,8 +173,9 @@ class CpuPool:
                 # held 32 such copies at once (bench/documents.py --only worker). In a thread,
                 # so the encoding does not block the event loop either.
                 payload = await asyncio.to_thread(_payload, func_path, args)
-                answer = json.loads(await loop.run_in_executor(self._ensure(), _trampoline,
-                                                               payload))  # fmt: skip
+                with _spawning():  # run_in_executor submits now, starting a child if needed
+                    pending = loop.run_in_executor(self._ensure(), _trampoline, payload)
+                answer = json.loads(await pending)
                 del payload
         except BrokenExecutor as exc:
             # A child died (OOM on a hostile PDF, a crash): the executor is unusable from now

@@ -44,6 +44,11 @@ class GracefulShutdown:
     def stop(self) -> None:
         raise NotImplementedError
 
+    @property
+    def signalled(self) -> bool:
+        """Whether SIGTERM/SIGINT asked this worker to stop (not `stop()` or a burst's end)."""
+        return self._signals > 0
+
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -55,13 +60,14 @@ class GracefulShutdown:
         if self._signals == 1:
             log.warning(
                 "stopping: no new jobs; %d running get %.0fs to finish (signal again to "
-                "release them now)",
+                "release them now, cutting off what they are doing)",
                 len(self.running),
                 self.client.settings.shutdown_grace_s,
             )
             self.stop()
         elif self._signals == 2:
-            log.warning("releasing %d running jobs back to their queues now", len(self.running))
+            log.warning("releasing %d running jobs back to their queues now, cutting off what "
+                        "they are doing", len(self.running))  # fmt: skip
             for job_id in list(self.running):
                 self._halt(job_id, "shutdown")
         else:
