@@ -88,7 +88,7 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
     from pipeline.ledger.cut import cut_calls
     from pipeline.services import build_worker, open_services
     from tasks.batches import batch_view
-    from tasks.export import results_of
+    from tasks.status import ENDED
 
     uploads, skipped = collect_uploads(paths)
     if not uploads:
@@ -127,6 +127,10 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
             view = await batch_view(client, services.engine, sub.made)
             cut = await asyncio.to_thread(cut_calls, services.engine, services.released,
                                           started)  # fmt: skip
+            if not services.released and all(d.status in ENDED for d in view.documents):
+                # every document ended within the grace period: its results are written and
+                # summed up as if the run had not been stopped
+                await _finish(view, out or client.settings.home / "results" / sub.made)
             console.print(stopped_words(view, len(services.released), cut), highlight=False,
                           soft_wrap=True, markup=False)  # fmt: skip
             return 130
@@ -134,15 +138,22 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
         await worker_task
         await services.recorder.flush()
         view = await batch_view(client, services.engine, sub.made)
-        where = out or client.settings.home / "results" / sub.made
-        found = results_of(view)
-        written = await asyncio.to_thread(write_results, found, where)
-        print_summary(view, written)
-        print_findings(found)
+        await _finish(view, out or client.settings.home / "results" / sub.made)
         return 0 if all(d.status == "complete" for d in view.documents) else 1
     finally:
         await services.aclose()
         await client.aclose()
+
+
+async def _finish(view: BatchView, where: Path) -> None:
+    """Write one JSON per analysed document under `where`, then print the summary table and
+    what was found."""
+    from tasks.export import results_of
+
+    found = results_of(view)
+    written = await asyncio.to_thread(write_results, found, where)
+    print_summary(view, written)
+    print_findings(found)
 
 
 def stopped_words(view: BatchView, released: int, cut: CutCalls) -> str:

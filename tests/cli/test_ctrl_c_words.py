@@ -141,7 +141,7 @@ def test_two_ctrl_c_say_the_calls_cut_off_are_paid_again(
     assert "Traceback" not in run.text, run.text
 
 
-def test_one_ctrl_c_with_every_job_done_in_the_grace_says_nothing_to_run_again(
+def test_one_ctrl_c_with_every_job_done_in_the_grace_writes_the_results_and_says_nothing_to_run_again(
     pipeline_env: dict[str, str], sredis: redis.Redis
 ) -> None:
     with start_emulator(latency_s=(1.5, 1.5)) as emu:
@@ -157,6 +157,9 @@ def test_one_ctrl_c_with_every_job_done_in_the_grace_says_nothing_to_run_again(
     assert "nothing went back to the queue" in last and "nothing to run again" in last, run.text
     assert "run the same command again" not in run.text, run.text
     assert _abandoned(pipeline_env)[0] == 0
+    # every document ended in the grace period: its results are written as after a whole run
+    written = list((Path(pipeline_env["PIPELINE_HOME"]) / "results").glob("*/*.json"))
+    assert len(written) == len(SMALL), (written, run.text)
 
 
 def test_ctrl_c_to_the_process_group_prints_no_traceback_from_the_pool(
