@@ -30,6 +30,7 @@ from pipeline.ledger.batch_limit import set_limit
 from pipeline.ledger.budget import Budget, check_budget_usd
 from pipeline.ledger.recorder import SqlRecorder
 from pipeline.llm.factory import provider_kind
+from pipeline.money import dollars
 from pipeline.queue.client import QueueClient
 from pipeline.words import counted
 from tasks.batch_fallback import CANCELLED, cancel_if_abandoned, leave
@@ -220,8 +221,9 @@ def check_floor(view: BatchView, amount: Decimal, s: Settings) -> None:
     documents is checked against the settings' model and provider."""
     from datetime import UTC, datetime
 
+    from pipeline.errors import BudgetTooSmall
     from pipeline.llm.pricing import PriceTable
-    from tasks.plan import check_budget_fits_a_call
+    from tasks.plan import cannot_pay_for_one_call, least_call_usd
 
     members = view.facts.members
     batched = {d.document_id for d in view.documents
@@ -231,8 +233,19 @@ def check_floor(view: BatchView, amount: Decimal, s: Settings) -> None:
     if not members and provider_kind(s) != "offline":
         kinds = {(s.model, False)}
     prices, now = PriceTable.load(), datetime.now(UTC)
-    for model, batch in sorted(kinds):
-        check_budget_fits_a_call(amount, prices, model, now, batch=batch)
+    floors = {kind: least_call_usd(prices, kind[0], now, kind[1]) for kind in sorted(kinds)}
+    short = [(kind, floor) for kind, floor in floors.items() if amount < floor]
+    if short:
+        (model, batch), floor = short[0]
+        least = max(floors.values())  # what every document of the batch can start under
+        ref = view.facts.label or view.facts.batch_id[:12]
+        was = view.facts.budget_usd
+        kept = f" (still {dollars(was)})" if was is not None else ""
+        raise BudgetTooSmall(
+            f"{cannot_pay_for_one_call(amount, model, floor, batch)}; the budget of batch "
+            f"{ref} was not changed{kept}. Give at least {dollars(least)}.",
+            least,
+        )
 
 
 @dataclass

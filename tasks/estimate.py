@@ -12,6 +12,7 @@ batch figure says so.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from pipeline.errors import BadDocument
 from pipeline.llm.pricing import PriceTable, canonical_model
 
 if TYPE_CHECKING:
-    from pipeline.llm.provider import Provider
+    from pipeline.llm.provider import LLMRequest, Provider
     from pipeline.settings import Settings
     from tasks.submission import Upload
 
@@ -81,23 +82,24 @@ def counts_with_provider(settings: Settings) -> bool:
     return settings.provider == "auto" and _has_key()
 
 
-async def estimate_counted(
-    uploads: list[Upload],
-    model: str,
-    provider: Provider,
-    *,
-    context_budget_tokens: int | None = None,
-    prices: PriceTable | None = None,
-) -> dict[str, Any]:
-    """`estimate`, with every map call's input tokens counted by the provider's countTokens.
+# How a call's input is counted: the provider's countTokens (a TokenCounter's `count`, which
+# caches the figure where the worker's own count finds it, or `Provider.count_tokens`).
+Count = Callable[["LLMRequest"], Awaitable[int]]
 
-    The estimator's 560 tokens a page is Gemini's documented charge, but a scanned page or
-    a long prompt can differ; countTokens is free and answers with the real figure, so with
-    a key the dry run uses it. A reduce call's input (the map answers) cannot exist yet and
-    stays estimated; a document whose count fails keeps its estimate, with a warning.
-    Each document gets "token_source": "countTokens" or "estimate".
-    """
-    from pipeline.settings import get_settings
+
+async def document_bound(
+    upload: Upload, pages: int, model: str, count: Count, prices: PriceTable, at: datetime,
+    *, context_budget_tokens: int, max_request_bytes: int,
+) -> dict[str, Any]:  # fmt: skip
+    """One document's worst case as the worker reserves it: each map call's request built as
+    tasks/analyze.py builds it, counted by `count`, priced by pipeline/llm/spend.bound_usd
+    (the worker's reservation); a merge call's input (the map answers) cannot exist yet and
+    is estimated. The dry run, the submit-time warning and the worker so quote one figure.
+
+    Returns estimate_document's keys ("input_tokens", "worst_case_usd",
+    "worst_case_batch_usd", "calls", "largest_call_usd", "largest_call_batch_usd"), money as
+    Decimal, with "token_source": "countTokens". Raises what `count` raises."""
+    from pipeline.llm.spend import bound_usd
     from tasks.pdf import split_pages
     from tasks.plan import (
         MAX_OUTPUT_TOKENS,
@@ -108,48 +110,70 @@ async def estimate_counted(
         prompt_tokens,
     )
 
+    prompt = analyze_prompt()
+    ranges = chunk_ranges(pages, len(upload.data), model, context_budget_tokens,
+                          max_request_bytes)  # fmt: skip
+    parts = ([upload.data] if len(ranges) == 1
+             else await asyncio.to_thread(split_pages, upload.data, ranges))  # fmt: skip
+    tokens, cost, batch_cost = 0, Decimal(0), Decimal(0)
+    largest, largest_batch = Decimal(0), Decimal(0)
+    for (first, last), part in zip(ranges, parts, strict=True):
+        request = analyze_request(model, prompt, part, filename=upload.name, page_count=pages,
+                                  first_page=first, last_page=last)  # fmt: skip
+        counted = int(await count(request))
+        call = bound_usd(prices, request, counted, at)
+        batch_call = prices.worst_case_cost(model, counted, request.output_bound_tokens, at,
+                                            batch=True)  # fmt: skip
+        tokens += counted
+        cost, batch_cost = cost + call, batch_cost + batch_call
+        largest, largest_batch = max(largest, call), max(largest_batch, batch_call)
+    if len(ranges) > 1:  # the merge reads the map answers: estimated; interactive either way
+        t = len(ranges) * MAX_OUTPUT_TOKENS + prompt_tokens(prompt)
+        tokens += t
+        merge = prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, at)
+        cost, batch_cost = cost + merge, batch_cost + merge
+        largest, largest_batch = max(largest, merge), max(largest_batch, merge)
+    return {"input_tokens": tokens, "worst_case_usd": cost, "worst_case_batch_usd": batch_cost,
+            "calls": len(ranges) + (len(ranges) > 1), "largest_call_usd": largest,
+            "largest_call_batch_usd": largest_batch, "token_source": "countTokens"}  # fmt: skip
+
+
+async def estimate_counted(
+    uploads: list[Upload],
+    model: str,
+    provider: Provider,
+    *,
+    context_budget_tokens: int | None = None,
+    prices: PriceTable | None = None,
+) -> dict[str, Any]:
+    """`estimate`, with every map call's input tokens counted by the provider's countTokens
+    (`document_bound`, the figure the worker reserves).
+
+    The estimator's 560 tokens a page is Gemini's documented charge, but a scanned page or
+    a long prompt can differ; countTokens is free and answers with the real figure, so with
+    a key the dry run uses it. A document whose count fails keeps its estimate, with a
+    warning. Each document gets "token_source": "countTokens" or "estimate".
+    """
+    from pipeline.settings import get_settings
+
     s = get_settings()
     prices = prices or PriceTable.load()
     model = canonical_model(model, prices)
     budget_tokens = context_budget_tokens or s.context_budget_tokens
     est = estimate(uploads, model, context_budget_tokens=budget_tokens, prices=prices)
-    prompt = analyze_prompt()
     now = datetime.now(UTC)
     for upload, doc in zip(uploads, est["documents"], strict=True):
         if doc["status"] != "ok":
             continue
         doc["token_source"] = "estimate"
-        pages = int(doc["pages"])
-        ranges = chunk_ranges(pages, len(upload.data), model, budget_tokens)
         try:
-            parts = (
-                [upload.data]
-                if len(ranges) == 1
-                else await asyncio.to_thread(split_pages, upload.data, ranges)
-            )
-            tokens, cost, batch_cost = 0, Decimal(0), Decimal(0)
-            for (first, last), part in zip(ranges, parts, strict=True):
-                request = analyze_request(
-                    model, prompt, part, filename=upload.name, page_count=pages,
-                    first_page=first, last_page=last,
-                )  # fmt: skip
-                counted = int(await provider.count_tokens(request))
-                tokens += counted
-                cost += prices.worst_case_cost(model, counted, OUTPUT_BOUND_TOKENS, now)
-                batch_cost += prices.worst_case_cost(model, counted, OUTPUT_BOUND_TOKENS, now,
-                                                     batch=True)  # fmt: skip
+            doc.update(await document_bound(
+                upload, int(doc["pages"]), model, provider.count_tokens, prices, now,
+                context_budget_tokens=budget_tokens,
+                max_request_bytes=s.max_inline_request_bytes))  # fmt: skip
         except Exception as exc:  # an estimate still answers the question; say why
             est["warnings"].append(
                 f"countTokens failed for {upload.name} ({type(exc).__name__}: {exc}); "
                 "its figures are the local estimate"
             )
-        else:
-            if len(ranges) > 1:  # the reduce call reads the map answers: estimated
-                t = len(ranges) * MAX_OUTPUT_TOKENS + prompt_tokens(prompt)
-                tokens += t
-                reduce = prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, now)
-                cost += reduce
-                batch_cost += reduce  # the merge runs interactively in either mode
-            doc.update(input_tokens=tokens, worst_case_usd=cost, worst_case_batch_usd=batch_cost,
-                       token_source="countTokens")  # fmt: skip
     return _totals(est)

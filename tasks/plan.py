@@ -104,27 +104,33 @@ def estimate_document(
     """Input tokens and worst-case USD for one document, chunk calls and reduce included:
     {"input_tokens", "worst_case_usd" (interactive), "worst_case_batch_usd" (in Batch Mode:
     the chunk calls at the batch rate, the reduce call interactive, as tasks/batch_mode.py
-    runs it), "calls"}; money as Decimal."""
+    runs it), "calls", "largest_call_usd" / "largest_call_batch_usd" (its dearest one call:
+    a budget below it cannot admit that call)}; money as Decimal."""
     at = at or datetime.now(UTC)
     ranges = chunk_ranges(pages, size_bytes, model, context_budget_tokens)
     tokens = 0
-    cost = batch_cost = Decimal(0)
+    cost = batch_cost = largest = largest_batch = Decimal(0)
     for first, last in ranges:
         t = estimate_input_tokens(last - first + 1, model, prompt)
         tokens += t
-        cost += prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, at)
-        batch_cost += prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, at, batch=True)
+        call = prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, at)
+        batch_call = prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, at, batch=True)
+        cost, batch_cost = cost + call, batch_cost + batch_call
+        largest, largest_batch = max(largest, call), max(largest_batch, batch_call)
     if len(ranges) > 1:  # the reduce call reads every chunk's answer
         t = len(ranges) * MAX_OUTPUT_TOKENS + prompt_tokens(prompt)
         tokens += t
         reduce = prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, at)
         cost += reduce
         batch_cost += reduce
+        largest, largest_batch = max(largest, reduce), max(largest_batch, reduce)
     return {
         "input_tokens": tokens,
         "worst_case_usd": cost,
         "worst_case_batch_usd": batch_cost,
         "calls": len(ranges) + (len(ranges) > 1),
+        "largest_call_usd": largest,
+        "largest_call_batch_usd": largest_batch,
     }
 
 
@@ -136,6 +142,16 @@ def least_call_usd(prices: PriceTable, model: str, at: datetime, batch: bool = F
     return prices.worst_case_cost(model, 0, OUTPUT_BOUND_TOKENS, at, batch=batch)
 
 
+def cannot_pay_for_one_call(budget_usd: Decimal, model: str, floor: Decimal, batch: bool) -> str:
+    """Why `budget_usd` admits no call of `model` (each reserves at least `floor` USD): the
+    first clause of every such refusal, at submit and at `pipeline budget --set`."""
+    rate = " at the batch rate" if batch else ""
+    return (f"budget {dollars(budget_usd)} cannot pay for one call: every call to {model} "
+            f"reserves at least {dollars(floor)}{rate} before it is sent (its "
+            f"{OUTPUT_BOUND_TOKENS:,} output tokens, thoughts included), so no document could "
+            "start")  # fmt: skip
+
+
 def check_budget_fits_a_call(
     budget_usd: Decimal, prices: PriceTable, model: str, at: datetime, batch: bool = False
 ) -> None:
@@ -143,13 +159,10 @@ def check_budget_fits_a_call(
     (`least_call_usd`): every document would wait and end over budget, nothing answered."""
     floor = least_call_usd(prices, model, at, batch)
     if budget_usd < floor:
-        rate = " at the batch rate" if batch else ""
         raise BudgetTooSmall(
-            f"budget {dollars(budget_usd)} cannot pay for one call: every call to {model} reserves "
-            f"at least {dollars(floor)}{rate} before it is sent (its {OUTPUT_BOUND_TOKENS:,} "
-            f"output tokens, thoughts included), so no document could start; nothing was "
-            f"queued. Give a budget of at least {dollars(floor)}; `pipeline submit --dry-run` "
-            "prints each document's worst case.",
+            f"{cannot_pay_for_one_call(budget_usd, model, floor, batch)}; nothing was queued. "
+            f"Give a budget of at least {dollars(floor)}; `pipeline submit --dry-run` prints "
+            "each document's worst case.",
             floor,
         )
 

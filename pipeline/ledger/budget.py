@@ -59,12 +59,25 @@ STATE_TTL_S = 3 * 86400
 # How long a scope's totals are kept after their last change, by kind.
 SCOPE_TTL_S = {"batch": 90 * 86400, "day": 3 * 86400, "month": 62 * 86400}
 
-_ADVICE = {
-    "batch": "the job ends over_budget and nothing more is charged; raise the budget with "
-    "`pipeline budget BATCH --set USD`, then `pipeline retry BATCH --over-budget`",
-    "day": "raise PIPELINE_BUDGET_DAY_USD or wait for the UTC day to turn (00:00 UTC)",
-    "month": "raise PIPELINE_BUDGET_MONTH_USD or wait for the next UTC month",
-}
+def scope_words(kind: str, name: str) -> str:
+    """A scope as a person knows it: a batch by its short id (what `pipeline budget` and
+    `pipeline retry` take), a day or a month by its date; `name` is the scope's key name
+    (e.g. "batch:<id>", "day:2026-11-21")."""
+    plain = name.removeprefix(f"{kind}:")
+    return f"the budget of batch {plain[:12]}" if kind == "batch" else f"{kind} budget {plain}"
+
+
+def _advice(kind: str, name: str, needed: Decimal) -> str:
+    """What to do about a refusal no wait can lift; `needed` (USD) is the limit that would
+    admit the refused call."""
+    if kind == "batch":
+        ref = name.removeprefix("batch:")[:12]
+        return (f"the job ends over_budget and nothing more is charged; raise it with "
+                f"`pipeline budget {ref} --set {format_usd(needed)}`, then "
+                f"`pipeline retry {ref} --over-budget`")  # fmt: skip
+    if kind == "day":
+        return "raise PIPELINE_BUDGET_DAY_USD or wait for the UTC day to turn (00:00 UTC)"
+    return "raise PIPELINE_BUDGET_MONTH_USD or wait for the next UTC month"
 
 
 def would_exceed(
@@ -73,8 +86,9 @@ def would_exceed(
     """The refusal of `what` (worst case `worst` USD) by a scope whose settled spend alone
     leaves no room for it: waiting cannot help, so the advice is to raise the limit."""
     return BudgetExceeded(
-        f"{kind} budget {name} would be exceeded: {dollars(spent)} spent + {dollars(worst)} worst "
-        f"case for {what} > limit {dollars(limit)}; {_ADVICE[kind]}",
+        f"{scope_words(kind, name)} would be exceeded: {dollars(spent)} spent + "
+        f"{dollars(worst)} worst case for {what} > limit {dollars(limit)}; "
+        f"{_advice(kind, name, spent + worst)}",
         scope=kind, scope_name=name, spent_usd=spent, limit_usd=limit,
     )  # fmt: skip
 
@@ -261,7 +275,7 @@ class Budget:
             spent, reserved, limit = (from_nanos(v) for v in reply[2:5])
             if int(reply[5]) == 2:
                 raise BudgetExceeded(
-                    f"{scope.kind} budget {scope.name} stopped admitting calls after a call "
+                    f"{scope_words(scope.kind, scope.name)} stopped admitting calls after a call "
                     f"was billed more than its reservation ({dollars(spent)} spent, limit "
                     f"{dollars(limit)}); "
                     f"check the ledger rows marked 'budget overrun', then {_RAISE[scope.kind]}",
@@ -271,7 +285,7 @@ class Budget:
             held_only = int(reply[5]) == 0
             if held_only:
                 raise BudgetExceeded(
-                    f"{scope.kind} budget {scope.name} is held by running calls: "
+                    f"{scope_words(scope.kind, scope.name)} is held by running calls: "
                     f"{dollars(spent)} spent + {dollars(reserved)} reserved + "
                     f"{dollars(worst_case_usd)} for this call > limit {dollars(limit)}; the call "
                     "waits for them to settle (they usually cost less than their worst case)",

@@ -134,7 +134,7 @@ async def test_holds_alone_are_held_only_and_settled_spend_is_not(
     with pytest.raises(BudgetExceeded) as info:
         await call.reserve(Decimal("0.50"))  # 0.60 spent + 0.50 > 1.00 whatever settles
     assert (info.value.scope, info.value.held_only) == ("batch", False)
-    assert "pipeline budget BATCH --set" in str(info.value)
+    assert "`pipeline budget b --set 1.100000000`" in str(info.value)  # what admits it
     assert (await call.reserve(Decimal("0.40"))).amount_usd == Decimal("0.40")
 
 

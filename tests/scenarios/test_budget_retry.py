@@ -58,12 +58,13 @@ def test_over_budget_documents_finish_after_budget_set_and_retry(
             submitted = json.loads(sub.stdout.splitlines()[0])
             batch = submitted["batch_id"]
             [warning] = submitted["warnings"]
-            assert f"below the estimated worst case of {len(EXAMPLES)} documents" in warning
-            assert f"pipeline budget {batch} --set USD" in warning
+            assert f"{len(EXAMPLES)} documents will end over budget" in warning
+            assert f"pipeline budget {batch[:12]} --set " in warning
             data = status_json(env, batch)
             assert data["by_state"] == {"over_budget": len(EXAMPLES)}, data
             reason = data["documents"][0]["reason"]
-            assert "pipeline budget BATCH --set USD" in reason and "--over-budget" in reason
+            assert f"pipeline budget {batch[:12]} --set " in reason, reason
+            assert f"pipeline retry {batch[:12]} --over-budget" in reason, reason
             assert emu.stats()["generate_requests"] == 0  # refused before anything was sent
 
             # The first document sent again in a new batch: a new run, under that budget.
