@@ -141,7 +141,7 @@ def test_two_ctrl_c_say_the_calls_cut_off_are_paid_again(
     assert "Traceback" not in run.text, run.text
 
 
-def test_one_ctrl_c_with_every_job_done_in_the_grace_writes_the_results_and_says_nothing_to_run_again(
+def test_one_ctrl_c_after_every_job_ended_writes_the_results_and_says_nothing_to_run_again(
     pipeline_env: dict[str, str], sredis: redis.Redis
 ) -> None:
     with start_emulator(latency_s=(1.5, 1.5)) as emu:
