@@ -5,13 +5,16 @@ a job's start and end land in the list `peers:events` of the database the run ow
 `[kind, tag, unix_time_s, pid]`. A tag seen starting twice is a duplicate execution. This
 module imports only redis-py and the standard library so it loads in both virtualenvs.
 
-Each process (and event loop) records over a fixed set of RECORDER_CONNECTIONS connections,
-all opened on its first event: a pool that grows on demand opened a connection per
-concurrent push, so 40 jobs starting together grew it to 20-37 connections of 22-24 KB each
-after the idle reading, and "memory per waiting slow job" measured the recorder's connections
-(how many depended on how closely a system's jobs start together) rather than the system's
-own memory per job. One connection instead would serialise the pushes of concurrent jobs and
-bound a system's no-op jobs/s by the recorder's round trips.
+The recorder's connections must not move the memory figures: a pool that grows on demand
+opens a connection per concurrent push, so 40 jobs starting together grew it to 20-37
+connections of 22-24 KB each after the idle reading, and "memory per waiting slow job"
+measured the recorder (how many connections depended on how closely a system's jobs start
+together) rather than the system. So each event loop's pool opens ASYNC_CONNECTIONS on its
+first event, more than any run has jobs at once (40 slow jobs, 32 slots), and never grows
+after the idle reading; a capped pool instead (jobs waiting for one of a few connections)
+cost a 32-slot worker 15-25 % of its no-op jobs/s. The synchronous recorder (Celery, RQ,
+Dramatiq: one thread per slot, at most 8 in the rate figures) opens SYNC_CONNECTIONS once in
+a process with threads (one in a single-threaded one) and lets more threads wait for one.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from typing import Any
 
 EVENTS = "peers:events"
 READY = "peers:ready"
-RECORDER_CONNECTIONS = 8
+SYNC_CONNECTIONS = 8
+ASYNC_CONNECTIONS = 48
 
 _sync: Any = None
 _sync_lock = threading.Lock()
@@ -45,8 +49,11 @@ def record(kind: str, tag: str) -> None:
                 import redis
 
                 pool = redis.BlockingConnectionPool.from_url(
-                    _url(), max_connections=RECORDER_CONNECTIONS)
-                opened = [pool.get_connection("RPUSH") for _ in range(RECORDER_CONNECTIONS)]
+                    _url(), max_connections=SYNC_CONNECTIONS)
+                # one in a single-threaded process (a Celery child, an RQ work horse forked
+                # per job: opening more would cost every job), all of them beside threads
+                count = SYNC_CONNECTIONS if threading.active_count() > 1 else 1
+                opened = [pool.get_connection("RPUSH") for _ in range(count)]
                 for connection in opened:
                     pool.release(connection)
                 _sync = redis.Redis(connection_pool=pool)
@@ -63,8 +70,7 @@ async def arecord(kind: str, tag: str) -> None:
     loop_id = id(asyncio.get_running_loop())
     entry = _async.get(loop_id)
     if entry is None:
-        pool = aioredis.BlockingConnectionPool.from_url(
-            _url(), max_connections=RECORDER_CONNECTIONS)
+        pool = aioredis.ConnectionPool.from_url(_url())
         entry = _async[loop_id] = (aioredis.Redis(connection_pool=pool),
                                    asyncio.ensure_future(_open_all(pool)))
     client, opening = entry
@@ -73,7 +79,7 @@ async def arecord(kind: str, tag: str) -> None:
 
 
 async def _open_all(pool: Any) -> None:
-    opened = [await pool.get_connection("RPUSH") for _ in range(RECORDER_CONNECTIONS)]
+    opened = [await pool.get_connection("RPUSH") for _ in range(ASYNC_CONNECTIONS)]
     for connection in opened:
         await pool.release(connection)
 
