@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import pytest
 import redis
 
 from pipeline.money import dollars
+from tests.scenarios.helpers import start_pipeline
 from tests.support import ROOT
 from tests.support.cli import EXAMPLES
 from tests.support.emulator import RunningEmulator, start_emulator
@@ -42,13 +42,8 @@ class Terminal:
     apart, line by line."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
-        full = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-        full.update(env)
-        full.update({"PYTHONPATH": str(ROOT), "PIPELINE_CPU_WORKERS": "1", "COLUMNS": "200"})
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=full, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        )  # fmt: skip
+        self.proc = start_pipeline(env, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True)  # fmt: skip
         self.out: list[str] = []
         self.err: list[str] = []
         self._readers = [threading.Thread(target=self._read, args=(s, into), daemon=True)

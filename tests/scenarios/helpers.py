@@ -33,25 +33,32 @@ def batch_id_of(stdout: str) -> str:
     return stdout.split("batch id: ")[1].split()[0]
 
 
+def start_pipeline(env: dict[str, str], *args: str, **popen: Any) -> Any:
+    """`python -m pipeline ARGS` from the checkout (a subprocess.Popen, text mode) with `env`
+    over this process's environment less its own PIPELINE_* settings, one CPU-pool process
+    and a wide terminal; `popen` goes to Popen (stdout, stderr, start_new_session...)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    full.update(env)
+    full.update({"PYTHONPATH": str(ROOT), "PIPELINE_CPU_WORKERS": "1", "COLUMNS": "200"})
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=full,
+                            text=True, **popen)  # fmt: skip
+
+
 class CliProcess:
     """`python -m pipeline ARGS` running in the background, its output gathered line by line
     (stdout and stderr together) so a test can wait for a line and then signal it."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
-        import os
         import subprocess
-        import sys
         import threading
 
-        from tests.support import ROOT
-
-        full = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-        full.update(env)
-        full.update({"PYTHONPATH": str(ROOT), "PIPELINE_CPU_WORKERS": "1", "COLUMNS": "200"})
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=full, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        self.proc = start_pipeline(env, *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
