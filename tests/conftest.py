@@ -25,6 +25,23 @@ from pipeline.redis.keys import Keys
 from tests.support.workers import fast_settings
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files in an order that mixes the folders, each file's tests kept together and in order.
+
+    pytest-xdist's work stealing hands each process a contiguous share of the collection at
+    the start: in folder order the long multi-process scenarios (tests/scenarios, last
+    alphabetically) all fell to the last process and ran at the end, together, while the
+    other processes had run out of short tests. Ordered by a hash of the file's path they are
+    spread over the run (the same order every time)."""
+    import hashlib
+
+    def file_key(item: pytest.Item) -> str:
+        return hashlib.sha1(str(item.path).encode()).hexdigest()
+
+    position = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (file_key(item), position[id(item)]))
+
+
 def _port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.3):
