@@ -43,6 +43,7 @@ def record(kind: str, tag: str) -> None:
     """Synchronous push, for Celery, RQ and Dramatiq tasks (redis-py reconnects after a fork by
     itself; Dramatiq's threads share one pool, made once)."""
     global _sync
+    now = time.time()  # the job's start: before the recorder opens its connections
     if _sync is None:
         with _sync_lock:
             if _sync is None:
@@ -57,7 +58,7 @@ def record(kind: str, tag: str) -> None:
                 for connection in opened:
                     pool.release(connection)
                 _sync = redis.Redis(connection_pool=pool)
-    _sync.rpush(EVENTS, json.dumps([kind, tag, time.time(), os.getpid()]))
+    _sync.rpush(EVENTS, json.dumps([kind, tag, now, os.getpid()]))
 
 
 async def arecord(kind: str, tag: str) -> None:
@@ -67,6 +68,7 @@ async def arecord(kind: str, tag: str) -> None:
 
     import redis.asyncio as aioredis
 
+    now = time.time()  # the job's start: before the recorder opens its connections
     loop_id = id(asyncio.get_running_loop())
     entry = _async.get(loop_id)
     if entry is None:
@@ -75,7 +77,7 @@ async def arecord(kind: str, tag: str) -> None:
                                    asyncio.ensure_future(_open_all(pool)))
     client, opening = entry
     await opening
-    await client.rpush(EVENTS, json.dumps([kind, tag, time.time(), os.getpid()]))
+    await client.rpush(EVENTS, json.dumps([kind, tag, now, os.getpid()]))
 
 
 async def _open_all(pool: Any) -> None:

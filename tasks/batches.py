@@ -160,7 +160,7 @@ class DocumentRow:
         is stored and the document is `complete`, with nothing analysed on those pages: every
         view says so beside the state, never only `pipeline results`. Gemini reads such
         pages as images, so its results never carry this."""
-        if result_provider(self.result) != "offline":
+        if self.state.status != "complete" or result_provider(self.result) != "offline":
             return None
         runs = self.result.get("pages_without_text") or []
         blank = sorted({n for run in runs for n in range(int(run[0]), int(run[-1]) + 1)})

@@ -384,7 +384,7 @@ async def submit_uploads(
         async with _counter(client, services, s) as count:
             submission.warnings.extend(await _over_budget_warnings(
                 checked, budget_usd, prices, model, s, choice.mode == "batch",
-                label or batch_id[:12], now, count))  # fmt: skip
+                batch_id[:12], now, count))  # fmt: skip
 
     group: dict[str, Any] | None = None
     if choice.mode == "batch":

@@ -121,12 +121,15 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
         if follow_task not in done or worker.signalled:  # Ctrl-C, whichever ended first
             follow_task.cancel()
             await asyncio.gather(follow_task, worker_task, return_exceptions=True)
+            crash = None if worker_task.cancelled() else worker_task.exception()
+            if crash is not None and not worker.signalled:
+                raise crash  # the worker failed: not a stop, and not to be said as one
             # Said from what happened once the worker stopped, not what a stop usually does:
             # a job may have finished in the grace period, a call may have been cut off.
             await services.recorder.flush()
             view = await batch_view(client, services.engine, sub.made)
             cut = await asyncio.to_thread(cut_calls, services.engine, services.released,
-                                          started)  # fmt: skip
+                                          worker.signalled_at or started)  # fmt: skip
             if not services.released and all(d.status in ENDED for d in view.documents):
                 # every document ended within the grace period: its results are written and
                 # summed up as if the run had not been stopped
@@ -173,8 +176,10 @@ def stopped_words(view: BatchView, released: int, cut: CutCalls) -> str:
                 else "nothing went back to the queue")  # fmt: skip
     if cut.calls:
         said.append(cut.words())
-    if not left:
+    if not left and not ended:
         said.append(f"nothing to run again (results: `pipeline results {view.facts.batch_id}`)")
+    elif not left:
+        said.append(f"results: `pipeline results {view.facts.batch_id}`")
     else:
         said.append("run the same command again to continue"
                     + ("" if cut.calls else " (nothing is paid twice)"))
@@ -252,7 +257,8 @@ def say_redis_left_running() -> None:
     where = server.dir
     with contextlib.suppress(ValueError):  # shown from the working directory when under it
         where = where.relative_to(Path.cwd())
-    console.print(f"redis-server is still running (under {where}, pid {server.pid}) for "
+    pid = f", pid {server.pid}" if server.pid else ""
+    console.print(f"redis-server is still running (under {where}{pid}) for "
                   "`pipeline status` and `pipeline results`; stop it with "
                   "`pipeline redis stop`", highlight=False, soft_wrap=True,
                   markup=False)  # fmt: skip

@@ -102,7 +102,7 @@ def worker(
             log.info("tasks from: %s", ", ".join(modules) or "-")
             started = datetime.now(UTC)
             await w.run()
-            cut = await _cut_off(w.deps.get("services"), started)
+            cut = await _cut_off(w.deps.get("services"), w.signalled_at or started)
             if cut:
                 log.warning("%s", cut)
         finally:
@@ -113,7 +113,8 @@ def worker(
 
 async def _cut_off(services: Services | None, started: datetime) -> str:
     """What the jobs this worker released at shutdown lost: the calls they had in flight,
-    in words from the ledger's abandoned rows since `started`; "" when none was cut off."""
+    in words from the ledger's rows abandoned since `started` (the stop's first signal);
+    "" when none was cut off."""
     if services is None or not services.released:
         return ""
     from pipeline.ledger.cut import cut_calls

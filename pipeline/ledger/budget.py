@@ -72,9 +72,10 @@ def _advice(kind: str, name: str, needed: Decimal) -> str:
     admit the refused call."""
     if kind == "batch":
         ref = name.removeprefix("batch:")[:12]
-        return (f"the job ends over_budget and nothing more is charged; raise it with "
-                f"`pipeline budget {ref} --set {format_usd(needed)}`, then "
-                f"`pipeline retry {ref} --over-budget`")  # fmt: skip
+        return (f"the job ends over_budget and nothing more is charged; "
+                f"`pipeline budget {ref} --set {format_usd(needed)}` admits this call (the "
+                f"batch's other documents may need more: `pipeline submit --dry-run` prints "
+                f"each one's worst case), then `pipeline retry {ref} --over-budget`")  # fmt: skip
     if kind == "day":
         return "raise PIPELINE_BUDGET_DAY_USD or wait for the UTC day to turn (00:00 UTC)"
     return "raise PIPELINE_BUDGET_MONTH_USD or wait for the next UTC month"

@@ -48,9 +48,10 @@ class CutCalls:
 
 
 def cut_calls(engine: Engine, job_ids: Collection[str], since: datetime) -> CutCalls:
-    """The `abandoned` ledger rows of `job_ids` started at or after `since` (aware UTC):
-    the calls those jobs had in flight when this process stopped them. Reads committed
-    rows only: flush the recorder first."""
+    """The `abandoned` ledger rows of `job_ids` that ended at or after `since` (aware UTC;
+    the stop's first signal): the calls those jobs had in flight when this process stopped
+    them, not one an earlier attempt of the same job abandoned at its timeout. Reads
+    committed rows only: flush the recorder first."""
     ids = sorted(set(job_ids))
     calls, booked = 0, Decimal(0)
     start = since.astimezone(UTC)
@@ -60,7 +61,7 @@ def cut_calls(engine: Engine, job_ids: Collection[str], since: datetime) -> CutC
                 select(LLMCall.cost_usd).where(
                     LLMCall.job_id.in_(ids[i : i + _CHUNK]),
                     LLMCall.outcome == Outcome.ABANDONED.value,
-                    LLMCall.started_at >= start,
+                    LLMCall.finished_at >= start,
                 )
             ).all()
             calls += len(rows)

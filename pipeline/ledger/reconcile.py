@@ -329,12 +329,13 @@ class Reconciler:
         # A call counts in the day and month its hold does (budget_at, its reservation's
         # moment), not its row's started_at: read just after the reservation, that may be
         # the next day. A row that held nothing has no budget_at; started_at stands in.
+        # (budget_at is never after started_at, so `started_at >= since` finds them all.)
         with self.recorder.sessions() as session:
             rows = [(i, _utc(h or t), _money(c), o, b if in_batch else None)
                     for i, h, t, c, o, b, in_batch in session.execute(
                 select(LLMCall.id, LLMCall.budget_at, LLMCall.started_at, LLMCall.cost_usd,
                        LLMCall.outcome, LLMCall.batch_id, current)
-                .where(or_(LLMCall.started_at >= since, LLMCall.budget_at >= since, current))
+                .where(or_(LLMCall.started_at >= since, current))
             ).all()]  # fmt: skip
         calls: list[LedgerCall] = []
         for attempt_id, at, cost, outcome, batch_id in rows:

@@ -30,13 +30,16 @@ def ledger_window_spend(engine: Engine, at: datetime) -> dict[str, Decimal]:
     day = at.replace(hour=0, minute=0, second=0, microsecond=0)
     month = day.replace(day=1)
     next_month = (month + timedelta(days=32)).replace(day=1)
+    # the day and month a call's hold counted in (its reservation's moment, as the budget
+    # and the reconciler's floor count it); a row that held nothing: when it started
+    counted_at = func.coalesce(LLMCall.budget_at, LLMCall.started_at)
     out = {}
     with engine.connect() as conn:
         for kind, start, end in (("day", day, day + timedelta(days=1)),
                                  ("month", month, next_month)):  # fmt: skip
             total = conn.execute(
                 select(func.coalesce(func.sum(LLMCall.cost_usd), 0)).where(
-                    LLMCall.started_at >= start, LLMCall.started_at < end,
+                    counted_at >= start, counted_at < end,
                     LLMCall.outcome != Outcome.STARTED.value)
             ).scalar()  # fmt: skip
             out[kind] = to_decimal(total).quantize(Decimal("0.000000001"))

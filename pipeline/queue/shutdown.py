@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from pipeline.queue.job import Job
@@ -44,6 +45,8 @@ class GracefulShutdown:
     def stop(self) -> None:
         raise NotImplementedError
 
+    signalled_at: datetime | None = None  # when the first SIGTERM/SIGINT came (aware UTC)
+
     @property
     def signalled(self) -> bool:
         """Whether SIGTERM/SIGINT asked this worker to stop (not `stop()` or a burst's end)."""
@@ -58,6 +61,7 @@ class GracefulShutdown:
     def _on_signal(self) -> None:
         self._signals += 1
         if self._signals == 1:
+            self.signalled_at = datetime.now(UTC)
             log.warning(
                 "stopping: no new jobs; %d running get %.0fs to finish (signal again to "
                 "release them now, cutting off what they are doing)",

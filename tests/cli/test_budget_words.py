@@ -60,10 +60,12 @@ def test_a_budget_each_document_fits_but_not_their_sum_says_may(
         r = run_cli(env, "submit", *EXAMPLES, "--budget", str(budget), "--label", "sum-w",
                     "--json")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    [warning] = json.loads(r.stdout)["warnings"]
+    sub = json.loads(r.stdout)
+    [warning] = sub["warnings"]
     assert "will" not in warning and "may end over budget" in warning, warning
     assert dollars(sum(worst.values())) in warning
-    assert "pipeline budget sum-w --set" in warning  # the batch as the user named it
+    # by its id, never its label: a label can be shared, or read as another batch's id prefix
+    assert f"pipeline budget {sub['batch_id'][:12]} --set" in warning, warning
 
 
 def test_a_budget_set_below_one_call_says_it_was_not_changed_and_what_would_be_accepted(
