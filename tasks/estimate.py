@@ -98,7 +98,9 @@ async def document_bound(
 
     Returns estimate_document's keys ("input_tokens", "worst_case_usd",
     "worst_case_batch_usd", "calls", "largest_call_usd", "largest_call_batch_usd"), money as
-    Decimal, with "token_source": "countTokens". Raises what `count` raises."""
+    Decimal, with "token_source": "countTokens" and "largest_counted_call_usd" /
+    "largest_counted_call_batch_usd" (the costliest call whose input was counted, the merge
+    left out). Raises what `count` raises."""
     from pipeline.llm.spend import bound_usd
     from tasks.pdf import split_pages
     from tasks.plan import (
@@ -127,6 +129,7 @@ async def document_bound(
         tokens += counted
         cost, batch_cost = cost + call, batch_cost + batch_call
         largest, largest_batch = max(largest, call), max(largest_batch, batch_call)
+    counted_largest, counted_largest_batch = largest, largest_batch
     if len(ranges) > 1:  # the merge reads the map answers: estimated; interactive either way
         t = len(ranges) * MAX_OUTPUT_TOKENS + prompt_tokens(prompt)
         tokens += t
@@ -135,7 +138,10 @@ async def document_bound(
         largest, largest_batch = max(largest, merge), max(largest_batch, merge)
     return {"input_tokens": tokens, "worst_case_usd": cost, "worst_case_batch_usd": batch_cost,
             "calls": len(ranges) + (len(ranges) > 1), "largest_call_usd": largest,
-            "largest_call_batch_usd": largest_batch, "token_source": "countTokens"}  # fmt: skip
+            "largest_call_batch_usd": largest_batch,
+            "largest_counted_call_usd": counted_largest,
+            "largest_counted_call_batch_usd": counted_largest_batch,
+            "token_source": "countTokens"}  # fmt: skip
 
 
 async def estimate_counted(

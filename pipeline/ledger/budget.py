@@ -43,6 +43,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from pipeline.errors import BudgetExceeded, InputError
+from pipeline.ledger.budget_words import RAISE, scope_words, would_exceed
 from pipeline.money import dollars, format_usd
 from pipeline.redis.connection import text
 from pipeline.redis.keys import Keys
@@ -58,48 +59,6 @@ _LUA = Path(__file__).with_name("lua")
 STATE_TTL_S = 3 * 86400
 # How long a scope's totals are kept after their last change, by kind.
 SCOPE_TTL_S = {"batch": 90 * 86400, "day": 3 * 86400, "month": 62 * 86400}
-
-def scope_words(kind: str, name: str) -> str:
-    """A scope as a person knows it: a batch by its short id (what `pipeline budget` and
-    `pipeline retry` take), a day or a month by its date; `name` is the scope's key name
-    (e.g. "batch:<id>", "day:2026-11-21")."""
-    plain = name.removeprefix(f"{kind}:")
-    return f"the budget of batch {plain[:12]}" if kind == "batch" else f"{kind} budget {plain}"
-
-
-def _advice(kind: str, name: str, needed: Decimal) -> str:
-    """What to do about a refusal no wait can lift; `needed` (USD) is the limit that would
-    admit the refused call."""
-    if kind == "batch":
-        ref = name.removeprefix("batch:")[:12]
-        return (f"the job ends over_budget and nothing more is charged; "
-                f"`pipeline budget {ref} --set {format_usd(needed)}` admits this call (the "
-                f"batch's other documents may need more: `pipeline submit --dry-run` prints "
-                f"each one's worst case), then `pipeline retry {ref} --over-budget`")  # fmt: skip
-    if kind == "day":
-        return "raise PIPELINE_BUDGET_DAY_USD or wait for the UTC day to turn (00:00 UTC)"
-    return "raise PIPELINE_BUDGET_MONTH_USD or wait for the next UTC month"
-
-
-def would_exceed(
-    kind: str, name: str, spent: Decimal, worst: Decimal, limit: Decimal, what: str = "this call"
-) -> BudgetExceeded:
-    """The refusal of `what` (worst case `worst` USD) by a scope whose settled spend alone
-    leaves no room for it: waiting cannot help, so the advice is to raise the limit."""
-    return BudgetExceeded(
-        f"{scope_words(kind, name)} would be exceeded: {dollars(spent)} spent + "
-        f"{dollars(worst)} worst case for {what} > limit {dollars(limit)}; "
-        f"{_advice(kind, name, spent + worst)}",
-        scope=kind, scope_name=name, spent_usd=spent, limit_usd=limit,
-    )  # fmt: skip
-
-
-_RAISE = {
-    "batch": "raise the batch's limit (Budget.raise_limit) above it",
-    "day": "raise PIPELINE_BUDGET_DAY_USD above it",
-    "month": "raise PIPELINE_BUDGET_MONTH_USD above it",
-}
-
 
 def day_month_scopes(at: datetime) -> tuple[str, str]:
     """The names of the UTC day and month budget scopes a call counted at `at` is in:
@@ -279,7 +238,7 @@ class Budget:
                     f"{scope_words(scope.kind, scope.name)} stopped admitting calls after a call "
                     f"was billed more than its reservation ({dollars(spent)} spent, limit "
                     f"{dollars(limit)}); "
-                    f"check the ledger rows marked 'budget overrun', then {_RAISE[scope.kind]}",
+                    f"check the ledger rows marked 'budget overrun', then {RAISE[scope.kind]}",
                     scope=scope.kind,
                     stopped=True,
                 )
