@@ -264,7 +264,9 @@ class LLMCaller:
             started_at=self.clock(),
             # The day and month the hold counts in, as the reservation chose them: read
             # after it, the clock may be past midnight UTC (the row's day is not the hold's).
-            budget_at=reservation.at if reservation is not None else None,
+            # (a SpendLimit's token is whatever its reserve returns: only the ledger's
+            # Reservation carries a time)
+            budget_at=getattr(reservation, "at", None),
             estimated_cost_usd=estimate,
             price_version=price_version(self.prices),
             job_id=state.ids.job_id,
