@@ -65,7 +65,10 @@ def test_cancel_ends_queued_work_at_once_and_running_work_cooperatively(
             r = cli(env, "cancel", batch[:12], "--json")
             assert r.returncode == 0, r.stderr
             done = json.loads(r.stdout)
-            assert (done["cancelled"], done["cancelling"]) == (2, 1), done
+            # (the worker's log says why, if a second job was active: a call that failed
+            # early and a claim beside its settlement, or something else)
+            assert (done["cancelled"], done["cancelling"]) == (2, 1), (done,
+                                                                     worker.output()[-4000:])
 
             # A running job's worker notices the cancel within a liveness tick (a second),
             # long before its 30 s call would have answered.
