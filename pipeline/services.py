@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from pipeline.ledger.budget import Budget
+    from pipeline.ledger.cut import CutCalls
     from pipeline.ledger.recorder import SqlRecorder
     from pipeline.llm.caller import LLMCaller
     from pipeline.llm.limiter import Limiter
@@ -111,6 +112,17 @@ class Services:
     # Jobs this process's worker gave back to their queues at shutdown: what a stop reports
     # (the calls they had in flight were cut off, ledger/cut.py).
     released: list[str] = field(default_factory=list)
+
+    async def cut_off(self, since: datetime) -> CutCalls:
+        """The calls the jobs this process released had in flight when it stopped (`since`:
+        the stop's first signal), from the ledger's abandoned rows, the recorder flushed
+        first (ledger/cut.py)."""
+        from pipeline.ledger.cut import CutCalls, cut_calls
+
+        if not self.released:
+            return CutCalls()
+        await self.recorder.flush()
+        return await asyncio.to_thread(cut_calls, self.engine, self.released, since)
 
     def retry_budget(self, job_id: str) -> RetryBudget:
         """The job's budget of provider attempts (PIPELINE_MAX_CALL_ATTEMPTS_PER_JOB)."""

@@ -85,7 +85,6 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
                mode: str | None = None, deadline: str | None = None) -> int:  # fmt: skip
     from pipeline.cli.follow import follow
     from pipeline.cli.worker import import_task_modules
-    from pipeline.ledger.cut import cut_calls
     from pipeline.services import build_worker, open_services
     from tasks.batches import batch_view
     from tasks.status import ENDED
@@ -128,8 +127,7 @@ async def _run(paths: list[str], model: str | None, budget: Any, priority: str |
             # a job may have finished in the grace period, a call may have been cut off.
             await services.recorder.flush()
             view = await batch_view(client, services.engine, sub.made)
-            cut = await asyncio.to_thread(cut_calls, services.engine, services.released,
-                                          worker.signalled_at or started)  # fmt: skip
+            cut = await services.cut_off(worker.signalled_at or started)
             if not services.released and all(d.status in ENDED for d in view.documents):
                 # every document ended within the grace period: its results are written and
                 # summed up as if the run had not been stopped

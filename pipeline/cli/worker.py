@@ -102,26 +102,15 @@ def worker(
             log.info("tasks from: %s", ", ".join(modules) or "-")
             started = datetime.now(UTC)
             await w.run()
-            cut = await _cut_off(w.deps.get("services"), w.signalled_at or started)
-            if cut:
-                log.warning("%s", cut)
+            services: Services | None = w.deps.get("services")
+            if services is not None:
+                cut = await services.cut_off(w.signalled_at or started)
+                if cut.calls:
+                    log.warning("%s", cut.words())
         finally:
             await client.aclose()
 
     eventloop.run(main())
-
-
-async def _cut_off(services: Services | None, started: datetime) -> str:
-    """What the jobs this worker released at shutdown lost: the calls they had in flight,
-    in words from the ledger's rows abandoned since `started` (the stop's first signal);
-    "" when none was cut off."""
-    if services is None or not services.released:
-        return ""
-    from pipeline.ledger.cut import cut_calls
-
-    await services.recorder.flush()
-    cut = await asyncio.to_thread(cut_calls, services.engine, services.released, started)
-    return cut.words()
 
 
 @dead_app.command("list")
