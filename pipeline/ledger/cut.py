@@ -18,11 +18,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from pipeline.ledger.models import LLMCall
+from pipeline.ledger.report import NANO
 from pipeline.llm.attempts import Outcome
-from pipeline.money import LEDGER_PLACES, dollars, to_decimal
+from pipeline.money import dollars, to_decimal
 from pipeline.words import counted
 
-NANO = Decimal(1).scaleb(-LEDGER_PLACES)  # one nano-dollar, the ledger's unit
 _CHUNK = 500  # ids per IN (...): SQLite's bound-parameter limit is far above this
 
 

@@ -228,7 +228,7 @@ PAID_BY = {
 def series_label(model: str, provider: str | None) -> str:
     """A chart series' name: the model and who answered, e.g. "gemini-3.5-flash-lite
     (emulator rehearsal, never billed)"; the offline analyzer's is named once."""
-    if provider == "offline":
+    if provider == OFFLINE:
         return "offline analyzer ($0)"
     return f"{model} ({PAID_BY.get(provider or '', provider)})"
 
