@@ -34,6 +34,7 @@ from tests.documents.conftest import S3, assert_no_pdf_bytes_in_redis, run_until
 from tests.support.api import api_client, api_settings, pdf_files
 from tests.support.cli import run_cli
 from tests.support.pdfs import make_pdf
+from tests.support.waiting import until
 from tests.support.workers import WorkerProcess
 
 
@@ -242,10 +243,8 @@ def test_two_machines_one_bucket_submitted_on_one_analysed_on_the_other(
         (doc,) = json.loads(res.stdout)
         parts = doc["analysis"]["parts"]
         assert [(p["first_page"], p["last_page"]) for p in parts] == [(1, 2), (3, 4), (5, 5)]
-        deadline = time.monotonic() + 30  # the bytes go in a hook after the job's end
-        while s3.names():
-            assert time.monotonic() < deadline, f"still stored: {s3.names()}"
-            time.sleep(0.1)
+        # the bytes go in a hook after the job's end
+        until(lambda: not s3.names(), 30, "the stored bytes to go")
     finally:
         worker.close()
     for home in (tmp_path / "submitter", tmp_path / "worker"):

@@ -6,8 +6,6 @@ JSON lines with --log-format json. Real Redis, `pipeline worker` processes."""
 from __future__ import annotations
 
 import json
-import time
-from typing import Any
 
 import redis
 
@@ -17,15 +15,8 @@ from tests.scenarios.helpers import analysis_worker
 from tests.support import metrics_tasks
 from tests.support.cli import EXAMPLES
 from tests.support.cli import run_cli as cli
+from tests.support.waiting import until
 from tests.support.workers import WorkerProcess, fast_settings
-
-
-def _until(check: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.1)
 
 
 async def _work_and_break(redis_url: str, prefix: str) -> tuple[str, str]:
@@ -47,7 +38,7 @@ async def test_a_line_per_job_and_the_traceback_of_a_failing_task(
                            imports=("tests.support.metrics_tasks",))  # fmt: skip
     try:
         ok, bad = await _work_and_break(redis_url, key_prefix)
-        _until(lambda: f"job {bad} m.broken dead in" in worker.output(), 30, "the dead line")
+        until(lambda: f"job {bad} m.broken dead in" in worker.output(), 30, "the dead line")
         out = worker.output()
     finally:
         worker.close()
@@ -69,7 +60,7 @@ async def test_json_lines_carry_the_job_fields_and_the_traceback(
                            imports=("tests.support.metrics_tasks",))  # fmt: skip
     try:
         _, bad = await _work_and_break(redis_url, key_prefix)
-        _until(lambda: '"outcome": "dead"' in worker.output(), 30, "the dead record")
+        until(lambda: '"outcome": "dead"' in worker.output(), 30, "the dead record")
         lines = [ln for ln in worker.output().splitlines() if ln.strip()]
     finally:
         worker.close()

@@ -22,6 +22,7 @@ from tests.support.cli import EXAMPLES
 from tests.support.cli import run_cli as cli
 from tests.support.emulator import start_emulator
 from tests.support.pdfs import make_pdf
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -36,16 +37,6 @@ def _calls(env: dict[str, str]) -> list[Any]:
         engine.dispose()
 
 
-def _until(check: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    value = None
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {value!r})")
-
 
 def test_cancel_ends_queued_work_at_once_and_running_work_cooperatively(
     pipeline_env: dict[str, str], redis_url: str, sredis: redis.Redis
@@ -57,7 +48,7 @@ def test_cancel_ends_queued_work_at_once_and_running_work_cooperatively(
             sub = cli(env, "submit", *EXAMPLES[:3], "--json")
             assert sub.returncode == 0, sub.stderr
             batch = json.loads(sub.stdout)["batch_id"]
-            _until(lambda: any(c.outcome == "started" for c in _calls(env)), 60,
+            until(lambda: any(c.outcome == "started" for c in _calls(env)), 60,
                    "a call in flight")  # fmt: skip
             data = status_json(env, batch)
             assert sorted(data["by_state"].items()) == [("queued", 2), ("running", 1)], data
@@ -72,7 +63,7 @@ def test_cancel_ends_queued_work_at_once_and_running_work_cooperatively(
 
             # A running job's worker notices the cancel within a liveness tick (a second),
             # long before its 30 s call would have answered.
-            _until(lambda: status_json(env, batch)["by_state"] == {"cancelled": 3}, 180,
+            until(lambda: status_json(env, batch)["by_state"] == {"cancelled": 3}, 180,
                    "every document cancelled")  # fmt: skip
             calls = _calls(env)
             assert [c.outcome for c in calls] == ["abandoned"]  # booked as such, not $0

@@ -30,6 +30,7 @@ from pipeline.settings import load_settings
 from tests.support import ROOT, metrics_tasks
 from tests.support.emulator import start_emulator
 from tests.support.paid_workers import llm_env
+from tests.support.waiting import until
 from tests.support.workers import WorkerProcess
 
 CHROMIUM = "/usr/bin/chromium"
@@ -156,7 +157,7 @@ def test_dashboard_in_chromium(
             job_id = page.get_attribute("button[data-retry]", "data-retry")
             assert job_id
             page.click(f"button[data-retry='{job_id}']")
-            _until(lambda: _dead_again(redis_url, key_prefix, job_id), 30, "the retried job")
+            until(lambda: _dead_again(redis_url, key_prefix, job_id), 30, "the retried job")
             seen_ms = int(time.time() * 1000)
             # Spend reaches the chart once the analyses are in the ledger.
             _wait_js(page,
@@ -210,11 +211,3 @@ def _dead_again(redis_url: str, prefix: str, job_id: str) -> bool:
         return bool(requeued) and state == "dead"
     finally:
         client.close()
-
-
-def _until(check: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
