@@ -49,7 +49,7 @@ from pipeline.storage.holds import hold
 from pipeline.storage.local import local_file
 from tasks.analysis_call import analysis_call
 from tasks.batch_mode import wait_for_batch  # and registers collect_batch_group
-from tasks.fit import Fitted, fit_parts, source_of
+from tasks.fit import Fitted, plan_requests, source_of
 from tasks.merge import (
     merge_document_type,
     merge_entities,
@@ -63,7 +63,6 @@ from tasks.plan import (
     THINKING_BUDGET_TOKENS,
     analyze_prompt,
     analyze_request,
-    chunk_ranges,
     estimate_input_tokens,
     prompt_tokens,
 )
@@ -124,17 +123,6 @@ async def _inspect(ctx: JobContext, pdf: Part, name: str, find_blank: bool) -> d
     return info
 
 
-async def _readable_copy(ctx: JobContext, pdf: Part, info: dict[str, Any]) -> Part:
-    """The PDF as every provider can read it, its page count known: an empty-password
-    encrypted file (accepted by the validity rule) is sent as its decrypted copy (bytes), so
-    the offline analyzer and Gemini see the same pages submit accepted (field case 14)."""
-    pages = int(info["page_count"])
-    if not info.get("encrypted"):
-        return dataclasses.replace(pdf, pages=pages)
-    parts: list[bytes] = await ctx.run_cpu("tasks.pdf:split_file", source_of(pdf), [[1, pages]])
-    return Part(data=parts[0], mime_type="application/pdf", pages=pages)
-
-
 async def _analyse_part(
     ctx: JobContext, args: dict[str, Any], pdf: Part, *, part: int, first: int, last: int,
     page_count: int, blank: list[int], request: LLMRequest | None = None,
@@ -159,24 +147,22 @@ async def _analyse_part(
 async def plan_document(
     ctx: JobContext, original: Part, name: str, model: str, find_blank: bool = True
 ) -> tuple[int, list[Fitted], list[int]]:
-    """A submitted PDF's (by path or bytes) page count, the requests that analyse it (one
-    when it fits one call, sending the readable PDF as given) and, with `find_blank`, its
-    pages without text (else []). Raises Permanent for a PDF that is gone, refused or too
-    large."""
+    """A submitted PDF's (by path or bytes) page count, the requests that analyse it
+    (tasks/fit.plan_requests, split in the process pool) and, with `find_blank`, its pages
+    without text (else []). Raises Permanent for a PDF that is gone, refused or too large."""
     s = ctx.client.settings
-    prompt = analyze_prompt()
     info = await _inspect(ctx, original, name, find_blank)
-    pdf = await _readable_copy(ctx, original, info)
     pages = int(info["page_count"])
-    ranges = chunk_ranges(pages, pdf.byte_size, model, s.context_budget_tokens,
-                          s.max_inline_request_bytes)  # fmt: skip
 
-    def build(part: Part, first: int, last: int) -> LLMRequest:
-        return analyze_request(model, prompt, part, filename=name, page_count=pages,
-                               first_page=first, last_page=last)  # fmt: skip
+    async def split(source: bytes | str, ranges: list[list[int]]) -> list[bytes]:
+        parts: list[bytes] = await ctx.run_cpu("tasks.pdf:split_file", source, ranges)
+        return parts
 
     try:  # each part's real request, not the average, is checked against the inline limit
-        fitted = await fit_parts(ctx, pdf, pages, ranges, build, s.max_inline_request_bytes)
+        fitted = await plan_requests(split, original, pages, bool(info.get("encrypted")),
+                                     model=model, name=name,
+                                     context_budget_tokens=s.context_budget_tokens,
+                                     max_request_bytes=s.max_inline_request_bytes)  # fmt: skip
     except RequestTooLarge as exc:
         raise Permanent(str(exc), reason=Reason.REQUEST_TOO_LARGE) from None
     return pages, fitted, list(info["pages_without_text"] or [])

@@ -91,53 +91,49 @@ async def document_bound(
     upload: Upload, pages: int, model: str, count: Count, prices: PriceTable, at: datetime,
     *, context_budget_tokens: int, max_request_bytes: int,
 ) -> dict[str, Any]:  # fmt: skip
-    """One document's worst case as the worker reserves it: each map call's request built as
-    tasks/analyze.py builds it, counted by `count`, priced by pipeline/llm/spend.bound_usd
-    (the worker's reservation); a merge call's input (the map answers) cannot exist yet and
-    is estimated. The dry run, the submit-time warning and the worker so quote one figure.
+    """One document's worst case as the worker reserves it: its map requests planned by the
+    worker's own planning (tasks/fit.plan_requests: the readable copy, the ranges, every part
+    measured and re-split until it fits), each counted by `count`, priced by
+    pipeline/llm/spend.bound_usd (the worker's reservation); a merge call's input (the map
+    answers) cannot exist yet and is estimated. The dry run, the submit-time warning and the
+    worker so quote one figure.
 
     Returns estimate_document's keys ("input_tokens", "worst_case_usd",
     "worst_case_batch_usd", "calls", "largest_call_usd", "largest_call_batch_usd"), money as
     Decimal, with "token_source": "countTokens" and "largest_counted_call_usd" /
     "largest_counted_call_batch_usd" (the costliest call whose input was counted, the merge
-    left out). Raises what `count` raises."""
+    left out). Raises what `count` raises, and RequestTooLarge for a page no request can
+    carry (submit refuses such a file first)."""
+    from pipeline.llm.provider import Part
     from pipeline.llm.spend import bound_usd
-    from tasks.pdf import split_pages
-    from tasks.plan import (
-        MAX_OUTPUT_TOKENS,
-        OUTPUT_BOUND_TOKENS,
-        analyze_prompt,
-        analyze_request,
-        chunk_ranges,
-        prompt_tokens,
-    )
+    from tasks.fit import plan_requests, split_in_thread
+    from tasks.pdf import is_encrypted
+    from tasks.plan import MAX_OUTPUT_TOKENS, OUTPUT_BOUND_TOKENS, analyze_prompt, prompt_tokens
 
-    prompt = analyze_prompt()
-    ranges = chunk_ranges(pages, len(upload.data), model, context_budget_tokens,
-                          max_request_bytes)  # fmt: skip
-    parts = ([upload.data] if len(ranges) == 1
-             else await asyncio.to_thread(split_pages, upload.data, ranges))  # fmt: skip
+    encrypted = await asyncio.to_thread(is_encrypted, upload.data)
+    fitted = await plan_requests(split_in_thread, Part.pdf(upload.data), pages, encrypted,
+                                 model=model, name=upload.name,
+                                 context_budget_tokens=context_budget_tokens,
+                                 max_request_bytes=max_request_bytes)  # fmt: skip
     tokens, cost, batch_cost = 0, Decimal(0), Decimal(0)
     largest, largest_batch = Decimal(0), Decimal(0)
-    for (first, last), part in zip(ranges, parts, strict=True):
-        request = analyze_request(model, prompt, part, filename=upload.name, page_count=pages,
-                                  first_page=first, last_page=last)  # fmt: skip
-        counted = int(await count(request))
-        call = bound_usd(prices, request, counted, at)
-        batch_call = prices.worst_case_cost(model, counted, request.output_bound_tokens, at,
+    for fit in fitted:
+        counted = int(await count(fit.request))
+        call = bound_usd(prices, fit.request, counted, at)
+        batch_call = prices.worst_case_cost(model, counted, fit.request.output_bound_tokens, at,
                                             batch=True)  # fmt: skip
         tokens += counted
         cost, batch_cost = cost + call, batch_cost + batch_call
         largest, largest_batch = max(largest, call), max(largest_batch, batch_call)
     counted_largest, counted_largest_batch = largest, largest_batch
-    if len(ranges) > 1:  # the merge reads the map answers: estimated; interactive either way
-        t = len(ranges) * MAX_OUTPUT_TOKENS + prompt_tokens(prompt)
+    if len(fitted) > 1:  # the merge reads the map answers: estimated; interactive either way
+        t = len(fitted) * MAX_OUTPUT_TOKENS + prompt_tokens(analyze_prompt())
         tokens += t
         merge = prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, at)
         cost, batch_cost = cost + merge, batch_cost + merge
         largest, largest_batch = max(largest, merge), max(largest_batch, merge)
     return {"input_tokens": tokens, "worst_case_usd": cost, "worst_case_batch_usd": batch_cost,
-            "calls": len(ranges) + (len(ranges) > 1), "largest_call_usd": largest,
+            "calls": len(fitted) + (len(fitted) > 1), "largest_call_usd": largest,
             "largest_call_batch_usd": largest_batch,
             "largest_counted_call_usd": counted_largest,
             "largest_counted_call_batch_usd": counted_largest_batch,

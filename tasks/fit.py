@@ -8,18 +8,35 @@ request is built and measured (`LLMRequest.payload_bytes`: base64 PDF, prompt, s
 before anything is sent; a part over the limit is split in two and measured again, and a
 single page that alone is over it is refused (`RequestTooLarge`). Submit applies the same
 rule to single pages (tasks/pdf.py), so such a file is normally refused at the door.
+
+`plan_requests` is the one planning of a document's requests: the worker runs it before its
+calls (tasks/analyze.py) and the dry run and the submit-time budget warning before pricing
+them (tasks/estimate.py), each with its own way to split a PDF (`Split`: the worker's process
+pool, or a thread), so the requests priced are the requests the worker sends and reserves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pipeline.errors import RequestTooLarge
 from pipeline.llm.provider import LLMRequest, Part
-from pipeline.queue.context import JobContext
+from tasks.pdf import split_file
+from tasks.plan import analyze_prompt, analyze_request, chunk_ranges
 
 MB = 1024 * 1024
+
+# How a PDF (path or bytes) is cut into standalone PDFs of these 1-based inclusive page
+# ranges: tasks/pdf.py's `split_file`, run where the caller runs CPU-heavy work.
+Split = Callable[[bytes | str, list[list[int]]], Awaitable[list[bytes]]]
+
+
+async def split_in_thread(source: bytes | str, ranges: list[list[int]]) -> list[bytes]:
+    """`Split` on a thread of this process (the dry run and submit: no process pool)."""
+    return await asyncio.to_thread(split_file, source, [(a, b) for a, b in ranges])
 
 
 @dataclass(frozen=True)
@@ -41,8 +58,39 @@ def source_of(part: Part) -> bytes | str:
     return part.data
 
 
+async def readable_copy(split: Split, pdf: Part, page_count: int, encrypted: bool) -> Part:
+    """The PDF as every provider can read it, its page count known: an empty-password
+    encrypted file (accepted by the validity rule) is sent as its decrypted copy (bytes), so
+    the offline analyzer and Gemini see the same pages submit accepted (field case 14)."""
+    if not encrypted:
+        return dataclasses.replace(pdf, pages=page_count)
+    parts = await split(source_of(pdf), [[1, page_count]])
+    return Part(data=parts[0], mime_type="application/pdf", pages=page_count)
+
+
+async def plan_requests(
+    split: Split, pdf: Part, page_count: int, encrypted: bool, *, model: str, name: str,
+    context_budget_tokens: int, max_request_bytes: int,
+) -> list[Fitted]:  # fmt: skip
+    """A checked PDF's (`encrypted`: opened with the empty password) map requests, in page
+    order: its readable copy, cut into the ranges planned from its average page size
+    (tasks/plan.chunk_ranges), each part's real request measured and split again until it
+    fits (`fit_parts`). One request, carrying the readable PDF as given, when it fits one
+    call. Raises RequestTooLarge for a page no request can carry."""
+    prompt = analyze_prompt()
+    whole = await readable_copy(split, pdf, page_count, encrypted)
+    ranges = chunk_ranges(page_count, whole.byte_size, model, context_budget_tokens,
+                          max_request_bytes)  # fmt: skip
+
+    def build(part: Part, first: int, last: int) -> LLMRequest:
+        return analyze_request(model, prompt, part, filename=name, page_count=page_count,
+                               first_page=first, last_page=last)  # fmt: skip
+
+    return await fit_parts(split, whole, page_count, ranges, build, max_request_bytes)
+
+
 async def fit_parts(
-    ctx: JobContext,
+    split: Split,
     whole: Part,
     page_count: int,
     ranges: list[tuple[int, int]],
@@ -53,16 +101,14 @@ async def fit_parts(
     over `max_request_bytes` split in halves until it fits, in page order.
 
     `whole` is the document (by path or bytes); it is its own part when it fits in one
-    call, else the parts are split from it (in the process pool) as bytes. `build(part,
-    first, last)` makes the request for a part. Raises RequestTooLarge for a single page
+    call, else the parts are split from it (by `split`) as bytes. `build(part, first,
+    last)` makes the request for a part. Raises RequestTooLarge for a single page
     that cannot fit.
     """
     if ranges == [(1, page_count)]:
         parts = [whole]
     else:
-        split = await ctx.run_cpu("tasks.pdf:split_file", source_of(whole),
-                                  [list(r) for r in ranges])  # fmt: skip
-        parts = [Part.pdf(p) for p in split]
+        parts = [Part.pdf(p) for p in await split(source_of(whole), [list(r) for r in ranges])]
     pending = list(zip(ranges, parts, strict=True))
     fitted: list[Fitted] = []
     while pending:
@@ -79,9 +125,7 @@ async def fit_parts(
                 "it fit: reduce the page's image resolution or remove it, and submit again"
             )
         middle = (first + last) // 2
-        halves = await ctx.run_cpu(
-            "tasks.pdf:split_file", source_of(whole), [[first, middle], [middle + 1, last]]
-        )
+        halves = await split(source_of(whole), [[first, middle], [middle + 1, last]])
         pending[0:0] = [((first, middle), Part.pdf(halves[0])),
                         ((middle + 1, last), Part.pdf(halves[1]))]  # fmt: skip
     return fitted

@@ -163,6 +163,15 @@ def inspect_for_analysis(source: bytes | str, max_bytes: int, max_pages: int, na
     return info
 
 
+def is_encrypted(data: bytes) -> bool:
+    """Whether `data` (a PDF the validity rule accepted) is encrypted with the empty
+    password, so the worker sends its decrypted copy; reads the trailer, not the pages."""
+    try:
+        return bool(PdfReader(io.BytesIO(data), strict=False).is_encrypted)
+    except Exception as exc:  # the validity rule opened it: say what failed if not now
+        raise corrupt_error("the file", exc) from None
+
+
 def split_file(source: bytes | str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     """`split_pages` of a path (read in this process) or of bytes."""
     return split_pages(_read(source), ranges)

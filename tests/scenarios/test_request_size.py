@@ -6,15 +6,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 import redis
 from fpdf import FPDF
 from PIL import Image
 
+from pipeline.llm.pricing import PriceTable
 from pipeline.queue.job import State
+from tasks.estimate import document_bound
 from tasks.pdf import split_pages
-from tasks.plan import analyze_prompt, analyze_request, chunk_ranges
+from tasks.plan import (
+    MAX_OUTPUT_TOKENS,
+    OUTPUT_BOUND_TOKENS,
+    analyze_prompt,
+    analyze_request,
+    chunk_ranges,
+    prompt_tokens,
+)
 from tasks.submission import Upload
 from tests.support.emulator import RunningEmulator, start_emulator
 from tests.support.paid_rig import assert_ledger_is_the_bill, running_pipeline
@@ -60,13 +70,30 @@ async def test_a_part_over_the_limit_is_split_again_before_anything_is_sent(
     data = pdf_with_noise(6, {1: 40, 2: 120, 3: 40, 4: 40, 5: 40, 6: 40})
     planned = chunk_ranges(6, len(data), MODEL, 200_000, LIMIT)
     assert max(_request_sizes(data, 6, planned)) > LIMIT  # the average plan would be refused
+    prices, at = PriceTable.load(), datetime.now(UTC)
     async with running_pipeline(emu, redis_url, key_prefix,
                                 max_inline_request_bytes=LIMIT) as rig:  # fmt: skip
+        # what the dry run and the submit-time budget warning quote for this document
+        quoted = await document_bound(
+            Upload("mixed.pdf", data), 6, MODEL, rig.services.provider.count_tokens, prices,
+            at, context_budget_tokens=rig.client.settings.context_budget_tokens,
+            max_request_bytes=LIMIT)  # fmt: skip
+        counted_before = emu.stats()["requests_total"]
         sub = await rig.submit(Upload("mixed.pdf", data))
         assert sub.documents[0].status == "queued", sub.documents[0].reason
         job = await rig.finished(sub.job_ids[0])
         rows = rig.calls()
     stats = emu.stats()
+    # The quote planned the requests the worker sent (the heavy page's part split again),
+    # and each map call's worst case is the worker's reservation for it.
+    maps = [r for r in rows if not r.job_id.endswith("-reduce")]
+    assert quoted["calls"] == len(maps) + 1 == stats["generate_requests"]
+    assert quoted["largest_counted_call_usd"] == max(r.estimated_cost_usd for r in maps)
+    merge_tokens = len(maps) * MAX_OUTPUT_TOKENS + prompt_tokens(analyze_prompt())
+    merge_usd = prices.worst_case_cost(MODEL, merge_tokens, OUTPUT_BOUND_TOKENS, at)
+    assert quoted["worst_case_usd"] - merge_usd == sum(r.estimated_cost_usd for r in maps)
+    assert quoted["input_tokens"] - merge_tokens == sum(r.input_tokens for r in maps)
+    assert counted_before == len(maps)  # the quote counted each map request, generated none
     assert job.state == State.COMPLETE, job.error
     assert job.result is not None and job.result["page_count"] == 6
     assert stats["by_status"].get("400") is None  # nothing refused for its size
