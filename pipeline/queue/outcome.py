@@ -29,6 +29,7 @@ from pipeline.queue.batcher import ScriptBatcher
 from pipeline.queue.job import Job
 from pipeline.queue.scripts import Scripts, settle_keys
 from pipeline.queue.stats import Stats
+from pipeline.redis.connection import text
 from pipeline.redis.keys import EVENTS_MAXLEN, Keys
 from pipeline.redis.replication import ReplicaWait
 
@@ -125,12 +126,15 @@ async def finish(
     stats: Stats,
     replicas: ReplicaWait | None = None,
     batcher: ScriptBatcher | None = None,
-) -> bool:
+) -> str | None:
     """Apply with the fencing token (and count it, in the same script); keep trying through a
     Redis outage for one lease; with `replicas`, wait for one to acknowledge (WAIT) so the
     settlement survives a failover. With `batcher` and no replica to wait for (the cached
     count), the call shares one round trip with the other settlements of this loop turn.
-    False means refused (stale token: logged and counted here) or given up: the lease will
+
+    Returns the outcome applied: `s.outcome`, or "cancelled" when the job was cancelled while
+    this attempt ran and `s.outcome` would have brought it back (retry, postpone, release).
+    None means refused (stale token: logged and counted here) or given up: the lease will
     bring the job back."""
     deadline = time.monotonic() + max(job.lease_ms / 1000, 5)
     ran_s = time.time() - job.started_ms / 1000 if job.started_ms else 0.0
@@ -147,6 +151,7 @@ async def finish(
         EVENTS_MAXLEN,
         *stat_args,
         s.reason,
+        stats.cancelled_field(job.queue, job.task),
     ]
     all_keys = [*settle_keys(keys, job), *stat_keys]
     while True:
@@ -154,26 +159,27 @@ async def finish(
             lone = replicas is None or not await replicas.replicas(all_keys[0])
             if batcher is not None and lone:
                 try:
-                    applied = bool(await batcher.call(scripts.finish, all_keys, args))
+                    applied = await batcher.call(scripts.finish, all_keys, args)
                 except RedisError:
                     if replicas is not None:
                         replicas.forget()  # a failover may have brought replicas
                     raise
             elif replicas is not None:
-                applied = bool(await replicas.script(scripts.finish, all_keys, args))
+                applied = await replicas.script(scripts.finish, all_keys, args)
             else:
-                applied = bool(await scripts.finish(keys=all_keys, args=args))
+                applied = await scripts.finish(keys=all_keys, args=args)
             break
         except RedisError as exc:
             if time.monotonic() > deadline:
                 log.error(
                     "job %s: could not settle (%s); its lease will bring it back", job.id, exc
                 )
-                return False
+                return None
             await asyncio.sleep(0.5)
-    if not applied:
+    if not applied:  # 0: the token is stale
         with contextlib.suppress(RedisError):
             await stats.fenced(job.queue, job.task)
         log.warning("job %s: %s refused, token %s is stale (another worker owns it); "
                     "result discarded", job.id, s.outcome, job.token)  # fmt: skip
-    return applied
+        return None
+    return text(applied)

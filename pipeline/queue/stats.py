@@ -83,7 +83,9 @@ class Stats:
         self, queue: str, task: str, outcome: str, duration_s: float
     ) -> tuple[list[str], list[str | float]]:
         """KEYS and ARGV for finish.lua to count a settled attempt in the same atomic step
-        (no extra round trip per job): outcome count, then the duration histogram."""
+        (no extra round trip per job): outcome count, the duration histogram, and the
+        outcome count finish.lua makes instead when the attempt's job was cancelled while it
+        ran (a retry that will not come back is counted `cancelled`)."""
         duration_s = max(0.0, duration_s)
         bound = next(b for b in DURATION_BUCKETS_S if duration_s <= b)
         keys = [self._key("settled"), self._key("durations")]
@@ -95,6 +97,11 @@ class Stats:
             duration_s,
         ]
         return keys, args
+
+    @staticmethod
+    def cancelled_field(queue: str, task: str) -> str:
+        """finish.lua's settled-count field for an attempt it settles as `cancelled`."""
+        return f"{queue}{SEP}{task}{SEP}cancelled"
 
     # -- read ------------------------------------------------------------------------------
     async def read(self) -> StatsSnapshot:

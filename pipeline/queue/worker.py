@@ -403,8 +403,10 @@ class Worker(GracefulShutdown):
         job, outcome = ctx.job, s.outcome
         if outcome != "lost":
             ttl_s = self.client.settings.result_ttl_s
-            if await finish(self.scripts, self.keys, job, s, ttl_s, self.stats,
-                            self.client.replicas, self.batcher):  # fmt: skip
+            applied = await finish(self.scripts, self.keys, job, s, ttl_s, self.stats,
+                                   self.client.replicas, self.batcher)  # fmt: skip
+            if applied is not None:  # a retry of a job cancelled meanwhile ends `cancelled`
+                outcome = applied
                 self.counters.count(outcome)
             else:  # refused as stale (finish logged and counted it)
                 self.counters.fenced += 1

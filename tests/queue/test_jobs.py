@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -13,6 +14,7 @@ from redis.asyncio import Redis
 
 from pipeline.errors import JobFailed, NotSerializable
 from pipeline.queue import JobOptions, QueueClient, State
+from pipeline.queue.stats import Stats
 from tests.queue.conftest import worker
 from tests.support import queue_tasks as qt
 from tests.support.queue_tasks import count, set_flag, tkey
@@ -232,16 +234,31 @@ async def test_hard_timeout(client: QueueClient, redis_url: str) -> None:
 
 
 async def test_cancel_requested_during_a_failing_attempt_is_not_retried(
-        client: QueueClient, redis_url: str) -> None:
-    async with worker(redis_url, client, concurrency=1):
+        client: QueueClient, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pipeline.worker.jobs")
+    async with worker(redis_url, client, concurrency=1) as w:
         handle = await client.enqueue(qt.fail_slowly, "fail-now")
         await eventually(lambda: count(client, "started", handle.id), what="start")
         # the flag is set and the attempt fails before the worker's next renewal sees it
         await client.redis.hset(client.keys.job(handle.id), "cancel", 1)
         await set_flag(client, "fail-now")
         job = await client.wait(handle.id, timeout_s=20)
-    assert job.state == State.CANCELLED
+        # what the worker says the attempt came to is what became of the job, not the
+        # retry its task asked for (counted once the settlement's reply is back)
+
+        async def counted() -> bool:
+            return w.counters.cancelled + w.counters.retried > 0
+
+        await eventually(counted, what="the settlement counted")
+        assert (w.counters.cancelled, w.counters.retried) == (1, 0), w.counters
+    assert job.state == State.CANCELLED and job.reason == "cancelled"
     assert await count(client, "started", handle.id) == 1
+    settled = (await Stats(client.redis, client.keys).read()).settled
+    assert {o: n for (_, task, o), n in settled.items() if task == "t.fail_slowly"} == {
+        "cancelled": 1}
+    ended = [r.getMessage() for r in caplog.records if " started " not in r.getMessage()]
+    assert any(f"job {handle.id} t.fail_slowly cancelled in" in line for line in ended), ended
+    assert not any(" retry in " in line for line in ended), ended
 
 
 async def test_stale_token_is_refused(client: QueueClient, redis_url: str) -> None:

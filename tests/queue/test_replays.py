@@ -66,8 +66,8 @@ async def test_finish_replayed_is_applied_once(client: QueueClient) -> None:
     ]  # fmt: skip
     stat_keys = [client.keys.custom("s1"), client.keys.custom("s2")]
     keys = [*settle_keys(client.keys, job), *stat_keys]
-    assert await client.scripts.finish(keys=keys, args=args) == 1
-    assert await client.scripts.finish(keys=keys, args=args) == 1  # the replay is a yes
+    assert await client.scripts.finish(keys=keys, args=args) == "complete"
+    assert await client.scripts.finish(keys=keys, args=args) == "complete"  # the replay: yes
     forged = [job.id, "7-forged", *args[2:]]
     assert await client.scripts.finish(keys=keys, args=forged) == 0  # a stale token is not
     assert await client.redis.hget(stat_keys[0], "complete") == "1"  # counted once

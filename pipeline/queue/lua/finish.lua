@@ -14,19 +14,24 @@
 -- ARGV[10] settled field   ARGV[11] duration bucket field   ARGV[12] duration count field
 -- ARGV[13] duration sum field   ARGV[14] duration s (counted only when applied)
 -- ARGV[15] reason: a typed pipeline.errors.Reason ('' for complete and release: cleared)
--- Returns 1 when applied (or when this token's settlement was applied before: a client
--- retrying a call whose reply a failover lost), 0 when the token is stale.
+-- ARGV[16] settled field counted instead of ARGV[10] when the outcome becomes `cancelled`
+-- Returns the outcome applied (ARGV[3], or `cancelled` for an attempt that would have come
+-- back but whose job was cancelled while it ran) when applied, or when this token's
+-- settlement was applied before (a client retrying a call whose reply a failover lost);
+-- 0 when the token is stale.
 local id, outcome = ARGV[1], ARGV[3]
 local f = redis.call('HMGET', KEYS[1], 'state', 'token', 'cancel', 'settled_token')
-if f[1] ~= 'active' or f[2] ~= ARGV[2] then
-  if f[4] == ARGV[2] and ARGV[2] ~= '' then return 1 end
-  return 0
-end
+local settled_field, reason = ARGV[10], ARGV[15]
 if f[3] == '1' and (outcome == 'retry' or outcome == 'postpone' or outcome == 'release') then
   outcome = 'cancelled'  -- cancelled while running: do not come back for another attempt
+  settled_field, reason = ARGV[16], 'cancelled'
+end
+if f[1] ~= 'active' or f[2] ~= ARGV[2] then
+  if f[4] == ARGV[2] and ARGV[2] ~= '' then return outcome end
+  return 0
 end
 local now = now_ms()
-redis.call('HINCRBY', KEYS[13], ARGV[10], 1)
+redis.call('HINCRBY', KEYS[13], settled_field, 1)
 redis.call('HINCRBY', KEYS[14], ARGV[11], 1)
 redis.call('HINCRBY', KEYS[14], ARGV[12], 1)
 redis.call('HINCRBYFLOAT', KEYS[14], ARGV[13], ARGV[14])
@@ -36,8 +41,8 @@ redis.call('HSET', KEYS[1], 'settled_token', ARGV[2])
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'error', ARGV[5], 'traceback', ARGV[6])
 end
-if ARGV[15] ~= '' then
-  redis.call('HSET', KEYS[1], 'reason', ARGV[15])
+if reason ~= '' then
+  redis.call('HSET', KEYS[1], 'reason', reason)
 else
   redis.call('HDEL', KEYS[1], 'reason')
 end
@@ -46,12 +51,12 @@ if outcome == 'retry' or outcome == 'postpone' then
   redis.call('HSET', KEYS[1], 'state', 'scheduled', 'run_at_ms', now + tonumber(ARGV[8]))
   redis.call('ZADD', KEYS[5], now + tonumber(ARGV[8]), id)
   emit(KEYS[3], ARGV[9], KEYS[1], id, 'scheduled', {error = ARGV[5]})
-  return 1
+  return outcome
 end
 if outcome == 'release' then
   redis.call('HINCRBY', KEYS[1], 'attempt', -1)
   make_ready(KEYS[1], KEYS[4], KEYS[7], KEYS[3], ARGV[9], id, {released = '1'})
-  return 1
+  return outcome
 end
 redis.call('HSET', KEYS[1], 'state', outcome, 'finished_ms', now)
 if outcome == 'complete' then
@@ -72,4 +77,4 @@ local err = nil
 if ARGV[5] ~= '' then err = ARGV[5] end
 member_done(KEYS[1], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[3], ARGV[9],
   ARGV[7], id, outcome, result, err)
-return 1
+return outcome
