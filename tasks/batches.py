@@ -225,6 +225,8 @@ class BatchView:
             "held_usd": usd(self.held),  # calls in flight, not in spend_usd
             "budget_usd": None if f.budget_usd is None else usd(f.budget_usd),
             "waiting": self.waiting(),
+            # which batch a label several carry stands for, and how to name another
+            "note": self.note or None,
         }
 
 

@@ -61,6 +61,11 @@ async def test_list_results_budget_and_costs(
         even = (await client.get("/batches", params={"label": "even"})).json()
         assert {b["batch_id"] for b in even["batches"]} == {ids[0], ids[2]}
         assert all(b["by_state"] == {"complete": 1} for b in even["batches"])
+        # a label two batches carry names the newest, and the view says so and how to pick
+        shared = (await client.get("/batches/even")).json()
+        assert shared["batch_id"] == ids[2] and "names 2 batches" in shared["note"]
+        assert ids[0] in shared["note"], shared["note"]
+        assert (await client.get(f"/batches/{ids[1]}")).json()["note"] is None
         bad = await client.get("/batches", params={"state": "exploded"})
         assert bad.status_code == 422 and "queued" in bad.json()["detail"]
 
