@@ -115,8 +115,9 @@ def costs(
         if offline:
             typer.echo(f"of the {counted(report['total']['calls'], 'call')}, "
                        f"{offline} {'was' if offline == 1 else 'were'} the offline analyzer's "
-                       "(no LLM asked, $0; tokens are its estimate of the text's size); "
-                       "`--by provider` shows them apart")  # fmt: skip
+                       f"(no LLM asked, {dollars(report['offline_usd'])} booked; tokens are "
+                       "its estimate of the text's size); `--by provider` shows them "
+                       "apart")  # fmt: skip
         if "saved_usd" in report:
             typer.echo(f"Batch Mode saved {dollars(report['saved_usd'])} against interactive "
                        "prices")

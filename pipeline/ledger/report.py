@@ -175,13 +175,14 @@ def cost_report(
     until: datetime | None = None,
     by: str = "day",
 ) -> dict[str, Any]:
-    """`{"total": {...}, "rows": [{"key": ..., ...}], "rehearsal_usd", "offline_calls"}` for
-    calls started in [since, until); `rehearsal_usd` is the part of the total the emulator's
-    calls make up (priced as Gemini bills, never billed: `--by provider` shows them apart);
-    `offline_calls` how many of the settled calls the offline analyzer answered (no model
-    asked, $0; their tokens are its own estimate of the text's size). Calls not
-    settled yet (outcome `started`) are not in `cost_usd`: `in_flight_calls` and
-    `in_flight_usd` (their worst case, held against budgets) say what may still come.
+    """`{"total": {...}, "rows": [{"key": ..., ...}], "rehearsal_usd", "offline_calls",
+    "offline_usd"}` for calls started in [since, until); `rehearsal_usd` is the part of the
+    total the emulator's calls make up (priced as Gemini bills, never billed: `--by provider`
+    shows them apart); `offline_calls` how many of the settled calls the offline analyzer
+    answered (no model asked; their tokens are its own estimate of the text's size) and
+    `offline_usd` what the ledger books for them ($0). Calls not settled yet (outcome
+    `started`) are not in `cost_usd`: `in_flight_calls` and `in_flight_usd` (their worst
+    case, held against budgets) say what may still come.
 
     Money fields are fixed-point decimal strings; wasted_usd is the cost of attempts that
     bought nothing: errors, abandoned calls, and paid answers that were not used (truncated
@@ -212,6 +213,7 @@ def cost_report(
         "rehearsal_usd": format_usd(rehearsal.cost),
         # how many of the total's calls were the offline analyzer's: no LLM was asked
         "offline_calls": offline.calls,
+        "offline_usd": format_usd(offline.cost),  # $0 unless a row says otherwise
         "rows": [{"key": key, **groups[key].as_dict()} for key in sorted(groups)],
     }
 

@@ -60,10 +60,11 @@ async def test_a_scan_nobody_read_says_so_in_every_view_of_its_batch(
 
     costs = run_cli(pipeline_env, "costs")
     assert costs.returncode == 0, costs.stderr
-    assert ("of the 2 calls, 2 were the offline analyzer's (no LLM asked, $0"
+    assert ("of the 2 calls, 2 were the offline analyzer's (no LLM asked, $0.000000000 booked"
             in " ".join(costs.stdout.split())), costs.stdout  # fmt: skip
     as_json = json.loads(run_cli(pipeline_env, "costs", "--format", "json").stdout)
     assert as_json["offline_calls"] == as_json["total"]["calls"] == 2
+    assert as_json["offline_usd"] == as_json["total"]["cost_usd"] == "0.000000000"
 
 
 @pytest.mark.parametrize("provider", ["offline", "auto"])
