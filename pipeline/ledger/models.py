@@ -27,8 +27,10 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 MONEY = Numeric(18, 9, asdecimal=True)
 
@@ -141,6 +143,14 @@ class LLMCall(Base):
     # who answered: "gemini", "emulator" (a rehearsal: priced as Gemini bills, never billed)
     # or "offline"; "" for rows from before migration 0006
     provider: Mapped[str] = mapped_column(String(16), default="", server_default="")
+
+
+def counted_at() -> ColumnElement[datetime]:
+    """SQL for the moment a call counts in a UTC day or month: its budget hold's (budget_at,
+    the day the budget and its floor counted it), else when it started (it held nothing, or
+    its row is from before migration 0007). Reports, charts and the windows shown use it, so
+    a call reserved just before midnight is in the same day everywhere."""
+    return func.coalesce(LLMCall.budget_at, LLMCall.started_at)
 
 
 class Result(Base):

@@ -4,6 +4,11 @@ Sums and percentiles are computed in Python over the selected rows rather than i
 percentiles are not portable between SQLite and PostgreSQL, and SQLite keeps NUMERIC as
 floating point, so each row is rounded back to nano-dollars before Decimal sums.
 The dict returned here is exactly what `GET /costs` serves and `--format json` prints.
+
+A call belongs to the day (and the --since/--until range) its budget hold counted it in, its
+reservation's moment (`budget_at`; pipeline/ledger/windows.py and the budget count it so),
+else the moment it started: a call reserved just before midnight UTC is in the same day in
+`pipeline costs --by day`, in the budget windows shown, and in the day budget itself.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.errors import InputError
-from pipeline.ledger.models import Document, LLMCall
+from pipeline.ledger.models import Document, LLMCall, counted_at
 from pipeline.llm.attempts import UNUSED, Outcome
 from pipeline.money import format_usd
 
@@ -146,7 +151,7 @@ class _Group:
 
 def _key(call: LLMCall, by: str) -> str:
     if by == "day":
-        return _utc(call.started_at).date().isoformat()
+        return _utc(call.budget_at or call.started_at).date().isoformat()
     if by == "model":
         return call.model_version or call.model
     if by == "batch":
@@ -162,11 +167,12 @@ def _key(call: LLMCall, by: str) -> str:
 
 def _rows(session: Session, since: datetime | None, until: datetime | None) -> Iterable[Any]:
     stmt = select(LLMCall, Document.pages).outerjoin(Document, Document.id == LLMCall.document_id)
+    at = counted_at()  # module docstring
     if since is not None:
-        stmt = stmt.where(LLMCall.started_at >= _utc(since))
+        stmt = stmt.where(at >= _utc(since))
     if until is not None:
-        stmt = stmt.where(LLMCall.started_at < _utc(until))
-    return session.execute(stmt.order_by(LLMCall.started_at)).all()
+        stmt = stmt.where(at < _utc(until))
+    return session.execute(stmt.order_by(at)).all()
 
 
 def cost_report(
@@ -176,13 +182,13 @@ def cost_report(
     by: str = "day",
 ) -> dict[str, Any]:
     """`{"total": {...}, "rows": [{"key": ..., ...}], "rehearsal_usd", "offline_calls",
-    "offline_usd"}` for calls started in [since, until); `rehearsal_usd` is the part of the
-    total the emulator's calls make up (priced as Gemini bills, never billed: `--by provider`
-    shows them apart); `offline_calls` how many of the settled calls the offline analyzer
-    answered (no model asked; their tokens are its own estimate of the text's size) and
-    `offline_usd` what the ledger books for them ($0). Calls not settled yet (outcome
-    `started`) are not in `cost_usd`: `in_flight_calls` and `in_flight_usd` (their worst
-    case, held against budgets) say what may still come.
+    "offline_usd"}` for calls counted in [since, until) (module docstring); `rehearsal_usd`
+    is the part of the total the emulator's calls make up (priced as Gemini bills, never
+    billed: `--by provider` shows them apart); `offline_calls` how many of the settled calls
+    the offline analyzer answered (no model asked; their tokens are its own estimate of the
+    text's size) and `offline_usd` what the ledger books for them ($0). Calls not settled
+    yet (outcome `started`) are not in `cost_usd`: `in_flight_calls` and `in_flight_usd`
+    (their worst case, held against budgets) say what may still come.
 
     Money fields are fixed-point decimal strings; wasted_usd is the cost of attempts that
     bought nothing: errors, abandoned calls, and paid answers that were not used (truncated

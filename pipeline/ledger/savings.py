@@ -13,20 +13,21 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pipeline.ledger.models import LLMCall
+from pipeline.ledger.models import LLMCall, counted_at
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.provider import Usage
 
 
 def batch_savings(session: Session, prices: PriceTable, since: datetime | None = None,
                   until: datetime | None = None) -> tuple[Decimal, Decimal]:  # fmt: skip
-    """(interactive price, batch cost) in USD of the batch calls started in [since, until).
+    """(interactive price, batch cost) in USD of the batch calls counted in [since, until)
+    (models.counted_at, as the cost report's range).
     A row whose model has no price counts its own cost on both sides (no saving claimed)."""
     stmt = select(LLMCall).where(LLMCall.mode == "batch")
     if since is not None:
-        stmt = stmt.where(LLMCall.started_at >= since)
+        stmt = stmt.where(counted_at() >= since)
     if until is not None:
-        stmt = stmt.where(LLMCall.started_at < until)
+        stmt = stmt.where(counted_at() < until)
     full = paid = Decimal(0)
     for call in session.scalars(stmt):
         cost = Decimal(call.cost_usd or 0)

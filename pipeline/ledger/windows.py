@@ -18,7 +18,7 @@ from decimal import Decimal
 from sqlalchemy import Engine, func, select
 
 from pipeline.ledger.budget import Budget, ScopeStatus
-from pipeline.ledger.models import LLMCall
+from pipeline.ledger.models import LLMCall, counted_at
 from pipeline.llm.attempts import Outcome
 from pipeline.money import to_decimal
 
@@ -30,16 +30,14 @@ def ledger_window_spend(engine: Engine, at: datetime) -> dict[str, Decimal]:
     day = at.replace(hour=0, minute=0, second=0, microsecond=0)
     month = day.replace(day=1)
     next_month = (month + timedelta(days=32)).replace(day=1)
-    # the day and month a call's hold counted in (its reservation's moment, as the budget
-    # and the reconciler's floor count it); a row that held nothing: when it started
-    counted_at = func.coalesce(LLMCall.budget_at, LLMCall.started_at)
+    counted = counted_at()  # the day and month a call's hold counted in
     out = {}
     with engine.connect() as conn:
         for kind, start, end in (("day", day, day + timedelta(days=1)),
                                  ("month", month, next_month)):  # fmt: skip
             total = conn.execute(
                 select(func.coalesce(func.sum(LLMCall.cost_usd), 0)).where(
-                    counted_at >= start, counted_at < end,
+                    counted >= start, counted < end,
                     LLMCall.outcome != Outcome.STARTED.value)
             ).scalar()  # fmt: skip
             out[kind] = to_decimal(total).quantize(Decimal("0.000000001"))

@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.ledger import db
 from pipeline.ledger.recorder import SqlRecorder
-from pipeline.ledger.report import cost_report, parse_when, percentile
+from pipeline.ledger.report import cost_report, daily_spend_by_model, parse_when, percentile
+from pipeline.ledger.windows import ledger_window_spend
 from pipeline.llm.attempts import Outcome
 from pipeline.redis.keys import Keys
 from tests.ledger.conftest import attempt, settle
@@ -246,5 +247,33 @@ async def test_calls_not_settled_are_shown_apart_not_as_spend(
         assert (total["in_flight_calls"], total["in_flight_usd"]) == (1, "0.050000000")
         table = CliRunner().invoke(app, ["costs", "--since", "2026-11-04"])
         assert "1 call not settled yet" in table.stdout and "$0.050000000" in table.stdout
+    finally:
+        engine.dispose()
+
+
+async def test_a_call_reserved_before_midnight_is_reported_in_its_reservations_day(
+    ledger_url: str, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    """The day budget counts a call in the day its reservation named (budget_at), and its row
+    can start just after midnight: the report, its --since range, the chart's days and the
+    windows shown put it in that same day, not the next."""
+    engine = db.create_ledger_engine(ledger_url)
+    try:
+        rec = SqlRecorder(engine, aredis, keys)
+        late = attempt(job_id="job-late",
+                       started_at=datetime(2026, 11, 6, 0, 0, 0, 200_000, tzinfo=UTC))  # fmt: skip
+        late.budget_at = datetime(2026, 11, 5, 23, 59, 59, 900_000, tzinfo=UTC)
+        await rec.started(late)
+        await rec.settled(settle(late, Outcome.OK, "0.02"))
+        await rec.flush()
+        with db.session_factory(engine)() as session:
+            rows = cost_report(session, None, None, "day")["rows"]
+            assert [(r["key"], r["cost_usd"]) for r in rows] == [("2026-11-05", "0.020000000")]
+            assert cost_report(session, parse_when("2026-11-06"), None, "day")["total"][
+                "calls"] == 0  # fmt: skip
+            assert list(daily_spend_by_model(session)) == ["2026-11-05"]
+        day_of = ledger_window_spend(engine, datetime(2026, 11, 5, 12, tzinfo=UTC))["day"]
+        next_day = ledger_window_spend(engine, datetime(2026, 11, 6, 12, tzinfo=UTC))["day"]
+        assert (day_of, next_day) == (Decimal("0.02"), Decimal(0))
     finally:
         engine.dispose()
