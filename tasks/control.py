@@ -86,30 +86,51 @@ async def _run_jobs(client: QueueClient, root_id: str) -> list[str]:
 
 async def cancel_run(client: QueueClient, recorder: SqlRecorder | None, root_id: str,
                      left: dict[str, Any] | None = None) -> dict[str, str]:  # fmt: skip
-    """Cancel every job of the run rooted at `root_id` that has not ended. A root waiting in
-    a Gemini batch group then leaves it (after its cancel flag, so a look it makes meanwhile
-    ends it rather than calling interactively); `left` collects such groups (name -> the
-    root's arguments and batch) for `cancel_remote`."""
+    """Cancel every job of the run rooted at `root_id` that has not ended (`cancel_runs`)."""
+    return await cancel_runs(client, recorder, [root_id], left)
+
+
+async def cancel_runs(client: QueueClient, recorder: SqlRecorder | None, root_ids: list[str],
+                      left: dict[str, Any] | None = None) -> dict[str, str]:  # fmt: skip
+    """Cancel every job of the runs rooted at `root_ids` that has not ended: first every job
+    not running, then the running ones flagged. A flag frees its worker's slot within a
+    liveness tick and that worker claims its queue's next job, which, were the flags set
+    first, could be one of these runs not reached yet: it would start, and could send a paid
+    call, for a cancelled batch. A root waiting in a Gemini batch group then leaves it (after
+    its cancel flag, so a look it makes meanwhile ends it rather than calling interactively);
+    `left` collects such groups (name -> the root's arguments and batch) for `cancel_remote`."""
     out: dict[str, str] = {}
-    group = await _batch_group_of(client, root_id)
-    for job_id in await _run_jobs(client, root_id):
-        try:
-            job = await client.get(job_id)
-        except JobNotFound:
+    groups = [await _batch_group_of(client, root_id) for root_id in root_ids]
+    for running in (False, True):
+        for root_id in root_ids:  # read again: a root may have queued its parts since
+            for job_id in await _run_jobs(client, root_id):
+                await _cancel_one(client, recorder, job_id, running, out)
+    for group in groups:
+        if group is None:
             continue
-        if job.state.value not in _NOT_ENDED:
-            continue
-        out[job_id] = await client.cancel(job_id)
-        if out[job_id] == "cancelled" and recorder is not None:
-            # No worker settles a job cancelled before it ran: the ledger hears it here.
-            await recorder.update_job_status(job_id, "cancelled", last_error="cancelled")
-    if group is not None:  # after the cancel flag: a look from now on stops, pays nothing
+        # after the cancel flag: a look from now on stops, pays nothing
         args, batch = group
         name = str(args["batch_group"]["name"])
         if await leave(client.redis, client.keys, name, str(args["sha256"]), CANCELLED,
                        client.settings.document_retention_s) and left is not None:  # fmt: skip
             left[name] = (args, batch)
     return out
+
+
+async def _cancel_one(client: QueueClient, recorder: SqlRecorder | None, job_id: str,
+                      running: bool, out: dict[str, str]) -> None:  # fmt: skip
+    """Cancel `job_id` into `out` unless it has ended, or runs while `running` is False (its
+    turn comes once nothing of the cancel is left waiting for a worker)."""
+    try:
+        job = await client.get(job_id)
+    except JobNotFound:
+        return
+    if job.state.value not in _NOT_ENDED or (job.state.value == "active" and not running):
+        return
+    out[job_id] = await client.cancel(job_id)
+    if out[job_id] == "cancelled" and recorder is not None:
+        # No worker settles a job cancelled before it ran: the ledger hears it here.
+        await recorder.update_job_status(job_id, "cancelled", last_error="cancelled")
 
 
 async def _batch_group_of(
@@ -176,6 +197,7 @@ async def cancel_batch(client: QueueClient, recorder: SqlRecorder, engine: Engin
     batch_id = view.facts.batch_id
     result = Cancelled(batch_id, {}, [], note=view.note)
     left: dict[str, Any] = {}
+    roots: list[str] = []
     for doc in view.documents:
         if doc.status in ("complete", "failed", "over_budget", "cancelled") or not doc.job_id:
             continue
@@ -183,7 +205,10 @@ async def cancel_batch(client: QueueClient, recorder: SqlRecorder, engine: Engin
         if owner is not None and owner != batch_id:
             result.skipped.append(doc.name)
             continue
-        result.jobs.update(await cancel_run(client, recorder, doc.job_id, left))
+        roots.append(doc.job_id)
+    # all runs at once: a document's running job flagged before the next one's queued job
+    # is cancelled would free a slot for it (cancel_runs)
+    result.jobs.update(await cancel_runs(client, recorder, roots, left))
     result.batch_jobs = await cancel_remote(client, left, provider)
     await recorder.upsert_batch(batch_id, status="cancelled")
     return result

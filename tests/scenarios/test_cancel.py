@@ -16,6 +16,7 @@ import redis
 from sqlalchemy import create_engine, select
 
 from pipeline.ledger.models import LLMCall
+from pipeline.redis.keys import Keys
 from tests.scenarios.helpers import analysis_worker, status_json
 from tests.support.api import api_client, api_settings, pdf_files
 from tests.support.cli import EXAMPLES
@@ -56,8 +57,8 @@ def test_cancel_ends_queued_work_at_once_and_running_work_cooperatively(
             r = cli(env, "cancel", batch[:12], "--json")
             assert r.returncode == 0, r.stderr
             done = json.loads(r.stdout)
-            # (the worker's log says why, if a second job was active: a call that failed
-            # early and a claim beside its settlement, or something else)
+            # The queued two end at once whatever the load: the cancel flags the running job
+            # only after them (the worker's log shows any other job that started)
             assert (done["cancelled"], done["cancelling"]) == (2, 1), (done,
                                                                      worker.output()[-4000:])
 
@@ -72,6 +73,17 @@ def test_cancel_ends_queued_work_at_once_and_running_work_cooperatively(
             sent = emu.stats()["generate_requests"]
             time.sleep(2)
             assert emu.stats()["generate_requests"] == sent == 1  # nothing ran after
+            # A flag frees the worker's slot within a liveness tick and it claims its queue's
+            # next job: had the running job been flagged before the queued ones ended, a slow
+            # cancel (its round trips under load) would have let one of them start and send a
+            # paid call. So the order is the invariant: no job of the batch still queued when
+            # the running one was flagged, none claimed after the cancel began.
+            events = [f for _, f in sredis.xrange(Keys(env["PIPELINE_KEY_PREFIX"]).events)
+                      if f["batch"] == batch]  # fmt: skip
+            states = [f["state"] for f in events]
+            began = min(states.index("cancelled"), states.index("cancelling"))
+            assert states[began:states.index("cancelling")] == ["cancelled"] * 2, events
+            assert "active" not in states[began:], events
             assert "analyze_document cancelled in" in worker.output()  # its log line
         finally:
             worker.close()
