@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 # The newest revision in migrations/versions/. A database already there is opened without
 # loading Alembic; tests/ledger/test_schema_migrations.py fails when a migration is added
 # and this is not moved with it.
-HEAD = "0007"
+HEAD = "0008"
 
 # Any fixed 64-bit number: the key of the PostgreSQL advisory lock that guards migrations.
 _PG_MIGRATION_LOCK = 0x706970656C696E65  # "pipeline"

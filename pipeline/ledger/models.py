@@ -103,6 +103,9 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The queue key prefix that wrote it (NULL before migration 0008): the reconciler of one
+    # prefix leaves another's jobs alone (its Redis keys are not there to see them).
+    key_prefix: Mapped[str | None] = mapped_column(String(100))
 
 
 class LLMCall(Base):
@@ -143,6 +146,9 @@ class LLMCall(Base):
     # who answered: "gemini", "emulator" (a rehearsal: priced as Gemini bills, never billed)
     # or "offline"; "" for rows from before migration 0006
     provider: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    # The queue key prefix whose worker made the call (NULL before migration 0008), as on
+    # JobRow: another prefix's reconciler leaves its live calls alone.
+    key_prefix: Mapped[str | None] = mapped_column(String(100))
 
 
 def counted_at() -> ColumnElement[datetime]:

@@ -233,6 +233,13 @@ class Reconciler:
         _log(report)
         return report
 
+    def _mine(self, key_prefix: Any) -> Any:
+        """Rows this prefix's Redis can speak for: its own, and those from before rows named
+        their prefix (migration 0008). Another prefix's live job is not in these keys, and
+        judged by them it looked gone: its calls were booked abandoned mid-call (possibly
+        billed, wasted), its jobs marked lost."""
+        return or_(key_prefix == self.keys.prefix, key_prefix.is_(None))
+
     # -- rows left `started` -----------------------------------------------------------------
     async def _stale_started(self, report: ReconcileReport) -> None:
         now = datetime.now(UTC)
@@ -243,6 +250,7 @@ class Reconciler:
                     select(LLMCall.id, LLMCall.job_id, LLMCall.started_at).where(
                         LLMCall.outcome == Outcome.STARTED.value,
                         LLMCall.started_at < now - timedelta(seconds=STALE_STARTED_S),
+                        self._mine(LLMCall.key_prefix),
                     ).limit(_CHUNK)
                 ).all()]  # fmt: skip
 
@@ -360,7 +368,8 @@ class Reconciler:
             with self.recorder.sessions() as session:
                 jobs = session.execute(
                     select(JobRow.id, JobRow.document_id)
-                    .where(JobRow.status.not_in(FINAL_JOB_STATUSES), JobRow.created_at < cutoff)
+                    .where(JobRow.status.not_in(FINAL_JOB_STATUSES), JobRow.created_at < cutoff,
+                           self._mine(JobRow.key_prefix))
                     .limit(5 * _CHUNK)
                 ).all()
                 docs = {d for _, d in jobs if d}

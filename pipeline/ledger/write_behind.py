@@ -37,6 +37,8 @@ from pipeline.redis.keys import Keys
 log = logging.getLogger("pipeline.ledger.recorder")
 
 _FLUSH_CHUNK = 100
+# The writes whose rows say which queue key prefix wrote them (models.JobRow.key_prefix).
+_PREFIXED = frozenset({"call_started", "call_settled", "job_upsert"})
 # After a connection error, writes go straight to the buffer for this long instead of each
 # waiting out its own connect timeout; flush() and the flusher loop keep probing.
 _DOWN_BACKOFF_S = 2.0
@@ -74,6 +76,7 @@ class WriteBehind:
         else:
             self.sessions = engine_or_sessionmaker
         self.buffer = LedgerBuffer(redis, keys)
+        self.key_prefix = keys.prefix
         self._down_until = 0.0
         self._buffered = False
         self._buffer_checked_at = float("-inf")
@@ -84,6 +87,7 @@ class WriteBehind:
         documents where one by one costs a commit each. While the database is down (or
         writes queue behind the buffer) they go one by one through the same path as every
         write, parked in order. Raises what one write raises for anything else."""
+        entries = [(op, self._stamped(op, payload)) for op, payload in entries]
         if entries and not await self.queue_behind_buffer():
             try:
                 await asyncio.to_thread(self._apply, entries)
@@ -126,7 +130,15 @@ class WriteBehind:
         database is down."""
         await self._write(op, payload)
 
+    def _stamped(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """A call's or job's row with the key prefix that writes it, stamped before it may
+        be parked: a spool replayed by another prefix's process keeps the writer's."""
+        if op in _PREFIXED and "key_prefix" not in payload:
+            return {**payload, "key_prefix": self.key_prefix}
+        return payload
+
     async def _write(self, op: str, payload: dict[str, Any]) -> None:
+        payload = self._stamped(op, payload)
         redis_refused = False
         if await self.queue_behind_buffer():
             if await self._park(op, payload):

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.ledger.budget import Budget
 from pipeline.ledger.db import create_ledger_engine
-from pipeline.ledger.models import LLMCall
+from pipeline.ledger.models import JobRow, LLMCall
 from pipeline.ledger.reconcile import STALE_STARTED_S, Reconciler
 from pipeline.ledger.recorder import SqlRecorder
 from pipeline.redis.keys import Keys
@@ -71,3 +71,50 @@ async def test_started_rows_of_runs_that_are_over_are_abandoned_at_their_worst_c
     again = await Reconciler(aredis, keys, recorder, budget).run(force=True)
     assert again is not None and again.abandoned_rows == 0 and not again.holds
     engine.dispose()
+
+
+async def test_another_prefixs_live_calls_and_jobs_are_left_alone(
+    tmp_path: Path, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    """One ledger serves every key prefix of a home (a rehearsal beside the real runs). A
+    worker of the main prefix reconciles: the rehearsal's job is live in its own Redis keys,
+    which the main prefix's Redis cannot see, so its running call must not be booked
+    abandoned (it was, mid-call, with "a worker that is gone") nor its job marked lost."""
+    engine = create_ledger_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    main_keys = keys
+    rehearsal_keys = Keys(f"{keys.prefix}-rehearsal")
+    main = SqlRecorder(engine, aredis, main_keys)
+    rehearsal = SqlRecorder(engine, aredis, rehearsal_keys)
+    old = datetime.now(UTC) - timedelta(seconds=STALE_STARTED_S + 60)
+    live_since = int((old - timedelta(seconds=30)).timestamp() * 1000)
+    try:
+        # the rehearsal's document: its job active in the rehearsal's keys, its call running
+        await aredis.hset(rehearsal_keys.job("r-live"), mapping={
+            "id": "r-live", "state": "active", "started_ms": live_since, "token": "4"})
+        await rehearsal.upsert_job("r-live", batch_id="b-r", status="running")
+        await rehearsal.started(attempt(job_id="r-live", batch_id="b-r", started_at=old))
+        # and a queued one the rehearsal's Redis holds (no worker of that prefix yet)
+        await aredis.hset(rehearsal_keys.job("r-queued"), mapping={
+            "id": "r-queued", "state": "queued"})
+        await rehearsal.upsert_job("r-queued", batch_id="b-r", status="queued")
+        # the main prefix's own loose ends, which its reconciler must still close
+        await main.started(attempt(job_id="m-gone", batch_id="b-m", started_at=old))
+        await main.upsert_job("m-gone", batch_id="b-m", status="queued")
+
+        budget = Budget(aredis, main_keys, load_settings(key_prefix=main_keys.prefix))
+        report = await Reconciler(aredis, main_keys, main, budget,
+                                  lost_after_s=0).run(force=True)  # fmt: skip
+        assert report is not None
+        assert (report.abandoned_rows, report.jobs_lost) == (1, 1), report.words()
+        with Session(engine) as session:
+            calls = {r.job_id: (r.outcome, r.key_prefix)
+                     for r in session.scalars(select(LLMCall))}  # fmt: skip
+            jobs = {j.id: (j.status, j.key_prefix) for j in session.scalars(select(JobRow))}
+        assert calls == {"r-live": ("started", rehearsal_keys.prefix),
+                         "m-gone": ("abandoned", main_keys.prefix)}  # fmt: skip
+        assert jobs == {"r-live": ("running", rehearsal_keys.prefix),
+                        "r-queued": ("queued", rehearsal_keys.prefix),
+                        "m-gone": ("lost", main_keys.prefix)}  # fmt: skip
+    finally:
+        await aredis.delete(rehearsal_keys.job("r-live"), rehearsal_keys.job("r-queued"))
+        engine.dispose()
