@@ -53,6 +53,7 @@ class LedgerCall:
     cost_usd: Decimal
     final: bool
     scopes: tuple[str, ...]
+    mine: bool = True  # made under the reconciling worker's key prefix (reconcile.py)
 
 
 async def raise_spent(

@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import or_, select
 
-from pipeline.ledger.budget import Budget, Reservation, day_month_scopes
+from pipeline.ledger.budget import Budget, Reservation, day_month_scopes, to_nanos
 from pipeline.ledger.floor import RECENT_S, LedgerCall, raise_spent
 from pipeline.ledger.models import JobRow, LLMCall, Result
 from pipeline.ledger.recorder import SqlRecorder, WorstCasePricer
@@ -89,13 +89,17 @@ class HoldsSettled:
 @dataclass
 class ReconcileReport:
     """What one `Reconciler.run` pass changed. `budgets_raised`: budget scopes (a batch's,
-    a day's, a month's) whose spend in Redis was below the ledger's and was raised to it;
+    a day's, a month's) whose spend in Redis was below what this key prefix's own calls
+    booked in the ledger, raised: Redis had lost spend; `budgets_shared`: scopes raised to
+    the ledger's spend by other prefixes' calls (a day's and a month's count every prefix's:
+    a rehearsal's beside the real runs) or by settles in flight, nothing lost;
     `budgets_loaded`: scopes Redis had no record of (a new Redis or key prefix), given the
     ledger's spend."""
 
     abandoned_rows: int = 0
     holds: HoldsSettled = field(default_factory=HoldsSettled)
     budgets_raised: int = 0
+    budgets_shared: int = 0
     budgets_loaded: int = 0
     jobs_lost: int = 0
     jobs_completed: int = 0
@@ -106,7 +110,7 @@ class ReconcileReport:
         pass only filled a new Redis's budgets from the ledger."""
         if self.abandoned_rows or self.holds.abandoned or self.budgets_raised or self.jobs_lost:
             return logging.WARNING
-        if self.holds or self.jobs_completed:
+        if self.holds or self.jobs_completed or self.budgets_shared:
             return logging.INFO
         return logging.DEBUG
 
@@ -123,7 +127,11 @@ class ReconcileReport:
             (h.released, f"{counted(h.released, 'budget hold')} of lost jobs released (the "
              "call never went out)"),
             (self.budgets_raised, f"{counted(self.budgets_raised, 'budget')} (batch, day or "
-             "month) raised to the ledger's spend: Redis had less, so it had lost spend"),
+             "month) raised to the ledger's spend: Redis had less than this key prefix's own "
+             "calls there, so it had lost spend"),
+            (self.budgets_shared, f"{counted(self.budgets_shared, 'budget')} (batch, day or "
+             "month) raised to the ledger's spend, which counts the calls of every key prefix "
+             "using this ledger (nothing was lost)"),
             (self.budgets_loaded, f"{counted(self.budgets_loaded, 'budget')} (batch, day or "
              "month) new to this Redis given the ledger's spend"),
             (self.jobs_lost, f"{counted(self.jobs_lost, 'job')} the queue has no record of "
@@ -297,21 +305,46 @@ class Reconciler:
     async def _budgets(self, report: ReconcileReport) -> None:
         """`rebuild_budgets`, telling a scope Redis had no record of (loaded: a new Redis or
         prefix, nothing lost) from one whose spend it had below the ledger's (raised)."""
-        floors, calls = await asyncio.to_thread(self._ledger_spend, datetime.now(UTC))
+        floors, own, calls = await asyncio.to_thread(self._ledger_spend, datetime.now(UTC))
         names = [name for name, usd in floors.items() if usd > 0]
         if not names:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.exists(self.budget.keys.budget(name))
-            known = await pipe.execute()
+                pipe.hget(self.budget.keys.budget(name), "spent")
+            replies = await pipe.execute()
+        known, spent = replies[::2], [int(text(v)) if v else 0 for v in replies[1::2]]
         absent = sum(not k for k in known)  # each rises: a scope without a record has 0
+        # Lost: Redis below what this prefix's own calls booked there, leaving out those
+        # whose hold is still open (its settle books them): those scopes rise for certain.
+        # Any other rise is other prefixes' calls, which the ledger's figure counts too.
+        for call in await self._still_held([c for c in calls if c.mine]):
+            for name in call.scopes:
+                if name in own:
+                    own[name] -= call.cost_usd
+        lost = sum(1 for name, k, have in zip(names, known, spent, strict=True)
+                   if k and have < to_nanos(own.get(name, Decimal(0))))  # fmt: skip
         rose = await raise_spent(self.budget, floors, calls)
         report.budgets_loaded = min(absent, rose)
-        report.budgets_raised = rose - report.budgets_loaded
+        report.budgets_raised = min(lost, rose - report.budgets_loaded)
+        report.budgets_shared = rose - report.budgets_loaded - report.budgets_raised
 
-    def _ledger_spend(self, now: datetime) -> tuple[dict[str, Decimal], list[LedgerCall]]:
-        """Each scope's spend in the ledger, and the calls of the last RECENT_S with a cost.
+    async def _still_held(self, calls: list[LedgerCall]) -> list[LedgerCall]:
+        """The calls whose budget hold is still open in Redis (token state `held`)."""
+        out: list[LedgerCall] = []
+        for start in range(0, len(calls), _CHUNK):
+            chunk = calls[start : start + _CHUNK]
+            states = await self.redis.mget([self.budget.state_key(c.token) for c in chunk])
+            out += [c for c, raw in zip(chunk, states, strict=True)
+                    if raw is not None and text(raw) == "held"]  # fmt: skip
+        return out
+
+    def _ledger_spend(
+        self, now: datetime
+    ) -> tuple[dict[str, Decimal], dict[str, Decimal], list[LedgerCall]]:
+        """Each scope's spend in the ledger; the part of it this prefix's own calls made
+        (`_mine`); and the calls of the last RECENT_S with a cost.
 
         One SELECT, so one snapshot of the ledger: the floor counts a call either in a
         scope's sum *and* in `calls` (where its open hold counts 0) or in neither. Read
@@ -326,6 +359,7 @@ class Reconciler:
         recent = now - timedelta(seconds=RECENT_S)
         batch_since = now - _BATCH_WINDOW
         floors: dict[str, Decimal] = defaultdict(Decimal)
+        own: dict[str, Decimal] = defaultdict(Decimal)
         for day in days:
             floors[f"day:{day:%Y-%m-%d}"] = Decimal(0)
         floors[f"month:{month:%Y-%m}"] = Decimal(0)
@@ -339,26 +373,29 @@ class Reconciler:
         # the next day. A row that held nothing has no budget_at; started_at stands in.
         # (budget_at is never after started_at, so `started_at >= since` finds them all.)
         with self.recorder.sessions() as session:
-            rows = [(i, _utc(h or t), _money(c), o, b if in_batch else None)
-                    for i, h, t, c, o, b, in_batch in session.execute(
+            rows = [(i, _utc(h or t), _money(c), o, b if in_batch else None, mine)
+                    for i, h, t, c, o, b, in_batch, mine in session.execute(
                 select(LLMCall.id, LLMCall.budget_at, LLMCall.started_at, LLMCall.cost_usd,
-                       LLMCall.outcome, LLMCall.batch_id, current)
+                       LLMCall.outcome, LLMCall.batch_id, current,
+                       self._mine(LLMCall.key_prefix))
                 .where(or_(LLMCall.started_at >= since, current))
             ).all()]  # fmt: skip
         calls: list[LedgerCall] = []
-        for attempt_id, at, cost, outcome, batch_id in rows:
+        for attempt_id, at, cost, outcome, batch_id, mine in rows:
             scopes = day_month_scopes(at)
-            for name in scopes:  # only today's, yesterday's and this month's: not older rows
-                if name in floors:
-                    floors[name] += cost
             # batch_id is None here for a batch with no call in the window (not floored).
             batch = (f"batch:{batch_id}",) if batch_id is not None else ()
-            for name in batch:
+            # only today's, yesterday's and this month's days: not older rows
+            counted = [name for name in (*scopes, *batch)
+                       if name in floors or name.startswith("batch:")]  # fmt: skip
+            for name in counted:
                 floors[name] += cost
+                if mine:
+                    own[name] += cost
             if at >= recent and cost > 0:
                 calls.append(LedgerCall(attempt_id, cost, outcome not in _UNSETTLED,
-                                        batch + scopes))  # fmt: skip
-        return {k: v for k, v in floors.items() if v > 0}, calls
+                                        batch + scopes, mine=bool(mine)))  # fmt: skip
+        return {k: v for k, v in floors.items() if v > 0}, dict(own), calls
 
     # -- jobs Redis forgot --------------------------------------------------------------------
     async def _forgotten_jobs(self, report: ReconcileReport) -> None:

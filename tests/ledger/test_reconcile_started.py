@@ -6,6 +6,7 @@ Real Redis (job hashes written as the queue writes them) and SQLite."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -19,9 +20,10 @@ from pipeline.ledger.db import create_ledger_engine
 from pipeline.ledger.models import JobRow, LLMCall
 from pipeline.ledger.reconcile import STALE_STARTED_S, Reconciler
 from pipeline.ledger.recorder import SqlRecorder
+from pipeline.llm.attempts import Outcome
 from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
-from tests.ledger.conftest import attempt
+from tests.ledger.conftest import attempt, settle
 
 
 async def test_started_rows_of_runs_that_are_over_are_abandoned_at_their_worst_case(
@@ -117,4 +119,55 @@ async def test_another_prefixs_live_calls_and_jobs_are_left_alone(
                         "m-gone": ("lost", main_keys.prefix)}  # fmt: skip
     finally:
         await aredis.delete(rehearsal_keys.job("r-live"), rehearsal_keys.job("r-queued"))
+        engine.dispose()
+
+
+async def test_a_budget_raised_by_another_prefixs_spend_is_not_said_to_be_lost(
+    tmp_path: Path, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    """Day and month budgets count every key prefix's calls in the shared ledger, so a
+    rehearsal's spend raises the main prefix's day counter at its next pass: that is not
+    spend Redis lost, and the pass must not say so (it did, as a warning, at every `run`).
+    Spend of the main prefix's own that its Redis lost still is."""
+    engine = create_ledger_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    rehearsal_keys = Keys(f"{keys.prefix}-rehearsal")
+    main = SqlRecorder(engine, aredis, keys)
+    rehearsal = SqlRecorder(engine, aredis, rehearsal_keys)
+    budget = Budget(aredis, keys, load_settings(key_prefix=keys.prefix))
+    try:
+        async def paid(recorder: SqlRecorder, b: Budget, job: str, usd: str) -> None:
+            call = await b.for_call(None, job_id=job, lease="1")
+            hold = await call.reserve(Decimal(usd))
+            row = attempt(job_id=job, batch_id=None, started_at=hold.at, estimated=usd)
+            row.attempt_id, row.budget_at = hold.token, hold.at
+            await recorder.started(row)
+            await recorder.settled(settle(row, Outcome.OK, usd))
+            assert await call.settle(hold, Decimal(usd))
+
+        await paid(main, budget, "m1", "0.10")  # counted in the main prefix's Redis too
+        await main.flush()
+        quiet = await Reconciler(aredis, keys, main, budget).run(force=True)
+        assert quiet is not None and not quiet.budgets_raised and not quiet.budgets_shared
+
+        await paid(rehearsal, Budget(aredis, rehearsal_keys,
+                                     load_settings(key_prefix=rehearsal_keys.prefix)),
+                   "r1", "0.25")  # fmt: skip
+        await rehearsal.flush()
+        shared = await Reconciler(aredis, keys, main, budget).run(force=True)
+        assert shared is not None and shared.budgets_shared >= 1, shared.words()
+        assert shared.budgets_raised == 0 and "lost spend" not in shared.words()
+        assert shared.level() < logging.WARNING
+        day = (await budget.status(None))["day"]
+        assert day.spent_usd == Decimal("0.35")  # both prefixes' calls, as designed
+
+        # the main prefix's Redis loses its own day's spend: that is lost, and said so
+        for k in [k async for k in aredis.scan_iter(match=keys.budget("day:*"))]:
+            if not k.endswith(":holds"):
+                await aredis.hset(k, "spent", 0)
+        lost = await Reconciler(aredis, keys, main, budget).run(force=True)
+        assert lost is not None and lost.budgets_raised >= 1, lost.words()
+        assert "lost spend" in lost.words() and lost.level() == logging.WARNING
+    finally:
+        for k in [k async for k in aredis.scan_iter(match="{" + rehearsal_keys.prefix + "}*")]:
+            await aredis.delete(k)
         engine.dispose()
