@@ -49,11 +49,15 @@ class Found:
 CANDIDATES_SHOWN = 10
 
 
-def find_batch(engine: Engine, ref: str) -> Found:
+def find_batch(engine: Engine, ref: str, changing: str = "") -> Found:
     """The batch `ref` names: a full id, a unique id prefix (≥ 4 characters, e.g. the 12 the
     dashboard shows) or a label (the newest batch with it; `note` names the others). Raises
     AmbiguousBatch for a prefix several batches start with, or one under 4 characters that
-    some do and no label is (listing them), and BatchNotFound when nothing matches."""
+    some do and no label is (listing them), and BatchNotFound when nothing matches.
+
+    `changing` (what a command does to the batch: "cancel", "retry", "set the budget of")
+    makes a label several batches carry ambiguous too: a command that changes a batch takes
+    no guess at which one was meant, where a read shows the newest and says so."""
     ref = ref.strip()
     with engine.connect() as conn:
         if conn.execute(select(Batch.id).where(Batch.id == ref)).first() is not None:
@@ -80,6 +84,13 @@ def find_batch(engine: Engine, ref: str) -> Found:
             f"{why}: {_listed(found, 'batch id starts', 'batch ids start')} with it: "
             f"{_candidates(found)}; give {PREFIX_MIN} or more characters of one",
             [str(r[0]) for r in found],
+        )  # fmt: skip
+    if labelled and changing and len(labelled) > 1:
+        raise AmbiguousBatch(
+            f"label {ref!r} names {_listed(labelled, 'batch', 'batches')}: "
+            f"{_candidates(labelled)}; to {changing} one, give its id (or its first 12 "
+            "characters)",
+            [str(r[0]) for r in labelled],
         )  # fmt: skip
     if labelled:
         newest = str(labelled[0][0])

@@ -268,10 +268,11 @@ def paid_elsewhere(view: BatchView) -> Decimal:
     return sum((d.paid_elsewhere for d in view.documents), Decimal(0))
 
 
-async def batch_view(client: QueueClient, engine: Engine, ref: str) -> BatchView:
+async def batch_view(client: QueueClient, engine: Engine, ref: str,
+                     changing: str = "") -> BatchView:  # fmt: skip
     """The batch `ref` names (id, prefix or label: tasks/batch_ledger.find_batch, whose note
-    it keeps), every document's state derived now."""
-    found = await asyncio.to_thread(find_batch, engine, ref)
+    it keeps; `changing` as there), every document's state derived now."""
+    found = await asyncio.to_thread(find_batch, engine, ref, changing)
     facts = await asyncio.to_thread(read_ledger, engine, found.batch_id)
     roots = [m.job_id for m in facts.members if m.job_id]
     runs = await read_runs(client, roots, facts.jobs)

@@ -193,7 +193,7 @@ async def cancel_batch(client: QueueClient, recorder: SqlRecorder, engine: Engin
     """Cancel the runs of every document of the batch that has not ended, and the Gemini
     batch jobs all of whose documents that leaves cancelled (`provider`: see
     `cancel_remote`)."""
-    view = await batch_view(client, engine, ref)
+    view = await batch_view(client, engine, ref, changing="cancel")
     batch_id = view.facts.batch_id
     result = Cancelled(batch_id, {}, [], note=view.note)
     left: dict[str, Any] = {}
@@ -220,7 +220,7 @@ async def set_budget(client: QueueClient, recorder: SqlRecorder, engine: Engine,
     for an amount the budget rule refuses, or an unknown batch, and BudgetTooSmall (as
     submit does) for one that cannot pay for one call of the batch's documents."""
     usd_amount = check_budget_usd(amount, "budget")
-    view = await batch_view(client, engine, ref)
+    view = await batch_view(client, engine, ref, changing="set the budget of")
     batch_id = view.facts.batch_id
     check_floor(view, usd_amount, client.settings)
     await set_limit(client.redis, client.keys, batch_id, usd_amount)
@@ -295,7 +295,7 @@ async def retry_batch(client: QueueClient, recorder: SqlRecorder, engine: Engine
                           BatchView, list[Retried]]:  # fmt: skip
     """A new run, in the batch, under its current budget, for each document in `states`
     (only those of `document_ids` when given)."""
-    view = await batch_view(client, engine, ref)
+    view = await batch_view(client, engine, ref, changing="retry")
     out = []
     for doc in view.documents:
         if doc.status not in states or (document_ids is not None

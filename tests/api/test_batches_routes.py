@@ -66,6 +66,9 @@ async def test_list_results_budget_and_costs(
         assert shared["batch_id"] == ids[2] and "names 2 batches" in shared["note"]
         assert ids[0] in shared["note"], shared["note"]
         assert (await client.get(f"/batches/{ids[1]}")).json()["note"] is None
+        # a change takes no guess at which batch a shared label meant
+        refused = await client.post("/batches/even/cancel")
+        assert refused.status_code == 422 and "names 2 batches" in refused.json()["detail"]
         bad = await client.get("/batches", params={"state": "exploded"})
         assert bad.status_code == 422 and "queued" in bad.json()["detail"]
 

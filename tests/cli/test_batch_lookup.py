@@ -67,9 +67,15 @@ def test_a_label_several_batches_carry_says_which_is_taken_and_how_to_pick_anoth
     assert NU_NEW in status.stdout  # the newest, as before
     assert "names 2 batches" in status.stderr and NU_OLD in status.stderr
     assert "to pick another" in status.stderr
-    for args in (("results", "nu1", "--format", "csv"), ("budget", "nu1", "--set", "2"),
-                 ("retry", "nu1"), ("cancel", "nu1")):  # fmt: skip
+    r = run_cli(pipeline_env, "results", "nu1", "--format", "csv")
+    assert r.returncode == 0 and "names 2 batches" in r.stderr and NU_OLD in r.stderr, r.stderr
+    # a command that changes a batch takes no guess at which one a shared label meant
+    for args in (("budget", "nu1", "--set", "2"), ("retry", "nu1"), ("cancel", "nu1")):
         r = run_cli(pipeline_env, *args)
-        assert "names 2 batches" in r.stderr and NU_OLD in r.stderr, (args, r.stderr)
+        assert r.returncode == 1, (args, r.stdout)
+        assert r.stderr.startswith("error: label 'nu1' names 2 batches"), (args, r.stderr)
+        assert NU_OLD in r.stderr and NU_NEW in r.stderr and "give its id" in r.stderr
+        assert "Traceback" not in r.stderr
+    assert run_cli(pipeline_env, "cancel", NU_NEW[:12]).returncode == 0  # by id, it acts
     alone = run_cli(pipeline_env, "status", NU_OLD[:12])
     assert alone.returncode == 0 and "note:" not in alone.stderr
