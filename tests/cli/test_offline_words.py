@@ -122,3 +122,19 @@ def test_unread_names_the_pages_when_only_some_had_no_text_layer() -> None:
     assert row("offline", [[2, 3]], 5).reason == f"pages 2–3 {UNREAD}"
     assert row("offline", [], 5).reason is None
     assert row("gemini", [[2, 3]], 5).reason is None
+
+
+def test_costs_by_provider_does_not_suggest_itself(
+    pipeline_env: dict[str, str], sredis: redis.Redis
+) -> None:
+    """The offline calls' footnote points to `--by provider` only when the rows are not
+    already grouped that way."""
+    done = run_cli(pipeline_env, "run", INVOICE, timeout_s=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    by_day = " ".join(run_cli(pipeline_env, "costs").stdout.split())
+    assert "the offline analyzer's" in by_day and "`--by provider` shows them apart" in by_day
+    by_provider = run_cli(pipeline_env, "costs", "--by", "provider")
+    assert by_provider.returncode == 0, by_provider.stderr
+    words = " ".join(by_provider.stdout.split())
+    assert "1 was the offline analyzer's" in words, words
+    assert "--by provider" not in words, words
