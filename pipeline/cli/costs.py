@@ -119,8 +119,12 @@ def costs(
                        f"(no LLM asked, {dollars(report['offline_usd'])} booked; tokens are "
                        f"its estimate of the text's size){apart}")  # fmt: skip
         if "saved_usd" in report:
-            typer.echo(f"Batch Mode saved {dollars(report['saved_usd'])} against interactive "
-                       "prices")
+            if any(row["key"] == "batch" for row in report["rows"]):
+                typer.echo(f"Batch Mode saved {dollars(report['saved_usd'])} against "
+                           "interactive prices")  # fmt: skip
+            else:  # a $0 saving would read as Batch Mode having bought nothing
+                typer.echo("no Batch Mode calls in this range: nothing to compare with "
+                           "interactive prices")  # fmt: skip
     if chart is not None and spend is not None:
         from pipeline.ledger.chart import write_spend_chart
 

@@ -138,3 +138,17 @@ def test_costs_by_provider_does_not_suggest_itself(
     words = " ".join(by_provider.stdout.split())
     assert "1 was the offline analyzer's" in words, words
     assert "--by provider" not in words, words
+
+
+def test_costs_by_mode_claims_no_saving_without_batch_calls(
+    pipeline_env: dict[str, str], sredis: redis.Redis
+) -> None:
+    """Only interactive calls in the range: `--by mode` says there were no Batch Mode calls,
+    not that Batch Mode saved $0."""
+    done = run_cli(pipeline_env, "run", INVOICE, timeout_s=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    by_mode = run_cli(pipeline_env, "costs", "--by", "mode")
+    assert by_mode.returncode == 0, by_mode.stderr
+    words = " ".join(by_mode.stdout.split())
+    assert "interactive" in words and "Batch Mode saved" not in words, words
+    assert "no Batch Mode calls in this range" in words, words
