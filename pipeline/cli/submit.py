@@ -100,7 +100,7 @@ def print_submission(sub: Submission) -> None:
     for w in sub.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
     made = f"batch {sub.batch_id}" if sub.batch_id else "no batch"
-    table = Table(title=f"{made} · {answered_by(sub)} · {sub.prompt_version}",
+    table = Table(title=f"{made} · {sub.answered_by} · {sub.prompt_version}",
                   title_justify="left")  # fmt: skip
     for col in ("document", "status", "pages", "job / reason"):
         table.add_column(col)
@@ -116,16 +116,6 @@ def print_submission(sub: Submission) -> None:
     console.print(f"mode: {sub.mode} ({sub.mode_why})", highlight=False, soft_wrap=True,
                   markup=False)  # fmt: skip
     console.print(f"batch id: {sub.batch_id}", highlight=False, soft_wrap=True)
-
-
-def answered_by(sub: Submission) -> str:
-    """Who will answer, as a submission's header names it: the model, unless it is the
-    offline analyzer (the model is then only part of the documents' keys) or the emulator."""
-    if sub.provider == "offline":
-        return "offline analyzer ($0, not Gemini)"
-    if sub.provider == "emulator":
-        return f"{sub.model} on the emulator (priced, never billed)"
-    return sub.model
 
 
 def print_estimate(est: dict[str, Any], budget: Decimal | None, billed: bool) -> None:

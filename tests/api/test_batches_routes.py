@@ -37,6 +37,9 @@ async def test_list_results_budget_and_costs(
             r = await client.post("/analyze", files=pdf_files(doc),
                                   data={"label": "even" if i % 2 == 0 else "odd"})  # fmt: skip
             assert r.status_code == 202, r.text
+            # who will answer, beside the model the documents are keyed by
+            assert r.json()["provider"] == "offline", r.text
+            assert r.json()["answered_by"] == "offline analyzer ($0, not Gemini)", r.text
             ids.append(r.json()["batch_id"])
             jobs.append(r.json()["documents"][0]["job_id"])
         qc = QueueClient(connect_redis(redis_url), settings=settings)
@@ -83,6 +86,8 @@ async def test_list_results_budget_and_costs(
         assert row["status"] == "complete" and row["summary"] == entry["analysis"]["summary"]
         # who answered, in every format: the offline analyzer here, never taken for Gemini
         assert entry["provider"] == row["provider"] == "offline"
+        assert entry["answering_model"] == row["answering_model"] == "offline"
+        assert entry["model"] == row["model"] == settings.model  # what it was submitted for
         assert (await client.get(f"/batches/{ids[0]}/results",
                                  params={"format": "xml"})).status_code == 422  # fmt: skip
         assert (await client.get("/batches/nope/results")).status_code == 404

@@ -6,6 +6,8 @@ processes, real Redis and SQLite, the offline analyzer, the real process pool.""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Iterator
 from decimal import Decimal
@@ -81,6 +83,7 @@ def test_submit_header_names_the_offline_analyzer(
     assert "gemini-3.5-flash-lite" not in header
     as_json = json.loads(run_cli(env, "submit", INVOICE, "--json").stdout)
     assert as_json["provider"] == "offline"
+    assert as_json["answered_by"] == "offline analyzer ($0, not Gemini)"
 
 
 @pytest.fixture
@@ -152,3 +155,20 @@ def test_costs_by_mode_claims_no_saving_without_batch_calls(
     words = " ".join(by_mode.stdout.split())
     assert "interactive" in words and "Batch Mode saved" not in words, words
     assert "no Batch Mode calls in this range" in words, words
+
+
+def test_results_name_the_model_that_answered(
+    pipeline_env: dict[str, str], sredis: redis.Redis
+) -> None:
+    """`model` is what a document was submitted for (part of its key); `answering_model`
+    who answered it: the offline analyzer here, in the JSON and the CSV alike."""
+    done = run_cli(pipeline_env, "run", INVOICE, timeout_s=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    batch = next(ln.split()[-1] for ln in done.stdout.splitlines() if ln.startswith("batch id:"))
+    [entry] = json.loads(run_cli(pipeline_env, "results", batch, "--format", "json").stdout)
+    assert (entry["provider"], entry["answering_model"]) == ("offline", "offline"), entry
+    assert entry["analysis"]["produced_by"]["model"] == "offline"
+    table = run_cli(pipeline_env, "results", batch, "--format", "csv").stdout
+    [row] = list(csv.DictReader(io.StringIO(table)))
+    assert (row["provider"], row["answering_model"]) == ("offline", "offline"), row
+    assert row["model"] == entry["model"]  # unchanged for those who read it
