@@ -19,6 +19,7 @@ result. The CLI (`pipeline cancel|budget|retry`) and the API (`POST /batches/{id
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from pipeline.ledger.recorder import SqlRecorder
 from pipeline.llm.factory import provider_kind
 from pipeline.money import dollars
 from pipeline.queue.client import QueueClient
+from pipeline.queue.liveness import tick_s
 from pipeline.words import counted
 from tasks.batch_fallback import CANCELLED, cancel_if_abandoned, leave
 from tasks.batches import BatchView, batch_view, usd
@@ -63,8 +65,24 @@ class Cancelled:
     def cancelling(self) -> int:
         return sum(s == "cancelling" for s in self.jobs.values())
 
-    def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "cancelled": self.cancelled, "cancelling": self.cancelling}
+    def message(self, min_lease_s: float) -> str:
+        """What the cancel did in words, as `pipeline status` will show it: jobs cancelled
+        now, and running jobs asked to stop, which their workers do within a liveness tick
+        of a lease as short as `min_lease_s` (queue/liveness.py)."""
+        said = []
+        if self.cancelled:
+            said.append(f"{counted(self.cancelled, 'job')} cancelled")
+        if self.cancelling:
+            within = max(1, math.ceil(2 * tick_s(min_lease_s)))
+            said.append(f"cancellation requested for {counted(self.cancelling, 'running job')}; "
+                        f"their workers stop them within about {counted(within, 'second')} (a "
+                        "call in flight is booked as abandoned)")  # fmt: skip
+        return "; ".join(said) or "nothing to cancel: every job had ended"
+
+    def as_json(self, min_lease_s: float) -> dict[str, Any]:
+        # the message too: an empty answer would not say whether anything was left to cancel
+        return {**asdict(self), "cancelled": self.cancelled, "cancelling": self.cancelling,
+                "message": self.message(min_lease_s)}  # fmt: skip
 
 
 async def _run_jobs(client: QueueClient, root_id: str) -> list[str]:

@@ -27,6 +27,7 @@ CSV_COLUMNS = (
     "paid_elsewhere_usd",
     "model", "provider", "calls", "document_type", "language", "summary", "key_points", "people",
     "organizations", "dates", "amounts",
+    "answering_model",  # last: the columns before it keep their places for older readers
 )  # fmt: skip
 _JOIN = " | "
 
@@ -42,7 +43,10 @@ def results_of(view: BatchView) -> list[dict[str, Any]]:
     rehearsal answer is never read as Gemini's: the result's `produced_by`, or for a document
     without a result the provider its run's newest call asked (the one that failed), from the
     ledger's rows, never guessed. `calls` is how many calls its current run made (ledger
-    rows); `provider` is None only when there is neither a result nor a call."""
+    rows); `provider` is None only when there is neither a result nor a call.
+    `model` is the model the document was submitted for (part of its key), and
+    `answering_model` the one that answered, from the result's `produced_by` ("offline" for
+    the offline analyzer; None without a result)."""
     from pipeline.ledger.recorder import result_provider
     from tasks.batches import usd
 
@@ -53,7 +57,8 @@ def results_of(view: BatchView) -> list[dict[str, Any]]:
         out.append({
             "document_id": d.document_id, "name": d.name, "pages": d.pages,
             "sha256": d.document_id, "status": d.status, "reason": d.reason,
-            "model": m.model, "prompt_version": m.prompt_version,
+            "model": m.model, "answering_model": answering_model(d.result),
+            "prompt_version": m.prompt_version,
             "cost_usd": usd(d.cost), "wasted_usd": usd(d.wasted),
             "paid_elsewhere_usd": usd(d.paid_elsewhere),
             "provider": result_provider(d.result) or last_asked(d.asked),
@@ -61,6 +66,13 @@ def results_of(view: BatchView) -> list[dict[str, Any]]:
             "analysis": d.result,
         })  # fmt: skip
     return out
+
+
+def answering_model(result: Any) -> str | None:
+    """The model a stored result names in `produced_by` (None without one)."""
+    produced = result.get("produced_by") if isinstance(result, dict) else None
+    model = produced.get("model") if isinstance(produced, dict) else None
+    return str(model) if model else None
 
 
 def last_asked(asked: list[str]) -> str | None:
@@ -80,6 +92,7 @@ def _row(entry: dict[str, Any]) -> list[Any]:
     )
     for kind in ("people", "organizations", "dates", "amounts"):
         flat[kind] = _JOIN.join(entities.get(kind) or [])
+    flat["answering_model"] = entry.get("answering_model")
     return ["" if flat[c] is None else flat[c] for c in CSV_COLUMNS]
 
 

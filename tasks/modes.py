@@ -136,12 +136,13 @@ def due(args: dict[str, object], s: Settings, now: datetime | None = None) -> fl
 async def annotate_modes(client: QueueClient, rows: list[Any]) -> None:
     """Give each batch-view row (tasks/batches.py DocumentRow) its root job's mode, with
     `left` ("interactive" at its deadline, "cancelled") for a document that left its Gemini
-    batch job and `shown` for people: "batch", "interactive", "batch -> interactive"."""
+    batch job, else None (the key is always there, as `status --json` documents it), and
+    `shown` for people: "batch", "interactive", "batch -> interactive"."""
     from pipeline.llm.batch_group import USE
 
     for row in rows:
         root = row.run.root if row.run is not None else None
-        mode = dict(root.mode) if root is not None and root.mode else None
+        mode = dict(root.mode, left=None) if root is not None and root.mode else None
         if mode is not None and mode.get("group"):
             left = await client.redis.hget(client.keys.batch_group(mode["group"]),
                                            USE + mode["key"])  # fmt: skip

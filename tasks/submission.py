@@ -92,6 +92,17 @@ class Submission:
     def queued(self) -> int:
         return sum(d.status == "queued" for d in self.documents)
 
+    @property
+    def answered_by(self) -> str:
+        """Who will answer, in the words of `submit`'s header: the model, unless it is the
+        offline analyzer (the model is then only part of the documents' keys) or the
+        emulator."""
+        if self.provider == "offline":
+            return "offline analyzer ($0, not Gemini)"
+        if self.provider == "emulator":
+            return f"{self.model} on the emulator (priced, never billed)"
+        return self.model
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "batch_id": self.batch_id,
@@ -103,6 +114,7 @@ class Submission:
             "mode_why": self.mode_why,
             "deadline": self.deadline,
             "provider": self.provider,
+            "answered_by": self.answered_by,
         }
 
 

@@ -156,6 +156,9 @@ def _response_for(submission: Any) -> dict[str, Any]:
         "mode": submission.mode,
         "mode_why": submission.mode_why,
         "deadline": submission.deadline,
+        # who will answer: `model` alone reads as Gemini even when the offline analyzer will
+        "provider": submission.provider,
+        "answered_by": submission.answered_by,
     }
 
 

@@ -152,7 +152,7 @@ async def cancel_batch(request: Request, batch_id: str) -> dict[str, Any]:
     async with _batch_errors():
         done = await cancel(api.client, api.services.recorder, api.services.engine, batch_id,
                             api.services.provider)  # fmt: skip
-    return done.as_json()
+    return done.as_json(request.app.state.settings.min_lease_s)
 
 
 @router.post("/batches/{batch_id}/retry")
@@ -185,4 +185,4 @@ async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
     except JobNotFound:
         raise HttpError(404, f"no job {job_id!r}: check the id (job records expire after "
                              "PIPELINE_RESULT_TTL_S)") from None  # fmt: skip
-    return done.as_json()
+    return done.as_json(request.app.state.settings.min_lease_s)

@@ -51,6 +51,7 @@ def cancel(
 ) -> None:
     """Cancel a batch or one job: queued work ends at once, running work within about a second
     (a call in flight is booked as abandoned, at its worst case)."""
+    from pipeline.settings import get_settings
     from tasks.control import cancel_batch, cancel_job
 
     async def work(client: QueueClient, recorder: SqlRecorder, engine: Engine) -> Any:
@@ -69,7 +70,7 @@ def cancel(
     done = _with_services(work)
     say_note(done.note)
     if as_json:
-        print(json.dumps(done.as_json()))
+        print(json.dumps(done.as_json(get_settings().min_lease_s)))
         return
     console.print(f"{done.target}: {cancel_words(done)}", highlight=False, soft_wrap=True)
     for remote in done.batch_jobs:
@@ -81,22 +82,10 @@ def cancel(
 
 
 def cancel_words(done: Any) -> str:
-    """What a cancel did, as `pipeline status` will show it: jobs cancelled now, and running
-    jobs asked to stop, which their workers do within a liveness tick (queue/liveness.py)."""
-    import math
-
-    from pipeline.queue.liveness import tick_s
+    """What a cancel did, as `pipeline status` will show it (tasks/control.Cancelled)."""
     from pipeline.settings import get_settings
 
-    said = []
-    if done.cancelled:
-        said.append(f"{counted(done.cancelled, 'job')} cancelled")
-    if done.cancelling:
-        within = max(1, math.ceil(2 * tick_s(get_settings().min_lease_s)))
-        said.append(f"cancellation requested for {counted(done.cancelling, 'running job')}; "
-                    f"their workers stop them within about {counted(within, 'second')} (a "
-                    "call in flight is booked as abandoned)")  # fmt: skip
-    return "; ".join(said) or "nothing to cancel: every job had ended"
+    return str(done.message(get_settings().min_lease_s))
 
 
 def budget(

@@ -107,20 +107,24 @@ def costs(
                        f"(still running, or in a Gemini batch job): up to "
                        f"{dollars(report['total']['in_flight_usd'])} more, their worst case, held "
                        "against budgets and not in the totals above")  # fmt: skip
+        # with --by provider the rows above already show them apart
+        apart = "" if by is By.provider else "; `--by provider` shows them apart"
         if Decimal(report["rehearsal_usd"]):
             typer.echo(f"of the total, {dollars(report['rehearsal_usd'])} is the emulator's "
-                       "(rehearsal calls priced as Gemini bills them, never billed); "
-                       "`--by provider` shows them apart")  # fmt: skip
+                       f"(rehearsal calls priced as Gemini bills them, never billed){apart}")
         offline = int(report["offline_calls"])
         if offline:
             typer.echo(f"of the {counted(report['total']['calls'], 'call')}, "
                        f"{offline} {'was' if offline == 1 else 'were'} the offline analyzer's "
                        f"(no LLM asked, {dollars(report['offline_usd'])} booked; tokens are "
-                       "its estimate of the text's size); `--by provider` shows them "
-                       "apart")  # fmt: skip
+                       f"its estimate of the text's size){apart}")  # fmt: skip
         if "saved_usd" in report:
-            typer.echo(f"Batch Mode saved {dollars(report['saved_usd'])} against interactive "
-                       "prices")
+            if any(row["key"] == "batch" for row in report["rows"]):
+                typer.echo(f"Batch Mode saved {dollars(report['saved_usd'])} against "
+                           "interactive prices")  # fmt: skip
+            else:  # a $0 saving would read as Batch Mode having bought nothing
+                typer.echo("no Batch Mode calls in this range: nothing to compare with "
+                           "interactive prices")  # fmt: skip
     if chart is not None and spend is not None:
         from pipeline.ledger.chart import write_spend_chart
 

@@ -100,7 +100,7 @@ def print_submission(sub: Submission) -> None:
     for w in sub.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
     made = f"batch {sub.batch_id}" if sub.batch_id else "no batch"
-    table = Table(title=f"{made} · {answered_by(sub)} · {sub.prompt_version}",
+    table = Table(title=f"{made} · {sub.answered_by} · {sub.prompt_version}",
                   title_justify="left")  # fmt: skip
     for col in ("document", "status", "pages", "job / reason"):
         table.add_column(col)
@@ -118,17 +118,9 @@ def print_submission(sub: Submission) -> None:
     console.print(f"batch id: {sub.batch_id}", highlight=False, soft_wrap=True)
 
 
-def answered_by(sub: Submission) -> str:
-    """Who will answer, as a submission's header names it: the model, unless it is the
-    offline analyzer (the model is then only part of the documents' keys) or the emulator."""
-    if sub.provider == "offline":
-        return "offline analyzer ($0, not Gemini)"
-    if sub.provider == "emulator":
-        return f"{sub.model} on the emulator (priced, never billed)"
-    return sub.model
-
-
-def print_estimate(est: dict[str, Any], budget: Decimal | None) -> None:
+def print_estimate(est: dict[str, Any], budget: Decimal | None, billed: bool) -> None:
+    """The dry run's table and totals; `billed` is False for the offline analyzer, which a
+    real submit holds to no budget (tasks/submission.refusals)."""
     for w in est["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
     sources = {d.get("token_source", "estimate") for d in est["documents"] if d["status"] == "ok"}
@@ -152,11 +144,16 @@ def print_estimate(est: dict[str, Any], budget: Decimal | None) -> None:
     console.print(f"total: {est['total_input_tokens']} input tokens, worst case {shown} "
                   f"interactive, {dollars(est['total_worst_case_batch_usd'])} in Batch "
                   "Mode (--mode batch)", highlight=False, soft_wrap=True)  # fmt: skip
-    if budget is not None and total > budget:
+    if budget is not None and total > budget and billed:
         console.print(f"[yellow]warning:[/yellow] the worst-case estimate {shown} is over "
                       f"the budget {dollars(budget)}; calls past the budget "
                       "will be refused",
                       highlight=False, soft_wrap=True)  # fmt: skip
+    elif budget is not None and total > budget:  # the figures are Gemini's, not this run's
+        console.print(f"note: Gemini's worst case {shown} is over the budget "
+                      f"{dollars(budget)}; a run now uses the offline analyzer ($0), which "
+                      "the budget does not limit (with Gemini, calls past it would be "
+                      "refused)", highlight=False, soft_wrap=True, markup=False)  # fmt: skip
 
 
 async def _submit(
@@ -236,12 +233,13 @@ def submit(
         est = _dry_run_estimate(uploads, model or get_settings().model)
         est["documents"][:0] = [{"name": s.name, "status": "skipped", "reason": s.reason}
                                 for s in skipped]  # fmt: skip
-        refused = would_refuse(model, limit, mode, deadline)
+        billed = _billed()
+        refused = would_refuse(model, limit, mode, deadline, billed)
         est["refusals"] = [{"error": type(e).__name__, "message": str(e)} for e in refused]
         if as_json:
             print(json.dumps(est, default=str))
         else:
-            print_estimate(est, limit)
+            print_estimate(est, limit, billed)
             for e in refused:  # as main() prints the real submit's refusal, and its exit code
                 err_console.print(f"[red]error:[/red] submit would refuse this: {e}",
                                   highlight=False, soft_wrap=True)  # fmt: skip
@@ -258,19 +256,26 @@ def submit(
         raise typer.Exit(1)  # with --wait: 0 only when every document completed
 
 
+def _billed() -> bool:
+    """Whether a submit with these settings would be billed: not by the offline analyzer
+    ($0), which is why it is refused no budget and warned of none."""
+    from pipeline.llm.factory import provider_kind
+    from pipeline.settings import get_settings
+
+    return provider_kind(get_settings()) != "offline"
+
+
 def would_refuse(model: str | None, budget: Decimal | None, mode: str | None,
-                 deadline: str | None) -> list[InputError]:  # fmt: skip
+                 deadline: str | None, billed: bool) -> list[InputError]:  # fmt: skip
     """Every refusal `submit` with these options would make (tasks/submission.refusals),
-    for the provider these settings make (the offline analyzer is refused no budget)."""
+    for the provider these settings make (`billed`: see `_billed`)."""
     from datetime import UTC, datetime
 
-    from pipeline.llm.factory import provider_kind
     from pipeline.llm.pricing import PriceTable
     from pipeline.settings import get_settings
 
-    s = get_settings()
-    return refusals(s, PriceTable.load(), model, budget, mode, deadline,
-                    provider_kind(s) != "offline", datetime.now(UTC), collect=True)[2]  # fmt: skip
+    return refusals(get_settings(), PriceTable.load(), model, budget, mode, deadline, billed,
+                    datetime.now(UTC), collect=True)[2]  # fmt: skip
 
 
 def _dry_run_estimate(uploads: list[Upload], model: str) -> dict[str, Any]:
@@ -282,9 +287,11 @@ def _dry_run_estimate(uploads: list[Upload], model: str) -> dict[str, Any]:
     if not uploads or not counts_with_provider(settings):
         est = estimate(uploads, model)
         if provider_kind(settings) == "offline":  # what Gemini would cost, not this run
+            why = ("PIPELINE_PROVIDER=offline" if settings.provider == "offline"
+                   else "no GEMINI_API_KEY/GOOGLE_API_KEY set")  # fmt: skip
             est["warnings"].append(
-                "no GEMINI_API_KEY/GOOGLE_API_KEY set: a run now would use the offline "
-                "analyzer at $0; the figures below are what Gemini would cost")  # fmt: skip
+                f"{why}: a run now would use the offline analyzer at $0; the figures below "
+                "are what Gemini would cost")  # fmt: skip
         return est
 
     async def counted() -> dict[str, Any]:

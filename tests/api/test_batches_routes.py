@@ -32,12 +32,16 @@ async def test_list_results_budget_and_costs(
 
     settings = api_settings(tmp_path, redis_url, key_prefix)
     async with api_client(settings) as (client, _):
-        ids = []
+        ids, jobs = [], []
         for i, doc in enumerate(DOCS):
             r = await client.post("/analyze", files=pdf_files(doc),
                                   data={"label": "even" if i % 2 == 0 else "odd"})  # fmt: skip
             assert r.status_code == 202, r.text
+            # who will answer, beside the model the documents are keyed by
+            assert r.json()["provider"] == "offline", r.text
+            assert r.json()["answered_by"] == "offline analyzer ($0, not Gemini)", r.text
             ids.append(r.json()["batch_id"])
+            jobs.append(r.json()["documents"][0]["job_id"])
         qc = QueueClient(connect_redis(redis_url), settings=settings)
         worker = await build_worker(qc, queues=["default"], concurrency=2)
         run = asyncio.create_task(worker.run(install_signals=False))
@@ -85,6 +89,8 @@ async def test_list_results_budget_and_costs(
         assert row["status"] == "complete" and row["summary"] == entry["analysis"]["summary"]
         # who answered, in every format: the offline analyzer here, never taken for Gemini
         assert entry["provider"] == row["provider"] == "offline"
+        assert entry["answering_model"] == row["answering_model"] == "offline"
+        assert entry["model"] == row["model"] == settings.model  # what it was submitted for
         assert (await client.get(f"/batches/{ids[0]}/results",
                                  params={"format": "xml"})).status_code == 422  # fmt: skip
         assert (await client.get("/batches/nope/results")).status_code == 404
@@ -105,6 +111,15 @@ async def test_list_results_budget_and_costs(
         assert {r["name"] for r in named["rows"]} == {d[0] for d in DOCS}
         late = await client.get("/costs", params={"since": "2026-02-02", "until": "2026-02-01"})
         assert late.status_code == 422 and "since" in late.json()["detail"]
+
+        # a cancel with nothing left to cancel says so, as `pipeline cancel` does, from both
+        # doors (the batch's is last: it marks the batch cancelled)
+        ended = "nothing to cancel: every job had ended"
+        job = await client.post(f"/jobs/{jobs[1]}/cancel")
+        assert job.status_code == 200 and job.json()["cancelled"] == 0, job.text
+        assert job.json()["message"] == ended, job.text
+        batch = await client.post(f"/batches/{ids[1]}/cancel")
+        assert batch.status_code == 200 and batch.json()["message"] == ended, batch.text
 
 
 async def _until_complete(client: object, batch: str, timeout_s: float = 60) -> None:

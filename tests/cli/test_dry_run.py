@@ -82,3 +82,20 @@ def test_dry_run_shows_each_documents_worst_case_in_both_modes(
     assert "parts batched, merge interactive" in table.stdout
     total = dollars(Decimal(est["total_worst_case_batch_usd"]))
     assert f"{total} in Batch Mode" in table.stdout, table.stdout
+
+
+def test_an_offline_dry_run_says_of_the_budget_what_the_submit_would(
+    pipeline_env: dict[str, str], sredis: redis.Redis
+) -> None:
+    """The offline analyzer costs $0 and a submit holds it to no budget: its dry run warns of
+    no refusal, though Gemini's worst case it shows is over the budget."""
+    invoice = next(p for p in EXAMPLES if Path(p).name == "invoice.pdf")
+    dry = run_cli(pipeline_env, "submit", invoice, "--budget", "0.0001", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    said = " ".join((dry.stdout + dry.stderr).split())
+    assert "refused" not in said.split("(with Gemini")[0], said
+    assert "over the budget $0.0001" in said and "the offline analyzer ($0)" in said, said
+    assert "PIPELINE_PROVIDER=offline: a run now would use the offline analyzer" in said, said
+    real = run_cli(pipeline_env, "submit", invoice, "--budget", "0.0001")
+    assert real.returncode == 0, real.stdout + real.stderr
+    assert "budget" not in real.stdout + real.stderr, real.stdout + real.stderr

@@ -6,6 +6,8 @@ processes, real Redis and SQLite, the offline analyzer, the real process pool.""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Iterator
 from decimal import Decimal
@@ -81,6 +83,7 @@ def test_submit_header_names_the_offline_analyzer(
     assert "gemini-3.5-flash-lite" not in header
     as_json = json.loads(run_cli(env, "submit", INVOICE, "--json").stdout)
     assert as_json["provider"] == "offline"
+    assert as_json["answered_by"] == "offline analyzer ($0, not Gemini)"
 
 
 @pytest.fixture
@@ -122,3 +125,50 @@ def test_unread_names_the_pages_when_only_some_had_no_text_layer() -> None:
     assert row("offline", [[2, 3]], 5).reason == f"pages 2–3 {UNREAD}"
     assert row("offline", [], 5).reason is None
     assert row("gemini", [[2, 3]], 5).reason is None
+
+
+def test_costs_by_provider_does_not_suggest_itself(
+    pipeline_env: dict[str, str], sredis: redis.Redis
+) -> None:
+    """The offline calls' footnote points to `--by provider` only when the rows are not
+    already grouped that way."""
+    done = run_cli(pipeline_env, "run", INVOICE, timeout_s=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    by_day = " ".join(run_cli(pipeline_env, "costs").stdout.split())
+    assert "the offline analyzer's" in by_day and "`--by provider` shows them apart" in by_day
+    by_provider = run_cli(pipeline_env, "costs", "--by", "provider")
+    assert by_provider.returncode == 0, by_provider.stderr
+    words = " ".join(by_provider.stdout.split())
+    assert "1 was the offline analyzer's" in words, words
+    assert "--by provider" not in words, words
+
+
+def test_costs_by_mode_claims_no_saving_without_batch_calls(
+    pipeline_env: dict[str, str], sredis: redis.Redis
+) -> None:
+    """Only interactive calls in the range: `--by mode` says there were no Batch Mode calls,
+    not that Batch Mode saved $0."""
+    done = run_cli(pipeline_env, "run", INVOICE, timeout_s=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    by_mode = run_cli(pipeline_env, "costs", "--by", "mode")
+    assert by_mode.returncode == 0, by_mode.stderr
+    words = " ".join(by_mode.stdout.split())
+    assert "interactive" in words and "Batch Mode saved" not in words, words
+    assert "no Batch Mode calls in this range" in words, words
+
+
+def test_results_name_the_model_that_answered(
+    pipeline_env: dict[str, str], sredis: redis.Redis
+) -> None:
+    """`model` is what a document was submitted for (part of its key); `answering_model`
+    who answered it: the offline analyzer here, in the JSON and the CSV alike."""
+    done = run_cli(pipeline_env, "run", INVOICE, timeout_s=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    batch = next(ln.split()[-1] for ln in done.stdout.splitlines() if ln.startswith("batch id:"))
+    [entry] = json.loads(run_cli(pipeline_env, "results", batch, "--format", "json").stdout)
+    assert (entry["provider"], entry["answering_model"]) == ("offline", "offline"), entry
+    assert entry["analysis"]["produced_by"]["model"] == "offline"
+    table = run_cli(pipeline_env, "results", batch, "--format", "csv").stdout
+    [row] = list(csv.DictReader(io.StringIO(table)))
+    assert (row["provider"], row["answering_model"]) == ("offline", "offline"), row
+    assert row["model"] == entry["model"]  # unchanged for those who read it

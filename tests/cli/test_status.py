@@ -130,3 +130,23 @@ def test_offline_runs_take_no_gemini_quota_and_the_limits_panel_says_used_and_le
     assert f"0 / {lim['rpm']}" in row and f"0 / {lim['rpd']}" in row, row
     burst = f"{lite['requests_burst']:.0f} of {lite['requests_burst']:.0f}"
     assert burst in row and "idle, it is full" in text, text
+
+
+def test_status_json_mode_has_the_keys_the_readme_lists(
+    pipeline_env: dict[str, str], sredis: redis.Redis
+) -> None:
+    """Each document's `mode` object carries every key README.md names for it, `left` null
+    for a document that never left a Gemini batch job."""
+    from tests.support import ROOT
+
+    listed = re.search(r'`"mode": \{([^}]*)\}`', (ROOT / "README.md").read_text())
+    assert listed is not None
+    keys = {k.strip().strip('"') for k in listed.group(1).split(",")}
+    invoice = next(p for p in EXAMPLES if p.endswith("invoice.pdf"))
+    done = run_cli(pipeline_env, "run", invoice, timeout_s=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    batch = next(ln.split()[-1] for ln in done.stdout.splitlines() if ln.startswith("batch id:"))
+    view = json.loads(run_cli(pipeline_env, "status", batch, "--json").stdout)
+    [doc] = view["documents"]
+    assert set(doc["mode"]) == keys, doc["mode"]
+    assert doc["mode"]["left"] is None and doc["mode"]["shown"] == "interactive", doc["mode"]
