@@ -8,14 +8,18 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 import redis
 
 from pipeline.ledger.budget import NANOS
+from pipeline.llm.pricing import PriceTable
 from pipeline.money import dollars, format_usd
 from pipeline.redis.keys import Keys
+from pipeline.settings import load_settings
+from tasks.plan import least_call_usd
 from tests.scenarios.helpers import analysis_worker, status_json
 from tests.support.cli import EXAMPLES
 from tests.support.cli import run_cli as cli
@@ -125,6 +129,12 @@ def test_the_amount_an_over_budget_reason_names_admits_the_call_beside_a_call_in
             words = cli(env, "budget", batch[:12], "--set", str(limit))
             assert "still too low for 1 over-budget document" in words.stdout, words.stdout
             assert f"--set {format_usd(spent + dear)}` admits it" in words.stdout, words.stdout
+
+            # One below a call is refused, and the least it names admits one beside the spend.
+            least = least_call_usd(PriceTable.load(), load_settings().model, datetime.now(UTC))
+            tiny = cli(env, "budget", batch[:12], "--set", str(least / 2))
+            assert tiny.returncode == 1, tiny.stdout
+            assert f"Give at least {dollars(spent + least)} " in " ".join(tiny.stderr.split())
 
             # The amount the reason named, applied: the retry completes the document.
             raised = cli(env, *command.group(1).split()[1:], "--json")
