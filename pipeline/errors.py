@@ -254,13 +254,14 @@ class BudgetExceeded(BudgetError):
     `.held_only` is True when settled spend alone leaves room and only other running calls'
     worst-case holds are in the way: waiting for them to settle may well make room.
     `.stopped` is True when the scope stopped admitting calls after a bill passed its
-    reservation: nothing is admitted until a person raises the limit. `.spent_usd` and
-    `.limit_usd` (Decimal, or None) are the scope's figures when it refused."""
+    reservation: nothing is admitted until a person raises the limit. `.spent_usd`,
+    `.reserved_usd` (other calls' holds) and `.limit_usd` (Decimal, or None) are the scope's
+    figures when it refused."""
 
     def __init__(
         self, message: str, scope: str = "", held_only: bool = False, stopped: bool = False,
         *, scope_name: str = "", spent_usd: Decimal | None = None,
-        limit_usd: Decimal | None = None,
+        limit_usd: Decimal | None = None, reserved_usd: Decimal | None = None,
     ) -> None:  # fmt: skip
         super().__init__(message)
         self.scope = scope
@@ -269,6 +270,7 @@ class BudgetExceeded(BudgetError):
         self.scope_name = scope_name  # the batch id, the day or the month
         self.spent_usd = spent_usd  # Decimal: settled spend of the scope when refused
         self.limit_usd = limit_usd  # Decimal: the scope's limit in force
+        self.reserved_usd = reserved_usd  # Decimal: held by calls in flight when refused
 
 
 class InputError(PipelineError):

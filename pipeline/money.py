@@ -15,7 +15,7 @@ services' reasons, the API and the CLI all use it.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
 # The ledger's precision (Numeric(18, 9)): every output keeps every nano-dollar.
 LEDGER_PLACES = 9
@@ -48,3 +48,10 @@ def format_usd(value: Decimal | float | int | str | None) -> str:
 def dollars(value: Decimal | float | int | str | None) -> str:
     """`value` as a sentence shows it: "$" and `format_usd`, e.g. "$0.012800000"."""
     return f"${format_usd(value)}"
+
+
+def at_least_usd(value: Decimal) -> Decimal:
+    """`value` rounded *up* to the ledger's precision: an amount a person is told to set as a
+    limit. Rounded half up (as `format_usd` shows any amount), a needed $0.0196028001 would
+    read $0.019602800, one nano-dollar short of what the reservation compares."""
+    return value.quantize(Decimal(1).scaleb(-LEDGER_PLACES), rounding=ROUND_CEILING)

@@ -92,13 +92,19 @@ async def reserve_group(budget: CallBudget, groups: BatchGroups, name: str,
         await groups.redis.delete(claim)  # the others meet the same budget, not a wait
         raise_as = exc
         total = sum(worst.values(), Decimal(0))
-        if (exc.held_only and exc.spent_usd is not None and exc.limit_usd is not None
+        if (not exc.stopped and exc.spent_usd is not None and exc.limit_usd is not None
                 and exc.spent_usd + total > exc.limit_usd):
-            # The holds in the way were this group's own: waiting for them would wait forever
-            # (a budget with room for some of the group's requests, not for all).
+            # The group cannot fit beside the spend: a wait for holds (when only the group's
+            # own were in the way) would wait forever, and advice for one request (when that
+            # one did not fit) would admit too little. The holds of calls in flight are the
+            # scope's less the group's own, taken just before the refusal.
+            own = sum((r.amount_usd for r in taken.values()), Decimal(0))
+            others = max((exc.reserved_usd or Decimal(0)) - own, Decimal(0))
             what = f"a batch of {counted(len(items), 'request')}"
             raise_as = would_exceed(exc.scope, exc.scope_name, exc.spent_usd, total,
-                                    exc.limit_usd, what)  # fmt: skip
+                                    exc.limit_usd, what, others)  # fmt: skip
+            if exc.scope == "batch" and budget.job_id is not None:
+                await budget.budget.note_refused(exc.scope_name, budget.job_id, total)
         steer = failed_call(raise_as)
         raise (steer or raise_as) from exc
     held: dict[str, str] = {_FIELD + k: _encode(r) for k, r in taken.items()}

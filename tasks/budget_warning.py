@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from pipeline.money import dollars, format_usd
+from pipeline.money import at_least_usd, dollars, format_usd
 from pipeline.words import counted
 from tasks.estimate import counts_with_provider
 
@@ -37,14 +37,16 @@ _COUNTS_AT_ONCE = 8
 async def over_budget_warnings(
     checked: list[tuple[int, Upload, int, str]], budget_usd: Decimal, prices: PriceTable,
     model: str, s: Settings, batch: bool, batch_ref: str, at: datetime,
-    count: Count | None,
+    count: Count | None, used_usd: Decimal = Decimal(0),
 ) -> list[str]:  # fmt: skip
     """What the budget means for these documents, each priced by the dry run's figure
     (tasks/estimate.document_bound, counted by `count`; the local estimate without it or
     when a count fails). A document with one call bounded above the budget *will* end over
     budget, nothing answered: its reservation is refused outright. The others *may* when
     their bounds add up past the budget: which ones depends on what the calls really cost.
-    `batch_ref` names the batch in the command shown."""
+    `batch_ref` names the batch in the command shown; `used_usd` is what the batch has spent
+    and holds for calls in flight already (a submission landing in an existing batch), which
+    the amount shown must admit these documents beside."""
     from tasks.estimate import document_bound
     from tasks.plan import analyze_prompt, estimate_document
 
@@ -85,8 +87,10 @@ async def over_budget_warnings(
         return named + (f" and {len(docs) - 3} more" if len(docs) > 3 else "")
 
     total = rest + sum((usd for _, usd in sure + unsure), Decimal(0))
-    fix = (f"`pipeline budget {batch_ref} --set {format_usd(total)}` (the batch's worst case) "
-           "lets every one run.")  # fmt: skip
+    needed = at_least_usd(used_usd + total)
+    spent = f" beside {dollars(used_usd)} spent or held" if used_usd > 0 else ""
+    fix = (f"`pipeline budget {batch_ref} --set {format_usd(needed)}` (the batch's worst case"
+           f"{spent}) lets every one run.")  # fmt: skip
     warnings = []
     if sure:
         warnings.append(f"{counted(len(sure), 'document')} will end over budget unanswered: "

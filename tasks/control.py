@@ -29,9 +29,10 @@ from sqlalchemy import Engine
 from pipeline.errors import JobNotFound
 from pipeline.ledger.batch_limit import set_limit
 from pipeline.ledger.budget import Budget, check_budget_usd
+from pipeline.ledger.budget_words import admitting_usd
 from pipeline.ledger.recorder import SqlRecorder
 from pipeline.llm.factory import provider_kind
-from pipeline.money import dollars
+from pipeline.money import at_least_usd, dollars
 from pipeline.queue.client import QueueClient
 from pipeline.queue.liveness import tick_s
 from pipeline.words import counted
@@ -236,32 +237,49 @@ async def set_budget(client: QueueClient, recorder: SqlRecorder, engine: Engine,
                      amount: Decimal | str) -> dict[str, Any]:  # fmt: skip
     """Make `amount` (USD) the batch's budget for every call from now on. Raises InputError
     for an amount the budget rule refuses, or an unknown batch, and BudgetTooSmall (as
-    submit does) for one that cannot pay for one call of the batch's documents."""
+    submit does) for one that cannot pay for one call of the batch's documents. An amount
+    accepted that still cannot admit the call an over-budget document was refused for is
+    set all the same (a person may mean to stop the batch) and said: `short` names those
+    documents and `admits_usd` the amount that would admit any one of them beside `used_usd`,
+    what the batch's budget counts spent or held by calls in flight now."""
     usd_amount = check_budget_usd(amount, "budget")
     view = await batch_view(client, engine, ref, changing="set the budget of")
     batch_id = view.facts.batch_id
-    check_floor(view, usd_amount, client.settings)
+    budget = Budget(client.redis, client.keys, client.settings)
+    now = (await budget.status(batch_id))["batch"]
+    check_floor(view, usd_amount, client.settings, now.spent_usd + now.reserved_usd)
     await set_limit(client.redis, client.keys, batch_id, usd_amount)
     # A batch an overrun stopped (README, Costs) admits calls again only under a limit above
     # the one in force when it stopped.
-    budget = Budget(client.redis, client.keys, client.settings)
     (scope, *_) = budget.scopes(batch_id, usd_amount)
     stopped_at = await budget.raise_limit(scope, usd_amount)
     await recorder.upsert_batch(batch_id, budget_usd=usd_amount)
-    waiting = sum(d.status == "over_budget" for d in view.documents)
+    waiting = [d for d in view.documents if d.status == "over_budget"]
+    refused = await budget.refused(batch_id, [d.state.job_id for d in waiting if d.state.job_id])
+    short = [{"name": d.name, "call_usd": usd(refused[d.state.job_id]),
+              "admits_usd": usd(admitting_usd(now.spent_usd, now.reserved_usd,
+                                              refused[d.state.job_id]))}
+             for d in waiting if d.state.job_id in refused
+             and admitting_usd(now.spent_usd, now.reserved_usd,
+                               refused[d.state.job_id]) > usd_amount]  # fmt: skip
     return {"batch_id": batch_id, "budget_usd": usd(usd_amount),
-            "spend_usd": usd(view.facts.spend), "over_budget": waiting,
+            "spend_usd": usd(view.facts.spend), "over_budget": len(waiting),
             "overrun_stop": None if stopped_at is None else
             ("lifted" if usd_amount > stopped_at else "still stopped"),
             "stopped_at_usd": None if stopped_at is None else usd(stopped_at),
+            "used_usd": usd(now.spent_usd + now.reserved_usd), "short": short,
+            "admits_usd": max((d["admits_usd"] for d in short), key=Decimal, default=None),
             "note": view.note}  # fmt: skip
 
 
-def check_floor(view: BatchView, amount: Decimal, s: Settings) -> None:
+def check_floor(view: BatchView, amount: Decimal, s: Settings,
+                used: Decimal = Decimal(0)) -> None:  # fmt: skip
     """Raise BudgetTooSmall, as a submission does (tasks/plan.py), when `amount` cannot
     admit one call of a document of the batch: of its model, at the batch rate while it is
     in a Gemini batch job, unless the offline analyzer (free) answers it. A batch without
-    documents is checked against the settings' model and provider."""
+    documents is checked against the settings' model and provider. `used` (USD) is what the
+    batch has spent and holds for calls in flight: the amount the refusal names admits one
+    call beside it."""
     from datetime import UTC, datetime
 
     from pipeline.errors import BudgetTooSmall
@@ -284,10 +302,13 @@ def check_floor(view: BatchView, amount: Decimal, s: Settings) -> None:
         ref = view.facts.label or view.facts.batch_id[:12]
         was = view.facts.budget_usd
         kept = f" (still {dollars(was)})" if was is not None else ""
+        beside = (f" ({dollars(used)} spent or held by calls in flight + {dollars(least)} for "
+                  "one call)" if used > 0 else "")  # fmt: skip
+        needed = at_least_usd(used + least)
         raise BudgetTooSmall(
             f"{cannot_pay_for_one_call(amount, model, floor, batch)}; the budget of batch "
-            f"{ref} was not changed{kept}. Give at least {dollars(least)}.",
-            least,
+            f"{ref} was not changed{kept}. Give at least {dollars(needed)}{beside}.",
+            needed,
         )
 
 

@@ -294,10 +294,14 @@ async def submit_uploads(
         submission.batch_id = None
         return submission
     if budget_usd is not None and billed:
+        from pipeline.ledger.budget import Budget
+
+        # A batch named by the caller (the API's idempotent retry) may have spent already.
+        now_in = (await Budget(client.redis, client.keys, s).status(batch_id))["batch"]
         async with counter(client, services, s) as count:
             submission.warnings.extend(await over_budget_warnings(
                 checked, budget_usd, prices, model, s, choice.mode == "batch",
-                batch_id[:12], now, count))  # fmt: skip
+                batch_id[:12], now, count, now_in.spent_usd + now_in.reserved_usd))  # fmt: skip
 
     group: dict[str, Any] | None = None
     if choice.mode == "batch":

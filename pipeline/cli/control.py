@@ -114,6 +114,20 @@ def budget(
                       f"`pipeline retry {out['batch_id'][:12]} --over-budget` runs them under "
                       "the new budget",
                       highlight=False, soft_wrap=True)  # fmt: skip
+    if out["short"]:
+        console.print(_still_short(out), highlight=False, soft_wrap=True)
+
+
+def _still_short(out: dict[str, Any]) -> str:
+    """The over-budget documents the budget just set still cannot admit, and what would."""
+    short = out["short"]
+    named = ", ".join(f"{escape(d['name'])} (a call of up to {dollars(d['call_usd'])})"
+                      for d in short[:3]) + (f" and {len(short) - 3} more" if len(short) > 3
+                                              else "")  # fmt: skip
+    which = "it" if len(short) == 1 else "any one of them"
+    return (f"still too low for {counted(len(short), 'over-budget document')}: {named}, beside "
+            f"{dollars(out['used_usd'])} spent or held by calls in flight; "
+            f"`pipeline budget {out['batch_id'][:12]} --set {out['admits_usd']}` admits {which}")
 
 
 def retry(

@@ -254,9 +254,29 @@ class Budget:
                     scope_name=scope.name,
                     spent_usd=spent,
                     limit_usd=limit,
+                    reserved_usd=reserved,
                 )
-            raise would_exceed(scope.kind, scope.name, spent, Decimal(worst_case_usd), limit)
+            if scope.kind == "batch" and job_id is not None:
+                await self.note_refused(scope.name, job_id, Decimal(worst_case_usd))
+            raise would_exceed(scope.kind, scope.name, spent, Decimal(worst_case_usd), limit,
+                               held=reserved)  # fmt: skip
         return Reservation(token, Decimal(worst_case_usd), scopes, job_id, lease, at)
+
+    async def note_refused(self, scope_name: str, job_id: str, worst_usd: Decimal) -> None:
+        """Keep what `job_id` asked of the batch scope `scope_name` when the batch budget
+        refused it outright (its job ends over_budget), so `refused` can say, when the
+        budget is set again, whether the new limit admits it."""
+        key = self.keys.budget(scope_name + ":refused")
+        await self.redis.hset(key, job_id, str(to_nanos(worst_usd, round_up=True)))
+        await self.redis.expire(key, SCOPE_TTL_S["batch"])
+
+    async def refused(self, batch_id: str, job_ids: list[str]) -> dict[str, Decimal]:
+        """The worst case (USD) each of `job_ids` was refused by the batch's budget for
+        (`note_refused`); jobs never refused are left out."""
+        if not job_ids:
+            return {}
+        raw = await self.redis.hmget(self.keys.budget(f"batch:{batch_id}:refused"), job_ids)
+        return {j: from_nanos(v) for j, v in zip(job_ids, raw, strict=True) if v is not None}
 
     async def settle(self, reservation: Reservation, actual_usd: Decimal) -> bool:
         """Book the real cost and free the hold; False if this token was already closed.

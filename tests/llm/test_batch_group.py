@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import Engine, select
 
+from pipeline.errors import OverBudget
 from pipeline.ledger import db
 from pipeline.ledger.budget import Budget, day_month_scopes
 from pipeline.ledger.models import LLMCall
@@ -31,6 +33,7 @@ from pipeline.llm.callstore import CallStore, call_key
 from pipeline.llm.gemini import GeminiProvider
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.provider import LLMRequest, Part
+from pipeline.money import at_least_usd
 from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
 from tasks.batch_holds import holds, reserve_group, settle_group
@@ -317,3 +320,34 @@ async def test_a_reconcile_pass_while_the_job_runs_books_each_request_once(
 
 async def _hold_tokens(groups: BatchGroups, name: str) -> list[str]:
     return [r.token for r in (await holds(groups, name)).values()]
+
+
+async def test_a_group_the_batch_budget_refuses_names_an_amount_that_admits_it(
+    engine: Engine, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    """A group with room for its first requests, not all, beside another call in flight:
+    the `--set` amount the refusal names is that call's hold + the whole group's worst case
+    (not the group alone, which the hold would still leave short), and under it the group
+    holds while that call still does."""
+    items = _items(3, tag="adv")
+    name = display_name_for(MODEL, items)
+    budget = Budget(aredis, keys, load_settings(key_prefix=keys.prefix))
+    with start_emulator() as emu:
+        provider, groups = _groups(emu, engine, aredis, keys)
+        tokens = await _counted(provider, items)
+        now = datetime.now(UTC)
+        total = sum((groups.worst_case_usd(i.request, tokens[i.key], now) for i in items),
+                    Decimal(0))  # fmt: skip
+        limit = total * Decimal("0.9")
+        other = await (await budget.for_call("b-adv", limit)).reserve(total / 4)
+        call = await budget.for_call("b-adv", limit, job_id="j-adv")
+        with pytest.raises(OverBudget) as refused:
+            await reserve_group(call, groups, name, items, tokens)
+        advised = Decimal(str(refused.value).split("--set ")[1].split("`")[0])
+        assert advised >= other.amount_usd + total, str(refused.value)
+        assert await budget.refused("b-adv", ["j-adv"]) == {"j-adv": at_least_usd(total)}
+        (scope, *_) = budget.scopes("b-adv", advised)
+        await budget.raise_limit(scope, advised)
+        await reserve_group(call, groups, name, items, tokens)  # the other call still holds
+        await provider.aclose()
+    assert sorted(await holds(groups, name)) == sorted(i.key for i in items)
