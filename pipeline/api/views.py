@@ -63,7 +63,9 @@ def job_view(job: Job | None, row: JobRow | None, cost: dict[str, Any]) -> dict[
             "batch_id": job.batch,
             "document_id": row.document_id if row else None,
             "attempts": job.attempt,
-            "max_attempts": job.max_attempts,
+            # resolved from the claiming worker's task definition (queue/job.py): unknown,
+            # not 0, until a worker first claims the job
+            "max_attempts": job.max_attempts or None,
             "created_at": _ms_iso(job.created_ms),
             "started_at": _ms_iso(job.started_ms),
             "finished_at": _ms_iso(job.finished_ms),
