@@ -131,7 +131,7 @@ class Services:
         budget = self.retry_budgets.get(job_id)
         if budget is None:
             limit = self.client.settings.max_call_attempts_per_job
-            budget = self.retry_budgets[job_id] = RetryBudget(limit)
+            budget = self.retry_budgets[job_id] = RetryBudget(limit, self.provider.name)
         return budget
 
     def job_ended(self, job_id: str) -> None:

@@ -21,6 +21,7 @@ from pipeline.queue.task import Call
 
 if TYPE_CHECKING:
     from tasks.prompts import Prompt
+    from tasks.status import DocumentState
 
 ANALYZE_TASK = "analyze_document"
 
@@ -118,20 +119,18 @@ async def enqueue_runs(client: QueueClient, specs: list[RunSpec]) -> list[JobHan
     return await client.enqueue_many([spec.call(budget, prompt) for spec in specs])
 
 
-async def ended_without_result(client: QueueClient, root_id: str, has_result: bool) -> str | None:
-    """Why the run rooted at `root_id` cannot answer for its document any more (it ended
-    failed, over budget or cancelled), or None when it can (complete, or still on its way).
-
-    A root whose record is gone is treated as on its way: the idempotency key that led here
-    outlives job records only by accident, and a second run must never start by mistake."""
+async def earlier_run(client: QueueClient, root_id: str,
+                      has_result: bool) -> tuple[DocumentState | None, list[str]]:  # fmt: skip
+    """The state of the run rooted at `root_id` (tasks/status.py's derivation: complete,
+    on its way, or ended without a result), and the ids of its jobs not ended yet (those
+    that will still run). The state is None when the root's record is gone: taken as on
+    its way, since the idempotency key that led here outlives job records only by accident,
+    and a second run must never start by mistake."""
     from tasks.batches import read_runs
-    from tasks.status import Surroundings, derive
+    from tasks.status import Surroundings, derive, not_ended
 
     runs = await read_runs(client, [root_id], {})
     run = runs[root_id]
     if run.root is None:
-        return None
-    state = derive(run, has_result, Surroundings())
-    if state.status in ("failed", "over_budget", "cancelled"):
-        return f"{state.status}: {state.reason}" if state.reason else state.status
-    return None
+        return None, [root_id]
+    return derive(run, has_result, Surroundings()), [j.id for j in run.jobs() if not_ended(j)]

@@ -186,6 +186,11 @@ def _mode(args: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
+def not_ended(job: JobView) -> bool:
+    """Whether `job` may still run: neither ended nor cancelled."""
+    return job.state not in _TERMINAL_JOB and not _cancelled(job)
+
+
 def _cancelled(job: JobView) -> bool:
     return job.state == "cancelled" or (job.reason == Reason.CANCELLED and job.state in
                                         _TERMINAL_JOB)  # fmt: skip

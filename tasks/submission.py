@@ -4,9 +4,10 @@ Everything that must hold for every submission lives here so both surfaces get i
 is checked before anything is enqueued; each PDF is inspected before it costs anything; the
 bytes go to the document store (pipeline/storage/) and only the sha256 travels in the job;
 and the idempotency key is the content hash, so the same file sent twice — even renamed — is
-the same job and is never paid for twice. A submission of thousands of files costs a few
-round trips and commits, not a few per file: holds, jobs (enqueue_many) and ledger rows go in
-bulk, and what each document's answer means is still decided one by one.
+the same job and runs once (what a second submission says: tasks/resubmission.py). A
+submission of thousands of files costs a few round trips and commits, not a few per file:
+holds, jobs (enqueue_many) and ledger rows go in bulk, and what each document's answer means
+is still decided one by one.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import BadDocument, DatabaseUnavailable, InputError
+from pipeline.errors import BadDocument, InputError
 from pipeline.ledger.budget import check_budget_usd
 from pipeline.llm.factory import provider_kind
 from pipeline.llm.pricing import PriceTable, canonical_model
 from pipeline.queue.client import QueueClient
 from pipeline.queue.job import parse_priority
 from tasks.budget_warning import counter, over_budget_warnings
+from tasks.resubmission import resubmitted
 from tasks.runs import ANALYZE_TASK
 
 __all__ = ["ANALYZE_TASK", "DocOutcome", "Submission", "Upload", "counts_with_provider",
@@ -125,43 +127,6 @@ def _priority(value: int | str | None) -> int | None:
         return parse_priority(value)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-
-
-async def _resubmitted(
-    client: QueueClient, recorder: Any, job_id: str, spec: Any
-) -> tuple[str, str, str | None]:
-    """What a second submission of the same content means: (status, job id, reason).
-
-    The idempotency key returns the first run's root job for a day. Complete or still on its
-    way, that run answers for this document here too ("duplicate": nothing paid again; the
-    batch shows its state, cost and result). One that ended without a result (failed, dead,
-    cancelled, over budget — also a long document whose merge failed) would leave the
-    document unanalysed: so a new run starts in *this* batch ("queued"), under this batch's
-    budget, taking the key over from the old run.
-    """
-    from tasks.runs import ended_without_result, enqueue_run
-
-    has_result = await _has_result(recorder, spec)
-    why = await ended_without_result(client, job_id, has_result)
-    if why is None:
-        return "duplicate", job_id, (
-            f"already submitted (same content as job {job_id}); not paid again"
-        )
-    handle = await enqueue_run(client, spec, replacing=job_id)
-    if not handle.created:  # a concurrent submission started the new run first
-        return "duplicate", handle.id, f"already submitted again as job {handle.id}"
-    return "queued", handle.id, (
-        f"its earlier run (job {job_id}) ended {why}; analysed again in this batch, under "
-        "its budget"
-    )
-
-
-async def _has_result(recorder: Any, spec: Any) -> bool:
-    try:
-        return await recorder.get_result(spec.sha256, spec.model, spec.prompt_version,
-                                         spec.provider) is not None  # fmt: skip
-    except DatabaseUnavailable:  # unknown: the job states alone decide
-        return False
 
 
 def _inspect(upload: Upload, s: Settings, model: str) -> tuple[int, str]:
@@ -348,7 +313,7 @@ async def submit_uploads(
             if handle.created:
                 status = "queued"
             else:
-                status, job_id, reason = await _resubmitted(client, recorder, handle.id, spec)
+                status, job_id, reason = await resubmitted(client, recorder, handle.id, spec)
             if job_id != spec.job_id:
                 # The id held above never became a job (an earlier run answers): a duplicate
                 # of a finished run leaves no holder, and the bytes just put go again.

@@ -2,7 +2,8 @@
 
 `run` is the quick start: the same submission and the same worker as a deployment, in one
 process. Ctrl-C gives running jobs the grace period; a second one releases them back to Redis
-at once, cutting off their calls in flight (possibly billed, and paid again by the next run).
+at once, cutting off their calls in flight (Gemini's possibly billed, and paid again by the next
+run; the emulator's priced, never billed; the offline analyzer's free, however often sent).
 Running it again finds the same jobs (idempotency keys) and reuses paid answers (call store).
 The line a stopped run ends with says which of these happened (`stopped_words`).
 """
@@ -160,7 +161,8 @@ async def _finish(view: BatchView, where: Path) -> None:
 def stopped_words(view: BatchView, released: int, cut: CutCalls) -> str:
     """The line a stopped run ends with: the batch's documents done, the running jobs that
     went back to the queue (`released`), the calls cut off in flight (`cut`) and what to do;
-    "nothing is paid twice" only when no call was cut off."""
+    "nothing is paid twice" only when no priced call was cut off (the offline analyzer's
+    cost nothing, however often they are sent)."""
     from tasks.status import ENDED
 
     total = len(view.documents)
@@ -180,7 +182,7 @@ def stopped_words(view: BatchView, released: int, cut: CutCalls) -> str:
         said.append(f"results: `pipeline results {view.facts.batch_id}`")
     else:
         said.append("run the same command again to continue"
-                    + ("" if cut.calls else " (nothing is paid twice)"))
+                    + ("" if cut.priced else " (nothing is paid twice)"))
     return "stopped: " + "; ".join(said)
 
 

@@ -105,8 +105,8 @@ def worker(
             services: Services | None = w.deps.get("services")
             if services is not None:
                 cut = await services.cut_off(w.signalled_at or started)
-                if cut.calls:
-                    log.warning("%s", cut.words())
+                if cut.calls:  # a warning only when money is at stake: priced calls cut
+                    log.log(logging.WARNING if cut.priced else logging.INFO, "%s", cut.words())
         finally:
             await client.aclose()
 

@@ -119,9 +119,10 @@ class ReconcileReport:
         h = self.holds
         said = [
             (self.abandoned_rows, f"{counted(self.abandoned_rows, 'call')} left running by a "
-             "worker that is gone booked as abandoned at their worst case (possibly billed)"),
+             "worker that is gone booked as abandoned at their worst case (Gemini's possibly "
+             "billed; the emulator's and the offline analyzer's never are)"),
             (h.abandoned, f"{counted(h.abandoned, 'budget hold')} of lost jobs kept at their "
-             "call's worst case (possibly billed)"),
+             "call's worst case (possibly billed by Gemini; never by the emulator)"),
             (h.booked, f"{counted(h.booked, 'budget hold')} of lost jobs settled at their "
              "call's ledger cost"),
             (h.released, f"{counted(h.released, 'budget hold')} of lost jobs released (the "

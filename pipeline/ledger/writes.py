@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Table, delete, update
+from sqlalchemy import Table, case, delete, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -70,6 +70,13 @@ def job_entry(
 ABANDONED_NOTE = (
     "the worker lost its lease mid-call; possibly billed (cost is the reserved worst case)"
 )
+# The same, for a call no billed provider made (the row's `provider`): nothing to bill.
+_ABANDONED_NOTES = {
+    "emulator": "the worker lost its lease mid-call; a rehearsal's call, never billed (cost "
+                "is the reserved worst case, as Gemini would bill it)",
+    "offline": "the worker lost its lease mid-call; the offline analyzer's call: no "
+               "provider asked, $0",
+}
 
 _CALL_FIELDS = (
     "job_id", "batch_id", "document_id", "model", "model_version", "call_key", "attempt",
@@ -171,7 +178,9 @@ def call_abandoned(session: Session, payload: Payload) -> None:
         update(LLMCall)
         .where(*abandon_filter(payload))
         .values(outcome=Outcome.ABANDONED.value, finished_at=values["finished_at"],
-                error=ABANDONED_NOTE)
+                error=case(*((LLMCall.provider == p, note)
+                             for p, note in _ABANDONED_NOTES.items()),
+                           else_=ABANDONED_NOTE))
         # SQLite returns naive datetimes; no in-Python evaluation against the aware cutoff
         .execution_options(synchronize_session=False)
     )  # fmt: skip

@@ -199,7 +199,8 @@ class LLMCaller:
                 with attempt:
                     response = await self._attempt(state)
         except ProviderCallError as exc:
-            raise exhausted_error(exc.failure, state.attempt, "per-call retries") from exc
+            raise exhausted_error(exc.failure, state.attempt, "per-call retries",
+                                  self.provider.name) from exc  # fmt: skip
         finally:
             if state.permit is not None:  # never used: no attempt got that far
                 await self.limiter.release(state.permit, sent=False)

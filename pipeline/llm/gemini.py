@@ -60,10 +60,13 @@ def _error_body(details: Any) -> dict[str, Any]:
     return {}
 
 
-def _transport_error(exc: BaseException) -> ProviderFailure | None:
+def _transport_error(exc: BaseException, who: str) -> ProviderFailure | None:
     """Timeouts and connection failures of httpx or httpx2 (the SDK may use either). A
     connection never made (refused, proxy, scheme) sent nothing; one that failed once made
-    (reset while the answer was awaited, a broken stream) may have delivered the request."""
+    (reset while the answer was awaited, a broken stream) may have delivered the request:
+    Gemini may have billed it, the emulator (`who`: "emulator") bills nothing."""
+    cost = ("a rehearsal's request, never billed" if who == "emulator"
+            else "the request may have been billed")  # fmt: skip
     for module_name in ("httpx", "httpx2"):
         try:
             module = importlib.import_module(module_name)
@@ -76,13 +79,13 @@ def _transport_error(exc: BaseException) -> ProviderFailure | None:
                                 | module.UnsupportedProtocol)  # fmt: skip
             message = (f"could not reach Gemini ({exc!r}); check the network or base URL"
                        if unsent else f"the connection to Gemini broke before its answer "
-                       f"({exc!r}); the request may have been billed")  # fmt: skip
+                       f"({exc!r}); {cost}")  # fmt: skip
             return ProviderFailure(code=0, status="UNAVAILABLE", message=message,
                                    retryable=True, maybe_billed=not unsent)  # fmt: skip
     return None
 
 
-def parse_api_error(exc: BaseException) -> ProviderFailure:
+def parse_api_error(exc: BaseException, who: str = "gemini") -> ProviderFailure:
     """What went wrong, in fields the retry layer and the limiter can act on.
 
     Reads google.rpc.RetryInfo.retryDelay (the SDK ignores it) and whether any
@@ -91,6 +94,8 @@ def parse_api_error(exc: BaseException) -> ProviderFailure:
     exception from inside the SDK's call (an answer it could not parse, a bug) may come
     after the server answered, so it is `maybe_billed`: callers build what they can before
     the SDK's call (GeminiProvider.generate), so that nothing of ours fails inside it.
+    `who` is the provider's name ("gemini", "emulator"): what a request that may have been
+    delivered cost is said by it (the emulator bills nothing).
     """
     if isinstance(exc, ProviderCallError):
         return exc.failure
@@ -123,7 +128,7 @@ def parse_api_error(exc: BaseException) -> ProviderFailure:
         )
     if isinstance(exc, TimeoutError):
         return ProviderFailure.timeout()
-    transport = _transport_error(exc)
+    transport = _transport_error(exc, who)
     if transport is not None:
         return transport
     return ProviderFailure(code=0, status="UNKNOWN", message=repr(exc), retryable=False,
@@ -222,7 +227,7 @@ class GeminiProvider:
                 model=request.model, contents=contents, config=config
             )
         except Exception as exc:
-            failure = parse_api_error(exc)
+            failure = parse_api_error(exc, self.name)
             raise ProviderCallError(failure) from exc
         return to_llm_response(response, request, time.perf_counter() - started)
 

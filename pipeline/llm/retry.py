@@ -41,8 +41,9 @@ class RetryBudget:
     crash starts a new budget, which the queue's own attempt limit already bounds.
     """
 
-    def __init__(self, max_attempts: int) -> None:
+    def __init__(self, max_attempts: int, provider: str = "gemini") -> None:
         self.max_attempts = max_attempts
+        self.provider = provider  # who is asked: what an unreadable answer may have cost
         self.used = 0
         self.last_failure: ProviderFailure | None = None
 
@@ -52,7 +53,8 @@ class RetryBudget:
 
     def take(self) -> None:
         if self.remaining <= 0:
-            raise exhausted_error(self.last_failure, self.used, "this job's retry budget")
+            raise exhausted_error(self.last_failure, self.used, "this job's retry budget",
+                                  self.provider)  # fmt: skip
         self.used += 1
 
 
@@ -92,7 +94,8 @@ class RetryPolicy:
         )
 
 
-def exhausted_error(failure: ProviderFailure | None, attempts: int, what: str) -> LLMError:
+def exhausted_error(failure: ProviderFailure | None, attempts: int, what: str,
+                    provider: str = "gemini") -> LLMError:  # fmt: skip
     """The error to raise once no attempt is left (or none is worth making)."""
     if failure is None:
         return RateLimited(
@@ -117,7 +120,7 @@ def exhausted_error(failure: ProviderFailure | None, attempts: int, what: str) -
         )
     if failure.maybe_billed:  # no refusal: an answer came back, or may have, unreadable
         return ProviderError(
-            f"no usable answer from the provider (the request may have been billed): "
+            f"no usable answer from the provider ({_maybe_billed(provider)}): "
             f"{failure.code} {failure.status}: {failure.message}",
             code=failure.code,
         )
@@ -125,3 +128,12 @@ def exhausted_error(failure: ProviderFailure | None, attempts: int, what: str) -
         f"the provider refused the request: {failure.code} {failure.status}: {failure.message}",
         code=failure.code,
     )
+
+
+def _maybe_billed(provider: str) -> str:
+    """What a request whose answer came back unreadable may have cost, by who was asked."""
+    if provider == "offline":
+        return "the offline analyzer's: no provider asked, $0"
+    if provider == "emulator":
+        return "the emulator's: a rehearsal, booked at its worst case, never billed"
+    return "the request may have been billed"

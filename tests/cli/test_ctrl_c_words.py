@@ -1,10 +1,17 @@
 """What a stopped `pipeline run` says is what happened. Ctrl-C as a terminal sends it: SIGINT
 to the whole process group (the run and its PDF pool processes). Real `pipeline run`
-processes, real Redis, SQLite, the real google-genai client against the emulator.
+processes, real Redis, SQLite, the real google-genai client against the emulator, and the
+offline analyzer.
 
 - Twice: the calls in flight are cut off, booked `abandoned` at their worst case, and paid
   again by a rerun: the last line says so, with the ledger's count and amount, and does not
-  say "nothing is paid twice".
+  say "nothing is paid twice". Said for who answered (the ledger row's `provider`): Gemini's
+  may have been billed (PIPELINE_PROVIDER=gemini, here pointed at the emulator), the
+  emulator's are a rehearsal's (priced, never billed), the offline analyzer's cost nothing
+  and nothing is paid again.
+- Run again: the documents whose jobs went back to the queue are said to be queued (run
+  once), with their calls cut off paid again when they run; "not paid again" only once the
+  run has its result.
 - Once, every job finishing in the grace period: the last line says all are done and there
   is nothing to run again.
 - No traceback from the pool processes (which the terminal's SIGINT reaches too).
@@ -108,6 +115,44 @@ def _abandoned(env: dict[str, str]) -> tuple[int, Decimal]:
     return len(rows), sum((Decimal(str(r[0])).quantize(Decimal("1e-9")) for r in rows), Decimal(0))
 
 
+def _started(env: dict[str, str]) -> int:
+    """The ledger's calls in flight: `started` rows, written before a request goes out (0
+    while the run has not made its ledger yet)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    engine = create_engine(env["PIPELINE_DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(
+                "SELECT count(*) FROM llm_calls WHERE outcome = 'started'")).scalar() or 0)
+    except OperationalError:  # no table yet
+        return 0
+    finally:
+        engine.dispose()
+
+
+def _long_pdfs(where: Path, n: int, pages: int = 300) -> list[str]:
+    """`n` PDFs of `pages` text pages, each its own content: the offline analyzer takes
+    seconds over each, so its calls are still in flight when the run is stopped."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=8)
+    line = "The customer Acme GmbH owes EUR 1,234.56 for services rendered in March."
+    for page in range(pages):
+        pdf.add_page()
+        for row in range(40):
+            pdf.text(10, 10 + row * 6, f"Invoice {page}.{row} {line}")
+    data = bytes(pdf.output())
+    paths = []
+    for i in range(n):
+        path = where / f"long{i}.pdf"
+        path.write_bytes(data + f"%copy {i}\n".encode())  # after %%EOF: a new hash, same text
+        paths.append(str(path))
+    return paths
+
+
 def _env(pipeline_env: dict[str, str], emu: RunningEmulator, **more: str) -> dict[str, str]:
     return {**pipeline_env, **emu.env, "GOOGLE_API_KEY": "", **more}
 
@@ -132,8 +177,110 @@ def test_two_ctrl_c_say_the_calls_cut_off_are_paid_again(
     word = "call" if calls == 1 else "calls"
     assert f"{calls} {word} in flight" in last, run.text
     assert dollars(booked) in last and "running again pays for" in last, run.text
+    # the emulator's: a rehearsal, priced and never billed
+    assert "the emulator's, a rehearsal (priced as Gemini bills, never billed)" in last, last
+    assert "in the rehearsal's dollars" in last and "may have been billed" not in last, last
     assert "nothing is paid twice" not in run.text, run.text
     assert "Traceback" not in run.text, run.text
+
+
+def test_two_ctrl_c_on_gemini_say_the_calls_cut_off_may_have_been_billed(
+    pipeline_env: dict[str, str], sredis: redis.Redis
+) -> None:
+    """PIPELINE_PROVIDER=gemini (the emulator standing in for Google's endpoint): the ledger
+    rows say "gemini", and only those are said to be possibly billed."""
+    with start_emulator(latency_s=(4.0, 4.0)) as emu:
+        run = Terminal(_env(pipeline_env, emu, PIPELINE_PROVIDER="gemini"), "run", *SMALL)
+        try:
+            run.until("2 calls in flight", lambda: emu.stats()["in_flight"] >= 2)
+            run.ctrl_c()
+            run.until("stopping", lambda: any("stopping:" in ln for ln in run.err))
+            run.ctrl_c()
+            assert run.finish() == 130, run.text
+        finally:
+            run.kill()
+    calls, booked = _abandoned(pipeline_env)
+    assert calls >= 2, run.text
+    last = run.out[-1]
+    assert (f"{calls} calls in flight were cut off: they may have been billed, are booked at "
+            f"their worst case ({dollars(booked)}), and running again pays for them again"
+            in last), run.text  # fmt: skip
+    assert "rehearsal" not in last and "nothing is paid twice" not in run.text, run.text
+
+
+def test_two_ctrl_c_offline_say_the_calls_cut_off_cost_nothing_and_a_rerun_runs_them_once(
+    pipeline_env: dict[str, str], sredis: redis.Redis, tmp_path: Path
+) -> None:
+    """The offline analyzer reaches no provider: its calls cut off were never billed, and
+    sending them again costs nothing."""
+    from tests.support.cli import run_cli
+
+    docs = _long_pdfs(tmp_path, 2)
+    run = Terminal(pipeline_env, "run", *docs, "--label", "off")
+    try:
+        run.until("2 calls in flight", lambda: _started(pipeline_env) >= 2, timeout_s=120)
+        run.ctrl_c()
+        run.until("stopping", lambda: any("stopping:" in ln for ln in run.err))
+        run.ctrl_c()
+        assert run.finish() == 130, run.text
+    finally:
+        run.kill()
+    calls, booked = _abandoned(pipeline_env)
+    assert calls == 2 and booked == 0, run.text
+    last = run.out[-1]
+    assert ("2 calls in flight were cut off: they are the offline analyzer's (no provider "
+            "asked), so they cost nothing and nothing is paid again" in last), run.text
+    assert "may have been billed" not in last and "pays for" not in last, run.text
+    assert "run the same command again to continue (nothing is paid twice)" in last, run.text
+
+    # the same command again: the released jobs answer for it, once
+    again = run_cli(pipeline_env, "run", *docs, "--label", "off", columns=1000, timeout_s=240)
+    assert again.returncode == 0, again.stdout + again.stderr
+    rows = [ln for ln in again.stdout.splitlines() if "duplicate" in ln]
+    assert len(rows) == 2, again.stdout
+    for row in rows:
+        assert "queued: it runs once, not twice" in row, row
+        assert ("1 call of it was cut off in flight: it is the offline analyzer's (no provider "
+                "asked), so it costs nothing and nothing is paid again when it runs" in row), row
+        assert "not paid again" not in row, row
+
+
+def test_run_again_after_two_ctrl_c_says_the_jobs_are_queued_and_their_cut_calls_paid_again(
+    pipeline_env: dict[str, str], sredis: redis.Redis
+) -> None:
+    """A stopped run's jobs went back to the queue without a result: a rerun finds them as
+    duplicates, which run once, and whose calls cut off are sent (and priced) again; "not
+    paid again" only once their results are stored."""
+    from tests.support.cli import run_cli
+
+    with start_emulator(latency_s=(4.0, 4.0)) as emu:
+        env = _env(pipeline_env, emu)
+        run = Terminal(env, "run", *SMALL)
+        try:
+            run.until("every call in flight", lambda: emu.stats()["in_flight"] >= len(SMALL))
+            run.ctrl_c()
+            run.until("stopping", lambda: any("stopping:" in ln for ln in run.err))
+            run.ctrl_c()
+            assert run.finish() == 130, run.text
+        finally:
+            run.kill()
+        assert _abandoned(env)[0] == len(SMALL), run.text
+
+        again = run_cli(env, "run", *SMALL, columns=1000, timeout_s=180)
+        assert again.returncode == 0, again.stdout + again.stderr
+        rows = [ln for ln in again.stdout.splitlines() if "duplicate" in ln]
+        assert len(rows) == len(SMALL), again.stdout
+        for row in rows:
+            assert "queued: it runs once, not twice" in row, row
+            assert "1 call of it was cut off in flight: it is the emulator's" in row, row
+            assert "is paid again in the rehearsal's dollars when it runs" in row, row
+            assert "not paid again" not in row, row
+
+        third = run_cli(env, "run", *SMALL, columns=1000, timeout_s=180)
+        assert third.returncode == 0, third.stdout + third.stderr
+        rows = [ln for ln in third.stdout.splitlines() if "duplicate" in ln]
+        assert len(rows) == len(SMALL), third.stdout
+        assert all("which has its result: not paid again" in row for row in rows), third.stdout
 
 
 def test_one_ctrl_c_after_every_job_ended_writes_the_results_and_says_nothing_to_run_again(
@@ -207,4 +354,5 @@ def test_a_worker_stopped_twice_says_the_calls_it_cut_off_are_paid_again(
     said = [ln for ln in worker.err if "in flight" in ln and "cut off" in ln]
     assert said and f"{calls} calls in flight were cut off" in said[-1], worker.text
     assert dollars(booked) in said[-1] and "running again pays for" in said[-1], worker.text
+    assert "a rehearsal" in said[-1] and "may have been billed" not in said[-1], worker.text
     assert "Traceback" not in worker.text, worker.text

@@ -142,3 +142,22 @@ async def test_task_layer_helpers(recorder: SqlRecorder, engine: Engine) -> None
         assert job is not None
         assert (job.batch_id, job.status, job.attempts) == ("b1", "failed", 2)
         assert job.last_error == "boom"
+
+
+async def test_mark_abandoned_says_possibly_billed_only_of_gemini_calls(
+    recorder: SqlRecorder, engine: Engine
+) -> None:
+    """A lost lease's calls are booked the same way whoever was asked, but only Gemini's
+    are said to be possibly billed: the emulator's are a rehearsal's, the offline
+    analyzer's asked no one."""
+    calls = {}
+    for provider in ("gemini", "emulator", "offline"):
+        call = attempt(job_id="job-lost")
+        call.provider = provider
+        await recorder.started(call)
+        calls[provider] = call.attempt_id
+    assert await recorder.mark_abandoned("job-lost") == 3
+    said = {p: (r.error or "") for p, i in calls.items() if (r := _row(engine, i)) is not None}
+    assert "possibly billed" in said["gemini"], said
+    assert "never billed" in said["emulator"] and "possibly" not in said["emulator"], said
+    assert "$0" in said["offline"] and "billed" not in said["offline"], said
