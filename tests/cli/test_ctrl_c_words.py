@@ -153,6 +153,26 @@ def _long_pdfs(where: Path, n: int, pages: int = 300) -> list[str]:
     return paths
 
 
+def _ctrl_c_twice(run: Terminal) -> None:
+    """Ctrl-C, and again once the run says it is stopping (the second cuts off its calls)."""
+    run.ctrl_c()
+    run.until("stopping", lambda: any("stopping:" in ln for ln in run.err))
+    run.ctrl_c()
+
+
+def _stopped_mid_calls(env: dict[str, str], emu: RunningEmulator, calls: int,
+                       *args: str) -> Terminal:  # fmt: skip
+    """`pipeline run ARGS`, stopped by two Ctrl-C once `calls` calls are in flight; ended."""
+    run = Terminal(env, "run", *args)
+    try:
+        run.until(f"{calls} calls in flight", lambda: emu.stats()["in_flight"] >= calls)
+        _ctrl_c_twice(run)
+        assert run.finish() == 130, run.text
+    finally:
+        run.kill()
+    return run
+
+
 def _env(pipeline_env: dict[str, str], emu: RunningEmulator, **more: str) -> dict[str, str]:
     return {**pipeline_env, **emu.env, "GOOGLE_API_KEY": "", **more}
 
@@ -161,16 +181,8 @@ def test_two_ctrl_c_say_the_calls_cut_off_are_paid_again(
     pipeline_env: dict[str, str], sredis: redis.Redis
 ) -> None:
     with start_emulator(latency_s=(4.0, 4.0)) as emu:
-        run = Terminal(_env(pipeline_env, emu), "run", *EXAMPLES, "--budget", "1",
-                       "--label", "cc2")  # fmt: skip
-        try:
-            run.until("2 calls in flight", lambda: emu.stats()["in_flight"] >= 2)
-            run.ctrl_c()
-            run.until("stopping", lambda: any("stopping:" in ln for ln in run.err))
-            run.ctrl_c()
-            assert run.finish() == 130, run.text
-        finally:
-            run.kill()
+        run = _stopped_mid_calls(_env(pipeline_env, emu), emu, 2, *EXAMPLES, "--budget", "1",
+                                 "--label", "cc2")  # fmt: skip
     calls, booked = _abandoned(pipeline_env)
     assert calls >= 2, run.text  # what the ledger says was cut off
     last = run.out[-1]
@@ -190,15 +202,8 @@ def test_two_ctrl_c_on_gemini_say_the_calls_cut_off_may_have_been_billed(
     """PIPELINE_PROVIDER=gemini (the emulator standing in for Google's endpoint): the ledger
     rows say "gemini", and only those are said to be possibly billed."""
     with start_emulator(latency_s=(4.0, 4.0)) as emu:
-        run = Terminal(_env(pipeline_env, emu, PIPELINE_PROVIDER="gemini"), "run", *SMALL)
-        try:
-            run.until("2 calls in flight", lambda: emu.stats()["in_flight"] >= 2)
-            run.ctrl_c()
-            run.until("stopping", lambda: any("stopping:" in ln for ln in run.err))
-            run.ctrl_c()
-            assert run.finish() == 130, run.text
-        finally:
-            run.kill()
+        run = _stopped_mid_calls(_env(pipeline_env, emu, PIPELINE_PROVIDER="gemini"), emu, 2,
+                                 *SMALL)  # fmt: skip
     calls, booked = _abandoned(pipeline_env)
     assert calls >= 2, run.text
     last = run.out[-1]
@@ -219,9 +224,7 @@ def test_two_ctrl_c_offline_say_the_calls_cut_off_cost_nothing_and_a_rerun_runs_
     run = Terminal(pipeline_env, "run", *docs, "--label", "off")
     try:
         run.until("2 calls in flight", lambda: _started(pipeline_env) >= 2, timeout_s=120)
-        run.ctrl_c()
-        run.until("stopping", lambda: any("stopping:" in ln for ln in run.err))
-        run.ctrl_c()
+        _ctrl_c_twice(run)
         assert run.finish() == 130, run.text
     finally:
         run.kill()
@@ -255,15 +258,7 @@ def test_run_again_after_two_ctrl_c_says_the_jobs_are_queued_and_their_cut_calls
 
     with start_emulator(latency_s=(4.0, 4.0)) as emu:
         env = _env(pipeline_env, emu)
-        run = Terminal(env, "run", *SMALL)
-        try:
-            run.until("every call in flight", lambda: emu.stats()["in_flight"] >= len(SMALL))
-            run.ctrl_c()
-            run.until("stopping", lambda: any("stopping:" in ln for ln in run.err))
-            run.ctrl_c()
-            assert run.finish() == 130, run.text
-        finally:
-            run.kill()
+        run = _stopped_mid_calls(env, emu, len(SMALL), *SMALL)
         assert _abandoned(env)[0] == len(SMALL), run.text
 
         again = run_cli(env, "run", *SMALL, columns=1000, timeout_s=180)
