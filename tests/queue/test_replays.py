@@ -73,3 +73,34 @@ async def test_finish_replayed_is_applied_once(client: QueueClient) -> None:
     assert await client.redis.hget(stat_keys[0], "complete") == "1"  # counted once
     events = cast(list[Any], await client.redis.xrange(client.keys.events))
     assert [e[1]["state"] for e in events].count("complete") == 1
+
+
+async def test_finish_replayed_returns_the_outcome_it_applied(client: QueueClient) -> None:
+    """The replay answers what the first call applied, whatever became of the job since:
+    a retry applied, then the job cancelled while it waited, is still a retry (the worker
+    counts and logs that, and its job-end hooks hear it); a retry that became `cancelled`
+    (flagged while it ran), then run again by `pipeline retry`, is still `cancelled`."""
+    stat_keys = [client.keys.custom("s1"), client.keys.custom("s2")]
+
+    async def settle_retry(job_id: str) -> tuple[list[str], list[str | int | float]]:
+        await client.enqueue(qt.echo, 1, _options=JobOptions(job_id=job_id))
+        raw = (await claim(client, job_id, f"n-{job_id}"))[0]
+        job = Job.from_hash(dict(zip(raw[::2], raw[1::2], strict=True)))  # type: ignore[index]
+        args: list[str | int | float] = [
+            job.id, job.token or "", "retry", "", "boom", "", 60, 10_000, EVENTS_MAXLEN,
+            "retry", "le_1", "count", "sum", 0.1, "provider_error", "cancelled",
+        ]  # fmt: skip
+        return [*settle_keys(client.keys, job), *stat_keys], args
+
+    keys, args = await settle_retry("j-retry")
+    assert await client.scripts.finish(keys=keys, args=args) == "retry"
+    assert await client.cancel("j-retry") == "cancelled"  # while it waited for its retry
+    assert await client.scripts.finish(keys=keys, args=args) == "retry"  # the replay
+
+    keys, args = await settle_retry("j-flagged")
+    await client.redis.hset(client.keys.job("j-flagged"), "cancel", 1)  # while it ran
+    assert await client.scripts.finish(keys=keys, args=args) == "cancelled"
+    assert await client.requeue("j-flagged")  # `pipeline retry` runs it again
+    assert await client.scripts.finish(keys=keys, args=args) == "cancelled"  # the replay
+    settled = await client.redis.hgetall(stat_keys[0])
+    assert settled == {"retry": "1", "cancelled": "1"}  # each counted once

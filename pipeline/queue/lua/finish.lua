@@ -17,17 +17,19 @@
 -- ARGV[16] settled field counted instead of ARGV[10] when the outcome becomes `cancelled`
 -- Returns the outcome applied (ARGV[3], or `cancelled` for an attempt that would have come
 -- back but whose job was cancelled while it ran) when applied, or when this token's
--- settlement was applied before (a client retrying a call whose reply a failover lost);
--- 0 when the token is stale.
+-- settlement was applied before (a client retrying a call whose reply a failover lost: the
+-- outcome applied then, kept in `settled_outcome`, since a cancel or a requeue since may
+-- have changed the job's flag); 0 when the token is stale.
 local id, outcome = ARGV[1], ARGV[3]
-local f = redis.call('HMGET', KEYS[1], 'state', 'token', 'cancel', 'settled_token')
+local f = redis.call('HMGET', KEYS[1], 'state', 'token', 'cancel', 'settled_token',
+  'settled_outcome')
 local settled_field, reason = ARGV[10], ARGV[15]
 if f[3] == '1' and (outcome == 'retry' or outcome == 'postpone' or outcome == 'release') then
   outcome = 'cancelled'  -- cancelled while running: do not come back for another attempt
   settled_field, reason = ARGV[16], 'cancelled'
 end
 if f[1] ~= 'active' or f[2] ~= ARGV[2] then
-  if f[4] == ARGV[2] and ARGV[2] ~= '' then return outcome end
+  if f[4] == ARGV[2] and ARGV[2] ~= '' then return f[5] or outcome end
   return 0
 end
 local now = now_ms()
@@ -37,7 +39,7 @@ redis.call('HINCRBY', KEYS[14], ARGV[12], 1)
 redis.call('HINCRBYFLOAT', KEYS[14], ARGV[13], ARGV[14])
 redis.call('ZREM', KEYS[2], id)
 redis.call('HDEL', KEYS[1], 'token', 'lease_deadline_ms')
-redis.call('HSET', KEYS[1], 'settled_token', ARGV[2])
+redis.call('HSET', KEYS[1], 'settled_token', ARGV[2], 'settled_outcome', outcome)
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'error', ARGV[5], 'traceback', ARGV[6])
 end
