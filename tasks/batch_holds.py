@@ -60,11 +60,15 @@ async def holds(groups: BatchGroups, name: str) -> dict[str, Reservation]:
 
 
 async def reserve_group(budget: CallBudget, groups: BatchGroups, name: str,
-                        items: Sequence[BatchItem], tokens: Mapping[str, int]) -> None:  # fmt: skip
+                        items: Sequence[BatchItem], tokens: Mapping[str, int],
+                        job_id: str | None = None) -> None:  # fmt: skip
     """Hold every request's batch worst case, all or none; nothing when the group holds
     already. One member reserves (a short claim, so two never hold twice for one group);
     raises BatchCreateBusy for the others while it does, and the JobError `failed_call`
-    makes of BudgetExceeded (nothing held)."""
+    makes of BudgetExceeded (nothing held). `job_id` is the member job reserving: a group
+    the batch budget refuses is noted under it (Budget.note_refused), so `pipeline budget
+    --set` can say when a new amount still cannot admit the group. The group's holds are
+    not tied to it (`budget` names no job): they outlive the member that took them."""
     if await holds(groups, name):
         return
     claim = groups.keys.batch_group(name) + ":holding"
@@ -103,8 +107,9 @@ async def reserve_group(budget: CallBudget, groups: BatchGroups, name: str,
             what = f"a batch of {counted(len(items), 'request')}"
             raise_as = would_exceed(exc.scope, exc.scope_name, exc.spent_usd, total,
                                     exc.limit_usd, what, others)  # fmt: skip
-            if exc.scope == "batch" and budget.job_id is not None:
-                await budget.budget.note_refused(exc.scope_name, budget.job_id, total)
+            refused_job = job_id or budget.job_id
+            if exc.scope == "batch" and refused_job is not None:
+                await budget.budget.note_refused(exc.scope_name, refused_job, total)
         steer = failed_call(raise_as)
         raise (steer or raise_as) from exc
     held: dict[str, str] = {_FIELD + k: _encode(r) for k, r in taken.items()}

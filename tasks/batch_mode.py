@@ -160,7 +160,8 @@ async def wait_for_batch(ctx: JobContext, args: dict[str, Any]) -> None:
             if not any(i.document == args["sha256"] for i in items):
                 return  # this document is not batched
             budget = await ctx.deps["services"].budget.for_call(ctx.batch, _limit(args))
-            await reserve_group(budget, groups, name, items, tokens)  # before create
+            await reserve_group(budget, groups, name, items, tokens,  # before create
+                                job_id=ctx.job_id)  # fmt: skip
             remote = await groups.submit(model, items, tokens, job_id=ctx.job_id,
                                          batch_id=ctx.batch, name=name)  # fmt: skip
     except ProviderCallError as exc:

@@ -217,3 +217,35 @@ async def test_an_expired_batch_job_is_finished_interactively_and_books_no_batch
     paid = sum((money(r.cost_usd) for r in rows), Decimal(0))
     assert abs(paid - Decimal(stats["billed_total"]["cost_usd"])) <= MICRO
     assert abs(status["batch"].spent_usd - paid) <= MICRO and status["batch"].reserved_usd == 0
+
+
+async def test_a_group_the_batch_budget_refuses_is_kept_for_budget_set_to_say(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str, emu: RunningEmulator,
+) -> None:  # fmt: skip
+    """Documents whose Gemini batch job the batch budget refuses end over_budget; `pipeline
+    budget --set` must then say when the amount it took still cannot admit their group
+    (tasks/control.set_budget's `short`). The refusal is kept under the member jobs the
+    worker ran, not only under a job id a test hands reserve_group itself."""
+    from datetime import UTC, datetime
+
+    from pipeline.ledger.budget import Budget
+    from tasks.control import set_budget
+    from tasks.plan import least_call_usd
+
+    docs = _docs(4)
+    async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
+        floor = least_call_usd(PriceTable.load(), rig.client.settings.model, datetime.now(UTC),
+                               batch=True)  # fmt: skip
+        low = (floor * Decimal("2.5")).quantize(Decimal("0.000000001"))  # not 4 requests
+        sub = await submit_uploads(rig.client, docs, mode="batch", budget_usd=low,
+                                   services=rig.services)  # fmt: skip
+        jobs = [await rig.finished(j) for j in sub.job_ids]
+        assert {j.state for j in jobs} == {State.OVER_BUDGET}, [j.error for j in jobs]
+        assert sub.batch_id is not None
+        budget = Budget(rig.client.redis, rig.client.keys, rig.client.settings)
+        refused = await budget.refused(sub.batch_id, list(sub.job_ids))
+        assert refused and all(usd > low for usd in refused.values()), refused
+        said = await set_budget(rig.client, rig.services.recorder, rig.services.engine,
+                                sub.batch_id, low)  # fmt: skip
+        assert said["short"], said
+        assert Decimal(said["admits_usd"]) > low, said
