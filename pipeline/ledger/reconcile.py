@@ -310,6 +310,15 @@ class Reconciler:
         names = [name for name, usd in floors.items() if usd > 0]
         if not names:
             return
+        # Lost: Redis below what this prefix's own calls booked there, leaving out those
+        # whose hold is still open (its settle books them): those scopes rise for certain.
+        # Any other rise is other prefixes' calls, which the ledger's figure counts too.
+        # The holds are read before the spend: a settle landing between the two reads is
+        # then in the spend read or left out as held, never missing from both (lost).
+        for call in await self._still_held([c for c in calls if c.mine]):
+            for name in call.scopes:
+                if name in own:
+                    own[name] -= call.cost_usd
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.exists(self.budget.keys.budget(name))
@@ -317,13 +326,6 @@ class Reconciler:
             replies = await pipe.execute()
         known, spent = replies[::2], [int(text(v)) if v else 0 for v in replies[1::2]]
         absent = sum(not k for k in known)  # each rises: a scope without a record has 0
-        # Lost: Redis below what this prefix's own calls booked there, leaving out those
-        # whose hold is still open (its settle books them): those scopes rise for certain.
-        # Any other rise is other prefixes' calls, which the ledger's figure counts too.
-        for call in await self._still_held([c for c in calls if c.mine]):
-            for name in call.scopes:
-                if name in own:
-                    own[name] -= call.cost_usd
         lost = sum(1 for name, k, have in zip(names, known, spent, strict=True)
                    if k and have < to_nanos(own.get(name, Decimal(0))))  # fmt: skip
         rose = await raise_spent(self.budget, floors, calls)
