@@ -329,7 +329,7 @@ async def floor_budgets(services: Services) -> None:
 def ledger_hooks(services: Services) -> dict[str, Any]:
     """Queue events the ledger must see: job outcomes, and leases that expired mid-call."""
 
-    from pipeline.ledger.reconcile import settle_lost_holds
+    from pipeline.ledger.lost_holds import settle_lost_holds
 
     s = services.client.settings
     reconciler = _reconciler(services)

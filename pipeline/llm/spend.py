@@ -107,7 +107,7 @@ async def settle_hold(budget: SpendLimit | None, reservation: Any, cost_usd: Dec
     """Settle the call's hold at `cost_usd` (no budget or no hold: nothing to do). A settle
     that fails (Redis away longer than its retries) is logged with the call's id and raised:
     the hold stays open, and is booked from the call's ledger row when its job's run ends or
-    its lease is recovered (pipeline/ledger/reconcile.py settle_lost_holds)."""
+    its lease is recovered (pipeline/ledger/lost_holds.py settle_lost_holds)."""
     if budget is None or reservation is None:  # the offline analyzer holds nothing
         return
     try:

@@ -22,7 +22,8 @@ from sqlalchemy import Engine, event
 
 from pipeline.ledger import writes
 from pipeline.ledger.budget import Budget, CallBudget, Reservation
-from pipeline.ledger.reconcile import Reconciler, settle_lost_holds
+from pipeline.ledger.lost_holds import settle_lost_holds
+from pipeline.ledger.reconcile import Reconciler
 from pipeline.ledger.recorder import SqlRecorder
 from pipeline.llm.attempts import Outcome
 from pipeline.redis.keys import Keys

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.ledger.budget import Budget
 from pipeline.ledger.db import create_ledger_engine
-from pipeline.ledger.reconcile import settle_lost_holds
+from pipeline.ledger.lost_holds import settle_lost_holds
 from pipeline.ledger.recorder import SqlRecorder
 from pipeline.ledger.report import cost_report
 from pipeline.llm.attempts import Outcome
