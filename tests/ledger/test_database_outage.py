@@ -80,6 +80,9 @@ async def test_outage_buffers_then_flushes_once_in_order(
             assert total == sum(cost for _, cost in expected.values())
             job = session.get(JobRow, "k0")
             assert job is not None and job.status == "done" and job.attempts == 1
+            # rows parked during the outage name their writer's key prefix like the others
+            # (a reconciler closes only its own prefix's: pipeline/ledger/reconcile.py)
+            assert {r.key_prefix for r in rows} == {job.key_prefix} == {keys.prefix}
     finally:
         verify.dispose()
 
