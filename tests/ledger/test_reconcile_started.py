@@ -12,10 +12,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from pipeline.ledger.budget import Budget
+from pipeline.ledger.budget import Budget, CallBudget, Reservation
 from pipeline.ledger.db import create_ledger_engine
 from pipeline.ledger.floor import LedgerCall
 from pipeline.ledger.models import JobRow, LLMCall
@@ -83,11 +83,8 @@ async def test_another_prefixs_live_calls_and_jobs_are_left_alone(
     worker of the main prefix reconciles: the rehearsal's job is live in its own Redis keys,
     which the main prefix's Redis cannot see, so its running call must not be booked
     abandoned (it was, mid-call, with "a worker that is gone") nor its job marked lost."""
-    engine = create_ledger_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    engine, rehearsal_keys, main, rehearsal, budget = _two_prefixes(tmp_path, aredis, keys)
     main_keys = keys
-    rehearsal_keys = Keys(f"{keys.prefix}-rehearsal")
-    main = SqlRecorder(engine, aredis, main_keys)
-    rehearsal = SqlRecorder(engine, aredis, rehearsal_keys)
     old = datetime.now(UTC) - timedelta(seconds=STALE_STARTED_S + 60)
     live_since = int((old - timedelta(seconds=30)).timestamp() * 1000)
     try:
@@ -104,7 +101,6 @@ async def test_another_prefixs_live_calls_and_jobs_are_left_alone(
         await main.started(attempt(job_id="m-gone", batch_id="b-m", started_at=old))
         await main.upsert_job("m-gone", batch_id="b-m", status="queued")
 
-        budget = Budget(aredis, main_keys, load_settings(key_prefix=main_keys.prefix))
         report = await Reconciler(aredis, main_keys, main, budget,
                                   lost_after_s=0).run(force=True)  # fmt: skip
         assert report is not None
@@ -130,29 +126,16 @@ async def test_a_budget_raised_by_another_prefixs_spend_is_not_said_to_be_lost(
     rehearsal's spend raises the main prefix's day counter at its next pass: that is not
     spend Redis lost, and the pass must not say so (it did, as a warning, at every `run`).
     Spend of the main prefix's own that its Redis lost still is."""
-    engine = create_ledger_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
-    rehearsal_keys = Keys(f"{keys.prefix}-rehearsal")
-    main = SqlRecorder(engine, aredis, keys)
-    rehearsal = SqlRecorder(engine, aredis, rehearsal_keys)
-    budget = Budget(aredis, keys, load_settings(key_prefix=keys.prefix))
+    engine, rehearsal_keys, main, rehearsal, budget = _two_prefixes(tmp_path, aredis, keys)
     try:
-        async def paid(recorder: SqlRecorder, b: Budget, job: str, usd: str) -> None:
-            call = await b.for_call(None, job_id=job, lease="1")
-            hold = await call.reserve(Decimal(usd))
-            row = attempt(job_id=job, batch_id=None, started_at=hold.at, estimated=usd)
-            row.attempt_id, row.budget_at = hold.token, hold.at
-            await recorder.started(row)
-            await recorder.settled(settle(row, Outcome.OK, usd))
-            assert await call.settle(hold, Decimal(usd))
-
-        await paid(main, budget, "m1", "0.10")  # counted in the main prefix's Redis too
+        await _booked(main, budget, "m1", "0.10")  # counted in the main prefix's Redis too
         await main.flush()
         quiet = await Reconciler(aredis, keys, main, budget).run(force=True)
         assert quiet is not None and not quiet.budgets_raised and not quiet.budgets_shared
 
-        await paid(rehearsal, Budget(aredis, rehearsal_keys,
-                                     load_settings(key_prefix=rehearsal_keys.prefix)),
-                   "r1", "0.25")  # fmt: skip
+        await _booked(rehearsal, Budget(aredis, rehearsal_keys,
+                                        load_settings(key_prefix=rehearsal_keys.prefix)),
+                      "r1", "0.25")  # fmt: skip
         await rehearsal.flush()
         shared = await Reconciler(aredis, keys, main, budget).run(force=True)
         assert shared is not None and shared.budgets_shared >= 1, shared.words()
@@ -181,29 +164,12 @@ async def test_a_settle_landing_during_the_pass_is_not_said_to_be_lost_spend(
     settles between the two reads was neither in the spend read nor left out as still held,
     and looked lost. Beside a rise from another prefix's spend (shared), the pass then
     warned of lost spend though nothing was lost."""
-    engine = create_ledger_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
-    rehearsal_keys = Keys(f"{keys.prefix}-rehearsal")
-    main = SqlRecorder(engine, aredis, keys)
-    rehearsal = SqlRecorder(engine, aredis, rehearsal_keys)
-    budget = Budget(aredis, keys, load_settings(key_prefix=keys.prefix))
+    engine, rehearsal_keys, main, rehearsal, budget = _two_prefixes(tmp_path, aredis, keys)
     try:
         other = Budget(aredis, rehearsal_keys, load_settings(key_prefix=rehearsal_keys.prefix))
-        elsewhere = await other.for_call(None, job_id="r1", lease="1")
-        paid = await elsewhere.reserve(Decimal("0.25"))
-        row = attempt(job_id="r1", batch_id=None, started_at=paid.at, estimated="0.25")
-        row.attempt_id, row.budget_at = paid.token, paid.at
-        await rehearsal.started(row)
-        await rehearsal.settled(settle(row, Outcome.OK, "0.25"))
-        assert await elsewhere.settle(paid, Decimal("0.25"))
-        await rehearsal.flush()
+        await _booked(rehearsal, other, "r1", "0.25")
         # the main prefix's call: its ledger row settled, its budget settle on its way
-        call = await budget.for_call(None, job_id="m1", lease="1")
-        hold = await call.reserve(Decimal("0.10"))
-        mine = attempt(job_id="m1", batch_id=None, started_at=hold.at, estimated="0.10")
-        mine.attempt_id, mine.budget_at = hold.token, hold.at
-        await main.started(mine)
-        await main.settled(settle(mine, Outcome.OK, "0.10"))
-        await main.flush()
+        call, hold = await _booked(main, budget, "m1", "0.10", hold_settled=False)
 
         class SettleLands(Reconciler):
             async def _still_held(self, calls: list[LedgerCall]) -> list[LedgerCall]:
@@ -219,3 +185,31 @@ async def test_a_settle_landing_during_the_pass_is_not_said_to_be_lost_spend(
         for k in [k async for k in aredis.scan_iter(match="{" + rehearsal_keys.prefix + "}*")]:
             await aredis.delete(k)
         engine.dispose()
+
+
+def _two_prefixes(
+    tmp_path: Path, aredis: aioredis.Redis, keys: Keys
+) -> tuple[Engine, Keys, SqlRecorder, SqlRecorder, Budget]:
+    """One SQLite ledger, a recorder for the test's prefix and one for a rehearsal's beside
+    it, and the test prefix's budget."""
+    engine = create_ledger_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    rehearsal_keys = Keys(f"{keys.prefix}-rehearsal")
+    return (engine, rehearsal_keys, SqlRecorder(engine, aredis, keys),
+            SqlRecorder(engine, aredis, rehearsal_keys),
+            Budget(aredis, keys, load_settings(key_prefix=keys.prefix)))  # fmt: skip
+
+
+async def _booked(recorder: SqlRecorder, budget: Budget, job: str, usd: str,
+                  hold_settled: bool = True) -> tuple[CallBudget, Reservation]:  # fmt: skip
+    """A call of `job` reserved in `budget` at `usd`, its ledger row settled at that cost
+    (and flushed), its hold settled too unless `hold_settled` is False."""
+    call = await budget.for_call(None, job_id=job, lease="1")
+    hold = await call.reserve(Decimal(usd))
+    row = attempt(job_id=job, batch_id=None, started_at=hold.at, estimated=usd)
+    row.attempt_id, row.budget_at = hold.token, hold.at
+    await recorder.started(row)
+    await recorder.settled(settle(row, Outcome.OK, usd))
+    await recorder.flush()
+    if hold_settled:
+        assert await call.settle(hold, Decimal(usd))
+    return call, hold
