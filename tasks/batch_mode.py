@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import JobError, Permanent, Reason, Retry
 from pipeline.llm.batch_group import USE, BatchCreateBusy, BatchGroups, recorded
@@ -42,6 +42,9 @@ from tasks.batch_fallback import FALLBACK, cancel_if_abandoned, leave, release_f
 from tasks.batch_holds import renew_group, reserve_group, settle_group
 from tasks.modes import due
 
+if TYPE_CHECKING:
+    from pipeline.ledger.budget import CallBudget
+
 log = logging.getLogger(__name__)
 
 MODES = ("interactive", "batch")
@@ -49,6 +52,18 @@ MODES = ("interactive", "batch")
 
 def _limit(args: dict[str, Any]) -> Decimal | None:
     return None if args.get("budget_usd") in (None, "") else Decimal(str(args["budget_usd"]))
+
+
+async def _budget(ctx: JobContext, args: dict[str, Any]) -> CallBudget:
+    """The batch's budgets for a group's holds: its limit as last set (`pipeline budget
+    --set`) over the job's copy, as every interactive call takes it (services.call), so a
+    limit set while a document waits in a Gemini batch job applies to its group too."""
+    from pipeline.ledger.batch_limit import current_limit
+
+    limit = await current_limit(ctx.client.redis, ctx.client.keys, ctx.batch)
+    budget: CallBudget = await ctx.deps["services"].budget.for_call(ctx.batch,
+                                                                    limit or _limit(args))
+    return budget
 
 
 def _groups(ctx: JobContext) -> BatchGroups | None:
@@ -96,7 +111,7 @@ async def _book_if_done(ctx: JobContext, groups: BatchGroups, args: dict[str, An
     remote = await groups.batches.get(remote_name)
     if remote.done:
         name, model = str(args["batch_group"]["name"]), str(args["model"])
-        budget = await ctx.deps["services"].budget.for_call(ctx.batch, _limit(args))
+        budget = await _budget(ctx, args)
         items, tokens = await _members(ctx, args)
         done = await groups.collect(model, items, tokens, accept=accept_analysis,
                                     job_id=ctx.job_id, batch_id=ctx.batch,
@@ -151,7 +166,7 @@ async def wait_for_batch(ctx: JobContext, args: dict[str, Any]) -> None:
                 return
             if left_s == 0:
                 return await _fall_back(ctx, groups, args)
-            budget = await ctx.deps["services"].budget.for_call(ctx.batch, _limit(args))
+            budget = await _budget(ctx, args)
             await renew_group(budget, groups, name)
         else:
             if left_s == 0:  # never created: nothing to cancel
@@ -159,7 +174,7 @@ async def wait_for_batch(ctx: JobContext, args: dict[str, Any]) -> None:
             items, tokens = await _members(ctx, args)
             if not any(i.document == args["sha256"] for i in items):
                 return  # this document is not batched
-            budget = await ctx.deps["services"].budget.for_call(ctx.batch, _limit(args))
+            budget = await _budget(ctx, args)
             await reserve_group(budget, groups, name, items, tokens,  # before create
                                 job_id=ctx.job_id)  # fmt: skip
             remote = await groups.submit(model, items, tokens, job_id=ctx.job_id,
@@ -209,7 +224,7 @@ async def collect_batch_group(ctx: JobContext, args: dict[str, Any]) -> dict[str
     if remote.done:
         return {"booked": remote.state, "batch_job": remote.name}
     # No member looks any more: the collect keeps the group's budget holds alive.
-    await renew_group(await ctx.deps["services"].budget.for_call(ctx.batch, _limit(args)),
+    await renew_group(await _budget(ctx, args),
                       groups, name)  # fmt: skip
     looks = await groups.redis.hincrby(groups.keys.batch_group(name), f"looks:{ctx.job_id}", 1)
     raise Retry(f"batch job {remote.name} is {remote.state}; its answers are booked when it "

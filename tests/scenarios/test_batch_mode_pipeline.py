@@ -249,3 +249,44 @@ async def test_a_group_the_batch_budget_refuses_is_kept_for_budget_set_to_say(
                                 sub.batch_id, low)  # fmt: skip
         assert said["short"], said
         assert Decimal(said["admits_usd"]) > low, said
+
+
+async def test_a_budget_lowered_while_documents_wait_bounds_their_batch_job(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str, emu: RunningEmulator,
+) -> None:  # fmt: skip
+    """A Batch Mode document's group is reserved under the batch's budget as last set
+    (`pipeline budget --set`), not the copy its job's arguments carry from the submit: the
+    documents wait with no worker, the budget is lowered below what their Gemini batch job
+    needs, and it is refused (over_budget, nothing paid) instead of spending past it."""
+    from datetime import UTC, datetime
+
+    from pipeline.llm.gemini import GeminiProvider
+    from pipeline.queue.client import QueueClient
+    from pipeline.redis.connection import connect_redis
+    from pipeline.services import open_services
+    from pipeline.settings import load_settings
+    from tasks.control import set_budget
+    from tasks.plan import least_call_usd
+
+    docs = _docs(4)
+    s = load_settings(key_prefix=key_prefix, **FAST_POLL)
+    floor = least_call_usd(PriceTable.load(), s.model, datetime.now(UTC), batch=True)
+    low = (floor * Decimal("2.5")).quantize(Decimal("0.000000001"))  # not 4 requests
+    client = QueueClient(connect_redis(redis_url), settings=s)
+    services = await open_services(client, provider=GeminiProvider(
+        api_key=emu.api_key, base_url=emu.base_url))  # fmt: skip
+    try:  # no worker yet: the documents wait, their arguments carrying the first budget
+        sub = await submit_uploads(client, docs, mode="batch", budget_usd=low * 10,
+                                   services=services)  # fmt: skip
+        assert sub.batch_id is not None
+        await set_budget(client, services.recorder, services.engine, sub.batch_id, low)
+    finally:
+        await services.aclose()
+        await client.aclose()
+    async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
+        jobs = [await rig.finished(j) for j in sub.job_ids]
+        rows = rig.calls()
+    assert {j.state for j in jobs} == {State.OVER_BUDGET}, [j.error for j in jobs]
+    assert sum((r.cost_usd for r in rows), Decimal(0)) <= low, rows  # the bound held
+    stats = emu.stats()
+    assert stats["batch"]["jobs_created"] == 0 and stats["generate_requests"] == 0, stats
