@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -24,6 +23,7 @@ from tests.scenarios.helpers import analysis_worker, status_json
 from tests.support.cli import EXAMPLES
 from tests.support.cli import run_cli as cli
 from tests.support.emulator import start_emulator
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -96,16 +96,12 @@ def test_the_amount_an_over_budget_reason_names_admits_the_call_beside_a_call_in
         paying = analysis_worker(redis_url, env, "--concurrency", "1")
         workers = [paying]
         try:
-            deadline = time.monotonic() + 60
-            while _reserved_usd(sredis, env, batch) == 0:
-                assert time.monotonic() < deadline, paying.output()
-                time.sleep(0.05)
+            until(lambda: _reserved_usd(sredis, env, batch) > 0, 60, "the first call held")
             # ...and, while its call is held, another takes the second.
             workers.append(analysis_worker(redis_url, env, "--concurrency", "1"))
-            deadline = time.monotonic() + 120
-            while status_json(env, batch)["by_state"] != {"complete": 1, "over_budget": 1}:
-                assert time.monotonic() < deadline, [w.output() for w in workers]
-                time.sleep(0.2)
+            until(lambda: status_json(env, batch)["by_state"] == {"complete": 1,
+                                                                  "over_budget": 1},
+                  120, "one document complete, the other over budget")  # fmt: skip
             [row] = [d for d in status_json(env, batch)["documents"]
                      if d["status"] == "over_budget"]  # fmt: skip
             assert row["name"] == dear_name, row
