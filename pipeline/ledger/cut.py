@@ -120,22 +120,22 @@ def cut_calls(engine: Engine, job_ids: Collection[str], since: datetime) -> CutC
     committed rows only: flush the recorder first."""
     start = since.astimezone(UTC)
     rows = _abandoned(lambda: Session(engine), job_ids, start)
-    return _by_kind((provider, cost) for provider, cost, _key, _answered in rows)
+    return _by_kind((provider, cost) for provider, cost, _answered in rows)
 
 
 def unanswered_cuts(sessions: Callable[[], Session], job_ids: Collection[str]) -> CutCalls:
     """The `abandoned` rows of `job_ids` (jobs yet to run, or running) whose call no `ok`
     row of the same jobs answered since: the calls their next run sends again."""
     rows = _abandoned(sessions, job_ids, None)
-    return _by_kind((provider, cost) for provider, cost, _key, answered in rows if not answered)
+    return _by_kind((provider, cost) for provider, cost, answered in rows if not answered)
 
 
 def _abandoned(sessions: Callable[[], Session], job_ids: Collection[str],
-               since: datetime | None) -> list[tuple[str, Decimal, str | None, bool]]:  # fmt: skip
-    """(provider, booked cost, call key, answered since by an `ok` row of the same jobs and
-    call key) of each abandoned row of `job_ids`, ended at or after `since` when given."""
+               since: datetime | None) -> list[tuple[str, Decimal, bool]]:  # fmt: skip
+    """(provider, booked cost, answered since by an `ok` row of the same jobs and call key)
+    of each abandoned row of `job_ids`, ended at or after `since` when given."""
     ids = sorted(set(job_ids))
-    out: list[tuple[str, Decimal, str | None, bool]] = []
+    out: list[tuple[str, Decimal, bool]] = []
     wanted = (Outcome.ABANDONED.value, Outcome.OK.value)
     with sessions() as session:
         for i in range(0, len(ids), _CHUNK):
@@ -150,12 +150,14 @@ def _abandoned(sessions: Callable[[], Session], job_ids: Collection[str],
                 if r.outcome != Outcome.ABANDONED.value:
                     continue
                 # SQLite keeps NUMERIC as a double: back to nano-dollars before any sum
-                out.append((r.provider or "gemini", to_decimal(r.cost_usd).quantize(NANO),
-                            r.call_key, r.call_key in answered))  # fmt: skip
+                out.append((r.provider or "", to_decimal(r.cost_usd).quantize(NANO),
+                            r.call_key in answered))  # fmt: skip
     return out
 
 
 def _by_kind(rows: Iterable[tuple[str, Decimal]]) -> CutCalls:
+    """(provider, booked cost) rows summed by kind; a provider outside `_KINDS` (none: a row
+    from before migration 0006) counts as Gemini's."""
     calls: dict[str, int] = {}
     booked: dict[str, Decimal] = {}
     for provider, cost in rows:
