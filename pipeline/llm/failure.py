@@ -46,3 +46,14 @@ class ProviderCallError(Exception):
     def __init__(self, failure: ProviderFailure) -> None:
         super().__init__(f"{failure.code} {failure.status}: {failure.message}")
         self.failure = failure
+
+
+def maybe_billed_words(provider: str) -> str:
+    """What a request that may have reached `provider` ("gemini", "emulator", "offline")
+    without a readable answer may have cost, in words: Gemini may have billed it; the
+    emulator bills nothing (a rehearsal); the offline analyzer asks no provider."""
+    if provider == "offline":
+        return "the offline analyzer's: no provider asked, $0"
+    if provider == "emulator":
+        return "the emulator's: a rehearsal, booked at its worst case, never billed"
+    return "the request may have been billed"

@@ -20,7 +20,12 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from pipeline.errors import SettingsError
-from pipeline.llm.failure import RETRYABLE_CODES, ProviderCallError, ProviderFailure
+from pipeline.llm.failure import (
+    RETRYABLE_CODES,
+    ProviderCallError,
+    ProviderFailure,
+    maybe_billed_words,
+)
 from pipeline.llm.provider import LLMRequest, LLMResponse, Part, ReportedUsage, Usage
 from pipeline.llm.wire import request_hook
 
@@ -64,9 +69,8 @@ def _transport_error(exc: BaseException, who: str) -> ProviderFailure | None:
     """Timeouts and connection failures of httpx or httpx2 (the SDK may use either). A
     connection never made (refused, proxy, scheme) sent nothing; one that failed once made
     (reset while the answer was awaited, a broken stream) may have delivered the request:
-    Gemini may have billed it, the emulator (`who`: "emulator") bills nothing."""
-    cost = ("a rehearsal's request, never billed" if who == "emulator"
-            else "the request may have been billed")  # fmt: skip
+    what that may have cost is `who`'s (failure.maybe_billed_words)."""
+    cost = maybe_billed_words(who)
     for module_name in ("httpx", "httpx2"):
         try:
             module = importlib.import_module(module_name)

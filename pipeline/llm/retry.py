@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from pipeline.errors import DailyQuotaExhausted, LLMError, ProviderError, RateLimited
-from pipeline.llm.failure import ProviderCallError, ProviderFailure
+from pipeline.llm.failure import ProviderCallError, ProviderFailure, maybe_billed_words
 from pipeline.words import counted
 
 
@@ -120,7 +120,7 @@ def exhausted_error(failure: ProviderFailure | None, attempts: int, what: str,
         )
     if failure.maybe_billed:  # no refusal: an answer came back, or may have, unreadable
         return ProviderError(
-            f"no usable answer from the provider ({_maybe_billed(provider)}): "
+            f"no usable answer from the provider ({maybe_billed_words(provider)}): "
             f"{failure.code} {failure.status}: {failure.message}",
             code=failure.code,
         )
@@ -128,12 +128,3 @@ def exhausted_error(failure: ProviderFailure | None, attempts: int, what: str,
         f"the provider refused the request: {failure.code} {failure.status}: {failure.message}",
         code=failure.code,
     )
-
-
-def _maybe_billed(provider: str) -> str:
-    """What a request whose answer came back unreadable may have cost, by who was asked."""
-    if provider == "offline":
-        return "the offline analyzer's: no provider asked, $0"
-    if provider == "emulator":
-        return "the emulator's: a rehearsal, booked at its worst case, never billed"
-    return "the request may have been billed"
