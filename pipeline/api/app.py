@@ -273,7 +273,27 @@ async def get_job(request: Request, job_id: str) -> dict[str, Any]:
     if job is None and row is None:
         raise HttpError(404, f"no job {job_id!r}: check the id (job records expire after "
                              "PIPELINE_RESULT_TTL_S)")  # fmt: skip
-    return job_view(job, row, cost)
+    view = job_view(job, row, cost)
+    if job is not None:
+        view["state"] = await _job_state(st, job_id, cost)
+    return view
+
+
+async def _job_state(st: ApiState, job_id: str, cost: dict[str, Any]) -> dict[str, Any]:
+    """What the job does or waits for, by the rules a document's state follows (tasks/status):
+    a job still `active` in the queue while its worker's heartbeat has stopped is `waiting`,
+    kind `worker_lost`, with when its lease runs out and the money held for its call."""
+    from decimal import Decimal
+
+    from tasks.batches import surroundings
+    from tasks.status import JobView, Run, job_state
+
+    raw = await st.client.redis.hgetall(st.client.keys.job(job_id))
+    job = JobView.from_hash({str(k): str(v) for k, v in raw.items()})
+    around = await surroundings(st.client, [Run(job)])
+    around.held_usd[job_id] = Decimal(cost.get("held_usd", "0"))
+    s = job_state(job, around)
+    return {"status": s.status, "reason": s.reason, "kind": s.kind, "until": s.until}
 
 
 @router.get("/costs", response_model=None)
