@@ -104,6 +104,14 @@ async def test_a_killed_workers_document_says_worker_lost_with_its_lease_and_hel
             assert one["state"]["kind"] == "worker_lost" and lost in one["state"]["reason"]
             assert one["cost"]["held_usd"] == held and one["cost"]["in_flight_calls"] == 1
             assert one["cost"]["cost_usd"] == "0.000000000" and one["cost"]["calls"] == 0
+            # /metrics: the emulator's call, held, and no dollar of it booked as spent
+            metrics = (await http.get("/metrics")).text
+            held_line = re.search(r'^pipeline_llm_held_usd\{[^}]*provider="emulator"[^}]*\} (\S+)$',
+                                  metrics, re.M)  # fmt: skip
+            assert held_line and Decimal(held_line[1]) == Decimal(held), metrics
+            booked = re.findall(r'^pipeline_llm_cost_usd_total\{([^}]*)\} (\S+)$', metrics, re.M)
+            assert booked and all('provider="emulator"' in labels for labels, _ in booked)
+            assert sum(float(v) for _, v in booked) == 0.0, booked
         await client.aclose()
 
 
