@@ -167,7 +167,8 @@ async def analyze(
     request: Request,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> JSONResponse:
-    """Upload PDFs for analysis: 202 with one job per document, queued for the workers."""
+    """Upload PDFs for analysis: 202 with one job per document, queued for the workers; 422
+    with each file's reason when none of them could be queued."""
     st = _state(request)
     settings: Settings = request.app.state.settings
     await _queue_reachable(st)
@@ -221,6 +222,17 @@ async def _submit(
             await st.client.redis.delete(idem)  # let the client retry with the same key
         raise
     body = _response_for(submission)
+    if submission.batch_id is None:
+        # every file was refused: nothing queued, no batch (the CLI exits 1 here); the key
+        # is not used up, so the same request with fixed files may reuse it
+        if idem is not None:
+            await st.client.redis.delete(idem)
+        n = len(submission.documents)
+        refused = ("the file could not be queued" if n == 1
+                   else f"none of the {n} files could be queued")  # fmt: skip
+        body["detail"] = (f"{refused} (the reasons are under documents); nothing was queued, "
+                          "so no batch was made")  # fmt: skip
+        return JSONResponse(body, status_code=422)
     if idem is not None:
         stored = {"state": "done", "fingerprint": form.fingerprint(), "response": body}
         await st.client.redis.set(idem, json.dumps(stored), ex=settings.idempotency_ttl_s)
