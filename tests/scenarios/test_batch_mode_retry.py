@@ -90,6 +90,8 @@ async def test_a_batch_mode_batch_over_budget_is_retried_in_batch_mode(
         sub = await submit_uploads(rig.client, docs, mode="batch", budget_usd=low,
                                    services=rig.services)  # fmt: skip
         assert sub.batch_id is not None
+        # What the submit said came true (tasks/budget_warning.group_words).
+        assert any("all 3 documents will end over budget" in w for w in sub.warnings), sub
         jobs = await _finished(rig, sub.job_ids)
         assert {j.state for j in jobs} == {State.OVER_BUDGET}, [j.error for j in jobs]
         assert emu.stats()["batch"]["jobs_created"] == 0
