@@ -246,10 +246,17 @@ class BatchGroups:
             if outcome is None or outcome.response is None:
                 why = (outcome.failure.message if outcome and outcome.failure
                        else f"the batch job ended {remote.state} without an answer")  # fmt: skip
-                # Google bills a batch per response; a request without one cost nothing.
-                record.outcome, record.error = Outcome.ERROR, why
+                # Google bills a batch per response; a request without one cost nothing,
+                # unless its response may be one that could not be read: then it may have
+                # been billed, and is booked at its worst case, never at $0.
+                cost = Decimal(0)
+                if outcome is None and remote.unreadable:
+                    cost = record.estimated_cost_usd
+                    why = unreadable_words(remote)
+                record.outcome, record.error, record.cost_usd = Outcome.ERROR, why, cost
                 failed[item.key] = why
-                costs[item.key] = Decimal(0)
+                costs[item.key] = cost
+                total += cost
                 await self.recorder.settled(record)
                 continue
             response = outcome.response
@@ -358,6 +365,15 @@ class BatchGroups:
             return None
         return (f"answered by the batch job after its document left it ({taken}); booked as "
                 "billed, not used")  # fmt: skip
+
+
+def unreadable_words(remote: RemoteBatch) -> str:
+    """Why a request of `remote` without an answer is booked as possibly billed."""
+    lines = "1 line was" if remote.unreadable == 1 else f"{remote.unreadable} lines were"
+    return (f"no readable answer: {lines} not JSON in the batch's responses file "
+            f"{remote.responses_file} (answered, billed, unreadable) and this request's answer "
+            "may be one of them; booked at its worst case and counted as wasted; the document "
+            "is asked again interactively")  # fmt: skip
 
 
 async def unusable_answer(store: CallStore, name: str, key: str) -> UnusableAnswer | None:
