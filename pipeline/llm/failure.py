@@ -64,9 +64,9 @@ def malformed(provider: str, exc: BaseException) -> ProviderFailure:
 def answered_words(provider: str) -> str:
     """What an answer `provider` sent but nobody could read cost, in words: Gemini billed
     it (its usage unreadable, so booked at its worst case); the emulator bills nothing."""
-    if provider == "emulator":
-        return ("the emulator's rehearsal answer: booked at its worst case, never billed, "
-                "counted as wasted")  # fmt: skip
+    if provider == "emulator":  # maybe_billed_words' wording, and counted as wasted
+        return ("the emulator's: a rehearsal, booked at its worst case, never billed, counted "
+                "as wasted")
     return ("it was paid for (booked at its worst case: its usage is unreadable) and is "
             "counted as wasted")
 
