@@ -16,6 +16,8 @@ from decimal import Decimal
 import pytest
 
 from pipeline.queue.job import State
+from tasks.batches import batch_view
+from tasks.export import results_of
 from tasks.submission import Upload, submit_uploads
 from tests.support.emulator import RunningEmulator, start_emulator
 from tests.support.paid_rig import MICRO, money, running_pipeline, set_faults
@@ -45,6 +47,7 @@ async def test_a_batch_answer_blocked_or_cut_gets_the_interactive_remedy_not_a_r
                                    mode="batch", services=rig.services)  # fmt: skip
         blocked, cut, plain = [await rig.finished(j, timeout_s=90) for j in sub.job_ids]
         rows, report = rig.calls(), rig.report()
+        view = await batch_view(rig.client, rig.services.engine, str(sub.batch_id))
     stats = emu.stats()
     sent = [(r["mode"], r["max_output_tokens"], r["finish_reason"]) for r in stats["requests"]]
     assert sorted(sent) == sorted([
@@ -55,6 +58,11 @@ async def test_a_batch_answer_blocked_or_cut_gets_the_interactive_remedy_not_a_r
     assert blocked.attempt == 1 and blocked.result is None
     assert "stopped for SAFETY" in (blocked.error or "")
     assert "Gemini batch job batches/" in (blocked.error or "")
+    # The views say its batch answer was asked and paid for (not "no provider was called").
+    shown = {r["name"]: r for r in results_of(view)}["forbidden.pdf"]
+    assert shown["analysis"] is None and shown["provider"] == "gemini" and shown["calls"] == 1
+    (row,) = [d for d in view.documents if d.name == "forbidden.pdf"]
+    assert row.wasted == row.cost > 0
     assert cut.state == State.COMPLETE, cut.error
     assert plain.state == State.COMPLETE, plain.error
     batch_rows = sorted(r.outcome for r in rows if r.mode == "batch")
