@@ -287,10 +287,10 @@ def malformed_words(exc: AnswerMalformed, attempt: int, max_attempts: int,
     if attempt < max_attempts:
         return (f"{exc}; retried {attempt} of {max_attempts - 1} times (attempt "
                 f"{attempt + 1} of {max_attempts} next)")
-    return (f"{exc}; every one of its {max_attempts} attempts got an answer that was not JSON: "
-            "something cuts or garbles the answers on their way (a proxy or gateway at the "
-            "base URL, the network) or the provider is failing; check them, then run it again "
-            f"with `pipeline retry {(batch or 'BATCH')[:12]} --failed`")  # fmt: skip
+    return (f"{exc}; that was its last attempt ({attempt} of {max_attempts}): answers that keep "
+            "coming back unreadable mean something cuts or garbles them on their way (a proxy "
+            "or gateway at the base URL, the network) or the provider is failing; check them, "
+            f"then run it again with `pipeline retry {(batch or 'BATCH')[:12]} --failed`")
 
 
 async def open_services(client: QueueClient, provider: Provider | None = None) -> Services:

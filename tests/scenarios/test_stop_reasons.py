@@ -207,7 +207,7 @@ async def test_an_answer_the_client_cannot_read_is_booked_at_its_worst_case(
     assert job.attempt == job.max_attempts == 3
     error = job.error or ""
     assert "the model's answer was not valid JSON" in error and "refused" not in error, error
-    assert "every one of its 3 attempts" in error and "pipeline retry" in error, error
+    assert "last attempt (3 of 3)" in error and "pipeline retry" in error, error
     assert stats["generate_requests"] == 3 and stats["billed_total"]["requests"] == 3
     assert [r.outcome for r in rows] == ["error"] * 3
     assert all(r.cost_usd == r.estimated_cost_usd > 0 for r in rows)
