@@ -28,7 +28,9 @@
     │   └── UnusableAnswer       a paid answer that cannot be used (booked, never stored)
     │       ├── AnswerBlocked    blockReason, no candidate, or SAFETY/RECITATION/... stop
     │       ├── AnswerTruncated  finishReason MAX_TOKENS (.max_output_tokens)
-    │       └── AnswerInvalid    finished normally but failed validation (.text, .problem)
+    │       ├── AnswerInvalid    finished normally but failed validation (.text, .problem)
+    │       └── AnswerMalformed  answered (HTTP 200, billed) in a body that is not JSON: no
+    │                            answer could be read; another attempt may read one
     ├── BudgetError
     │   └── BudgetExceeded       a reservation did not fit a budget (.scope: batch|day|month,
     │                            .held_only: only running calls' holds were in the way,
@@ -127,6 +129,7 @@ class Reason(StrEnum):
     ANSWER_BLOCKED = "answer_blocked"  # the provider blocked the prompt or stopped the answer
     ANSWER_TRUNCATED = "answer_truncated"  # cut at max_output_tokens even with the larger budget
     ANSWER_INVALID = "answer_invalid"  # finished answers failed validation, repair included
+    ANSWER_MALFORMED = "answer_malformed"  # answered and billed, but not JSON: unreadable
     BUDGET_OVERRUN = "budget_overrun"  # a bill passed its hold; the scope waits for a person
     REQUEST_TOO_LARGE = "request_too_large"  # a page no inline request can carry
     IN_BATCH = "in_batch"  # answered by a Gemini batch job that has not finished yet
@@ -242,6 +245,13 @@ class AnswerInvalid(UnusableAnswer):
         super().__init__(message, "STOP")
         self.text = text
         self.problem = problem
+
+
+class AnswerMalformed(UnusableAnswer):
+    """The provider answered (HTTP 200, so billed) in a body that is not the JSON its API
+    sends (cut mid-stream, garbled by a proxy): no answer, stop reason or usage could be
+    read. Not a refusal: the next attempt may well be read, so the job retries it (bounded
+    by its attempts; services.failed_call)."""
 
 
 class BudgetError(PipelineError):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.errors import (
     AnswerBlocked,
     AnswerInvalid,
+    AnswerMalformed,
     AnswerTruncated,
     BudgetExceeded,
     DailyQuotaExhausted,
@@ -67,6 +68,9 @@ log = logging.getLogger(__name__)
 # waiting jobs do not all come back at once) for them to settle.
 HELD_BUDGET_RETRY_S = 2.0
 HELD_BUDGET_JITTER_S = 3.0
+# An answer that was not JSON is asked again after this long: it was cut or garbled on its
+# way (a proxy, a broken stream), not refused for load, so a long back-off buys nothing.
+MALFORMED_RETRY_S = 2.0
 
 
 # A job waiting for the day or month budget window looks again at least this often, so a
@@ -189,13 +193,14 @@ class Services:
         except PipelineError as exc:
             if isinstance(exc, handles):
                 raise
-            steer = failed_call(exc)
+            steer = failed_call(exc, ctx.job.attempt, ctx.job.max_attempts, ctx.batch)
             if steer is None:
                 raise
             raise steer from exc
 
 
-def failed_call(exc: PipelineError) -> JobError | None:
+def failed_call(exc: PipelineError, attempt: int = 1, max_attempts: int = 1,
+                batch: str | None = None) -> JobError | None:  # fmt: skip
     """The paid-call failure policy: what a failed call means for the job that made it.
 
     The one place this is decided; the job keeps the typed `Reason`, which status, the API and
@@ -218,6 +223,12 @@ def failed_call(exc: PipelineError) -> JobError | None:
       (`answer_blocked`): the same request meets the same refusal. Truncated or invalid
       answers reach here only when the task's own remedy (a larger output budget, one repair
       call) failed too: failed at once (`answer_truncated`, `answer_invalid`).
+    - An answer that was not JSON (HTTP 200, billed, unreadable: `answer_malformed`) is no
+      refusal, and one bad answer does not make the next one bad: retried as a counted
+      attempt of the job. The job's attempts bound it (analyze_document: 3, so at most two
+      more paid answers), so a model or proxy that always garbles stops; the last attempt's
+      message says what to check. `attempt`/`max_attempts` are the job's (1-based), `batch`
+      its batch id (for the command to run it again).
     - A document the provider cannot read (an InputError such as BadDocument, raised by the
       offline analyzer): failed at once, never retried (`bad_input`).
     Returns None for errors that are not about the call (they propagate unchanged).
@@ -263,7 +274,23 @@ def failed_call(exc: PipelineError) -> JobError | None:
         return Permanent(str(exc), reason=Reason.ANSWER_TRUNCATED)
     if isinstance(exc, AnswerInvalid):
         return Permanent(str(exc), reason=Reason.ANSWER_INVALID)
+    if isinstance(exc, AnswerMalformed):
+        return Retry(malformed_words(exc, attempt, max_attempts, batch),
+                     delay_s=MALFORMED_RETRY_S, reason=Reason.ANSWER_MALFORMED)  # fmt: skip
     return None
+
+
+def malformed_words(exc: AnswerMalformed, attempt: int, max_attempts: int,
+                    batch: str | None = None) -> str:  # fmt: skip
+    """What became of an unreadable answer on attempt `attempt` of `max_attempts`: asked
+    again, or (none left) what to do."""
+    if attempt < max_attempts:
+        return (f"{exc}; retried {attempt} of {max_attempts - 1} times (attempt "
+                f"{attempt + 1} of {max_attempts} next)")
+    return (f"{exc}; that was its last attempt ({attempt} of {max_attempts}): answers that keep "
+            "coming back unreadable mean something cuts or garbles them on their way (a proxy "
+            "or gateway at the base URL, the network) or the provider is failing; check them, "
+            f"then run it again with `pipeline retry {(batch or 'BATCH')[:12]} --failed`")
 
 
 async def open_services(client: QueueClient, provider: Provider | None = None) -> Services:

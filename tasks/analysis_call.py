@@ -13,6 +13,11 @@ left to decide here is the remedy, per kind (field cases 08 and 09):
 - finished (STOP) but failing the Analysis schema: one repair call that carries the
   document (or part, or the chunk answers) it repairs, with the answer and the error. A
   repair without the document could only invent content.
+
+A document in Batch Mode whose batch answer was one of these (booked by the group's
+collect, pipeline/llm/batch_group.py) gets the same remedy, as if the batch answer had come
+back from its first call: a larger output budget, no call at all, or the repair call; never
+the same request again, which would be paid for the same answer.
 """
 
 from __future__ import annotations
@@ -26,7 +31,14 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from pipeline.errors import AnswerInvalid, AnswerTruncated, Permanent, Reason
+from pipeline.errors import (
+    AnswerBlocked,
+    AnswerInvalid,
+    AnswerTruncated,
+    Permanent,
+    Reason,
+    UnusableAnswer,
+)
 from pipeline.llm.provider import LLMRequest, LLMResponse, Part
 from pipeline.queue.context import JobContext
 from pipeline.services import failed_call
@@ -104,12 +116,15 @@ def repair_request(
 
 async def analysis_call(
     ctx: JobContext, request: LLMRequest, budget: Decimal | None, document_id: str,
-    shape: type[BaseModel] = Analysis,
+    shape: type[BaseModel] = Analysis, batch_group: str | None = None,
 ) -> Answered:  # fmt: skip
     """A validated `shape` for `request`, with the remedies above; raises the JobError
-    services.failed_call chooses when a remedy fails too."""
+    services.failed_call chooses when a remedy fails too. `batch_group`: the name of the
+    Batch Mode group that answered `request` first, if any."""
     try:
-        response = await _within_output_budget(ctx, request, budget, document_id, shape)
+        earlier = await _batch_answer(ctx, batch_group, request)
+        response = await _within_output_budget(ctx, request, budget, document_id, shape,
+                                               earlier)  # fmt: skip
         used = request
     except AnswerInvalid as exc:
         await ctx.progress({"stage": "repairing", "error": exc.problem[:300]})
@@ -129,16 +144,37 @@ async def analysis_call(
     return Answered(result, response.model_version, cost)
 
 
+async def _batch_answer(
+    ctx: JobContext, batch_group: str | None, request: LLMRequest
+) -> UnusableAnswer | None:
+    """What made the batch's paid answer to `request` unusable, when its group booked one."""
+    from pipeline.llm.batch_group import unusable_answer
+    from pipeline.llm.callstore import call_key
+
+    if batch_group is None:
+        return None
+    services = ctx.deps["services"]
+    # The key the group's collect booked it under (the member's exact request).
+    key = call_key(request, services.provider.name)
+    return await unusable_answer(services.caller.store, batch_group, key)
+
+
 async def _within_output_budget(
     ctx: JobContext, request: LLMRequest, budget: Decimal | None, document_id: str,
-    shape: type[BaseModel],
+    shape: type[BaseModel], earlier: UnusableAnswer | None = None,
 ) -> LLMResponse:  # fmt: skip
     """The call; a truncated answer gets one retry with a larger output budget. Raises
-    AnswerInvalid for the caller's repair, or the JobError failed_call chooses."""
+    AnswerInvalid for the caller's repair, or the JobError failed_call chooses. `earlier`:
+    the batch's unusable answer to `request`, which stands for the first call's."""
     services = ctx.deps["services"]
     kwargs: dict[str, Any] = {"batch_limit_usd": budget, "document_id": document_id,
                               "accept": lambda r: accept_analysis(r, shape)}  # fmt: skip
+    if isinstance(earlier, AnswerBlocked):  # refused in the batch: refused again, unpaid
+        steer = failed_call(earlier)
+        raise (steer or earlier) from earlier
     try:
+        if earlier is not None:  # cut or invalid in the batch: its remedy, not a repeat
+            raise earlier
         response: LLMResponse = await services.call(
             ctx, request, handles=(AnswerTruncated, AnswerInvalid), **kwargs
         )

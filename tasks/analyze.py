@@ -135,7 +135,12 @@ async def _analyse_part(
         request = analyze_request(args["model"], analyze_prompt(), pdf, filename=args["name"],
                                   page_count=page_count, first_page=first,
                                   last_page=last)  # fmt: skip
-    answered = await analysis_call(ctx, request, _budget(args), args["sha256"])
+    # In Batch Mode the group's answer to this request came first: an unusable one decides
+    # the remedy (tasks/analysis_call.py), as an interactive first call's would.
+    group = args["batch_group"]["name"] if args.get("mode") == "batch" and \
+        "batch_group" in args else None  # fmt: skip
+    answered = await analysis_call(ctx, request, _budget(args), args["sha256"],
+                                   batch_group=group)  # fmt: skip
     return part_outcome(
         answered.result, part=part, first_page=first, last_page=last,
         model_version=answered.model_version, cost=answered.cost,

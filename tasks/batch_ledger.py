@@ -145,6 +145,8 @@ class Call:
     outcome: str
     provider: str = ""  # who answered ("" for rows from before migration 0006)
     held: Decimal = Decimal(0)  # in flight (`started`): its worst case, held, not yet spent
+    mode: str = ""  # "batch": a request of a Gemini batch job (its row names the job that
+    # submitted or collected the group, which may be another member's)
 
 
 @dataclass
@@ -185,10 +187,12 @@ def read_ledger(engine: Engine, batch_id: str) -> LedgerFacts:
         doc_ids = [m.document_id for m in members]
         calls = [
             Call(c.job_id, c.batch_id, c.document_id, _money(c.cost_usd), c.outcome,
-                 c.provider or "", held_usd(c.outcome, c.cost_usd, c.estimated_cost_usd))
+                 c.provider or "", held_usd(c.outcome, c.cost_usd, c.estimated_cost_usd),
+                 c.mode or "")
             for c in conn.execute(
                 select(LLMCall.job_id, LLMCall.batch_id, LLMCall.document_id, LLMCall.cost_usd,
-                       LLMCall.outcome, LLMCall.provider, LLMCall.estimated_cost_usd)
+                       LLMCall.outcome, LLMCall.provider, LLMCall.estimated_cost_usd,
+                       LLMCall.mode)
                 .where(or_(LLMCall.document_id.in_(doc_ids), LLMCall.batch_id == batch_id))
                 .order_by(LLMCall.started_at, LLMCall.id)
             )

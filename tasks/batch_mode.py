@@ -11,8 +11,11 @@ job leaves its worker slot, keeps its attempts, and any worker may take the next
 the usual lease and fencing). The member that sees the job finished collects it for the
 group: answers are classified and validated like interactive ones, booked at the batch rate
 (mode=batch) and put in the call store. Then each member carries on with the interactive
-path, whose call is answered from the store and paid nothing; a member whose batch answer
-was unusable or missing (failed, expired, cancelled request) is answered interactively,
+path, whose call is answered from the store and paid nothing. A member whose batch answer
+was paid for but unusable gets the remedy an interactive first answer would
+(tasks/analysis_call.py): blocked, it fails naming the reason with no further call; cut at
+MAX_TOKENS, its one retry at the larger output budget; invalid, the repair call. A member
+without a batch answer (failed, expired, cancelled request) is answered interactively,
 under the usual attempt and budget rules. A member that needs several calls (a long PDF)
 puts each of its parts in the group (key `sha256:first-last`); once booked, its parts'
 jobs find their answers in the store and the merge call runs interactively (it reads the

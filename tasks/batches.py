@@ -256,7 +256,9 @@ def document_rows(facts: LedgerFacts, runs: dict[str, Run], around: Surroundings
             sum((c.cost for c in here if c.outcome in WASTED), Decimal(0)),
             facts.results.get(m.document_id), paid_in,
             sum((c.cost for c in calls if c.batch_id != facts.batch_id), Decimal(0)), run,
-            asked=[c.provider for c in calls if in_run(c, m.job_id)],
+            # its batch answer too, booked under whichever member's job collected it
+            asked=[c.provider for c in calls if in_run(c, m.job_id)
+                   or (c.mode == "batch" and c.batch_id == facts.batch_id)],
             held=sum((c.held for c in calls if in_run(c, m.job_id)), Decimal(0)),
         ))  # fmt: skip
     return rows

@@ -93,10 +93,12 @@ class GeminiBatches:
         if requests is not None and job.dest is not None and job.dest.file_name \
                 and remote.state == "SUCCEEDED":  # fmt: skip
             data = await self.files.download(job.dest.file_name)
+            lines, unreadable = parse_responses(data)
             outcomes = tuple(_outcome(key, to_response(r) if r is not None else None, error,
                                       requests.get(key), job.model or "")
-                             for key, r, error in parse_responses(data))  # fmt: skip
-            remote = replace(remote, outcomes=outcomes, responses_file=job.dest.file_name)
+                             for key, r, error in lines)  # fmt: skip
+            remote = replace(remote, outcomes=outcomes, responses_file=job.dest.file_name,
+                             unreadable=unreadable)  # fmt: skip
         return remote
 
     async def find(self, display_name: str) -> RemoteBatch | None:

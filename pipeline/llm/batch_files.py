@@ -33,15 +33,20 @@ class UploadedFile:
     uri: str
 
 
-def parse_responses(data: bytes) -> list[tuple[str, dict[str, object] | None,
-                                                dict[str, object] | None]]:  # fmt: skip
-    """(key, response, error) for each line of a responses file; a line that is not JSON
-    is skipped (its key is then answered by nobody, so its request counts as unanswered)."""
+def parse_responses(data: bytes) -> tuple[list[tuple[str, dict[str, object] | None,
+                                                      dict[str, object] | None]], int]:  # fmt: skip
+    """(key, response, error) for each line of a responses file, and how many lines were
+    not JSON: answers Google sent (and billed) whose key cannot be read, so the requests
+    left without an answer may be theirs (batch_group.collect books them so)."""
     out: list[tuple[str, dict[str, object] | None, dict[str, object] | None]] = []
+    unreadable = 0
     for line in data.decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
         try:
             item = json.loads(line)
         except ValueError:
+            unreadable += 1
             continue
         if not isinstance(item, dict):
             continue
@@ -49,7 +54,7 @@ def parse_responses(data: bytes) -> list[tuple[str, dict[str, object] | None,
         response, error = item.get("response"), item.get("error")
         out.append((key, response if isinstance(response, dict) else None,
                     error if isinstance(error, dict) else None))  # fmt: skip
-    return out
+    return out, unreadable
 
 
 def to_response(body: dict[str, object]) -> types.GenerateContentResponse:

@@ -13,8 +13,11 @@ holds a worker for hours). When the job SUCCEEDED, each response goes through th
 booking and answer classification as an interactive call (`book_usage`, `judge`): a used
 answer is put in the call store under its call key first (so any later run, batch or
 interactive, gets it without paying), then its ledger row is settled at the batch price of
-the day the job was created. Ledger rows have deterministic ids, so a collect repeated after
-a crash rewrites the same rows instead of adding any.
+the day the job was created. An answer paid for but unusable is written down in the group's
+record (`unusable:<call key>`) with what made it so, for its member's job to apply the
+remedy an interactive call gets rather than send the same request again. Ledger rows have
+deterministic ids, so a collect repeated after a crash rewrites the same rows instead of
+adding any.
 
 A group whose inline requests are over `inline_max_bytes` together goes as a JSONL input
 file (batch_files.py), uploaded inside the create lock after `find` came back empty; a
@@ -36,7 +39,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from pipeline.errors import PipelineError
+from pipeline.errors import (
+    AnswerBlocked,
+    AnswerInvalid,
+    AnswerTruncated,
+    PipelineError,
+    UnusableAnswer,
+)
 from pipeline.llm.attempts import CallAttempt, Outcome, Recorder
 from pipeline.llm.batch_items import (
     JSONL,
@@ -74,6 +83,11 @@ log = logging.getLogger(__name__)
 # document, not per request: a long PDF's parts stay or leave together, so no part is paid
 # both in the batch and again interactively.
 USE = "use:"
+# `unusable:<call key>` in a group's record: the batch's paid answer to that request was cut,
+# blocked or invalid (JSON, see `unusable_answer`), so the member's job applies the remedy
+# an interactive call gets (a larger output budget, no call, a repair) instead of sending
+# the same request again.
+UNUSABLE = "unusable:"
 
 
 class BatchCreateBusy(PipelineError):
@@ -232,10 +246,17 @@ class BatchGroups:
             if outcome is None or outcome.response is None:
                 why = (outcome.failure.message if outcome and outcome.failure
                        else f"the batch job ended {remote.state} without an answer")  # fmt: skip
-                # Google bills a batch per response; a request without one cost nothing.
-                record.outcome, record.error = Outcome.ERROR, why
+                # Google bills a batch per response; a request without one cost nothing,
+                # unless its response may be one that could not be read: then it may have
+                # been billed, and is booked at its worst case, never at $0.
+                cost = Decimal(0)
+                if outcome is None and remote.unreadable:
+                    cost = record.estimated_cost_usd
+                    why = unreadable_words(remote)
+                record.outcome, record.error, record.cost_usd = Outcome.ERROR, why, cost
                 failed[item.key] = why
-                costs[item.key] = Decimal(0)
+                costs[item.key] = cost
+                total += cost
                 await self.recorder.settled(record)
                 continue
             response = outcome.response
@@ -258,6 +279,7 @@ class BatchGroups:
                 answers[item.key] = response.text
             else:
                 unusable[item.key] = error
+                await self._keep_unusable(name, record.call_key, verdict.error, remote.name)
             record.outcome = kind
             record.model_version = response.model_version
             record.input_tokens = usage.input_tokens
@@ -273,6 +295,21 @@ class BatchGroups:
         await self.redis.hset(self.keys.batch_group(name), "booked", remote.state)
         await self._delete_files(self.keys.batch_group(name))
         return Collected(remote, answers, unusable, failed, total, costs)
+
+    async def _keep_unusable(self, name: str, key: str, error: UnusableAnswer | None,
+                             remote: str) -> None:  # fmt: skip
+        """Write down why the batch's answer to call `key` cannot be used, for its member's
+        job (`unusable_answer`); the same fields on a repeated collect."""
+        if error is None:
+            return
+        said: dict[str, str | int] = {"kind": type(error).__name__, "message": str(error),
+                                      "remote": remote, "stop_reason": error.stop_reason}
+        if isinstance(error, AnswerTruncated):
+            said.update(max_output_tokens=error.max_output_tokens,
+                        thoughts_tokens=error.thoughts_tokens)  # fmt: skip
+        elif isinstance(error, AnswerInvalid):
+            said.update(text=error.text, problem=error.problem)
+        await self.redis.hset(self.keys.batch_group(name), UNUSABLE + key, json.dumps(said))
 
     async def _input_file(self, group: str, name: str, items: Sequence[BatchItem]) -> str | None:
         """None when the group fits inline; else its JSONL input file (files/…), uploaded
@@ -328,6 +365,32 @@ class BatchGroups:
             return None
         return (f"answered by the batch job after its document left it ({taken}); booked as "
                 "billed, not used")  # fmt: skip
+
+
+def unreadable_words(remote: RemoteBatch) -> str:
+    """Why a request of `remote` without an answer is booked as possibly billed."""
+    lines = "1 line was" if remote.unreadable == 1 else f"{remote.unreadable} lines were"
+    return (f"no readable answer: {lines} not JSON in the batch's responses file "
+            f"{remote.responses_file} (answered, billed, unreadable) and this request's answer "
+            "may be one of them; booked at its worst case and counted as wasted; the document "
+            "is asked again interactively")  # fmt: skip
+
+
+async def unusable_answer(store: CallStore, name: str, key: str) -> UnusableAnswer | None:
+    """The error of group `name`'s paid but unusable answer to call `key`, as the
+    interactive call would have raised it (AnswerTruncated, AnswerBlocked, AnswerInvalid),
+    or None when the batch answered it usably or not at all."""
+    raw = await store.redis.hget(store.keys.batch_group(name), UNUSABLE + key)
+    if raw is None:
+        return None
+    said = json.loads(_text(raw))
+    message = f"{said['message']} (its answer in Gemini batch job {said['remote']})"
+    if said["kind"] == AnswerTruncated.__name__:
+        return AnswerTruncated(message, int(said["max_output_tokens"]),
+                               int(said.get("thoughts_tokens") or 0))  # fmt: skip
+    if said["kind"] == AnswerInvalid.__name__:
+        return AnswerInvalid(message, str(said["text"]), str(said["problem"]))
+    return AnswerBlocked(message, str(said.get("stop_reason") or ""))
 
 
 def _text(value: str | bytes) -> str:

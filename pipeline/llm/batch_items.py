@@ -53,6 +53,8 @@ class RemoteBatch:
     create_time: datetime | None = None
     outcomes: tuple[BatchOutcome, ...] = field(default_factory=tuple)
     responses_file: str | None = None  # files/… the outcomes were read from (file input)
+    # Lines of that file that were not JSON: answers sent (and billed) with no readable key.
+    unreadable: int = 0
 
     @property
     def done(self) -> bool:

@@ -101,8 +101,9 @@ class LLMCaller:
     `call()` returns the provider's LLMResponse or raises: BudgetExceeded (nothing sent),
     RateLimited / DailyQuotaExhausted / ProviderError once its retries are spent, OverLimit
     for a request bigger than the per-minute token limit, UnknownModel for an unpriced model,
-    and an UnusableAnswer (AnswerTruncated, AnswerBlocked, AnswerInvalid) for an answer that
-    was paid for but cannot be used.
+    and an UnusableAnswer (AnswerTruncated, AnswerBlocked, AnswerInvalid; AnswerMalformed for
+    one that could not even be read, booked at its worst case) for an answer that was paid
+    for but cannot be used.
     """
 
     def __init__(

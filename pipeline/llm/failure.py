@@ -28,6 +28,9 @@ class ProviderFailure:
     # read: no answer in time, the connection cut after it was made, an answer the client
     # could not parse. The caller books such an attempt at its worst case, never at $0.
     maybe_billed: bool = False
+    # The provider answered (HTTP 200) but its body is not the JSON its API sends: billed,
+    # unreadable, not a refusal (the next answer may be read). Always maybe_billed too.
+    malformed: bool = False
 
     @classmethod
     def timeout(cls, message: str = "the request timed out") -> ProviderFailure:
@@ -46,6 +49,26 @@ class ProviderCallError(Exception):
     def __init__(self, failure: ProviderFailure) -> None:
         super().__init__(f"{failure.code} {failure.status}: {failure.message}")
         self.failure = failure
+
+
+def malformed(provider: str, exc: BaseException) -> ProviderFailure:
+    """The failure of an answer `provider` sent (HTTP 200) that is not JSON (`exc`, the
+    decoder's error), in words a user can act on."""
+    return ProviderFailure(
+        code=200, status="MALFORMED_ANSWER",
+        message=f"the model's answer was not valid JSON ({exc!r}); {answered_words(provider)}",
+        maybe_billed=True, malformed=True,
+    )  # fmt: skip
+
+
+def answered_words(provider: str) -> str:
+    """What an answer `provider` sent but nobody could read cost, in words: Gemini billed
+    it (its usage unreadable, so booked at its worst case); the emulator bills nothing."""
+    if provider == "emulator":  # maybe_billed_words' wording, and counted as wasted
+        return ("the emulator's: a rehearsal, booked at its worst case, never billed, counted "
+                "as wasted")
+    return ("it was paid for (booked at its worst case: its usage is unreadable) and is "
+            "counted as wasted")
 
 
 def maybe_billed_words(provider: str) -> str:

@@ -24,6 +24,7 @@ from pipeline.llm.failure import (
     RETRYABLE_CODES,
     ProviderCallError,
     ProviderFailure,
+    malformed,
     maybe_billed_words,
 )
 from pipeline.llm.provider import LLMRequest, LLMResponse, Part, ReportedUsage, Usage
@@ -40,6 +41,12 @@ DEFAULT_FILES_MIN_BYTES = 4 * 1024 * 1024
 __all__ = ["GeminiProvider", "ProviderCallError", "ProviderFailure", "parse_api_error"]
 
 DEFAULT_TIMEOUT_S = 300.0
+# What the SDK raises for a 200 body that is not JSON (UnknownApiResponseError: a ValueError
+# from the SDK's own decoder, not in every 1.x release).
+_UNREADABLE: tuple[type[BaseException], ...] = tuple(
+    t for t in (json.JSONDecodeError, getattr(genai_errors, "UnknownApiResponseError", None))
+    if t is not None
+)  # fmt: skip
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
 
@@ -221,7 +228,8 @@ class GeminiProvider:
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
         """One attempt. Raises DocumentMissing when a PDF file part cannot be read (nothing
-        sent), ProviderCallError (with `.failure`) on any failure of the call itself."""
+        sent), ProviderCallError (with `.failure`) on any failure of the call itself (an
+        answer that is not JSON: `.failure.malformed`)."""
         # Built before the call, so a failure here is not mistaken for one of the call's,
         # which may come after the request went out (parse_api_error's `maybe_billed`).
         contents, config = self._contents(request), self._config(request)
@@ -230,6 +238,10 @@ class GeminiProvider:
             response = await self._client.aio.models.generate_content(
                 model=request.model, contents=contents, config=config
             )
+        except _UNREADABLE as exc:
+            # The SDK decodes a body only once its status said 200 (an error status raises
+            # APIError first): the model answered, and was billed, but the body is not JSON.
+            raise ProviderCallError(malformed(self.name, exc)) from exc
         except Exception as exc:
             failure = parse_api_error(exc, self.name)
             raise ProviderCallError(failure) from exc

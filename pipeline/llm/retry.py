@@ -9,6 +9,9 @@ ignore RetryInfo and would triple-send within a second). Rules:
 - 400/401/403/404 (and anything the provider marks non-retryable) are not: they become
   `ProviderError` carrying the provider's own message;
 - a per-day quota is not retried: `DailyQuotaExhausted`;
+- an answer that is not JSON (HTTP 200, billed) is not retried here, where a retry would be
+  paid within one attempt of the job without anyone deciding it: `AnswerMalformed`, which
+  the job retries within its own attempts (services.failed_call);
 - a `RetryBudget` caps attempts across all calls of one job, so a job of ten calls cannot
   spend ten times the per-call retries.
 """
@@ -20,7 +23,13 @@ from dataclasses import dataclass
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from pipeline.errors import DailyQuotaExhausted, LLMError, ProviderError, RateLimited
+from pipeline.errors import (
+    AnswerMalformed,
+    DailyQuotaExhausted,
+    LLMError,
+    ProviderError,
+    RateLimited,
+)
 from pipeline.llm.failure import ProviderCallError, ProviderFailure, maybe_billed_words
 from pipeline.words import counted
 
@@ -111,6 +120,8 @@ def exhausted_error(failure: ProviderFailure | None, attempts: int, what: str,
             f"still rate limited after {counted(attempts, 'attempt')} ({what}): {failure.message}; "
             "lower PIPELINE_RPM/PIPELINE_TPM or retry later"
         )
+    if failure.malformed:  # answered and billed, unreadable: the job decides (failed_call)
+        return AnswerMalformed(failure.message, stop_reason=failure.status)
     if failure.retryable:
         return ProviderError(
             f"provider still failing after {counted(attempts, 'attempt')} ({what}): "

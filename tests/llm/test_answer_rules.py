@@ -8,6 +8,7 @@ import pytest
 from pipeline.errors import (
     AnswerBlocked,
     AnswerInvalid,
+    AnswerMalformed,
     AnswerTruncated,
     BadDocument,
     OverBudget,
@@ -135,3 +136,23 @@ def test_the_failure_policy_for_each_unusable_answer(
     assert steer is not None and isinstance(steer, kind) and steer.reason is reason
     if isinstance(steer, Retry):
         assert steer.count_attempt is False  # waiting for a person is not an attempt
+
+
+def test_an_unreadable_answer_is_retried_within_the_jobs_attempts_then_says_what_to_do() -> None:
+    """A 200 answer that is not JSON is billed and unreadable, not a refusal: a counted
+    retry while attempts are left, each saying it was paid for; the last says what to do."""
+    from pipeline.llm.failure import malformed
+    from pipeline.llm.retry import exhausted_error
+
+    failure = malformed("gemini", ValueError("Unterminated string"))
+    assert failure.maybe_billed and failure.malformed and not failure.retryable
+    error = exhausted_error(failure, 1, "per-call retries")
+    assert isinstance(error, AnswerMalformed)
+    first = failed_call(error, 1, 3, "f7c5dd4e412a4bb8")
+    assert isinstance(first, Retry) and first.count_attempt  # bounded by the job's attempts
+    assert first.reason is Reason.ANSWER_MALFORMED
+    assert "not valid JSON" in str(first) and "paid for" in str(first)
+    assert "retried 1 of 2 times (attempt 2 of 3 next)" in str(first)
+    last = failed_call(error, 3, 3, "f7c5dd4e412a4bb8")
+    assert isinstance(last, Retry) and last.reason is Reason.ANSWER_MALFORMED
+    assert "pipeline retry f7c5dd4e412a --failed" in str(last)

@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from pipeline.errors import (
+    AnswerMalformed,
     BudgetExceeded,
     DailyQuotaExhausted,
     DocumentMissing,
@@ -326,13 +327,15 @@ async def test_an_answer_the_client_cannot_read_is_booked_at_its_worst_case(
 ) -> None:
     """The emulator answers and bills, but its 200 body is cut mid-JSON, so google-genai
     fails after the server answered: the call may have been billed, so the attempt is
-    booked (and its budget hold settled) at its reserved worst case, never at $0."""
+    booked (and its budget hold settled) at its reserved worst case, never at $0. It is a
+    malformed answer, not a refusal, and the call does not pay for another itself: the job
+    decides (services.failed_call)."""
     set_faults(emu, {"kind": "garbled"})
     recorder = MemoryRecorder()
     caller, limiter, provider = _gemini_caller(aredis, keys, emu, recorder)
     budget = Budget(Decimal(100))
     try:
-        with pytest.raises(ProviderError, match="may have been billed"):
+        with pytest.raises(AnswerMalformed, match=r"not valid JSON .*paid for"):
             await caller.call(_request("a garbled answer"), budget=budget)
     finally:
         await provider.aclose()

@@ -16,9 +16,9 @@ from decimal import Decimal
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.provider import Usage
 from pipeline.queue.job import State
-from tasks.submission import Upload
+from tasks.submission import Upload, submit_uploads
 from tests.support.emulator import start_emulator
-from tests.support.paid_rig import MICRO, money, running_pipeline
+from tests.support.paid_rig import MICRO, money, running_pipeline, set_faults
 from tests.support.pdfs import make_pdf
 
 FAST_POLL = {"batch_poll_s": 0.3, "batch_poll_max_s": 1.0}
@@ -103,3 +103,36 @@ async def test_a_long_pdf_in_batch_mode_sends_its_parts_and_gets_one_merged_resu
     assert after["batch"]["jobs_created"] == 1 and after["generate_requests"] == 1
     assert sum((money(r.cost_usd) for r in rerun_rows if r.outcome != "from_store"),
                Decimal(0)) == booked  # fmt: skip
+
+
+async def test_an_unreadable_line_of_the_responses_file_is_booked_as_billed_not_free(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str,
+) -> None:  # fmt: skip
+    """One answer of a file-fed batch job is billed but its line of the responses file is cut
+    mid-JSON (`garbled`): its key cannot be read, so its request is booked at its worst case
+    (it may have been billed: never $0), counted as wasted, and the document is asked
+    interactively, saying so; the others are used from the batch."""
+    docs = _docs(3)
+    with start_emulator(batch_delay_s=1.0) as emu:
+        set_faults(emu, {"kind": "garbled", "when": "Memo 1.", "times": 1})
+        async with running_pipeline(emu, redis_url, key_prefix, batch_inline_max_bytes=4096,
+                                    **FAST_POLL) as rig:  # fmt: skip
+            sub = await submit_uploads(rig.client, docs, mode="batch", services=rig.services)
+            jobs = [await rig.finished(j, timeout_s=90) for j in sub.job_ids]
+            rows, report = rig.calls(), rig.report()
+        stats = emu.stats()
+    assert all(j.state == State.COMPLETE for j in jobs), [j.error for j in jobs]
+    assert stats["files"]["uploads"] == 1 and stats["batch"]["requests"] == 3
+    assert stats["generate_requests"] == 1  # the garbled one's document, interactively
+    batch_rows = [r for r in rows if r.mode == "batch"]
+    assert sorted(r.outcome for r in batch_rows) == ["error", "ok", "ok"]
+    (lost,) = [r for r in batch_rows if r.outcome == "error"]
+    assert lost.cost_usd == lost.estimated_cost_usd > 0  # possibly billed: never $0
+    assert "not JSON" in (lost.error or "") and "asked again" in (lost.error or "")
+    interactive = [r for r in rows if r.mode != "batch" and r.outcome == "ok"]
+    assert len(interactive) == 1 and interactive[0].document_id == lost.document_id
+    billed = Decimal(stats["batch"]["billed_total"]["cost_usd"]) + \
+        Decimal(stats["billed_total"]["cost_usd"])  # fmt: skip
+    booked = sum((money(r.cost_usd) for r in rows), Decimal(0))
+    assert booked >= billed - MICRO  # the unreadable answer at its worst case, never less
+    assert money(report["total"]["wasted_usd"]) == money(lost.cost_usd)

@@ -192,20 +192,54 @@ async def test_an_answer_the_client_cannot_read_is_booked_at_its_worst_case(
     pipeline_env: dict[str, str], redis_url: str, key_prefix: str, sredis: redis.Redis,
     emu: RunningEmulator,
 ) -> None:  # fmt: skip
-    """The emulator answers and bills, but cuts its 200 body mid-JSON: google-genai fails
-    after the server answered. The call may have been billed, so its ledger row carries its
-    reserved worst case (at least the bill, and never $0), counted as wasted; the document
-    fails saying no usable answer came back, not that the provider refused it."""
+    """The emulator answers and bills, but cuts every 200 body mid-JSON: google-genai fails
+    after the server answered. Each call may have been billed, so its ledger row carries its
+    reserved worst case (at least the bill, and never $0), counted as wasted. It is no
+    refusal: the job asks again within its attempts (3), then ends saying what to check,
+    never that the provider refused it."""
     set_faults(emu, {"kind": "garbled", "when": "GARBLED"})
     async with running_pipeline(emu, redis_url, key_prefix) as rig:
         sub = await rig.submit(_doc("GARBLED"))
         job = await rig.finished(sub.job_ids[0])
         rows, report = rig.calls(), rig.report()
     stats = emu.stats()
-    assert job.state == State.FAILED
-    assert job.error is not None and "may have been billed" in job.error, job.error
-    assert stats["generate_requests"] == 1 and stats["billed_total"]["requests"] == 1
-    (row,) = rows
-    assert row.outcome == "error"
-    assert row.cost_usd == row.estimated_cost_usd >= money(stats["billed_total"]["cost_usd"]) > 0
-    assert money(report["total"]["wasted_usd"]) == money(row.cost_usd)
+    assert job.state == State.DEAD and job.reason == "answer_malformed", (job.state, job.error)
+    assert job.attempt == job.max_attempts == 3
+    error = job.error or ""
+    assert "the model's answer was not valid JSON" in error and "refused" not in error, error
+    assert "last attempt (3 of 3)" in error and "pipeline retry" in error, error
+    assert stats["generate_requests"] == 3 and stats["billed_total"]["requests"] == 3
+    assert [r.outcome for r in rows] == ["error"] * 3
+    assert all(r.cost_usd == r.estimated_cost_usd > 0 for r in rows)
+    assert sum((money(r.cost_usd) for r in rows), Decimal(0)) >= money(
+        stats["billed_total"]["cost_usd"])  # fmt: skip
+    assert money(report["total"]["wasted_usd"]) == sum((money(r.cost_usd) for r in rows),
+                                                       Decimal(0))  # fmt: skip
+
+
+async def test_one_unreadable_answer_is_asked_again_and_the_next_one_is_used(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str, sredis: redis.Redis,
+    emu: RunningEmulator, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """One billed answer cut mid-JSON (`garbled`, once) is a malformed answer, not a
+    permanent refusal: booked at its worst case as wasted, the job's next attempt asks
+    again and completes; the first attempt's reason says what happened and what follows."""
+    set_faults(emu, {"kind": "garbled", "when": "Bill to", "times": 1})
+    async with running_pipeline(emu, redis_url, key_prefix) as rig:
+        sub = await rig.submit(Upload("invoice.pdf", make_pdf(1, "Invoice. Bill to Initech.")))
+        job = await rig.finished(sub.job_ids[0], timeout_s=90)
+        rows, report = rig.calls(), rig.report()
+    stats = emu.stats()
+    assert job.state == State.COMPLETE and job.attempt == 2, (job.state, job.error)
+    assert stats["generate_requests"] == 2 and stats["billed_total"]["requests"] == 2
+    assert [r.outcome for r in rows] == ["error", "ok"]
+    garbled = rows[0]
+    assert garbled.cost_usd == garbled.estimated_cost_usd > 0  # possibly billed: never $0
+    assert "MALFORMED_ANSWER" in (garbled.error or "")
+    assert money(report["total"]["wasted_usd"]) == money(garbled.cost_usd)
+    said = [r.getMessage() for r in caplog.records if r.name == "pipeline.worker.jobs"
+            and " retry in " in r.getMessage()]  # fmt: skip
+    assert len(said) == 1, said
+    assert "not valid JSON" in said[0] and "counted as wasted" in said[0], said
+    assert "retried 1 of 2 times (attempt 2 of 3 next)" in said[0], said
+    assert "provider_refused" not in said[0] and "permanent" not in said[0], said

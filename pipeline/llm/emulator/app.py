@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 
 from pipeline.llm.emulator import content
 from pipeline.llm.emulator.batch_routes import add_batch_routes
-from pipeline.llm.emulator.batches import BatchStore
+from pipeline.llm.emulator.batches import GARBLED, BatchStore
 from pipeline.llm.emulator.errors import error_response, parse_json, quota_error
 from pipeline.llm.emulator.faults import Active, Fault, FaultBook
 from pipeline.llm.emulator.files import FileStore, add_file_routes
@@ -286,6 +286,8 @@ class _Emulator:
                                     len(json.dumps(body)), split, True)  # fmt: skip
         except content.BadRequest as exc:
             return {"error": {"code": 400, "message": str(exc), "status": "INVALID_ARGUMENT"}}
+        if active.garbled:  # billed above; batches.py cuts its responses-file line
+            return {"response": payload, GARBLED: True}
         return {"response": payload}
 
     async def count_tokens(self, request: Request, model: str) -> JSONResponse:

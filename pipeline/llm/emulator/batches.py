@@ -39,7 +39,10 @@ TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
 END_STATES = frozenset({"SUCCEEDED", "FAILED", "EXPIRED"})
 
 # (model, request body) -> {"response": {...}} or {"error": {...}}; bills as a side effect.
+# With GARBLED set (the `garbled` fault), its line of a responses file is cut mid-JSON; an
+# inline answer is sent whole (cutting one would cut the whole job's body).
 Answerer = Callable[[str, dict[str, Any]], dict[str, Any]]
+GARBLED = "_garbled"
 
 
 def _rfc3339(at: float) -> str:
@@ -230,15 +233,18 @@ class BatchStore:
         with self.lock:
             if job.outputs is not None:
                 return
-            outputs = []
+            outputs, garbled = [], []
             for item in job.requests:
                 outcome = answer(job.model, item["request"])
+                garbled.append(bool(outcome.pop(GARBLED, False)))
                 if isinstance(item.get("metadata"), dict):
                     outcome["metadata"] = item["metadata"]
                 outputs.append(outcome)
             if job.from_file:  # one {"key", "response"|"error"} a line
                 lines = [json.dumps({"key": (o.pop("metadata", None) or {}).get("key"), **o})
                          for o in outputs]  # fmt: skip
+                lines = [line[: len(line) // 2] if cut else line
+                         for line, cut in zip(lines, garbled, strict=True)]  # fmt: skip
                 job.responses_file = self.files.add(("\n".join(lines) + "\n").encode(),
                                                     "application/jsonl",
                                                     f"{job.name}-responses", True).name

@@ -19,7 +19,8 @@ Each fault reproduces a reported behaviour (the field cases in /work/shared/fiel
     unavailable    503 UNAVAILABLE "The model is overloaded" before answering, not billed
                    (GEMINI.md §3.4), for a chosen request rather than at `fail_rate`
     garbled        the request is answered and billed, but the 200 body is cut mid-JSON (a
-                   proxy or the stream gave out after the status line): no client can read it
+                   proxy or the stream gave out after the status line): no client can read it;
+                   in a batch job fed by a file, its line of the responses file is cut
 
 A fault applies to requests whose prompt (text parts, PDF text, system instruction)
 contains `when` ("" = every request), at most `times` times (None = always). Faults are set
