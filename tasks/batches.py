@@ -36,6 +36,7 @@ from tasks.batch_ledger import (
     usd,
 )
 from tasks.batch_wait import groups_seen
+from tasks.budget_stop import BudgetStop, budget_stop
 from tasks.modes import annotate_modes
 from tasks.status import (
     DocumentState,
@@ -214,6 +215,7 @@ class BatchView:
     facts: LedgerFacts
     documents: list[DocumentRow]
     note: str = ""  # about the choice of batch (a label several carry), for people
+    budget_stop: BudgetStop | None = None  # an overrun stopped its budget (tasks/budget_stop.py)
 
     @property
     def held(self) -> Decimal:
@@ -241,6 +243,8 @@ class BatchView:
             "spend_usd": usd(f.spend),
             "held_usd": usd(self.held),  # calls in flight, not in spend_usd
             "budget_usd": None if f.budget_usd is None else usd(f.budget_usd),
+            # null while the budget admits calls; after an overrun, the stop and what lifts it
+            "budget_stop": None if self.budget_stop is None else self.budget_stop.as_json(),
             "waiting": self.waiting(),
             # which batch a label several carry stands for, and how to name another
             "note": self.note or None,
@@ -300,4 +304,5 @@ async def batch_view(client: QueueClient, engine: Engine, ref: str,
             around.held_usd[call.job_id] = around.held_usd.get(call.job_id, Decimal(0)) + call.held
     rows = document_rows(facts, runs, around)
     await annotate_modes(client, rows)
-    return BatchView(facts, rows, found.note)
+    refused = [d.state.job_id for d in rows if d.status == "over_budget" and d.state.job_id]
+    return BatchView(facts, rows, found.note, await budget_stop(client, facts, refused))
