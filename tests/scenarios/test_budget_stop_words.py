@@ -56,6 +56,12 @@ async def test_a_batch_stopped_by_an_overrun_says_so_and_names_what_lifts_it(
             async with api_client(settings) as (client, _):
                 api = (await client.get(f"/batches/{batch}")).json()
 
+            # A retry alone, as the trial did first: said at once to meet the stop, and it does.
+            early = cli(env, "retry", ref, "--over-budget", columns=400)
+            assert early.returncode == 0, early.stdout + early.stderr
+            rerun = sorted(set(re.findall(r"\b[0-9a-f]{32}\b", early.stdout)) - {batch})
+            refused_again = [await rig.finished(j) for j in rerun]
+
             # Follow the footer: the budget command first, then the retry.
             footer = text.splitlines()[-1]
             lift = re.search(r"(pipeline budget \S+ --set \S+); then", footer)
@@ -88,6 +94,9 @@ async def test_a_batch_stopped_by_an_overrun_says_so_and_names_what_lifts_it(
         assert named and Decimal(named.group(1)) > limit, reason
         assert f'PATCH /batches/{ref} with {{"budget_usd": "{named.group(1)}"}}' in reason
         assert reason.index("pipeline budget") < reason.index("pipeline retry"), reason
+    assert "a retry's neither" in " ".join(early.stdout.split()), early.stdout
+    assert "until then these runs end over_budget again" in " ".join(early.stdout.split())
+    assert len(rerun) == 2 and [j.state for j in refused_again] == [State.OVER_BUDGET] * 2
     # The footer does not offer a retry alone while the stop holds.
     assert footer.startswith(f"first lift the budget's stop: pipeline budget {ref} --set "), text
     assert footer.endswith(f"then retry with fresh calls: pipeline retry {ref} --over-budget")
