@@ -3,6 +3,11 @@ documents *will* end over budget (one counted call bounded above it), which *may
 estimate, or only together), and the `pipeline budget` command that lets every one run.
 Each document is priced as the dry run prices it (tasks/estimate.document_bound), with the
 worker's own token count where one can be made (`counter`).
+
+In Batch Mode a submission's requests are one group, reserved together, all or none
+(tasks/batch_holds.reserve_group): a group whose worst case passes the budget makes *every*
+document end over budget, nothing answered, whatever the calls would really cost
+(`group_words`, said by the dry run too).
 """
 
 from __future__ import annotations
@@ -69,6 +74,15 @@ async def over_budget_warnings(
                                  s.context_budget_tokens, at), False  # fmt: skip
 
     figures = await asyncio.gather(*(priced(up, pages) for _, up, pages, _ in checked))
+    if batch:
+        said = group_words([est for est, _ in figures], budget_usd, used_usd,
+                           all(is_counted for _, is_counted in figures))  # fmt: skip
+        if said is not None:
+            words, needed = said
+            beside = f" beside {dollars(used_usd)} spent or held" if used_usd > 0 else ""
+            return [f"{words}. `pipeline budget {batch_ref} --set {format_usd(needed)}` "
+                    f"(the worst case{beside}) admits the group before its documents run, "
+                    f"or afterwards with `pipeline retry {batch_ref} --over-budget`."]  # fmt: skip
     sure: list[tuple[str, Decimal]] = []
     unsure: list[tuple[str, Decimal]] = []  # above the budget by the local estimate only
     rest = Decimal(0)
@@ -106,6 +120,32 @@ async def over_budget_warnings(
                         f"({dollars(rest)}): some may end over budget unanswered, depending on "
                         f"what their calls really cost. {fix}")  # fmt: skip
     return warnings
+
+
+def group_words(figures: list[dict[str, Any]], budget_usd: Decimal, used_usd: Decimal,
+                certain: bool) -> tuple[str, Decimal] | None:  # fmt: skip
+    """In Batch Mode, the words saying every document will end over budget, and the budget
+    (USD) that lets every one run, when the group's worst case beside `used_usd` (spent, and
+    held by calls in flight) passes `budget_usd`; else None. `figures` are the documents'
+    (tasks/plan.estimate_document or tasks/estimate.document_bound: "batch_group_usd" their
+    requests in the batch job at the batch rate, "calls", "worst_case_batch_usd" with a long
+    PDF's interactive merge); `certain` when every figure's input was counted as the worker
+    counts it (else the group's figure is an estimate, and "may" is said)."""
+    group = sum((Decimal(str(f["batch_group_usd"])) for f in figures), Decimal(0))
+    if used_usd + group <= budget_usd:
+        return None
+    requests = sum(int(f["calls"]) - (int(f["calls"]) > 1) for f in figures)
+    total = sum((Decimal(str(f["worst_case_batch_usd"])) for f in figures), Decimal(0))
+    everyone = "the document" if len(figures) == 1 else f"all {len(figures)} documents"
+    merges = (f" (with the long documents' interactive merge calls, {dollars(total)} in all)"
+              if total > group else "")  # fmt: skip
+    beside = f" beside {dollars(used_usd)} spent or held" if used_usd > 0 else ""
+    what = "worst case" if certain else "estimated worst case"
+    words = (f"{everyone} {'will' if certain else 'may'} end over budget unanswered: in Batch "
+             f"Mode their {counted(requests, 'request')} are reserved together, all or none, and "
+             f"the group's {what} {dollars(group)}{beside} is above the budget "
+             f"{dollars(budget_usd)}{merges}")  # fmt: skip
+    return words, at_least_usd(used_usd + total)
 
 
 @contextlib.asynccontextmanager

@@ -99,7 +99,8 @@ async def document_bound(
     worker so quote one figure.
 
     Returns estimate_document's keys ("input_tokens", "worst_case_usd",
-    "worst_case_batch_usd", "calls", "largest_call_usd", "largest_call_batch_usd"), money as
+    "worst_case_batch_usd", "calls", "largest_call_usd", "largest_call_batch_usd",
+    "batch_group_usd"), money as
     Decimal, with "token_source": "countTokens" and "largest_counted_call_usd" /
     "largest_counted_call_batch_usd" (the costliest call whose input was counted, the merge
     left out). Raises what `count` raises, and RequestTooLarge for a page no request can
@@ -126,6 +127,7 @@ async def document_bound(
         cost, batch_cost = cost + call, batch_cost + batch_call
         largest, largest_batch = max(largest, call), max(largest_batch, batch_call)
     counted_largest, counted_largest_batch = largest, largest_batch
+    group = batch_cost  # the requests that go in the Gemini batch job; not the merge
     if len(fitted) > 1:  # the merge reads the map answers: estimated; interactive either way
         t = len(fitted) * MAX_OUTPUT_TOKENS + prompt_tokens(analyze_prompt())
         tokens += t
@@ -134,7 +136,7 @@ async def document_bound(
         largest, largest_batch = max(largest, merge), max(largest_batch, merge)
     return {"input_tokens": tokens, "worst_case_usd": cost, "worst_case_batch_usd": batch_cost,
             "calls": len(fitted) + (len(fitted) > 1), "largest_call_usd": largest,
-            "largest_call_batch_usd": largest_batch,
+            "largest_call_batch_usd": largest_batch, "batch_group_usd": group,
             "largest_counted_call_usd": counted_largest,
             "largest_counted_call_batch_usd": counted_largest_batch,
             "token_source": "countTokens"}  # fmt: skip

@@ -21,6 +21,7 @@ The rule (settings `batch_room_s`, 24 h, and `batch_fallback_margin_s`, 2 h):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -124,7 +125,7 @@ def fallback_at(deadline: datetime, s: Settings) -> datetime:
     return deadline - timedelta(seconds=s.batch_fallback_margin_s)
 
 
-def due(args: dict[str, object], s: Settings, now: datetime | None = None) -> float | None:
+def due(args: Mapping[str, object], s: Settings, now: datetime | None = None) -> float | None:
     """Seconds until a job's batch fallback (0 when due), or None when it has no deadline."""
     raw = args.get("deadline")
     if not raw:

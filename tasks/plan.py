@@ -105,7 +105,9 @@ def estimate_document(
     {"input_tokens", "worst_case_usd" (interactive), "worst_case_batch_usd" (in Batch Mode:
     the chunk calls at the batch rate, the reduce call interactive, as tasks/batch_mode.py
     runs it), "calls", "largest_call_usd" / "largest_call_batch_usd" (its dearest one call:
-    a budget below it cannot admit that call)}; money as Decimal."""
+    a budget below it cannot admit that call), "batch_group_usd" (the chunk calls at the
+    batch rate: what its requests add to a Batch Mode group's reservation)}; money as
+    Decimal."""
     at = at or datetime.now(UTC)
     ranges = chunk_ranges(pages, size_bytes, model, context_budget_tokens)
     tokens = 0
@@ -117,6 +119,7 @@ def estimate_document(
         batch_call = prices.worst_case_cost(model, t, OUTPUT_BOUND_TOKENS, at, batch=True)
         cost, batch_cost = cost + call, batch_cost + batch_call
         largest, largest_batch = max(largest, call), max(largest_batch, batch_call)
+    group = batch_cost
     if len(ranges) > 1:  # the reduce call reads every chunk's answer
         t = len(ranges) * MAX_OUTPUT_TOKENS + prompt_tokens(prompt)
         tokens += t
@@ -131,6 +134,7 @@ def estimate_document(
         "calls": len(ranges) + (len(ranges) > 1),
         "largest_call_usd": largest,
         "largest_call_batch_usd": largest_batch,
+        "batch_group_usd": group,
     }
 
 

@@ -252,6 +252,22 @@ def derive(run: Run, has_result: bool, around: Surroundings) -> DocumentState:
     return _chord(run, around)
 
 
+def job_state(job: JobView, around: Surroundings) -> DocumentState:
+    """One job's state by the same rules as a document's (`GET /jobs/{id}`): an ended job
+    says how it ended; one not ended says what it does or waits for, e.g. `waiting` with
+    kind `worker_lost` while it is still leased to a worker whose heartbeat stopped."""
+    base = {"job_id": job.id, "job_state": job.state}
+    if _cancelled(job):
+        return DocumentState("cancelled", job.error or "cancelled", **base)
+    if job.state == "over_budget":
+        return DocumentState("over_budget", job.error or "over the batch budget", **base)
+    if job.state in _FAILED_JOB:
+        return DocumentState("failed", job.error or f"the job ended {job.state}", **base)
+    if job.state == "complete":
+        return DocumentState("complete", **base)
+    return _one_job(job, around, root=True)
+
+
 def _chord(run: Run, around: Surroundings) -> DocumentState:
     total = len(run.parts)
     failed = [(i, p) for i, p in enumerate(run.parts) if p is not None and p.state in _FAILED_JOB]

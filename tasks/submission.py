@@ -273,8 +273,10 @@ async def submit_uploads(
         from pipeline.llm.batch_items import group_name
 
         members = [{"sha256": sha, "name": up.name} for _, up, _, sha in checked]
+        # Named for this batch too: a resubmission of documents whose earlier batch's group
+        # has a batch job (cancelled, booked) makes a group of its own, not that one's record.
         group = {"name": group_name(model, prompt.version, [m["sha256"] for m in members],
-                                    provider),
+                                    provider, run=batch_id),
                  "members": members}  # fmt: skip
     engine = None
     if services is not None:

@@ -167,7 +167,8 @@ async def analyze(
     request: Request,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> JSONResponse:
-    """Upload PDFs for analysis: 202 with one job per document, queued for the workers."""
+    """Upload PDFs for analysis: 202 with one job per document, queued for the workers; 422
+    with each file's reason when none of them could be queued."""
     st = _state(request)
     settings: Settings = request.app.state.settings
     await _queue_reachable(st)
@@ -224,6 +225,17 @@ async def _submit(
             await st.client.redis.delete(idem)  # let the client retry with the same key
         raise
     body = _response_for(submission)
+    if submission.batch_id is None:
+        # every file was refused: nothing queued, no batch (the CLI exits 1 here); the key
+        # is not used up, so the same request with fixed files may reuse it
+        if idem is not None:
+            await st.client.redis.delete(idem)
+        n = len(submission.documents)
+        refused = ("the file could not be queued" if n == 1
+                   else f"none of the {n} files could be queued")  # fmt: skip
+        body["detail"] = (f"{refused} (the reasons are under documents); nothing was queued, "
+                          "so no batch was made")  # fmt: skip
+        return JSONResponse(body, status_code=422)
     if idem is not None:
         stored = {"state": "done", "fingerprint": form.fingerprint(), "response": body}
         await st.client.redis.set(idem, json.dumps(stored), ex=settings.idempotency_ttl_s)
@@ -276,7 +288,27 @@ async def get_job(request: Request, job_id: str) -> dict[str, Any]:
     if job is None and row is None:
         raise HttpError(404, f"no job {job_id!r}: check the id (job records expire after "
                              "PIPELINE_RESULT_TTL_S)")  # fmt: skip
-    return job_view(job, row, cost)
+    view = job_view(job, row, cost)
+    if job is not None:
+        view["state"] = await _job_state(st, job_id, cost)
+    return view
+
+
+async def _job_state(st: ApiState, job_id: str, cost: dict[str, Any]) -> dict[str, Any]:
+    """What the job does or waits for, by the rules a document's state follows (tasks/status):
+    a job still `active` in the queue while its worker's heartbeat has stopped is `waiting`,
+    kind `worker_lost`, with when its lease runs out and the money held for its call."""
+    from decimal import Decimal
+
+    from tasks.batches import surroundings
+    from tasks.status import JobView, Run, job_state
+
+    raw = await st.client.redis.hgetall(st.client.keys.job(job_id))
+    job = JobView.from_hash({str(k): str(v) for k, v in raw.items()})
+    around = await surroundings(st.client, [Run(job)])
+    around.held_usd[job_id] = Decimal(cost.get("held_usd", "0"))
+    s = job_state(job, around)
+    return {"status": s.status, "reason": s.reason, "kind": s.kind, "until": s.until}
 
 
 @router.get("/costs", response_model=None)

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from pipeline.api.errors import HttpError
 from pipeline.errors import AmbiguousBatch, BatchNotFound, InputError, JobNotFound
@@ -29,6 +29,16 @@ class BudgetPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     budget_usd: str
+
+    @field_validator("budget_usd", mode="before")
+    @classmethod
+    def _a_string(cls, value: Any) -> Any:
+        # A JSON number is read as a binary float by most clients (0.1 is not 0.1): money
+        # crosses the API as a decimal string, and a number gets the exact way to send it.
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise ValueError(f'send the amount as a JSON string, e.g. {{"budget_usd": '
+                             f'"{value}"}}: money is exact decimal, a JSON number may not be')
+        return value
 
 
 class RetryRequest(BaseModel):

@@ -44,7 +44,9 @@ def _describe_validation(exc: RequestValidationError) -> str:
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
         where = " ".join(loc) if loc else "request"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        msg = str(err.get("msg", "invalid"))
+        # a validator's own sentence, without pydantic's "Value error, " in front of it
+        parts.append(f"{where}: {msg.removeprefix('Value error, ')}")
     return "; ".join(parts) or "invalid request"
 
 

@@ -29,7 +29,10 @@ from sqlalchemy import Engine, func, select
 
 from pipeline.ledger.db import session_factory
 from pipeline.ledger.models import LLMCall
+from pipeline.ledger.report import held_usd
+from pipeline.llm.attempts import Outcome
 from pipeline.llm.counters import LimiterCounters, LimiterSnapshot
+from pipeline.money import to_decimal
 from pipeline.queue.client import QueueClient
 from pipeline.queue.stats import Stats, StatsSnapshot
 
@@ -49,7 +52,7 @@ class Snapshot:
     worker_slots: int = 0
     worker_slots_used: int = 0
     # (model, outcome) -> {"calls", "input_tokens", ..., "cost_usd"}
-    llm: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    llm: dict[tuple[str, str, str], dict[str, float]] = field(default_factory=dict)
     stats: StatsSnapshot = field(default_factory=StatsSnapshot)
     limiter_counts: LimiterSnapshot = field(default_factory=LimiterSnapshot)
     # scope (day, month) -> (spent, reserved, limit or None), USD
@@ -90,28 +93,42 @@ def sample(amount: Decimal) -> float:
     """Prometheus samples are floats: money stays Decimal up to this exposition boundary."""
     return float(amount)
 
-def _ledger_totals(engine: Engine) -> dict[tuple[str, str], dict[str, float]]:
+def _ledger_totals(engine: Engine) -> dict[tuple[str, str, str], dict[str, float]]:
+    """(model, outcome, provider) -> calls, tokens and dollars. A row without a provider
+    (written before migration 0006) is Gemini's, the one that may have billed it. A call
+    in flight (`started`) is held, not booked: its worst case is `held_usd`, and `cost_usd`
+    stays 0 for it, so summing the cost over every outcome never counts money not spent."""
+    model = func.coalesce(LLMCall.model_version, LLMCall.model)
+    provider = func.coalesce(func.nullif(LLMCall.provider, ""), "gemini")
     stmt = select(
-        func.coalesce(LLMCall.model_version, LLMCall.model),
+        model,
         LLMCall.outcome,
+        provider,
         func.count(),
         func.coalesce(func.sum(LLMCall.input_tokens), 0),
         func.coalesce(func.sum(LLMCall.output_tokens), 0),
         func.coalesce(func.sum(LLMCall.thinking_tokens), 0),
         func.coalesce(func.sum(LLMCall.cached_tokens), 0),
         func.coalesce(func.sum(LLMCall.cost_usd), 0),
-    ).group_by(func.coalesce(LLMCall.model_version, LLMCall.model), LLMCall.outcome)
-    out: dict[tuple[str, str], dict[str, float]] = {}
+        # what report.held_usd holds for a row in flight: its worst case, else its bound
+        func.coalesce(func.sum(func.coalesce(func.nullif(LLMCall.cost_usd, 0),
+                                             LLMCall.estimated_cost_usd)), 0),
+    ).group_by(model, LLMCall.outcome, provider)
+    out: dict[tuple[str, str, str], dict[str, float]] = {}
     with session_factory(engine)() as session:
-        for model, outcome, calls, inp, outp, think, cached, cost in session.execute(stmt):
-            out[(str(model), str(outcome))] = {
+        for name, outcome, who, calls, inp, outp, think, cached, cost, bound in session.execute(
+            stmt
+        ):
+            started = outcome == Outcome.STARTED.value
+            out[(str(name), str(outcome), str(who))] = {
                 "calls": int(calls),
                 "input": int(inp),
                 "output": int(outp),
                 "thinking": int(think),
                 "cached": int(cached),
                 # Prometheus samples are floats; the ledger keeps the exact Decimal.
-                "cost_usd": sample(cost),
+                "cost_usd": 0.0 if started else sample(to_decimal(cost)),
+                "held_usd": sample(held_usd(outcome, to_decimal(bound), None)),
             }
     return out
 
@@ -327,25 +344,37 @@ class _SnapshotCollector(Collector):
         yield remaining
 
     def _llm(self) -> Iterator[Metric]:
-        labels = ["model", "outcome"]
+        labels = ["model", "outcome", "provider"]
         calls = CounterMetricFamily(
-            "pipeline_llm_calls", "LLM call attempts in the ledger.", labels=labels
-        )
+            "pipeline_llm_calls", "LLM call attempts in the ledger, by who answered them.",
+            labels=labels,
+        )  # fmt: skip
         tokens = CounterMetricFamily(
             "pipeline_llm_tokens", "Tokens of LLM calls in the ledger.", labels=[*labels, "kind"]
         )
         cost = CounterMetricFamily(
-            "pipeline_llm_cost_usd", "Dollars charged for LLM calls, from the ledger.",
+            "pipeline_llm_cost_usd",
+            "Dollars booked for LLM calls, from the ledger: provider gemini's are billed by "
+            "Google, emulator's are priced as Gemini bills them and never billed, offline's "
+            "are 0. Calls in flight (outcome started) are in pipeline_llm_held_usd instead.",
             labels=labels,
-        )  # fmt: skip
-        for (model, outcome), row in sorted(self.snap.llm.items()):
-            calls.add_metric([model, outcome], row["calls"])
+        )
+        held = GaugeMetricFamily(
+            "pipeline_llm_held_usd",
+            "Worst case held against budgets by LLM calls in flight (not spent yet).",
+            labels=["model", "provider"],
+        )
+        for (model, outcome, provider), row in sorted(self.snap.llm.items()):
+            calls.add_metric([model, outcome, provider], row["calls"])
             for kind in ("input", "output", "thinking", "cached"):
-                tokens.add_metric([model, outcome, kind], row[kind])
-            cost.add_metric([model, outcome], row["cost_usd"])
+                tokens.add_metric([model, outcome, provider, kind], row[kind])
+            cost.add_metric([model, outcome, provider], row["cost_usd"])
+            if row["held_usd"]:
+                held.add_metric([model, provider], row["held_usd"])
         yield calls
         yield tokens
         yield cost
+        yield held
 
 
 def render(snap: Snapshot) -> bytes:

@@ -16,10 +16,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.ledger.models import JobRow, LLMCall
-from pipeline.ledger.report import WASTED, _money
+from pipeline.ledger.report import WASTED, _money, held_usd
+from pipeline.llm.attempts import Outcome
 from pipeline.money import format_usd
 from pipeline.queue.job import Job
 from tasks.result import shown
+
+_ENDED_UNDONE = frozenset({"failed", "dead", "cancelled", "over_budget"})
 
 
 def _iso(value: Any) -> str | None:
@@ -33,18 +36,26 @@ def _ms_iso(ms: int | None) -> str | None:
 
 
 def call_totals(calls: list[LLMCall]) -> dict[str, Any]:
-    """Calls, tokens and dollars of some ledger rows; money as decimal strings."""
-    cost, wasted = Decimal(0), Decimal(0)
+    """Calls, tokens and dollars of some ledger rows, as `pipeline costs` counts them; money
+    as decimal strings. A call still in flight (`started`) is not spent: its worst case, held
+    against the budgets, is `held_usd` and it counts in `in_flight_calls`, not `calls` (an
+    abandoned call, which may have been billed, is spent at its worst case)."""
+    cost, wasted, held, in_flight = Decimal(0), Decimal(0), Decimal(0), 0
     tokens = dict.fromkeys(("input_tokens", "output_tokens", "thinking_tokens"), 0)
     for call in calls:
+        if call.outcome == Outcome.STARTED.value:
+            in_flight += 1
+            held += held_usd(call.outcome, call.cost_usd, call.estimated_cost_usd)
+            continue
         amount = _money(call.cost_usd)
         cost += amount
         if call.outcome in WASTED:
             wasted += amount
         for name in tokens:
             tokens[name] += int(getattr(call, name) or 0)
-    return {"calls": len(calls), **tokens, "cost_usd": format_usd(cost),
-            "wasted_usd": format_usd(wasted)}
+    return {"calls": len(calls) - in_flight, **tokens, "cost_usd": format_usd(cost),
+            "wasted_usd": format_usd(wasted), "in_flight_calls": in_flight,
+            "held_usd": format_usd(held)}
 
 
 def ledger_job(session: Session, job_id: str) -> tuple[JobRow | None, dict[str, Any]]:
@@ -70,7 +81,9 @@ def job_view(job: Job | None, row: JobRow | None, cost: dict[str, Any]) -> dict[
             "created_at": _ms_iso(job.created_ms),
             "started_at": _ms_iso(job.started_ms),
             "finished_at": _ms_iso(job.finished_ms),
-            "progress": job.progress,
+            # the stage last reported while it ran ("retrying" on a job that then failed
+            # for good would read as live): shown only while the job may still run
+            "progress": None if job.state.value in _ENDED_UNDONE else job.progress,
             "result": shown(job.result),  # money as every output writes it
             "error": job.error,
             "cost": cost,

@@ -181,8 +181,14 @@ def _print_retried(batch_id: str, retried: list[Any], states: set[str]) -> None:
                       "nothing to retry", highlight=False, soft_wrap=True)  # fmt: skip
         return
     table = Table(title=f"retry · batch {batch_id}", title_justify="left")
-    for col in ("document", "status", "job", "was"):
+    for col in ("document", "status", "mode", "job", "was"):
         table.add_column(col, overflow="fold")
     for r in retried:
-        table.add_row(escape(r.name), r.status, r.job_id or "", escape(r.reason or ""))
+        table.add_row(escape(r.name), r.status, r.mode or "", r.job_id or "",
+                      escape(r.reason or ""))  # fmt: skip
     console.print(table)
+    # A document that leaves Batch Mode costs twice as much: said, never only shown.
+    for note in sorted({r.mode_note for r in retried if r.mode_note}):
+        names = ", ".join(escape(r.name) for r in retried if r.mode_note == note)
+        console.print(f"[yellow]warning:[/yellow] {names}: {escape(note)}", highlight=False,
+                      soft_wrap=True)  # fmt: skip

@@ -66,12 +66,20 @@ def costs(
     until: str | None = typer.Option(None, "--until", help="last day, inclusive"),
     by: By = typer.Option(By.day, "--by", help="group rows by"),
     fmt: Format = typer.Option(Format.table, "--format", help="output format"),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print JSON (the same as --format json, as other commands take it)."
+    ),
     chart: Path | None = typer.Option(
         None, "--chart",
         help="also draw spend per day by model and provider to FILE, which must end in .png or .svg"
     ),
 ) -> None:
     """Calls, tokens, cost and wasted cost from the ledger."""
+    if as_json:
+        if fmt not in (Format.table, Format.json):
+            raise typer.BadParameter(f"--json and --format {fmt.value} ask for two formats: "
+                                     "give one", param_hint="--json")  # fmt: skip
+        fmt = Format.json
     from pipeline.ledger import db
     from pipeline.ledger.cost_exports import name_documents
     from pipeline.ledger.report import cost_report, daily_spend_by_model

@@ -118,9 +118,11 @@ def print_submission(sub: Submission) -> None:
     console.print(f"batch id: {sub.batch_id}", highlight=False, soft_wrap=True)
 
 
-def print_estimate(est: dict[str, Any], budget: Decimal | None, billed: bool) -> None:
+def print_estimate(est: dict[str, Any], budget: Decimal | None, billed: bool,
+                   batch_mode: bool = False) -> None:  # fmt: skip
     """The dry run's table and totals; `billed` is False for the offline analyzer, which a
-    real submit holds to no budget (tasks/submission.refusals)."""
+    real submit holds to no budget (tasks/submission.refusals); `batch_mode` when the submit
+    would run in Batch Mode (its budget is then weighed against the batch figures)."""
     for w in est["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
     sources = {d.get("token_source", "estimate") for d in est["documents"] if d["status"] == "ok"}
@@ -139,17 +141,20 @@ def print_estimate(est: dict[str, Any], budget: Decimal | None, billed: bool) ->
         table.add_row(d["name"], str(d["pages"]), str(d["calls"]), str(d["input_tokens"]),
                       format_usd(d['worst_case_usd']), batch)  # fmt: skip
     console.print(table)
-    total = est["total_worst_case_usd"]
+    console.print(f"total: {est['total_input_tokens']} input tokens, worst case "
+                  f"{dollars(est['total_worst_case_usd'])} interactive, "
+                  f"{dollars(est['total_worst_case_batch_usd'])} in Batch Mode (--mode batch)",
+                  highlight=False, soft_wrap=True)  # fmt: skip
+    total = est["total_worst_case_batch_usd" if batch_mode else "total_worst_case_usd"]
     shown = dollars(total)
-    console.print(f"total: {est['total_input_tokens']} input tokens, worst case {shown} "
-                  f"interactive, {dollars(est['total_worst_case_batch_usd'])} in Batch "
-                  "Mode (--mode batch)", highlight=False, soft_wrap=True)  # fmt: skip
-    if budget is not None and total > budget and billed:
+    # Said above when the Batch Mode group passes the budget: every document, not "calls".
+    grouped = bool(est.get("batch_group_over_budget"))
+    if budget is not None and total > budget and billed and not grouped:
         console.print(f"[yellow]warning:[/yellow] the worst-case estimate {shown} is over "
                       f"the budget {dollars(budget)}; calls past the budget "
                       "will be refused",
                       highlight=False, soft_wrap=True)  # fmt: skip
-    elif budget is not None and total > budget:  # the figures are Gemini's, not this run's
+    elif budget is not None and total > budget and not billed:  # Gemini's, not this run's
         console.print(f"note: Gemini's worst case {shown} is over the budget "
                       f"{dollars(budget)}; a run now uses the offline analyzer ($0), which "
                       "the budget does not limit (with Gemini, calls past it would be "
@@ -234,12 +239,15 @@ def submit(
         est["documents"][:0] = [{"name": s.name, "status": "skipped", "reason": s.reason}
                                 for s in skipped]  # fmt: skip
         billed = _billed()
-        refused = would_refuse(model, limit, mode, deadline, billed)
+        refused, chosen = would_refuse(model, limit, mode, deadline, billed)
+        est["mode"] = chosen
+        if chosen == "batch" and limit is not None and billed:
+            _warn_batch_group(est, limit)
         est["refusals"] = [{"error": type(e).__name__, "message": str(e)} for e in refused]
         if as_json:
             print(json.dumps(est, default=str))
         else:
-            print_estimate(est, limit, billed)
+            print_estimate(est, limit, billed, batch_mode=chosen == "batch")
             for e in refused:  # as main() prints the real submit's refusal, and its exit code
                 err_console.print(f"[red]error:[/red] submit would refuse this: {e}",
                                   highlight=False, soft_wrap=True)  # fmt: skip
@@ -266,16 +274,35 @@ def _billed() -> bool:
 
 
 def would_refuse(model: str | None, budget: Decimal | None, mode: str | None,
-                 deadline: str | None, billed: bool) -> list[InputError]:  # fmt: skip
+                 deadline: str | None, billed: bool) -> tuple[list[InputError], str]:  # fmt: skip
     """Every refusal `submit` with these options would make (tasks/submission.refusals),
-    for the provider these settings make (`billed`: see `_billed`)."""
+    for the provider these settings make (`billed`: see `_billed`), and the mode it would
+    run in ("interactive" or "batch")."""
     from datetime import UTC, datetime
 
     from pipeline.llm.pricing import PriceTable
     from pipeline.settings import get_settings
 
-    return refusals(get_settings(), PriceTable.load(), model, budget, mode, deadline, billed,
-                    datetime.now(UTC), collect=True)[2]  # fmt: skip
+    _, choice, refused = refusals(get_settings(), PriceTable.load(), model, budget, mode,
+                                  deadline, billed, datetime.now(UTC), collect=True)  # fmt: skip
+    return refused, choice.mode
+
+
+def _warn_batch_group(est: dict[str, Any], budget: Decimal) -> None:
+    """Add to the dry run's warnings what a Batch Mode submit's warning says when the group's
+    worst case passes `budget`: every document would end over budget
+    (tasks/budget_warning.group_words), and the budget that admits it; marks the estimate
+    `batch_group_over_budget`."""
+    from tasks.budget_warning import group_words
+
+    ok = [d for d in est["documents"] if d["status"] == "ok"]
+    counted = all(d.get("token_source") == "countTokens" for d in ok)
+    said = group_words(ok, budget, Decimal(0), counted) if ok else None
+    est["batch_group_over_budget"] = said is not None
+    if said is not None:
+        words, needed = said
+        est["warnings"].append(f"{words}. A submit with `--budget {format_usd(needed)}` (the "
+                               "worst case) admits the group.")  # fmt: skip
 
 
 def _dry_run_estimate(uploads: list[Upload], model: str) -> dict[str, Any]:

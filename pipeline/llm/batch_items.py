@@ -71,12 +71,17 @@ def display_name_for(model: str, items: Sequence[BatchItem]) -> str:
     return DISPLAY_PREFIX + digest.hexdigest()[:40]
 
 
-def group_name(model: str, prompt_version: str, keys: Sequence[str], provider: str) -> str:
+def group_name(model: str, prompt_version: str, keys: Sequence[str], provider: str,
+               run: str = "") -> str:  # fmt: skip
     """The display name of a group known before its requests are built: the model, the
     prompt version, the sorted content keys of its members (documents' sha256) and the
     provider ("gemini", "emulator"), so a rehearsal's group is never taken for a real one's
-    (its record names a batch job the other service never had)."""
-    material = [model, prompt_version, sorted(keys), provider]
+    (its record names a batch job the other service never had); and `run`, what makes
+    this group of these documents another than an earlier one (a submission's batch id, a
+    retry's new jobs), whose record may name a batch job cancelled or booked already."""
+    material: list[object] = [model, prompt_version, sorted(keys), provider]
+    if run:
+        material.append(run)
     digest = hashlib.sha256(json.dumps(material).encode())
     return DISPLAY_PREFIX + digest.hexdigest()[:40]
 

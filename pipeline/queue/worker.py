@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeGuard
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
@@ -367,6 +367,14 @@ class Worker(GracefulShutdown):
                                                           "timeout")  # fmt: skip
             try:
                 value = await body
+            except asyncio.CancelledError:
+                # A plain function's thread can return before a halt (its timeout, a lost
+                # lease, a cancel, shutdown) that runs ahead of this task's wakeup in one loop
+                # turn: the cancel then lands here with the value already in `body`. The work
+                # is done (and paid for): settle what it returned or raised, never a stop.
+                if not _returned(body):
+                    raise
+                value = body.result()  # raises what the function raised
             finally:
                 timer.cancel()
             settlement = Settlement("complete", result=dumps(value, f"result of {job.task}"))
@@ -424,3 +432,9 @@ class Worker(GracefulShutdown):
                 await hook(ctx, outcome, s.error or None)
             except Exception:
                 log.exception("job-end hook failed for job %s", job.id)
+
+
+def _returned(body: Awaitable[Any]) -> TypeGuard[asyncio.Future[Any]]:
+    """Whether `body` is a future (a plain function's thread) whose function has ended,
+    returning or raising; False for a coroutine, and for a future the cancel reached first."""
+    return isinstance(body, asyncio.Future) and body.done() and not body.cancelled()

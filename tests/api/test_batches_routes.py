@@ -102,6 +102,10 @@ async def test_list_results_budget_and_costs(
             r = await client.patch(f"/batches/{ids[0]}", json={"budget_usd": wrong})
             assert r.status_code == 422 and "budget_usd" in r.json()["detail"], wrong
         assert (await client.patch("/batches/nope", json={"budget_usd": "1"})).status_code == 404
+        number = await client.patch(f"/batches/{ids[0]}", json={"budget_usd": 5})
+        assert number.status_code == 422, number.text  # says how to send it
+        assert number.json()["detail"].startswith(
+            'budget_usd: send the amount as a JSON string, e.g. {"budget_usd": "5"}')
 
         by_doc = await client.get("/costs", params={"by": "document", "format": "csv"})
         assert by_doc.status_code == 200 and by_doc.headers["content-type"].startswith("text/csv")

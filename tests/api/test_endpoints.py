@@ -116,6 +116,17 @@ async def test_idempotency_key_replays_the_same_answer(
         stored = await aredis.get(Keys(key_prefix).custom("api-idem", "upload-42"))  # type: ignore[attr-defined]
         assert stored is not None and '"done"' in stored
 
+        # every file refused: 422 with each one's reason, nothing queued, the key not used up
+        broken = b"%PDF-1.4\nnot really a PDF\n"
+        headers = {"Idempotency-Key": "upload-43"}
+        none = await client.post("/analyze", files=pdf_files(("x.pdf", broken)), headers=headers)
+        assert none.status_code == 422 and none.json()["batch_id"] is None, none.text
+        assert none.json()["documents"][0]["status"] == "skipped", none.text
+        assert "the file could not be queued" in none.json()["detail"], none.text
+        assert await _job_keys(redis_url, key_prefix) == jobs_after_first
+        fixed = await client.post("/analyze", files=pdf_files(("b.pdf", PDF_B)), headers=headers)
+        assert fixed.status_code == 202 and fixed.json()["batch_id"], fixed.text
+
 
 async def test_an_idempotent_replay_reports_each_documents_state_now(
     tmp_path: Path, redis_url: str, key_prefix: str, aredis: object

@@ -39,7 +39,10 @@ async def scrape(settings: Settings) -> Samples:
 async def test_metrics_count_real_work(
     tmp_path: Path, redis_url: str, key_prefix: str, aredis: object
 ) -> None:
-    settings = api_settings(tmp_path, redis_url, key_prefix, budget_day_usd="5")
+    # The in-process worker's leases are long: only the stopped process may lose one (the
+    # counts below are exact); at FAST's 0.5 s, a test process starved for that long beside
+    # burners lost m.broken's lease too (a second expiry and a second fenced completion).
+    settings = api_settings(tmp_path, redis_url, key_prefix, budget_day_usd="5", min_lease_s=5)
     qc = QueueClient(connect_redis(redis_url), settings=settings)
     k = qc.keys
     stalled = WorkerProcess(
@@ -52,8 +55,10 @@ async def test_metrics_count_real_work(
     run: asyncio.Task[None] | None = None
     try:
         stall = await qc.enqueue(metrics_tasks.stall, "wake")
+        # `blocking`, not `started`: stopped while still at its await, the attempt would be
+        # cancelled by its lost lease on waking (settled `lost`), with nothing to refuse
         await eventually(
-            lambda: qc.redis.exists(k.custom("m", "started", "1")), 60, "the stalled attempt"
+            lambda: qc.redis.exists(k.custom("m", "blocking", "1")), 60, "the stalled attempt"
         )
         # Leases are renewed from a thread a blocked loop cannot stop (issue 14), so a worker
         # really loses its job only when the whole process stops: a VM pause, a SIGSTOP.

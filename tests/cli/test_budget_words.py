@@ -13,7 +13,7 @@ from decimal import Decimal
 import redis
 
 from pipeline.llm.pricing import PriceTable
-from pipeline.money import dollars
+from pipeline.money import dollars, format_usd
 from pipeline.settings import load_settings
 from tasks.plan import least_call_usd
 from tests.support.cli import EXAMPLES, run_cli
@@ -84,3 +84,43 @@ def test_a_budget_set_below_one_call_says_it_was_not_changed_and_what_would_be_a
     least = least_call_usd(PriceTable.load(), load_settings().model, datetime.now(UTC))
     assert f"Give at least {dollars(least)}." in error, error
     assert status["budget_usd"] == "1.000000000"  # and it was not
+
+
+def test_a_batch_mode_budget_below_the_groups_worst_case_says_every_document_will(
+    pipeline_env: dict[str, str], sredis: redis.Redis
+) -> None:
+    """In Batch Mode the documents' requests are reserved together, all or none: a budget
+    each document fits but the group does not ends every one over budget, and the submit's
+    warning and the dry run say "will", with the group's worst case and the amount that
+    admits it (the worker's refusal names the same figure)."""
+    with start_emulator() as emu:
+        env = {**pipeline_env, **emu.env, "GOOGLE_API_KEY": ""}
+        r = run_cli(env, "submit", *EXAMPLES, "--dry-run", "--json")
+        assert r.returncode == 0, r.stderr
+        docs = json.loads(r.stdout)["documents"]
+        assert {(d["token_source"], d["calls"]) for d in docs} == {("countTokens", 1)}
+        batch_worst = [Decimal(d["worst_case_batch_usd"]) for d in docs]
+        group = sum(batch_worst, Decimal(0))  # one request each: the group's worst case
+        budget = max(batch_worst) + Decimal("0.00001")
+        assert budget < group
+        args = ("submit", *EXAMPLES, "--mode", "batch", "--budget", str(budget))
+        dry = run_cli(env, *args, "--dry-run", "--json")
+        dry_text = run_cli(env, *args, "--dry-run")
+        sub = run_cli(env, *args, "--json")
+    assert sub.returncode == 0, sub.stderr
+    submitted = json.loads(sub.stdout)
+    [warning] = submitted["warnings"]
+    every = f"all {len(EXAMPLES)} documents will end over budget"
+    assert every in warning, warning
+    assert "may" not in warning and "some" not in warning, warning
+    assert f"worst case {dollars(group)}" in warning, warning
+    assert f"`pipeline budget {submitted['batch_id'][:12]} --set {format_usd(group)}`" in (
+        warning), warning
+    # The dry run agrees, in its JSON and its text.
+    assert dry.returncode == 0, dry.stderr
+    estimate = json.loads(dry.stdout)
+    assert estimate["mode"] == "batch" and estimate["batch_group_over_budget"] is True
+    [said] = [w for w in estimate["warnings"] if every in w]
+    assert f"worst case {dollars(group)}" in said and f"--budget {format_usd(group)}" in said
+    text = " ".join(dry_text.stdout.split())
+    assert every in text and "calls past the budget" not in text, text

@@ -113,6 +113,12 @@ def test_cli_json(seeded: Engine) -> None:
     assert doc["total"]["cost_usd"] == "0.420000000" and doc["total"]["wasted_usd"] == "0.120000000"
     assert doc["total"] == _report(seeded, "day")["total"]
     assert all({"key", "calls", "cost_usd", "wasted_usd"} <= set(r) for r in doc["rows"])
+    # `--json`, as status, results, budget and retry take it: the same document
+    same = CliRunner().invoke(app, ["costs", "--since", "2026-11-01", "--until", "2026-11-02",
+                                    "--json"])  # fmt: skip
+    assert same.exit_code == 0 and json.loads(same.stdout) == doc, same.output
+    both = CliRunner().invoke(app, ["costs", "--json", "--format", "csv"])
+    assert both.exit_code == 2 and "ask for two formats" in both.output
 
 
 def test_cli_csv_and_table(seeded: Engine) -> None:

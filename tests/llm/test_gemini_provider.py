@@ -229,9 +229,12 @@ def test_factory_choices(
 async def test_the_limiter_window_is_stamped_when_the_request_leaves(aredis, keys) -> None:
     """Through the real google-genai client (its httpx hook, pipeline/llm/wire.py): a
     generateContent stamps its permit in the limiter's window once, after its grant and
-    before the answer (the emulator holds every answer 1 s after counting the request), so
+    before the answer (the emulator holds every answer 3 s after counting the request), so
     the window counts it from the wire, not from the grant (a mark one lease ahead) nor
-    from the release. countTokens, which the request quota does not count, stamps nothing."""
+    from the release. countTokens, which the request quota does not count, stamps nothing.
+    The stamp is a Redis call made once the body has left, so on a loaded machine it lands
+    a little after the emulator counted the request (22 ms seen beside 4 test processes
+    and 2 CPU burners): half the hold is its room, and a stamp at the answer still fails."""
     from pipeline.llm import wire
     from pipeline.llm.limiter import Limiter, Permit
 
@@ -247,7 +250,7 @@ async def test_the_limiter_window_is_stamped_when_the_request_leaves(aredis, key
         secs, usecs = await aredis.time()
         return secs * 1000 + usecs / 1000
 
-    with start_emulator(latency_s=(1.0, 1.0)) as emu:
+    with start_emulator(latency_s=(3.0, 3.0)) as emu:
         provider = _provider(emu)
         permit = await limiter.try_acquire(model, 1)
         assert isinstance(permit, Permit)
@@ -260,6 +263,6 @@ async def test_the_limiter_window_is_stamped_when_the_request_leaves(aredis, key
     assert len(stamped) == 1
     score = await aredis.zscore(keys.bucket_sent(model), permit.permit_id)
     assert score == pytest.approx(stamped[0])
-    assert permit.granted_at_ms <= score <= answered - 1000
+    assert permit.granted_at_ms <= score <= answered - 1500
     await limiter.release(permit)
     assert await aredis.zscore(keys.bucket_sent(model), permit.permit_id) == pytest.approx(score)

@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any
 
+import redis
+
 from pipeline.queue import JobContext, task
 
 
@@ -37,3 +39,18 @@ def plain_sleep(ctx: JobContext, seconds: float) -> dict[str, Any]:
     """A plain function: the worker runs it in a thread, off the event loop."""
     time.sleep(seconds)
     return {"thread": threading.current_thread().name, "job": ctx.job_id}
+
+
+@task(name="t.plain_waits", expected_duration_s=0.2, timeout_s=2.0, max_attempts=2)
+def plain_waits(ctx: JobContext, redis_url: str, limit_s: float = 30.0) -> str:
+    """A plain function that counts its runs (`started`) and returns once the test sets its
+    flag (`flag`, both keys by job id), or after `limit_s`."""
+    r = redis.Redis.from_url(redis_url)
+    try:
+        r.incr(_k(ctx, "started", ctx.job_id))
+        deadline = time.monotonic() + limit_s
+        while not r.exists(_k(ctx, "flag", ctx.job_id)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        r.close()
+    return f"returned by attempt {ctx.attempt}"

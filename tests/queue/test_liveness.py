@@ -5,8 +5,10 @@ fencing kept (a job whose lease really went to someone else is still halted)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
+import redis
 from redis.asyncio import Redis
 
 from pipeline.queue import QueueClient, State
@@ -75,6 +77,32 @@ async def test_plain_functions_run_in_threads_off_the_loop(
         info = await handle.info()
         assert info.attempt == 1 and info.lease_expiries == 0 and info.lease_ms == 1000
     assert w.liveness.blocked_warnings == 0  # the loop stayed free while both slept
+
+
+async def test_a_value_a_thread_returned_is_kept_when_a_halt_lands_before_the_job_wakes(
+    client: QueueClient, redis_url: str
+) -> None:
+    """A plain function returns within its timeout while the loop is busy, and the timeout
+    falls due before the loop runs again: the timer's halt then runs after the thread's result
+    reached the job's future but before the job's task wakes up to read it. The value stands:
+    the job completes on its one attempt, not retried as timed out (its paid work run twice)."""
+    async with InProcessWorker(redis_url, client.settings, concurrency=1) as w:
+        handle = await client.enqueue(more_tasks.plain_waits, redis_url)
+        await eventually(lambda: count(client, "started", handle.id), what="the thread running")
+        due = time.monotonic() + 2.0  # timeout_s; its timer was set before the thread started
+        # From here on this test blocks the loop it shares with the worker: no await until
+        # the thread has returned and the timeout is due.
+        flag = redis.Redis.from_url(redis_url)
+        flag.set(client.keys.custom("t", "flag", handle.id), 1)
+        flag.close()
+        assert w._threads is not None  # one thread: the probe runs once the job's has returned
+        w._threads.submit(lambda: None).result(timeout=30)
+        time.sleep(due + 0.2 - time.monotonic())  # noqa: ASYNC251 -- the busy loop, on purpose
+        result = await handle.result(timeout_s=30)
+    info = await handle.info()
+    assert result == "returned by attempt 1"
+    assert info.attempt == 1 and await count(client, "started", handle.id) == 1
+    assert w.counters.completed == 1 and w.counters.retried == 0
 
 
 async def test_a_job_whose_lease_was_taken_over_is_still_halted(

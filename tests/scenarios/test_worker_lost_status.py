@@ -1,9 +1,9 @@
 """A `pipeline worker` SIGKILLed mid-call, as a user then reads the batch: `pipeline status`
-(text and --json), the API's /batches/{id} and the dashboard all say the document's worker
-is lost, when its lease runs out and what becomes of the job then, and the money held for its
-call in flight — the amount `pipeline costs` reports as not settled yet. Nothing is shown as
-running on a worker that is gone (the field report: "running … analysing 1 page" for two
-minutes under "workers (0 alive)").
+(text and --json), the API's /batches/{id} and /jobs/{id} and the dashboard all say the
+document's worker is lost, when its lease runs out and what becomes of the job then, and the
+money held for its call in flight — the amount `pipeline costs` reports as not settled yet.
+Nothing is shown as running on a worker that is gone (the field report: "running …
+analysing 1 page" for two minutes under "workers (0 alive)").
 
 Real Redis, the real google-genai client against the emulator (a call that takes long enough
 to be killed in), real `pipeline` subprocesses, the API in-process over ASGI.
@@ -96,6 +96,22 @@ async def test_a_killed_workers_document_says_worker_lost_with_its_lease_and_hel
             panels = (await http.get("/dashboard/panels")).text
             assert f"+ ${held} held for calls in flight" in panels
             assert re.search(r"worker \S+ lost \(its heartbeat stopped\)", panels)
+            # the job's own view: still leased in the queue, and saying its worker is gone;
+            # the call in flight is held, not spent
+            one = (await http.get(f"/jobs/{job_id}")).json()
+            assert one["status"] == "active", one
+            assert one["state"]["status"] == "waiting", one
+            assert one["state"]["kind"] == "worker_lost" and lost in one["state"]["reason"]
+            assert one["cost"]["held_usd"] == held and one["cost"]["in_flight_calls"] == 1
+            assert one["cost"]["cost_usd"] == "0.000000000" and one["cost"]["calls"] == 0
+            # /metrics: the emulator's call, held, and no dollar of it booked as spent
+            metrics = (await http.get("/metrics")).text
+            held_line = re.search(r'^pipeline_llm_held_usd\{[^}]*provider="emulator"[^}]*\} (\S+)$',
+                                  metrics, re.M)  # fmt: skip
+            assert held_line and Decimal(held_line[1]) == Decimal(held), metrics
+            booked = re.findall(r'^pipeline_llm_cost_usd_total\{([^}]*)\} (\S+)$', metrics, re.M)
+            assert booked and all('provider="emulator"' in labels for labels, _ in booked)
+            assert sum(float(v) for _, v in booked) == 0.0, booked
         await client.aclose()
 
 

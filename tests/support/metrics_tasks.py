@@ -4,7 +4,10 @@
 wait) while the test stops its whole worker process (SIGSTOP), so that worker can neither
 renew its lease nor notice losing it. Another worker reclaims and
 finishes the job; when the stalled worker wakes, its completion carries a stale token and
-is refused. State shared with the test lives in Redis under the test's prefix.
+is refused. The attempt says when it is blocked (key `blocking`, written from the blocked
+section): stopped before that, it may still be at its one await, where the lost-lease halt
+cancels it on waking, leaving no completion to refuse. State shared with the test lives in
+Redis under the test's prefix.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ async def stall(ctx: JobContext, flag: str, limit_s: float = 60.0) -> str:
     assert url, "m.stall needs PIPELINE_REDIS_URL"
     sync = redis.Redis.from_url(url)
     try:
+        # No await from here to the return: once this key is in Redis the loop is blocked, and
+        # the body returns its value on waking before any halt can run. (`started` is not that
+        # signal: the worker may not have read INCR's reply yet, so the body is still at the
+        # await, where a lost-lease halt posted on waking cancels it: settled `lost`.)
+        sync.set(_k(ctx, "blocking", str(ctx.attempt)), 1)
         deadline = time.monotonic() + limit_s
         while not sync.exists(_k(ctx, "flag", flag)) and time.monotonic() < deadline:
             time.sleep(0.02)  # noqa: ASYNC251 -- blocks the loop on purpose: no renewals
