@@ -5,7 +5,7 @@ thread from async code. tasks/batches.py adds where each run's jobs stand in Red
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Engine, func, or_, select
 
 from pipeline.errors import AmbiguousBatch, BatchNotFound
+from pipeline.ledger.budget_words import OVERRUN_NOTE
 from pipeline.ledger.models import Batch, BatchDocument, Document, JobRow, LLMCall, Result
 from pipeline.ledger.report import held_usd
 from pipeline.money import format_usd
@@ -163,6 +164,8 @@ class LedgerFacts:
     results: dict[str, Any]  # document id -> stored result (its model and prompt version)
     calls: list[Call]  # every call of the batch's documents, whichever batch paid, oldest first
     jobs: dict[str, tuple[str, str | None]]  # job id -> (status, last error)
+    # the batch's calls billed above their reservation: (billed, reserved) USD each
+    overruns: list[tuple[Decimal, Decimal]] = field(default_factory=list)
 
 
 def read_ledger(engine: Engine, batch_id: str) -> LedgerFacts:
@@ -206,11 +209,15 @@ def read_ledger(engine: Engine, batch_id: str) -> LedgerFacts:
                 )
             )
         }
+        overruns = [(_money(r.cost_usd), _money(r.estimated_cost_usd)) for r in conn.execute(
+            select(LLMCall.cost_usd, LLMCall.estimated_cost_usd).where(
+                LLMCall.batch_id == batch_id, LLMCall.error.startswith(OVERRUN_NOTE))
+        )]  # fmt: skip
     spend = sum((c.cost for c in calls if c.batch_id == batch_id), Decimal(0))
     b = batch  # a Core row: the batches columns by name
     return LedgerFacts(
         batch_id, b.label, b.created_at, None if b.budget_usd is None else _money(b.budget_usd),
-        b.status, spend, members, results, calls, jobs,
+        b.status, spend, members, results, calls, jobs, overruns,
     )  # fmt: skip
 
 

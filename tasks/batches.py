@@ -35,6 +35,8 @@ from tasks.batch_ledger import (
     resolve_batch,
     usd,
 )
+from tasks.batch_wait import groups_seen
+from tasks.budget_stop import BudgetStop, budget_stop
 from tasks.modes import annotate_modes
 from tasks.status import (
     DocumentState,
@@ -109,6 +111,7 @@ async def surroundings(client: QueueClient, runs: list[Run]) -> Surroundings:
             around.quota_until[model] = state["daily_exhausted_until"]
         if state["paused_until"]:
             around.paused_until[model] = state["paused_until"]
+    around.groups = await groups_seen(client, runs)
     return around
 
 
@@ -132,6 +135,9 @@ class DocumentRow:
     # who each call of its current run asked, oldest first (ledger rows; "" before 0006)
     asked: list[str] = field(default_factory=list)
     held: Decimal = Decimal(0)  # its run's calls in flight: their worst case, not yet spent
+    # the part of `cost` on rows still in flight (`started`: a worst case, not a bill), a
+    # Batch Mode request's too (its row names the member that created the group)
+    unsettled: Decimal = Decimal(0)
 
     @property
     def status(self) -> str:
@@ -139,10 +145,22 @@ class DocumentRow:
 
     @property
     def reason(self) -> str | None:
+        if self.state.status == "cancelled":
+            return f"{self.state.reason}; {self._cost_words()}"
         if self.state.status != "complete":
             return self.state.reason
         said = [w for w in (self.unread, self._reused()) if w]
         return "; ".join(said) if said else self.state.reason
+
+    def _cost_words(self) -> str:
+        """What a document that ended without a result cost this batch: what its calls were
+        billed, and the worst case of those still in flight (booked when they end)."""
+        spent = self.cost - self.unsettled
+        said = f"{dollars(spent)} spent on it" if spent else "nothing spent on it"
+        if self.unsettled:
+            said += (f", {dollars(self.unsettled)} held for its calls in flight (their worst "
+                     "case; booked at their bill when they end)")  # fmt: skip
+        return said
 
     def _reused(self) -> str | None:
         if not self.paid_in:
@@ -197,6 +215,7 @@ class BatchView:
     facts: LedgerFacts
     documents: list[DocumentRow]
     note: str = ""  # about the choice of batch (a label several carry), for people
+    budget_stop: BudgetStop | None = None  # an overrun stopped its budget (tasks/budget_stop.py)
 
     @property
     def held(self) -> Decimal:
@@ -224,6 +243,8 @@ class BatchView:
             "spend_usd": usd(f.spend),
             "held_usd": usd(self.held),  # calls in flight, not in spend_usd
             "budget_usd": None if f.budget_usd is None else usd(f.budget_usd),
+            # null while the budget admits calls; after an overrun, the stop and what lifts it
+            "budget_stop": None if self.budget_stop is None else self.budget_stop.as_json(),
             "waiting": self.waiting(),
             # which batch a label several carry stands for, and how to name another
             "note": self.note or None,
@@ -260,6 +281,7 @@ def document_rows(facts: LedgerFacts, runs: dict[str, Run], around: Surroundings
             asked=[c.provider for c in calls if in_run(c, m.job_id)
                    or (c.mode == "batch" and c.batch_id == facts.batch_id)],
             held=sum((c.held for c in calls if in_run(c, m.job_id)), Decimal(0)),
+            unsettled=sum((c.held for c in here), Decimal(0)),
         ))  # fmt: skip
     return rows
 
@@ -284,4 +306,5 @@ async def batch_view(client: QueueClient, engine: Engine, ref: str,
             around.held_usd[call.job_id] = around.held_usd.get(call.job_id, Decimal(0)) + call.held
     rows = document_rows(facts, runs, around)
     await annotate_modes(client, rows)
-    return BatchView(facts, rows, found.note)
+    refused = [d.state.job_id for d in rows if d.status == "over_budget" and d.state.job_id]
+    return BatchView(facts, rows, found.note, await budget_stop(client, facts, refused))

@@ -31,12 +31,16 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import WAITING_REASONS, Reason
 from pipeline.money import dollars
 from pipeline.queue.record import joined
 from pipeline.words import counted, plural
+from tasks.batch_wait import in_group
+
+if TYPE_CHECKING:
+    from tasks.batch_wait import GroupSeen
 
 STATES = ("queued", "running", "waiting", "complete", "failed", "over_budget", "cancelled")
 ENDED = frozenset({"complete", "failed", "over_budget", "cancelled"})  # nothing more will run
@@ -131,6 +135,9 @@ class Surroundings:
     now_ms: int | None = None
     paused_until: dict[str, str] = field(default_factory=dict)  # model -> ISO (a 429 pause)
     quota_until: dict[str, str] = field(default_factory=dict)  # model -> ISO (daily quota)
+    # Batch Mode groups with a remote job, by group name: what a member waiting in one says
+    # (tasks/batch_wait.py)
+    groups: dict[str, GroupSeen] = field(default_factory=dict)
 
 
 @dataclass
@@ -196,6 +203,14 @@ def _cancelled(job: JobView) -> bool:
                                         _TERMINAL_JOB)  # fmt: skip
 
 
+def _cancel_words(job: JobView) -> str:
+    """Why a cancelled job ended: its error when that speaks of the cancel ("cancelled on
+    request"), else "cancelled": one cancelled as it waited may keep its wait's words ("in
+    Gemini batch ..."), no longer why it is not running."""
+    error = job.error or ""
+    return error if error.startswith("cancel") else "cancelled"
+
+
 def part_count(root: JobView | None) -> int:
     """How many parts the root split its document into (0: not split, or not yet)."""
     for data in (root.result if root else None, root.progress if root else None):
@@ -222,7 +237,7 @@ def derive(run: Run, has_result: bool, around: Surroundings) -> DocumentState:
         )  # fmt: skip
     for job in jobs:
         if _cancelled(job):
-            return DocumentState("cancelled", job.error or "cancelled", job_id=job.id,
+            return DocumentState("cancelled", _cancel_words(job), job_id=job.id,
                                  job_state=job.state)  # fmt: skip
     for job in jobs:
         if job.state == "over_budget":
@@ -335,8 +350,9 @@ def _one_job(job: JobView, around: Surroundings, *, root: bool = False,
         until = ms_iso(job.run_at_ms)
         at = f" (next try at {until})" if until else ""
         if job.reason in WAITING_REASONS:
-            return DocumentState("waiting", f"{prefix}{job.error or job.reason}{at}",
-                                 str(job.reason), until, **base)  # fmt: skip
+            said = in_group(job, around.groups) or job.error or job.reason
+            return DocumentState("waiting", f"{prefix}{said}{at}", str(job.reason), until,
+                                 **base)  # fmt: skip
         if job.reason or job.error:
             return DocumentState(
                 "waiting", f"{prefix}attempt {job.attempt} of {job.max_attempts} failed: "

@@ -203,8 +203,11 @@ async def _submit(
     if idempotency_key:
         idem = st.client.keys.api_idempotency(idempotency_key)
         replay = await _claim_idempotency(st, idem, form.fingerprint())
-        if replay is not None:
-            return JSONResponse(replay, status_code=202, headers={"Idempotent-Replayed": "true"})
+        if replay is not None:  # the first answer, with each document's state now
+            from pipeline.api.views import replayed
+
+            body = await replayed(st.client, st.services.engine, replay)
+            return JSONResponse(body, status_code=202, headers={"Idempotent-Replayed": "true"})
     try:
         submission = await submit_uploads(
             st.client,

@@ -1,5 +1,6 @@
 """The JSON of `GET /jobs/{id}`: a job seen from Redis and the ledger together (a batch's view
-is tasks/batches.py's, served by api/batches.py).
+is tasks/batches.py's, served by api/batches.py), and a `POST /analyze` answer replayed for
+its Idempotency-Key with each document's state now (`replayed`).
 
 Redis holds the live state (a job moves from queued to active to complete there first);
 the ledger holds what outlives Redis's TTLs and what was paid. Each view prefers the live
@@ -105,3 +106,33 @@ def job_view(job: Job | None, row: JobRow | None, cost: dict[str, Any]) -> dict[
         "error": row.last_error or None,
         "cost": cost,
     }
+
+
+async def replayed(client: Any, engine: Any, answer: dict[str, Any]) -> dict[str, Any]:
+    """The stored `POST /analyze` answer of an Idempotency-Key, each document's `status` and
+    `reason` as its jobs say now (tasks/batches.py, the view `GET /batches/{id}` shows): a
+    replay after the work finished says complete (failed, ...), never the "queued" of the
+    first answer. A document retried since answers for its newest run (`job_id` and
+    `status_url` follow it); one that never had a job (refused at upload) is left as
+    stored, and so is the whole answer when its batch is not in the ledger."""
+    from pipeline.errors import BatchNotFound
+    from tasks.batches import batch_view
+
+    try:
+        view = await batch_view(client, engine, str(answer["batch_id"]))
+    except BatchNotFound:
+        return answer
+    by_job = {d.job_id: d for d in view.documents if d.job_id}
+    names = [d.name for d in view.documents]
+    by_name = {d.name: d for d in view.documents if names.count(d.name) == 1}
+    documents = []
+    for doc in answer["documents"]:
+        row = by_job.get(doc.get("job_id")) if doc.get("job_id") else None
+        if row is None and doc.get("job_id"):
+            row = by_name.get(doc["name"])
+        if row is None:
+            documents.append(doc)
+            continue
+        documents.append({**doc, "status": row.status, "reason": row.reason,
+                          "job_id": row.job_id, "status_url": f"/jobs/{row.job_id}"})  # fmt: skip
+    return {**answer, "documents": documents}

@@ -109,7 +109,7 @@ def budget(
     elif out["overrun_stop"]:
         console.print(f"still stopped: an overrun stopped it at {dollars(out['stopped_at_usd'])}; "
                       "give a higher budget", highlight=False, soft_wrap=True)  # fmt: skip
-    if out["over_budget"]:
+    if out["over_budget"] and out["overrun_stop"] != "still stopped":
         console.print(f"{counted(out['over_budget'], 'document')} ended over budget: "
                       f"`pipeline retry {out['batch_id'][:12]} --over-budget` runs them under "
                       "the new budget",
@@ -154,6 +154,11 @@ def retry(
                               "documents": [r.__dict__ for r in retried]}), flush=True)  # fmt: skip
         else:
             _print_retried(view.facts.batch_id, retried, states)
+            if view.budget_stop is not None and any(r.status == "queued" for r in retried):
+                # they run into the same stop: said now, not only when they end over budget
+                console.print(f"[yellow]{escape(view.budget_stop.words())}; until then these "
+                              "runs end over_budget again[/yellow]", highlight=False,
+                              soft_wrap=True)  # fmt: skip
         if wait and any(r.status == "queued" for r in retried):
             from pipeline.cli.common import make_console
             from pipeline.cli.follow import follow

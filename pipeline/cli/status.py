@@ -173,6 +173,9 @@ def print_batch(view: BatchView) -> None:
                   f"{in_flight}",
                   highlight=False,
                   soft_wrap=True, markup=False)  # fmt: skip
+    if view.budget_stop is not None:  # nothing of the batch runs until a person acts
+        console.print(f"[yellow]{escape(view.budget_stop.words())}[/yellow]", highlight=False,
+                      soft_wrap=True)  # fmt: skip
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     # Shown once any document is not plainly interactive (Batch Mode, auto, a deadline).
     modes = any(d.mode and (d.mode["shown"] != "interactive" or d.mode.get("deadline"))
@@ -213,8 +216,21 @@ def print_batch(view: BatchView) -> None:
     if failed:
         flags = " ".join(sorted({"--failed" if d.status == "failed" else "--over-budget"
                                  for d in failed}))  # fmt: skip
-        console.print(f"retry with fresh calls: pipeline retry {f.batch_id[:12]} {flags}",
-                      highlight=False, soft_wrap=True)  # fmt: skip
+        console.print(f"{_lift_first(view)}retry with fresh calls: pipeline retry "
+                      f"{f.batch_id[:12]} {flags}", highlight=False, soft_wrap=True,
+                      markup=False)  # fmt: skip
+
+
+def _lift_first(view: BatchView) -> str:
+    """What must come before a retry of the batch: lifting the stop an overrun put on its
+    budget (a retry alone meets it again); "" when its budget admits calls."""
+    stop = view.budget_stop
+    if stop is None:
+        return ""
+    ref = view.facts.batch_id[:12]
+    amount = (f"--set {format_usd(stop.lifts_usd)}" if stop.lifts_usd is not None
+              else f"--set <more than {format_usd(stop.stopped_at_usd)}>")  # fmt: skip
+    return f"first lift the budget's stop: pipeline budget {ref} {amount}; then "
 
 
 def _per(period_s: float) -> str:

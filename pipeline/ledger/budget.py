@@ -15,7 +15,8 @@ The reservation is the call's bound (exact input tokens from countTokens, maxOut
 and the thinking budget; pipeline/llm/caller.py), so a settle never exceeds it. If one does
 (a provider changed how it bills), the cost is booked in full and every scope with a limit
 *stops*: it admits no call (`BudgetExceeded(stopped=True)`) until a person raises its limit
-(`raise_limit`, a larger `--budget`, or a larger PIPELINE_BUDGET_DAY_USD / _MONTH_USD).
+above the one in force then (`pipeline budget BATCH --set`, PATCH /batches/{id}, or a larger
+PIPELINE_BUDGET_DAY_USD / _MONTH_USD; in code `raise_limit`).
 
 A hold belongs to the lease of the job that took it (`for_call(job_id=, lease=)` indexes it
 under the job): when the sweeper recovers a dead worker's job, `job_holds` finds its holds
@@ -43,7 +44,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from pipeline.errors import BudgetExceeded, InputError
-from pipeline.ledger.budget_words import RAISE, scope_words, would_exceed
+from pipeline.ledger.budget_words import scope_words, stopped_refusal, would_exceed
 from pipeline.money import dollars, format_usd
 from pipeline.redis.connection import text
 from pipeline.redis.keys import Keys
@@ -234,14 +235,11 @@ class Budget:
             scope = scopes[int(reply[1]) - 1]
             spent, reserved, limit = (from_nanos(v) for v in reply[2:5])
             if int(reply[5]) == 2:
-                raise BudgetExceeded(
-                    f"{scope_words(scope.kind, scope.name)} stopped admitting calls after a call "
-                    f"was billed more than its reservation ({dollars(spent)} spent, limit "
-                    f"{dollars(limit)}); "
-                    f"check the ledger rows marked 'budget overrun', then {RAISE[scope.kind]}",
-                    scope=scope.kind,
-                    stopped=True,
-                )
+                if scope.kind == "batch" and job_id is not None:  # for `budget --set` to say
+                    await self.note_refused(scope.name, job_id, Decimal(worst_case_usd))
+                raise stopped_refusal(scope.kind, scope.name, spent, limit,
+                                      from_nanos(reply[6]), Decimal(worst_case_usd),
+                                      reserved)  # fmt: skip
             held_only = int(reply[5]) == 0
             if held_only:
                 raise BudgetExceeded(

@@ -1,6 +1,7 @@
 """A budget's refusals in words: the scope as a person knows it (a batch by its short id, a
 day or month by its date), what was spent and asked for, and what to do — the command that
-admits the refused call, or the setting to raise.
+admits the refused call (and, for API users, the request that does the same), or the
+setting to raise.
 """
 
 from __future__ import annotations
@@ -8,7 +9,10 @@ from __future__ import annotations
 from decimal import Decimal
 
 from pipeline.errors import BudgetExceeded
-from pipeline.money import at_least_usd, dollars, format_usd
+from pipeline.money import LEDGER_PLACES, at_least_usd, dollars, format_usd
+
+NANO_USD = Decimal(1).scaleb(-LEDGER_PLACES)  # the least step of a limit a person sets
+OVERRUN_NOTE = "budget overrun"  # how an overrun's ledger row (llm_calls.error) begins
 
 
 def scope_words(kind: str, name: str) -> str:
@@ -25,6 +29,21 @@ def admitting_usd(spent: Decimal, held: Decimal, worst: Decimal) -> Decimal:
     both, since a hold settles at most at its own amount. Every amount the product tells a
     person to set is this sum, taken when it is said, rounded up to a nano-dollar."""
     return at_least_usd(spent + held + worst)
+
+
+def lifting_usd(stopped_at: Decimal, spent: Decimal, held: Decimal, worst: Decimal) -> Decimal:
+    """The least limit that lifts a stop an overrun put on a scope at limit `stopped_at` (a
+    limit above it: pipeline/ledger/lua/budget_raise.lua) and admits a call of worst case
+    `worst` beside `spent` and `held` (`admitting_usd`); all USD."""
+    return max(admitting_usd(spent, held, worst), at_least_usd(stopped_at) + NANO_USD)
+
+
+def set_command(ref: str, amount: Decimal) -> str:
+    """The two doors that set a batch's limit to `amount`: the command, and for API users
+    the request (`ref` is the batch's short id)."""
+    usd = format_usd(amount)
+    return (f"`pipeline budget {ref} --set {usd}` (over the HTTP API: PATCH /batches/{ref} "
+            f'with {{"budget_usd": "{usd}"}})')  # fmt: skip
 
 
 def held_words(held: Decimal) -> str:
@@ -62,8 +81,25 @@ def would_exceed(
     )  # fmt: skip
 
 
-RAISE = {  # what lifts a stop after an overrun, by scope kind
-    "batch": "raise the batch's limit (Budget.raise_limit) above it",
-    "day": "raise PIPELINE_BUDGET_DAY_USD above it",
-    "month": "raise PIPELINE_BUDGET_MONTH_USD above it",
-}
+def stopped_refusal(kind: str, name: str, spent: Decimal, limit: Decimal, stopped_at: Decimal,
+                    worst: Decimal, held: Decimal = Decimal(0)) -> BudgetExceeded:
+    """The refusal of a call (worst case `worst` USD) by a scope an overrun stopped at limit
+    `stopped_at`: it admits no call until a person sets a limit above that. For a batch the
+    advice is the command (and the API request) with an amount that both lifts the stop and
+    admits the call beside `spent` and `held` (`lifting_usd`), then the retry; a retry
+    alone meets the same stop. A day or month names its setting."""
+    if kind == "batch":
+        ref = name.removeprefix("batch:")[:12]
+        advice = (f"the job ends over_budget and nothing more is charged; "
+                  f"{set_command(ref, lifting_usd(stopped_at, spent, held, worst))} lifts the "
+                  f"stop and admits this call{held_words(held)}, then "
+                  f"`pipeline retry {ref} --over-budget` (a retry before that meets the same "
+                  f"stop; `pipeline status {ref}` shows the overrun)")  # fmt: skip
+    else:
+        setting = "PIPELINE_BUDGET_DAY_USD" if kind == "day" else "PIPELINE_BUDGET_MONTH_USD"
+        advice = f"raise {setting} above {dollars(stopped_at)}"
+    return BudgetExceeded(
+        f"{scope_words(kind, name)} stopped admitting calls after a call was billed more than "
+        f"its reservation ({dollars(spent)} spent, limit {dollars(limit)}); {advice}",
+        scope=kind, stopped=True, scope_name=name,
+    )  # fmt: skip

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
+from pipeline.ledger.budget_words import OVERRUN_NOTE
 from pipeline.llm.attempts import CallAttempt
 from pipeline.llm.offline.pages import MODEL_VERSION as OFFLINE_MODEL_VERSION  # never billed
 from pipeline.llm.provider import LLMRequest, Usage
@@ -131,7 +132,7 @@ def report_overrun(record: CallAttempt, request: LLMRequest) -> str:
         record.attempt_id, request.model, record.job_id, record.batch_id,
         dollars(record.cost_usd), dollars(over), dollars(record.estimated_cost_usd),
     )  # fmt: skip
-    return (f"budget overrun: billed {dollars(record.cost_usd)}, reserved "
+    return (f"{OVERRUN_NOTE}: billed {dollars(record.cost_usd)}, reserved "
             f"{dollars(record.estimated_cost_usd)}")  # fmt: skip
 
 

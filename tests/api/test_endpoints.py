@@ -100,7 +100,12 @@ async def test_idempotency_key_replays_the_same_answer(
         jobs_after_first = await _job_keys(redis_url, key_prefix)
         again = await client.post("/analyze", files=pdf_files(("a.pdf", PDF_A)), headers=headers)
         assert again.status_code == 202
-        assert again.json() == first.json()
+        # the same answer, each document's state as it is now: no worker serves the queue
+        now = (await client.get(f"/batches/{first.json()['batch_id']}")).json()["documents"]
+        assert again.json() == {**first.json(), "documents": [
+            {**d, "status": n["status"], "reason": n["reason"]}
+            for d, n in zip(first.json()["documents"], now, strict=True)]}  # fmt: skip
+        assert [d["status"] for d in again.json()["documents"]] == ["waiting"]
         assert again.headers.get("Idempotent-Replayed") == "true"
         assert await _job_keys(redis_url, key_prefix) == jobs_after_first
 
@@ -121,6 +126,42 @@ async def test_idempotency_key_replays_the_same_answer(
         assert await _job_keys(redis_url, key_prefix) == jobs_after_first
         fixed = await client.post("/analyze", files=pdf_files(("b.pdf", PDF_B)), headers=headers)
         assert fixed.status_code == 202 and fixed.json()["batch_id"], fixed.text
+
+
+async def test_an_idempotent_replay_reports_each_documents_state_now(
+    tmp_path: Path, redis_url: str, key_prefix: str, aredis: object
+) -> None:
+    """A replay after the documents finished says they are complete, as GET /batches/{id}
+    does, not "queued" as they were when the first answer was given (found by a fresh-user
+    trial)."""
+    import tasks.analyze  # noqa: F401  (registers analyze_document for the worker)
+
+    settings = api_settings(tmp_path, redis_url, key_prefix)
+    files = pdf_files(("a.pdf", PDF_A), ("b.pdf", PDF_B))
+    headers = {"Idempotency-Key": "upload-43"}
+    async with api_client(settings) as (client, _):
+        first = (await client.post("/analyze", files=files, headers=headers)).json()
+        assert [d["status"] for d in first["documents"]] == ["queued", "queued"]
+        qc = QueueClient(connect_redis(redis_url), settings=settings)
+        worker = await build_worker(qc, queues=["default"], concurrency=2)
+        run = asyncio.create_task(worker.run(install_signals=False))
+        try:
+            for d in first["documents"]:
+                await wait_job_done(client, d["job_id"])
+        finally:
+            worker.stop()
+            await asyncio.wait_for(run, 30)
+            await qc.aclose()
+        batch = (await client.get(f"/batches/{first['batch_id']}")).json()
+        again = await client.post("/analyze", files=files, headers=headers)
+        assert again.status_code == 202 and again.headers.get("Idempotent-Replayed") == "true"
+        replay = again.json()
+    assert replay["batch_id"] == first["batch_id"]
+    now = {d["name"]: (d["status"], d["reason"]) for d in batch["documents"]}
+    assert now == {"a.pdf": ("complete", None), "b.pdf": ("complete", None)}, batch
+    assert {d["name"]: (d["status"], d["reason"]) for d in replay["documents"]} == now
+    assert [d["job_id"] for d in replay["documents"]] == [d["job_id"] for d in
+                                                          first["documents"]]  # fmt: skip
 
 
 async def test_over_limit_upload_is_refused_while_streaming(

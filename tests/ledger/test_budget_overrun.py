@@ -4,6 +4,7 @@ raising the limit above the one in force lifts the stop."""
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
@@ -30,9 +31,19 @@ async def test_an_overrun_is_booked_in_full_and_stops_the_batch(
     with pytest.raises(BudgetExceeded) as refused:
         await budget.reserve(budget.scopes("b", D("1.00")), D("0.01"))  # room, but stopped
     assert refused.value.stopped and refused.value.scope == "batch"
-    assert "raise the batch's limit" in str(refused.value)
     other = await budget.reserve(budget.scopes("other", D("1.00")), D("0.01"))  # batch-only
     assert await budget.cancel(other)
+    # The refusal names the command (and the API request) with an amount that lifts the
+    # stop, above the limit it stopped at though the spend would fit under that: set, it
+    # admits the call.
+    said = str(refused.value)
+    named = re.search(r"`pipeline budget b --set ([0-9.]+)`", said)
+    assert named and D(named.group(1)) == D("1.000000001"), said
+    assert 'PATCH /batches/b with {"budget_usd": "1.000000001"}' in said, said
+    assert "raise_limit" not in said
+    (batch, *_) = budget.scopes("b", D("1.00"))
+    await budget.raise_limit(batch, D(named.group(1)))
+    assert await budget.cancel(await budget.reserve(budget.scopes("b", D("1.00")), D("0.01")))
 
 
 async def test_raising_the_limit_lifts_the_stop(aredis: aioredis.Redis, keys: Keys) -> None:

@@ -87,6 +87,8 @@ def _batch_row(view: BatchView) -> dict[str, Any]:
         # calls in flight, not in spent_usd: their worst case, held (`pipeline costs`)
         "held_usd": _money(view.held),
         "budget_usd": None if f.budget_usd is None else _money(f.budget_usd),
+        # after an overrun: the stop, billed vs reserved, and what lifts it (as status says)
+        "budget_stop": None if view.budget_stop is None else view.budget_stop.as_json(),
         # a share for the <meter>, kept exact
         "budget_used": str((f.spend / f.budget_usd).quantize(Decimal("0.0001")))
         if f.budget_usd else None,

@@ -25,8 +25,9 @@
 -- Returns {1} on success, or {0, n, spent, reserved, limit, why} for a scope that does not
 -- fit: why = 1 when settled spend alone leaves no room (spent + amount > limit), 0 when only
 -- other calls' holds are in the way (they may settle lower: worth waiting for), 2 when the
--- scope is stopped after an overrun. A scope with why = 2 or 1 is reported before one
--- blocked by holds alone.
+-- scope is stopped after an overrun (then a 7th element: the limit it stopped at, which a
+-- new limit must pass). A scope with why = 2 or 1 is reported before one blocked by holds
+-- alone.
 local token = ARGV[1]
 local state = redis.call('GET', KEYS[1])
 if state and state ~= 'cancelled' then
@@ -59,7 +60,7 @@ for n = 1, scopes do
     local reserved = tonumber(redis.call('HGET', totals, 'reserved') or '0')
     local stopped = redis.call('HGET', totals, 'stopped')
     if stopped and limit <= tonumber(stopped) then
-      return {0, n, tostring(spent), tostring(reserved), tostring(limit), 2}
+      return {0, n, tostring(spent), tostring(reserved), tostring(limit), 2, stopped}
     end
     if spent + amount > limit then
       return {0, n, tostring(spent), tostring(reserved), tostring(limit), 1}

@@ -18,8 +18,11 @@ end
 if state ~= 'queued' and state ~= 'scheduled' and state ~= 'waiting' then return state end
 redis.call('ZREM', KEYS[2], id)
 redis.call('ZREM', KEYS[3], id)
+-- Its error says so: what a wait or an earlier attempt said (a retry's error, "in Gemini batch
+-- ...") is no longer why it is not running.
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_ms', now_ms(), 'cancel', 1,
-  'reason', 'cancelled')
+  'reason', 'cancelled', 'error', 'cancelled')
+redis.call('HDEL', KEYS[1], 'traceback')
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 emit(KEYS[4], ARGV[3], KEYS[1], id, 'cancelled', nil)
 member_done(KEYS[1], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[4], ARGV[3],
