@@ -29,7 +29,7 @@ from pipeline.words import counted
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from tasks.batches import BatchView
+    from tasks.batches import BatchView, DocumentRow
 
 _WAIT_WORDS = {
     Reason.BUDGET_WINDOW: "for the day or month budget window",
@@ -213,12 +213,27 @@ def print_batch(view: BatchView) -> None:
                       f"{_WAIT_WORDS.get(kind, kind)}[/yellow]",
                       highlight=False, soft_wrap=True)  # fmt: skip
     failed = [d for d in view.documents if d.status in ("failed", "over_budget")]
-    if failed:
+    # a blocked answer's document: the same request would be refused again, and paid again
+    blocked = [d for d in failed if d.status == "failed" and _blocked(d)]
+    if blocked:
+        console.print(f"{counted(len(blocked), 'document')} failed because the provider "
+                      "blocked the request or its answer: the same request would be refused "
+                      "again, so retrying pays again for nothing", highlight=False,
+                      soft_wrap=True, markup=False)  # fmt: skip
+    if len(failed) > len(blocked):
         flags = " ".join(sorted({"--failed" if d.status == "failed" else "--over-budget"
-                                 for d in failed}))  # fmt: skip
+                                 for d in failed if d not in blocked}))  # fmt: skip
+        also = (f" (it sends the {counted(len(blocked), 'blocked one')} again too)"
+                if blocked and "--failed" in flags else "")  # fmt: skip
         console.print(f"{_lift_first(view)}retry with fresh calls: pipeline retry "
-                      f"{f.batch_id[:12]} {flags}", highlight=False, soft_wrap=True,
+                      f"{f.batch_id[:12]} {flags}{also}", highlight=False, soft_wrap=True,
                       markup=False)  # fmt: skip
+
+
+def _blocked(doc: DocumentRow) -> bool:
+    """Whether the job a failed document's state comes from ended on a blocked answer."""
+    jobs = doc.run.jobs() if doc.run is not None else []
+    return any(j.id == doc.state.job_id and j.reason == Reason.ANSWER_BLOCKED for j in jobs)
 
 
 def _lift_first(view: BatchView) -> str:

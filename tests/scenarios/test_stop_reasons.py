@@ -15,6 +15,7 @@ import redis
 
 from pipeline.queue.job import State
 from tasks.submission import Upload
+from tests.support.cli import run_cli
 from tests.support.emulator import RunningEmulator, start_emulator
 from tests.support.paid_rig import (
     assert_ledger_is_the_bill,
@@ -186,6 +187,11 @@ async def test_an_unaffected_document_in_the_same_batch_is_untouched(
     assert sorted(r.outcome for r in rows) == ["blocked", "ok"]
     assert_ledger_is_the_bill(rows, emu.stats())
     assert money(report["total"]["wasted_usd"]) == unused_cost(rows)
+    # `pipeline status` suggests no retry that would only be refused, and paid, again
+    text = run_cli({**pipeline_env, **emu.env}, "status", sub.batch_id, columns=400).stdout
+    assert ("1 document failed because the provider blocked the request or its answer: the "
+            "same request would be refused again, so retrying pays again for nothing") in text
+    assert "pipeline retry" not in text, text
 
 
 async def test_an_answer_the_client_cannot_read_is_booked_at_its_worst_case(
