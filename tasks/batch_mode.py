@@ -3,12 +3,14 @@ Gemini batch job shared by its whole submission (per model), at half the price.
 
 Every document keeps its own `analyze_document` job, so status, results, follow and cancel
 work as for interactive ones. The job, before its call, comes here (`wait_for_batch`): the
-first member to run builds the group's requests (each single-call member's exact request)
-and submits the group (llm/batch_group.py: recorded in Redis and the ledger before
-`batches.create`, found again by name after a crash); each member then looks at the remote
-job and, while it runs, postpones itself with back-off (`Retry(count_attempt=False)`: the
-job leaves its worker slot, keeps its attempts, and any worker may take the next look under
-the usual lease and fencing). The member that sees the job finished collects it for the
+first member to run builds the group's requests (each single-call member's exact request;
+only the members whose runs are in the group, as its submission or retry sealed once it knew
+which: `_documents`, never a duplicate another run answers) and submits the group
+(llm/batch_group.py: recorded in Redis and the ledger before `batches.create`, found again
+by name after a crash); each member then looks at the remote job and, while it runs,
+postpones itself with back-off (`Retry(count_attempt=False)`: the job leaves its worker
+slot, keeps its attempts, and any worker may take the next look under the usual lease and
+fencing). The member that sees the job finished collects it for the
 group: answers are classified and validated like interactive ones, booked at the batch rate
 (mode=batch) and put in the call store. Then each member carries on with the interactive
 path, whose call is answered from the store and paid nothing. A member whose batch answer
@@ -34,8 +36,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import JobError, Permanent, Reason, Retry
-from pipeline.llm.batch_group import USE, BatchCreateBusy, BatchGroups, recorded
+from pipeline.errors import JobError, JobNotFound, Permanent, Reason, Retry
+from pipeline.llm.batch_group import (
+    USE,
+    BatchCreateBusy,
+    BatchGroups,
+    recorded,
+    seal,
+    sealed_members,
+)
 from pipeline.llm.batch_items import BatchItem, RemoteBatch
 from pipeline.llm.failure import ProviderCallError
 from pipeline.queue.context import JobContext
@@ -51,6 +60,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODES = ("interactive", "batch")
+# How long a group's members wait for its submission (or retry) to seal it (say which of its
+# documents it queued runs for: pipeline/llm/batch_group.seal), looking every SEAL_LOOK_S:
+# far longer than answering its duplicates takes. Past it (the submitter died, or queued the
+# group before seals existed) the members seal it themselves (`_owned`).
+SEAL_WAIT_S = 120.0
+SEAL_LOOK_S = 0.5
 
 
 def _limit(args: dict[str, Any]) -> Decimal | None:
@@ -81,15 +96,21 @@ def _groups(ctx: JobContext) -> BatchGroups | None:
                        line_max_bytes=s.batch_line_max_bytes)  # fmt: skip
 
 
-async def _members(ctx: JobContext, args: dict[str, Any]) -> tuple[list[BatchItem], dict[str, int]]:
+async def _members(ctx: JobContext, args: dict[str, Any],
+                   record: dict[str, str]) -> tuple[list[BatchItem], dict[str, int]]:  # fmt: skip
     """Each member's requests (one per part of a long PDF) and their counted input, by
-    key; members that cannot be read are left out (their own jobs handle them)."""
+    key, for the members the group is made of (`_documents`: never one answered by another
+    run); members that cannot be read are left out (their own jobs handle them). Raises
+    Retry while the group's documents are not said yet."""
     from tasks.analyze import load_pdf, plan_document
 
     services = ctx.deps["services"]
+    documents = await _documents(ctx, args, record)
     items: list[BatchItem] = []
     tokens: dict[str, int] = {}
     for member in args["batch_group"]["members"]:
+        if member["sha256"] not in documents:
+            continue  # its run is another's ("duplicate"): sent, it would be paid twice
         try:
             # in memory: the group's requests outlive this loop (a local copy of an S3
             # object would not)
@@ -107,15 +128,76 @@ async def _members(ctx: JobContext, args: dict[str, Any]) -> tuple[list[BatchIte
     return items, tokens
 
 
+async def _documents(ctx: JobContext, args: dict[str, Any], record: dict[str, str]) -> set[str]:
+    """The documents (sha256) the group is made of: as its record says (those its batch job
+    carries once submitted, else those its submission or retry sealed once it knew which
+    runs it queued, pipeline/llm/batch_group.seal). While neither is said, raises Retry (a
+    short look, attempt kept) until SEAL_WAIT_S after this job was created; then seals the
+    group here with the members whose own runs are in it (`_owned`)."""
+    said = sealed_members(record)
+    if said is not None:
+        return set(said)
+    waited_s = datetime.now(UTC).timestamp() - ctx.job.created_ms / 1000
+    if waited_s < SEAL_WAIT_S:
+        raise Retry("waiting for its submission to say which documents its Gemini batch job "
+                    "carries", delay_s=_capped(SEAL_LOOK_S, due(args, ctx.client.settings)),
+                    count_attempt=False, reason=Reason.IN_BATCH)  # fmt: skip
+    name = str(args["batch_group"]["name"])
+    owned = await _owned(ctx, args)
+    log.warning("batch group %s: not sealed %.0f s after job %s was queued; sealed with the "
+                "%d of its %d documents whose runs are in it", name, waited_s, ctx.job_id,
+                len(owned), len(args["batch_group"]["members"]))  # fmt: skip
+    return set(await seal(ctx.client.redis, ctx.client.keys, name, owned))
+
+
+async def _owned(ctx: JobContext, args: dict[str, Any]) -> list[str]:
+    """The members whose run is a job of this group: the job their idempotency key
+    (tasks/plan.idempotency_key) names carries the group. One whose key names another run
+    (a duplicate) or no job (its submitter died before enqueuing it) is left out. Every
+    member when the key of this job's own document does not name it (keys made for another
+    provider than this worker's): ownership cannot be read here."""
+    from pipeline.queue.record import idempotency_digest
+    from pipeline.redis.connection import text
+    from tasks.plan import idempotency_key
+
+    client, group = ctx.client, args["batch_group"]
+    provider = ctx.deps["services"].caller.provider.name
+
+    async def owner(sha: str) -> str | None:
+        key = idempotency_key(sha, str(args["model"]), str(args["prompt_version"]), provider)
+        found = await client.redis.get(client.keys.idempotency(idempotency_digest(key)))
+        return None if found is None else text(found)
+
+    members = [str(m["sha256"]) for m in group["members"]]
+    if await owner(str(args["sha256"])) != ctx.job_id:
+        return members
+    owned = []
+    for sha in members:
+        job_id = await owner(sha)
+        if job_id is None:
+            continue
+        if job_id != ctx.job_id:
+            try:
+                job = await client.get(job_id)
+            except JobNotFound:
+                continue
+            theirs = job.args[0] if job.args and isinstance(job.args[0], dict) else {}
+            if (theirs.get("batch_group") or {}).get("name") != group["name"]:
+                continue
+        owned.append(sha)
+    return owned
+
+
 async def _book_if_done(ctx: JobContext, groups: BatchGroups, args: dict[str, Any],
-                        remote_name: str) -> RemoteBatch:  # fmt: skip
-    """Look at the group's remote job once; when it ended, book it for the whole group
-    (answers to the call store, ledger rows at the batch rate, holds settled)."""
-    remote = await groups.batches.get(remote_name)
+                        record: dict[str, str]) -> RemoteBatch:  # fmt: skip
+    """Look at the group's remote job once (`record` names it); when it ended, book it for
+    the whole group (answers to the call store, ledger rows at the batch rate, holds
+    settled)."""
+    remote = await groups.batches.get(record["remote"])
     if remote.done:
         name, model = str(args["batch_group"]["name"]), str(args["model"])
         budget = await _budget(ctx, args)
-        items, tokens = await _members(ctx, args)
+        items, tokens = await _members(ctx, args, record)
         done = await groups.collect(model, items, tokens, accept=accept_analysis,
                                     job_id=ctx.job_id, batch_id=ctx.batch,
                                     name=name)  # fmt: skip
@@ -164,7 +246,7 @@ async def wait_for_batch(ctx: JobContext, args: dict[str, Any]) -> None:
     left_s = due(args, s)
     try:
         if record.get("remote"):
-            remote = await _book_if_done(ctx, groups, args, record["remote"])
+            remote = await _book_if_done(ctx, groups, args, record)
             if remote.done:
                 return
             if left_s == 0:
@@ -174,7 +256,7 @@ async def wait_for_batch(ctx: JobContext, args: dict[str, Any]) -> None:
         else:
             if left_s == 0:  # never created: nothing to cancel
                 return await _fall_back(ctx, groups, args)
-            items, tokens = await _members(ctx, args)
+            items, tokens = await _members(ctx, args, record)
             if not any(i.document == args["sha256"] for i in items):
                 return  # this document is not batched
             budget = await _budget(ctx, args)
@@ -220,7 +302,7 @@ async def collect_batch_group(ctx: JobContext, args: dict[str, Any]) -> dict[str
     if record.get("booked") or not record.get("remote"):
         return {"booked": record.get("booked")}
     try:
-        remote = await _book_if_done(ctx, groups, args, record["remote"])
+        remote = await _book_if_done(ctx, groups, args, record)
     except ProviderCallError as exc:
         raise Retry(f"Gemini Batch API: {exc}", delay_s=s.batch_poll_s,
                     reason=Reason.PROVIDER_ERROR) from exc  # fmt: skip

@@ -350,7 +350,26 @@ async def retry_batch(client: QueueClient, recorder: SqlRecorder, engine: Engine
     for p in prepared:
         out.append(p if isinstance(p, Retried) else await _enqueue_retry(client, recorder,
                                                                          view, p))  # fmt: skip
+    await _seal_groups(client, ready, out)
     return view, out
+
+
+async def _seal_groups(client: QueueClient, ready: list[_Retry], out: list[Retried]) -> None:
+    """Say which documents each Gemini batch group of the retry is made of, once every run
+    is enqueued (pipeline/llm/batch_group.seal): those queued in it, never one a newer run
+    took over meanwhile ("duplicate": it answers for it; in the batch job too, it would be
+    paid twice). The groups' members wait for this before building them."""
+    from pipeline.llm.batch_group import seal
+
+    queued = {r.document_id for r in out if r.status == "queued"}
+    groups: dict[str, list[str]] = {}
+    for r in ready:
+        if r.spec.batch_group:
+            sealed = groups.setdefault(str(r.spec.batch_group["name"]), [])
+            if r.spec.sha256 in queued:
+                sealed.append(r.spec.sha256)
+    for name, documents in groups.items():
+        await seal(client.redis, client.keys, name, documents)
 
 
 def kept_mode(mode: dict[str, Any] | None, s: Settings,

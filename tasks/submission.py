@@ -258,15 +258,14 @@ async def submit_uploads(
         submission.documents = [outcomes[i] for i in sorted(outcomes)]
         submission.batch_id = None
         return submission
+    used = None
     if budget_usd is not None and billed:
         from pipeline.ledger.budget import Budget
 
-        # A batch named by the caller (the API's idempotent retry) may have spent already.
+        # A batch named by the caller (the API's idempotent retry) may have spent already:
+        # read before its documents are queued, whose calls may hold some of it soon after.
         now_in = (await Budget(client.redis, client.keys, s).status(batch_id))["batch"]
-        async with counter(client, services, s) as count:
-            submission.warnings.extend(await over_budget_warnings(
-                checked, budget_usd, prices, model, s, choice.mode == "batch",
-                batch_id[:12], now, count, now_in.spent_usd + now_in.reserved_usd))  # fmt: skip
+        used = now_in.spent_usd + now_in.reserved_usd
 
     group: dict[str, Any] | None = None
     if choice.mode == "batch":
@@ -328,12 +327,51 @@ async def submit_uploads(
                                            model=model, prompt_version=prompt.version,
                                            provider=provider))  # fmt: skip
             outcomes[index] = DocOutcome(upload.name, status, job_id, sha, reason, pages, sha)
+        if group is not None:
+            from pipeline.llm.batch_group import seal
+
+            # Now that each answer is known: the group's batch job carries the documents
+            # whose runs are in it alone, never a duplicate another run answers (paid twice,
+            # else). Its members wait for this before building it (batch_mode._documents).
+            await seal(client.redis, client.keys, group["name"],
+                       await _in_group(client, group["name"], list(outcomes.values())))
         await recorder.write_many(rows)
     finally:
         if engine is not None:
             await asyncio.to_thread(engine.dispose)
     submission.documents = [outcomes[i] for i in sorted(outcomes)]
+    # What the budget means for the documents queued here alone: a duplicate is answered by
+    # another run, sent and reserved by none of this batch's calls (its Batch Mode group
+    # leaves it out), so it is in no figure of these words.
+    runs = [c for c in checked if outcomes[c[0]].status == "queued"]
+    if used is not None and budget_usd is not None and runs:
+        async with counter(client, services, s) as count:
+            submission.warnings.extend(await over_budget_warnings(
+                runs, budget_usd, prices, model, s, choice.mode == "batch", batch_id[:12],
+                now, count, used))  # fmt: skip
     return submission
+
+
+async def _in_group(client: QueueClient, name: str, outcomes: list[DocOutcome]) -> list[str]:
+    """The documents (sha256) whose runs carry the Batch Mode group `name`: those queued
+    here, and a duplicate answered by a run of this same group (the API's idempotent retry of
+    a submission makes the same batch, so the same group, again)."""
+    from pipeline.errors import JobNotFound
+
+    out = []
+    for d in outcomes:
+        if d.sha256 is None or d.job_id is None or d.status == "skipped":
+            continue
+        if d.status == "duplicate":
+            try:
+                job = await client.get(d.job_id)
+            except JobNotFound:
+                continue
+            args = job.args[0] if job.args and isinstance(job.args[0], dict) else {}
+            if (args.get("batch_group") or {}).get("name") != name:
+                continue  # another run answers it: not sent, held or booked here
+        out.append(d.sha256)
+    return out
 
 
 # The dry run lives in tasks/estimate.py; imported here for the callers of this front door.

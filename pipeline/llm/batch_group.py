@@ -64,7 +64,10 @@ from pipeline.llm.stop import Accept, judge
 from pipeline.llm.usage import book_usage
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from pipeline.llm.batch import GeminiBatches
+    from pipeline.redis.keys import Keys
 
 # Held while one worker lists and creates; longer than those calls take (the provider's
 # timeout), and it is what a worker that died holding it makes others wait.
@@ -88,6 +91,8 @@ USE = "use:"
 # an interactive call gets (a larger output budget, no call, a repair) instead of sending
 # the same request again.
 UNUSABLE = "unusable:"
+# `members` in a group's record: the documents it is made of (`seal`), JSON.
+MEMBERS = "members"
 
 
 class BatchCreateBusy(PipelineError):
@@ -112,6 +117,28 @@ async def recorded(store: CallStore, name: str) -> dict[str, str]:
     collected, the job's end state); empty for a group never submitted."""
     raw = await store.redis.hgetall(store.keys.batch_group(name))
     return {_text(k): _text(v) for k, v in raw.items()}
+
+
+async def seal(redis: Redis, keys: Keys, name: str, documents: Sequence[str]) -> list[str]:
+    """Say which documents (sha256) the group `name` is made of: those whose runs were
+    queued in it, never one a submission or retry answered "duplicate" for (another run
+    answers it: sending it too would pay for it twice). The first word stands (HSETNX), so
+    whoever builds the group and whoever sealed it agree. Returns the documents sealed."""
+    group = keys.batch_group(name)
+    if await redis.hsetnx(group, MEMBERS, json.dumps(sorted(set(documents)))):
+        await redis.expire(group, GROUP_TTL_S)
+    return list(json.loads(_text(await redis.hget(group, MEMBERS) or "[]")))
+
+
+def sealed_members(record: Mapping[str, str]) -> list[str] | None:
+    """The documents (sha256) a group's record says it is made of: those its job carries
+    once it was submitted (`keys`, one per document or part of one: `sha256[:first-last]`),
+    else those sealed (`seal`); None while neither was said."""
+    if record.get("keys"):
+        return sorted({key.split(":")[0] for key in json.loads(record["keys"])})
+    if record.get(MEMBERS):
+        return list(json.loads(record[MEMBERS]))
+    return None
 
 
 def attempt_id(display_name: str, key: str) -> str:
