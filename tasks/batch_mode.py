@@ -98,10 +98,10 @@ def _groups(ctx: JobContext) -> BatchGroups | None:
 
 async def _members(ctx: JobContext, args: dict[str, Any],
                    record: dict[str, str]) -> tuple[list[BatchItem], dict[str, int]]:  # fmt: skip
-    """Each member's requests (one per part of a long PDF) and their counted input, by
-    key, for the members the group is made of (`_documents`: never one answered by another
-    run); members that cannot be read are left out (their own jobs handle them). Raises
-    Retry while the group's documents are not said yet."""
+    """Each member's requests (one per part of a long PDF), each under its member's job,
+    and their counted input, by key, for the members the group is made of (`_documents`:
+    never one answered by another run); members that cannot be read are left out (their own
+    jobs handle them). Raises Retry while the group's documents are not said yet."""
     from tasks.analyze import load_pdf, plan_document
 
     services = ctx.deps["services"]
@@ -123,7 +123,11 @@ async def _members(ctx: JobContext, args: dict[str, Any],
         for fit in fitted:
             key = member["sha256"] if len(fitted) == 1 else \
                 f"{member['sha256']}:{fit.first}-{fit.last}"  # fmt: skip
-            items.append(BatchItem(key, fit.request, document=member["sha256"]))
+            # Booked under the member's own job (tasks/submission.py names it), whichever
+            # member submits or collects; a group from before members named theirs, under
+            # the job that does.
+            items.append(BatchItem(key, fit.request, document=member["sha256"],
+                                   job_id=member.get("job_id")))  # fmt: skip
             tokens[key] = await services.caller.counter.count(fit.request)
     return items, tokens
 

@@ -267,11 +267,16 @@ async def submit_uploads(
         now_in = (await Budget(client.redis, client.keys, s).status(batch_id))["batch"]
         used = now_in.spent_usd + now_in.reserved_usd
 
+    # Each document's root job id, chosen now: a Batch Mode group names its members' jobs,
+    # so each request's ledger row is its own document's job's, whichever member submits
+    # or collects the group (tasks/batch_mode.py).
+    job_ids = [uuid.uuid4().hex for _ in checked]
     group: dict[str, Any] | None = None
     if choice.mode == "batch":
         from pipeline.llm.batch_items import group_name
 
-        members = [{"sha256": sha, "name": up.name} for _, up, _, sha in checked]
+        members = [{"sha256": sha, "name": up.name, "job_id": job_id}
+                   for (_, up, _, sha), job_id in zip(checked, job_ids, strict=True)]
         # Named for this batch too: a resubmission of documents whose earlier batch's group
         # has a batch job (cancelled, booked) makes a group of its own, not that one's record.
         group = {"name": group_name(model, prompt.version, [m["sha256"] for m in members],
@@ -293,8 +298,9 @@ async def submit_uploads(
         store = open_store(s)
         specs = [RunSpec(sha, upload.name, pages, len(upload.data), model, prompt.version,
                          batch_id, provider, budget_usd, prio, expected_duration_s, queue,
-                         batch_group=group, mode_args=choice.args())
-                 for _, upload, pages, sha in checked]  # fmt: skip
+                         job_id=job_id, batch_group=group, mode_args=choice.args())
+                 for (_, upload, pages, sha), job_id in zip(checked, job_ids,
+                                                           strict=True)]  # fmt: skip
         # Held before the put, so a job of the same document ending meanwhile cannot see no
         # holder and delete the bytes just put; a resubmission puts them again.
         await hold_many(client.redis, client.keys, [(sp.job_id, sp.sha256) for sp in specs],

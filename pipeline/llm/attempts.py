@@ -35,6 +35,11 @@ class Outcome(StrEnum):
 UNUSED = frozenset({Outcome.TRUNCATED, Outcome.BLOCKED, Outcome.INVALID})
 
 
+# A call's `mode` when a Gemini batch job answers it (pipeline/llm/batch_group.py): its row
+# waits `started` while the job runs, whatever its job does meanwhile.
+BATCH_MODE = "batch"
+
+
 @dataclass
 class CallAttempt:
     attempt_id: str  # unique per attempt (uuid hex)
@@ -58,7 +63,7 @@ class CallAttempt:
     price_version: str | None = None
     error: str | None = None
     usage_missing: bool = False  # the provider left usage out: booked at the call's bound
-    mode: str = "interactive"  # "batch": answered by a Gemini batch job, at the batch rate
+    mode: str = "interactive"  # BATCH_MODE: answered by a Gemini batch job, at the batch rate
     provider: str = ""  # who answered (Provider.name): "gemini", "emulator", "offline"
     # The moment whose UTC day and month the call's budget hold counts in (its reservation's
     # `at`, a little before `started_at`, maybe the day before); None when nothing was held.

@@ -46,7 +46,7 @@ from pipeline.errors import (
     PipelineError,
     UnusableAnswer,
 )
-from pipeline.llm.attempts import CallAttempt, Outcome, Recorder
+from pipeline.llm.attempts import BATCH_MODE, CallAttempt, Outcome, Recorder
 from pipeline.llm.batch_items import (
     JSONL,
     BatchItem,
@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 # timeout), and it is what a worker that died holding it makes others wait.
 CREATE_LOCK_S = 300.0
 GROUP_TTL_S = 7 * 86400  # Google's target is 24 h; the record outlives any job by far
-MODE = "batch"
+MODE = BATCH_MODE
 # The group record's field: when its budget holds were reserved (tasks/batch_holds.py), ISO.
 BUDGET_AT_FIELD = "budget_at"
 # Google's limit on a batch's inline requests together (GEMINI.md §3.6: "inline total <
@@ -192,9 +192,11 @@ class BatchGroups:
                      name: str | None = None) -> RemoteBatch:  # fmt: skip
         """The group's remote job: the recorded one, else one found by display name, else a
         new one. `input_tokens` is each key's counted prompt (countTokens), for the worst
-        case booked before create. Raises BatchCreateBusy while another worker creates it,
-        ProviderCallError when the API fails (nothing created, or found next time). `name`
-        overrides the display name (default: `display_name_for` the items)."""
+        case booked before create. Each request's row is booked under its item's `job_id`
+        (its document's run), else under `job_id` (the submitting job). Raises
+        BatchCreateBusy while another worker creates it, ProviderCallError when the API
+        fails (nothing created, or found next time). `name` overrides the display name
+        (default: `display_name_for` the items)."""
         name = name or display_name_for(model, items)
         group = self.keys.batch_group(name)
         now = self.clock()
@@ -213,8 +215,8 @@ class BatchGroups:
             await self.recorder.started(CallAttempt(
                 attempt_id=attempt_id(name, item.key),
                 call_key=call_key(item.request, self.batches.provider),
-                model=model, attempt=1, started_at=now, job_id=job_id, batch_id=batch_id,
-                document_id=item.document or item.key, mode=MODE,
+                model=model, attempt=1, started_at=now, batch_id=batch_id,
+                job_id=item.job_id or job_id, document_id=item.document or item.key, mode=MODE,
                 provider=self.batches.provider, budget_at=budget_at,
                 estimated_cost_usd=self.worst_case_usd(item.request,
                                                        input_tokens.get(item.key, 0), now),
@@ -240,8 +242,10 @@ class BatchGroups:
                       input_tokens: Mapping[str, int], *, accept: Accept | None = None,
                       job_id: str | None = None, batch_id: str | None = None,
                       name: str | None = None) -> Collected | None:  # fmt: skip
-        """Look at the group's job once: None while it runs, else its bookings. Raises
-        KeyError for a group never submitted, ProviderCallError when the API fails."""
+        """Look at the group's job once: None while it runs, else its bookings, each row
+        under its item's `job_id` as `submit` booked it (`job_id`, the collecting job, only
+        for an item without one). Raises KeyError for a group never submitted,
+        ProviderCallError when the API fails."""
         name = name or display_name_for(model, items)
         remote_name = await self.redis.hget(self.keys.batch_group(name), "remote")
         if not remote_name:
@@ -262,8 +266,8 @@ class BatchGroups:
             record = CallAttempt(
                 attempt_id=attempt_id(name, item.key),
                 call_key=call_key(item.request, self.batches.provider),
-                model=model, attempt=1, started_at=at, job_id=job_id, batch_id=batch_id,
-                document_id=item.document or item.key, mode=MODE,
+                model=model, attempt=1, started_at=at, batch_id=batch_id,
+                job_id=item.job_id or job_id, document_id=item.document or item.key, mode=MODE,
                 provider=self.batches.provider, finished_at=self.clock(), budget_at=budget_at,
                 estimated_cost_usd=self.worst_case_usd(item.request,
                                                        input_tokens.get(item.key, 0), at),

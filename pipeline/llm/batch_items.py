@@ -25,11 +25,14 @@ TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
 @dataclass(frozen=True)
 class BatchItem:
     """One request of a batch job and the key (document/part) its response answers;
-    `document` is the ledger's document id when the key names a part of one."""
+    `document` is the ledger's document id when the key names a part of one, `job_id` the
+    job of that document's run (its ledger row's job: `GET /jobs/{id}` and the run's calls
+    count it there), None to book it under the job that submits or collects the group."""
 
     key: str
     request: LLMRequest
     document: str | None = None
+    job_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,10 @@ def _assert_one_job_every_result(jobs: list[Job], stats: dict[str, Any], databas
     rows = ledger_calls(database_url)
     batch_rows = [r for r in rows if r.mode == "batch"]
     assert len(batch_rows) == len(jobs) and {r.outcome for r in batch_rows} == {"ok"}
+    # Each request is booked to its own document's job, whichever job submitted or
+    # collected the group (and whichever died doing so).
+    own = {str(j.args[0]["sha256"]): j.id for j in jobs}
+    assert {str(r.document_id): r.job_id for r in batch_rows} == own
     booked = sum((money(r.cost_usd) for r in rows), Decimal(0))
     assert abs(booked - Decimal(stats["batch"]["billed_total"]["cost_usd"])) <= MICRO
 
@@ -133,3 +137,38 @@ async def test_a_worker_killed_while_polling_leaves_one_batch_job_and_every_resu
     assert len(seen) == 1
     assert at_kill["batch"]["jobs_created"] == 1 and at_kill["batch"]["requests"] == 0
     _assert_one_job_every_result(jobs, stats, database_url)
+
+
+async def test_a_worker_killed_while_collecting_leaves_every_request_booked_to_its_own_job(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    """The worker collecting the finished batch job is SIGKILLed after booking its first
+    request (the others still `started`, the group not marked booked): another worker
+    collects it again, so every request ends booked once, at the bill, each under its own
+    document's job, and the group's budget holds are all settled."""
+    from pipeline.ledger.budget import Budget
+
+    database_url = pipeline_env["PIPELINE_DATABASE_URL"]
+
+    async def died(worker: WorkerProcess) -> bool:  # tests.support.batch_collect_crash
+        return worker.proc.poll() is not None
+
+    with start_emulator(batch_delay_s=1.0) as emu:
+        jobs, at_kill = await _kill_then_finish(
+            emu, database_url, redis_url, key_prefix, tmp_path / "home",
+            _docs("Receipt. Initech paid Globex."),
+            ("tasks.analyze", "tests.support.batch_collect_crash"), died,
+            "the worker to die while collecting")  # fmt: skip
+        stats = emu.stats()
+    assert at_kill["batch"]["jobs_created"] == 1
+    _assert_one_job_every_result(jobs, stats, database_url)
+    client = QueueClient(connect_redis(redis_url), settings=load_settings(
+        key_prefix=key_prefix, **SETTINGS))  # fmt: skip
+    try:
+        budget = Budget(client.redis, client.keys, client.settings)
+        status = await budget.status(str(jobs[0].batch))
+    finally:
+        await client.aclose()
+    booked = sum((money(r.cost_usd) for r in ledger_calls(database_url)), Decimal(0))
+    assert status["batch"].reserved_usd == 0
+    assert abs(status["batch"].spent_usd - booked) <= MICRO
