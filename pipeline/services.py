@@ -373,7 +373,10 @@ def ledger_hooks(services: Services) -> dict[str, Any]:
             if job.lease_deadline_ms
             else None
         )
-        await services.recorder.mark_abandoned(job.id, services.prices, before=deadline)
+        # A job that runs again keeps its Batch Mode request waiting in its Gemini batch job
+        # (held, not spent): it looks again, and the collect settles it.
+        await services.recorder.mark_abandoned(job.id, services.prices, before=deadline,
+                                               keep_batch=outcome == "requeued")  # fmt: skip
         if job.token:
             await settle_lost_holds(services.budget, services.recorder, job.id, lease=job.token)
         await services.recorder.update_job_status(

@@ -5,7 +5,10 @@ Three kinds of loose end, each closed from what the ledger knows:
 - Budget holds of a job whose run is over (pipeline/ledger/lost_holds.py, run by the
   sweeper's and the job-end hooks, and again by the pass below).
 - Rows left `started` whose job has no live run any more (the hook never ran: Redis lost
-  its data, or the hook failed) become `abandoned` at their worst case.
+  its data, or the hook failed) become `abandoned` at their worst case. A Batch Mode
+  request's row is not a call of its job's run: it waits in the Gemini batch job while its
+  document's job (the row's, tasks/batch_mode.py) has not ended, postponed between looks,
+  and the collect settles it; held, not spent, until then.
 - Budgets and jobs Redis forgot (`Reconciler.run`, on worker start-up and every
   PIPELINE_RECONCILE_INTERVAL_S): each budget's spend is raised to the ledger's sum (never
   lowered: Redis may know of spend the ledger has not been told yet), each call counted as
@@ -34,7 +37,7 @@ from pipeline.ledger.floor import RECENT_S, LedgerCall, raise_spent
 from pipeline.ledger.lost_holds import HoldsSettled, settle_lost_holds
 from pipeline.ledger.models import JobRow, LLMCall, Result
 from pipeline.ledger.recorder import SqlRecorder, WorstCasePricer
-from pipeline.llm.attempts import Outcome
+from pipeline.llm.attempts import BATCH_MODE, Outcome
 from pipeline.redis.connection import text
 from pipeline.redis.keys import Keys
 from pipeline.words import counted
@@ -172,10 +175,10 @@ class Reconciler:
     async def _stale_started(self, report: ReconcileReport) -> None:
         now = datetime.now(UTC)
 
-        def read() -> list[tuple[str, str | None, datetime]]:
+        def read() -> list[tuple[str, str | None, datetime, bool]]:
             with self.recorder.sessions() as session:
-                return [(r[0], r[1], _utc(r[2])) for r in session.execute(
-                    select(LLMCall.id, LLMCall.job_id, LLMCall.started_at).where(
+                return [(r[0], r[1], _utc(r[2]), r[3] == BATCH_MODE) for r in session.execute(
+                    select(LLMCall.id, LLMCall.job_id, LLMCall.started_at, LLMCall.mode).where(
                         LLMCall.outcome == Outcome.STARTED.value,
                         LLMCall.started_at < now - timedelta(seconds=STALE_STARTED_S),
                         self._mine(LLMCall.key_prefix),
@@ -183,12 +186,12 @@ class Reconciler:
                 ).all()]  # fmt: skip
 
         rows = await asyncio.to_thread(read)
-        by_job: dict[str | None, list[tuple[str, datetime]]] = defaultdict(list)
-        for attempt_id, job_id, started in rows:
-            by_job[job_id].append((attempt_id, started))
+        by_job: dict[str | None, list[tuple[str, datetime, bool]]] = defaultdict(list)
+        for attempt_id, job_id, started, batch in rows:
+            by_job[job_id].append((attempt_id, started, batch))
         for job_id, calls in by_job.items():
             if job_id is None:
-                old = [i for i, t in calls if (now - t).total_seconds() > _ORPHAN_CALL_S]
+                old = [i for i, t, _ in calls if (now - t).total_seconds() > _ORPHAN_CALL_S]
                 if old:
                     report.abandoned_rows += await self.recorder.mark_abandoned(
                         None, self.prices, ids=old) or 0  # fmt: skip
@@ -199,8 +202,11 @@ class Reconciler:
             live_since = None
             if state is not None and text(state) == "active" and started_ms:
                 live_since = datetime.fromtimestamp(int(text(started_ms)) / 1000, UTC)
-            dead = [i for i, t in calls if live_since is None
-                    or t < live_since - timedelta(seconds=_CLOCK_SLACK_S)]  # fmt: skip
+            # A job not ended (queued, postponed, running) still looks at its Gemini batch
+            # job: its Batch Mode rows wait there, whenever they were written.
+            looking = state is not None and text(state) not in FINAL_JOB_STATUSES
+            dead = [i for i, t, batch in calls if not (batch and looking) and (
+                live_since is None or t < live_since - timedelta(seconds=_CLOCK_SLACK_S))]
             if not dead:
                 continue
             report.abandoned_rows += await self.recorder.mark_abandoned(

@@ -61,12 +61,15 @@ class SqlRecorder(WriteBehind):
         before: datetime | None = None,
         *,
         ids: list[str] | None = None,
+        keep_batch: bool = False,
     ) -> int | None:
         """Every STARTED attempt of `job_id` (or, with `ids`, those attempts) becomes
         ABANDONED, costed at its worst case.
 
         `before` (the lost lease's deadline) spares calls started after it: by then the job
         may be running again on another worker, and that live call is not abandoned.
+        `keep_batch` spares the job's Batch Mode requests (a job that runs again looks at
+        its Gemini batch job again: they wait there, and its collect settles them).
 
         Returns how many rows changed, or None when the database is down and the change
         was buffered (it then uses each row's own `estimated_cost_usd`).
@@ -77,6 +80,8 @@ class SqlRecorder(WriteBehind):
             payload["ids"] = list(ids)
         if before is not None:
             payload["before"] = before.isoformat()
+        if keep_batch:
+            payload["keep_batch"] = True
         if not await self.queue_behind_buffer():
             try:
                 return await asyncio.to_thread(self._abandon_now, payload, prices, now)

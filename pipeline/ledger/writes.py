@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Table, case, delete, update
+from sqlalchemy import Table, case, delete, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -26,7 +26,7 @@ from pipeline.ledger.models import (
     LLMCall,
     Result,
 )  # fmt: skip
-from pipeline.llm.attempts import CallAttempt, Outcome
+from pipeline.llm.attempts import BATCH_MODE, CallAttempt, Outcome
 
 Payload = dict[str, Any]
 Entry = tuple[str, Payload]  # (operation name, payload): what the recorder applies or parks
@@ -159,7 +159,7 @@ def call_settled(session: Session, payload: Payload) -> None:
 
 def abandon_filter(payload: Payload) -> list[Any]:
     """The STARTED rows of the job (or, with "ids", those attempts), started before the lost
-    lease's deadline when given."""
+    lease's deadline when given, its Batch Mode requests left out with "keep_batch"."""
     conditions: list[Any] = [LLMCall.outcome == Outcome.STARTED.value]
     if payload.get("ids") is not None:
         conditions.append(LLMCall.id.in_(list(payload["ids"])))
@@ -167,6 +167,8 @@ def abandon_filter(payload: Payload) -> list[Any]:
         conditions.append(LLMCall.job_id == payload["job_id"])
     if payload.get("before"):
         conditions.append(LLMCall.started_at <= datetime.fromisoformat(payload["before"]))
+    if payload.get("keep_batch"):
+        conditions.append(or_(LLMCall.mode.is_(None), LLMCall.mode != BATCH_MODE))
     return conditions
 
 
