@@ -5,6 +5,7 @@ thread from async code. tasks/batches.py adds where each run's jobs stand in Red
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -15,7 +16,8 @@ from sqlalchemy import Engine, func, or_, select
 from pipeline.errors import AmbiguousBatch, BatchNotFound
 from pipeline.ledger.budget_words import OVERRUN_NOTE
 from pipeline.ledger.models import Batch, BatchDocument, Document, JobRow, LLMCall, Result
-from pipeline.ledger.report import held_usd
+from pipeline.ledger.report import held_usd, spent_usd
+from pipeline.llm.attempts import Outcome
 from pipeline.money import format_usd
 from tasks.result import shown
 from tasks.status import reduce_id
@@ -139,6 +141,10 @@ class Member:
 
 @dataclass
 class Call:
+    """One ledger row of a call. `cost` is what it spent (0 while in flight) and `held` what
+    it holds (its worst case while in flight, else 0): pipeline.ledger.report's `spent_usd`
+    and `held_usd`, so no call is both."""
+
     job_id: str | None
     batch_id: str | None
     document_id: str | None
@@ -146,8 +152,8 @@ class Call:
     outcome: str
     provider: str = ""  # who answered ("" for rows from before migration 0006)
     held: Decimal = Decimal(0)  # in flight (`started`): its worst case, held, not yet spent
-    mode: str = ""  # "batch": a request of a Gemini batch job (its row names the job that
-    # submitted or collected the group, which may be another member's)
+    mode: str = ""  # "batch": a request of a Gemini batch job (its row names its own
+    # document's job; one from before that, the member's that submitted or collected the group)
 
 
 @dataclass
@@ -159,7 +165,7 @@ class LedgerFacts:
     created_at: datetime | None
     budget_usd: Decimal | None
     status: str
-    spend: Decimal
+    spend: Decimal  # its calls' `cost`: settled and abandoned ones; those in flight are held
     members: list[Member]
     results: dict[str, Any]  # document id -> stored result (its model and prompt version)
     calls: list[Call]  # every call of the batch's documents, whichever batch paid, oldest first
@@ -189,9 +195,9 @@ def read_ledger(engine: Engine, batch_id: str) -> LedgerFacts:
         ]  # fmt: skip
         doc_ids = [m.document_id for m in members]
         calls = [
-            Call(c.job_id, c.batch_id, c.document_id, _money(c.cost_usd), c.outcome,
-                 c.provider or "", held_usd(c.outcome, c.cost_usd, c.estimated_cost_usd),
-                 c.mode or "")
+            Call(c.job_id, c.batch_id, c.document_id, spent_usd(c.outcome, c.cost_usd),
+                 c.outcome, c.provider or "",
+                 held_usd(c.outcome, c.cost_usd, c.estimated_cost_usd), c.mode or "")
             for c in conn.execute(
                 select(LLMCall.job_id, LLMCall.batch_id, LLMCall.document_id, LLMCall.cost_usd,
                        LLMCall.outcome, LLMCall.provider, LLMCall.estimated_cost_usd,
@@ -264,8 +270,10 @@ def _results(conn: Any, members: list[Member], calls: list[Call]) -> dict[str, A
 
 def recent_batches(engine: Engine, limit: int = 10, offset: int = 0,
                    label: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    """Newest first: id, label, created, document count, spend and budget (no states: those
-    need Redis; `batch_view` has them)."""
+    """Newest first: id, label, created, document count, spend, held and budget (no states:
+    those need Redis; `batch_view` has them). `spend_usd` is what its settled and abandoned
+    calls cost, `held_usd` the worst case of its calls in flight (not in the spend), as
+    `batch_view` and `pipeline costs --by batch` count them."""
     with engine.connect() as conn:
         stmt = select(Batch.id, Batch.label, Batch.created_at, Batch.budget_usd)
         if label is not None:
@@ -278,10 +286,21 @@ def recent_batches(engine: Engine, limit: int = 10, offset: int = 0,
             select(BatchDocument.batch_id, func.count()).where(BatchDocument.batch_id.in_(ids))
             .group_by(BatchDocument.batch_id)
         ).all())  # fmt: skip
-        spent = dict(conn.execute(
-            select(LLMCall.batch_id, func.coalesce(func.sum(LLMCall.cost_usd), 0))
-            .where(LLMCall.batch_id.in_(ids)).group_by(LLMCall.batch_id)
-        ).all())  # fmt: skip
+        spent: defaultdict[str, Decimal] = defaultdict(Decimal)
+        held: defaultdict[str, Decimal] = defaultdict(Decimal)
+        # Summed per outcome in SQL; a `started` group's rows one by one, as held_usd reads
+        # each (its worst case, or the bound reserved before it was sent).
+        for batch_id, outcome, cost in conn.execute(
+            select(LLMCall.batch_id, LLMCall.outcome, func.coalesce(func.sum(LLMCall.cost_usd), 0))
+            .where(LLMCall.batch_id.in_(ids), LLMCall.outcome != Outcome.STARTED.value)
+            .group_by(LLMCall.batch_id, LLMCall.outcome)
+        ).all():  # fmt: skip
+            spent[str(batch_id)] += spent_usd(outcome, cost)
+        for batch_id, outcome, cost, estimated in conn.execute(
+            select(LLMCall.batch_id, LLMCall.outcome, LLMCall.cost_usd, LLMCall.estimated_cost_usd)
+            .where(LLMCall.batch_id.in_(ids), LLMCall.outcome == Outcome.STARTED.value)
+        ).all():  # fmt: skip
+            held[str(batch_id)] += held_usd(outcome, cost, estimated)
     return [
         {
             "batch_id": r[0],
@@ -290,6 +309,7 @@ def recent_batches(engine: Engine, limit: int = 10, offset: int = 0,
             "documents": int(counts.get(r[0], 0)),
             "budget_usd": None if r[3] is None else usd(r[3]),
             "spend_usd": usd(spent.get(r[0], Decimal(0))),
+            "held_usd": usd(held.get(r[0], Decimal(0))),  # calls in flight, not in spend_usd
         }
         for r in rows
     ]

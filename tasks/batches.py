@@ -135,8 +135,8 @@ class DocumentRow:
     # who each call of its current run asked, oldest first (ledger rows; "" before 0006)
     asked: list[str] = field(default_factory=list)
     held: Decimal = Decimal(0)  # its run's calls in flight: their worst case, not yet spent
-    # the part of `cost` on rows still in flight (`started`: a worst case, not a bill), a
-    # Batch Mode request's too (its row names the member that created the group)
+    # this batch's calls for it still in flight (`started`): their worst case, held, not in
+    # `cost` (a Batch Mode request's too, whichever job its row names)
     unsettled: Decimal = Decimal(0)
 
     @property
@@ -155,8 +155,7 @@ class DocumentRow:
     def _cost_words(self) -> str:
         """What a document that ended without a result cost this batch: what its calls were
         billed, and the worst case of those still in flight (booked when they end)."""
-        spent = self.cost - self.unsettled
-        said = f"{dollars(spent)} spent on it" if spent else "nothing spent on it"
+        said = f"{dollars(self.cost)} spent on it" if self.cost else "nothing spent on it"
         if self.unsettled:
             said += (f", {dollars(self.unsettled)} held for its calls in flight (their worst "
                      "case; booked at their bill when they end)")  # fmt: skip
@@ -266,6 +265,9 @@ def document_rows(facts: LedgerFacts, runs: dict[str, Run], around: Surroundings
         state = derive(run, has_result, around)
         calls = [c for c in by_doc.get(m.document_id, [])
                  if c.batch_id == facts.batch_id or in_run(c, m.job_id)]  # fmt: skip
+        # In flight: this batch's calls for it and its run's, each once (a call has one
+        # document), whichever job's id its row carries; never in `cost` (batch_ledger.Call).
+        held = sum((c.held for c in calls), Decimal(0))
         if not calls and has_result:
             calls = by_doc.get(m.document_id, [])
         paid_in = sorted({c.batch_id for c in calls if c.batch_id and c.cost
@@ -277,10 +279,11 @@ def document_rows(facts: LedgerFacts, runs: dict[str, Run], around: Surroundings
             sum((c.cost for c in here if c.outcome in WASTED), Decimal(0)),
             facts.results.get(m.document_id), paid_in,
             sum((c.cost for c in calls if c.batch_id != facts.batch_id), Decimal(0)), run,
-            # its batch answer too, booked under whichever member's job collected it
+            # its batch answer too (a row from before Batch Mode rows named their own
+            # document's job names the member's job that collected the group)
             asked=[c.provider for c in calls if in_run(c, m.job_id)
                    or (c.mode == "batch" and c.batch_id == facts.batch_id)],
-            held=sum((c.held for c in calls if in_run(c, m.job_id)), Decimal(0)),
+            held=held,
             unsettled=sum((c.held for c in here), Decimal(0)),
         ))  # fmt: skip
     return rows

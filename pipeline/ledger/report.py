@@ -79,6 +79,17 @@ def _money(value: Decimal | float | None) -> Decimal:
     return Decimal(str(value or 0)).quantize(NANO)
 
 
+def spent_usd(outcome: str, cost_usd: Decimal | float | None) -> Decimal:
+    """What a call's row has spent: its cost once settled, an abandoned call's included (it
+    may have been billed: booked at its worst case); 0 while it is in flight (`started`),
+    whatever worst case its row carries: that is held (`held_usd`), not spent. Exact USD at
+    the ledger's precision. Every view of money adds calls up with these two, so a call is
+    never both spent and held."""
+    if outcome == Outcome.STARTED.value:
+        return Decimal(0)
+    return _money(cost_usd)
+
+
 def held_usd(outcome: str, cost_usd: Decimal | float | None,
              estimated_cost_usd: Decimal | float | None) -> Decimal:  # fmt: skip
     """What a call's row holds against budgets while it is in flight (outcome `started`):
