@@ -166,6 +166,14 @@ async def test_a_batch_waiting_in_a_gemini_batch_job_is_held_not_spent_in_every_
             waiting = {d: (Decimal(0), w) for d, w in worst.items()}
             _assert_every_view(await _views(rig, pipeline_env, batch_id), Decimal(0), total,
                                waiting)  # fmt: skip
+            # Each request waits under its own document's job (GET /jobs/{id}), not the one
+            # that submitted the group.
+            with Session(rig.services.engine) as session:
+                for doc, job_id in job_of.items():
+                    assert rows[doc].job_id == job_id, (doc, rows[doc].job_id, job_of)
+                    _, cost = ledger_job(session, str(job_id))
+                    assert (money(cost["cost_usd"]), money(cost["held_usd"]),
+                            cost["in_flight_calls"]) == (0, worst[doc], 1), (doc, cost)
             # A reconcile pass while the job waits, once it would take the rows for stale:
             # the requests are not lost, only waiting.
             async def stale() -> bool:
