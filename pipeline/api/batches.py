@@ -75,7 +75,8 @@ async def list_batches(
                                        "state: queued, running, waiting, complete, failed, "
                                        "over_budget, cancelled")] = None,
 ) -> dict[str, Any]:
-    """Batches, newest first: documents by state, spend and budget. `next_offset` pages on."""
+    """Batches, newest first: documents by state, spend, held (calls in flight, not in the
+    spend) and budget, as `GET /batches/{id}` counts them. `next_offset` pages on."""
     from tasks.batches import batch_view, recent_batches
     from tasks.status import STATES
 

@@ -309,9 +309,13 @@ def status(batch: Annotated[str | None, typer.Argument()] = None, as_json: JsonO
     print_queue_status(queues)
     _print_services(services)
     table = Table(title="recent batches")
-    for col in ("batch", "label", "created", "documents", "spent USD", "budget USD"):
+    # "held USD": calls in flight (a Batch Mode group waiting in its Gemini batch job), their
+    # worst case held against the budget and not in the spend, as `pipeline status BATCH`.
+    for col in ("batch", "label", "created", "documents", "spent USD", "held USD",
+                "budget USD"):  # fmt: skip
         table.add_column(col)
     for b in batches:
         table.add_row(b["batch_id"], b["label"] or "", (b["created_at"] or "")[:19],
-                      str(b["documents"]), b["spend_usd"], b["budget_usd"] or "-")  # fmt: skip
+                      str(b["documents"]), b["spend_usd"], b["held_usd"],
+                      b["budget_usd"] or "-")  # fmt: skip
     console.print(table)
