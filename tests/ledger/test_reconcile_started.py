@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -21,10 +22,10 @@ from pipeline.ledger.floor import LedgerCall
 from pipeline.ledger.models import JobRow, LLMCall
 from pipeline.ledger.reconcile import STALE_STARTED_S, Reconciler
 from pipeline.ledger.recorder import SqlRecorder
-from pipeline.llm.attempts import Outcome
+from pipeline.llm.attempts import BATCH_MODE, Outcome
 from pipeline.redis.keys import Keys
 from pipeline.settings import load_settings
-from tests.ledger.conftest import attempt, settle
+from tests.ledger.conftest import BACKENDS, attempt, database_url_for, settle
 
 
 async def test_started_rows_of_runs_that_are_over_are_abandoned_at_their_worst_case(
@@ -213,3 +214,48 @@ async def _booked(recorder: SqlRecorder, budget: Budget, job: str, usd: str,
     if hold_settled:
         assert await call.settle(hold, Decimal(usd))
     return call, hold
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_batch_mode_request_waits_while_its_job_has_not_ended(
+    backend: str, tmp_path: Path, postgres_url: str | None, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    """A Batch Mode request's row waits in its Gemini batch job, not in a worker: the pass
+    leaves it `started` (held) while its document's job is postponed between looks or looking
+    again, and books it abandoned once that job ended or is gone; a lease that expires into a
+    requeue (mark_abandoned keep_batch) abandons the job's interactive call, not its request."""
+    with database_url_for(backend, tmp_path, postgres_url) as url:
+        engine = create_ledger_engine(url)
+        recorder = SqlRecorder(engine, aredis, keys)
+        budget = Budget(aredis, keys, load_settings(key_prefix=keys.prefix))
+        old = datetime.now(UTC) - timedelta(seconds=STALE_STARTED_S + 60)
+        now_ms = int(datetime.now(UTC).timestamp() * 1000)
+        jobs = {"j-postponed": {"state": "scheduled"}, "j-queued": {"state": "queued"},
+                "j-looking": {"state": "active", "started_ms": now_ms, "token": "2"},
+                "j-done": {"state": "complete"}}  # fmt: skip
+        for job, fields in jobs.items():
+            await aredis.hset(keys.job(job), mapping={"id": job, **fields})
+        for job in (*jobs, "j-gone"):
+            row = attempt(job_id=job, batch_id="b-wait", started_at=old, estimated="0.25")
+            row.mode, row.cost_usd = BATCH_MODE, Decimal("0.25")  # its worst case, as submit
+            await recorder.started(row)
+        report = await Reconciler(aredis, keys, recorder, budget).run(force=True)
+        assert report is not None and report.abandoned_rows == 2
+        assert _outcomes(engine) == {"j-postponed": {"started"}, "j-queued": {"started"},
+                                     "j-looking": {"started"}, "j-done": {"abandoned"},
+                                     "j-gone": {"abandoned"}}  # fmt: skip
+        mine = attempt(job_id="j-postponed", batch_id="b-wait", started_at=old)
+        await recorder.started(mine)  # an interactive call of the same job, in the dead worker
+        assert await recorder.mark_abandoned("j-postponed", keep_batch=True) == 1
+        assert _outcomes(engine)["j-postponed"] == {"started", "abandoned"}
+        assert await recorder.mark_abandoned("j-postponed") == 1  # gone dead: abandoned too
+        assert _outcomes(engine)["j-postponed"] == {"abandoned"}
+        engine.dispose()
+
+
+def _outcomes(engine: Engine) -> dict[str, set[str]]:
+    with Session(engine) as session:
+        out: dict[str, set[str]] = {}
+        for r in session.scalars(select(LLMCall)):
+            out.setdefault(str(r.job_id), set()).add(r.outcome)
+        return out
