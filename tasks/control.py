@@ -464,7 +464,10 @@ def _group_batched(ready: list[_Retry], batch_id: str) -> None:
             kinds.setdefault((r.spec.model, r.spec.prompt_version, r.spec.provider),
                              []).append(r)  # fmt: skip
     for (model, version, provider), runs in kinds.items():
-        members = [{"sha256": r.spec.sha256, "name": r.spec.name} for r in runs]
+        # Each member names its new run's job: its request's ledger row is that job's
+        # (tasks/batch_mode.py), whichever member submits or collects the group.
+        members = [{"sha256": r.spec.sha256, "name": r.spec.name, "job_id": r.spec.job_id}
+                   for r in runs]  # fmt: skip
         run = f"{batch_id} retry " + " ".join(sorted(r.spec.job_id for r in runs))
         group = {"name": group_name(model, version, [m["sha256"] for m in members], provider,
                                     run=run),

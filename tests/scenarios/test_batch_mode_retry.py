@@ -117,6 +117,9 @@ async def test_a_batch_mode_batch_over_budget_is_retried_in_batch_mode(
     booked = sum((money(r.cost_usd) for r in rows), Decimal(0))
     assert abs(booked - Decimal(stats["batch"]["billed_total"]["cost_usd"])) <= MICRO
     assert booked <= group_usd  # within the budget the refusal asked for
+    # each request booked to its own document's new run, not to the job that collected them
+    own = {r["document_id"]: r["job_id"] for r in retried}
+    assert {str(r.document_id): r.job_id for r in rows if r.mode == "batch"} == own
     # `status` still says Batch Mode, in its mode line and its mode column.
     assert status.returncode == 0, status.stderr
     assert "mode: batch, as asked" in status.stdout, status.stdout
