@@ -410,8 +410,13 @@ def _worker_lost(job: JobView, around: Surroundings, prefix: str = "") -> Docume
     else:
         when = f"{then} when its lease runs out at {at}"
     held = around.held_usd.get(job.id, Decimal(0))
-    money = (f"; {dollars(held)} held for its call in flight (its worst case, not spent; "
-             "settled when the lease runs out)" if held else "")  # fmt: skip
+    if held and (job.mode or {}).get("group"):
+        # a Batch Mode request stays held while its batch job runs: a requeue keeps it
+        money = (f"; {dollars(held)} held for its request in the Gemini batch job (its worst "
+                 "case, not spent; booked at its bill when the batch job is collected)")
+    else:
+        money = (f"; {dollars(held)} held for its call in flight (its worst case, not spent; "
+                 "settled when the lease runs out)" if held else "")  # fmt: skip
     name = f" {job.worker}" if job.worker else ""
     return DocumentState(
         "waiting", f"{prefix}worker{name} lost (its heartbeat stopped); {when}{money}",

@@ -133,6 +133,12 @@ def test_a_job_whose_worker_is_gone_is_shown_lost_with_its_lease_and_held_money(
     assert state.until == "2026-11-30T12:01:02+00:00"
     last = derive(Run(job(ROOT, "active", attempt=3, **lease)), False, gone)
     assert "ended dead (attempt 3/3, its last) when its lease runs out" in str(last.reason)
+    # a Batch Mode member: its request stays held in the batch job, a requeue keeps it
+    batched = derive(Run(job(ROOT, "active", attempt=1, mode={"mode": "batch", "group": "g1"},
+                             **lease)), False, gone)  # fmt: skip
+    assert str(batched.reason).endswith(
+        "$0.013050500 held for its request in the Gemini batch job (its worst case, not spent; "
+        "booked at its bill when the batch job is collected)")  # fmt: skip
     asked = derive(Run(job(ROOT, "active", attempt=1, cancel=True, **lease)), False, gone)
     assert "; cancelled when its lease runs out at 12:01:02 UTC" in str(asked.reason)
     late = Surroundings(live_workers=set(), now_ms=deadline_ms + 1)
