@@ -251,7 +251,7 @@ class AnswerMalformed(UnusableAnswer):
     """The provider answered (HTTP 200, so billed) in a body that is not the JSON its API
     sends (cut mid-stream, garbled by a proxy): no answer, stop reason or usage could be
     read. Not a refusal: the next attempt may well be read, so the job retries it (bounded
-    by its attempts; services.failed_call)."""
+    by its attempts; failure_policy.failed_call)."""
 
 
 class BudgetError(PipelineError):

@@ -9,7 +9,7 @@ left to decide here is the remedy, per kind (field cases 08 and 09):
   thinking budget capped so the answer has room; if that is cut too, the document fails
   "answer truncated at max_output_tokens=N". A repair call would be cut at the same cap.
 - blocked (blockReason, no candidate, SAFETY, RECITATION, ...): no remedy, the document
-  fails naming the reason (services.failed_call).
+  fails naming the reason (failure_policy.failed_call).
 - finished (STOP) but failing the Analysis schema: one repair call that carries the
   document (or part, or the chunk answers) it repairs, with the answer and the error. A
   repair without the document could only invent content.
@@ -39,9 +39,9 @@ from pipeline.errors import (
     Reason,
     UnusableAnswer,
 )
+from pipeline.failure_policy import failed_call
 from pipeline.llm.provider import LLMRequest, LLMResponse, Part
 from pipeline.queue.context import JobContext
-from pipeline.services import failed_call
 from tasks.prompts import load_prompt
 from tasks.result import call_cost
 from tasks.schema import Analysis, gemini_schema
@@ -119,7 +119,7 @@ async def analysis_call(
     shape: type[BaseModel] = Analysis, batch_group: str | None = None,
 ) -> Answered:  # fmt: skip
     """A validated `shape` for `request`, with the remedies above; raises the JobError
-    services.failed_call chooses when a remedy fails too. `batch_group`: the name of the
+    failure_policy.failed_call chooses when a remedy fails too. `batch_group`: the name of the
     Batch Mode group that answered `request` first, if any."""
     try:
         earlier = await _batch_answer(ctx, batch_group, request)

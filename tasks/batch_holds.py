@@ -21,11 +21,11 @@ from decimal import Decimal
 from typing import Any
 
 from pipeline.errors import BudgetExceeded
+from pipeline.failure_policy import failed_call
 from pipeline.ledger.budget import CallBudget, Reservation, Scope
 from pipeline.ledger.budget_words import would_exceed
 from pipeline.llm.batch_group import BUDGET_AT_FIELD, BatchCreateBusy, BatchGroups, attempt_id
 from pipeline.llm.batch_items import BatchItem
-from pipeline.services import failed_call
 from pipeline.words import counted
 
 log = logging.getLogger(__name__)

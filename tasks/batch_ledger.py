@@ -14,10 +14,10 @@ from typing import Any
 from sqlalchemy import Engine, func, or_, select
 
 from pipeline.errors import AmbiguousBatch, BatchNotFound
-from pipeline.ledger.budget_words import OVERRUN_NOTE
 from pipeline.ledger.models import Batch, BatchDocument, Document, JobRow, LLMCall, Result
 from pipeline.ledger.report import held_usd, spent_usd
 from pipeline.llm.attempts import Outcome
+from pipeline.llm.spend import OVERRUN_NOTE
 from pipeline.money import format_usd
 from tasks.result import shown
 from tasks.status import reduce_id

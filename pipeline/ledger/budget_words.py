@@ -12,7 +12,6 @@ from pipeline.errors import BudgetExceeded
 from pipeline.money import LEDGER_PLACES, at_least_usd, dollars, format_usd
 
 NANO_USD = Decimal(1).scaleb(-LEDGER_PLACES)  # the least step of a limit a person sets
-OVERRUN_NOTE = "budget overrun"  # how an overrun's ledger row (llm_calls.error) begins
 
 
 def scope_words(kind: str, name: str) -> str:

@@ -11,7 +11,7 @@ ignore RetryInfo and would triple-send within a second). Rules:
 - a per-day quota is not retried: `DailyQuotaExhausted`;
 - an answer that is not JSON (HTTP 200, billed) is not retried here, where a retry would be
   paid within one attempt of the job without anyone deciding it: `AnswerMalformed`, which
-  the job retries within its own attempts (services.failed_call);
+  the job retries within its own attempts (failure_policy.failed_call);
 - a `RetryBudget` caps attempts across all calls of one job, so a job of ten calls cannot
   spend ten times the per-call retries.
 """

@@ -17,7 +17,6 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-from pipeline.ledger.budget_words import OVERRUN_NOTE
 from pipeline.llm.attempts import CallAttempt
 from pipeline.llm.offline.pages import MODEL_VERSION as OFFLINE_MODEL_VERSION  # never billed
 from pipeline.llm.provider import LLMRequest, Usage
@@ -29,6 +28,7 @@ from pipeline.redis.keys import Keys
 log = logging.getLogger("pipeline.llm.caller")
 
 NOTICE_TTL_S = 90 * 86400  # how long "warned once for this batch" is remembered
+OVERRUN_NOTE = "budget overrun"  # how an overrun's ledger row (llm_calls.error) begins
 
 
 class Prices(Protocol):

@@ -91,7 +91,7 @@ async def test_status_shows_limiter_budgets_and_jobs_waiting_for_the_day_budget(
 def test_the_budget_window_wait_says_when_the_job_tries_again() -> None:
     """Within the last hour of the day the job waits for the turn; earlier it looks again
     hourly (a raised limit is noticed), and the words say so, with both times."""
-    from pipeline.services import WINDOW_RECHECK_S, window_wait
+    from pipeline.failure_policy import WINDOW_RECHECK_S, window_wait
 
     late = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
     assert window_wait("day", late) == (

@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from pipeline.errors import OverBudget, Permanent, Reason, Retry
+from pipeline.failure_policy import HELD_BUDGET_JITTER_S, HELD_BUDGET_RETRY_S
 from pipeline.llm.attempts import MemoryRecorder
 from pipeline.llm.failure import ProviderFailure
 from pipeline.llm.provider import LLMRequest, LLMResponse, Part, Usage
@@ -22,7 +23,7 @@ from pipeline.queue import QueueClient
 from pipeline.queue.context import JobContext
 from pipeline.queue.job import Job, State
 from pipeline.redis.keys import Keys
-from pipeline.services import HELD_BUDGET_JITTER_S, HELD_BUDGET_RETRY_S, Services, open_services
+from pipeline.services import Services, open_services
 from pipeline.settings import load_settings
 from tests.support.scripted import ScriptedProvider
 

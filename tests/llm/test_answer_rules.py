@@ -17,11 +17,11 @@ from pipeline.errors import (
     Retry,
 )
 from pipeline.errors import BudgetExceeded as BE
+from pipeline.failure_policy import failed_call
 from pipeline.llm.attempts import Outcome
 from pipeline.llm.provider import LLMRequest, LLMResponse, Part, ReportedUsage, Usage
 from pipeline.llm.stop import AnswerKind, classify, judge
 from pipeline.llm.usage import book_usage
-from pipeline.services import failed_call
 
 REQUEST = LLMRequest(model="m", parts=(Part(text="x"),), max_output_tokens=100,
                      thinking_budget=20)  # fmt: skip

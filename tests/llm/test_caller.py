@@ -329,7 +329,7 @@ async def test_an_answer_the_client_cannot_read_is_booked_at_its_worst_case(
     fails after the server answered: the call may have been billed, so the attempt is
     booked (and its budget hold settled) at its reserved worst case, never at $0. It is a
     malformed answer, not a refusal, and the call does not pay for another itself: the job
-    decides (services.failed_call)."""
+    decides (failure_policy.failed_call)."""
     set_faults(emu, {"kind": "garbled"})
     recorder = MemoryRecorder()
     caller, limiter, provider = _gemini_caller(aredis, keys, emu, recorder)

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from pypdf import PdfReader, PdfWriter
 
 from pipeline.errors import BadDocument, Permanent, Reason
+from pipeline.failure_policy import failed_call
 from pipeline.ledger.budget import Budget
 from pipeline.llm.attempts import MemoryRecorder, Outcome
 from pipeline.llm.caller import LLMCaller
@@ -27,7 +28,6 @@ from pipeline.queue import QueueClient
 from pipeline.queue.job import Job, State
 from pipeline.redis.connection import connect_redis
 from pipeline.redis.keys import Keys
-from pipeline.services import failed_call
 from pipeline.settings import load_settings
 from tasks.submission import Upload, submit_uploads
 from tests.support.paid_workers import ledger_calls
