@@ -24,7 +24,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pipeline.llm.batch_group import USE
+from pipeline.llm.batch_group import USE, candidates
 from pipeline.llm.failure import ProviderCallError
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ async def cancel_if_abandoned(
     remote = record.get("remote")
     if not remote or record.get("booked"):
         # Never created (its members left first), or already booked: no collect is needed.
-        await release_for_collect(client, args["batch_group"])
+        await release_for_collect(client, name, member_documents(record, args))
         return None
     if batches is not None:
         try:
@@ -99,20 +99,27 @@ async def cancel_if_abandoned(
         except ProviderCallError as exc:
             log.warning("batch group %s: cancelling %s failed (%s); its answers are booked "
                         "when it ends", name, remote, exc)  # fmt: skip
-    await queue_collect(client, args, batch_id)
+    await queue_collect(client, args, batch_id, member_documents(record, args))
     return remote
 
 
-async def release_for_collect(client: QueueClient, group: dict[str, Any]) -> None:
-    """The group is booked: no collect needs its members' PDFs any more."""
+def member_documents(record: dict[str, str], args: dict[str, Any]) -> list[str]:
+    """The documents (sha256) grouped in the group of `args` (a member's or its collect's job
+    arguments): its record's candidates, else (a job queued before the record kept them)
+    its arguments' members."""
+    return [str(m["sha256"]) for m in candidates(record, args["batch_group"])]
+
+
+async def release_for_collect(client: QueueClient, name: str, documents: list[str]) -> None:
+    """The group `name` is booked: no collect needs its members' PDFs (`documents`, sha256)
+    any more."""
     import asyncio
 
     from pipeline.storage import open_store
     from pipeline.storage.holds import release
 
     store = await asyncio.to_thread(open_store, client.settings)
-    await release(client.redis, client.keys, store, collect_job_id(str(group["name"])),
-                  [str(m["sha256"]) for m in group["members"]])  # fmt: skip
+    await release(client.redis, client.keys, store, collect_job_id(name), documents)
 
 
 def collect_job_id(name: str) -> str:
@@ -120,16 +127,18 @@ def collect_job_id(name: str) -> str:
     return "collect-" + name
 
 
-async def queue_collect(client: QueueClient, args: dict[str, Any], batch_id: str | None) -> str:
+async def queue_collect(client: QueueClient, args: dict[str, Any], batch_id: str | None,
+                        shas: list[str]) -> str:  # fmt: skip
     """Queue `collect_batch_group` for the group in `args`, holding its members' PDFs
-    first (held before the enqueue, as a submission does, so none is deleted meanwhile)."""
+    (`shas`, `member_documents`) first (held before the enqueue, as a submission does, so
+    none is deleted meanwhile). The collect's arguments carry the group as `args` do (its
+    name; the members too for a group from before its record kept them)."""
     from pipeline.queue.job import JobOptions
     from pipeline.storage.holds import hold
     from tasks.batch_mode import collect_batch_group
 
     group = args["batch_group"]
     job_id = collect_job_id(str(group["name"]))
-    shas = [str(m["sha256"]) for m in group["members"]]
     for sha in shas:
         await hold(client.redis, client.keys, [job_id], sha,
                    client.settings.document_retention_s)  # fmt: skip

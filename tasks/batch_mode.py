@@ -7,21 +7,23 @@ first member to run builds the group's requests (each single-call member's exact
 only the members whose runs are in the group, as its submission or retry sealed once it knew
 which: `_documents`, never a duplicate another run answers) and submits the group
 (llm/batch_group.py: recorded in Redis and the ledger before `batches.create`, found again
-by name after a crash); each member then looks at the remote job and, while it runs,
-postpones itself with back-off (`Retry(count_attempt=False)`: the job leaves its worker
-slot, keeps its attempts, and any worker may take the next look under the usual lease and
-fencing). The member that sees the job finished collects it for the
-group: answers are classified and validated like interactive ones, booked at the batch rate
-(mode=batch) and put in the call store. Then each member carries on with the interactive
-path, whose call is answered from the store and paid nothing. A member whose batch answer
-was paid for but unusable gets the remedy an interactive first answer would
-(tasks/analysis_call.py): blocked, it fails naming the reason with no further call; cut at
-MAX_TOKENS, its one retry at the larger output budget; invalid, the repair call. A member
-without a batch answer (failed, expired, cancelled request) is answered interactively,
-under the usual attempt and budget rules. A member that needs several calls (a long PDF)
-puts each of its parts in the group (key `sha256:first-last`); once booked, its parts'
-jobs find their answers in the store and the merge call runs interactively (it reads the
-parts' answers, so it cannot join the batch that makes them).
+by name after a crash). A member's job arguments name its group alone: the group's members
+(each one's sha256, file name and job) are in the group's Redis record, written by its
+submission or retry before the jobs were queued (`candidates`). Each member then looks at
+the remote job and, while it runs, postpones itself with back-off
+(`Retry(count_attempt=False)`: the job leaves its worker slot, keeps its attempts, and any
+worker may take the next look under the usual lease and fencing). The member that sees the
+job finished collects it for the group: answers are classified and validated like
+interactive ones, booked at the batch rate (mode=batch) and put in the call store. Then each
+member carries on with the interactive path, whose call is answered from the store and paid
+nothing. A member whose batch answer was paid for but unusable gets the remedy an
+interactive first answer would (tasks/analysis_call.py): blocked, it fails naming the reason
+with no further call; cut at MAX_TOKENS, its one retry at the larger output budget; invalid,
+the repair call. A member without a batch answer (failed, expired, cancelled request) is
+answered interactively, under the usual attempt and budget rules. A member that needs
+several calls (a long PDF) puts each of its parts in the group (key `sha256:first-last`);
+once booked, its parts' jobs find their answers in the store and the merge call runs
+interactively (it reads the parts' answers, so it cannot join the batch that makes them).
 
 A member with a deadline (tasks/modes.py) looks again no later than its fallback time, and
 from then on leaves the batch (tasks/batch_fallback.py) and carries on interactively; the
@@ -38,9 +40,11 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import JobError, JobNotFound, Permanent, Reason, Retry
 from pipeline.llm.batch_group import (
+    GROUP_TTL_S,
     USE,
     BatchCreateBusy,
     BatchGroups,
+    candidates,
     recorded,
     seal,
     sealed_members,
@@ -50,7 +54,13 @@ from pipeline.llm.failure import ProviderCallError
 from pipeline.queue.context import JobContext
 from pipeline.queue.task import task
 from tasks.analysis_call import accept_analysis
-from tasks.batch_fallback import FALLBACK, cancel_if_abandoned, leave, release_for_collect
+from tasks.batch_fallback import (
+    FALLBACK,
+    cancel_if_abandoned,
+    leave,
+    member_documents,
+    release_for_collect,
+)
 from tasks.batch_holds import renew_group, reserve_group, settle_group
 from tasks.modes import due
 
@@ -101,14 +111,16 @@ async def _members(ctx: JobContext, args: dict[str, Any],
     """Each member's requests (one per part of a long PDF), each under its member's job,
     and their counted input, by key, for the members the group is made of (`_documents`:
     never one answered by another run); members that cannot be read are left out (their own
-    jobs handle them). Raises Retry while the group's documents are not said yet."""
+    jobs handle them). The members are the group's candidates in `record` (its Redis
+    record), or in `args` for a job queued before the record kept them. Raises Retry while
+    the group's documents are not said yet."""
     from tasks.analyze import load_pdf, plan_document
 
     services = ctx.deps["services"]
     documents = await _documents(ctx, args, record)
     items: list[BatchItem] = []
     tokens: dict[str, int] = {}
-    for member in args["batch_group"]["members"]:
+    for member in candidates(record, args["batch_group"]):
         if member["sha256"] not in documents:
             continue  # its run is another's ("duplicate"): sent, it would be paid twice
         try:
@@ -147,15 +159,18 @@ async def _documents(ctx: JobContext, args: dict[str, Any], record: dict[str, st
                     "carries", delay_s=_capped(SEAL_LOOK_S, due(args, ctx.client.settings)),
                     count_attempt=False, reason=Reason.IN_BATCH)  # fmt: skip
     name = str(args["batch_group"]["name"])
-    owned = await _owned(ctx, args)
+    grouped = candidates(record, args["batch_group"])
+    owned = await _owned(ctx, args, grouped)
     log.warning("batch group %s: not sealed %.0f s after job %s was queued; sealed with the "
                 "%d of its %d documents whose runs are in it", name, waited_s, ctx.job_id,
-                len(owned), len(args["batch_group"]["members"]))  # fmt: skip
+                len(owned), len(grouped))  # fmt: skip
     return set(await seal(ctx.client.redis, ctx.client.keys, name, owned))
 
 
-async def _owned(ctx: JobContext, args: dict[str, Any]) -> list[str]:
-    """The members whose run is a job of this group: the job their idempotency key
+async def _owned(ctx: JobContext, args: dict[str, Any],
+                 grouped: list[dict[str, str]]) -> list[str]:  # fmt: skip
+    """Of the members `grouped` (the group's candidates, `candidates`), those whose run is a
+    job of this group: the job their idempotency key
     (tasks/plan.idempotency_key) names carries the group. One whose key names another run
     (a duplicate) or no job (its submitter died before enqueuing it) is left out. Every
     member when the key of this job's own document does not name it (keys made for another
@@ -172,7 +187,7 @@ async def _owned(ctx: JobContext, args: dict[str, Any]) -> list[str]:
         found = await client.redis.get(client.keys.idempotency(idempotency_digest(key)))
         return None if found is None else text(found)
 
-    members = [str(m["sha256"]) for m in group["members"]]
+    members = [str(m["sha256"]) for m in grouped]
     if await owner(str(args["sha256"])) != ctx.job_id:
         return members
     owned = []
@@ -207,7 +222,7 @@ async def _book_if_done(ctx: JobContext, groups: BatchGroups, args: dict[str, An
                                     name=name)  # fmt: skip
         if done is not None:
             await settle_group(budget, groups, name, done.costs)
-            await release_for_collect(ctx.client, args["batch_group"])
+            await release_for_collect(ctx.client, name, member_documents(record, args))
     return remote
 
 
@@ -277,13 +292,23 @@ async def wait_for_batch(ctx: JobContext, args: dict[str, Any]) -> None:
     except BatchCreateBusy as exc:  # another member creates it, or died doing so: look later
         raise Retry(str(exc), delay_s=_capped(s.batch_poll_s, left_s), count_attempt=False,
                     reason=Reason.IN_BATCH) from exc  # fmt: skip
-    looks = await groups.redis.hincrby(groups.keys.batch_group(name), f"looks:{ctx.job_id}", 1)
+    looks = await _looked(groups, name, ctx.job_id)
     delay = _capped(min(s.batch_poll_max_s, s.batch_poll_s * 2 ** min(looks - 1, 20)), left_s)
     since = (remote.create_time or datetime.now(UTC)).isoformat(timespec="seconds")
     await ctx.progress({"stage": "in_batch", "batch_job": remote.name, "state": remote.state,
                         "since": since, "next_look_s": delay})  # fmt: skip
     raise Retry(f"in Gemini batch {remote.name}, state {remote.state} since {since}",
                 delay_s=delay, count_attempt=False, reason=Reason.IN_BATCH)  # fmt: skip
+
+
+async def _looked(groups: BatchGroups, name: str, job_id: str) -> int:
+    """Count a look of job `job_id` at the group `name`'s remote job (its back-off), and keep
+    the group's record GROUP_TTL_S from now: its members and seal live there, not in the
+    jobs' arguments, so it must outlive every job that still looks. Returns the count."""
+    group = groups.keys.batch_group(name)
+    looks = int(await groups.redis.hincrby(group, f"looks:{job_id}", 1))
+    await groups.redis.expire(group, GROUP_TTL_S)
+    return looks
 
 
 def _capped(delay_s: float, left_s: float | None) -> float:
@@ -315,7 +340,7 @@ async def collect_batch_group(ctx: JobContext, args: dict[str, Any]) -> dict[str
     # No member looks any more: the collect keeps the group's budget holds alive.
     await renew_group(await _budget(ctx, args),
                       groups, name)  # fmt: skip
-    looks = await groups.redis.hincrby(groups.keys.batch_group(name), f"looks:{ctx.job_id}", 1)
+    looks = await _looked(groups, name, ctx.job_id)
     raise Retry(f"batch job {remote.name} is {remote.state}; its answers are booked when it "
                 "ends", delay_s=min(s.batch_poll_max_s, s.batch_poll_s * 2 ** min(looks - 1, 20)),
                 count_attempt=False, reason=Reason.IN_BATCH)  # fmt: skip

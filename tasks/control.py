@@ -345,7 +345,7 @@ async def retry_batch(client: QueueClient, recorder: SqlRecorder, engine: Engine
             and (document_ids is None or doc.document_id in document_ids)]  # fmt: skip
     prepared = [await _prepare_retry(client, view, doc) for doc in docs]
     ready = [p for p in prepared if isinstance(p, _Retry)]
-    _group_batched(ready, view.facts.batch_id)
+    await _propose_groups(client, _group_batched(ready, view.facts.batch_id))
     out = []
     for p in prepared:
         out.append(p if isinstance(p, Retried) else await _enqueue_retry(client, recorder,
@@ -448,17 +448,19 @@ async def _prepare_retry(client: QueueClient, view: BatchView, doc: Any) -> _Ret
     return _Retry(doc, spec, note)
 
 
-def _group_batched(ready: list[_Retry], batch_id: str) -> None:
+def _group_batched(ready: list[_Retry], batch_id: str) -> dict[str, list[dict[str, str]]]:
     """Put the runs kept in Batch Mode in Gemini batch groups, one per model, prompt and
     provider, as a submission does (tasks/submission.submit_uploads): each group is reserved
     and answered as one batch job (tasks/batch_mode.py). A group's name is new to this retry
     (`group_name`'s `run`): the earlier run's group may have a batch job already, cancelled
-    or booked, whose record would send these documents to the interactive path."""
+    or booked, whose record would send these documents to the interactive path. Returns
+    each group's members (name -> [{"sha256", "name", "job_id"}]) for its record."""
     from dataclasses import replace
 
     from pipeline.llm.batch_items import group_name
 
     kinds: dict[tuple[str, str, str], list[_Retry]] = {}
+    proposed: dict[str, list[dict[str, str]]] = {}
     for r in ready:
         if (r.spec.mode_args or {}).get("mode") == "batch":
             kinds.setdefault((r.spec.model, r.spec.prompt_version, r.spec.provider),
@@ -469,11 +471,23 @@ def _group_batched(ready: list[_Retry], batch_id: str) -> None:
         members = [{"sha256": r.spec.sha256, "name": r.spec.name, "job_id": r.spec.job_id}
                    for r in runs]  # fmt: skip
         run = f"{batch_id} retry " + " ".join(sorted(r.spec.job_id for r in runs))
+        # Its jobs carry its name alone; the members are said once, in its record
+        # (`_propose_groups`, before the enqueue).
         group = {"name": group_name(model, version, [m["sha256"] for m in members], provider,
-                                    run=run),
-                 "members": members}  # fmt: skip
+                                    run=run)}  # fmt: skip
+        proposed[group["name"]] = members
         for r in runs:
             r.spec = replace(r.spec, batch_group=group)
+    return proposed
+
+
+async def _propose_groups(client: QueueClient, proposed: dict[str, list[dict[str, str]]]) -> None:
+    """Write each Batch Mode group's members in its Redis record before any of its jobs is
+    queued (pipeline/llm/batch_group.propose)."""
+    from pipeline.llm.batch_group import propose
+
+    for name, members in proposed.items():
+        await propose(client.redis, client.keys, name, members)
 
 
 async def _enqueue_retry(client: QueueClient, recorder: SqlRecorder, view: BatchView,

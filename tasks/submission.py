@@ -279,9 +279,9 @@ async def submit_uploads(
                    for (_, up, _, sha), job_id in zip(checked, job_ids, strict=True)]
         # Named for this batch too: a resubmission of documents whose earlier batch's group
         # has a batch job (cancelled, booked) makes a group of its own, not that one's record.
+        # Its jobs carry its name alone; the members are said once, in its record (below).
         group = {"name": group_name(model, prompt.version, [m["sha256"] for m in members],
-                                    provider, run=batch_id),
-                 "members": members}  # fmt: skip
+                                    provider, run=batch_id)}  # fmt: skip
     engine = None
     if services is not None:
         recorder = services.recorder
@@ -301,6 +301,11 @@ async def submit_uploads(
                          job_id=job_id, batch_group=group, mode_args=choice.args())
                  for (_, upload, pages, sha), job_id in zip(checked, job_ids,
                                                            strict=True)]  # fmt: skip
+        if group is not None:
+            from pipeline.llm.batch_group import propose
+
+            # Before the enqueue: a member reads the group's documents from its record.
+            await propose(client.redis, client.keys, group["name"], members)
         # Held before the put, so a job of the same document ending meanwhile cannot see no
         # holder and delete the bytes just put; a resubmission puts them again.
         await hold_many(client.redis, client.keys, [(sp.job_id, sp.sha256) for sp in specs],

@@ -93,6 +93,12 @@ USE = "use:"
 UNUSABLE = "unusable:"
 # `members` in a group's record: the documents it is made of (`seal`), JSON.
 MEMBERS = "members"
+# `candidates` in a group's record: every document its submission or retry grouped, each
+# {"sha256", "name", "job_id"} (JSON list; `propose`), written once before its jobs are
+# queued. Kept here, once per group, rather than in each member's job arguments: N members
+# each carrying N would hold N x N entries in Redis (issue 16). The seal says which of them
+# the batch job carries.
+CANDIDATES = "candidates"
 
 
 class BatchCreateBusy(PipelineError):
@@ -128,6 +134,30 @@ async def seal(redis: Redis, keys: Keys, name: str, documents: Sequence[str]) ->
     if await redis.hsetnx(group, MEMBERS, json.dumps(sorted(set(documents)))):
         await redis.expire(group, GROUP_TTL_S)
     return list(json.loads(_text(await redis.hget(group, MEMBERS) or "[]")))
+
+
+async def propose(redis: Redis, keys: Keys, name: str,
+                  members: Sequence[Mapping[str, str]]) -> None:  # fmt: skip
+    """Write the group `name`'s candidates (each member's sha256, name and root job id),
+    before any of its jobs is queued, so no member reads a group without them. The first
+    word stands (HSETNX): a submission made again under its batch id (the same group) names
+    new job ids that never became jobs; the first one's are those queued. The record lives
+    GROUP_TTL_S from here (longer than any of its jobs waits: a job looks at least every
+    batch_poll_max_s, and each look keeps it)."""
+    group = keys.batch_group(name)
+    await redis.hsetnx(group, CANDIDATES, json.dumps([dict(m) for m in members]))
+    await redis.expire(group, GROUP_TTL_S)
+
+
+def candidates(record: Mapping[str, str],
+               group: Mapping[str, object] | None = None) -> list[dict[str, str]]:  # fmt: skip
+    """The group's candidates (`propose`): from its record, else from `group` (a job's
+    `batch_group` argument: a job queued before the record kept them carried them all, as
+    `members`); empty when neither says (the record expired: its members go interactive)."""
+    if record.get(CANDIDATES):
+        return list(json.loads(record[CANDIDATES]))
+    members = (group or {}).get("members")
+    return [dict(m) for m in members] if isinstance(members, list) else []
 
 
 def sealed_members(record: Mapping[str, str]) -> list[str] | None:

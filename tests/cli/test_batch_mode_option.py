@@ -50,7 +50,11 @@ def test_submit_mode_batch_and_the_pipeline_mode_default(
     assert args["mode"] == "batch"
     group = args["batch_group"]
     assert isinstance(group, dict) and str(group["name"]).startswith("pipeline-")
-    assert [m["name"] for m in group["members"]] == [INVOICE]
+    # The group's members are in its record, not in each job's arguments (issue 16).
+    assert set(group) == {"name"}, group
+    record = sredis.hget(Keys(key_prefix).batch_group(str(group["name"])), "candidates")
+    assert [(m["name"], m["job_id"]) for m in json.loads(record or "[]")] == [(INVOICE,
+                                                                              job_id)]
     assert json.loads(sredis.hget(Keys(key_prefix).job(job_id), "hints") or "{}") == {}
 
     default = _run({**pipeline_env, "PIPELINE_MODE": "batch", "PIPELINE_MODEL": "gemini-2.5-flash"})
