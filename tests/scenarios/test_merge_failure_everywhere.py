@@ -67,8 +67,10 @@ async def test_a_failed_merge_is_failed_with_its_reason_in_every_view(
         assert data["by_state"] == {"failed": 1} and data["label"] == "merge-fails"
         assert float(doc["cost_usd"]) > 0 and doc["cost_usd"] == data["spend_usd"]
         assert set(data) == {"batch_id", "label", "documents", "by_state", "spend_usd",
-                             "held_usd", "budget_usd", "waiting", "note"}  # fmt: skip
+                             "held_usd", "budget_usd", "budget_stop", "waiting",
+                             "note"}  # fmt: skip
         assert data["note"] is None  # its label names this batch alone
+        assert data["budget_stop"] is None  # no overrun stopped its budget
         assert set(doc) == {"name", "document_id", "status", "reason", "pages", "cost_usd",
                             "wasted_usd", "paid_elsewhere_usd", "held_usd", "result",
                             "mode"}  # fmt: skip
