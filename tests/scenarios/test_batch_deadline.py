@@ -19,26 +19,18 @@ from pipeline.queue.job import State
 from tasks.batch_fallback import collect_job_id
 from tasks.batches import batch_view
 from tasks.control import cancel_job
-from tasks.submission import Upload, submit_uploads
+from tasks.submission import submit_uploads
 from tests.support.emulator import start_emulator
-from tests.support.paid_rig import MICRO, money, running_pipeline
-from tests.support.pdfs import make_pdf
+from tests.support.paid_rig import FAST_BATCH_POLL, MICRO, memo_uploads, money, running_pipeline
 from tests.support.waiting import eventually
-
-FAST_POLL = {"batch_poll_s": 0.3, "batch_poll_max_s": 1.0}
-
-
-def _docs(n: int, tag: str = "Memo") -> list[Upload]:
-    return [Upload(f"{tag.lower()}-{i}.pdf", make_pdf(1, f"{tag} {i}. Globex signed with Initech."))
-            for i in range(n)]  # fmt: skip
 
 
 async def test_a_deadline_too_short_for_batch_mode_finishes_interactively(
     pipeline_env: dict[str, str], redis_url: str, key_prefix: str,
 ) -> None:  # fmt: skip
     with start_emulator(batch_delay_s=1.0) as emu:
-        async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
-            sub = await submit_uploads(rig.client, _docs(3), mode="auto", deadline="6h",
+        async with running_pipeline(emu, redis_url, key_prefix, **FAST_BATCH_POLL) as rig:
+            sub = await submit_uploads(rig.client, memo_uploads(3), mode="auto", deadline="6h",
                                        services=rig.services)  # fmt: skip
             jobs = [await rig.finished(j, timeout_s=90) for j in sub.job_ids]
             view = await batch_view(rig.client, rig.services.engine, sub.batch_id)
@@ -60,9 +52,9 @@ async def test_a_deadline_reached_while_the_batch_runs_falls_back_and_completes(
     # RUNNING at once and for far longer than the test: only the fallback can finish it.
     with start_emulator(batch_delay_s=3600, batch_pending_s=0) as emu:
         async with running_pipeline(emu, redis_url, key_prefix, batch_fallback_margin_s=60,
-                                    **FAST_POLL) as rig:  # fmt: skip
+                                    **FAST_BATCH_POLL) as rig:  # fmt: skip
             deadline = datetime.now(UTC) + timedelta(hours=1)
-            sub = await submit_uploads(rig.client, _docs(3), mode="batch", deadline=deadline,
+            sub = await submit_uploads(rig.client, memo_uploads(3), mode="batch", deadline=deadline,
                                        budget_usd=limit, services=rig.services)  # fmt: skip
 
             async def running() -> bool:
@@ -101,8 +93,8 @@ async def test_an_answer_billed_after_its_document_left_is_booked_and_never_used
     pipeline_env: dict[str, str], redis_url: str, key_prefix: str,
 ) -> None:  # fmt: skip
     with start_emulator(batch_delay_s=3600, batch_pending_s=0) as emu:
-        async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
-            sub = await submit_uploads(rig.client, _docs(2, "Note"), mode="batch",
+        async with running_pipeline(emu, redis_url, key_prefix, **FAST_BATCH_POLL) as rig:
+            sub = await submit_uploads(rig.client, memo_uploads(2, "Note"), mode="batch",
                                        services=rig.services)  # fmt: skip
             gone, kept = sub.job_ids
 

@@ -18,10 +18,9 @@ from pipeline.queue.record import joined
 from pipeline.redis.connection import text
 from tasks.submission import Submission, Upload, submit_uploads
 from tests.support.emulator import RunningEmulator, start_emulator
-from tests.support.paid_rig import Rig, assert_ledger_is_the_bill, running_pipeline
+from tests.support.paid_rig import FAST_BATCH_POLL, Rig, assert_ledger_is_the_bill, running_pipeline
 from tests.support.pdfs import make_pdf
 
-FAST_POLL = {"batch_poll_s": 0.3, "batch_poll_max_s": 1.0}
 # Issue 16: what Redis holds per queued document. A job's arguments are its document's
 # facts and its group's name: a few hundred bytes whatever the group's size.
 PER_JOB_BYTES = 2048
@@ -56,7 +55,7 @@ async def _sizes(rig: Rig, sub: Submission) -> list[tuple[int, int]]:
 async def test_a_jobs_arguments_do_not_grow_with_its_batch_groups_size(
     pipeline_env: dict[str, str], redis_url: str, key_prefix: str, emu: RunningEmulator,
 ) -> None:  # fmt: skip
-    async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
+    async with running_pipeline(emu, redis_url, key_prefix, **FAST_BATCH_POLL) as rig:
         pair = await submit_uploads(rig.client, _docs(2, "pair"), mode="batch",
                                     services=rig.services)  # fmt: skip
         small = await _sizes(rig, pair)
@@ -114,7 +113,7 @@ async def test_a_group_queued_before_its_record_kept_its_members_is_still_answer
 
     monkeypatch.setattr(batch_group, "propose", kept_in_args)
     monkeypatch.setattr(RunSpec, "args", old_args)
-    async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
+    async with running_pipeline(emu, redis_url, key_prefix, **FAST_BATCH_POLL) as rig:
         sub = await submit_uploads(rig.client, _docs(3, "old"), mode="batch",
                                    services=rig.services)  # fmt: skip
         job = await rig.client.get(sub.job_ids[0])

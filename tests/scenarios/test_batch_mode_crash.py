@@ -85,19 +85,21 @@ def _docs(text: str) -> list[Upload]:
     return [Upload(f"doc-{i}.pdf", make_pdf(1, f"{text} {i}.")) for i in range(3)]
 
 
+async def _died(worker: WorkerProcess) -> bool:
+    """The worker a crash hook (tests/support/batch_crash.py, batch_collect_crash.py) killed."""
+    return worker.proc.poll() is not None
+
+
 async def test_a_worker_killed_after_create_leaves_one_batch_job_and_every_result(
     pipeline_env: dict[str, str], redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:
     database_url = pipeline_env["PIPELINE_DATABASE_URL"]
 
-    async def died(worker: WorkerProcess) -> bool:  # tests.support.batch_crash kills it
-        return worker.proc.poll() is not None
-
     with start_emulator(batch_delay_s=1.0) as emu:
         jobs, at_kill = await _kill_then_finish(
             emu, database_url, redis_url, key_prefix, tmp_path / "home",
             _docs("Memo. Globex signed with Initech."),
-            ("tasks.analyze", "tests.support.batch_crash"), died,
+            ("tasks.analyze", "tests.support.batch_crash"), _died,
             "the worker to die after batches.create")  # fmt: skip
         stats = emu.stats()
     assert at_kill["batch"]["jobs_created"] == 1
@@ -150,14 +152,11 @@ async def test_a_worker_killed_while_collecting_leaves_every_request_booked_to_i
 
     database_url = pipeline_env["PIPELINE_DATABASE_URL"]
 
-    async def died(worker: WorkerProcess) -> bool:  # tests.support.batch_collect_crash
-        return worker.proc.poll() is not None
-
     with start_emulator(batch_delay_s=1.0) as emu:
         jobs, at_kill = await _kill_then_finish(
             emu, database_url, redis_url, key_prefix, tmp_path / "home",
             _docs("Receipt. Initech paid Globex."),
-            ("tasks.analyze", "tests.support.batch_collect_crash"), died,
+            ("tasks.analyze", "tests.support.batch_collect_crash"), _died,
             "the worker to die while collecting")  # fmt: skip
         stats = emu.stats()
     assert at_kill["batch"]["jobs_created"] == 1

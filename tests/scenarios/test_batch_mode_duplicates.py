@@ -19,24 +19,16 @@ import pytest
 
 from pipeline.llm.batch_group import recorded
 from pipeline.queue.job import State
-from tasks.submission import Upload, _inspect, submit_uploads
+from tasks.submission import _inspect, submit_uploads
 from tests.support.emulator import RunningEmulator, start_emulator
-from tests.support.paid_rig import Rig, money, running_pipeline
-from tests.support.pdfs import make_pdf
+from tests.support.paid_rig import FAST_BATCH_POLL, Rig, memo_uploads, money, running_pipeline
 from tests.support.waiting import eventually
-
-FAST_POLL = {"batch_poll_s": 0.3, "batch_poll_max_s": 1.0}
 
 
 @pytest.fixture
 async def emu() -> AsyncIterator[RunningEmulator]:
     with start_emulator(batch_delay_s=1.0) as running:
         yield running
-
-
-def _docs(n: int) -> list[Upload]:
-    return [Upload(f"memo-{i}.pdf", make_pdf(1, f"Memo {i}. Globex signed with Initech."))
-            for i in range(n)]  # fmt: skip
 
 
 async def _group_created(rig: Rig, job_id: str) -> str:
@@ -61,9 +53,9 @@ async def test_a_document_already_analysed_is_not_sent_again_in_a_batch_mode_sub
     holds them (pipeline/storage/holds.py keeps them for a retry)."""
     from tasks.control import cancel_batch
 
-    done, new = _docs(2)
+    done, new = memo_uploads(2)
     async with running_pipeline(emu, redis_url, key_prefix, provider_name="emulator",
-                                **FAST_POLL) as rig:  # fmt: skip
+                                **FAST_BATCH_POLL) as rig:  # fmt: skip
         # Queued where no worker serves, then cancelled: its job keeps holding the bytes.
         parked = await submit_uploads(rig.client, [done], mode="batch", queue="parked",
                                       services=rig.services)  # fmt: skip
@@ -102,10 +94,10 @@ async def test_a_document_already_analysed_is_not_sent_again_in_a_batch_mode_sub
 async def test_a_document_waiting_in_another_batch_job_is_not_sent_again(
     pipeline_env: dict[str, str], redis_url: str, key_prefix: str,
 ) -> None:  # fmt: skip
-    waiting, new = _docs(2)
+    waiting, new = memo_uploads(2)
     with start_emulator(batch_delay_s=600) as slow:  # ends when the test finishes it
         async with running_pipeline(slow, redis_url, key_prefix, provider_name="emulator",
-                                    **FAST_POLL) as rig:  # fmt: skip
+                                    **FAST_BATCH_POLL) as rig:  # fmt: skip
             first = await submit_uploads(rig.client, [waiting], mode="batch",
                                          services=rig.services)  # fmt: skip
             earlier = await _group_created(rig, first.job_ids[0])
@@ -143,12 +135,12 @@ async def test_a_retried_document_taken_over_before_its_enqueue_is_not_sent_in_t
     import tasks.control as control
     from tasks.control import cancel_batch, retry_batch
 
-    docs = _docs(2)
+    docs = memo_uploads(2)
     enqueue_retry = control._enqueue_retry
     taken: list[Any] = []
 
     async with running_pipeline(emu, redis_url, key_prefix, provider_name="emulator",
-                                provider="emulator", **FAST_POLL) as rig:  # fmt: skip
+                                provider="emulator", **FAST_BATCH_POLL) as rig:  # fmt: skip
 
         async def take_over_first(client: Any, recorder: Any, view: Any, r: Any) -> Any:
             if not taken:  # after the grouping, before the first enqueue
@@ -204,10 +196,10 @@ async def test_a_group_its_submitter_never_sealed_leaves_out_a_document_another_
         raise SubmitterDied
 
     monkeypatch.setattr(batch_mode, "SEAL_WAIT_S", 1.0)
-    waiting, new = _docs(2)
+    waiting, new = memo_uploads(2)
     with start_emulator(batch_delay_s=600) as slow:  # ends when the test finishes it
         async with running_pipeline(slow, redis_url, key_prefix, provider_name="emulator",
-                                    **FAST_POLL) as rig:  # fmt: skip
+                                    **FAST_BATCH_POLL) as rig:  # fmt: skip
             first = await submit_uploads(rig.client, [waiting], mode="batch",
                                          services=rig.services)  # fmt: skip
             earlier = await _group_created(rig, first.job_ids[0])
@@ -254,9 +246,9 @@ async def test_a_submission_made_again_under_its_batch_id_seals_the_group_its_ru
     async def dies(*_: Any) -> list[str]:
         raise SubmitterDied
 
-    docs = _docs(2)
+    docs = memo_uploads(2)
     async with running_pipeline(emu, redis_url, key_prefix, provider_name="emulator",
-                                **FAST_POLL) as rig:  # fmt: skip
+                                **FAST_BATCH_POLL) as rig:  # fmt: skip
         monkeypatch.setattr(batch_group, "seal", dies)
         with pytest.raises(SubmitterDied):
             await submit_uploads(rig.client, docs, mode="batch", batch_id="again",

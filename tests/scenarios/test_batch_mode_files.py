@@ -18,26 +18,27 @@ from pipeline.llm.provider import Usage
 from pipeline.queue.job import State
 from tasks.submission import Upload, submit_uploads
 from tests.support.emulator import start_emulator
-from tests.support.paid_rig import MICRO, money, running_pipeline, set_faults
+from tests.support.paid_rig import (
+    FAST_BATCH_POLL,
+    MICRO,
+    memo_uploads,
+    money,
+    running_pipeline,
+    set_faults,
+)
 from tests.support.pdfs import make_pdf
 
-FAST_POLL = {"batch_poll_s": 0.3, "batch_poll_max_s": 1.0}
 # 2 pages of gemini-3.5-flash-lite (560 tokens each) per part, past the 4096 kept for output.
 TWO_PAGE_PARTS = 4096 + 2 * 560
-
-
-def _docs(n: int) -> list[Upload]:
-    return [Upload(f"memo-{i}.pdf", make_pdf(1, f"Memo {i}. Globex signed with Initech."))
-            for i in range(n)]  # fmt: skip
 
 
 async def test_a_group_over_the_inline_limit_goes_through_one_input_file(
     pipeline_env: dict[str, str], redis_url: str, key_prefix: str,
 ) -> None:  # fmt: skip
-    docs = _docs(4)
+    docs = memo_uploads(4)
     with start_emulator(batch_delay_s=1.0) as emu:
         async with running_pipeline(emu, redis_url, key_prefix, batch_inline_max_bytes=4096,
-                                    **FAST_POLL) as rig:  # fmt: skip
+                                    **FAST_BATCH_POLL) as rig:  # fmt: skip
             twice = await rig.run_twice(emu, docs, "batch")
     jobs, rows, stats = twice.jobs, twice.rows, twice.stats
     reruns, rerun_rows, after = twice.reruns, twice.rerun_rows, twice.rerun_stats
@@ -69,11 +70,11 @@ async def test_a_long_pdf_in_batch_mode_sends_its_parts_and_gets_one_merged_resu
     pipeline_env: dict[str, str], redis_url: str, key_prefix: str,
 ) -> None:  # fmt: skip
     long_pdf = Upload("report.pdf", make_pdf(6, "Page {n}. Globex owes Initech EUR 1,000."))
-    docs = [long_pdf, *_docs(1)]
+    docs = [long_pdf, *memo_uploads(1)]
     with start_emulator(batch_delay_s=1.0) as emu:
         async with running_pipeline(emu, redis_url, key_prefix,
                                     context_budget_tokens=TWO_PAGE_PARTS,
-                                    **FAST_POLL) as rig:  # fmt: skip
+                                    **FAST_BATCH_POLL) as rig:  # fmt: skip
             twice = await rig.run_twice(emu, docs, "batch", timeout_s=120)
     sub, jobs, rows, stats = twice.submission, twice.jobs, twice.rows, twice.stats
     reruns, rerun_rows, after = twice.reruns, twice.rerun_rows, twice.rerun_stats
@@ -112,11 +113,11 @@ async def test_an_unreadable_line_of_the_responses_file_is_booked_as_billed_not_
     mid-JSON (`garbled`): its key cannot be read, so its request is booked at its worst case
     (it may have been billed: never $0), counted as wasted, and the document is asked
     interactively, saying so; the others are used from the batch."""
-    docs = _docs(3)
+    docs = memo_uploads(3)
     with start_emulator(batch_delay_s=1.0) as emu:
         set_faults(emu, {"kind": "garbled", "when": "Memo 1.", "times": 1})
         async with running_pipeline(emu, redis_url, key_prefix, batch_inline_max_bytes=4096,
-                                    **FAST_POLL) as rig:  # fmt: skip
+                                    **FAST_BATCH_POLL) as rig:  # fmt: skip
             sub = await submit_uploads(rig.client, docs, mode="batch", services=rig.services)
             jobs = [await rig.finished(j, timeout_s=90) for j in sub.job_ids]
             rows, report = rig.calls(), rig.report()

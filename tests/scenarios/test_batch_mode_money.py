@@ -32,13 +32,12 @@ from pipeline.queue.job import State
 from tasks.submission import Upload, submit_uploads
 from tests.ledger.conftest import BACKENDS, database_url_for
 from tests.support.emulator import start_emulator
-from tests.support.paid_rig import Rig, money, running_pipeline
+from tests.support.paid_rig import FAST_BATCH_POLL, Rig, money, running_pipeline
 from tests.support.pdfs import make_pdf
 from tests.support.waiting import eventually
 from tests.support.workers import ROOT as ROOT_PATH
 
 ROOT = str(ROOT_PATH)
-FAST_POLL = {"batch_poll_s": 0.3, "batch_poll_max_s": 1.0}
 BUDGET = Decimal("0.5")
 
 
@@ -143,7 +142,7 @@ async def test_a_batch_waiting_in_a_gemini_batch_job_is_held_not_spent_in_every_
     from tasks.export import results_of
 
     with start_emulator(batch_delay_s=3600) as emu:  # ended by the test (finish_batch)
-        async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
+        async with running_pipeline(emu, redis_url, key_prefix, **FAST_BATCH_POLL) as rig:
             sub = await submit_uploads(rig.client, _docs(), mode="batch", budget_usd=BUDGET,
                                        services=rig.services)  # fmt: skip
             assert sub.batch_id is not None

@@ -18,26 +18,17 @@ import pytest
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.provider import Usage
 from pipeline.queue.job import State
-from tasks.submission import Upload, submit_uploads
+from tasks.submission import submit_uploads
 from tests.support.emulator import RunningEmulator, start_emulator
-from tests.support.paid_rig import MICRO, money, running_pipeline
-from tests.support.pdfs import make_pdf
+from tests.support.paid_rig import FAST_BATCH_POLL, MICRO, memo_uploads, money, running_pipeline
 from tests.support.workers import ROOT as ROOT_PATH
 
 ROOT = str(ROOT_PATH)
-
-FAST_POLL = {"batch_poll_s": 0.3, "batch_poll_max_s": 1.0}
-
 
 @pytest.fixture
 async def emu() -> AsyncIterator[RunningEmulator]:
     with start_emulator(batch_delay_s=1.5) as running:
         yield running
-
-
-def _docs(n: int) -> list[Upload]:
-    return [Upload(f"memo-{i}.pdf", make_pdf(1, f"Memo {i}. Globex signed with Initech."))
-            for i in range(n)]  # fmt: skip
 
 
 def _costs(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -51,8 +42,8 @@ def _costs(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 async def test_five_documents_in_batch_mode_make_one_job_and_cost_half(
     pipeline_env: dict[str, str], redis_url: str, key_prefix: str, emu: RunningEmulator,
 ) -> None:  # fmt: skip
-    docs = _docs(5)
-    async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
+    docs = memo_uploads(5)
+    async with running_pipeline(emu, redis_url, key_prefix, **FAST_BATCH_POLL) as rig:
         twice = await rig.run_twice(emu, docs, "batch")
     sub, jobs, rows, stats = twice.submission, twice.jobs, twice.rows, twice.stats
     reruns, rerun_rows, after = twice.reruns, twice.rerun_rows, twice.rerun_stats
@@ -103,11 +94,11 @@ async def test_a_rehearsals_batch_group_is_never_taken_for_a_real_runs(
     """The same documents in Batch Mode, first rehearsed (the provider calls itself the
     emulator), then with a real key against the same Redis: the second run makes its own
     batch job and its results say who answered, not the rehearsal's group replayed."""
-    docs = _docs(2)
+    docs = memo_uploads(2)
     done = {}
     for name in ("emulator", "gemini"):
         async with running_pipeline(emu, redis_url, key_prefix, provider_name=name,
-                                    **FAST_POLL) as rig:  # fmt: skip
+                                    **FAST_BATCH_POLL) as rig:  # fmt: skip
             sub = await submit_uploads(rig.client, docs, mode="batch", services=rig.services)
             done[name] = [await rig.finished(j, timeout_s=90) for j in sub.job_ids]
     for name, jobs in done.items():
@@ -119,9 +110,9 @@ async def test_a_rehearsals_batch_group_is_never_taken_for_a_real_runs(
 async def test_the_group_worst_case_is_held_before_create_and_settled_per_response(
     pipeline_env: dict[str, str], redis_url: str, key_prefix: str, emu: RunningEmulator,
 ) -> None:  # fmt: skip
-    docs = _docs(3)
+    docs = memo_uploads(3)
     limit = Decimal("5.00")
-    async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
+    async with running_pipeline(emu, redis_url, key_prefix, **FAST_BATCH_POLL) as rig:
         sub = await submit_uploads(rig.client, docs, mode="batch", budget_usd=limit,
                                    services=rig.services)  # fmt: skip
         jobs = [await rig.finished(j, timeout_s=90) for j in sub.job_ids]
@@ -137,8 +128,8 @@ async def test_the_group_worst_case_is_held_before_create_and_settled_per_respon
 async def test_a_budget_below_the_group_worst_case_creates_no_batch_job(
     pipeline_env: dict[str, str], redis_url: str, key_prefix: str, emu: RunningEmulator,
 ) -> None:  # fmt: skip
-    docs = _docs(3)
-    async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
+    docs = memo_uploads(3)
+    async with running_pipeline(emu, redis_url, key_prefix, **FAST_BATCH_POLL) as rig:
         # Room for one request's worst case at the batch rate (~$0.0066), not for three.
         sub = await submit_uploads(rig.client, docs, mode="batch", budget_usd=Decimal("0.01"),
                                    services=rig.services)  # fmt: skip
@@ -160,8 +151,9 @@ async def test_status_shows_documents_waiting_in_the_gemini_batch(
     from tests.support.waiting import eventually
 
     with start_emulator(batch_delay_s=120) as slow:
-        async with running_pipeline(slow, redis_url, key_prefix, **FAST_POLL) as rig:
-            sub = await submit_uploads(rig.client, _docs(2), mode="batch", services=rig.services)
+        async with running_pipeline(slow, redis_url, key_prefix, **FAST_BATCH_POLL) as rig:
+            sub = await submit_uploads(rig.client, memo_uploads(2), mode="batch",
+                                       services=rig.services)
 
             async def waiting() -> list[dict[str, str]] | None:
                 view = await batch_view(rig.client, rig.services.engine, sub.batch_id)
@@ -174,7 +166,7 @@ async def test_status_shows_documents_waiting_in_the_gemini_batch(
             waits = await eventually(waiting, 60, "both documents to wait in the batch")
 
             async def on_the_board() -> dict[str, Any] | None:
-                # A document's job runs for a moment at each poll (FAST_POLL): the dashboard
+                # A document's job runs for a moment at each poll (FAST_BATCH_POLL): the dashboard
                 # is read until it catches both between polls, as `waiting` was.
                 board = await dashboard_state(rig.client, rig.services.engine,
                                               rig.services.budget)  # fmt: skip
@@ -197,10 +189,10 @@ async def test_status_shows_documents_waiting_in_the_gemini_batch(
 async def test_an_expired_batch_job_is_finished_interactively_and_books_no_batch_cost(
     pipeline_env: dict[str, str], redis_url: str, key_prefix: str,
 ) -> None:  # fmt: skip
-    docs = _docs(3)
+    docs = memo_uploads(3)
     limit = Decimal("5.00")
     with start_emulator(batch_delay_s=0.5, batch_end_state="EXPIRED") as expiring:
-        async with running_pipeline(expiring, redis_url, key_prefix, **FAST_POLL) as rig:
+        async with running_pipeline(expiring, redis_url, key_prefix, **FAST_BATCH_POLL) as rig:
             sub = await submit_uploads(rig.client, docs, mode="batch", budget_usd=limit,
                                        services=rig.services)  # fmt: skip
             jobs = [await rig.finished(j, timeout_s=90) for j in sub.job_ids]
@@ -232,8 +224,8 @@ async def test_a_group_the_batch_budget_refuses_is_kept_for_budget_set_to_say(
     from tasks.control import set_budget
     from tasks.plan import least_call_usd
 
-    docs = _docs(4)
-    async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
+    docs = memo_uploads(4)
+    async with running_pipeline(emu, redis_url, key_prefix, **FAST_BATCH_POLL) as rig:
         floor = least_call_usd(PriceTable.load(), rig.client.settings.model, datetime.now(UTC),
                                batch=True)  # fmt: skip
         low = (floor * Decimal("2.5")).quantize(Decimal("0.000000001"))  # not 4 requests
@@ -268,8 +260,8 @@ async def test_a_budget_lowered_while_documents_wait_bounds_their_batch_job(
     from tasks.control import set_budget
     from tasks.plan import least_call_usd
 
-    docs = _docs(4)
-    s = load_settings(key_prefix=key_prefix, **FAST_POLL)
+    docs = memo_uploads(4)
+    s = load_settings(key_prefix=key_prefix, **FAST_BATCH_POLL)
     floor = least_call_usd(PriceTable.load(), s.model, datetime.now(UTC), batch=True)
     low = (floor * Decimal("2.5")).quantize(Decimal("0.000000001"))  # not 4 requests
     client = QueueClient(connect_redis(redis_url), settings=s)
@@ -283,7 +275,7 @@ async def test_a_budget_lowered_while_documents_wait_bounds_their_batch_job(
     finally:
         await services.aclose()
         await client.aclose()
-    async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
+    async with running_pipeline(emu, redis_url, key_prefix, **FAST_BATCH_POLL) as rig:
         jobs = [await rig.finished(j) for j in sub.job_ids]
         rows = rig.calls()
     assert {j.state for j in jobs} == {State.OVER_BUDGET}, [j.error for j in jobs]

@@ -21,26 +21,25 @@ from pipeline.llm.batch_group import recorded
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.provider import Usage
 from pipeline.queue.job import State
-from tasks.submission import Upload, submit_uploads
+from tasks.submission import submit_uploads
 from tests.support.api import api_client, api_settings
 from tests.support.cli import run_cli
 from tests.support.emulator import RunningEmulator, start_emulator
-from tests.support.paid_rig import MICRO, Rig, money, running_pipeline
-from tests.support.pdfs import make_pdf
+from tests.support.paid_rig import (
+    FAST_BATCH_POLL,
+    MICRO,
+    Rig,
+    memo_uploads,
+    money,
+    running_pipeline,
+)
 from tests.support.waiting import eventually
-
-FAST_POLL = {"batch_poll_s": 0.3, "batch_poll_max_s": 1.0}
 
 
 @pytest.fixture
 async def emu() -> AsyncIterator[RunningEmulator]:
     with start_emulator(batch_delay_s=1.0) as running:
         yield running
-
-
-def _docs(n: int) -> list[Upload]:
-    return [Upload(f"memo-{i}.pdf", make_pdf(1, f"Memo {i}. Globex signed with Initech."))
-            for i in range(n)]  # fmt: skip
 
 
 async def _cli(env: dict[str, str], *args: str) -> Any:
@@ -77,9 +76,9 @@ async def test_a_batch_mode_batch_over_budget_is_retried_in_batch_mode(
     from pipeline.ledger.budget import Budget
 
     env = {**pipeline_env, **emu.env, "GOOGLE_API_KEY": ""}
-    docs = _docs(3)
+    docs = memo_uploads(3)
     async with running_pipeline(emu, redis_url, key_prefix, provider_name="emulator",
-                                **FAST_POLL) as rig:  # fmt: skip
+                                **FAST_BATCH_POLL) as rig:  # fmt: skip
         from datetime import UTC, datetime
 
         from tasks.plan import least_call_usd
@@ -133,7 +132,7 @@ async def test_a_cancelled_batch_mode_batch_retried_through_the_api_stays_in_bat
     pipeline_env: dict[str, str], redis_url: str, key_prefix: str, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    docs = _docs(2)
+    docs = memo_uploads(2)
     with start_emulator(batch_delay_s=600) as slow:  # ends when the test finishes it
         for name, value in slow.env.items():  # the API's own provider: the same emulator
             monkeypatch.setenv(name, value)
@@ -142,7 +141,7 @@ async def test_a_cancelled_batch_mode_batch_retried_through_the_api_stays_in_bat
                                 database_url=pipeline_env["PIPELINE_DATABASE_URL"],
                                 provider="emulator")  # fmt: skip
         async with running_pipeline(slow, redis_url, key_prefix, provider_name="emulator",
-                                    **FAST_POLL) as rig:  # fmt: skip
+                                    **FAST_BATCH_POLL) as rig:  # fmt: skip
             sub = await submit_uploads(rig.client, docs, mode="batch", budget_usd=Decimal(5),
                                        services=rig.services)  # fmt: skip
             first = await _group_created(rig, sub.job_ids[0])
@@ -203,7 +202,7 @@ async def test_a_batch_mode_document_past_its_fallback_time_is_retried_interacti
     engine = get_engine(s)
     recorder = SqlRecorder(engine, client.redis, client.keys)
     try:
-        sub = await submit_uploads(client, _docs(2), mode="batch", deadline="3s")
+        sub = await submit_uploads(client, memo_uploads(2), mode="batch", deadline="3s")
         assert sub.batch_id is not None and sub.mode == "batch"
         await cancel_batch(client, recorder, engine, sub.batch_id)
         job = await client.get(sub.job_ids[0])
@@ -238,10 +237,10 @@ async def test_cancelled_batch_mode_documents_submitted_again_are_answered_by_a_
     own, not the cancelled one's (whose record would send it to the interactive path)."""
     from tasks.control import cancel_batch
 
-    docs = _docs(2)
+    docs = memo_uploads(2)
     with start_emulator(batch_delay_s=600) as slow:  # ends when the test finishes it
         async with running_pipeline(slow, redis_url, key_prefix, provider_name="emulator",
-                                    **FAST_POLL) as rig:  # fmt: skip
+                                    **FAST_BATCH_POLL) as rig:  # fmt: skip
             sub = await submit_uploads(rig.client, docs, mode="batch", services=rig.services)
             assert sub.batch_id is not None
             first = await _group_created(rig, sub.job_ids[0])

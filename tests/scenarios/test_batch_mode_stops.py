@@ -20,10 +20,8 @@ from tasks.batches import batch_view
 from tasks.export import results_of
 from tasks.submission import Upload, submit_uploads
 from tests.support.emulator import RunningEmulator, start_emulator
-from tests.support.paid_rig import MICRO, money, running_pipeline, set_faults
+from tests.support.paid_rig import FAST_BATCH_POLL, MICRO, money, running_pipeline, set_faults
 from tests.support.pdfs import make_pdf
-
-FAST_POLL = {"batch_poll_s": 0.3, "batch_poll_max_s": 1.0}
 
 
 @pytest.fixture
@@ -41,7 +39,7 @@ async def test_a_batch_answer_blocked_or_cut_gets_the_interactive_remedy_not_a_r
 ) -> None:  # fmt: skip
     set_faults(emu, {"kind": "finish", "reason": "SAFETY", "when": "FORBIDDEN"},
                {"kind": "verbose", "when": "LONGWINDED", "tokens": 6000})  # fmt: skip
-    async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
+    async with running_pipeline(emu, redis_url, key_prefix, **FAST_BATCH_POLL) as rig:
         sub = await submit_uploads(rig.client, [_doc("FORBIDDEN"), _doc("LONGWINDED"),
                                                 _doc("PLAIN")],
                                    mode="batch", services=rig.services)  # fmt: skip
@@ -89,7 +87,7 @@ async def test_a_batch_answer_that_fails_validation_gets_the_repair_call_not_a_r
     is invalid, so the document's one remedy is the repair call (which carries the batch
     answer and the document), as after an interactive first call; then it fails."""
     with start_emulator(batch_delay_s=1.0, bad_json_rate=1.0) as emu:
-        async with running_pipeline(emu, redis_url, key_prefix, **FAST_POLL) as rig:
+        async with running_pipeline(emu, redis_url, key_prefix, **FAST_BATCH_POLL) as rig:
             sub = await submit_uploads(rig.client, [_doc("MUDDLED")], mode="batch",
                                        services=rig.services)  # fmt: skip
             job = await rig.finished(sub.job_ids[0], timeout_s=90)

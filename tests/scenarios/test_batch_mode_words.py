@@ -17,20 +17,14 @@ from pipeline.llm.batch import GeminiBatches
 from tasks.batches import BatchView, batch_view
 from tasks.control import cancel_batch, retry_batch
 from tasks.export import export, results_of
-from tasks.submission import Upload, submit_uploads
+from tasks.submission import submit_uploads
 from tests.support.emulator import start_emulator
-from tests.support.paid_rig import Rig, running_pipeline
-from tests.support.pdfs import make_pdf
+from tests.support.paid_rig import Rig, memo_uploads, running_pipeline
 from tests.support.waiting import eventually
 
 # What a member says while it waits for another to reserve or create the group's job: never
 # shown once that job exists, nor for a cancelled document.
 STALE = ("another worker", "Gemini batch")
-
-
-def _docs(n: int) -> list[Upload]:
-    return [Upload(f"memo-{i}.pdf", make_pdf(1, f"Memo {i}. Globex signed with Initech."))
-            for i in range(n)]  # fmt: skip
 
 
 async def _view(rig: Rig, batch_id: str) -> BatchView:
@@ -43,7 +37,8 @@ async def test_a_document_cancelled_in_a_pending_batch_job_says_it_was_cancelled
     with start_emulator(batch_delay_s=300) as slow:
         async with running_pipeline(slow, redis_url, key_prefix, batch_poll_s=0.3,
                                     batch_poll_max_s=1.0) as rig:  # fmt: skip
-            sub = await submit_uploads(rig.client, _docs(2), mode="batch", services=rig.services)
+            sub = await submit_uploads(rig.client, memo_uploads(2), mode="batch",
+                                       services=rig.services)
 
             async def both_in_the_batch() -> bool:
                 view = await _view(rig, sub.batch_id)
@@ -87,7 +82,8 @@ async def test_members_waiting_in_a_group_say_its_job_once_it_exists(
     with start_emulator(batch_delay_s=300) as slow:
         async with running_pipeline(slow, redis_url, key_prefix, batch_poll_s=60,
                                     batch_poll_max_s=60) as rig:  # fmt: skip
-            sub = await submit_uploads(rig.client, _docs(2), mode="batch", services=rig.services)
+            sub = await submit_uploads(rig.client, memo_uploads(2), mode="batch",
+                                       services=rig.services)
 
             async def both_wait_after_the_create() -> list[dict[str, str]] | None:
                 jobs = [await rig.client.get(j) for j in sub.job_ids]

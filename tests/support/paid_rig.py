@@ -104,6 +104,19 @@ class Rig:
             engine.dispose()
 
 
+# Batch Mode tests look at their Gemini batch job often (the defaults: 30 s, doubling to 10 min).
+FAST_BATCH_POLL = {"batch_poll_s": 0.3, "batch_poll_max_s": 1.0}
+
+
+def memo_uploads(n: int, tag: str = "Memo") -> list[Upload]:
+    """`n` one-page PDFs, each a document of its own (its text differs): <tag>-<i>.pdf."""
+    from tests.support.pdfs import make_pdf
+
+    return [Upload(f"{tag.lower()}-{i}.pdf", make_pdf(1, f"{tag} {i}. Globex signed with "
+                                                         "Initech."))
+            for i in range(n)]  # fmt: skip
+
+
 @contextlib.asynccontextmanager
 async def running_pipeline(
     emu: RunningEmulator, redis_url: str, key_prefix: str, concurrency: int = 2,
