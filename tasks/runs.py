@@ -50,7 +50,7 @@ class RunSpec:
     # interactive calls.
     batch_group: dict[str, Any] | None = None
     # The mode chosen for the submission and why, with its deadline (tasks/modes.py
-    # ModeChoice.args; a retry keeps its document's, tasks/control.kept_mode); None for a run
+    # ModeChoice.args; a retry keeps its document's, tasks/retry.kept_mode); None for a run
     # started without a choice (interactive).
     mode_args: dict[str, str] | None = None
 

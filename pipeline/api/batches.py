@@ -1,8 +1,9 @@
 """The batch routes: read a batch as `pipeline status BATCH --json` shows it, list batches,
 export results, and steer (cancel, budget, retry, cancel one job) — the CLI's doors, over HTTP.
 
-Every answer comes from the same functions the CLI calls (tasks/batches.py, tasks/control.py),
-so the two cannot disagree. A batch is named by its id, a unique id prefix or its label.
+Every answer comes from the same functions the CLI calls (tasks/batches.py, tasks/control.py,
+tasks/retry.py), so the two cannot disagree. A batch is named by its id, a unique id prefix
+or its label.
 """
 
 from __future__ import annotations
@@ -172,8 +173,8 @@ async def retry_batch(
 ) -> dict[str, Any]:
     """A new run, with fresh calls, under the batch's current budget, for each failed and/or
     over-budget document (all that ended without a result when no flag is set)."""
-    from tasks.control import retry_batch as retry
-    from tasks.control import retry_states
+    from tasks.retry import retry_batch as retry
+    from tasks.retry import retry_states
 
     body = body or RetryRequest()
     api = _api(request)

@@ -1,6 +1,7 @@
 """`pipeline cancel|budget|retry`: steering a batch that is running or has ended.
 
-Each is a thin door onto tasks/control.py, which the HTTP API uses too.
+Each is a thin door onto tasks/control.py (retry: tasks/retry.py), which the HTTP API uses
+too.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def retry(
 ) -> None:
     """Run failed / over-budget documents again with fresh calls, under the batch's current
     budget (without a flag: every document that ended without a result, cancelled too)."""
-    from tasks.control import retry_batch, retry_states
+    from tasks.retry import retry_batch, retry_states
 
     states = retry_states(failed, over_budget)
 

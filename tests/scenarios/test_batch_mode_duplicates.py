@@ -132,11 +132,12 @@ async def test_a_retried_document_taken_over_before_its_enqueue_is_not_sent_in_t
     a submission elsewhere that starts a new run of one of them in between takes it over,
     and the retry answers "duplicate" for it: its request must not go in the retry's batch
     job, nor its worst case in the retry's ledger rows."""
-    import tasks.control as control
-    from tasks.control import cancel_batch, retry_batch
+    import tasks.retry as retry_module
+    from tasks.control import cancel_batch
+    from tasks.retry import retry_batch
 
     docs = memo_uploads(2)
-    enqueue_retry = control._enqueue_retry
+    enqueue_retry = retry_module._enqueue_retry
     taken: list[Any] = []
 
     async with running_pipeline(emu, redis_url, key_prefix, provider_name="emulator",
@@ -149,7 +150,7 @@ async def test_a_retried_document_taken_over_before_its_enqueue_is_not_sent_in_t
                                                   services=rig.services))  # fmt: skip
             return await enqueue_retry(client, recorder, view, r)
 
-        monkeypatch.setattr(control, "_enqueue_retry", take_over_first)
+        monkeypatch.setattr(retry_module, "_enqueue_retry", take_over_first)
         parked = await submit_uploads(rig.client, docs, mode="batch", queue="parked",
                                       services=rig.services)  # fmt: skip
         batch_id = str(parked.batch_id)

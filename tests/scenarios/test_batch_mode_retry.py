@@ -194,8 +194,9 @@ async def test_a_batch_mode_document_past_its_fallback_time_is_retried_interacti
     from pipeline.redis.connection import connect_redis
     from pipeline.settings import load_settings
     from tasks.batches import batch_view
-    from tasks.control import cancel_batch, retry_batch
+    from tasks.control import cancel_batch
     from tasks.modes import due
+    from tasks.retry import retry_batch
 
     s = load_settings(key_prefix=key_prefix, batch_fallback_margin_s=0.5, provider="emulator")
     client = QueueClient(connect_redis(redis_url), settings=s)

@@ -15,8 +15,9 @@ import pytest
 
 from pipeline.llm.batch import GeminiBatches
 from tasks.batches import BatchView, batch_view
-from tasks.control import cancel_batch, retry_batch
+from tasks.control import cancel_batch
 from tasks.export import export, results_of
+from tasks.retry import retry_batch
 from tasks.submission import submit_uploads
 from tests.support.emulator import start_emulator
 from tests.support.paid_rig import Rig, memo_uploads, running_pipeline

@@ -134,7 +134,7 @@ async def retry_documents(request: Request, batch_id: str) -> Response:
     """A new run with fresh calls, under the batch's current budget, for the failed or
     over-budget documents named in the JSON body `{"document_ids": [...]}` (the failures
     panel's button on a document)."""
-    from tasks.control import retry_batch
+    from tasks.retry import retry_batch
 
     if not await _authorised(request):
         return _unauthorised()
