@@ -21,11 +21,22 @@ def run_cli(
     timeout_s: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """Run `pipeline <args>` with `env` (one CPU worker, a `columns`-wide terminal) and wait
-    at most `timeout_s` seconds; the finished process with its stdout and stderr as text."""
+    at most `timeout_s` seconds; the finished process with its stdout and stderr as text.
+    A command still running then is killed and comes back with returncode -9 and what it
+    printed so far, so the caller's assertion shows it beside the worker's log it adds
+    (a TimeoutExpired raised from here carried neither)."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     full.update(env)
     full.update({"PYTHONPATH": str(ROOT), "PIPELINE_CPU_WORKERS": "1", "COLUMNS": str(columns)})
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout_s,
-    )  # fmt: skip
+    command = [sys.executable, "-m", "pipeline", *args]
+    try:
+        return subprocess.run(command, cwd=cwd, env=full, capture_output=True, text=True,
+                              timeout=timeout_s)  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        def said(part: str | bytes | None) -> str:
+            return part.decode(errors="replace") if isinstance(part, bytes) else part or ""
+
+        return subprocess.CompletedProcess(
+            command, -9, said(exc.stdout),
+            said(exc.stderr) + f"\n[killed: still running after {timeout_s:g} s]\n",
+        )
