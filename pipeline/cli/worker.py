@@ -64,6 +64,17 @@ def import_task_modules(names: list[str] | None) -> list[str]:
     return loaded
 
 
+def _stacks_on_sigusr1() -> None:
+    """SIGUSR1 writes every thread's Python stack to stderr (the standard library's
+    faulthandler, outside the event loop, so it answers while a job blocks the loop), and
+    the worker goes on: where a job that no longer logs anything is waiting."""
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):  # not on Windows
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+
+
 def worker(
     concurrency: Annotated[
         int | None,
@@ -84,8 +95,10 @@ def worker(
         LogFormat, typer.Option(case_sensitive=False, help="text, or json: one object a line.")
     ] = LogFormat.text,
 ) -> None:
-    """Run a worker: claim jobs when a slot is free, run them under renewed leases."""
+    """Run a worker: claim jobs when a slot is free, run them under renewed leases.
+    `kill -USR1 <pid>` prints every thread's stack to its stderr (a job that seems stuck)."""
     configure_logging(log_level.value, log_format)
+    _stacks_on_sigusr1()
     from pipeline.queue.memory import return_large_buffers
 
     return_large_buffers()  # a worker frees many PDF-sized buffers: give them back

@@ -53,6 +53,31 @@ async def test_a_line_per_job_and_the_traceback_of_a_failing_task(
     assert "raise RuntimeError(message)" in dead
 
 
+async def test_sigusr1_prints_every_threads_stack_and_the_worker_goes_on(
+    redis_url: str, key_prefix: str, sredis: redis.Redis
+) -> None:
+    """A job that logs nothing more: `kill -USR1 <pid>` shows where it waits, even while it
+    blocks the event loop (m.stall, a synchronous wait), and the job then completes."""
+    import signal
+
+    keys = fast_settings(key_prefix)
+    worker = WorkerProcess(redis_url, key_prefix, imports=("tests.support.metrics_tasks",))
+    client = QueueClient(connect_redis(redis_url), settings=keys)
+    try:
+        stalled = await client.enqueue(metrics_tasks.stall, "go")
+        until(lambda: sredis.exists(client.keys.custom("m", "blocking", "1")), 60,
+              "the task blocking its loop")  # fmt: skip
+        worker.signal(signal.SIGUSR1)
+        until(lambda: "in stall" in worker.output(), 30, "the stacks")
+        sredis.set(client.keys.custom("m", "flag", "go"), 1)
+        assert await stalled.result(timeout_s=60) == "stalled attempt"  # it went on
+        out = worker.output()
+    finally:
+        worker.close()
+        await client.aclose()
+    assert "Thread 0x" in out and "metrics_tasks.py" in out, out
+
+
 async def test_json_lines_carry_the_job_fields_and_the_traceback(
     redis_url: str, key_prefix: str, sredis: redis.Redis
 ) -> None:

@@ -61,7 +61,10 @@ class WorkerProcess:
         cmd = [sys.executable, "-m", "pipeline", "worker", *modules, *args]
         own = ("PIPELINE_REDIS_URL", "PIPELINE_KEY_PREFIX")
         env = {k: v for k, v in env.items() if k not in own}
-        self.log = open(f"/tmp/pipeline-worker-{prefix}-{time.monotonic_ns()}.log", "w+")
+        # Appending: the worker shares this file's offset, so without O_APPEND a line it
+        # writes while `output()` has seeked to 0 lands over the start of the log (seen: a
+        # start-up line overwritten by a job's line, and a test failing on it).
+        self.log = open(f"/tmp/pipeline-worker-{prefix}-{time.monotonic_ns()}.log", "a+")
         self.proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
