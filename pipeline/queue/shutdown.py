@@ -26,12 +26,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("pipeline.worker")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # one per running job; kept in Timeouts' heap by deadline
 class Running:
     job: Job
     task: asyncio.Task[None]
     stop_reason: str | None = None  # cancel | shutdown | lost | timeout
     settling: bool = False  # the task body is over; only its settlement is left
+    deadline: float = 0.0  # loop time when its timeout stops it (timeouts.py)
+
+    def __lt__(self, other: Running) -> bool:
+        return self.deadline < other.deadline
 
 
 class GracefulShutdown:

@@ -40,6 +40,7 @@ from pipeline.queue.shutdown import GracefulShutdown, Running
 from pipeline.queue.stats import Stats
 from pipeline.queue.sweeper import LeaseExpiredHook, Sweeper
 from pipeline.queue.task import REGISTRY, dumps, lookup
+from pipeline.queue.timeouts import Timeouts
 from pipeline.redis.connection import sync_twin, text
 from pipeline.redis.keys import EVENTS_MAXLEN
 from pipeline.words import counted
@@ -100,6 +101,7 @@ class Worker(GracefulShutdown):
             self.redis, self.keys, self.scripts, s.result_ttl_s, list(on_lease_expired)
         )
         self.running: dict[str, Running] = {}
+        self.timeouts = Timeouts(self._timed_out)
         # settlements of one loop turn share a round trip (a Cluster pipeline cannot load
         # scripts, so a Cluster client settles one by one)
         self.batcher = None if isinstance(self.redis, RedisCluster) else ScriptBatcher(self.redis)
@@ -165,6 +167,7 @@ class Worker(GracefulShutdown):
             _, late = await asyncio.wait(upkeep, timeout=10)
             for t in late:
                 t.cancel()
+            self.timeouts.close()
             await asyncio.to_thread(self.liveness.stop)
             with contextlib.suppress(RedisError):
                 await heartbeat.leave(self.redis, self.keys, self.id)
@@ -344,8 +347,13 @@ class Worker(GracefulShutdown):
         # a handed job's first lease is short (handoff.py): renewed to its full length at once
         self.liveness.leases.hold(job.id, job.token or "", job.lease_ms, job.task, code,
                                   renew_now=handed)  # fmt: skip
-        task = asyncio.create_task(self._run(job, admission), name=f"job-{job.id}")
-        self.running[job.id] = Running(job, task)
+        # unnamed: a name (f"job-{id}") was ~100 B more per running job; self.running maps
+        # a job's id to its task
+        self.running[job.id] = Running(job, asyncio.create_task(self._run(job, admission)))
+
+    def _timed_out(self, running: Running) -> None:
+        if self.running.get(running.job.id) is running:  # not a later claim of the same id
+            self._halt(running.job.id, "timeout")
 
     # -- running ---------------------------------------------------------------------------
     async def _run(self, job: Job, admission: Admission | None) -> None:
@@ -361,10 +369,9 @@ class Worker(GracefulShutdown):
             if not task.is_async:  # plain functions run in threads of their own
                 self._threads = self._threads or ThreadPoolExecutor(self.concurrency, "task")
             body = task.start(ctx, args, job.kwargs, self._threads)
-            # the timeout is a halt like any other (and insisted on like one): one timer,
-            # where asyncio.timeout adds a context object and a reschedule per job
-            timer = asyncio.get_running_loop().call_later(job.timeout_s, self._halt, job.id,
-                                                          "timeout")  # fmt: skip
+            # the timeout is a halt like any other (and insisted on like one), from the
+            # worker's one timeout timer: it ignores this job once `settling` is set below
+            self.timeouts.add(self.running[job.id], job.timeout_s)
             try:
                 value = await body
             except asyncio.CancelledError:
@@ -375,8 +382,6 @@ class Worker(GracefulShutdown):
                 if not _returned(body):
                     raise
                 value = body.result()  # raises what the function raised
-            finally:
-                timer.cancel()
             settlement = Settlement("complete", result=dumps(value, f"result of {job.task}"))
         except asyncio.CancelledError:
             running = self.running.get(job.id)
@@ -392,6 +397,7 @@ class Worker(GracefulShutdown):
         mine = self.running.get(job.id)
         if mine is not None:
             mine.settling = True
+            self.timeouts.ended()
         self._slot_freed.set()
         token = job.token or ""
         self.liveness.leases.drop(job.id, token)  # renewal stops first; finish is fenced anyway

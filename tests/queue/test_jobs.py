@@ -233,6 +233,22 @@ async def test_hard_timeout(client: QueueClient, redis_url: str) -> None:
     assert "timed out after 0.2s" in (job.error or "")
 
 
+async def test_a_shorter_timeout_started_later_stops_only_its_own_job(
+    client: QueueClient, redis_url: str
+) -> None:
+    """One timer serves every running job's timeout (timeouts.py): a job with a 0.2 s timeout
+    started after one with 600 s is stopped on its own, and the long one runs on."""
+    async with worker(redis_url, client, concurrency=2):
+        long_job = await client.enqueue(qt.block, "long-timeout-release", "done")
+        await eventually(lambda: count(client, "started", long_job.id), what="start")
+        short = await client.enqueue(qt.slow_timeout)
+        job = await client.wait(short.id, timeout_s=10)
+        assert job.state == State.DEAD and "timed out after 0.2s" in (job.error or "")
+        assert (await long_job.info()).state == State.ACTIVE
+        await set_flag(client, "long-timeout-release")
+        assert await long_job.result(timeout_s=20) == "done"
+
+
 async def test_cancel_requested_during_a_failing_attempt_is_not_retried(
         client: QueueClient, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="pipeline.worker.jobs")
