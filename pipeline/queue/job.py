@@ -134,8 +134,20 @@ def _int(value: str | None, default: int = 0) -> int:
     return int(value) if value not in (None, "") else default
 
 
-def _float(value: str | None, default: float = 0.0) -> float:
-    return float(value) if value not in (None, "") else default
+_NUMBERS: dict[str, int | float] = {}  # a task's lease, expected and timeout, by their text
+
+
+def _same(value: str | None, kind: type[int] | type[float], default: int | float = 0) -> Any:
+    """A number every job of a task has alike (its lease_ms, expected_s, timeout_s), one
+    object for them all: a float or a large int of its own is 32 B a running job."""
+    if value in (None, ""):
+        return default
+    number = _NUMBERS.get(value)
+    if number is None or type(number) is not kind:
+        if len(_NUMBERS) >= _DELAYS_MAX:
+            _NUMBERS.clear()
+        number = _NUMBERS[value] = kind(value)
+    return number
 
 
 # JobOptions field -> the key it has in a job's `options` (the caller's explicit choices)
@@ -216,14 +228,14 @@ class Job:
             priority=_int(get("priority"), 5),
             attempt=_int(get("attempt")),
             max_attempts=_int(get("max_attempts"), int(options.get("max_attempts", 0))),
-            expected_s=_float(get("expected_s"), float(options.get("expected_s", 0.0))),
-            timeout_s=_float(get("timeout_s"), float(options.get("timeout_s", 0.0))),
+            expected_s=_same(get("expected_s"), float, float(options.get("expected_s", 0.0))),
+            timeout_s=_same(get("timeout_s"), float, float(options.get("timeout_s", 0.0))),
             retry_delays_s=_delays(get("retry_delays_s")),
             batch=get("batch") or None,
             hints=_json(get("hints"), _EMPTY),
             token=get("token") or None,
             worker=_shared(get("worker") or "") or None,
-            lease_ms=_int(get("lease_ms")),
+            lease_ms=_same(get("lease_ms"), int),
             lease_deadline_ms=_int(get("lease_deadline_ms")) or None,
             created_ms=_int(get("created_ms")),
             started_ms=_int(get("started_ms")) or None,

@@ -11,7 +11,9 @@ import contextlib
 import logging
 import time
 import traceback
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any, TypeGuard
 
 from redis.exceptions import RedisError
 
@@ -29,6 +31,7 @@ from pipeline.queue.batcher import ScriptBatcher
 from pipeline.queue.job import Job
 from pipeline.queue.scripts import Scripts, settle_keys
 from pipeline.queue.stats import Stats
+from pipeline.queue.task import dumps
 from pipeline.redis.connection import text
 from pipeline.redis.keys import EVENTS_MAXLEN, Keys
 from pipeline.redis.replication import ReplicaWait
@@ -70,6 +73,17 @@ class Counters:
         """In words, only what happened: "claimed 3, completed 2, postponed 5"."""
         said = [f"{name.replace('_', ' ')} {n}" for name, n in vars(self).items() if n]
         return ", ".join(said) or "no jobs claimed"
+
+
+def from_value(job: Job, value: Any) -> Settlement:
+    """What the task returned, as JSON; NotSerializable if it is not JSON."""
+    return Settlement("complete", result=dumps(value, f"result of {job.task}"))
+
+
+def returned(body: Awaitable[Any]) -> TypeGuard[asyncio.Future[Any]]:
+    """Whether `body` is a future (a plain function's thread) whose function has ended,
+    returning or raising; False for a coroutine, and for a future the cancel reached first."""
+    return isinstance(body, asyncio.Future) and body.done() and not body.cancelled()
 
 
 def from_stop(reason: str | None) -> Settlement:

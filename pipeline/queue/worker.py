@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeGuard
+from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
@@ -34,12 +34,20 @@ from pipeline.queue.handoff import Handoff
 from pipeline.queue.heads import Heads
 from pipeline.queue.job import Job
 from pipeline.queue.liveness import Liveness, Presence, every, tick_s
-from pipeline.queue.outcome import Counters, Settlement, finish, from_error, from_stop
+from pipeline.queue.outcome import (
+    Counters,
+    Settlement,
+    finish,
+    from_error,
+    from_stop,
+    from_value,
+    returned,
+)
 from pipeline.queue.pool import CpuPool
 from pipeline.queue.shutdown import GracefulShutdown, Running
 from pipeline.queue.stats import Stats
 from pipeline.queue.sweeper import LeaseExpiredHook, Sweeper
-from pipeline.queue.task import REGISTRY, dumps, lookup
+from pipeline.queue.task import REGISTRY, lookup
 from pipeline.queue.timeouts import Timeouts
 from pipeline.redis.connection import sync_twin, text
 from pipeline.redis.keys import EVENTS_MAXLEN
@@ -49,6 +57,7 @@ log = logging.getLogger("pipeline.worker")
 
 CLAIM_BATCH = 16  # most jobs one claim takes, never more than the free slots
 GATED_LOOKAHEAD = 8  # jobs per queue shown to the gate before the worker idles
+JOB_TASK_NAME = "pipeline-job"  # the asyncio task of every running job
 
 JobHook = Callable[[JobContext, str, str | None], Awaitable[None]]
 
@@ -347,31 +356,25 @@ class Worker(GracefulShutdown):
         # a handed job's first lease is short (handoff.py): renewed to its full length at once
         self.liveness.leases.hold(job.id, job.token or "", job.lease_ms, job.task, code,
                                   renew_now=handed)  # fmt: skip
-        # unnamed: a name (f"job-{id}") was ~100 B more per running job; self.running maps
-        # a job's id to its task
-        self.running[job.id] = Running(job, asyncio.create_task(self._run(job, admission)))
+        ctx = JobContext(job, self.client, self.id, self.pool, self.deps,
+                         permit=admission.permit if admission else None)  # fmt: skip
+        # one name for every job's task: a name of its own (f"job-{id}") was ~100 B a running
+        # job, an unnamed task's number ~50 B; self.running maps a job's id to its task
+        task = asyncio.create_task(self._run(ctx), name=JOB_TASK_NAME)
+        self.running[job.id] = Running(job, task)
 
     def _timed_out(self, running: Running) -> None:
         if self.running.get(running.job.id) is running:  # not a later claim of the same id
             self._halt(running.job.id, "timeout")
 
     # -- running ---------------------------------------------------------------------------
-    async def _run(self, job: Job, admission: Admission | None) -> None:
-        ctx = JobContext(job, self.client, self.id, self.pool, self.deps,
-                         permit=admission.permit if admission else None)  # fmt: skip
-        joblog.started(job, joblog.describe(self.job_fields, job))
+    async def _run(self, ctx: JobContext) -> None:
+        """A job's task. Its frame lives as long as the job runs, so it keeps few locals (each
+        is 8 B a running job): the body is started by _body, the settlement run by _end."""
         try:
-            task = lookup(job.task)
-            args = job.args  # unpacked into the call: the task cannot change the job's list
-            if job.chord:
-                ctx.group_results = await self.client.group_results(job.chord)
-                args = [ctx.group_results, *args]
-            if not task.is_async:  # plain functions run in threads of their own
-                self._threads = self._threads or ThreadPoolExecutor(self.concurrency, "task")
-            body = task.start(ctx, args, job.kwargs, self._threads)
-            # the timeout is a halt like any other (and insisted on like one), from the
-            # worker's one timeout timer: it ignores this job once `settling` is set below
-            self.timeouts.add(self.running[job.id], job.timeout_s)
+            if ctx.job.chord:
+                ctx.group_results = await self.client.group_results(ctx.job.chord)
+            body = self._body(ctx)
             try:
                 value = await body
             except asyncio.CancelledError:
@@ -379,21 +382,45 @@ class Worker(GracefulShutdown):
                 # lease, a cancel, shutdown) that runs ahead of this task's wakeup in one loop
                 # turn: the cancel then lands here with the value already in `body`. The work
                 # is done (and paid for): settle what it returned or raised, never a stop.
-                if not _returned(body):
+                if not returned(body):
                     raise
                 value = body.result()  # raises what the function raised
-            settlement = Settlement("complete", result=dumps(value, f"result of {job.task}"))
+            settlement = from_value(ctx.job, value)
         except asyncio.CancelledError:
-            running = self.running.get(job.id)
-            reason = running.stop_reason if running else None
-            settlement = (from_error(job, TimeoutError()) if reason == "timeout"
-                          else from_stop(reason))  # fmt: skip
+            settlement = self._stopped(ctx.job)
         except Exception as exc:
-            settlement = from_error(job, exc)
+            settlement = from_error(ctx.job, exc)
+        await self._end(ctx, settlement)
+
+    def _body(self, ctx: JobContext) -> Awaitable[Any]:
+        """The job's body, started (a coroutine, or a plain function's future), under its
+        timeout from now. Raises UnknownTask, or what calling the task raised."""
+        job = ctx.job
+        joblog.started(job, joblog.describe(self.job_fields, job))
+        task = lookup(job.task)
+        args = job.args  # unpacked into the call: the task cannot change the job's list
+        if job.chord:
+            args = [ctx.group_results, *args]
+        if not task.is_async:  # plain functions run in threads of their own
+            self._threads = self._threads or ThreadPoolExecutor(self.concurrency, "task")
+        body = task.start(ctx, args, job.kwargs, self._threads)
+        # the timeout is a halt like any other (and insisted on like one), from the worker's
+        # one timeout timer: it ignores this job once `settling` is set (_end)
+        self.timeouts.add(self.running[job.id], job.timeout_s)
+        return body
+
+    def _stopped(self, job: Job) -> Settlement:
+        """The settlement of a job whose body the worker cancelled, by the halt's reason."""
+        running = self.running.get(job.id)
+        reason = running.stop_reason if running else None
+        return from_error(job, TimeoutError()) if reason == "timeout" else from_stop(reason)
+
+    async def _end(self, ctx: JobContext, settlement: Settlement) -> None:
         # From here on nothing cancels this task: the worker's only cancellations (_halt and
         # _insist: stop on request, lost lease, shutdown) skip a settling job, and one asked
         # for before this point was delivered inside the body, at its last await (no await
         # since). So the settlement runs in this task, not in a shielded task of its own.
+        job = ctx.job
         mine = self.running.get(job.id)
         if mine is not None:
             mine.settling = True
@@ -438,9 +465,3 @@ class Worker(GracefulShutdown):
                 await hook(ctx, outcome, s.error or None)
             except Exception:
                 log.exception("job-end hook failed for job %s", job.id)
-
-
-def _returned(body: Awaitable[Any]) -> TypeGuard[asyncio.Future[Any]]:
-    """Whether `body` is a future (a plain function's thread) whose function has ended,
-    returning or raising; False for a coroutine, and for a future the cancel reached first."""
-    return isinstance(body, asyncio.Future) and body.done() and not body.cancelled()
