@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pipeline.queue.job import Job
+from pipeline.queue.lease import Lease
 
 if TYPE_CHECKING:
     from pipeline.queue.client import QueueClient
@@ -29,12 +29,11 @@ log = logging.getLogger("pipeline.worker")
 
 
 @dataclass(slots=True, eq=False)  # one per running job; kept in Timeouts' heap by deadline
-class Running:
+class Running(Lease):
     """A running job: `task` is its body (a task, or a plain function's future) until the
-    body ends, then the task settling it. It is the body's done callback (`on_end(self)`):
-    a callback of its own would be one more object per running job."""
+    body ends, then the task settling it. It is its own lease (LeaseBook) and the body's
+    done callback (`on_end(self)`): objects of their own were ~130 B more a running job."""
 
-    job: Job
     task: asyncio.Future[Any]
     stop_reason: str | None = None  # cancel | shutdown | lost | timeout
     settling: bool = False  # the task body is over; only its settlement is left

@@ -358,10 +358,6 @@ class Worker(GracefulShutdown):
         under its timeout; `_body_ended` settles it when it is done. No coroutine of the
         worker's waits on the body meanwhile: one would hold a frame (~260 B) a running job."""
         self.counters.claimed += 1
-        code = getattr(REGISTRY[job.task].fn, "__code__", None) if job.task in REGISTRY else None
-        # a handed job's first lease is short (handoff.py): renewed to its full length at once
-        self.liveness.leases.hold(job.id, job.token or "", job.lease_ms, job.task, code,
-                                  renew_now=handed)  # fmt: skip
         ctx = JobContext(job, self.client, self.id, self.pool, self.deps,
                          permit=admission.permit if admission else None)  # fmt: skip
         joblog.started(job, joblog.describe(self.job_fields, job))
@@ -378,6 +374,8 @@ class Worker(GracefulShutdown):
             body = asyncio.get_running_loop().create_future()
             body.set_exception(exc)
         running = Running(job, body, ctx=ctx, on_end=self._on_body_end)
+        # a handed job's first lease is short (handoff.py): renewed to its full length at once
+        self.liveness.leases.hold(running, renew_now=handed)
         self.running[job.id] = running
         if not body.done():
             # the timeout is a halt like any other (and insisted on like one), from the
