@@ -84,6 +84,12 @@ async def sleep(ctx: JobContext, seconds: float) -> str:
     return ctx.worker_id
 
 
+@task(name="t.nap", expected_duration_s=1.0)
+async def nap(ctx: JobContext, seconds: float) -> None:
+    """Sleeps and touches nothing else: what it holds in its worker is the worker's own."""
+    await asyncio.sleep(seconds)
+
+
 @task(name="t.flaky", expected_duration_s=0.5, max_attempts=3, retry_delays_s=(0.05,))
 async def flaky(ctx: JobContext, fail_times: int, value: Any = "ok") -> Any:
     await _mark(ctx, "ran")
