@@ -233,6 +233,20 @@ async def test_hard_timeout(client: QueueClient, redis_url: str) -> None:
     assert "timed out after 0.2s" in (job.error or "")
 
 
+async def test_an_error_whose_message_cannot_be_read_still_settles_its_job(
+    client: QueueClient, redis_url: str
+) -> None:
+    """The settlement is worked out in the body's done callback, where an error is only
+    logged: an exception whose __str__ raises left the job active for ever (its lease renewed)
+    and the worker's stop spinning 30 s on it."""
+    async with worker(redis_url, client, concurrency=1) as w:
+        handle = await client.enqueue(qt.unsayable)
+        job = await client.wait(handle.id, timeout_s=10)
+        await eventually(lambda: asyncio.sleep(0, not w.running), what="the entry gone")
+    assert job.state == State.DEAD
+    assert "Unsayable: <Unsayable: its message could not be read>" in (job.error or "")
+
+
 async def test_a_shorter_timeout_started_later_stops_only_its_own_job(
     client: QueueClient, redis_url: str
 ) -> None:

@@ -104,6 +104,18 @@ async def permanent(ctx: JobContext) -> None:
     raise Permanent("this input can never work")
 
 
+class Unsayable(Exception):
+    """An exception whose message cannot be read: its __str__ raises."""
+
+    def __str__(self) -> str:
+        raise ValueError("no message")
+
+
+@task(name="t.unsayable", expected_duration_s=0.1, max_attempts=1)
+async def unsayable(ctx: JobContext) -> None:
+    raise Unsayable()
+
+
 @task(name="t.slow_timeout", expected_duration_s=0.1, timeout_s=0.2, max_attempts=1)
 async def slow_timeout(ctx: JobContext) -> None:
     await asyncio.sleep(30)
