@@ -448,6 +448,9 @@ class Worker(GracefulShutdown):
             self.liveness.leases.drop(job.id, job.token or "")
             if self.running.get(job.id) is running:
                 self.running.pop(job.id, None)
+            # the entry may wait in the timeout heap until it reaches the top (timeouts.py):
+            # not with its context (a chord's group results, the permit, the deps)
+            running.ctx = None
             self._slot_freed.set()
 
     async def _settle(self, ctx: JobContext, s: Settlement) -> None:

@@ -10,6 +10,7 @@ import tracemalloc
 from pipeline.queue import QueueClient
 from tests.queue.conftest import worker
 from tests.support import queue_tasks as qt
+from tests.support.queue_tasks import count, set_flag
 from tests.support.waiting import eventually
 
 JOBS = 40
@@ -54,3 +55,37 @@ async def test_a_sleeping_job_holds_under_the_bound_in_its_worker(
     diff = during.filter_traces(ignore).compare_to(before.filter_traces(ignore), "filename")
     per_job = sum(stat.size_diff for stat in diff) / JOBS
     assert per_job < BOUND_B, f"{per_job:.0f} B a waiting job"
+
+
+async def test_a_settled_chord_callback_leaves_its_group_results_behind(
+    client: QueueClient, redis_url: str
+) -> None:
+    """A job whose body ended stays in the timeout heap (timeouts.py) until it reaches the top
+    or a compaction: what it held must not stay with it. Here a job started first holds the
+    top, and a callback's group results (4 x 500 KB) must be freed once it has settled."""
+    async with worker(redis_url, client, concurrency=3) as w:
+        holder = await client.enqueue(qt.block, "results-freed", "done")  # the heap's top
+        await eventually(lambda: count(client, "started", holder.id), what="start")
+
+        async def only_the_holder() -> bool:
+            return len(w.running) == 1
+
+        async def chord(n: int) -> list[int]:
+            group = await client.group([qt.sized.call(n) for _ in range(4)],
+                                       then=qt.lengths.call())  # fmt: skip
+            out: list[int] = await group.callback.result(timeout_s=20)
+            await eventually(only_the_holder, what="the chord settled")
+            return out
+
+        await chord(10)  # a first round: pools, buffers and dicts grow to their size
+        gc.collect()
+        tracemalloc.start()
+        try:
+            assert await chord(500_000) == [500_000] * 4
+            gc.collect()
+            held, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        await set_flag(client, "results-freed")
+        assert await holder.result(timeout_s=20) == "done"
+    assert held < 500_000, f"{held} B still held after the chord settled"

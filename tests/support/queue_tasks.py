@@ -90,6 +90,18 @@ async def nap(ctx: JobContext, seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
+@task(name="t.sized", expected_duration_s=0.1)
+async def sized(ctx: JobContext, n: int) -> str:
+    """A result of `n` characters from an argument of a few bytes."""
+    return "x" * n
+
+
+@task(name="t.lengths", expected_duration_s=0.1)
+async def lengths(ctx: JobContext, results: list[dict[str, Any]]) -> list[int]:
+    """A chord callback that keeps only the lengths of its group's results."""
+    return [len(r.get("result") or "") for r in results]
+
+
 @task(name="t.flaky", expected_duration_s=0.5, max_attempts=3, retry_delays_s=(0.05,))
 async def flaky(ctx: JobContext, fail_times: int, value: Any = "ok") -> Any:
     await _mark(ctx, "ran")
