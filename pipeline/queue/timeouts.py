@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 from collections.abc import Callable
 
 from pipeline.queue.shutdown import Running
+
+log = logging.getLogger("pipeline.worker")
 
 # uvloop keeps time in whole milliseconds: a timer can run while loop.time() is up to 1 ms
 # short of the deadline it was armed for. A deadline that close counts as reached, as the
@@ -81,7 +84,10 @@ class Timeouts:
             running = heapq.heappop(heap)
             if running.settling:
                 self._ended -= 1
-            else:
+                continue
+            try:
                 self.expire(running)
+            except Exception:  # one job's halt failing must not lose every later timeout
+                log.exception("job %s: its timeout could not stop it", running.job.id)
         if heap:
             self._arm(loop, heap[0].deadline)

@@ -48,3 +48,25 @@ async def test_ended_jobs_do_not_pile_up() -> None:
         assert len(timeouts) <= 2 * len(live) + COMPACT_MIN + 1
     timeouts.close()
     idle.cancel()
+
+
+async def test_a_halt_that_raises_does_not_lose_the_later_timeouts() -> None:
+    expired: list[str] = []
+
+    def expire(running: Running) -> None:
+        if running.job.id == "a":
+            raise RuntimeError("this halt failed")
+        expired.append(running.job.id)
+
+    timeouts = Timeouts(expire)
+    idle = asyncio.create_task(asyncio.sleep(60))
+    first, later = (Running(Job.from_hash({"id": name}), idle) for name in "ab")
+    timeouts.add(first, 0.01)
+    timeouts.add(later, 0.05)
+
+    async def later_expired() -> bool:
+        return expired == ["b"]
+
+    await eventually(later_expired, what="b expired after a's halt raised")
+    timeouts.close()
+    idle.cancel()
