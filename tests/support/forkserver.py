@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 _LEN = struct.Struct("!I")
 
@@ -137,6 +137,9 @@ def _serve(path: str) -> tuple[dict[str, Any], list[int]] | None:
                     return request, fds
                 for fd in fds:
                     os.close(fd)
+                if request.get("own_group"):  # before the pid is known: killpg finds it
+                    with contextlib.suppress(OSError):
+                        os.setpgid(pid, pid)
                 conn.sendall(b"%d\n" % pid)
                 waiting[pid] = conn
                 _reap(waiting)  # a child that ended before SIGCHLD was set up for it
@@ -162,6 +165,8 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
     `python -m pipeline ARGV`; its SystemExit ends this process the normal way."""
     import runpy
 
+    if request.get("own_group"):
+        os.setpgid(0, 0)  # as the server does for it: whichever runs first
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
@@ -178,7 +183,11 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
 
 class ForkedProcess:
     """A command forked by the server, with the part of subprocess.Popen's interface tests
-    use: pid, returncode, poll(), wait(timeout), send_signal(), kill()."""
+    use: pid, returncode, poll(), wait(timeout), send_signal(), kill(), and `stdout` /
+    `stderr` (text) when they were asked for as pipes."""
+
+    stdout: IO[str] | None = None
+    stderr: IO[str] | None = None
 
     def __init__(self, conn: socket.socket, pid: int) -> None:
         self._conn = conn
@@ -262,9 +271,18 @@ class ForkServer:
             return server
 
     def spawn(
-        self, argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int, int]
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        stdio: tuple[int, int, int],
+        own_group: bool = False,
     ) -> ForkedProcess:
-        body = json.dumps({"argv": argv, "env": env, "cwd": cwd}).encode()
+        """Fork `pipeline ARGV` with these stdin/stdout/stderr descriptors (the caller keeps
+        and closes its own); `own_group`: in a process group of its own, as Popen's
+        start_new_session puts it, so a test can signal its whole group."""
+        request = {"argv": argv, "env": env, "cwd": cwd, "own_group": own_group}
+        body = json.dumps(request).encode()
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(self.path)
         message = _LEN.pack(len(body)) + body
@@ -287,6 +305,45 @@ class ForkServer:
             os.unlink(self.path)
             os.unlink(os.path.join(self._dir, "log"))
             os.rmdir(self._dir)
+
+
+def popen(
+    argv: list[str], env: dict[str, str], cwd: Path, root: Path, **popen: Any
+) -> ForkedProcess | None:
+    """`python -m pipeline ARGV` through the fork server, as subprocess.Popen(text=True)
+    would start it with `popen`'s stdout (PIPE or a file), stderr (PIPE, STDOUT or a file)
+    and start_new_session; None when the fork server is off or another option is asked."""
+    server = ForkServer.get(root)
+    if server is None or set(popen) - {"stdout", "stderr", "start_new_session"}:
+        return None
+    mine: list[int] = []  # the pipes' write ends, closed here once the child has them
+
+    def pipe() -> tuple[IO[str], int]:
+        read, write = os.pipe()
+        mine.append(write)
+        return open(read, encoding="utf-8", errors="replace"), write
+
+    stdout = stderr = None
+    with open(os.devnull, "rb") as stdin:
+        out_fd = err_fd = stdin.fileno()
+        if popen.get("stdout") == subprocess.PIPE:
+            stdout, out_fd = pipe()
+        elif popen.get("stdout") is not None:
+            out_fd = popen["stdout"].fileno()
+        if popen.get("stderr") == subprocess.PIPE:
+            stderr, err_fd = pipe()
+        elif popen.get("stderr") == subprocess.STDOUT:
+            err_fd = out_fd
+        elif popen.get("stderr") is not None:
+            err_fd = popen["stderr"].fileno()
+        try:
+            child = server.spawn(argv, env, str(cwd), (stdin.fileno(), out_fd, err_fd),
+                                 own_group=bool(popen.get("start_new_session")))  # fmt: skip
+        finally:
+            for fd in mine:
+                os.close(fd)
+    child.stdout, child.stderr = stdout, stderr
+    return child
 
 
 def run(
