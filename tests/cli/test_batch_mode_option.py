@@ -5,9 +5,7 @@ bucket tokens; an unknown mode is refused with what to use."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import redis
@@ -15,6 +13,7 @@ import redis
 from pipeline.queue.record import joined
 from pipeline.redis.keys import Keys
 from tests.support.api import api_client, api_settings, pdf_files
+from tests.support.cli import run_cli
 from tests.support.pdfs import make_pdf
 from tests.support.workers import ROOT
 
@@ -24,13 +23,7 @@ INVOICE_BYTES = make_pdf(1, "Invoice {n}. Amount due 120 EUR.")
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    full.update(env)
-    full.update({"PYTHONPATH": str(ROOT), "PIPELINE_CPU_WORKERS": "1"})
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "submit", INVOICE, "--json", *args],
-        cwd=ROOT, env=full, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    return run_cli(env, "submit", INVOICE, "--json", *args)
 
 
 def _args(sredis: redis.Redis, prefix: str, job_id: str) -> dict[str, object]:

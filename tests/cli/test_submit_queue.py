@@ -4,26 +4,18 @@ live worker serves that queue, and `--priority high` alone keeps the task's own 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import redis
 
 from pipeline.redis.keys import Keys
+from tests.support.cli import run_cli
 from tests.support.workers import ROOT
 
 INVOICE = str(ROOT / "examples" / "docs" / "invoice.pdf")
 
 
 def submit(env: dict[str, str], *args: str) -> dict[str, object]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    full.update(env)
-    full.update({"PYTHONPATH": str(ROOT), "PIPELINE_CPU_WORKERS": "1"})
-    out = subprocess.run(
-        [sys.executable, "-m", "pipeline", "submit", INVOICE, "--json", *args],
-        cwd=ROOT, env=full, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    out = run_cli(env, "submit", INVOICE, "--json", *args)
     assert out.returncode == 0, out.stderr
     result: dict[str, object] = json.loads(out.stdout)
     return result

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -29,6 +27,7 @@ from pipeline.redis.keys import Keys
 from tests.ledger.conftest import attempt, settle
 from tests.support import ROOT
 from tests.support.backends import free_port
+from tests.support.cli import run_cli
 
 
 def _at(day: str, hour: int = 12) -> datetime:
@@ -180,15 +179,13 @@ def test_the_chart_suffixes_are_documented_where_chart_is() -> None:
 
 def test_cli_errors_are_messages_not_tracebacks(pipeline_env: dict[str, str]) -> None:
     """Through the real entry point (`main()`), as a user runs it."""
-    env = {**os.environ, **pipeline_env}
     for args, code in ((["costs", "--since", "2026-13-01"], 2), (["costs", "--by", "x"], 2)):
-        proc = subprocess.run([sys.executable, "-m", "pipeline", *args], env=env,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        proc = run_cli(pipeline_env, *args)
         assert proc.returncode == code, proc.stderr
         assert "Traceback" not in proc.stderr and "Invalid value" in proc.stderr
-    bad_db = {**env, "PIPELINE_DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/x"}
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "costs"], env=bad_db,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    bad_db = {**pipeline_env,
+              "PIPELINE_DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/x"}
+    proc = run_cli(bad_db, "costs")
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "PIPELINE_DATABASE_URL" in proc.stderr
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import subprocess
 import sys
 
@@ -22,6 +21,7 @@ from pipeline.redis.keys import Keys
 from tests.queue import more_tasks
 from tests.queue.conftest import InProcessWorker
 from tests.support import ROOT
+from tests.support.cli import run_cli
 from tests.support.waiting import eventually
 from tests.support.workers import WorkerProcess, fast_settings, worker_env
 
@@ -101,13 +101,8 @@ def test_the_products_analysis_job_gets_its_declared_lease(
 ) -> None:
     """`pipeline submit` then a worker: tasks/analyze.py declares 60 s expected, 900 s timeout,
     so the lease is 120 s (case 06 B saw 20 s and 600 s)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    env.update(pipeline_env)
-    env.update({"PYTHONPATH": str(ROOT), "PIPELINE_CPU_WORKERS": "1"})
-
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        return run_cli(pipeline_env, *args)
 
     submitted = cli("submit", str(ROOT / "examples" / "docs" / "invoice.pdf"), "--json")
     assert submitted.returncode == 0, submitted.stderr

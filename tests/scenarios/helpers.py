@@ -34,18 +34,21 @@ def batch_id_of(stdout: str) -> str:
 
 
 def start_pipeline(env: dict[str, str], *args: str, **popen: Any) -> Any:
-    """`python -m pipeline ARGS` from the checkout (a subprocess.Popen, text mode) with `env`
-    over this process's environment less its own PIPELINE_* settings, one CPU-pool process
-    and a wide terminal; `popen` goes to Popen (stdout, stderr, start_new_session...)."""
+    """`python -m pipeline ARGS` from the checkout (a subprocess.Popen, text mode, or the
+    same forked by tests/support/forkserver.py) with `env` over this process's environment
+    less its own PIPELINE_* settings, one CPU-pool process and a wide terminal; `popen` goes to Popen (stdout, stderr, start_new_session...)."""
     import os
     import subprocess
     import sys
 
-    from tests.support import ROOT
+    from tests.support import ROOT, forkserver
 
     full = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     full.update(env)
     full.update({"PYTHONPATH": str(ROOT), "PIPELINE_CPU_WORKERS": "1", "COLUMNS": "200"})
+    forked = forkserver.popen(list(args), full, ROOT, ROOT, **popen)
+    if forked is not None:
+        return forked
     return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=full,
                             text=True, **popen)  # fmt: skip
 

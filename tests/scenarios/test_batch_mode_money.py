@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -31,13 +28,12 @@ from pipeline.money import dollars
 from pipeline.queue.job import State
 from tasks.submission import Upload, submit_uploads
 from tests.ledger.conftest import BACKENDS, database_url_for
+from tests.support.cli import run_cli
 from tests.support.emulator import start_emulator
 from tests.support.paid_rig import FAST_BATCH_POLL, Rig, money, running_pipeline
 from tests.support.pdfs import make_pdf
 from tests.support.waiting import eventually
-from tests.support.workers import ROOT as ROOT_PATH
 
-ROOT = str(ROOT_PATH)
 BUDGET = Decimal("0.5")
 
 
@@ -64,11 +60,7 @@ def _docs() -> list[Upload]:
 
 async def _cli(env: dict[str, str], *args: str) -> str:
     """`pipeline ARGS`' output, run in a thread: the worker shares this event loop."""
-    out = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "pipeline", *args],
-        env={**os.environ, **env, "PYTHONPATH": ROOT}, capture_output=True, text=True,
-        timeout=120, cwd=ROOT,
-    )  # fmt: skip
+    out = await asyncio.to_thread(run_cli, env, *args)
     assert out.returncode == 0, out.stderr
     return out.stdout
 

@@ -6,9 +6,7 @@ to $0.000001; a re-run of the same documents pays nothing."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -19,11 +17,10 @@ from pipeline.llm.pricing import PriceTable
 from pipeline.llm.provider import Usage
 from pipeline.queue.job import State
 from tasks.submission import submit_uploads
+from tests.support.cli import run_cli
 from tests.support.emulator import RunningEmulator, start_emulator
 from tests.support.paid_rig import FAST_BATCH_POLL, MICRO, memo_uploads, money, running_pipeline
-from tests.support.workers import ROOT as ROOT_PATH
 
-ROOT = str(ROOT_PATH)
 
 @pytest.fixture
 async def emu() -> AsyncIterator[RunningEmulator]:
@@ -32,11 +29,7 @@ async def emu() -> AsyncIterator[RunningEmulator]:
 
 
 def _costs(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "costs", "--by", "mode", *args],
-        env={**os.environ, **env, "PYTHONPATH": ROOT}, capture_output=True, text=True,
-        timeout=120, cwd=ROOT,
-    )  # fmt: skip
+    return run_cli(env, "costs", "--by", "mode", *args)
 
 
 async def test_five_documents_in_batch_mode_make_one_job_and_cost_half(

@@ -1,5 +1,6 @@
-"""`python -m pipeline ...` as a user runs it: a real subprocess from the repository, with the
-test's PIPELINE_* environment only (the caller's own PIPELINE_* variables are dropped)."""
+"""`python -m pipeline ...` as a user runs it: a process of its own from the repository, with
+the test's PIPELINE_* environment only (the caller's own PIPELINE_* variables are dropped),
+forked from a process that has imported the CLI already (tests/support/forkserver.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import ROOT
+from tests.support import ROOT, forkserver
 
 EXAMPLES = sorted(str(p) for p in (ROOT / "examples" / "docs").glob("*.pdf"))
 
@@ -28,6 +29,9 @@ def run_cli(
     full = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     full.update(env)
     full.update({"PYTHONPATH": str(ROOT), "PIPELINE_CPU_WORKERS": "1", "COLUMNS": str(columns)})
+    forked = forkserver.run(list(args), full, cwd, timeout_s, ROOT)
+    if forked is not None:
+        return forked
     command = [sys.executable, "-m", "pipeline", *args]
     try:
         return subprocess.run(command, cwd=cwd, env=full, capture_output=True, text=True,

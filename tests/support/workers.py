@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.settings import Settings, load_settings
-from tests.support import ROOT
+from tests.support import ROOT, forkserver
 
 FAST = {
     "min_lease_s": 0.5,
@@ -45,7 +45,8 @@ def worker_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """`pipeline worker` as a real subprocess, ended by pid. `env` may be a whole test
+    """`pipeline worker` as a process of its own (forked from a server that has imported the
+    worker's modules, tests/support/forkserver.py), ended by pid. `env` may be a whole test
     environment (a `pipeline_env` with the emulator's): its Redis URL and key prefix are
     this worker's own arguments, whatever `env` says."""
 
@@ -65,13 +66,17 @@ class WorkerProcess:
         # writes while `output()` has seeked to 0 lands over the start of the log (seen: a
         # start-up line overwritten by a job's line, and a test failing on it).
         self.log = open(f"/tmp/pipeline-worker-{prefix}-{time.monotonic_ns()}.log", "a+")
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=worker_env(redis_url, prefix, **env),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        full = worker_env(redis_url, prefix, **env)
+        server = forkserver.ForkServer.get(ROOT, "worker")
+        self.proc: subprocess.Popen[bytes] | forkserver.ForkedProcess
+        if server is not None:
+            with open(os.devnull, "rb") as stdin:
+                stdio = (stdin.fileno(), self.log.fileno(), self.log.fileno())
+                self.proc = server.spawn(cmd[3:], full, str(ROOT), stdio)
+        else:
+            self.proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=full, stdout=self.log, stderr=subprocess.STDOUT
+            )
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
