@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, NoReturn
+from typing import Any
 
 from pipeline.queue.record import joined
 
@@ -70,51 +70,6 @@ class JobOptions:
 _loads = json.loads
 
 
-def _refuse(self: object, *args: object, **kwargs: object) -> NoReturn:
-    raise TypeError("this value is shared by every job whose field is the same (an empty "
-                    "kwargs, hints or options; the retry delays): change a copy, e.g. "
-                    "dict(job.hints) or list(job.retry_delays_s)")
-
-
-class _SharedDict(dict[str, Any]):
-    """The one empty kwargs, hints and options of every job that has them empty, which is
-    most jobs (a fresh {} per field was ~190 B of a sleeping job's ~3.3 KB in the worker,
-    tracemalloc): read-only, so a change cannot reach other jobs. A copy is a plain dict."""
-
-    __slots__ = ()
-    __setitem__ = __delitem__ = __ior__ = _refuse
-    clear = pop = popitem = setdefault = update = _refuse
-
-    def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
-        return dict, (dict(self),)
-
-
-class _SharedList(list[Any]):
-    """Retry delays decoded once per distinct text: every job of a task has the same
-    (~160 B a running job as a list of its own). Read-only like _SharedDict."""
-
-    __slots__ = ()
-    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
-    append = clear = extend = insert = pop = remove = reverse = sort = _refuse
-
-    def __reduce__(self) -> tuple[type[list[Any]], tuple[list[Any]]]:
-        return list, (list(self),)
-
-
-_EMPTY = _SharedDict()
-_DELAYS: dict[str, _SharedList] = {}  # retry delays by their JSON text
-_DELAYS_MAX = 256  # distinct texts kept (one per task definition, give or take)
-
-
-def _delays(value: str | None) -> list[float]:
-    if not value or value == "[]":
-        return []
-    shared = _DELAYS.get(value)
-    if shared is None:
-        if len(_DELAYS) >= _DELAYS_MAX:
-            _DELAYS.clear()
-        shared = _DELAYS[value] = _SharedList(_loads(value))
-    return shared
 # A task's, a queue's and a worker's name repeat in every job of theirs: one string shared
 # while any such job is held (interned strings are freed with their last holder), not three
 # copies per running job (~200 B of a sleeping job's ~3.6 KB in the worker, tracemalloc).
@@ -135,6 +90,7 @@ def _int(value: str | None, default: int = 0) -> int:
 
 
 _NUMBERS: dict[str, int | float] = {}  # a task's lease, expected and timeout, by their text
+_NUMBERS_MAX = 256  # distinct texts kept (a few per task definition)
 
 
 def _same(value: str | None, kind: type[int] | type[float], default: int | float = 0) -> Any:
@@ -144,7 +100,7 @@ def _same(value: str | None, kind: type[int] | type[float], default: int | float
         return default
     number = _NUMBERS.get(value)
     if number is None or type(number) is not kind:
-        if len(_NUMBERS) >= _DELAYS_MAX:
+        if len(_NUMBERS) >= _NUMBERS_MAX:
             _NUMBERS.clear()
         number = _NUMBERS[value] = kind(value)
     return number
@@ -210,7 +166,7 @@ class Job:
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> Job:
         get = h.get
-        options = _json(get("options"), _EMPTY)
+        options = _json(get("options"), {})
         args = get("args")
         if args is not None and "args.1" in h:  # stored in pieces (record.py)
             args = joined(h, "args")
@@ -224,15 +180,15 @@ class Job:
             queue=_shared(get("queue", "default")),
             state=State(get("state", "queued")),
             args=_json(args, []),
-            kwargs=_json(kwargs, _EMPTY),
+            kwargs=_json(kwargs, {}),
             priority=_int(get("priority"), 5),
             attempt=_int(get("attempt")),
             max_attempts=_int(get("max_attempts"), int(options.get("max_attempts", 0))),
             expected_s=_same(get("expected_s"), float, float(options.get("expected_s", 0.0))),
             timeout_s=_same(get("timeout_s"), float, float(options.get("timeout_s", 0.0))),
-            retry_delays_s=_delays(get("retry_delays_s")),
+            retry_delays_s=_json(get("retry_delays_s"), []),
             batch=get("batch") or None,
-            hints=_json(get("hints"), _EMPTY),
+            hints=_json(get("hints"), {}),
             token=get("token") or None,
             worker=_shared(get("worker") or "") or None,
             lease_ms=_same(get("lease_ms"), int),

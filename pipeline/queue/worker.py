@@ -432,7 +432,7 @@ class Worker(GracefulShutdown):
             except Exception as error:  # not JSON
                 settlement = from_error(job, error)
         running.settling = True
-        self.timeouts.ended()
+        self.timeouts.ended(running)
         self._slot_freed.set()
         self.liveness.leases.drop(job.id, job.token or "")  # renewal stops; finish is fenced
         running.task = asyncio.create_task(self._end(running, settlement), name=JOB_TASK_NAME)
@@ -448,8 +448,8 @@ class Worker(GracefulShutdown):
             self.liveness.leases.drop(job.id, job.token or "")
             if self.running.get(job.id) is running:
                 self.running.pop(job.id, None)
-            # the entry may wait in the timeout heap until it reaches the top (timeouts.py):
-            # not with its context (a chord's group results, the permit, the deps)
+            # whatever still holds the entry (a log record, a lease snapshot) does not hold
+            # its context with it: a chord's group results, the permit, the deps
             running.ctx = None
             self._slot_freed.set()
 

@@ -6,7 +6,7 @@ import asyncio
 
 from pipeline.queue.job import Job
 from pipeline.queue.shutdown import Running
-from pipeline.queue.timeouts import COMPACT_MIN, DUE_WITHIN_S, Timeouts
+from pipeline.queue.timeouts import DUE_WITHIN_S, Timeouts
 from tests.support.waiting import eventually
 
 
@@ -20,7 +20,7 @@ async def test_each_job_expires_at_its_own_deadline_and_an_ended_one_never() -> 
     timeouts.add(entries["b"], 0.05)  # an earlier deadline re-arms the timer
     timeouts.add(entries["c"], 0.01)
     entries["c"].settling = True  # its body ended before its deadline
-    timeouts.ended()
+    timeouts.ended(entries["c"])
     timeouts.add(entries["d"], 0.1)
 
     async def both() -> bool:
@@ -33,7 +33,9 @@ async def test_each_job_expires_at_its_own_deadline_and_an_ended_one_never() -> 
     idle.cancel()
 
 
-async def test_ended_jobs_do_not_pile_up() -> None:
+async def test_an_ended_job_leaves_at_once() -> None:
+    """Only running jobs are held: an ended entry kept until it reached the top held its job,
+    arguments and all (a review probe: 60 settled jobs of 1 MB arguments kept 60 MB)."""
     timeouts = Timeouts(lambda r: None)
     idle = asyncio.create_task(asyncio.sleep(60))
     live: list[Running] = []
@@ -44,8 +46,9 @@ async def test_ended_jobs_do_not_pile_up() -> None:
         if len(live) > 10:  # the oldest-but-one ends: never the heap's top first
             ended = live.pop(1)
             ended.settling = True
-            timeouts.ended()
-        assert len(timeouts) <= 2 * len(live) + COMPACT_MIN + 1
+            timeouts.ended(ended)
+        assert len(timeouts) == len(live)
+        assert all(entry in live for entry in timeouts._heap)
     timeouts.close()
     idle.cancel()
 

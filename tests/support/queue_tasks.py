@@ -90,6 +90,13 @@ async def nap(ctx: JobContext, seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
+@task(name="t.marks", expected_duration_s=0.1)
+async def marks(ctx: JobContext) -> list[str]:
+    """Writes into its own job's hints, kwargs-free: a task may treat them as its own."""
+    ctx.job.hints["seen"] = True
+    return sorted(ctx.job.hints)
+
+
 @task(name="t.sized", expected_duration_s=0.1)
 async def sized(ctx: JobContext, n: int) -> str:
     """A result of `n` characters from an argument of a few bytes."""
