@@ -36,7 +36,8 @@ def batch_id_of(stdout: str) -> str:
 def start_pipeline(env: dict[str, str], *args: str, **popen: Any) -> Any:
     """`python -m pipeline ARGS` from the checkout (a subprocess.Popen, text mode, or the
     same forked by tests/support/forkserver.py) with `env` over this process's environment
-    less its own PIPELINE_* settings, one CPU-pool process and a wide terminal; `popen` goes to Popen (stdout, stderr, start_new_session...)."""
+    less its own PIPELINE_* settings, one CPU-pool process and a wide terminal; `popen` goes
+    to Popen (stdout, stderr, start_new_session...)."""
     import os
     import subprocess
     import sys
