@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from types import CodeType
+from dataclasses import dataclass, field
 
 import redis as syncredis
 
+from pipeline.queue.job import Job
 from pipeline.queue.scripts import LUA_DIR
 from pipeline.redis.keys import Keys
 from pipeline.redis.scripts import lua_source
@@ -26,14 +26,26 @@ log = logging.getLogger("pipeline.lease")
 RENEW_CHUNK = 500  # leases per script call
 
 
-@dataclass(slots=True)  # no instance dict: one per running job
+@dataclass(slots=True, eq=False)
 class Lease:
-    job_id: str
-    token: str
-    lease_ms: int
-    renewed_at: float  # monotonic seconds
-    task: str = ""  # the task's name, for the blocked-loop warning
-    code: CodeType | None = None  # the task function's code, to find it on a blocked stack
+    """A claim this worker holds: its job (id, token, lease length, task) and when the lease
+    was last renewed. The worker's entry for a running job (shutdown.Running) is its lease:
+    one object a running job, not two."""
+
+    job: Job
+    renewed_at: float = field(default=0.0, init=False)  # monotonic seconds
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    @property
+    def token(self) -> str:
+        return self.job.token or ""
+
+    @property
+    def lease_ms(self) -> int:
+        return self.job.lease_ms
 
     def due(self, now: float) -> bool:
         return now - self.renewed_at >= self.lease_ms / 3000
@@ -54,13 +66,12 @@ class LeaseBook:
         self._lock = threading.Lock()
         self._leases: dict[str, Lease] = {}
 
-    def hold(self, job_id: str, token: str, lease_ms: int, task: str = "",
-             code: CodeType | None = None, renew_now: bool = False) -> None:  # fmt: skip
+    def hold(self, lease: Lease, renew_now: bool = False) -> None:
         """Renew this lease from now on; with `renew_now`, at the next tick (a handed-off job,
         whose first lease is short: handoff.py)."""
-        renewed_at = -1e18 if renew_now else time.monotonic()
+        lease.renewed_at = -1e18 if renew_now else time.monotonic()
         with self._lock:
-            self._leases[job_id] = Lease(job_id, token, lease_ms, renewed_at, task, code)
+            self._leases[lease.job_id] = lease
 
     def drop(self, job_id: str, token: str | None = None) -> None:
         """Stop renewing `job_id`'s lease (with `token`: only the lease of that claim)."""

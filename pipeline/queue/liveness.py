@@ -28,6 +28,7 @@ import redis as syncredis
 
 from pipeline.queue import heartbeat
 from pipeline.queue.lease import LeaseBook
+from pipeline.queue.task import REGISTRY
 from pipeline.redis.keys import Keys
 
 log = logging.getLogger("pipeline.worker")
@@ -185,12 +186,17 @@ class Liveness:
         """Which task's code the loop thread is running now, from its stack, with file:line."""
         frame = sys._current_frames().get(self._loop_thread)
         top = frame
-        codes = {lease.code: lease for lease in self.leases.snapshot() if lease.code is not None}
+        codes = {}
+        for lease in self.leases.snapshot():
+            task = REGISTRY.get(lease.job.task)
+            code = getattr(task.fn, "__code__", None) if task is not None else None
+            if code is not None:
+                codes[code] = lease
         while frame is not None:
-            lease = codes.get(frame.f_code)
-            if lease is not None:
+            held = codes.get(frame.f_code)
+            if held is not None:
                 where = f"{frame.f_code.co_filename}:{frame.f_lineno}"
-                return f"task {lease.task} (job {lease.job_id}) at {where}"
+                return f"task {held.job.task} (job {held.job_id}) at {where}"
             frame = frame.f_back
         if top is None:
             return "an unknown callback"

@@ -11,7 +11,9 @@ import contextlib
 import logging
 import time
 import traceback
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any, TypeGuard
 
 from redis.exceptions import RedisError
 
@@ -29,6 +31,7 @@ from pipeline.queue.batcher import ScriptBatcher
 from pipeline.queue.job import Job
 from pipeline.queue.scripts import Scripts, settle_keys
 from pipeline.queue.stats import Stats
+from pipeline.queue.task import dumps
 from pipeline.redis.connection import text
 from pipeline.redis.keys import EVENTS_MAXLEN, Keys
 from pipeline.redis.replication import ReplicaWait
@@ -72,6 +75,17 @@ class Counters:
         return ", ".join(said) or "no jobs claimed"
 
 
+def from_value(job: Job, value: Any) -> Settlement:
+    """What the task returned, as JSON; NotSerializable if it is not JSON."""
+    return Settlement("complete", result=dumps(value, f"result of {job.task}"))
+
+
+def returned(body: Awaitable[Any]) -> TypeGuard[asyncio.Future[Any]]:
+    """Whether `body` is a future (a plain function's thread) whose function has ended,
+    returning or raising; False for a coroutine, and for a future the cancel reached first."""
+    return isinstance(body, asyncio.Future) and body.done() and not body.cancelled()
+
+
 def from_stop(reason: str | None) -> Settlement:
     """The job's task was cancelled by the worker: on request, lease lost, or shutdown."""
     outcome = {"cancel": "cancelled", "lost": "lost"}.get(reason or "", "release")
@@ -80,26 +94,36 @@ def from_stop(reason: str | None) -> Settlement:
     return Settlement(outcome)
 
 
+def _said(exc: BaseException) -> str:
+    """`str(exc)`, or a stand-in when the exception's own __str__ raises: this runs in the
+    body's done callback (worker.py), where an error is only logged by the loop and the job
+    would never settle, its lease renewed for ever."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: its message could not be read>"
+
+
 def from_error(job: Job, exc: BaseException) -> Settlement:
     """What the task raised decides: fail now, end over budget, postpone, retry, or dead."""
     if isinstance(exc, UnknownTask | NotSerializable):
-        return Settlement("failed", error=str(exc), reason=Reason.BAD_INPUT)
+        return Settlement("failed", error=_said(exc), reason=Reason.BAD_INPUT)
     if isinstance(exc, Permanent):
-        return Settlement("failed", error=str(exc), reason=exc.reason)
+        return Settlement("failed", error=_said(exc), reason=exc.reason)
     if isinstance(exc, OverBudget):
-        return Settlement("over_budget", error=str(exc), reason=exc.reason)
+        return Settlement("over_budget", error=_said(exc), reason=exc.reason)
     if isinstance(exc, Retry) and not exc.count_attempt:
         return Settlement(
-            "postpone", error=str(exc), delay_s=exc.delay_s or 0.0, reason=exc.reason
+            "postpone", error=_said(exc), delay_s=exc.delay_s or 0.0, reason=exc.reason
         )
     delay_s, tb, reason = 0.0, "", Reason.ERROR
     if isinstance(exc, TimeoutError):
         error, reason = f"timed out after {job.timeout_s:g}s (the task's timeout_s)", Reason.TIMEOUT
     elif isinstance(exc, JobError):
-        error, reason = str(exc), exc.reason
+        error, reason = _said(exc), exc.reason
         delay_s = (exc.delay_s or 0.0) if isinstance(exc, Retry) else 0.0
     else:
-        error = f"{type(exc).__name__}: {exc}"
+        error = f"{type(exc).__name__}: {_said(exc)}"
         tb = "".join(traceback.format_exception(exc))
     if job.attempt < job.max_attempts:
         return Settlement(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeGuard
+from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
@@ -34,12 +35,21 @@ from pipeline.queue.handoff import Handoff
 from pipeline.queue.heads import Heads
 from pipeline.queue.job import Job
 from pipeline.queue.liveness import Liveness, Presence, every, tick_s
-from pipeline.queue.outcome import Counters, Settlement, finish, from_error, from_stop
+from pipeline.queue.outcome import (
+    Counters,
+    Settlement,
+    finish,
+    from_error,
+    from_stop,
+    from_value,
+    returned,
+)
 from pipeline.queue.pool import CpuPool
 from pipeline.queue.shutdown import GracefulShutdown, Running
 from pipeline.queue.stats import Stats
 from pipeline.queue.sweeper import LeaseExpiredHook, Sweeper
-from pipeline.queue.task import REGISTRY, dumps, lookup
+from pipeline.queue.task import REGISTRY, lookup
+from pipeline.queue.timeouts import Timeouts
 from pipeline.redis.connection import sync_twin, text
 from pipeline.redis.keys import EVENTS_MAXLEN
 from pipeline.words import counted
@@ -48,6 +58,7 @@ log = logging.getLogger("pipeline.worker")
 
 CLAIM_BATCH = 16  # most jobs one claim takes, never more than the free slots
 GATED_LOOKAHEAD = 8  # jobs per queue shown to the gate before the worker idles
+JOB_TASK_NAME = "pipeline-job"  # the asyncio task of every running job
 
 JobHook = Callable[[JobContext, str, str | None], Awaitable[None]]
 
@@ -100,6 +111,9 @@ class Worker(GracefulShutdown):
             self.redis, self.keys, self.scripts, s.result_ttl_s, list(on_lease_expired)
         )
         self.running: dict[str, Running] = {}
+        self.timeouts = Timeouts(self._timed_out)
+        self._on_body_end = self._body_ended  # one bound method for every Running
+        self._context = contextvars.copy_context()  # jobs' done callbacks run in it: no copy each
         # settlements of one loop turn share a round trip (a Cluster pipeline cannot load
         # scripts, so a Cluster client settles one by one)
         self.batcher = None if isinstance(self.redis, RedisCluster) else ScriptBatcher(self.redis)
@@ -165,6 +179,7 @@ class Worker(GracefulShutdown):
             _, late = await asyncio.wait(upkeep, timeout=10)
             for t in late:
                 t.cancel()
+            self.timeouts.close()
             await asyncio.to_thread(self.liveness.stop)
             with contextlib.suppress(RedisError):
                 await heartbeat.leave(self.redis, self.keys, self.id)
@@ -339,70 +354,103 @@ class Worker(GracefulShutdown):
         return admission
 
     def _start(self, job: Job, admission: Admission | None, handed: bool = False) -> None:
+        """Start the job's body as a task of its own (a plain function: its thread's future),
+        under its timeout; `_body_ended` settles it when it is done. No coroutine of the
+        worker's waits on the body meanwhile: one would hold a frame (~260 B) a running job."""
         self.counters.claimed += 1
-        code = getattr(REGISTRY[job.task].fn, "__code__", None) if job.task in REGISTRY else None
-        # a handed job's first lease is short (handoff.py): renewed to its full length at once
-        self.liveness.leases.hold(job.id, job.token or "", job.lease_ms, job.task, code,
-                                  renew_now=handed)  # fmt: skip
-        task = asyncio.create_task(self._run(job, admission), name=f"job-{job.id}")
-        self.running[job.id] = Running(job, task)
-
-    # -- running ---------------------------------------------------------------------------
-    async def _run(self, job: Job, admission: Admission | None) -> None:
         ctx = JobContext(job, self.client, self.id, self.pool, self.deps,
                          permit=admission.permit if admission else None)  # fmt: skip
         joblog.started(job, joblog.describe(self.job_fields, job))
+        body: asyncio.Future[Any]
         try:
-            task = lookup(job.task)
-            args = job.args  # unpacked into the call: the task cannot change the job's list
-            if job.chord:
-                ctx.group_results = await self.client.group_results(job.chord)
-                args = [ctx.group_results, *args]
-            if not task.is_async:  # plain functions run in threads of their own
-                self._threads = self._threads or ThreadPoolExecutor(self.concurrency, "task")
-            body = task.start(ctx, args, job.kwargs, self._threads)
-            # the timeout is a halt like any other (and insisted on like one): one timer,
-            # where asyncio.timeout adds a context object and a reschedule per job
-            timer = asyncio.get_running_loop().call_later(job.timeout_s, self._halt, job.id,
-                                                          "timeout")  # fmt: skip
-            try:
-                value = await body
-            except asyncio.CancelledError:
-                # A plain function's thread can return before a halt (its timeout, a lost
-                # lease, a cancel, shutdown) that runs ahead of this task's wakeup in one loop
-                # turn: the cancel then lands here with the value already in `body`. The work
-                # is done (and paid for): settle what it returned or raised, never a stop.
-                if not _returned(body):
-                    raise
-                value = body.result()  # raises what the function raised
-            finally:
-                timer.cancel()
-            settlement = Settlement("complete", result=dumps(value, f"result of {job.task}"))
+            started = self._chord(ctx) if job.chord else self._body(ctx)
+            # one name for every job's task: a name of its own (f"job-{id}") was ~100 B a
+            # running job, an unnamed task's number ~50 B
+            if asyncio.iscoroutine(started):
+                body = asyncio.create_task(started, name=JOB_TASK_NAME)
+            else:  # a plain function's future
+                body = asyncio.ensure_future(started)
+        except Exception as exc:  # no such task here, or its call raised (its arguments)
+            body = asyncio.get_running_loop().create_future()
+            body.set_exception(exc)
+        running = Running(job, body, ctx=ctx, on_end=self._on_body_end)
+        # a handed job's first lease is short (handoff.py): renewed to its full length at once
+        self.liveness.leases.hold(running, renew_now=handed)
+        self.running[job.id] = running
+        if not body.done():
+            # the timeout is a halt like any other (and insisted on like one), from the
+            # worker's one timeout timer: it ignores this job once `settling` is set
+            self.timeouts.add(running, job.timeout_s)
+        body.add_done_callback(running, context=self._context)  # calls _body_ended
+
+    def _timed_out(self, running: Running) -> None:
+        if self.running.get(running.job.id) is running:  # not a later claim of the same id
+            self._halt(running.job.id, "timeout")
+
+    # -- running ---------------------------------------------------------------------------
+    def _body(self, ctx: JobContext) -> Awaitable[Any]:
+        """The job's body, started: a coroutine, or a plain function's future. Raises
+        UnknownTask, or what calling the task raised."""
+        job = ctx.job
+        task = lookup(job.task)
+        args = job.args  # unpacked into the call: the task cannot change the job's list
+        if job.chord:
+            args = [ctx.group_results, *args]
+        if not task.is_async:  # plain functions run in threads of their own
+            self._threads = self._threads or ThreadPoolExecutor(self.concurrency, "task")
+        return task.start(ctx, args, job.kwargs, self._threads)
+
+    async def _chord(self, ctx: JobContext) -> Any:
+        """A chord callback's body: its group's results first (within its timeout)."""
+        assert ctx.job.chord is not None
+        ctx.group_results = await self.client.group_results(ctx.job.chord)
+        body = self._body(ctx)
+        try:
+            return await body
         except asyncio.CancelledError:
-            running = self.running.get(job.id)
-            reason = running.stop_reason if running else None
+            if not returned(body):  # as in _body_ended: a function that returned is settled
+                raise
+            return body.result()
+
+    def _body_ended(self, running: Running) -> None:
+        """The body is done: its settlement, from here on in a task nothing cancels (_halt
+        and _insist skip a settling job)."""
+        body, job = running.task, running.job
+        # A plain function's thread can return before a halt (its timeout, a lost lease, a
+        # cancel, shutdown) in the same loop turn: the cancel then finds its future done and
+        # does nothing. The work is done (and paid for): what it returned or raised is
+        # settled, never a stop.
+        if body.cancelled():
+            reason = running.stop_reason
             settlement = (from_error(job, TimeoutError()) if reason == "timeout"
                           else from_stop(reason))  # fmt: skip
-        except Exception as exc:
+        elif (exc := body.exception()) is not None:
             settlement = from_error(job, exc)
-        # From here on nothing cancels this task: the worker's only cancellations (_halt and
-        # _insist: stop on request, lost lease, shutdown) skip a settling job, and one asked
-        # for before this point was delivered inside the body, at its last await (no await
-        # since). So the settlement runs in this task, not in a shielded task of its own.
-        mine = self.running.get(job.id)
-        if mine is not None:
-            mine.settling = True
+        else:
+            try:
+                settlement = from_value(job, body.result())
+            except Exception as error:  # not JSON
+                settlement = from_error(job, error)
+        running.settling = True
+        self.timeouts.ended(running)
         self._slot_freed.set()
-        token = job.token or ""
-        self.liveness.leases.drop(job.id, token)  # renewal stops first; finish is fenced anyway
+        self.liveness.leases.drop(job.id, job.token or "")  # renewal stops; finish is fenced
+        running.task = asyncio.create_task(self._end(running, settlement), name=JOB_TASK_NAME)
+
+    async def _end(self, running: Running, settlement: Settlement) -> None:
+        job = running.job
         try:
-            await self._settle(ctx, settlement)
+            assert running.ctx is not None
+            await self._settle(running.ctx, settlement)
         finally:
             # the job may be back in its queue and claimed again here by now: a newer claim's
             # lease and entry are not this attempt's to drop
-            self.liveness.leases.drop(job.id, token)
-            if self.running.get(job.id) is mine:
+            self.liveness.leases.drop(job.id, job.token or "")
+            if self.running.get(job.id) is running:
                 self.running.pop(job.id, None)
+            # whatever still holds the entry (a log record, a lease snapshot) does not hold
+            # its context with it: a chord's group results, the permit, the deps
+            running.ctx = None
             self._slot_freed.set()
 
     async def _settle(self, ctx: JobContext, s: Settlement) -> None:
@@ -432,9 +480,3 @@ class Worker(GracefulShutdown):
                 await hook(ctx, outcome, s.error or None)
             except Exception:
                 log.exception("job-end hook failed for job %s", job.id)
-
-
-def _returned(body: Awaitable[Any]) -> TypeGuard[asyncio.Future[Any]]:
-    """Whether `body` is a future (a plain function's thread) whose function has ended,
-    returning or raising; False for a coroutine, and for a future the cancel reached first."""
-    return isinstance(body, asyncio.Future) and body.done() and not body.cancelled()

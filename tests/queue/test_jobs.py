@@ -233,6 +233,47 @@ async def test_hard_timeout(client: QueueClient, redis_url: str) -> None:
     assert "timed out after 0.2s" in (job.error or "")
 
 
+async def test_an_error_whose_message_cannot_be_read_still_settles_its_job(
+    client: QueueClient, redis_url: str
+) -> None:
+    """The settlement is worked out in the body's done callback, where an error is only
+    logged: an exception whose __str__ raises left the job active for ever (its lease renewed)
+    and the worker's stop spinning 30 s on it."""
+    async with worker(redis_url, client, concurrency=1) as w:
+        handle = await client.enqueue(qt.unsayable)
+        job = await client.wait(handle.id, timeout_s=10)
+        await eventually(lambda: asyncio.sleep(0, not w.running), what="the entry gone")
+    assert job.state == State.DEAD
+    assert "Unsayable: <Unsayable: its message could not be read>" in (job.error or "")
+
+
+async def test_a_task_may_write_into_its_jobs_empty_hints(
+    client: QueueClient, redis_url: str
+) -> None:
+    """A job's empty hints are a dict of its own (a read-only one shared by every job, tried
+    to save ~190 B a running job, failed such a task with a TypeError)."""
+    async with worker(redis_url, client, concurrency=2):
+        first, second = [await client.enqueue(qt.marks) for _ in range(2)]
+        assert await first.result(timeout_s=10) == ["seen"]
+        assert await second.result(timeout_s=10) == ["seen"]
+
+
+async def test_a_shorter_timeout_started_later_stops_only_its_own_job(
+    client: QueueClient, redis_url: str
+) -> None:
+    """One timer serves every running job's timeout (timeouts.py): a job with a 0.2 s timeout
+    started after one with 600 s is stopped on its own, and the long one runs on."""
+    async with worker(redis_url, client, concurrency=2):
+        long_job = await client.enqueue(qt.block, "long-timeout-release", "done")
+        await eventually(lambda: count(client, "started", long_job.id), what="start")
+        short = await client.enqueue(qt.slow_timeout)
+        job = await client.wait(short.id, timeout_s=10)
+        assert job.state == State.DEAD and "timed out after 0.2s" in (job.error or "")
+        assert (await long_job.info()).state == State.ACTIVE
+        await set_flag(client, "long-timeout-release")
+        assert await long_job.result(timeout_s=20) == "done"
+
+
 async def test_cancel_requested_during_a_failing_attempt_is_not_retried(
         client: QueueClient, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="pipeline.worker.jobs")

@@ -84,6 +84,31 @@ async def sleep(ctx: JobContext, seconds: float) -> str:
     return ctx.worker_id
 
 
+@task(name="t.nap", expected_duration_s=1.0)
+async def nap(ctx: JobContext, seconds: float) -> None:
+    """Sleeps and touches nothing else: what it holds in its worker is the worker's own."""
+    await asyncio.sleep(seconds)
+
+
+@task(name="t.marks", expected_duration_s=0.1)
+async def marks(ctx: JobContext) -> list[str]:
+    """Writes into its own job's hints, kwargs-free: a task may treat them as its own."""
+    ctx.job.hints["seen"] = True
+    return sorted(ctx.job.hints)
+
+
+@task(name="t.sized", expected_duration_s=0.1)
+async def sized(ctx: JobContext, n: int) -> str:
+    """A result of `n` characters from an argument of a few bytes."""
+    return "x" * n
+
+
+@task(name="t.lengths", expected_duration_s=0.1)
+async def lengths(ctx: JobContext, results: list[dict[str, Any]]) -> list[int]:
+    """A chord callback that keeps only the lengths of its group's results."""
+    return [len(r.get("result") or "") for r in results]
+
+
 @task(name="t.flaky", expected_duration_s=0.5, max_attempts=3, retry_delays_s=(0.05,))
 async def flaky(ctx: JobContext, fail_times: int, value: Any = "ok") -> Any:
     await _mark(ctx, "ran")
@@ -96,6 +121,18 @@ async def flaky(ctx: JobContext, fail_times: int, value: Any = "ok") -> Any:
 async def permanent(ctx: JobContext) -> None:
     await _mark(ctx, "ran")
     raise Permanent("this input can never work")
+
+
+class Unsayable(Exception):
+    """An exception whose message cannot be read: its __str__ raises."""
+
+    def __str__(self) -> str:
+        raise ValueError("no message")
+
+
+@task(name="t.unsayable", expected_duration_s=0.1, max_attempts=1)
+async def unsayable(ctx: JobContext) -> None:
+    raise Unsayable()
 
 
 @task(name="t.slow_timeout", expected_duration_s=0.1, timeout_s=0.2, max_attempts=1)
