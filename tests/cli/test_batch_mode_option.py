@@ -50,7 +50,7 @@ def test_submit_mode_batch_and_the_pipeline_mode_default(
                                                                               job_id)]
     assert json.loads(sredis.hget(Keys(key_prefix).job(job_id), "hints") or "{}") == {}
 
-    default = _run({**pipeline_env, "PIPELINE_MODE": "batch", "PIPELINE_MODEL": "gemini-2.5-flash"})
+    default = _run({**pipeline_env, "PIPELINE_MODE": "batch", "PIPELINE_MODEL": "gemini-2.5-flash-lite"})
     assert default.returncode == 0, default.stderr
     job_id = json.loads(default.stdout)["documents"][0]["job_id"]
     assert _args(sredis, key_prefix, job_id)["mode"] == "batch"
@@ -73,7 +73,7 @@ def test_submit_mode_auto_chooses_by_the_deadline_and_records_the_choice(
     assert args["mode"] == "interactive" and args["mode_requested"] == "auto"
     assert "batch_group" not in args and str(args["deadline"]).endswith("+00:00")
 
-    far = _run({**pipeline_env, "PIPELINE_MODEL": "gemini-2.5-flash"}, "--mode", "auto",
+    far = _run({**pipeline_env, "PIPELINE_MODEL": "gemini-2.5-flash-lite"}, "--mode", "auto",
                "--deadline", "2d")  # fmt: skip
     assert far.returncode == 0, far.stderr
     sub = json.loads(far.stdout)

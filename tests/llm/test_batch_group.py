@@ -40,7 +40,7 @@ from tasks.batch_holds import holds, reserve_group, settle_group
 from tests.ledger.conftest import BACKENDS, database_url_for
 from tests.support.emulator import RunningEmulator, start_emulator
 
-MODEL = "gemini-2.5-flash"
+MODEL = "gemini-2.5-flash-lite"
 ROOT = str(Path(__file__).resolve().parents[2])  # the checkout the subprocess imports
 SCHEMA = {"type": "object", "properties": {"summary": {"type": "string"}},
           "required": ["summary"]}  # fmt: skip

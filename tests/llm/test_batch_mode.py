@@ -18,7 +18,7 @@ from pipeline.llm.provider import LLMRequest, Part
 from pipeline.llm.stop import judge  # the same answer classification as interactive
 from tests.support.emulator import start_emulator
 
-MODEL = "gemini-2.5-flash"
+MODEL = "gemini-2.5-flash-lite"
 SCHEMA = {
     "type": "object",
     "properties": {"summary": {"type": "string"}},

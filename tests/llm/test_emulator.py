@@ -76,7 +76,7 @@ def test_text_usage_and_v1_path() -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "per_page"), [("gemini-2.5-flash", 258), ("gemini-3.8-flash", 560)]
+    ("model", "per_page"), [("gemini-2.5-flash-lite", 258), ("gemini-3.8-flash", 560)]
 )
 def test_pdf_pages_counted_per_model_family(model: str, per_page: int) -> None:
     pdf = base64.b64encode(make_pdf(3)).decode()

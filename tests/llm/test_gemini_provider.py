@@ -66,7 +66,7 @@ async def test_generate_text_maps_usage_and_version() -> None:
 async def test_pdf_with_schema_validates_and_counts_pages() -> None:
     pdf = make_pdf(2, "Page {n}. " + TEXT)
     request = LLMRequest(
-        model="gemini-2.5-flash",
+        model="gemini-2.5-flash-lite",
         parts=(Part.pdf(pdf), Part(text="Analyse the document.")),
         response_schema=Analysis.model_json_schema(),
     )
@@ -88,7 +88,7 @@ async def test_pdf_with_schema_validates_and_counts_pages() -> None:
 
 async def test_bad_json_is_returned_with_data_none() -> None:
     request = LLMRequest(
-        model="gemini-2.5-flash",
+        model="gemini-2.5-flash-lite",
         parts=(Part(text=TEXT),),
         response_schema=Analysis.model_json_schema(),
     )
@@ -101,14 +101,14 @@ async def test_bad_json_is_returned_with_data_none() -> None:
 
 
 async def test_429_parsed_into_retry_delay() -> None:
-    request = LLMRequest(model="gemini-2.5-flash", parts=(Part(text="hello"),))
+    request = LLMRequest(model="gemini-2.5-flash-lite", parts=(Part(text="hello"),))
     with start_emulator(rpm=1) as emu:
         provider = _provider(emu)
         await provider.generate(request)
         with pytest.raises(ProviderCallError) as info:
             await provider.generate(request)
         await provider.aclose()
-        throttled = emu.stats()["throttled"][f"{emu.api_key}/gemini-2.5-flash"]
+        throttled = emu.stats()["throttled"][f"{emu.api_key}/gemini-2.5-flash-lite"]
     failure = info.value.failure
     assert failure.code == 429 and failure.status == "RESOURCE_EXHAUSTED"
     assert failure.rate_limited and failure.retryable and not failure.per_day
@@ -117,7 +117,7 @@ async def test_429_parsed_into_retry_delay() -> None:
 
 
 async def test_429_per_day_is_not_retryable() -> None:
-    request = LLMRequest(model="gemini-2.5-flash", parts=(Part(text="hello"),))
+    request = LLMRequest(model="gemini-2.5-flash-lite", parts=(Part(text="hello"),))
     with start_emulator(rpd=1) as emu:
         provider = _provider(emu)
         await provider.generate(request)
@@ -131,7 +131,7 @@ async def test_429_per_day_is_not_retryable() -> None:
 
 
 async def test_429_without_retry_info() -> None:
-    request = LLMRequest(model="gemini-2.5-flash", parts=(Part(text="hello"),))
+    request = LLMRequest(model="gemini-2.5-flash-lite", parts=(Part(text="hello"),))
     with start_emulator(rpm=1, retry_info=False) as emu:
         provider = _provider(emu)
         await provider.generate(request)
@@ -142,7 +142,7 @@ async def test_429_without_retry_info() -> None:
 
 
 async def test_server_fault_and_auth_error() -> None:
-    request = LLMRequest(model="gemini-2.5-flash", parts=(Part(text="hello"),))
+    request = LLMRequest(model="gemini-2.5-flash-lite", parts=(Part(text="hello"),))
     with start_emulator(fail_rate=1.0, fail_codes=(503,)) as emu:
         provider = _provider(emu)
         with pytest.raises(ProviderCallError) as info:
@@ -159,7 +159,7 @@ async def test_server_fault_and_auth_error() -> None:
 
 
 async def test_timeout_is_retryable_failure() -> None:
-    request = LLMRequest(model="gemini-2.5-flash", parts=(Part(text="hello"),))
+    request = LLMRequest(model="gemini-2.5-flash-lite", parts=(Part(text="hello"),))
     with start_emulator(latency_s=(1.0, 1.0)) as emu:
         provider = _provider(emu, timeout_s=0.2)
         with pytest.raises(ProviderCallError) as info:
@@ -173,7 +173,7 @@ async def test_unreachable_server_is_retryable() -> None:
         base_url = emu.base_url
     provider = GeminiProvider(api_key="k", base_url=base_url, timeout_s=5)
     with pytest.raises(ProviderCallError) as info:
-        await provider.generate(LLMRequest(model="gemini-2.5-flash", parts=(Part(text="x"),)))
+        await provider.generate(LLMRequest(model="gemini-2.5-flash-lite", parts=(Part(text="x"),)))
     await provider.aclose()
     assert info.value.failure.code == 0 and info.value.failure.retryable
     assert not info.value.failure.maybe_billed  # refused: nothing was sent, nothing billed
@@ -197,7 +197,7 @@ async def test_a_connection_cut_after_the_request_may_have_been_billed() -> None
     provider = GeminiProvider(api_key="k", base_url=f"http://127.0.0.1:{port}", timeout_s=10)
     try:
         with pytest.raises(ProviderCallError) as info:
-            await provider.generate(LLMRequest(model="gemini-2.5-flash", parts=(Part(text="x"),)))
+            await provider.generate(LLMRequest(model="gemini-2.5-flash-lite", parts=(Part(text="x"),)))
     finally:
         await provider.aclose()
         server.close()
