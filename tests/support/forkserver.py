@@ -11,10 +11,10 @@ repeat is the import; a test about what a command imports runs `python -m pipeli
 
 The server holds no thread, event loop, connection or settings when it forks (checked before
 each fork): the child starts as clean as an interpreter that has only imported. It runs as
-`python -m tests.support.forkserver SOCKET`; a request is one connection carrying
-[4-byte length][JSON {argv, env, cwd}] with the child's stdin, stdout and stderr as
-SCM_RIGHTS descriptors; the answer on that connection is the child's pid, then, when it
-ends, its exit status (subprocess's convention: -N for signal N).
+`python -m tests.support.forkserver SOCKET PROFILE` (PROFILES below); a request is one
+connection carrying [4-byte length][JSON {argv, env, cwd, own_group}] with the child's stdin,
+stdout and stderr as SCM_RIGHTS descriptors; the answer on that connection is the child's
+pid, then, when it ends, its exit status (subprocess's convention: -N for signal N).
 `PIPELINE_TEST_FORKSERVER=0` turns it off (every command a fresh `python -m pipeline`).
 """
 
