@@ -50,7 +50,8 @@ def test_submit_mode_batch_and_the_pipeline_mode_default(
                                                                               job_id)]
     assert json.loads(sredis.hget(Keys(key_prefix).job(job_id), "hints") or "{}") == {}
 
-    default = _run({**pipeline_env, "PIPELINE_MODE": "batch", "PIPELINE_MODEL": "gemini-2.5-flash-lite"})
+    default = _run({**pipeline_env, "PIPELINE_MODE": "batch",
+                     "PIPELINE_MODEL": "gemini-2.5-flash-lite"})  # fmt: skip
     assert default.returncode == 0, default.stderr
     job_id = json.loads(default.stdout)["documents"][0]["job_id"]
     assert _args(sredis, key_prefix, job_id)["mode"] == "batch"

@@ -60,7 +60,8 @@ async def test_submit_stores_bytes_enqueues_once_and_skips_bad_files(
 
 
 def test_estimate_counts_pages_and_prompt(pipeline_env: dict[str, str]) -> None:
-    est = estimate([Upload("a.pdf", make_pdf(3)), Upload("x.pdf", b"nope")], "gemini-2.5-flash-lite")
+    uploads = [Upload("a.pdf", make_pdf(3)), Upload("x.pdf", b"nope")]
+    est = estimate(uploads, "gemini-2.5-flash-lite")
     ok, bad = est["documents"]
     assert ok["input_tokens"] > 3 * 258 and ok["calls"] == 1
     assert bad["status"] == "skipped"

@@ -197,7 +197,9 @@ async def test_a_connection_cut_after_the_request_may_have_been_billed() -> None
     provider = GeminiProvider(api_key="k", base_url=f"http://127.0.0.1:{port}", timeout_s=10)
     try:
         with pytest.raises(ProviderCallError) as info:
-            await provider.generate(LLMRequest(model="gemini-2.5-flash-lite", parts=(Part(text="x"),)))
+            await provider.generate(
+                LLMRequest(model="gemini-2.5-flash-lite", parts=(Part(text="x"),))
+            )
     finally:
         await provider.aclose()
         server.close()
