@@ -89,7 +89,7 @@ def _int(value: str | None, default: int = 0) -> int:
     return int(value) if value not in (None, "") else default
 
 
-_NUMBERS: dict[str, int | float] = {}  # a task's lease, expected and timeout, by their text
+_NUMBERS: dict[tuple[type, str], int | float] = {}  # a task's lease, expected, timeout
 _NUMBERS_MAX = 256  # distinct texts kept (a few per task definition)
 
 
@@ -98,11 +98,11 @@ def _same(value: str | None, kind: type[int] | type[float], default: int | float
     object for them all: a float or a large int of its own is 32 B a running job."""
     if value in (None, ""):
         return default
-    number = _NUMBERS.get(value)
-    if number is None or type(number) is not kind:
+    number = _NUMBERS.get((kind, value))
+    if number is None:
         if len(_NUMBERS) >= _NUMBERS_MAX:
             _NUMBERS.clear()
-        number = _NUMBERS[value] = kind(value)
+        number = _NUMBERS[kind, value] = kind(value)
     return number
 
 

@@ -75,10 +75,8 @@ class Timeouts:
         self._timer, self._armed_at = None, float("inf")
         loop = asyncio.get_running_loop()
         heap, due = self._heap, loop.time() + DUE_WITHIN_S
-        while heap and (heap[0].settling or heap[0].deadline <= due):
+        while heap and heap[0].deadline <= due:  # an ended job has left (ended())
             running = heapq.heappop(heap)
-            if running.settling:  # ended meanwhile (ended() removes it; kept as a guard)
-                continue
             try:
                 self.expire(running)
             except Exception:  # one job's halt failing must not lose every later timeout

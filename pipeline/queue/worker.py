@@ -448,9 +448,6 @@ class Worker(GracefulShutdown):
             self.liveness.leases.drop(job.id, job.token or "")
             if self.running.get(job.id) is running:
                 self.running.pop(job.id, None)
-            # whatever still holds the entry (a log record, a lease snapshot) does not hold
-            # its context with it: a chord's group results, the permit, the deps
-            running.ctx = None
             self._slot_freed.set()
 
     async def _settle(self, ctx: JobContext, s: Settlement) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import ROOT
-from tests.support.cli import run_cli
+from tests.support.cli import cli_env, run_cli
 from tests.support.forkserver import ForkServer
 
 pytestmark = pytest.mark.skipif(
@@ -23,10 +23,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _fresh(env: dict[str, str], *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    full.update(env)
-    full.update({"PYTHONPATH": str(ROOT), "PIPELINE_CPU_WORKERS": "1", "COLUMNS": "200"})
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=full,
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=cli_env(env),
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
 

@@ -61,8 +61,8 @@ async def test_a_sleeping_job_holds_under_the_bound_in_its_worker(
 async def test_a_settled_chord_callback_leaves_its_group_results_behind(
     client: QueueClient, redis_url: str
 ) -> None:
-    """A job whose body ended stays in the timeout heap (timeouts.py) until it reaches the top
-    or a compaction: what it held must not stay with it. Here a job started first holds the
+    """What a settled job held must not stay with it: an ended entry once stayed in the
+    timeout heap (timeouts.py) until it reached the top. Here a job started first holds the
     top, and a callback's group results (4 x 500 KB) must be freed once it has settled."""
     async with worker(redis_url, client, concurrency=3) as w:
         holder = await client.enqueue(qt.block, "results-freed", "done")  # the heap's top

@@ -38,15 +38,13 @@ def start_pipeline(env: dict[str, str], *args: str, **popen: Any) -> Any:
     same forked by tests/support/forkserver.py) with `env` over this process's environment
     less its own PIPELINE_* settings, one CPU-pool process and a wide terminal; `popen` goes
     to Popen (stdout, stderr, start_new_session...)."""
-    import os
     import subprocess
     import sys
 
     from tests.support import ROOT, forkserver
+    from tests.support.cli import cli_env
 
-    full = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    full.update(env)
-    full.update({"PYTHONPATH": str(ROOT), "PIPELINE_CPU_WORKERS": "1", "COLUMNS": "200"})
+    full = cli_env(env)
     forked = forkserver.popen(list(args), full, ROOT, ROOT, **popen)
     if forked is not None:
         return forked

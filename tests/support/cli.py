@@ -14,6 +14,16 @@ from tests.support import ROOT, forkserver
 EXAMPLES = sorted(str(p) for p in (ROOT / "examples" / "docs").glob("*.pdf"))
 
 
+def cli_env(env: dict[str, str], columns: int = 200) -> dict[str, str]:
+    """A `pipeline` command's whole environment: this process's, less its own PIPELINE_*
+    settings, then `env`, the checkout on PYTHONPATH, one CPU-pool process and a
+    `columns`-wide terminal."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    full.update(env)
+    full.update({"PYTHONPATH": str(ROOT), "PIPELINE_CPU_WORKERS": "1", "COLUMNS": str(columns)})
+    return full
+
+
 def run_cli(
     env: dict[str, str],
     *args: str,
@@ -26,9 +36,7 @@ def run_cli(
     A command still running then is killed and comes back with returncode -9 and what it
     printed so far, so the caller's assertion shows it beside the worker's log it adds
     (a TimeoutExpired raised from here carried neither)."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    full.update(env)
-    full.update({"PYTHONPATH": str(ROOT), "PIPELINE_CPU_WORKERS": "1", "COLUMNS": str(columns)})
+    full = cli_env(env, columns)
     forked = forkserver.run(list(args), full, cwd, timeout_s, ROOT)
     if forked is not None:
         return forked

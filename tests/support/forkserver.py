@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
@@ -308,12 +307,14 @@ class ForkServer:
 
 
 def popen(
-    argv: list[str], env: dict[str, str], cwd: Path, root: Path, **popen: Any
+    argv: list[str], env: dict[str, str], cwd: Path, root: Path, profile: str = "cli",
+    **popen: Any,
 ) -> ForkedProcess | None:
-    """`python -m pipeline ARGV` through the fork server, as subprocess.Popen(text=True)
-    would start it with `popen`'s stdout (PIPE or a file), stderr (PIPE, STDOUT or a file)
-    and start_new_session; None when the fork server is off or another option is asked."""
-    server = ForkServer.get(root)
+    """`python -m pipeline ARGV` through the `profile` fork server, as
+    subprocess.Popen(text=True) would start it with `popen`'s stdout (PIPE or a file), stderr
+    (PIPE, STDOUT or a file) and start_new_session; None when the fork server is off or
+    another option is asked."""
+    server = ForkServer.get(root, profile)
     if server is None or set(popen) - {"stdout", "stderr", "start_new_session"}:
         return None
     mine: list[int] = []  # the pipes' write ends, closed here once the child has them
@@ -352,20 +353,15 @@ def run(
     """`python -m pipeline ARGV` through the fork server, as subprocess.run(capture_output,
     text) would give it; a command still running after `timeout_s` is killed (-9) and comes
     back with what it printed so far. None when the fork server is turned off."""
-    server = ForkServer.get(root)
-    if server is None:
-        return None
-    with (
-        open(os.devnull, "rb") as stdin,
-        tempfile.TemporaryFile() as out,
-        tempfile.TemporaryFile() as err,
-    ):
-        child = server.spawn(argv, env, str(cwd), (stdin.fileno(), out.fileno(), err.fileno()))
-        deadline = time.monotonic() + timeout_s
-        code = child._status(timeout_s)
-        if code is None:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = popen(argv, env, cwd, root, stdout=out, stderr=err)
+        if child is None:
+            return None
+        try:
+            code = child.wait(timeout_s)
+        except subprocess.TimeoutExpired:
             child.kill()
-            code = child.wait(max(10.0, deadline - time.monotonic()))
+            code = child.wait(10)
         out.seek(0)
         err.seek(0)
         said = out.read().decode(errors="replace"), err.read().decode(errors="replace")

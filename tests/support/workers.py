@@ -67,16 +67,10 @@ class WorkerProcess:
         # start-up line overwritten by a job's line, and a test failing on it).
         self.log = open(f"/tmp/pipeline-worker-{prefix}-{time.monotonic_ns()}.log", "a+")
         full = worker_env(redis_url, prefix, **env)
-        server = forkserver.ForkServer.get(ROOT, "worker")
-        self.proc: subprocess.Popen[bytes] | forkserver.ForkedProcess
-        if server is not None:
-            with open(os.devnull, "rb") as stdin:
-                stdio = (stdin.fileno(), self.log.fileno(), self.log.fileno())
-                self.proc = server.spawn(cmd[3:], full, str(ROOT), stdio)
-        else:
-            self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=full, stdout=self.log, stderr=subprocess.STDOUT
-            )
+        self.proc: subprocess.Popen[bytes] | forkserver.ForkedProcess = forkserver.popen(
+            cmd[3:], full, ROOT, ROOT, profile="worker", stdout=self.log,
+            stderr=subprocess.STDOUT,
+        ) or subprocess.Popen(cmd, cwd=ROOT, env=full, stdout=self.log, stderr=subprocess.STDOUT)
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
