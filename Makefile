@@ -64,8 +64,10 @@ redis-ha:
 		else echo "make: redis-server/redis-cli missing and no root apt-get; the HA scenarios may skip"; fi; \
 	fi
 
+# The commands the demo's hints name (`pipeline status`, `pipeline redis stop`) are in the venv.
 demo: $(STAMP)
 	$(BIN)/pipeline run examples/docs/*.pdf
+	@echo "make: the pipeline command is in $(BIN): \`. $(BIN)/activate\` first to type \`pipeline ...\` as above"
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tasks tests examples bench

@@ -64,7 +64,7 @@ FACTS: dict[str, dict[str, Any]] = {
     "letter_de.pdf": {
         "document_type": "letter", "language": "de",
         "sender": "Hansewerk Logistik GmbH", "date": "2026-02-12", "amount": "EUR 4,850.00",
-        "people": ["Frau Margaret Okafor"],
+        "people": ["Margaret Okafor"],  # by name: the title is not part of it
     },
 }  # fmt: skip
 

@@ -86,16 +86,19 @@ class ModeChoice:
 
 
 def choose_mode(requested: str, deadline: datetime | None, s: Settings,
-                now: datetime | None = None) -> ModeChoice:  # fmt: skip
-    """The module docstring's rule. Raises ValueError for an unknown mode, DeadlineTooShort
-    for `batch` with a deadline inside the fallback margin."""
+                now: datetime | None = None, asked: bool = True) -> ModeChoice:  # fmt: skip
+    """The module docstring's rule. `asked`: the mode was given with `--mode` (or the API's
+    `mode`), not taken from PIPELINE_MODE or its default, which the words then name. Raises
+    ValueError for an unknown mode, DeadlineTooShort for `batch` with a deadline inside the
+    fallback margin."""
     if requested not in MODES:
         raise ValueError(f"mode must be interactive, batch or auto, not {requested!r}")
     now = now or datetime.now(UTC)
     left = None if deadline is None else (deadline - now).total_seconds()
     when = "" if deadline is None else f" (deadline {deadline.isoformat(timespec='minutes')})"
+    how = "as asked" if asked else "PIPELINE_MODE's value (--mode chooses another)"
     if requested == "interactive":
-        return ModeChoice("interactive", requested, deadline, "interactive, as asked")
+        return ModeChoice("interactive", requested, deadline, f"interactive, {how}")
     if requested == "auto":
         if left is None:
             return ModeChoice("batch", requested, None, "auto: Batch Mode, no deadline given")
@@ -113,7 +116,7 @@ def choose_mode(requested: str, deadline: datetime | None, s: Settings,
             "(PIPELINE_BATCH_FALLBACK_MARGIN_S), so none would be batched; use --mode auto "
             "(interactive for this deadline) or --mode interactive, or a later deadline"
         )
-    why = "batch, as asked" + (f"; finished interactively from "
+    why = f"batch, {how}" + (f"; finished interactively from "
                                f"{fallback_at(deadline, s).isoformat(timespec='minutes')} if "
                                f"still in the batch job{when}" if deadline else "")  # fmt: skip
     return ModeChoice("batch", requested, deadline, why)

@@ -173,7 +173,7 @@ def refusals(
         budget_usd = None
     at = parse_deadline(deadline) if isinstance(deadline, str) else deadline
     try:
-        choice = choose_mode(mode or s.mode, at, s, now)
+        choice = choose_mode(mode or s.mode, at, s, now, asked=mode is not None)
     except DeadlineTooShort as exc:
         found.append(exc)
         choice = ModeChoice("batch", "batch", at, str(exc))  # what was asked, to price it

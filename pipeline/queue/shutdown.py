@@ -104,7 +104,11 @@ class GracefulShutdown:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
         while self.running and (left := deadline - loop.time()) > 0:
-            await asyncio.wait([r.task for r in self.running.values()], timeout=left)
+            pending = [r.task for r in self.running.values() if not r.task.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=left)
+            else:  # ended, their done callbacks not run yet: a turn for them, not a spin
+                await asyncio.sleep(0.01)
 
     def _halt(self, job_id: str, reason: str) -> None:
         running = self.running.get(job_id)

@@ -415,6 +415,26 @@ class Worker(GracefulShutdown):
     def _body_ended(self, running: Running) -> None:
         """The body is done: its settlement, from here on in a task nothing cancels (_halt
         and _insist skip a settling job)."""
+        job = running.job
+        try:
+            settlement = self._settlement(running)
+        except Exception as exc:
+            # This runs as a done callback, where an error is only logged by the loop: the
+            # job would stay active, its lease renewed, until the worker stops. Settled as an
+            # error instead (retried while it has attempts).
+            log.exception("job %s: how its attempt ended could not be read", job.id)
+            settlement = from_error(job, RuntimeError(
+                f"the worker could not read how this attempt ended ({type(exc).__name__}); "
+                "its log has the traceback"))  # fmt: skip
+        running.settling = True
+        self.timeouts.ended(running)
+        self._slot_freed.set()
+        self.liveness.leases.drop(job.id, job.token or "")  # renewal stops; finish is fenced
+        running.task = asyncio.create_task(self._end(running, settlement), name=JOB_TASK_NAME)
+
+    @staticmethod
+    def _settlement(running: Running) -> Settlement:
+        """What the ended body comes to: its value, its error, or the stop that cancelled it."""
         body, job = running.task, running.job
         # A plain function's thread can return before a halt (its timeout, a lost lease, a
         # cancel, shutdown) in the same loop turn: the cancel then finds its future done and
@@ -422,20 +442,13 @@ class Worker(GracefulShutdown):
         # settled, never a stop.
         if body.cancelled():
             reason = running.stop_reason
-            settlement = (from_error(job, TimeoutError()) if reason == "timeout"
-                          else from_stop(reason))  # fmt: skip
-        elif (exc := body.exception()) is not None:
-            settlement = from_error(job, exc)
-        else:
-            try:
-                settlement = from_value(job, body.result())
-            except Exception as error:  # not JSON
-                settlement = from_error(job, error)
-        running.settling = True
-        self.timeouts.ended(running)
-        self._slot_freed.set()
-        self.liveness.leases.drop(job.id, job.token or "")  # renewal stops; finish is fenced
-        running.task = asyncio.create_task(self._end(running, settlement), name=JOB_TASK_NAME)
+            return from_error(job, TimeoutError()) if reason == "timeout" else from_stop(reason)
+        if (exc := body.exception()) is not None:
+            return from_error(job, exc)
+        try:
+            return from_value(job, body.result())
+        except Exception as error:  # not JSON
+            return from_error(job, error)
 
     async def _end(self, running: Running, settlement: Settlement) -> None:
         job = running.job

@@ -67,3 +67,21 @@ def test_the_fallback_is_due_margin_before_the_deadline() -> None:
     assert due(args, s, NOW) == 7200
     assert due(args, s, NOW + timedelta(hours=2, minutes=1)) == 0
     assert due({}, s, NOW) is None
+
+
+def test_the_words_say_whether_the_mode_was_asked_or_is_the_settings() -> None:
+    """A submission without --mode runs in PIPELINE_MODE (interactive by default): `status`
+    must not say "as asked" for a mode nobody asked for."""
+    from pipeline.llm.pricing import shipped_prices
+    from tasks.submission import refusals
+
+    s = load_settings()
+    prices = shipped_prices()
+    _, default, _ = refusals(s, prices, None, None, None, None, False, NOW)
+    _, asked, _ = refusals(s, prices, None, None, "interactive", None, False, NOW)
+    assert (default.mode, asked.mode) == ("interactive", "interactive")
+    assert default.why == "interactive, PIPELINE_MODE's value (--mode chooses another)"
+    assert asked.why == "interactive, as asked"
+    batch = load_settings(mode="batch")
+    _, from_setting, _ = refusals(batch, prices, None, None, None, None, False, NOW)
+    assert from_setting.mode == "batch" and "PIPELINE_MODE" in from_setting.why

@@ -55,8 +55,8 @@ def test_text_analysis_finds_entities_and_type() -> None:
     assert a.document_type == "invoice"
     assert a.language == "en"
     assert "Acme Widgets GmbH" in a.entities["organizations"]
-    assert "Dr. Jane Smith" in a.entities["people"]
-    assert "Mr. John Doe" in a.entities["people"]
+    assert "Jane Smith" in a.entities["people"]  # by name: the title is not kept
+    assert "John Doe" in a.entities["people"]
     assert a.entities["dates"] == ["2026-03-14", "2026-03-31"]  # ISO, "March 31, 2026" too
     assert "USD 12,500.00" in a.entities["amounts"]
     assert a.entities["emails"] == ["jane.smith@acme.example"]
@@ -106,7 +106,7 @@ async def test_provider_pdf_with_schema() -> None:
     assert parsed == DocAnalysis.model_validate(response.data)
     assert parsed.page_count == 3
     assert parsed.document_type == "invoice"
-    assert "Dr. Jane Smith" in parsed.entities.people
+    assert "Jane Smith" in parsed.entities.people
 
 
 async def test_provider_rejects_corrupt_pdf() -> None:
@@ -129,3 +129,14 @@ async def test_provider_reads_the_document_never_the_instructions() -> None:
     answer = (await OfflineProvider().generate(question)).raw["analysis"]
     assert "Globex Corporation Inc." in answer["entities"]["organizations"]
     assert "rules" not in answer["summary"]
+
+
+def test_a_person_is_named_without_a_courtesy_title_unless_it_is_all_there_is() -> None:
+    from pipeline.llm.offline.entities import find_people
+
+    text = (
+        "Sehr geehrte Frau Margaret Okafor, wie besprochen.\nFrau Okafor bestätigt.\n"
+        "Signed: Dr. Smith\nPresent: Prof. Dr. Ada Lovelace and Herr Klaus Petersen"
+    )
+    people = find_people(text, frozenset(), [])
+    assert people == ["Margaret Okafor", "Dr. Smith", "Ada Lovelace", "Klaus Petersen"]

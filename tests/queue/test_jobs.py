@@ -247,6 +247,20 @@ async def test_an_error_whose_message_cannot_be_read_still_settles_its_job(
     assert "Unsayable: <Unsayable: its message could not be read>" in (job.error or "")
 
 
+async def test_an_attempt_whose_end_cannot_be_sorted_still_settles_its_job(
+    client: QueueClient, redis_url: str
+) -> None:
+    """Any error while the done callback works out a settlement (here an exception whose
+    __class__ raises, so no isinstance() check can sort it) settles the job as an error,
+    not leaving it active with its lease renewed until the worker stops."""
+    async with worker(redis_url, client, concurrency=1) as w:
+        handle = await client.enqueue(qt.unreadable)
+        job = await client.wait(handle.id, timeout_s=10)
+        await eventually(lambda: asyncio.sleep(0, not w.running), what="the entry gone")
+    assert job.state == State.DEAD
+    assert "the worker could not read how this attempt ended (ValueError)" in (job.error or "")
+
+
 async def test_a_task_may_write_into_its_jobs_empty_hints(
     client: QueueClient, redis_url: str
 ) -> None:

@@ -135,6 +135,20 @@ async def unsayable(ctx: JobContext) -> None:
     raise Unsayable()
 
 
+class Unreadable(Exception):
+    """An exception no isinstance() check can read: its __class__ raises, so sorting it
+    (outcome.from_error) raises too."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        raise ValueError("no class")
+
+
+@task(name="t.unreadable", expected_duration_s=0.1, max_attempts=1)
+async def unreadable(ctx: JobContext) -> None:
+    raise Unreadable()
+
+
 @task(name="t.slow_timeout", expected_duration_s=0.1, timeout_s=0.2, max_attempts=1)
 async def slow_timeout(ctx: JobContext) -> None:
     await asyncio.sleep(30)

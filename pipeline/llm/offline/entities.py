@@ -48,6 +48,7 @@ _TITLE = r"(?:Mr|Mrs|Ms|Dr|Prof|Herr|Frau|Mme|Madame|Monsieur|Sir|Dame)"
 _CAP = r"[A-ZÀ-ÖØ-Þ][a-zà-öø-ÿ'’-]+"
 # Names never run across units (one a line in the text searched): " ", not \s.
 _TITLED = re.compile(rf"\b(?:{_TITLE}\.? +)+(?:{_CAP} +){{0,2}}{_CAP}\b")
+_LEADING_TITLES = re.compile(rf"^(?:{_TITLE}\.? +)+")
 _NAME_PAIR = re.compile(rf"\b(?P<first>{_CAP}) +(?P<last>{_CAP}(?:-{_CAP})?)\b")
 # cleanco lists some forms that are also everyday words or too short to trust in running
 # text ("vat", "company", "et", "da"); they are left out.
@@ -186,10 +187,14 @@ def _first_names() -> Any:
 
 
 def find_people(text: str, stop_words: frozenset[str], organizations: list[str]) -> list[str]:
-    """People named with a courtesy title, or with a known first name and a surname."""
+    """People named with a courtesy title, or with a known first name and a surname; each
+    by name ("Margaret Okafor" for "Frau Margaret Okafor"), the title kept only where it is
+    all that says the one word after it is a person ("Dr. Smith")."""
     found: dict[str, None] = {}
     for match in _TITLED.finditer(text):
-        found.setdefault(" ".join(match.group(0).split()), None)
+        titled_name = " ".join(match.group(0).split())
+        name = _LEADING_TITLES.sub("", titled_name)
+        found.setdefault(name if " " in name else titled_name, None)
     titled = " ".join(found)
     org_words = {w for org in organizations for w in org.split()}
     names = _first_names()
@@ -207,8 +212,9 @@ def find_people(text: str, stop_words: frozenset[str], organizations: list[str])
 
 def _fullest(names: list[str]) -> list[str]:
     """Each person once, by their fullest mention: a name whose words all appear in a longer
-    one found too goes ("Frau Okafor" beside "Frau Margaret Okafor")."""
-    words = [set(n.split()) for n in names]
+    one found too goes ("Frau Okafor" beside "Margaret Okafor": titles are not words of a
+    name)."""
+    words = [set(_LEADING_TITLES.sub("", n).split()) for n in names]
     return [n for n, w in zip(names, words, strict=True) if not any(w < o for o in words)]
 
 
