@@ -22,6 +22,7 @@ from pipeline.llm.pricing import PriceTable, canonical_model
 
 if TYPE_CHECKING:
     from pipeline.llm.provider import LLMRequest, Provider
+    from pipeline.queue.client import QueueClient
     from pipeline.settings import Settings
     from tasks.submission import Upload
 
@@ -44,8 +45,8 @@ def estimate(
 ) -> dict[str, Any]:
     """Per-document and total input tokens and worst-case cost, enqueuing nothing (--dry-run).
 
-    Returns {"model", "documents": [{name, status, pages, input_tokens, worst_case_usd,
-    worst_case_batch_usd, calls, reason}], "total_input_tokens",
+    Returns {"model", "documents": [{name, status, pages, sha256, input_tokens,
+    worst_case_usd, worst_case_batch_usd, calls, reason}], "total_input_tokens",
     "total_worst_case_usd" (interactive), "total_worst_case_batch_usd", "warnings"}; money
     as Decimal. Raises UnknownModel for a model without a price.
     """
@@ -63,13 +64,38 @@ def estimate(
     docs: list[dict[str, Any]] = []
     for upload in uploads:
         try:
-            pages, _ = _inspect(upload, s, model)
+            pages, sha = _inspect(upload, s, model)
         except BadDocument as exc:
             docs.append({"name": upload.name, "status": "skipped", "reason": str(exc)})
             continue
         est = estimate_document(prices, model, prompt, pages, len(upload.data), budget_tokens, now)
-        docs.append({"name": upload.name, "status": "ok", "pages": pages, **est})
+        docs.append({"name": upload.name, "status": "ok", "pages": pages, "sha256": sha, **est})
     return _totals({"model": model, "documents": docs, "warnings": warnings})
+
+
+async def mark_answered(est: dict[str, Any], client: QueueClient, recorder: Any,
+                        provider: str) -> dict[str, Any]:  # fmt: skip
+    """The estimate `est` with what a real submit would find for each document
+    (tasks/resubmission.answered_before, read only): a document an earlier run answers
+    becomes "duplicate" with that run's job id and the submit's words, and leaves the totals
+    (it is not paid again); one whose earlier run ended without a result stays priced, with
+    a "reason" saying it would run again. `provider`: pipeline.llm.factory.provider_kind,
+    part of the key."""
+    from tasks.plan import analyze_prompt
+    from tasks.resubmission import DocumentKey, answered_before
+
+    version = analyze_prompt().version
+    for doc in est["documents"]:
+        if doc["status"] != "ok":
+            continue
+        key = DocumentKey(doc["sha256"], est["model"], version, provider)
+        found = await answered_before(client, recorder, key)
+        if found is None:
+            continue
+        kind, doc["job_id"], doc["reason"] = found
+        if kind == "duplicate":
+            doc["status"] = "duplicate"
+    return _totals(est)
 
 
 def counts_with_provider(settings: Settings) -> bool:

@@ -12,6 +12,7 @@ unanalysed: so a new run starts in *this* batch, under its budget, taking the ke
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import exc as sa_exc
@@ -25,6 +26,17 @@ if TYPE_CHECKING:
     from tasks.status import DocumentState
 
 _ENDED_WITHOUT_RESULT = ("failed", "over_budget", "cancelled")
+
+
+@dataclass(frozen=True)
+class DocumentKey:
+    """What makes two submissions the same run (tasks/plan.idempotency_key's parts); a
+    tasks/runs.RunSpec has the same fields."""
+
+    sha256: str
+    model: str
+    prompt_version: str
+    provider: str
 
 
 async def resubmitted(
@@ -49,6 +61,26 @@ async def resubmitted(
         f"its earlier run (job {job_id}) ended {why}; analysed again in this batch, under "
         "its budget"
     )
+
+
+async def answered_before(client: QueueClient, recorder: Any,
+                          spec: DocumentKey) -> tuple[str, str, str] | None:  # fmt: skip
+    """What a submit of `spec`'s document would find, read only (`submit --dry-run`): None
+    for a new run; ("duplicate", job id, words) when an earlier run answers for it, as
+    `resubmitted` says it; ("again", job id, words) when that run ended without a result, so
+    a new run would start (and be paid) here."""
+    from tasks.plan import idempotency_key
+
+    job_id = await client.idempotent(idempotency_key(spec.sha256, spec.model,
+                                                     spec.prompt_version, spec.provider))
+    if job_id is None:
+        return None
+    state, pending = await _earlier(client, recorder, job_id, spec)
+    if state is None or state.status not in _ENDED_WITHOUT_RESULT:
+        return "duplicate", job_id, await _duplicate_words(recorder, job_id, state, pending, "")
+    why = f"{state.status}: {state.reason}" if state.reason else state.status
+    return "again", job_id, (f"its earlier run (job {job_id}) ended {why}; a submit analyses "
+                             "it again, under the new batch's budget")  # fmt: skip
 
 
 async def _earlier(client: QueueClient, recorder: Any, job_id: str,

@@ -132,8 +132,9 @@ def print_estimate(est: dict[str, Any], budget: Decimal | None, billed: bool,
                 "worst case USD batch"):  # fmt: skip
         table.add_column(col)
     for d in est["documents"]:
-        if d["status"] != "ok":
-            table.add_row(d["name"], "-", "-", "-", f"skipped: {d['reason']}", "")
+        if d["status"] != "ok":  # skipped, or a duplicate: not paid by this submit
+            table.add_row(d["name"], str(d.get("pages", "-")), "-", "-",
+                          escape(f"{d['status']}: {d['reason']}"), "")  # fmt: skip
             continue
         batch = format_usd(d["worst_case_batch_usd"])
         if int(d["calls"]) > 1:
@@ -141,6 +142,10 @@ def print_estimate(est: dict[str, Any], budget: Decimal | None, billed: bool,
         table.add_row(d["name"], str(d["pages"]), str(d["calls"]), str(d["input_tokens"]),
                       format_usd(d['worst_case_usd']), batch)  # fmt: skip
     console.print(table)
+    for d in est["documents"]:  # priced, and why: its earlier run ended without a result
+        if d["status"] == "ok" and d.get("reason"):
+            console.print(f"note: {d['name']}: {d['reason']}", highlight=False, soft_wrap=True,
+                          markup=False)  # fmt: skip
     console.print(f"total: {est['total_input_tokens']} input tokens, worst case "
                   f"{dollars(est['total_worst_case_usd'])} interactive, "
                   f"{dollars(est['total_worst_case_batch_usd'])} in Batch Mode (--mode batch)",
@@ -236,6 +241,7 @@ def submit(
     uploads, skipped = collect_uploads(paths)
     if dry_run:
         est = _dry_run_estimate(uploads, model or get_settings().model)
+        est = asyncio.run(_answered_before(est))
         est["documents"][:0] = [{"name": s.name, "status": "skipped", "reason": s.reason}
                                 for s in skipped]  # fmt: skip
         billed = _billed()
@@ -251,8 +257,8 @@ def submit(
             for e in refused:  # as main() prints the real submit's refusal, and its exit code
                 err_console.print(f"[red]error:[/red] submit would refuse this: {e}",
                                   highlight=False, soft_wrap=True)  # fmt: skip
-        if refused or not any(d["status"] == "ok" for d in est["documents"]):
-            raise typer.Exit(1)
+        if refused or not any(d["status"] in ("ok", "duplicate") for d in est["documents"]):
+            raise typer.Exit(1)  # as the submit: nothing it could queue or answer
         return
     if not uploads:
         report_nothing(skipped, as_json)
@@ -329,6 +335,46 @@ def _dry_run_estimate(uploads: list[Upload], model: str) -> dict[str, Any]:
             await provider.aclose()
 
     return asyncio.run(counted())
+
+
+async def _answered_before(est: dict[str, Any]) -> dict[str, Any]:
+    """The estimate with the documents an earlier submission answers marked "duplicate" and
+    out of the totals (tasks/estimate.mark_answered), as the submit would find them; a
+    warning instead when the queue cannot be read (the embedded Redis not running is no
+    reason to start it for a dry run)."""
+    from redis.exceptions import RedisError
+
+    from pipeline.errors import RedisUnavailable
+    from pipeline.ledger.db import get_engine
+    from pipeline.ledger.recorder import SqlRecorder
+    from pipeline.llm.factory import provider_kind
+    from pipeline.settings import get_settings
+    from tasks.estimate import mark_answered
+
+    if not any(d["status"] == "ok" for d in est["documents"]):
+        return est
+    settings = get_settings()
+    try:
+        client = await QueueClient.connect(read_only=True)
+    except RedisUnavailable as exc:
+        est["warnings"].append(_unchecked(exc))
+        return est
+    engine = await asyncio.to_thread(get_engine, settings)
+    try:
+        recorder = SqlRecorder(engine, client.redis, client.keys)
+        return await mark_answered(est, client, recorder, provider_kind(settings))
+    except RedisError as exc:
+        est["warnings"].append(_unchecked(exc))
+        return est
+    finally:
+        await client.aclose()
+        await asyncio.to_thread(engine.dispose)
+
+
+def _unchecked(exc: Exception) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return (f"not checked against earlier submissions ({first}): a document submitted "
+            "before is priced here as new, and a submit would answer it without paying again")
 
 
 def report_nothing(skipped: list[DocOutcome], as_json: bool) -> None:

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from pipeline.errors import JobFailed, JobNotFound
 from pipeline.queue.enqueue_args import SCRIPT_JOBS, Prepared, Preparer, Shape, new_job_ids
 from pipeline.queue.job import Job, JobOptions, State
+from pipeline.queue.record import idempotency_digest
 from pipeline.queue.registry import Placer
 from pipeline.queue.scripts import Scripts, group_keys
 from pipeline.queue.task import REGISTRY, Call, Task
@@ -227,6 +228,15 @@ class QueueClient:
 
     def job(self, job_id: str) -> JobHandle:
         return JobHandle(self, job_id)
+
+    async def idempotent(self, key: str) -> str | None:
+        """The job id an idempotency key stands for now (what an enqueue with it would
+        return instead of a new job, enqueue.lua), or None: read only, one round trip."""
+        k = self.keys
+        by_digest, by_key = await self.redis.mget(
+            [k.idempotency(idempotency_digest(key)), k.idempotency_by_key(key)])
+        found = by_digest or by_key
+        return text(found) if found else None
 
     async def group_results(self, group_id: str) -> list[Any]:
         import json

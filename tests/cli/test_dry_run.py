@@ -99,3 +99,61 @@ def test_an_offline_dry_run_says_of_the_budget_what_the_submit_would(
     real = run_cli(pipeline_env, "submit", invoice, "--budget", "0.0001")
     assert real.returncode == 0, real.stdout + real.stderr
     assert "budget" not in real.stdout + real.stderr, real.stdout + real.stderr
+
+
+def test_a_dry_run_prices_only_what_the_submit_would_pay_for(
+    pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A document an earlier run answers (complete, or still queued) is a duplicate the
+    submit does not pay for again: the dry run says so with the submit's words, leaves it out
+    of the totals, and prices a document whose earlier run ended without a result (it would
+    run again) and a new one; the real submit then agrees, document by document."""
+    docs = {Path(p).name: p for p in EXAMPLES}
+    done, queued, cancelled, new = (docs[n] for n in (
+        "invoice.pdf", "letter_de.pdf", "services_contract.pdf", "account_statement.pdf"))
+    assert run_cli(pipeline_env, "run", done).returncode == 0
+    assert run_cli(pipeline_env, "submit", queued).returncode == 0  # no worker: stays queued
+    sub = run_cli(pipeline_env, "submit", cancelled, "--json")
+    assert run_cli(pipeline_env, "cancel", json.loads(sub.stdout)["batch_id"]).returncode == 0
+    four = (done, queued, cancelled, new)
+
+    dry = run_cli(pipeline_env, "submit", *four, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    est = json.loads(dry.stdout)
+    by_name = {Path(d["name"]).name: d for d in est["documents"]}
+    assert by_name["invoice.pdf"]["status"] == "duplicate"
+    assert "which has its result: not paid again" in by_name["invoice.pdf"]["reason"]
+    assert by_name["letter_de.pdf"]["status"] == "duplicate"
+    assert "queued: it runs once, not twice" in by_name["letter_de.pdf"]["reason"]
+    again = by_name["services_contract.pdf"]
+    assert again["status"] == "ok" and "ended cancelled" in again["reason"], again
+    assert by_name["account_statement.pdf"]["status"] == "ok"
+    assert "reason" not in by_name["account_statement.pdf"]
+    priced = [by_name["services_contract.pdf"], by_name["account_statement.pdf"]]
+    assert Decimal(est["total_worst_case_usd"]) == sum(Decimal(d["worst_case_usd"])
+                                                       for d in priced) > 0  # fmt: skip
+
+    table = run_cli({**pipeline_env, "COLUMNS": "250"}, "submit", *four, "--dry-run")
+    said = " ".join(table.stdout.split())
+    assert "duplicate: already submitted (same content as job" in said, said
+    assert f"note: {cancelled}: its earlier run" in said, said
+
+    real = run_cli(pipeline_env, "submit", *four, "--json")
+    assert real.returncode == 0, real.stderr
+    statuses = {Path(d["name"]).name: d["status"] for d in json.loads(real.stdout)["documents"]}
+    assert statuses == {"invoice.pdf": "duplicate", "letter_de.pdf": "duplicate",
+                        "services_contract.pdf": "queued", "account_statement.pdf": "queued"}
+
+
+def test_a_dry_run_that_cannot_read_the_queue_says_so_and_starts_nothing(
+    pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Without PIPELINE_REDIS_URL and with the embedded Redis not running, a dry run does not
+    start a server to look: it prices every document and says it did not check."""
+    env = {k: v for k, v in pipeline_env.items() if k != "PIPELINE_REDIS_URL"}
+    env["PIPELINE_HOME"] = str(tmp_path / "fresh-home")
+    dry = run_cli(env, "submit", EXAMPLES[0], "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    said = " ".join(dry.stdout.split())
+    assert "not checked against earlier submissions" in said, said
+    assert not (tmp_path / "fresh-home" / "redis").exists()
