@@ -32,7 +32,8 @@ class Retried:
     reason: str | None = None
     # The new run's mode ("batch": in a Gemini batch job of the retried documents;
     # "interactive"), None when no run was queued; `mode_note` says why a document submitted
-    # in Batch Mode is not retried in it (its deadline), else None.
+    # in Batch Mode is not retried in it (its deadline), or that its mode is not known any
+    # more (its record expired), else None.
     mode: str | None = None
     mode_note: str | None = None
 
@@ -92,11 +93,16 @@ def kept_mode(mode: dict[str, Any] | None, s: Settings,
     stays, deadline and all, unless the deadline's fallback time (deadline less
     PIPELINE_BATCH_FALLBACK_MARGIN_S) has passed, as a submission would refuse it then
     (tasks/modes.choose_mode): the retry then runs interactively, at the interactive price,
-    and says so. Returns (args or None, the note or None)."""
-    from tasks.modes import due, fallback_at
+    and says so. A run whose mode is not known any more (its job record expired) is retried
+    in PIPELINE_MODE's, as a submit without `--mode` would be, and says that too (it may
+    have been submitted in Batch Mode). Returns (args or None, the note or None)."""
+    from tasks.modes import choose_mode, due, fallback_at
 
     if not mode or not mode.get("mode"):
-        return None, None
+        choice = choose_mode(s.mode, None, s, now, asked=False)
+        note = (f"its mode is not known any more (its job record has expired), so it is "
+                f"retried as a submit without --mode runs: {choice.why}")  # fmt: skip
+        return {**choice.args(), "mode_why": note}, note
     args = {"mode": str(mode["mode"]), "mode_requested": str(mode.get("requested") or
                                                              mode["mode"]),
             "mode_why": str(mode.get("why") or "")}  # fmt: skip

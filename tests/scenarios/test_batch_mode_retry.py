@@ -261,3 +261,41 @@ async def test_cancelled_batch_mode_documents_submitted_again_are_answered_by_a_
     assert all(j.state == State.COMPLETE for j in jobs), [j.error for j in jobs]
     assert stats["batch"]["jobs_created"] == 2 and stats["batch"]["requests"] == 2, stats
     _assert_answered_in_batch_mode(rows, stats, 2)
+
+
+@pytest.mark.parametrize("setting", ["interactive", "batch"])
+async def test_a_document_whose_record_expired_is_retried_in_pipeline_mode_saying_so(
+    pipeline_env: dict[str, str], redis_url: str, key_prefix: str, setting: str,
+) -> None:  # fmt: skip
+    """Submitted in Batch Mode, cancelled, and its job record gone (expired) before the
+    retry: the mode it ran in is not known any more, so the retry runs as a submit without
+    --mode would (PIPELINE_MODE), and says so, never silently at the interactive price."""
+    from pipeline.ledger.db import get_engine
+    from pipeline.ledger.recorder import SqlRecorder
+    from pipeline.queue.client import QueueClient
+    from pipeline.redis.connection import connect_redis
+    from pipeline.settings import load_settings
+    from tasks.control import cancel_batch
+    from tasks.retry import retry_batch
+
+    s = load_settings(key_prefix=key_prefix, provider="emulator", mode=setting)
+    client = QueueClient(connect_redis(redis_url), settings=s)
+    engine = get_engine(s)
+    recorder = SqlRecorder(engine, client.redis, client.keys)
+    try:
+        sub = await submit_uploads(client, memo_uploads(2), mode="batch")
+        assert sub.batch_id is not None and sub.mode == "batch"
+        await cancel_batch(client, recorder, engine, sub.batch_id)
+        await recorder.flush()
+        await client.redis.delete(*(client.keys.job(j) for j in sub.job_ids))  # expired
+        _, retried = await retry_batch(client, recorder, engine, sub.batch_id, {"cancelled"})
+        args = [(await client.get(str(r.job_id))).args[0] for r in retried]
+    finally:
+        await client.aclose()
+        engine.dispose()
+    assert {(r.status, r.mode) for r in retried} == {("queued", setting)}, retried
+    for r in retried:
+        assert r.mode_note and "its mode is not known any more" in r.mode_note, r.mode_note
+        assert "PIPELINE_MODE" in r.mode_note, r.mode_note
+    assert all(a["mode"] == setting for a in args), args
+    assert all(("batch_group" in a) == (setting == "batch") for a in args), args
