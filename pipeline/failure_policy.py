@@ -30,6 +30,7 @@ from pipeline.errors import (
     Retry,
     UnknownModel,
 )
+from pipeline.words import retry_command
 
 # A job whose budget is full only of other calls' holds waits this long (plus jitter, so
 # waiting jobs do not all come back at once) for them to settle.
@@ -158,4 +159,4 @@ def malformed_words(exc: AnswerMalformed, attempt: int, max_attempts: int,
     return (f"{exc}; that was its last attempt ({attempt} of {max_attempts}): answers that keep "
             "coming back unreadable mean something cuts or garbles them on their way (a proxy "
             "or gateway at the base URL, the network) or the provider is failing; check them, "
-            f"then run it again with `pipeline retry {(batch or 'BATCH')[:12]} --failed`")
+            f"then run it again with {retry_command((batch or 'BATCH')[:12], 'failed')}")

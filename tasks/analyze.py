@@ -47,6 +47,7 @@ from pipeline.queue.task import task
 from pipeline.storage import open_store
 from pipeline.storage.holds import hold
 from pipeline.storage.local import local_file
+from pipeline.words import retry_command
 from tasks.analysis_call import analysis_call
 from tasks.batch_mode import wait_for_batch  # and registers collect_batch_group
 from tasks.fit import Fitted, plan_requests, source_of
@@ -393,6 +394,6 @@ async def _fail_partial(
         await hold(ctx.client.redis, ctx.client.keys, [job_id], chunk_sha,
                    ctx.client.settings.document_retention_s)  # fmt: skip
     raise Permanent(
-        f"{head}; `pipeline retry {ctx.batch or 'BATCH'} --failed` analyses the document again "
-        "(answers already paid for and used are reused)"
+        f"{head}; {retry_command(ctx.batch or 'BATCH', 'failed')} analyses the document "
+        "again (answers already paid for and used are reused)"
     )

@@ -20,8 +20,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from pipeline.money import at_least_usd, dollars, format_usd
-from pipeline.words import counted
+from pipeline.ledger.budget_words import set_command
+from pipeline.money import at_least_usd, dollars
+from pipeline.words import counted, retry_command
 from tasks.estimate import counts_with_provider
 
 if TYPE_CHECKING:
@@ -80,9 +81,9 @@ async def over_budget_warnings(
         if said is not None:
             words, needed = said
             beside = f" beside {dollars(used_usd)} spent or held" if used_usd > 0 else ""
-            return [f"{words}. `pipeline budget {batch_ref} --set {format_usd(needed)}` "
-                    f"(the worst case{beside}) admits the group before its documents run, "
-                    f"or afterwards with `pipeline retry {batch_ref} --over-budget`."]  # fmt: skip
+            return [f"{words}. {set_command(batch_ref, needed)} (the worst case{beside}) "
+                    f"admits the group before its documents run, or afterwards with "
+                    f"{retry_command(batch_ref, 'over-budget')}."]  # fmt: skip
     sure: list[tuple[str, Decimal]] = []
     unsure: list[tuple[str, Decimal]] = []  # above the budget by the local estimate only
     rest = Decimal(0)
@@ -103,8 +104,7 @@ async def over_budget_warnings(
     total = rest + sum((usd for _, usd in sure + unsure), Decimal(0))
     needed = at_least_usd(used_usd + total)
     spent = f" beside {dollars(used_usd)} spent or held" if used_usd > 0 else ""
-    fix = (f"`pipeline budget {batch_ref} --set {format_usd(needed)}` (the batch's worst case"
-           f"{spent}) lets every one run.")  # fmt: skip
+    fix = f"{set_command(batch_ref, needed)} (the batch's worst case{spent}) lets every one run."
     warnings = []
     if sure:
         warnings.append(f"{counted(len(sure), 'document')} will end over budget unanswered: "

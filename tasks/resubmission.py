@@ -20,6 +20,7 @@ from sqlalchemy import exc as sa_exc
 from pipeline.errors import DatabaseUnavailable
 from pipeline.ledger.write_behind import is_connection_error
 from pipeline.queue.client import QueueClient
+from pipeline.words import retry_command
 
 if TYPE_CHECKING:
     from pipeline.ledger.cut import CutCalls
@@ -101,7 +102,7 @@ async def _duplicate_words(recorder: Any, job_id: str, state: DocumentState | No
         return f"{same}, which has its result: not paid again"
     if state is not None and state.status in _ENDED_WITHOUT_RESULT:
         why = f"{state.status}: {state.reason}" if state.reason else state.status
-        return (f"{same}, which ended without a result ({why}); `pipeline retry {batch_id}` "
+        return (f"{same}, which ended without a result ({why}); {retry_command(batch_id)} "
                 "analyses it again in this batch, under its budget")
     where = "running" if state is not None and state.status == "running" else "queued"
     said = [f"{same}, {where}: it runs once, not twice, and answers for this batch too"]

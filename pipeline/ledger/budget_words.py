@@ -10,6 +10,7 @@ from decimal import Decimal
 
 from pipeline.errors import BudgetExceeded
 from pipeline.money import LEDGER_PLACES, at_least_usd, dollars, format_usd
+from pipeline.words import retry_command
 
 NANO_USD = Decimal(1).scaleb(-LEDGER_PLACES)  # the least step of a limit a person sets
 
@@ -56,10 +57,9 @@ def _advice(kind: str, name: str, needed: Decimal, held: Decimal, what: str) -> 
     if kind == "batch":
         ref = name.removeprefix("batch:")[:12]
         return (f"the job ends over_budget and nothing more is charged; "
-                f"`pipeline budget {ref} --set {format_usd(needed)}` admits {what}"
-                f"{held_words(held)} (the batch's other documents may need more: "
-                f"`pipeline submit --dry-run` prints each one's worst case), then "
-                f"`pipeline retry {ref} --over-budget`")  # fmt: skip
+                f"{set_command(ref, needed)} admits {what}{held_words(held)} (the batch's "
+                f"other documents may need more: `pipeline submit --dry-run` prints each "
+                f"one's worst case), then {retry_command(ref, 'over-budget')}")  # fmt: skip
     if kind == "day":
         return "raise PIPELINE_BUDGET_DAY_USD or wait for the UTC day to turn (00:00 UTC)"
     return "raise PIPELINE_BUDGET_MONTH_USD or wait for the next UTC month"
@@ -92,8 +92,8 @@ def stopped_refusal(kind: str, name: str, spent: Decimal, limit: Decimal, stoppe
         advice = (f"the job ends over_budget and nothing more is charged; "
                   f"{set_command(ref, lifting_usd(stopped_at, spent, held, worst))} lifts the "
                   f"stop and admits this call{held_words(held)}, then "
-                  f"`pipeline retry {ref} --over-budget` (a retry before that meets the same "
-                  f"stop; `pipeline status {ref}` shows the overrun)")  # fmt: skip
+                  f"{retry_command(ref, 'over-budget')}; a retry before that meets the same "
+                  f"stop, and `pipeline status {ref}` shows the overrun")  # fmt: skip
     else:
         setting = "PIPELINE_BUDGET_DAY_USD" if kind == "day" else "PIPELINE_BUDGET_MONTH_USD"
         advice = f"raise {setting} above {dollars(stopped_at)}"

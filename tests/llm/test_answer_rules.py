@@ -156,3 +156,4 @@ def test_an_unreadable_answer_is_retried_within_the_jobs_attempts_then_says_what
     last = failed_call(error, 3, 3, "f7c5dd4e412a4bb8")
     assert isinstance(last, Retry) and last.reason is Reason.ANSWER_MALFORMED
     assert "pipeline retry f7c5dd4e412a --failed" in str(last)
+    assert 'POST /batches/f7c5dd4e412a/retry with {"failed": true}' in str(last)

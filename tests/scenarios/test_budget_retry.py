@@ -65,6 +65,10 @@ def test_over_budget_documents_finish_after_budget_set_and_retry(
             reason = data["documents"][0]["reason"]
             assert f"pipeline budget {batch[:12]} --set " in reason, reason
             assert f"pipeline retry {batch[:12]} --over-budget" in reason, reason
+            # and the same two doors for a user of the HTTP API alone
+            assert f"PATCH /batches/{batch[:12]} with" in reason, reason
+            assert (f'POST /batches/{batch[:12]}/retry with {{"over_budget": true}}'
+                    in reason), reason  # fmt: skip
             assert emu.stats()["generate_requests"] == 0  # refused before anything was sent
 
             # The first document sent again in a new batch: a new run, under that budget.
