@@ -43,7 +43,7 @@ WASTED = frozenset(
 )
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "thinking_tokens", "cached_tokens")
 FIELDS = (
-    "calls", *TOKEN_FIELDS, "cost_usd", "wasted_usd", "documents", "pages",
+    "calls", *TOKEN_FIELDS, "cost_usd", "wasted_usd", "rehearsal_usd", "documents", "pages",
     "cost_per_document_usd", "cost_per_page_usd", "latency_p50_s", "latency_p95_s",
 )  # fmt: skip
 
@@ -116,6 +116,7 @@ class _Group:
     tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_FIELDS, 0))
     cost: Decimal = Decimal(0)
     wasted: Decimal = Decimal(0)
+    rehearsal: Decimal = Decimal(0)  # the emulator's part of `cost`: priced, never billed
     pages: dict[str, int] = field(default_factory=dict)  # document id -> pages
     latencies: list[float] = field(default_factory=list)
     in_flight: int = 0  # calls still `started`: sent or about to be, not settled
@@ -136,6 +137,8 @@ class _Group:
         self.cost += cost
         if call.outcome in WASTED:
             self.wasted += cost
+        if call.provider == REHEARSAL:
+            self.rehearsal += cost
         if call.document_id:
             self.pages[call.document_id] = int(row[1] or 0)
         if call.latency_s is not None:
@@ -149,6 +152,7 @@ class _Group:
             **self.tokens,
             "cost_usd": format_usd(self.cost),
             "wasted_usd": format_usd(self.wasted),
+            "rehearsal_usd": format_usd(self.rehearsal),
             "documents": docs,
             "pages": pages,
             "cost_per_document_usd": format_usd(self.cost / docs) if docs else None,
@@ -195,7 +199,7 @@ def cost_report(
     """`{"total": {...}, "rows": [{"key": ..., ...}], "rehearsal_usd", "offline_calls",
     "offline_usd"}` for calls counted in [since, until) (module docstring); `rehearsal_usd`
     is the part of the total the emulator's calls make up (priced as Gemini bills, never
-    billed: `--by provider` shows them apart); `offline_calls` how many of the settled calls
+    billed: `--by provider` shows them apart; each row's own `rehearsal_usd` is its part); `offline_calls` how many of the settled calls
     the offline analyzer answered (no model asked; their tokens are its own estimate of the
     text's size) and `offline_usd` what the ledger books for them ($0). Calls not settled
     yet (outcome `started`) are not in `cost_usd`: `in_flight_calls` and `in_flight_usd`
@@ -212,14 +216,12 @@ def cost_report(
     """
     if by not in GROUPS:
         raise InputError(f"cannot group costs by {by!r}: use one of {', '.join(GROUPS)}")
-    total, rehearsal, offline = _Group(), _Group(), _Group()
+    total, offline = _Group(), _Group()
     groups: dict[str, _Group] = defaultdict(_Group)
     for row in _rows(session, since, until):
         total.add(row)
         groups[_key(row[0], by)].add(row)
-        if row[0].provider == REHEARSAL:
-            rehearsal.add(row)
-        elif row[0].provider == OFFLINE:
+        if row[0].provider == OFFLINE:
             offline.add(row)
     return {
         "by": by,
@@ -227,7 +229,7 @@ def cost_report(
         "until": until.isoformat() if until else None,
         "total": total.as_dict(),
         # what of the total the emulator's calls make up: a rehearsal's, never billed
-        "rehearsal_usd": format_usd(rehearsal.cost),
+        "rehearsal_usd": format_usd(total.rehearsal),
         # how many of the total's calls were the offline analyzer's: no LLM was asked
         "offline_calls": offline.calls,
         "offline_usd": format_usd(offline.cost),  # $0 unless a row says otherwise

@@ -215,8 +215,16 @@ async def test_a_rehearsals_calls_are_shown_apart(
         report = _report_window(engine, "provider")
         assert [(r["key"], r["cost_usd"]) for r in report["rows"]] == [
             ("emulator", "0.070000000"), ("gemini", "0.100000000")]
-        assert report["rehearsal_usd"] == "0.070000000"
+        assert report["rehearsal_usd"] == report["total"]["rehearsal_usd"] == "0.070000000"
         assert report["total"]["cost_usd"] == "0.170000000"
+        assert [r["rehearsal_usd"] for r in report["rows"]] == ["0.070000000", "0.000000000"]
+        csv = CliRunner().invoke(app, ["costs", "--since", "2026-11-03", "--by", "provider",
+                                       "--format", "csv"])  # fmt: skip
+        assert csv.exit_code == 0, csv.output
+        lines = [line.split(",") for line in csv.stdout.splitlines()]
+        column = lines[0].index("rehearsal_usd")  # a spreadsheet can leave it out of a sum
+        assert [(row[0], row[column]) for row in lines[1:]] == [
+            ("emulator", "0.070000000"), ("gemini", "0.000000000"), ("TOTAL", "0.070000000")]
         table = CliRunner().invoke(app, ["costs", "--since", "2026-11-03"])
         assert table.exit_code == 0, table.output
         assert "of the total, $0.070000000 is the emulator's" in table.stdout
