@@ -199,9 +199,10 @@ def cost_report(
     """`{"total": {...}, "rows": [{"key": ..., ...}], "rehearsal_usd", "offline_calls",
     "offline_usd"}` for calls counted in [since, until) (module docstring); `rehearsal_usd`
     is the part of the total the emulator's calls make up (priced as Gemini bills, never
-    billed: `--by provider` shows them apart; each row's own `rehearsal_usd` is its part); `offline_calls` how many of the settled calls
-    the offline analyzer answered (no model asked; their tokens are its own estimate of the
-    text's size) and `offline_usd` what the ledger books for them ($0). Calls not settled
+    billed: `--by provider` shows them apart; each row's own `rehearsal_usd` is its part);
+    `offline_calls` how many of the settled calls the offline analyzer answered (no model
+    asked; their tokens are its own estimate of the text's size) and `offline_usd` what the
+    ledger books for them ($0). Calls not settled
     yet (outcome `started`) are not in `cost_usd`: `in_flight_calls` and `in_flight_usd`
     (their worst case, held against budgets) say what may still come.
 
