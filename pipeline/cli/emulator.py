@@ -67,7 +67,8 @@ def emulator(
     print(f"  export GOOGLE_GEMINI_BASE_URL={base_url}")
     print(f"  export GEMINI_API_KEY={api_key[0]}")
     print("  export PIPELINE_PROVIDER=emulator", flush=True)
-    server = uvicorn.Server(
-        uvicorn.Config(create_emulator_app(config), log_level="warning", lifespan="off")
-    )
+    # A stop (Ctrl-C, SIGTERM) cuts calls still sleeping out their simulated latency after
+    # 2 s rather than waiting for each (uvicorn waits for in-flight requests by default).
+    server = uvicorn.Server(uvicorn.Config(create_emulator_app(config), log_level="warning",
+                                           lifespan="off", timeout_graceful_shutdown=2))
     server.run(sockets=[sock])

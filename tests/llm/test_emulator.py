@@ -17,7 +17,7 @@ from google import genai
 from google.genai import types
 
 from pipeline.llm.emulator.quota import RPD_QUOTA, RPM_QUOTA, TPM_QUOTA, QuotaTracker
-from tests.support.emulator import start_emulator
+from tests.support.emulator import start_emulator, wait_http
 from tests.support.pdfs import make_pdf
 
 MODEL = "gemini-2.5-flash-lite"
@@ -269,3 +269,41 @@ def test_cli_emulator_subprocess() -> None:
         assert _post(emu, path, _text_body("a")).status_code == 200
         assert _post(emu, path, _text_body("b")).status_code == 429
         assert emu.stats()["rate_limited"] == 1
+
+
+@pytest.mark.slow
+def test_stopping_the_emulator_does_not_wait_out_a_calls_latency() -> None:
+    """`pipeline emulator` stopped (SIGTERM) with a call sleeping out a 60 s simulated
+    latency ends within seconds, cutting that call: a rehearsal's Ctrl-C does not hang."""
+    import contextlib
+    import signal
+    import subprocess as sp
+    import sys
+    import threading
+
+    proc = sp.Popen([sys.executable, "-m", "pipeline", "emulator", "--host", "127.0.0.1",
+                     "--port", "0", "--latency", "60,60"], stdout=sp.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        base_url = proc.stdout.readline().split(" on ")[1].split()[0]
+        wait_http(base_url)
+
+        def call() -> None:  # cut by the stop: its error is no concern of the test
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(f"{base_url}/v1beta/models/{MODEL}:generateContent",
+                           json=_text_body("slow"), timeout=90,
+                           headers={"x-goog-api-key": "emulator-key"})  # fmt: skip
+
+        threading.Thread(target=call, daemon=True).start()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{base_url}/_emulator/stats").json()["in_flight"] < 1:
+            assert time.monotonic() < deadline, "the call never reached the emulator"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        # within seconds, not the 60 s the call would have slept (uvicorn ends a stop it was
+        # sent by raising the same signal again, after its shutdown)
+        assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -124,7 +124,7 @@ def _in_subprocess(config: dict[str, Any]) -> Iterator[RunningEmulator]:
             raise RuntimeError("the emulator subprocess did not start:\n" + "".join(lines))
         threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
         key = config.get("api_keys", ("emulator-key",))[0]
-        _wait_http(base_url)
+        wait_http(base_url)
         yield RunningEmulator(base_url, key, _env_for(base_url, key))
     finally:
         proc.terminate()
@@ -135,7 +135,8 @@ def _in_subprocess(config: dict[str, Any]) -> Iterator[RunningEmulator]:
             proc.wait()
 
 
-def _wait_http(base_url: str) -> None:
+def wait_http(base_url: str) -> None:
+    """Return once the emulator at `base_url` answers its stats (15 s at most)."""
     deadline = time.monotonic() + 15
     while True:
         try:

@@ -27,7 +27,11 @@ def uvicorn_in_thread(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
+    # A request still in flight when the block ends (an emulator call a cancelled job left,
+    # sleeping out its latency) is cut after a second: the test is over, and uvicorn would
+    # otherwise wait for it (up to the join's 30 s).
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan,
+                                          timeout_graceful_shutdown=1))  # fmt: skip
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + start_timeout_s
