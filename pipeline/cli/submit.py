@@ -359,7 +359,9 @@ async def _answered_before(est: dict[str, Any]) -> dict[str, Any]:
     except RedisUnavailable as exc:
         est["warnings"].append(_unchecked(exc))
         return est
-    engine = await asyncio.to_thread(get_engine, settings)
+    # Not migrated, so never connected here: a ledger database that is down or not made yet
+    # leaves the job states alone to decide (tasks/resubmission._has_result), as in a submit.
+    engine = get_engine(settings, upgrade=False)
     try:
         recorder = SqlRecorder(engine, client.redis, client.keys)
         return await mark_answered(est, client, recorder, provider_kind(settings))

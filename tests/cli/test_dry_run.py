@@ -157,3 +157,18 @@ def test_a_dry_run_that_cannot_read_the_queue_says_so_and_starts_nothing(
     said = " ".join(dry.stdout.split())
     assert "not checked against earlier submissions" in said, said
     assert not (tmp_path / "fresh-home" / "redis").exists()
+
+
+def test_a_dry_run_without_the_ledger_database_still_reads_the_queue(
+    pipeline_env: dict[str, str],
+) -> None:
+    """The ledger database down (or not created yet) is no reason for a dry run to fail:
+    it prices, and the queue's job states alone say which documents an earlier run answers
+    (as the submit itself reads them when the database cannot say)."""
+    queued, new = EXAMPLES[0], EXAMPLES[1]
+    assert run_cli(pipeline_env, "submit", queued).returncode == 0  # no worker: stays queued
+    down = {**pipeline_env, "PIPELINE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    dry = run_cli(down, "submit", queued, new, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    statuses = {d["name"]: d["status"] for d in json.loads(dry.stdout)["documents"]}
+    assert statuses == {queued: "duplicate", new: "ok"}, statuses
