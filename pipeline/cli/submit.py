@@ -35,6 +35,7 @@ from pipeline.errors import InputError
 from pipeline.ledger.budget import check_budget_usd
 from pipeline.money import dollars, format_usd
 from pipeline.queue.client import QueueClient
+from tasks.estimate import mark_repeats
 from tasks.submission import (
     DocOutcome,
     Submission,
@@ -241,7 +242,7 @@ def submit(
     uploads, skipped = collect_uploads(paths)
     if dry_run:
         est = _dry_run_estimate(uploads, model or get_settings().model)
-        est = asyncio.run(_answered_before(est))
+        est = mark_repeats(asyncio.run(_answered_before(est)))
         est["documents"][:0] = [{"name": s.name, "status": "skipped", "reason": s.reason}
                                 for s in skipped]  # fmt: skip
         billed = _billed()

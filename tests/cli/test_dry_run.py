@@ -172,3 +172,24 @@ def test_a_dry_run_without_the_ledger_database_still_reads_the_queue(
     assert dry.returncode == 0, dry.stdout + dry.stderr
     statuses = {d["name"]: d["status"] for d in json.loads(dry.stdout)["documents"]}
     assert statuses == {queued: "duplicate", new: "ok"}, statuses
+
+
+def test_a_dry_run_prices_the_same_content_twice_once_as_the_submit_pays_for_it(
+    pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Two files with the same bytes in one submission are one run (the second a duplicate
+    of the first): the dry run prices one of them, and says what the other is."""
+    copy = tmp_path / "a copy.pdf"
+    copy.write_bytes(Path(EXAMPLES[0]).read_bytes())
+    dry = run_cli(pipeline_env, "submit", EXAMPLES[0], str(copy), "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    est = json.loads(dry.stdout)
+    first, second = est["documents"]
+    assert (first["status"], second["status"]) == ("ok", "duplicate"), est["documents"]
+    assert EXAMPLES[0] in second["reason"], second
+    assert Decimal(est["total_worst_case_usd"]) == Decimal(first["worst_case_usd"]) > 0
+    assert est["total_input_tokens"] == first["input_tokens"]
+
+    real = run_cli(pipeline_env, "submit", EXAMPLES[0], str(copy), "--json")
+    assert real.returncode == 0, real.stderr
+    assert [d["status"] for d in json.loads(real.stdout)["documents"]] == ["queued", "duplicate"]
