@@ -193,3 +193,19 @@ def test_a_dry_run_prices_the_same_content_twice_once_as_the_submit_pays_for_it(
     real = run_cli(pipeline_env, "submit", EXAMPLES[0], str(copy), "--json")
     assert real.returncode == 0, real.stderr
     assert [d["status"] for d in json.loads(real.stdout)["documents"]] == ["queued", "duplicate"]
+
+
+def test_a_cancelled_earlier_run_is_said_once_by_the_dry_run_and_the_submit(
+    pipeline_env: dict[str, str],
+) -> None:
+    """A run cancelled while queued has "cancelled" for its status and its reason: the words
+    say "ended cancelled", not "ended cancelled: cancelled"."""
+    doc = EXAMPLES[0]
+    sub = run_cli(pipeline_env, "submit", doc, "--json")
+    assert run_cli(pipeline_env, "cancel", json.loads(sub.stdout)["batch_id"]).returncode == 0
+    dry = run_cli(pipeline_env, "submit", doc, "--dry-run", "--json")
+    real = run_cli(pipeline_env, "submit", doc, "--json")
+    for said in (dry, real):
+        assert said.returncode == 0, said.stderr
+        reason = json.loads(said.stdout)["documents"][0]["reason"]
+        assert "ended cancelled;" in reason, reason
