@@ -98,6 +98,28 @@ async def mark_answered(est: dict[str, Any], client: QueueClient, recorder: Any,
     return _totals(est)
 
 
+def mark_repeats(est: dict[str, Any]) -> dict[str, Any]:
+    """The estimate `est` with a document whose content an earlier one in it has (a copy
+    under another name) as the submit finds it: "duplicate", out of the totals, since one
+    run answers both (the second's enqueue returns the first's job). When the first is
+    itself a duplicate of an earlier run, the second is said in the same words."""
+    first: dict[str, dict[str, Any]] = {}
+    for doc in est["documents"]:
+        if doc["status"] not in ("ok", "duplicate"):
+            continue
+        seen = first.setdefault(doc["sha256"], doc)
+        if seen is doc:
+            continue
+        doc["status"] = "duplicate"
+        if seen["status"] == "duplicate":
+            doc["job_id"], doc["reason"] = seen["job_id"], seen["reason"]
+        else:
+            doc.pop("job_id", None)
+            doc["reason"] = (f"same content as {seen['name']}, priced above: the submit queues "
+                             "one run for both")  # fmt: skip
+    return _totals(est)
+
+
 def counts_with_provider(settings: Settings) -> bool:
     """Whether `--dry-run` should ask the provider's countTokens: only when a Gemini key is in
     play (gemini, the emulator, or auto with a key); the offline analyzer counts nothing."""

@@ -57,7 +57,7 @@ async def resubmitted(
         state, pending = await _earlier(client, recorder, handle.id, spec)
         return "duplicate", handle.id, await _duplicate_words(
             recorder, handle.id, state, pending, spec.batch_id, again=True)
-    why = f"{state.status}: {state.reason}" if state.reason else state.status
+    why = _ended(state)
     return "queued", handle.id, (
         f"its earlier run (job {job_id}) ended {why}; analysed again in this batch, under "
         "its budget"
@@ -79,7 +79,7 @@ async def answered_before(client: QueueClient, recorder: Any,
     state, pending = await _earlier(client, recorder, job_id, spec)
     if state is None or state.status not in _ENDED_WITHOUT_RESULT:
         return "duplicate", job_id, await _duplicate_words(recorder, job_id, state, pending, "")
-    why = f"{state.status}: {state.reason}" if state.reason else state.status
+    why = _ended(state)
     return "again", job_id, (f"its earlier run (job {job_id}) ended {why}; a submit analyses "
                              "it again, under the new batch's budget")  # fmt: skip
 
@@ -101,7 +101,7 @@ async def _duplicate_words(recorder: Any, job_id: str, state: DocumentState | No
     if state is not None and state.status == "complete":
         return f"{same}, which has its result: not paid again"
     if state is not None and state.status in _ENDED_WITHOUT_RESULT:
-        why = f"{state.status}: {state.reason}" if state.reason else state.status
+        why = _ended(state)
         return (f"{same}, which ended without a result ({why}); {retry_command(batch_id)} "
                 "analyses it again in this batch, under its budget")
     where = "running" if state is not None and state.status == "running" else "queued"
@@ -110,6 +110,14 @@ async def _duplicate_words(recorder: Any, job_id: str, state: DocumentState | No
     if cut is not None and cut.calls:
         said.append(cut.again_words())
     return "; ".join(said)
+
+
+def _ended(state: DocumentState) -> str:
+    """How a run ended, "failed: <why>", or its status alone when the reason only says it
+    again (a run cancelled as it waited: "cancelled", not "cancelled: cancelled")."""
+    if state.reason and state.reason != state.status:
+        return f"{state.status}: {state.reason}"
+    return state.status
 
 
 async def _cut_earlier(recorder: Any, job_ids: list[str]) -> CutCalls | None:

@@ -99,9 +99,12 @@ def kept_mode(mode: dict[str, Any] | None, s: Settings,
     from tasks.modes import choose_mode, due, fallback_at
 
     if not mode or not mode.get("mode"):
+        # Not choice.why: its advice ("--mode chooses another") is a submit's; a retry takes
+        # no mode, from the CLI or the API.
         choice = choose_mode(s.mode, None, s, now, asked=False)
-        note = (f"its mode is not known any more (its job record has expired), so it is "
-                f"retried as a submit without --mode runs: {choice.why}")  # fmt: skip
+        note = (f"its mode is not known any more (its job record has expired), so it runs in "
+                f"{choice.mode}, the mode PIPELINE_MODE ({s.mode}) gives a submission that "
+                "names none")  # fmt: skip
         return {**choice.args(), "mode_why": note}, note
     args = {"mode": str(mode["mode"]), "mode_requested": str(mode.get("requested") or
                                                              mode["mode"]),

@@ -35,6 +35,7 @@ from pipeline.errors import InputError
 from pipeline.ledger.budget import check_budget_usd
 from pipeline.money import dollars, format_usd
 from pipeline.queue.client import QueueClient
+from tasks.estimate import mark_repeats
 from tasks.submission import (
     DocOutcome,
     Submission,
@@ -241,7 +242,7 @@ def submit(
     uploads, skipped = collect_uploads(paths)
     if dry_run:
         est = _dry_run_estimate(uploads, model or get_settings().model)
-        est = asyncio.run(_answered_before(est))
+        est = mark_repeats(asyncio.run(_answered_before(est)))
         est["documents"][:0] = [{"name": s.name, "status": "skipped", "reason": s.reason}
                                 for s in skipped]  # fmt: skip
         billed = _billed()
@@ -359,7 +360,9 @@ async def _answered_before(est: dict[str, Any]) -> dict[str, Any]:
     except RedisUnavailable as exc:
         est["warnings"].append(_unchecked(exc))
         return est
-    engine = await asyncio.to_thread(get_engine, settings)
+    # Not migrated, so never connected here: a ledger database that is down or not made yet
+    # leaves the job states alone to decide (tasks/resubmission._has_result), as in a submit.
+    engine = get_engine(settings, upgrade=False)
     try:
         recorder = SqlRecorder(engine, client.redis, client.keys)
         return await mark_answered(est, client, recorder, provider_kind(settings))

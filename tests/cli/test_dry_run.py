@@ -157,3 +157,55 @@ def test_a_dry_run_that_cannot_read_the_queue_says_so_and_starts_nothing(
     said = " ".join(dry.stdout.split())
     assert "not checked against earlier submissions" in said, said
     assert not (tmp_path / "fresh-home" / "redis").exists()
+
+
+def test_a_dry_run_without_the_ledger_database_still_reads_the_queue(
+    pipeline_env: dict[str, str],
+) -> None:
+    """The ledger database down (or not created yet) is no reason for a dry run to fail:
+    it prices, and the queue's job states alone say which documents an earlier run answers
+    (as the submit itself reads them when the database cannot say)."""
+    queued, new = EXAMPLES[0], EXAMPLES[1]
+    assert run_cli(pipeline_env, "submit", queued).returncode == 0  # no worker: stays queued
+    down = {**pipeline_env, "PIPELINE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    dry = run_cli(down, "submit", queued, new, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    statuses = {d["name"]: d["status"] for d in json.loads(dry.stdout)["documents"]}
+    assert statuses == {queued: "duplicate", new: "ok"}, statuses
+
+
+def test_a_dry_run_prices_the_same_content_twice_once_as_the_submit_pays_for_it(
+    pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Two files with the same bytes in one submission are one run (the second a duplicate
+    of the first): the dry run prices one of them, and says what the other is."""
+    copy = tmp_path / "a copy.pdf"
+    copy.write_bytes(Path(EXAMPLES[0]).read_bytes())
+    dry = run_cli(pipeline_env, "submit", EXAMPLES[0], str(copy), "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    est = json.loads(dry.stdout)
+    first, second = est["documents"]
+    assert (first["status"], second["status"]) == ("ok", "duplicate"), est["documents"]
+    assert EXAMPLES[0] in second["reason"], second
+    assert Decimal(est["total_worst_case_usd"]) == Decimal(first["worst_case_usd"]) > 0
+    assert est["total_input_tokens"] == first["input_tokens"]
+
+    real = run_cli(pipeline_env, "submit", EXAMPLES[0], str(copy), "--json")
+    assert real.returncode == 0, real.stderr
+    assert [d["status"] for d in json.loads(real.stdout)["documents"]] == ["queued", "duplicate"]
+
+
+def test_a_cancelled_earlier_run_is_said_once_by_the_dry_run_and_the_submit(
+    pipeline_env: dict[str, str],
+) -> None:
+    """A run cancelled while queued has "cancelled" for its status and its reason: the words
+    say "ended cancelled", not "ended cancelled: cancelled"."""
+    doc = EXAMPLES[0]
+    sub = run_cli(pipeline_env, "submit", doc, "--json")
+    assert run_cli(pipeline_env, "cancel", json.loads(sub.stdout)["batch_id"]).returncode == 0
+    dry = run_cli(pipeline_env, "submit", doc, "--dry-run", "--json")
+    real = run_cli(pipeline_env, "submit", doc, "--json")
+    for said in (dry, real):
+        assert said.returncode == 0, said.stderr
+        reason = json.loads(said.stdout)["documents"][0]["reason"]
+        assert "ended cancelled;" in reason, reason

@@ -85,3 +85,21 @@ def test_the_words_say_whether_the_mode_was_asked_or_is_the_settings() -> None:
     batch = load_settings(mode="batch")
     _, from_setting, _ = refusals(batch, prices, None, None, None, None, False, NOW)
     assert from_setting.mode == "batch" and "PIPELINE_MODE" in from_setting.why
+
+
+@pytest.mark.parametrize(("setting", "mode"), [
+    ("interactive", "interactive"), ("batch", "batch"), ("auto", "batch"),
+])  # fmt: skip
+def test_a_retry_whose_mode_is_forgotten_names_pipeline_mode_not_an_option_it_lacks(
+    setting: str, mode: str
+) -> None:
+    """A retried document whose job record expired runs in PIPELINE_MODE's mode; the note
+    says so, and offers no `--mode`: neither `pipeline retry` nor POST /batches/{id}/retry
+    takes one."""
+    from tasks.retry import kept_mode
+
+    args, note = kept_mode(None, load_settings(mode=setting), NOW)
+    assert args is not None and args["mode"] == mode and args["mode_why"] == note
+    assert note is not None and "its mode is not known any more" in note
+    assert f"PIPELINE_MODE ({setting})" in note, note
+    assert "--mode" not in note, note
