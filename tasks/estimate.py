@@ -77,24 +77,25 @@ async def mark_answered(est: dict[str, Any], client: QueueClient, recorder: Any,
                         provider: str) -> dict[str, Any]:  # fmt: skip
     """The estimate `est` with what a real submit would find for each document
     (tasks/resubmission.answered_before, read only): a document an earlier run answers
-    becomes "duplicate" with that run's job id and the submit's words, and leaves the totals
-    (it is not paid again); one whose earlier run ended without a result stays priced, with
-    a "reason" saying it would run again. `provider`: pipeline.llm.factory.provider_kind,
-    part of the key."""
+    becomes "duplicate" with that run's `job_id` and the submit's words, and leaves the
+    totals (it is not paid again); one whose earlier run ended without a result stays
+    priced, with a "reason" saying it would run again and that run's `earlier_job_id`.
+    Every document is read before any is marked, so an error (RedisError) leaves `est` as
+    it was. `provider`: pipeline.llm.factory.provider_kind, part of the key."""
     from tasks.plan import analyze_prompt
     from tasks.resubmission import DocumentKey, answered_before
 
     version = analyze_prompt().version
-    for doc in est["documents"]:
-        if doc["status"] != "ok":
-            continue
-        key = DocumentKey(doc["sha256"], est["model"], version, provider)
-        found = await answered_before(client, recorder, key)
+    docs = [doc for doc in est["documents"] if doc["status"] == "ok"]
+    keys = [DocumentKey(doc["sha256"], est["model"], version, provider) for doc in docs]
+    for doc, found in zip(docs, await answered_before(client, recorder, keys), strict=True):
         if found is None:
             continue
-        kind, doc["job_id"], doc["reason"] = found
+        kind, job_id, doc["reason"] = found
         if kind == "duplicate":
-            doc["status"] = "duplicate"
+            doc["status"], doc["job_id"] = "duplicate", job_id
+        else:  # not the job that will run: the submit queues a new one
+            doc["earlier_job_id"] = job_id
     return _totals(est)
 
 

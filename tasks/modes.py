@@ -96,7 +96,8 @@ def choose_mode(requested: str, deadline: datetime | None, s: Settings,
     now = now or datetime.now(UTC)
     left = None if deadline is None else (deadline - now).total_seconds()
     when = "" if deadline is None else f" (deadline {deadline.isoformat(timespec='minutes')})"
-    how = "as asked" if asked else "PIPELINE_MODE's value (--mode chooses another)"
+    how = ("as asked" if asked
+           else "PIPELINE_MODE's value (--mode, or the API's mode, chooses another)")
     if requested == "interactive":
         return ModeChoice("interactive", requested, deadline, f"interactive, {how}")
     if requested == "auto":

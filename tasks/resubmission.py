@@ -64,24 +64,32 @@ async def resubmitted(
     )
 
 
-async def answered_before(client: QueueClient, recorder: Any,
-                          spec: DocumentKey) -> tuple[str, str, str] | None:  # fmt: skip
-    """What a submit of `spec`'s document would find, read only (`submit --dry-run`): None
-    for a new run; ("duplicate", job id, words) when an earlier run answers for it, as
-    `resubmitted` says it; ("again", job id, words) when that run ended without a result, so
-    a new run would start (and be paid) here."""
+async def answered_before(
+    client: QueueClient, recorder: Any, specs: list[DocumentKey]
+) -> list[tuple[str, str, str] | None]:
+    """What a submit of each of `specs`' documents would find, read only (`submit
+    --dry-run`; the keys in one round trip): None for a new run; ("duplicate", job id,
+    words) when an earlier run answers for it, as `resubmitted` says it; ("again", the
+    earlier job's id, words) when that run ended without a result, so a new run would start
+    (and be paid) here."""
     from tasks.plan import idempotency_key
 
-    job_id = await client.idempotent(idempotency_key(spec.sha256, spec.model,
-                                                     spec.prompt_version, spec.provider))
-    if job_id is None:
-        return None
-    state, pending = await _earlier(client, recorder, job_id, spec)
-    if state is None or state.status not in _ENDED_WITHOUT_RESULT:
-        return "duplicate", job_id, await _duplicate_words(recorder, job_id, state, pending, "")
-    why = _ended(state)
-    return "again", job_id, (f"its earlier run (job {job_id}) ended {why}; a submit analyses "
-                             "it again, under the new batch's budget")  # fmt: skip
+    job_ids = await client.idempotent([idempotency_key(s.sha256, s.model, s.prompt_version,
+                                                       s.provider) for s in specs])  # fmt: skip
+    found: list[tuple[str, str, str] | None] = []
+    for spec, job_id in zip(specs, job_ids, strict=True):
+        if job_id is None:
+            found.append(None)
+            continue
+        state, pending = await _earlier(client, recorder, job_id, spec)
+        if state is None or state.status not in _ENDED_WITHOUT_RESULT:
+            words = await _duplicate_words(recorder, job_id, state, pending, "")
+            found.append(("duplicate", job_id, words))
+            continue
+        found.append(("again", job_id, f"its earlier run (job {job_id}) ended {_ended(state)}; "
+                                       "a submit analyses it again, under the new batch's "
+                                       "budget"))  # fmt: skip
+    return found
 
 
 async def _earlier(client: QueueClient, recorder: Any, job_id: str,
@@ -113,11 +121,16 @@ async def _duplicate_words(recorder: Any, job_id: str, state: DocumentState | No
 
 
 def _ended(state: DocumentState) -> str:
-    """How a run ended, "failed: <why>", or its status alone when the reason only says it
-    again (a run cancelled as it waited: "cancelled", not "cancelled: cancelled")."""
-    if state.reason and state.reason != state.status:
-        return f"{state.status}: {state.reason}"
-    return state.status
+    return ended_words(state.status, state.reason)
+
+
+def ended_words(status: str, reason: str | None) -> str:
+    """How a run ended, "failed: <why>"; the reason alone when it starts by saying the status
+    (a run cancelled as it waited: "cancelled", not "cancelled: cancelled"; "cancelled;
+    nothing spent on it", not "cancelled: cancelled; …")."""
+    if not reason:
+        return status
+    return reason if reason == status or reason.startswith(f"{status};") else f"{status}: {reason}"
 
 
 async def _cut_earlier(recorder: Any, job_ids: list[str]) -> CutCalls | None:

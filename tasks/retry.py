@@ -32,8 +32,8 @@ class Retried:
     reason: str | None = None
     # The new run's mode ("batch": in a Gemini batch job of the retried documents;
     # "interactive"), None when no run was queued; `mode_note` says why a document submitted
-    # in Batch Mode is not retried in it (its deadline), or that its mode is not known any
-    # more (its record expired), else None.
+    # in Batch Mode is not retried in it (its deadline), or that its mode is not recorded
+    # (its record expired), else None.
     mode: str | None = None
     mode_note: str | None = None
 
@@ -102,7 +102,8 @@ def kept_mode(mode: dict[str, Any] | None, s: Settings,
         # Not choice.why: its advice ("--mode chooses another") is a submit's; a retry takes
         # no mode, from the CLI or the API.
         choice = choose_mode(s.mode, None, s, now, asked=False)
-        note = (f"its mode is not known any more (its job record has expired), so it runs in "
+        note = (f"its mode is not recorded (its job record has expired, or was made before "
+                f"modes were), so it runs in "
                 f"{choice.mode}, the mode PIPELINE_MODE ({s.mode}) gives a submission that "
                 "names none")  # fmt: skip
         return {**choice.args(), "mode_why": note}, note
@@ -215,6 +216,7 @@ async def _enqueue_retry(client: QueueClient, recorder: SqlRecorder, view: Batch
                          r: _Retry) -> Retried:  # fmt: skip
     from pipeline.storage import open_store
     from pipeline.storage.holds import release
+    from tasks.resubmission import ended_words
     from tasks.runs import enqueue_run
 
     facts, doc, spec = view.facts, r.doc, r.spec
@@ -232,7 +234,7 @@ async def _enqueue_retry(client: QueueClient, recorder: SqlRecorder, view: Batch
                                 provider=spec.provider)  # fmt: skip
     mode = "batch" if spec.batch_group else "interactive"
     return Retried(doc.name, doc.document_id, "queued", handle.id,
-                   f"was {doc.status}: {doc.reason}", mode, r.note)  # fmt: skip
+                   f"was {ended_words(doc.status, doc.reason)}", mode, r.note)  # fmt: skip
 
 
 def _gone(where: str, held: bool, retention_s: int) -> str:

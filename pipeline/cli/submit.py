@@ -134,13 +134,13 @@ def print_estimate(est: dict[str, Any], budget: Decimal | None, billed: bool,
         table.add_column(col)
     for d in est["documents"]:
         if d["status"] != "ok":  # skipped, or a duplicate: not paid by this submit
-            table.add_row(d["name"], str(d.get("pages", "-")), "-", "-",
+            table.add_row(escape(d["name"]), str(d.get("pages", "-")), "-", "-",
                           escape(f"{d['status']}: {d['reason']}"), "")  # fmt: skip
             continue
         batch = format_usd(d["worst_case_batch_usd"])
         if int(d["calls"]) > 1:
             batch += " (parts batched, merge interactive)"
-        table.add_row(d["name"], str(d["pages"]), str(d["calls"]), str(d["input_tokens"]),
+        table.add_row(escape(d["name"]), str(d["pages"]), str(d["calls"]), str(d["input_tokens"]),
                       format_usd(d['worst_case_usd']), batch)  # fmt: skip
     console.print(table)
     for d in est["documents"]:  # priced, and why: its earlier run ended without a result
@@ -377,7 +377,7 @@ async def _answered_before(est: dict[str, Any]) -> dict[str, Any]:
 def _unchecked(exc: Exception) -> str:
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return (f"not checked against earlier submissions ({first}): a document submitted "
-            "before is priced here as new, and a submit would answer it without paying again")
+            "before is priced here as new, and a submit may answer it without paying again")
 
 
 def report_nothing(skipped: list[DocOutcome], as_json: bool) -> None:

@@ -229,14 +229,19 @@ class QueueClient:
     def job(self, job_id: str) -> JobHandle:
         return JobHandle(self, job_id)
 
-    async def idempotent(self, key: str) -> str | None:
-        """The job id an idempotency key stands for now (what an enqueue with it would
-        return instead of a new job, enqueue.lua), or None: read only, one round trip."""
+    async def idempotent(self, keys: Sequence[str]) -> list[str | None]:
+        """For each idempotency key, the job id it stands for now (what an enqueue with it
+        would return instead of a new job, enqueue.lua), or None: read only, one round trip
+        (MGET) for them all."""
+        if not keys:
+            return []
         k = self.keys
-        by_digest, by_key = await self.redis.mget(
-            [k.idempotency(idempotency_digest(key)), k.idempotency_by_key(key)])
-        found = by_digest or by_key
-        return text(found) if found else None
+        names = [name for key in keys
+                 for name in (k.idempotency(idempotency_digest(key)), k.idempotency_by_key(key))]
+        found = await self.redis.mget(names)
+        pairs = zip(found[::2], found[1::2], strict=True)
+        return [text(by_digest or by_key) if (by_digest or by_key) else None
+                for by_digest, by_key in pairs]  # fmt: skip
 
     async def group_results(self, group_id: str) -> list[Any]:
         import json

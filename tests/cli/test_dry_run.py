@@ -127,6 +127,9 @@ def test_a_dry_run_prices_only_what_the_submit_would_pay_for(
     assert "queued: it runs once, not twice" in by_name["letter_de.pdf"]["reason"]
     again = by_name["services_contract.pdf"]
     assert again["status"] == "ok" and "ended cancelled" in again["reason"], again
+    # the cancelled run is named as the earlier one, never as the job that would answer
+    assert "job_id" not in again and again["earlier_job_id"] in again["reason"], again
+    assert by_name["invoice.pdf"]["job_id"] in by_name["invoice.pdf"]["reason"]
     assert by_name["account_statement.pdf"]["status"] == "ok"
     assert "reason" not in by_name["account_statement.pdf"]
     priced = [by_name["services_contract.pdf"], by_name["account_statement.pdf"]]

@@ -80,7 +80,8 @@ def test_the_words_say_whether_the_mode_was_asked_or_is_the_settings() -> None:
     _, default, _ = refusals(s, prices, None, None, None, None, False, NOW)
     _, asked, _ = refusals(s, prices, None, None, "interactive", None, False, NOW)
     assert (default.mode, asked.mode) == ("interactive", "interactive")
-    assert default.why == "interactive, PIPELINE_MODE's value (--mode chooses another)"
+    assert default.why == ("interactive, PIPELINE_MODE's value (--mode, or the API's mode, chooses "
+                           "another)")
     assert asked.why == "interactive, as asked"
     batch = load_settings(mode="batch")
     _, from_setting, _ = refusals(batch, prices, None, None, None, None, False, NOW)
@@ -100,6 +101,6 @@ def test_a_retry_whose_mode_is_forgotten_names_pipeline_mode_not_an_option_it_la
 
     args, note = kept_mode(None, load_settings(mode=setting), NOW)
     assert args is not None and args["mode"] == mode and args["mode_why"] == note
-    assert note is not None and "its mode is not known any more" in note
+    assert note is not None and "its mode is not recorded" in note
     assert f"PIPELINE_MODE ({setting})" in note, note
     assert "--mode" not in note, note

@@ -295,7 +295,7 @@ async def test_a_document_whose_record_expired_is_retried_in_pipeline_mode_sayin
         engine.dispose()
     assert {(r.status, r.mode) for r in retried} == {("queued", setting)}, retried
     for r in retried:
-        assert r.mode_note and "its mode is not known any more" in r.mode_note, r.mode_note
+        assert r.mode_note and "its mode is not recorded" in r.mode_note, r.mode_note
         assert "PIPELINE_MODE" in r.mode_note, r.mode_note
     assert all(a["mode"] == setting for a in args), args
     assert all(("batch_group" in a) == (setting == "batch") for a in args), args
