@@ -29,6 +29,10 @@ if TYPE_CHECKING:
     from pipeline.queue.follow import Event
 
 
+# The options of a call made without any (frozen; read, never changed, on the way to Redis).
+_NO_OPTIONS = JobOptions()
+
+
 class QueueClient:
     """The producer's side of the queue: enqueue jobs (one, many, or a chord), look them up,
     follow their events, cancel and requeue them. One per process; cheap to share.
@@ -82,7 +86,7 @@ class QueueClient:
         else:
             name = target.name if isinstance(target, Task) else target
             task = target if isinstance(target, Task) else REGISTRY.get(name)
-            call = Call(name, list(args), dict(kwargs), JobOptions(), task=task)
+            call = Call(name, list(args), dict(kwargs), _NO_OPTIONS, task=task)
         if options is not None:
             call = replace(call, options=options)
         return call

@@ -121,8 +121,9 @@ async def test_a_claimed_job_s_active_event_names_it(client: QueueClient, redis_
     assert (await handle.info()).state == State.QUEUED
     async with worker(redis_url, client, concurrency=1):
         assert await handle.result(timeout_s=20) == 5
+    k = client.keys
     events = [{text(a): text(b) for a, b in f.items()} for _, f in
-              await client.redis.xrange(client.keys.events) if text(f["job"]) == handle.id]  # fmt: skip
+              await client.redis.xrange(k.events) if text(f["job"]) == handle.id]  # fmt: skip
     active = [e for e in events if e["state"] == "active"]
     assert [(e["task"], e["queue"], e["batch"], e["attempt"]) for e in active] == [
         ("t.echo", "default", "b-2", "1")]
