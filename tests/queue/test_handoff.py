@@ -102,6 +102,15 @@ async def test_the_handed_record_is_the_job_as_stored_and_the_events_name_it(
     stored = {text(f): text(v) for f, v in (await client.redis.hgetall(k.job(handle.id))).items()}
     assert stored["state"] == "active" and stored["worker"] == "ghost"
     assert "args.1" in stored  # the long argument is in pieces, and handed so
+    # whole numbers written as plain digits (never 1.7e+12 nor 600.0), the token count-nonce
+    for name in ("score", "created_ms", "enqueued_ms", "started_ms", "lease_ms",
+                 "lease_deadline_ms", "attempt"):  # fmt: skip
+        assert stored[name].isdigit(), (name, stored[name])
+    assert int(stored["score"]) // 10**12 == 4  # priority 5 (the default) ranks 9 - 5
+    assert int(stored["lease_deadline_ms"]) - int(stored["started_ms"]) == FIRST_LEASE_MS
+    assert stored["lease_ms"] == "14000" and stored["attempt"] == "1"
+    count, nonce = stored["token"].split("-")
+    assert count.isdigit() and len(nonce) == 8
     (raw,) = await client.redis.lrange(k.worker_wake("ghost"), 0, -1)
     assert json.loads(raw) == stored
     events = [{text(a): text(b) for a, b in f.items()} for _, f in

@@ -76,7 +76,7 @@ local function hand_off(ctx, job, now, record)
     job.nonce, ctx.active, ctx.fence, ctx.events, ctx.maxlen, now, ctx.first_lease_ms,
     {record.task, record.options, record.queue, record.batch})
   for i = 1, #claimed, 2 do record[claimed[i]] = claimed[i + 1] end
-  record.attempt = tostring(attempt)
+  record.attempt = attempt
   local wake = info.wake
   redis.call('LPUSH', wake, cjson.encode(record))
   redis.call('PEXPIRE', wake, 60000)
@@ -98,8 +98,10 @@ local function create_job(ctx, job)
   end
   local seq = redis.call('INCR', seq_key)
   local score = (9 - tonumber(job.priority)) * 1e12 + seq
-  local written = {id = id, score = string.format('%.0f', score), attempt = '0',
-    created_ms = string.format('%.17g', now), cancel = '0'}  -- %.17g: as Redis writes a number
+  -- whole numbers as text with %d (as claim_job does): the digits '%.0f' and Redis (%.17g)
+  -- write, without their floating-point formatting
+  local written = {id = id, score = string.format('%d', score), attempt = '0',
+    created_ms = string.format('%d', now), cancel = '0'}
   redis.call('HSET', job_key, 'id', id, 'score', written.score, 'attempt', '0',
     'created_ms', written.created_ms, 'cancel', '0', 'enqueued_ms', written.created_ms,
     unpack(job.fields))

@@ -59,7 +59,8 @@ end
 -- `first_lease_ms` from now when given (a hand-off: the receiving worker renews at once).
 -- `known`, the job's {task, options, queue, batch} when the caller has them (a job created in
 -- this very script), else read here. Returns the fields written (a flat list, as HSET takes
--- them) and the new attempt number, so a caller that needs the record does not read it back.
+-- them) and the new attempt number (text), so a caller that needs the record does not read
+-- it back.
 local function claim_job(job, id, worker, min_lease_ms, defs, nonce, active_key, fence_key,
                          events_key, maxlen, now, first_lease_ms, known)
   local f = known or redis.call('HMGET', job, 'task', 'options', 'queue', 'batch')
@@ -68,12 +69,13 @@ local function claim_job(job, id, worker, min_lease_ms, defs, nonce, active_key,
     retry_delays_s = '[]'}
   local expected_s = tonumber(own.expected_s or def.expected_s)
   local lease_ms = math.max(2 * math.floor(expected_s * 1000), tonumber(min_lease_ms))
-  -- as Redis itself writes a Lua number (%.17g), converted once for every use below
-  local deadline = string.format('%.17g', now + math.min(lease_ms, first_lease_ms or lease_ms))
-  local token = redis.call('INCR', fence_key) .. '-' .. nonce
-  local attempt = redis.call('HINCRBY', job, 'attempt', 1)
+  -- whole numbers as text once, with %d: the digits Redis writes for a Lua number (%.17g) or
+  -- Lua for `..` (%.14g), without their floating-point formatting (a tenth of a hand-off)
+  local deadline = string.format('%d', now + math.min(lease_ms, first_lease_ms or lease_ms))
+  local token = string.format('%d-%s', redis.call('INCR', fence_key), nonce)
+  local attempt = string.format('%d', redis.call('HINCRBY', job, 'attempt', 1))
   local claimed = {'state', 'active', 'token', token, 'worker', worker,
-    'started_ms', string.format('%.17g', now), 'lease_ms', string.format('%.17g', lease_ms),
+    'started_ms', string.format('%d', now), 'lease_ms', string.format('%d', lease_ms),
     'lease_deadline_ms', deadline,
     'expected_s', tostring(expected_s),
     'timeout_s', tostring(own.timeout_s or def.timeout_s),
@@ -82,6 +84,6 @@ local function claim_job(job, id, worker, min_lease_ms, defs, nonce, active_key,
   redis.call('HSET', job, unpack(claimed))
   redis.call('ZADD', active_key, deadline, id)
   emit(events_key, maxlen, job, id, 'active', {worker = worker},
-    {f[1], f[3], f[4], tostring(attempt)})
+    {f[1], f[3], f[4], attempt})
   return claimed, attempt
 end
