@@ -110,7 +110,9 @@ class QueueClient:
         placed by the options a worker published, and raises UnknownTask when none did
         (unless `_options` names the queue). With replicas, returns once one acknowledged.
         """
-        job = await self._prepare(self._call(target, args, kwargs, _options))
+        call = self._call(target, args, kwargs, _options)
+        job = (self.preparer.prepare_known(call, call.options.job_id or new_job_ids(1)[0])
+               or await self._prepare(call))  # fmt: skip
         keys, argv = self.preparer.one_call(job)
         created, real_id = await self.replicas.script(self.scripts.enqueue, keys, argv)
         return JobHandle(self, real_id, created=bool(created))

@@ -100,12 +100,10 @@ class Preparer:
         """The job's fields: where it goes (queue, priority) and what the caller set; how it
         runs is resolved by the worker that claims it (registry.py). `shapes` keeps the shapes
         made for earlier calls (one bulk call's: a call is placed as the first of its kind)."""
-        o, name = call.options, call.task_name
         if shapes is None and call.task is None:
             shape = await self._shape(call)
         else:
-            kind = (name, id(call.task), _shape_options(o), not o.idempotency_key,
-                    not call.kwargs, not o.hints)  # fmt: skip
+            kind = _kind(call)
             if shapes is None:  # a task imported here: placed by its own definition, always
                 known = self._local_shape(kind, call)
                 if known is None:
@@ -117,20 +115,16 @@ class Preparer:
                 known = shapes.get(kind)
                 shape = known if known is not None else await self._shape(call)
                 shapes[kind] = shape
-        fields: list[str] = []
-        _spread_into(fields, "args", dumps(call.args, f"arguments of {name}"))
-        if call.kwargs:
-            _spread_into(fields, "kwargs", dumps(call.kwargs, f"keyword arguments of {name}"))
-        if o.hints:
-            fields += ("hints", dumps(o.hints, "job hints"))
-        digest = ""
-        if o.idempotency_key:
-            digest = idempotency_digest(o.idempotency_key)
-            fields += ("idempotency_key", digest)
-        if extra:
-            for item in extra.items():
-                fields += item
-        return Prepared(job_id, shape, o.idempotency_key, digest, fields)
+        return _prepared(call, job_id, shape, extra)
+
+    def prepare_known(self, call: Call, job_id: str) -> Prepared | None:
+        """`prepare(call, job_id)` without awaiting (one coroutine less on an enqueue's path):
+        for a call of a task imported here whose shape an earlier call made; None otherwise.
+        Raises NotSerializable as `prepare` does."""
+        if call.task is None:
+            return None
+        shape = self._local_shape(_kind(call), call)
+        return None if shape is None else _prepared(call, job_id, shape, None)
 
     async def _shape(self, call: Call) -> Shape:
         place = await self.placer.place(call)
@@ -191,6 +185,33 @@ class Preparer:
         if not job.idempotency_key:
             return _unused(k)
         return k.idempotency(job.digest), k.idempotency_by_key(job.idempotency_key)
+
+
+def _kind(call: Call) -> tuple[Any, ...]:
+    """What a call's shape depends on (Preparer's shapes are kept by it)."""
+    o = call.options
+    return (call.task_name, id(call.task), _shape_options(o), not o.idempotency_key,
+            not call.kwargs, not o.hints)  # fmt: skip
+
+
+def _prepared(call: Call, job_id: str, shape: Shape, extra: dict[str, str] | None) -> Prepared:
+    """The job's own fields beside its shape: arguments as JSON (NotSerializable), hints,
+    the idempotency digest, `extra` (a chord's fields)."""
+    o, name = call.options, call.task_name
+    fields: list[str] = []
+    _spread_into(fields, "args", dumps(call.args, f"arguments of {name}"))
+    if call.kwargs:
+        _spread_into(fields, "kwargs", dumps(call.kwargs, f"keyword arguments of {name}"))
+    if o.hints:
+        fields += ("hints", dumps(o.hints, "job hints"))
+    digest = ""
+    if o.idempotency_key:
+        digest = idempotency_digest(o.idempotency_key)
+        fields += ("idempotency_key", digest)
+    if extra:
+        for item in extra.items():
+            fields += item
+    return Prepared(job_id, shape, o.idempotency_key, digest, fields)
 
 
 def new_job_ids(count: int) -> list[str]:

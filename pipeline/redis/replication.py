@@ -120,6 +120,13 @@ class ReplicaWait:
         replay returns what the first call did): when no replica acknowledged in time, it is
         sent again with a longer WAIT until one does or CONFIRM_S passed, so after a failover
         the write lands on the new master too. RedisError propagates."""
+        if not self._replicas and time.monotonic() - self._probed_at <= self.probe_every_s:
+            # none, as INFO said a moment ago: straight out, without the loop (an enqueue's path)
+            try:
+                return await evalsha(self.redis, script, keys, args)
+            except RedisError:
+                self.forget()
+                raise
         first: Any = _UNSET
         wait_ms = self.timeout_ms
         give_up = time.monotonic() + CONFIRM_S
