@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 
 from pipeline.errors import JobFailed, JobNotFound
-from pipeline.queue.enqueue_args import SCRIPT_JOBS, Prepared, Preparer, Shape, new_job_ids
+from pipeline.queue.enqueue_args import (
+    NO_OPTIONS,
+    SCRIPT_JOBS,
+    Prepared,
+    Preparer,
+    Shape,
+    new_job_ids,
+)
 from pipeline.queue.job import Job, JobOptions, State
 from pipeline.queue.registry import Placer
 from pipeline.queue.scripts import Scripts, group_keys
@@ -27,10 +34,6 @@ from pipeline.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from pipeline.queue.follow import Event
-
-
-# The options of a call made without any (frozen; read, never changed, on the way to Redis).
-_NO_OPTIONS = JobOptions()
 
 
 class QueueClient:
@@ -86,7 +89,7 @@ class QueueClient:
         else:
             name = target.name if isinstance(target, Task) else target
             task = target if isinstance(target, Task) else REGISTRY.get(name)
-            call = Call(name, list(args), dict(kwargs), _NO_OPTIONS, task=task)
+            call = Call(name, list(args), dict(kwargs), NO_OPTIONS, task=task)
         if options is not None:
             call = replace(call, options=options)
         return call

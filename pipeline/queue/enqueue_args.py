@@ -187,9 +187,16 @@ class Preparer:
         return k.idempotency(job.digest), k.idempotency_by_key(job.idempotency_key)
 
 
+# The options of a call made without any (frozen; read, never changed, on the way to Redis):
+# shared, and known by identity when a call's shape is looked up.
+NO_OPTIONS = JobOptions()
+
+
 def _kind(call: Call) -> tuple[Any, ...]:
     """What a call's shape depends on (Preparer's shapes are kept by it)."""
     o = call.options
+    if o is NO_OPTIONS:  # the common case: no tuple of the nine options to build and hash
+        return (call.task_name, id(call.task), None, True, not call.kwargs, True)
     return (call.task_name, id(call.task), _shape_options(o), not o.idempotency_key,
             not call.kwargs, not o.hints)  # fmt: skip
 
