@@ -152,7 +152,10 @@ class Drivers:
                "--logdir", str(LOGS), "--figures", ",".join(self.figures)]
         if self.quick:
             cmd.append("--quick")
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        # the bench's own variable is not a pipeline setting: the pipeline adapter's settings
+        # refuse unknown PIPELINE_* names, so with it set that driver could not start
+        env = {k: v for k, v in os.environ.items() if k != "PIPELINE_BENCH_REDIS_URL"}
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
                                 start_new_session=True)
         self.running.append((system, phase, proc))
 

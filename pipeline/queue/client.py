@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 
 from pipeline.errors import JobFailed, JobNotFound
-from pipeline.queue.enqueue_args import SCRIPT_JOBS, Prepared, Preparer, Shape, new_job_ids
+from pipeline.queue.enqueue_args import (
+    NO_OPTIONS,
+    SCRIPT_JOBS,
+    Prepared,
+    Preparer,
+    Shape,
+    new_job_ids,
+)
 from pipeline.queue.job import Job, JobOptions, State
 from pipeline.queue.record import idempotency_digest
 from pipeline.queue.registry import Placer
@@ -83,7 +90,7 @@ class QueueClient:
         else:
             name = target.name if isinstance(target, Task) else target
             task = target if isinstance(target, Task) else REGISTRY.get(name)
-            call = Call(name, list(args), dict(kwargs), JobOptions(), task=task)
+            call = Call(name, list(args), dict(kwargs), NO_OPTIONS, task=task)
         if options is not None:
             call = replace(call, options=options)
         return call
@@ -107,7 +114,9 @@ class QueueClient:
         placed by the options a worker published, and raises UnknownTask when none did
         (unless `_options` names the queue). With replicas, returns once one acknowledged.
         """
-        job = await self._prepare(self._call(target, args, kwargs, _options))
+        call = self._call(target, args, kwargs, _options)
+        job = (self.preparer.prepare_known(call, call.options.job_id or new_job_ids(1)[0])
+               or await self._prepare(call))  # fmt: skip
         keys, argv = self.preparer.one_call(job)
         created, real_id = await self.replicas.script(self.scripts.enqueue, keys, argv)
         return JobHandle(self, real_id, created=bool(created))

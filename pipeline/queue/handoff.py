@@ -32,6 +32,7 @@ from redis.exceptions import NoScriptError
 from pipeline.queue.scripts import Scripts
 from pipeline.redis.connection import text
 from pipeline.redis.keys import Keys
+from pipeline.redis.lean import pipelined
 
 REGISTRATION_MS = 3000  # the pop waits 1 s; a registration outlives one wait, with slack
 FIRST_LEASE_MS = 10_000  # a handed job's first lease deadline, renewed at the next tick
@@ -64,10 +65,9 @@ class Handoff:
     ) -> tuple[list[dict[str, str]], tuple[str, str] | None]:
         k = self.keys
         args = [self.worker_id, REGISTRATION_MS, self._registration(defs, min_lease_ms)]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.execute_command("EVALSHA", self.scripts.idle.sha, 2, k.idle, k.idle_workers, *args)
-            pipe.execute_command("BLPOP", *wake_keys, 1)
-            registered, popped = await pipe.execute(raise_on_error=False)
+        registered, popped = await pipelined(self.redis, (
+            ("EVALSHA", self.scripts.idle.sha, 2, k.idle, k.idle_workers, *args),
+            ("BLPOP", *wake_keys, 1)))  # fmt: skip
         if isinstance(popped, Exception):
             raise popped
         if isinstance(registered, NoScriptError):  # a restarted Redis: register next time

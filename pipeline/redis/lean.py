@@ -13,13 +13,19 @@ idle worker's latency is mostly the enqueue's client side.
 and nobody waits for one, and puts it back directly when nobody waits; any other case (no idle
 connection, a waiter, maintenance mode, a connection to be reconnected) takes redis-py's own
 path, so a burst of more commands than connections still waits its turn, bounded by
-`timeout`. The check redis-py makes on every lent connection is made here too.
+`timeout`. The check redis-py makes on every lent connection (no unread data, not closed) is
+made here too, without redis-py's `connect()` around it (a no-op for a connected one, behind a
+retry wrapper); a connection that fails it goes through redis-py's `ensure_connection`.
 
 `LeanRedis.execute_command` sends the command and reads its reply; on an error that the
 client's retry policy covers (a dropped connection, a restart), it drops the connection and
 hands the command to redis-py's own `execute_command`, which retries with back-off: the same
-attempts and errors as before, one attempt more. Single-connection clients, pipelines,
-Pub/Sub and transactions are redis-py's unchanged.
+attempts and errors as before, one attempt more. `pipelined(redis, commands)` does the same
+for a few commands sent together (an idle worker's registration and its blocking pop):
+redis-py's pipeline (8.1) costs an idle worker ~45 us between the pop's reply arriving and
+the job starting (a retry closure, observability, fieldset bookkeeping, and a release through
+`asyncio.shield`, which is a task of its own and two more event-loop turns). Single-connection
+clients, pipelines, Pub/Sub and transactions are redis-py's unchanged.
 
 What is skipped: redis-py's observability events and metrics for pools and commands, which
 this project does not enable.
@@ -27,10 +33,12 @@ this project does not enable.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 
 class LeanBlockingPool(BlockingConnectionPool):
@@ -48,7 +56,11 @@ class LeanBlockingPool(BlockingConnectionPool):
             connection = idle.pop()
             self._in_use_connections.add(connection)
             try:
-                await self.ensure_connection(connection)
+                # connected already, so redis-py's connect() (a retry wrapper around a no-op)
+                # is skipped; a connection with unread data or a closed stream is handed to
+                # its ensure_connection, which reconnects it
+                if await _unclean(connection):
+                    await self.ensure_connection(connection)
             except BaseException:
                 await super().release(connection)
                 raise
@@ -68,6 +80,15 @@ class LeanBlockingPool(BlockingConnectionPool):
         self._available_connections.append(connection)
 
 
+async def _unclean(connection: AbstractConnection) -> bool:
+    """Whether a connected connection is not ready for a command: data left unread, or
+    closed by the peer (redis-py's `can_read`, which ensure_connection asks too)."""
+    try:
+        return bool(await connection.can_read())
+    except (ConnectionError, TimeoutError, OSError):
+        return True
+
+
 class LeanRedis(Redis):
     """redis-py's asyncio `Redis` with a direct `execute_command` (module docstring); build it
     on any pool (`Redis(connection_pool=...)`). Raises what redis-py raises."""
@@ -85,3 +106,33 @@ class LeanRedis(Redis):
         finally:
             await pool.release(conn)
         return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]  # its retries
+
+
+async def pipelined(redis: Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Send `commands` in one write on one connection and read their replies, in order, as
+    redis-py's non-transactional `pipe.execute(raise_on_error=False)` does: a command that
+    Redis refused (ResponseError, NoScriptError) has its error as its reply; a connection
+    error raises (after redis-py's retries). On a LeanRedis the commands go on a lent
+    connection directly; on an error its retry policy covers, that connection is dropped
+    and the commands are sent again through redis-py's pipeline, with its retries. A
+    cancelled read (a blocking pop) drops its connection, as redis-py's own reads do."""
+    if isinstance(redis, LeanRedis) and not redis.single_connection_client:
+        pool = redis.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(conn.pack_commands(commands))
+            replies: list[Any] = []
+            for command in commands:
+                try:
+                    replies.append(await redis.parse_response(conn, command[0]))
+                except ResponseError as error:  # read whole: the next reply is still in sync
+                    replies.append(error)
+            return replies
+        except conn.retry._supported_errors as error:
+            await conn.disconnect(error=error)
+        finally:
+            await pool.release(conn)
+    async with redis.pipeline(transaction=False) as pipe:
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(await pipe.execute(raise_on_error=False))

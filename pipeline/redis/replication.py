@@ -46,6 +46,20 @@ def pipelined(pipe: Any, script: AsyncScript, keys: Sequence[str], args: Sequenc
     pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
+async def evalsha(redis: Redis, script: AsyncScript, keys: Sequence[str],
+                  args: Sequence[Any]) -> Any:  # fmt: skip
+    """`script(keys=keys, args=args)` without redis-py's Script wrapper (which copies its
+    keys and arguments into a new tuple and imports on every call): EVALSHA, loading the
+    script once when the server answers NOSCRIPT (a restarted Redis). Raises what the script
+    raised, or RedisError."""
+    send: Any = redis.execute_command
+    try:
+        return await send("EVALSHA", script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        await redis.script_load(script.script)
+        return await send("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
 class ReplicaWait:
     """Runs a script, then WAIT 1 `timeout_ms` on the same connection, when the master of the
     script's keys has replicas (INFO replication, re-read every `probe_every_s`).
@@ -106,13 +120,20 @@ class ReplicaWait:
         replay returns what the first call did): when no replica acknowledged in time, it is
         sent again with a longer WAIT until one does or CONFIRM_S passed, so after a failover
         the write lands on the new master too. RedisError propagates."""
+        if not self._replicas and time.monotonic() - self._probed_at <= self.probe_every_s:
+            # none, as INFO said a moment ago: straight out, without the loop (an enqueue's path)
+            try:
+                return await evalsha(self.redis, script, keys, args)
+            except RedisError:
+                self.forget()
+                raise
         first: Any = _UNSET
         wait_ms = self.timeout_ms
         give_up = time.monotonic() + CONFIRM_S
         while True:
             try:
                 if not await self.replicas(keys[0]):
-                    reply = await script(keys=keys, args=args)
+                    reply = await evalsha(self.redis, script, keys, args)
                     return reply if first is _UNSET or last_reply else first
                 reply, acked = await self._with_wait(script, keys, args, wait_ms)
             except RedisError:

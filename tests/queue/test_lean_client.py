@@ -1,7 +1,9 @@
 """The lean connection pool (pipeline/redis/lean.py) on a real Redis: it lends idle
 connections directly, yet a burst larger than the pool still waits its turn and finishes, no
 more connections are opened than allowed, a command cancelled mid-flight leaves no reply to
-the next, and a pool that stays full answers with redis-py's error."""
+the next, and a pool that stays full answers with redis-py's error; commands sent together
+(`pipelined`) answer in order, an error as its command's reply, and survive a dropped
+connection and a cancelled blocking pop."""
 
 from __future__ import annotations
 
@@ -9,10 +11,10 @@ import asyncio
 import uuid
 
 import pytest
-from redis.exceptions import ConnectionError
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
 from pipeline.redis.connection import connect_redis
-from pipeline.redis.lean import LeanBlockingPool, LeanRedis
+from pipeline.redis.lean import LeanBlockingPool, LeanRedis, pipelined
 
 
 def _key() -> str:
@@ -112,4 +114,69 @@ async def test_a_dropped_connection_is_retried_on_redis_pys_path(redis_url: str)
     finally:
         await admin.delete(key)
         await admin.aclose()
+        await r.aclose()
+
+
+async def test_pipelined_commands_answer_in_order_with_errors_as_replies(redis_url: str) -> None:
+    """An unknown script (NOSCRIPT) and a wrong-type command answer with their errors, and the
+    commands after each still get their own replies, on one connection, as redis-py's
+    non-transactional pipeline answers them."""
+    r = connect_redis(redis_url, max_connections=1)
+    key = _key()
+    try:
+        await r.rpush(key + ":l", "a", "b")
+        replies = await pipelined(r, (
+            ("EVALSHA", "0" * 40, 0), ("SET", key, "v"), ("INCR", key),
+            ("BLPOP", key + ":l", 1), ("GET", key)))  # fmt: skip
+        assert isinstance(replies[0], NoScriptError)
+        assert replies[1] is True
+        assert isinstance(replies[2], ResponseError)
+        assert replies[3] == (key + ":l", "a")
+        assert replies[4] == "v"
+        assert await r.lrange(key + ":l", 0, -1) == ["b"]  # the connection is in sync after
+    finally:
+        await r.delete(key, key + ":l")
+        await r.aclose()
+
+
+async def test_pipelined_commands_survive_a_dropped_connection(redis_url: str) -> None:
+    """Redis closed the lent connection (a restart): the commands go again on redis-py's
+    pipeline, with its retries, and answer."""
+    r = connect_redis(redis_url, max_connections=1)
+    admin = connect_redis(redis_url)
+    key = _key()
+    try:
+        own_id = await r.client_id()
+        assert await admin.client_kill_filter(_id=own_id) == 1
+        await asyncio.sleep(0.1)
+        assert await pipelined(r, (("SET", key, "v"), ("GET", key))) == [True, "v"]
+        assert await r.client_id() != own_id
+    finally:
+        await admin.delete(key)
+        await admin.aclose()
+        await r.aclose()
+
+
+async def test_a_cancelled_pipelined_pop_leaves_no_reply_to_the_next(redis_url: str) -> None:
+    """An idle worker stopped while its registration and blocking pop wait: the pop's late
+    reply never reaches the next command lent that connection."""
+    r = connect_redis(redis_url, max_connections=1)
+    other = connect_redis(redis_url)
+    key = _key()
+    try:
+        await r.set(key + ":v", "mine")
+        waiting = asyncio.create_task(pipelined(r, (("INCR", key + ":n"), ("BLPOP", key, 5))))
+        await asyncio.sleep(0.2)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await other.rpush(key, "stale")
+        await asyncio.sleep(0.1)
+        for _ in range(3):
+            assert await r.get(key + ":v") == "mine"
+        assert await other.lrange(key, 0, -1) == ["stale"]
+        assert await r.get(key + ":n") == "1"
+    finally:
+        await other.delete(key, key + ":v", key + ":n")
+        await other.aclose()
         await r.aclose()

@@ -31,13 +31,17 @@
 -- or nil. Registrations past their deadline (a worker that died idle) go.
 local function take_idle_worker(ctx, queue, now)
   local idle_key, idle_workers_key = ctx.idle, ctx.idle_workers
-  if redis.call('ZCARD', idle_key) == 0 then return nil end
-  local gone = redis.call('ZRANGEBYSCORE', idle_key, '-inf', now)
-  if #gone > 0 then
+  -- the earliest deadlines first: one read, the lapsed ones among them dropped when seen
+  local idle = redis.call('ZRANGE', idle_key, 0, 15, 'WITHSCORES')
+  if #idle == 0 then return nil end
+  if tonumber(idle[2]) <= now then
+    local gone = redis.call('ZRANGEBYSCORE', idle_key, '-inf', now)
     redis.call('ZREMRANGEBYSCORE', idle_key, '-inf', now)
     redis.call('HDEL', idle_workers_key, unpack(gone))
+    idle = redis.call('ZRANGE', idle_key, 0, 15, 'WITHSCORES')
   end
-  for _, worker in ipairs(redis.call('ZRANGE', idle_key, 0, 15)) do
+  for i = 1, #idle, 2 do
+    local worker = idle[i]
     local raw = redis.call('HGET', idle_workers_key, worker)
     local info = raw and cjson.decode(raw)
     if info then
@@ -53,18 +57,26 @@ local function take_idle_worker(ctx, queue, now)
   return nil
 end
 
-local function hand_off(ctx, job, now)
-  local job_key, queue_key = job.key, job.queue_key
+-- `record`, the fields create_job wrote besides `job.fields`: with those and the claim's, the
+-- record the worker receives, built here rather than read back (HGETALL and the object made
+-- from it were a seventh of a hand-off's instructions in Redis).
+local function hand_off(ctx, job, now, record)
+  local queue_key = job.queue_key
   -- jobs ahead go first
   if ctx.ready[queue_key] or redis.call('ZCARD', queue_key) > 0 then return false end
   local worker, info = take_idle_worker(ctx, job.queue, now)
   if not worker then return false end
-  redis.call('HSET', job_key, 'state', 'queued')
-  emit(ctx.events, ctx.maxlen, job_key, job.id, 'queued', nil)
-  claim_job(job_key, job.id, worker, info.min_lease_ms, info.defs, job.nonce, ctx.active,
-    ctx.fence, ctx.events, ctx.maxlen, now, ctx.first_lease_ms)
-  local flat, record = redis.call('HGETALL', job_key), {}
-  for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+  record.enqueued_ms = record.created_ms
+  local fields = job.fields
+  for i = 1, #fields, 2 do record[fields[i]] = fields[i + 1] end
+  -- queued, then at once active: the hash is written active only, the events say both
+  emit(ctx.events, ctx.maxlen, job.key, job.id, 'queued', nil,
+    {record.task, record.queue, record.batch, record.attempt})
+  local claimed, attempt = claim_job(job.key, job.id, worker, info.min_lease_ms, info.defs,
+    job.nonce, ctx.active, ctx.fence, ctx.events, ctx.maxlen, now, ctx.first_lease_ms,
+    {record.task, record.options, record.queue, record.batch})
+  for i = 1, #claimed, 2 do record[claimed[i]] = claimed[i + 1] end
+  record.attempt = attempt
   local wake = info.wake
   redis.call('LPUSH', wake, cjson.encode(record))
   redis.call('PEXPIRE', wake, 60000)
@@ -86,8 +98,13 @@ local function create_job(ctx, job)
   end
   local seq = redis.call('INCR', seq_key)
   local score = (9 - tonumber(job.priority)) * 1e12 + seq
-  redis.call('HSET', job_key, 'id', id, 'score', string.format('%.0f', score), 'attempt', 0,
-    'created_ms', now, 'cancel', 0, 'enqueued_ms', now, unpack(job.fields))
+  -- whole numbers as text with %d (as claim_job does): the digits '%.0f' and Redis (%.17g)
+  -- write, without their floating-point formatting
+  local written = {id = id, score = string.format('%d', score), attempt = '0',
+    created_ms = string.format('%d', now), cancel = '0'}
+  redis.call('HSET', job_key, 'id', id, 'score', written.score, 'attempt', '0',
+    'created_ms', written.created_ms, 'cancel', '0', 'enqueued_ms', written.created_ms,
+    unpack(job.fields))
   if not ctx.listed[job.queue] then
     redis.call('SADD', queues_key, job.queue)
     ctx.listed[job.queue] = true
@@ -102,7 +119,7 @@ local function create_job(ctx, job)
     redis.call('ZADD', delayed_key, run_at, id)
     redis.call('HSET', job_key, 'state', 'scheduled', 'run_at_ms', run_at)
     emit(ctx.events, ctx.maxlen, job_key, id, 'scheduled', nil)
-  elseif not hand_off(ctx, job, now) then
+  elseif not hand_off(ctx, job, now, written) then
     make_ready(job_key, job.queue_key, job.wake_key, ctx.events, ctx.maxlen, id, nil)
     ctx.ready[job.queue_key] = true
   end

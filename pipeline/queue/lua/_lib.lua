@@ -2,9 +2,10 @@
 -- The queue scripts' shared helpers, prepended by pipeline/redis/scripts.py to scripts that
 -- say `-- uses: _lib`. Never called on its own.
 
--- Append a progress event (job, state, task, queue, batch, attempt, extra) to the stream.
-local function emit(events_key, maxlen, job_key, id, state, extra)
-  local f = redis.call('HMGET', job_key, 'task', 'queue', 'batch', 'attempt')
+-- Append a progress event (job, state, task, queue, batch, attempt, extra) to the stream;
+-- `f`, the job's {task, queue, batch, attempt} when the caller has them, else read here.
+local function emit(events_key, maxlen, job_key, id, state, extra, f)
+  f = f or redis.call('HMGET', job_key, 'task', 'queue', 'batch', 'attempt')
   local args = {'XADD', events_key, 'MAXLEN', '~', maxlen, '*',
     'job', id, 'state', state, 'task', f[1] or '', 'queue', f[2] or '',
     'batch', f[3] or '', 'attempt', f[4] or '0'}
@@ -56,23 +57,33 @@ end
 -- claim.lua ARGV[5]); a task the worker does not know gets the minimum lease and one attempt.
 -- The lease is 2 x the expected duration, at least `min_lease_ms`; its first deadline is
 -- `first_lease_ms` from now when given (a hand-off: the receiving worker renews at once).
+-- `known`, the job's {task, options, queue, batch} when the caller has them (a job created in
+-- this very script), else read here. Returns the fields written (a flat list, as HSET takes
+-- them) and the new attempt number (text), so a caller that needs the record does not read
+-- it back.
 local function claim_job(job, id, worker, min_lease_ms, defs, nonce, active_key, fence_key,
-                         events_key, maxlen, now, first_lease_ms)
-  local f = redis.call('HMGET', job, 'task', 'options')
-  local own = cjson.decode(f[2] or '{}')
+                         events_key, maxlen, now, first_lease_ms, known)
+  local f = known or redis.call('HMGET', job, 'task', 'options', 'queue', 'batch')
+  local own = (f[2] and f[2] ~= '{}') and cjson.decode(f[2]) or {}
   local def = defs[f[1]] or {expected_s = 0, timeout_s = 600, max_attempts = 1,
     retry_delays_s = '[]'}
   local expected_s = tonumber(own.expected_s or def.expected_s)
   local lease_ms = math.max(2 * math.floor(expected_s * 1000), tonumber(min_lease_ms))
-  local deadline = now + math.min(lease_ms, first_lease_ms or lease_ms)
-  local token = redis.call('INCR', fence_key) .. '-' .. nonce
-  redis.call('HINCRBY', job, 'attempt', 1)
-  redis.call('HSET', job, 'state', 'active', 'token', token, 'worker', worker,
-    'started_ms', now, 'lease_ms', lease_ms, 'lease_deadline_ms', deadline,
+  -- whole numbers as text once, with %d: the digits Redis writes for a Lua number (%.17g) or
+  -- Lua for `..` (%.14g), without their floating-point formatting (a tenth of a hand-off)
+  local deadline = string.format('%d', now + math.min(lease_ms, first_lease_ms or lease_ms))
+  local token = string.format('%d-%s', redis.call('INCR', fence_key), nonce)
+  local attempt = string.format('%d', redis.call('HINCRBY', job, 'attempt', 1))
+  local claimed = {'state', 'active', 'token', token, 'worker', worker,
+    'started_ms', string.format('%d', now), 'lease_ms', string.format('%d', lease_ms),
+    'lease_deadline_ms', deadline,
     'expected_s', tostring(expected_s),
     'timeout_s', tostring(own.timeout_s or def.timeout_s),
     'max_attempts', tostring(own.max_attempts or def.max_attempts),
-    'retry_delays_s', def.retry_delays_s)
+    'retry_delays_s', def.retry_delays_s}
+  redis.call('HSET', job, unpack(claimed))
   redis.call('ZADD', active_key, deadline, id)
-  emit(events_key, maxlen, job, id, 'active', {worker = worker})
+  emit(events_key, maxlen, job, id, 'active', {worker = worker},
+    {f[1], f[3], f[4], attempt})
+  return claimed, attempt
 end
