@@ -7,13 +7,25 @@ pieces, the idempotency key as a digest) is record.py's.
 
 from __future__ import annotations
 
-import json
-import sys
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
+from pipeline.queue.job_values import (
+    MAKING,
+    RARE_DEFAULTS,
+    Rare,
+    RareField,
+    int_field,
+    json_field,
+    loads,
+    same_number,
+    shared,
+    time_ms,
+)
 from pipeline.queue.record import joined
 
 
@@ -67,44 +79,7 @@ class JobOptions:
     job_id: str | None = None
 
 
-_loads = json.loads
-
-
-# A task's, a queue's and a worker's name repeat in every job of theirs: one string shared
-# while any such job is held (interned strings are freed with their last holder), not three
-# copies per running job (~200 B of a sleeping job's ~3.6 KB in the worker, tracemalloc).
-_shared = sys.intern
-
-
-def _json(value: str | None, empty: Any) -> Any:
-    """A JSON field; `empty` (a fresh [] or {}) for an absent, empty or empty-literal one,
-    which most jobs' kwargs, hints, options and retry delays are: no parse for those (a
-    claim reads ~35 fields per job, and JSON decoding was most of it)."""
-    if not value or value == "{}" or value == "[]":
-        return empty
-    return _loads(value)
-
-
-def _int(value: str | None, default: int = 0) -> int:
-    return int(value) if value not in (None, "") else default
-
-
-_NUMBERS: dict[tuple[type, str], int | float] = {}  # a task's lease, expected, timeout
-_NUMBERS_MAX = 256  # distinct texts kept (a few per task definition)
-
-
-def _same(value: str | None, kind: type[int] | type[float], default: int | float = 0) -> Any:
-    """A number every job of a task has alike (its lease_ms, expected_s, timeout_s), one
-    object for them all: a float or a large int of its own is 32 B a running job."""
-    if value in (None, ""):
-        return default
-    number = _NUMBERS.get((kind, value))
-    if number is None:
-        if len(_NUMBERS) >= _NUMBERS_MAX:
-            _NUMBERS.clear()
-        number = _NUMBERS[kind, value] = kind(value)
-    return number
-
+_NONE: Mapping[str, Any] = MappingProxyType({})  # read-only: never kept by a job
 
 # JobOptions field -> the key it has in a job's `options` (the caller's explicit choices)
 EXPLICIT_OPTIONS = {
@@ -114,7 +89,15 @@ EXPLICIT_OPTIONS = {
 }
 
 
-@dataclass(slots=True)  # no instance dict: ~1.5 KB less per running job (35 fields)
+# the record's fields, in order (repr, equality, to_dict)
+FIELDS = ("id", "task", "queue", "state", "args", "kwargs", "priority", "attempt",
+          "max_attempts", "expected_s", "timeout_s", "retry_delays_s", "batch", "hints", "token",
+          "worker", "lease_ms", "lease_deadline_ms", "created_ms", "started_ms", "finished_ms",
+          "result", "error", "traceback", "reason", "cancel_requested", "group", "group_index",
+          "callback_id", "callback_queue", "chord", "progress", "lease_expiries",
+          "idempotency_key", "options")  # fmt: skip
+
+
 class Job:
     """A job as stored in its Redis hash: what to run (task, args), how (queue, priority,
     attempts, expected and timeout seconds, retry delays), and where it stands (state,
@@ -123,50 +106,164 @@ class Job:
     `options` holds only what the enqueuing caller set ({expected_s, timeout_s,
     max_attempts}); `expected_s`, `timeout_s`, `max_attempts` and `retry_delays_s` are what
     the job runs under, resolved at each claim from those and the claiming worker's own task
-    definition (0 / [] until a worker first claimed it)."""
+    definition (0 / [] until a worker first claimed it).
 
-    id: str
-    task: str
-    queue: str
-    state: State
-    args: list[Any]
-    kwargs: dict[str, Any]
-    priority: int
-    attempt: int
-    max_attempts: int
-    expected_s: float
-    timeout_s: float
-    retry_delays_s: list[float]
-    batch: str | None = None
-    hints: dict[str, Any] = field(default_factory=dict)
-    token: str | None = None
-    worker: str | None = None
-    lease_ms: int = 0
-    lease_deadline_ms: int | None = None
-    created_ms: int = 0
-    started_ms: int | None = None
-    finished_ms: int | None = None
-    result: Any = None
-    error: str | None = None
-    traceback: str | None = None
-    reason: str | None = None  # a pipeline.errors.Reason: why it ended or waits
-    cancel_requested: bool = False
-    group: str | None = None
-    group_index: int | None = None
-    callback_id: str | None = None
-    callback_queue: str | None = None
-    chord: str | None = None  # set on a chord callback: the group whose results it receives
-    progress: Any = None
-    lease_expiries: int = 0
+    Every field reads and writes as a plain attribute. What a running job holds is kept
+    small, since a worker holds one per running job (issue 16, memory per waiting slow job):
+    slots, no instance dict; `kwargs`, `hints` and `options` are made (empty, the job's own)
+    when first read if the job has none; `retry_delays_s` is kept as its JSON text, shared by
+    every job of its task, and parsed into a list of the job's own when first read; the
+    fields most running jobs leave unset share one slot (`Rare`, job_values.py)."""
+
+    __slots__ = ("_hints", "_kwargs", "_options", "_rare", "_retry_delays_s", "args", "attempt",
+                 "batch", "created_ms", "expected_s", "id", "lease_deadline_ms", "lease_ms",
+                 "max_attempts", "priority", "queue", "started_ms", "state", "task", "timeout_s",
+                 "token", "worker")  # fmt: skip
+
+    finished_ms = RareField[int | None](None)
+    result = RareField[Any](None)
+    error = RareField[str | None](None)
+    traceback = RareField[str | None](None)
+    reason = RareField[str | None](None)  # a pipeline.errors.Reason: why it ended or waits
+    cancel_requested = RareField[bool](False)
+    group = RareField[str | None](None)
+    group_index = RareField[int | None](None)
+    callback_id = RareField[str | None](None)
+    callback_queue = RareField[str | None](None)
+    chord = RareField[str | None](None)  # on a chord callback: the group whose results it gets
+    progress = RareField[Any](None)
+    lease_expiries = RareField[int](0)
     # The digest of the key the enqueue carried (record.py idempotency_digest), not the key:
     # 32 hex digits, so the record stays a compact listpack whatever the caller's key.
-    idempotency_key: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    idempotency_key = RareField[str | None](None)
+
+    def __init__(
+        self,
+        id: str,
+        task: str,
+        queue: str,
+        state: State,
+        args: list[Any],
+        kwargs: dict[str, Any] | None,  # None: none (an empty dict made when first read)
+        priority: int,
+        attempt: int,
+        max_attempts: int,
+        expected_s: float,
+        timeout_s: float,
+        retry_delays_s: list[float] | str,  # or its JSON text, parsed when first read
+        batch: str | None = None,
+        hints: dict[str, Any] | None = None,
+        token: str | None = None,
+        worker: str | None = None,
+        lease_ms: int = 0,
+        lease_deadline_ms: int | None = None,
+        created_ms: int = 0,
+        started_ms: int | None = None,
+        finished_ms: int | None = None,
+        result: Any = None,
+        error: str | None = None,
+        traceback: str | None = None,
+        reason: str | None = None,
+        cancel_requested: bool = False,
+        group: str | None = None,
+        group_index: int | None = None,
+        callback_id: str | None = None,
+        callback_queue: str | None = None,
+        chord: str | None = None,
+        progress: Any = None,
+        lease_expiries: int = 0,
+        idempotency_key: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.id, self.task, self.queue, self.state, self.args = id, task, queue, state, args
+        self._kwargs, self._hints, self._options = kwargs, hints, options
+        self.priority, self.attempt, self.max_attempts = priority, attempt, max_attempts
+        self.expected_s, self.timeout_s = expected_s, timeout_s
+        self._retry_delays_s = retry_delays_s
+        self.batch, self.token, self.worker, self.lease_ms = batch, token, worker, lease_ms
+        self.lease_deadline_ms, self.created_ms, self.started_ms = (
+            lease_deadline_ms, created_ms, started_ms)  # fmt: skip
+        rare = (finished_ms, result, error, traceback, reason, cancel_requested, group,
+                group_index, callback_id, callback_queue, chord, progress, lease_expiries,
+                idempotency_key)  # fmt: skip
+        unset = all(v is default for v, default in zip(rare, RARE_DEFAULTS, strict=True))
+        self._rare = None if unset else Rare(*rare)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        kwargs = self._kwargs
+        if kwargs is None:
+            with MAKING:
+                if (kwargs := self._kwargs) is None:
+                    kwargs = self._kwargs = {}
+        return kwargs
+
+    @kwargs.setter
+    def kwargs(self, value: dict[str, Any]) -> None:
+        self._kwargs = value
+
+    @property
+    def call_kwargs(self) -> Mapping[str, Any]:
+        """The keyword arguments to call its task with: `kwargs`, or a read-only empty mapping
+        when it has none, without making the job a dict (the call unpacks them: the task gets
+        a dict of its own either way)."""
+        return self._kwargs or _NONE
+
+    @property
+    def hints(self) -> dict[str, Any]:
+        hints = self._hints
+        if hints is None:
+            with MAKING:
+                if (hints := self._hints) is None:
+                    hints = self._hints = {}
+        return hints
+
+    @hints.setter
+    def hints(self, value: dict[str, Any]) -> None:
+        self._hints = value
+
+    @property
+    def options(self) -> dict[str, Any]:
+        options = self._options
+        if options is None:
+            with MAKING:
+                if (options := self._options) is None:
+                    options = self._options = {}
+        return options
+
+    @options.setter
+    def options(self, value: dict[str, Any]) -> None:
+        self._options = value
+
+    @property
+    def retry_delays_s(self) -> list[float]:
+        delays = self._retry_delays_s
+        if isinstance(delays, str):
+            with MAKING:
+                if isinstance(delays := self._retry_delays_s, str):
+                    delays = self._retry_delays_s = json_field(delays, [])
+        return delays
+
+    @retry_delays_s.setter
+    def retry_delays_s(self, value: list[float]) -> None:
+        self._retry_delays_s = value
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in FIELDS)
+        return f"Job({shown})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> Job:
         get = h.get
-        options = _json(get("options"), {})
+        options = json_field(get("options"), None)
+        chosen = options or _NONE  # the caller's choices stand in for a field not yet set
         args = get("args")
         if args is not None and "args.1" in h:  # stored in pieces (record.py)
             args = joined(h, "args")
@@ -176,38 +273,38 @@ class Job:
         group_index = get("group_index")
         return cls(
             id=h["id"],
-            task=_shared(get("task", "")),
-            queue=_shared(get("queue", "default")),
+            task=shared(get("task", "")),
+            queue=shared(get("queue", "default")),
             state=State(get("state", "queued")),
-            args=_json(args, []),
-            kwargs=_json(kwargs, {}),
-            priority=_int(get("priority"), 5),
-            attempt=_int(get("attempt")),
-            max_attempts=_int(get("max_attempts"), int(options.get("max_attempts", 0))),
-            expected_s=_same(get("expected_s"), float, float(options.get("expected_s", 0.0))),
-            timeout_s=_same(get("timeout_s"), float, float(options.get("timeout_s", 0.0))),
-            retry_delays_s=_json(get("retry_delays_s"), []),
+            args=json_field(args, []),
+            kwargs=json_field(kwargs, None),
+            priority=int_field(get("priority"), 5),
+            attempt=int_field(get("attempt")),
+            max_attempts=int_field(get("max_attempts"), int(chosen.get("max_attempts", 0))),
+            expected_s=same_number(get("expected_s"), float, float(chosen.get("expected_s", 0.0))),
+            timeout_s=same_number(get("timeout_s"), float, float(chosen.get("timeout_s", 0.0))),
+            retry_delays_s=shared(get("retry_delays_s") or ""),
             batch=get("batch") or None,
-            hints=_json(get("hints"), {}),
+            hints=json_field(get("hints"), None),
             token=get("token") or None,
-            worker=_shared(get("worker") or "") or None,
-            lease_ms=_same(get("lease_ms"), int),
-            lease_deadline_ms=_int(get("lease_deadline_ms")) or None,
-            created_ms=_int(get("created_ms")),
-            started_ms=_int(get("started_ms")) or None,
-            finished_ms=_int(get("finished_ms")) or None,
-            result=_loads(h["result"]) if get("result") else None,
+            worker=shared(get("worker") or "") or None,
+            lease_ms=same_number(get("lease_ms"), int),
+            lease_deadline_ms=time_ms(get("lease_deadline_ms")),
+            created_ms=time_ms(get("created_ms")) or 0,
+            started_ms=time_ms(get("started_ms")),
+            finished_ms=time_ms(get("finished_ms")),
+            result=loads(h["result"]) if get("result") else None,
             error=get("error") or None,
             traceback=get("traceback") or None,
             reason=get("reason") or None,
             cancel_requested=get("cancel") == "1",
             group=get("group") or None,
-            group_index=_int(group_index, -1) if group_index else None,
+            group_index=int_field(group_index, -1) if group_index else None,
             callback_id=get("callback_id") or None,
             callback_queue=get("callback_queue") or None,
             chord=get("chord") or None,
-            progress=_loads(h["progress"]) if get("progress") else None,
-            lease_expiries=_int(get("lease_expiries")),
+            progress=loads(h["progress"]) if get("progress") else None,
+            lease_expiries=int_field(get("lease_expiries")),
             idempotency_key=get("idempotency_key") or None,
             options=options,
         )
@@ -218,6 +315,6 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view for `pipeline status --json` and the HTTP API."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "token"}
+        out = {name: getattr(self, name) for name in FIELDS if name != "token"}
         out["state"] = self.state.value
         return out

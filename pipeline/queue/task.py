@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -63,7 +63,7 @@ class Task:
         return self.fn(ctx, *args, **kwargs)
 
     def start(
-        self, ctx: JobContext, args: list[Any], kwargs: dict[str, Any], threads: Executor | None
+        self, ctx: JobContext, args: list[Any], kwargs: Mapping[str, Any], threads: Executor | None
     ) -> Awaitable[Any]:
         """The job's body as an awaitable: the coroutine, or a plain function in `threads`.
         A thread cannot be interrupted: cancelled or past its timeout, the job is settled at

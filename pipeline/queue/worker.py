@@ -398,7 +398,7 @@ class Worker(GracefulShutdown):
             args = [ctx.group_results, *args]
         if not task.is_async:  # plain functions run in threads of their own
             self._threads = self._threads or ThreadPoolExecutor(self.concurrency, "task")
-        return task.start(ctx, args, job.kwargs, self._threads)
+        return task.start(ctx, args, job.call_kwargs, self._threads)
 
     async def _chord(self, ctx: JobContext) -> Any:
         """A chord callback's body: its group's results first (within its timeout)."""

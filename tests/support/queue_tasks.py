@@ -7,6 +7,7 @@ state with `tkey`, `count` and `set_flag` below.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 from typing import Any
 
@@ -95,6 +96,35 @@ async def marks(ctx: JobContext) -> list[str]:
     """Writes into its own job's hints, kwargs-free: a task may treat them as its own."""
     ctx.job.hints["seen"] = True
     return sorted(ctx.job.hints)
+
+
+@task(name="t.owns", expected_duration_s=0.1)
+async def owns(ctx: JobContext, pause_s: float) -> dict[str, Any]:
+    """Writes its job's id into every part of its job a worker leaves unmade or shares until
+    it is read (kwargs, hints and options left empty, the retry delays every job of the task
+    has alike, the rare fields), waits `pause_s` (another job of the task writes meanwhile),
+    then returns what it reads back: its own writes only."""
+    job, mine = ctx.job, ctx.job_id
+    job.kwargs["mine"] = job.hints["mine"] = job.options["mine"] = mine
+    job.retry_delays_s.append(len(job.retry_delays_s))
+    job.progress, job.group = {"mine": mine}, mine
+    await asyncio.sleep(pause_s)
+    return {"kwargs": job.kwargs, "hints": job.hints, "options": job.options,
+            "retry_delays_s": job.retry_delays_s, "progress": job.progress, "group": job.group,
+            "error": job.error}  # fmt: skip
+
+
+SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("t.seen", default="unset")
+
+
+@task(name="t.context_var", expected_duration_s=0.1)
+async def context_var(ctx: JobContext, pause_s: float) -> list[str]:
+    """Reads a context variable, sets it to its job's id, waits `pause_s` (other jobs run and
+    set it meanwhile) and reads it again: [what it found, what it finds after]."""
+    found = SEEN.get()
+    SEEN.set(ctx.job_id)
+    await asyncio.sleep(pause_s)
+    return [found, SEEN.get()]
 
 
 @task(name="t.sized", expected_duration_s=0.1)
