@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from typing import Protocol
 
 import redis as syncredis
 
@@ -26,29 +26,21 @@ log = logging.getLogger("pipeline.lease")
 RENEW_CHUNK = 500  # leases per script call
 
 
-@dataclass(slots=True, eq=False)
-class Lease:
-    """A claim this worker holds: its job (id, token, lease length, task) and when the lease
-    was last renewed. The worker's entry for a running job (shutdown.Running) is its lease:
-    one object a running job, not two."""
+class Lease(Protocol):
+    """A claim this worker holds: its job (id, fencing token, lease length) and when the
+    lease was last renewed (monotonic seconds). The worker's entry for a running job
+    (shutdown.Running) is its lease: one object a running job, not two."""
 
     job: Job
-    renewed_at: float = field(default=0.0, init=False)  # monotonic seconds
+    renewed_at: float
 
-    @property
-    def job_id(self) -> str:
-        return self.job.id
 
-    @property
-    def token(self) -> str:
-        return self.job.token or ""
+def _token(lease: Lease) -> str:
+    return lease.job.token or ""
 
-    @property
-    def lease_ms(self) -> int:
-        return self.job.lease_ms
 
-    def due(self, now: float) -> bool:
-        return now - self.renewed_at >= self.lease_ms / 3000
+def _due(lease: Lease, now: float) -> bool:
+    return now - lease.renewed_at >= lease.job.lease_ms / 3000
 
 
 class LeaseBook:
@@ -71,13 +63,13 @@ class LeaseBook:
         whose first lease is short: handoff.py)."""
         lease.renewed_at = -1e18 if renew_now else time.monotonic()
         with self._lock:
-            self._leases[lease.job_id] = lease
+            self._leases[lease.job.id] = lease
 
     def drop(self, job_id: str, token: str | None = None) -> None:
         """Stop renewing `job_id`'s lease (with `token`: only the lease of that claim)."""
         with self._lock:
             lease = self._leases.get(job_id)
-            if lease is not None and (token is None or lease.token == token):
+            if lease is not None and (token is None or _token(lease) == token):
                 del self._leases[job_id]
 
     def snapshot(self) -> list[Lease]:
@@ -90,7 +82,7 @@ class LeaseBook:
         next renewal (a third of a lease that may be minutes long). One call, not a pipeline
         of one HGET per job: the liveness thread builds a command, its packed bytes and a
         reply per running job every tick otherwise (~630 B a job at the peak, tracemalloc)."""
-        held = [lease.job_id for lease in self.snapshot()]
+        held = [lease.job.id for lease in self.snapshot()]
         found: list[str] = []
         for start in range(0, len(held), RENEW_CHUNK):
             chunk = held[start : start + RENEW_CHUNK]
@@ -102,30 +94,30 @@ class LeaseBook:
         """Renew what is due; return (stale job ids, job ids whose cancellation was requested).
         A job dropped while its renewal was on the wire (it just settled) is neither."""
         now = time.monotonic()
-        due = [lease for lease in self.snapshot() if lease.due(now)]
+        due = [lease for lease in self.snapshot() if _due(lease, now)]
         stale: list[str] = []
         cancel: list[str] = []
         for start in range(0, len(due), RENEW_CHUNK):
             chunk = due[start : start + RENEW_CHUNK]
-            keys = [self.keys.active, *(self.keys.job(lease.job_id) for lease in chunk)]
+            keys = [self.keys.active, *(self.keys.job(lease.job.id) for lease in chunk)]
             args: list[str | int] = []
             for lease in chunk:
-                args += [lease.job_id, lease.token, lease.lease_ms]
+                args += [lease.job.id, _token(lease), lease.job.lease_ms]
             codes = self._renew(keys=keys, args=args)
             with self._lock:
                 for lease, code in zip(chunk, codes, strict=True):
-                    if self._leases.get(lease.job_id) is not lease:
+                    if self._leases.get(lease.job.id) is not lease:
                         continue  # settled meanwhile: its renewal's answer means nothing
                     if code == 0:
                         log.warning(
                             "lease of job %s lost (token %s is stale); stopping it",
-                            lease.job_id,
-                            lease.token,
+                            lease.job.id,
+                            _token(lease),
                         )
-                        stale.append(lease.job_id)
-                        del self._leases[lease.job_id]
+                        stale.append(lease.job.id)
+                        del self._leases[lease.job.id]
                     else:
                         lease.renewed_at = now
                         if code == 2:
-                            cancel.append(lease.job_id)
+                            cancel.append(lease.job.id)
         return stale, cancel

@@ -139,7 +139,7 @@ class Liveness:
             p.worker_id,
             queues=p.queues,
             concurrency=p.concurrency,
-            jobs=[lease.job_id for lease in self.leases.snapshot()],
+            jobs=[lease.job.id for lease in self.leases.snapshot()],
             interval_s=p.interval_s,
             started_ms=p.started_ms,
             state="stopping" if p.stopping else "running",
@@ -196,7 +196,7 @@ class Liveness:
             held = codes.get(frame.f_code)
             if held is not None:
                 where = f"{frame.f_code.co_filename}:{frame.f_lineno}"
-                return f"task {held.job.task} (job {held.job_id}) at {where}"
+                return f"task {held.job.task} (job {held.job.id}) at {where}"
             frame = frame.f_back
         if top is None:
             return "an unknown callback"

@@ -15,31 +15,34 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pipeline.queue.lease import Lease
+from pipeline.queue.context import JobContext
 
 if TYPE_CHECKING:
     from pipeline.queue.client import QueueClient
-    from pipeline.queue.context import JobContext
 
 log = logging.getLogger("pipeline.worker")
 
 
 @dataclass(slots=True, eq=False)  # one per running job; kept in Timeouts' heap by deadline
-class Running(Lease):
-    """A running job: `task` is its body (a task, or a plain function's future) until the
-    body ends, then the task settling it. It is its own lease (LeaseBook) and the body's
-    done callback (`on_end(self)`): objects of their own were ~130 B more a running job."""
+class Running(JobContext):
+    """A running job: the context its task gets, its lease (lease.Lease) and the body's
+    done callback (`on_end(self)`), one object (a context, an entry and a lease of their own
+    were ~180 B more a running job). `task` is its body (a task, or a plain function's
+    future), set once started, until the body ends, then the task settling it."""
 
-    task: asyncio.Future[Any]
+    task: asyncio.Future[Any] = field(init=False)
+    renewed_at: float = field(default=0.0, init=False)  # monotonic seconds (lease.py)
     stop_reason: str | None = None  # cancel | shutdown | lost | timeout
     settling: bool = False  # the task body is over; only its settlement is left
     deadline: float = 0.0  # loop time when its timeout stops it (timeouts.py)
-    ctx: JobContext | None = None
     on_end: Callable[[Running], None] | None = None
+
+    __eq__ = object.__eq__  # one job's entry is itself only (JobContext compares fields)
+    __hash__ = object.__hash__
 
     def __lt__(self, other: Running) -> bool:
         return self.deadline < other.deadline

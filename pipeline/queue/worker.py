@@ -358,12 +358,13 @@ class Worker(GracefulShutdown):
         under its timeout; `_body_ended` settles it when it is done. No coroutine of the
         worker's waits on the body meanwhile: one would hold a frame (~260 B) a running job."""
         self.counters.claimed += 1
-        ctx = JobContext(job, self.client, self.id, self.pool, self.deps,
-                         permit=admission.permit if admission else None)  # fmt: skip
+        running = Running(job, self.client, self.id, self.pool, self.deps,
+                          permit=admission.permit if admission else None,
+                          on_end=self._on_body_end)  # fmt: skip
         joblog.started(job, joblog.describe(self.job_fields, job))
         body: asyncio.Future[Any]
         try:
-            started = self._chord(ctx) if job.chord else self._body(ctx)
+            started = self._chord(running) if job.chord else self._body(running)
             # one name for every job's task: a name of its own (f"job-{id}") was ~100 B a
             # running job, an unnamed task's number ~50 B
             if asyncio.iscoroutine(started):
@@ -373,7 +374,7 @@ class Worker(GracefulShutdown):
         except Exception as exc:  # no such task here, or its call raised (its arguments)
             body = asyncio.get_running_loop().create_future()
             body.set_exception(exc)
-        running = Running(job, body, ctx=ctx, on_end=self._on_body_end)
+        running.task = body
         # a handed job's first lease is short (handoff.py): renewed to its full length at once
         self.liveness.leases.hold(running, renew_now=handed)
         self.running[job.id] = running
@@ -453,8 +454,7 @@ class Worker(GracefulShutdown):
     async def _end(self, running: Running, settlement: Settlement) -> None:
         job = running.job
         try:
-            assert running.ctx is not None
-            await self._settle(running.ctx, settlement)
+            await self._settle(running, settlement)
         finally:
             # the job may be back in its queue and claimed again here by now: a newer claim's
             # lease and entry are not this attempt's to drop

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
+from pipeline.queue.client import QueueClient
 from pipeline.queue.job import Job
 from pipeline.queue.shutdown import Running
 from pipeline.queue.timeouts import DUE_WITHIN_S, Timeouts
 from tests.support.waiting import eventually
+
+
+def _entry(job_id: str, body: asyncio.Future[Any]) -> Running:
+    """A running job's entry with just what its timeout needs (its job and body)."""
+    running = Running(Job.from_hash({"id": job_id}), cast(QueueClient, None), "worker")
+    running.task = body
+    return running
 
 
 async def test_each_job_expires_at_its_own_deadline_and_an_ended_one_never() -> None:
@@ -15,7 +24,7 @@ async def test_each_job_expires_at_its_own_deadline_and_an_ended_one_never() -> 
     expired: list[tuple[str, float]] = []
     timeouts = Timeouts(lambda r: expired.append((r.job.id, loop.time() - r.deadline)))
     idle = asyncio.create_task(asyncio.sleep(60))
-    entries = {name: Running(Job.from_hash({"id": name}), idle) for name in "abcd"}
+    entries = {name: _entry(name, idle) for name in "abcd"}
     timeouts.add(entries["a"], 600)  # armed first, far off
     timeouts.add(entries["b"], 0.05)  # an earlier deadline re-arms the timer
     timeouts.add(entries["c"], 0.01)
@@ -40,7 +49,7 @@ async def test_an_ended_job_leaves_at_once() -> None:
     idle = asyncio.create_task(asyncio.sleep(60))
     live: list[Running] = []
     for i in range(2000):
-        running = Running(Job.from_hash({"id": str(i)}), idle)
+        running = _entry(str(i), idle)
         timeouts.add(running, 600 - i % 7)  # deadlines out of start order
         live.append(running)
         if len(live) > 10:  # the oldest-but-one ends: never the heap's top first
@@ -63,7 +72,7 @@ async def test_a_halt_that_raises_does_not_lose_the_later_timeouts() -> None:
 
     timeouts = Timeouts(expire)
     idle = asyncio.create_task(asyncio.sleep(60))
-    first, later = (Running(Job.from_hash({"id": name}), idle) for name in "ab")
+    first, later = (_entry(name, idle) for name in "ab")
     timeouts.add(first, 0.01)
     timeouts.add(later, 0.05)
 
