@@ -38,22 +38,24 @@ def int_field(value: str | None, default: int = 0) -> int:
     return int(value) if value not in (None, "") else default
 
 
-_TIMES: dict[str, int] = {}
-_TIMES_MAX = 64  # distinct texts kept: the times of the last few claims
+_TIMES: dict[int, int] = {}
+_TIMES_MAX = 8  # distinct times kept: those of the last claim or two (a cold dict is small)
 
 
 def time_ms(value: str | None) -> int | None:
     """A Redis-clock time in ms, None when absent or 0; one int for all the fields and jobs
     that have the same (the jobs of one claim share their start and lease deadline, a job
-    claimed in the ms it was enqueued its creation and start): each is 32 B otherwise."""
+    claimed in the ms it was enqueued its creation and start): each is 32 B otherwise. Kept
+    by value, not by text: a text kept would cost more than the int it saves."""
     if not value:
         return None
-    ms = _TIMES.get(value)
-    if ms is None:
+    ms = int(value)
+    kept = _TIMES.get(ms)
+    if kept is None:
         if len(_TIMES) >= _TIMES_MAX:
             _TIMES.clear()
-        ms = _TIMES[value] = int(value)
-    return ms or None
+        kept = _TIMES[ms] = ms
+    return kept or None
 
 
 _NUMBERS: dict[tuple[type, str], int | float] = {}  # a task's lease, expected, timeout
