@@ -15,10 +15,11 @@ from tests.support.waiting import eventually
 
 JOBS = 40
 # Per sleeping job, on asyncio's loop, with the task's own coroutine, asyncio.sleep and its
-# timer: 1.8-2.5 KB since the worker's cuts (timeouts.py, job.py, the body as the job's task;
-# 2.1-2.5 KB beside two CPU burners), 3.2 KB once in a suite run of 6 processes on 2 cores;
-# 3.7-4.1 KB before (this test at 78015d7).
-BOUND_B = 3500
+# timer: 1.7-2.1 KB since a job's record and entry were made lean (job.py, job_values.py, the
+# entry as the task's context; 1.8-2.5 KB beside two CPU burners, 2.0-2.3 KB in suite runs of
+# 4 processes on 2 cores); 2.1-2.4 KB before that (1.8-2.5 KB when written, 3.2 KB once in a
+# suite run of 6 processes); 3.7-4.1 KB before the worker's first cuts (this test at 78015d7).
+BOUND_B = 3000
 
 
 async def test_a_sleeping_job_holds_under_the_bound_in_its_worker(
