@@ -92,6 +92,10 @@ class ReplicaWait:
     async def replicas(self, key: str) -> int:
         """Replicas connected to the master that holds `key` (cached)."""
         if time.monotonic() - self._probed_at > self.probe_every_s:
+            if isinstance(self.redis, RedisCluster):
+                # a client learns the slots on its first command: before that, the slot's
+                # node is unknown (SlotNotCoveredError), as for a one-shot client's enqueue
+                await self.redis.initialize()
             info: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
                 "INFO", "replication", **self._node(key)
             )

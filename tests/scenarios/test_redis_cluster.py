@@ -110,3 +110,20 @@ async def test_limiter_budget_and_ledger_buffer_scripts_run_on_a_cluster(
             assert await redis.llen(keys.ledger_buffer_dead) == 1
         finally:
             await redis.aclose()
+
+
+async def test_a_fresh_cluster_client_enqueues_as_its_first_command(
+    tmp_path: Path, key_prefix: str
+) -> None:
+    """A one-shot `QueueClient.connect` whose first command is an enqueue: the replica count
+    of the keys' master is looked up by slot before any command made the client learn the
+    slots (RedisCluster maps them on its first command), and must not fail for it."""
+    with cluster(tmp_path / "redis") as nodes:
+        client = await QueueClient.connect(fast_settings(key_prefix, redis_url=nodes.url))
+        try:
+            handle = await client.enqueue(ha_tasks.step, 0, str(tmp_path / "unused.log"))
+            assert (await handle.info()).id == handle.id
+            many = await client.enqueue_many([ha_tasks.step.call(1, "unused")])
+            assert len(many) == 1
+        finally:
+            await client.aclose()
