@@ -16,14 +16,13 @@ from redis.asyncio import Redis
 
 from pipeline.errors import JobFailed, JobNotFound
 from pipeline.queue.enqueue_args import (
-    NO_OPTIONS,
     SCRIPT_JOBS,
     Prepared,
     Preparer,
     Shape,
     new_job_ids,
 )
-from pipeline.queue.job import Job, JobOptions, State
+from pipeline.queue.job import NO_OPTIONS, Job, JobOptions, State
 from pipeline.queue.record import idempotency_digest
 from pipeline.queue.registry import Placer
 from pipeline.queue.scripts import Scripts, group_keys

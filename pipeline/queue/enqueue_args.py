@@ -19,7 +19,7 @@ from operator import attrgetter
 from typing import Any
 
 from pipeline.queue.handoff import FIRST_LEASE_MS
-from pipeline.queue.job import EXPLICIT_OPTIONS, JobOptions
+from pipeline.queue.job import EXPLICIT_OPTIONS, NO_OPTIONS, JobOptions
 from pipeline.queue.record import LISTPACK_VALUE_BYTES, idempotency_digest, spread
 from pipeline.queue.registry import Placer
 from pipeline.queue.task import Call, dumps
@@ -185,11 +185,6 @@ class Preparer:
         if not job.idempotency_key:
             return _unused(k)
         return k.idempotency(job.digest), k.idempotency_by_key(job.idempotency_key)
-
-
-# The options of a call made without any (frozen; read, never changed, on the way to Redis):
-# shared, and known by identity when a call's shape is looked up.
-NO_OPTIONS = JobOptions()
 
 
 def _kind(call: Call) -> tuple[Any, ...]:

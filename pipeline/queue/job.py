@@ -79,6 +79,11 @@ class JobOptions:
     job_id: str | None = None
 
 
+# The options of a call made without any (frozen, its hints never written: read on the way
+# to Redis): shared by every such call, and known by identity when its shape is looked up
+# (enqueue_args._kind).
+NO_OPTIONS = JobOptions()
+
 _NONE: Mapping[str, Any] = MappingProxyType({})  # read-only: never kept by a job
 
 # JobOptions field -> the key it has in a job's `options` (the caller's explicit choices)

@@ -20,7 +20,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from pipeline.errors import NotSerializable, UnknownTask
-from pipeline.queue.job import JobOptions, parse_priority
+from pipeline.queue.job import NO_OPTIONS, JobOptions, parse_priority
 
 if TYPE_CHECKING:
     from pipeline.queue.context import JobContext
@@ -55,7 +55,7 @@ class Task:
 
     def call(self, *args: Any, **kwargs: Any) -> Call:
         """One invocation, for `client.enqueue(call)` or as a chord member."""
-        return Call(self.name, list(args), kwargs, JobOptions(), task=self)
+        return Call(self.name, list(args), kwargs, NO_OPTIONS, task=self)
 
     async def __call__(self, ctx: JobContext, *args: Any, **kwargs: Any) -> Any:
         if self.is_async:
