@@ -6,6 +6,7 @@ context variables stay its own."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import sys
 import threading
 from typing import cast
@@ -144,3 +145,19 @@ def test_a_jobs_context_shows_before_its_body_is_stored() -> None:
     ctx = Running(job, cast(QueueClient, None), "w1")
     shown = repr(ctx)
     assert shown.startswith("Running(job=Job(id='j1'") and "worker_id='w1'" in shown
+
+
+def test_a_copy_of_a_job_is_a_record_of_its_own() -> None:
+    """copy.copy(job), as of the dataclass it was: a field set on the copy (a rare one too,
+    kept in a part of the job's) leaves the original as it was, and the other way round."""
+    job = Job.from_hash(FULL)
+    twin = copy.copy(job)
+    assert twin == job and twin is not job
+    twin.error, twin.lease_expiries, twin.state = "other", 5, State.ACTIVE
+    job.result = {"mine": True}
+    assert (job.error, job.lease_expiries, job.state) == ("boom", 1, State.FAILED)
+    assert (twin.result, twin.finished_ms) == (None, 1700000001000)
+    bare = Job.from_hash({"id": "j2"})
+    twin = copy.copy(bare)
+    twin.error = "set"
+    assert bare.error is None and twin.error == "set"
