@@ -8,6 +8,7 @@ pieces, the idempotency key as a digest) is record.py's.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from copy import copy
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -263,6 +264,16 @@ class Job:
         return all(getattr(self, name) == getattr(other, name) for name in FIELDS)
 
     __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __copy__(self) -> Job:
+        """A shallow copy, as the dataclass's was: the fields' values shared, the rare part
+        not (a field set on one of them would show in the other)."""
+        twin = Job.__new__(Job)
+        for name in Job.__slots__:
+            setattr(twin, name, getattr(self, name))
+        if (rare := self._rare) is not None:
+            twin._rare = copy(rare)
+        return twin
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> Job:

@@ -34,7 +34,9 @@ class Running(JobContext):
     were ~180 B more a running job). `task` is its body (a task, or a plain function's
     future), set once started, until the body ends, then the task settling it."""
 
-    task: asyncio.Future[Any] = field(init=False)
+    # unset until the worker stores the body it started, when a plain function's thread may
+    # already run and show its `ctx`: not in the repr, which would raise meanwhile
+    task: asyncio.Future[Any] = field(init=False, repr=False)
     renewed_at: float = field(default=0.0, init=False)  # monotonic seconds (lease.py)
     stop_reason: str | None = None  # cancel | shutdown | lost | timeout
     settling: bool = False  # the task body is over; only its settlement is left
