@@ -80,7 +80,7 @@ def same_number(
 # Taken only to make a part a job has left unmade (an empty dict read, the rare fields set):
 # a plain-function task writes into its job from a thread while the loop may read the same
 # field, and two parts made at once would lose one write.
-MAKING = threading.Lock()
+MAKING = threading.RLock()  # re-entrant: a callback in the same thread may read a part too
 
 
 @dataclass(slots=True)

@@ -32,7 +32,10 @@ class Running(JobContext):
     """A running job: the context its task gets, its lease (lease.Lease) and the body's
     done callback (`on_end(self)`), one object (a context, an entry and a lease of their own
     were ~180 B more a running job). `task` is its body (a task, or a plain function's
-    future), set once started, until the body ends, then the task settling it."""
+    future), set once started, until the body ends, then the task settling it.
+
+    The fields below JobContext's are the worker's own: a task reads its `ctx` as a
+    JobContext and never writes them (its timeout, halting and lease renewal read them)."""
 
     # unset until the worker stores the body it started, when a plain function's thread may
     # already run and show its `ctx`: not in the repr, which would raise meanwhile
