@@ -1,35 +1,26 @@
-"""The event loop long-lived commands (`pipeline worker`, `pipeline run`) run on: uvloop where
-it is installed (Linux and macOS), else asyncio's own.
+"""The event loop the long-lived commands (`pipeline worker`, `pipeline run`) run on:
+asyncio's own.
 
-Why: uvloop's loop (libuv, in C) wakes and dispatches a ready socket with fewer instructions
-than asyncio's selector loop, and a worker's every job is a few such wake-ups. Measured here
-with `python bench/peers.py --quick --systems pipeline,saq --figures latency,throughput --reps 3`,
-asyncio's loop and uvloop's interleaved twice (2026-11-30, load 1.4-2.3): enqueue→start p99
-3.05 / 3.53 → 1.65 / 1.90 ms, p50 within the noise (1.02 / 0.78 → 1.01 / 0.88 ms), no-op
-jobs/s 3,960 / 3,948 → 5,337 / 4,142, worker CPU per job 0.23 / 0.25 → 0.16 / 0.22 ms; idle
-worker PSS +2 MB (38.1 vs 36.0 MB). The HTTP API gets it from uvicorn, which picks uvloop by
-itself when it is installed.
+Why not uvloop, which these commands ran on until 2026-12-01: in this product a worker mostly
+holds jobs that wait (a Gemini call, a batch job), and on uvloop each waiting job's own timer
+(its `asyncio.sleep`, an SDK's timeout) costs ~540 B against ~230 B on asyncio's loop
+(tracemalloc). Measured side by side on a quiet machine (`python bench/peers.py --quick
+--systems pipeline --figures latency,slow-job-memory --reps 5 --no-traps`, each loop in turn,
+2026-12-01 02:50 UTC): memory per waiting slow job 1.90 KB (1.40-2.20) on uvloop against 1.50
+KB (1.30-1.50) on asyncio's loop, enqueue->start p50 0.62 ms on both, p99 1.34 / 1.30 ms.
+uvloop's one lead is no-op throughput (~8,500 against ~7,300 jobs/s a process, both far above
+the jobs a worker of slow calls runs), which this workload never needs.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's `new_event_loop`, or None (asyncio's default) where uvloop is not installed."""
-    try:
-        import uvloop
-    except ImportError:  # Windows, or an install without it: asyncio's loop works the same
-        return None
-    return uvloop.new_event_loop
-
-
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """`asyncio.run(main)` on the loop `loop_factory` gives; returns what `main` returns."""
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(main)
+    """`asyncio.run(main)`: runs `main` on a new asyncio event loop; returns what it returns."""
+    return asyncio.run(main)

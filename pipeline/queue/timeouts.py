@@ -1,6 +1,7 @@
 """Running jobs' timeouts on one event-loop timer.
 
-A loop timer per running job cost ~600 B a job on uvloop, a third of what a sleeping job
+A loop timer per running job cost ~600 B a job on uvloop (the loop the worker ran on until
+2026-12-01; ~150 B on asyncio's), a third of what a sleeping job
 held in the worker (its TimerHandle, a libuv timer and a copied context; tracemalloc, README
 "memory per waiting slow job"). Here the running jobs wait in a heap ordered by deadline,
 8 bytes a job, and one timer is armed for the earliest. A job whose body ends leaves the heap
@@ -20,9 +21,10 @@ from pipeline.queue.shutdown import Running
 
 log = logging.getLogger("pipeline.worker")
 
-# uvloop keeps time in whole milliseconds: a timer can run while loop.time() is up to 1 ms
-# short of the deadline it was armed for. A deadline that close counts as reached, as the
-# per-job timer it replaces did, rather than spinning the loop until the clock ticks over.
+# A loop may run a timer a little short of the deadline it was armed for (asyncio's within
+# its clock resolution, uvloop's up to 1 ms: it keeps time in whole milliseconds). A
+# deadline that close counts as reached, as the per-job timer it replaces did, rather than
+# spinning the loop until the clock ticks over.
 DUE_WITHIN_S = 0.001
 
 
