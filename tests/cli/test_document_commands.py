@@ -46,7 +46,8 @@ def test_unknown_model_is_refused_before_enqueuing(
     assert "unknown model 'gemini-9-ultra'" in r.stderr
     assert "gemini-3.5-flash-lite" in r.stderr  # the known models are listed
     assert "Traceback" not in r.stderr
-    assert not list(sredis.scan_iter(match="{" + env["PIPELINE_KEY_PREFIX"] + "}:queue:*"))
+    assert not list(sredis.scan_iter(
+        match="{" + env["PIPELINE_KEY_PREFIX"] + "}:queue:*", count=1000))
 
 
 def test_dry_run_estimates_and_enqueues_nothing(env: dict[str, str], sredis: redis.Redis) -> None:
@@ -62,7 +63,8 @@ def test_dry_run_estimates_and_enqueues_nothing(env: dict[str, str], sredis: red
     # offline here: what Gemini would cost, said to be so, not what this setup would pay
     assert any("offline analyzer at $0" in w for w in est["warnings"])
     assert "the figures below are what Gemini would cost" in text.stdout
-    assert not list(sredis.scan_iter(match="{" + env["PIPELINE_KEY_PREFIX"] + "}:job:*"))
+    assert not list(sredis.scan_iter(
+        match="{" + env["PIPELINE_KEY_PREFIX"] + "}:job:*", count=1000))
 
 
 def test_run_offline_prints_summary_then_results_out_writes_files(

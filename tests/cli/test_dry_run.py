@@ -31,7 +31,8 @@ def test_dry_run_with_a_key_counts_tokens_at_the_provider_and_generates_nothing(
     assert stats["requests_total"] == sum(d["calls"] for d in ok)
     assert stats["by_status"] == {"200": stats["requests_total"]}
     assert sum(d["input_tokens"] for d in ok) == est["total_input_tokens"] > 0
-    assert not list(sredis.scan_iter(match="{" + env["PIPELINE_KEY_PREFIX"] + "}:job:*"))
+    assert not list(sredis.scan_iter(
+        match="{" + env["PIPELINE_KEY_PREFIX"] + "}:job:*", count=1000))
 
     # Offline (no key): the local estimator, and its figures differ from the counted ones
     # only by what the estimator cannot know, so both are in the same range.

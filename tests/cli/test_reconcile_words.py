@@ -23,13 +23,13 @@ def test_reconcile_is_quiet_on_a_new_prefix_and_says_in_words_what_it_repaired(
         other = run_cli({**env, "PIPELINE_KEY_PREFIX": fresh}, "run", doc)
         # The first prefix's Redis loses its day budget's spend (and the pass's spacing).
         prefix = env["PIPELINE_KEY_PREFIX"]
-        lost = [k for k in sredis.scan_iter(match="{" + prefix + "}:budget:day:*")
+        lost = [k for k in sredis.scan_iter(match="{" + prefix + "}:budget:day:*", count=1000)
                 if not k.endswith(":holds")]  # fmt: skip
         assert lost
         sredis.hset(lost[0], "spent", 0)
         sredis.delete(*sredis.keys("{" + prefix + "}:*reconcile*"))
         again = run_cli(env, "run", doc)
-    for k in sredis.scan_iter(match="{" + fresh + "}*"):
+    for k in sredis.scan_iter(match="{" + fresh + "}*", count=1000):
         sredis.delete(k)
     out = other.stdout + other.stderr
     assert other.returncode == 0, out

@@ -36,7 +36,8 @@ def test_a_dry_run_is_refused_when_the_submit_would_be(
     assert [r["error"] for r in refusals] == ["BudgetTooSmall"]
     assert enough.returncode == 0, enough.stderr  # at the floor itself: accepted, as by submit
     assert "submit would refuse" not in enough.stderr
-    assert not list(sredis.scan_iter(match="{" + env["PIPELINE_KEY_PREFIX"] + "}:job:*"))
+    assert not list(sredis.scan_iter(
+        match="{" + env["PIPELINE_KEY_PREFIX"] + "}:job:*", count=1000))
 
 
 def test_a_dry_run_reports_a_deadline_batch_mode_cannot_meet(

@@ -60,7 +60,7 @@ async def run_until_done(
 def assert_no_pdf_bytes_in_redis(sredis: redis.Redis, prefix: str, pdf_size: int) -> None:
     """No string or hash value under the prefix carries PDF bytes, raw or base64, and no key
     is anywhere near the PDF's size (Redis's MEMORY USAGE)."""
-    keys = list(sredis.scan_iter(match="{" + prefix + "}*"))
+    keys = list(sredis.scan_iter(match="{" + prefix + "}*", count=1000))
     assert keys, "the submission wrote nothing to Redis"
     for key in keys:
         kind = str(sredis.type(key))

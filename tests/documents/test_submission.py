@@ -28,7 +28,7 @@ async def test_submit_stores_bytes_enqueues_once_and_skips_bad_files(
     try:
         with pytest.raises(UnknownModel):
             await submit_uploads(client, [Upload("a.pdf", pdf)], model="gpt-nope")
-        assert not list(sredis.scan_iter(match="{" + client.keys.prefix + "}:job:*"))
+        assert not list(sredis.scan_iter(match="{" + client.keys.prefix + "}:job:*", count=1000))
 
         sub = await submit_uploads(
             client,

@@ -80,7 +80,7 @@ async def test_a_call_the_floor_counted_is_not_booked_again_by_a_late_settle(
     worker that settles the call afterwards adds nothing."""
     budget = make_budget(aredis, keys)
     call, hold = await _answered(budget, recorder, "j2", "b-lost")
-    async for key in aredis.scan_iter(match="{" + keys.prefix + "}*"):
+    async for key in aredis.scan_iter(match="{" + keys.prefix + "}*", count=1000):
         await aredis.delete(key)  # as a restart without persistence, for this prefix
     await Reconciler(aredis, keys, recorder, budget).rebuild_budgets()
     assert await _batch(budget, "b-lost") == (COST, Decimal(0))

@@ -146,14 +146,15 @@ async def test_a_budget_raised_by_another_prefixs_spend_is_not_said_to_be_lost(
         assert day.spent_usd == Decimal("0.35")  # both prefixes' calls, as designed
 
         # the main prefix's Redis loses its own day's spend: that is lost, and said so
-        for k in [k async for k in aredis.scan_iter(match=keys.budget("day:*"))]:
+        for k in [k async for k in aredis.scan_iter(match=keys.budget("day:*"), count=1000)]:
             if not k.endswith(":holds"):
                 await aredis.hset(k, "spent", 0)
         lost = await Reconciler(aredis, keys, main, budget).run(force=True)
         assert lost is not None and lost.budgets_raised >= 1, lost.words()
         assert "lost spend" in lost.words() and lost.level() == logging.WARNING
     finally:
-        for k in [k async for k in aredis.scan_iter(match="{" + rehearsal_keys.prefix + "}*")]:
+        for k in [k async for k in aredis.scan_iter(
+            match="{" + rehearsal_keys.prefix + "}*", count=1000)]:
             await aredis.delete(k)
         engine.dispose()
 
@@ -183,7 +184,8 @@ async def test_a_settle_landing_during_the_pass_is_not_said_to_be_lost_spend(
         day = (await budget.status(None))["day"]
         assert day.spent_usd == Decimal("0.35")  # the settle counted once, the rest raised
     finally:
-        for k in [k async for k in aredis.scan_iter(match="{" + rehearsal_keys.prefix + "}*")]:
+        for k in [k async for k in aredis.scan_iter(
+            match="{" + rehearsal_keys.prefix + "}*", count=1000)]:
             await aredis.delete(k)
         engine.dispose()
 

@@ -108,7 +108,7 @@ async def _with_limiter(redis_url: str, rpm: int, tpm: int, history: list, probe
         await probe(run)
         return run
     finally:
-        async for key in client.scan_iter(match="{" + keys.prefix + "}*"):
+        async for key in client.scan_iter(match="{" + keys.prefix + "}*", count=1000):
             await client.delete(key)
         await client.aclose()
 

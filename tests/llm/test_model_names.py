@@ -51,7 +51,7 @@ async def test_every_spelling_takes_from_one_bucket(aredis: aioredis.Redis, keys
     assert isinstance(first, Permit) and isinstance(second, Permit)
     assert first.model == second.model == MODEL
     assert isinstance(third, Wait) and third.kind == "concurrency"
-    buckets = [k async for k in aredis.scan_iter(match=keys.bucket("*"))]
+    buckets = [k async for k in aredis.scan_iter(match=keys.bucket("*"), count=1000)]
     assert sorted(buckets) == sorted(
         [keys.bucket(MODEL), keys.bucket_leases(MODEL), keys.bucket_sent(MODEL)]
     )
@@ -71,7 +71,7 @@ async def test_the_gate_admits_an_unknown_model_without_a_permit(
     hints = {"model": NEAR_MISSES[0], "tokens": 10}
     admitted = await gate.admit(Candidate("j1", "analyze", "default", hints))
     assert admitted.ok and admitted.permit is None
-    assert [k async for k in aredis.scan_iter(match=keys.bucket("*"))] == []
+    assert [k async for k in aredis.scan_iter(match=keys.bucket("*"), count=1000)] == []
 
 
 async def test_per_model_limits_follow_the_canonical_id(
@@ -131,7 +131,7 @@ async def test_submission_makes_one_job_whatever_the_spelling(
                 await submit_uploads(client, [Upload("b.pdf", make_pdf(2))], model=name)
             with pytest.raises(UnknownModel):
                 estimate([Upload("b.pdf", make_pdf(2))], name)
-        jobs = list(sredis.scan_iter(match="{" + client.keys.prefix + "}:job:*"))
+        jobs = list(sredis.scan_iter(match="{" + client.keys.prefix + "}:job:*", count=1000))
         assert len([k for k in jobs if k.count(":") == 2]) == 1, jobs
     finally:
         await client.aclose()

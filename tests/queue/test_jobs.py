@@ -75,7 +75,7 @@ async def test_fifty_concurrent_enqueues_with_one_key_make_one_job(
             await c.aclose()
     assert len({h.id for h in handles}) == 1
     assert sum(h.created for h in handles) == 1
-    job_keys = [k async for k in client.redis.scan_iter(match=client.keys.job("*"))]
+    job_keys = [k async for k in client.redis.scan_iter(match=client.keys.job("*"), count=1000)]
     assert len(job_keys) == 1
     assert (await client.depths())["queues"]["default"]["ready"] == 1
 

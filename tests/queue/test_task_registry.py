@@ -87,7 +87,7 @@ async def test_unknown_task_name_fails_loudly_and_creates_nothing(client: QueueC
     message = str(err.value)
     assert message.startswith("unknown task t.never_registered: no worker has registered it")
     assert "--import" in message and "JobOptions(queue=" in message
-    assert [k async for k in client.redis.scan_iter(match=client.keys.job("*"))] == []
+    assert [k async for k in client.redis.scan_iter(match=client.keys.job("*"), count=1000)] == []
     # naming the queue is the caller's explicit choice; the job stores only that choice
     options = JobOptions(queue="elsewhere", max_attempts=2)
     handle = await client.enqueue("t.never_registered", 1, _options=options)

@@ -54,14 +54,14 @@ def test_submit_two_workers_emulator_ledger_matches_billing(
             # The same files again, one renamed: same jobs, no new job, no new call.
             renamed = tmp_path / "renamed-copy.pdf"
             shutil.copy(EXAMPLES[0], renamed)
-            jobs_before = set(sredis.scan_iter(match="{" + prefix + "}:job:*"))
+            jobs_before = set(sredis.scan_iter(match="{" + prefix + "}:job:*", count=1000))
             calls_before = stats["generate_requests"]
             again = run_cli(env, "submit", *EXAMPLES[1:], str(renamed), "--json")
             assert again.returncode == 0, again.stderr
             redo = json.loads(again.stdout)["documents"]
             assert {d["status"] for d in redo} == {"duplicate"}
             assert {d["job_id"] for d in redo} == {d["job_id"] for d in sub["documents"]}
-            assert set(sredis.scan_iter(match="{" + prefix + "}:job:*")) == jobs_before
+            assert set(sredis.scan_iter(match="{" + prefix + "}:job:*", count=1000)) == jobs_before
             assert emu.stats()["generate_requests"] == calls_before
         finally:
             for w in workers:
