@@ -252,7 +252,7 @@ def submit(
             _warn_batch_group(est, limit)
         est["refusals"] = [{"error": type(e).__name__, "message": str(e)} for e in refused]
         if as_json:
-            print(json.dumps(est, default=str))
+            print(json.dumps(est, default=_json_value))
         else:
             print_estimate(est, limit, billed, batch_mode=chosen == "batch")
             for e in refused:  # as main() prints the real submit's refusal, and its exit code
@@ -269,6 +269,12 @@ def submit(
                                          deadline=deadline))  # fmt: skip
     if not sub.job_ids or not completed:
         raise typer.Exit(1)  # with --wait: 0 only when every document completed
+
+
+def _json_value(value: Any) -> str:
+    """The estimate's values JSON cannot say: its amounts (Decimal) at nine places, as every
+    money field the pipeline prints ("0.000000000" for none, never "0"), the rest as text."""
+    return format_usd(value) if isinstance(value, Decimal) else str(value)
 
 
 def _billed() -> bool:
@@ -365,7 +371,11 @@ async def _answered_before(est: dict[str, Any]) -> dict[str, Any]:
     engine = get_engine(settings, upgrade=False)
     try:
         recorder = SqlRecorder(engine, client.redis, client.keys)
-        return await mark_answered(est, client, recorder, provider_kind(settings))
+        # Offline, the figures are what Gemini would cost (the warning above says so): what
+        # a run with a key would find answered, not the offline analyzer's earlier runs.
+        provider = provider_kind(settings)
+        return await mark_answered(est, client, recorder,
+                                   "gemini" if provider == "offline" else provider)
     except RedisError as exc:
         est["warnings"].append(_unchecked(exc))
         return est

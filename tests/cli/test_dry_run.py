@@ -4,14 +4,24 @@ nothing generated, and the local estimate when counting fails."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 import redis
 
 from pipeline.money import dollars
 from tests.support.cli import EXAMPLES, run_cli
 from tests.support.emulator import start_emulator
+
+
+@pytest.fixture
+def rehearsal_env(pipeline_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """`pipeline_env` with the emulator as the provider (running for the test): a dry run
+    then looks for earlier runs of the provider its figures are for."""
+    with start_emulator() as emu:
+        yield {**pipeline_env, **emu.env, "GOOGLE_API_KEY": ""}
 
 
 def test_dry_run_with_a_key_counts_tokens_at_the_provider_and_generates_nothing(
@@ -103,12 +113,13 @@ def test_an_offline_dry_run_says_of_the_budget_what_the_submit_would(
 
 
 def test_a_dry_run_prices_only_what_the_submit_would_pay_for(
-    pipeline_env: dict[str, str], tmp_path: Path
+    rehearsal_env: dict[str, str], tmp_path: Path
 ) -> None:
     """A document an earlier run answers (complete, or still queued) is a duplicate the
     submit does not pay for again: the dry run says so with the submit's words, leaves it out
     of the totals, and prices a document whose earlier run ended without a result (it would
     run again) and a new one; the real submit then agrees, document by document."""
+    pipeline_env = rehearsal_env
     docs = {Path(p).name: p for p in EXAMPLES}
     done, queued, cancelled, new = (docs[n] for n in (
         "invoice.pdf", "letter_de.pdf", "services_contract.pdf", "account_statement.pdf"))
@@ -164,11 +175,12 @@ def test_a_dry_run_that_cannot_read_the_queue_says_so_and_starts_nothing(
 
 
 def test_a_dry_run_without_the_ledger_database_still_reads_the_queue(
-    pipeline_env: dict[str, str],
+    rehearsal_env: dict[str, str],
 ) -> None:
     """The ledger database down (or not created yet) is no reason for a dry run to fail:
     it prices, and the queue's job states alone say which documents an earlier run answers
     (as the submit itself reads them when the database cannot say)."""
+    pipeline_env = rehearsal_env
     queued, new = EXAMPLES[0], EXAMPLES[1]
     assert run_cli(pipeline_env, "submit", queued).returncode == 0  # no worker: stays queued
     down = {**pipeline_env, "PIPELINE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
@@ -200,10 +212,11 @@ def test_a_dry_run_prices_the_same_content_twice_once_as_the_submit_pays_for_it(
 
 
 def test_a_cancelled_earlier_run_is_said_once_by_the_dry_run_and_the_submit(
-    pipeline_env: dict[str, str],
+    rehearsal_env: dict[str, str],
 ) -> None:
     """A run cancelled while queued has "cancelled" for its status and its reason: the words
     say "ended cancelled", not "ended cancelled: cancelled"."""
+    pipeline_env = rehearsal_env
     doc = EXAMPLES[0]
     sub = run_cli(pipeline_env, "submit", doc, "--json")
     assert run_cli(pipeline_env, "cancel", json.loads(sub.stdout)["batch_id"]).returncode == 0
@@ -213,3 +226,22 @@ def test_a_cancelled_earlier_run_is_said_once_by_the_dry_run_and_the_submit(
         assert said.returncode == 0, said.stderr
         reason = json.loads(said.stdout)["documents"][0]["reason"]
         assert "ended cancelled;" in reason, reason
+
+
+def test_an_offline_dry_run_prices_what_gemini_would_pay_for(
+    pipeline_env: dict[str, str], rehearsal_env: dict[str, str]
+) -> None:
+    """Offline, the dry run's figures are what Gemini would cost: a document the offline
+    analyzer already answered is still priced (a run with a key pays for it), never shown
+    as a $0 duplicate of the offline run. And an estimate with nothing to pay says its
+    totals at nine decimals, as every amount, not "0"."""
+    doc = EXAMPLES[0]
+    assert run_cli(pipeline_env, "run", doc).returncode == 0  # answered offline
+    offline = json.loads(run_cli(pipeline_env, "submit", doc, "--dry-run", "--json").stdout)
+    assert offline["documents"][0]["status"] == "ok", offline["documents"]
+    assert Decimal(offline["total_worst_case_usd"]) > 0
+    assert run_cli(rehearsal_env, "run", doc).returncode == 0  # answered by the emulator
+    answered = run_cli(rehearsal_env, "submit", doc, "--dry-run", "--json")
+    est = json.loads(answered.stdout)
+    assert est["documents"][0]["status"] == "duplicate", est["documents"]
+    assert est["total_worst_case_usd"] == est["total_worst_case_batch_usd"] == "0.000000000"
