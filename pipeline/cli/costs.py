@@ -121,7 +121,8 @@ def costs(
             typer.echo(f"of the total, {dollars(report['rehearsal_usd'])} is the emulator's "
                        f"(rehearsal calls priced as Gemini bills them, never billed){apart}")
         offline = int(report["offline_calls"])
-        if offline:
+        if offline:  # the hint once, on the last of the two lines
+            apart = "" if Decimal(report["rehearsal_usd"]) else apart
             typer.echo(f"of the {counted(report['total']['calls'], 'call')}, "
                        f"{offline} {'was' if offline == 1 else 'were'} the offline analyzer's "
                        f"(no LLM asked, {dollars(report['offline_usd'])} booked; tokens are "

@@ -288,3 +288,25 @@ async def test_a_call_reserved_before_midnight_is_reported_in_its_reservations_d
         assert (day_of, next_day) == (Decimal("0.02"), Decimal(0))
     finally:
         engine.dispose()
+
+
+async def test_the_by_provider_hint_is_said_once_beside_rehearsal_and_offline_calls(
+    ledger_url: str, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    """With both the emulator's and the offline analyzer's calls in a window, the table says
+    what each is, and names `--by provider` once (a fresh user saw it twice)."""
+    engine = db.create_ledger_engine(ledger_url)
+    try:
+        rec = SqlRecorder(engine, aredis, keys)
+        for provider, cost in (("emulator", "0.05"), ("offline", "0")):
+            call = attempt(job_id=f"job-{provider}", started_at=_at("2026-11-03"))
+            call.provider = provider
+            await rec.started(call)
+            await rec.settled(settle(call, Outcome.OK, cost))
+        await rec.flush()
+        table = CliRunner().invoke(app, ["costs", "--since", "2026-11-03"])
+        assert table.exit_code == 0, table.output
+        assert "is the emulator's" in table.stdout and "offline analyzer's" in table.stdout
+        assert table.stdout.count("`--by provider` shows them apart") == 1, table.stdout
+    finally:
+        engine.dispose()
