@@ -18,6 +18,7 @@ from typing import Any
 from pipeline.queue.job_values import (
     MAKING,
     RARE_DEFAULTS,
+    OwnDict,
     Rare,
     RareField,
     int_field,
@@ -195,18 +196,9 @@ class Job:
         unset = all(v is default for v, default in zip(rare, RARE_DEFAULTS, strict=True))
         self._rare = None if unset else Rare(*rare)
 
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        kwargs = self._kwargs
-        if kwargs is None:
-            with MAKING:
-                if (kwargs := self._kwargs) is None:
-                    kwargs = self._kwargs = {}
-        return kwargs
-
-    @kwargs.setter
-    def kwargs(self, value: dict[str, Any]) -> None:
-        self._kwargs = value
+    kwargs = OwnDict()
+    hints = OwnDict()
+    options = OwnDict()
 
     @property
     def call_kwargs(self) -> Mapping[str, Any]:
@@ -214,32 +206,6 @@ class Job:
         when it has none, without making the job a dict (the call unpacks them: the task gets
         a dict of its own either way)."""
         return self._kwargs or _NONE
-
-    @property
-    def hints(self) -> dict[str, Any]:
-        hints = self._hints
-        if hints is None:
-            with MAKING:
-                if (hints := self._hints) is None:
-                    hints = self._hints = {}
-        return hints
-
-    @hints.setter
-    def hints(self, value: dict[str, Any]) -> None:
-        self._hints = value
-
-    @property
-    def options(self) -> dict[str, Any]:
-        options = self._options
-        if options is None:
-            with MAKING:
-                if (options := self._options) is None:
-                    options = self._options = {}
-        return options
-
-    @options.setter
-    def options(self, value: dict[str, Any]) -> None:
-        self._options = value
 
     @property
     def retry_delays_s(self) -> list[float]:

@@ -108,6 +108,33 @@ class Rare:
 RARE_DEFAULTS = astuple(Rare())  # in Rare's field order
 
 
+class OwnDict:
+    """A dict attribute kept in its holder's slot of the same name with a leading "_"
+    (`kwargs` in `_kwargs`): None there until first read, then an empty dict of the holder's
+    own, made under MAKING (a plain-function task may read it from its thread)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}"
+
+    @overload
+    def __get__(self, holder: None, owner: type) -> OwnDict: ...
+    @overload
+    def __get__(self, holder: object, owner: type) -> dict[str, Any]: ...
+    def __get__(self, holder: object | None, owner: type) -> dict[str, Any] | OwnDict:
+        if holder is None:
+            return self
+        value = getattr(holder, self.slot)
+        if value is None:
+            with MAKING:
+                if (value := getattr(holder, self.slot)) is None:
+                    value = {}
+                    setattr(holder, self.slot, value)
+        return cast(dict[str, Any], value)
+
+    def __set__(self, holder: object, value: dict[str, Any]) -> None:
+        setattr(holder, self.slot, value)
+
+
 class HasRare(Protocol):
     _rare: Rare | None
 
