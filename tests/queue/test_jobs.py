@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -233,32 +234,24 @@ async def test_hard_timeout(client: QueueClient, redis_url: str) -> None:
     assert "timed out after 0.2s" in (job.error or "")
 
 
-async def test_an_error_whose_message_cannot_be_read_still_settles_its_job(
-    client: QueueClient, redis_url: str
+@pytest.mark.parametrize(("unsortable", "said"), [
+    # an exception whose __str__ raises: its message stands in for it
+    (qt.unsayable, "Unsayable: <Unsayable: its message could not be read>"),
+    # one whose __class__ raises, so no isinstance() check can sort it: the catch-all
+    (qt.unreadable, "the worker could not read how this attempt ended (ValueError)"),
+])  # fmt: skip
+async def test_an_attempt_whose_end_cannot_be_read_still_settles_its_job(
+    client: QueueClient, redis_url: str, unsortable: Any, said: str
 ) -> None:
     """The settlement is worked out in the body's done callback, where an error is only
-    logged: an exception whose __str__ raises left the job active for ever (its lease renewed)
-    and the worker's stop spinning 30 s on it."""
+    logged: such an error left the job active for ever (its lease renewed) and the worker's
+    stop spinning 30 s on it. Now it is settled as the job's error."""
     async with worker(redis_url, client, concurrency=1) as w:
-        handle = await client.enqueue(qt.unsayable)
+        handle = await client.enqueue(unsortable)
         job = await client.wait(handle.id, timeout_s=10)
         await eventually(lambda: asyncio.sleep(0, not w.running), what="the entry gone")
     assert job.state == State.DEAD
-    assert "Unsayable: <Unsayable: its message could not be read>" in (job.error or "")
-
-
-async def test_an_attempt_whose_end_cannot_be_sorted_still_settles_its_job(
-    client: QueueClient, redis_url: str
-) -> None:
-    """Any error while the done callback works out a settlement (here an exception whose
-    __class__ raises, so no isinstance() check can sort it) settles the job as an error,
-    not leaving it active with its lease renewed until the worker stops."""
-    async with worker(redis_url, client, concurrency=1) as w:
-        handle = await client.enqueue(qt.unreadable)
-        job = await client.wait(handle.id, timeout_s=10)
-        await eventually(lambda: asyncio.sleep(0, not w.running), what="the entry gone")
-    assert job.state == State.DEAD
-    assert "the worker could not read how this attempt ended (ValueError)" in (job.error or "")
+    assert said in (job.error or ""), job.error
 
 
 async def test_a_task_may_write_into_its_jobs_empty_hints(
