@@ -66,7 +66,9 @@ def emulator(
     print("Point a client at it with:")
     print(f"  export GOOGLE_GEMINI_BASE_URL={base_url}")
     print(f"  export GEMINI_API_KEY={api_key[0]}")
-    print("  export PIPELINE_PROVIDER=emulator", flush=True)
+    print("  export PIPELINE_PROVIDER=emulator")
+    # a rehearsal's queue, limiter state and documents apart from the real run's (README)
+    print("  export PIPELINE_KEY_PREFIX=rehearsal", flush=True)
     # A stop (Ctrl-C, SIGTERM) cuts calls still sleeping out their simulated latency after
     # 2 s rather than waiting for each (uvicorn waits for in-flight requests by default).
     server = uvicorn.Server(uvicorn.Config(create_emulator_app(config), log_level="warning",

@@ -286,6 +286,8 @@ def test_stopping_the_emulator_does_not_wait_out_a_calls_latency() -> None:
     try:
         assert proc.stdout is not None
         base_url = proc.stdout.readline().split(" on ")[1].split()[0]
+        hints = [proc.stdout.readline() for _ in range(5)]  # what to export, the prefix too
+        assert "  export PIPELINE_KEY_PREFIX=rehearsal\n" in hints, hints
         wait_http(base_url)
 
         def call() -> None:  # cut by the stop: its error is no concern of the test
