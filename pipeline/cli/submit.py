@@ -128,7 +128,10 @@ def print_estimate(est: dict[str, Any], budget: Decimal | None, billed: bool,
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
     sources = {d.get("token_source", "estimate") for d in est["documents"] if d["status"] == "ok"}
     how = "countTokens" if sources == {"countTokens"} else "estimated"
-    table = Table(title=f"dry run · {est['model']} · tokens {how} · nothing enqueued")
+    who = est["model"]
+    if est.get("provider") == "emulator":  # as the submit's header says it
+        who += " on the emulator (priced, never billed)"
+    table = Table(title=f"dry run · {who} · tokens {how} · nothing enqueued")
     for col in ("document", "pages", "calls", "input tokens", "worst case USD interactive",
                 "worst case USD batch"):  # fmt: skip
         table.add_column(col)
@@ -242,6 +245,7 @@ def submit(
     uploads, skipped = collect_uploads(paths)
     if dry_run:
         est = _dry_run_estimate(uploads, model or get_settings().model)
+        est["provider"] = _provider()  # who a submit now would have answer
         est = mark_repeats(asyncio.run(_answered_before(est)))
         est["documents"][:0] = [{"name": s.name, "status": "skipped", "reason": s.reason}
                                 for s in skipped]  # fmt: skip
@@ -277,13 +281,19 @@ def _json_value(value: Any) -> str:
     return format_usd(value) if isinstance(value, Decimal) else str(value)
 
 
-def _billed() -> bool:
-    """Whether a submit with these settings would be billed: not by the offline analyzer
-    ($0), which is why it is refused no budget and warned of none."""
+def _provider() -> str:
+    """Who a submit with these settings would have answer: "offline", "emulator" or "gemini"
+    (pipeline.llm.factory.provider_kind)."""
     from pipeline.llm.factory import provider_kind
     from pipeline.settings import get_settings
 
-    return provider_kind(get_settings()) != "offline"
+    return provider_kind(get_settings())
+
+
+def _billed() -> bool:
+    """Whether a submit with these settings would be billed: not by the offline analyzer
+    ($0), which is why it is refused no budget and warned of none."""
+    return _provider() != "offline"
 
 
 def would_refuse(model: str | None, budget: Decimal | None, mode: str | None,

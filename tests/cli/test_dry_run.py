@@ -150,6 +150,8 @@ def test_a_dry_run_prices_only_what_the_submit_would_pay_for(
 
     table = run_cli({**pipeline_env, "COLUMNS": "250"}, "submit", *four, "--dry-run")
     said = " ".join(table.stdout.split())
+    assert "on the emulator (priced, never billed)" in said, said  # as the submit says it
+    assert est["provider"] == "emulator"
     assert "duplicate: already submitted (same content as job" in said, said
     assert f"note: {cancelled}: its earlier run" in said, said
 
