@@ -19,6 +19,9 @@ from pipeline.money import dollars
 
 SUFFIXES = (".png", ".svg")
 
+# What a user runs to get the chart's dependency (pyproject.toml's optional "chart" extra).
+CHART_EXTRA = "pip install 'pipeline[chart]'"
+
 
 def _plain(words: str) -> str:
     """`words` as matplotlib draws them literally: two "$" would start mathtext."""
@@ -51,9 +54,7 @@ def spend_figure(spend: dict[str, dict[str, Decimal]]) -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise MissingExtra(
-            "charts need matplotlib: pip install 'pipeline[chart]'"
-        ) from None
+        raise MissingExtra(f"charts need matplotlib: {CHART_EXTRA}") from None
     days = list(spend)
     series = sorted({s for per_day in spend.values() for s in per_day})
     total = sum((c for per_day in spend.values() for c in per_day.values()), Decimal(0))

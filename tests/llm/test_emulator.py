@@ -19,6 +19,7 @@ from google.genai import types
 from pipeline.llm.emulator.quota import RPD_QUOTA, RPM_QUOTA, TPM_QUOTA, QuotaTracker
 from tests.support.emulator import start_emulator, wait_http
 from tests.support.pdfs import make_pdf
+from tests.support.waiting import until
 
 MODEL = "gemini-2.5-flash-lite"
 
@@ -297,10 +298,8 @@ def test_stopping_the_emulator_does_not_wait_out_a_calls_latency() -> None:
                            headers={"x-goog-api-key": "emulator-key"})  # fmt: skip
 
         threading.Thread(target=call, daemon=True).start()
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{base_url}/_emulator/stats").json()["in_flight"] < 1:
-            assert time.monotonic() < deadline, "the call never reached the emulator"
-            time.sleep(0.05)
+        until(lambda: httpx.get(f"{base_url}/_emulator/stats").json()["in_flight"] >= 1, 30,
+              "the call on the emulator")  # fmt: skip
         proc.send_signal(signal.SIGTERM)
         # within seconds, not the 60 s the call would have slept (uvicorn ends a stop it was
         # sent by raising the same signal again, after its shutdown)
