@@ -57,7 +57,7 @@ async def resubmitted(
         state, pending = await _earlier(client, recorder, handle.id, spec)
         return "duplicate", handle.id, await _duplicate_words(
             recorder, handle.id, state, pending, spec.batch_id, again=True)
-    why = _ended(state)
+    why = ended_words(state.status, state.reason)
     return "queued", handle.id, (
         f"its earlier run (job {job_id}) ended {why}; analysed again in this batch, under "
         "its budget"
@@ -86,8 +86,9 @@ async def answered_before(
             words = await _duplicate_words(recorder, job_id, state, pending, "")
             found.append(("duplicate", job_id, words))
             continue
-        found.append(("again", job_id, f"its earlier run (job {job_id}) ended {_ended(state)}; "
-                                       "a submit analyses it again, under the new batch's "
+        ended = ended_words(state.status, state.reason)
+        found.append(("again", job_id, f"its earlier run (job {job_id}) ended {ended}; a "
+                                       "submit analyses it again, under the new batch's "
                                        "budget"))  # fmt: skip
     return found
 
@@ -109,7 +110,7 @@ async def _duplicate_words(recorder: Any, job_id: str, state: DocumentState | No
     if state is not None and state.status == "complete":
         return f"{same}, which has its result: not paid again"
     if state is not None and state.status in _ENDED_WITHOUT_RESULT:
-        why = _ended(state)
+        why = ended_words(state.status, state.reason)
         return (f"{same}, which ended without a result ({why}); {retry_command(batch_id)} "
                 "analyses it again in this batch, under its budget")
     where = "running" if state is not None and state.status == "running" else "queued"
@@ -118,10 +119,6 @@ async def _duplicate_words(recorder: Any, job_id: str, state: DocumentState | No
     if cut is not None and cut.calls:
         said.append(cut.again_words())
     return "; ".join(said)
-
-
-def _ended(state: DocumentState) -> str:
-    return ended_words(state.status, state.reason)
 
 
 def ended_words(status: str, reason: str | None) -> str:

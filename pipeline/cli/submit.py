@@ -364,7 +364,6 @@ async def _answered_before(est: dict[str, Any]) -> dict[str, Any]:
     from pipeline.errors import RedisUnavailable
     from pipeline.ledger.db import get_engine
     from pipeline.ledger.recorder import SqlRecorder
-    from pipeline.llm.factory import provider_kind
     from pipeline.settings import get_settings
     from tasks.estimate import mark_answered
 
@@ -383,7 +382,7 @@ async def _answered_before(est: dict[str, Any]) -> dict[str, Any]:
         recorder = SqlRecorder(engine, client.redis, client.keys)
         # Offline, the figures are what Gemini would cost (the warning above says so): what
         # a run with a key would find answered, not the offline analyzer's earlier runs.
-        provider = provider_kind(settings)
+        provider = est["provider"]
         return await mark_answered(est, client, recorder,
                                    "gemini" if provider == "offline" else provider)
     except RedisError as exc:
