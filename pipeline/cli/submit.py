@@ -246,6 +246,8 @@ def submit(
     if dry_run:
         est = _dry_run_estimate(uploads, model or get_settings().model)
         est["provider"] = _provider()  # who a submit now would have answer
+        # whose prices the figures are: Gemini's when the offline analyzer would answer ($0)
+        est["priced_as"] = "gemini" if est["provider"] == "offline" else est["provider"]
         est = mark_repeats(asyncio.run(_answered_before(est)))
         est["documents"][:0] = [{"name": s.name, "status": "skipped", "reason": s.reason}
                                 for s in skipped]  # fmt: skip
@@ -382,9 +384,7 @@ async def _answered_before(est: dict[str, Any]) -> dict[str, Any]:
         recorder = SqlRecorder(engine, client.redis, client.keys)
         # Offline, the figures are what Gemini would cost (the warning above says so): what
         # a run with a key would find answered, not the offline analyzer's earlier runs.
-        provider = est["provider"]
-        return await mark_answered(est, client, recorder,
-                                   "gemini" if provider == "offline" else provider)
+        return await mark_answered(est, client, recorder, est["priced_as"])
     except RedisError as exc:
         est["warnings"].append(_unchecked(exc))
         return est

@@ -241,6 +241,7 @@ def test_an_offline_dry_run_prices_what_gemini_would_pay_for(
     assert run_cli(pipeline_env, "run", doc).returncode == 0  # answered offline
     offline = json.loads(run_cli(pipeline_env, "submit", doc, "--dry-run", "--json").stdout)
     assert offline["documents"][0]["status"] == "ok", offline["documents"]
+    assert (offline["provider"], offline["priced_as"]) == ("offline", "gemini")
     assert Decimal(offline["total_worst_case_usd"]) > 0
     assert run_cli(rehearsal_env, "run", doc).returncode == 0  # answered by the emulator
     answered = run_cli(rehearsal_env, "submit", doc, "--dry-run", "--json")
